@@ -1,0 +1,86 @@
+# dmica: `make` builds bin/dmica; `make demo` runs the embedded default pipeline;
+# `make test` runs every test (unit tests, command-line tests, then the unit tests
+# again under AddressSanitizer and UndefinedBehaviorSanitizer); `make bench` runs
+# the benchmarks into docs/benchmarks.md.
+
+BUILD   ?= build
+SAN     ?=
+CC      ?= cc
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation -fopenmp -I. -Iengine -Iio -Ioperators -Igpu
+LDLIBS  := -lopenblas -llapacke -luring -lzstd -lyaml -ljansson -lxxhash -lpcre2-8 -larchive -lm -lpthread
+TESTLIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
+
+ifneq ($(SAN),)
+CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+DEPS_STAMP := $(BUILD)/.deps-ok
+LIBSRC  := $(filter-out engine/main.c,$(wildcard engine/*.c io/*.c operators/*.c gpu/*.c))
+LIBOBJ  := $(LIBSRC:%.c=$(BUILD)/%.o)
+TESTSRC := $(wildcard tests/test_*.c)
+TESTBIN := $(TESTSRC:tests/%.c=$(BUILD)/tests/%)
+BIN     := $(if $(SAN),$(BUILD)/dmica,bin/dmica)
+
+.PHONY: all deps demo test test-unit test-cli test-san bench clean
+all: $(BIN)
+
+# Installs missing Debian packages (as root) or says which are missing.
+$(DEPS_STAMP): tools/install-deps
+	@mkdir -p $(BUILD)
+	@tools/install-deps
+	@touch $@
+deps: $(DEPS_STAMP)
+
+$(BUILD)/demo_pipeline.o: $(BUILD)/demo_pipeline.c
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libdmica.a: $(LIBOBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+# The demo pipeline is embedded in the binary as a C string.
+$(BUILD)/demo_pipeline.c: pipelines/demo.yaml
+	@mkdir -p $(dir $@)
+	{ printf 'const char dm_demo_pipeline[] =\n'; sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$$/\\n"/' $<; echo ';'; } > $@
+
+$(BIN): $(BUILD)/engine/main.o $(BUILD)/demo_pipeline.o $(BUILD)/libdmica.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -MMD -MP -o $@ $< $(BUILD)/libdmica.a $(LDLIBS) $(TESTLIBS)
+
+demo: $(BIN)
+	$(BIN) demo --out demo-out
+
+# Unit tests run from the repository root so they find tests/golden.
+test-unit: $(TESTBIN)
+	@set -e; for t in $(TESTBIN); do echo "== $$t"; CK_FORK=yes $$t; done
+
+test-cli: $(BIN)
+	@DMICA=$(abspath $(BIN)) tests/cli/run-all
+
+test-san:
+	$(MAKE) BUILD=build/san SAN=1 test-unit
+	$(MAKE) BUILD=build/san SAN=1 test-cli
+
+test: all
+	$(MAKE) test-unit
+	$(MAKE) test-cli
+	$(MAKE) test-san
+
+bench: all
+	tools/bench
+
+clean:
+	rm -rf build bin demo-out
+
+-include $(LIBOBJ:.o=.d) $(BUILD)/engine/main.d $(TESTBIN:=.d)

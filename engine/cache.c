@@ -1,0 +1,270 @@
+/*
+ * cache.c: cache keys and the plan.
+ *
+ * A node's key is the XXH3-128 hash of its "material", a few lines of text:
+ *
+ *   op=covariance            the operator
+ *   version=1                its version (bumped when its results change)
+ *   param.k=100              every resolved parameter, defaults included
+ *   file.path=<xxh3-128>     the content identity of every input file
+ *   input.x=<key>:<port>     the key of each input's producer and the port
+ *   spill_dtype=f32          how stream outputs are stored
+ *
+ * so, as in DVC, a key changes exactly when something that can change the
+ * node's results changes, and keys chain: a changed node changes the keys of
+ * everything downstream. The cache folder holds one entry per key:
+ *
+ *   CACHE/<key>/node.json    what the entry holds (outputs, products), written last
+ *   CACHE/<key>/<port>.spill + <port>.json   spilled stream outputs
+ *   CACHE/<key>/<port>.npy   tensor outputs
+ *   CACHE/<key>/...          product files (stats.json, ...)
+ *
+ * An entry is built in CACHE/tmp/ and renamed into place when the node
+ * succeeds, so an entry that exists is complete. CACHE/index/<pipeline>/<node>
+ * keeps the material of the node's last run, to say why a node is stale.
+ */
+#include "engine.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "fs.h"
+
+typedef struct {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static void sb_add(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_add(sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *t;
+    if (vasprintf(&t, fmt, ap) < 0)
+        abort();
+    va_end(ap);
+    size_t n = strlen(t);
+    if (b->len + n + 1 > b->cap) {
+        b->cap = (b->len + n + 1) * 2;
+        b->s = dm_xrealloc(b->s, b->cap);
+    }
+    memcpy(b->s + b->len, t, n + 1);
+    b->len += n;
+    free(t);
+}
+
+char *dm_cache_entry(const dm_graph *g, const char *key) { return dm_xasprintf("%s/%s", g->cache, key); }
+
+int dm_cache_invalidate(const dm_graph *g, const char *key)
+{
+    char *e = dm_cache_entry(g, key);
+    int rc = dm_rm_rf(e);
+    free(e);
+    return rc;
+}
+
+static char *index_path(const dm_graph *g, const dm_node *n)
+{
+    return dm_xasprintf("%s/index/%s/%s", g->cache, g->pipe->name, n->decl->name);
+}
+
+int dm_cache_record(const dm_graph *g, const dm_node *n)
+{
+    char *dir = dm_xasprintf("%s/index/%s", g->cache, g->pipe->name), *path = index_path(g, n);
+    int rc = dm_mkdir_p(dir);
+    if (!rc)
+        rc = dm_write_file_atomic(path, n->material, strlen(n->material));
+    free(dir), free(path);
+    return rc;
+}
+
+static int has_stream_output(const dm_node *n)
+{
+    for (int k = 0; k < n->nout; k++)
+        if (n->outdesc[k].kind == DM_PORT_STREAM)
+            return 1;
+    return 0;
+}
+
+static int compute_key(dm_graph *g, dm_node *n)
+{
+    sbuf b = {0};
+    sb_add(&b, "op=%s\nversion=%d\n", n->op->name, n->op->version);
+    for (int k = 0; k < n->nparams; k++) {
+        sb_add(&b, "param.%s=%s\n", n->op->params[k].name, n->pval[k]);
+        if (n->op->params[k].type == DM_P_PATH && n->pval[k][0]) {
+            char id[33];
+            if (dm_file_identity(n->pval[k], g->cache, id)) {
+                free(b.s);
+                return dm_fail_prefix("%s: node '%s': parameter '%s'", n->where, n->decl->name,
+                                      n->op->params[k].name);
+            }
+            sb_add(&b, "file.%s=%s\n", n->op->params[k].name, id);
+        }
+    }
+    for (int k = 0; k < n->nin; k++)
+        if (n->in[k].src)
+            sb_add(&b, "input.%s=%s:%s\n", n->op->inputs[k].name, n->in[k].src->key,
+                   n->in[k].src->op->outputs[n->in[k].port].name);
+    if (has_stream_output(n))
+        sb_add(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
+    XXH128_hash_t h = XXH3_128bits(b.s, b.len);
+    snprintf(n->key, sizeof n->key, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
+    free(n->material);
+    n->material = b.s;
+    return 0;
+}
+
+/* The first line that differs between the recorded and the current material,
+ * in words. */
+static char *why_changed(const char *old, const char *cur)
+{
+    const char *a = old, *b = cur;
+    while (*a || *b) {
+        const char *ea = strchr(a, '\n'), *eb = strchr(b, '\n');
+        size_t la = ea ? (size_t)(ea - a) : strlen(a), lb = eb ? (size_t)(eb - b) : strlen(b);
+        if (la != lb || strncmp(a, b, la)) {
+            const char *eqa = memchr(a, '=', la), *eqb = memchr(b, '=', lb);
+            if (eqa && eqb && (eqa - a) == (eqb - b) && !strncmp(a, b, (size_t)(eqa - a))) {
+                int nl = (int)(eqa - a);
+                if (!strncmp(a, "param.", 6))
+                    return dm_xasprintf("parameter %.*s changed (%.*s -> %.*s)", nl - 6, a + 6,
+                                        (int)(la - (size_t)nl - 1), eqa + 1, (int)(lb - (size_t)nl - 1), eqb + 1);
+                if (!strncmp(a, "file.", 5))
+                    return dm_xasprintf("the content of input file '%.*s' changed", nl - 5, a + 5);
+                if (!strncmp(a, "input.", 6))
+                    return dm_xasprintf("input '%.*s' changed upstream", nl - 6, a + 6);
+                return dm_xasprintf("%.*s changed", nl, a);
+            }
+            return dm_xasprintf("its definition changed (%.*s)", (int)lb, b);
+        }
+        a += la + (ea ? 1 : 0);
+        b += lb + (eb ? 1 : 0);
+    }
+    return dm_xstrdup("its cache entry is missing");
+}
+
+/* Reads CACHE/<key>/node.json; 0 if it is a complete entry. */
+static json_t *read_entry(const dm_graph *g, const dm_node *n)
+{
+    char *path = dm_xasprintf("%s/%s/node.json", g->cache, n->key);
+    json_error_t err;
+    json_t *j = dm_file_exists(path) ? json_load_file(path, 0, &err) : NULL;
+    free(path);
+    if (j && (!json_is_object(json_object_get(j, "outputs")) ||
+              strcmp(json_string_value(json_object_get(j, "key")) ? json_string_value(json_object_get(j, "key")) : "", n->key))) {
+        json_decref(j);
+        j = NULL;
+    }
+    return j;
+}
+
+static int is_forced(const dm_graph *g, const dm_node *n)
+{
+    for (int i = 0; i < g->nforce; i++)
+        if (!strcmp(g->force[i], n->decl->name))
+            return 1;
+    return 0;
+}
+
+static int entry_spilled(json_t *entry, const char *port)
+{
+    json_t *o = json_object_get(json_object_get(entry, "outputs"), port);
+    return json_is_true(json_object_get(o, "spilled"));
+}
+
+int dm_plan(dm_graph *g)
+{
+    for (int i = 0; i < g->nforce; i++)
+        if (!dm_graph_find(g, g->force[i]))
+            return dm_fail("--force %s: no node named '%s' in %s", g->force[i], g->force[i], g->pipe->path);
+    json_t **entries = dm_xcalloc((size_t)g->nnodes, sizeof *entries);
+    int rc = 0;
+    for (int i = 0; i < g->nnodes; i++) {
+        dm_node *n = g->nodes[i];
+        if ((rc = compute_key(g, n)))
+            goto end;
+        free(n->why);
+        n->why = NULL;
+        n->run = n->reproduce = 0;
+        entries[i] = read_entry(g, n);
+        int forced_in = 0;
+        for (int k = 0; k < n->nin; k++)
+            if (n->in[k].src && n->in[k].src->state == DM_STATE_STALE && n->in[k].src->why &&
+                strstr(n->in[k].src->why, "forced"))
+                forced_in = 1;
+        if (is_forced(g, n)) {
+            n->why = dm_xstrdup("forced (--force)");
+        } else if (forced_in) {
+            n->why = dm_xstrdup("forced (an input is forced)");
+        } else if (!entries[i]) {
+            char *ip = index_path(g, n);
+            char *old = dm_file_exists(ip) ? dm_read_file(ip, NULL) : NULL;
+            n->why = old ? why_changed(old, n->material) : dm_xstrdup("never run");
+            free(old), free(ip);
+        }
+        n->state = n->why ? DM_STATE_STALE : DM_STATE_CACHED;
+        n->run = n->state == DM_STATE_STALE;
+    }
+    /* A node that reruns needs its stream inputs: replayed from a spill, produced
+     * again by a source (cheap and deterministic), or recomputed. */
+    for (int i = g->nnodes - 1; i >= 0; i--) {
+        dm_node *n = g->nodes[i];
+        if (!n->run && !n->reproduce)
+            continue;
+        for (int k = 0; k < n->nin; k++) {
+            dm_node *s = n->in[k].src;
+            if (!s || s->run || s->op->outputs[n->in[k].port].kind != DM_PORT_STREAM)
+                continue;
+            if (s->op->produce)
+                s->reproduce = 1;
+            else if (!entry_spilled(entries[s->index], s->op->outputs[n->in[k].port].name)) {
+                s->run = 1;
+                s->state = DM_STATE_STALE;
+                free(s->why);
+                s->why = dm_xasprintf("output '%s' was not spilled and node '%s' reruns",
+                                      s->op->outputs[n->in[k].port].name, n->decl->name);
+            }
+        }
+    }
+end:
+    for (int i = 0; i < g->nnodes; i++)
+        json_decref(entries[i]);
+    free(entries);
+    return rc;
+}
+
+void dm_plan_print(dm_graph *g, FILE *f)
+{
+    fprintf(f, "pipeline %s (%s), cache %s\n", g->pipe->name, g->pipe->path, g->cache);
+    int w = 4;
+    for (int i = 0; i < g->nnodes; i++)
+        if ((int)strlen(g->nodes[i]->decl->name) > w)
+            w = (int)strlen(g->nodes[i]->decl->name);
+    for (int i = 0; i < g->nnodes; i++) {
+        dm_node *n = g->nodes[i];
+        char ins[512] = "";
+        for (int k = 0; k < n->nin; k++) {
+            if (!n->in[k].src)
+                continue;
+            char one[160];
+            snprintf(one, sizeof one, "%s%s.%s", ins[0] ? ", " : "", n->in[k].src->decl->name,
+                     n->in[k].src->op->outputs[n->in[k].port].name);
+            strncat(ins, one, sizeof ins - strlen(ins) - 1);
+        }
+        fprintf(f, "  %-*s  %-12s %.12s  ", w, n->decl->name, n->op->name, n->key);
+        if (g->ran && n->run)
+            fprintf(f, "ran (%s)", n->why);
+        else if (n->state == DM_STATE_CACHED)
+            fprintf(f, "cached%s", n->reproduce ? " (source read again to feed a rerun)" : "");
+        else
+            fprintf(f, "stale: %s", n->why);
+        if (ins[0])
+            fprintf(f, "  <- %s", ins);
+        fputc('\n', f);
+    }
+}

@@ -1,0 +1,262 @@
+/*
+ * dm.c: the shared basics declared in dm.h: error messages, allocation, dtype
+ * names and half-precision conversions, sizes and clocks.
+ */
+#include "dm.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define DM_ERRMAX 4096
+static _Thread_local char dm_errbuf[DM_ERRMAX];
+int dm_verbose = 1;
+
+int dm_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dm_errbuf, sizeof dm_errbuf, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+int dm_fail_prefix(const char *fmt, ...)
+{
+    char prefix[1024], old[DM_ERRMAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, dm_errbuf, sizeof old);
+    snprintf(dm_errbuf, sizeof dm_errbuf, "%s: %s", prefix, old);
+    return -1;
+}
+
+const char *dm_error(void) { return dm_errbuf; }
+void dm_error_clear(void) { dm_errbuf[0] = 0; }
+
+void dm_warn(const char *fmt, ...)
+{
+    va_list ap;
+    if (dm_verbose < 0)
+        return;
+    fputs("dmica: warning: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void dm_info(const char *fmt, ...)
+{
+    va_list ap;
+    if (dm_verbose < 1)
+        return;
+    fputs("dmica: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void dm_oom(size_t n)
+{
+    fprintf(stderr, "dmica: out of memory allocating %zu bytes\n", n);
+    abort();
+}
+
+void *dm_xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p)
+        dm_oom(n);
+    return p;
+}
+
+void *dm_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        dm_oom(n * size);
+    return p;
+}
+
+void *dm_xrealloc(void *p, size_t n)
+{
+    p = realloc(p, n ? n : 1);
+    if (!p)
+        dm_oom(n);
+    return p;
+}
+
+char *dm_xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    return memcpy(dm_xmalloc(n), s, n);
+}
+
+char *dm_xasprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s;
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        dm_oom(strlen(fmt));
+    va_end(ap);
+    return s;
+}
+
+void *dm_xmalloc_aligned(size_t n)
+{
+    void *p = NULL;
+    n = (n + 63) & ~(size_t)63;
+    if (posix_memalign(&p, 64, n ? n : 64))
+        dm_oom(n);
+    return p;
+}
+
+static const struct {
+    const char *name;
+    size_t size;
+} dm_dtypes[DM_DTYPE_COUNT] = {
+    [DM_F32] = {"f32", 4}, [DM_F64] = {"f64", 8}, [DM_F16] = {"f16", 2},
+    [DM_BF16] = {"bf16", 2}, [DM_I32] = {"i32", 4}, [DM_I64] = {"i64", 8},
+    [DM_U16] = {"u16", 2}, [DM_U8] = {"u8", 1},
+};
+
+size_t dm_dtype_size(dm_dtype t) { return (unsigned)t < DM_DTYPE_COUNT ? dm_dtypes[t].size : 0; }
+const char *dm_dtype_name(dm_dtype t) { return (unsigned)t < DM_DTYPE_COUNT ? dm_dtypes[t].name : "?"; }
+
+int dm_dtype_parse(const char *s, dm_dtype *out)
+{
+    for (int i = 0; i < DM_DTYPE_COUNT; i++)
+        if (!strcmp(s, dm_dtypes[i].name)) {
+            *out = (dm_dtype)i;
+            return 0;
+        }
+    return dm_fail("unknown dtype '%s' (f32, f64, f16, bf16, i32, i64, u16, u8)", s);
+}
+
+/* Half precision per IEEE 754-2008 binary16. */
+float dm_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    float f;
+    if (exp == 0) {
+        f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    }
+    if (exp == 31)
+        bits = sign | 0x7f800000u | (man << 13);
+    else
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+uint16_t dm_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    uint32_t man = x & 0x7fffff;
+    if (((x >> 23) & 0xff) == 0xff) /* inf or nan */
+        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 | (man >> 13) : 0));
+    if (exp >= 31)
+        return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) {
+        if (exp < -10)
+            return (uint16_t)sign;
+        man |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp);
+        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1)))
+            half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13), rem = man & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+        h++; /* may carry into the exponent, which is the correct rounding */
+    return (uint16_t)h;
+}
+
+float dm_bf16_to_f32(uint16_t h)
+{
+    uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+uint16_t dm_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7f800000u) == 0x7f800000u && (x & 0x7fffff))
+        return (uint16_t)((x >> 16) | 0x40);
+    x += 0x7fff + ((x >> 16) & 1);
+    return (uint16_t)(x >> 16);
+}
+
+void dm_tensor_init(dm_tensor *t, dm_dtype dtype, int ndim, const int64_t *shape)
+{
+    memset(t, 0, sizeof *t);
+    t->dtype = dtype;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i];
+    t->data = dm_xcalloc((size_t)dm_tensor_numel(t), dm_dtype_size(dtype));
+}
+
+int64_t dm_tensor_numel(const dm_tensor *t)
+{
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++)
+        n *= t->shape[i];
+    return n;
+}
+
+void dm_tensor_free(dm_tensor *t)
+{
+    if (!t)
+        return;
+    free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+int64_t dm_parse_size(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0)
+        return dm_fail("invalid size '%s' (examples: 512M, 2G, 1000000)", s);
+    double mul = 1;
+    if (*end) {
+        switch (*end == 'k' ? 'K' : *end) {
+        case 'K': mul = 1024.0; break;
+        case 'M': mul = 1024.0 * 1024; break;
+        case 'G': mul = 1024.0 * 1024 * 1024; break;
+        case 'T': mul = 1024.0 * 1024 * 1024 * 1024; break;
+        default: return dm_fail("invalid size '%s' (examples: 512M, 2G, 1000000)", s);
+        }
+        end++;
+        if (*end && strcasecmp(end, "B") && strcasecmp(end, "iB"))
+            return dm_fail("invalid size '%s' (examples: 512M, 2G, 1000000)", s);
+    }
+    return (int64_t)(v * mul);
+}
+
+double dm_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

@@ -1,0 +1,135 @@
+/*
+ * engine.h: the engine's private structures (not for operators; they use op.h).
+ *
+ * A pipeline file is read into dm_pipeline (declarations with line numbers), then
+ * bound into a graph of dm_node (operators found, parameters resolved, ports
+ * connected and shapes inferred). Planning computes every node's cache key and
+ * state; running executes the stale part in groups (see run.c).
+ */
+#ifndef DM_ENGINE_H
+#define DM_ENGINE_H
+
+#include "op.h"
+#include <stdio.h>
+
+typedef struct {
+    char *key;
+    char *value;
+    int line;
+} dm_kv;
+
+typedef struct {
+    char *name;
+    int line;
+    char *op;
+    int op_line;
+    dm_kv *params;
+    int nparams;
+    dm_kv *inputs; /* port -> "node" or "node.port" */
+    int ninputs;
+    char *spill;       /* auto | always | never */
+    char *spill_dtype; /* f32 | f16 | bf16 */
+    char *spill_codec; /* none | zstd */
+    int spill_line;
+} dm_node_decl;
+
+typedef struct {
+    char *path; /* file name for messages ("<embedded demo>" for the demo) */
+    char *name;
+    int64_t memory; /* bytes, 0 = default */
+    char *cache;    /* cache folder, NULL = default */
+    int threads;
+    dm_node_decl *nodes;
+    int nnodes;
+} dm_pipeline;
+
+/* Reads a pipeline from YAML text. Errors carry "path:line: ...". */
+dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len);
+dm_pipeline *dm_pipeline_load(const char *path);
+void dm_pipeline_free(dm_pipeline *p);
+/* Applies "node.key=value" to a parameter. */
+int dm_pipeline_set(dm_pipeline *p, const char *assignment);
+
+typedef enum { DM_STATE_CACHED = 0, DM_STATE_STALE } dm_state;
+
+typedef struct {
+    dm_node *src;
+    int port;
+} dm_edge;
+
+struct dm_node {
+    int index;
+    dm_node_decl *decl;
+    const dm_op *op;
+    const char *where; /* "file:line" */
+    int nparams, nin, nout;
+    char **pval;          /* resolved parameter text, per spec */
+    dm_edge *in;          /* per input spec; src NULL if unconnected */
+    dm_port_desc *outdesc;
+    dm_tensor *outtensor; /* per output: set by finish, or loaded from cache */
+    /* consumers of each output, filled when binding */
+    dm_edge **cons; /* cons[port][i]: (consumer node, consumer input port) */
+    int *ncons;
+
+    /* planning */
+    char key[33];
+    char *material; /* what the key hashes, one "name=value" per line */
+    dm_state state;
+    char *why;      /* reason when stale */
+    int run;        /* 1: executes this run (writes a cache entry) */
+    int reproduce;  /* 1: cached source produced again to feed a rerun */
+    int *spill;     /* per output: spilled in this run */
+    int group;
+
+    /* running */
+    int opened;
+    void *state_ptr;
+    char *dir; /* temporary node folder */
+    char **products;
+    int nproducts;
+    struct dm_spill_writer **writers; /* per output */
+    int64_t chunk_rows;
+    int64_t rows_in;
+    double seconds;
+};
+
+typedef struct {
+    dm_pipeline *pipe;
+    dm_node **nodes; /* topological order */
+    int nnodes;
+    char *cache;
+    char *out; /* output folder (NULL: none) */
+    int64_t memory;
+    char **force;
+    int nforce;
+    int ran; /* dm_run finished: the plan printout says what ran */
+} dm_graph;
+
+/* Binds a pipeline: operators, parameters, connections, cycle check, infer().
+ * The graph borrows p. */
+dm_graph *dm_graph_build(dm_pipeline *p);
+void dm_graph_free(dm_graph *g);
+dm_node *dm_graph_find(dm_graph *g, const char *name);
+
+/* Computes keys and states against the cache (cache.c). */
+int dm_plan(dm_graph *g);
+void dm_plan_print(dm_graph *g, FILE *f);
+/* Runs what the plan says, publishing products to g->out (run.c).
+ * Returns 0, or -1 on error. */
+int dm_run(dm_graph *g);
+
+/* cache.c helpers */
+char *dm_cache_entry(const dm_graph *g, const char *key); /* malloc'd path */
+int dm_cache_invalidate(const dm_graph *g, const char *key);
+int dm_cache_record(const dm_graph *g, const dm_node *n); /* remember the key's material */
+
+/* progress.c */
+typedef struct dm_progress dm_progress;
+dm_progress *dm_progress_start(const char *label, int64_t total_rows);
+void dm_progress_update(dm_progress *p, int64_t rows, int64_t spilled_bytes);
+void dm_progress_end(dm_progress *p, int64_t rows, int64_t spilled_bytes);
+extern int dm_progress_enabled;
+
+void dm_set_threads(int n);
+
+#endif

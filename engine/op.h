@@ -1,0 +1,139 @@
+/*
+ * op.h: the one interface every operator implements.
+ *
+ * An operator is a table of callbacks (dm_op) plus declarations of its parameters
+ * and ports. The engine knows operators only through this table: it reads the
+ * pipeline, checks parameters against dm_param_spec, asks infer() for the output
+ * shapes, computes cache keys, and then drives the callbacks. operators/registry.c
+ * lists the operators that exist.
+ *
+ * Ports are streams or tensors:
+ *   - a stream is an unbounded sequence of float32 rows, `cols` wide, moved in
+ *     chunks (dm_chunk). Streaming operators receive chunks in consume() and may
+ *     emit chunks on their stream outputs with dm_emit(), one output chunk per
+ *     input chunk, with the same row0 and rows (map-like), or none (a reduction).
+ *   - a tensor is a small dense array (a covariance, a whitening matrix) that an
+ *     operator sets in finish() with dm_set_output(). Consumers read it with
+ *     dm_input_tensor() from open() onwards: a tensor input is always complete
+ *     before its consumer starts.
+ *
+ * Life of a node in one run:
+ *   infer()            at validation, before any work; checks inputs, sets outputs
+ *   open()             allocate state (the engine has checked the memory budget)
+ *   produce()          sources: fill chunks until it returns 0
+ *   consume()          others: one call per chunk per stream input; chunks of
+ *                      several stream inputs arrive for the same rows in turn
+ *   end_pass(pass)     after each full pass over the stream inputs; return 1 to
+ *                      ask for another pass (the engine replays the inputs from
+ *                      their spill files; the port must be declared multipass)
+ *   finish()           set tensor outputs, write product files into dm_node_dir()
+ *   close()            free state; always called once open() was, also on error
+ * Every callback except close returns 0 on success or -1 with dm_fail().
+ */
+#ifndef DM_OP_H
+#define DM_OP_H
+
+#include "dm.h"
+
+typedef enum { DM_PORT_STREAM = 0, DM_PORT_TENSOR } dm_port_kind;
+
+/* What flows through a port. For a stream, shape = {rows, cols} where rows is
+ * -1 when not known before the run; dtype is always DM_F32. */
+typedef struct {
+    dm_port_kind kind;
+    dm_dtype dtype;
+    int ndim;
+    int64_t shape[DM_MAX_DIMS];
+} dm_port_desc;
+
+typedef struct {
+    const char *name;
+    dm_port_kind kind;
+    int multipass; /* input only: the operator may ask for several passes */
+    int optional;  /* input only: may be left unconnected */
+} dm_port_spec;
+
+typedef enum {
+    DM_P_INT = 0, /* int64 */
+    DM_P_FLOAT,   /* double */
+    DM_P_STRING,
+    DM_P_BOOL,    /* true/false/yes/no/1/0 */
+    DM_P_SIZE,    /* bytes: "512M" */
+    DM_P_PATH,    /* an input file: its content identity enters the cache key */
+} dm_param_type;
+
+typedef struct {
+    const char *name;
+    dm_param_type type;
+    const char *def; /* default as text; NULL = required */
+    const char *help;
+} dm_param_spec;
+
+typedef struct dm_node dm_node; /* owned by the engine */
+
+typedef struct dm_op {
+    const char *name;
+    int version; /* bump when results change: it enters the cache key */
+    const char *summary;
+    const dm_param_spec *params;  /* terminated by {NULL} */
+    const dm_port_spec *inputs;   /* terminated by {NULL} */
+    const dm_port_spec *outputs;  /* terminated by {NULL} */
+
+    int (*infer)(dm_node *n);
+    /* Bytes of state the node will hold while running (for the memory budget). */
+    int64_t (*state_bytes)(const dm_node *n);
+    int (*open)(dm_node *n);
+    /* Sources: fill out->data (room for max_rows x cols), set out->rows (0 at the
+     * end) and out->row0. Return 0, or -1 on error. */
+    int (*produce)(dm_node *n, dm_chunk *out, int64_t max_rows);
+    int (*consume)(dm_node *n, int port, const dm_chunk *c);
+    /* Return 1 to ask for another pass, 0 when done, -1 on error. */
+    int (*end_pass)(dm_node *n, int pass);
+    int (*finish)(dm_node *n);
+    void (*close)(dm_node *n);
+} dm_op;
+
+/* ---- what an operator may ask of its node ------------------------------- */
+
+const char *dm_node_name(const dm_node *n);
+const char *dm_node_where(const dm_node *n); /* "pipeline.yaml:12" for messages */
+
+int64_t dm_param_int(const dm_node *n, const char *key);
+double dm_param_float(const dm_node *n, const char *key);
+const char *dm_param_str(const dm_node *n, const char *key); /* also SIZE and PATH */
+int dm_param_bool(const dm_node *n, const char *key);
+int64_t dm_param_size(const dm_node *n, const char *key);
+
+/* Port descriptions: inputs as connected (NULL if an optional input is not),
+ * outputs to be set by infer(). */
+const dm_port_desc *dm_input_desc(const dm_node *n, int port);
+dm_port_desc *dm_output_desc(dm_node *n, int port);
+int dm_input_connected(const dm_node *n, int port);
+
+/* The tensor on an input port (from open() on). */
+const dm_tensor *dm_input_tensor(const dm_node *n, int port);
+/* Sets a tensor output; the node takes ownership of t's storage. */
+int dm_set_output(dm_node *n, int port, dm_tensor *t);
+/* Pushes a chunk downstream on a stream output (and into its spill file). */
+int dm_emit(dm_node *n, int port, const dm_chunk *c);
+
+/* A private folder for the node's product files. The engine moves it into the
+ * cache when the node succeeds; files named with dm_publish() are then copied
+ * to the run's output folder. */
+const char *dm_node_dir(const dm_node *n);
+int dm_publish(dm_node *n, const char *file);
+
+/* The operator's own state pointer. */
+void *dm_node_state(const dm_node *n);
+void dm_node_set_state(dm_node *n, void *state);
+
+/* Rows the engine moves per chunk in this run (from the memory budget). */
+int64_t dm_chunk_rows(const dm_node *n);
+/* Worker threads for operator kernels (--threads). */
+int dm_threads(void);
+
+/* The registry (operators/registry.c). */
+const dm_op *const *dm_registry(void); /* NULL-terminated */
+const dm_op *dm_find_op(const char *name);
+
+#endif

@@ -1,0 +1,48 @@
+/*
+ * fs.h: files and folders, and the one place every write to disk goes through.
+ *
+ * dm_write_all/dm_pwrite_all retry short writes and turn errors into messages
+ * naming the file ("cache/ab12/x.spill: write failed: No space left on device").
+ * For tests, DMICA_FAULT_ENOSPC_AFTER=N makes writes fail with ENOSPC once N
+ * bytes in total have been written by this process (a full disk on demand).
+ */
+#ifndef DM_FS_H
+#define DM_FS_H
+
+#include "dm.h"
+#include <sys/types.h>
+
+int dm_pwrite_all(int fd, const void *buf, size_t n, int64_t off, const char *path);
+int dm_write_all(int fd, const void *buf, size_t n, const char *path);
+int dm_pread_all(int fd, void *buf, size_t n, int64_t off, const char *path);
+/* Accounts n bytes against the fault budget: -1 (ENOSPC message) when exceeded.
+ * Writers that bypass dm_pwrite_all (io_uring) call it before submitting. */
+int dm_fault_check(size_t n, const char *path);
+
+int dm_mkdir_p(const char *path);
+int dm_rm_rf(const char *path); /* no error if missing */
+int dm_fsync_path(const char *path); /* a file or a folder */
+/* Atomically moves folder tmp to final (rename; replaces an existing final by
+ * renaming it aside first and removing it after). fsyncs the parent. */
+int dm_dir_publish(const char *tmp, const char *final);
+/* Whole file into memory (NUL-terminated); *len gets the size. NULL on error. */
+char *dm_read_file(const char *path, size_t *len);
+/* Writes data atomically (tmp + fsync + rename). */
+int dm_write_file_atomic(const char *path, const void *data, size_t len);
+/* The pieces of an atomic write, for writers that stream: dm_atomic_open creates
+ * "<path>.tmp.<pid>" (truncated) and returns its fd, *tmp getting the malloc'd
+ * name. dm_atomic_commit fsyncs and closes fd, renames tmp over path and fsyncs
+ * the folder; dm_atomic_discard closes fd and removes tmp. Both free *tmp; on a
+ * failed commit tmp is removed too. */
+int dm_atomic_open(const char *path, char **tmp);
+int dm_atomic_commit(int fd, char *tmp, const char *path);
+void dm_atomic_discard(int fd, char *tmp);
+/* Copies (or hard-links when on the same file system) src to dst atomically. */
+int dm_copy_file(const char *src, const char *dst);
+int dm_file_exists(const char *path);
+/* Content identity of a file: XXH3-128 of its bytes, as 32 hex digits, memoised
+ * in cache_dir/filehash by (device, inode, size, mtime) so unchanged big inputs
+ * are not reread. cache_dir may be NULL (no memo). */
+int dm_file_identity(const char *path, const char *cache_dir, char out[33]);
+
+#endif

@@ -1,0 +1,1127 @@
+/*
+ * gpt2.c: the GPT-2 layer runner (see gpt2.h; the model is shared/DOMAIN.md
+ * section 1, the hooks and centring section 3).
+ *
+ * Design, after llm.c's train_gpt2.c:
+ *   - Parameters live in one float32 allocation (dm_gpt2_params points into it),
+ *     converted from the mapped safetensors file at load. Only the blocks the
+ *     deepest hook needs are converted; the file is unmapped after loading.
+ *   - Activations of one batch (B windows of T tokens, BT = B*T rows) live in a
+ *     second allocation owned by the model, grown when a larger batch arrives.
+ *     The largest buffer is the MLP hidden layer (BT, n_inner); attention needs
+ *     no (B, NH, T, T) tensor, only scores for ATT_ROWS queries at a time.
+ *   - The matmuls, attention's included, are OpenBLAS sgemm (threaded by
+ *     OpenBLAS); they are over 95% of the work at GPT-2 small's shape (T = 128).
+ *     LayerNorm, GELU, softmax and the other passes are vectorised (omp simd;
+ *     the exp-heavy ones compiled for AVX-512/AVX2 too) and run in OpenMP
+ *     threads only when OpenBLAS is built on OpenMP (see GPT2_OMP).
+ *   - Every fast kernel has a plain reference beside it (the _ref functions); the
+ *     tests compare the two, and the whole model against a float64 numpy GPT-2
+ *     (tools/gpt2_reference.py).
+ * The forward pass stops at the deepest requested hook, counted in half blocks
+ * (attention half, MLP half), as TransformerLens's stop_at_layer does.
+ */
+/* Float compares (the clamps of gpt2_expf) may be if-converted and vectorised only
+ * when they are not assumed to trap; nothing here uses floating-point exceptions. */
+#pragma GCC optimize("no-trapping-math")
+
+#include "gpt2.h"
+
+#include "npy.h"
+#include "safetensors.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- kernels ------------------------------------------------------------ */
+
+/* The vectorised elementwise kernels are compiled for AVX-512 and AVX2 as well as
+ * the baseline, picked at load time (ifunc): the build has no -march. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define GPT2_SIMD_CLONES \
+    __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GPT2_SIMD_CLONES
+#endif
+
+/* Queries per block of attention scores. */
+#define ATT_ROWS 64
+
+/*
+ * Whether the elementwise kernels run in OpenMP threads: only when OpenBLAS is
+ * itself built on OpenMP (Debian's libopenblas0-openmp), so that both share one
+ * pool of threads. Beside the default pthreads OpenBLAS, idle OpenMP threads spin
+ * for milliseconds after each parallel region and take the cores from the next
+ * sgemm (measured on 2 cores: 716 tokens/s with them, 1120 without), while these
+ * kernels are a few percent of the work.
+ */
+#define GPT2_OMP (openblas_get_parallel() == 2)
+
+void gpt2_matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
+                             int BT, int C, int OC)
+{
+    // out is (BT, OC), inp is (BT, C), weight is (C, OC) (Conv1D: x @ W), bias is (OC)
+    for (int bt = 0; bt < BT; bt++) {
+        const float *x = inp + (size_t)bt * C;
+        float *o = out + (size_t)bt * OC;
+        for (int j = 0; j < OC; j++)
+            o[j] = bias ? bias[j] : 0.0f;
+        for (int i = 0; i < C; i++) {
+            const float *w = weight + (size_t)i * OC;
+            for (int j = 0; j < OC; j++)
+                o[j] += x[i] * w[j];
+        }
+    }
+}
+
+void gpt2_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
+                         int BT, int C, int OC)
+{
+    // out is (BT, OC), inp is (BT, C), weight is (C, OC), bias is (OC)
+    if (bias) {
+#pragma omp parallel for schedule(static) if (GPT2_OMP)
+        for (int bt = 0; bt < BT; bt++)
+            memcpy(out + (size_t)bt * OC, bias, sizeof(float) * OC);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, BT, OC, C, 1.0f, inp, C, weight, OC,
+                bias ? 1.0f : 0.0f, out, OC);
+}
+
+void gpt2_layernorm_forward_ref(float *out, const float *inp, const float *weight,
+                                const float *bias, int BT, int C, float eps)
+{
+    // out is (BT, C), inp is (BT, C), weight and bias are (C) or NULL
+    for (int bt = 0; bt < BT; bt++) {
+        const float *x = inp + (size_t)bt * C;
+        float *o = out + (size_t)bt * C;
+        float mean = 0.0f, var = 0.0f;
+        for (int i = 0; i < C; i++)
+            mean += x[i];
+        mean /= C;
+        for (int i = 0; i < C; i++)
+            var += (x[i] - mean) * (x[i] - mean);
+        var /= C;
+        float rstd = 1.0f / sqrtf(var + eps);
+        for (int i = 0; i < C; i++) {
+            float n = (x[i] - mean) * rstd;
+            o[i] = n * (weight ? weight[i] : 1.0f) + (bias ? bias[i] : 0.0f);
+        }
+    }
+}
+
+void gpt2_layernorm_forward(float *out, const float *inp, const float *weight, const float *bias,
+                            int BT, int C, float eps)
+{
+    // out is (BT, C), inp is (BT, C), weight and bias are (C) or NULL
+#pragma omp parallel for schedule(static) if (GPT2_OMP)
+    for (int bt = 0; bt < BT; bt++) {
+        const float *x = inp + (size_t)bt * C;
+        float *o = out + (size_t)bt * C;
+        /* double sums: a residual row can carry a large common offset */
+        double sum = 0.0, ss = 0.0;
+#pragma omp simd reduction(+ : sum)
+        for (int i = 0; i < C; i++)
+            sum += x[i];
+        float mean = (float)(sum / C);
+#pragma omp simd reduction(+ : ss)
+        for (int i = 0; i < C; i++)
+            ss += (double)(x[i] - mean) * (x[i] - mean);
+        float rstd = (float)(1.0 / sqrt(ss / C + eps));
+        if (weight && bias) {
+#pragma omp simd
+            for (int i = 0; i < C; i++)
+                o[i] = (x[i] - mean) * rstd * weight[i] + bias[i];
+        } else {
+#pragma omp simd
+            for (int i = 0; i < C; i++)
+                o[i] = (x[i] - mean) * rstd;
+        }
+    }
+}
+
+/*
+ * exp(x) in float, vectorisable (no libm call): x = n ln2 + r with |r| <= ln2/2
+ * (Cody-Waite split of ln 2), exp(r) by the Cephes expf polynomial (about 1 ulp),
+ * times 2^n built in the exponent bits. x is clamped to [-87, 88], where the result
+ * stays a normal float.
+ */
+static inline __attribute__((always_inline)) float gpt2_expf(float x)
+{
+    union {
+        int32_t i;
+        float f;
+    } pow2n;
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    pow2n.i = ((int32_t)n + 127) << 23;
+    return p * pow2n.f;
+}
+
+void gpt2_attention_forward_ref(float *out, const float *qkv, int B, int T, int C, int NH)
+{
+    // out is (B, T, C), qkv is (B, T, 3C): [q | k | v], head h at columns h*hs
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    float *att = dm_xmalloc(sizeof(float) * T);
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++) {
+                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float maxv = -INFINITY, sum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    float s = 0.0f;
+                    for (int i = 0; i < hs; i++)
+                        s += q[i] * k[i];
+                    att[t2] = s * scale;
+                    if (att[t2] > maxv)
+                        maxv = att[t2];
+                }
+                for (int t2 = 0; t2 <= t; t2++) {
+                    att[t2] = expf(att[t2] - maxv);
+                    sum += att[t2];
+                }
+                float *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++)
+                    o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++)
+                        o[i] += att[t2] / sum * v[i];
+                }
+            }
+    free(att);
+}
+
+/* Softmax of rows [0, rows) of S (rows, keys) in place, row r seeing keys
+ * 0..t0+r (causal) and zero beyond. */
+GPT2_SIMD_CLONES
+static void softmax_causal_forward(float *S, int rows, int keys, int t0)
+{
+    for (int r = 0; r < rows; r++) {
+        float *s = S + (size_t)r * keys;
+        int n = t0 + r + 1;
+        float maxv = s[0], sum = 0.0f;
+#pragma omp simd reduction(max : maxv)
+        for (int j = 1; j < n; j++)
+            maxv = s[j] > maxv ? s[j] : maxv;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < n; j++) {
+            s[j] = gpt2_expf(s[j] - maxv);
+            sum += s[j];
+        }
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int j = 0; j < n; j++)
+            s[j] *= inv;
+        for (int j = n; j < keys; j++)
+            s[j] = 0.0f;
+    }
+}
+
+void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, int NH)
+{
+    // out is (B, T, C), qkv is (B, T, 3C): [q | k | v], head h at columns h*hs
+    // Per (window, head) and block of ATT_ROWS queries: scores (rows, keys) =
+    // Q K^T / sqrt(hs) by sgemm over the keys up to the block's last query only,
+    // causal softmax in place, then out = P V by sgemm. Memory: one block of scores.
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    int C3 = 3 * C;
+    float *S = dm_xmalloc_aligned(sizeof(float) * (size_t)ATT_ROWS * T);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *Q = qkv + (size_t)b * T * C3 + h * hs, *K = Q + C, *V = Q + 2 * C;
+            for (int t0 = 0; t0 < T; t0 += ATT_ROWS) {
+                int rows = T - t0 < ATT_ROWS ? T - t0 : ATT_ROWS, keys = t0 + rows;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
+                            Q + (size_t)t0 * C3, C3, K, C3, 0.0f, S, keys);
+                softmax_causal_forward(S, rows, keys, t0);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, S,
+                            keys, V, C3, 0.0f, out + ((size_t)b * T + t0) * C + h * hs, C);
+            }
+        }
+    free(S);
+}
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+
+void gpt2_gelu_forward_ref(float *out, const float *inp, int64_t N)
+{
+    // out and inp are (N)
+    for (int64_t i = 0; i < N; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+    }
+}
+
+/* 0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u)): one exp instead of tanhf, and no
+ * cancellation for large negative x. */
+GPT2_SIMD_CLONES
+static void gelu_range(float *out, const float *inp, int64_t n)
+{
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.0f + gpt2_expf(-2.0f * u));
+    }
+}
+
+void gpt2_gelu_forward(float *out, const float *inp, int64_t N)
+{
+    // out and inp are (N)
+#pragma omp parallel for schedule(static) if (GPT2_OMP)
+    for (int64_t i0 = 0; i0 < N; i0 += 16384)
+        gelu_range(out + i0, inp + i0, N - i0 < 16384 ? N - i0 : 16384);
+}
+
+/* out (BT, V) = inp (BT, C) @ wte^T, wte (V, C): the tied unembedding. */
+static void unembed_forward(float *out, const float *inp, const float *wte, int BT, int C, int V,
+                            int reference)
+{
+    if (!reference) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BT, V, C, 1.0f, inp, C, wte, C, 0.0f,
+                    out, V);
+        return;
+    }
+    for (int bt = 0; bt < BT; bt++)
+        for (int v = 0; v < V; v++) {
+            float s = 0.0f;
+            for (int i = 0; i < C; i++)
+                s += inp[(size_t)bt * C + i] * wte[(size_t)v * C + i];
+            out[(size_t)bt * V + v] = s;
+        }
+}
+
+/* x (BT, C) += branch (BT, C) */
+static void residual_forward(float *x, const float *branch, size_t n)
+{
+#pragma omp parallel for simd schedule(static) if (GPT2_OMP)
+    for (size_t i = 0; i < n; i++)
+        x[i] += branch[i];
+}
+
+/* ---- config ------------------------------------------------------------- */
+
+static int cfg_int(const char *path, json_t *root, const char *key, int *out)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v)
+        return dm_fail("%s: missing key %s", path, key);
+    if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > (1 << 24))
+        return dm_fail("%s: %s must be a positive integer (at most %d)", path, key, 1 << 24);
+    *out = (int)json_integer_value(v);
+    return 0;
+}
+
+int dm_gpt2_read_config(const char *dir, dm_gpt2_config *cfg)
+{
+    char *path = dm_xasprintf("%s/config.json", dir);
+    json_error_t jerr;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr), *v;
+    int rc = -1;
+    memset(cfg, 0, sizeof *cfg);
+    if (!root) {
+        if (jerr.line < 0 || jerr.position == 0)
+            dm_fail("%s: cannot read: %s", path, jerr.text);
+        else
+            dm_fail("%s: not valid JSON: %s (line %d, column %d)", path, jerr.text, jerr.line,
+                    jerr.column);
+        goto end;
+    }
+    if (!json_is_object(root)) {
+        dm_fail("%s: not a JSON object", path);
+        goto end;
+    }
+    if (cfg_int(path, root, "n_embd", &cfg->n_embd) < 0 ||
+        cfg_int(path, root, "n_layer", &cfg->n_layer) < 0 ||
+        cfg_int(path, root, "n_head", &cfg->n_head) < 0 ||
+        cfg_int(path, root, "n_positions", &cfg->n_positions) < 0 ||
+        cfg_int(path, root, "vocab_size", &cfg->vocab_size) < 0)
+        goto end;
+    v = json_object_get(root, "n_inner");
+    if (!v || json_is_null(v))
+        cfg->n_inner = 4 * cfg->n_embd;
+    else if (cfg_int(path, root, "n_inner", &cfg->n_inner) < 0)
+        goto end;
+    v = json_object_get(root, "layer_norm_epsilon");
+    if (!v) {
+        dm_fail("%s: missing key layer_norm_epsilon", path);
+        goto end;
+    }
+    if (!json_is_number(v) || !(json_number_value(v) > 0)) {
+        dm_fail("%s: layer_norm_epsilon must be a positive number", path);
+        goto end;
+    }
+    cfg->layer_norm_epsilon = (float)json_number_value(v);
+    v = json_object_get(root, "activation_function");
+    if (!v) {
+        dm_fail("%s: missing key activation_function", path);
+        goto end;
+    }
+    if (!json_is_string(v) || strcmp(json_string_value(v), "gelu_new")) {
+        dm_fail("%s: activation_function %s is not supported (only gelu_new, GPT-2's)", path,
+                json_is_string(v) ? json_string_value(v) : "(not a string)");
+        goto end;
+    }
+    if (cfg->n_embd % cfg->n_head) {
+        dm_fail("%s: n_embd %d is not a multiple of n_head %d", path, cfg->n_embd, cfg->n_head);
+        goto end;
+    }
+    /* Variants of GPT2Config that change the numbers and are not implemented. */
+    if (json_is_false(json_object_get(root, "scale_attn_weights"))) {
+        dm_fail("%s: scale_attn_weights false is not supported", path);
+        goto end;
+    }
+    if (json_is_true(json_object_get(root, "scale_attn_by_inverse_layer_idx"))) {
+        dm_fail("%s: scale_attn_by_inverse_layer_idx true is not supported", path);
+        goto end;
+    }
+    rc = 0;
+end:
+    json_decref(root);
+    free(path);
+    return rc;
+}
+
+/* ---- hooks -------------------------------------------------------------- */
+
+static const char *const block_hook_names[] = {
+    [DM_HOOK_RESID_PRE] = "hook_resid_pre", [DM_HOOK_ATTN_OUT] = "hook_attn_out",
+    [DM_HOOK_RESID_MID] = "hook_resid_mid", [DM_HOOK_MLP_OUT] = "hook_mlp_out",
+    [DM_HOOK_RESID_POST] = "hook_resid_post",
+};
+static const char *const model_hook_names[] = {
+    [DM_HOOK_EMBED] = "hook_embed",
+    [DM_HOOK_POS_EMBED] = "hook_pos_embed",
+    [DM_HOOK_LN_FINAL] = "ln_final.hook_normalized",
+    [DM_HOOK_LOGITS] = "logits",
+    [DM_HOOK_LOSS] = "loss",
+};
+
+int dm_gpt2_hook_parse(const char *name, dm_gpt2_hook *out)
+{
+    for (int k = 0; k <= DM_HOOK_LOSS; k++)
+        if (k < (int)(sizeof model_hook_names / sizeof *model_hook_names) && model_hook_names[k] &&
+            !strcmp(name, model_hook_names[k])) {
+            *out = (dm_gpt2_hook){(dm_gpt2_hook_kind)k, -1};
+            return 0;
+        }
+    if (!strncmp(name, "blocks.", 7) && name[7] >= '0' && name[7] <= '9') {
+        char *end;
+        errno = 0;
+        long L = strtol(name + 7, &end, 10);
+        if (!errno && L < INT_MAX && *end == '.' && !(name[7] == '0' && end != name + 8))
+            for (int k = DM_HOOK_RESID_PRE; k <= DM_HOOK_RESID_POST; k++)
+                if (!strcmp(end + 1, block_hook_names[k])) {
+                    *out = (dm_gpt2_hook){(dm_gpt2_hook_kind)k, (int)L};
+                    return 0;
+                }
+    }
+    return dm_fail("unknown hook '%s' (known: hook_embed, hook_pos_embed, blocks.L.hook_resid_pre, "
+                   "blocks.L.hook_attn_out, blocks.L.hook_resid_mid, blocks.L.hook_mlp_out, "
+                   "blocks.L.hook_resid_post, ln_final.hook_normalized, logits, loss)",
+                   name);
+}
+
+const char *dm_gpt2_hook_name(dm_gpt2_hook h, char *buf, size_t n)
+{
+    if (h.kind >= DM_HOOK_RESID_PRE && h.kind <= DM_HOOK_RESID_POST)
+        snprintf(buf, n, "blocks.%d.%s", h.layer, block_hook_names[h.kind]);
+    else
+        snprintf(buf, n, "%s", model_hook_names[h.kind]);
+    return buf;
+}
+
+/* Where the forward pass may stop for h, in half blocks: 2L is the input of block
+ * L, 2L+1 after its attention, 2L+2 after its MLP; INT_MAX after ln_f. */
+static int hook_stop(dm_gpt2_hook h)
+{
+    switch (h.kind) {
+    case DM_HOOK_EMBED:
+    case DM_HOOK_POS_EMBED: return 0;
+    case DM_HOOK_RESID_PRE: return 2 * h.layer;
+    case DM_HOOK_ATTN_OUT:
+    case DM_HOOK_RESID_MID: return 2 * h.layer + 1;
+    case DM_HOOK_MLP_OUT:
+    case DM_HOOK_RESID_POST: return 2 * h.layer + 2;
+    default: return INT_MAX;
+    }
+}
+
+int dm_gpt2_hook_depth(dm_gpt2_hook h)
+{
+    int s = hook_stop(h);
+    return s == INT_MAX ? DM_GPT2_DEPTH_ALL : (s + 1) / 2;
+}
+
+int dm_gpt2_hooks_depth(const dm_gpt2_hook *hooks, int n)
+{
+    int depth = 0;
+    for (int i = 0; i < n; i++) {
+        int d = dm_gpt2_hook_depth(hooks[i]);
+        if (d == DM_GPT2_DEPTH_ALL)
+            return DM_GPT2_DEPTH_ALL;
+        depth = d > depth ? d : depth;
+    }
+    return depth;
+}
+
+int dm_gpt2_hook_is_residual(dm_gpt2_hook h)
+{
+    return h.kind <= DM_HOOK_RESID_POST;
+}
+
+int64_t dm_gpt2_hook_width(const dm_gpt2_config *cfg, dm_gpt2_hook h)
+{
+    char name[64];
+    if (h.layer >= cfg->n_layer || (h.kind >= DM_HOOK_RESID_PRE && h.kind <= DM_HOOK_RESID_POST &&
+                                     h.layer < 0))
+        return dm_fail("hook %s: the model has %d layers (blocks.0 to blocks.%d)",
+                       dm_gpt2_hook_name(h, name, sizeof name), cfg->n_layer, cfg->n_layer - 1);
+    if (h.kind == DM_HOOK_LOGITS)
+        return cfg->vocab_size;
+    if (h.kind == DM_HOOK_LOSS)
+        return 1;
+    return cfg->n_embd;
+}
+
+/* ---- the model ------------------------------------------------------------ */
+
+typedef struct {
+    float *wte;      // (V, C)
+    float *wpe;      // (maxT, C)
+    float *ln1w;     // (L, C)
+    float *ln1b;     // (L, C)
+    float *qkvw;     // (L, C, 3C)  Conv1D: [in, out]
+    float *qkvb;     // (L, 3C)
+    float *attprojw; // (L, C, C)
+    float *attprojb; // (L, C)
+    float *ln2w;     // (L, C)
+    float *ln2b;     // (L, C)
+    float *fcw;      // (L, C, I)  I = n_inner
+    float *fcb;      // (L, I)
+    float *fcprojw;  // (L, I, C)
+    float *fcprojb;  // (L, C)
+    float *lnfw;     // (C); NULL unless loaded with DM_GPT2_DEPTH_ALL
+    float *lnfb;     // (C)
+} dm_gpt2_params;
+
+typedef struct {
+    float *x;      // (BT, C) the residual stream
+    float *ln;     // (BT, C) LayerNorm output
+    float *qkv;    // (BT, 3C)
+    float *atty;   // (BT, C) attention output before c_proj
+    float *branch; // (BT, C) attn_out, then mlp_out
+    float *fch;    // (BT, I) MLP hidden layer
+    float *logits; // (LOGIT_ROWS, V) when loss is wanted without logits
+} dm_gpt2_acts;
+
+/* Rows of logits computed at a time for the loss alone. */
+#define LOGIT_ROWS 64
+
+struct dm_gpt2 {
+    char *dir;
+    dm_gpt2_config cfg;
+    int depth;  /* blocks loaded */
+    int has_lnf;
+    dm_gpt2_params params;
+    float *params_memory;
+    dm_gpt2_acts acts;
+    float *acts_memory;
+    size_t acts_rows; /* BT the activations were allocated for */
+    int reference;
+};
+
+/* Sizes a tensor's shape can name, for the table below and its error messages. */
+enum { D_C, D_3C, D_I, D_V, D_P };
+static const char *const dim_key[] = {"n_embd", "n_embd", "n_inner", "vocab_size", "n_positions"};
+
+typedef struct {
+    const char *name; /* block tensors: after "h.L." */
+    int ndim;
+    int dims[2];
+    size_t field; /* offsetof(dm_gpt2_params, ...) */
+} tensor_spec;
+
+static const tensor_spec model_tensors[] = {
+    {"wte.weight", 2, {D_V, D_C}, offsetof(dm_gpt2_params, wte)},
+    {"wpe.weight", 2, {D_P, D_C}, offsetof(dm_gpt2_params, wpe)},
+    {"ln_f.weight", 1, {D_C}, offsetof(dm_gpt2_params, lnfw)},
+    {"ln_f.bias", 1, {D_C}, offsetof(dm_gpt2_params, lnfb)},
+};
+static const tensor_spec block_tensors[] = {
+    {"ln_1.weight", 1, {D_C}, offsetof(dm_gpt2_params, ln1w)},
+    {"ln_1.bias", 1, {D_C}, offsetof(dm_gpt2_params, ln1b)},
+    {"attn.c_attn.weight", 2, {D_C, D_3C}, offsetof(dm_gpt2_params, qkvw)},
+    {"attn.c_attn.bias", 1, {D_3C}, offsetof(dm_gpt2_params, qkvb)},
+    {"attn.c_proj.weight", 2, {D_C, D_C}, offsetof(dm_gpt2_params, attprojw)},
+    {"attn.c_proj.bias", 1, {D_C}, offsetof(dm_gpt2_params, attprojb)},
+    {"ln_2.weight", 1, {D_C}, offsetof(dm_gpt2_params, ln2w)},
+    {"ln_2.bias", 1, {D_C}, offsetof(dm_gpt2_params, ln2b)},
+    {"mlp.c_fc.weight", 2, {D_C, D_I}, offsetof(dm_gpt2_params, fcw)},
+    {"mlp.c_fc.bias", 1, {D_I}, offsetof(dm_gpt2_params, fcb)},
+    {"mlp.c_proj.weight", 2, {D_I, D_C}, offsetof(dm_gpt2_params, fcprojw)},
+    {"mlp.c_proj.bias", 1, {D_C}, offsetof(dm_gpt2_params, fcprojb)},
+};
+#define N_MODEL_TENSORS (int)(sizeof model_tensors / sizeof *model_tensors)
+#define N_BLOCK_TENSORS (int)(sizeof block_tensors / sizeof *block_tensors)
+
+static int64_t dim_size(const dm_gpt2_config *c, int d)
+{
+    switch (d) {
+    case D_C: return c->n_embd;
+    case D_3C: return 3 * (int64_t)c->n_embd;
+    case D_I: return c->n_inner;
+    case D_V: return c->vocab_size;
+    default: return c->n_positions;
+    }
+}
+
+static int64_t spec_numel(const dm_gpt2_config *c, const tensor_spec *s)
+{
+    int64_t n = 1;
+    for (int i = 0; i < s->ndim; i++)
+        n *= dim_size(c, s->dims[i]);
+    return n;
+}
+
+/* Checks t (called name) against spec s: a float dtype and the config's shape. */
+static int check_tensor(const char *path, const dm_gpt2_config *c, const char *name,
+                        const dm_st_tensor *t, const tensor_spec *s)
+{
+    int64_t want[2];
+    char got_s[128], want_s[128], keys[128];
+    size_t k = 0;
+    int ok = t->ndim == s->ndim;
+    keys[0] = 0;
+    for (int i = 0; i < s->ndim; i++) {
+        want[i] = dim_size(c, s->dims[i]);
+        ok = ok && t->shape[i] == want[i];
+        if (!strstr(keys, dim_key[s->dims[i]]) && k < sizeof keys)
+            k += snprintf(keys + k, sizeof keys - k, "%s%s %lld", k ? ", " : "",
+                          dim_key[s->dims[i]], (long long)dim_size(c, s->dims[i] == D_3C ? D_C : s->dims[i]));
+    }
+    if (!ok)
+        return dm_fail("%s: tensor %s has shape %s, config %s needs %s", path, name,
+                       dm_st_shape_str(t->shape, t->ndim, got_s, sizeof got_s), keys,
+                       dm_st_shape_str(want, s->ndim, want_s, sizeof want_s));
+    if (!dm_st_is_float(t))
+        return dm_fail("%s: tensor %s has dtype %s; GPT-2 weights must be F32, F16 or BF16",
+                       path, name, t->dtype);
+    return 0;
+}
+
+/* Finds the spec of a block tensor name "h.L.<suffix>"; *layer gets L. -1 if the
+ * name is not of that form; 1 if it is a mask buffer to ignore. */
+static int block_tensor(const char *name, int *layer, const tensor_spec **spec)
+{
+    char *end;
+    if (strncmp(name, "h.", 2) || name[2] < '0' || name[2] > '9')
+        return -1;
+    errno = 0;
+    long L = strtol(name + 2, &end, 10);
+    if (errno || L > INT_MAX || *end != '.')
+        return -1;
+    *layer = (int)L;
+    for (int i = 0; i < N_BLOCK_TENSORS; i++)
+        if (!strcmp(end + 1, block_tensors[i].name)) {
+            *spec = &block_tensors[i];
+            return 0;
+        }
+    if (!strcmp(end + 1, "attn.bias") || !strcmp(end + 1, "attn.masked_bias"))
+        return 1;
+    return -1;
+}
+
+/* Checks every tensor of st against cfg: all expected ones present, none unknown. */
+static int check_tensors(const char *path, const dm_gpt2_config *c, const dm_safetensors *st)
+{
+    char name[256];
+    for (int i = 0; i < dm_st_count(st); i++) {
+        const dm_st_tensor *t = dm_st_at(st, i);
+        const tensor_spec *s = NULL;
+        int layer, r;
+        for (int j = 0; j < N_MODEL_TENSORS; j++)
+            if (!strcmp(t->name, model_tensors[j].name))
+                s = &model_tensors[j];
+        if (s) {
+            if (check_tensor(path, c, t->name, t, s) < 0)
+                return -1;
+            continue;
+        }
+        if (!strcmp(t->name, "lm_head.weight")) { /* tied to wte: ignored, but must fit */
+            static const tensor_spec lm_head = {"lm_head.weight", 2, {D_V, D_C}, 0};
+            if (check_tensor(path, c, t->name, t, &lm_head) < 0)
+                return -1;
+            continue;
+        }
+        r = block_tensor(t->name, &layer, &s);
+        if (r < 0)
+            return dm_fail("%s: unexpected tensor %s (not a GPT-2 weight)", path, t->name);
+        if (layer >= c->n_layer)
+            return dm_fail("%s: unexpected tensor %s: config n_layer %d has blocks h.0 to h.%d",
+                           path, t->name, c->n_layer, c->n_layer - 1);
+        if (r == 0 && check_tensor(path, c, t->name, t, s) < 0)
+            return -1;
+    }
+    for (int j = 0; j < N_MODEL_TENSORS; j++)
+        if (!dm_st_find(st, model_tensors[j].name))
+            return dm_fail("%s: missing tensor %s", path, model_tensors[j].name);
+    for (int l = 0; l < c->n_layer; l++)
+        for (int j = 0; j < N_BLOCK_TENSORS; j++) {
+            snprintf(name, sizeof name, "h.%d.%s", l, block_tensors[j].name);
+            if (!dm_st_find(st, name))
+                return dm_fail("%s: missing tensor %s (config n_layer %d)", path, name,
+                               c->n_layer);
+        }
+    return 0;
+}
+
+dm_gpt2 *dm_gpt2_load(const char *dir, int depth)
+{
+    dm_gpt2 *m = dm_xcalloc(1, sizeof *m);
+    char *path = dm_xasprintf("%s/model.safetensors", dir);
+    char name[256];
+    dm_safetensors *st = NULL;
+    dm_gpt2_config *c = &m->cfg;
+    m->dir = dm_xstrdup(dir);
+    if (dm_gpt2_read_config(dir, c) < 0)
+        goto fail;
+    if (depth < DM_GPT2_DEPTH_ALL) {
+        dm_fail("%s: bad depth %d", dir, depth);
+        goto fail;
+    }
+    if (depth > c->n_layer) {
+        dm_fail("%s: %d blocks needed, config n_layer is %d", dir, depth, c->n_layer);
+        goto fail;
+    }
+    m->has_lnf = depth == DM_GPT2_DEPTH_ALL;
+    m->depth = m->has_lnf ? c->n_layer : depth;
+    if (!(st = dm_st_open(path)) || check_tensors(path, c, st) < 0)
+        goto fail;
+
+    /* One allocation: the model tensors, then each block tensor for all loaded layers. */
+    size_t total = 0;
+    for (int j = 0; j < N_MODEL_TENSORS; j++)
+        if (j < 2 || m->has_lnf)
+            total += spec_numel(c, &model_tensors[j]);
+    for (int j = 0; j < N_BLOCK_TENSORS; j++)
+        total += (size_t)m->depth * spec_numel(c, &block_tensors[j]);
+    m->params_memory = dm_xmalloc_aligned(sizeof(float) * (total ? total : 1));
+    float *p = m->params_memory;
+    for (int j = 0; j < N_MODEL_TENSORS; j++) {
+        if (j >= 2 && !m->has_lnf)
+            continue;
+        *(float **)((char *)&m->params + model_tensors[j].field) = p;
+        if (dm_st_read_f32(st, dm_st_find(st, model_tensors[j].name), p) < 0)
+            goto fail;
+        p += spec_numel(c, &model_tensors[j]);
+    }
+    for (int j = 0; j < N_BLOCK_TENSORS; j++) {
+        int64_t n = spec_numel(c, &block_tensors[j]);
+        *(float **)((char *)&m->params + block_tensors[j].field) = p;
+        for (int l = 0; l < m->depth; l++, p += n) {
+            snprintf(name, sizeof name, "h.%d.%s", l, block_tensors[j].name);
+            if (dm_st_read_f32(st, dm_st_find(st, name), p) < 0)
+                goto fail;
+        }
+    }
+    dm_st_close(st);
+    free(path);
+    return m;
+fail:
+    dm_st_close(st);
+    free(path);
+    dm_gpt2_free(m);
+    return NULL;
+}
+
+void dm_gpt2_free(dm_gpt2 *m)
+{
+    if (!m)
+        return;
+    free(m->params_memory);
+    free(m->acts_memory);
+    free(m->dir);
+    free(m);
+}
+
+const dm_gpt2_config *dm_gpt2_cfg(const dm_gpt2 *m) { return &m->cfg; }
+int dm_gpt2_depth(const dm_gpt2 *m) { return m->has_lnf ? DM_GPT2_DEPTH_ALL : m->depth; }
+void dm_gpt2_use_reference(dm_gpt2 *m, int on) { m->reference = on; }
+
+static void acts_reserve(dm_gpt2 *m, size_t BT, int want_logits)
+{
+    const dm_gpt2_config *c = &m->cfg;
+    size_t C = c->n_embd, NI = c->n_inner;
+    size_t logits = want_logits ? (size_t)LOGIT_ROWS * c->vocab_size : 0;
+    if (BT <= m->acts_rows && (!want_logits || m->acts.logits))
+        return;
+    BT = BT > m->acts_rows ? BT : m->acts_rows;
+    free(m->acts_memory);
+    size_t sizes[] = {BT * C, BT * C, BT * 3 * C, BT * C, BT * C, BT * NI, logits};
+    float **fields[] = {&m->acts.x,    &m->acts.ln,  &m->acts.qkv,   &m->acts.atty,
+                        &m->acts.branch, &m->acts.fch, &m->acts.logits};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        total += (sizes[i] + 15) & ~(size_t)15; /* keep each buffer 64-byte aligned */
+    m->acts_memory = dm_xmalloc_aligned(sizeof(float) * total);
+    float *p = m->acts_memory;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
+        *fields[i] = sizes[i] ? p : NULL;
+        p += (sizes[i] + 15) & ~(size_t)15;
+    }
+    m->acts_rows = BT;
+}
+
+/* out (rows, C) = src (rows, C), minus each row's mean over C when center. */
+static void hook_copy(float *out, const float *src, size_t rows, int C, int center)
+{
+    if (!center) {
+        memcpy(out, src, sizeof(float) * rows * C);
+        return;
+    }
+#pragma omp parallel for schedule(static) if (GPT2_OMP)
+    for (size_t r = 0; r < rows; r++) {
+        const float *s = src + r * C;
+        float *o = out + r * C;
+        double sum = 0.0;
+        for (int i = 0; i < C; i++)
+            sum += s[i];
+        float mean = (float)(sum / C);
+        for (int i = 0; i < C; i++)
+            o[i] = s[i] - mean;
+    }
+}
+
+/* Writes src into the outputs of every requested hook of (kind, layer). */
+static void emit(const dm_gpt2_hook *hooks, int nhooks, float **outs, dm_gpt2_hook_kind kind,
+                 int layer, const float *src, size_t rows, int C, int center)
+{
+    for (int i = 0; i < nhooks; i++)
+        if (hooks[i].kind == kind && hooks[i].layer == layer)
+            hook_copy(outs[i], src, rows, C, center && dm_gpt2_hook_is_residual(hooks[i]));
+}
+
+/* The embedding hooks: wte[token] and wpe[position] of each row. */
+static void emit_embed(const dm_gpt2 *m, const int32_t *tokens, int B, int T,
+                       const dm_gpt2_hook *hooks, int nhooks, float **outs, int center)
+{
+    int C = m->cfg.n_embd;
+    for (int i = 0; i < nhooks; i++) {
+        if (hooks[i].kind != DM_HOOK_EMBED && hooks[i].kind != DM_HOOK_POS_EMBED)
+            continue;
+        for (int bt = 0; bt < B * T; bt++) {
+            const float *src = hooks[i].kind == DM_HOOK_EMBED
+                                   ? m->params.wte + (size_t)tokens[bt] * C
+                                   : m->params.wpe + (size_t)(bt % T) * C;
+            hook_copy(outs[i] + (size_t)bt * C, src, 1, C, center);
+        }
+    }
+}
+
+/* log sum_v exp(l[v]) of one row of logits (V). */
+GPT2_SIMD_CLONES
+static double logsumexp_row(const float *l, int V)
+{
+    float maxv = l[0];
+#pragma omp simd reduction(max : maxv)
+    for (int v = 1; v < V; v++)
+        maxv = l[v] > maxv ? l[v] : maxv;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int v = 0; v < V; v++)
+        sum += gpt2_expf(l[v] - maxv);
+    return maxv + log(sum);
+}
+
+/* Per token next-token cross-entropy of rows [bt0, bt0+rows) from their logits
+ * (rows, V): logsumexp(logits) - logits[next token]; NaN at the last position of
+ * each window, which has no next token. */
+static void loss_forward(float *loss, const float *logits, const int32_t *tokens, int bt0,
+                         int rows, int T, int V)
+{
+#pragma omp parallel for schedule(static) if (GPT2_OMP)
+    for (int r = 0; r < rows; r++) {
+        int bt = bt0 + r;
+        const float *l = logits + (size_t)r * V;
+        loss[bt] = bt % T == T - 1 ? NAN : (float)(logsumexp_row(l, V) - l[tokens[bt + 1]]);
+    }
+}
+
+int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,
+                    int nhooks, float **outs, int center)
+{
+    const dm_gpt2_config *c = &m->cfg;
+    const dm_gpt2_params *p = &m->params;
+    int C = c->n_embd, NI = c->n_inner, V = c->vocab_size, NH = c->n_head, ref = m->reference;
+    int stop = 0, logits_i = -1, loss_i = -1;
+    char name[64];
+    if (B <= 0 || T <= 0)
+        return dm_fail("%s: empty batch (%d windows of %d tokens)", m->dir, B, T);
+    if (T > c->n_positions)
+        return dm_fail("%s: windows of %d tokens are longer than n_positions %d", m->dir, T,
+                       c->n_positions);
+    for (int i = 0; i < nhooks; i++) {
+        if (dm_gpt2_hook_width(c, hooks[i]) < 0)
+            return dm_fail_prefix("%s", m->dir);
+        int d = dm_gpt2_hook_depth(hooks[i]);
+        if ((d == DM_GPT2_DEPTH_ALL && !m->has_lnf) || d > m->depth)
+            return dm_fail("%s: hook %s needs %s; the model was loaded with %d blocks", m->dir,
+                           dm_gpt2_hook_name(hooks[i], name, sizeof name),
+                           d == DM_GPT2_DEPTH_ALL ? "every block and ln_f" : "more blocks",
+                           m->depth);
+        int s = hook_stop(hooks[i]);
+        stop = s > stop ? s : stop;
+        if (hooks[i].kind == DM_HOOK_LOGITS && logits_i < 0)
+            logits_i = i;
+        if (hooks[i].kind == DM_HOOK_LOSS && loss_i < 0)
+            loss_i = i;
+    }
+    for (int bt = 0; bt < B * T; bt++)
+        if (tokens[bt] < 0 || tokens[bt] >= V)
+            return dm_fail("token id %d at window %d, position %d is not below vocab_size %d",
+                           tokens[bt], bt / T, bt % T, V);
+
+    size_t BT = (size_t)B * T;
+    acts_reserve(m, BT, loss_i >= 0 && logits_i < 0);
+    dm_gpt2_acts *a = &m->acts;
+
+    // embedding: x (BT, C) = wte[token] + wpe[position]
+    emit_embed(m, tokens, B, T, hooks, nhooks, outs, center);
+#pragma omp parallel for schedule(static) if (GPT2_OMP)
+    for (size_t bt = 0; bt < BT; bt++) {
+        const float *we = p->wte + (size_t)tokens[bt] * C, *pe = p->wpe + (bt % T) * (size_t)C;
+        float *x = a->x + bt * C;
+        for (int i = 0; i < C; i++)
+            x[i] = we[i] + pe[i];
+    }
+
+    for (int l = 0; l < c->n_layer && 2 * l <= stop; l++) {
+        emit(hooks, nhooks, outs, DM_HOOK_RESID_PRE, l, a->x, BT, C, center);
+        if (stop == 2 * l)
+            break;
+        // attention half: branch = attn(ln_1(x)) @ c_proj + b; x += branch
+        (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(
+            a->ln, a->x, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, (int)BT, C,
+            c->layer_norm_epsilon);
+        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
+            a->qkv, a->ln, p->qkvw + (size_t)l * C * 3 * C, p->qkvb + (size_t)l * 3 * C, (int)BT,
+            C, 3 * C);
+        (ref ? gpt2_attention_forward_ref : gpt2_attention_forward)(a->atty, a->qkv, B, T, C, NH);
+        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
+            a->branch, a->atty, p->attprojw + (size_t)l * C * C, p->attprojb + (size_t)l * C,
+            (int)BT, C, C);
+        residual_forward(a->x, a->branch, BT * C);
+        emit(hooks, nhooks, outs, DM_HOOK_ATTN_OUT, l, a->branch, BT, C, center);
+        emit(hooks, nhooks, outs, DM_HOOK_RESID_MID, l, a->x, BT, C, center);
+        if (stop == 2 * l + 1)
+            break;
+        // MLP half: branch = gelu(ln_2(x) @ c_fc + b) @ c_proj + b; x += branch
+        (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(
+            a->ln, a->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, (int)BT, C,
+            c->layer_norm_epsilon);
+        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
+            a->fch, a->ln, p->fcw + (size_t)l * C * NI, p->fcb + (size_t)l * NI, (int)BT, C, NI);
+        (ref ? gpt2_gelu_forward_ref : gpt2_gelu_forward)(a->fch, a->fch, (int64_t)BT * NI);
+        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
+            a->branch, a->fch, p->fcprojw + (size_t)l * NI * C, p->fcprojb + (size_t)l * C,
+            (int)BT, NI, C);
+        residual_forward(a->x, a->branch, BT * C);
+        emit(hooks, nhooks, outs, DM_HOOK_MLP_OUT, l, a->branch, BT, C, center);
+        emit(hooks, nhooks, outs, DM_HOOK_RESID_POST, l, a->x, BT, C, center);
+    }
+    if (stop != INT_MAX)
+        return 0;
+
+    // ln_final.hook_normalized is LayerNorm without its affine part (fold_ln)
+    (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(a->ln, a->x, NULL, NULL, (int)BT,
+                                                                C, c->layer_norm_epsilon);
+    emit(hooks, nhooks, outs, DM_HOOK_LN_FINAL, -1, a->ln, BT, C, 0);
+    if (logits_i < 0 && loss_i < 0)
+        return 0;
+#pragma omp parallel for schedule(static) if (GPT2_OMP)
+    for (size_t bt = 0; bt < BT; bt++)
+        for (int i = 0; i < C; i++)
+            a->ln[bt * C + i] = a->ln[bt * C + i] * p->lnfw[i] + p->lnfb[i];
+    if (logits_i >= 0) {
+        unembed_forward(outs[logits_i], a->ln, p->wte, (int)BT, C, V, ref);
+        if (loss_i >= 0)
+            loss_forward(outs[loss_i], outs[logits_i], tokens, 0, (int)BT, T, V);
+        for (int i = logits_i + 1; i < nhooks; i++)
+            if (hooks[i].kind == DM_HOOK_LOGITS)
+                memcpy(outs[i], outs[logits_i], sizeof(float) * BT * V);
+    } else {
+        for (size_t bt0 = 0; bt0 < BT; bt0 += LOGIT_ROWS) {
+            int rows = (int)(BT - bt0 < LOGIT_ROWS ? BT - bt0 : LOGIT_ROWS);
+            unembed_forward(a->logits, a->ln + bt0 * C, p->wte, rows, C, V, ref);
+            loss_forward(outs[loss_i], a->logits, tokens, (int)bt0, rows, T, V);
+        }
+    }
+    for (int i = loss_i + 1; loss_i >= 0 && i < nhooks; i++)
+        if (hooks[i].kind == DM_HOOK_LOSS)
+            memcpy(outs[i], outs[loss_i], sizeof(float) * BT);
+    return 0;
+}
+
+/* ---- dmica activations ---------------------------------------------------- */
+
+static void activations_usage(void)
+{
+    fprintf(stderr,
+            "usage: dmica activations --model DIR --hook HOOK --tokens TOKENS.npy --out ACTS.npy\n"
+            "                         [--no-center] [--batch WINDOWS]\n"
+            "  TOKENS: integer array [B, T] (int32, int64 or uint16); ACTS: float32 [B*T, width],\n"
+            "  row b*T+t. Residual hooks are centred per token (TransformerLens) unless --no-center.\n");
+}
+
+/* Converts windows [w0, w0+nw) of the token array to int32, checking each id. */
+static int tokens_read(const char *path, const dm_npy_header *h, const void *data, int64_t w0,
+                       int nw, int T, int V, int32_t *out)
+{
+    for (int64_t k = 0; k < (int64_t)nw * T; k++) {
+        int64_t i = w0 * T + k, id;
+        switch (h->dtype) {
+        case DM_I32: {
+            int32_t v;
+            memcpy(&v, (const char *)data + 4 * i, 4);
+            id = v;
+            break;
+        }
+        case DM_I64: memcpy(&id, (const char *)data + 8 * i, 8); break;
+        default: {
+            uint16_t v;
+            memcpy(&v, (const char *)data + 2 * i, 2);
+            id = v;
+        }
+        }
+        if (id < 0 || id >= V)
+            return dm_fail("%s: token id %lld at [%lld, %lld] is not below vocab_size %d", path,
+                           (long long)id, (long long)(i / T), (long long)(i % T), V);
+        out[k] = (int32_t)id;
+    }
+    return 0;
+}
+
+int dm_cmd_activations(int argc, char **argv)
+{
+    const char *model = NULL, *hook_name = NULL, *tokens_path = NULL, *out_path = NULL;
+    int center = 1, batch = 0, rc = 1;
+    dm_gpt2_hook hook;
+    dm_npy_map *tok = NULL;
+    dm_npy_writer *w = NULL;
+    dm_gpt2 *m = NULL;
+    int32_t *ids = NULL;
+    float *acts = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        const char **dst = !strcmp(arg, "--model")    ? &model
+                           : !strcmp(arg, "--hook")   ? &hook_name
+                           : !strcmp(arg, "--tokens") ? &tokens_path
+                           : !strcmp(arg, "--out")    ? &out_path
+                                                      : NULL;
+        if (dst && i + 1 < argc) {
+            *dst = argv[++i];
+        } else if (!strcmp(arg, "--no-center")) {
+            center = 0;
+        } else if (!strcmp(arg, "--batch") && i + 1 < argc) {
+            batch = atoi(argv[++i]);
+            if (batch <= 0) {
+                fprintf(stderr, "dmica activations: --batch must be a positive number\n");
+                return 1;
+            }
+        } else if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+            activations_usage();
+            return 0;
+        } else {
+            fprintf(stderr, "dmica activations: %s '%s'\n",
+                    dst ? "missing value after" : "unknown argument", arg);
+            activations_usage();
+            return 1;
+        }
+    }
+    if (!model || !hook_name || !tokens_path || !out_path) {
+        fprintf(stderr, "dmica activations: --model, --hook, --tokens and --out are required\n");
+        activations_usage();
+        return 1;
+    }
+    if (dm_gpt2_hook_parse(hook_name, &hook) < 0)
+        goto end;
+    if (!(tok = dm_npy_open(tokens_path)))
+        goto end;
+    const dm_npy_header *h = dm_npy_hdr(tok);
+    if (h->ndim != 2 || (h->dtype != DM_I32 && h->dtype != DM_I64 && h->dtype != DM_U16)) {
+        dm_fail("%s: token ids must be a 2-D int32, int64 or uint16 array [windows, T], not %d-D "
+                "%s",
+                tokens_path, h->ndim, dm_dtype_name(h->dtype));
+        goto end;
+    }
+    int64_t nwin = h->shape[0];
+    int T = (int)h->shape[1];
+    if (!(m = dm_gpt2_load(model, dm_gpt2_hook_depth(hook))))
+        goto end;
+    const dm_gpt2_config *c = dm_gpt2_cfg(m);
+    int64_t width = dm_gpt2_hook_width(c, hook);
+    if (width < 0) {
+        dm_fail_prefix("%s", model);
+        goto end;
+    }
+    if (h->shape[1] > c->n_positions || T <= 0) {
+        dm_fail("%s: windows of %lld tokens; model %s takes 1 to %d (n_positions)", tokens_path,
+                (long long)h->shape[1], model, c->n_positions);
+        goto end;
+    }
+    if (!batch) {
+        /* about 4096 rows a pass (large sgemms), and at most 1 GiB of logits */
+        int64_t rows = (int64_t)4096 < ((int64_t)256 << 20) / width ? 4096
+                                                                   : ((int64_t)256 << 20) / width;
+        batch = rows / T > 0 ? (int)(rows / T) : 1;
+    }
+    ids = dm_xmalloc(sizeof(int32_t) * (size_t)batch * T);
+    acts = dm_xmalloc(sizeof(float) * (size_t)batch * T * width);
+    if (!(w = dm_npy_writer_open(out_path, DM_F32, width)))
+        goto end;
+    double t0 = dm_now();
+    for (int64_t w0 = 0; w0 < nwin; w0 += batch) {
+        int nw = (int)(nwin - w0 < batch ? nwin - w0 : batch);
+        if (tokens_read(tokens_path, h, dm_npy_data(tok), w0, nw, T, c->vocab_size, ids) < 0 ||
+            dm_gpt2_forward(m, ids, nw, T, &hook, 1, &acts, center) < 0 ||
+            dm_npy_writer_append_f32(w, acts, (int64_t)nw * T) < 0)
+            goto end;
+    }
+    if (dm_npy_writer_commit(w) < 0) {
+        w = NULL;
+        goto end;
+    }
+    w = NULL;
+    if (dm_verbose >= 2)
+        dm_info("activations: %lld tokens in %.2f s", (long long)(nwin * T), dm_now() - t0);
+    rc = 0;
+end:
+    if (rc)
+        fprintf(stderr, "dmica activations: %s\n", dm_error());
+    dm_npy_writer_abort(w);
+    dm_npy_close(tok);
+    dm_gpt2_free(m);
+    free(ids);
+    free(acts);
+    return rc;
+}

@@ -1,0 +1,206 @@
+/*
+ * op_npy.c: the .npy source and sink.
+ *
+ * npy (source): a 2-D float32 or float16 array in C order, of any size, read
+ * through a memory map chunk by chunk (pages dropped behind the reader, so the
+ * resident set stays at a few chunks). `shard`/`shards` select a contiguous
+ * slice of rows so several processes can split one file; row0 stays the global
+ * row index.
+ *
+ * npy_sink: streams rows of any count into a .npy (the header's row count is
+ * written at the end), published to the run's output folder.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "npy.h"
+#include "op.h"
+
+/* ---- source ----------------------------------------------------------- */
+
+typedef struct {
+    dm_npy_map *map;
+    int64_t begin, end, next; /* rows of this shard */
+} npy_source;
+
+static const dm_param_spec npy_params[] = {
+    {"path", DM_P_PATH, NULL, "the .npy file (2-D float32 or float16, C order)"},
+    {"shard", DM_P_INT, "0", "which shard of the rows to read (0-based)"},
+    {"shards", DM_P_INT, "1", "how many shards the rows are split into"},
+    {NULL},
+};
+static const dm_port_spec npy_outputs[] = {{"out", DM_PORT_STREAM}, {NULL}};
+
+static int shard_range(const dm_node *n, int64_t rows, int64_t *begin, int64_t *end)
+{
+    int64_t r = dm_param_int(n, "shard"), s = dm_param_int(n, "shards");
+    if (s < 1 || r < 0 || r >= s)
+        return dm_fail("shard %lld of %lld: need 0 <= shard < shards", (long long)r, (long long)s);
+    *begin = rows * r / s;
+    *end = rows * (r + 1) / s;
+    return 0;
+}
+
+static int check_npy(const char *path, const dm_npy_header *h)
+{
+    if (h->ndim != 2)
+        return dm_fail("%s: expected a 2-D array (rows x columns), found %d dimensions", path, h->ndim);
+    if (h->dtype != DM_F32 && h->dtype != DM_F16)
+        return dm_fail("%s: unsupported dtype %s (float32 or float16 expected)", path, dm_dtype_name(h->dtype));
+    if (h->shape[1] < 1)
+        return dm_fail("%s: the array has no columns", path);
+    if (h->shape[0] < 1)
+        return dm_fail("%s: the array has no rows", path);
+    return 0;
+}
+
+static int npy_infer(dm_node *n)
+{
+    const char *path = dm_param_str(n, "path");
+    dm_npy_map *m = dm_npy_open(path);
+    if (!m)
+        return -1;
+    const dm_npy_header *h = dm_npy_hdr(m);
+    int64_t b, e;
+    int rc = check_npy(path, h);
+    if (!rc)
+        rc = shard_range(n, h->shape[0], &b, &e);
+    if (!rc) {
+        dm_port_desc *o = dm_output_desc(n, 0);
+        o->shape[0] = e - b;
+        o->shape[1] = h->shape[1];
+    }
+    dm_npy_close(m);
+    return rc;
+}
+
+static int npy_open(dm_node *n)
+{
+    npy_source *s = dm_xcalloc(1, sizeof *s);
+    dm_node_set_state(n, s);
+    const char *path = dm_param_str(n, "path");
+    if (!(s->map = dm_npy_open(path)) || check_npy(path, dm_npy_hdr(s->map)))
+        return -1;
+    if (shard_range(n, dm_npy_hdr(s->map)->shape[0], &s->begin, &s->end))
+        return -1;
+    s->next = s->begin;
+    return 0;
+}
+
+static int npy_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
+{
+    npy_source *s = dm_node_state(n);
+    int64_t rows = s->end - s->next < max_rows ? s->end - s->next : max_rows;
+    out->row0 = s->next;
+    out->rows = rows;
+    out->cols = dm_npy_hdr(s->map)->shape[1];
+    if (rows > 0 && dm_npy_read_rows_f32(s->map, s->next, rows, out->data))
+        return -1;
+    s->next += rows;
+    return 0;
+}
+
+static void npy_close(dm_node *n)
+{
+    npy_source *s = dm_node_state(n);
+    if (!s)
+        return;
+    dm_npy_close(s->map);
+    free(s);
+}
+
+const dm_op dm_op_npy = {
+    .name = "npy",
+    .version = 1,
+    .summary = "rows of a 2-D float32/float16 .npy file, memory-mapped",
+    .params = npy_params,
+    .outputs = npy_outputs,
+    .infer = npy_infer,
+    .open = npy_open,
+    .produce = npy_produce,
+    .close = npy_close,
+};
+
+/* ---- sink ------------------------------------------------------------- */
+
+static const dm_param_spec sink_params[] = {
+    {"file", DM_P_STRING, "", "file name in the output folder (default NODE.npy)"},
+    {"dtype", DM_P_STRING, "f32", "f32 or f16"},
+    {NULL},
+};
+static const dm_port_spec sink_inputs[] = {{"x", DM_PORT_STREAM}, {NULL}};
+
+typedef struct {
+    dm_npy_writer *w;
+    char *file;
+} npy_sink;
+
+static char *sink_file(const dm_node *n)
+{
+    const char *f = dm_param_str(n, "file");
+    return *f ? dm_xstrdup(f) : dm_xasprintf("%s.npy", dm_node_name(n));
+}
+
+static int sink_infer(dm_node *n)
+{
+    const char *dt = dm_param_str(n, "dtype");
+    if (strcmp(dt, "f32") && strcmp(dt, "f16"))
+        return dm_fail("dtype must be f32 or f16, not '%s'", dt);
+    char *f = sink_file(n);
+    int bad = strchr(f, '/') != NULL || !strcmp(f, "node.json");
+    free(f);
+    if (bad)
+        return dm_fail("file must be a plain file name, not '%s'", dm_param_str(n, "file"));
+    return 0;
+}
+
+static int sink_open(dm_node *n)
+{
+    npy_sink *s = dm_xcalloc(1, sizeof *s);
+    dm_node_set_state(n, s);
+    s->file = sink_file(n);
+    char *path = dm_xasprintf("%s/%s", dm_node_dir(n), s->file);
+    s->w = dm_npy_writer_open(path, strcmp(dm_param_str(n, "dtype"), "f16") ? DM_F32 : DM_F16,
+                              dm_input_desc(n, 0)->shape[1]);
+    free(path);
+    return s->w ? 0 : -1;
+}
+
+static int sink_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    npy_sink *s = dm_node_state(n);
+    return dm_npy_writer_append_f32(s->w, c->data, c->rows);
+}
+
+static int sink_finish(dm_node *n)
+{
+    npy_sink *s = dm_node_state(n);
+    int rc = dm_npy_writer_commit(s->w);
+    s->w = NULL;
+    return rc ? rc : dm_publish(n, s->file);
+}
+
+static void sink_close(dm_node *n)
+{
+    npy_sink *s = dm_node_state(n);
+    if (!s)
+        return;
+    dm_npy_writer_abort(s->w);
+    free(s->file);
+    free(s);
+}
+
+const dm_op dm_op_npy_sink = {
+    .name = "npy_sink",
+    .version = 1,
+    .summary = "writes a stream to a .npy file in the output folder",
+    .params = sink_params,
+    .inputs = sink_inputs,
+    .outputs = (const dm_port_spec[]){{NULL}},
+    .infer = sink_infer,
+    .open = sink_open,
+    .consume = sink_consume,
+    .finish = sink_finish,
+    .close = sink_close,
+};

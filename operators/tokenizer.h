@@ -1,0 +1,86 @@
+/*
+ * tokenizer.h: the GPT-2 tokenizer (byte-level BPE), exact to Hugging Face
+ * `tokenizers` loaded from the same vocab.json and merges.txt with
+ * `<|endoftext|>` added as a special token (DOMAIN.md §2).
+ *
+ * Text is bytes. Invalid UTF-8 is first replaced by U+FFFD, one per maximal
+ * invalid subsequence, exactly as Python's bytes.decode("utf-8", "replace")
+ * does: that is how invalid bytes reach the reference, which works on str.
+ * The literal `<|endoftext|>` in text becomes its own id (50256 for GPT-2).
+ *
+ * A dm_tokenizer is reusable but not thread-safe: encoding updates its word
+ * cache and scratch buffers. Use one per thread (loading takes ~0.1 s).
+ */
+#ifndef DM_TOKENIZER_H
+#define DM_TOKENIZER_H
+
+#include "dm.h"
+
+typedef struct dm_tokenizer dm_tokenizer;
+
+/* A growable array of token ids; DM_TOKEN_IDS_INIT is empty. The ids belong to
+ * the struct: release them with dm_token_ids_release (free(3) of .ids also). */
+typedef struct {
+    int32_t *ids;
+    size_t n;
+    size_t cap;
+} dm_token_ids;
+#define DM_TOKEN_IDS_INIT {NULL, 0, 0}
+
+void dm_token_ids_push(dm_token_ids *t, int32_t id);
+void dm_token_ids_release(dm_token_ids *t); /* leaves an empty array */
+
+/*
+ * Loads dir/vocab.json and dir/merges.txt (a Hugging Face model folder holds
+ * both). NULL on error, with a message naming the file and, for merges.txt,
+ * the line. Free with dm_tokenizer_free (accepts NULL).
+ */
+dm_tokenizer *dm_tokenizer_load(const char *dir);
+void dm_tokenizer_free(dm_tokenizer *tok);
+
+/* One past the largest id in vocab.json (50257 for GPT-2). */
+int32_t dm_tokenizer_vocab_size(const dm_tokenizer *tok);
+/* The id of `<|endoftext|>` (50256 for GPT-2), -1 if the vocabulary lacks it. */
+int32_t dm_tokenizer_eot(const dm_tokenizer *tok);
+
+/*
+ * Appends the ids of text[0, len) to out. Any bytes are accepted (NUL too).
+ * Returns 0, or -1 only if the regex engine fails (message set); out then
+ * holds the ids of a prefix of the text.
+ */
+int dm_tokenizer_encode_append(dm_tokenizer *tok, const char *text, size_t len,
+                               dm_token_ids *out);
+/* As encode_append, but appends only the first max_new ids of the text, and
+ * stops work there: what `truncate` windows need from a long document. */
+int dm_tokenizer_encode_prefix(dm_tokenizer *tok, const char *text, size_t len, size_t max_new,
+                               dm_token_ids *out);
+/* As encode_append into a fresh array: *ids (yours, free(3)) gets *n ids.
+ * On error *ids is NULL and *n 0. */
+int dm_tokenizer_encode(dm_tokenizer *tok, const char *text, size_t len, int32_t **ids,
+                        size_t *n);
+
+/*
+ * The bytes that ids[0, n) stand for, concatenated (byte-level decoding; may be
+ * invalid UTF-8 when a multi-byte character is split across a cut). Returns a
+ * malloc'd buffer, NUL-terminated, that you own (free(3)); *len (if not NULL)
+ * gets its length without the NUL. NULL if an id is not in the vocabulary.
+ */
+char *dm_tokenizer_decode(const dm_tokenizer *tok, const int32_t *ids, size_t n, size_t *len);
+
+/* The bytes one token stands for (not NUL-terminated; *len gets the length),
+ * owned by the tokenizer. NULL if id is not in the vocabulary. */
+const char *dm_tokenizer_token_bytes(const dm_tokenizer *tok, int32_t id, size_t *len);
+/* The token as vocab.json spells it ("Ġworld"), NUL-terminated, owned by the
+ * tokenizer. NULL if id is not in the vocabulary. */
+const char *dm_tokenizer_token_text(const dm_tokenizer *tok, int32_t id);
+
+/*
+ * `dmica tokenize --tokenizer DIR [--bos] FILE`: prints the ids of the whole
+ * file (FILE "-" reads stdin) on stdout, separated by single spaces, then a
+ * newline; --bos puts `<|endoftext|>` first. argv[0] is the command's name
+ * ("tokenize"); options follow. Returns the exit status: 0 ok, 1 error
+ * (message on stderr), 2 usage error.
+ */
+int dm_cmd_tokenize(int argc, char **argv);
+
+#endif

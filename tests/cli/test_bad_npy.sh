@@ -1,0 +1,44 @@
+# Bad .npy inputs: missing, truncated, not 2-D, unsupported dtype, fortran order.
+. "$ROOT/tests/cli/lib.sh"
+G=$ROOT/tests/golden/npy
+expect_fail $DMICA stats --in missing.npy --out o
+err_has "missing.npy"
+
+# a valid header followed by too little data
+python3 -c "
+import struct
+h = b\"{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 8), }\"
+h = h + b' ' * (118 - len(h)) + b'\n'
+open('trunc.npy','wb').write(b'\x93NUMPY\x01\x00' + struct.pack('<H', len(h)) + h + b'\0' * 100)
+" || exit 77
+expect_fail $DMICA stats --in trunc.npy --out o
+err_has "trunc.npy"; err_has "truncated"
+
+python3 -c "
+import struct
+def save(name, descr, shape, fortran=False, nbytes=0):
+    h = (\"{'descr': '%s', 'fortran_order': %s, 'shape': %s, }\" % (descr, fortran, shape)).encode()
+    h = h + b' ' * (118 - len(h)) + b'\n'
+    open(name,'wb').write(b'\x93NUMPY\x01\x00' + struct.pack('<H', len(h)) + h + b'\0' * nbytes)
+save('three_d.npy', '<f4', (2, 3, 4), nbytes=96)
+save('one_d.npy', '<f4', (12,), nbytes=48)
+save('ints.npy', '<i4', (4, 3), nbytes=48)
+save('complex.npy', '<c8', (4, 3), nbytes=96)
+save('fortran.npy', '<f4', (4, 3), fortran=True, nbytes=48)
+save('bigend.npy', '>f4', (4, 3), nbytes=48)
+save('empty.npy', '<f4', (0, 3), nbytes=0)
+open('garbage.npy','wb').write(b'not an npy file at all')
+"
+expect_fail $DMICA stats --in three_d.npy --out o; err_has "three_d.npy"; err_has "2-D"
+expect_fail $DMICA stats --in one_d.npy --out o; err_has "one_d.npy"; err_has "2-D"
+expect_fail $DMICA stats --in ints.npy --out o; err_has "ints.npy"; err_has "dtype"
+expect_fail $DMICA stats --in complex.npy --out o; err_has "complex.npy"
+expect_fail $DMICA stats --in fortran.npy --out o; err_has "fortran.npy"; err_has "ortran"
+expect_fail $DMICA stats --in bigend.npy --out o; err_has "bigend.npy"
+expect_fail $DMICA stats --in empty.npy --out o; err_has "empty.npy"; err_has "no rows"
+expect_fail $DMICA stats --in garbage.npy --out o; err_has "garbage.npy"
+chmod 000 ints.npy
+if [ "$(id -u)" != 0 ]; then expect_fail $DMICA stats --in ints.npy --out o; err_has "ints.npy"; fi
+[ ! -e o ] || [ -z "$(ls o)" ] || fail "outputs written for bad input"
+cache_consistent
+echo ok

@@ -1,0 +1,729 @@
+/*
+ * test_gpt2.c: the GPT-2 runner of operators/gpt2.c, against
+ *   - its own reference kernels (sgemm vs loops, vectorised LayerNorm, attention
+ *     and GELU vs plain ones) on random data;
+ *   - a float64 numpy GPT-2 written from DOMAIN.md (tools/gpt2_reference.py),
+ *     through golden files (tests/golden/gpt2/, written by make_gpt2_golden.py)
+ *     for three tiny random models: head sizes 16 (F32, with mask buffers), 12
+ *     (BF16, "transformer." names) and 64 (F16, n_inner set): every hook,
+ *     centred and raw, logits and per-token loss, by dm_gpt2_forward with fast
+ *     and reference kernels and by the `dmica activations` command;
+ *   - bad input: missing, extra, misshapen and mistyped tensors, truncated files,
+ *     configs that are incomplete or disagree with the weights, token ids out of
+ *     range, windows longer than n_positions, unknown hooks.
+ *
+ * Tolerance: 1e-4 relative, as max |ours - reference| / max |reference| per hook.
+ * Float32 with float32 sums over at most 256 terms differs from float64 by about
+ * 1e-6 relative here; 1e-4 leaves room for the 124M shape's longer sums while
+ * still catching any wrong formula (a missed centring or scale is 1e-1 or more).
+ * Kernel against kernel: 1e-5 (same float32 inputs, different summation orders).
+ *
+ * Runs from the repository root (make test-unit does) so tests/golden is found.
+ */
+#include "gpt2.h"
+
+#include "dm.h"
+#include "npy.h"
+#include "safetensors.h"
+
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define GOLDEN "tests/golden/gpt2/"
+#define TOL 1e-4
+
+static char tmpdir[] = "/tmp/dmica-test-gpt2-XXXXXX";
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void) /* splitmix64 */
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static float rng_uniform(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)((rng_next() >> 40) / 16777216.0);
+}
+
+static float *random_floats(size_t n, float lo, float hi)
+{
+    float *x = dm_xmalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++)
+        x[i] = rng_uniform(lo, hi);
+    return x;
+}
+
+/* max |a - b| / max |b| over n values; NaN in b must be NaN in a (and is skipped). */
+static double rel_err(const float *a, const float *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(b[i])) {
+            if (!isnan(a[i]))
+                return INFINITY;
+            continue;
+        }
+        double d = fabs((double)a[i] - b[i]);
+        num = d > num || isnan(d) ? (isnan(d) ? INFINITY : d) : num;
+        den = fabs(b[i]) > den ? fabs(b[i]) : den;
+    }
+    return den > 0 ? num / den : num;
+}
+
+static int has(const char *msg, const char *want)
+{
+    if (strstr(msg, want))
+        return 1;
+    fprintf(stderr, "error '%s' lacks '%s'\n", msg, want);
+    return 0;
+}
+
+/* Every hook of a model with n_layer blocks (at most 64). */
+static int all_hooks(int n_layer, dm_gpt2_hook *hooks)
+{
+    int n = 0;
+    hooks[n++] = (dm_gpt2_hook){DM_HOOK_EMBED, -1};
+    hooks[n++] = (dm_gpt2_hook){DM_HOOK_POS_EMBED, -1};
+    for (int l = 0; l < n_layer; l++)
+        for (int k = DM_HOOK_RESID_PRE; k <= DM_HOOK_RESID_POST; k++)
+            hooks[n++] = (dm_gpt2_hook){(dm_gpt2_hook_kind)k, l};
+    hooks[n++] = (dm_gpt2_hook){DM_HOOK_LN_FINAL, -1};
+    hooks[n++] = (dm_gpt2_hook){DM_HOOK_LOGITS, -1};
+    hooks[n++] = (dm_gpt2_hook){DM_HOOK_LOSS, -1};
+    return n;
+}
+
+/* The golden tokens of a model (int32 [B, T]); caller frees. */
+static int32_t *golden_tokens(const dm_safetensors *exp, int *B, int *T)
+{
+    const dm_st_tensor *t = dm_st_find(exp, "tokens");
+    ck_assert_ptr_nonnull(t);
+    ck_assert_str_eq(t->dtype, "I32");
+    *B = (int)t->shape[0];
+    *T = (int)t->shape[1];
+    int32_t *tok = dm_xmalloc((size_t)t->nbytes);
+    memcpy(tok, t->data, (size_t)t->nbytes);
+    return tok;
+}
+
+/* The expected values of hook (centred or raw) as floats; caller frees. */
+static float *golden_hook(const dm_safetensors *exp, const char *hook, int center, size_t n)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s%s", center ? "" : "raw/", hook);
+    const dm_st_tensor *t = dm_st_find(exp, key);
+    ck_assert_msg(t != NULL, "golden file lacks %s", key);
+    ck_assert_int_eq(t->numel, (int64_t)n);
+    float *v = dm_xmalloc(sizeof(float) * n);
+    ck_assert_int_eq(dm_st_read_f32(exp, t, v), 0);
+    return v;
+}
+
+/* ---- kernels: fast against reference ---------------------------------------- */
+
+START_TEST(matmul_fast_matches_reference)
+{
+    rng_state = 1;
+    int BT = 37, C = 48, OC = 70;
+    float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
+    float *b = random_floats(OC, -1, 1);
+    float *o1 = dm_xmalloc(sizeof(float) * BT * OC), *o2 = dm_xmalloc(sizeof(float) * BT * OC);
+    for (int with_bias = 0; with_bias < 2; with_bias++) {
+        gpt2_matmul_forward(o1, x, w, with_bias ? b : NULL, BT, C, OC);
+        gpt2_matmul_forward_ref(o2, x, w, with_bias ? b : NULL, BT, C, OC);
+        ck_assert_double_le(rel_err(o1, o2, (size_t)BT * OC), 1e-5);
+    }
+    free(x), free(w), free(b), free(o1), free(o2);
+}
+END_TEST
+
+START_TEST(layernorm_fast_matches_reference)
+{
+    rng_state = 2;
+    int BT = 29, C = 96;
+    float *x = random_floats((size_t)BT * C, -3, 5), *w = random_floats(C, 0.5f, 1.5f);
+    float *b = random_floats(C, -1, 1);
+    float *o1 = dm_xmalloc(sizeof(float) * BT * C), *o2 = dm_xmalloc(sizeof(float) * BT * C);
+    for (int i = 0; i < C; i++) /* a row with a large offset: two-pass variance needed */
+        x[i] += 1000.0f;
+    /* The reference sums in float in order, so its mean of the offset row is off by
+     * about 1e-4 (relative to the row's spread); the fast kernel sums in double. */
+    float *o3 = dm_xmalloc(sizeof(float) * BT * C);
+    for (int bt = 0; bt < BT; bt++) {
+        double mean = 0, var = 0;
+        for (int i = 0; i < C; i++)
+            mean += x[bt * C + i];
+        mean /= C;
+        for (int i = 0; i < C; i++)
+            var += (x[bt * C + i] - mean) * (x[bt * C + i] - mean);
+        for (int i = 0; i < C; i++)
+            o3[bt * C + i] = (float)((x[bt * C + i] - mean) / sqrt(var / C + 1e-5));
+    }
+    for (int affine = 0; affine < 2; affine++) {
+        gpt2_layernorm_forward(o1, x, affine ? w : NULL, affine ? b : NULL, BT, C, 1e-5f);
+        gpt2_layernorm_forward_ref(o2, x, affine ? w : NULL, affine ? b : NULL, BT, C, 1e-5f);
+        ck_assert_double_le(rel_err(o1, o2, (size_t)BT * C), 1e-4);
+        ck_assert_double_le(rel_err(o1 + C, o2 + C, (size_t)(BT - 1) * C), 1e-5);
+        if (!affine)
+            ck_assert_double_le(rel_err(o1, o3, (size_t)BT * C), 1e-5);
+    }
+    free(o3);
+    /* without the affine part each row has mean 0 and variance 1 (eps aside) */
+    gpt2_layernorm_forward(o1, x, NULL, NULL, BT, C, 1e-5f);
+    double m = 0, v = 0;
+    for (int i = 0; i < C; i++)
+        m += o1[C + i], v += (double)o1[C + i] * o1[C + i];
+    ck_assert_double_le(fabs(m / C), 1e-5);
+    ck_assert_double_le(fabs(v / C - 1), 1e-3);
+    free(x), free(w), free(b), free(o1), free(o2);
+}
+END_TEST
+
+START_TEST(attention_fast_matches_reference)
+{
+    /* head sizes 12, 64 and 16; T beyond one SIMD width and not a multiple of it */
+    const int cases[][4] = {{2, 37, 48, 4}, {1, 130, 128, 2}, {3, 5, 64, 4}, {1, 1, 64, 4}};
+    rng_state = 3;
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        int B = cases[c][0], T = cases[c][1], C = cases[c][2], NH = cases[c][3];
+        float *qkv = random_floats((size_t)B * T * 3 * C, -2, 2);
+        float *o1 = dm_xmalloc(sizeof(float) * B * T * C), *o2 = dm_xmalloc(sizeof(float) * B * T * C);
+        gpt2_attention_forward(o1, qkv, B, T, C, NH);
+        gpt2_attention_forward_ref(o2, qkv, B, T, C, NH);
+        ck_assert_msg(rel_err(o1, o2, (size_t)B * T * C) <= 1e-5, "case %zu: %g", c,
+                      rel_err(o1, o2, (size_t)B * T * C));
+        /* position 0 attends only to itself: its output is its own value vector */
+        for (int h = 0; h < NH; h++)
+            for (int i = 0; i < C / NH; i++)
+                ck_assert_float_eq_tol(o1[h * (C / NH) + i], qkv[2 * C + h * (C / NH) + i], 1e-6);
+        free(qkv), free(o1), free(o2);
+    }
+}
+END_TEST
+
+START_TEST(gelu_fast_matches_reference)
+{
+    int N = 200001;
+    float *x = dm_xmalloc(sizeof(float) * (N + 8)), *o1 = dm_xmalloc(sizeof(float) * (N + 8)),
+          *o2 = dm_xmalloc(sizeof(float) * (N + 8));
+    for (int i = 0; i < N; i++)
+        x[i] = -20.0f + 40.0f * i / (N - 1);
+    float special[8] = {0.0f, -0.0f, 1e-8f, -1e-8f, 100.0f, -100.0f, 1e30f, -1e30f};
+    memcpy(x + N, special, sizeof special);
+    gpt2_gelu_forward(o1, x, N + 8);
+    gpt2_gelu_forward_ref(o2, x, N + 8);
+    for (int i = 0; i < N + 8; i++)
+        ck_assert_msg(fabsf(o1[i] - o2[i]) <= 1e-6f * (1.0f + fabsf(x[i])),
+                      "gelu(%g): fast %.9g, reference %.9g", x[i], o1[i], o2[i]);
+    ck_assert_float_eq(o1[N + 6], 1e30f);
+    ck_assert_float_le(fabsf(o1[N + 7]), 1e-8f);
+    gpt2_gelu_forward(x, x, N); /* in place */
+    ck_assert_mem_eq(x, o1, sizeof(float) * N);
+    free(x), free(o1), free(o2);
+}
+END_TEST
+
+/* ---- hooks --------------------------------------------------------------------- */
+
+START_TEST(hook_names)
+{
+    dm_gpt2_hook h;
+    char buf[64];
+    const char *good[] = {"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre",
+                          "blocks.11.hook_resid_post", "blocks.6.hook_attn_out",
+                          "blocks.3.hook_mlp_out", "blocks.2.hook_resid_mid",
+                          "ln_final.hook_normalized", "logits", "loss"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        ck_assert_msg(dm_gpt2_hook_parse(good[i], &h) == 0, "%s: %s", good[i], dm_error());
+        ck_assert_str_eq(dm_gpt2_hook_name(h, buf, sizeof buf), good[i]);
+    }
+    const char *bad[] = {"", "blocks.x.hook_resid_pre", "blocks.1.hook_resid", "hook_resid_pre",
+                         "blocks.01.hook_resid_pre", "blocks.-1.hook_resid_pre",
+                         "blocks.6.hook_resid_pre ", "blocks.99999999999.hook_resid_pre",
+                         "ln_final.hook_scale", "blocks.6.attn.hook_z"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ck_assert_msg(dm_gpt2_hook_parse(bad[i], &h) < 0, "accepted '%s'", bad[i]);
+        ck_assert(has(dm_error(), "unknown hook"));
+    }
+    dm_gpt2_config cfg = {.n_embd = 768, .n_layer = 12, .vocab_size = 50257};
+    dm_gpt2_hook_parse("blocks.6.hook_resid_pre", &h);
+    ck_assert_int_eq(dm_gpt2_hook_depth(h), 6);
+    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, h), 768);
+    ck_assert_int_eq(dm_gpt2_hook_is_residual(h), 1);
+    dm_gpt2_hook hs[3];
+    dm_gpt2_hook_parse("blocks.3.hook_attn_out", &hs[0]);
+    dm_gpt2_hook_parse("hook_embed", &hs[1]);
+    dm_gpt2_hook_parse("logits", &hs[2]);
+    ck_assert_int_eq(dm_gpt2_hooks_depth(hs, 2), 4);
+    ck_assert_int_eq(dm_gpt2_hooks_depth(hs, 3), DM_GPT2_DEPTH_ALL);
+    ck_assert_int_eq(dm_gpt2_hooks_depth(hs, 0), 0);
+    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, hs[2]), 50257);
+    ck_assert_int_eq(dm_gpt2_hook_is_residual(hs[2]), 0);
+    dm_gpt2_hook_parse("loss", &h);
+    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, h), 1);
+    dm_gpt2_hook_parse("blocks.12.hook_resid_pre", &h);
+    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, h), -1);
+    ck_assert(has(dm_error(), "hook blocks.12.hook_resid_pre: the model has 12 layers "
+                              "(blocks.0 to blocks.11)"));
+}
+END_TEST
+
+/* ---- parity with the float64 reference ---------------------------------------- */
+
+/* Runs every hook of model name, centred and raw, and compares with the golden file.
+ * Returns the largest relative error seen. */
+static double check_model(const char *name, int reference)
+{
+    char dir[256], path[256], hname[64];
+    snprintf(dir, sizeof dir, GOLDEN "%s", name);
+    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+    dm_safetensors *exp = dm_st_open(path);
+    ck_assert_msg(exp != NULL, "%s", dm_error());
+    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL);
+    ck_assert_msg(m != NULL, "%s", dm_error());
+    dm_gpt2_use_reference(m, reference);
+    const dm_gpt2_config *c = dm_gpt2_cfg(m);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    dm_gpt2_hook hooks[64];
+    float *outs[64];
+    int n = all_hooks(c->n_layer, hooks);
+    double worst = 0;
+    for (int i = 0; i < n; i++)
+        outs[i] = dm_xmalloc(sizeof(float) * B * T * dm_gpt2_hook_width(c, hooks[i]));
+    for (int center = 1; center >= 0; center--) {
+        ck_assert_msg(dm_gpt2_forward(m, tok, B, T, hooks, n, outs, center) == 0, "%s",
+                      dm_error());
+        for (int i = 0; i < n; i++) {
+            size_t len = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
+            dm_gpt2_hook_name(hooks[i], hname, sizeof hname);
+            float *want = golden_hook(exp, hname, center, len);
+            double e = rel_err(outs[i], want, len);
+            ck_assert_msg(e <= TOL, "%s %s (%s, %s kernels): relative error %g", name, hname,
+                          center ? "centred" : "raw", reference ? "reference" : "fast", e);
+            worst = e > worst ? e : worst;
+            free(want);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        free(outs[i]);
+    free(tok);
+    dm_gpt2_free(m);
+    dm_st_close(exp);
+    return worst;
+}
+
+START_TEST(parity_every_hook)
+{
+    const char *models[] = {"c64h4", "c48h4", "c64h1"};
+    for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
+        double fast = check_model(models[i], 0), ref = check_model(models[i], 1);
+        printf("gpt2 parity %s: max relative error %.2g (fast kernels), %.2g (reference)\n",
+               models[i], fast, ref);
+    }
+}
+END_TEST
+
+START_TEST(centring_matters)
+{
+    /* the golden models are made so that raw and centred residuals differ clearly */
+    dm_safetensors *exp = dm_st_open(GOLDEN "c64h4/expected.safetensors");
+    ck_assert_ptr_nonnull(exp);
+    const char *hooks[] = {"hook_embed", "hook_pos_embed", "blocks.0.hook_attn_out",
+                           "blocks.1.hook_mlp_out", "blocks.1.hook_resid_post"};
+    for (size_t i = 0; i < sizeof hooks / sizeof *hooks; i++) {
+        float *c = golden_hook(exp, hooks[i], 1, 32 * 64), *r = golden_hook(exp, hooks[i], 0, 32 * 64);
+        ck_assert_msg(rel_err(c, r, 32 * 64) > 1e-2, "%s: centring changes little", hooks[i]);
+        free(c), free(r);
+    }
+    dm_st_close(exp);
+}
+END_TEST
+
+START_TEST(partial_depth_and_batches)
+{
+    /* c48h4 has 3 blocks; load 2 and run to blocks.1.hook_resid_mid only */
+    dm_safetensors *exp = dm_st_open(GOLDEN "c48h4/expected.safetensors");
+    ck_assert_ptr_nonnull(exp);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    dm_gpt2_hook hooks[3];
+    dm_gpt2_hook_parse("blocks.1.hook_resid_mid", &hooks[0]);
+    dm_gpt2_hook_parse("blocks.0.hook_mlp_out", &hooks[1]);
+    dm_gpt2_hook_parse("blocks.1.hook_resid_mid", &hooks[2]); /* twice: both filled */
+    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c48h4", dm_gpt2_hooks_depth(hooks, 3));
+    ck_assert_msg(m != NULL, "%s", dm_error());
+    ck_assert_int_eq(dm_gpt2_depth(m), 2);
+    size_t n = (size_t)B * T * 48;
+    float *outs[3] = {dm_xmalloc(sizeof(float) * n), dm_xmalloc(sizeof(float) * n),
+                      dm_xmalloc(sizeof(float) * n)};
+    ck_assert_msg(dm_gpt2_forward(m, tok, B, T, hooks, 3, outs, 1) == 0, "%s", dm_error());
+    float *w0 = golden_hook(exp, "blocks.1.hook_resid_mid", 1, n),
+          *w1 = golden_hook(exp, "blocks.0.hook_mlp_out", 1, n);
+    ck_assert_double_le(rel_err(outs[0], w0, n), TOL);
+    ck_assert_double_le(rel_err(outs[1], w1, n), TOL);
+    ck_assert_mem_eq(outs[0], outs[2], sizeof(float) * n);
+
+    /* one window at a time (smaller batch, then the larger again): same rows */
+    for (int b = B - 1; b >= 0; b--) {
+        ck_assert_int_eq(dm_gpt2_forward(m, tok + b * T, 1, T, hooks, 1, outs, 1), 0);
+        ck_assert_double_le(rel_err(outs[0], w0 + (size_t)b * T * 48, (size_t)T * 48), TOL);
+    }
+    /* a shorter window is its prefix (causal attention) */
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, 1, 5, hooks, 1, outs, 1), 0);
+    ck_assert_double_le(rel_err(outs[0], w0, 5 * 48), TOL);
+
+    /* deeper hooks than loaded */
+    dm_gpt2_hook deep;
+    dm_gpt2_hook_parse("blocks.2.hook_resid_pre", &deep); /* the output of block 1: fine */
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), 0);
+    float *w2 = golden_hook(exp, "blocks.2.hook_resid_pre", 1, n);
+    ck_assert_double_le(rel_err(outs[0], w2, n), TOL);
+    free(w2);
+    dm_gpt2_hook_parse("blocks.2.hook_attn_out", &deep);
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), -1);
+    ck_assert(has(dm_error(), "hook blocks.2.hook_attn_out needs more blocks; the model was "
+                              "loaded with 2 blocks"));
+    dm_gpt2_hook_parse("loss", &deep);
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), -1);
+    ck_assert(has(dm_error(), "every block and ln_f"));
+    dm_gpt2_free(m);
+
+    /* the loss alone (logits computed in blocks of rows, not kept) */
+    m = dm_gpt2_load(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), 0);
+    float *loss = golden_hook(exp, "loss", 1, (size_t)B * T);
+    ck_assert_double_le(rel_err(outs[0], loss, (size_t)B * T), TOL);
+    ck_assert(isnan(outs[0][T - 1]) && isnan(outs[0][2 * T - 1]));
+    dm_gpt2_free(m);
+    free(loss), free(w0), free(w1), free(tok);
+    for (int i = 0; i < 3; i++)
+        free(outs[i]);
+    dm_st_close(exp);
+}
+END_TEST
+
+/* ---- the activations command ---------------------------------------------------- */
+
+static int run_cmd(const char *model, const char *hook, const char *tokens, const char *out,
+                   const char *extra1, const char *extra2)
+{
+    char *argv[12] = {"activations", "--model", (char *)model, "--hook", (char *)hook,
+                      "--tokens", (char *)tokens, "--out", (char *)out};
+    int argc = 9;
+    if (extra1)
+        argv[argc++] = (char *)extra1;
+    if (extra2)
+        argv[argc++] = (char *)extra2;
+    return dm_cmd_activations(argc, argv);
+}
+
+START_TEST(command_matches_golden)
+{
+    /* tokens.npy is int64 in c64h4, int32 in c48h4, uint16 in c64h1 */
+    const char *models[] = {"c64h4", "c48h4", "c64h1"};
+    const char *hooks[] = {"blocks.1.hook_resid_post", "blocks.2.hook_attn_out",
+                           "blocks.0.hook_resid_mid"};
+    char dir[256], tokens[256], expp[256];
+    char *out = dm_xasprintf("%s/acts.npy", tmpdir);
+    for (int i = 0; i < 3; i++) {
+        snprintf(dir, sizeof dir, GOLDEN "%s", models[i]);
+        snprintf(tokens, sizeof tokens, "%s/tokens.npy", dir);
+        snprintf(expp, sizeof expp, "%s/expected.safetensors", dir);
+        dm_safetensors *exp = dm_st_open(expp);
+        ck_assert_ptr_nonnull(exp);
+        for (int center = 1; center >= 0; center--) {
+            /* --batch 1: one window per forward pass, appended in order */
+            ck_assert_int_eq(run_cmd(dir, hooks[i], tokens, out, center ? "--batch" : "--no-center",
+                                     center ? "1" : NULL),
+                             0);
+            dm_tensor t = {0};
+            ck_assert_msg(dm_npy_load(out, &t) == 0, "%s", dm_error());
+            ck_assert_int_eq(t.dtype, DM_F32);
+            ck_assert_int_eq(t.ndim, 2);
+            ck_assert_int_eq(t.shape[0], 32);
+            size_t n = (size_t)dm_tensor_numel(&t);
+            float *want = golden_hook(exp, hooks[i], center, n);
+            ck_assert_double_le(rel_err(t.data, want, n), TOL);
+            free(want);
+            dm_tensor_free(&t);
+        }
+        dm_st_close(exp);
+    }
+    /* logits through the command: width vocab_size */
+    ck_assert_int_eq(run_cmd(GOLDEN "c64h1", "logits", GOLDEN "c64h1/tokens.npy", out, NULL, NULL),
+                     0);
+    dm_tensor t = {0};
+    ck_assert_int_eq(dm_npy_load(out, &t), 0);
+    ck_assert_int_eq(t.shape[1], 73);
+    dm_tensor_free(&t);
+    free(out);
+}
+END_TEST
+
+/* ---- bad input ------------------------------------------------------------------- */
+
+/* A copy of golden model c64h4 in tmpdir/name with one thing changed. */
+typedef struct {
+    const char *drop;    /* leave this tensor out */
+    const char *reshape; /* give this tensor shape {d0, d1} */
+    int64_t d0, d1;
+    const char *retype;  /* label this F32 tensor with dtype */
+    const char *dtype;
+    const char *extra;   /* add this tensor, F32 [4] */
+    const char *config_del;   /* remove this config key */
+    const char *config_key;   /* set this config key to config_val (JSON) */
+    const char *config_val;
+    int64_t truncate;    /* cut this many bytes off model.safetensors */
+} variant;
+
+static char *make_variant(const char *name, variant v)
+{
+    char *dir = dm_xasprintf("%s/%s", tmpdir, name), *p;
+    p = dm_xasprintf("mkdir -p %s", dir);
+    ck_assert_int_eq(system(p), 0);
+    free(p);
+    dm_safetensors *st = dm_st_open(GOLDEN "c64h4/model.safetensors");
+    ck_assert_ptr_nonnull(st);
+    json_t *hdr = json_object();
+    size_t cap = 1 << 20, len = 0;
+    uint8_t *data = dm_xcalloc(cap, 1);
+    for (int i = 0; i <= dm_st_count(st); i++) {
+        const dm_st_tensor *t = dm_st_at(st, i);
+        const char *tname = t ? t->name : v.extra;
+        if (!tname || (v.drop && !strcmp(tname, v.drop)))
+            continue;
+        int64_t shape[DM_ST_MAX_DIMS] = {4};
+        int ndim = 1;
+        const char *dtype = "F32";
+        if (t) {
+            ndim = t->ndim;
+            memcpy(shape, t->shape, sizeof(int64_t) * ndim);
+            dtype = t->dtype;
+        }
+        if (v.reshape && !strcmp(tname, v.reshape))
+            shape[0] = v.d0, shape[1] = v.d1, ndim = 2;
+        if (v.retype && !strcmp(tname, v.retype))
+            dtype = v.dtype;
+        size_t nbytes = 4;
+        json_t *js = json_array();
+        for (int d = 0; d < ndim; d++) {
+            nbytes *= (size_t)shape[d];
+            json_array_append_new(js, json_integer(shape[d]));
+        }
+        ck_assert_uint_le(len + nbytes, cap);
+        if (t && nbytes == (size_t)t->nbytes)
+            memcpy(data + len, t->data, nbytes);
+        json_object_set_new(hdr, tname,
+                            json_pack("{s:s, s:o, s:[I, I]}", "dtype", dtype, "shape", js,
+                                      "data_offsets", (json_int_t)len, (json_int_t)(len + nbytes)));
+        len += nbytes;
+    }
+    char *htext = json_dumps(hdr, JSON_COMPACT);
+    p = dm_xasprintf("%s/model.safetensors", dir);
+    FILE *f = fopen(p, "wb");
+    uint64_t hlen = strlen(htext);
+    for (int i = 0; i < 8; i++)
+        fputc((int)(hlen >> (8 * i)) & 0xff, f);
+    fwrite(htext, 1, hlen, f);
+    fwrite(data, 1, len - (size_t)v.truncate, f);
+    fclose(f);
+    free(p), free(htext), free(data);
+    json_decref(hdr);
+    dm_st_close(st);
+
+    json_error_t jerr;
+    json_t *cfg = json_load_file(GOLDEN "c64h4/config.json", 0, &jerr);
+    ck_assert_ptr_nonnull(cfg);
+    if (v.config_del)
+        json_object_del(cfg, v.config_del);
+    if (v.config_key)
+        json_object_set_new(cfg, v.config_key, json_loads(v.config_val, JSON_DECODE_ANY, &jerr));
+    p = dm_xasprintf("%s/config.json", dir);
+    ck_assert_int_eq(json_dump_file(cfg, p, JSON_INDENT(2)), 0);
+    free(p);
+    json_decref(cfg);
+    return dir;
+}
+
+/* Loading variant v must fail with a message containing want (and the file). */
+static void expect_load_error(const char *name, variant v, const char *want)
+{
+    char *dir = make_variant(name, v);
+    dm_error_clear();
+    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL);
+    ck_assert_msg(m == NULL, "%s: loaded", name);
+    ck_assert_msg(has(dm_error(), want) && has(dm_error(), dir), "%s", name);
+    free(dir);
+}
+
+START_TEST(bad_models)
+{
+    /* the unchanged copy loads (the variant writer itself is sound) */
+    char *dir = make_variant("same", (variant){0});
+    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL);
+    ck_assert_msg(m != NULL, "%s", dm_error());
+    dm_gpt2_free(m);
+    free(dir);
+
+    expect_load_error("missing", (variant){.drop = "h.1.mlp.c_fc.bias"},
+                      "model.safetensors: missing tensor h.1.mlp.c_fc.bias");
+    expect_load_error("missing_wte", (variant){.drop = "wte.weight"}, "missing tensor wte.weight");
+    expect_load_error("shape", (variant){.reshape = "h.1.attn.c_attn.weight", .d0 = 64, .d1 = 190},
+                      "model.safetensors: tensor h.1.attn.c_attn.weight has shape [64, 190], "
+                      "config n_embd 64 needs [64, 192]");
+    expect_load_error("shape_wte", (variant){.reshape = "wte.weight", .d0 = 100, .d1 = 64},
+                      "tensor wte.weight has shape [100, 64], config vocab_size 101, n_embd 64 "
+                      "needs [101, 64]");
+    expect_load_error("dtype", (variant){.retype = "h.0.ln_1.weight", .dtype = "I32"},
+                      "tensor h.0.ln_1.weight has dtype I32; GPT-2 weights must be F32, F16 or "
+                      "BF16");
+    expect_load_error("extra", (variant){.extra = "h.0.mlp.gate.weight"},
+                      "unexpected tensor h.0.mlp.gate.weight");
+    expect_load_error("extra_layer", (variant){.extra = "h.2.ln_1.weight"},
+                      "unexpected tensor h.2.ln_1.weight: config n_layer 2 has blocks h.0 to h.1");
+    expect_load_error("truncated", (variant){.truncate = 100}, "truncated");
+    expect_load_error("cfg_missing", (variant){.config_del = "n_head"},
+                      "config.json: missing key n_head");
+    expect_load_error("cfg_eps", (variant){.config_del = "layer_norm_epsilon"},
+                      "config.json: missing key layer_norm_epsilon");
+    expect_load_error("cfg_act", (variant){.config_key = "activation_function", .config_val = "\"relu\""},
+                      "activation_function relu is not supported");
+    expect_load_error("cfg_heads", (variant){.config_key = "n_head", .config_val = "5"},
+                      "n_embd 64 is not a multiple of n_head 5");
+    expect_load_error("cfg_embd", (variant){.config_key = "n_embd", .config_val = "48"},
+                      "tensor h.0.attn.c_attn.bias has shape [192], config n_embd 48 needs [144]");
+    expect_load_error("cfg_inner", (variant){.config_key = "n_inner", .config_val = "128"},
+                      "tensor h.0.mlp.c_fc.bias has shape [256], config n_inner 128 needs [128]");
+    expect_load_error("cfg_more_layers", (variant){.config_key = "n_layer", .config_val = "3"},
+                      "missing tensor h.2.");
+    expect_load_error("cfg_fewer_layers", (variant){.config_key = "n_layer", .config_val = "1"},
+                      "unexpected tensor h.1.");
+    expect_load_error("cfg_type", (variant){.config_key = "vocab_size", .config_val = "\"101\""},
+                      "vocab_size must be a positive integer");
+
+    /* a header length beyond the file */
+    dir = make_variant("hlen", (variant){0});
+    char *p = dm_xasprintf("%s/model.safetensors", dir);
+    FILE *f = fopen(p, "r+b");
+    fputc(0x7f, f), fputc(0x7f, f), fputc(0x7f, f);
+    fclose(f);
+    ck_assert_ptr_null(dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL));
+    ck_assert(has(dm_error(), "exceeds the file"));
+    free(p), free(dir);
+    ck_assert_ptr_null(dm_gpt2_load("/nonexistent-model", 1));
+    ck_assert(has(dm_error(), "/nonexistent-model/config.json: cannot read"));
+    ck_assert_ptr_null(dm_gpt2_load(GOLDEN "c64h4", 3));
+    ck_assert(has(dm_error(), "3 blocks needed, config n_layer is 2"));
+}
+END_TEST
+
+START_TEST(bad_tokens_and_hooks)
+{
+    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL);
+    ck_assert_ptr_nonnull(m);
+    int32_t tok[2 * 33] = {0};
+    float *out = dm_xmalloc(sizeof(float) * 2 * 33 * 101);
+    dm_gpt2_hook h;
+    dm_gpt2_hook_parse("blocks.1.hook_resid_pre", &h);
+    tok[16 + 7] = 101;
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
+    ck_assert(has(dm_error(), "token id 101 at window 1, position 7 is not below vocab_size 101"));
+    tok[16 + 7] = -3;
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
+    ck_assert(has(dm_error(), "token id -3 at window 1, position 7"));
+    tok[16 + 7] = 0;
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 33, &h, 1, &out, 1), -1);
+    ck_assert(has(dm_error(), "windows of 33 tokens are longer than n_positions 32"));
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, 1, 32, &h, 1, &out, 1), 0); /* the full context */
+    dm_gpt2_hook_parse("blocks.2.hook_resid_pre", &h);
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
+    ck_assert(has(dm_error(), "the model has 2 layers"));
+    dm_gpt2_free(m);
+    free(out);
+
+    /* the command: errors name the file; nothing is left at --out */
+    char *out_path = dm_xasprintf("%s/bad.npy", tmpdir), *tok_path = dm_xasprintf("%s/t.npy", tmpdir);
+    int64_t shape[2] = {2, 16};
+    dm_tensor t;
+    dm_tensor_init(&t, DM_I64, 2, shape);
+    ((int64_t *)t.data)[16 + 5] = 5000;
+    ck_assert_int_eq(dm_npy_save(tok_path, &t), 0);
+    ck_assert_int_eq(run_cmd(GOLDEN "c64h4", "blocks.1.hook_resid_pre", tok_path, out_path, NULL, NULL), 1);
+    ck_assert(has(dm_error(), "t.npy: token id 5000 at [1, 5] is not below vocab_size 101"));
+    ck_assert_int_eq(access(out_path, F_OK), -1);
+    dm_tensor_free(&t);
+
+    shape[1] = 40;
+    dm_tensor_init(&t, DM_I32, 2, shape);
+    ck_assert_int_eq(dm_npy_save(tok_path, &t), 0);
+    ck_assert_int_eq(run_cmd(GOLDEN "c64h4", "hook_embed", tok_path, out_path, NULL, NULL), 1);
+    ck_assert(has(dm_error(), "t.npy: windows of 40 tokens; model tests/golden/gpt2/c64h4 takes 1 "
+                              "to 32 (n_positions)"));
+    dm_tensor_free(&t);
+
+    dm_tensor_init(&t, DM_F32, 2, shape);
+    ck_assert_int_eq(dm_npy_save(tok_path, &t), 0);
+    ck_assert_int_eq(run_cmd(GOLDEN "c64h4", "hook_embed", tok_path, out_path, NULL, NULL), 1);
+    ck_assert(has(dm_error(), "token ids must be a 2-D int32, int64 or uint16 array"));
+    dm_tensor_free(&t);
+
+    ck_assert_int_eq(run_cmd(GOLDEN "c64h4", "blocks.0.resid_pre", GOLDEN "c64h4/tokens.npy",
+                             out_path, NULL, NULL),
+                     1);
+    ck_assert(has(dm_error(), "unknown hook 'blocks.0.resid_pre'"));
+    ck_assert_int_eq(run_cmd(GOLDEN "c64h4", "blocks.5.hook_resid_pre", GOLDEN "c64h4/tokens.npy",
+                             out_path, NULL, NULL),
+                     1);
+    ck_assert(has(dm_error(), "5 blocks needed, config n_layer is 2"));
+    ck_assert_int_eq(access(out_path, F_OK), -1);
+    free(out_path), free(tok_path);
+}
+END_TEST
+
+int main(void)
+{
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    Suite *s = suite_create("gpt2");
+    TCase *tk = tcase_create("kernels");
+    tcase_set_timeout(tk, 30);
+    tcase_add_test(tk, matmul_fast_matches_reference);
+    tcase_add_test(tk, layernorm_fast_matches_reference);
+    tcase_add_test(tk, attention_fast_matches_reference);
+    tcase_add_test(tk, gelu_fast_matches_reference);
+    tcase_add_test(tk, hook_names);
+    suite_add_tcase(s, tk);
+    TCase *tm = tcase_create("model");
+    tcase_set_timeout(tm, 30);
+    tcase_add_test(tm, parity_every_hook);
+    tcase_add_test(tm, centring_matters);
+    tcase_add_test(tm, partial_depth_and_batches);
+    tcase_add_test(tm, command_matches_golden);
+    tcase_add_test(tm, bad_models);
+    tcase_add_test(tm, bad_tokens_and_hooks);
+    suite_add_tcase(s, tm);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    char *cmd = dm_xasprintf("rm -rf %s", tmpdir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", tmpdir);
+    free(cmd);
+    return failed ? 1 : 0;
+}

@@ -25,7 +25,10 @@
  */
 #include "engine.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <jansson.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +93,40 @@ static int has_stream_output(const dm_node *n)
     return 0;
 }
 
+/* A file's identity, or a folder's: the identities of its files (not
+ * recursive, sorted by name, hidden files skipped) hashed together with names. */
+static int path_identity(const char *path, const char *cache, char out[33])
+{
+    struct stat st;
+    if (stat(path, &st))
+        return dm_fail("%s: %s", path, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return dm_file_identity(path, cache, out);
+    struct dirent **ents;
+    int n = scandir(path, &ents, NULL, alphasort);
+    if (n < 0)
+        return dm_fail("%s: cannot list folder: %s", path, strerror(errno));
+    sbuf b = {0};
+    int rc = 0;
+    sb_add(&b, "folder\n");
+    for (int i = 0; i < n; i++) {
+        char *f = dm_xasprintf("%s/%s", path, ents[i]->d_name), id[33];
+        if (ents[i]->d_name[0] != '.' && !stat(f, &st) && S_ISREG(st.st_mode)) {
+            if (!rc && !(rc = dm_file_identity(f, cache, id)))
+                sb_add(&b, "%s=%s\n", ents[i]->d_name, id);
+        }
+        free(f);
+        free(ents[i]);
+    }
+    free(ents);
+    if (!rc) {
+        XXH128_hash_t h = XXH3_128bits(b.s, b.len);
+        snprintf(out, 33, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
+    }
+    free(b.s);
+    return rc;
+}
+
 static int compute_key(dm_graph *g, dm_node *n)
 {
     sbuf b = {0};
@@ -98,7 +135,7 @@ static int compute_key(dm_graph *g, dm_node *n)
         sb_add(&b, "param.%s=%s\n", n->op->params[k].name, n->pval[k]);
         if (n->op->params[k].type == DM_P_PATH && n->pval[k][0]) {
             char id[33];
-            if (dm_file_identity(n->pval[k], g->cache, id)) {
+            if (path_identity(n->pval[k], g->cache, id)) {
                 free(b.s);
                 return dm_fail_prefix("%s: node '%s': parameter '%s'", n->where, n->decl->name,
                                       n->op->params[k].name);
@@ -109,7 +146,7 @@ static int compute_key(dm_graph *g, dm_node *n)
     for (int k = 0; k < n->nin; k++)
         if (n->in[k].src)
             sb_add(&b, "input.%s=%s:%s\n", n->op->inputs[k].name, n->in[k].src->key,
-                   n->in[k].src->op->outputs[n->in[k].port].name);
+                   n->in[k].src->outs[n->in[k].port].name);
     if (has_stream_output(n))
         sb_add(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
     XXH128_hash_t h = XXH3_128bits(b.s, b.len);
@@ -218,16 +255,16 @@ int dm_plan(dm_graph *g)
             continue;
         for (int k = 0; k < n->nin; k++) {
             dm_node *s = n->in[k].src;
-            if (!s || s->run || s->op->outputs[n->in[k].port].kind != DM_PORT_STREAM)
+            if (!s || s->run || s->outs[n->in[k].port].kind != DM_PORT_STREAM)
                 continue;
             if (s->op->produce)
                 s->reproduce = 1;
-            else if (!entry_spilled(entries[s->index], s->op->outputs[n->in[k].port].name)) {
+            else if (!entry_spilled(entries[s->index], s->outs[n->in[k].port].name)) {
                 s->run = 1;
                 s->state = DM_STATE_STALE;
                 free(s->why);
                 s->why = dm_xasprintf("output '%s' was not spilled and node '%s' reruns",
-                                      s->op->outputs[n->in[k].port].name, n->decl->name);
+                                      s->outs[n->in[k].port].name, n->decl->name);
             }
         }
     }
@@ -253,7 +290,7 @@ void dm_plan_print(dm_graph *g, FILE *f)
                 continue;
             char one[160];
             snprintf(one, sizeof one, "%s%s.%s", ins[0] ? ", " : "", n->in[k].src->decl->name,
-                     n->in[k].src->op->outputs[n->in[k].port].name);
+                     n->in[k].src->outs[n->in[k].port].name);
             strncat(ins, one, sizeof ins - strlen(ins) - 1);
         }
         fprintf(f, "  %-*s  %-12s %.12s  ", w, n->decl->name, n->op->name, n->key);

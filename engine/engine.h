@@ -65,6 +65,8 @@ struct dm_node {
     int nparams, nin, nout;
     char **pval;          /* resolved parameter text, per spec */
     dm_edge *in;          /* per input spec; src NULL if unconnected */
+    const dm_port_spec *outs; /* output ports (n->op->outputs, or made by op->ports) */
+    int own_outs;
     dm_port_desc *outdesc;
     dm_tensor *outtensor; /* per output: set by finish, or loaded from cache */
     /* consumers of each output, filled when binding */

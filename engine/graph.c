@@ -159,15 +159,8 @@ static int bind_node(dm_pipeline *p, dm_node *n)
     const dm_op *op = n->op;
     n->nparams = count_specs_params(op->params);
     n->nin = count_specs_ports(op->inputs);
-    n->nout = count_specs_ports(op->outputs);
     n->pval = dm_xcalloc((size_t)n->nparams + 1, sizeof *n->pval);
     n->in = dm_xcalloc((size_t)n->nin + 1, sizeof *n->in);
-    n->outdesc = dm_xcalloc((size_t)n->nout + 1, sizeof *n->outdesc);
-    n->outtensor = dm_xcalloc((size_t)n->nout + 1, sizeof *n->outtensor);
-    n->cons = dm_xcalloc((size_t)n->nout + 1, sizeof *n->cons);
-    n->ncons = dm_xcalloc((size_t)n->nout + 1, sizeof *n->ncons);
-    n->spill = dm_xcalloc((size_t)n->nout + 1, sizeof *n->spill);
-    n->writers = dm_xcalloc((size_t)n->nout + 1, sizeof *n->writers);
     n->where = where(p, d->line);
 
     for (int i = 0; i < d->nparams; i++) {
@@ -200,6 +193,26 @@ static int bind_node(dm_pipeline *p, dm_node *n)
                            op->name, op->params[k].name, op->params[k].help ? op->params[k].help : "");
         n->pval[k] = dm_xstrdup(op->params[k].def);
     }
+
+    /* Outputs: fixed by the operator, or named by its parameters (gpt2 hooks). */
+    if (op->ports) {
+        dm_port_spec *outs = NULL;
+        if (op->ports(n, &outs)) {
+            dm_fail_prefix("%s: node '%s' (%s)", n->where, d->name, op->name);
+            return -1;
+        }
+        n->outs = outs;
+        n->own_outs = 1;
+    } else {
+        n->outs = op->outputs;
+    }
+    n->nout = count_specs_ports(n->outs);
+    n->outdesc = dm_xcalloc((size_t)n->nout + 1, sizeof *n->outdesc);
+    n->outtensor = dm_xcalloc((size_t)n->nout + 1, sizeof *n->outtensor);
+    n->cons = dm_xcalloc((size_t)n->nout + 1, sizeof *n->cons);
+    n->ncons = dm_xcalloc((size_t)n->nout + 1, sizeof *n->ncons);
+    n->spill = dm_xcalloc((size_t)n->nout + 1, sizeof *n->spill);
+    n->writers = dm_xcalloc((size_t)n->nout + 1, sizeof *n->writers);
 
     const char *spill = d->spill ? d->spill : "auto";
     if (strcmp(spill, "auto") && strcmp(spill, "always") && strcmp(spill, "never")) {
@@ -250,9 +263,9 @@ static int connect_node(dm_graph *g, dm_node *n)
         }
         int sport;
         if (dot) {
-            sport = port_index(src->op->outputs, dot);
+            sport = port_index(src->outs, dot);
             if (sport < 0) {
-                known_list(known, sizeof known, &src->op->outputs[0].name, sizeof src->op->outputs[0], src->nout);
+                known_list(known, sizeof known, &src->outs[0].name, sizeof src->outs[0], src->nout);
                 dm_fail("%s: node '%s': input '%s': node '%s' has no output '%s' (outputs: %s)", w, d->name,
                         kv->key, srcname, dot, known);
                 free(srcname);
@@ -263,10 +276,10 @@ static int connect_node(dm_graph *g, dm_node *n)
             sport = -1;
             int nmatch = 0;
             for (int k = 0; k < src->nout; k++)
-                if (src->op->outputs[k].kind == op->inputs[port].kind)
+                if (src->outs[k].kind == op->inputs[port].kind)
                     sport = sport < 0 ? k : sport, nmatch++;
             if (nmatch != 1) {
-                known_list(known, sizeof known, &src->op->outputs[0].name, sizeof src->op->outputs[0], src->nout);
+                known_list(known, sizeof known, &src->outs[0].name, sizeof src->outs[0], src->nout);
                 dm_fail("%s: node '%s': input '%s': node '%s' has %s (outputs: %s); write %s.PORT", w,
                         d->name, kv->key, srcname, nmatch ? "several outputs of that kind" : "no output of that kind",
                         known, srcname);
@@ -274,11 +287,11 @@ static int connect_node(dm_graph *g, dm_node *n)
                 goto fail;
             }
         }
-        if (src->op->outputs[sport].kind != op->inputs[port].kind) {
+        if (src->outs[sport].kind != op->inputs[port].kind) {
             dm_fail("%s: node '%s': input '%s' takes a %s but %s.%s is a %s", w, d->name, kv->key,
                     op->inputs[port].kind == DM_PORT_STREAM ? "stream" : "tensor", srcname,
-                    src->op->outputs[sport].name,
-                    src->op->outputs[sport].kind == DM_PORT_STREAM ? "stream" : "tensor");
+                    src->outs[sport].name,
+                    src->outs[sport].kind == DM_PORT_STREAM ? "stream" : "tensor");
             free(srcname);
             goto fail;
         }
@@ -371,7 +384,7 @@ dm_graph *dm_graph_build(dm_pipeline *p)
     for (int i = 0; i < g->nnodes; i++) {
         dm_node *n = g->nodes[i];
         for (int k = 0; k < n->nout; k++) {
-            n->outdesc[k].kind = n->op->outputs[k].kind;
+            n->outdesc[k].kind = n->outs[k].kind;
             n->outdesc[k].dtype = DM_F32;
             if (n->outdesc[k].kind == DM_PORT_STREAM) {
                 n->outdesc[k].ndim = 2;
@@ -385,7 +398,7 @@ dm_graph *dm_graph_build(dm_pipeline *p)
         for (int k = 0; k < n->nout; k++)
             if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] == 0) {
                 dm_fail("%s: node '%s': operator '%s' did not set the width of output '%s'", n->where,
-                        n->decl->name, n->op->name, n->op->outputs[k].name);
+                        n->decl->name, n->op->name, n->outs[k].name);
                 goto fail;
             }
     }
@@ -412,6 +425,11 @@ void dm_graph_free(dm_graph *g)
         for (int k = 0; k < n->nproducts; k++)
             free(n->products[k]);
         free(n->products);
+        if (n->own_outs) {
+            for (int k = 0; n->outs[k].name; k++)
+                free((char *)n->outs[k].name);
+            free((dm_port_spec *)n->outs);
+        }
         free(n->pval), free(n->in), free(n->outdesc), free(n->outtensor), free(n->cons), free(n->ncons);
         free(n->spill), free(n->writers), free((char *)n->where), free(n->material), free(n->why), free(n->dir);
         free(n);

@@ -14,6 +14,11 @@
 #include "tokenizer.h" /* dmica tokenize */
 
 extern const char dm_demo_pipeline[];
+/* Commands still being written are weak: absent, they say so. */
+int dm_cmd_sae(int argc, char **argv) __attribute__((weak));
+int dm_cmd_ica(int argc, char **argv) __attribute__((weak));
+int dm_cmd_analyze(int argc, char **argv) __attribute__((weak));
+int dm_cmd_top(int argc, char **argv) __attribute__((weak));
 
 
 typedef struct {
@@ -323,6 +328,13 @@ int main(int argc, char **argv)
         return dm_cmd_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "activations"))
         return dm_cmd_activations(argc - 1, argv + 1);
+    static const struct {
+        const char *name;
+        int (*fn)(int, char **);
+    } more[] = {{"sae", dm_cmd_sae}, {"ica", dm_cmd_ica}, {"analyze", dm_cmd_analyze}, {"top", dm_cmd_top}};
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+        if (!strcmp(cmd, more[i].name) && more[i].fn)
+            return more[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "dmica: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

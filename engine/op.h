@@ -10,8 +10,11 @@
  * Ports are streams or tensors:
  *   - a stream is an unbounded sequence of float32 rows, `cols` wide, moved in
  *     chunks (dm_chunk). Streaming operators receive chunks in consume() and may
- *     emit chunks on their stream outputs with dm_emit(), one output chunk per
- *     input chunk, with the same row0 and rows (map-like), or none (a reduction).
+ *     emit chunks on their stream outputs with dm_emit(): usually one output
+ *     chunk per input chunk with the same row0 and rows (a map), none (a
+ *     reduction), or rows of another indexing (gpt2 turns a chunk of windows of
+ *     T tokens into chunks of token rows, row = window * T + position). An
+ *     operator bounds its own output chunks; dm_chunk_rows() is a guide.
  *   - a tensor is a small dense array (a covariance, a whitening matrix) that an
  *     operator sets in finish() with dm_set_output(). Consumers read it with
  *     dm_input_tensor() from open() onwards: a tensor input is always complete
@@ -79,6 +82,11 @@ typedef struct dm_op {
     const dm_port_spec *inputs;   /* terminated by {NULL} */
     const dm_port_spec *outputs;  /* terminated by {NULL} */
 
+    /* Optional: output ports that depend on the parameters (one per requested
+     * hook, say). Called once parameters are resolved; *outs is a NULL-name-
+     * terminated array from dm_xmalloc with names from dm_xstrdup, which the
+     * engine frees. Operators with fixed outputs leave it NULL and set outputs. */
+    int (*ports)(dm_node *n, dm_port_spec **outs);
     int (*infer)(dm_node *n);
     /* Bytes of state the node will hold while running (for the memory budget). */
     int64_t (*state_bytes)(const dm_node *n);

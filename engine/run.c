@@ -101,7 +101,7 @@ static int make_groups(dm_graph *g, group **out, int *nout)
                 dm_node *s = n->in[k].src;
                 if (!s)
                     continue;
-                if (s->op->outputs[n->in[k].port].kind == DM_PORT_STREAM) {
+                if (s->outs[n->in[k].port].kind == DM_PORT_STREAM) {
                     nstreams++;
                     if (!is_active(s) || has_multipass_input(s) || (join >= 0 && s->group != join))
                         ok = 0;
@@ -112,7 +112,7 @@ static int make_groups(dm_graph *g, group **out, int *nout)
             for (int k = 0; k < n->nin && ok; k++) {
                 dm_node *s = n->in[k].src;
                 /* groups run in the order made: a tensor must come from an earlier one */
-                if (s && s->op->outputs[n->in[k].port].kind == DM_PORT_TENSOR && is_active(s) && s->group >= join)
+                if (s && s->outs[n->in[k].port].kind == DM_PORT_TENSOR && is_active(s) && s->group >= join)
                     ok = 0;
             }
             if (!ok || !nstreams)
@@ -126,7 +126,7 @@ static int make_groups(dm_graph *g, group **out, int *nout)
             G->multipass = has_multipass_input(n);
             for (int k = 0; k < n->nin; k++) {
                 dm_node *s = n->in[k].src;
-                if (!s || s->op->outputs[n->in[k].port].kind != DM_PORT_STREAM)
+                if (!s || s->outs[n->in[k].port].kind != DM_PORT_STREAM)
                     continue;
                 G->drivers = dm_xrealloc(G->drivers, (size_t)(G->ndrivers + 1) * sizeof *G->drivers);
                 driver *d = &G->drivers[G->ndrivers++];
@@ -137,7 +137,7 @@ static int make_groups(dm_graph *g, group **out, int *nout)
                     if (s->decl->spill && !strcmp(s->decl->spill, "never"))
                         return dm_fail("%s: node '%s' reads output '%s' of node '%s' in a separate pass, "
                                        "which needs it spilled, but '%s' has spill: never",
-                                       n->where, n->decl->name, s->op->outputs[d->port].name,
+                                       n->where, n->decl->name, s->outs[d->port].name,
                                        s->decl->name, s->decl->name);
                     s->spill[d->port] = 1;
                 }
@@ -166,7 +166,7 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c)
 {
     if (n->writers[port]) {
         if (dm_spill_write(n->writers[port], c))
-            return dm_fail_prefix("node '%s': spilling output '%s'", n->decl->name, n->op->outputs[port].name);
+            return dm_fail_prefix("node '%s': spilling output '%s'", n->decl->name, n->outs[port].name);
     }
     for (int i = 0; i < n->ncons[port]; i++) {
         dm_node *c2 = n->cons[port][i].src;
@@ -202,13 +202,13 @@ static int load_tensor_inputs(dm_graph *g, group *G)
             int p = n->in[k].port;
             if (!s || s->outdesc[p].kind != DM_PORT_TENSOR || s->outtensor[p].data)
                 continue;
-            char *path = dm_xasprintf("%s/%s/%s.npy", g->cache, s->key, s->op->outputs[p].name);
+            char *path = dm_xasprintf("%s/%s/%s.npy", g->cache, s->key, s->outs[p].name);
             int rc = dm_npy_load(path, &s->outtensor[p]);
             free(path);
             if (rc) {
                 dm_cache_invalidate(g, s->key);
                 return dm_fail_prefix("cached output '%s' of node '%s' is unreadable (entry removed; run again)",
-                                      s->op->outputs[p].name, s->decl->name);
+                                      s->outs[p].name, s->decl->name);
             }
         }
     }
@@ -237,7 +237,7 @@ static int refresh_descs(group *G)
         for (int k = 0; k < n->nout; k++)
             if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] <= 0)
                 return dm_fail("%s: node '%s': the width of output '%s' is still unknown when it runs", n->where,
-                               n->decl->name, n->op->outputs[k].name);
+                               n->decl->name, n->outs[k].name);
     }
     return 0;
 }
@@ -311,7 +311,7 @@ static int open_node(dm_graph *g, dm_node *n, int spills)
                 n->spill[k] = 1;
             if (!n->spill[k])
                 continue;
-            n->writers[k] = dm_spill_writer_open(n->dir, n->op->outputs[k].name, n->outdesc[k].shape[1], t, codec);
+            n->writers[k] = dm_spill_writer_open(n->dir, n->outs[k].name, n->outdesc[k].shape[1], t, codec);
             if (!n->writers[k])
                 return dm_fail_prefix("node '%s'", n->decl->name);
         }
@@ -368,12 +368,12 @@ static int commit_node(dm_graph *g, dm_node *n)
                 }
             }
         } else {
-            char *path = dm_xasprintf("%s/%s.npy", n->dir, n->op->outputs[k].name);
+            char *path = dm_xasprintf("%s/%s.npy", n->dir, n->outs[k].name);
             json_object_set_new(o, "kind", json_string("tensor"));
             int rc = 0;
             if (!n->outtensor[k].data)
                 rc = dm_fail("node '%s': operator '%s' did not set output '%s'", n->decl->name, n->op->name,
-                             n->op->outputs[k].name);
+                             n->outs[k].name);
             else
                 rc = dm_npy_save(path, &n->outtensor[k]);
             free(path);
@@ -382,7 +382,7 @@ static int commit_node(dm_graph *g, dm_node *n)
                 return -1;
             }
         }
-        json_object_set_new(outs, n->op->outputs[k].name, o);
+        json_object_set_new(outs, n->outs[k].name, o);
     }
     for (int k = 0; k < n->nproducts; k++)
         json_array_append_new(prods, json_string(n->products[k]));
@@ -445,7 +445,7 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
         if (d->src->op->produce)
             continue;
         char *dir = dm_cache_entry(g, d->src->key);
-        d->reader = dm_spill_reader_open(dir, d->src->op->outputs[d->port].name);
+        d->reader = dm_spill_reader_open(dir, d->src->outs[d->port].name);
         free(dir);
         if (!d->reader) {
             *bad = d->src;
@@ -674,7 +674,7 @@ int dm_run(dm_graph *g)
             dm_node *n = g->nodes[i];
             n->group = -1;
             for (int k = 0; k < n->nout; k++)
-                n->spill[k] = n->run && n->outdesc[k].kind == DM_PORT_STREAM && !n->op->produce &&
+                n->spill[k] = n->run && n->outdesc[k].kind == DM_PORT_STREAM && !n->op->produce && n->ncons[k] > 0 &&
                               !(n->decl->spill && !strcmp(n->decl->spill, "never"));
         }
         group *gs = NULL;

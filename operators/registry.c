@@ -1,6 +1,9 @@
 /*
  * registry.c: the operators that exist. The engine finds operators only here,
  * by the name a pipeline gives in `op:`.
+ *
+ * Operators still being written are declared weak: until their file exists the
+ * slot is NULL and skipped, so the tree builds at every step.
  */
 #include <string.h>
 
@@ -8,17 +11,35 @@
 
 extern const dm_op dm_op_npy, dm_op_npy_sink, dm_op_synthetic;
 extern const dm_op dm_op_moments, dm_op_covariance, dm_op_pca, dm_op_project;
+extern const dm_op dm_op_text __attribute__((weak));
+extern const dm_op dm_op_gpt2 __attribute__((weak));
+extern const dm_op dm_op_sae __attribute__((weak));
+extern const dm_op dm_op_fastica __attribute__((weak));
+extern const dm_op dm_op_ica_compare __attribute__((weak));
 
-static const dm_op *const registry[] = {
-    &dm_op_npy, &dm_op_synthetic, &dm_op_npy_sink, &dm_op_moments, &dm_op_covariance, &dm_op_pca, &dm_op_project, NULL,
+static const dm_op *const all[] = {
+    &dm_op_npy, &dm_op_synthetic, &dm_op_text, &dm_op_gpt2, &dm_op_sae, &dm_op_npy_sink, &dm_op_moments,
+    &dm_op_covariance, &dm_op_pca, &dm_op_project, &dm_op_fastica, &dm_op_ica_compare,
 };
+#define NALL (sizeof all / sizeof all[0])
+static const dm_op *registry[NALL + 1];
 
-const dm_op *const *dm_registry(void) { return registry; }
+const dm_op *const *dm_registry(void)
+{
+    if (!registry[0]) {
+        size_t n = 0;
+        for (size_t i = 0; i < NALL; i++)
+            if (all[i])
+                registry[n++] = all[i];
+    }
+    return registry;
+}
 
 const dm_op *dm_find_op(const char *name)
 {
-    for (int i = 0; registry[i]; i++)
-        if (!strcmp(registry[i]->name, name))
-            return registry[i];
+    const dm_op *const *r = dm_registry();
+    for (int i = 0; r[i]; i++)
+        if (!strcmp(r[i]->name, name))
+            return r[i];
     return NULL;
 }

@@ -58,6 +58,11 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -MMD -MP -o $@ $< $(BUILD)/libdmica.a $(LDLIBS) $(TESTLIBS)
 
+# Benchmark helpers (tools/*.c), linked like the tests.
+$(BUILD)/tools/%: tools/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libdmica.a $(LDLIBS)
+
 demo: $(BIN)
 	$(BIN) demo --out demo-out
 
@@ -77,7 +82,7 @@ test: all
 	$(MAKE) test-cli
 	$(MAKE) test-san
 
-bench: all
+bench: all $(BUILD)/tools/spill-bench
 	tools/bench
 
 clean:

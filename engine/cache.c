@@ -257,6 +257,17 @@ int dm_plan(dm_graph *g)
             dm_node *s = n->in[k].src;
             if (!s || s->run || s->outs[n->in[k].port].kind != DM_PORT_STREAM)
                 continue;
+            if (n->op->inputs[k].random) {
+                /* read by row from a spill, which the cached entry must have */
+                if (!entry_spilled(entries[s->index], s->outs[n->in[k].port].name)) {
+                    s->run = 1;
+                    s->state = DM_STATE_STALE;
+                    free(s->why);
+                    s->why = dm_xasprintf("output '%s' was not spilled and node '%s' reads it by row",
+                                          s->outs[n->in[k].port].name, n->decl->name);
+                }
+                continue;
+            }
             if (s->op->produce)
                 s->reproduce = 1;
             else if (!entry_spilled(entries[s->index], s->outs[n->in[k].port].name)) {

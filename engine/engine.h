@@ -90,6 +90,7 @@ struct dm_node {
     char **products;
     int nproducts;
     struct dm_spill_writer **writers; /* per output */
+    struct dm_spill_reader **readers; /* per input: random-access inputs */
     int64_t chunk_rows;
     int64_t rows_in;
     double seconds;

@@ -161,6 +161,7 @@ static int bind_node(dm_pipeline *p, dm_node *n)
     n->nin = count_specs_ports(op->inputs);
     n->pval = dm_xcalloc((size_t)n->nparams + 1, sizeof *n->pval);
     n->in = dm_xcalloc((size_t)n->nin + 1, sizeof *n->in);
+    n->readers = dm_xcalloc((size_t)n->nin + 1, sizeof *n->readers);
     n->where = where(p, d->line);
 
     for (int i = 0; i < d->nparams; i++) {
@@ -431,7 +432,7 @@ void dm_graph_free(dm_graph *g)
             free((dm_port_spec *)n->outs);
         }
         free(n->pval), free(n->in), free(n->outdesc), free(n->outtensor), free(n->cons), free(n->ncons);
-        free(n->spill), free(n->writers), free((char *)n->where), free(n->material), free(n->why), free(n->dir);
+        free(n->spill), free(n->writers), free(n->readers), free((char *)n->where), free(n->material), free(n->why), free(n->dir);
         free(n);
     }
     for (int i = 0; i < g->nforce; i++)

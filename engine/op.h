@@ -54,6 +54,9 @@ typedef struct {
     dm_port_kind kind;
     int multipass; /* input only: the operator may ask for several passes */
     int optional;  /* input only: may be left unconnected */
+    int random;    /* input stream only: not pushed; read by row with
+                      dm_input_read_rows() from its spill file (token windows
+                      for contexts, say). Its producer runs in an earlier group. */
 } dm_port_spec;
 
 typedef enum {
@@ -122,6 +125,10 @@ int dm_input_connected(const dm_node *n, int port);
 const dm_tensor *dm_input_tensor(const dm_node *n, int port);
 /* Sets a tensor output; the node takes ownership of t's storage. */
 int dm_set_output(dm_node *n, int port, dm_tensor *t);
+/* Random-access inputs (dm_port_spec.random), from open() on: the number of
+ * rows, and rows [row0, row0+rows) as float32 into out. */
+int64_t dm_input_rows(const dm_node *n, int port);
+int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, float *out);
 /* Pushes a chunk downstream on a stream output (and into its spill file). */
 int dm_emit(dm_node *n, int port, const dm_chunk *c);
 

@@ -101,7 +101,7 @@ static int make_groups(dm_graph *g, group **out, int *nout)
                 dm_node *s = n->in[k].src;
                 if (!s)
                     continue;
-                if (s->outs[n->in[k].port].kind == DM_PORT_STREAM) {
+                if (s->outs[n->in[k].port].kind == DM_PORT_STREAM && !n->op->inputs[k].random) {
                     nstreams++;
                     if (!is_active(s) || has_multipass_input(s) || (join >= 0 && s->group != join))
                         ok = 0;
@@ -112,7 +112,8 @@ static int make_groups(dm_graph *g, group **out, int *nout)
             for (int k = 0; k < n->nin && ok; k++) {
                 dm_node *s = n->in[k].src;
                 /* groups run in the order made: a tensor must come from an earlier one */
-                if (s && s->outs[n->in[k].port].kind == DM_PORT_TENSOR && is_active(s) && s->group >= join)
+                if (s && (s->outs[n->in[k].port].kind == DM_PORT_TENSOR || n->op->inputs[k].random) &&
+                    is_active(s) && s->group >= join)
                     ok = 0;
             }
             if (!ok || !nstreams)
@@ -126,7 +127,7 @@ static int make_groups(dm_graph *g, group **out, int *nout)
             G->multipass = has_multipass_input(n);
             for (int k = 0; k < n->nin; k++) {
                 dm_node *s = n->in[k].src;
-                if (!s || s->outs[n->in[k].port].kind != DM_PORT_STREAM)
+                if (!s || s->outs[n->in[k].port].kind != DM_PORT_STREAM || n->op->inputs[k].random)
                     continue;
                 G->drivers = dm_xrealloc(G->drivers, (size_t)(G->ndrivers + 1) * sizeof *G->drivers);
                 driver *d = &G->drivers[G->ndrivers++];
@@ -142,6 +143,16 @@ static int make_groups(dm_graph *g, group **out, int *nout)
                     s->spill[d->port] = 1;
                 }
             }
+        }
+        for (int k = 0; k < n->nin; k++) {
+            dm_node *s = n->in[k].src;
+            if (!s || !n->op->inputs[k].random || !s->run)
+                continue;
+            if (s->decl->spill && !strcmp(s->decl->spill, "never"))
+                return dm_fail("%s: node '%s' reads output '%s' of node '%s' by row, which needs it spilled, "
+                               "but '%s' has spill: never", n->where, n->decl->name, s->outs[n->in[k].port].name,
+                               s->decl->name, s->decl->name);
+            s->spill[n->in[k].port] = 1;
         }
         n->group = join;
         group *G = &gs[join];
@@ -182,6 +193,22 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c)
         c2->rows_in += n->cons[port][i].port == 0 ? c->rows : 0;
     }
     return 0;
+}
+
+int64_t dm_input_rows(const dm_node *n, int port)
+{
+    return port >= 0 && port < n->nin && n->readers[port] ? dm_spill_rows(n->readers[port]) : -1;
+}
+
+int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, float *out)
+{
+    if (port < 0 || port >= n->nin || !n->readers[port])
+        return dm_fail("node '%s': input %d is not a random-access input", n->decl->name, port);
+    if (row0 < 0 || rows < 0 || row0 + rows > dm_spill_rows(n->readers[port]))
+        return dm_fail("node '%s': input '%s': rows %lld..%lld out of range (%lld rows)", n->decl->name,
+                       n->op->inputs[port].name, (long long)row0, (long long)(row0 + rows),
+                       (long long)dm_spill_rows(n->readers[port]));
+    return dm_spill_read_rows(n->readers[port], row0, rows, out);
 }
 
 static int is_member(const group *G, const dm_node *n)
@@ -316,6 +343,19 @@ static int open_node(dm_graph *g, dm_node *n, int spills)
                 return dm_fail_prefix("node '%s'", n->decl->name);
         }
     }
+    for (int k = 0; k < n->nin && spills; k++) {
+        dm_node *s = n->in[k].src;
+        if (!s || !n->op->inputs[k].random)
+            continue;
+        char *dir = dm_cache_entry(g, s->key);
+        n->readers[k] = dm_spill_reader_open(dir, s->outs[n->in[k].port].name);
+        free(dir);
+        if (!n->readers[k]) {
+            dm_cache_invalidate(g, s->key);
+            return dm_fail_prefix("node '%s': input '%s' (entry removed; run again)", n->decl->name,
+                                  n->op->inputs[k].name);
+        }
+    }
     if (n->op->open && n->op->open(n)) {
         if (!strstr(dm_error(), n->decl->name))
             dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
@@ -338,6 +378,11 @@ static void close_node(dm_node *n, int failed)
         if (n->writers[k])
             dm_spill_writer_abort(n->writers[k]);
         n->writers[k] = NULL;
+    }
+    for (int k = 0; k < n->nin; k++) {
+        if (n->readers[k])
+            dm_spill_reader_close(n->readers[k]);
+        n->readers[k] = NULL;
     }
     if (failed && n->dir)
         dm_rm_rf(n->dir);

@@ -1,0 +1,310 @@
+/*
+ * op_topk.c: for every column of a stream (an ICA component's source values per
+ * token, say), the k rows with the largest and the k with the smallest values,
+ * in one pass with bounded memory (two heaps of k per column), and their token
+ * contexts.
+ *
+ * Rows of token streams are numbered window * T + position (the gpt2 operator's
+ * convention), so with the token windows connected (a random-access input: the
+ * windows are read by row from their spill at the end, only for the examples) a
+ * row's window, position, token and +-context tokens are known; they are decoded
+ * to text with the tokenizer (byte-level decoding; bytes that are not UTF-8 on
+ * their own become U+FFFD). Position 0 holds BOS in windows made with BOS, whose
+ * activations are an artefact of attention sinks: skipped unless skip_bos is off.
+ *
+ * Heaps merge, so shards of the stream can be tracked apart and combined.
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
+#include "op.h"
+#include "tokenizer.h"
+
+enum { IN_VALUES, IN_WINDOWS };
+enum { OUT_EXAMPLES };
+
+static const dm_param_spec topk_params[] = {
+    {"k", DM_P_INT, "20", "examples per component and direction"},
+    {"tokenizer", DM_P_PATH, "", "folder with vocab.json and merges.txt, to decode contexts (\"\": ids only)"},
+    {"context", DM_P_INT, "5", "tokens of context on each side"},
+    {"skip_bos", DM_P_BOOL, "true", "leave out position 0 of each window"},
+    {"file", DM_P_STRING, "topk.json", "product file (\"\" for none)"},
+    {NULL},
+};
+static const dm_port_spec topk_inputs[] = {
+    {"values", DM_PORT_STREAM},
+    {"windows", DM_PORT_STREAM, 0, 1, 1},
+    {NULL},
+};
+static const dm_port_spec topk_outputs[] = {{"examples", DM_PORT_TENSOR}, {NULL}};
+
+typedef struct {
+    float value;
+    int64_t row;
+} entry;
+
+typedef struct {
+    int64_t cols, k, T;
+    int skip_bos;
+    entry *top, *bot; /* cols x k heaps: top is a min-heap of the largest, bot a max-heap of the smallest */
+    int64_t *ntop, *nbot;
+} topk;
+
+/* Min-heap on value (sign = 1) or max-heap (sign = -1), ties broken by row so
+ * results do not depend on chunking. */
+static int before(const entry *a, const entry *b, int sign)
+{
+    float x = sign * a->value, y = sign * b->value;
+    return x < y || (x == y && a->row > b->row);
+}
+
+static void heap_push(entry *h, int64_t *n, int64_t k, entry e, int sign)
+{
+    if (*n < k) {
+        int64_t i = (*n)++;
+        h[i] = e;
+        while (i > 0 && before(&h[i], &h[(i - 1) / 2], sign)) {
+            entry t = h[i];
+            h[i] = h[(i - 1) / 2];
+            h[(i - 1) / 2] = t;
+            i = (i - 1) / 2;
+        }
+        return;
+    }
+    if (!before(&h[0], &e, sign))
+        return;
+    h[0] = e;
+    for (int64_t i = 0;;) {
+        int64_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < *n && before(&h[l], &h[m], sign))
+            m = l;
+        if (r < *n && before(&h[r], &h[m], sign))
+            m = r;
+        if (m == i)
+            break;
+        entry t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
+static int topk_infer(dm_node *n)
+{
+    if (dm_param_int(n, "k") < 1 || dm_param_int(n, "k") > 100000)
+        return dm_fail("k must be between 1 and 100000, not %lld", (long long)dm_param_int(n, "k"));
+    if (dm_param_int(n, "context") < 0)
+        return dm_fail("context must be >= 0");
+    const char *f = dm_param_str(n, "file");
+    if (strchr(f, '/'))
+        return dm_fail("file must be a plain file name, not '%s'", f);
+    dm_port_desc *o = dm_output_desc(n, OUT_EXAMPLES);
+    o->dtype = DM_U8;
+    o->ndim = 1;
+    o->shape[0] = -1;
+    return 0;
+}
+
+static int64_t topk_state_bytes(const dm_node *n)
+{
+    int64_t cols = dm_input_desc(n, IN_VALUES)->shape[1];
+    return (cols > 0 ? cols : 1) * dm_param_int(n, "k") * 2 * (int64_t)(sizeof(entry) + 16);
+}
+
+static int topk_open(dm_node *n)
+{
+    topk *t = dm_xcalloc(1, sizeof *t);
+    dm_node_set_state(n, t);
+    t->cols = dm_input_desc(n, IN_VALUES)->shape[1];
+    t->k = dm_param_int(n, "k");
+    t->T = dm_input_connected(n, IN_WINDOWS) ? dm_input_desc(n, IN_WINDOWS)->shape[1] : 0;
+    t->skip_bos = dm_param_bool(n, "skip_bos") && t->T > 0;
+    t->top = dm_xmalloc((size_t)(t->cols * t->k) * sizeof *t->top);
+    t->bot = dm_xmalloc((size_t)(t->cols * t->k) * sizeof *t->bot);
+    t->ntop = dm_xcalloc((size_t)t->cols, sizeof *t->ntop);
+    t->nbot = dm_xcalloc((size_t)t->cols, sizeof *t->nbot);
+    return 0;
+}
+
+static int topk_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    topk *t = dm_node_state(n);
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < t->cols; j++) {
+        for (int64_t r = 0; r < c->rows; r++) {
+            int64_t row = c->row0 + r;
+            float v = c->data[r * t->cols + j];
+            if (isnan(v) || (t->skip_bos && row % t->T == 0))
+                continue;
+            entry e = {v, row};
+            heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
+            heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
+        }
+    }
+    return 0;
+}
+
+static int by_value_desc(const void *a, const void *b)
+{
+    const entry *x = a, *y = b;
+    return x->value < y->value ? 1 : x->value > y->value ? -1 : (x->row > y->row) - (x->row < y->row);
+}
+
+static int by_value_asc(const void *a, const void *b) { return -by_value_desc(a, b); }
+
+/* Bytes as a JSON-safe UTF-8 string: invalid sequences become U+FFFD. */
+static json_t *json_text(const char *s, size_t len)
+{
+    char *out = dm_xmalloc(len * 3 + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t need = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = need > 0 && i + need <= len && !(c == 0);
+        for (size_t j = 1; ok && j < need; j++)
+            ok = ((unsigned char)s[i + j] >> 6) == 2;
+        if (ok && need > 1) {
+            json_t *probe = json_stringn(s + i, need); /* rejects overlongs and surrogates */
+            ok = probe != NULL;
+            json_decref(probe);
+        }
+        if (ok) {
+            memcpy(out + o, s + i, need);
+            o += need;
+            i += need;
+        } else {
+            memcpy(out + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    json_t *j = json_stringn(out, o);
+    free(out);
+    return j;
+}
+
+static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *tok, float *window)
+{
+    json_t *x = json_object();
+    json_object_set_new(x, "row", json_integer(e->row));
+    json_object_set_new(x, "value", json_real(e->value));
+    if (!t->T)
+        return x;
+    int64_t w = e->row / t->T, pos = e->row % t->T, ctx = dm_param_int(n, "context");
+    json_object_set_new(x, "window", json_integer(w));
+    json_object_set_new(x, "position", json_integer(pos));
+    if (dm_input_read_rows(n, IN_WINDOWS, w, 1, window)) {
+        json_decref(x);
+        return NULL;
+    }
+    int64_t lo = pos - ctx < 0 ? 0 : pos - ctx, hi = pos + ctx + 1 > t->T ? t->T : pos + ctx + 1;
+    int32_t ids[4096];
+    json_t *jids = json_array();
+    for (int64_t i = lo; i < hi && i - lo < 4096; i++) {
+        ids[i - lo] = (int32_t)window[i];
+        json_array_append_new(jids, json_integer(ids[i - lo]));
+    }
+    json_object_set_new(x, "token_id", json_integer((int32_t)window[pos]));
+    json_object_set_new(x, "context_ids", jids);
+    json_object_set_new(x, "context_start", json_integer(lo));
+    if (tok) {
+        size_t len;
+        char *left = dm_tokenizer_decode(tok, ids, (size_t)(pos - lo), &len);
+        json_object_set_new(x, "left", json_text(left ? left : "", left ? len : 0));
+        free(left);
+        char *mid = dm_tokenizer_decode(tok, ids + (pos - lo), 1, &len);
+        json_object_set_new(x, "token", json_text(mid ? mid : "", mid ? len : 0));
+        free(mid);
+        char *right = dm_tokenizer_decode(tok, ids + (pos - lo) + 1, (size_t)(hi - pos - 1), &len);
+        json_object_set_new(x, "right", json_text(right ? right : "", right ? len : 0));
+        free(right);
+    }
+    return x;
+}
+
+static int topk_finish(dm_node *n)
+{
+    topk *t = dm_node_state(n);
+    const char *tokdir = dm_param_str(n, "tokenizer");
+    dm_tokenizer *tok = NULL;
+    if (*tokdir && t->T && !(tok = dm_tokenizer_load(tokdir)))
+        return -1;
+    float *window = dm_xmalloc((size_t)(t->T > 0 ? t->T : 1) * sizeof(float));
+    json_t *root = json_object(), *comps = json_array();
+    json_object_set_new(root, "k", json_integer(t->k));
+    json_object_set_new(root, "context", json_integer(dm_param_int(n, "context")));
+    json_object_set_new(root, "skip_bos", json_boolean(t->skip_bos));
+    int rc = 0;
+    for (int64_t j = 0; j < t->cols && !rc; j++) {
+        entry *top = t->top + j * t->k, *bot = t->bot + j * t->k;
+        qsort(top, (size_t)t->ntop[j], sizeof *top, by_value_desc);
+        qsort(bot, (size_t)t->nbot[j], sizeof *bot, by_value_asc);
+        json_t *c = json_object(), *jt = json_array(), *jb = json_array();
+        json_object_set_new(c, "component", json_integer(j));
+        for (int64_t i = 0; i < t->ntop[j] && !rc; i++) {
+            json_t *x = example_json(n, t, &top[i], tok, window);
+            rc = x ? json_array_append_new(jt, x) : -1;
+        }
+        for (int64_t i = 0; i < t->nbot[j] && !rc; i++) {
+            json_t *x = example_json(n, t, &bot[i], tok, window);
+            rc = x ? json_array_append_new(jb, x) : -1;
+        }
+        json_object_set_new(c, "top", jt);
+        json_object_set_new(c, "bottom", jb);
+        json_array_append_new(comps, c);
+    }
+    json_object_set_new(root, "components", comps);
+    free(window);
+    dm_tokenizer_free(tok);
+    char *text = rc ? NULL : json_dumps(root, JSON_INDENT(1));
+    json_decref(root);
+    if (rc || !text) {
+        free(text);
+        return rc ? -1 : dm_fail("cannot encode the examples as JSON");
+    }
+    size_t len = strlen(text);
+    const char *file = dm_param_str(n, "file");
+    if (*file) {
+        char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
+        rc = dm_write_file_atomic(path, text, len);
+        free(path);
+        if (!rc)
+            rc = dm_publish(n, file);
+    }
+    if (!rc) {
+        dm_tensor out;
+        int64_t shape[1] = {(int64_t)len};
+        dm_tensor_init(&out, DM_U8, 1, shape);
+        memcpy(out.data, text, len);
+        rc = dm_set_output(n, OUT_EXAMPLES, &out);
+    }
+    free(text);
+    return rc;
+}
+
+static void topk_close(dm_node *n)
+{
+    topk *t = dm_node_state(n);
+    if (!t)
+        return;
+    free(t->top), free(t->bot), free(t->ntop), free(t->nbot);
+    free(t);
+}
+
+const dm_op dm_op_topk = {
+    .name = "topk",
+    .version = 1,
+    .summary = "per column, the k largest and smallest rows with their token contexts",
+    .params = topk_params,
+    .inputs = topk_inputs,
+    .outputs = topk_outputs,
+    .infer = topk_infer,
+    .state_bytes = topk_state_bytes,
+    .open = topk_open,
+    .consume = topk_consume,
+    .finish = topk_finish,
+    .close = topk_close,
+};

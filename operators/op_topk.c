@@ -32,6 +32,8 @@ static const dm_param_spec topk_params[] = {
     {"context", DM_P_INT, "5", "tokens of context on each side"},
     {"skip_bos", DM_P_BOOL, "true", "leave out position 0 of each window"},
     {"file", DM_P_STRING, "topk.json", "product file (\"\" for none)"},
+    {"hist_bins", DM_P_INT, "60", "bins of each column's histogram"},
+    {"hist_range", DM_P_FLOAT, "0", "histogram over [-range, range]; 0: from the column's extremes"},
     {NULL},
 };
 static const dm_port_spec topk_inputs[] = {
@@ -51,7 +53,17 @@ typedef struct {
     int skip_bos;
     entry *top, *bot; /* cols x k heaps: top is a min-heap of the largest, bot a max-heap of the smallest */
     int64_t *ntop, *nbot;
+    /* histograms: fixed bins when hist_range > 0; otherwise values are binned at
+     * the end from the extremes, which needs them kept: a second pass is avoided
+     * by binning into 4096 fine bins over a range that widens by doubling. */
+    int64_t bins;
+    double range;
+    int64_t *hist;       /* cols x FINE */
+    double *scale;       /* per column: fine bins span [-scale, scale] */
+    int64_t *under_over; /* cols x 2 (fixed range only) */
 } topk;
+
+#define FINE 4096
 
 /* Min-heap on value (sign = 1) or max-heap (sign = -1), ties broken by row so
  * results do not depend on chunking. */
@@ -98,6 +110,8 @@ static int topk_infer(dm_node *n)
         return dm_fail("k must be between 1 and 100000, not %lld", (long long)dm_param_int(n, "k"));
     if (dm_param_int(n, "context") < 0)
         return dm_fail("context must be >= 0");
+    if (dm_param_int(n, "hist_bins") < 1 || dm_param_int(n, "hist_bins") > FINE)
+        return dm_fail("hist_bins must be between 1 and %d", FINE);
     const char *f = dm_param_str(n, "file");
     if (strchr(f, '/'))
         return dm_fail("file must be a plain file name, not '%s'", f);
@@ -111,7 +125,7 @@ static int topk_infer(dm_node *n)
 static int64_t topk_state_bytes(const dm_node *n)
 {
     int64_t cols = dm_input_desc(n, IN_VALUES)->shape[1];
-    return (cols > 0 ? cols : 1) * dm_param_int(n, "k") * 2 * (int64_t)(sizeof(entry) + 16);
+    return (cols > 0 ? cols : 1) * (dm_param_int(n, "k") * 2 * (int64_t)(sizeof(entry) + 16) + FINE * 8);
 }
 
 static int topk_open(dm_node *n)
@@ -126,6 +140,13 @@ static int topk_open(dm_node *n)
     t->bot = dm_xmalloc((size_t)(t->cols * t->k) * sizeof *t->bot);
     t->ntop = dm_xcalloc((size_t)t->cols, sizeof *t->ntop);
     t->nbot = dm_xcalloc((size_t)t->cols, sizeof *t->nbot);
+    t->bins = dm_param_int(n, "hist_bins");
+    t->range = dm_param_float(n, "hist_range");
+    t->hist = dm_xcalloc((size_t)(t->cols * FINE), sizeof *t->hist);
+    t->scale = dm_xcalloc((size_t)t->cols, sizeof *t->scale);
+    t->under_over = dm_xcalloc((size_t)(t->cols * 2), sizeof *t->under_over);
+    for (int64_t j = 0; j < t->cols; j++)
+        t->scale[j] = t->range > 0 ? t->range : 1.0;
     return 0;
 }
 
@@ -142,6 +163,22 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
             entry e = {v, row};
             heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
             heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
+            int64_t *h = t->hist + j * FINE;
+            if (t->range <= 0)
+                while (fabs(v) >= t->scale[j]) { /* widen: merge pairs of fine bins */
+                    int64_t nh[FINE] = {0};
+                    for (int b = 0; b < FINE; b++)
+                        nh[FINE / 4 + b / 2] += h[b];
+                    memcpy(h, nh, sizeof nh);
+                    t->scale[j] *= 2;
+                }
+            double pos = (v + t->scale[j]) / (2 * t->scale[j]) * FINE;
+            if (pos < 0)
+                t->under_over[2 * j]++;
+            else if (pos >= FINE)
+                t->under_over[2 * j + 1]++;
+            else
+                h[(int64_t)pos]++;
         }
     }
     return 0;
@@ -225,6 +262,35 @@ static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *t
     return x;
 }
 
+/* The column's histogram in `bins` bins over its occupied span. */
+static json_t *histogram_json(const topk *t, int64_t j)
+{
+    const int64_t *h = t->hist + j * FINE;
+    int64_t first = 0, last = FINE - 1;
+    if (t->range <= 0) {
+        while (first < FINE - 1 && !h[first])
+            first++;
+        while (last > first && !h[last])
+            last--;
+    }
+    double w = 2 * t->scale[j] / FINE, lo = -t->scale[j] + (double)first * w, hi = -t->scale[j] + (double)(last + 1) * w;
+    int64_t m = last - first + 1, bins = t->bins < m ? t->bins : m;
+    json_t *counts = json_array();
+    int64_t *out = dm_xcalloc((size_t)bins, sizeof *out);
+    for (int64_t b = first; b <= last; b++)
+        out[(b - first) * bins / m] += h[b];
+    for (int64_t i = 0; i < bins; i++)
+        json_array_append_new(counts, json_integer(out[i]));
+    free(out);
+    json_t *o = json_object();
+    json_object_set_new(o, "lo", json_real(lo));
+    json_object_set_new(o, "hi", json_real(hi));
+    json_object_set_new(o, "counts", counts);
+    json_object_set_new(o, "below", json_integer(t->under_over[2 * j]));
+    json_object_set_new(o, "above", json_integer(t->under_over[2 * j + 1]));
+    return o;
+}
+
 static int topk_finish(dm_node *n)
 {
     topk *t = dm_node_state(n);
@@ -252,6 +318,7 @@ static int topk_finish(dm_node *n)
             json_t *x = example_json(n, t, &bot[i], tok, window);
             rc = x ? json_array_append_new(jb, x) : -1;
         }
+        json_object_set_new(c, "histogram", histogram_json(t, j));
         json_object_set_new(c, "top", jt);
         json_object_set_new(c, "bottom", jb);
         json_array_append_new(comps, c);
@@ -290,7 +357,7 @@ static void topk_close(dm_node *n)
     topk *t = dm_node_state(n);
     if (!t)
         return;
-    free(t->top), free(t->bot), free(t->ntop), free(t->nbot);
+    free(t->top), free(t->bot), free(t->ntop), free(t->nbot), free(t->hist), free(t->scale), free(t->under_over);
     free(t);
 }
 

@@ -46,6 +46,12 @@ for c in js["components"]:
         assert e["context_ids"] == list(win[w, lo:min(T, p + 4)])
         assert abs(e["value"] - v[e["row"], j]) == 0
         assert isinstance(e["token"], str) and isinstance(e["left"], str)
+    h = c["histogram"]
+    assert sum(h["counts"]) + h["below"] + h["above"] == mask.sum()
+    assert h["lo"] <= col.min() and h["hi"] >= col.max(), (h["lo"], h["hi"], col.min(), col.max())
+    # the fine bins are 1/4096 of the span: each value lands in the right output bin or a neighbour
+    ref, _ = np.histogram(col, bins=len(h["counts"]), range=(h["lo"], h["hi"]))
+    assert np.abs(np.array(h["counts"]) - ref).sum() <= 0.02 * len(col), (h["counts"], ref)
 print("ok")
 P
 # the decoded text is GPT-2's: a window of known ids decodes to known text

@@ -50,9 +50,12 @@ $(BUILD)/demo_pipeline.c: pipelines/demo.yaml
 	@mkdir -p $(dir $@)
 	{ printf 'const char dm_demo_pipeline[] =\n'; sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$$/\\n"/' $<; echo ';'; } > $@
 
+# The whole archive: operators and commands are found by name at run time
+# (operators/registry.c, weak slots), so no symbol pulls them in.
 $(BIN): $(BUILD)/engine/main.o $(BUILD)/demo_pipeline.o $(BUILD)/libdmica.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(BUILD)/engine/main.o $(BUILD)/demo_pipeline.o \
+		-Wl,--whole-archive $(BUILD)/libdmica.a -Wl,--no-whole-archive $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)

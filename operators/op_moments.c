@@ -38,6 +38,7 @@ static const dm_port_spec moments_outputs[] = {
     {"var", DM_PORT_TENSOR, 0, 0},
     {"skew", DM_PORT_TENSOR, 0, 0},
     {"excess_kurtosis", DM_PORT_TENSOR, 0, 0},
+    {"n", DM_PORT_TENSOR, 0, 0},
     {NULL},
 };
 
@@ -67,6 +68,10 @@ static int moments_infer(dm_node *n)
         o->ndim = 1;
         o->shape[0] = d;
     }
+    dm_port_desc *cnt = dm_output_desc(n, OUT_COUNT);
+    cnt->dtype = DM_I64;
+    cnt->ndim = 1;
+    cnt->shape[0] = 1;
     return 0;
 }
 
@@ -139,6 +144,13 @@ static int moments_finish(dm_node *n)
         rc = write_stats_json(n, file, &s->m, out);
     for (int k = 0; k < OUT_COUNT && !rc; k++)
         rc = dm_set_output(n, k, &out[k]);
+    if (!rc) {
+        dm_tensor cnt;
+        int64_t one[1] = {1};
+        dm_tensor_init(&cnt, DM_I64, 1, one);
+        ((int64_t *)cnt.data)[0] = s->m.n;
+        rc = dm_set_output(n, OUT_COUNT, &cnt);
+    }
     for (int k = 0; k < OUT_COUNT; k++)
         dm_tensor_free(&out[k]); /* no-op for those handed over */
     return rc;
@@ -156,7 +168,7 @@ static void moments_close(dm_node *n)
 
 const dm_op dm_op_moments = {
     .name = "moments",
-    .version = 1,
+    .version = 2,
     .summary = "per-column mean, variance, skewness, excess kurtosis (population) of a stream",
     .params = moments_params,
     .inputs = moments_inputs,

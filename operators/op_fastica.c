@@ -1,0 +1,689 @@
+/*
+ * op_fastica.c: parallel FastICA of a whitened stream, S seeds at once.
+ *
+ * Input: stream `z` (rows of whitened data, k wide, identity covariance: the
+ * project operator's output with pca.whitening and covariance.mean), declared
+ * multipass. Each pass over z is one fixed-point iteration (fastica.h) for
+ * every seed still running: the seeds' unmixing matrices are stacked into one
+ * (S k x k) matrix, so the S runs share the passes and the GEMMs.
+ *
+ * Three ways through the data:
+ *   - streamed: end_pass() asks the engine for another pass (a replay of z's
+ *     spill file) until every seed converged or reached max_iter;
+ *   - in RAM: when the rows are known and k x rows float32 fit in `memory`,
+ *     the first pass copies z into memory and every later iteration runs there
+ *     (no replays). Same arithmetic, so the same result bit for bit;
+ *   - warm start (`warm_start`): the first pass also keeps a uniform sample of
+ *     `warm_rows` rows (reservoir sampling), iterates on it to tol, and only
+ *     then iterates on the full data, to the same tol: most of the iterations
+ *     cost warm_rows / rows of a pass.
+ *
+ * Seeds: seed s_i = seed + i. s_0 = seed starts from sklearn's matrix for
+ * random_state=seed (fastica.h), so `unmixing` (seed s_0) can be compared with
+ * scikit-learn's components_ directly. The other seeds' components are matched
+ * to s_0's by the Hungarian algorithm on |cos| between unmixing rows (in the
+ * whitened space rows are orthonormal, so |cos| = |w_i . w'_j|); a component's
+ * stability is its smallest matched |cos| over the seeds, and it is flagged
+ * unstable below `stable`.
+ *
+ * Outputs (tensors, f64 unless said):
+ *   unmixing   (k, k)     W of seed s_0: sources s = W z
+ *   unmixings  (S, k, k)  every seed's W, rows permuted and signs flipped to
+ *                         match s_0's components (unmixings[0] = unmixing)
+ *   stability  (k)        smallest matched |cos| of each component of s_0
+ *   match      (S, k) i64 row of seed i matched to component j of s_0
+ * Product: ica.json (iterations, convergence flags and per-iteration log per
+ * seed, timings, stability, unstable components). Non-convergence is a warning
+ * and is recorded in ica.json ("converged": false).
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastica.h"
+#include "fs.h"
+#include "op.h"
+
+enum { OUT_UNMIXING, OUT_UNMIXINGS, OUT_STABILITY, OUT_MATCH };
+
+static const dm_param_spec ica_params[] = {
+    {"fun", DM_P_STRING, "logcosh", "contrast function: logcosh, exp or cube (sklearn's fun)"},
+    {"alpha", DM_P_FLOAT, "1", "logcosh's alpha (sklearn's fun_args), in [1, 2]"},
+    {"tol", DM_P_FLOAT, "1e-4", "stop when max |(|diag(W_new W^T)| - 1)| < tol"},
+    {"max_iter", DM_P_INT, "1000", "iterations (full passes) at most per seed"},
+    {"seed", DM_P_INT, "42", "seed of the first run (sklearn's random_state)"},
+    {"seeds", DM_P_INT, "3", "runs from seeds seed, seed+1, ...: stability across them"},
+    {"stable", DM_P_FLOAT, "0.9", "a component whose matched |cos| falls below this is unstable"},
+    {"warm_start", DM_P_BOOL, "false", "iterate on a subsample first, then on all rows"},
+    {"warm_rows", DM_P_INT, "100000", "rows of the warm-start subsample"},
+    {"memory", DM_P_SIZE, "0", "keep z in RAM when it fits in this many bytes (0: stream every pass)"},
+    {"file", DM_P_STRING, "ica.json", "product file (\"\" to publish nothing)"},
+    {NULL},
+};
+static const dm_port_spec ica_inputs[] = {{"z", DM_PORT_STREAM, 1, 0}, {NULL}};
+static const dm_port_spec ica_outputs[] = {
+    {"unmixing", DM_PORT_TENSOR},
+    {"unmixings", DM_PORT_TENSOR},
+    {"stability", DM_PORT_TENSOR},
+    {"match", DM_PORT_TENSOR},
+    {NULL},
+};
+
+typedef struct {
+    int64_t k, S, rows_known;
+    dm_ica_fun fun;
+    double alpha, tol;
+    int max_iter;
+    double *W;      /* (S, k, k) current unmixing per seed */
+    double *W1;     /* (k, k) scratch */
+    float *Wf;      /* (S k, k) stacked float32 W of the running seeds */
+    int64_t *run;   /* (S) running seeds, in stack order */
+    int nrun;
+    int *iters, *conv, *warm_iters, *warm_conv;
+    double *lim;    /* (S) last convergence measure */
+    json_t **log;   /* (S) per-iteration lim */
+    dm_ica_sums sums;
+    int sums_active;    /* this pass accumulates sums */
+    float *ram;         /* (rows_known, k) when in RAM */
+    int64_t ram_rows;
+    int in_ram;
+    float *sample;      /* (warm_rows, k) reservoir */
+    int64_t warm_rows, sample_rows, seen; /* seen: rows of the first pass */
+    uint64_t rng;
+    int passes;
+    double t_open, t_warm, t_iter;
+} fastica;
+
+static int64_t width(const dm_node *n) { return dm_input_desc(n, 0)->shape[1]; }
+
+static int check_params(const dm_node *n, int64_t k)
+{
+    dm_ica_fun f;
+    double tol = dm_param_float(n, "tol"), alpha = dm_param_float(n, "alpha");
+    int64_t seed = dm_param_int(n, "seed");
+    if (dm_ica_fun_parse(dm_param_str(n, "fun"), &f))
+        return -1;
+    if (!(tol > 0.0))
+        return dm_fail("tol %g: need a positive tolerance", tol);
+    if (!(alpha >= 1.0 && alpha <= 2.0))
+        return dm_fail("alpha %g: need 1 <= alpha <= 2 (sklearn's range)", alpha);
+    if (dm_param_int(n, "max_iter") < 1 || dm_param_int(n, "max_iter") > 1000000)
+        return dm_fail("max_iter %lld: need 1 to 1000000", (long long)dm_param_int(n, "max_iter"));
+    if (seed < 0 || seed > 4294967295LL)
+        return dm_fail("seed %lld: need 0 to 2^32 - 1 (numpy's RandomState range)", (long long)seed);
+    if (dm_param_int(n, "seeds") < 1 || dm_param_int(n, "seeds") > 64)
+        return dm_fail("seeds %lld: need 1 to 64", (long long)dm_param_int(n, "seeds"));
+    if (seed + dm_param_int(n, "seeds") - 1 > 4294967295LL)
+        return dm_fail("seed %lld + seeds %lld exceeds 2^32 - 1", (long long)seed,
+                       (long long)dm_param_int(n, "seeds"));
+    if (dm_param_int(n, "warm_rows") < 1)
+        return dm_fail("warm_rows %lld: need at least 1", (long long)dm_param_int(n, "warm_rows"));
+    if (k == 0)
+        return dm_fail("input z has no columns");
+    if (k > 4096)
+        return dm_fail("input z has %lld columns: FastICA here supports at most 4096 components", (long long)k);
+    const char *f2 = dm_param_str(n, "file");
+    if (strchr(f2, '/') || !strcmp(f2, ".") || !strcmp(f2, "..") || !strcmp(f2, "node.json"))
+        return dm_fail("file must be a plain file name in the output folder, not '%s'", f2);
+    return 0;
+}
+
+static int ica_infer(dm_node *n)
+{
+    const dm_port_desc *z = dm_input_desc(n, 0);
+    int64_t k = z->shape[1], S = dm_param_int(n, "seeds");
+    if (check_params(n, k))
+        return -1;
+    dm_port_desc *u = dm_output_desc(n, OUT_UNMIXING), *us = dm_output_desc(n, OUT_UNMIXINGS);
+    dm_port_desc *st = dm_output_desc(n, OUT_STABILITY), *m = dm_output_desc(n, OUT_MATCH);
+    u->dtype = us->dtype = st->dtype = DM_F64;
+    m->dtype = DM_I64;
+    u->ndim = 2, u->shape[0] = u->shape[1] = k;
+    us->ndim = 3, us->shape[0] = S, us->shape[1] = us->shape[2] = k;
+    st->ndim = 1, st->shape[0] = k;
+    m->ndim = 2, m->shape[0] = S, m->shape[1] = k;
+    return 0;
+}
+
+/* In RAM when the row count is known and the copy fits `memory`. */
+static int plan_in_ram(const dm_node *n, int64_t *bytes)
+{
+    int64_t rows = dm_input_desc(n, 0)->shape[0], k = width(n), mem = dm_param_size(n, "memory");
+    *bytes = rows > 0 && k > 0 ? rows * k * 4 : 0;
+    return mem > 0 && rows > 0 && k > 0 && *bytes <= mem;
+}
+
+static int64_t ica_state_bytes(const dm_node *n)
+{
+    int64_t k = width(n), S = dm_param_int(n, "seeds"), ram;
+    if (k <= 0)
+        return 0;
+    int64_t b = dm_ica_sums_bytes(S * k, k) + 8 * (S * k * k * 2 + k * k) + 4 * S * k * k;
+    if (plan_in_ram(n, &ram))
+        b += ram;
+    if (dm_param_bool(n, "warm_start"))
+        b += 4 * k * dm_param_int(n, "warm_rows");
+    return b;
+}
+
+static void ica_close(dm_node *n)
+{
+    fastica *s = dm_node_state(n);
+    if (!s)
+        return;
+    for (int64_t i = 0; s->log && i < s->S; i++)
+        json_decref(s->log[i]);
+    free(s->log);
+    free(s->W), free(s->W1), free(s->Wf), free(s->run);
+    free(s->iters), free(s->conv), free(s->warm_iters), free(s->warm_conv), free(s->lim);
+    free(s->ram), free(s->sample);
+    dm_ica_sums_free(&s->sums);
+    free(s);
+    dm_node_set_state(n, NULL);
+}
+
+static void stack_running(fastica *s)
+{
+    int64_t k = s->k;
+    s->nrun = 0;
+    for (int64_t i = 0; i < s->S; i++) {
+        if (s->conv[i] || s->iters[i] >= s->max_iter)
+            continue;
+        double *W = s->W + i * k * k;
+        float *dst = s->Wf + (int64_t)s->nrun * k * k;
+        for (int64_t j = 0; j < k * k; j++)
+            dst[j] = (float)W[j];
+        s->run[s->nrun++] = i;
+    }
+}
+
+static int ica_open(dm_node *n)
+{
+    fastica *s = dm_xcalloc(1, sizeof *s);
+    dm_node_set_state(n, s);
+    int64_t k = s->k = width(n), S = s->S = dm_param_int(n, "seeds"), ram;
+    s->t_open = dm_now();
+    if (dm_ica_fun_parse(dm_param_str(n, "fun"), &s->fun))
+        return -1;
+    s->alpha = dm_param_float(n, "alpha");
+    s->tol = dm_param_float(n, "tol");
+    s->max_iter = (int)dm_param_int(n, "max_iter");
+    s->W = dm_xmalloc((size_t)(S * k * k) * sizeof(double));
+    s->W1 = dm_xmalloc((size_t)(k * k) * sizeof(double));
+    s->Wf = dm_xmalloc((size_t)(S * k * k) * sizeof(float));
+    s->run = dm_xcalloc((size_t)S, sizeof(int64_t));
+    s->iters = dm_xcalloc((size_t)S, sizeof(int));
+    s->conv = dm_xcalloc((size_t)S, sizeof(int));
+    s->warm_iters = dm_xcalloc((size_t)S, sizeof(int));
+    s->warm_conv = dm_xcalloc((size_t)S, sizeof(int));
+    s->lim = dm_xcalloc((size_t)S, sizeof(double));
+    s->log = dm_xcalloc((size_t)S, sizeof(json_t *));
+    for (int64_t i = 0; i < S; i++) {
+        s->log[i] = json_array();
+        s->lim[i] = INFINITY;
+        dm_ica_w_init(s->W + i * k * k, k, (uint32_t)(dm_param_int(n, "seed") + i));
+        if (dm_ica_symdecorr(s->W + i * k * k, k))
+            return -1;
+    }
+    dm_ica_sums_init(&s->sums, S * k, k);
+    s->in_ram = plan_in_ram(n, &ram);
+    s->rows_known = dm_input_desc(n, 0)->shape[0];
+    if (s->in_ram)
+        s->ram = dm_xmalloc_aligned((size_t)ram);
+    if (dm_param_bool(n, "warm_start")) {
+        s->warm_rows = dm_param_int(n, "warm_rows");
+        s->sample = dm_xmalloc((size_t)(s->warm_rows * k) * sizeof(float));
+        s->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)dm_param_int(n, "seed");
+    }
+    s->sums_active = !s->sample; /* with a warm start the first pass only samples */
+    stack_running(s);
+    return 0;
+}
+
+static uint64_t splitmix(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static int ica_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    fastica *s = dm_node_state(n);
+    int64_t k = s->k;
+    if (c->cols != k)
+        return dm_fail("input z: chunk of %lld columns, expected %lld", (long long)c->cols, (long long)k);
+    if (s->passes == 0) {
+        if (s->in_ram) {
+            if (s->ram_rows + c->rows > s->rows_known)
+                return dm_fail("input z has more rows than the %lld announced", (long long)s->rows_known);
+            memcpy(s->ram + s->ram_rows * k, c->data, (size_t)(c->rows * k) * sizeof(float));
+            s->ram_rows += c->rows;
+        }
+        for (int64_t r = 0; s->sample && r < c->rows; r++) {
+            /* Algorithm R: row t (0-based) replaces a random slot with probability m/(t+1) */
+            int64_t t = s->seen + r;
+            int64_t slot = t < s->warm_rows ? t : (int64_t)(splitmix(&s->rng) % (uint64_t)(t + 1));
+            if (slot < s->warm_rows)
+                memcpy(s->sample + slot * k, c->data + r * k, (size_t)k * sizeof(float));
+        }
+        s->seen += c->rows;
+        if (s->sample)
+            s->sample_rows = s->seen < s->warm_rows ? s->seen : s->warm_rows;
+    }
+    if (s->sums_active && s->nrun)
+        dm_ica_sums_update(&s->sums, s->fun, s->alpha, s->Wf, (int64_t)s->nrun * k, c->data, c->rows);
+    return 0;
+}
+
+/* Applies the accumulated sums: one step for each running seed. warm = 1 logs
+ * to the warm-start counters. Returns 0, -1 on error. */
+static int apply_step(dm_node *n, fastica *s, int warm)
+{
+    int64_t k = s->k;
+    for (int r = 0; r < s->nrun; r++) {
+        int64_t i = s->run[r];
+        double *W = s->W + i * k * k, lim;
+        if (dm_ica_step(&s->sums, (int64_t)r * k, W, s->W1, &lim))
+            return dm_fail_prefix("seed %lld", (long long)(dm_param_int(n, "seed") + i));
+        memcpy(W, s->W1, (size_t)(k * k) * sizeof(double));
+        if (warm) {
+            s->warm_iters[i]++;
+            s->warm_conv[i] = lim < s->tol;
+        } else {
+            s->iters[i]++;
+            s->lim[i] = lim;
+            s->conv[i] = lim < s->tol;
+            json_array_append_new(s->log[i], json_real(lim));
+        }
+    }
+    return 0;
+}
+
+/* Iterates the running seeds on rows held in memory until they stop. */
+static int iterate_in_memory(dm_node *n, fastica *s, const float *z, int64_t rows, int warm)
+{
+    int64_t k = s->k;
+    for (;;) {
+        /* the warm start runs each seed to tol or max_iter on the sample */
+        s->nrun = 0;
+        for (int64_t i = 0; i < s->S; i++) {
+            int done = warm ? s->warm_conv[i] || s->warm_iters[i] >= s->max_iter
+                            : s->conv[i] || s->iters[i] >= s->max_iter;
+            if (done)
+                continue;
+            for (int64_t j = 0; j < k * k; j++)
+                s->Wf[(int64_t)s->nrun * k * k + j] = (float)s->W[i * k * k + j];
+            s->run[s->nrun++] = i;
+        }
+        if (!s->nrun)
+            return 0;
+        dm_ica_sums_reset(&s->sums);
+        dm_ica_sums_update(&s->sums, s->fun, s->alpha, s->Wf, (int64_t)s->nrun * k, z, rows);
+        if (apply_step(n, s, warm))
+            return -1;
+    }
+}
+
+static int ica_end_pass(dm_node *n, int pass)
+{
+    fastica *s = dm_node_state(n);
+    double t0 = dm_now();
+    if (pass == 0 && s->seen == 0)
+        return dm_fail("input z is empty: no rows to run FastICA on");
+    if (s->in_ram && s->ram_rows != s->rows_known)
+        return dm_fail("input z had %lld rows, %lld announced", (long long)s->ram_rows, (long long)s->rows_known);
+    s->passes = pass + 1;
+    if (s->sums_active) {
+        if (apply_step(n, s, 0))
+            return -1;
+    } else if (s->sample) {
+        /* first pass sampled: warm start on the sample */
+        if (iterate_in_memory(n, s, s->sample, s->sample_rows, 1))
+            return -1;
+        free(s->sample);
+        s->sample = NULL;
+        s->t_warm = dm_now() - t0;
+        s->sums_active = 1;
+    }
+    if (s->in_ram) {
+        if (iterate_in_memory(n, s, s->ram, s->ram_rows, 0))
+            return -1;
+        s->t_iter += dm_now() - t0 - s->t_warm;
+        return 0;
+    }
+    stack_running(s);
+    dm_ica_sums_reset(&s->sums);
+    s->t_iter += dm_now() - t0;
+    return s->nrun > 0;
+}
+
+static json_t *int_array(const int *v, int64_t n)
+{
+    json_t *a = json_array();
+    for (int64_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(v[i]));
+    return a;
+}
+
+static int ica_finish(dm_node *n)
+{
+    fastica *s = dm_node_state(n);
+    int64_t k = s->k, S = s->S, seed = dm_param_int(n, "seed");
+    double stable = dm_param_float(n, "stable");
+    const char *file = dm_param_str(n, "file");
+    int64_t shape[3] = {S, k, k};
+    dm_tensor un = {0}, uns = {0}, stab = {0}, match = {0};
+    int rc = -1;
+    if (s->passes == 0)
+        return dm_fail("input z is empty: no rows to run FastICA on");
+    dm_tensor_init(&uns, DM_F64, 3, shape);
+    dm_tensor_init(&match, DM_I64, 2, shape);
+    dm_tensor_init(&un, DM_F64, 2, shape + 1);
+    dm_tensor_init(&stab, DM_F64, 1, shape + 1);
+    double *A = uns.data, *st = stab.data, *cosv = dm_xmalloc((size_t)k * sizeof(double));
+    int64_t *mt = match.data;
+    int *sign = dm_xmalloc((size_t)k * sizeof(int));
+    memcpy(un.data, s->W, (size_t)(k * k) * sizeof(double));
+    json_t *o = json_object(), *seeds = json_array();
+    for (int64_t j = 0; j < k; j++)
+        st[j] = 1.0;
+    for (int64_t i = 0; i < S; i++) {
+        const double *Wi = s->W + i * k * k;
+        json_t *si = json_object();
+        dm_ica_match(s->W, Wi, k, mt + i * k, sign, cosv);
+        for (int64_t j = 0; j < k; j++) {
+            for (int64_t t = 0; t < k; t++)
+                A[(i * k + j) * k + t] = sign[j] * Wi[mt[i * k + j] * k + t];
+            if (cosv[j] < st[j])
+                st[j] = cosv[j];
+        }
+        json_t *perm = json_array(), *sg = json_array(), *cs = json_array();
+        for (int64_t j = 0; j < k; j++) {
+            json_array_append_new(perm, json_integer(mt[i * k + j]));
+            json_array_append_new(sg, json_integer(sign[j]));
+            json_array_append_new(cs, json_real(cosv[j]));
+        }
+        json_object_set_new(si, "seed", json_integer(seed + i));
+        json_object_set_new(si, "iterations", json_integer(s->iters[i]));
+        json_object_set_new(si, "converged", json_boolean(s->conv[i]));
+        json_object_set_new(si, "final_lim", isfinite(s->lim[i]) ? json_real(s->lim[i]) : json_null());
+        if (dm_param_bool(n, "warm_start")) {
+            json_object_set_new(si, "warm_iterations", json_integer(s->warm_iters[i]));
+            json_object_set_new(si, "warm_converged", json_boolean(s->warm_conv[i]));
+        }
+        json_object_set_new(si, "match", perm);
+        json_object_set_new(si, "sign", sg);
+        json_object_set_new(si, "matched_abs_cos", cs);
+        json_object_set_new(si, "log", json_incref(s->log[i]));
+        json_array_append_new(seeds, si);
+        if (!s->conv[i])
+            dm_warn("%s: FastICA seed %lld did not converge in %d iterations (last max |(|diag(W1 W^T)| - 1)| "
+                    "%.3g, tol %g); results are flagged unconverged in %s",
+                    dm_node_name(n), (long long)(seed + i), s->iters[i], s->lim[i], s->tol,
+                    *file ? file : "the outputs");
+    }
+    json_t *stj = json_array(), *unst = json_array();
+    for (int64_t j = 0; j < k; j++) {
+        json_array_append_new(stj, json_real(st[j]));
+        if (S > 1 && st[j] < stable)
+            json_array_append_new(unst, json_integer(j));
+    }
+    int *iters = s->iters;
+    json_object_set_new(o, "k", json_integer(k));
+    json_object_set_new(o, "rows", json_integer(s->seen));
+    json_object_set_new(o, "fun", json_string(dm_ica_fun_name(s->fun)));
+    json_object_set_new(o, "alpha", json_real(s->alpha));
+    json_object_set_new(o, "tol", json_real(s->tol));
+    json_object_set_new(o, "max_iter", json_integer(s->max_iter));
+    json_object_set_new(o, "seed", json_integer(seed));
+    json_object_set_new(o, "iterations", json_integer(iters[0]));
+    json_object_set_new(o, "converged", json_boolean(s->conv[0]));
+    json_object_set_new(o, "all_converged", json_boolean(1));
+    for (int64_t i = 0; i < S; i++)
+        if (!s->conv[i])
+            json_object_set_new(o, "all_converged", json_boolean(0));
+    json_object_set_new(o, "iterations_per_seed", int_array(iters, S));
+    json_object_set_new(o, "in_ram", json_boolean(s->in_ram));
+    json_object_set_new(o, "warm_start", json_boolean(dm_param_bool(n, "warm_start")));
+    json_object_set_new(o, "passes", json_integer(s->passes));
+    json_object_set_new(o, "stability", stj);
+    json_object_set_new(o, "stable_threshold", json_real(stable));
+    json_object_set_new(o, "unstable", unst);
+    json_object_set_new(o, "unstable_count", json_integer((json_int_t)json_array_size(unst)));
+    json_t *tm = json_object();
+    json_object_set_new(tm, "total_s", json_real(dm_now() - s->t_open));
+    json_object_set_new(tm, "warm_start_s", json_real(s->t_warm));
+    json_object_set_new(tm, "iterations_s", json_real(s->t_iter));
+    json_object_set_new(o, "timings", tm);
+    json_object_set_new(o, "seeds", seeds);
+    free(cosv);
+    free(sign);
+    if (*file) {
+        char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+        char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
+        size_t len = text ? strlen(text) : 0;
+        int bad = !text;
+        if (text) {
+            text[len] = '\n';
+            bad = dm_write_file_atomic(path, text, len + 1) || dm_publish(n, file);
+        } else
+            dm_fail("%s: cannot encode JSON", file);
+        free(text), free(path);
+        if (bad) {
+            json_decref(o);
+            goto end;
+        }
+    }
+    json_decref(o);
+    if (dm_set_output(n, OUT_UNMIXING, &un) || dm_set_output(n, OUT_UNMIXINGS, &uns) ||
+        dm_set_output(n, OUT_STABILITY, &stab) || dm_set_output(n, OUT_MATCH, &match))
+        goto end;
+    rc = 0;
+end:
+    dm_tensor_free(&un), dm_tensor_free(&uns), dm_tensor_free(&stab), dm_tensor_free(&match);
+    return rc;
+}
+
+const dm_op dm_op_fastica = {
+    .name = "fastica",
+    .version = 1,
+    .summary = "parallel FastICA (sklearn semantics) of a whitened stream, several seeds, stability",
+    .params = ica_params,
+    .inputs = ica_inputs,
+    .outputs = ica_outputs,
+    .infer = ica_infer,
+    .state_bytes = ica_state_bytes,
+    .open = ica_open,
+    .consume = ica_consume,
+    .end_pass = ica_end_pass,
+    .finish = ica_finish,
+    .close = ica_close,
+};
+
+/* ---- dmica ica ----------------------------------------------------------- */
+
+#include <getopt.h>
+
+#include "engine.h"
+#include "npy.h"
+
+static void ica_usage(FILE *f)
+{
+    fputs("usage: dmica ica --in X.npy --components K --out DIR [options]\n"
+          "\n"
+          "Centres X (rows x d, float32 or float16), whitens it with its top K principal components and runs\n"
+          "parallel FastICA (scikit-learn's semantics) from several seeds in the same passes. Writes\n"
+          "  DIR/directions.npy       K x d patterns (unit rows): what each component writes into X's space\n"
+          "  DIR/unmixing.npy         K x d filters: sources = unmixing @ (x - mean)\n"
+          "  DIR/mixing.npy           d x K: x - mean ~= mixing @ sources\n"
+          "  DIR/plan_directions.npy  the plan's mixing^T @ components (neither; for comparison)\n"
+          "  DIR/ica.json             iterations, convergence per seed, stability, timings\n"
+          "  DIR/ica_compare.json     variance explained (and the SAE comparison with --decoder)\n"
+          "  DIR/pca.json             the whitening's eigenvalues\n"
+          "\n"
+          "  --seed S          seed of the first run (sklearn's random_state; default 42)\n"
+          "  --seeds N         runs from seeds S, S+1, ... for stability (default 3)\n"
+          "  --max-iter M      iterations at most (default 1000)\n"
+          "  --tol T           tolerance (default 1e-4)\n"
+          "  --fun F           logcosh (default), exp or cube\n"
+          "  --warm-start      iterate on a 100000-row subsample first\n"
+          "  --decoder W.npy   SAE W_dec (d_sae x d) to compare the patterns with\n"
+          "  --memory SIZE     memory budget (default 1G); the whitened data stays in RAM if it fits\n"
+          "  --threads N       worker threads (default: all cores)\n"
+          "  --cache DIR       cache folder (default $DMICA_CACHE, else .dmica-cache)\n"
+          "  --quiet           no progress output\n",
+          f);
+}
+
+static char *ica_quote(const char *s)
+{
+    size_t n = strlen(s);
+    char *q = dm_xmalloc(2 * n + 3), *w = q;
+    *w++ = '"';
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            *w++ = '\\';
+        *w++ = *s;
+    }
+    *w++ = '"';
+    *w = 0;
+    return q;
+}
+
+int dm_cmd_ica(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"in", required_argument, 0, 'i'},     {"components", required_argument, 0, 'k'},
+        {"seed", required_argument, 0, 's'},   {"seeds", required_argument, 0, 'S'},
+        {"max-iter", required_argument, 0, 'M'}, {"tol", required_argument, 0, 'T'},
+        {"fun", required_argument, 0, 'F'},    {"memory", required_argument, 0, 'm'},
+        {"threads", required_argument, 0, 't'}, {"cache", required_argument, 0, 'c'},
+        {"out", required_argument, 0, 'o'},    {"decoder", required_argument, 0, 'D'},
+        {"warm-start", no_argument, 0, 'w'},   {"quiet", no_argument, 0, 'q'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
+    };
+    const char *in = NULL, *out = NULL, *cache = NULL, *fun = "logcosh", *decoder = "";
+    long long k = 0, seed = 42, seeds = 3, max_iter = 1000, threads = 0;
+    double tol = 1e-4;
+    int64_t memory = (int64_t)1 << 30;
+    int quiet = 0, warm = 0, c;
+    char *e;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'i': in = optarg; break;
+        case 'o': out = optarg; break;
+        case 'c': cache = optarg; break;
+        case 'F': fun = optarg; break;
+        case 'D': decoder = optarg; break;
+        case 'w': warm = 1; break;
+        case 'q': quiet = 1; break;
+        case 'k': case 's': case 'S': case 'M': case 't': {
+            long long v = strtoll(optarg, &e, 10);
+            if (*e || !*optarg || v < 0) {
+                fprintf(stderr, "dmica ica: --%s needs a non-negative integer, not '%s'\n",
+                        c == 'k' ? "components" : c == 's' ? "seed" : c == 'S' ? "seeds" : c == 'M' ? "max-iter"
+                                                                                                 : "threads",
+                        optarg);
+                return 2;
+            }
+            *(c == 'k' ? &k : c == 's' ? &seed : c == 'S' ? &seeds : c == 'M' ? &max_iter : &threads) = v;
+            break;
+        }
+        case 'T':
+            tol = strtod(optarg, &e);
+            if (*e || !*optarg || !(tol > 0)) {
+                fprintf(stderr, "dmica ica: --tol needs a positive number, not '%s'\n", optarg);
+                return 2;
+            }
+            break;
+        case 'm':
+            if ((memory = dm_parse_size(optarg)) <= 0) {
+                fprintf(stderr, "dmica ica: --memory: %s\n", dm_error());
+                return 2;
+            }
+            break;
+        case 'h': ica_usage(stdout); return 0;
+        default: ica_usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "dmica ica: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!in || !out || k < 1) {
+        fprintf(stderr, "dmica ica: --in X.npy, --components K (>= 1) and --out DIR are required "
+                        "(see dmica ica --help)\n");
+        return 2;
+    }
+    /* Check the input's shape here, to say what is wrong in the user's terms. */
+    dm_npy_map *map = dm_npy_open(in);
+    if (!map) {
+        fprintf(stderr, "dmica ica: %s\n", dm_error());
+        return 1;
+    }
+    const dm_npy_header *h = dm_npy_hdr(map);
+    int ndim = h->ndim;
+    int64_t rows = ndim >= 1 ? h->shape[0] : 0, d = ndim == 2 ? h->shape[1] : 0;
+    dm_npy_close(map);
+    if (ndim != 2) {
+        fprintf(stderr, "dmica ica: %s: expected a 2-D matrix (rows x d), got %d dimensions\n", in, ndim);
+        return 1;
+    }
+    if (k > d) {
+        fprintf(stderr, "dmica ica: --components %lld is more than the %lld columns of %s\n", k, (long long)d, in);
+        return 1;
+    }
+    if (rows < 2) {
+        fprintf(stderr, "dmica ica: %s has %lld rows: FastICA needs at least 2\n", in, (long long)rows);
+        return 1;
+    }
+    /* in RAM if the whitened data fits the budget less room for the engine's buffers */
+    int64_t ram = memory - (int64_t)(160 << 20);
+    char *qin = ica_quote(in), *qdec = ica_quote(decoder);
+    char *text = dm_xasprintf(
+        "name: ica\n"
+        "nodes:\n"
+        "  input: {op: npy, params: {path: %s}}\n"
+        "  covariance: {op: covariance, inputs: {x: input}, params: {file: \"\"}}\n"
+        "  pca: {op: pca, inputs: {covariance: covariance.covariance}, params: {k: %lld}}\n"
+        "  whiten: {op: project, inputs: {x: input, matrix: pca.whitening, mean: covariance.mean}}\n"
+        "  fastica:\n"
+        "    op: fastica\n"
+        "    inputs: {z: whiten}\n"
+        "    params: {fun: %s, tol: %.17g, max_iter: %lld, seed: %lld, seeds: %lld, memory: %lld,"
+        " warm_start: %s}\n"
+        "  compare:\n"
+        "    op: ica_compare\n"
+        "    inputs: {unmixing: fastica.unmixing, eigenvalues: pca.eigenvalues, components: pca.components,"
+        " mean: covariance.mean}\n"
+        "    params: {decoder: %s}\n",
+        qin, k, fun, tol, max_iter, seed, seeds, (long long)(ram > 0 ? ram : 0), warm ? "true" : "false", qdec);
+    free(qin), free(qdec);
+    dm_pipeline *p = dm_pipeline_parse("<dmica ica>", text, strlen(text));
+    free(text);
+    dm_graph *g = p ? dm_graph_build(p) : NULL;
+    if (!g) {
+        fprintf(stderr, "dmica: %s\n", dm_error());
+        dm_pipeline_free(p);
+        return 1;
+    }
+    const char *env = getenv("DMICA_CACHE");
+    g->cache = dm_xstrdup(cache ? cache : env && *env ? env : ".dmica-cache");
+    g->out = dm_xstrdup(out);
+    g->memory = memory;
+    dm_set_threads((int)threads);
+    dm_progress_enabled = !quiet;
+    int rc = dm_run(g);
+    if (rc)
+        fprintf(stderr, "dmica: %s\n", dm_error());
+    else if (!quiet)
+        fprintf(stderr, "dmica: results in %s\n", out);
+    dm_graph_free(g);
+    dm_pipeline_free(p);
+    return rc ? 1 : 0;
+}

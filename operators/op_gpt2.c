@@ -1,0 +1,242 @@
+/*
+ * op_gpt2.c: the `gpt2` operator: windows of token ids in, TransformerLens hook
+ * activations out, one output stream per requested hook.
+ *
+ * Input `tokens`: rows of T token ids carried as float32 (the `text` source's
+ * windows, or any stream of integer ids), one window per row. Each hook in
+ * `hooks` becomes an output port of that name (blocks.6.hook_resid_pre, ...;
+ * a pipeline reads it as node.blocks.6.hook_resid_pre) with one row per token:
+ * window w, position t is row w*T + t, w the window's global row index, so
+ * token rows line up with the windows they came from. Widths: d_model, vocab
+ * for logits, 1 for loss (operators/gpt2.h lists the hooks).
+ *
+ * One forward pass per `batch` windows computes every hook, stopping after the
+ * deepest (only the blocks it needs are loaded). Output chunks are cut at the
+ * engine's chunk size, the same rows on every port in turn, so a consumer of
+ * two hooks sees matching chunks. Residual hooks are centred per token by
+ * default (TransformerLens's center_writing_weights, DOMAIN.md section 3).
+ *
+ * Memory (state_bytes): the float32 weights of the loaded blocks and the
+ * embeddings, the runner's activation buffers for batch*T rows, and one output
+ * buffer per hook for batch*T rows. Logits are vocab wide: keep `batch` small.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpt2.h"
+#include "op.h"
+
+#define MAX_HOOKS 64
+#define LOGIT_ROWS 64 /* rows of logits the runner computes at a time for loss (gpt2.c) */
+#define ATT_ROWS 64   /* query rows of attention scores per thread (gpt2.c) */
+
+static const dm_param_spec gpt2_params[] = {
+    {"model", DM_P_PATH, NULL, "Hugging Face GPT-2 folder (config.json + model.safetensors)"},
+    {"hooks", DM_P_STRING, NULL, "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output"},
+    {"center", DM_P_BOOL, "true", "subtract each token's mean over d_model from residual hooks (TransformerLens)"},
+    {"batch", DM_P_INT, "32", "windows per forward pass"},
+    {NULL},
+};
+static const dm_port_spec gpt2_inputs[] = {{"tokens", DM_PORT_STREAM}, {NULL}};
+
+typedef struct {
+    dm_gpt2 *model;
+    dm_gpt2_config cfg;
+    dm_gpt2_hook hooks[MAX_HOOKS];
+    int nhooks, T, batch, center;
+    int64_t width[MAX_HOOKS];
+    float *outs[MAX_HOOKS]; /* batch*T x width[i] each */
+    int32_t *ids;           /* batch x T */
+} gpt2_state;
+
+/* Parses the hooks parameter into hooks[] (canonical, no repeats). */
+static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
+{
+    char *list = dm_xstrdup(dm_param_str(n, "hooks")), *save = NULL, name[64], other[64];
+    int k = 0, rc = 0;
+    for (char *h = strtok_r(list, ",", &save); h && !rc; h = strtok_r(NULL, ",", &save)) {
+        while (*h == ' ' || *h == '\t')
+            h++;
+        for (char *e = h + strlen(h); e > h && (e[-1] == ' ' || e[-1] == '\t');)
+            *--e = 0;
+        if (!*h)
+            continue;
+        if (k == MAX_HOOKS) {
+            rc = dm_fail("hooks: more than %d hooks", MAX_HOOKS);
+            break;
+        }
+        if (dm_gpt2_hook_parse(h, &hooks[k])) {
+            rc = dm_fail_prefix("hooks");
+            break;
+        }
+        dm_gpt2_hook_name(hooks[k], name, sizeof name);
+        for (int i = 0; i < k && !rc; i++)
+            if (!strcmp(dm_gpt2_hook_name(hooks[i], other, sizeof other), name))
+                rc = dm_fail("hooks: %s is listed twice", name);
+        k++;
+    }
+    free(list);
+    if (!rc && !k)
+        rc = dm_fail("hooks: no hook named (e.g. hooks: blocks.6.hook_resid_pre)");
+    *nhooks = k;
+    return rc;
+}
+
+static int gpt2_ports(dm_node *n, dm_port_spec **outs)
+{
+    dm_gpt2_hook hooks[MAX_HOOKS];
+    int k;
+    char name[64];
+    if (parse_hooks(n, hooks, &k))
+        return -1;
+    dm_port_spec *p = dm_xcalloc((size_t)k + 1, sizeof *p);
+    for (int i = 0; i < k; i++) {
+        p[i].name = dm_xstrdup(dm_gpt2_hook_name(hooks[i], name, sizeof name));
+        p[i].kind = DM_PORT_STREAM;
+    }
+    *outs = p;
+    return 0;
+}
+
+static int gpt2_infer(dm_node *n)
+{
+    dm_gpt2_hook hooks[MAX_HOOKS];
+    dm_gpt2_config cfg;
+    int k;
+    const char *model = dm_param_str(n, "model");
+    const dm_port_desc *in = dm_input_desc(n, 0);
+    int64_t T = in->shape[1];
+    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(model, &cfg))
+        return -1;
+    if (dm_param_int(n, "batch") < 1 || dm_param_int(n, "batch") > 1 << 20)
+        return dm_fail("batch must be between 1 and %d windows, not %lld", 1 << 20,
+                       (long long)dm_param_int(n, "batch"));
+    if (T < 1 || T > cfg.n_positions)
+        return dm_fail("input 'tokens' has windows of %lld tokens, but model %s takes at most n_positions %d",
+                       (long long)T, model, cfg.n_positions);
+    for (int i = 0; i < k; i++) {
+        int64_t w = dm_gpt2_hook_width(&cfg, hooks[i]);
+        if (w < 0)
+            return dm_fail_prefix("model %s", model);
+        dm_port_desc *o = dm_output_desc(n, i);
+        o->shape[0] = in->shape[0] >= 0 ? in->shape[0] * T : -1;
+        o->shape[1] = w;
+    }
+    return 0;
+}
+
+static int64_t gpt2_state_bytes(const dm_node *n)
+{
+    dm_gpt2_hook hooks[MAX_HOOKS];
+    dm_gpt2_config c;
+    int k;
+    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(dm_param_str(n, "model"), &c))
+        return 0; /* infer has reported it */
+    int64_t C = c.n_embd, NI = c.n_inner, V = c.vocab_size, T = dm_input_desc(n, 0)->shape[1];
+    int64_t BT = dm_param_int(n, "batch") * T, depth = dm_gpt2_hooks_depth(hooks, k), loss = 0, logits = 0;
+    if (depth == DM_GPT2_DEPTH_ALL)
+        depth = c.n_layer;
+    int64_t weights = V * C + (int64_t)c.n_positions * C +
+                      depth * (4 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * NI + NI) + (NI * C + C)) + 2 * C;
+    int64_t outs = 0;
+    for (int i = 0; i < k; i++) {
+        outs += BT * dm_gpt2_hook_width(&c, hooks[i]);
+        loss |= hooks[i].kind == DM_HOOK_LOSS;
+        logits |= hooks[i].kind == DM_HOOK_LOGITS;
+    }
+    int64_t acts = BT * (7 * C + NI) + (loss && !logits ? LOGIT_ROWS * V : 0) + ATT_ROWS * T * dm_threads();
+    return 4 * (weights + acts + outs + BT);
+}
+
+static void gpt2_close(dm_node *n)
+{
+    gpt2_state *s = dm_node_state(n);
+    if (!s)
+        return;
+    dm_gpt2_free(s->model);
+    for (int i = 0; i < s->nhooks; i++)
+        free(s->outs[i]);
+    free(s->ids);
+    free(s);
+    dm_node_set_state(n, NULL);
+}
+
+static int gpt2_open(dm_node *n)
+{
+    gpt2_state *s = dm_xcalloc(1, sizeof *s);
+    dm_node_set_state(n, s);
+    if (parse_hooks(n, s->hooks, &s->nhooks))
+        return -1;
+    if (!(s->model = dm_gpt2_load(dm_param_str(n, "model"), dm_gpt2_hooks_depth(s->hooks, s->nhooks))))
+        return -1;
+    s->cfg = *dm_gpt2_cfg(s->model);
+    s->T = (int)dm_input_desc(n, 0)->shape[1];
+    s->batch = (int)dm_param_int(n, "batch");
+    s->center = dm_param_bool(n, "center");
+    size_t BT = (size_t)s->batch * (size_t)s->T;
+    for (int i = 0; i < s->nhooks; i++) {
+        s->width[i] = dm_gpt2_hook_width(&s->cfg, s->hooks[i]);
+        s->outs[i] = dm_xmalloc_aligned(BT * (size_t)s->width[i] * sizeof(float));
+    }
+    s->ids = dm_xmalloc(BT * sizeof *s->ids);
+    return 0;
+}
+
+/* Windows [w0, w0+B) of chunk c as int32 ids, each checked. */
+static int windows_to_ids(gpt2_state *s, const dm_node *n, const dm_chunk *c, int64_t w0, int B)
+{
+    for (int b = 0; b < B; b++) {
+        const float *row = c->data + (w0 + b) * c->cols;
+        for (int t = 0; t < s->T; t++) {
+            float v = row[t];
+            if (!(v >= 0) || v != floorf(v) || v >= (float)s->cfg.vocab_size)
+                return dm_fail("token id %g at window %lld, position %d of input 'tokens' is %s vocab_size %d of "
+                               "model %s",
+                               (double)v, (long long)(c->row0 + w0 + b), t,
+                               v == floorf(v) ? "not below" : "not an integer id below", s->cfg.vocab_size,
+                               dm_param_str(n, "model"));
+            s->ids[(size_t)b * s->T + t] = (int32_t)v;
+        }
+    }
+    return 0;
+}
+
+static int gpt2_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    gpt2_state *s = dm_node_state(n);
+    int64_t cr = dm_chunk_rows(n) > 0 ? dm_chunk_rows(n) : 4096;
+    if (c->cols != s->T)
+        return dm_fail("input 'tokens': chunk of %lld columns, expected windows of %d", (long long)c->cols, s->T);
+    for (int64_t w0 = 0; w0 < c->rows; w0 += s->batch) {
+        int B = (int)(c->rows - w0 < s->batch ? c->rows - w0 : s->batch);
+        if (windows_to_ids(s, n, c, w0, B))
+            return -1;
+        if (dm_gpt2_forward(s->model, s->ids, B, s->T, s->hooks, s->nhooks, s->outs, s->center))
+            return -1;
+        int64_t BT = (int64_t)B * s->T, row0 = (c->row0 + w0) * s->T;
+        for (int64_t off = 0; off < BT; off += cr) {
+            int64_t rows = BT - off < cr ? BT - off : cr;
+            for (int i = 0; i < s->nhooks; i++) {
+                dm_chunk o = {row0 + off, rows, s->width[i], s->outs[i] + off * s->width[i]};
+                if (dm_emit(n, i, &o))
+                    return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+const dm_op dm_op_gpt2 = {
+    .name = "gpt2",
+    .version = 1,
+    .summary = "GPT-2 forward pass to the deepest requested hook; one output stream per hook, one row per token",
+    .params = gpt2_params,
+    .inputs = gpt2_inputs,
+    .ports = gpt2_ports,
+    .infer = gpt2_infer,
+    .state_bytes = gpt2_state_bytes,
+    .open = gpt2_open,
+    .consume = gpt2_consume,
+    .close = gpt2_close,
+};

@@ -1,0 +1,464 @@
+/*
+ * op_sae.c: the `sae` operator and the `dmica sae` command: a SAELens SAE
+ * applied to a stream of activations, with its statistics in the same pass.
+ *
+ * Per input chunk the node runs sae.h's kernel tile by tile (one SGEMM per
+ * `tile` rows), folds each tile into the statistics, and emits
+ *   residual        e = x - x_hat, same rows as x (a map)
+ *   reconstruction  x_hat, same rows as x
+ *   features        the active features, one row per (token, feature):
+ *                   [row_hi, row_lo, feature, value] with the token's global row
+ *                   = row_hi * 2^24 + row_lo. float32 holds integers exactly
+ *                   only up to 2^24 (16.7M tokens); the split keeps row numbers
+ *                   exact to 2^48. Rows of this stream are numbered by triple,
+ *                   in token order, features increasing within a token.
+ * Rows with NaN or Inf give NaN residual and reconstruction rows and no
+ * features; they are counted (warning, and nonfinite_rows in the stats) and
+ * left out of every statistic.
+ *
+ * At the end it writes the stats product (JSON, docs/sae.md defines each key)
+ * and sets the tensor outputs:
+ *   decoder            f32 (d_sae, d_in)  W_dec as applied (rows not normalised)
+ *   feature_count      f64 (d_sae)        tokens each feature fired on
+ *   feature_frequency  f64 (d_sae)        count / tokens
+ *   feature_mean, feature_var, feature_skew, feature_kurtosis
+ *                      f64 (d_sae)        population moments over all tokens,
+ *                                         zeros included; kurtosis is excess
+ *                                         (NaN for a feature with no spread)
+ *   l0_histogram       f64 (d_sae + 1)    tokens with L0 = 0, 1, ...
+ *
+ * The engine cannot know which model hook a stream came from: `hook` names it
+ * (checked against the SAE's hook_name), and d_in is always checked against the
+ * input's width.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "fs.h"
+#include "npy.h"
+#include "op.h"
+#include "sae.h"
+
+enum { OUT_RESIDUAL, OUT_RECON, OUT_FEATURES, OUT_DECODER, OUT_COUNT, OUT_FREQ, OUT_MEAN, OUT_VAR, OUT_SKEW,
+       OUT_KURT, OUT_L0, OUT_N };
+
+static const dm_param_spec sae_params[] = {
+    {"sae", DM_P_PATH, NULL, "SAELens folder (cfg.json, sae_weights.safetensors)"},
+    {"hook", DM_P_STRING, "", "hook the input stream comes from; must match the SAE's hook_name (\"\" = trust)"},
+    {"stats", DM_P_STRING, "sae_stats.json", "statistics product file (\"\" for none)"},
+    {"tile", DM_P_INT, "256", "rows per encode GEMM (memory: tile x d_sae floats)"},
+    {"scaling_factor", DM_P_FLOAT, "0",
+     "input scaling of expected_average_only_in SAEs (SAELens norm_scaling_factor); 0 = none given"},
+    {"predictability", DM_P_BOOL, "true", "linear predictability of e from x (cov(x), cov(e,x): 2 d_in^2 a token)"},
+    {NULL},
+};
+static const dm_port_spec sae_inputs[] = {{"x", DM_PORT_STREAM}, {NULL}};
+static const dm_port_spec sae_outputs[] = {
+    {"residual", DM_PORT_STREAM},         {"reconstruction", DM_PORT_STREAM},
+    {"features", DM_PORT_STREAM},         {"decoder", DM_PORT_TENSOR},
+    {"feature_count", DM_PORT_TENSOR},    {"feature_frequency", DM_PORT_TENSOR},
+    {"feature_mean", DM_PORT_TENSOR},     {"feature_var", DM_PORT_TENSOR},
+    {"feature_skew", DM_PORT_TENSOR},     {"feature_kurtosis", DM_PORT_TENSOR},
+    {"l0_histogram", DM_PORT_TENSOR},     {NULL},
+};
+
+typedef struct {
+    dm_sae *sae;
+    dm_sae_work *work;
+    dm_sae_stats *stats;
+    dm_sae_sparse sp;
+    int64_t tile, d, chunk;
+    float *recon, *resid, *feat; /* chunk x d, chunk x d, chunk x 4 */
+    int64_t feat_row; /* rows emitted on `features` so far */
+} sae_state;
+
+static int check_file_name(const char *f)
+{
+    if (strchr(f, '/') || !strcmp(f, ".") || !strcmp(f, "..") || !strcmp(f, "node.json"))
+        return dm_fail("stats must be a plain file name in the output folder, not '%s'", f);
+    return 0;
+}
+
+/* The SAE's config against the input: hook name (if given) and width. */
+static int check_input(const dm_sae_config *c, const char *dir, const char *hook, int64_t width)
+{
+    if (*hook && *c->hook_name && strcmp(hook, c->hook_name))
+        return dm_fail("sae %s reads hook %s, but the input comes from hook %s", dir, c->hook_name, hook);
+    if (width >= 0 && width != c->d_in)
+        return dm_fail("sae d_in %lld does not match input width %lld (hook %s)", (long long)c->d_in,
+                       (long long)width, *hook ? hook : *c->hook_name ? c->hook_name : "unknown");
+    return 0;
+}
+
+static int sae_infer(dm_node *n)
+{
+    dm_sae_config c;
+    const char *dir = dm_param_str(n, "sae");
+    if (check_file_name(dm_param_str(n, "stats")))
+        return -1;
+    if (dm_param_int(n, "tile") < 1 || dm_param_int(n, "tile") > 65536)
+        return dm_fail("tile must be between 1 and 65536 rows, not %lld", (long long)dm_param_int(n, "tile"));
+    if (dm_sae_read_config(dir, &c))
+        return -1;
+    int rc = check_input(&c, dir, dm_param_str(n, "hook"), dm_input_desc(n, 0)->shape[1]);
+    if (!rc)
+        rc = dm_sae_check(dir, &c);
+    if (!rc && c.norm == DM_SAE_NORM_EXPECTED_AVERAGE && !(dm_param_float(n, "scaling_factor") > 0))
+        rc = dm_fail("sae %s: normalize_activations is expected_average_only_in: give its scaling factor "
+                     "(SAELens's norm_scaling_factor) with the scaling_factor parameter",
+                     dir);
+    if (!rc) {
+        int64_t rows = dm_input_desc(n, 0)->shape[0];
+        for (int k = 0; k < OUT_N; k++) {
+            dm_port_desc *o = dm_output_desc(n, k);
+            if (k <= OUT_FEATURES) {
+                o->shape[0] = k == OUT_FEATURES ? -1 : rows;
+                o->shape[1] = k == OUT_FEATURES ? 4 : c.d_in;
+                continue;
+            }
+            o->dtype = k == OUT_DECODER ? DM_F32 : DM_F64;
+            o->ndim = k == OUT_DECODER ? 2 : 1;
+            o->shape[0] = k == OUT_L0 ? c.d_sae + 1 : c.d_sae;
+            o->shape[1] = k == OUT_DECODER ? c.d_in : 0;
+        }
+    }
+    dm_sae_config_free(&c);
+    return rc;
+}
+
+static int64_t sae_state_bytes(const dm_node *n)
+{
+    dm_sae_config c;
+    if (dm_sae_read_config(dm_param_str(n, "sae"), &c))
+        return 0;
+    int64_t di = c.d_in, ds = c.d_sae, tile = dm_param_int(n, "tile");
+    dm_sae_config_free(&c);
+    /* weights, the decoder output, a tile, statistics, and a guess of 64 actives a row */
+    return 4 * (3 * di * ds + 2 * ds + di) + dm_sae_tile_bytes(di, ds, tile) +
+           dm_sae_stats_bytes(di, ds, dm_param_bool(n, "predictability")) + tile * 64 * 16;
+}
+
+static int sae_open(dm_node *n)
+{
+    sae_state *s = dm_xcalloc(1, sizeof *s);
+    dm_node_set_state(n, s);
+    if (!(s->sae = dm_sae_load(dm_param_str(n, "sae"), dm_param_float(n, "scaling_factor"))))
+        return -1;
+    if (check_input(&s->sae->cfg, dm_param_str(n, "sae"), dm_param_str(n, "hook"), dm_input_desc(n, 0)->shape[1]))
+        return -1;
+    s->d = s->sae->cfg.d_in;
+    s->tile = dm_param_int(n, "tile");
+    s->chunk = dm_chunk_rows(n);
+    s->work = dm_sae_work_new(s->sae, s->tile);
+    s->stats = dm_sae_stats_new(s->d, s->sae->cfg.d_sae, dm_param_bool(n, "predictability"));
+    s->recon = dm_xmalloc_aligned((size_t)(s->chunk * s->d) * sizeof(float));
+    s->resid = dm_xmalloc_aligned((size_t)(s->chunk * s->d) * sizeof(float));
+    s->feat = dm_xmalloc((size_t)s->chunk * 4 * sizeof(float));
+    return 0;
+}
+
+/* The active features of rows [row0, row0 + sp->rows) as rows of `features`,
+ * in pieces of at most one chunk. */
+static int emit_features(dm_node *n, sae_state *s, int64_t row0)
+{
+    const dm_sae_sparse *sp = &s->sp;
+    int64_t k = 0;
+    for (int64_t r = 0; r < sp->rows; r++)
+        for (int64_t a = sp->start[r]; a < sp->start[r + 1]; a++) {
+            int64_t g = row0 + r;
+            float *o = s->feat + 4 * k;
+            o[0] = (float)(g >> 24);
+            o[1] = (float)(g & 0xffffff);
+            o[2] = (float)sp->feature[a];
+            o[3] = sp->value[a];
+            if (++k == s->chunk) {
+                dm_chunk c = {s->feat_row, k, 4, s->feat};
+                if (dm_emit(n, OUT_FEATURES, &c))
+                    return -1;
+                s->feat_row += k;
+                k = 0;
+            }
+        }
+    if (k) {
+        dm_chunk c = {s->feat_row, k, 4, s->feat};
+        if (dm_emit(n, OUT_FEATURES, &c))
+            return -1;
+        s->feat_row += k;
+    }
+    return 0;
+}
+
+static int sae_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    sae_state *s = dm_node_state(n);
+    if (c->cols != s->d)
+        return dm_fail("input x: chunk of %lld columns, expected %lld", (long long)c->cols, (long long)s->d);
+    for (int64_t r0 = 0; r0 < c->rows; r0 += s->chunk) {
+        int64_t rows = c->rows - r0 < s->chunk ? c->rows - r0 : s->chunk;
+        const float *x = c->data + r0 * s->d;
+        for (int64_t t0 = 0; t0 < rows; t0 += s->tile) {
+            int64_t m = rows - t0 < s->tile ? rows - t0 : s->tile;
+            dm_sae_forward(s->work, s->sae, x + t0 * s->d, m, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp);
+            dm_sae_stats_update(s->stats, x + t0 * s->d, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp, m);
+            if (emit_features(n, s, c->row0 + r0 + t0))
+                return -1;
+        }
+        dm_chunk e = {c->row0 + r0, rows, s->d, s->resid}, h = {c->row0 + r0, rows, s->d, s->recon};
+        if (dm_emit(n, OUT_RESIDUAL, &e) || dm_emit(n, OUT_RECON, &h))
+            return -1;
+    }
+    return 0;
+}
+
+/* A (d_sae) f64 tensor from doubles or int64 counts. */
+static void vec_tensor(dm_tensor *t, int64_t d, const double *v, const int64_t *iv)
+{
+    dm_tensor_init(t, DM_F64, 1, &d);
+    double *o = t->data;
+    for (int64_t i = 0; i < d; i++)
+        o[i] = v ? v[i] : (double)iv[i];
+}
+
+static int sae_finish(dm_node *n)
+{
+    sae_state *s = dm_node_state(n);
+    const dm_sae_config *c = &s->sae->cfg;
+    dm_sae_result r;
+    const char *file = dm_param_str(n, "stats");
+    int rc = -1;
+    if (dm_sae_stats_finalize(s->stats, &r))
+        return -1;
+    if (r.nonfinite)
+        dm_warn("node '%s': %lld rows of x hold NaN or Inf: their residual is NaN and they are left out of the "
+                "statistics",
+                dm_node_name(n), (long long)r.nonfinite);
+    if (*file) {
+        char *text = dm_sae_result_json(&r, s->sae);
+        char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
+        int bad = !text || dm_write_file_atomic(path, text, strlen(text));
+        free(text), free(path);
+        if (bad || dm_publish(n, file))
+            goto end;
+    }
+    dm_tensor t[OUT_N];
+    memset(t, 0, sizeof t);
+    int64_t shape[2] = {c->d_sae, c->d_in};
+    dm_tensor_init(&t[OUT_DECODER], DM_F32, 2, shape);
+    memcpy(t[OUT_DECODER].data, s->sae->W_dec, (size_t)(c->d_sae * c->d_in) * sizeof(float));
+    vec_tensor(&t[OUT_COUNT], c->d_sae, NULL, r.count);
+    vec_tensor(&t[OUT_FREQ], c->d_sae, r.frequency, NULL);
+    vec_tensor(&t[OUT_MEAN], c->d_sae, r.mean, NULL);
+    vec_tensor(&t[OUT_VAR], c->d_sae, r.var, NULL);
+    vec_tensor(&t[OUT_SKEW], c->d_sae, r.skew, NULL);
+    vec_tensor(&t[OUT_KURT], c->d_sae, r.excess_kurtosis, NULL);
+    vec_tensor(&t[OUT_L0], c->d_sae + 1, NULL, r.l0_histogram);
+    rc = 0;
+    for (int k = OUT_DECODER; k < OUT_N; k++) {
+        if (!rc)
+            rc = dm_set_output(n, k, &t[k]);
+        dm_tensor_free(&t[k]);
+    }
+end:
+    dm_sae_result_free(&r);
+    return rc;
+}
+
+static void sae_close(dm_node *n)
+{
+    sae_state *s = dm_node_state(n);
+    if (!s)
+        return;
+    dm_sae_free(s->sae);
+    dm_sae_work_free(s->work);
+    dm_sae_stats_free(s->stats);
+    dm_sae_sparse_free(&s->sp);
+    free(s->recon), free(s->resid), free(s->feat);
+    free(s);
+    dm_node_set_state(n, NULL);
+}
+
+const dm_op dm_op_sae = {
+    .name = "sae",
+    .version = 1,
+    .summary = "SAELens SAE: residual x - SAE(x), reconstruction, active features, and SAE statistics",
+    .params = sae_params,
+    .inputs = sae_inputs,
+    .outputs = sae_outputs,
+    .infer = sae_infer,
+    .state_bytes = sae_state_bytes,
+    .open = sae_open,
+    .consume = sae_consume,
+    .finish = sae_finish,
+    .close = sae_close,
+};
+
+/* ---- dmica sae ---------------------------------------------------------- */
+
+static void sae_usage(FILE *f)
+{
+    fputs("usage: dmica sae --sae DIR --in ACTS.npy --residual E.npy [--recon R.npy] [--stats STATS.json]\n"
+          "                 [--hook NAME] [--tile ROWS] [--scaling-factor S] [--no-predictability]\n"
+          "                 [--threads N] [--quiet]\n"
+          "\n"
+          "Applies the SAELens SAE in DIR to every row of ACTS (2-D float32/float16/bfloat16/float64,\n"
+          "d_in columns) and writes the residual x - SAE(x) to E.npy (float32), optionally the\n"
+          "reconstruction, and the statistics of the pass (FVU, MSE, L0, per-feature firing, linear\n"
+          "predictability of the residual; docs/sae.md) as JSON. Files are written atomically. Rows with\n"
+          "NaN or Inf get NaN rows and are left out of the statistics.\n",
+          f);
+}
+
+int dm_cmd_sae(int argc, char **argv)
+{
+    const char *dir = NULL, *in = NULL, *res_path = NULL, *rec_path = NULL, *stats_path = NULL, *hook = "";
+    int64_t tile = 256;
+    double sf = 0;
+    int predict = 1, quiet = 0, threads = 0, rc = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **dst = !strcmp(a, "--sae")        ? &dir
+                           : !strcmp(a, "--in")       ? &in
+                           : !strcmp(a, "--residual") ? &res_path
+                           : !strcmp(a, "--recon")    ? &rec_path
+                           : !strcmp(a, "--stats")    ? &stats_path
+                           : !strcmp(a, "--hook")     ? &hook
+                                                      : NULL;
+        char *e = NULL;
+        if (dst && i + 1 < argc)
+            *dst = argv[++i];
+        else if (!strcmp(a, "--tile") && i + 1 < argc) {
+            tile = strtoll(argv[++i], &e, 10);
+            if (*e || tile < 1 || tile > 65536) {
+                fprintf(stderr, "dmica sae: --tile must be 1 to 65536 rows, not '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--scaling-factor") && i + 1 < argc) {
+            sf = strtod(argv[++i], &e);
+            if (*e || !(sf > 0)) {
+                fprintf(stderr, "dmica sae: --scaling-factor must be a positive number, not '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if (!strcmp(a, "--threads") && i + 1 < argc) {
+            threads = atoi(argv[++i]);
+            if (threads < 1) {
+                fprintf(stderr, "dmica sae: --threads must be a positive integer\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--no-predictability"))
+            predict = 0;
+        else if (!strcmp(a, "--quiet"))
+            quiet = 1;
+        else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            sae_usage(stdout);
+            return 0;
+        } else {
+            fprintf(stderr, "dmica sae: %s '%s'\n", dst ? "missing value after" : "unknown argument", a);
+            sae_usage(stderr);
+            return 2;
+        }
+    }
+    if (!dir || !in || !res_path) {
+        fprintf(stderr, "dmica sae: --sae, --in and --residual are required (see dmica sae --help)\n");
+        return 2;
+    }
+    dm_set_threads(threads);
+    double t_start = dm_now();
+    dm_sae *sae = NULL;
+    dm_npy_map *map = NULL;
+    dm_npy_writer *wr = NULL, *wh = NULL;
+    dm_sae_work *work = NULL;
+    dm_sae_stats *st = NULL;
+    dm_sae_sparse sp = {0};
+    dm_sae_result res = {0};
+    int have_res = 0;
+    float *x = NULL, *recon = NULL, *resid = NULL;
+    char *json = NULL;
+    if (!(map = dm_npy_open(in)))
+        goto end;
+    const dm_npy_header *h = dm_npy_hdr(map);
+    if (h->ndim != 2) {
+        dm_fail("%s: expected a 2-D array (tokens x d_in), got %d dimensions", in, h->ndim);
+        goto end;
+    }
+    if (!(sae = dm_sae_load(dir, sf)))
+        goto end;
+    if (check_input(&sae->cfg, dir, hook, h->shape[1])) {
+        dm_fail_prefix("%s", in);
+        goto end;
+    }
+    const int64_t d = sae->cfg.d_in, N = h->shape[0];
+    /* rows per read: a few tiles, and about 64 MiB of each buffer at most */
+    int64_t chunk = tile * 8;
+    if (chunk * d * 4 > (64 << 20))
+        chunk = ((64 << 20) / (d * 4) / tile) * tile;
+    if (chunk < tile)
+        chunk = tile;
+    work = dm_sae_work_new(sae, tile);
+    st = dm_sae_stats_new(d, sae->cfg.d_sae, predict);
+    x = dm_xmalloc_aligned((size_t)(chunk * d) * sizeof(float));
+    recon = dm_xmalloc_aligned((size_t)(chunk * d) * sizeof(float));
+    resid = dm_xmalloc_aligned((size_t)(chunk * d) * sizeof(float));
+    if (!(wr = dm_npy_writer_open(res_path, DM_F32, d)))
+        goto end;
+    if (rec_path && !(wh = dm_npy_writer_open(rec_path, DM_F32, d)))
+        goto end;
+    double t0 = dm_now();
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+        int64_t rows = N - r0 < chunk ? N - r0 : chunk;
+        if (dm_npy_read_rows_f32(map, r0, rows, x))
+            goto end;
+        for (int64_t t = 0; t < rows; t += tile) {
+            int64_t m = rows - t < tile ? rows - t : tile;
+            dm_sae_forward(work, sae, x + t * d, m, recon + t * d, resid + t * d, &sp);
+            dm_sae_stats_update(st, x + t * d, recon + t * d, resid + t * d, &sp, m);
+        }
+        if (dm_npy_writer_append_f32(wr, resid, rows) || (wh && dm_npy_writer_append_f32(wh, recon, rows)))
+            goto end;
+    }
+    double t_pass = dm_now() - t0;
+    if (dm_sae_stats_finalize(st, &res))
+        goto end;
+    have_res = 1;
+    int bad = dm_npy_writer_commit(wr);
+    wr = NULL;
+    if (bad)
+        goto end;
+    if (wh) {
+        bad = dm_npy_writer_commit(wh);
+        wh = NULL;
+        if (bad)
+            goto end;
+    }
+    if (stats_path) {
+        if (!(json = dm_sae_result_json(&res, sae)) || dm_write_file_atomic(stats_path, json, strlen(json)))
+            goto end;
+    }
+    if (res.nonfinite)
+        dm_warn("sae: %lld of %lld rows of %s hold NaN or Inf: their residual is NaN and they are left out of "
+                "the statistics",
+                (long long)res.nonfinite, (long long)N, in);
+    if (!quiet)
+        fprintf(stderr,
+                "dmica sae: %lld tokens in %.3f s (%.1f tokens/s; %.3f s with loading), fvu %.6g, mean L0 %.2f, "
+                "%lld dead features\n",
+                (long long)N, t_pass, (double)N / t_pass, dm_now() - t_start, res.fvu, res.mean_l0,
+                (long long)res.dead);
+    rc = 0;
+end:
+    if (rc)
+        fprintf(stderr, "dmica sae: %s\n", dm_error());
+    dm_npy_writer_abort(wr);
+    dm_npy_writer_abort(wh);
+    dm_npy_close(map);
+    dm_sae_free(sae);
+    dm_sae_work_free(work);
+    dm_sae_stats_free(st);
+    dm_sae_sparse_free(&sp);
+    if (have_res)
+        dm_sae_result_free(&res);
+    free(x), free(recon), free(resid), free(json);
+    return rc;
+}

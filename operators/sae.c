@@ -1,0 +1,1122 @@
+/*
+ * sae.c: SAELens-format sparse autoencoders: loading, the encode/decode kernel
+ * and the streaming statistics of the residual. sae.h states the formulas.
+ *
+ * Workload. For GPT-2 small at layer 6 (d_in 768, d_sae 24576, L0 about 51)
+ * the encode GEMM is 2 * 768 * 24576 = 75 MFLOP a token; everything else must
+ * be small beside it:
+ *   - the activation reads each pre-activation once, in the pass that also
+ *     extracts the active features (a 16-wide "any above threshold?" test per
+ *     block, then a scalar look at the rare blocks that have one);
+ *   - the decode touches only the active rows of W_dec: L0 * d_in MACs a token
+ *     (0.04 MFLOP) instead of d_sae * d_in;
+ *   - the statistics cost O(active) per token for the features, plus the d_in^2
+ *     rank updates of cov(x) and cov(e, x) (about 1.8 MFLOP in double) when the
+ *     linear predictability is wanted.
+ * Memory is one tile of pre-activations (tile * d_sae floats: 25 MB at 256
+ * rows), the weights, and the accumulators, whatever the number of tokens.
+ *
+ * Per-feature moments over all tokens (zeros included). A feature's value is 0
+ * on most tokens, so its moments follow from its active values and the number
+ * of zeros. We use the mergeable central form (DOMAIN.md section 5): for each
+ * block of rows, the block mean m = (sum of active values) / rows, then the
+ * centred power sums sum (a - m)^p over the active values plus (rows - c) (-m)^p
+ * for the c actives' complementary zeros, all in double, and a Pebay merge into
+ * the running dm_moments (O(d_sae) a block, O(active) per row). Raw power sums
+ * S1..S4 would be cheaper to write but lose to cancellation: the 4th central
+ * moment from raw sums subtracts terms (mean/std)^4 times larger than itself,
+ * which for a feature that fires on nearly every token with a steady value
+ * (mean/std of 100 or more) leaves fewer digits than the kurtosis needs. The
+ * central form never subtracts more than a block's spread.
+ */
+#include "sae.h"
+
+#include <cblas.h>
+#include <jansson.h>
+#include <lapacke.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs.h"
+#include "safetensors.h"
+#include "stats.h"
+
+/* ---- config ------------------------------------------------------------- */
+
+const char *dm_sae_arch_name(dm_sae_arch a)
+{
+    static const char *names[] = {"standard", "jumprelu", "topk"};
+    return (unsigned)a < 3 ? names[a] : "?";
+}
+
+const char *dm_sae_norm_name(dm_sae_norm n)
+{
+    static const char *names[] = {"none", "expected_average_only_in", "constant_norm_rescale", "layer_norm"};
+    return (unsigned)n < 4 ? names[n] : "?";
+}
+
+void dm_sae_config_free(dm_sae_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->hook_name), free(cfg->model_name), free(cfg->dataset_path);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+/* A key at the top level, else in SAELens 6's "metadata" (or "meta") object. */
+static json_t *cfg_get(json_t *root, const char *key)
+{
+    json_t *v = json_object_get(root, key);
+    if (v && !json_is_null(v))
+        return v;
+    static const char *nests[] = {"metadata", "meta"};
+    for (int i = 0; i < 2; i++) {
+        json_t *m = json_object_get(root, nests[i]);
+        if (json_is_object(m) && (v = json_object_get(m, key)) && !json_is_null(v))
+            return v;
+    }
+    return NULL;
+}
+
+static char *cfg_string(json_t *root, const char *key, const char *old_key)
+{
+    json_t *v = cfg_get(root, key);
+    if (!v && old_key)
+        v = cfg_get(root, old_key);
+    return dm_xstrdup(json_is_string(v) ? json_string_value(v) : "");
+}
+
+/* -1 absent, 0/1 otherwise; -2 if present but not a boolean. */
+static int cfg_bool(json_t *v)
+{
+    if (!v)
+        return -1;
+    if (json_is_boolean(v))
+        return json_is_true(v);
+    if (json_is_integer(v))
+        return json_integer_value(v) != 0;
+    return -2;
+}
+
+int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    char *path = dm_xasprintf("%s/cfg.json", dir);
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    int rc = -1;
+    if (!root) {
+        dm_fail("%s: %s%s (line %d)", path, jerr.text,
+                strstr(jerr.text, "unable to open") ? ": is this a SAELens SAE folder?" : "", jerr.line);
+        goto end;
+    }
+    if (!json_is_object(root)) {
+        dm_fail("%s: not a JSON object", path);
+        goto end;
+    }
+    json_t *v;
+    static const char *dims[] = {"d_in", "d_sae"};
+    int64_t *dst[] = {&cfg->d_in, &cfg->d_sae};
+    for (int i = 0; i < 2; i++) {
+        v = cfg_get(root, dims[i]);
+        if (!json_is_integer(v) || json_integer_value(v) <= 0) {
+            dm_fail("%s: key %s %s", path, dims[i], v ? "must be a positive integer" : "is missing");
+            goto end;
+        }
+        *dst[i] = json_integer_value(v);
+    }
+
+    /* Architecture. Before SAELens 6 a top-k SAE was "standard" with
+     * activation_fn "topk" and activation_fn_kwargs.k. */
+    v = cfg_get(root, "architecture");
+    const char *arch = json_is_string(v) ? json_string_value(v) : "standard";
+    v = cfg_get(root, "activation_fn");
+    if (!v)
+        v = cfg_get(root, "activation_fn_str");
+    const char *act = json_is_string(v) ? json_string_value(v) : "relu";
+    if (!strcmp(arch, "standard"))
+        cfg->arch = !strcmp(act, "topk") ? DM_SAE_TOPK : DM_SAE_STANDARD;
+    else if (!strcmp(arch, "jumprelu"))
+        cfg->arch = DM_SAE_JUMPRELU;
+    else if (!strcmp(arch, "topk"))
+        cfg->arch = DM_SAE_TOPK;
+    else {
+        dm_fail("%s: unknown architecture '%s' (supported: standard, jumprelu, topk)", path, arch);
+        goto end;
+    }
+    if (cfg->arch == DM_SAE_STANDARD && strcmp(act, "relu")) {
+        dm_fail("%s: activation_fn '%s' is not supported for architecture standard (relu or topk)", path, act);
+        goto end;
+    }
+    if (cfg->arch == DM_SAE_TOPK) {
+        v = cfg_get(root, "k");
+        if (!v) {
+            json_t *kw = cfg_get(root, "activation_fn_kwargs");
+            v = json_is_object(kw) ? json_object_get(kw, "k") : NULL;
+        }
+        if (!json_is_integer(v) || json_integer_value(v) <= 0 || json_integer_value(v) > cfg->d_sae) {
+            dm_fail("%s: a topk SAE needs k (key k or activation_fn_kwargs.k) between 1 and d_sae %lld", path,
+                    (long long)cfg->d_sae);
+            goto end;
+        }
+        cfg->k = json_integer_value(v);
+    }
+    if (cfg_bool(cfg_get(root, "rescale_acts_by_decoder_norm")) == 1) {
+        dm_fail("%s: rescale_acts_by_decoder_norm is not supported", path);
+        goto end;
+    }
+
+    int b = cfg_bool(cfg_get(root, "apply_b_dec_to_input"));
+    cfg->apply_b_dec_to_input = b < 0 ? 1 : b;
+
+    /* Very old configs say normalize_activations: true/false. */
+    v = cfg_get(root, "normalize_activations");
+    const char *norm = !v ? "none" : json_is_boolean(v) ? (json_is_true(v) ? "expected_average_only_in" : "none")
+                                    : json_is_string(v)  ? json_string_value(v)
+                                                         : "?";
+    int found = 0;
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(norm, dm_sae_norm_name((dm_sae_norm)i)))
+            cfg->norm = (dm_sae_norm)i, found = 1;
+    if (!found) {
+        dm_fail("%s: unknown normalize_activations '%s' (supported: none, expected_average_only_in, "
+                "constant_norm_rescale, layer_norm)",
+                path, norm);
+        goto end;
+    }
+    b = cfg_bool(cfg_get(root, "finetuning_scaling_factor"));
+    cfg->finetuning_scaling_factor = b == 1;
+
+    cfg->hook_name = cfg_string(root, "hook_name", "hook_point");
+    cfg->model_name = cfg_string(root, "model_name", NULL);
+    cfg->dataset_path = cfg_string(root, "dataset_path", NULL);
+    json_t *kw = cfg_get(root, "model_from_pretrained_kwargs");
+    b = json_is_object(kw) ? cfg_bool(json_object_get(kw, "center_writing_weights")) : -1;
+    cfg->center_writing_weights = b < 0 ? -1 : b;
+    b = cfg_bool(cfg_get(root, "prepend_bos"));
+    cfg->prepend_bos = b < 0 ? 1 : b;
+    v = cfg_get(root, "context_size");
+    cfg->context_size = json_is_integer(v) ? json_integer_value(v) : -1;
+    rc = 0;
+end:
+    if (rc)
+        dm_sae_config_free(cfg);
+    json_decref(root);
+    free(path);
+    return rc;
+}
+
+/* ---- loading ------------------------------------------------------------ */
+
+/* The tensor called name with the expected shape, or NULL with dm_fail. */
+static const dm_st_tensor *want(const dm_safetensors *st, const char *name, int ndim, int64_t d0, int64_t d1,
+                                const dm_sae_config *cfg)
+{
+    const dm_st_tensor *t = dm_st_find(st, name);
+    if (!t) {
+        dm_fail("%s: tensor %s is missing (a %s SAE needs W_enc, W_dec, b_enc, b_dec%s)", dm_st_path(st), name,
+                dm_sae_arch_name(cfg->arch), cfg->arch == DM_SAE_JUMPRELU ? " and threshold or log_threshold" : "");
+        return NULL;
+    }
+    if (!dm_st_is_float(t)) {
+        dm_fail("%s: tensor %s has dtype %s; expected F32, F16 or BF16", dm_st_path(st), name, t->dtype);
+        return NULL;
+    }
+    int64_t shape[2] = {d0, d1};
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++)
+        ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char have[96], need[96];
+        dm_st_shape_str(t->shape, t->ndim, have, sizeof have);
+        dm_st_shape_str(shape, ndim, need, sizeof need);
+        dm_fail("%s: tensor %s has shape %s, cfg.json (d_in %lld, d_sae %lld) needs %s", dm_st_path(st), name, have,
+                (long long)cfg->d_in, (long long)cfg->d_sae, need);
+        return NULL;
+    }
+    return t;
+}
+
+static int check_open(const dm_safetensors *st, const dm_sae_config *cfg)
+{
+    int64_t di = cfg->d_in, ds = cfg->d_sae;
+    if (!want(st, "W_enc", 2, di, ds, cfg) || !want(st, "W_dec", 2, ds, di, cfg) || !want(st, "b_enc", 1, ds, 0, cfg) ||
+        !want(st, "b_dec", 1, di, 0, cfg))
+        return -1;
+    if (cfg->arch == DM_SAE_JUMPRELU)
+        if (!want(st, dm_st_find(st, "threshold") ? "threshold" : dm_st_find(st, "log_threshold") ? "log_threshold"
+                                                                                                   : "threshold",
+                  1, ds, 0, cfg))
+            return -1;
+    if (cfg->finetuning_scaling_factor && !want(st, "scaling_factor", 1, ds, 0, cfg))
+        return -1;
+    return 0;
+}
+
+int dm_sae_check(const char *dir, const dm_sae_config *cfg)
+{
+    char *path = dm_xasprintf("%s/sae_weights.safetensors", dir);
+    dm_safetensors *st = dm_st_open(path);
+    free(path);
+    if (!st)
+        return -1;
+    int rc = check_open(st, cfg);
+    dm_st_close(st);
+    return rc;
+}
+
+void dm_sae_free(dm_sae *s)
+{
+    if (!s)
+        return;
+    dm_sae_config_free(&s->cfg);
+    free(s->dir), free(s->W_enc), free(s->W_dec), free(s->b_enc), free(s->b_dec);
+    free(s->threshold), free(s->log_sparsity);
+    free(s);
+}
+
+static float *read_tensor(const dm_safetensors *st, const char *name)
+{
+    const dm_st_tensor *t = dm_st_find(st, name);
+    float *out = dm_xmalloc_aligned((size_t)t->numel * sizeof(float) + 64);
+    if (dm_st_read_f32(st, t, out)) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* sparsity.safetensors (optional): key "sparsity", log10 feature density. */
+static int read_sparsity(dm_sae *s)
+{
+    char *path = dm_xasprintf("%s/sparsity.safetensors", s->dir);
+    int rc = 0;
+    if (dm_file_exists(path)) {
+        dm_safetensors *st = dm_st_open(path);
+        const dm_st_tensor *t = st ? dm_st_find(st, "sparsity") : NULL;
+        if (!st)
+            rc = -1;
+        else if (!t || !dm_st_is_float(t) || t->numel != s->cfg.d_sae)
+            rc = dm_fail("%s: expected a float tensor 'sparsity' of %lld values", path, (long long)s->cfg.d_sae);
+        else {
+            s->log_sparsity = dm_xmalloc((size_t)t->numel * sizeof(float));
+            rc = dm_st_read_f32(st, t, s->log_sparsity);
+        }
+        dm_st_close(st);
+    }
+    free(path);
+    return rc;
+}
+
+dm_sae *dm_sae_load(const char *dir, double scaling_factor)
+{
+    dm_sae *s = dm_xcalloc(1, sizeof *s);
+    dm_safetensors *st = NULL;
+    s->dir = dm_xstrdup(dir);
+    s->scaling_factor = 1.0;
+    if (dm_sae_read_config(dir, &s->cfg))
+        goto fail;
+    const dm_sae_config *c = &s->cfg;
+    if (c->norm == DM_SAE_NORM_EXPECTED_AVERAGE) {
+        if (!(scaling_factor > 0) || !isfinite(scaling_factor)) {
+            dm_fail("%s: normalize_activations is expected_average_only_in, and its scaling factor is not in the "
+                    "folder (SAELens keeps it in pretrained_saes.yaml as norm_scaling_factor): give it with the "
+                    "scaling_factor parameter",
+                    dir);
+            goto fail;
+        }
+        s->scaling_factor = scaling_factor;
+    }
+    char *path = dm_xasprintf("%s/sae_weights.safetensors", dir);
+    st = dm_st_open(path);
+    free(path);
+    if (!st || check_open(st, c))
+        goto fail;
+    if (!(s->W_enc = read_tensor(st, "W_enc")) || !(s->W_dec = read_tensor(st, "W_dec")) ||
+        !(s->b_enc = read_tensor(st, "b_enc")) || !(s->b_dec = read_tensor(st, "b_dec")))
+        goto fail;
+    if (c->arch == DM_SAE_JUMPRELU) {
+        int logt = !dm_st_find(st, "threshold");
+        if (!(s->threshold = read_tensor(st, logt ? "log_threshold" : "threshold")))
+            goto fail;
+        /* relu(pre) * (pre > t) is nonzero exactly where pre > max(t, 0) */
+        for (int64_t f = 0; f < c->d_sae; f++) {
+            float t = logt ? expf(s->threshold[f]) : s->threshold[f];
+            s->threshold[f] = t > 0 ? t : 0;
+        }
+    }
+    if (c->finetuning_scaling_factor) {
+        /* SAELens before 6 decoded f * scaling_factor: fold it into W_dec's rows */
+        float *sf = read_tensor(st, "scaling_factor");
+        if (!sf)
+            goto fail;
+        for (int64_t f = 0; f < c->d_sae; f++)
+            for (int64_t j = 0; j < c->d_in; j++)
+                s->W_dec[f * c->d_in + j] *= sf[f];
+        free(sf);
+    }
+    if (read_sparsity(s))
+        goto fail;
+    dm_st_close(st);
+    return s;
+fail:
+    dm_st_close(st);
+    dm_sae_free(s);
+    return NULL;
+}
+
+/* ---- the kernel --------------------------------------------------------- */
+
+void dm_sae_sparse_free(dm_sae_sparse *sp)
+{
+    if (!sp)
+        return;
+    free(sp->start), free(sp->feature), free(sp->value);
+    memset(sp, 0, sizeof *sp);
+}
+
+static void sparse_reset(dm_sae_sparse *sp, int64_t rows)
+{
+    if (sp->cap_rows < rows + 1) {
+        sp->start = dm_xrealloc(sp->start, (size_t)(rows + 1) * sizeof *sp->start);
+        sp->cap_rows = rows + 1;
+    }
+    sp->rows = 0;
+    sp->start[0] = 0;
+}
+
+static void sparse_reserve(dm_sae_sparse *sp, int64_t n)
+{
+    if (n <= sp->cap)
+        return;
+    int64_t cap = sp->cap ? sp->cap : 1024;
+    while (cap < n)
+        cap *= 2;
+    sp->feature = dm_xrealloc(sp->feature, (size_t)cap * sizeof *sp->feature);
+    sp->value = dm_xrealloc(sp->value, (size_t)cap * sizeof *sp->value);
+    sp->cap = cap;
+}
+
+/* A per-thread growable list of (feature, value). */
+typedef struct {
+    int64_t n, cap;
+    int32_t *feature;
+    float *value;
+    float *xhat; /* (d_in) decode accumulator */
+    char pad[64];
+} actlist;
+
+struct dm_sae_work {
+    int64_t tile, d_in, d_sae;
+    int nthreads;
+    float *pre;     /* (tile, d_sae) */
+    float *xin;     /* (tile, d_in) */
+    float *zero;    /* (d_sae) thresholds of a standard SAE */
+    double *coef;   /* (tile, 2) per-row normalisation: scale and offset */
+    unsigned char *finite; /* (tile) */
+    int64_t *count; /* (tile) actives per row */
+    actlist *lists; /* (nthreads) */
+};
+
+int64_t dm_sae_tile_bytes(int64_t d_in, int64_t d_sae, int64_t tile)
+{
+    return tile * (d_sae + d_in) * 4 + tile * 32 + d_sae * 4;
+}
+
+int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile)
+{
+    return dm_sae_tile_bytes(s->cfg.d_in, s->cfg.d_sae, tile) + omp_get_max_threads() * s->cfg.d_in * 4;
+}
+
+dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile)
+{
+    dm_sae_work *w = dm_xcalloc(1, sizeof *w);
+    w->tile = tile < 1 ? 1 : tile;
+    w->d_in = s->cfg.d_in;
+    w->d_sae = s->cfg.d_sae;
+    w->nthreads = omp_get_max_threads();
+    w->pre = dm_xmalloc_aligned((size_t)(w->tile * w->d_sae) * sizeof(float));
+    w->xin = dm_xmalloc_aligned((size_t)(w->tile * w->d_in) * sizeof(float));
+    w->zero = dm_xcalloc((size_t)w->d_sae, sizeof(float));
+    w->coef = dm_xmalloc((size_t)w->tile * 2 * sizeof(double));
+    w->finite = dm_xmalloc((size_t)w->tile);
+    w->count = dm_xmalloc((size_t)w->tile * sizeof(int64_t));
+    w->lists = dm_xcalloc((size_t)w->nthreads, sizeof *w->lists);
+    for (int t = 0; t < w->nthreads; t++)
+        w->lists[t].xhat = dm_xmalloc_aligned((size_t)w->d_in * sizeof(float));
+    return w;
+}
+
+void dm_sae_work_free(dm_sae_work *w)
+{
+    if (!w)
+        return;
+    for (int t = 0; t < w->nthreads; t++)
+        free(w->lists[t].feature), free(w->lists[t].value), free(w->lists[t].xhat);
+    free(w->lists), free(w->pre), free(w->xin), free(w->zero), free(w->coef), free(w->finite), free(w->count);
+    free(w);
+}
+
+static void list_push(actlist *L, int32_t f, float v)
+{
+    if (L->n == L->cap) {
+        L->cap = L->cap ? 2 * L->cap : 4096;
+        L->feature = dm_xrealloc(L->feature, (size_t)L->cap * sizeof *L->feature);
+        L->value = dm_xrealloc(L->value, (size_t)L->cap * sizeof *L->value);
+    }
+    L->feature[L->n] = f;
+    L->value[L->n++] = v;
+}
+
+static int row_finite(const float *x, int64_t d)
+{
+    float acc = 0;
+#pragma omp simd reduction(* : acc)
+    for (int64_t j = 0; j < d; j++)
+        acc *= x[j]; /* 0 * finite = 0; 0 * NaN or Inf = NaN */
+    return acc == 0;
+}
+
+/* Normalisation of one row: x' = (x - offset) * scale; the decode undoes it with
+ * x_hat = y / scale' + offset, where scale' is scale except for layer_norm,
+ * whose output side multiplies by std rather than dividing by std + eps (as
+ * SAELens does). coef[0] = scale, coef[1] = offset; out_scale separately. */
+static void row_norm(const dm_sae *s, const float *x, double *scale, double *offset, double *out_mul)
+{
+    int64_t d = s->cfg.d_in;
+    *scale = 1, *offset = 0, *out_mul = 1;
+    switch (s->cfg.norm) {
+    case DM_SAE_NORM_NONE: break;
+    case DM_SAE_NORM_EXPECTED_AVERAGE:
+        *scale = s->scaling_factor;
+        *out_mul = 1 / s->scaling_factor;
+        break;
+    case DM_SAE_NORM_CONSTANT: {
+        double ss = 0;
+        for (int64_t j = 0; j < d; j++)
+            ss += (double)x[j] * x[j];
+        /* a zero row has no direction to rescale: it is left as it is (SAELens
+         * would produce NaN) */
+        *scale = ss > 0 ? sqrt((double)d) / sqrt(ss) : 1;
+        *out_mul = 1 / *scale;
+        break;
+    }
+    case DM_SAE_NORM_LAYER: {
+        double mu = 0, ss = 0;
+        for (int64_t j = 0; j < d; j++)
+            mu += x[j];
+        mu /= (double)d;
+        for (int64_t j = 0; j < d; j++)
+            ss += ((double)x[j] - mu) * ((double)x[j] - mu);
+        double sd = d > 1 ? sqrt(ss / (double)(d - 1)) : 0; /* torch.std: n - 1 */
+        *offset = mu;
+        *scale = 1 / (sd + 1e-5);
+        *out_mul = sd;
+        break;
+    }
+    }
+}
+
+/* Extracts the active features of one row of pre-activations (bias not yet
+ * added) into L; returns how many. Standard and jumprelu: pre + b_enc > thr
+ * (thr = 0 for standard). The 16-wide test lets the compiler vectorise the
+ * common case, a block with no active feature. */
+static int64_t scan_threshold(const float *restrict pre, const float *restrict b, const float *restrict thr,
+                              int64_t d, actlist *L)
+{
+    int64_t n0 = L->n, f = 0;
+    for (; f + 16 <= d; f += 16) {
+        int any = 0;
+#pragma omp simd reduction(| : any)
+        for (int j = 0; j < 16; j++)
+            any |= pre[f + j] + b[f + j] > thr[f + j];
+        if (!any)
+            continue;
+        for (int j = 0; j < 16; j++) {
+            float v = pre[f + j] + b[f + j];
+            if (v > thr[f + j])
+                list_push(L, (int32_t)(f + j), v);
+        }
+    }
+    for (; f < d; f++) {
+        float v = pre[f] + b[f];
+        if (v > thr[f])
+            list_push(L, (int32_t)f, v);
+    }
+    return L->n - n0;
+}
+
+/* Top k: a min-heap of the k largest (value, feature) pairs, then relu (those
+ * at or below zero are inactive), written in increasing feature order. */
+static void heap_down(float *hv, int32_t *hf, int64_t k, int64_t i)
+{
+    for (;;) {
+        int64_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < k && hv[l] < hv[m])
+            m = l;
+        if (r < k && hv[r] < hv[m])
+            m = r;
+        if (m == i)
+            return;
+        float tv = hv[i];
+        int32_t tf = hf[i];
+        hv[i] = hv[m], hf[i] = hf[m], hv[m] = tv, hf[m] = tf;
+        i = m;
+    }
+}
+
+static int64_t scan_topk(const float *restrict pre, const float *restrict b, int64_t d, int64_t k, actlist *L)
+{
+    /* the heap lives at the end of L's arrays, past the actives already there */
+    while (L->cap < L->n + 2 * k) {
+        L->cap = L->cap ? 2 * L->cap : 4096;
+        L->feature = dm_xrealloc(L->feature, (size_t)L->cap * sizeof *L->feature);
+        L->value = dm_xrealloc(L->value, (size_t)L->cap * sizeof *L->value);
+    }
+    float *hv = L->value + L->n + k;
+    int32_t *hf = L->feature + L->n + k;
+    for (int64_t f = 0; f < k; f++)
+        hv[f] = pre[f] + b[f], hf[f] = (int32_t)f;
+    for (int64_t i = k / 2; i-- > 0;)
+        heap_down(hv, hf, k, i);
+    float floor = hv[0];
+    for (int64_t f = k; f < d; f++) {
+        float v = pre[f] + b[f];
+        if (v > floor) {
+            hv[0] = v, hf[0] = (int32_t)f;
+            heap_down(hv, hf, k, 0);
+            floor = hv[0];
+        }
+    }
+    /* keep the positive ones, sorted by feature (insertion sort: k is small) */
+    int64_t n = 0;
+    float *ov = L->value + L->n;
+    int32_t *of = L->feature + L->n;
+    for (int64_t i = 0; i < k; i++) {
+        if (!(hv[i] > 0))
+            continue;
+        int64_t j = n++;
+        while (j > 0 && of[j - 1] > hf[i]) {
+            of[j] = of[j - 1], ov[j] = ov[j - 1];
+            j--;
+        }
+        of[j] = hf[i], ov[j] = hv[i];
+    }
+    L->n += n;
+    return n;
+}
+
+static void nan_row(float *r, int64_t d)
+{
+    for (int64_t j = 0; j < d; j++)
+        r[j] = NAN;
+}
+
+int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
+                       float *residual, dm_sae_sparse *sp)
+{
+    const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
+    const float *thr = s->cfg.arch == DM_SAE_JUMPRELU ? s->threshold : w->zero;
+    int64_t bad = 0;
+    sparse_reset(sp, rows);
+    for (int64_t t0 = 0; t0 < rows; t0 += w->tile) {
+        const int64_t m = rows - t0 < w->tile ? rows - t0 : w->tile;
+        const float *xt = x + t0 * di;
+        /* x_in = normalise(x) - b_dec; non-finite rows encode zeros, ignored */
+        for (int64_t r = 0; r < m; r++) {
+            const float *xr = xt + r * di;
+            float *in = w->xin + r * di;
+            w->finite[r] = (unsigned char)row_finite(xr, di);
+            if (!w->finite[r]) {
+                memset(in, 0, (size_t)di * sizeof(float));
+                bad++;
+                continue;
+            }
+            double scale, offset, out_mul;
+            row_norm(s, xr, &scale, &offset, &out_mul);
+            w->coef[2 * r] = offset;
+            w->coef[2 * r + 1] = out_mul;
+            const float bd = s->cfg.apply_b_dec_to_input ? 1.0f : 0.0f;
+            if (scale == 1 && offset == 0)
+                for (int64_t j = 0; j < di; j++)
+                    in[j] = xr[j] - bd * s->b_dec[j];
+            else
+                for (int64_t j = 0; j < di; j++)
+                    in[j] = (float)(((double)xr[j] - offset) * scale) - bd * s->b_dec[j];
+        }
+        /* pre (m, d_sae) = x_in (m, d_in) @ W_enc (d_in, d_sae); b_enc is added in the scan */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)ds, (int)di, 1.0f, w->xin, (int)di,
+                    s->W_enc, (int)ds, 0.0f, w->pre, (int)ds);
+
+        /* activation + extraction, rows split into one contiguous block per thread */
+        const int nt = (int)(m < w->nthreads ? m : w->nthreads);
+#pragma omp parallel num_threads(nt)
+        {
+            int t = omp_get_thread_num();
+            int64_t ra = m * t / nt, rb = m * (t + 1) / nt;
+            actlist *L = &w->lists[t];
+            L->n = 0;
+            for (int64_t r = ra; r < rb; r++) {
+                if (!w->finite[r])
+                    w->count[r] = 0;
+                else if (s->cfg.arch == DM_SAE_TOPK)
+                    w->count[r] = scan_topk(w->pre + r * ds, s->b_enc, ds, s->cfg.k, L);
+                else
+                    w->count[r] = scan_threshold(w->pre + r * ds, s->b_enc, thr, ds, L);
+            }
+        }
+        /* gather the lists in row order into sp */
+        int64_t total = sp->start[sp->rows];
+        for (int t = 0; t < nt; t++)
+            total += w->lists[t].n;
+        sparse_reserve(sp, total);
+        for (int t = 0; t < nt; t++) {
+            actlist *L = &w->lists[t];
+            int64_t at = sp->start[sp->rows];
+            memcpy(sp->feature + at, L->feature, (size_t)L->n * sizeof(int32_t));
+            memcpy(sp->value + at, L->value, (size_t)L->n * sizeof(float));
+            int64_t ra = m * t / nt, rb = m * (t + 1) / nt;
+            for (int64_t r = ra; r < rb; r++, sp->rows++)
+                sp->start[sp->rows + 1] = sp->start[sp->rows] + w->count[r];
+        }
+
+        /* decode from the active rows of W_dec only */
+#pragma omp parallel num_threads(nt)
+        {
+            float *restrict xh = w->lists[omp_get_thread_num()].xhat;
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < m; r++) {
+                int64_t g = t0 + r;
+                if (!w->finite[r]) {
+                    if (recon)
+                        nan_row(recon + g * di, di);
+                    if (residual)
+                        nan_row(residual + g * di, di);
+                    continue;
+                }
+                memcpy(xh, s->b_dec, (size_t)di * sizeof(float));
+                for (int64_t a = sp->start[g]; a < sp->start[g + 1]; a++) {
+                    const float v = sp->value[a];
+                    const float *restrict wd = s->W_dec + (int64_t)sp->feature[a] * di;
+                    for (int64_t j = 0; j < di; j++)
+                        xh[j] += v * wd[j];
+                }
+                const double offset = w->coef[2 * r], mul = w->coef[2 * r + 1];
+                if (mul != 1 || offset != 0)
+                    for (int64_t j = 0; j < di; j++)
+                        xh[j] = (float)(xh[j] * mul + offset);
+                const float *xr = x + g * di;
+                if (recon)
+                    memcpy(recon + g * di, xh, (size_t)di * sizeof(float));
+                if (residual)
+                    for (int64_t j = 0; j < di; j++)
+                        residual[g * di + j] = xr[j] - xh[j];
+            }
+        }
+    }
+    return bad;
+}
+
+typedef struct {
+    double v;
+    int32_t f;
+} ranked;
+
+static int by_value_desc(const void *a, const void *b)
+{
+    double x = ((const ranked *)a)->v, y = ((const ranked *)b)->v;
+    return x > y ? -1 : x < y ? 1 : 0;
+}
+
+int64_t dm_sae_forward_ref(const dm_sae *s, const float *x, int64_t rows, float *recon, float *residual,
+                           dm_sae_sparse *sp)
+{
+    const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
+    float *in = dm_xmalloc((size_t)di * sizeof(float));
+    float *f = dm_xmalloc((size_t)ds * sizeof(float));
+    double *y = dm_xmalloc((size_t)di * sizeof(double));
+    ranked *rk = dm_xmalloc((size_t)ds * sizeof(ranked));
+    int64_t bad = 0;
+    sparse_reset(sp, rows);
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * di;
+        int finite = 1;
+        for (int64_t j = 0; j < di; j++)
+            finite &= isfinite(xr[j]) != 0;
+        if (!finite) {
+            bad++;
+            if (recon)
+                nan_row(recon + r * di, di);
+            if (residual)
+                nan_row(residual + r * di, di);
+            sp->start[r + 1] = sp->start[r];
+            sp->rows++;
+            continue;
+        }
+        double scale, offset, out_mul;
+        row_norm(s, xr, &scale, &offset, &out_mul);
+        for (int64_t j = 0; j < di; j++)
+            in[j] = (float)(((double)xr[j] - offset) * scale) - (s->cfg.apply_b_dec_to_input ? s->b_dec[j] : 0.0f);
+        for (int64_t k = 0; k < ds; k++) {
+            double p = 0;
+            for (int64_t j = 0; j < di; j++)
+                p += (double)in[j] * s->W_enc[j * ds + k];
+            f[k] = (float)p + s->b_enc[k];
+        }
+        switch (s->cfg.arch) {
+        case DM_SAE_STANDARD:
+            for (int64_t k = 0; k < ds; k++)
+                f[k] = f[k] > 0 ? f[k] : 0;
+            break;
+        case DM_SAE_JUMPRELU:
+            for (int64_t k = 0; k < ds; k++)
+                f[k] = f[k] > s->threshold[k] ? f[k] : 0;
+            break;
+        case DM_SAE_TOPK:
+            for (int64_t k = 0; k < ds; k++)
+                rk[k].v = f[k], rk[k].f = (int32_t)k;
+            qsort(rk, (size_t)ds, sizeof *rk, by_value_desc);
+            for (int64_t k = 0; k < ds; k++)
+                f[k] = 0;
+            for (int64_t k = 0; k < s->cfg.k; k++)
+                f[rk[k].f] = rk[k].v > 0 ? (float)rk[k].v : 0;
+            break;
+        }
+        for (int64_t j = 0; j < di; j++)
+            y[j] = s->b_dec[j];
+        int64_t at = sp->start[r];
+        for (int64_t k = 0; k < ds; k++) {
+            if (f[k] == 0)
+                continue;
+            for (int64_t j = 0; j < di; j++)
+                y[j] += (double)f[k] * s->W_dec[k * di + j];
+            sparse_reserve(sp, at + 1);
+            sp->feature[at] = (int32_t)k;
+            sp->value[at++] = f[k];
+        }
+        sp->start[r + 1] = at;
+        sp->rows++;
+        for (int64_t j = 0; j < di; j++) {
+            float xh = (float)(y[j] * out_mul + offset);
+            if (recon)
+                recon[r * di + j] = xh;
+            if (residual)
+                residual[r * di + j] = xr[j] - xh;
+        }
+    }
+    free(in), free(f), free(y), free(rk);
+    return bad;
+}
+
+/* ---- statistics --------------------------------------------------------- */
+
+struct dm_sae_stats {
+    int64_t d_in, d_sae;
+    int predictability;
+    int64_t n, nonfinite;
+    dm_moments mx, me;       /* (d_in) of x and of e */
+    double sse, cos_sum;
+    int64_t cos_undefined, l0_sum, l0_max;
+    int64_t *l0_hist;        /* (d_sae + 1) */
+    int64_t *count;          /* (d_sae) */
+    dm_moments feat, block;  /* (d_sae): running, and one block's */
+    int64_t *block_count;    /* (d_sae) */
+    dm_covariance cxx;
+    dm_xcovariance cex;      /* rows of e against rows of x */
+    float *xbuf, *ebuf;      /* finite rows of a block with non-finite ones */
+    int64_t buf_rows;
+};
+
+int64_t dm_sae_stats_bytes(int64_t d_in, int64_t d_sae, int predictability)
+{
+    int64_t b = 8 * (8 * d_in + 12 * d_sae);
+    if (predictability)
+        b += dm_covariance_bytes(d_in) + dm_xcovariance_bytes(d_in, d_in);
+    return b;
+}
+
+dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability)
+{
+    dm_sae_stats *st = dm_xcalloc(1, sizeof *st);
+    st->d_in = d_in, st->d_sae = d_sae, st->predictability = predictability;
+    dm_moments_init(&st->mx, d_in);
+    dm_moments_init(&st->me, d_in);
+    dm_moments_init(&st->feat, d_sae);
+    dm_moments_init(&st->block, d_sae);
+    st->l0_hist = dm_xcalloc((size_t)d_sae + 1, sizeof(int64_t));
+    st->count = dm_xcalloc((size_t)d_sae, sizeof(int64_t));
+    st->block_count = dm_xcalloc((size_t)d_sae, sizeof(int64_t));
+    if (predictability) {
+        dm_covariance_init(&st->cxx, d_in);
+        dm_xcovariance_init(&st->cex, d_in, d_in);
+    }
+    return st;
+}
+
+void dm_sae_stats_free(dm_sae_stats *st)
+{
+    if (!st)
+        return;
+    dm_moments_free(&st->mx), dm_moments_free(&st->me);
+    dm_moments_free(&st->feat), dm_moments_free(&st->block);
+    dm_covariance_free(&st->cxx);
+    dm_xcovariance_free(&st->cex);
+    free(st->l0_hist), free(st->count), free(st->block_count), free(st->xbuf), free(st->ebuf);
+    free(st);
+}
+
+void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
+                         const dm_sae_sparse *sp, int64_t rows)
+{
+    const int64_t d = st->d_in, ds = st->d_sae;
+    int64_t nf = 0;
+    const float *xf = x, *ef = residual;
+    /* finite rows; a block with others is compacted first */
+    for (int64_t r = 0; r < rows; r++)
+        nf += row_finite(x + r * d, d);
+    st->nonfinite += rows - nf;
+    if (nf == 0)
+        return;
+    if (nf < rows) {
+        if (st->buf_rows < nf) {
+            st->xbuf = dm_xrealloc(st->xbuf, (size_t)(nf * d) * sizeof(float));
+            st->ebuf = dm_xrealloc(st->ebuf, (size_t)(nf * d) * sizeof(float));
+            st->buf_rows = nf;
+        }
+        int64_t k = 0;
+        for (int64_t r = 0; r < rows; r++)
+            if (row_finite(x + r * d, d)) {
+                memcpy(st->xbuf + k * d, x + r * d, (size_t)d * sizeof(float));
+                memcpy(st->ebuf + k * d, residual + r * d, (size_t)d * sizeof(float));
+                k++;
+            }
+        xf = st->xbuf, ef = st->ebuf;
+    }
+    dm_moments_update(&st->mx, xf, nf);
+    dm_moments_update(&st->me, ef, nf);
+    if (st->predictability) {
+        dm_covariance_update(&st->cxx, xf, nf);
+        dm_xcovariance_update(&st->cex, ef, xf, nf);
+    }
+    /* per token: squared error, cosine, L0 (non-finite rows have no features,
+     * and recon NaN: skip them by the same test) */
+    double sse = 0, cs = 0;
+    int64_t undef = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d, *hr = recon + r * d, *er = residual + r * d;
+        if (!row_finite(xr, d))
+            continue;
+        double e2 = 0, xx = 0, hh = 0, xh = 0;
+        for (int64_t j = 0; j < d; j++) {
+            e2 += (double)er[j] * er[j];
+            xx += (double)xr[j] * xr[j];
+            hh += (double)hr[j] * hr[j];
+            xh += (double)xr[j] * hr[j];
+        }
+        sse += e2;
+        if (xx > 0 && hh > 0)
+            cs += xh / sqrt(xx * hh);
+        else
+            undef++;
+        int64_t l0 = sp->start[r + 1] - sp->start[r];
+        st->l0_hist[l0]++;
+        st->l0_sum += l0;
+        if (l0 > st->l0_max)
+            st->l0_max = l0;
+    }
+    st->sse += sse, st->cos_sum += cs, st->cos_undefined += undef;
+    st->n += nf;
+
+    /* per feature, this block's central moments over its nf tokens, then merged */
+    dm_moments *b = &st->block;
+    const int64_t na = sp->start[rows];
+    memset(b->mean, 0, (size_t)ds * sizeof(double));
+    memset(b->m2, 0, (size_t)ds * sizeof(double));
+    memset(b->m3, 0, (size_t)ds * sizeof(double));
+    memset(b->m4, 0, (size_t)ds * sizeof(double));
+    memset(st->block_count, 0, (size_t)ds * sizeof(int64_t));
+    for (int64_t a = 0; a < na; a++) {
+        b->mean[sp->feature[a]] += sp->value[a];
+        st->block_count[sp->feature[a]]++;
+    }
+    const double inv = 1.0 / (double)nf;
+    for (int64_t f = 0; f < ds; f++)
+        b->mean[f] *= inv;
+    for (int64_t a = 0; a < na; a++) {
+        int32_t f = sp->feature[a];
+        double dv = sp->value[a] - b->mean[f], d2 = dv * dv;
+        b->m2[f] += d2;
+        b->m3[f] += d2 * dv;
+        b->m4[f] += d2 * d2;
+    }
+    for (int64_t f = 0; f < ds; f++) {
+        double z = (double)(nf - st->block_count[f]), m = -b->mean[f], m2 = m * m;
+        b->m2[f] += z * m2;
+        b->m3[f] += z * m2 * m;
+        b->m4[f] += z * m2 * m2;
+        st->count[f] += st->block_count[f];
+    }
+    b->n = nf;
+    dm_moments_merge(&st->feat, b);
+}
+
+void dm_sae_result_free(dm_sae_result *r)
+{
+    if (!r)
+        return;
+    free(r->l0_histogram), free(r->count), free(r->frequency), free(r->mean), free(r->var), free(r->skew);
+    free(r->excess_kurtosis);
+    memset(r, 0, sizeof *r);
+}
+
+/* tr(Cex Cxx^+ Cxe) / tr(Cee) with Cxx's pseudo-inverse over eigenvalues above
+ * 1e-10 of the largest: R^2 of the least-squares map x -> e (DOMAIN.md 5). */
+static int predictability(const dm_sae_stats *st, double tr_ee, double *out, int64_t *rank)
+{
+    int64_t d = st->d_in;
+    double *cxx = dm_xmalloc((size_t)(d * d) * sizeof(double));
+    double *cex = dm_xmalloc((size_t)(d * d) * sizeof(double));
+    double *V = dm_xmalloc((size_t)(d * d) * sizeof(double));
+    double *B = dm_xmalloc((size_t)(d * d) * sizeof(double));
+    double *lam = dm_xmalloc((size_t)d * sizeof(double));
+    lapack_int *isuppz = dm_xmalloc((size_t)(2 * d) * sizeof(lapack_int));
+    lapack_int found = 0;
+    int rc = -1;
+    if (dm_covariance_finalize(&st->cxx, cxx, NULL) || dm_xcovariance_finalize(&st->cex, cex, NULL, NULL))
+        goto end;
+    lapack_int info = LAPACKE_dsyevr(LAPACK_ROW_MAJOR, 'V', 'A', 'L', (lapack_int)d, cxx, (lapack_int)d, 0, 0, 0, 0,
+                                     LAPACKE_dlamch('S'), &found, lam, V, (lapack_int)d, isuppz);
+    if (info || found != d) {
+        dm_fail("sae: eigendecomposition of cov(x) failed (LAPACKE_dsyevr info %d)", (int)info);
+        goto end;
+    }
+    /* B = Cex V: column i is Cex v_i; the sum of |Cex v_i|^2 / lambda_i is the trace */
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)d, (int)d, (int)d, 1.0, cex, (int)d, V, (int)d, 0.0,
+                B, (int)d);
+    double top = lam[d - 1], num = 0; /* dsyevr: ascending */
+    int64_t kept = 0;
+    for (int64_t i = 0; i < d; i++) {
+        if (!(lam[i] > 1e-10 * top))
+            continue;
+        double c2 = 0;
+        for (int64_t r = 0; r < d; r++)
+            c2 += B[r * d + i] * B[r * d + i];
+        num += c2 / lam[i];
+        kept++;
+    }
+    *out = tr_ee > 0 ? num / tr_ee : NAN;
+    *rank = kept;
+    rc = 0;
+end:
+    free(cxx), free(cex), free(V), free(B), free(lam), free(isuppz);
+    return rc;
+}
+
+int dm_sae_stats_finalize(const dm_sae_stats *st, dm_sae_result *r)
+{
+    memset(r, 0, sizeof *r);
+    if (st->n == 0)
+        return dm_fail("sae: no finite rows to take statistics of (%lld rows had NaN or Inf)",
+                       (long long)st->nonfinite);
+    const int64_t d = st->d_in, ds = st->d_sae;
+    const double n = (double)st->n;
+    r->n = st->n, r->nonfinite = st->nonfinite, r->d_in = d, r->d_sae = ds;
+    double *vx = dm_xmalloc((size_t)d * sizeof(double)), *ve = dm_xmalloc((size_t)d * sizeof(double));
+    dm_moments_finalize(&st->mx, NULL, vx, NULL, NULL);
+    dm_moments_finalize(&st->me, NULL, ve, NULL, NULL);
+    for (int64_t j = 0; j < d; j++)
+        r->var_x += vx[j], r->var_e += ve[j];
+    free(vx), free(ve);
+    r->fvu = r->var_x > 0 ? r->var_e / r->var_x : NAN;
+    r->explained_variance = 1 - r->fvu;
+    r->mse = st->sse / (n * (double)d);
+    r->sse_per_token = st->sse / n;
+    r->cosine_undefined = st->cos_undefined;
+    r->mean_cosine = st->n > st->cos_undefined ? st->cos_sum / (double)(st->n - st->cos_undefined) : NAN;
+    r->mean_l0 = (double)st->l0_sum / n;
+    r->l0_max = st->l0_max;
+    r->l0_histogram = dm_xmalloc((size_t)(ds + 1) * sizeof(int64_t));
+    memcpy(r->l0_histogram, st->l0_hist, (size_t)(ds + 1) * sizeof(int64_t));
+    r->count = dm_xmalloc((size_t)ds * sizeof(int64_t));
+    memcpy(r->count, st->count, (size_t)ds * sizeof(int64_t));
+    r->frequency = dm_xmalloc((size_t)ds * sizeof(double));
+    r->mean = dm_xmalloc((size_t)ds * sizeof(double));
+    r->var = dm_xmalloc((size_t)ds * sizeof(double));
+    r->skew = dm_xmalloc((size_t)ds * sizeof(double));
+    r->excess_kurtosis = dm_xmalloc((size_t)ds * sizeof(double));
+    dm_moments_finalize(&st->feat, r->mean, r->var, r->skew, r->excess_kurtosis);
+    for (int64_t f = 0; f < ds; f++) {
+        r->frequency[f] = (double)st->count[f] / n;
+        r->dead += st->count[f] == 0;
+        r->dense += r->frequency[f] > 1e-3;
+    }
+    r->linear_predictability = NAN;
+    if (st->predictability && predictability(st, r->var_e, &r->linear_predictability, &r->predictability_rank)) {
+        dm_sae_result_free(r);
+        return -1;
+    }
+    return 0;
+}
+
+static json_t *num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+char *dm_sae_result_json(const dm_sae_result *r, const dm_sae *s)
+{
+    json_t *o = json_object();
+    if (s) {
+        json_object_set_new(o, "sae", json_string(s->dir));
+        json_object_set_new(o, "hook_name", json_string(s->cfg.hook_name));
+        json_object_set_new(o, "architecture", json_string(dm_sae_arch_name(s->cfg.arch)));
+        if (s->cfg.arch == DM_SAE_TOPK)
+            json_object_set_new(o, "k", json_integer(s->cfg.k));
+        json_object_set_new(o, "normalize_activations", json_string(dm_sae_norm_name(s->cfg.norm)));
+        if (s->cfg.norm == DM_SAE_NORM_EXPECTED_AVERAGE)
+            json_object_set_new(o, "scaling_factor", json_real(s->scaling_factor));
+        json_object_set_new(o, "apply_b_dec_to_input", json_boolean(s->cfg.apply_b_dec_to_input));
+    }
+    json_object_set_new(o, "d_in", json_integer(r->d_in));
+    json_object_set_new(o, "d_sae", json_integer(r->d_sae));
+    json_object_set_new(o, "tokens", json_integer(r->n));
+    json_object_set_new(o, "nonfinite_rows", json_integer(r->nonfinite));
+    json_object_set_new(o, "fvu", num(r->fvu));
+    json_object_set_new(o, "explained_variance", num(r->explained_variance));
+    json_object_set_new(o, "total_variance_x", num(r->var_x));
+    json_object_set_new(o, "total_variance_residual", num(r->var_e));
+    json_object_set_new(o, "mse", num(r->mse));
+    json_object_set_new(o, "sse_per_token", num(r->sse_per_token));
+    json_object_set_new(o, "mean_cosine", num(r->mean_cosine));
+    json_object_set_new(o, "cosine_undefined", json_integer(r->cosine_undefined));
+    json_object_set_new(o, "mean_l0", num(r->mean_l0));
+    json_object_set_new(o, "l0_max", json_integer(r->l0_max));
+    json_t *h = json_array();
+    for (int64_t i = 0; i <= r->l0_max; i++)
+        json_array_append_new(h, json_integer(r->l0_histogram[i]));
+    json_object_set_new(o, "l0_histogram", h);
+    json_object_set_new(o, "dead_features", json_integer(r->dead));
+    json_object_set_new(o, "dead_fraction", num((double)r->dead / (double)r->d_sae));
+    json_object_set_new(o, "dense_features", json_integer(r->dense));
+    json_object_set_new(o, "dense_threshold", json_real(1e-3));
+    /* the plan's sae_feature_kurtosis_mean: over features firing on > 0.1% of tokens */
+    double ks = 0;
+    int64_t kn = 0;
+    for (int64_t f = 0; f < r->d_sae; f++)
+        if (r->frequency[f] > 1e-3 && isfinite(r->excess_kurtosis[f]))
+            ks += r->excess_kurtosis[f], kn++;
+    json_object_set_new(o, "sae_feature_kurtosis_mean", kn ? json_real(ks / (double)kn) : json_null());
+    json_object_set_new(o, "linear_predictability", num(r->linear_predictability));
+    if (isfinite(r->linear_predictability))
+        json_object_set_new(o, "predictability_rank", json_integer(r->predictability_rank));
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+    json_decref(o);
+    if (!text)
+        return NULL;
+    size_t len = strlen(text);
+    char *out = dm_xmalloc(len + 2);
+    memcpy(out, text, len);
+    out[len] = '\n', out[len + 1] = 0;
+    free(text);
+    return out;
+}

@@ -1,0 +1,188 @@
+/*
+ * sae.h: sparse autoencoders in the SAELens format, applied to rows of
+ * activations, and the statistics of what they leave unexplained.
+ *
+ * A SAELens folder holds cfg.json, sae_weights.safetensors and optionally
+ * sparsity.safetensors (shared/DOMAIN.md section 4). For each row x (d_in):
+ *
+ *   x'    = normalise(x)                     (none | x*s | x*sqrt(d_in)/|x| | layer norm)
+ *   x_in  = x' - b_dec  if apply_b_dec_to_input, else x'
+ *   pre   = x_in @ W_enc + b_enc             (d_sae)
+ *   f     = standard: relu(pre)
+ *           jumprelu: relu(pre) * (pre > threshold)
+ *           topk:     relu of the k largest pre, zero elsewhere
+ *   x_hat = denormalise(f @ W_dec + b_dec)   (d_in)
+ *   e     = x - x_hat                        the residual ("dark matter")
+ *
+ * The fast path (dm_sae_forward) encodes a tile of rows with one SGEMM, runs
+ * the activation and the extraction of the active features in one pass over
+ * the tile's pre-activations, and decodes from the active features only: a
+ * few dozen W_dec rows per token instead of d_sae. Nothing N x d_sae exists
+ * beyond one tile. dm_sae_forward_ref is the plain, row-at-a-time version of
+ * the same formulas, kept beside it; tests/test_sae.c holds them together.
+ *
+ * Rows with a NaN or Inf anywhere are not encoded: their reconstruction and
+ * residual rows are all NaN (the input had no meaningful reconstruction; a
+ * NaN passes visibly to anything downstream rather than a made-up number),
+ * they have no active features, and dm_sae_stats leaves them out.
+ *
+ * Errors follow dm.h: -1 / NULL with dm_fail(), messages naming the folder,
+ * file, key or tensor and, for a shape mismatch, both shapes.
+ */
+#ifndef DM_SAE_H
+#define DM_SAE_H
+
+#include <stdint.h>
+
+#include "dm.h"
+
+typedef enum { DM_SAE_STANDARD = 0, DM_SAE_JUMPRELU, DM_SAE_TOPK } dm_sae_arch;
+
+typedef enum {
+    DM_SAE_NORM_NONE = 0,
+    DM_SAE_NORM_EXPECTED_AVERAGE, /* "expected_average_only_in": x * scaling_factor */
+    DM_SAE_NORM_CONSTANT,         /* "constant_norm_rescale": x * sqrt(d_in) / |x| */
+    DM_SAE_NORM_LAYER,            /* "layer_norm": (x - mean) / (std + 1e-5), std with n-1 */
+} dm_sae_norm;
+
+/* What cfg.json says, with SAELens's defaults for keys old configs lack.
+ * Strings are owned by the config (dm_sae_config_free). */
+typedef struct {
+    int64_t d_in, d_sae;
+    dm_sae_arch arch;
+    int64_t k;                  /* topk only */
+    int apply_b_dec_to_input;   /* default 1 */
+    dm_sae_norm norm;           /* default none */
+    int finetuning_scaling_factor; /* old configs: decode multiplies f by the scaling_factor tensor */
+    char *hook_name;            /* "hook_name", older "hook_point"; "" if absent */
+    char *model_name;           /* "" if absent */
+    char *dataset_path;         /* "" if absent */
+    /* Model settings the SAE was trained with (issue 6's pipelines follow them):
+     * -1 where the config does not say. */
+    int center_writing_weights; /* model_from_pretrained_kwargs.center_writing_weights */
+    int prepend_bos;            /* default 1 (SAELens default) */
+    int64_t context_size;       /* -1 if absent */
+} dm_sae_config;
+
+/* Reads dir/cfg.json. Keys are looked up at the top level, then in "metadata"
+ * or "meta" (SAELens 6 nests hook_name, prepend_bos, context_size and
+ * model_from_pretrained_kwargs there). Old names: hook_point, activation_fn_str,
+ * a boolean normalize_activations. Fails on a missing d_in / d_sae, an unknown
+ * architecture or normalisation (naming the accepted ones), or topk without k.
+ * On success cfg owns its strings; on failure cfg is left empty. */
+int dm_sae_read_config(const char *dir, dm_sae_config *cfg);
+void dm_sae_config_free(dm_sae_config *cfg); /* accepts zeroed */
+const char *dm_sae_arch_name(dm_sae_arch a);  /* "standard", "jumprelu", "topk" */
+const char *dm_sae_norm_name(dm_sae_norm n);  /* as cfg.json spells it */
+
+/* A loaded SAE. Parameters are float32 and owned by the struct. */
+typedef struct {
+    dm_sae_config cfg;
+    char *dir;
+    float *W_enc;     /* (d_in, d_sae) */
+    float *W_dec;     /* (d_sae, d_in); times scaling_factor per row when
+                         cfg.finetuning_scaling_factor */
+    float *b_enc;     /* (d_sae) */
+    float *b_dec;     /* (d_in) */
+    float *threshold; /* (d_sae) jumprelu only: max(threshold, 0), from
+                         threshold or exp(log_threshold) */
+    float *log_sparsity; /* (d_sae) log10 firing density from sparsity.safetensors, or NULL */
+    double scaling_factor; /* expected_average_only_in: x is multiplied by it; else 1 */
+} dm_sae;
+
+/* Checks dir's tensors against its config without reading them: every tensor
+ * present (W_enc, W_dec, b_enc, b_dec; threshold or log_threshold for jumprelu),
+ * floating point, of the right shape. Errors name the file, the tensor and both
+ * shapes: "sae/sae_weights.safetensors: tensor W_enc has shape [32, 300], cfg.json
+ * (d_in 32, d_sae 256) needs [32, 256]". */
+int dm_sae_check(const char *dir, const dm_sae_config *cfg);
+
+/* Loads dir (dm_sae_read_config, dm_sae_check, then the weights). scaling_factor
+ * is the normalisation factor of expected_average_only_in SAEs; SAELens keeps it
+ * outside the folder (its pretrained_saes.yaml norm_scaling_factor, folded into
+ * the weights at load), so the caller passes it: > 0 to use it, 0 for "not
+ * known", which fails for such an SAE and is ignored for the others. An optional
+ * scaling_factor tensor is ignored unless the config sets
+ * finetuning_scaling_factor. Free with dm_sae_free. */
+dm_sae *dm_sae_load(const char *dir, double scaling_factor);
+void dm_sae_free(dm_sae *s); /* accepts NULL */
+
+/* ---- the kernel --------------------------------------------------------- */
+
+/* Active features of a block of rows, compressed by row: the features of row r
+ * are feature[start[r] .. start[r+1]) with their values, in increasing feature
+ * order (standard, jumprelu) or any order (topk). */
+typedef struct {
+    int64_t rows;
+    int64_t *start;   /* (rows + 1) */
+    int32_t *feature; /* (start[rows]) */
+    float *value;     /* (start[rows]) */
+    int64_t cap_rows, cap;
+} dm_sae_sparse;
+
+void dm_sae_sparse_free(dm_sae_sparse *sp); /* accepts zeroed */
+
+/* Scratch for dm_sae_forward: one tile of pre-activations (tile x d_sae floats)
+ * and per-thread lists. Reusable across calls; free with dm_sae_work_free. */
+typedef struct dm_sae_work dm_sae_work;
+dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile);
+void dm_sae_work_free(dm_sae_work *w); /* accepts NULL */
+int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile);
+/* Bytes of the tile buffer alone, for budgets made before the SAE is loaded. */
+int64_t dm_sae_tile_bytes(int64_t d_in, int64_t d_sae, int64_t tile);
+
+/* x (rows, d_in) -> recon (rows, d_in), residual (rows, d_in), and the active
+ * features into sp (resized as needed). recon or residual may be NULL. Returns
+ * the number of rows that were not finite (their outputs are NaN, see above). */
+int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
+                       float *residual, dm_sae_sparse *sp);
+/* The same, one row at a time with a dense pre-activation vector and a dense
+ * decode (f @ W_dec over all d_sae features): the reference. */
+int64_t dm_sae_forward_ref(const dm_sae *s, const float *x, int64_t rows, float *recon, float *residual,
+                           dm_sae_sparse *sp);
+
+/* ---- statistics --------------------------------------------------------- */
+
+/* Streaming statistics of an SAE over a token stream (definitions in
+ * docs/sae.md). Mergeable: every part is a count, a sum or a dm_moments /
+ * dm_covariance accumulator. */
+typedef struct dm_sae_stats dm_sae_stats;
+
+/* predictability: also accumulate cov(x) and cov(e, x) for the linear
+ * predictability of e from x (two d_in^2 rank updates a token). */
+dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability);
+void dm_sae_stats_free(dm_sae_stats *st); /* accepts NULL */
+int64_t dm_sae_stats_bytes(int64_t d_in, int64_t d_sae, int predictability);
+/* One block: x, recon, residual (rows, d_in) and its active features, as
+ * dm_sae_forward made them. Non-finite rows of x are counted and skipped. */
+void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
+                         const dm_sae_sparse *sp, int64_t rows);
+
+/* Results. Per-feature arrays are (d_sae) and owned by the result. */
+typedef struct {
+    int64_t n;          /* finite rows used */
+    int64_t nonfinite;  /* rows skipped for NaN/Inf */
+    int64_t d_in, d_sae;
+    double fvu, explained_variance;
+    double mse;              /* mean of e^2 over tokens and dims */
+    double sse_per_token;    /* mean over tokens of sum_j e_j^2 (SAELens mse_loss) */
+    double mean_cosine;      /* mean cos(x, x_hat) over tokens where both norms are > 0 */
+    int64_t cosine_undefined; /* tokens left out of mean_cosine */
+    double mean_l0;
+    int64_t l0_max;
+    int64_t *l0_histogram;   /* (d_sae + 1): tokens with exactly L0 active features */
+    int64_t dead, dense;     /* features firing on no token, on > 0.1% of tokens */
+    double linear_predictability; /* tr(Cex Cxx^+ Cxe) / tr(Cee); NaN if not computed */
+    int64_t predictability_rank;  /* eigenvalues of Cxx kept (relative floor 1e-10) */
+    double var_x, var_e;     /* sum over dims of the variances (tr Cxx, tr Cee) */
+    int64_t *count;          /* (d_sae) tokens each feature fired on */
+    double *frequency, *mean, *var, *skew, *excess_kurtosis; /* (d_sae), over all tokens */
+} dm_sae_result;
+
+/* -1 with dm_fail() if no finite row was seen or a LAPACK call fails. */
+int dm_sae_stats_finalize(const dm_sae_stats *st, dm_sae_result *r);
+void dm_sae_result_free(dm_sae_result *r); /* accepts zeroed */
+/* The result as a JSON document (NaN as null), with sae's settings. Caller frees. */
+char *dm_sae_result_json(const dm_sae_result *r, const dm_sae *s);
+
+#endif

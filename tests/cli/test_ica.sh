@@ -1,0 +1,100 @@
+# dmica ica: planted independent sources are recovered (Amari < 0.01, patterns
+# match the mixing columns); streamed and in-RAM runs agree; the same seed gives
+# the same result; the fastica operator starts from and lands on scikit-learn's
+# W for the same seed; bad input fails clearly; non-convergence is flagged.
+. "$ROOT/tests/cli/lib.sh"
+have_numpy || { echo "numpy/scipy not available"; exit 77; }
+python3 - <<'P' || fail "cannot make planted data"
+import numpy as np
+rng = np.random.default_rng(0)
+n, k, d = 60000, 6, 10
+S = np.stack([rng.laplace(size=n), rng.uniform(-1, 1, n), rng.standard_t(5, n),
+              np.sign(rng.standard_normal(n)) * (1 + 0.1 * rng.standard_normal(n)),
+              rng.standard_normal(n) ** 3, rng.uniform(-1, 1, n)], 1)
+S = (S - S.mean(0)) / S.std(0)
+A = rng.standard_normal((d, k)) + 0.5          # non-orthogonal, d x k
+X = S @ A.T + 0.01 * rng.standard_normal((n, d)) + 2.0   # small isotropic noise off the span
+np.save("X.npy", X.astype(np.float32)); np.save("A.npy", A)
+np.save("cube.npy", np.zeros((4, 3, 2), np.float32))
+Xn = X.astype(np.float32).copy(); Xn[17, 3] = np.nan; np.save("nan.npy", Xn)
+# whitened data for the sklearn comparison
+Xc = X - X.mean(0); l, C = np.linalg.eigh(np.cov(Xc.T, bias=True)); idx = np.argsort(l)[::-1][:k]
+np.save("z.npy", (Xc @ C[:, idx] / np.sqrt(l[idx])).astype(np.float32))
+P
+
+# in RAM (default 1G budget) and streamed (a budget too small to hold z)
+expect_ok $DMICA ica --in X.npy --components 6 --out ram --cache c1 --quiet
+expect_ok $DMICA ica --in X.npy --components 6 --out stream --cache c2 --memory 80M --quiet
+expect_ok $DMICA ica --in X.npy --components 6 --out again --cache c3 --quiet
+for f in directions.npy unmixing.npy mixing.npy plan_directions.npy ica.json ica_compare.json; do
+    [ -s ram/$f ] || fail "ram/$f missing"
+done
+cmp ram/unmixing.npy again/unmixing.npy || fail "same seed gave a different result"
+python3 - <<'P' || fail "planted sources not recovered"
+import numpy as np, json
+A = np.load("A.npy")
+def amari(P):
+    P = np.abs(P); n = len(P)
+    return ((P.sum(1) / P.max(1) - 1).sum() + (P.sum(0) / P.max(0) - 1).sum()) / (2 * n * (n - 1))
+r = {m: json.load(open(m + "/ica.json")) for m in ("ram", "stream")}
+assert r["ram"]["in_ram"] and not r["stream"]["in_ram"], (r["ram"]["in_ram"], r["stream"]["in_ram"])
+assert r["stream"]["passes"] > 1
+assert r["ram"]["converged"] and r["ram"]["iterations_per_seed"] == r["stream"]["iterations_per_seed"]
+for m in ("ram", "stream"):
+    U = np.load(m + "/unmixing.npy"); D = np.load(m + "/directions.npy"); M = np.load(m + "/mixing.npy")
+    a = amari(U @ A); assert a < 0.01, (m, "amari", a)
+    An = A / np.linalg.norm(A, axis=0)
+    cos = np.abs(D @ An).max(0); assert (cos > 0.99).all(), (m, cos)
+    assert np.allclose(np.linalg.norm(D, axis=1), 1)
+    assert np.allclose(U @ M, np.eye(6), atol=1e-6)      # filters read back what the mixing writes
+    assert min(r[m]["stability"]) > 0.99, r[m]["stability"]
+d = np.abs(np.load("ram/unmixing.npy") - np.load("stream/unmixing.npy")).max()
+assert d < 1e-4, ("streamed vs in RAM", d)
+c = json.load(open("ram/ica_compare.json"))
+assert c["variance_explained_by_ica"] > 0.99, c
+P
+
+# sklearn: same start, same fixed point (fastica operator on the same whitened data)
+if python3 -c "import sklearn" 2>/dev/null; then
+    cat > z.yaml <<'Y'
+name: z
+nodes:
+  z: {op: npy, params: {path: z.npy}}
+  ica: {op: fastica, inputs: {z: z}, params: {seeds: 2, seed: 7}}
+  sink: {op: npy_sink, inputs: {x: z}, params: {file: zcopy.npy}}
+Y
+    expect_ok $DMICA run z.yaml --cache c4 --out zout --quiet
+    python3 - <<'P' || fail "disagrees with scikit-learn"
+import numpy as np, json, glob, warnings
+from sklearn.decomposition import FastICA
+warnings.simplefilter("ignore")
+z = np.load("z.npy").astype(np.float64)
+sk = FastICA(n_components=6, whiten=False, random_state=7, tol=1e-4, max_iter=1000).fit(z)
+U = np.load([f for f in glob.glob("c4/*/unmixing.npy")][0])
+j = json.load(open("zout/ica.json"))
+assert abs(j["iterations"] - sk.n_iter_) <= 1, (j["iterations"], sk.n_iter_)
+assert np.abs(U - sk.components_).max() < 1e-4, np.abs(U - sk.components_).max()
+P
+fi
+
+# seeds: matching is recorded; non-convergence is a warning and flagged
+expect_ok $DMICA ica --in X.npy --components 6 --out nc --cache c5 --max-iter 2 --tol 1e-12 --seeds 2
+err_has "did not converge"
+python3 -c "
+import json; j = json.load(open('nc/ica.json'))
+assert j['converged'] is False and j['all_converged'] is False and j['iterations'] == 2
+assert len(j['seeds'][1]['match']) == 6 and len(j['seeds'][0]['log']) == 2" || fail "non-convergence not flagged"
+
+# bad input
+expect_fail $DMICA ica --in X.npy --components 11 --out bad --cache c6
+err_has "more than the 10 columns"
+expect_fail $DMICA ica --in cube.npy --components 2 --out bad --cache c6
+err_has "expected a 2-D matrix"
+expect_fail $DMICA ica --in nan.npy --components 3 --out bad --cache c6
+err_has "non-finite"
+expect_fail $DMICA ica --in X.npy --components 3 --fun tanh --out bad --cache c6
+err_has "expected logcosh, exp or cube"
+expect_fail $DMICA ica --in X.npy --out bad
+err_has "--components K"
+cache_consistent c6
+echo ok

@@ -1,0 +1,392 @@
+/*
+ * test_sae.c: the SAE kernel and statistics of operators/sae.c, against
+ *   - the independent float64 numpy reference (tests/golden/sae/, written by
+ *     tests/golden/make_sae_golden.py from tools/sae_reference.py): residuals to
+ *     1e-4 relative (max abs error / max abs value) for the three architectures,
+ *     the four normalisations, old and SAELens 6 config layouts, NaN/Inf rows;
+ *     statistics to 1e-4 (counts exactly);
+ *   - the plain reference kernel dm_sae_forward_ref (dense pre, dense decode):
+ *     the same active features and residuals to 1e-5 relative, for several
+ *     tile sizes;
+ *   - bad folders: unknown architecture, missing tensor, wrong shape (both
+ *     shapes named), expected_average_only_in without its factor, topk without k;
+ *   - the per-feature moments of a feature that fires on every token with a
+ *     steady value (mean/std 1e5), where raw power sums would lose the kurtosis.
+ *
+ * Why 1e-4: the kernel runs in float32 (SGEMM over d_in <= 64 terms, then a
+ * float sum of a few dozen decoder rows), so its residual differs from float64
+ * by a few float32 ulps of the largest terms, about 1e-6 of the residual's
+ * scale; the margin covers longer sums. Runs from the repository root.
+ */
+#include "sae.h"
+
+#include "dm.h"
+#include "npy.h"
+
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GOLDEN "tests/golden/sae/"
+
+static const char *cases[] = {"standard_jb", "jumprelu_v6_constnorm", "jumprelu_log_nobdec", "topk_v6_layernorm",
+                              "topk_old_expavg"};
+#define NCASES (int)(sizeof cases / sizeof *cases)
+
+static json_t *load_json(const char *path)
+{
+    json_error_t e;
+    json_t *j = json_load_file(path, 0, &e);
+    ck_assert_msg(j, "%s: %s", path, e.text);
+    return j;
+}
+
+static double jnum(json_t *o, const char *k)
+{
+    json_t *v = json_object_get(o, k);
+    ck_assert_msg(json_is_number(v), "key %s", k);
+    return json_number_value(v);
+}
+
+static void load_npy(const char *path, dm_tensor *t)
+{
+    ck_assert_msg(dm_npy_load(path, t) == 0, "%s: %s", path, dm_error());
+}
+
+/* max |a - b| / max |b| over entries finite in b; NaN positions must agree. */
+static double rel_err_f32_f64(const float *a, const double *b, int64_t n)
+{
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (!isfinite(b[i])) {
+            ck_assert_msg(isnan(a[i]), "entry %lld: expected NaN, got %g", (long long)i, a[i]);
+            continue;
+        }
+        num = fmax(num, fabs(a[i] - b[i]));
+        den = fmax(den, fabs(b[i]));
+    }
+    return num / den;
+}
+
+static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-300); }
+
+START_TEST(golden_parity_and_statistics)
+{
+    for (int c = 0; c < NCASES; c++) {
+        char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p;
+        p = dm_xasprintf("%s/expected_stats.json", dir);
+        json_t *js = load_json(p);
+        free(p);
+        dm_sae *s = dm_sae_load(dir, jnum(js, "scaling_factor"));
+        ck_assert_msg(s, "%s: %s", dir, dm_error());
+        ck_assert_str_eq(dm_sae_arch_name(s->cfg.arch), json_string_value(json_object_get(js, "architecture")));
+        dm_tensor x = {0}, er = {0}, ef = {0};
+        p = dm_xasprintf("%s/x.npy", dir), load_npy(p, &x), free(p);
+        p = dm_xasprintf("%s/expected_residual.npy", dir), load_npy(p, &er), free(p);
+        p = dm_xasprintf("%s/expected_features.npy", dir), load_npy(p, &ef), free(p);
+        int64_t n = x.shape[0], d = x.shape[1], ds = s->cfg.d_sae;
+        ck_assert_int_eq(d, s->cfg.d_in);
+        float *recon = malloc(sizeof(float) * n * d), *resid = malloc(sizeof(float) * n * d);
+        dm_sae_work *w = dm_sae_work_new(s, 64);
+        dm_sae_sparse sp = {0};
+        dm_sae_stats *st = dm_sae_stats_new(d, ds, 1);
+        /* uneven blocks through the operator's path: forward, then statistics */
+        int64_t bad = 0;
+        for (int64_t r0 = 0, b = 37; r0 < n; r0 += b, b = b * 2 % 97 + 1) {
+            int64_t m = n - r0 < b ? n - r0 : b;
+            bad += dm_sae_forward(w, s, (float *)x.data + r0 * d, m, recon + r0 * d, resid + r0 * d, &sp);
+            dm_sae_stats_update(st, (float *)x.data + r0 * d, recon + r0 * d, resid + r0 * d, &sp, m);
+        }
+        double e = rel_err_f32_f64(resid, er.data, n * d);
+        ck_assert_msg(e < 1e-4, "%s: residual differs from the float64 reference by %g (relative)", cases[c], e);
+        ck_assert_int_eq(bad, (int64_t)jnum(js, "nonfinite_rows"));
+
+        dm_sae_result r;
+        ck_assert_msg(dm_sae_stats_finalize(st, &r) == 0, "%s", dm_error());
+        ck_assert_int_eq(r.n, (int64_t)jnum(js, "tokens"));
+        ck_assert_int_eq(r.nonfinite, (int64_t)jnum(js, "nonfinite_rows"));
+        static const char *keys[] = {"fvu", "mse", "sse_per_token", "mean_cosine", "mean_l0",
+                                     "linear_predictability", "total_variance_x", "total_variance_residual"};
+        double got[] = {r.fvu, r.mse, r.sse_per_token, r.mean_cosine, r.mean_l0, r.linear_predictability,
+                        r.var_x, r.var_e};
+        for (int k = 0; k < 8; k++)
+            ck_assert_msg(rel(got[k], jnum(js, keys[k])) < 1e-4, "%s: %s %.9g, numpy %.9g", cases[c], keys[k],
+                          got[k], jnum(js, keys[k]));
+        ck_assert_int_eq(r.dead, (int64_t)jnum(js, "dead_features"));
+        ck_assert_int_eq(r.dense, (int64_t)jnum(js, "dense_features"));
+        ck_assert_int_eq(r.l0_max, (int64_t)jnum(js, "l0_max"));
+        json_t *h = json_object_get(js, "l0_histogram");
+        for (size_t i = 0; i < json_array_size(h); i++)
+            ck_assert_int_eq(r.l0_histogram[i], json_integer_value(json_array_get(h, i)));
+        /* per feature: count, frequency, mean, var, skew, kurtosis */
+        const double *F = ef.data;
+        double sd_max = 0;
+        for (int64_t f = 0; f < ds; f++)
+            sd_max = fmax(sd_max, sqrt(F[f * 6 + 3]));
+        for (int64_t f = 0; f < ds; f++) {
+            const double *g = F + f * 6;
+            ck_assert_int_eq(r.count[f], (int64_t)g[0]);
+            ck_assert(rel(r.frequency[f], g[1]) < 1e-12 || g[1] == 0);
+            ck_assert_msg(fabs(r.mean[f] - g[2]) < 1e-5 * sd_max, "%s feature %lld mean", cases[c], (long long)f);
+            ck_assert_msg(fabs(r.var[f] - g[3]) < 1e-4 * sd_max * sd_max, "%s feature %lld var", cases[c],
+                          (long long)f);
+            if (isnan(g[5]) || r.count[f] < 2)
+                continue;
+            ck_assert_msg(fabs(r.skew[f] - g[4]) < 1e-3 * fmax(1, fabs(g[4])), "%s feature %lld skew %g vs %g",
+                          cases[c], (long long)f, r.skew[f], g[4]);
+            ck_assert_msg(fabs(r.excess_kurtosis[f] - g[5]) < 1e-3 * fmax(1, fabs(g[5])),
+                          "%s feature %lld kurtosis %g vs %g", cases[c], (long long)f, r.excess_kurtosis[f], g[5]);
+        }
+        char *text = dm_sae_result_json(&r, s);
+        ck_assert(text && strstr(text, "\"linear_predictability\""));
+        free(text);
+        dm_sae_result_free(&r);
+        dm_sae_stats_free(st);
+        dm_sae_sparse_free(&sp);
+        dm_sae_work_free(w);
+        free(recon), free(resid);
+        dm_tensor_free(&x), dm_tensor_free(&er), dm_tensor_free(&ef);
+        dm_sae_free(s);
+        json_decref(js);
+        free(dir);
+    }
+}
+END_TEST
+
+START_TEST(fast_matches_reference)
+{
+    static const int64_t tiles[] = {1, 7, 64, 1000};
+    for (int c = 0; c < NCASES; c++) {
+        char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p = dm_xasprintf("%s/x.npy", dir);
+        dm_tensor x = {0};
+        load_npy(p, &x);
+        free(p);
+        dm_sae *s = dm_sae_load(dir, 0.5); /* ignored unless expected_average_only_in */
+        ck_assert_msg(s, "%s", dm_error());
+        int64_t n = x.shape[0], d = x.shape[1];
+        float *rr = malloc(sizeof(float) * n * d), *re = malloc(sizeof(float) * n * d);
+        float *fr = malloc(sizeof(float) * n * d), *fe = malloc(sizeof(float) * n * d);
+        dm_sae_sparse sr = {0}, sf = {0};
+        int64_t bad_ref = dm_sae_forward_ref(s, x.data, n, rr, re, &sr);
+        for (int t = 0; t < 4; t++) {
+            dm_sae_work *w = dm_sae_work_new(s, tiles[t]);
+            int64_t bad = dm_sae_forward(w, s, x.data, n, fr, fe, &sf);
+            ck_assert_int_eq(bad, bad_ref);
+            ck_assert_int_eq(sf.rows, n);
+            double num = 0, den = 0;
+            for (int64_t i = 0; i < n * d; i++) {
+                ck_assert(isnan(re[i]) == isnan(fe[i]) && isnan(rr[i]) == isnan(fr[i]));
+                if (isnan(re[i]))
+                    continue;
+                num = fmax(num, fabs(fe[i] - re[i]));
+                den = fmax(den, fabs(re[i]));
+            }
+            ck_assert_msg(num / den < 1e-5, "%s tile %lld: fast vs reference residual %g", cases[c],
+                          (long long)tiles[t], num / den);
+            for (int64_t r = 0; r <= n; r++)
+                ck_assert_int_eq(sf.start[r], sr.start[r]);
+            for (int64_t a = 0; a < sr.start[n]; a++) {
+                ck_assert_int_eq(sf.feature[a], sr.feature[a]);
+                ck_assert(fabsf(sf.value[a] - sr.value[a]) <= 1e-5f * (1 + fabsf(sr.value[a])));
+            }
+            dm_sae_work_free(w);
+        }
+        dm_sae_sparse_free(&sr), dm_sae_sparse_free(&sf);
+        free(rr), free(re), free(fr), free(fe);
+        dm_tensor_free(&x);
+        dm_sae_free(s);
+        free(dir);
+    }
+}
+END_TEST
+
+/* ---- bad folders ------------------------------------------------------- */
+
+static char tmpdir[64];
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    ck_assert(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* A safetensors file of F32 tensors given by name and shape (values zero). */
+static void write_st(const char *path, int nt, const char **names, const int64_t (*shapes)[2], const int *ndims)
+{
+    char hdr[2048] = "{";
+    int64_t off = 0;
+    for (int i = 0; i < nt; i++) {
+        int64_t numel = 1;
+        char shp[64] = "";
+        for (int k = 0; k < ndims[i]; k++) {
+            numel *= shapes[i][k];
+            snprintf(shp + strlen(shp), sizeof shp - strlen(shp), "%s%lld", k ? "," : "", (long long)shapes[i][k]);
+        }
+        snprintf(hdr + strlen(hdr), sizeof hdr - strlen(hdr),
+                 "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[%s],\"data_offsets\":[%lld,%lld]}", i ? "," : "", names[i],
+                 shp, (long long)off, (long long)(off + 4 * numel));
+        off += 4 * numel;
+    }
+    strcat(hdr, "}");
+    while (strlen(hdr) % 8)
+        strcat(hdr, " ");
+    FILE *f = fopen(path, "wb");
+    ck_assert(f);
+    uint64_t len = strlen(hdr);
+    fwrite(&len, 8, 1, f);
+    fwrite(hdr, 1, len, f);
+    for (int64_t i = 0; i < off; i++)
+        fputc(0, f);
+    fclose(f);
+}
+
+static void make_folder(const char *cfg, int drop, int bad_shape)
+{
+    char p[256];
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_sae.%d", (int)getpid());
+    mkdir(tmpdir, 0755);
+    snprintf(p, sizeof p, "%s/cfg.json", tmpdir);
+    write_text(p, cfg);
+    const char *names[] = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"};
+    int64_t shapes[5][2] = {{8, 16}, {16, 8}, {16, 0}, {8, 0}, {16, 0}};
+    int ndims[5] = {2, 2, 1, 1, 1};
+    if (bad_shape)
+        shapes[0][1] = 20;
+    const char *nm[5];
+    int64_t sh[5][2];
+    int nd[5], k = 0;
+    for (int i = 0; i < 5; i++)
+        if (i != drop)
+            nm[k] = names[i], memcpy(sh[k], shapes[i], sizeof sh[k]), nd[k] = ndims[i], k++;
+    snprintf(p, sizeof p, "%s/sae_weights.safetensors", tmpdir);
+    write_st(p, k, nm, (const int64_t(*)[2])sh, nd);
+}
+
+static void expect_load_error(const char *what, const char *const *needles)
+{
+    dm_sae *s = dm_sae_load(tmpdir, 0);
+    ck_assert_msg(!s, "%s: loaded", what);
+    for (int i = 0; needles[i]; i++)
+        ck_assert_msg(strstr(dm_error(), needles[i]), "%s: message '%s' lacks '%s'", what, dm_error(), needles[i]);
+}
+
+START_TEST(bad_folders)
+{
+    make_folder("{\"d_in\": 8, \"d_sae\": 16, \"architecture\": \"gated\"}", -1, 0);
+    expect_load_error("unknown architecture",
+                      (const char *[]){"unknown architecture 'gated'", "standard, jumprelu, topk", NULL});
+    make_folder("{\"d_in\": 8, \"d_sae\": 16}", 2, 0);
+    expect_load_error("missing tensor", (const char *[]){"tensor b_enc is missing", NULL});
+    make_folder("{\"d_in\": 8, \"d_sae\": 16, \"architecture\": \"jumprelu\"}", 4, 0);
+    expect_load_error("missing threshold", (const char *[]){"threshold is missing", NULL});
+    make_folder("{\"d_in\": 8, \"d_sae\": 16}", -1, 1);
+    expect_load_error("shape", (const char *[]){"tensor W_enc has shape [8, 20]", "needs [8, 16]", NULL});
+    make_folder("{\"d_in\": 8, \"d_sae\": 16, \"architecture\": \"topk\"}", -1, 0);
+    expect_load_error("topk without k", (const char *[]){"needs k", NULL});
+    make_folder("{\"d_in\": 8, \"d_sae\": 16, \"normalize_activations\": \"expected_average_only_in\"}", -1, 0);
+    expect_load_error("no scaling factor", (const char *[]){"scaling_factor", NULL});
+    make_folder("{\"d_sae\": 16}", -1, 0);
+    expect_load_error("no d_in", (const char *[]){"d_in is missing", NULL});
+    /* and a good one, with old keys, for the config helper */
+    make_folder("{\"d_in\": 8, \"d_sae\": 16, \"hook_point\": \"blocks.3.hook_resid_pre\", \"context_size\": 64,"
+                " \"model_from_pretrained_kwargs\": {\"center_writing_weights\": false}, \"prepend_bos\": false}",
+                -1, 0);
+    dm_sae_config c;
+    ck_assert_msg(dm_sae_read_config(tmpdir, &c) == 0, "%s", dm_error());
+    ck_assert_str_eq(c.hook_name, "blocks.3.hook_resid_pre");
+    ck_assert_int_eq(c.center_writing_weights, 0);
+    ck_assert_int_eq(c.prepend_bos, 0);
+    ck_assert_int_eq(c.context_size, 64);
+    ck_assert_int_eq(c.apply_b_dec_to_input, 1);
+    dm_sae_config_free(&c);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+/* A feature firing on every token with value 1e5 + u, u in {-1, 0, 2} (a skewed
+ * three-point law), beside a sparse one: the moments must match closed forms. */
+START_TEST(feature_moments_are_stable)
+{
+    const int64_t d = 2, ds = 2, n = 3000;
+    dm_sae_stats *st = dm_sae_stats_new(d, ds, 0);
+    float *x = malloc(sizeof(float) * n * d), *h = malloc(sizeof(float) * n * d), *e = malloc(sizeof(float) * n * d);
+    for (int64_t i = 0; i < n * d; i++)
+        x[i] = (float)(i % 7) + 1, h[i] = x[i] * 0.5f, e[i] = x[i] - h[i];
+    dm_sae_sparse sp = {0};
+    sp.start = malloc(sizeof(int64_t) * (n + 1));
+    sp.feature = malloc(sizeof(int32_t) * 2 * n);
+    sp.value = malloc(sizeof(float) * 2 * n);
+    static const float u[3] = {-1, 0, 2};
+    int64_t a = 0;
+    sp.start[0] = 0;
+    for (int64_t r = 0; r < n; r++) {
+        sp.feature[a] = 0, sp.value[a++] = 100000.0f + u[r % 3];
+        if (r % 100 == 0)
+            sp.feature[a] = 1, sp.value[a++] = 3.0f;
+        sp.start[r + 1] = a;
+    }
+    sp.rows = n;
+    /* in blocks, as the operator feeds it */
+    for (int64_t r0 = 0; r0 < n; r0 += 256) {
+        int64_t m = n - r0 < 256 ? n - r0 : 256;
+        dm_sae_sparse b = sp;
+        int64_t *start = malloc(sizeof(int64_t) * (m + 1));
+        for (int64_t r = 0; r <= m; r++)
+            start[r] = sp.start[r0 + r] - sp.start[r0];
+        b.start = start, b.feature = sp.feature + sp.start[r0], b.value = sp.value + sp.start[r0], b.rows = m;
+        dm_sae_stats_update(st, x + r0 * d, h + r0 * d, e + r0 * d, &b, m);
+        free(start);
+    }
+    dm_sae_result r;
+    ck_assert(dm_sae_stats_finalize(st, &r) == 0);
+    /* u uniform on {-1, 0, 2}: mean 1/3, central moments m2 = 14/9, m3 = 38/27... computed here */
+    double mu = 1.0 / 3, m2 = 0, m3 = 0, m4 = 0;
+    for (int k = 0; k < 3; k++) {
+        double dv = u[k] - mu;
+        m2 += dv * dv / 3, m3 += dv * dv * dv / 3, m4 += dv * dv * dv * dv / 3;
+    }
+    ck_assert(fabs(r.mean[0] - (100000 + mu)) < 1e-9 * 1e5);
+    ck_assert_msg(fabs(r.var[0] - m2) < 1e-9, "var %.12g vs %.12g", r.var[0], m2);
+    ck_assert_msg(fabs(r.skew[0] - m3 / pow(m2, 1.5)) < 1e-8, "skew %.12g", r.skew[0]);
+    ck_assert_msg(fabs(r.excess_kurtosis[0] - (m4 / (m2 * m2) - 3)) < 1e-8, "kurt %.12g", r.excess_kurtosis[0]);
+    /* sparse: Bernoulli(p) * 3 with p = 30/3000 */
+    double p = 0.01;
+    ck_assert_int_eq(r.count[1], 30);
+    ck_assert(fabs(r.var[1] - 9 * p * (1 - p)) < 1e-12);
+    ck_assert(fabs(r.excess_kurtosis[1] - ((1 - 6 * p * (1 - p)) / (p * (1 - p)))) < 1e-9);
+    ck_assert_int_eq(r.l0_histogram[1], n - 30);
+    ck_assert_int_eq(r.l0_histogram[2], 30);
+    ck_assert(fabs(r.fvu - 0.25) < 1e-12);
+    ck_assert(fabs(r.mean_cosine - 1) < 1e-12);
+    dm_sae_result_free(&r);
+    dm_sae_sparse_free(&sp);
+    dm_sae_stats_free(st);
+    free(x), free(h), free(e);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("sae");
+    TCase *tc = tcase_create("sae");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, golden_parity_and_statistics);
+    tcase_add_test(tc, fast_matches_reference);
+    tcase_add_test(tc, bad_folders);
+    tcase_add_test(tc, feature_moments_are_stable);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

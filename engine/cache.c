@@ -268,7 +268,7 @@ int dm_plan(dm_graph *g)
                 }
                 continue;
             }
-            if (s->op->produce)
+            if (s->op->produce && !(s->op->spill_source && entry_spilled(entries[s->index], s->outs[n->in[k].port].name)))
                 s->reproduce = 1;
             else if (!entry_spilled(entries[s->index], s->outs[n->in[k].port].name)) {
                 s->run = 1;

@@ -84,6 +84,9 @@ typedef struct dm_op {
     const dm_param_spec *params;  /* terminated by {NULL} */
     const dm_port_spec *inputs;   /* terminated by {NULL} */
     const dm_port_spec *outputs;  /* terminated by {NULL} */
+    /* Sources: 1 when producing again costs more than replaying a spill
+     * (tokenizing a corpus), so `spill: auto` keeps their stream outputs. */
+    int spill_source;
 
     /* Optional: output ports that depend on the parameters (one per requested
      * hook, say). Called once parameters are resolved; *outs is a NULL-name-

@@ -487,7 +487,8 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
         driver *d = &G->drivers[j];
         d->total = d->src->outdesc[d->port].shape[0];
         opened_drivers = j + 1;
-        if (d->src->op->produce)
+        /* sources are produced again, unless they keep a spill (spill_source) */
+        if (d->src->op->produce && !(d->src->op->spill_source && (d->src->spill[d->port] || !is_active(d->src))))
             continue;
         char *dir = dm_cache_entry(g, d->src->key);
         d->reader = dm_spill_reader_open(dir, d->src->outs[d->port].name);
@@ -719,7 +720,8 @@ int dm_run(dm_graph *g)
             dm_node *n = g->nodes[i];
             n->group = -1;
             for (int k = 0; k < n->nout; k++)
-                n->spill[k] = n->run && n->outdesc[k].kind == DM_PORT_STREAM && !n->op->produce && n->ncons[k] > 0 &&
+                n->spill[k] = n->run && n->outdesc[k].kind == DM_PORT_STREAM && n->ncons[k] > 0 &&
+                              (!n->op->produce || n->op->spill_source) &&
                               !(n->decl->spill && !strcmp(n->decl->spill, "never"));
         }
         group *gs = NULL;

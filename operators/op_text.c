@@ -509,6 +509,7 @@ const dm_op dm_op_text = {
     .summary = "windows of GPT-2 token ids from text, jsonl, archives, .bin or .npy token files",
     .params = text_params,
     .outputs = text_outputs,
+    .spill_source = 1, /* tokenizing again costs more than a replay */
     .infer = text_infer,
     .state_bytes = text_state_bytes,
     .open = text_open,

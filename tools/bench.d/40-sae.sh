@@ -41,32 +41,36 @@ int main(int argc, char **argv)
 }
 C
 cc -O2 -o "$tmp/gemm" "$tmp/gemm.c" -lopenblas
-gflops=$(OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$tmp/gemm" "$tile")
-gemm_tps=$("$PY" -c "print('%.0f' % ($gflops * 1e9 / (2 * 768 * 24576)))")
-
+gemm() { OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$tmp/gemm" "$tile"; }
 echo "## SAE operator (d_in 768, d_sae 24576, L0 ~50)"
 echo
 echo "Measured by \`tools/bench.d/40-sae.sh\` (\`$threads\` threads, tile $tile): \`dmica sae --threads $threads --tile $tile\`"
 echo "on random N(0,1) activations and a tools/make-sae SAE, with every statistic (FVU, MSE, cosine, L0 histogram,"
 echo "per-feature moments, linear predictability). The encode GEMM alone (cblas_sgemm ${tile}x24576x768, same"
-echo "OpenBLAS, same threads) runs at $gflops GFLOP/s = $gemm_tps tokens/s, the ceiling for the whole pass."
+echo "OpenBLAS, same threads) is measured for 3 s just before and just after each run; their mean, in tokens/s"
+echo "(GFLOP/s / 2·768·24576 = 75.5 MFLOP a token), is the ceiling for the whole pass. The machine is shared: rates move between runs."
 echo
-echo "| tokens | tokens/s (pass) | % of GEMM rate | s with loading | mean L0 | peak RSS |"
-echo "|---|---|---|---|---|---|"
+echo "| tokens | GEMM tokens/s | SAE tokens/s (pass) | % of GEMM | s with loading | mean L0 | peak RSS |"
+echo "|---|---|---|---|---|---|---|"
 for n in $tokens; do
-    "$PY" - "$DMICA" "$tmp" "$n" "$tile" "$threads" "$gemm_tps" <<'P'
+    g1=$(gemm); echo "bench sae: $n tokens" >&2
+    "$PY" - "$DMICA" "$tmp" "$n" "$tile" "$threads" "$g1" "$tmp/gemm" <<'P'
 import re, resource, subprocess, sys, json
-dmica, tmp, n, tile, threads, gemm = sys.argv[1:]
+import os
+dmica, tmp, n, tile, threads, g1, gexe = sys.argv[1:]
 p = subprocess.run([dmica, "sae", "--sae", tmp + "/sae", "--in", "%s/x%s.npy" % (tmp, n), "--residual",
                     tmp + "/e.npy", "--stats", tmp + "/st.json", "--tile", tile, "--threads", threads],
                    capture_output=True, text=True)
 if p.returncode:
     sys.exit(p.stderr)
 rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
+g2 = subprocess.run([gexe, tile], capture_output=True, text=True, env=env).stdout
+gemm = (float(g1) + float(g2)) * 1e9 / 2 / (2 * 768 * 24576)
 m = re.search(r"in ([0-9.]+) s \(([0-9.]+) tokens/s; ([0-9.]+) s with loading", p.stderr)
 st = json.load(open(tmp + "/st.json"))
-print("| %s | %.0f | %.0f%% | %s | %.1f | %.0f MiB |" % (n, float(m.group(2)), 100 * float(m.group(2)) / float(gemm),
-                                                   m.group(3), st["mean_l0"], rss))
+print("| %s | %.0f | %.0f | %.0f%% | %s | %.1f | %.0f MiB |" % (n, gemm, float(m.group(2)),
+      100 * float(m.group(2)) / gemm, m.group(3), st["mean_l0"], rss))
 P
 done
 echo

@@ -135,4 +135,18 @@ extern int dm_progress_enabled;
 
 void dm_set_threads(int n);
 
+/* For commands that run a pipeline they write as YAML text (dmica stats, ica,
+ * sae, analyze): parse, bind, run with these settings, print errors and a
+ * closing line on stderr. Returns the process exit status (0 or 1). */
+typedef struct {
+    const char *out;   /* results folder (NULL: none) */
+    const char *cache; /* NULL: $DMICA_CACHE, else .dmica-cache */
+    int64_t memory;    /* 0: 1 GiB */
+    int threads;       /* 0: all cores */
+    int quiet;
+} dm_run_opts;
+int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o);
+/* Double-quoted YAML scalar of s (malloc'd). */
+char *dm_yaml_quote(const char *s);
+
 #endif

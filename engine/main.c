@@ -182,22 +182,6 @@ static int cmd_run_like(int argc, char **argv, const char *cmd, int plan_only, i
     return rc ? 1 : 0;
 }
 
-/* Double-quoted YAML scalar. */
-static char *yaml_quote(const char *s)
-{
-    size_t n = strlen(s);
-    char *q = dm_xmalloc(2 * n + 3), *w = q;
-    *w++ = '"';
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            *w++ = '\\';
-        *w++ = *s;
-    }
-    *w++ = '"';
-    *w = 0;
-    return q;
-}
-
 static int cmd_stats(int argc, char **argv)
 {
     const char *in = NULL;
@@ -236,7 +220,7 @@ static int cmd_stats(int argc, char **argv)
         free(o.sets), free(o.force);
         return rc == 1 ? 0 : 2;
     }
-    char *q = yaml_quote(in);
+    char *q = dm_yaml_quote(in);
     char *text = dm_xasprintf("name: stats\n"
                               "nodes:\n"
                               "  input: {op: npy, params: {path: %s}}\n"
@@ -245,30 +229,11 @@ static int cmd_stats(int argc, char **argv)
                               "  pca: {op: pca, inputs: {covariance: covariance.covariance}}\n",
                               q);
     free(q);
-    dm_pipeline *p = dm_pipeline_parse("<dmica stats>", text, strlen(text));
+    dm_run_opts ro = {o.out, o.cache, o.memory, o.threads, o.quiet};
+    rc = dm_run_yaml("<dmica stats>", text, &ro);
     free(text);
-    dm_graph *g = p ? dm_graph_build(p) : NULL;
-    if (!g) {
-        fprintf(stderr, "dmica: %s\n", dm_error());
-        dm_pipeline_free(p);
-        free(o.sets), free(o.force);
-        return 1;
-    }
-    const char *env = getenv("DMICA_CACHE");
-    g->cache = dm_xstrdup(o.cache ? o.cache : env && *env ? env : ".dmica-cache");
-    g->out = dm_xstrdup(o.out);
-    g->memory = o.memory ? o.memory : (int64_t)1 << 30;
-    dm_set_threads(o.threads);
-    dm_progress_enabled = !o.quiet;
-    rc = dm_run(g);
-    if (rc)
-        fprintf(stderr, "dmica: %s\n", dm_error());
-    else if (!o.quiet)
-        fprintf(stderr, "dmica: results in %s\n", o.out);
-    dm_graph_free(g);
-    dm_pipeline_free(p);
     free(o.sets), free(o.force);
-    return rc ? 1 : 0;
+    return rc;
 }
 
 static const char *ptype(dm_param_type t)

@@ -748,3 +748,43 @@ int dm_run(dm_graph *g)
         return publish_products(g);
     }
 }
+
+char *dm_yaml_quote(const char *s)
+{
+    size_t n = strlen(s);
+    char *q = dm_xmalloc(2 * n + 3), *w = q;
+    *w++ = '"';
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            *w++ = '\\';
+        *w++ = *s;
+    }
+    *w++ = '"';
+    *w = 0;
+    return q;
+}
+
+int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
+{
+    dm_pipeline *p = dm_pipeline_parse(label, yaml, strlen(yaml));
+    dm_graph *g = p ? dm_graph_build(p) : NULL;
+    if (!g) {
+        fprintf(stderr, "dmica: %s\n", dm_error());
+        dm_pipeline_free(p);
+        return 1;
+    }
+    const char *env = getenv("DMICA_CACHE");
+    g->cache = dm_xstrdup(o->cache ? o->cache : env && *env ? env : ".dmica-cache");
+    g->out = o->out ? dm_xstrdup(o->out) : NULL;
+    g->memory = o->memory > 0 ? o->memory : (int64_t)1 << 30;
+    dm_set_threads(o->threads);
+    dm_progress_enabled = !o->quiet;
+    int rc = dm_run(g);
+    if (rc)
+        fprintf(stderr, "dmica: %s\n", dm_error());
+    else if (!o->quiet && o->out)
+        fprintf(stderr, "dmica: results in %s\n", o->out);
+    dm_graph_free(g);
+    dm_pipeline_free(p);
+    return rc ? 1 : 0;
+}

@@ -373,7 +373,7 @@ static int report_finish(dm_node *n)
     json_object_set_new(res, "residual_pca_components_for_variance_mark", ev.n ? json_integer(kmark) : json_null());
     json_object_set_new(res, "variance_mark", json_real(vmark));
     if (sae_sum) {
-        json_object_set_new(res, "sae_l0", num(json_num(sae_sum, "l0_mean")));
+        json_object_set_new(res, "sae_l0", num(json_num(sae_sum, "mean_l0")));
         json_object_set_new(res, "sae_explained_variance", num(json_num(sae_sum, "explained_variance")));
         json_object_set_new(res, "linear_predictability_of_error", num(json_num(sae_sum, "linear_predictability")));
         json_object_set_new(res, "sae_statistics", json_incref(sae_sum));

@@ -43,7 +43,7 @@
 #include "sae.h"
 
 enum { OUT_RESIDUAL, OUT_RECON, OUT_FEATURES, OUT_DECODER, OUT_COUNT, OUT_FREQ, OUT_MEAN, OUT_VAR, OUT_SKEW,
-       OUT_KURT, OUT_L0, OUT_N };
+       OUT_KURT, OUT_L0, OUT_SUMMARY, OUT_N };
 
 static const dm_param_spec sae_params[] = {
     {"sae", DM_P_PATH, NULL, "SAELens folder (cfg.json, sae_weights.safetensors)"},
@@ -62,7 +62,8 @@ static const dm_port_spec sae_outputs[] = {
     {"feature_count", DM_PORT_TENSOR},    {"feature_frequency", DM_PORT_TENSOR},
     {"feature_mean", DM_PORT_TENSOR},     {"feature_var", DM_PORT_TENSOR},
     {"feature_skew", DM_PORT_TENSOR},     {"feature_kurtosis", DM_PORT_TENSOR},
-    {"l0_histogram", DM_PORT_TENSOR},     {NULL},
+    {"l0_histogram", DM_PORT_TENSOR},     {"summary", DM_PORT_TENSOR},
+    {NULL},
 };
 
 typedef struct {
@@ -123,6 +124,10 @@ static int sae_infer(dm_node *n)
             o->ndim = k == OUT_DECODER ? 2 : 1;
             o->shape[0] = k == OUT_L0 ? c.d_sae + 1 : c.d_sae;
             o->shape[1] = k == OUT_DECODER ? c.d_in : 0;
+            if (k == OUT_SUMMARY) {
+                o->dtype = DM_U8;
+                o->shape[0] = -1;
+            }
         }
     }
     dm_sae_config_free(&c);
@@ -235,16 +240,24 @@ static int sae_finish(dm_node *n)
         dm_warn("node '%s': %lld rows of x hold NaN or Inf: their residual is NaN and they are left out of the "
                 "statistics",
                 dm_node_name(n), (long long)r.nonfinite);
+    char *text = dm_sae_result_json(&r, s->sae);
+    if (!text)
+        goto end;
     if (*file) {
-        char *text = dm_sae_result_json(&r, s->sae);
         char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-        int bad = !text || dm_write_file_atomic(path, text, strlen(text));
-        free(text), free(path);
-        if (bad || dm_publish(n, file))
+        int bad = dm_write_file_atomic(path, text, strlen(text));
+        free(path);
+        if (bad || dm_publish(n, file)) {
+            free(text);
             goto end;
+        }
     }
     dm_tensor t[OUT_N];
     memset(t, 0, sizeof t);
+    int64_t tlen[1] = {(int64_t)strlen(text)};
+    dm_tensor_init(&t[OUT_SUMMARY], DM_U8, 1, tlen); /* the statistics JSON, for the report */
+    memcpy(t[OUT_SUMMARY].data, text, (size_t)tlen[0]);
+    free(text);
     int64_t shape[2] = {c->d_sae, c->d_in};
     dm_tensor_init(&t[OUT_DECODER], DM_F32, 2, shape);
     memcpy(t[OUT_DECODER].data, s->sae->W_dec, (size_t)(c->d_sae * c->d_in) * sizeof(float));
@@ -282,7 +295,7 @@ static void sae_close(dm_node *n)
 
 const dm_op dm_op_sae = {
     .name = "sae",
-    .version = 1,
+    .version = 2,
     .summary = "SAELens SAE: residual x - SAE(x), reconstruction, active features, and SAE statistics",
     .params = sae_params,
     .inputs = sae_inputs,

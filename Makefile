@@ -66,7 +66,17 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libdmica.a $(LDLIBS)
 
-demo: $(BIN)
+PYTHON ?= /usr/bin/python3
+
+# The demo's models: random weights in the real formats, made by our own tools.
+build/demo/.models: tools/make-gpt2 tools/make-sae | $(DEPS_STAMP)
+	@mkdir -p build/demo
+	$(PYTHON) tools/make-gpt2 --n-embd 64 --n-layer 2 --n-head 4 --n-positions 128 --vocab-size 50257 \
+		--tokenizer tests/data/gpt2-tokenizer --seed 1 --out build/demo/gpt2
+	$(PYTHON) tools/make-sae --d-in 64 --d-sae 512 --l0 12 --input-scale 0.36 --hook blocks.1.hook_resid_pre --seed 2 --out build/demo/sae
+	@touch $@
+
+demo: $(BIN) build/demo/.models
 	$(BIN) demo --out demo-out
 
 # Unit tests run from the repository root so they find tests/golden.

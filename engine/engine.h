@@ -31,6 +31,7 @@ typedef struct {
     char *spill_dtype; /* f32 | f16 | bf16 */
     char *spill_codec; /* none | zstd */
     int spill_line;
+    char *publish; /* prefix of its products in --out ("layer6/" makes a folder) */
 } dm_node_decl;
 
 typedef struct {
@@ -81,6 +82,7 @@ struct dm_node {
     int run;        /* 1: executes this run (writes a cache entry) */
     int reproduce;  /* 1: cached source produced again to feed a rerun */
     int *spill;     /* per output: spilled in this run */
+    uint64_t single_pass; /* bit k: multipass input k is read once this run (dm_input_single_pass) */
     int group;
 
     /* running */
@@ -130,7 +132,8 @@ int dm_cache_record(const dm_graph *g, const dm_node *n); /* remember the key's 
 typedef struct dm_progress dm_progress;
 dm_progress *dm_progress_start(const char *label, int64_t total_rows);
 void dm_progress_update(dm_progress *p, int64_t rows, int64_t spilled_bytes);
-void dm_progress_end(dm_progress *p, int64_t rows, int64_t spilled_bytes);
+/* Draws the final line (when `always`, or when the pass took a while). */
+void dm_progress_end(dm_progress *p, int64_t rows, int64_t spilled_bytes, int always);
 extern int dm_progress_enabled;
 
 void dm_set_threads(int n);

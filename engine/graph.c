@@ -392,6 +392,7 @@ dm_graph *dm_graph_build(dm_pipeline *p)
                 n->outdesc[k].shape[0] = -1;
             }
         }
+        n->single_pass = 0;
         if (n->op->infer && n->op->infer(n)) {
             dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
             goto fail;
@@ -475,6 +476,12 @@ const dm_port_desc *dm_input_desc(const dm_node *n, int port)
 
 dm_port_desc *dm_output_desc(dm_node *n, int port) { return port >= 0 && port < n->nout ? &n->outdesc[port] : NULL; }
 int dm_input_connected(const dm_node *n, int port) { return port >= 0 && port < n->nin && n->in[port].src; }
+
+void dm_input_single_pass(dm_node *n, int port)
+{
+    if (port >= 0 && port < n->nin && port < 64)
+        n->single_pass |= (uint64_t)1 << port;
+}
 
 const dm_tensor *dm_input_tensor(const dm_node *n, int port)
 {

@@ -40,6 +40,10 @@ static void usage(FILE *f)
           "  ops                 list the operators and their parameters\n"
           "  tokenize            GPT-2 token ids of a text file\n"
           "  activations         GPT-2 activations at a hook for windows of token ids\n"
+          "  sae                 an SAE's residual and statistics on a .npy of activations\n"
+          "  ica                 whitening and FastICA of a .npy matrix\n"
+          "  analyze             the plan's steps 4-9 on activations you already have\n"
+          "  top                 a component's top tokens from a run folder\n"
           "\n"
           "`dmica COMMAND --help` describes a command's options.\n",
           f);

@@ -123,6 +123,11 @@ int64_t dm_param_size(const dm_node *n, const char *key);
 const dm_port_desc *dm_input_desc(const dm_node *n, int port);
 dm_port_desc *dm_output_desc(dm_node *n, int port);
 int dm_input_connected(const dm_node *n, int port);
+/* From infer(): this run reads multipass input `port` only once (the operator
+ * keeps its rows in memory), so the node may run in its producer's pass instead
+ * of a group of its own that replays a spill; with its producer set to
+ * `spill: never`, nothing is written to disk. end_pass() must then return 0. */
+void dm_input_single_pass(dm_node *n, int port);
 
 /* The tensor on an input port (from open() on). */
 const dm_tensor *dm_input_tensor(const dm_node *n, int port);

@@ -16,6 +16,7 @@
  *       op: moments
  *       inputs: {x: source}    # "node" or "node.port"
  *       spill: auto            # auto | always | never (stream outputs)
+ *       publish: layer6/       # optional prefix of its files in --out
  *
  * libyaml's document API gives a tree with marks; this file only checks the
  * structure. Operators, parameters and connections are checked in graph.c.
@@ -104,9 +105,15 @@ static int parse_node(const char *path, yaml_document_t *doc, yaml_node_t *k, ya
             char **dst = !strcmp(key, "spill") ? &d->spill : !strcmp(key, "spill_dtype") ? &d->spill_dtype : &d->spill_codec;
             *dst = dm_xstrdup(s);
             d->spill_line = line_of(vv);
+        } else if (!strcmp(key, "publish")) {
+            const char *s = scalar(vv);
+            if (!s || strstr(s, "..") || s[0] == '/')
+                return dm_fail("%s:%d: node '%s': publish must be a relative file-name prefix such as "
+                               "\"layer6/\" or \"l6_\"", path, line_of(vv), d->name);
+            d->publish = dm_xstrdup(s);
         } else {
             return dm_fail("%s:%d: node '%s': unknown key '%s' (expected op, params, inputs, spill, "
-                           "spill_dtype, spill_codec)", path, line_of(kk), d->name, key);
+                           "spill_dtype, spill_codec, publish)", path, line_of(kk), d->name, key);
         }
     }
     if (!d->op)
@@ -250,7 +257,7 @@ void dm_pipeline_free(dm_pipeline *p)
         return;
     for (int i = 0; i < p->nnodes; i++) {
         dm_node_decl *d = &p->nodes[i];
-        free(d->name), free(d->op), free(d->spill), free(d->spill_dtype), free(d->spill_codec);
+        free(d->name), free(d->op), free(d->spill), free(d->spill_dtype), free(d->spill_codec), free(d->publish);
         free_kvs(d->params, d->nparams);
         free_kvs(d->inputs, d->ninputs);
     }

@@ -7,8 +7,9 @@
  * is pushed depth-first through every node of the group (dm_emit), so a chain
  * source -> map -> reduction holds one chunk per stream at a time, whatever the
  * number of rows. A node joins the group of its stream inputs unless:
- *   - it needs several passes (a multipass input): it gets its own group, whose
- *     drivers are replayed from spill files once per pass;
+ *   - it needs several passes (a multipass input that its infer() did not mark
+ *     dm_input_single_pass): it gets its own group, whose drivers are replayed
+ *     from spill files once per pass;
  *   - one of its tensor inputs is made in the same group (a tensor is complete
  *     only when its producer finishes): it gets a group of its own that replays
  *     (or produces again) its stream inputs;
@@ -80,7 +81,7 @@ static int is_active(const dm_node *n) { return n->run || n->reproduce; }
 static int has_multipass_input(const dm_node *n)
 {
     for (int k = 0; k < n->nin; k++)
-        if (n->in[k].src && n->op->inputs[k].multipass)
+        if (n->in[k].src && n->op->inputs[k].multipass && !(k < 64 && (n->single_pass >> k & 1)))
             return 1;
     return 0;
 }
@@ -259,8 +260,11 @@ static int refresh_descs(group *G)
             d->dtype = t->dtype;
             memcpy(d->shape, t->shape, sizeof d->shape);
         }
+        /* the groups are made: a second infer() cannot change how often an input is read */
+        uint64_t single_pass = n->single_pass;
         if (n->op->infer && n->op->infer(n))
             return dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+        n->single_pass = single_pass;
         for (int k = 0; k < n->nout; k++)
             if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] <= 0)
                 return dm_fail("%s: node '%s': the width of output '%s' is still unknown when it runs", n->where,
@@ -309,7 +313,8 @@ static int size_chunks(dm_graph *g, group *G, int gi)
 
 static char *node_tmp_dir(dm_graph *g, dm_node *n)
 {
-    return dm_xasprintf("%s/tmp/%s.%d", g->cache, n->key, (int)getpid());
+    /* the node's index too: two nodes may share a key (the same computation twice) */
+    return dm_xasprintf("%s/tmp/%s.%d.%d", g->cache, n->key, (int)getpid(), n->index);
 }
 
 static int open_node(dm_graph *g, dm_node *n, int spills)
@@ -590,7 +595,7 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
             }
         }
         if (pr)
-            dm_progress_end(pr, done, run_spilled_bytes);
+            dm_progress_end(pr, done, run_spilled_bytes, pass == 0);
         free(all);
         if (rc)
             break;
@@ -604,7 +609,7 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
                 rc = dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
             else if (r > 0 && !has_multipass_input(n))
                 rc = dm_fail("node '%s': operator '%s' asked for another pass over an input it did not declare "
-                             "multipass", n->decl->name, n->op->name);
+                             "multipass, or said it reads once", n->decl->name, n->op->name);
             more |= r > 0;
         }
         if (rc || !more)
@@ -678,24 +683,32 @@ static int publish_products(dm_graph *g)
         json_t *v;
         json_array_foreach(json_object_get(j, "products"), idx, v)
         {
-            const char *file = json_string_value(v);
-            if (!file)
+            const char *prod = json_string_value(v);
+            if (!prod)
                 continue;
+            char *file = dm_xasprintf("%s%s", n->decl->publish ? n->decl->publish : "", prod);
             for (int s = 0; s < nseen; s++)
                 if (!strcmp(seen[s], file)) {
                     rc = dm_fail("nodes '%s' and '%s' both write '%s' into %s; give one of them another file "
-                                 "name", owner[s], n->decl->name, file, g->out);
+                                 "name or a publish: prefix", owner[s], n->decl->name, file, g->out);
                     break;
                 }
-            if (rc)
+            if (rc) {
+                free(file);
                 break;
+            }
             seen = dm_xrealloc(seen, (size_t)(nseen + 1) * sizeof *seen);
             owner = dm_xrealloc(owner, (size_t)(nseen + 1) * sizeof *owner);
-            seen[nseen] = dm_xstrdup(file);
+            seen[nseen] = file;
             owner[nseen++] = n->decl->name;
-            char *src = dm_xasprintf("%s/%s/%s", g->cache, n->key, file);
+            char *src = dm_xasprintf("%s/%s/%s", g->cache, n->key, prod);
             char *dst = dm_xasprintf("%s/%s", g->out, file);
-            rc = dm_copy_file(src, dst);
+            char *slash = strrchr(dst, '/');
+            *slash = 0;
+            rc = dm_mkdir_p(dst);
+            *slash = '/';
+            if (!rc)
+                rc = dm_copy_file(src, dst);
             free(src), free(dst);
         }
         json_decref(j);

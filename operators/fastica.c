@@ -19,10 +19,12 @@
 #include <float.h>
 #include <lapacke.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dm.h"
+#include "op.h"
 
 #define DM_ICA_BLOCK 8192
 
@@ -276,29 +278,42 @@ void dm_ica_match(const double *A, const double *B, int64_t k, int64_t *match, i
 
 /* ---- vectorised tanh ----------------------------------------------------- */
 
+/* Built for AVX-512, AVX2 and plain x86-64, chosen at load time (GCC function
+ * multiversioning): the loops below are 16, 8 or 4 floats wide. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define DM_ICA_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
+#define DM_ICA_CLONES
+#endif
+
 /* Eigen's generic_fast_tanh_float: a 13/6 rational minimax fit on [-7.9, 7.9]
  * (beyond it tanh is 1 in float32). */
+static inline float tanh_rational(float x)
+{
+    float v = x;
+    v = v > 7.90531110763549805f ? 7.90531110763549805f : v;
+    v = v < -7.90531110763549805f ? -7.90531110763549805f : v;
+    float v2 = v * v;
+    float p = v2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+    p = p * v2 + -8.60467152213735e-11f;
+    p = p * v2 + 5.12229709037114e-08f;
+    p = p * v2 + 1.48572235717979e-05f;
+    p = p * v2 + 6.37261928875436e-04f;
+    p = p * v2 + 4.89352455891786e-03f;
+    p = p * v;
+    float q = v2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+    q = q * v2 + 2.26843463243900e-03f;
+    q = q * v2 + 4.89352518554385e-03f;
+    float t = p / q;
+    return fabsf(v) < 0.0004f ? v : t;
+}
+
+DM_ICA_CLONES
 void dm_tanhf_vec(float *y, const float *x, int64_t n)
 {
 #pragma omp simd
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        v = v > 7.90531110763549805f ? 7.90531110763549805f : v;
-        v = v < -7.90531110763549805f ? -7.90531110763549805f : v;
-        float v2 = v * v;
-        float p = v2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
-        p = p * v2 + -8.60467152213735e-11f;
-        p = p * v2 + 5.12229709037114e-08f;
-        p = p * v2 + 1.48572235717979e-05f;
-        p = p * v2 + 6.37261928875436e-04f;
-        p = p * v2 + 4.89352455891786e-03f;
-        p = p * v;
-        float q = v2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
-        q = q * v2 + 2.26843463243900e-03f;
-        q = q * v2 + 4.89352518554385e-03f;
-        float t = p / q;
-        y[i] = fabsf(v) < 0.0004f ? v : t;
-    }
+    for (int64_t i = 0; i < n; i++)
+        y[i] = tanh_rational(x[i]);
 }
 
 /* ---- sums ---------------------------------------------------------------- */
@@ -311,13 +326,16 @@ void dm_ica_sums_init(dm_ica_sums *s, int64_t m, int64_t k)
     s->block = DM_ICA_BLOCK;
     s->gz = dm_xcalloc((size_t)(m * k + m), sizeof(double));
     s->dg = s->gz + m * k;
-    s->y = dm_xmalloc_aligned((size_t)(s->block * m) * sizeof(float));
-    s->part = dm_xmalloc_aligned((size_t)(m * k) * sizeof(float));
+    s->y = NULL; /* scratch is per thread, made by dm_ica_sums_update */
+    s->part = NULL;
 }
 
 int64_t dm_ica_sums_bytes(int64_t m, int64_t k)
 {
-    return 8 * (m * k + m) + 4 * (DM_ICA_BLOCK * m + m * k) + 256;
+    /* the sums, and per worker thread: a block of W z, a block's g^T z and g'
+     * (float), and that thread's share of the sums (double) */
+    int64_t per_thread = 4 * (DM_ICA_BLOCK * m + m * k + m) + 8 * (m * k + m) + 256;
+    return 8 * (m * k + m) + (int64_t)dm_threads() * per_thread + 256;
 }
 
 void dm_ica_sums_free(dm_ica_sums *s)
@@ -347,65 +365,98 @@ int dm_ica_sums_merge(dm_ica_sums *a, const dm_ica_sums *b)
     return 0;
 }
 
-/* g in place over a block y (rows, m) and the column sums of g' into dg. */
-static void apply_g(float *y, int64_t rows, int64_t m, dm_ica_fun fun, float alpha, double *dg)
+/* g in place over a block y (rows, m), and the column sums of g' into dg (m).
+ * One loop per row, so y stays in L1 between g and g'. */
+DM_ICA_CLONES
+static void apply_g(float *y, int64_t rows, int64_t m, dm_ica_fun fun, float alpha, float *dg)
 {
-#pragma omp parallel
-    {
-        double *loc = dm_xcalloc((size_t)m, sizeof(double));
-        float *d = dm_xmalloc((size_t)m * sizeof(float));
-#pragma omp for schedule(static)
-        for (int64_t r = 0; r < rows; r++) {
-            float *yr = y + r * m;
-            if (fun == DM_ICA_LOGCOSH) {
-                if (alpha != 1.0f)
-                    for (int64_t j = 0; j < m; j++)
-                        yr[j] *= alpha;
-                dm_tanhf_vec(yr, yr, m);
+    for (int64_t j = 0; j < m; j++)
+        dg[j] = 0.0f;
+    for (int64_t r = 0; r < rows; r++) {
+        float *yr = y + r * m;
+        if (fun == DM_ICA_LOGCOSH) {
 #pragma omp simd
-                for (int64_t j = 0; j < m; j++)
-                    d[j] = alpha * (1.0f - yr[j] * yr[j]);
-            } else if (fun == DM_ICA_EXP) {
-                for (int64_t j = 0; j < m; j++) {
-                    float u = yr[j], e = expf(-0.5f * u * u);
-                    yr[j] = u * e;
-                    d[j] = (1.0f - u * u) * e;
-                }
-            } else {
-#pragma omp simd
-                for (int64_t j = 0; j < m; j++) {
-                    float u = yr[j];
-                    yr[j] = u * u * u;
-                    d[j] = 3.0f * u * u;
-                }
+            for (int64_t j = 0; j < m; j++) {
+                float t = tanh_rational(alpha * yr[j]);
+                yr[j] = t;
+                dg[j] += alpha * (1.0f - t * t);
             }
+        } else if (fun == DM_ICA_EXP) {
+            for (int64_t j = 0; j < m; j++) {
+                float u = yr[j], e = expf(-0.5f * u * u);
+                yr[j] = u * e;
+                dg[j] += (1.0f - u * u) * e;
+            }
+        } else {
 #pragma omp simd
-            for (int64_t j = 0; j < m; j++)
-                loc[j] += d[j];
+            for (int64_t j = 0; j < m; j++) {
+                float u = yr[j];
+                yr[j] = u * u * u;
+                dg[j] += 3.0f * u * u;
+            }
         }
-#pragma omp critical
-        for (int64_t j = 0; j < m; j++)
-            dg[j] += loc[j];
-        free(loc);
-        free(d);
     }
+}
+
+/* Rows per block: z and W z of a block stay in a core's L2 cache. */
+static int64_t block_rows(int64_t m, int64_t k)
+{
+    int64_t b = ((int64_t)1 << 20) / (4 * (m + k));
+    b = b < 64 ? 64 : b > DM_ICA_BLOCK ? DM_ICA_BLOCK : b;
+    return b & ~(int64_t)15;
 }
 
 void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const float *W, int64_t mrows,
                         const float *z, int64_t rows)
 {
-    int k = (int)s->k, m = (int)mrows;
-    for (int64_t b0 = 0; b0 < rows; b0 += s->block) {
-        int nb = (int)(rows - b0 < s->block ? rows - b0 : s->block);
-        const float *zb = z + b0 * s->k;
-        /* y (nb, m) = z_b (nb, k) W^T (k, m) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, m, k, 1.0f, zb, k, W, k, 0.0f, s->y, m);
-        apply_g(s->y, nb, mrows, fun, (float)alpha, s->dg);
-        /* part (m, k) = g^T (m, nb) z_b (nb, k) */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, k, nb, 1.0f, s->y, m, zb, k, 0.0f, s->part, k);
-        for (int64_t i = 0; i < mrows * s->k; i++)
-            s->gz[i] += s->part[i];
+    int64_t k = s->k, m = mrows, B = block_rows(m, k), nblocks = (rows + B - 1) / B;
+    if (rows <= 0 || m <= 0)
+        return;
+    int nt = dm_threads();
+    if (nt > nblocks)
+        nt = (int)nblocks;
+    if (nt < 1)
+        nt = 1;
+    /* One thread per range of blocks, each calling single-threaded SGEMMs on
+     * blocks that fit its cache: no hand-over between OpenBLAS's pool (which
+     * spins between calls) and OpenMP's, and one merge per call. The shares are
+     * added in thread order, so a run is reproducible for a thread count. */
+    int blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    double *share = dm_xcalloc((size_t)nt * (size_t)(m * k + m), sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num();
+        float *y = dm_xmalloc_aligned((size_t)(B * m + m * k + m) * sizeof(float));
+        float *part = y + B * m, *dgb = part + m * k;
+        double *gz = share + (size_t)t * (size_t)(m * k + m), *dg = gz + m * k;
+        int64_t b0 = nblocks * t / nt, b1 = nblocks * (t + 1) / nt;
+        for (int64_t b = b0; b < b1; b++) {
+            int64_t r0 = b * B, nb = rows - r0 < B ? rows - r0 : B;
+            const float *zb = z + r0 * k;
+            /* y (nb, m) = z_b (nb, k) W^T (k, m) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb, (int)m, (int)k, 1.0f, zb, (int)k, W,
+                        (int)k, 0.0f, y, (int)m);
+            apply_g(y, nb, m, fun, (float)alpha, dgb);
+            /* part (m, k) = g^T (m, nb) z_b (nb, k) */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)k, (int)nb, 1.0f, y, (int)m, zb,
+                        (int)k, 0.0f, part, (int)k);
+            for (int64_t i = 0; i < m * k; i++)
+                gz[i] += part[i];
+            for (int64_t i = 0; i < m; i++)
+                dg[i] += dgb[i];
+        }
+        free(y);
     }
+    openblas_set_num_threads(blas_threads);
+    for (int t = 0; t < nt; t++) {
+        const double *gz = share + (size_t)t * (size_t)(m * k + m), *dg = gz + m * k;
+        for (int64_t i = 0; i < m * k; i++)
+            s->gz[i] += gz[i];
+        for (int64_t i = 0; i < m; i++)
+            s->dg[i] += dg[i];
+    }
+    free(share);
     s->n += rows;
 }
 

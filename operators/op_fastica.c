@@ -11,8 +11,10 @@
  *   - streamed: end_pass() asks the engine for another pass (a replay of z's
  *     spill file) until every seed converged or reached max_iter;
  *   - in RAM: when the rows are known and k x rows float32 fit in `memory`,
- *     the first pass copies z into memory and every later iteration runs there
- *     (no replays). Same arithmetic, so the same result bit for bit;
+ *     the node reads z once (dm_input_single_pass: it runs in its producer's
+ *     pass, and `dmica ica` then spills nothing), copies it into memory, and
+ *     every iteration runs there over the whole block. Same arithmetic as the
+ *     streamed path up to the float32 blocking of the sums;
  *   - warm start (`warm_start`): the first pass also keeps a uniform sample of
  *     `warm_rows` rows (reservoir sampling), iterates on it to tol, and only
  *     then iterates on the full data, to the same tol: most of the iterations
@@ -32,6 +34,7 @@
  *                         match s_0's components (unmixings[0] = unmixing)
  *   stability  (k)        smallest matched |cos| of each component of s_0
  *   match      (S, k) i64 row of seed i matched to component j of s_0
+ *   summary    (bytes) u8 the text of ica.json, for the report operator
  * Product: ica.json (iterations, convergence flags and per-iteration log per
  * seed, timings, stability, unstable components). Non-convergence is a warning
  * and is recorded in ica.json ("converged": false).
@@ -41,12 +44,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "fastica.h"
 #include "fs.h"
 #include "op.h"
 
-enum { OUT_UNMIXING, OUT_UNMIXINGS, OUT_STABILITY, OUT_MATCH };
+enum { OUT_UNMIXING, OUT_UNMIXINGS, OUT_STABILITY, OUT_MATCH, OUT_SUMMARY };
 
 static const dm_param_spec ica_params[] = {
     {"fun", DM_P_STRING, "logcosh", "contrast function: logcosh, exp or cube (sklearn's fun)"},
@@ -68,6 +72,7 @@ static const dm_port_spec ica_outputs[] = {
     {"unmixings", DM_PORT_TENSOR},
     {"stability", DM_PORT_TENSOR},
     {"match", DM_PORT_TENSOR},
+    {"summary", DM_PORT_TENSOR},
     {NULL},
 };
 
@@ -130,6 +135,14 @@ static int check_params(const dm_node *n, int64_t k)
     return 0;
 }
 
+/* In RAM when the row count is known and the copy fits `memory`. */
+static int plan_in_ram(const dm_node *n, int64_t *bytes)
+{
+    int64_t rows = dm_input_desc(n, 0)->shape[0], k = width(n), mem = dm_param_size(n, "memory");
+    *bytes = rows > 0 && k > 0 ? rows * k * 4 : 0;
+    return mem > 0 && rows > 0 && k > 0 && *bytes <= mem;
+}
+
 static int ica_infer(dm_node *n)
 {
     const dm_port_desc *z = dm_input_desc(n, 0);
@@ -144,15 +157,14 @@ static int ica_infer(dm_node *n)
     us->ndim = 3, us->shape[0] = S, us->shape[1] = us->shape[2] = k;
     st->ndim = 1, st->shape[0] = k;
     m->ndim = 2, m->shape[0] = S, m->shape[1] = k;
+    dm_port_desc *sm = dm_output_desc(n, OUT_SUMMARY);
+    sm->dtype = DM_U8;
+    sm->ndim = 1;
+    sm->shape[0] = -1;
+    int64_t ram;
+    if (plan_in_ram(n, &ram))
+        dm_input_single_pass(n, 0);
     return 0;
-}
-
-/* In RAM when the row count is known and the copy fits `memory`. */
-static int plan_in_ram(const dm_node *n, int64_t *bytes)
-{
-    int64_t rows = dm_input_desc(n, 0)->shape[0], k = width(n), mem = dm_param_size(n, "memory");
-    *bytes = rows > 0 && k > 0 ? rows * k * 4 : 0;
-    return mem > 0 && rows > 0 && k > 0 && *bytes <= mem;
 }
 
 static int64_t ica_state_bytes(const dm_node *n)
@@ -199,6 +211,22 @@ static void stack_running(fastica *s)
     }
 }
 
+/* The in-RAM copy of z, on 2 MiB pages where the kernel allows (transparent
+ * huge pages in madvise mode): one page fault per 2 MiB instead of per 4 KiB
+ * while the whitening pass fills it. Released with free(). */
+static float *alloc_huge(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    void *p = NULL;
+    bytes = (bytes + huge - 1) & ~(huge - 1);
+    if (posix_memalign(&p, huge, bytes ? bytes : huge))
+        return dm_xmalloc_aligned(bytes);
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE); /* advice only: without it, 4 KiB pages */
+#endif
+    return p;
+}
+
 static int ica_open(dm_node *n)
 {
     fastica *s = dm_xcalloc(1, sizeof *s);
@@ -231,13 +259,14 @@ static int ica_open(dm_node *n)
     s->in_ram = plan_in_ram(n, &ram);
     s->rows_known = dm_input_desc(n, 0)->shape[0];
     if (s->in_ram)
-        s->ram = dm_xmalloc_aligned((size_t)ram);
+        s->ram = alloc_huge((size_t)ram);
     if (dm_param_bool(n, "warm_start")) {
         s->warm_rows = dm_param_int(n, "warm_rows");
         s->sample = dm_xmalloc((size_t)(s->warm_rows * k) * sizeof(float));
         s->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)dm_param_int(n, "seed");
     }
-    s->sums_active = !s->sample; /* with a warm start the first pass only samples */
+    /* the first pass only samples with a warm start, and only copies in RAM */
+    s->sums_active = !s->sample && !s->in_ram;
     stack_running(s);
     return 0;
 }
@@ -376,7 +405,7 @@ static int ica_finish(dm_node *n)
     double stable = dm_param_float(n, "stable");
     const char *file = dm_param_str(n, "file");
     int64_t shape[3] = {S, k, k};
-    dm_tensor un = {0}, uns = {0}, stab = {0}, match = {0};
+    dm_tensor un = {0}, uns = {0}, stab = {0}, match = {0}, summary = {0};
     int rc = -1;
     if (s->passes == 0)
         return dm_fail("input z is empty: no rows to run FastICA on");
@@ -462,35 +491,41 @@ static int ica_finish(dm_node *n)
     json_object_set_new(o, "seeds", seeds);
     free(cosv);
     free(sign);
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    json_decref(o);
+    if (!text) {
+        dm_fail("%s: cannot encode JSON", *file ? file : "ica summary");
+        goto end;
+    }
+    size_t len = strlen(text);
+    int64_t slen[1] = {(int64_t)len};
+    dm_tensor_init(&summary, DM_U8, 1, slen);
+    memcpy(summary.data, text, len);
     if (*file) {
-        char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
         char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-        size_t len = text ? strlen(text) : 0;
-        int bad = !text;
-        if (text) {
-            text[len] = '\n';
-            bad = dm_write_file_atomic(path, text, len + 1) || dm_publish(n, file);
-        } else
-            dm_fail("%s: cannot encode JSON", file);
-        free(text), free(path);
+        text[len] = '\n';
+        int bad = dm_write_file_atomic(path, text, len + 1) || dm_publish(n, file);
+        free(path);
         if (bad) {
-            json_decref(o);
+            free(text);
             goto end;
         }
     }
-    json_decref(o);
+    free(text);
     if (dm_set_output(n, OUT_UNMIXING, &un) || dm_set_output(n, OUT_UNMIXINGS, &uns) ||
-        dm_set_output(n, OUT_STABILITY, &stab) || dm_set_output(n, OUT_MATCH, &match))
+        dm_set_output(n, OUT_STABILITY, &stab) || dm_set_output(n, OUT_MATCH, &match) ||
+        dm_set_output(n, OUT_SUMMARY, &summary))
         goto end;
     rc = 0;
 end:
     dm_tensor_free(&un), dm_tensor_free(&uns), dm_tensor_free(&stab), dm_tensor_free(&match);
+    dm_tensor_free(&summary);
     return rc;
 }
 
 const dm_op dm_op_fastica = {
     .name = "fastica",
-    .version = 1,
+    .version = 2,
     .summary = "parallel FastICA (sklearn semantics) of a whitened stream, several seeds, stability",
     .params = ica_params,
     .inputs = ica_inputs,
@@ -644,6 +679,10 @@ int dm_cmd_ica(int argc, char **argv)
     }
     /* in RAM if the whitened data fits the budget less room for the engine's buffers */
     int64_t ram = memory - (int64_t)(160 << 20);
+    /* z in RAM: fastica reads it once, in the whitening pass, and nothing is
+     * spilled (the covariance pass and the whitening pass are the only reads of
+     * X); otherwise z is spilled and replayed once per iteration. */
+    int in_ram = ram > 0 && rows <= ram / (4 * k);
     char *qin = ica_quote(in), *qdec = ica_quote(decoder);
     char *text = dm_xasprintf(
         "name: ica\n"
@@ -651,7 +690,7 @@ int dm_cmd_ica(int argc, char **argv)
         "  input: {op: npy, params: {path: %s}}\n"
         "  covariance: {op: covariance, inputs: {x: input}, params: {file: \"\"}}\n"
         "  pca: {op: pca, inputs: {covariance: covariance.covariance}, params: {k: %lld}}\n"
-        "  whiten: {op: project, inputs: {x: input, matrix: pca.whitening, mean: covariance.mean}}\n"
+        "  whiten: {op: project, inputs: {x: input, matrix: pca.whitening, mean: covariance.mean}, spill: %s}\n"
         "  fastica:\n"
         "    op: fastica\n"
         "    inputs: {z: whiten}\n"
@@ -662,7 +701,7 @@ int dm_cmd_ica(int argc, char **argv)
         "    inputs: {unmixing: fastica.unmixing, eigenvalues: pca.eigenvalues, components: pca.components,"
         " mean: covariance.mean}\n"
         "    params: {decoder: %s}\n",
-        qin, k, fun, tol, max_iter, seed, seeds, (long long)(ram > 0 ? ram : 0), warm ? "true" : "false", qdec);
+        qin, k, in_ram ? "never" : "auto", fun, tol, max_iter, seed, seeds, (long long)(ram > 0 ? ram : 0), warm ? "true" : "false", qdec);
     free(qin), free(qdec);
     dm_pipeline *p = dm_pipeline_parse("<dmica ica>", text, strlen(text));
     free(text);

@@ -27,7 +27,8 @@
  * Without a decoder only the back-projection and variance are computed.
  *
  * Products: directions.npy, unmixing.npy (the filters), mixing.npy,
- * plan_directions.npy, and `file` (ica_compare.json).
+ * plan_directions.npy, and `file` (ica_compare.json). The same JSON is the
+ * `summary` output (its UTF-8 bytes as a 1-D u8 tensor), for the report.
  */
 #include <cblas.h>
 #include <jansson.h>
@@ -43,7 +44,7 @@
 #include "op.h"
 
 enum { IN_UNMIXING, IN_EIGENVALUES, IN_COMPONENTS, IN_MEAN, IN_DECODER };
-enum { OUT_DIRECTIONS, OUT_FILTERS, OUT_MIXING, OUT_PLAN, OUT_OFFSET, OUT_MAXCOS, OUT_BEST };
+enum { OUT_DIRECTIONS, OUT_FILTERS, OUT_MIXING, OUT_PLAN, OUT_OFFSET, OUT_MAXCOS, OUT_BEST, OUT_SUMMARY };
 
 #define HIST_BINS 20
 
@@ -65,7 +66,7 @@ static const dm_port_spec cmp_inputs[] = {
 static const dm_port_spec cmp_outputs[] = {
     {"directions", DM_PORT_TENSOR},      {"filters", DM_PORT_TENSOR}, {"mixing", DM_PORT_TENSOR},
     {"plan_directions", DM_PORT_TENSOR}, {"offset", DM_PORT_TENSOR},  {"max_cos", DM_PORT_TENSOR},
-    {"best_feature", DM_PORT_TENSOR},    {NULL},
+    {"best_feature", DM_PORT_TENSOR},    {"summary", DM_PORT_TENSOR},  {NULL},
 };
 
 static int cmp_infer(dm_node *n)
@@ -97,6 +98,10 @@ static int cmp_infer(dm_node *n)
         o->shape[0] = shapes[p][0];
         o->shape[1] = ndims[p] == 2 ? shapes[p][1] : 0;
     }
+    dm_port_desc *sm = dm_output_desc(n, OUT_SUMMARY);
+    sm->dtype = DM_U8;
+    sm->ndim = 1;
+    sm->shape[0] = -1;
     return 0;
 }
 
@@ -210,7 +215,7 @@ static int cmp_finish(dm_node *n)
                     *dect = dm_input_tensor(n, IN_DECODER);
     const char *file = dm_param_str(n, "file"), *decpath = dm_param_str(n, "decoder");
     int64_t k = wt->shape[0], d = ct->shape[1], ns = dm_param_int(n, "null_samples");
-    dm_tensor out[7] = {{0}}, dec = {0};
+    dm_tensor out[7] = {{0}}, dec = {0}, summary = {0};
     double *W = NULL, *ev = NULL, *C = NULL, *A = NULL, *mean = NULL;
     float *Dn = NULL, *X = NULL;
     json_t *o = NULL;
@@ -384,26 +389,35 @@ static int cmp_finish(dm_node *n)
     if (save_product(n, "directions.npy", &out[OUT_DIRECTIONS]) || save_product(n, "unmixing.npy", &out[OUT_FILTERS]) ||
         save_product(n, "mixing.npy", &out[OUT_MIXING]) || save_product(n, "plan_directions.npy", &out[OUT_PLAN]))
         goto end;
+    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    if (!text) {
+        dm_fail("%s: cannot encode JSON", *file ? file : "ica_compare summary");
+        goto end;
+    }
+    size_t len = strlen(text);
+    int64_t slen[1] = {(int64_t)len};
+    dm_tensor_init(&summary, DM_U8, 1, slen);
+    memcpy(summary.data, text, len);
     if (*file) {
-        char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
-        if (!text) {
-            dm_fail("%s: cannot encode JSON", file);
-            goto end;
-        }
         char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-        size_t len = strlen(text);
         text[len] = '\n';
         int bad = dm_write_file_atomic(path, text, len + 1) || dm_publish(n, file);
-        free(text), free(path);
-        if (bad)
+        free(path);
+        if (bad) {
+            free(text);
             goto end;
+        }
     }
+    free(text);
     rc = 0;
     for (int p = 0; p < 7 && !rc; p++)
         rc = dm_set_output(n, p, &out[p]);
+    if (!rc)
+        rc = dm_set_output(n, OUT_SUMMARY, &summary);
 end:
     for (int p = 0; p < 7; p++)
         dm_tensor_free(&out[p]);
+    dm_tensor_free(&summary);
     dm_tensor_free(&dec);
     json_decref(o);
     free(W), free(ev), free(C), free(A), free(mean), free(Dn), free(X);
@@ -412,7 +426,7 @@ end:
 
 const dm_op dm_op_ica_compare = {
     .name = "ica_compare",
-    .version = 1,
+    .version = 2,
     .summary = "ICA patterns, filters and mixing in activation space; comparison with SAE decoder rows",
     .params = cmp_params,
     .inputs = cmp_inputs,

@@ -63,5 +63,20 @@ c = np.cov(z.T, bias=True)
 assert np.abs(c - np.eye(6)).max() < 1e-4, c
 P
 fi
+# two nodes writing the same product collide, unless one has a publish prefix
+cat > clash.yaml <<'Y'
+nodes:
+  src: {op: synthetic, params: {rows: 100, cols: 3}}
+  a: {op: moments, inputs: {x: src}}
+  b:
+    op: moments
+    inputs: {x: src}
+    params: {file: stats.json}
+Y
+expect_fail $DMICA run clash.yaml --out clash
+err_has "both write 'stats.json'"
+printf '    publish: second/\n' >> clash.yaml
+expect_ok $DMICA run clash.yaml --out clash
+[ -s clash/stats.json ] && [ -s clash/second/stats.json ] || fail "publish prefix not applied"
 cache_consistent
 echo ok

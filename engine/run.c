@@ -466,7 +466,10 @@ static int driver_next(driver *d)
         return 0;
     }
     d->buf.rows = 0;
-    if (d->src->op->produce(d->src, &d->buf, d->src->chunk_rows))
+    double t0 = dm_now();
+    int rc = d->src->op->produce(d->src, &d->buf, d->src->chunk_rows);
+    d->src->seconds += dm_now() - t0;
+    if (rc)
         return dm_fail_prefix("%s: node '%s' (%s)", d->src->where, d->src->decl->name, d->src->op->name);
     d->buf.cols = d->src->outdesc[d->port].shape[1];
     return 0;
@@ -671,12 +674,25 @@ static int publish_products(dm_graph *g)
     char **seen = NULL;
     const char **owner = NULL;
     int nseen = 0, rc = 0;
+    /* run.json: what ran and what came from the cache, and the time each node
+     * took (when it last ran) */
+    json_t *runj = json_object(), *stages = json_array();
+    json_object_set_new(runj, "pipeline", json_string(g->pipe->name));
+    json_object_set_new(runj, "dmica", json_string(DM_VERSION));
+    json_object_set_new(runj, "nodes", stages);
     for (int i = 0; i < g->nnodes && !rc; i++) {
         dm_node *n = g->nodes[i];
         char *path = dm_xasprintf("%s/%s/node.json", g->cache, n->key);
         json_error_t err;
         json_t *j = json_load_file(path, 0, &err);
         free(path);
+        json_t *st = json_object();
+        json_object_set_new(st, "node", json_string(n->decl->name));
+        json_object_set_new(st, "op", json_string(n->op->name));
+        json_object_set_new(st, "key", json_string(n->key));
+        json_object_set_new(st, "state", json_string(n->run ? "ran" : "cached"));
+        json_object_set_new(st, "seconds", json_incref(j ? json_object_get(j, "seconds") : json_null()));
+        json_array_append_new(stages, st);
         if (!j)
             continue; /* a source read again, or a node that did not run */
         size_t idx;
@@ -716,6 +732,13 @@ static int publish_products(dm_graph *g)
     for (int s = 0; s < nseen; s++)
         free(seen[s]);
     free(seen), free(owner);
+    if (!rc) {
+        char *text = json_dumps(runj, JSON_INDENT(2));
+        char *path = dm_xasprintf("%s/run.json", g->out);
+        rc = dm_write_file_atomic(path, text, strlen(text));
+        free(text), free(path);
+    }
+    json_decref(runj);
     return rc;
 }
 

@@ -4,11 +4,18 @@
  *
  * Where the time goes: per iteration and seed, two GEMMs of 2 k^2 flops per
  * row (W z, then g^T z) and k evaluations of g per row. The GEMMs run in
- * float32 on blocks of DM_ICA_BLOCK rows, so each block's g^T z is a float32
- * sum of at most that many products (relative error about 1e-6) before it is
- * added to the double accumulator; sums over millions of rows stay in double.
- * g = tanh uses a rational approximation that the compiler vectorises (libm's
- * tanhf does not vectorise and costs ten times more per value).
+ * float32 on blocks of at most DM_ICA_BLOCK rows, so each block's g^T z is a
+ * float32 sum of at most that many products (relative error about 1e-6)
+ * before it is added to the double accumulator; sums over millions of rows
+ * stay in double. g = tanh uses a rational approximation that the compiler
+ * vectorises, built for AVX-512 and AVX2 as well (libm's tanhf does not
+ * vectorise and costs ten times more per value).
+ *
+ * Threads: each worker runs its own single-threaded SGEMMs on cache-sized
+ * blocks of its own rows. Measured at 1M x 64 on 2 cores: 0.12 s per
+ * iteration, against 0.40 s for 8192-row blocks with OpenBLAS's threads for
+ * the GEMMs and OpenMP's for g (the pools handed the cores back and forth and
+ * OpenBLAS's idle workers spun in sched_yield between calls).
  *
  * The reference path (dm_ica_sums_update_ref) is plain double arithmetic one
  * row at a time, kept to check the fast one (tests/test_fastica.c).
@@ -323,11 +330,8 @@ void dm_ica_sums_init(dm_ica_sums *s, int64_t m, int64_t k)
     s->m = m;
     s->k = k;
     s->n = 0;
-    s->block = DM_ICA_BLOCK;
     s->gz = dm_xcalloc((size_t)(m * k + m), sizeof(double));
     s->dg = s->gz + m * k;
-    s->y = NULL; /* scratch is per thread, made by dm_ica_sums_update */
-    s->part = NULL;
 }
 
 int64_t dm_ica_sums_bytes(int64_t m, int64_t k)
@@ -343,8 +347,6 @@ void dm_ica_sums_free(dm_ica_sums *s)
     if (!s)
         return;
     free(s->gz);
-    free(s->y);
-    free(s->part);
     memset(s, 0, sizeof *s);
 }
 

@@ -87,25 +87,27 @@ typedef struct {
     int64_t n;    /* rows of z seen */
     double *gz;   /* (m, k) sum over rows of g(W z) z^T */
     double *dg;   /* (m) sum over rows of g'(W z) */
-    float *y;     /* (block, m) scratch: W z of a block of rows, then g */
-    float *part;  /* (m, k) scratch: one block's g^T z */
-    int64_t block;
 } dm_ica_sums;
 
-#define DM_ICA_SUMS_INIT {0, 0, 0, NULL, NULL, NULL, NULL, 0}
+#define DM_ICA_SUMS_INIT {0, 0, 0, NULL, NULL}
 
 void dm_ica_sums_init(dm_ica_sums *s, int64_t m, int64_t k);
 void dm_ica_sums_free(dm_ica_sums *s);
 void dm_ica_sums_reset(dm_ica_sums *s);
-/* Bytes dm_ica_sums_init allocates. */
+/* Bytes dm_ica_sums_init and dm_ica_sums_update (per worker thread) allocate. */
 int64_t dm_ica_sums_bytes(int64_t m, int64_t k);
 /* a <- a + b; -1 if the shapes differ. */
 int dm_ica_sums_merge(dm_ica_sums *a, const dm_ica_sums *b);
 
 /* Fast: z (rows, k) float32 row-major, W (mrows <= s->m, k) float32 (the
- * stacked unmixing matrices of the seeds still running). Per block of rows one
- * SGEMM for W z, a vectorised g, one SGEMM for g^T z added into the double
- * sums. Only the first mrows rows of the sums move. */
+ * stacked unmixing matrices of the seeds still running). The rows are split
+ * into dm_threads() ranges; each thread walks its range in blocks that fit its
+ * L2 cache (about 2048 rows at k = 64) with single-threaded SGEMMs: W z, then
+ * g and the sum of g' in one vectorised loop, then g^T z, each block's float
+ * sums added into the thread's double sums, and the threads' sums added in
+ * thread order (reproducible for a given thread count). Pass as many rows as
+ * are at hand (a whole in-RAM matrix): one call, one fork and join. Only the
+ * first mrows rows of the sums move. */
 void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const float *W,
                         int64_t mrows, const float *z, int64_t rows);
 /* Reference: the same sums in double, one row at a time, libm tanh/exp. */

@@ -14,7 +14,7 @@
  *     OpenBLAS); they are over 95% of the work at GPT-2 small's shape (T = 128).
  *     LayerNorm, GELU, softmax and the other passes are vectorised (omp simd;
  *     the exp-heavy ones compiled for AVX-512/AVX2 too) and run in OpenMP
- *     threads only when OpenBLAS is built on OpenMP (see GPT2_OMP).
+ *     threads only when that does not slow OpenBLAS down (see GPT2_OMP).
  *   - Every fast kernel has a plain reference beside it (the _ref functions); the
  *     tests compare the two, and the whole model against a float64 numpy GPT-2
  *     (tools/gpt2_reference.py).
@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* ---- kernels ------------------------------------------------------------ */
 
@@ -55,14 +56,25 @@
 #define ATT_ROWS 64
 
 /*
- * Whether the elementwise kernels run in OpenMP threads: only when OpenBLAS is
- * itself built on OpenMP (Debian's libopenblas0-openmp), so that both share one
- * pool of threads. Beside the default pthreads OpenBLAS, idle OpenMP threads spin
- * for milliseconds after each parallel region and take the cores from the next
- * sgemm (measured on 2 cores: 716 tokens/s with them, 1120 without), while these
- * kernels are a few percent of the work.
+ * Whether the elementwise kernels and attention run in OpenMP threads: when
+ * OpenBLAS is itself built on OpenMP (Debian's libopenblas0-openmp), so that both
+ * share one pool of threads, or when OpenMP threads wait passively
+ * (OMP_WAIT_POLICY=PASSIVE, which dmica's main() sets). Beside the default
+ * pthreads OpenBLAS, OpenMP threads that spin after each parallel region take
+ * the cores from the next sgemm (measured on 2 cores: 716 tokens/s with them,
+ * 1120 without); sleeping ones do not, and attention's small sgemms, which
+ * OpenBLAS runs on one thread, then use every core.
  */
-#define GPT2_OMP (openblas_get_parallel() == 2)
+static int gpt2_omp(void)
+{
+    static int on = -1;
+    if (on < 0) {
+        const char *w = getenv("OMP_WAIT_POLICY");
+        on = openblas_get_parallel() == 2 || (w && !strcasecmp(w, "passive"));
+    }
+    return on;
+}
+#define GPT2_OMP gpt2_omp()
 
 void gpt2_matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
                              int BT, int C, int OC)
@@ -240,13 +252,22 @@ void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, i
     // out is (B, T, C), qkv is (B, T, 3C): [q | k | v], head h at columns h*hs
     // Per (window, head) and block of ATT_ROWS queries: scores (rows, keys) =
     // Q K^T / sqrt(hs) by sgemm over the keys up to the block's last query only,
-    // causal softmax in place, then out = P V by sgemm. Memory: one block of scores.
+    // causal softmax in place, then out = P V by sgemm. Memory: one block of
+    // scores per thread. At T = 128 these sgemms are small enough that OpenBLAS
+    // runs each on the calling thread, so the (window, head) pairs are spread
+    // over OpenMP threads; OpenBLAS is held to one thread meanwhile, so a larger
+    // T cannot nest its threads inside ours.
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
-    int C3 = 3 * C;
-    float *S = dm_xmalloc_aligned(sizeof(float) * (size_t)ATT_ROWS * T);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
+    int C3 = 3 * C, omp = GPT2_OMP && B * NH > 1, blas_threads = openblas_get_num_threads();
+    if (omp)
+        openblas_set_num_threads(1);
+#pragma omp parallel if (omp)
+    {
+        float *S = dm_xmalloc_aligned(sizeof(float) * (size_t)ATT_ROWS * T);
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * NH; bh++) {
+            int b = bh / NH, h = bh % NH;
             const float *Q = qkv + (size_t)b * T * C3 + h * hs, *K = Q + C, *V = Q + 2 * C;
             for (int t0 = 0; t0 < T; t0 += ATT_ROWS) {
                 int rows = T - t0 < ATT_ROWS ? T - t0 : ATT_ROWS, keys = t0 + rows;
@@ -257,7 +278,10 @@ void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, i
                             keys, V, C3, 0.0f, out + ((size_t)b * T + t0) * C + h * hs, C);
             }
         }
-    free(S);
+        free(S);
+    }
+    if (omp)
+        openblas_set_num_threads(blas_threads);
 }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */

@@ -77,6 +77,54 @@ assert np.abs(U - sk.components_).max() < 1e-4, np.abs(U - sk.components_).max()
 P
 fi
 
+# SAE comparison: a random decoder (d_sae x d) with three rows planted on true
+# mixing directions (the columns of A: the patterns ICA should find). Those
+# components reach max |cos| ~ 1 with the planted feature; the random-unit null
+# matches the expected maximum of |cos| of a random unit vector against d_sae
+# random unit rows in d dims (computed here by simulation, not assumed), and
+# the summary output carries the same JSON as ica_compare.json.
+python3 - <<'P' || fail "cannot make the decoder"
+import numpy as np
+rng = np.random.default_rng(5)
+A = np.load("A.npy"); d_sae = 400
+D = rng.standard_normal((d_sae, A.shape[0])).astype(np.float32)
+for f, c in ((7, 0), (123, 2), (350, 4)):
+    D[f] = 3.0 * A[:, c]                 # any scale: rows are normalised
+np.save("dec.npy", D)
+P
+expect_ok $DMICA ica --in X.npy --components 6 --out sae --cache c1 --decoder dec.npy --seeds 1 --quiet
+python3 - <<'P' || fail "SAE comparison wrong"
+import numpy as np, json, glob
+A = np.load("A.npy"); D = np.load("dec.npy").astype(np.float64); d = A.shape[0]
+c = json.load(open("sae/ica_compare.json")); s = c["ica_sae_similarity"]
+assert s["d_sae"] == 400 and s["count"] == 6, s
+dirs = np.load("sae/directions.npy"); An = A / np.linalg.norm(A, axis=0)
+planted = {0: 7, 2: 123, 4: 350}
+for col, feat in planted.items():
+    i = int(np.argmax(np.abs(dirs @ An[:, col])))          # the component that found column col
+    e = s["components"][i]
+    assert e["best_feature"] == feat and e["max_abs_cos"] > 0.99, (col, e)
+# the other three: their max |cos| is what numpy computes from the decoder
+Dn = D / np.linalg.norm(D, axis=1, keepdims=True)
+mc = np.abs(dirs @ Dn.T).max(1)
+assert np.allclose(mc, [e["max_abs_cos"] for e in s["components"]], atol=1e-5)
+assert s["high_similarity_count"] >= 3
+# null: E[max over d_sae rows of |cos|] for random unit vectors in d dims
+rng = np.random.default_rng(0)
+u = rng.standard_normal((2000, d)); u /= np.linalg.norm(u, axis=1, keepdims=True)
+expect = np.median(np.abs(u @ Dn.T).max(1))
+nu = c["null_baselines"]["random_unit"]
+assert nu["count"] == 256 and abs(nu["median"] - expect) < 0.03, (nu["median"], expect)
+assert nu["q05"] < nu["median"] < nu["q99"] <= 1
+nc = c["null_baselines"]["random_from_covariance"]
+assert nc["count"] == 256 and 0 < nc["median"] <= 1, nc
+# the cached summary tensors hold the products' JSON
+for name, prod in (("summary", "sae/ica_compare.json"), ("summary", "sae/ica.json")):
+    want = json.load(open(prod))
+    got = [json.loads(np.load(f).tobytes()) for f in glob.glob("c1/*/" + name + ".npy")]
+    assert want in got, prod
+P
+
 # seeds: matching is recorded; non-convergence is a warning and flagged
 expect_ok $DMICA ica --in X.npy --components 6 --out nc --cache c5 --max-iter 2 --tol 1e-12 --seeds 2
 err_has "did not converge"

@@ -53,6 +53,10 @@ static const dm_param_spec cmp_params[] = {
     {"null_samples", DM_P_INT, "256", "random directions per null baseline"},
     {"seed", DM_P_INT, "0", "seed of the null baselines' random directions"},
     {"file", DM_P_STRING, "ica_compare.json", "product file (\"\" to publish nothing)"},
+    {"directions_file", DM_P_STRING, "directions.npy", "product: the patterns (k x d, unit rows)"},
+    {"filters_file", DM_P_STRING, "unmixing.npy", "product: the filters (k x d), sources = filters (e - mean)"},
+    {"mixing_file", DM_P_STRING, "mixing.npy", "product: the mixing matrix (d x k)"},
+    {"plan_file", DM_P_STRING, "plan_directions.npy", "product: the plan's formula, for comparison"},
     {NULL},
 };
 static const dm_port_spec cmp_inputs[] = {
@@ -71,6 +75,12 @@ static const dm_port_spec cmp_outputs[] = {
 
 static int cmp_infer(dm_node *n)
 {
+    static const char *files[] = {"directions_file", "filters_file", "mixing_file", "plan_file"};
+    for (int i = 0; i < 4; i++) {
+        const char *f = dm_param_str(n, files[i]);
+        if (!*f || strchr(f, '/'))
+            return dm_fail("%s must be a plain file name, not '%s'", files[i], f);
+    }
     const dm_port_desc *w = dm_input_desc(n, IN_UNMIXING), *ev = dm_input_desc(n, IN_EIGENVALUES),
                        *c = dm_input_desc(n, IN_COMPONENTS), *mu = dm_input_desc(n, IN_MEAN);
     if (w->ndim != 2 || (w->shape[0] >= 0 && w->shape[1] >= 0 && w->shape[0] != w->shape[1]))
@@ -386,8 +396,10 @@ static int cmp_finish(dm_node *n)
     } else
         json_object_set_new(o, "ica_sae_similarity", json_null());
 
-    if (save_product(n, "directions.npy", &out[OUT_DIRECTIONS]) || save_product(n, "unmixing.npy", &out[OUT_FILTERS]) ||
-        save_product(n, "mixing.npy", &out[OUT_MIXING]) || save_product(n, "plan_directions.npy", &out[OUT_PLAN]))
+    if (save_product(n, dm_param_str(n, "directions_file"), &out[OUT_DIRECTIONS]) ||
+        save_product(n, dm_param_str(n, "filters_file"), &out[OUT_FILTERS]) ||
+        save_product(n, dm_param_str(n, "mixing_file"), &out[OUT_MIXING]) ||
+        save_product(n, dm_param_str(n, "plan_file"), &out[OUT_PLAN]))
         goto end;
     char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
     if (!text) {

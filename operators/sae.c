@@ -32,6 +32,9 @@
 #include "sae.h"
 
 #include <cblas.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <jansson.h>
 #include <lapacke.h>
 #include <math.h>
@@ -400,10 +403,20 @@ static void sparse_reserve(dm_sae_sparse *sp, int64_t n)
     sp->cap = cap;
 }
 
-/* A per-thread growable list of (feature, value). */
+/* Features per encode panel: each thread multiplies the tile by PANEL columns
+ * of W_enc at a time and scans the result while it is still in its L2 (256
+ * rows x 512 floats = 512 KiB), instead of writing the whole tile x d_sae
+ * block to memory and reading it back. */
+#define SAE_PANEL 512
+
+/* Rows per float block of the covariances (cov_update states the error bound). */
+#define SAE_COV_ROWS 256
+
+/* A per-thread growable list of (row, feature, value), in the order the thread
+ * found them: by panel, then row, then feature. */
 typedef struct {
     int64_t n, cap;
-    int32_t *feature;
+    int32_t *row, *feature;
     float *value;
     float *xhat; /* (d_in) decode accumulator */
     char pad[64];
@@ -412,14 +425,21 @@ typedef struct {
 struct dm_sae_work {
     int64_t tile, d_in, d_sae;
     int nthreads;
-    float *pre;     /* (tile, d_sae) */
+    float *pre;     /* topk: (tile, d_sae); else (nthreads, tile, SAE_PANEL) */
     float *xin;     /* (tile, d_in) */
     float *zero;    /* (d_sae) thresholds of a standard SAE */
     double *coef;   /* (tile, 2) per-row normalisation: scale and offset */
     unsigned char *finite; /* (tile) */
-    int64_t *count; /* (tile) actives per row */
+    int64_t nseg;   /* panels + threads */
+    int64_t *count; /* (nseg, tile) actives per segment and row, then where each goes in sp */
+    int64_t *seg;   /* (nseg, 3) a segment's thread and its range in that thread's list */
     actlist *lists; /* (nthreads) */
 };
+
+static int64_t pre_floats(int64_t d_sae, int64_t tile, int topk, int nthreads)
+{
+    return topk ? tile * d_sae : nthreads * tile * (d_sae < SAE_PANEL ? d_sae : SAE_PANEL);
+}
 
 int64_t dm_sae_tile_bytes(int64_t d_in, int64_t d_sae, int64_t tile)
 {
@@ -428,7 +448,11 @@ int64_t dm_sae_tile_bytes(int64_t d_in, int64_t d_sae, int64_t tile)
 
 int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile)
 {
-    return dm_sae_tile_bytes(s->cfg.d_in, s->cfg.d_sae, tile) + omp_get_max_threads() * s->cfg.d_in * 4;
+    int nt = omp_get_max_threads();
+    int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
+    int64_t nseg = (ds + SAE_PANEL - 1) / SAE_PANEL + nt;
+    return 4 * (pre_floats(ds, tile, s->cfg.arch == DM_SAE_TOPK, nt) + tile * di + ds) + tile * 17 +
+           nseg * (tile * 8 + 24) + nt * di * 4;
 }
 
 dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile)
@@ -438,12 +462,15 @@ dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile)
     w->d_in = s->cfg.d_in;
     w->d_sae = s->cfg.d_sae;
     w->nthreads = omp_get_max_threads();
-    w->pre = dm_xmalloc_aligned((size_t)(w->tile * w->d_sae) * sizeof(float));
+    w->pre = dm_xmalloc_aligned((size_t)pre_floats(w->d_sae, w->tile, s->cfg.arch == DM_SAE_TOPK, w->nthreads) *
+                                sizeof(float));
     w->xin = dm_xmalloc_aligned((size_t)(w->tile * w->d_in) * sizeof(float));
     w->zero = dm_xcalloc((size_t)w->d_sae, sizeof(float));
     w->coef = dm_xmalloc((size_t)w->tile * 2 * sizeof(double));
     w->finite = dm_xmalloc((size_t)w->tile);
-    w->count = dm_xmalloc((size_t)w->tile * sizeof(int64_t));
+    w->nseg = (w->d_sae + SAE_PANEL - 1) / SAE_PANEL + w->nthreads;
+    w->count = dm_xmalloc((size_t)(w->nseg * w->tile) * sizeof(int64_t));
+    w->seg = dm_xmalloc((size_t)(w->nseg * 3) * sizeof(int64_t));
     w->lists = dm_xcalloc((size_t)w->nthreads, sizeof *w->lists);
     for (int t = 0; t < w->nthreads; t++)
         w->lists[t].xhat = dm_xmalloc_aligned((size_t)w->d_in * sizeof(float));
@@ -455,18 +482,28 @@ void dm_sae_work_free(dm_sae_work *w)
     if (!w)
         return;
     for (int t = 0; t < w->nthreads; t++)
-        free(w->lists[t].feature), free(w->lists[t].value), free(w->lists[t].xhat);
+        free(w->lists[t].row), free(w->lists[t].feature), free(w->lists[t].value), free(w->lists[t].xhat);
     free(w->lists), free(w->pre), free(w->xin), free(w->zero), free(w->coef), free(w->finite), free(w->count);
+    free(w->seg);
     free(w);
 }
 
-static void list_push(actlist *L, int32_t f, float v)
+static void list_reserve(actlist *L, int64_t n)
 {
-    if (L->n == L->cap) {
+    if (n <= L->cap)
+        return;
+    while (L->cap < n)
         L->cap = L->cap ? 2 * L->cap : 4096;
-        L->feature = dm_xrealloc(L->feature, (size_t)L->cap * sizeof *L->feature);
-        L->value = dm_xrealloc(L->value, (size_t)L->cap * sizeof *L->value);
-    }
+    L->row = dm_xrealloc(L->row, (size_t)L->cap * sizeof *L->row);
+    L->feature = dm_xrealloc(L->feature, (size_t)L->cap * sizeof *L->feature);
+    L->value = dm_xrealloc(L->value, (size_t)L->cap * sizeof *L->value);
+}
+
+static void list_push(actlist *L, int32_t r, int32_t f, float v)
+{
+    if (L->n == L->cap)
+        list_reserve(L, L->n + 1);
+    L->row[L->n] = r;
     L->feature[L->n] = f;
     L->value[L->n++] = v;
 }
@@ -520,31 +557,45 @@ static void row_norm(const dm_sae *s, const float *x, double *scale, double *off
     }
 }
 
+/* Any of 16 pre-activations above its threshold: (pre + b > thr), the same
+ * float sum and comparison as the scalar test below. */
+static inline int any_above16(const float *pre, const float *b, const float *thr)
+{
+#ifdef __SSE2__
+    __m128 m = _mm_cmpgt_ps(_mm_add_ps(_mm_loadu_ps(pre), _mm_loadu_ps(b)), _mm_loadu_ps(thr));
+    for (int j = 4; j < 16; j += 4)
+        m = _mm_or_ps(m, _mm_cmpgt_ps(_mm_add_ps(_mm_loadu_ps(pre + j), _mm_loadu_ps(b + j)),
+                                      _mm_loadu_ps(thr + j)));
+    return _mm_movemask_ps(m);
+#else
+    int any = 0;
+    for (int j = 0; j < 16; j++)
+        any |= pre[j] + b[j] > thr[j];
+    return any;
+#endif
+}
+
 /* Extracts the active features of one row of pre-activations (bias not yet
- * added) into L; returns how many. Standard and jumprelu: pre + b_enc > thr
- * (thr = 0 for standard). The 16-wide test lets the compiler vectorise the
- * common case, a block with no active feature. */
+ * added) for features f0 .. f0 + d into L as row r; returns how many. Standard
+ * and jumprelu: pre + b_enc > thr (thr = 0 for standard). pre, b and thr start
+ * at feature f0. Most 16-blocks have no active feature and cost one vector test. */
 static int64_t scan_threshold(const float *restrict pre, const float *restrict b, const float *restrict thr,
-                              int64_t d, actlist *L)
+                              int64_t d, int64_t f0, int32_t r, actlist *L)
 {
     int64_t n0 = L->n, f = 0;
     for (; f + 16 <= d; f += 16) {
-        int any = 0;
-#pragma omp simd reduction(| : any)
-        for (int j = 0; j < 16; j++)
-            any |= pre[f + j] + b[f + j] > thr[f + j];
-        if (!any)
+        if (!any_above16(pre + f, b + f, thr + f))
             continue;
         for (int j = 0; j < 16; j++) {
             float v = pre[f + j] + b[f + j];
             if (v > thr[f + j])
-                list_push(L, (int32_t)(f + j), v);
+                list_push(L, r, (int32_t)(f0 + f + j), v);
         }
     }
     for (; f < d; f++) {
         float v = pre[f] + b[f];
         if (v > thr[f])
-            list_push(L, (int32_t)f, v);
+            list_push(L, r, (int32_t)(f0 + f), v);
     }
     return L->n - n0;
 }
@@ -568,14 +619,11 @@ static void heap_down(float *hv, int32_t *hf, int64_t k, int64_t i)
     }
 }
 
-static int64_t scan_topk(const float *restrict pre, const float *restrict b, int64_t d, int64_t k, actlist *L)
+static int64_t scan_topk(const float *restrict pre, const float *restrict b, int64_t d, int64_t k, int32_t r,
+                         actlist *L)
 {
     /* the heap lives at the end of L's arrays, past the actives already there */
-    while (L->cap < L->n + 2 * k) {
-        L->cap = L->cap ? 2 * L->cap : 4096;
-        L->feature = dm_xrealloc(L->feature, (size_t)L->cap * sizeof *L->feature);
-        L->value = dm_xrealloc(L->value, (size_t)L->cap * sizeof *L->value);
-    }
+    list_reserve(L, L->n + 2 * k);
     float *hv = L->value + L->n + k;
     int32_t *hf = L->feature + L->n + k;
     for (int64_t f = 0; f < k; f++)
@@ -605,6 +653,8 @@ static int64_t scan_topk(const float *restrict pre, const float *restrict b, int
         }
         of[j] = hf[i], ov[j] = hv[i];
     }
+    for (int64_t i = 0; i < n; i++)
+        L->row[L->n + i] = r;
     L->n += n;
     return n;
 }
@@ -620,7 +670,10 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
 {
     const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
     const float *thr = s->cfg.arch == DM_SAE_JUMPRELU ? s->threshold : w->zero;
+    const int topk = s->cfg.arch == DM_SAE_TOPK;
+    const int blas_threads = openblas_get_num_threads();
     int64_t bad = 0;
+    openblas_set_num_threads(1);
     sparse_reset(sp, rows);
     for (int64_t t0 = 0; t0 < rows; t0 += w->tile) {
         const int64_t m = rows - t0 < w->tile ? rows - t0 : w->tile;
@@ -647,47 +700,87 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
                 for (int64_t j = 0; j < di; j++)
                     in[j] = (float)(((double)xr[j] - offset) * scale) - bd * s->b_dec[j];
         }
-        /* pre (m, d_sae) = x_in (m, d_in) @ W_enc (d_in, d_sae); b_enc is added in the scan */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)ds, (int)di, 1.0f, w->xin, (int)di,
-                    s->W_enc, (int)ds, 0.0f, w->pre, (int)ds);
-
-        /* activation + extraction, rows split into one contiguous block per thread */
-        const int nt = (int)(m < w->nthreads ? m : w->nthreads);
+        /* pre (m, d_sae) = x_in (m, d_in) @ W_enc (d_in, d_sae), b_enc added in the scan,
+         * by column panels handed out to the threads as they come free (a thread
+         * slowed by another process on its core holds no one up), each a
+         * single-threaded SGEMM (no hand-over between OpenBLAS's thread pool,
+         * which spins between calls, and OpenMP's). Except for topk, a panel is
+         * scanned while it is in cache. Topk needs whole rows: its panels fill
+         * the tile, then rows are scanned.
+         *
+         * What a thread finds goes to its own list, in segments: one a panel
+         * (threshold) or one a thread's share of rows (topk). The actives of a
+         * row are then those of segment 0, segment 1, ..., which is increasing
+         * feature order. count (nseg, tile) holds each segment's actives per row. */
+        const int nt = w->nthreads;
+        const int64_t npanels = (ds + SAE_PANEL - 1) / SAE_PANEL, nseg = topk ? nt : npanels;
+        memset(w->count, 0, (size_t)(nseg * w->tile) * sizeof *w->count);
+        memset(w->seg, 0, (size_t)(nseg * 3) * sizeof *w->seg);
+        for (int t = 0; t < nt; t++)
+            w->lists[t].n = 0;
 #pragma omp parallel num_threads(nt)
         {
-            int t = omp_get_thread_num();
-            int64_t ra = m * t / nt, rb = m * (t + 1) / nt;
+            const int t = omp_get_thread_num();
             actlist *L = &w->lists[t];
-            L->n = 0;
-            for (int64_t r = ra; r < rb; r++) {
-                if (!w->finite[r])
-                    w->count[r] = 0;
-                else if (s->cfg.arch == DM_SAE_TOPK)
-                    w->count[r] = scan_topk(w->pre + r * ds, s->b_enc, ds, s->cfg.k, L);
-                else
-                    w->count[r] = scan_threshold(w->pre + r * ds, s->b_enc, thr, ds, L);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t p = 0; p < npanels; p++) {
+                const int64_t f0 = p * SAE_PANEL, pw = ds - f0 < SAE_PANEL ? ds - f0 : SAE_PANEL;
+                float *out = topk ? w->pre + f0 : w->pre + t * w->tile * (ds < SAE_PANEL ? ds : SAE_PANEL);
+                const int64_t ld = topk ? ds : pw;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)pw, (int)di, 1.0f, w->xin,
+                            (int)di, s->W_enc + f0, (int)ds, 0.0f, out, (int)ld);
+                if (topk)
+                    continue;
+                int64_t *cnt = w->count + p * w->tile, *sg = w->seg + 3 * p;
+                sg[0] = t, sg[1] = L->n;
+                for (int64_t r = 0; r < m; r++)
+                    if (w->finite[r])
+                        cnt[r] = scan_threshold(out + r * ld, s->b_enc + f0, thr + f0, pw, f0, (int32_t)r, L);
+                sg[2] = L->n;
+            }
+            if (topk) {
+                int64_t *cnt = w->count + t * w->tile, *sg = w->seg + 3 * t;
+#pragma omp for schedule(static)
+                for (int64_t r = 0; r < m; r++)
+                    if (w->finite[r])
+                        cnt[r] = scan_topk(w->pre + r * ds, s->b_enc, ds, s->cfg.k, (int32_t)r, L);
+                sg[0] = t, sg[1] = 0, sg[2] = L->n;
             }
         }
-        /* gather the lists in row order into sp */
-        int64_t total = sp->start[sp->rows];
-        for (int t = 0; t < nt; t++)
-            total += w->lists[t].n;
-        sparse_reserve(sp, total);
-        for (int t = 0; t < nt; t++) {
-            actlist *L = &w->lists[t];
-            int64_t at = sp->start[sp->rows];
-            memcpy(sp->feature + at, L->feature, (size_t)L->n * sizeof(int32_t));
-            memcpy(sp->value + at, L->value, (size_t)L->n * sizeof(float));
-            int64_t ra = m * t / nt, rb = m * (t + 1) / nt;
-            for (int64_t r = ra; r < rb; r++, sp->rows++)
-                sp->start[sp->rows + 1] = sp->start[sp->rows] + w->count[r];
+        /* count becomes each (segment, row)'s first slot in sp */
+        int64_t at = sp->start[sp->rows];
+        for (int64_t r = 0; r < m; r++) {
+            for (int64_t g = 0; g < nseg; g++) {
+                int64_t c = w->count[g * w->tile + r];
+                w->count[g * w->tile + r] = at;
+                at += c;
+            }
+            sp->start[sp->rows + r + 1] = at;
         }
+        sp->rows += m;
+        sparse_reserve(sp, at);
 
-        /* decode from the active rows of W_dec only */
+        /* scatter each thread's segments into sp, then decode from the active
+         * rows of W_dec only */
 #pragma omp parallel num_threads(nt)
         {
-            float *restrict xh = w->lists[omp_get_thread_num()].xhat;
-#pragma omp for schedule(static)
+            const int t = omp_get_thread_num();
+            const actlist *L = &w->lists[t];
+            for (int64_t g = 0; g < nseg; g++) {
+                const int64_t *sg = w->seg + 3 * g;
+                if (sg[0] != t)
+                    continue;
+                int64_t *slot = w->count + g * w->tile;
+                for (int64_t a = sg[1]; a < sg[2]; a++) {
+                    int64_t to = slot[L->row[a]]++;
+                    sp->feature[to] = L->feature[a];
+                    sp->value[to] = L->value[a];
+                }
+            }
+#pragma omp barrier
+            float *restrict xh = w->lists[t].xhat;
+            const int64_t end = sp->start[t0 + m];
+#pragma omp for schedule(dynamic, 8)
             for (int64_t r = 0; r < m; r++) {
                 int64_t g = t0 + r;
                 if (!w->finite[r]) {
@@ -699,8 +792,17 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
                 }
                 memcpy(xh, s->b_dec, (size_t)di * sizeof(float));
                 for (int64_t a = sp->start[g]; a < sp->start[g + 1]; a++) {
+                    /* W_dec rows are read at random, 52 a token, from memory: ask for
+                     * the one after next while this one is added (the hardware
+                     * prefetcher only starts a few lines into each row) */
+                    if (a + 2 < end) {
+                        const char *next = (const char *)(s->W_dec + (int64_t)sp->feature[a + 2] * di);
+                        for (int64_t o = 0; o < di * (int64_t)sizeof(float); o += 64)
+                            __builtin_prefetch(next + o);
+                    }
                     const float v = sp->value[a];
                     const float *restrict wd = s->W_dec + (int64_t)sp->feature[a] * di;
+#pragma omp simd
                     for (int64_t j = 0; j < di; j++)
                         xh[j] += v * wd[j];
                 }
@@ -712,11 +814,13 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
                 if (recon)
                     memcpy(recon + g * di, xh, (size_t)di * sizeof(float));
                 if (residual)
+#pragma omp simd
                     for (int64_t j = 0; j < di; j++)
                         residual[g * di + j] = xr[j] - xh[j];
             }
         }
     }
+    openblas_set_num_threads(blas_threads);
     return bad;
 }
 
@@ -826,6 +930,9 @@ struct dm_sae_stats {
     int64_t *block_count;    /* (d_sae) */
     dm_covariance cxx;
     dm_xcovariance cex;      /* rows of e against rows of x */
+    float *z;                /* (SAE_COV_ROWS, 2 d_in): a block's x and e rows side by side, centred */
+    float *cblk;             /* (2 d_in, d_in): z^T z[:, :d_in], the block's co-moments [Cxx; Cex] */
+    double *bmean;           /* (2 d_in): the block's means of x, then e, less the running ones */
     float *xbuf, *ebuf;      /* finite rows of a block with non-finite ones */
     int64_t buf_rows;
 };
@@ -834,7 +941,8 @@ int64_t dm_sae_stats_bytes(int64_t d_in, int64_t d_sae, int predictability)
 {
     int64_t b = 8 * (8 * d_in + 12 * d_sae);
     if (predictability)
-        b += dm_covariance_bytes(d_in) + dm_xcovariance_bytes(d_in, d_in);
+        b += dm_covariance_bytes(d_in) + dm_xcovariance_bytes(d_in, d_in) +
+             4 * (SAE_COV_ROWS * 2 * d_in + 2 * d_in * d_in) + 16 * d_in;
     return b;
 }
 
@@ -852,6 +960,9 @@ dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability)
     if (predictability) {
         dm_covariance_init(&st->cxx, d_in);
         dm_xcovariance_init(&st->cex, d_in, d_in);
+        st->z = dm_xmalloc_aligned((size_t)(SAE_COV_ROWS * 2 * d_in) * sizeof(float));
+        st->cblk = dm_xmalloc_aligned((size_t)(2 * d_in * d_in) * sizeof(float));
+        st->bmean = dm_xmalloc((size_t)(2 * d_in) * sizeof(double));
     }
     return st;
 }
@@ -865,7 +976,76 @@ void dm_sae_stats_free(dm_sae_stats *st)
     dm_covariance_free(&st->cxx);
     dm_xcovariance_free(&st->cex);
     free(st->l0_hist), free(st->count), free(st->block_count), free(st->xbuf), free(st->ebuf);
+    free(st->z), free(st->cblk), free(st->bmean);
     free(st);
+}
+
+/* cov(x) and cov(e, x) of nf finite rows, merged into the running co-moments
+ * st->cxx and st->cex, in blocks of at most SAE_COV_ROWS rows: each block is
+ * centred at its own mean (in double), rounded to float, and its co-moments
+ * [Cxx; Cex] = Z^T X come from one single-precision GEMM (2 d_in^2 MACs a row,
+ * a thread per share of the output rows), then are merged in double with the
+ * pairwise rule C = CA + CB + (nA nB/n) dA dB^T (DOMAIN.md section 5).
+ *
+ * Why float is enough here. The inputs are float: each centred value carries a
+ * relative rounding error of 2^-24 (6e-8) whatever the precision it is summed
+ * in. A block's float sum of nb <= 256 products has an error of at most
+ * nb * 2^-24 (1.5e-5), typically sqrt(nb) * 2^-24 (1e-6), of sum |z_i z_j|
+ * <= nb sqrt(C_ii C_jj) (Higham, gamma_n), and only within the block:
+ * blocks are merged in double, so the error does not grow with the number of
+ * tokens, and centring at the block mean removes the large-mean cancellation.
+ * The linear predictability is a ratio of traces; perturbing Cxx by E of
+ * relative size 1e-6 moves it by about that much, except through directions
+ * of Cxx with eigenvalues below about 1e-6 of the largest, which float data
+ * resolves no better (tests/test_sae.c checks it against numpy in float64). */
+static void cov_update(dm_sae_stats *st, const float *xf, const float *ef, int64_t nf)
+{
+    const int64_t d = st->d_in, d2 = 2 * d;
+    const int nt = omp_get_max_threads(), blas_threads = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    for (int64_t b0 = 0; b0 < nf; b0 += SAE_COV_ROWS) {
+        const int64_t nb = nf - b0 < SAE_COV_ROWS ? nf - b0 : SAE_COV_ROWS;
+        const float *xb = xf + b0 * d, *eb = ef + b0 * d;
+        double *mu = st->bmean;
+        memset(mu, 0, (size_t)d2 * sizeof(double));
+        for (int64_t r = 0; r < nb; r++)
+            for (int64_t j = 0; j < d; j++)
+                mu[j] += xb[r * d + j], mu[d + j] += eb[r * d + j];
+        for (int64_t j = 0; j < d2; j++)
+            mu[j] /= (double)nb;
+        for (int64_t r = 0; r < nb; r++)
+            for (int64_t j = 0; j < d; j++) {
+                st->z[r * d2 + j] = (float)(xb[r * d + j] - mu[j]);
+                st->z[r * d2 + d + j] = (float)(eb[r * d + j] - mu[d + j]);
+            }
+        /* mu becomes the block's means less the running ones (0 before any row) */
+        for (int64_t j = 0; j < d; j++)
+            mu[j] -= st->cxx.mean[j], mu[d + j] -= st->cex.mean_x[j];
+        const double nA = (double)st->cxx.n, nB = (double)nb, n = nA + nB, f = nA * nB / n;
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num(), team = omp_get_num_threads();
+            const int64_t i0 = d2 * t / team, i1 = d2 * (t + 1) / team;
+            if (i1 > i0)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(i1 - i0), (int)d, (int)nb, 1.0f,
+                            st->z + i0, (int)d2, st->z, (int)d2, 0.0f, st->cblk + i0 * d, (int)d);
+            for (int64_t i = i0; i < i1; i++) {
+                const float *cb = st->cblk + i * d;
+                const double fi = f * mu[i];
+                double *C = i < d ? st->cxx.C + i * d : st->cex.C + (i - d) * d;
+                const int64_t jn = i < d ? i + 1 : d; /* Cxx: lower triangle */
+                for (int64_t j = 0; j < jn; j++)
+                    C[j] += (double)cb[j] + fi * mu[j];
+            }
+        }
+        for (int64_t j = 0; j < d; j++) {
+            st->cxx.mean[j] += mu[j] * (nB / n);
+            st->cex.mean_x[j] += mu[d + j] * (nB / n); /* e */
+            st->cex.mean_y[j] = st->cxx.mean[j];       /* x */
+        }
+        st->cxx.n += nb, st->cex.n += nb;
+    }
+    openblas_set_num_threads(blas_threads);
 }
 
 void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
@@ -898,8 +1078,7 @@ void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, c
     dm_moments_update(&st->mx, xf, nf);
     dm_moments_update(&st->me, ef, nf);
     if (st->predictability) {
-        dm_covariance_update(&st->cxx, xf, nf);
-        dm_xcovariance_update(&st->cex, ef, xf, nf);
+        cov_update(st, xf, ef, nf);
     }
     /* per token: squared error, cosine, L0 (non-finite rows have no features,
      * and recon NaN: skip them by the same test) */

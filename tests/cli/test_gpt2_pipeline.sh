@@ -97,5 +97,51 @@ expect_fail $DMICA run e.yaml --set lm.hooks=blocks.1.hook_nothing
 err_has "unknown hook 'blocks.1.hook_nothing'"
 expect_fail $DMICA run t.yaml --set lm.batch=200000 --memory 256M
 err_has "memory budget"
+# a broken model folder: the run stops before any output, naming the file
+# (every variant of tensors and config is in tests/test_gpt2.c; these go through
+# the operator). variant.py OUT CHANGE: a copy of $G with one change.
+cat > variant.py <<'P'
+import json, os, shutil, struct, sys
+import numpy as np
+src, out, change = sys.argv[1], sys.argv[2], sys.argv[3]
+shutil.copytree(src, out)
+raw = open(f"{src}/model.safetensors", "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+hdr = json.loads(raw[8:8 + n])
+hdr.pop("__metadata__", None)
+t = {k: np.frombuffer(raw, np.float32, (v["data_offsets"][1] - v["data_offsets"][0]) // 4, 8 + n + v["data_offsets"][0])
+     .reshape(v["shape"]) for k, v in hdr.items()}
+cfg = json.load(open(f"{src}/config.json"))
+if change == "missing":
+    del t["h.1.mlp.c_proj.weight"]
+elif change == "extra":
+    t["h.0.attn.rotary.weight"] = np.zeros(4, np.float32)
+elif change == "shape":
+    t["h.0.mlp.c_fc.weight"] = t["h.0.mlp.c_fc.weight"][:, :-1]
+elif change == "config":
+    cfg["n_layer"] = 3
+cut = 100 if change == "offsets" else 0
+hdr, data, off = {}, b"", 0
+for k, a in t.items():
+    b = np.ascontiguousarray(a).tobytes()
+    hdr[k] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+    data += b; off += len(b)
+h = json.dumps(hdr).encode()
+open(f"{out}/model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + data[:len(data) - cut])
+json.dump(cfg, open(f"{out}/config.json", "w"))
+P
+# bad_model CHANGE MESSAGE
+bad_model() {
+    python3 variant.py $G bad_$1 $1 || fail "variant $1"
+    expect_fail $DMICA run p.yaml --set lm.model=bad_$1 --out bad
+    err_has "bad_$1/"
+    err_has "$2"
+    [ ! -e bad ] || fail "a failed run ($1) left its --out folder"
+}
+bad_model missing "missing tensor h.1.mlp.c_proj.weight"
+bad_model extra "unexpected tensor h.0.attn.rotary.weight"
+bad_model shape "tensor h.0.mlp.c_fc.weight has shape [64, 255]"
+bad_model offsets "model.safetensors: truncated: tensor wte.weight data_offsets"
+bad_model config "missing tensor h.2."
 cache_consistent
 echo ok

@@ -204,6 +204,12 @@ err_has "bad.jsonl.gz"
 head -c 300 owt.tar.xz > bad.tar.xz
 expect_fail $DMICA run p.yaml --set src.path=bad.tar.xz
 err_has "bad.tar.xz"
+# OpenWebText's layout with one member cut short: the message names the archive and the member
+mkdir owtbad && cp owt/urlsid_0.xz owtbad/ && head -c 60 owt/urlsid_1.xz > owtbad/urlsid_1.xz
+tar cJf owtbad.tar.xz owtbad/urlsid_0.xz owtbad/urlsid_1.xz
+expect_fail $DMICA run p.yaml --set src.path=owtbad.tar.xz --out bad
+err_has "owtbad.tar.xz: owtbad/urlsid_1.xz: unreadable"
+[ ! -e bad ] || fail "a failed run left its --out folder"
 printf '{"text": "fine line with enough words to fill a window of tokens"}\n{"text": oops}\n' > badline.jsonl
 expect_fail $DMICA run p.yaml --set src.path=badline.jsonl
 err_has "badline.jsonl:2: not a JSON line"

@@ -1,17 +1,21 @@
 #!/bin/sh
 # GPT-2 through the pipeline (text -> gpt2 -> npy_sink) to blocks.6.hook_resid_pre
 # on the 124M shape (random weights from tools/make-gpt2), beside the OpenBLAS
-# sgemm rate of the MLP's shape measured in the same run, and PyTorch's forward
-# of the same six blocks where PyTorch is installed; then the tokenizer's MB/s
-# (`dmica tokenize`) against Hugging Face `tokenizers` on the same text.
-# Markdown on stdout, progress on stderr. Under 5 minutes on 2 cores.
+# sgemm rate on the model's own GEMM shapes and PyTorch's CPU forward of the same
+# six blocks (Debian's python3-torch), all measured in the same run; then the
+# tokenizer's MB/s (`dmica tokenize`) against Hugging Face `tokenizers`.
+# On a shared machine other jobs take cores at random moments, so sgemm, dmica
+# and PyTorch are measured in ROUNDS interleaved rounds and each keeps its best
+# (least disturbed) round. Markdown on stdout, progress on stderr. About 3
+# minutes on 2 cores.
 set -eu
 : "${ROOT:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${DMICA:=$ROOT/bin/dmica}"
-SYSPY=/usr/bin/python3                 # numpy (Debian)
-HFPY=$(command -v python3)             # pyenv python: tokenizers (and torch, if installed)
+SYSPY=${PY:-/usr/bin/python3}          # numpy and torch (Debian: python3-numpy, python3-torch)
+HFPY=$(command -v python3)             # pyenv python: tokenizers
 THREADS=${BENCH_THREADS:-$(nproc)}
 WINDOWS=${BENCH_WINDOWS:-128}           # windows of 128 tokens for the GPT-2 timing
+ROUNDS=${BENCH_ROUNDS:-3}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/dmica-bench-gpt2.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"
@@ -20,9 +24,13 @@ echo "30-gpt2: making the 124M-shape model" >&2
 $SYSPY "$ROOT/tools/make-gpt2" --seed 1 --out m124 >/dev/null
 $SYSPY -c "
 import numpy as np
-np.save('tokens.npy', np.random.default_rng(0).integers(0, 50257, size=($WINDOWS, 128)).astype(np.int32))"
+np.save('tokens.npy', np.random.default_rng(0).integers(0, 50257, size=($WINDOWS, 128)).astype(np.int32))
+np.save('one.npy', np.load('tokens.npy')[:1])"
 
-# ---- sgemm: the c_fc product of one batch, (32*128 x 768) @ (768 x 3072)
+# ---- sgemm on the model's GEMM shapes: M = B*T = 4096 rows of one batch times
+# the weights of c_attn (768 x 2304), attn c_proj (768 x 768), mlp c_fc
+# (768 x 3072) and mlp c_proj (3072 x 768). The rate is their FLOP over their
+# time: what OpenBLAS does on exactly the products of one block.
 cat > sgemm.c <<'C'
 #include <cblas.h>
 #include <stdio.h>
@@ -31,26 +39,31 @@ cat > sgemm.c <<'C'
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 int main(int argc, char **argv)
 {
-    int M = 4096, K = 768, N = 3072, reps = 0;
+    int M = 4096, shapes[4][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};
+    double flop = 0, secs = 0;
     openblas_set_num_threads(atoi(argv[1]));
-    float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N), *c = malloc(sizeof(float) * M * N);
-    for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 7) * 0.1f;
-    for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 5) * 0.1f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
-    double t0 = now();
-    while (now() - t0 < 3.0 || reps < 3) {
+    float *a = malloc(sizeof(float) * M * 3072), *b = malloc(sizeof(float) * 3072 * 3072), *c = malloc(sizeof(float) * M * 3072);
+    for (long i = 0; i < (long)M * 3072; i++) a[i] = (float)(i % 7) * 0.1f;
+    for (long i = 0; i < 3072L * 3072; i++) b[i] = (float)(i % 5) * 0.1f;
+    for (int s = 0; s < 4; s++) {
+        int K = shapes[s][0], N = shapes[s][1], reps = 0;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
-        reps++;
+        double t0 = now();
+        while (now() - t0 < 0.5 || reps < 2) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
+            reps++;
+        }
+        secs += now() - t0;
+        flop += 2.0 * M * N * K * reps;
     }
-    printf("%.1f\n", 2.0 * M * N * K * reps / (now() - t0) / 1e9);
+    printf("%.1f\n", flop / secs / 1e9);
     return 0;
 }
 C
 cc -O2 -o sgemm sgemm.c -lopenblas
-echo "30-gpt2: sgemm" >&2
-GFLOPS=$(./sgemm "$THREADS")
 
-# ---- GPT-2 through the pipeline
+# ---- GPT-2 through the pipeline; a 1-window run is timed too and subtracted,
+# to leave out loading six blocks (about 0.35 GB of float32)
 cat > p.yaml <<Y
 name: bench-gpt2
 nodes:
@@ -58,35 +71,17 @@ nodes:
   lm: {op: gpt2, inputs: {tokens: src}, params: {model: m124, hooks: blocks.6.hook_resid_pre, batch: 32}}
   acts: {op: npy_sink, inputs: {x: lm}, params: {file: acts.npy}}
 Y
-echo "30-gpt2: GPT-2 forward, $WINDOWS windows of 128 tokens" >&2
-t0=$(date +%s.%N)
-$DMICA run p.yaml --threads "$THREADS" --memory 4G --out out >/dev/null 2>run.log || { cat run.log >&2; exit 1; }
-t1=$(date +%s.%N)
-# the run includes loading six blocks (about 0.35 GB of float32): time a
-# 1-window run too and take the difference as the forward time
-$SYSPY -c "import numpy as np; np.save('one.npy', np.load('tokens.npy')[:1])"
 sed 's/tokens.npy/one.npy/' p.yaml > p1.yaml
-t2=$(date +%s.%N)
-$DMICA run p1.yaml --threads "$THREADS" --memory 4G --cache c1 --out out1 >/dev/null 2>run1.log || { cat run1.log >&2; exit 1; }
-t3=$(date +%s.%N)
-read TOKS_S UTIL <<EOF
-$($SYSPY -c "
-run, one = $t1 - $t0, $t3 - $t2
-tokens = ($WINDOWS - 1) * 128
-fwd = max(run - one, 1e-9)
-# per token and block, multiply-adds: 12 C^2 in the four matmuls (qkv 3, proj 1, fc 4, fc-proj 4)
-# and (T+1) C in causal attention (QK^T and AV over (T+1)/2 keys on average); a FLOP is half a MAC
-C, T = 768, 128
-flop = 2 * 6 * (12 * C * C + (T + 1) * C) * tokens
-print('%.0f %.0f' % (tokens / fwd, 100 * flop / fwd / 1e9 / $GFLOPS))")
-EOF
 
-# ---- PyTorch, the same six blocks (float32, same threads), when installed
-TORCH="PyTorch: not importable by $HFPY, so no comparison (pip install torch needs download.pytorch.org for the CPU wheel, or the NVIDIA libraries for the PyPI build)"
-if $HFPY -c "import torch" 2>/dev/null; then
-    echo "30-gpt2: PyTorch forward" >&2
-    TORCH=$($HFPY - "$THREADS" <<'P'
-import json, sys, time, struct
+# ---- PyTorch, the same six blocks
+cat > torch_gpt2.py <<'P'
+# The six blocks before blocks.6.hook_resid_pre in PyTorch, float32, as Hugging
+# Face's GPT2Model computes them in eager mode (torch 1.13 has no fused
+# scaled_dot_product_attention): scores of all T x T pairs, causal mask,
+# softmax, @ V; then the TransformerLens centring dmica applies by default.
+# Prints tokens/s of one pass over tokens.npy in batches of 32 windows (after a
+# warm-up batch; loading is not timed), torch's version and its threads.
+import json, struct, sys, time
 import numpy as np, torch
 torch.set_num_threads(int(sys.argv[1]))
 raw = open("m124/model.safetensors", "rb").read()
@@ -95,24 +90,29 @@ hdr = json.loads(raw[8:8 + n])
 def t(name):
     m = hdr[name]; b, e = m["data_offsets"]
     return torch.from_numpy(np.frombuffer(raw, np.float32, (e - b) // 4, 8 + n + b).reshape(m["shape"]).copy())
-C, H = 768, 12
+cfg = json.load(open("m124/config.json"))
+C, H, eps = cfg["n_embd"], cfg["n_head"], cfg["layer_norm_epsilon"]
 wte, wpe = t("wte.weight"), t("wpe.weight")
 L = [{k: t(f"h.{i}.{k}") for k in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
       "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
       "mlp.c_proj.weight", "mlp.c_proj.bias")} for i in range(6)]
+del raw
 tok = torch.from_numpy(np.load("tokens.npy").astype(np.int64))
+F = torch.nn.functional
 def forward(ids):
     B, T = ids.shape
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
     x = wte[ids] + wpe[:T]
     for p in L:
-        h = torch.nn.functional.layer_norm(x, (C,), p["ln_1.weight"], p["ln_1.bias"], 1e-5)
-        q, k, v = (h @ p["attn.c_attn.weight"] + p["attn.c_attn.bias"]).split(C, -1)
-        q, k, v = (a.view(B, T, H, C // H).transpose(1, 2) for a in (q, k, v))
-        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + a.transpose(1, 2).reshape(B, T, C) @ p["attn.c_proj.weight"] + p["attn.c_proj.bias"]
-        h = torch.nn.functional.layer_norm(x, (C,), p["ln_2.weight"], p["ln_2.bias"], 1e-5)
-        h = torch.nn.functional.gelu(h @ p["mlp.c_fc.weight"] + p["mlp.c_fc.bias"], approximate="tanh")
-        x = x + h @ p["mlp.c_proj.weight"] + p["mlp.c_proj.bias"]
+        h = F.layer_norm(x, (C,), p["ln_1.weight"], p["ln_1.bias"], eps).view(B * T, C)
+        q, k, v = torch.addmm(p["attn.c_attn.bias"], h, p["attn.c_attn.weight"]).view(B, T, 3 * C).split(C, -1)
+        q, k, v = (a.reshape(B, T, H, C // H).transpose(1, 2) for a in (q, k, v))
+        s = (q @ k.transpose(-1, -2)) / (C // H) ** 0.5
+        a = (s.masked_fill(~causal, float("-inf")).softmax(-1) @ v).transpose(1, 2).reshape(B * T, C)
+        x = x + torch.addmm(p["attn.c_proj.bias"], a, p["attn.c_proj.weight"]).view(B, T, C)
+        h = F.layer_norm(x, (C,), p["ln_2.weight"], p["ln_2.bias"], eps).view(B * T, C)
+        h = F.gelu(torch.addmm(p["mlp.c_fc.bias"], h, p["mlp.c_fc.weight"]), approximate="tanh")
+        x = x + torch.addmm(p["mlp.c_proj.bias"], h, p["mlp.c_proj.weight"]).view(B, T, C)
     return x - x.mean(-1, keepdim=True)
 with torch.inference_mode():
     forward(tok[:32])
@@ -120,11 +120,53 @@ with torch.inference_mode():
     for b in range(0, len(tok), 32):
         forward(tok[b:b + 32])
     dt = time.perf_counter() - t0
-print("%.0f tokens/s (torch %s, %d threads)" % (tok.numel() / dt, torch.__version__, torch.get_num_threads()))
+print("%.0f %s %d" % (tok.numel() / dt, torch.__version__, torch.get_num_threads()))
 P
-)
-    TORCH="PyTorch (same six blocks, inference_mode, SDPA attention): $TORCH"
+HAVE_TORCH=0
+if $SYSPY -c "import torch" 2>/dev/null; then HAVE_TORCH=1; fi
+
+: > sgemm.txt; : > run.txt; : > one.txt; : > torch.txt
+r=0
+while [ "$r" -lt "$ROUNDS" ]; do
+    r=$((r + 1))
+    echo "30-gpt2: round $r of $ROUNDS: sgemm, dmica ($WINDOWS windows of 128 tokens, then 1), PyTorch" >&2
+    ./sgemm "$THREADS" >> sgemm.txt
+    rm -rf out out1 c0 c1
+    t0=$(date +%s.%N)
+    $DMICA run p.yaml --threads "$THREADS" --memory 4G --cache c0 --out out >/dev/null 2>run.log || { cat run.log >&2; exit 1; }
+    t1=$(date +%s.%N)
+    $DMICA run p1.yaml --threads "$THREADS" --memory 4G --cache c1 --out out1 >/dev/null 2>run1.log || { cat run1.log >&2; exit 1; }
+    t2=$(date +%s.%N)
+    echo "$t1 - $t0" | bc >> run.txt
+    echo "$t2 - $t1" | bc >> one.txt
+    if [ "$HAVE_TORCH" = 1 ]; then
+        OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS \
+            $SYSPY torch_gpt2.py "$THREADS" >> torch.txt
+    fi
+done
+GFLOPS=$(sort -gr sgemm.txt | head -1)
+read TOKS_S UTIL <<EOF
+$($SYSPY -c "
+run, one = $(sort -g run.txt | head -1), $(sort -g one.txt | head -1)
+tokens = ($WINDOWS - 1) * 128
+fwd = max(run - one, 1e-9)
+# FLOP per token and block: 2 per multiply-add; 12 C^2 multiply-adds in the four
+# matmuls (qkv 3 C^2, attn proj C^2, mlp c_fc 4 C^2, mlp c_proj 4 C^2) and (T+1) C
+# in causal attention (QK^T and AV, each over (T+1)/2 keys on average)
+C, T = 768, 128
+flop = 2 * 6 * (12 * C * C + (T + 1) * C) * tokens
+print('%.0f %.0f' % (tokens / fwd, 100 * flop / fwd / 1e9 / $GFLOPS))")
+EOF
+TORCH_ROW="| PyTorch | not importable by $SYSPY (apt-get install python3-torch) |"
+if [ "$HAVE_TORCH" = 1 ]; then
+    read PT_TOKS PT_VER PT_THREADS <<EOF
+$(sort -gr torch.txt | head -1)
+EOF
+    RATIO=$($SYSPY -c "print('%.2f' % ($TOKS_S / $PT_TOKS))")
+    TORCH_ROW="| PyTorch $PT_VER CPU (Debian python3-torch, $PT_THREADS threads), same six blocks, B=32 T=128 | $PT_TOKS tokens/s |
+| dmica / PyTorch tokens/s (target at least 1.5) | ${RATIO}x |"
 fi
+echo "30-gpt2: rounds: sgemm GFLOP/s $(tr '\n' ' ' < sgemm.txt); dmica run s $(tr '\n' ' ' < run.txt); 1-window s $(tr '\n' ' ' < one.txt); torch $(cut -d' ' -f1 torch.txt | tr '\n' ' ')" >&2
 
 # ---- tokenizer: a few MB of English prose and changelogs from /usr/share/doc
 echo "30-gpt2: tokenizer" >&2
@@ -174,18 +216,24 @@ P
 cat <<EOF
 ## GPT-2 124M shape: tokens/s to blocks.6.hook_resid_pre, and the tokenizer
 
-Commands: \`tools/make-gpt2 --out m124\` (random weights, the real shape), then
-\`dmica run p.yaml --threads $THREADS\` with \`text\` (a [$WINDOWS, 128] int32 .npy) -> \`gpt2\`
-(hooks blocks.6.hook_resid_pre, batch 32, centred) -> \`npy_sink\`; a 1-window run is subtracted to
-leave out loading the weights. sgemm: OpenBLAS \`cblas_sgemm\` 4096x768 @ 768x3072 (the MLP's c_fc of one
-batch), same threads, same run.
+Command: \`sh tools/bench.d/30-gpt2.sh\` (part of \`make bench\`). \`tools/make-gpt2 --out m124\`
+(random weights, the real shape), then \`dmica run p.yaml --threads $THREADS\` with \`text\` (a
+[$WINDOWS, 128] int32 .npy) -> \`gpt2\` (hooks blocks.6.hook_resid_pre, batch 32, centred) -> \`npy_sink\`;
+a 1-window run is subtracted to leave out loading the weights. sgemm: OpenBLAS \`cblas_sgemm\` on the four
+GEMMs of one block at B*T = 4096 rows (4096x768 by 768x2304, 768x768 and 768x3072; 4096x3072 by 3072x768),
+their FLOP over their time. PyTorch: the same six blocks and centring under \`torch.inference_mode\`,
+Hugging Face's eager attention, \`torch.set_num_threads($THREADS)\` and OMP/MKL/OPENBLAS_NUM_THREADS=$THREADS,
+loading not timed. FLOP: 2 per multiply-add of the GEMMs (qkv, attention proj, MLP up and down: 12 C^2 per
+token and block) and of causal attention (QK^T and AV over the (T+1)/2 keys a query sees on average:
+(T+1) C), 86.1 MFLOP per token for the six blocks. $ROUNDS interleaved rounds of sgemm, dmica and PyTorch;
+each keeps its best round (other jobs share this machine's cores).
 
 | measure | value |
 |---|---|
-| OpenBLAS sgemm ($THREADS threads) | $GFLOPS GFLOP/s |
-| dmica GPT-2, 6 blocks, B=32 T=128 | $TOKS_S tokens/s |
-| FLOP utilisation (matmul + attention FLOP / sgemm rate) | $UTIL % |
-| $TORCH | |
+| OpenBLAS sgemm, the block's four GEMM shapes ($THREADS threads) | $GFLOPS GFLOP/s |
+| dmica GPT-2 through the pipeline, 6 blocks, B=32 T=128 | $TOKS_S tokens/s |
+| FLOP utilisation: GEMM and causal attention FLOP/s over the sgemm rate (target at least 75%) | $UTIL % |
+$TORCH_ROW
 | dmica tokenize, $MB MB of licences and changelogs (load and printing included) | $DM_MBS MB/s |
 | Hugging Face tokenizers $($HFPY -c 'import tokenizers; print(tokenizers.__version__)' 2>/dev/null || echo '') (same vocab.json/merges.txt) | $HF |
 EOF

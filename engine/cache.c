@@ -36,30 +36,6 @@
 
 #include "fs.h"
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_add(sbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *t;
-    if (vasprintf(&t, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    size_t n = strlen(t);
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->s = dm_xrealloc(b->s, b->cap);
-    }
-    memcpy(b->s + b->len, t, n + 1);
-    b->len += n;
-    free(t);
-}
-
 char *dm_cache_entry(const dm_graph *g, const char *key) { return dm_xasprintf("%s/%s", g->cache, key); }
 
 int dm_cache_invalidate(const dm_graph *g, const char *key)
@@ -106,14 +82,14 @@ static int path_identity(const char *path, const char *cache, char out[33])
     int n = scandir(path, &ents, NULL, alphasort);
     if (n < 0)
         return dm_fail("%s: cannot list folder: %s", path, strerror(errno));
-    sbuf b = {0};
+    dm_strbuf b = DM_STRBUF_INIT;
     int rc = 0;
-    sb_add(&b, "folder\n");
+    dm_strbuf_addf(&b, "folder\n");
     for (int i = 0; i < n; i++) {
         char *f = dm_xasprintf("%s/%s", path, ents[i]->d_name), id[33];
         if (ents[i]->d_name[0] != '.' && !stat(f, &st) && S_ISREG(st.st_mode)) {
             if (!rc && !(rc = dm_file_identity(f, cache, id)))
-                sb_add(&b, "%s=%s\n", ents[i]->d_name, id);
+                dm_strbuf_addf(&b, "%s=%s\n", ents[i]->d_name, id);
         }
         free(f);
         free(ents[i]);
@@ -129,10 +105,10 @@ static int path_identity(const char *path, const char *cache, char out[33])
 
 static int compute_key(dm_graph *g, dm_node *n)
 {
-    sbuf b = {0};
-    sb_add(&b, "op=%s\nversion=%d\n", n->op->name, n->op->version);
+    dm_strbuf b = DM_STRBUF_INIT;
+    dm_strbuf_addf(&b, "op=%s\nversion=%d\n", n->op->name, n->op->version);
     for (int k = 0; k < n->nparams; k++) {
-        sb_add(&b, "param.%s=%s\n", n->op->params[k].name, n->pval[k]);
+        dm_strbuf_addf(&b, "param.%s=%s\n", n->op->params[k].name, n->pval[k]);
         if (n->op->params[k].type == DM_P_PATH && n->pval[k][0]) {
             char id[33];
             if (path_identity(n->pval[k], g->cache, id)) {
@@ -140,15 +116,15 @@ static int compute_key(dm_graph *g, dm_node *n)
                 return dm_fail_prefix("%s: node '%s': parameter '%s'", n->where, n->decl->name,
                                       n->op->params[k].name);
             }
-            sb_add(&b, "file.%s=%s\n", n->op->params[k].name, id);
+            dm_strbuf_addf(&b, "file.%s=%s\n", n->op->params[k].name, id);
         }
     }
     for (int k = 0; k < n->nin; k++)
         if (n->in[k].src)
-            sb_add(&b, "input.%s=%s:%s\n", n->op->inputs[k].name, n->in[k].src->key,
+            dm_strbuf_addf(&b, "input.%s=%s:%s\n", n->op->inputs[k].name, n->in[k].src->key,
                    n->in[k].src->outs[n->in[k].port].name);
     if (has_stream_output(n))
-        sb_add(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
+        dm_strbuf_addf(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
     XXH128_hash_t h = XXH3_128bits(b.s, b.len);
     snprintf(n->key, sizeof n->key, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
     free(n->material);

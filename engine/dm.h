@@ -94,6 +94,18 @@ void dm_tensor_init(dm_tensor *t, dm_dtype dtype, int ndim, const int64_t *shape
 int64_t dm_tensor_numel(const dm_tensor *t);
 void dm_tensor_free(dm_tensor *t); /* accepts a zeroed or freed tensor */
 
+/* A 1-D u8 tensor holding text (a JSON document passed between operators). */
+void dm_tensor_from_text(dm_tensor *t, const char *text, size_t len);
+
+/* A growing string: `dm_strbuf b = DM_STRBUF_INIT; dm_strbuf_addf(&b, ...);`
+ * b.s is NUL-terminated (NULL while empty); free it with free(3). */
+typedef struct {
+    char *s;
+    size_t len, cap;
+} dm_strbuf;
+#define DM_STRBUF_INIT {NULL, 0, 0}
+void dm_strbuf_addf(dm_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Parses "512M", "2G", "1.5GiB", "100000" into bytes; -1 on error. */
 int64_t dm_parse_size(const char *s);
 /* Monotonic seconds. */

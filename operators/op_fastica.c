@@ -498,9 +498,7 @@ static int ica_finish(dm_node *n)
         goto end;
     }
     size_t len = strlen(text);
-    int64_t slen[1] = {(int64_t)len};
-    dm_tensor_init(&summary, DM_U8, 1, slen);
-    memcpy(summary.data, text, len);
+    dm_tensor_from_text(&summary, text, len);
     if (*file) {
         char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
         text[len] = '\n';
@@ -572,21 +570,6 @@ static void ica_usage(FILE *f)
           "  --cache DIR       cache folder (default $DMICA_CACHE, else .dmica-cache)\n"
           "  --quiet           no progress output\n",
           f);
-}
-
-static char *ica_quote(const char *s)
-{
-    size_t n = strlen(s);
-    char *q = dm_xmalloc(2 * n + 3), *w = q;
-    *w++ = '"';
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\')
-            *w++ = '\\';
-        *w++ = *s;
-    }
-    *w++ = '"';
-    *w = 0;
-    return q;
 }
 
 int dm_cmd_ica(int argc, char **argv)
@@ -683,7 +666,7 @@ int dm_cmd_ica(int argc, char **argv)
      * spilled (the covariance pass and the whitening pass are the only reads of
      * X); otherwise z is spilled and replayed once per iteration. */
     int in_ram = ram > 0 && rows <= ram / (4 * k);
-    char *qin = ica_quote(in), *qdec = ica_quote(decoder);
+    char *qin = dm_yaml_quote(in), *qdec = dm_yaml_quote(decoder);
     char *text = dm_xasprintf(
         "name: ica\n"
         "nodes:\n"
@@ -703,26 +686,8 @@ int dm_cmd_ica(int argc, char **argv)
         "    params: {decoder: %s}\n",
         qin, k, in_ram ? "never" : "auto", fun, tol, max_iter, seed, seeds, (long long)(ram > 0 ? ram : 0), warm ? "true" : "false", qdec);
     free(qin), free(qdec);
-    dm_pipeline *p = dm_pipeline_parse("<dmica ica>", text, strlen(text));
+    dm_run_opts ro = {out, cache, memory, (int)threads, quiet};
+    int rc = dm_run_yaml("<dmica ica>", text, &ro);
     free(text);
-    dm_graph *g = p ? dm_graph_build(p) : NULL;
-    if (!g) {
-        fprintf(stderr, "dmica: %s\n", dm_error());
-        dm_pipeline_free(p);
-        return 1;
-    }
-    const char *env = getenv("DMICA_CACHE");
-    g->cache = dm_xstrdup(cache ? cache : env && *env ? env : ".dmica-cache");
-    g->out = dm_xstrdup(out);
-    g->memory = memory;
-    dm_set_threads((int)threads);
-    dm_progress_enabled = !quiet;
-    int rc = dm_run(g);
-    if (rc)
-        fprintf(stderr, "dmica: %s\n", dm_error());
-    else if (!quiet)
-        fprintf(stderr, "dmica: results in %s\n", out);
-    dm_graph_free(g);
-    dm_pipeline_free(p);
-    return rc ? 1 : 0;
+    return rc;
 }

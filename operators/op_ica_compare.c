@@ -407,9 +407,7 @@ static int cmp_finish(dm_node *n)
         goto end;
     }
     size_t len = strlen(text);
-    int64_t slen[1] = {(int64_t)len};
-    dm_tensor_init(&summary, DM_U8, 1, slen);
-    memcpy(summary.data, text, len);
+    dm_tensor_from_text(&summary, text, len);
     if (*file) {
         char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
         text[len] = '\n';

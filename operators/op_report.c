@@ -124,31 +124,9 @@ static double json_num(json_t *o, const char *path)
 
 /* ---- text building -------------------------------------------------------- */
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} sb;
+#define put dm_strbuf_addf
 
-static void put(sb *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(sb *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *t;
-    if (vasprintf(&t, fmt, ap) < 0)
-        abort();
-    va_end(ap);
-    size_t n = strlen(t);
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->s = dm_xrealloc(b->s, b->cap);
-    }
-    memcpy(b->s + b->len, t, n + 1);
-    b->len += n;
-    free(t);
-}
-
-static void put_esc(sb *b, const char *t)
+static void put_esc(dm_strbuf *b, const char *t)
 {
     for (; t && *t; t++) {
         switch (*t) {
@@ -198,7 +176,7 @@ static const char *verdict_text(const char *v)
     return "The residual is non-Gaussian; run ICA with an SAE decoder to compare directions.";
 }
 
-static void example_rows(sb *h, json_t *list, int max)
+static void example_rows(dm_strbuf *h, json_t *list, int max)
 {
     size_t i;
     json_t *e;
@@ -221,7 +199,7 @@ static void example_rows(sb *h, json_t *list, int max)
 }
 
 /* The card of component i: numbers, its source histogram, its examples. */
-static void component_card(sb *h, const dm_node *n, int64_t i, const vec *maxcos, const vec *best, const vec *src_k,
+static void component_card(dm_strbuf *h, const dm_node *n, int64_t i, const vec *maxcos, const vec *best, const vec *src_k,
                            const vec *act_k, const vec *stab, json_t *comps, json_t *acomps)
 {
     const char *np = dm_param_str(n, "neuronpedia");
@@ -469,7 +447,7 @@ static int report_finish(dm_node *n)
         rc = write_product(n, svg_files[i], svgs[i]);
 
     /* ---- report.html ---- */
-    sb h = {0};
+    dm_strbuf h = DM_STRBUF_INIT;
     put(&h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>");
     put_esc(&h, dm_param_str(n, "title"));
     put(&h, "</title>\n<style>\n"
@@ -551,9 +529,7 @@ static int report_finish(dm_node *n)
         rc = write_product(n, "results.json", text);
     if (!rc) {
         dm_tensor t;
-        int64_t shape[1] = {(int64_t)strlen(text)};
-        dm_tensor_init(&t, DM_U8, 1, shape);
-        memcpy(t.data, text, strlen(text));
+        dm_tensor_from_text(&t, text, strlen(text));
         rc = dm_set_output(n, 0, &t);
     }
     free(text);

@@ -343,9 +343,7 @@ static int topk_finish(dm_node *n)
     }
     if (!rc) {
         dm_tensor out;
-        int64_t shape[1] = {(int64_t)len};
-        dm_tensor_init(&out, DM_U8, 1, shape);
-        memcpy(out.data, text, len);
+        dm_tensor_from_text(&out, text, len);
         rc = dm_set_output(n, OUT_EXAMPLES, &out);
     }
     free(text);

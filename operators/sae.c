@@ -510,10 +510,13 @@ static void list_push(actlist *L, int32_t r, int32_t f, float v)
 
 static int row_finite(const float *x, int64_t d)
 {
+    /* x - x is 0 for a finite x and NaN for NaN or Inf. (A product 0 * x * ...
+     * does not work: under a SIMD reduction each lane starts from 1, and the
+     * product of a lane's share of a row of large values overflows to Inf.) */
     float acc = 0;
-#pragma omp simd reduction(* : acc)
+#pragma omp simd reduction(+ : acc)
     for (int64_t j = 0; j < d; j++)
-        acc *= x[j]; /* 0 * finite = 0; 0 * NaN or Inf = NaN */
+        acc += x[j] - x[j];
     return acc == 0;
 }
 

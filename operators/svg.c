@@ -13,27 +13,8 @@
 
 #include "dm.h"
 
-typedef struct {
-    char *s;
-    size_t len, cap;
-} buf;
-
-static void add(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void add(buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    for (;;) {
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (b->s && (size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = (b->cap + (size_t)n + 1) * 2;
-        b->s = dm_xrealloc(b->s, b->cap);
-    }
-}
+typedef dm_strbuf buf;
+#define add dm_strbuf_addf
 
 /* Text content with &, < and > escaped. */
 static void add_text(buf *b, const char *t)

@@ -2,7 +2,7 @@
  * op_sae.c: the `sae` operator and the `dmica sae` command: a SAELens SAE
  * applied to a stream of activations, with its statistics in the same pass.
  *
- * Per input chunk the node runs sae.h's kernel tile by tile (one SGEMM per
+ * Per input chunk the node runs sae.h's kernel tile by tile (SGEMMs by column panels per
  * `tile` rows), folds each tile into the statistics, and emits
  *   residual        e = x - x_hat, same rows as x (a map)
  *   reconstruction  x_hat, same rows as x
@@ -49,7 +49,7 @@ static const dm_param_spec sae_params[] = {
     {"sae", DM_P_PATH, NULL, "SAELens folder (cfg.json, sae_weights.safetensors)"},
     {"hook", DM_P_STRING, "", "hook the input stream comes from; must match the SAE's hook_name (\"\" = trust)"},
     {"stats", DM_P_STRING, "sae_stats.json", "statistics product file (\"\" for none)"},
-    {"tile", DM_P_INT, "256", "rows per encode GEMM (memory: tile x d_sae floats)"},
+    {"tile", DM_P_INT, "256", "rows per encode tile (memory: tile x 512 floats a thread; topk: tile x d_sae)"},
     {"scaling_factor", DM_P_FLOAT, "0",
      "input scaling of expected_average_only_in SAEs (SAELens norm_scaling_factor); 0 = none given"},
     {"predictability", DM_P_BOOL, "true", "linear predictability of e from x (cov(x), cov(e,x): 2 d_in^2 a token)"},

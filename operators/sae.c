@@ -5,16 +5,22 @@
  * Workload. For GPT-2 small at layer 6 (d_in 768, d_sae 24576, L0 about 51)
  * the encode GEMM is 2 * 768 * 24576 = 75 MFLOP a token; everything else must
  * be small beside it:
- *   - the activation reads each pre-activation once, in the pass that also
- *     extracts the active features (a 16-wide "any above threshold?" test per
- *     block, then a scalar look at the rare blocks that have one);
+ *   - the encode runs by column panels of 512 features, single-threaded
+ *     SGEMMs handed to the OpenMP threads as they come free; the activation
+ *     reads each pre-activation once, right after its panel's SGEMM while the
+ *     panel is in cache, in the pass that also extracts the active features (a
+ *     16-wide "any above threshold?" test per block, then a scalar look at the
+ *     rare blocks that have one);
  *   - the decode touches only the active rows of W_dec: L0 * d_in MACs a token
  *     (0.04 MFLOP) instead of d_sae * d_in;
- *   - the statistics cost O(active) per token for the features, plus the d_in^2
- *     rank updates of cov(x) and cov(e, x) (about 1.8 MFLOP in double) when the
- *     linear predictability is wanted.
- * Memory is one tile of pre-activations (tile * d_sae floats: 25 MB at 256
- * rows), the weights, and the accumulators, whatever the number of tokens.
+ *   - the statistics cost O(active) per token for the features, plus one float
+ *     GEMM for cov(x) and cov(e, x) (2 d_in^2 MACs, 3% of the encode) when the
+ *     linear predictability is wanted, merged in double every 256 rows.
+ * BLAS runs single-threaded inside our OpenMP threads throughout: OpenBLAS's
+ * own pool spins between calls and took the cores the OpenMP work needed.
+ * Memory is a panel of pre-activations per thread (tile * 512 floats; topk:
+ * one tile, tile * d_sae), the weights, and the accumulators, whatever the
+ * number of tokens.
  *
  * Per-feature moments over all tokens (zeros included). A feature's value is 0
  * on most tokens, so its moments follow from its active values and the number

@@ -14,11 +14,12 @@
  *   x_hat = denormalise(f @ W_dec + b_dec)   (d_in)
  *   e     = x - x_hat                        the residual ("dark matter")
  *
- * The fast path (dm_sae_forward) encodes a tile of rows with one SGEMM, runs
- * the activation and the extraction of the active features in one pass over
- * the tile's pre-activations, and decodes from the active features only: a
- * few dozen W_dec rows per token instead of d_sae. Nothing N x d_sae exists
- * beyond one tile. dm_sae_forward_ref is the plain, row-at-a-time version of
+ * The fast path (dm_sae_forward) encodes a tile of rows by column panels of
+ * W_enc (single-threaded SGEMMs spread over the OpenMP threads), runs the
+ * activation and the extraction of the active features on each panel while it
+ * is in cache, and decodes from the active features only: a few dozen W_dec
+ * rows per token instead of d_sae. Nothing N x d_sae exists; nothing tile x
+ * d_sae either, except for topk, which needs whole rows. dm_sae_forward_ref is the plain, row-at-a-time version of
  * the same formulas, kept beside it; tests/test_sae.c holds them together.
  *
  * Rows with a NaN or Inf anywhere are not encoded: their reconstruction and
@@ -122,13 +123,14 @@ typedef struct {
 
 void dm_sae_sparse_free(dm_sae_sparse *sp); /* accepts zeroed */
 
-/* Scratch for dm_sae_forward: one tile of pre-activations (tile x d_sae floats)
- * and per-thread lists. Reusable across calls; free with dm_sae_work_free. */
+/* Scratch for dm_sae_forward: a panel of pre-activations per thread (tile x
+ * 512 floats; topk: one tile, tile x d_sae) and per-thread lists. Reusable across calls; free with dm_sae_work_free. */
 typedef struct dm_sae_work dm_sae_work;
 dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile);
 void dm_sae_work_free(dm_sae_work *w); /* accepts NULL */
 int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile);
-/* Bytes of the tile buffer alone, for budgets made before the SAE is loaded. */
+/* Bytes of the tile buffers, for budgets made before the SAE is loaded: an upper
+ * bound (a whole tile x d_sae, as topk needs). */
 int64_t dm_sae_tile_bytes(int64_t d_in, int64_t d_sae, int64_t tile);
 
 /* x (rows, d_in) -> recon (rows, d_in), residual (rows, d_in), and the active
@@ -149,7 +151,8 @@ int64_t dm_sae_forward_ref(const dm_sae *s, const float *x, int64_t rows, float 
 typedef struct dm_sae_stats dm_sae_stats;
 
 /* predictability: also accumulate cov(x) and cov(e, x) for the linear
- * predictability of e from x (two d_in^2 rank updates a token). */
+ * predictability of e from x (2 d_in^2 float multiply-adds a token, merged in
+ * double every 256 rows; sae.c's cov_update states the error). */
 dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability);
 void dm_sae_stats_free(dm_sae_stats *st); /* accepts NULL */
 int64_t dm_sae_stats_bytes(int64_t d_in, int64_t d_sae, int predictability);

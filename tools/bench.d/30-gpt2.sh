@@ -137,8 +137,8 @@ while [ "$r" -lt "$ROUNDS" ]; do
     t1=$(date +%s.%N)
     $DMICA run p1.yaml --threads "$THREADS" --memory 4G --cache c1 --out out1 >/dev/null 2>run1.log || { cat run1.log >&2; exit 1; }
     t2=$(date +%s.%N)
-    echo "$t1 - $t0" | bc >> run.txt
-    echo "$t2 - $t1" | bc >> one.txt
+    awk "BEGIN { print $t1 - $t0 }" >> run.txt
+    awk "BEGIN { print $t2 - $t1 }" >> one.txt
     if [ "$HAVE_TORCH" = 1 ]; then
         OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS \
             $SYSPY torch_gpt2.py "$THREADS" >> torch.txt

@@ -26,6 +26,7 @@
 
 #include "gpt2.h"
 #include "op.h"
+#include "sae.h"
 
 #define MAX_HOOKS 64
 #define LOGIT_ROWS 64 /* rows of logits the runner computes at a time for loss (gpt2.c) */
@@ -33,8 +34,11 @@
 
 static const dm_param_spec gpt2_params[] = {
     {"model", DM_P_PATH, NULL, "Hugging Face GPT-2 folder (config.json + model.safetensors)"},
-    {"hooks", DM_P_STRING, NULL, "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output"},
-    {"center", DM_P_BOOL, "true", "subtract each token's mean over d_model from residual hooks (TransformerLens)"},
+    {"hooks", DM_P_STRING, "", "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output "
+                               "(\"\": the hook of `sae`)"},
+    {"center", DM_P_STRING, "auto", "subtract each token's mean over d_model from residual hooks (TransformerLens): "
+                                    "true, false, or auto (as `sae`'s cfg.json says; true without one)"},
+    {"sae", DM_P_PATH, "", "SAELens folder whose cfg.json gives the default hook and centring"},
     {"batch", DM_P_INT, "32", "windows per forward pass"},
     {NULL},
 };
@@ -50,10 +54,57 @@ typedef struct {
     int32_t *ids;           /* batch x T */
 } gpt2_state;
 
-/* Parses the hooks parameter into hooks[] (canonical, no repeats). */
+/* The SAE's settings, when the node names one (hook_name "" if not). */
+static int sae_settings(const dm_node *n, dm_sae_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->center_writing_weights = -1;
+    const char *dir = dm_param_str(n, "sae");
+    return *dir ? dm_sae_read_config(dir, cfg) : 0;
+}
+
+/* center = auto | true | false against the SAE's center_writing_weights (DOMAIN.md
+ * §3: SAEs trained on TransformerLens residuals need them centred). An explicit
+ * value that contradicts the SAE's config wins, with a warning when `say`. */
+static int resolve_center(const dm_node *n, int *center, int say)
+{
+    const char *v = dm_param_str(n, "center");
+    dm_sae_config cfg;
+    if (sae_settings(n, &cfg))
+        return -1;
+    int from_sae = cfg.center_writing_weights, rc = 0;
+    if (!strcmp(v, "auto")) {
+        *center = from_sae != 0; /* TransformerLens centres unless told not to */
+        if (say)
+            dm_info("node '%s': residual centring %s (%s)", dm_node_name(n), *center ? "on" : "off",
+                    from_sae >= 0 ? "from the SAE's cfg.json center_writing_weights" : "TransformerLens's default");
+    } else if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1")) {
+        *center = 1;
+    } else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0")) {
+        *center = 0;
+    } else {
+        rc = dm_fail("center must be auto, true or false, not '%s'", v);
+    }
+    if (!rc && say && strcmp(v, "auto") && from_sae >= 0 && from_sae != *center)
+        dm_warn("node '%s': center: %s overrides the SAE's cfg.json (center_writing_weights: %s)", dm_node_name(n),
+                *center ? "true" : "false", from_sae ? "true" : "false");
+    dm_sae_config_free(&cfg);
+    return rc;
+}
+
+/* Parses the hooks parameter (or the SAE's hook) into hooks[] (canonical, no repeats). */
 static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
 {
-    char *list = dm_xstrdup(dm_param_str(n, "hooks")), *save = NULL, name[64], other[64];
+    char *list = NULL, *save = NULL, name[64], other[64];
+    if (*dm_param_str(n, "hooks")) {
+        list = dm_xstrdup(dm_param_str(n, "hooks"));
+    } else {
+        dm_sae_config cfg;
+        if (sae_settings(n, &cfg))
+            return -1;
+        list = dm_xstrdup(cfg.hook_name ? cfg.hook_name : "");
+        dm_sae_config_free(&cfg);
+    }
     int k = 0, rc = 0;
     for (char *h = strtok_r(list, ",", &save); h && !rc; h = strtok_r(NULL, ",", &save)) {
         while (*h == ' ' || *h == '\t')
@@ -78,7 +129,7 @@ static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
     }
     free(list);
     if (!rc && !k)
-        rc = dm_fail("hooks: no hook named (e.g. hooks: blocks.6.hook_resid_pre)");
+        rc = dm_fail("hooks: no hook named (e.g. hooks: blocks.6.hook_resid_pre, or an sae whose cfg.json has hook_name)");
     *nhooks = k;
     return rc;
 }
@@ -107,7 +158,8 @@ static int gpt2_infer(dm_node *n)
     const char *model = dm_param_str(n, "model");
     const dm_port_desc *in = dm_input_desc(n, 0);
     int64_t T = in->shape[1];
-    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(model, &cfg))
+    int center;
+    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(model, &cfg) || resolve_center(n, &center, 0))
         return -1;
     if (dm_param_int(n, "batch") < 1 || dm_param_int(n, "batch") > 1 << 20)
         return dm_fail("batch must be between 1 and %d windows, not %lld", 1 << 20,
@@ -173,7 +225,8 @@ static int gpt2_open(dm_node *n)
     s->cfg = *dm_gpt2_cfg(s->model);
     s->T = (int)dm_input_desc(n, 0)->shape[1];
     s->batch = (int)dm_param_int(n, "batch");
-    s->center = dm_param_bool(n, "center");
+    if (resolve_center(n, &s->center, 1))
+        return -1;
     size_t BT = (size_t)s->batch * (size_t)s->T;
     for (int i = 0; i < s->nhooks; i++) {
         s->width[i] = dm_gpt2_hook_width(&s->cfg, s->hooks[i]);

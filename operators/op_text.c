@@ -52,6 +52,7 @@
 #include "corpus.h"
 #include "npy.h"
 #include "op.h"
+#include "sae.h"
 #include "tokenizer.h"
 
 #define GPT2_EOT 50256
@@ -64,10 +65,12 @@ static const dm_param_spec text_params[] = {
     {"tokenizer", DM_P_PATH, "", "folder with vocab.json and merges.txt (needed for text inputs)"},
     {"format", DM_P_STRING, "auto", "auto (by file name), txt, jsonl, bin or npy"},
     {"text_field", DM_P_STRING, "text", "the field of each .jsonl line that holds the document"},
-    {"context", DM_P_INT, "128", "tokens per window, BOS included"},
+    {"context", DM_P_INT, "0", "tokens per window, BOS included (0: the SAE's context_size, else 128)"},
     {"mode", DM_P_STRING, "truncate", "truncate (first tokens of each document) or pack (concatenate)"},
     {"max_tokens", DM_P_INT, "0", "stop after floor(max_tokens/context) windows (0 = the whole corpus)"},
-    {"bos", DM_P_BOOL, "true", "start every window with <|endoftext|> (50256), as SAELens and TransformerLens do"},
+    {"bos", DM_P_STRING, "auto", "start every window with <|endoftext|> (50256): true, false, or auto (the SAE's "
+                                 "prepend_bos; true without one, as SAELens and TransformerLens do)"},
+    {"sae", DM_P_PATH, "", "SAELens folder whose cfg.json gives context_size and prepend_bos"},
     {"shard", DM_P_INT, "0", "which shard to produce (0-based)"},
     {"shards", DM_P_INT, "1", "how many shards the windows are split into"},
     {"shard_by", DM_P_STRING, "window", "window (round robin over windows) or document (over documents)"},
@@ -109,16 +112,67 @@ typedef struct {
 
 /* ---- parameters -------------------------------------------------------- */
 
+/* context and bos: as given, else as the SAE was trained (its cfg.json), else
+ * the plan's 128 and BOS. An explicit value that contradicts the SAE's is
+ * kept, and said when `say`. */
+static int sae_settings(const dm_node *n, dm_sae_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->prepend_bos = -1;
+    cfg->context_size = -1;
+    const char *dir = dm_param_str(n, "sae");
+    return *dir && dm_sae_read_config(dir, cfg) ? -1 : 0;
+}
+
+static int64_t text_context(const dm_node *n, int say)
+{
+    int64_t ctx = dm_param_int(n, "context");
+    dm_sae_config cfg;
+    if (sae_settings(n, &cfg))
+        return -1;
+    if (ctx == 0)
+        ctx = cfg.context_size > 0 ? cfg.context_size : 128;
+    if (say && dm_param_int(n, "context") == 0)
+        dm_info("node '%s': windows of %lld tokens (%s)", dm_node_name(n), (long long)ctx,
+                cfg.context_size > 0 ? "the SAE's context_size" : "the default");
+    else if (say && cfg.context_size > 0 && cfg.context_size != ctx)
+        dm_warn("node '%s': context %lld overrides the SAE's cfg.json (context_size %lld)", dm_node_name(n),
+                (long long)ctx, (long long)cfg.context_size);
+    dm_sae_config_free(&cfg);
+    return ctx;
+}
+
+static int text_bos(const dm_node *n, int say)
+{
+    const char *v = dm_param_str(n, "bos");
+    dm_sae_config cfg;
+    if (sae_settings(n, &cfg))
+        return -1;
+    int bos = !strcmp(v, "auto") ? cfg.prepend_bos != 0
+              : (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1")) ? 1
+              : (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0")) ? 0 : -2;
+    if (bos == -2)
+        dm_fail("bos must be auto, true or false, not '%s'", v);
+    else if (say && strcmp(v, "auto") && cfg.prepend_bos >= 0 && cfg.prepend_bos != bos)
+        dm_warn("node '%s': bos: %s overrides the SAE's cfg.json (prepend_bos: %s)", dm_node_name(n),
+                bos ? "true" : "false", cfg.prepend_bos ? "true" : "false");
+    dm_sae_config_free(&cfg);
+    return bos < 0 ? -1 : bos;
+}
+
 static int parse_params(const dm_node *n, int *pack, int *by_doc, dm_corpus_format *fmt)
 {
     const char *mode = dm_param_str(n, "mode"), *by = dm_param_str(n, "shard_by");
-    int64_t ctx = dm_param_int(n, "context"), r = dm_param_int(n, "shard"), s = dm_param_int(n, "shards");
+    int64_t ctx = text_context(n, 0), r = dm_param_int(n, "shard"), s = dm_param_int(n, "shards");
+    int bos = text_bos(n, 0);
+    if (ctx < 0 || bos < 0)
+        return -1;
     if (strcmp(mode, "truncate") && strcmp(mode, "pack"))
         return dm_fail("mode must be truncate or pack, not '%s'", mode);
     if (strcmp(by, "window") && strcmp(by, "document"))
         return dm_fail("shard_by must be window or document, not '%s'", by);
-    if (ctx < 1 + dm_param_bool(n, "bos") || ctx > MAX_CONTEXT)
-        return dm_fail("context must be between %d and %d tokens, not %lld", 1 + dm_param_bool(n, "bos"),
+    if (ctx < 1 + bos || ctx > MAX_CONTEXT)
+        return dm_fail("context must be between %d and %d tokens, not %lld", 1 + bos,
                        MAX_CONTEXT, (long long)ctx);
     if (dm_param_int(n, "max_tokens") < 0)
         return dm_fail("max_tokens must be 0 (no limit) or positive, not %lld",
@@ -167,9 +221,9 @@ static int text_infer(dm_node *n)
     dm_corpus_format fmt;
     char **files;
     int nfiles;
-    int64_t T, ctx = dm_param_int(n, "context");
     if (parse_params(n, &pack, &by_doc, &fmt))
         return -1;
+    int64_t T, ctx = text_context(n, 0);
     if (dm_corpus_list(dm_param_str(n, "path"), dm_param_str(n, "glob"), &files, &nfiles))
         return -1;
     rc = npy_windows(files, nfiles, fmt, &T);
@@ -195,7 +249,7 @@ static int text_infer(dm_node *n)
 /* The tokenizer (vocabulary, merges, word cache) and the pack buffers. */
 static int64_t text_state_bytes(const dm_node *n)
 {
-    int64_t ctx = dm_param_int(n, "context");
+    int64_t ctx = text_context(n, 0);
     int64_t tok = *dm_param_str(n, "tokenizer") ? (int64_t)64 << 20 : 0;
     return tok + 8 * (int64_t)DM_CORPUS_PIECE + 2 * 4 * (int64_t)PIECE_BYTES + 4 * ctx * 1024;
 }
@@ -428,8 +482,8 @@ static int text_open(dm_node *n)
     int64_t T;
     if (parse_params(n, &s->pack, &s->by_doc, &fmt))
         return -1;
-    s->ctx = (int)dm_param_int(n, "context");
-    s->bos = dm_param_bool(n, "bos");
+    s->ctx = (int)text_context(n, 1);
+    s->bos = text_bos(n, 1);
     s->shard = dm_param_int(n, "shard");
     s->shards = dm_param_int(n, "shards");
     s->path = dm_param_str(n, "path");

@@ -205,6 +205,37 @@ START_TEST(fast_matches_reference)
 }
 END_TEST
 
+/* A row of large but finite values is finite: it is encoded, and counted in the
+ * statistics. (A product-based finiteness test overflowed to Inf for such rows
+ * under a SIMD reduction and dropped them as NaN.) */
+START_TEST(large_rows_are_finite)
+{
+    dm_sae *s = dm_sae_load(GOLDEN "standard_jb", 0);
+    ck_assert_msg(s, "%s", dm_error());
+    int64_t n = 3, d = s->cfg.d_in;
+    float *x = malloc(sizeof(float) * n * d), *rc = malloc(sizeof(float) * n * d), *re = malloc(sizeof(float) * n * d);
+    for (int64_t i = 0; i < n * d; i++)
+        x[i] = (i % 2 ? 1e5f : -3e5f) * (float)(1 + i % 5);
+    dm_sae_sparse sp = {0};
+    dm_sae_work *w = dm_sae_work_new(s, 2);
+    ck_assert_int_eq(dm_sae_forward(w, s, x, n, rc, re, &sp), 0);
+    for (int64_t i = 0; i < n * d; i++)
+        ck_assert(isfinite(re[i]));
+    dm_sae_stats *st = dm_sae_stats_new(d, s->cfg.d_sae, 1);
+    dm_sae_stats_update(st, x, rc, re, &sp, n);
+    dm_sae_result r;
+    ck_assert_int_eq(dm_sae_stats_finalize(st, &r), 0);
+    ck_assert_int_eq(r.n, n);
+    ck_assert_int_eq(r.nonfinite, 0);
+    dm_sae_result_free(&r);
+    dm_sae_stats_free(st);
+    dm_sae_work_free(w);
+    dm_sae_sparse_free(&sp);
+    free(x), free(rc), free(re);
+    dm_sae_free(s);
+}
+END_TEST
+
 /* ---- bad folders ------------------------------------------------------- */
 
 static char tmpdir[64];
@@ -381,6 +412,7 @@ int main(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, golden_parity_and_statistics);
     tcase_add_test(tc, fast_matches_reference);
+    tcase_add_test(tc, large_rows_are_finite);
     tcase_add_test(tc, bad_folders);
     tcase_add_test(tc, feature_moments_are_stable);
     suite_add_tcase(s, tc);

@@ -2,15 +2,25 @@
 # SAE throughput: `dmica sae` end to end (encode, activation, sparse decode,
 # residual, every statistic incl. the linear predictability) at d_in 768,
 # d_sae 24576, L0 about 50 (tools/make-sae random weights), beside the rate of
-# the encode GEMM alone (cblas_sgemm, M = tile, N = 24576, K = 768) measured in
-# the same run with the same OpenBLAS and threads. Peak RSS at two token counts
-# shows memory does not grow with the tokens. Env: SAE_TOKENS ("4096 16384"),
-# SAE_TILE (256), SAE_THREADS (2).
+# the encode GEMM alone (M = tile, N = 24576, K = 768) measured in the same run
+# with the same OpenBLAS and threads, and the target of issue 4 (item 6): the
+# SAE at 80% of the GEMM or more. Peak RSS at two token counts shows memory
+# does not grow with the tokens.
+#
+# The GEMM rate is the best we can get for that problem, taken two ways, the
+# better one counting: one multithreaded cblas_sgemm a tile (OpenBLAS's
+# threads), and single-threaded SGEMMs on column panels of 512 features spread
+# over OpenMP threads (what dmica does), each timed in 0.5 s bursts over 2 s,
+# best burst. On a shared machine both sides are taken at their best: the GEMM
+# is measured before each of SAE_REPEAT `dmica sae` runs, and the best of each
+# is compared. Env: SAE_TOKENS ("4096 16384"), SAE_TILE (256), SAE_THREADS (2),
+# SAE_REPEAT (3).
 set -eu
 : "${ROOT:=$(cd "$(dirname "$0")/../.." && pwd)}" "${DMICA:=$ROOT/bin/dmica}" "${PY:=/usr/bin/python3}"
 tokens=${SAE_TOKENS:-"4096 16384"}
 tile=${SAE_TILE:-256}
 threads=${SAE_THREADS:-2}
+repeat=${SAE_REPEAT:-3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "bench sae: making the SAE and inputs in $tmp" >&2
@@ -20,59 +30,112 @@ for n in $tokens; do
 done
 cat > "$tmp/gemm.c" <<'C'
 #include <cblas.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+enum { N = 24576, K = 768, PANEL = 512 };
+/* one pass of pre (M, N) = a (M, K) @ b (K, N): mode 0 one multithreaded SGEMM,
+ * mode 1 single-threaded SGEMMs on column panels over OpenMP threads */
+static void pass(int mode, int M, const float *a, const float *b, float *c)
+{
+    if (mode == 0) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int p = 0; p < N / PANEL; p++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, PANEL, K, 1, a, K, b + p * PANEL, N, 0,
+                    c + (long)p * PANEL, N);
+}
+/* prints the best GFLOP/s of 0.5 s bursts over 2 s for each mode, then the better mode */
 int main(int argc, char **argv)
 {
-    int M = atoi(argv[1]), N = 24576, K = 768, reps = 0;
+    int M = atoi(argv[1]), threads = atoi(argv[2]);
     float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N), *c = malloc(sizeof(float) * M * N);
     for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 13) * 0.01f;
     for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 7) * 0.01f;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
-    double t0 = now(), t;
-    do {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
-        reps++;
-    } while ((t = now() - t0) < 3.0);
-    printf("%.3f\n", 2.0 * M * N * K * reps / t / 1e9);
+    double best[2] = {0, 0};
+    for (int mode = 0; mode < 2; mode++) {
+        openblas_set_num_threads(mode == 0 ? threads : 1);
+        omp_set_num_threads(threads);
+        pass(mode, M, a, b, c);
+        for (double t_end = now() + 2.0; now() < t_end;) {
+            double t0 = now(), t;
+            int reps = 0;
+            do
+                pass(mode, M, a, b, c), reps++;
+            while ((t = now() - t0) < 0.5);
+            double r = 2.0 * M * N * K * reps / t / 1e9;
+            if (r > best[mode])
+                best[mode] = r;
+        }
+    }
+    printf("%.3f %s\n", best[0] > best[1] ? best[0] : best[1], best[0] > best[1] ? "multithreaded" : "panels");
+    fprintf(stderr, "bench sae: GEMM best GFLOP/s: multithreaded %.1f, panels %.1f\n", best[0], best[1]);
     return 0;
 }
 C
-cc -O2 -o "$tmp/gemm" "$tmp/gemm.c" -lopenblas
-gemm() { OPENBLAS_NUM_THREADS=$threads OMP_NUM_THREADS=$threads "$tmp/gemm" "$tile"; }
+cc -O2 -fopenmp -o "$tmp/gemm" "$tmp/gemm.c" -lopenblas
 echo "## SAE operator (d_in 768, d_sae 24576, L0 ~50)"
 echo
-echo "Measured by \`tools/bench.d/40-sae.sh\` (\`$threads\` threads, tile $tile): \`dmica sae --threads $threads --tile $tile\`"
+echo "Measured by \`tools/bench.d/40-sae.sh\` ($threads threads, tile $tile): \`dmica sae --threads $threads --tile $tile\`"
 echo "on random N(0,1) activations and a tools/make-sae SAE, with every statistic (FVU, MSE, cosine, L0 histogram,"
-echo "per-feature moments, linear predictability). The encode GEMM alone (cblas_sgemm ${tile}x24576x768, same"
-echo "OpenBLAS, same threads) is measured for 3 s just before and just after each run; their mean, in tokens/s"
-echo "(GFLOP/s / 2·768·24576 = 75.5 MFLOP a token), is the ceiling for the whole pass. The machine is shared: rates move between runs."
+echo "per-feature moments, linear predictability); its tokens/s is the pass as dmica reports it (reading x and writing"
+echo "the residual included, loading the SAE not). The encode GEMM alone (${tile}x24576x768, same OpenBLAS, same threads)"
+echo "is the ceiling for the whole pass: the best rate of 0.5 s bursts, taken both as one multithreaded cblas_sgemm a"
+echo "tile and as single-threaded SGEMMs on 512-column panels over OpenMP threads (as dmica runs it), the better"
+echo "counting; in tokens/s = GFLOP/s / (2·768·24576 = 75.5 MFLOP a token). The machine is shared and rates move"
+echo "between runs, so the GEMM is measured before each of $repeat dmica runs and each side's best is compared."
 echo
-echo "| tokens | GEMM tokens/s | SAE tokens/s (pass) | % of GEMM | s with loading | mean L0 | peak RSS |"
-echo "|---|---|---|---|---|---|---|"
+echo "**Target** (issue 4, item 6): SAE tokens/s end to end with statistics at least 80% of the GEMM's; peak memory"
+echo "independent of the number of tokens."
+echo
+echo "| tokens | GEMM tokens/s (best way) | SAE tokens/s (pass) | % of GEMM | target 80% | s with loading | mean L0 | peak RSS |"
+echo "|---|---|---|---|---|---|---|---|"
+rows=$tmp/rows
+: > "$rows"
 for n in $tokens; do
-    g1=$(gemm); echo "bench sae: $n tokens" >&2
-    "$PY" - "$DMICA" "$tmp" "$n" "$tile" "$threads" "$g1" "$tmp/gemm" <<'P'
-import re, resource, subprocess, sys, json
-import os
-dmica, tmp, n, tile, threads, g1, gexe = sys.argv[1:]
-p = subprocess.run([dmica, "sae", "--sae", tmp + "/sae", "--in", "%s/x%s.npy" % (tmp, n), "--residual",
-                    tmp + "/e.npy", "--stats", tmp + "/st.json", "--tile", tile, "--threads", threads],
-                   capture_output=True, text=True)
-if p.returncode:
-    sys.exit(p.stderr)
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    echo "bench sae: $n tokens" >&2
+    "$PY" - "$DMICA" "$tmp" "$n" "$tile" "$threads" "$tmp/gemm" "$repeat" "$rows" <<'P'
+import re, resource, subprocess, sys, json, os
+dmica, tmp, n, tile, threads, gexe, repeat, rows = sys.argv[1:]
 env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
-g2 = subprocess.run([gexe, tile], capture_output=True, text=True, env=env).stdout
-gemm = (float(g1) + float(g2)) * 1e9 / 2 / (2 * 768 * 24576)
-m = re.search(r"in ([0-9.]+) s \(([0-9.]+) tokens/s; ([0-9.]+) s with loading", p.stderr)
+best_gemm, how, best_sae, load = 0.0, "", 0.0, 0.0
+for _ in range(int(repeat)):
+    g = subprocess.run([gexe, tile, threads], capture_output=True, text=True, env=env, check=True).stdout.split()
+    if float(g[0]) > best_gemm:
+        best_gemm, how = float(g[0]), g[1]
+    p = subprocess.run([dmica, "sae", "--sae", tmp + "/sae", "--in", "%s/x%s.npy" % (tmp, n), "--residual",
+                        tmp + "/e.npy", "--stats", tmp + "/st.json", "--tile", tile, "--threads", threads],
+                       capture_output=True, text=True)
+    if p.returncode:
+        sys.exit(p.stderr)
+    m = re.search(r"in ([0-9.]+) s \(([0-9.]+) tokens/s; ([0-9.]+) s with loading", p.stderr)
+    if float(m.group(2)) > best_sae:
+        best_sae, load = float(m.group(2)), float(m.group(3))
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child: a dmica run
+gemm = best_gemm * 1e9 / (2 * 768 * 24576)
 st = json.load(open(tmp + "/st.json"))
-print("| %s | %.0f | %.0f | %.0f%% | %s | %.1f | %.0f MiB |" % (n, gemm, float(m.group(2)),
-      100 * float(m.group(2)) / gemm, m.group(3), st["mean_l0"], rss))
+pct = 100 * best_sae / gemm
+print("| %s | %.0f (%s) | %.0f | %.0f%% | %s | %.2f | %.1f | %.0f MiB |" % (n, gemm, how, best_sae, pct,
+      "met" if pct >= 80 else "**not met**", load, st["mean_l0"], rss))
+with open(rows, "a") as f:
+    f.write("%s %.1f %.0f\n" % (n, pct, rss))
 P
 done
 echo
-echo "Peak RSS is the weights (2 x 75 MB), one tile of pre-activations (tile x 24576 floats) and fixed"
-echo "buffers: it does not grow with the token count (each row above is its own process)."
+"$PY" - "$rows" <<'P'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+met = all(float(r[1]) >= 80 for r in rows)
+rss = [float(r[2]) for r in rows]
+print("Throughput target %s: %s of the GEMM rate at %s tokens." % (
+    "met" if met else "NOT met", ", ".join("%s%%" % r[1] for r in rows), ", ".join(r[0] for r in rows)))
+print("Peak RSS %s MiB over %s tokens: %s." % (" and ".join("%.0f" % x for x in rss), " and ".join(r[0] for r in rows),
+      "independent of the token count" if max(rss) - min(rss) < 0.1 * min(rss) + 16 else "it GROWS with the tokens"))
+P
+echo
+echo "Peak RSS is the weights (2 x 75 MB), a panel of pre-activations per thread (tile x 512 floats), the"
+echo "statistics and the read/write buffers (a chunk of rows): none of it grows with the token count."

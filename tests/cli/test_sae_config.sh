@@ -1,0 +1,50 @@
+# The SAE's cfg.json sets what the model stage does unless the pipeline says
+# otherwise: the hook read (hook_name), residual centring
+# (model_from_pretrained_kwargs.center_writing_weights), BOS and context size;
+# overrides are kept and said on stderr.
+. "$ROOT/tests/cli/lib.sh"
+have_numpy || { echo "numpy missing"; exit 77; }
+M=$ROOT/tests/golden/gpt2/c64h4          # a 2-layer, 64-wide random GPT-2 (vocabulary 101)
+python3 -c "
+import numpy as np
+np.save('windows.npy', np.random.default_rng(0).integers(0, 100, size=(6, 16)).astype(np.int32))
+"
+python3 "$ROOT/tools/make-sae" --d-in 64 --d-sae 128 --hook blocks.1.hook_resid_pre --out sae_centred >/dev/null
+python3 "$ROOT/tools/make-sae" --d-in 64 --d-sae 128 --hook blocks.1.hook_resid_pre --no-center --out sae_raw >/dev/null
+pipeline() {   # $1: SAE folder, $2: extra gpt2 params
+cat > p.yaml <<Y
+name: saecfg
+nodes:
+  text: {op: text, params: {path: windows.npy, format: npy, context: 16, sae: $1}}
+  lm:
+    op: gpt2
+    inputs: {tokens: text.windows}
+    params: {model: $M, sae: $1 $2}
+  sae:
+    op: sae
+    inputs: {x: lm.blocks.1.hook_resid_pre}
+    params: {sae: $1, hook: blocks.1.hook_resid_pre}
+  acts: {op: npy_sink, inputs: {x: lm.blocks.1.hook_resid_pre}, params: {file: acts.npy}}
+Y
+}
+row_means() { python3 -c "import numpy as np; print(float(np.abs(np.load('$1').mean(1)).max()))"; }
+
+pipeline sae_centred ""
+expect_ok $DMICA run p.yaml --out c
+err_has "residual centring on (from the SAE's cfg.json"
+err_has "context 16 overrides the SAE's cfg.json (context_size 128)"
+[ "$(python3 -c "print($(row_means c/acts.npy) < 1e-5)")" = True ] || fail "activations should be centred"
+
+pipeline sae_raw ""
+expect_ok $DMICA run p.yaml --out r
+err_has "residual centring off (from the SAE's cfg.json"
+[ "$(python3 -c "print($(row_means r/acts.npy) > 1e-3)")" = True ] || fail "activations should not be centred"
+
+# an explicit setting wins, and says so
+pipeline sae_raw ", center: true"
+expect_ok $DMICA run p.yaml --out o
+err_has "center: true overrides the SAE's cfg.json (center_writing_weights: false)"
+cmp c/acts.npy o/acts.npy || fail "center: true should give the centred activations"
+expect_fail $DMICA run p.yaml --set lm.center=sometimes
+err_has "center must be auto, true or false"
+echo ok

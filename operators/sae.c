@@ -788,7 +788,6 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
             }
 #pragma omp barrier
             float *restrict xh = w->lists[t].xhat;
-            const int64_t end = sp->start[t0 + m];
 #pragma omp for schedule(dynamic, 8)
             for (int64_t r = 0; r < m; r++) {
                 int64_t g = t0 + r;
@@ -801,14 +800,6 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
                 }
                 memcpy(xh, s->b_dec, (size_t)di * sizeof(float));
                 for (int64_t a = sp->start[g]; a < sp->start[g + 1]; a++) {
-                    /* W_dec rows are read at random, 52 a token, from memory: ask for
-                     * the one after next while this one is added (the hardware
-                     * prefetcher only starts a few lines into each row) */
-                    if (a + 2 < end) {
-                        const char *next = (const char *)(s->W_dec + (int64_t)sp->feature[a + 2] * di);
-                        for (int64_t o = 0; o < di * (int64_t)sizeof(float); o += 64)
-                            __builtin_prefetch(next + o);
-                    }
                     const float v = sp->value[a];
                     const float *restrict wd = s->W_dec + (int64_t)sp->feature[a] * di;
 #pragma omp simd

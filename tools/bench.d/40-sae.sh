@@ -10,10 +10,10 @@
 # The GEMM rate is the best we can get for that problem, taken two ways, the
 # better one counting: one multithreaded cblas_sgemm a tile (OpenBLAS's
 # threads), and single-threaded SGEMMs on column panels of 512 features spread
-# over OpenMP threads (what dmica does), each timed in 0.5 s bursts over 2 s,
-# best burst. On a shared machine both sides are taken at their best: the GEMM
-# is measured before each of SAE_REPEAT `dmica sae` runs, and the best of each
-# is compared. Env: SAE_TOKENS ("4096 16384"), SAE_TILE (256), SAE_THREADS (2),
+# over OpenMP threads (what dmica does), each timed over as many tiles as the
+# SAE pass encodes (like for like: the same work, over about the same time). On
+# a shared machine both sides are taken at their best: the GEMM is measured
+# before each of SAE_REPEAT `dmica sae` runs, and the best of each is compared. Env: SAE_TOKENS ("4096 16384"), SAE_TILE (256), SAE_THREADS (2),
 # SAE_REPEAT (3).
 set -eu
 : "${ROOT:=$(cd "$(dirname "$0")/../.." && pwd)}" "${DMICA:=$ROOT/bin/dmica}" "${PY:=/usr/bin/python3}"
@@ -49,10 +49,11 @@ static void pass(int mode, int M, const float *a, const float *b, float *c)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, PANEL, K, 1, a, K, b + p * PANEL, N, 0,
                     c + (long)p * PANEL, N);
 }
-/* prints the best GFLOP/s of 0.5 s bursts over 2 s for each mode, then the better mode */
+/* prints the GFLOP/s of the better mode, each timed over the GEMMs of `tokens` rows
+ * (as many tiles as the SAE pass encodes), and the mode */
 int main(int argc, char **argv)
 {
-    int M = atoi(argv[1]), threads = atoi(argv[2]);
+    int M = atoi(argv[1]), threads = atoi(argv[2]), tiles = (atoi(argv[3]) + M - 1) / M;
     float *a = malloc(sizeof(float) * M * K), *b = malloc(sizeof(float) * K * N), *c = malloc(sizeof(float) * M * N);
     for (long i = 0; i < (long)M * K; i++) a[i] = (float)(i % 13) * 0.01f;
     for (long i = 0; i < (long)K * N; i++) b[i] = (float)(i % 7) * 0.01f;
@@ -61,19 +62,13 @@ int main(int argc, char **argv)
         openblas_set_num_threads(mode == 0 ? threads : 1);
         omp_set_num_threads(threads);
         pass(mode, M, a, b, c);
-        for (double t_end = now() + 2.0; now() < t_end;) {
-            double t0 = now(), t;
-            int reps = 0;
-            do
-                pass(mode, M, a, b, c), reps++;
-            while ((t = now() - t0) < 0.5);
-            double r = 2.0 * M * N * K * reps / t / 1e9;
-            if (r > best[mode])
-                best[mode] = r;
-        }
+        double t0 = now();
+        for (int i = 0; i < tiles; i++)
+            pass(mode, M, a, b, c);
+        best[mode] = 2.0 * M * N * K * tiles / (now() - t0) / 1e9;
     }
     printf("%.3f %s\n", best[0] > best[1] ? best[0] : best[1], best[0] > best[1] ? "multithreaded" : "panels");
-    fprintf(stderr, "bench sae: GEMM best GFLOP/s: multithreaded %.1f, panels %.1f\n", best[0], best[1]);
+    fprintf(stderr, "bench sae: GEMM GFLOP/s: multithreaded %.1f, panels %.1f\n", best[0], best[1]);
     return 0;
 }
 C
@@ -84,10 +79,10 @@ echo "Measured by \`tools/bench.d/40-sae.sh\` ($threads threads, tile $tile): \`
 echo "on random N(0,1) activations and a tools/make-sae SAE, with every statistic (FVU, MSE, cosine, L0 histogram,"
 echo "per-feature moments, linear predictability); its tokens/s is the pass as dmica reports it (reading x and writing"
 echo "the residual included, loading the SAE not). The encode GEMM alone (${tile}x24576x768, same OpenBLAS, same threads)"
-echo "is the ceiling for the whole pass: the best rate of 0.5 s bursts, taken both as one multithreaded cblas_sgemm a"
-echo "tile and as single-threaded SGEMMs on 512-column panels over OpenMP threads (as dmica runs it), the better"
-echo "counting; in tokens/s = GFLOP/s / (2·768·24576 = 75.5 MFLOP a token). The machine is shared and rates move"
-echo "between runs, so the GEMM is measured before each of $repeat dmica runs and each side's best is compared."
+echo "is the ceiling for the whole pass: timed over the same number of tiles as the pass, both as one multithreaded"
+echo "cblas_sgemm a tile and as single-threaded SGEMMs on 512-column panels over OpenMP threads (as dmica runs it), the"
+echo "better counting; in tokens/s = GFLOP/s / (2·768·24576 = 75.5 MFLOP a token). The machine is shared and rates move"
+echo "between runs, so the GEMM is measured just before each of $repeat dmica runs and each side's best is compared."
 echo
 echo "**Target** (issue 4, item 6): SAE tokens/s end to end with statistics at least 80% of the GEMM's; peak memory"
 echo "independent of the number of tokens."
@@ -104,7 +99,7 @@ dmica, tmp, n, tile, threads, gexe, repeat, rows = sys.argv[1:]
 env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads)
 best_gemm, how, best_sae, load = 0.0, "", 0.0, 0.0
 for _ in range(int(repeat)):
-    g = subprocess.run([gexe, tile, threads], capture_output=True, text=True, env=env, check=True).stdout.split()
+    g = subprocess.run([gexe, tile, threads, n], capture_output=True, text=True, env=env, check=True).stdout.split()
     if float(g[0]) > best_gemm:
         best_gemm, how = float(g[0]), g[1]
     p = subprocess.run([dmica, "sae", "--sae", tmp + "/sae", "--in", "%s/x%s.npy" % (tmp, n), "--residual",

@@ -24,7 +24,7 @@ TESTSRC := $(wildcard tests/test_*.c)
 TESTBIN := $(TESTSRC:tests/%.c=$(BUILD)/tests/%)
 BIN     := $(if $(SAN),$(BUILD)/dmica,bin/dmica)
 
-.PHONY: all deps demo test test-unit test-cli test-san bench clean
+.PHONY: all deps demo tiny-models test test-unit test-cli test-san bench clean
 all: $(BIN)
 
 # Installs missing Debian packages (as root) or says which are missing.
@@ -68,15 +68,17 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
 
 PYTHON ?= /usr/bin/python3
 
-# The demo's models: random weights in the real formats, made by our own tools.
-build/demo/.models: tools/make-gpt2 tools/make-sae | $(DEPS_STAMP)
-	@mkdir -p build/demo
+# tiny-gpt2.yaml's models: random weights in the real formats, made by our own tools.
+build/tiny/.models: tools/make-gpt2 tools/make-sae | $(DEPS_STAMP)
+	@mkdir -p build/tiny
 	$(PYTHON) tools/make-gpt2 --n-embd 64 --n-layer 2 --n-head 4 --n-positions 128 --vocab-size 50257 \
-		--tokenizer tests/data/gpt2-tokenizer --seed 1 --out build/demo/gpt2
-	$(PYTHON) tools/make-sae --d-in 64 --d-sae 512 --l0 12 --input-scale 0.36 --hook blocks.1.hook_resid_pre --seed 2 --out build/demo/sae
+		--tokenizer tests/data/gpt2-tokenizer --seed 1 --out build/tiny/gpt2
+	$(PYTHON) tools/make-sae --d-in 64 --d-sae 512 --l0 12 --input-scale 0.36 --hook blocks.1.hook_resid_pre --seed 2 --out build/tiny/sae
 	@touch $@
+tiny-models: build/tiny/.models
 
-demo: $(BIN) build/demo/.models
+# The embedded demo needs nothing but the binary: it writes its planted SAE itself.
+demo: $(BIN)
 	$(BIN) demo --out demo-out
 
 # Unit tests run from the repository root so they find tests/golden.

@@ -19,6 +19,8 @@ int dm_cmd_sae(int argc, char **argv) __attribute__((weak));
 int dm_cmd_ica(int argc, char **argv) __attribute__((weak));
 int dm_cmd_analyze(int argc, char **argv) __attribute__((weak));
 int dm_cmd_top(int argc, char **argv) __attribute__((weak));
+/* Writes the SAE that `planted` nodes (the demo's data) are analysed with. */
+int dm_planted_prepare(const dm_pipeline *p) __attribute__((weak));
 
 
 typedef struct {
@@ -134,6 +136,10 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
             dm_pipeline_free(p);
             return NULL;
         }
+    if (dm_planted_prepare && dm_planted_prepare(p)) {
+        dm_pipeline_free(p);
+        return NULL;
+    }
     dm_graph *g = dm_graph_build(p);
     if (!g) {
         dm_pipeline_free(p);

@@ -7,6 +7,7 @@
  * no later access can run past the file. The mapping lives until dm_st_close.
  */
 #include "safetensors.h"
+#include "fs.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -294,4 +295,46 @@ int dm_st_read_f32(const dm_safetensors *st, const dm_st_tensor *t, float *out)
                        t->name, t->dtype);
     }
     return 0;
+}
+
+int dm_st_write_f32(const char *path, const char *const *names, const dm_tensor *ts, int n)
+{
+    json_t *h = json_object();
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        if (ts[i].dtype != DM_F32) {
+            json_decref(h);
+            return dm_fail("%s: tensor %s: only float32 is written", path, names[i]);
+        }
+        json_t *shape = json_array(), *e = json_object();
+        for (int k = 0; k < ts[i].ndim; k++)
+            json_array_append_new(shape, json_integer(ts[i].shape[k]));
+        int64_t bytes = dm_tensor_numel(&ts[i]) * 4;
+        json_object_set_new(e, "dtype", json_string("F32"));
+        json_object_set_new(e, "shape", shape);
+        json_object_set_new(e, "data_offsets", json_pack("[I, I]", (json_int_t)off, (json_int_t)(off + bytes)));
+        json_object_set_new(h, names[i], e);
+        off += bytes;
+    }
+    json_object_set_new(h, "__metadata__", json_pack("{s:s}", "format", "pt"));
+    char *text = json_dumps(h, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(h);
+    size_t hlen = strlen(text), padded = (hlen + 7) & ~(size_t)7; /* the data starts 8-aligned */
+    size_t total = 8 + padded + (size_t)off;
+    unsigned char *buf = dm_xmalloc(total);
+    uint64_t le = padded;
+    for (int b = 0; b < 8; b++)
+        buf[b] = (unsigned char)(le >> (8 * b));
+    memcpy(buf + 8, text, hlen);
+    memset(buf + 8 + hlen, ' ', padded - hlen);
+    size_t at = 8 + padded;
+    for (int i = 0; i < n; i++) {
+        size_t bytes = (size_t)dm_tensor_numel(&ts[i]) * 4;
+        memcpy(buf + at, ts[i].data, bytes);
+        at += bytes;
+    }
+    int rc = dm_write_file_atomic(path, buf, total);
+    free(buf);
+    free(text);
+    return rc;
 }

@@ -62,4 +62,8 @@ int dm_st_read_f32(const dm_safetensors *st, const dm_st_tensor *t, float *out);
 /* Formats t's shape as "[64, 192]" into buf (always NUL-terminated). */
 const char *dm_st_shape_str(const int64_t *shape, int ndim, char *buf, size_t n);
 
+/* Writes float32 tensors (names[i], ts[i], F32 data) as a safetensors file,
+ * atomically, with __metadata__ {"format": "pt"} as PyTorch's writer does. */
+int dm_st_write_f32(const char *path, const char *const *names, const dm_tensor *ts, int n);
+
 #endif

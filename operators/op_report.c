@@ -32,7 +32,7 @@
 enum {
     IN_ACT_VAR, IN_RES_VAR, IN_RES_KURT, IN_N, IN_EIGEN, IN_SRC_KURT, IN_ACT_KURT, IN_SAE_KURT, IN_SAE_FREQ,
     IN_STABILITY, IN_MAXCOS, IN_BEST, IN_EXAMPLES, IN_ACT_EXAMPLES, IN_SAE_SUMMARY, IN_ICA_SUMMARY,
-    IN_COMPARE_SUMMARY
+    IN_COMPARE_SUMMARY, IN_DIRECTIONS, IN_PLANTED
 };
 
 static const dm_port_spec report_inputs[] = {
@@ -44,7 +44,8 @@ static const dm_port_spec report_inputs[] = {
     {"max_cos", DM_PORT_TENSOR, 0, 1},             {"best_feature", DM_PORT_TENSOR, 0, 1},
     {"examples", DM_PORT_TENSOR, 0, 1},            {"activation_examples", DM_PORT_TENSOR, 0, 1},
     {"sae_summary", DM_PORT_TENSOR, 0, 1},         {"ica_summary", DM_PORT_TENSOR, 0, 1},
-    {"compare_summary", DM_PORT_TENSOR, 0, 1},     {NULL},
+    {"compare_summary", DM_PORT_TENSOR, 0, 1},     {"directions", DM_PORT_TENSOR, 0, 1},
+    {"planted_atoms", DM_PORT_TENSOR, 0, 1},       {NULL},
 };
 static const dm_port_spec report_outputs[] = {{"results", DM_PORT_TENSOR}, {NULL}};
 
@@ -325,6 +326,37 @@ static int report_finish(dm_node *n)
     else
         verdict = "mixed";
 
+    /* planted data (the demo): how many atoms the SAE misses do the ICA patterns find? */
+    json_t *planted = NULL;
+    vec atoms = get_vec(n, IN_PLANTED), dirs = get_vec(n, IN_DIRECTIONS);
+    const dm_tensor *ta = dm_input_tensor(n, IN_PLANTED), *td = dm_input_tensor(n, IN_DIRECTIONS);
+    int64_t n_recovered = 0, n_atoms = 0;
+    if (ta && td && ta->ndim == 2 && td->ndim == 2 && ta->shape[1] == td->shape[1]) {
+        int64_t dd = ta->shape[1], kk = td->shape[0];
+        n_atoms = ta->shape[0];
+        json_t *cosl = json_array();
+        for (int64_t a = 0; a < n_atoms; a++) {
+            double best = 0, na = 0;
+            for (int64_t i = 0; i < dd; i++)
+                na += atoms.v[a * dd + i] * atoms.v[a * dd + i];
+            for (int64_t c = 0; c < kk; c++) {
+                double dot = 0, nc = 0;
+                for (int64_t i = 0; i < dd; i++)
+                    dot += atoms.v[a * dd + i] * dirs.v[c * dd + i], nc += dirs.v[c * dd + i] * dirs.v[c * dd + i];
+                double cs = fabs(dot) / sqrt(na * nc + 1e-300);
+                best = cs > best ? cs : best;
+            }
+            n_recovered += best > 0.9;
+            json_array_append_new(cosl, json_real(best));
+        }
+        planted = json_object();
+        json_object_set_new(planted, "atoms_missed_by_sae", json_integer(n_atoms));
+        json_object_set_new(planted, "recovered_by_ica", json_integer(n_recovered));
+        json_object_set_new(planted, "threshold", json_real(0.9));
+        json_object_set_new(planted, "max_abs_cos", cosl);
+    }
+    free(atoms.v), free(dirs.v);
+
     json_t *res = json_object();
     json_object_set_new(res, "model", json_string(dm_param_str(n, "model")));
     json_object_set_new(res, "sae", json_string(dm_param_str(n, "sae")));
@@ -393,6 +425,8 @@ static int report_finish(dm_node *n)
     json_object_set_new(why, "null_mean_max_cosine", num(isfinite(null_cov) ? null_cov : null_unit));
     json_object_set_new(jv, "numbers", why);
     json_object_set_new(res, "verdict", jv);
+    if (planted)
+        json_object_set_new(res, "planted", planted);
     json_object_set_new(res, "versions", json_pack("{s:s}", "dmica", DM_VERSION));
 
     /* ---- the plan's four plots ---- */
@@ -472,7 +506,11 @@ static int report_finish(dm_node *n)
     }
     put(&h, "</p>\n<div class=\"verdict\" id=\"verdict\"><b>Verdict: %s.</b> ", verdict);
     put_esc(&h, verdict_text(verdict));
-    put(&h, "</div>\n<h2>Summary</h2>\n<table id=\"summary\">\n");
+    put(&h, "</div>\n");
+    if (n_atoms)
+        put(&h, "<p class=\"verdict\" id=\"planted\"><b>Planted data:</b> ICA recovers %lld of the %lld atoms the SAE "
+                "misses (a pattern with |cos| &gt; 0.9 to the atom).</p>\n", (long long)n_recovered, (long long)n_atoms);
+    put(&h, "<h2>Summary</h2>\n<table id=\"summary\">\n");
     static const char *keys[] = {"tokens_analyzed", "fraction_variance_unexplained_by_sae", "sae_l0",
                                  "sae_explained_variance", "linear_predictability_of_error", "residual_mean_kurtosis",
                                  "residual_pca_components_for_variance_mark", "n_ica_components",

@@ -1,16 +1,16 @@
-# The embedded demo end to end (a random GPT-2 and SAE made by our tools, the
-# repository's docs as text): results.json with the plan's keys, the four SVG
-# plots, and report.html rendered in headless Chromium with its plots drawn and
-# no console errors.
+# pipelines/tiny-gpt2.yaml end to end (the text path: tokenizer, a random GPT-2
+# and SAE made by our tools, tests/data/tiny-corpus): results.json with the
+# plan's keys, the arrays, the four SVG plots, and report.html rendered in
+# headless Chromium with its plots drawn and no console errors.
 . "$ROOT/tests/cli/lib.sh"
 have_numpy || { echo "numpy missing"; exit 77; }
-mkdir -p build/demo
+mkdir -p build/tiny tests/data
+ln -s "$ROOT/tests/data/tiny-corpus" tests/data/tiny-corpus
 python3 "$ROOT/tools/make-gpt2" --n-embd 32 --n-layer 2 --n-head 2 --n-positions 128 --vocab-size 50257 \
-    --tokenizer "$ROOT/tests/data/gpt2-tokenizer" --seed 1 --out build/demo/gpt2 >/dev/null || fail "make-gpt2"
+    --tokenizer "$ROOT/tests/data/gpt2-tokenizer" --seed 1 --out build/tiny/gpt2 >/dev/null || fail "make-gpt2"
 python3 "$ROOT/tools/make-sae" --d-in 32 --d-sae 256 --l0 8 --input-scale 0.36 --hook blocks.1.hook_resid_pre \
-    --seed 2 --out build/demo/sae >/dev/null || fail "make-sae"
-cp -r "$ROOT/docs" docs
-expect_ok $DMICA demo --out out
+    --seed 2 --out build/tiny/sae >/dev/null || fail "make-sae"
+expect_ok $DMICA run "$ROOT/pipelines/tiny-gpt2.yaml" --out out
 for f in results.json report.html residual_kurtosis.svg residual_pca.svg ica_sae_similarity.svg \
          ica_vs_sae_kurtosis.svg ica_directions.npy ica_filters.npy ica_sources.npy ica_activations.npy residuals.npy \
          ica_top_examples.json; do

@@ -95,7 +95,8 @@ struct dm_node {
     struct dm_spill_reader **readers; /* per input: random-access inputs */
     int64_t chunk_rows;
     int64_t rows_in;
-    double seconds;
+    double seconds;    /* time in this node's own callbacks */
+    int in_consume;
 };
 
 typedef struct {

@@ -185,12 +185,19 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c)
         if (c2->group != current_group || !c2->run || !c2->opened)
             continue;
         double t0 = dm_now();
-        if (c2->op->consume(c2, n->cons[port][i].port, c)) {
+        c2->in_consume = 1;
+        int rc = c2->op->consume(c2, n->cons[port][i].port, c);
+        c2->in_consume = 0;
+        if (rc) {
             if (!strstr(dm_error(), c2->decl->name))
                 dm_fail_prefix("node '%s' (%s)", c2->decl->name, c2->op->name);
             return -1;
         }
-        c2->seconds += dm_now() - t0;
+        /* a node's time is its own: what its consumers take inside its emit is theirs */
+        double dt = dm_now() - t0;
+        c2->seconds += dt;
+        if (n->in_consume)
+            n->seconds -= dt;
         c2->rows_in += n->cons[port][i].port == 0 ? c->rows : 0;
     }
     return 0;

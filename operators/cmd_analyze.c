@@ -145,6 +145,7 @@ int dm_cmd_analyze(int argc, char **argv)
         }
     }
     char *qa = dm_yaml_quote(acts), *qs = dm_yaml_quote(sae), *qh = dm_yaml_quote(cfg.hook_name);
+    char *qm = dm_yaml_quote(cfg.model_name ? cfg.model_name : "");
     char *qt = dm_yaml_quote(tokens ? tokens : ""), *qk = dm_yaml_quote(tokenizer ? tokenizer : "");
     char *windows = tokens ? dm_xasprintf("  windows:\n    op: text\n    params: {path: %s, format: npy, context: %lld}\n",
                                           qt, (long long)T)
@@ -191,8 +192,8 @@ int dm_cmd_analyze(int argc, char **argv)
         "    params: {model: %s, sae: %s, hook: %s}\n",
         qa, windows, qs, scaling, k, tol, max_iter, seed, seeds,
         (long long)((memory > 0 ? memory : (int64_t)1 << 30) / 2), win_in, top, qk, win_in, top, qk,
-        *cfg.model_name ? cfg.model_name : "\"\"", qs, qh);
-    free(qa), free(qs), free(qh), free(qt), free(qk), free(windows);
+        qm, qs, qh);
+    free(qa), free(qs), free(qh), free(qm), free(qt), free(qk), free(windows);
     dm_sae_config_free(&cfg);
     dm_run_opts ro = {out, cache, memory, (int)threads, quiet};
     int rc = dm_run_yaml("<dmica analyze>", yaml, &ro);

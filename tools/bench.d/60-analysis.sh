@@ -59,5 +59,5 @@ print(f"tokens analysed: {res['tokens_analyzed']}; FVU {res['fraction_variance_u
       "FastICA's time depends on its iterations to converge, which this linear estimate assumes unchanged.")
 P
 echo
-echo "Node seconds are the engine's own (run.json): a streaming node's time includes what it consumes, not what"
-echo "its producer spends. Command: tools/bench.d/60-analysis.sh (ANALYSIS_TOKENS=$TOKENS)."
+echo "Node seconds are the engine's own (run.json): each node's time in its own callbacks (what its consumers"
+echo "take is theirs), so they add up to the run. Command: tools/bench.d/60-analysis.sh (ANALYSIS_TOKENS=$TOKENS)."

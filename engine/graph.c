@@ -10,6 +10,7 @@
  * shapes and dtypes on its inputs. Every message starts with "file:line".
  */
 #include "engine.h"
+#include "fs.h"
 
 #include <errno.h>
 #include <math.h>
@@ -508,6 +509,16 @@ int dm_publish(dm_node *n, const char *file)
     n->products = dm_xrealloc(n->products, (size_t)(n->nproducts + 1) * sizeof *n->products);
     n->products[n->nproducts++] = dm_xstrdup(file);
     return 0;
+}
+
+int dm_publish_text(dm_node *n, const char *file, const char *text, size_t len)
+{
+    if (!*file)
+        return 0;
+    char *path = dm_xasprintf("%s/%s", n->dir, file);
+    int rc = dm_write_file_atomic(path, text, len);
+    free(path);
+    return rc ? rc : dm_publish(n, file);
 }
 
 void *dm_node_state(const dm_node *n) { return n->state_ptr; }

@@ -145,6 +145,9 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c);
  * to the run's output folder. */
 const char *dm_node_dir(const dm_node *n);
 int dm_publish(dm_node *n, const char *file);
+/* Writes text as `file` in the node's folder (atomically) and publishes it;
+ * does nothing when file is "" (the operator's "no product" setting). */
+int dm_publish_text(dm_node *n, const char *file, const char *text, size_t len);
 
 /* The operator's own state pointer. */
 void *dm_node_state(const dm_node *n);

@@ -91,6 +91,8 @@ static int make_groups(dm_graph *g, group **out, int *nout)
 {
     group *gs = NULL;
     int ng = 0;
+    *out = NULL;
+    *nout = 0;
     for (int i = 0; i < g->nnodes; i++) {
         dm_node *n = g->nodes[i];
         if (!is_active(n))
@@ -124,6 +126,8 @@ static int make_groups(dm_graph *g, group **out, int *nout)
             gs = dm_xrealloc(gs, (size_t)(ng + 1) * sizeof *gs);
             memset(&gs[ng], 0, sizeof gs[ng]);
             join = ng++;
+            *out = gs; /* the caller frees what was made, also on error */
+            *nout = ng;
             group *G = &gs[join];
             G->multipass = has_multipass_input(n);
             for (int k = 0; k < n->nin; k++) {

@@ -400,6 +400,14 @@ static void apply_g(float *y, int64_t rows, int64_t m, dm_ica_fun fun, float alp
     }
 }
 
+/* OpenBLAS's pthread build (0.3.x) keeps its idle workers spinning in
+ * sched_yield for 2^28 cycles (OPENBLAS_THREAD_TIMEOUT) after each threaded
+ * call: after the whitening pass's GEMMs they take a core from the OpenMP
+ * threads here (1M x 64 on 2 cores: 0.2 s of a 1.3 s `dmica ica`, most of its
+ * system time). Its own fork handler's function stops them; the next threaded
+ * BLAS call starts them again. Weak: absent from other BLAS libraries. */
+extern int blas_thread_shutdown_(void) __attribute__((weak));
+
 /* Rows per block: z and W z of a block stay in a core's L2 cache. */
 static int64_t block_rows(int64_t m, int64_t k)
 {
@@ -423,6 +431,8 @@ void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const floa
      * blocks that fit its cache: no hand-over between OpenBLAS's pool (which
      * spins between calls) and OpenMP's, and one merge per call. The shares are
      * added in thread order, so a run is reproducible for a thread count. */
+    if (nt > 1 && blas_thread_shutdown_)
+        blas_thread_shutdown_();
     int blas_threads = openblas_get_num_threads();
     openblas_set_num_threads(1);
     double *share = dm_xcalloc((size_t)nt * (size_t)(m * k + m), sizeof(double));

@@ -87,6 +87,7 @@ typedef struct {
     int64_t *run;   /* (S) running seeds, in stack order */
     int nrun;
     int *iters, *conv, *warm_iters, *warm_conv;
+    int *stage_iters; /* (S) warm-start iterations in the current stage */
     double *lim;    /* (S) last convergence measure */
     json_t **log;   /* (S) per-iteration lim */
     dm_ica_sums sums;
@@ -189,7 +190,7 @@ static void ica_close(dm_node *n)
         json_decref(s->log[i]);
     free(s->log);
     free(s->W), free(s->W1), free(s->Wf), free(s->run);
-    free(s->iters), free(s->conv), free(s->warm_iters), free(s->warm_conv), free(s->lim);
+    free(s->iters), free(s->conv), free(s->warm_iters), free(s->warm_conv), free(s->stage_iters), free(s->lim);
     free(s->ram), free(s->sample);
     dm_ica_sums_free(&s->sums);
     free(s);
@@ -246,6 +247,7 @@ static int ica_open(dm_node *n)
     s->conv = dm_xcalloc((size_t)S, sizeof(int));
     s->warm_iters = dm_xcalloc((size_t)S, sizeof(int));
     s->warm_conv = dm_xcalloc((size_t)S, sizeof(int));
+    s->stage_iters = dm_xcalloc((size_t)S, sizeof(int));
     s->lim = dm_xcalloc((size_t)S, sizeof(double));
     s->log = dm_xcalloc((size_t)S, sizeof(json_t *));
     for (int64_t i = 0; i < S; i++) {
@@ -321,6 +323,7 @@ static int apply_step(dm_node *n, fastica *s, int warm)
         memcpy(W, s->W1, (size_t)(k * k) * sizeof(double));
         if (warm) {
             s->warm_iters[i]++;
+            s->stage_iters[i]++;
             s->warm_conv[i] = lim < s->tol;
         } else {
             s->iters[i]++;
@@ -333,14 +336,16 @@ static int apply_step(dm_node *n, fastica *s, int warm)
 }
 
 /* Iterates the running seeds on rows held in memory until they stop. */
-static int iterate_in_memory(dm_node *n, fastica *s, const float *z, int64_t rows, int warm)
+static int iterate_in_memory(dm_node *n, fastica *s, const float *z, int64_t rows, int warm, int warm_cap)
 {
     int64_t k = s->k;
+    for (int64_t i = 0; i < s->S; i++)
+        s->stage_iters[i] = 0;
     for (;;) {
         /* the warm start runs each seed to tol or max_iter on the sample */
         s->nrun = 0;
         for (int64_t i = 0; i < s->S; i++) {
-            int done = warm ? s->warm_conv[i] || s->warm_iters[i] >= s->max_iter
+            int done = warm ? s->warm_conv[i] || s->stage_iters[i] >= warm_cap
                             : s->conv[i] || s->iters[i] >= s->max_iter;
             if (done)
                 continue;
@@ -357,6 +362,36 @@ static int iterate_in_memory(dm_node *n, fastica *s, const float *z, int64_t row
     }
 }
 
+/* The warm start in two stages: a quarter of the sample to tol (at most 40
+ * iterations: on a small sample a nearly Gaussian component can wander at the
+ * sampling noise and never settle), then all of it to tol from there; the
+ * first stage is skipped under 4096 rows (or 64 k). The second stage starts
+ * off its fixed point by the first's sampling error only, so it takes a few
+ * iterations where a cold start takes them all at the larger size (1M x 64:
+ * 12 iterations on 100000 rows, against 12 on 25000 and 3 on 100000).
+ * The reservoir's slot order is not random (a slot keeps its first row with
+ * probability warm_rows / rows), so a partial Fisher-Yates shuffle first makes
+ * the quarter a uniform random subset of the sample. */
+static int warm_start(dm_node *n, fastica *s)
+{
+    int64_t k = s->k, m = s->sample_rows, lo = 4096 > 64 * k ? 4096 : 64 * k;
+    if (m / 4 >= lo) {
+        float *row = dm_xmalloc((size_t)k * sizeof(float));
+        for (int64_t i = 0; i < m / 4; i++) {
+            int64_t j = i + (int64_t)(splitmix(&s->rng) % (uint64_t)(m - i));
+            memcpy(row, s->sample + i * k, (size_t)k * sizeof(float));
+            memcpy(s->sample + i * k, s->sample + j * k, (size_t)k * sizeof(float));
+            memcpy(s->sample + j * k, row, (size_t)k * sizeof(float));
+        }
+        free(row);
+        if (iterate_in_memory(n, s, s->sample, m / 4, 1, s->max_iter < 40 ? s->max_iter : 40))
+            return -1;
+        for (int64_t i = 0; i < s->S; i++)
+            s->warm_conv[i] = 0;
+    }
+    return iterate_in_memory(n, s, s->sample, m, 1, s->max_iter);
+}
+
 static int ica_end_pass(dm_node *n, int pass)
 {
     fastica *s = dm_node_state(n);
@@ -370,8 +405,8 @@ static int ica_end_pass(dm_node *n, int pass)
         if (apply_step(n, s, 0))
             return -1;
     } else if (s->sample) {
-        /* first pass sampled: warm start on the sample */
-        if (iterate_in_memory(n, s, s->sample, s->sample_rows, 1))
+        /* first pass sampled: warm start on the sample, in stages */
+        if (warm_start(n, s))
             return -1;
         free(s->sample);
         s->sample = NULL;
@@ -379,7 +414,7 @@ static int ica_end_pass(dm_node *n, int pass)
         s->sums_active = 1;
     }
     if (s->in_ram) {
-        if (iterate_in_memory(n, s, s->ram, s->ram_rows, 0))
+        if (iterate_in_memory(n, s, s->ram, s->ram_rows, 0, 0))
             return -1;
         s->t_iter += dm_now() - t0 - s->t_warm;
         return 0;

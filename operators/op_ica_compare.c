@@ -408,17 +408,11 @@ static int cmp_finish(dm_node *n)
     }
     size_t len = strlen(text);
     dm_tensor_from_text(&summary, text, len);
-    if (*file) {
-        char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-        text[len] = '\n';
-        int bad = dm_write_file_atomic(path, text, len + 1) || dm_publish(n, file);
-        free(path);
-        if (bad) {
-            free(text);
-            goto end;
-        }
-    }
+    text[len] = '\n'; /* json_dumps leaves room: the file ends with a newline */
+    int bad = dm_publish_text(n, file, text, len + 1);
     free(text);
+    if (bad)
+        goto end;
     rc = 0;
     for (int p = 0; p < 7 && !rc; p++)
         rc = dm_set_output(n, p, &out[p]);

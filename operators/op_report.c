@@ -143,10 +143,7 @@ static void put_esc(dm_strbuf *b, const char *t)
 
 static int write_product(dm_node *n, const char *file, const char *text)
 {
-    char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-    int rc = dm_write_file_atomic(path, text, strlen(text));
-    free(path);
-    return rc ? rc : dm_publish(n, file);
+    return dm_publish_text(n, file, text, strlen(text));
 }
 
 /* ---- the report ------------------------------------------------------------ */

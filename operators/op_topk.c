@@ -333,14 +333,7 @@ static int topk_finish(dm_node *n)
         return rc ? -1 : dm_fail("cannot encode the examples as JSON");
     }
     size_t len = strlen(text);
-    const char *file = dm_param_str(n, "file");
-    if (*file) {
-        char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-        rc = dm_write_file_atomic(path, text, len);
-        free(path);
-        if (!rc)
-            rc = dm_publish(n, file);
-    }
+    rc = dm_publish_text(n, dm_param_str(n, "file"), text, len);
     if (!rc) {
         dm_tensor out;
         dm_tensor_from_text(&out, text, len);

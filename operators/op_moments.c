@@ -117,13 +117,11 @@ static int write_stats_json(dm_node *n, const char *file, const dm_moments *m, d
     json_decref(o);
     if (!text)
         return dm_fail("%s: cannot encode JSON", file);
-    char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
     size_t len = strlen(text);
     text[len] = '\n'; /* json_dumps leaves no final newline; overwrite its NUL */
-    int rc = dm_write_file_atomic(path, text, len + 1);
-    free(path);
+    int rc = dm_publish_text(n, file, text, len + 1);
     free(text);
-    return rc ? rc : dm_publish(n, file);
+    return rc;
 }
 
 static int moments_finish(dm_node *n)

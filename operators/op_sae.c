@@ -243,20 +243,13 @@ static int sae_finish(dm_node *n)
     char *text = dm_sae_result_json(&r, s->sae);
     if (!text)
         goto end;
-    if (*file) {
-        char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-        int bad = dm_write_file_atomic(path, text, strlen(text));
-        free(path);
-        if (bad || dm_publish(n, file)) {
-            free(text);
-            goto end;
-        }
+    if (dm_publish_text(n, file, text, strlen(text))) {
+        free(text);
+        goto end;
     }
     dm_tensor t[OUT_N];
     memset(t, 0, sizeof t);
-    int64_t tlen[1] = {(int64_t)strlen(text)};
-    dm_tensor_init(&t[OUT_SUMMARY], DM_U8, 1, tlen); /* the statistics JSON, for the report */
-    memcpy(t[OUT_SUMMARY].data, text, (size_t)tlen[0]);
+    dm_tensor_from_text(&t[OUT_SUMMARY], text, strlen(text)); /* the statistics JSON, for the report */
     free(text);
     int64_t shape[2] = {c->d_sae, c->d_in};
     dm_tensor_init(&t[OUT_DECODER], DM_F32, 2, shape);

@@ -109,7 +109,7 @@ done
 echo
 printf 'Speed-up over scikit-learn, 1 seed in RAM: **%.1fx** cold (Amari no worse: %s), **%.1fx** with the warm start (Amari no worse: %s); target >= 5x with an Amari distance no worse.\n' \
     "$sp" "$(am_ok "$($PY amari.py o_one/unmixing.npy)")" "$spw" "$(am_ok "$($PY amari.py o_warm/unmixing.npy)")"
-echo "The warm start (\`--warm-start\`) iterates on a 100000-row sample to tol, then on all rows to the same tol"
+echo "The warm start (\`--warm-start\`) iterates on 25000 of a 100000-row sample to tol, then on the 100000, then on all rows to the same tol"
 echo "and the same convergence test as scikit-learn; the full-data iterations are the count shown."
 echo "Three seeds share every pass over z (one GEMM with 3k rows), which saves reads, not flops: per iteration"
 echo "both sides are bound by the same two k x k x rows GEMMs."

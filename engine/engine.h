@@ -60,6 +60,7 @@ typedef struct {
 
 struct dm_node {
     int index;
+    void *graph; /* the dm_graph it belongs to */
     dm_node_decl *decl;
     const dm_op *op;
     const char *where; /* "file:line" */

@@ -356,6 +356,7 @@ dm_graph *dm_graph_build(dm_pipeline *p)
     for (int i = 0; i < p->nnodes; i++) {
         dm_node *n = dm_xcalloc(1, sizeof *n);
         n->index = i;
+        n->graph = g;
         n->decl = &p->nodes[i];
         n->group = -1;
         g->nodes[i] = n;

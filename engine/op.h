@@ -153,6 +153,10 @@ int dm_publish_text(dm_node *n, const char *file, const char *text, size_t len);
 void *dm_node_state(const dm_node *n);
 void dm_node_set_state(dm_node *n, void *state);
 
+/* The pipeline's stages finished before this node, as a malloc'd JSON array of
+ * {"node", "op", "state": "ran"|"cached", "seconds"} (for a report). */
+char *dm_stage_times(const dm_node *n);
+
 /* Rows the engine moves per chunk in this run (from the memory budget). */
 int64_t dm_chunk_rows(const dm_node *n);
 /* Worker threads for operator kernels (--threads). */

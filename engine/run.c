@@ -223,6 +223,31 @@ int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, float *
     return dm_spill_read_rows(n->readers[port], row0, rows, out);
 }
 
+char *dm_stage_times(const dm_node *n)
+{
+    dm_graph *g = n->graph;
+    json_t *a = json_array();
+    for (int i = 0; i < g->nnodes; i++) {
+        dm_node *m = g->nodes[i];
+        if (m == n || (m->run && m->group >= n->group))
+            continue; /* itself, or not finished yet */
+        double secs = m->seconds;
+        if (!m->run) { /* cached: the time of the run that made it */
+            char *path = dm_xasprintf("%s/%s/node.json", g->cache, m->key);
+            json_error_t err;
+            json_t *j = json_load_file(path, 0, &err);
+            free(path);
+            secs = j ? json_number_value(json_object_get(j, "seconds")) : 0;
+            json_decref(j);
+        }
+        json_array_append_new(a, json_pack("{s:s, s:s, s:s, s:f}", "node", m->decl->name, "op", m->op->name,
+                                           "state", m->run ? "ran" : "cached", "seconds", secs));
+    }
+    char *text = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    return text;
+}
+
 static int is_member(const group *G, const dm_node *n)
 {
     for (int i = 0; i < G->nmembers; i++)

@@ -424,6 +424,10 @@ static int report_finish(dm_node *n)
     json_object_set_new(res, "verdict", jv);
     if (planted)
         json_object_set_new(res, "planted", planted);
+    char *stages = dm_stage_times(n);
+    json_error_t jerr;
+    json_object_set_new(res, "time_per_stage", stages ? json_loads(stages, 0, &jerr) : json_null());
+    free(stages);
     json_object_set_new(res, "versions", json_pack("{s:s}", "dmica", DM_VERSION));
 
     /* ---- the plan's four plots ---- */

@@ -24,6 +24,7 @@ for key in ["model", "sae", "tokens_analyzed", "fraction_variance_unexplained_by
             "n_ica_components", "ica_sae_similarity", "ica_component_kurtosis_mean", "sae_feature_kurtosis_mean",
             "hook", "layer", "verdict", "components", "null_baseline_similarity", "versions"]:
     assert key in r, key
+assert any(s["op"] == "gpt2" for s in r["time_per_stage"])
 for key in ["mean_max_cosine", "high_similarity_count", "low_similarity_count"]:
     assert key in r["ica_sae_similarity"], key
 assert r["verdict"]["decision"] in ("gaussian_residual", "dark_matter_features", "sae_knows", "mixed")

@@ -101,6 +101,6 @@ bench: all $(BUILD)/tools/spill-bench
 	tools/bench
 
 clean:
-	rm -rf build bin demo-out
+	rm -rf build bin demo-out demo-data
 
 -include $(LIBOBJ:.o=.d) $(BUILD)/engine/main.d $(TESTBIN:=.d)

@@ -536,17 +536,11 @@ static int ica_finish(dm_node *n)
     }
     size_t len = strlen(text);
     dm_tensor_from_text(&summary, text, len);
-    if (*file) {
-        char *path = dm_xasprintf("%s/%s", dm_node_dir(n), file);
-        text[len] = '\n';
-        int bad = dm_write_file_atomic(path, text, len + 1) || dm_publish(n, file);
-        free(path);
-        if (bad) {
-            free(text);
-            goto end;
-        }
-    }
+    text[len] = '\n'; /* json_dumps leaves room: the file ends with a newline */
+    int bad = dm_publish_text(n, file, text, len + 1);
     free(text);
+    if (bad)
+        goto end;
     if (dm_set_output(n, OUT_UNMIXING, &un) || dm_set_output(n, OUT_UNMIXINGS, &uns) ||
         dm_set_output(n, OUT_STABILITY, &stab) || dm_set_output(n, OUT_MATCH, &match) ||
         dm_set_output(n, OUT_SUMMARY, &summary))

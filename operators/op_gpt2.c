@@ -54,15 +54,6 @@ typedef struct {
     int32_t *ids;           /* batch x T */
 } gpt2_state;
 
-/* The SAE's settings, when the node names one (hook_name "" if not). */
-static int sae_settings(const dm_node *n, dm_sae_config *cfg)
-{
-    memset(cfg, 0, sizeof *cfg);
-    cfg->center_writing_weights = -1;
-    const char *dir = dm_param_str(n, "sae");
-    return *dir ? dm_sae_read_config(dir, cfg) : 0;
-}
-
 /* center = auto | true | false against the SAE's center_writing_weights (DOMAIN.md
  * §3: SAEs trained on TransformerLens residuals need them centred). An explicit
  * value that contradicts the SAE's config wins, with a warning when `say`. */
@@ -70,7 +61,7 @@ static int resolve_center(const dm_node *n, int *center, int say)
 {
     const char *v = dm_param_str(n, "center");
     dm_sae_config cfg;
-    if (sae_settings(n, &cfg))
+    if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
         return -1;
     int from_sae = cfg.center_writing_weights, rc = 0;
     if (!strcmp(v, "auto")) {
@@ -100,7 +91,7 @@ static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
         list = dm_xstrdup(dm_param_str(n, "hooks"));
     } else {
         dm_sae_config cfg;
-        if (sae_settings(n, &cfg))
+        if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
             return -1;
         list = dm_xstrdup(cfg.hook_name ? cfg.hook_name : "");
         dm_sae_config_free(&cfg);

@@ -188,12 +188,16 @@ const dm_op dm_op_planted = {
 
 /* ---- the matching SAE ------------------------------------------------------ */
 
-static const char *kv(const dm_node_decl *d, const char *key, const char *def)
+/* A planted node's parameter as written, else the operator's default. */
+static const char *kv(const dm_node_decl *d, const char *key)
 {
     for (int i = 0; i < d->nparams; i++)
         if (!strcmp(d->params[i].key, key))
             return d->params[i].value;
-    return def;
+    for (int i = 0; planted_params[i].name; i++)
+        if (!strcmp(planted_params[i].name, key))
+            return planted_params[i].def;
+    return "";
 }
 
 /* Writes the SAE of every `planted` node of p into its `sae` folder (see the file
@@ -202,12 +206,12 @@ int dm_planted_prepare(const dm_pipeline *p)
 {
     for (int i = 0; i < p->nnodes; i++) {
         const dm_node_decl *d = &p->nodes[i];
-        if (strcmp(d->op, "planted") || !*kv(d, "sae", ""))
+        if (strcmp(d->op, "planted") || !*kv(d, "sae"))
             continue;
-        const char *dir = kv(d, "sae", "");
-        int64_t dd = atoll(kv(d, "d", "64")), m = atoll(kv(d, "atoms", "96")), missed = atoll(kv(d, "missed", "16"));
-        double th = atof(kv(d, "threshold", "0.7"));
-        uint64_t seed = (uint64_t)atoll(kv(d, "seed", "1"));
+        const char *dir = kv(d, "sae");
+        int64_t dd = atoll(kv(d, "d")), m = atoll(kv(d, "atoms")), missed = atoll(kv(d, "missed"));
+        double th = atof(kv(d, "threshold"));
+        uint64_t seed = (uint64_t)atoll(kv(d, "seed"));
         if (dd < 2 || missed < 1 || missed >= m)
             return dm_fail("%s: node '%s': bad planted settings (d %lld, atoms %lld, missed %lld)", p->path, d->name,
                            (long long)dd, (long long)m, (long long)missed);

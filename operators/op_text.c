@@ -115,20 +115,11 @@ typedef struct {
 /* context and bos: as given, else as the SAE was trained (its cfg.json), else
  * the plan's 128 and BOS. An explicit value that contradicts the SAE's is
  * kept, and said when `say`. */
-static int sae_settings(const dm_node *n, dm_sae_config *cfg)
-{
-    memset(cfg, 0, sizeof *cfg);
-    cfg->prepend_bos = -1;
-    cfg->context_size = -1;
-    const char *dir = dm_param_str(n, "sae");
-    return *dir && dm_sae_read_config(dir, cfg) ? -1 : 0;
-}
-
 static int64_t text_context(const dm_node *n, int say)
 {
     int64_t ctx = dm_param_int(n, "context");
     dm_sae_config cfg;
-    if (sae_settings(n, &cfg))
+    if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
         return -1;
     if (ctx == 0)
         ctx = cfg.context_size > 0 ? cfg.context_size : 128;
@@ -146,7 +137,7 @@ static int text_bos(const dm_node *n, int say)
 {
     const char *v = dm_param_str(n, "bos");
     dm_sae_config cfg;
-    if (sae_settings(n, &cfg))
+    if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
         return -1;
     int bos = !strcmp(v, "auto") ? cfg.prepend_bos != 0
               : (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1")) ? 1

@@ -1299,3 +1299,11 @@ char *dm_sae_result_json(const dm_sae_result *r, const dm_sae *s)
     free(text);
     return out;
 }
+
+int dm_sae_settings(const char *dir, dm_sae_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->center_writing_weights = cfg->prepend_bos = -1;
+    cfg->context_size = -1;
+    return *dir ? dm_sae_read_config(dir, cfg) : 0;
+}

@@ -73,6 +73,9 @@ typedef struct {
  * On success cfg owns its strings; on failure cfg is left empty. */
 int dm_sae_read_config(const char *dir, dm_sae_config *cfg);
 void dm_sae_config_free(dm_sae_config *cfg); /* accepts zeroed */
+/* The model settings of dir's cfg.json, or none: with dir "" cfg is left with
+ * hook_name NULL and center_writing_weights, prepend_bos, context_size -1. */
+int dm_sae_settings(const char *dir, dm_sae_config *cfg);
 const char *dm_sae_arch_name(dm_sae_arch a);  /* "standard", "jumprelu", "topk" */
 const char *dm_sae_norm_name(dm_sae_norm n);  /* as cfg.json spells it */
 

@@ -97,7 +97,7 @@ test: all
 	$(MAKE) test-cli
 	$(MAKE) test-san
 
-bench: all $(BUILD)/tools/spill-bench
+bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench
 	tools/bench
 
 clean:

@@ -29,6 +29,7 @@
 
 #include "npy.h"
 #include "safetensors.h"
+#include "sgemm.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -568,6 +569,11 @@ struct dm_gpt2 {
     int has_lnf;
     dm_gpt2_params params;
     float *params_memory;
+    /* The four weight matrices of every loaded block packed for dm_sgemm (NULL
+     * without AVX-512F): layer l's at pk_qkv + l * pk_qkv_n, and so on. */
+    float *packed_memory;
+    float *pk_qkv, *pk_attproj, *pk_fc, *pk_fcproj;
+    size_t pk_qkv_n, pk_attproj_n, pk_fc_n, pk_fcproj_n;
     dm_gpt2_acts acts;
     float *acts_memory;
     size_t acts_rows; /* BT the activations were allocated for */
@@ -719,6 +725,42 @@ static int check_tensors(const char *path, const dm_gpt2_config *c, const dm_saf
     return 0;
 }
 
+size_t dm_gpt2_packed_floats(const dm_gpt2_config *c, int depth)
+{
+    int C = c->n_embd, NI = c->n_inner;
+    if (!dm_sgemm_available())
+        return 0;
+    return (size_t)depth * (dm_sgemm_packed_floats(C, 3 * C) + dm_sgemm_packed_floats(C, C) +
+                            dm_sgemm_packed_floats(C, NI) + dm_sgemm_packed_floats(NI, C));
+}
+
+/* Packs each block's four weight matrices for dm_sgemm, when this CPU runs it. */
+static void pack_weights(dm_gpt2 *m)
+{
+    const dm_gpt2_config *c = &m->cfg;
+    const dm_gpt2_params *p = &m->params;
+    int C = c->n_embd, NI = c->n_inner, L = m->depth;
+    size_t total = dm_gpt2_packed_floats(c, L);
+    if (!total)
+        return;
+    m->pk_qkv_n = dm_sgemm_packed_floats(C, 3 * C);
+    m->pk_attproj_n = dm_sgemm_packed_floats(C, C);
+    m->pk_fc_n = dm_sgemm_packed_floats(C, NI);
+    m->pk_fcproj_n = dm_sgemm_packed_floats(NI, C);
+    m->packed_memory = dm_xmalloc_aligned(sizeof(float) * total);
+    m->pk_qkv = m->packed_memory;
+    m->pk_attproj = m->pk_qkv + L * m->pk_qkv_n;
+    m->pk_fc = m->pk_attproj + L * m->pk_attproj_n;
+    m->pk_fcproj = m->pk_fc + L * m->pk_fc_n;
+#pragma omp parallel for schedule(dynamic) if (GPT2_OMP)
+    for (int l = 0; l < L; l++) {
+        dm_sgemm_pack(m->pk_qkv + l * m->pk_qkv_n, p->qkvw + (size_t)l * C * 3 * C, C, 3 * C);
+        dm_sgemm_pack(m->pk_attproj + l * m->pk_attproj_n, p->attprojw + (size_t)l * C * C, C, C);
+        dm_sgemm_pack(m->pk_fc + l * m->pk_fc_n, p->fcw + (size_t)l * C * NI, C, NI);
+        dm_sgemm_pack(m->pk_fcproj + l * m->pk_fcproj_n, p->fcprojw + (size_t)l * NI * C, NI, C);
+    }
+}
+
 dm_gpt2 *dm_gpt2_load(const char *dir, int depth)
 {
     dm_gpt2 *m = dm_xcalloc(1, sizeof *m);
@@ -770,6 +812,7 @@ dm_gpt2 *dm_gpt2_load(const char *dir, int depth)
     }
     dm_st_close(st);
     free(path);
+    pack_weights(m);
     return m;
 fail:
     dm_st_close(st);
@@ -783,6 +826,7 @@ void dm_gpt2_free(dm_gpt2 *m)
     if (!m)
         return;
     free(m->params_memory);
+    free(m->packed_memory);
     free(m->acts_memory);
     free(m->dir);
     free(m);
@@ -891,6 +935,59 @@ static void loss_forward(float *loss, const float *logits, const int32_t *tokens
     }
 }
 
+/* Layer l's packed matrix in the packed array base (NULL when nothing is packed). */
+static const float *pk(const float *base, int l, size_t n)
+{
+    return base ? base + (size_t)l * n : NULL;
+}
+
+static void gelu_row(float *row, int n)
+{
+    gelu_range(row, row, n);
+}
+
+/* out (BT, OC) = inp (BT, C) @ w + b, then GELU when gelu: dm_sgemm on the packed
+ * weights wp (GELU fused into its epilogue), else OpenBLAS or, in reference
+ * mode, the plain loops. */
+static void linear(const dm_gpt2 *m, float *out, const float *inp, const float *w,
+                   const float *wp, const float *b, int BT, int C, int OC, int gelu)
+{
+    if (m->reference) {
+        gpt2_matmul_forward_ref(out, inp, w, b, BT, C, OC);
+        if (gelu)
+            gpt2_gelu_forward_ref(out, out, (int64_t)BT * OC);
+    } else if (wp) {
+        dm_sgemm(out, OC, inp, C, wp, b, BT, OC, C, 0, gelu ? gelu_row : NULL);
+    } else {
+        gpt2_matmul_forward(out, inp, w, b, BT, C, OC);
+        if (gelu)
+            gpt2_gelu_forward(out, out, (int64_t)BT * OC);
+    }
+}
+
+/* The residual stream x += inp (BT, C) @ w + b (width OC = n_embd). When a hook
+ * wants the branch itself (keep_branch) it is computed into acts.branch first;
+ * otherwise the packed kernel adds it straight into x. */
+static void residual_branch(dm_gpt2 *m, const float *inp, const float *w, const float *wp,
+                            const float *b, int BT, int C, int OC, int keep_branch)
+{
+    if (wp && !m->reference && !keep_branch) {
+        dm_sgemm(m->acts.x, OC, inp, C, wp, b, BT, OC, C, DM_SGEMM_ACCUMULATE, NULL);
+        return;
+    }
+    linear(m, m->acts.branch, inp, w, wp, b, BT, C, OC, 0);
+    residual_forward(m->acts.x, m->acts.branch, (size_t)BT * OC);
+}
+
+/* 1 if one of the hooks is (kind, layer). */
+static int wants(const dm_gpt2_hook *hooks, int nhooks, dm_gpt2_hook_kind kind, int layer)
+{
+    for (int i = 0; i < nhooks; i++)
+        if (hooks[i].kind == kind && hooks[i].layer == layer)
+            return 1;
+    return 0;
+}
+
 int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,
                     int nhooks, float **outs, int center)
 {
@@ -947,14 +1044,12 @@ int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gp
         (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(
             a->ln, a->x, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, (int)BT, C,
             c->layer_norm_epsilon);
-        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
-            a->qkv, a->ln, p->qkvw + (size_t)l * C * 3 * C, p->qkvb + (size_t)l * 3 * C, (int)BT,
-            C, 3 * C);
+        linear(m, a->qkv, a->ln, p->qkvw + (size_t)l * C * 3 * C, pk(m->pk_qkv, l, m->pk_qkv_n),
+               p->qkvb + (size_t)l * 3 * C, (int)BT, C, 3 * C, 0);
         (ref ? gpt2_attention_forward_ref : gpt2_attention_forward)(a->atty, a->qkv, B, T, C, NH);
-        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
-            a->branch, a->atty, p->attprojw + (size_t)l * C * C, p->attprojb + (size_t)l * C,
-            (int)BT, C, C);
-        residual_forward(a->x, a->branch, BT * C);
+        residual_branch(m, a->atty, p->attprojw + (size_t)l * C * C,
+                        pk(m->pk_attproj, l, m->pk_attproj_n), p->attprojb + (size_t)l * C,
+                        (int)BT, C, C, wants(hooks, nhooks, DM_HOOK_ATTN_OUT, l));
         emit(hooks, nhooks, outs, DM_HOOK_ATTN_OUT, l, a->branch, BT, C, center);
         emit(hooks, nhooks, outs, DM_HOOK_RESID_MID, l, a->x, BT, C, center);
         if (stop == 2 * l + 1)
@@ -963,13 +1058,11 @@ int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gp
         (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(
             a->ln, a->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, (int)BT, C,
             c->layer_norm_epsilon);
-        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
-            a->fch, a->ln, p->fcw + (size_t)l * C * NI, p->fcb + (size_t)l * NI, (int)BT, C, NI);
-        (ref ? gpt2_gelu_forward_ref : gpt2_gelu_forward)(a->fch, a->fch, (int64_t)BT * NI);
-        (ref ? gpt2_matmul_forward_ref : gpt2_matmul_forward)(
-            a->branch, a->fch, p->fcprojw + (size_t)l * NI * C, p->fcprojb + (size_t)l * C,
-            (int)BT, NI, C);
-        residual_forward(a->x, a->branch, BT * C);
+        linear(m, a->fch, a->ln, p->fcw + (size_t)l * C * NI, pk(m->pk_fc, l, m->pk_fc_n),
+               p->fcb + (size_t)l * NI, (int)BT, C, NI, 1);
+        residual_branch(m, a->fch, p->fcprojw + (size_t)l * NI * C,
+                        pk(m->pk_fcproj, l, m->pk_fcproj_n), p->fcprojb + (size_t)l * C, (int)BT,
+                        NI, C, wants(hooks, nhooks, DM_HOOK_MLP_OUT, l));
         emit(hooks, nhooks, outs, DM_HOOK_MLP_OUT, l, a->branch, BT, C, center);
         emit(hooks, nhooks, outs, DM_HOOK_RESID_POST, l, a->x, BT, C, center);
     }

@@ -94,6 +94,9 @@ typedef struct dm_gpt2 dm_gpt2;
  * dm_gpt2_hooks_depth), all of them plus ln_f for DM_GPT2_DEPTH_ALL.
  * NULL with dm_fail() on error. Free with dm_gpt2_free. */
 dm_gpt2 *dm_gpt2_load(const char *dir, int depth);
+/* Floats a model of depth blocks adds for its weights packed for dm_sgemm (the
+ * four matrices again; 0 on CPUs without AVX-512F, where OpenBLAS runs them). */
+size_t dm_gpt2_packed_floats(const dm_gpt2_config *c, int depth);
 void dm_gpt2_free(dm_gpt2 *m); /* accepts NULL */
 const dm_gpt2_config *dm_gpt2_cfg(const dm_gpt2 *m);
 /* Blocks loaded, and whether ln_f is (both set by dm_gpt2_load's depth). */

@@ -189,7 +189,7 @@ static int64_t gpt2_state_bytes(const dm_node *n)
         logits |= hooks[i].kind == DM_HOOK_LOGITS;
     }
     int64_t acts = BT * (7 * C + NI) + (loss && !logits ? LOGIT_ROWS * V : 0) + ATT_ROWS * T * dm_threads();
-    return 4 * (weights + acts + outs + BT);
+    return 4 * (weights + (int64_t)dm_gpt2_packed_floats(&c, (int)depth) + acts + outs + BT);
 }
 
 static void gpt2_close(dm_node *n)

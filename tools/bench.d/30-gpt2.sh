@@ -29,38 +29,10 @@ np.save('one.npy', np.load('tokens.npy')[:1])"
 
 # ---- sgemm on the model's GEMM shapes: M = B*T = 4096 rows of one batch times
 # the weights of c_attn (768 x 2304), attn c_proj (768 x 768), mlp c_fc
-# (768 x 3072) and mlp c_proj (3072 x 768). The rate is their FLOP over their
-# time: what OpenBLAS does on exactly the products of one block.
-cat > sgemm.c <<'C'
-#include <cblas.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
-int main(int argc, char **argv)
-{
-    int M = 4096, shapes[4][2] = {{768, 2304}, {768, 768}, {768, 3072}, {3072, 768}};
-    double flop = 0, secs = 0;
-    openblas_set_num_threads(atoi(argv[1]));
-    float *a = malloc(sizeof(float) * M * 3072), *b = malloc(sizeof(float) * 3072 * 3072), *c = malloc(sizeof(float) * M * 3072);
-    for (long i = 0; i < (long)M * 3072; i++) a[i] = (float)(i % 7) * 0.1f;
-    for (long i = 0; i < 3072L * 3072; i++) b[i] = (float)(i % 5) * 0.1f;
-    for (int s = 0; s < 4; s++) {
-        int K = shapes[s][0], N = shapes[s][1], reps = 0;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
-        double t0 = now();
-        while (now() - t0 < 0.5 || reps < 2) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, b, N, 0, c, N);
-            reps++;
-        }
-        secs += now() - t0;
-        flop += 2.0 * M * N * K * reps;
-    }
-    printf("%.1f\n", flop / secs / 1e9);
-    return 0;
-}
-C
-cc -O2 -o sgemm sgemm.c -lopenblas
+# (768 x 3072) and mlp c_proj (3072 x 768): OpenBLAS's cblas_sgemm and dmica's
+# dm_sgemm (packed weights; with and without Strassen) on exactly the products of
+# one block (build/tools/sgemm-bench, tools/sgemm-bench.c).
+SGEMM_BENCH=${SGEMM_BENCH:-$ROOT/build/tools/sgemm-bench}
 
 # ---- GPT-2 through the pipeline; a 1-window run is timed too and subtracted,
 # to leave out loading six blocks (about 0.35 GB of float32)
@@ -125,12 +97,13 @@ P
 HAVE_TORCH=0
 if $SYSPY -c "import torch" 2>/dev/null; then HAVE_TORCH=1; fi
 
-: > sgemm.txt; : > run.txt; : > one.txt; : > torch.txt
+: > sgemm.txt; : > classic.txt; : > run.txt; : > one.txt; : > torch.txt
 r=0
 while [ "$r" -lt "$ROUNDS" ]; do
     r=$((r + 1))
     echo "30-gpt2: round $r of $ROUNDS: sgemm, dmica ($WINDOWS windows of 128 tokens, then 1), PyTorch" >&2
-    ./sgemm "$THREADS" >> sgemm.txt
+    "$SGEMM_BENCH" "$THREADS" >> sgemm.txt 2>sgemm.err || { cat sgemm.err >&2; echo "0 0" >> sgemm.txt; }
+    DMICA_SGEMM_CLASSIC=1 "$SGEMM_BENCH" "$THREADS" 2>/dev/null | cut -d' ' -f2 >> classic.txt || echo 0 >> classic.txt
     rm -rf out out1 c0 c1
     t0=$(date +%s.%N)
     $DMICA run p.yaml --threads "$THREADS" --memory 4G --cache c0 --out out >/dev/null 2>run.log || { cat run.log >&2; exit 1; }
@@ -144,8 +117,10 @@ while [ "$r" -lt "$ROUNDS" ]; do
             $SYSPY torch_gpt2.py "$THREADS" >> torch.txt
     fi
 done
-GFLOPS=$(sort -gr sgemm.txt | head -1)
-read TOKS_S UTIL <<EOF
+GFLOPS=$(cut -d' ' -f1 sgemm.txt | sort -gr | head -1)
+DM_GFLOPS=$(cut -d' ' -f2 sgemm.txt | sort -gr | head -1)
+DM_CLASSIC=$(sort -gr classic.txt | head -1)
+read TOKS_S UTIL UTIL_DONE <<EOF
 $($SYSPY -c "
 run, one = $(sort -g run.txt | head -1), $(sort -g one.txt | head -1)
 tokens = ($WINDOWS - 1) * 128
@@ -155,7 +130,9 @@ fwd = max(run - one, 1e-9)
 # in causal attention (QK^T and AV, each over (T+1)/2 keys on average)
 C, T = 768, 128
 flop = 2 * 6 * (12 * C * C + (T + 1) * C) * tokens
-print('%.0f %.0f' % (tokens / fwd, 100 * flop / fwd / 1e9 / $GFLOPS))")
+# what dmica's kernels do: one level of Strassen, 7/8 of the GEMMs' multiply-adds
+done = 2 * 6 * (12 * C * C * 7 / 8 + (T + 1) * C) * tokens
+print('%.0f %.0f %.0f' % (tokens / fwd, 100 * flop / fwd / 1e9 / $GFLOPS, 100 * done / fwd / 1e9 / $GFLOPS))")
 EOF
 TORCH_ROW="| PyTorch | not importable by $SYSPY (apt-get install python3-torch) |"
 if [ "$HAVE_TORCH" = 1 ]; then
@@ -166,7 +143,7 @@ EOF
     TORCH_ROW="| PyTorch $PT_VER CPU (Debian python3-torch, $PT_THREADS threads), same six blocks, B=32 T=128 | $PT_TOKS tokens/s |
 | dmica / PyTorch tokens/s (target at least 1.5) | ${RATIO}x |"
 fi
-echo "30-gpt2: rounds: sgemm GFLOP/s $(tr '\n' ' ' < sgemm.txt); dmica run s $(tr '\n' ' ' < run.txt); 1-window s $(tr '\n' ' ' < one.txt); torch $(cut -d' ' -f1 torch.txt | tr '\n' ' ')" >&2
+echo "30-gpt2: rounds: OpenBLAS and dm_sgemm GFLOP/s $(tr '\n' ' ' < sgemm.txt); dm_sgemm classic $(tr '\n' ' ' < classic.txt); dmica run s $(tr '\n' ' ' < run.txt); 1-window s $(tr '\n' ' ' < one.txt); torch $(cut -d' ' -f1 torch.txt | tr '\n' ' ')" >&2
 
 # ---- tokenizer: a few MB of English prose and changelogs from /usr/share/doc
 echo "30-gpt2: tokenizer" >&2
@@ -219,9 +196,11 @@ cat <<EOF
 Command: \`sh tools/bench.d/30-gpt2.sh\` (part of \`make bench\`). \`tools/make-gpt2 --out m124\`
 (random weights, the real shape), then \`dmica run p.yaml --threads $THREADS\` with \`text\` (a
 [$WINDOWS, 128] int32 .npy) -> \`gpt2\` (hooks blocks.6.hook_resid_pre, batch 32, centred) -> \`npy_sink\`;
-a 1-window run is subtracted to leave out loading the weights. sgemm: OpenBLAS \`cblas_sgemm\` on the four
-GEMMs of one block at B*T = 4096 rows (4096x768 by 768x2304, 768x768 and 768x3072; 4096x3072 by 3072x768),
-their FLOP over their time. PyTorch: the same six blocks and centring under \`torch.inference_mode\`,
+a 1-window run is subtracted to leave out loading the weights. sgemm: OpenBLAS \`cblas_sgemm\` and dmica's
+\`dm_sgemm\` (weights packed at load, one level of Strassen; operators/sgemm.c) on the four GEMMs of one block
+at B*T = 4096 rows (4096x768 by 768x2304, 768x768 and 768x3072; 4096x3072 by 3072x768), 2MNK FLOP over
+their time (\`build/tools/sgemm-bench $THREADS\`; dm_sgemm's rate is effective: Strassen does 7/8 of those
+multiply-adds; \`DMICA_SGEMM_CLASSIC=1\` packs and multiplies without it). PyTorch: the same six blocks and centring under \`torch.inference_mode\`,
 Hugging Face's eager attention, \`torch.set_num_threads($THREADS)\` and OMP/MKL/OPENBLAS_NUM_THREADS=$THREADS,
 loading not timed. FLOP: 2 per multiply-add of the GEMMs (qkv, attention proj, MLP up and down: 12 C^2 per
 token and block) and of causal attention (QK^T and AV over the (T+1)/2 keys a query sees on average:
@@ -231,8 +210,10 @@ each keeps its best round (other jobs share this machine's cores).
 | measure | value |
 |---|---|
 | OpenBLAS sgemm, the block's four GEMM shapes ($THREADS threads) | $GFLOPS GFLOP/s |
+| dmica dm_sgemm, same shapes: Strassen (effective, 2MNK) / classic | $DM_GFLOPS / $DM_CLASSIC GFLOP/s |
 | dmica GPT-2 through the pipeline, 6 blocks, B=32 T=128 | $TOKS_S tokens/s |
-| FLOP utilisation: GEMM and causal attention FLOP/s over the sgemm rate (target at least 75%) | $UTIL % |
+| FLOP utilisation: GEMM and causal attention FLOP/s (2MNK) over the OpenBLAS sgemm rate (target at least 75%) | $UTIL % |
+| the same counting only the multiply-adds dmica does (Strassen: 7/8 of the GEMMs') | $UTIL_DONE % |
 $TORCH_ROW
 | dmica tokenize, $MB MB of licences and changelogs (load and printing included) | $DM_MBS MB/s |
 | Hugging Face tokenizers $($HFPY -c 'import tokenizers; print(tokenizers.__version__)' 2>/dev/null || echo '') (same vocab.json/merges.txt) | $HF |

@@ -309,12 +309,64 @@ static void gelu_range(float *out, const float *inp, int64_t n)
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+/* gelu_range in AVX-512 intrinsics: the same exp (Cody-Waite split, Cephes
+ * polynomial, times 2^n by vscalefps), and the division replaced by a 14-bit
+ * reciprocal and one Newton step (relative error about 2^-27): the division was
+ * a third of the time. */
+__attribute__((target("avx512f"))) static void gelu_range_avx512(float *out, const float *inp,
+                                                                int64_t n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 x = _mm512_maskz_loadu_ps(m, inp + i);
+        __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+        __m512 t = _mm512_mul_ps(_mm512_set1_ps(-2.0f * GELU_SCALE),
+                                 _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+        __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), t);
+        r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
+        __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+        p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), one);
+        __m512 d = _mm512_add_ps(one, _mm512_scalef_ps(p, k)); /* 1 + exp(t) */
+        __m512 q = _mm512_rcp14_ps(d);
+        q = _mm512_mul_ps(q, _mm512_fnmadd_ps(d, q, two));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(x, q));
+    }
+}
+#endif
+
+/* The GELU of n floats (in place allowed): the AVX-512 version where the CPU has
+ * it, else the vectorised C. */
+static void gelu_any(float *out, const float *inp, int64_t n)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static int avx512 = -1;
+    if (avx512 < 0)
+        avx512 = __builtin_cpu_supports("avx512f");
+    if (avx512) {
+        gelu_range_avx512(out, inp, n);
+        return;
+    }
+#endif
+    gelu_range(out, inp, n);
+}
+
 void gpt2_gelu_forward(float *out, const float *inp, int64_t N)
 {
     // out and inp are (N)
 #pragma omp parallel for schedule(static) if (GPT2_OMP)
     for (int64_t i0 = 0; i0 < N; i0 += 16384)
-        gelu_range(out + i0, inp + i0, N - i0 < 16384 ? N - i0 : 16384);
+        gelu_any(out + i0, inp + i0, N - i0 < 16384 ? N - i0 : 16384);
 }
 
 /* out (BT, V) = inp (BT, C) @ wte^T, wte (V, C): the tied unembedding. */
@@ -943,7 +995,7 @@ static const float *pk(const float *base, int l, size_t n)
 
 static void gelu_row(float *row, int n)
 {
-    gelu_range(row, row, n);
+    gelu_any(row, row, n);
 }
 
 /* out (BT, OC) = inp (BT, C) @ w + b, then GELU when gelu: dm_sgemm on the packed

@@ -10,8 +10,12 @@
  *     second allocation owned by the model, grown when a larger batch arrives.
  *     The largest buffer is the MLP hidden layer (BT, n_inner); attention needs
  *     no (B, NH, T, T) tensor, only scores for ATT_ROWS queries at a time.
- *   - The matmuls, attention's included, are OpenBLAS sgemm (threaded by
- *     OpenBLAS); they are over 95% of the work at GPT-2 small's shape (T = 128).
+ *   - The four linear layers of a block are over 95% of the work at GPT-2
+ *     small's shape (T = 128). On CPUs with AVX-512F their weights are packed
+ *     at load for dm_sgemm (sgemm.c: one level of Strassen, bias, GELU and the
+ *     residual add fused into its stores, OpenMP threads); elsewhere they are
+ *     OpenBLAS sgemm on the weights as loaded. Attention's products are an
+ *     AVX-512 kernel for head sizes that are multiples of 16, else OpenBLAS.
  *     LayerNorm, GELU, softmax and the other passes are vectorised (omp simd;
  *     the exp-heavy ones compiled for AVX-512/AVX2 too) and run in OpenMP
  *     threads only when that does not slow OpenBLAS down (see GPT2_OMP).
@@ -41,6 +45,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define GPT2_X86 1
+#endif
 
 /* ---- kernels ------------------------------------------------------------ */
 
@@ -51,6 +59,17 @@
     __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define GPT2_SIMD_CLONES
+#endif
+
+#ifdef GPT2_X86
+/* 1 when the CPU has AVX-512F (the intrinsics kernels below run). */
+static int gpt2_avx512(void)
+{
+    static int on = -1;
+    if (on < 0)
+        on = __builtin_cpu_supports("avx512f");
+    return on;
+}
 #endif
 
 /* Queries per block of attention scores. */
@@ -248,28 +267,126 @@ static void softmax_causal_forward(float *S, int rows, int keys, int t0)
     }
 }
 
+#ifdef GPT2_X86
+/* One (window, head) of attention in AVX-512, for head sizes that are a multiple
+ * of 16. kt (hs, Tp) gets K^T times the scale, Tp = T rounded up to 32 and the
+ * extra keys zero; S holds ATT_ROWS rows of Tp scores. Scores: 8 queries x 32
+ * keys a tile (16 zmm accumulators; per d, two loads of kt and 8 broadcasts of
+ * q), only up to the tile's last query's key; out: 4 queries x 64 columns a
+ * tile over the keys the tile's last query sees (softmax left zeros past each
+ * row's own). */
+__attribute__((target("avx512f"))) static void attention_head_avx512(
+    float *out, const float *Q, const float *K, const float *V, int T, int hs, int C3, int C,
+    float scale, float *kt, float *S)
+{
+    int Tp = (T + 31) / 32 * 32;
+    for (int d = 0; d < hs; d++) {
+        for (int j = 0; j < T; j++)
+            kt[(size_t)d * Tp + j] = K[(size_t)j * C3 + d] * scale;
+        for (int j = T; j < Tp; j++)
+            kt[(size_t)d * Tp + j] = 0.0f;
+    }
+    for (int t0 = 0; t0 < T; t0 += ATT_ROWS) {
+        int rows = T - t0 < ATT_ROWS ? T - t0 : ATT_ROWS;
+        for (int r0 = 0; r0 < rows; r0 += 8) {
+            int nr = rows - r0 < 8 ? rows - r0 : 8, keys = t0 + r0 + nr;
+            const float *q[8];
+            for (int r = 0; r < 8; r++)
+                q[r] = Q + (size_t)(t0 + r0 + (r < nr ? r : nr - 1)) * C3;
+            for (int j0 = 0; j0 < keys; j0 += 32) {
+                __m512 acc[8][2];
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+                for (int d = 0; d < hs; d++) {
+                    __m512 k0 = _mm512_loadu_ps(kt + (size_t)d * Tp + j0);
+                    __m512 k1 = _mm512_loadu_ps(kt + (size_t)d * Tp + j0 + 16);
+#pragma GCC unroll 8
+                    for (int r = 0; r < 8; r++) {
+                        __m512 qv = _mm512_set1_ps(q[r][d]);
+                        acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(qv, k1, acc[r][1]);
+                    }
+                }
+                for (int r = 0; r < nr; r++) {
+                    _mm512_storeu_ps(S + (size_t)(r0 + r) * Tp + j0, acc[r][0]);
+                    _mm512_storeu_ps(S + (size_t)(r0 + r) * Tp + j0 + 16, acc[r][1]);
+                }
+            }
+        }
+        softmax_causal_forward(S, rows, Tp, t0);
+        for (int r0 = 0; r0 < rows; r0 += 4) {
+            int nr = rows - r0 < 4 ? rows - r0 : 4, keys = t0 + r0 + nr;
+            const float *p[4];
+            for (int r = 0; r < 4; r++)
+                p[r] = S + (size_t)(r0 + (r < nr ? r : nr - 1)) * Tp;
+            for (int c0 = 0; c0 < hs; c0 += 64) {
+                int nz = (hs - c0) / 16 < 4 ? (hs - c0) / 16 : 4;
+                __m512 acc[4][4];
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++)
+                    acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+                for (int j = 0; j < keys; j++) {
+                    const float *v = V + (size_t)j * C3 + c0;
+                    __m512 v0 = _mm512_loadu_ps(v);
+                    __m512 v1 = nz > 1 ? _mm512_loadu_ps(v + 16) : v0;
+                    __m512 v2 = nz > 2 ? _mm512_loadu_ps(v + 32) : v0;
+                    __m512 v3 = nz > 3 ? _mm512_loadu_ps(v + 48) : v0;
+#pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+                        __m512 pv = _mm512_set1_ps(p[r][j]);
+                        acc[r][0] = _mm512_fmadd_ps(pv, v0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(pv, v1, acc[r][1]);
+                        acc[r][2] = _mm512_fmadd_ps(pv, v2, acc[r][2]);
+                        acc[r][3] = _mm512_fmadd_ps(pv, v3, acc[r][3]);
+                    }
+                }
+                for (int r = 0; r < nr; r++) {
+                    float *o = out + (size_t)(t0 + r0 + r) * C + c0;
+                    for (int z = 0; z < nz; z++)
+                        _mm512_storeu_ps(o + 16 * z, acc[r][z]);
+                }
+            }
+        }
+    }
+}
+#endif
+
 void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, int NH)
 {
     // out is (B, T, C), qkv is (B, T, 3C): [q | k | v], head h at columns h*hs
     // Per (window, head) and block of ATT_ROWS queries: scores (rows, keys) =
-    // Q K^T / sqrt(hs) by sgemm over the keys up to the block's last query only,
-    // causal softmax in place, then out = P V by sgemm. Memory: one block of
-    // scores per thread. At T = 128 these sgemms are small enough that OpenBLAS
-    // runs each on the calling thread, so the (window, head) pairs are spread
-    // over OpenMP threads; OpenBLAS is held to one thread meanwhile, so a larger
-    // T cannot nest its threads inside ours.
-    int hs = C / NH;
+    // Q K^T / sqrt(hs) over the keys up to the block's last query only, causal
+    // softmax in place, then out = P V. Memory: one block of scores per thread.
+    // With AVX-512 and a head size that is a multiple of 16 (GPT-2's 64) the
+    // products are attention_head_avx512's; otherwise OpenBLAS sgemm. At T = 128
+    // these sgemms are small enough that OpenBLAS runs each on the calling
+    // thread, so the (window, head) pairs are spread over OpenMP threads;
+    // OpenBLAS is held to one thread meanwhile, so a larger T cannot nest its
+    // threads inside ours.
+    int hs = C / NH, Tp = (T + 31) / 32 * 32, fast = 0;
     float scale = 1.0f / sqrtf((float)hs);
+#ifdef GPT2_X86
+    fast = gpt2_avx512() && hs % 16 == 0;
+#endif
     int C3 = 3 * C, omp = GPT2_OMP && B * NH > 1, blas_threads = openblas_get_num_threads();
-    if (omp)
+    if (omp && !fast)
         openblas_set_num_threads(1);
 #pragma omp parallel if (omp)
     {
-        float *S = dm_xmalloc_aligned(sizeof(float) * (size_t)ATT_ROWS * T);
+        float *S = dm_xmalloc_aligned(sizeof(float) * (size_t)ATT_ROWS * Tp);
+        float *kt = fast ? dm_xmalloc_aligned(sizeof(float) * (size_t)hs * Tp) : NULL;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * NH; bh++) {
             int b = bh / NH, h = bh % NH;
             const float *Q = qkv + (size_t)b * T * C3 + h * hs, *K = Q + C, *V = Q + 2 * C;
+#ifdef GPT2_X86
+            if (fast) {
+                attention_head_avx512(out + (size_t)b * T * C + h * hs, Q, K, V, T, hs, C3, C,
+                                      scale, kt, S);
+                continue;
+            }
+#endif
             for (int t0 = 0; t0 < T; t0 += ATT_ROWS) {
                 int rows = T - t0 < ATT_ROWS ? T - t0 : ATT_ROWS, keys = t0 + rows;
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
@@ -279,9 +396,10 @@ void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, i
                             keys, V, C3, 0.0f, out + ((size_t)b * T + t0) * C + h * hs, C);
             }
         }
+        free(kt);
         free(S);
     }
-    if (omp)
+    if (omp && !fast)
         openblas_set_num_threads(blas_threads);
 }
 
@@ -309,8 +427,7 @@ static void gelu_range(float *out, const float *inp, int64_t n)
     }
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#ifdef GPT2_X86
 /* gelu_range in AVX-512 intrinsics: the same exp (Cody-Waite split, Cephes
  * polynomial, times 2^n by vscalefps), and the division replaced by a 14-bit
  * reciprocal and one Newton step (relative error about 2^-27): the division was
@@ -349,11 +466,8 @@ __attribute__((target("avx512f"))) static void gelu_range_avx512(float *out, con
  * it, else the vectorised C. */
 static void gelu_any(float *out, const float *inp, int64_t n)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    static int avx512 = -1;
-    if (avx512 < 0)
-        avx512 = __builtin_cpu_supports("avx512f");
-    if (avx512) {
+#ifdef GPT2_X86
+    if (gpt2_avx512()) {
         gelu_range_avx512(out, inp, n);
         return;
     }

@@ -24,7 +24,8 @@
  * that is or writes into the residual stream (embed, pos_embed, resid_pre/mid/post,
  * attn_out, mlp_out) has its own per-token mean over d_model subtracted.
  *
- * Beside the fast kernels (OpenBLAS sgemm, OpenMP) the plain reference kernels are
+ * Beside the fast kernels (dm_sgemm on packed weights or OpenBLAS sgemm, AVX-512
+ * attention and GELU, OpenMP) the plain reference kernels are
  * exported for tests, llm.c style: <op>_forward(out, ..., in, weights, dims).
  */
 #ifndef DM_GPT2_H
@@ -126,7 +127,8 @@ int dm_cmd_activations(int argc, char **argv);
  * Each fast kernel has a plain _ref version beside it; tests compare the two. */
 
 /* out (BT, OC) = inp (BT, C) @ weight (C, OC) + bias (OC): the Conv1D layout, no
- * transpose; bias may be NULL. Fast: OpenBLAS sgemm. */
+ * transpose; bias may be NULL. Fast: OpenBLAS sgemm (the runner itself uses
+ * dm_sgemm on packed weights where the CPU has AVX-512F; see sgemm.h). */
 void gpt2_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
                          int BT, int C, int OC);
 void gpt2_matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
@@ -138,8 +140,9 @@ void gpt2_layernorm_forward(float *out, const float *inp, const float *weight, c
 void gpt2_layernorm_forward_ref(float *out, const float *inp, const float *weight,
                                 const float *bias, int BT, int C, float eps);
 /* out (B, T, C) = causal softmax(q k^T / sqrt(C/NH)) v per head, from qkv (B, T, 3C)
- * laid out [q | k | v], head h at columns h*C/NH of each. Fast: sgemm over blocks
- * of queries, no (T, T) buffer. */
+ * laid out [q | k | v], head h at columns h*C/NH of each. Fast: blocks of queries,
+ * no (T, T) buffer; AVX-512 products for head sizes that are multiples of 16,
+ * else OpenBLAS sgemm. */
 void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, int NH);
 void gpt2_attention_forward_ref(float *out, const float *qkv, int B, int T, int C, int NH);
 /* out (N) = gelu_new(inp) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); out may

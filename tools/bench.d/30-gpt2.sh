@@ -6,7 +6,7 @@
 # tokenizer's MB/s (`dmica tokenize`) against Hugging Face `tokenizers`.
 # On a shared machine other jobs take cores at random moments, so sgemm, dmica
 # and PyTorch are measured in ROUNDS interleaved rounds and each keeps its best
-# (least disturbed) round. Markdown on stdout, progress on stderr. About 3
+# (least disturbed) round. Markdown on stdout, progress on stderr. About 4
 # minutes on 2 cores.
 set -eu
 : "${ROOT:=$(cd "$(dirname "$0")/../.." && pwd)}"
@@ -97,21 +97,28 @@ P
 HAVE_TORCH=0
 if $SYSPY -c "import torch" 2>/dev/null; then HAVE_TORCH=1; fi
 
-: > sgemm.txt; : > classic.txt; : > run.txt; : > one.txt; : > torch.txt
+: > sgemm.txt; : > classic.txt; : > fwd.txt; : > fwd-classic.txt; : > torch.txt
+# Seconds of the forward pass: the pipeline on every window less the pipeline on
+# one (loading the weights and packing them), appended to $1; the rest of the
+# arguments are environment settings for both runs.
+dmica_forward() {
+    f=$1; shift
+    rm -rf out out1 c0 c1
+    t0=$(date +%s.%N)
+    env "$@" $DMICA run p.yaml --threads "$THREADS" --memory 4G --cache c0 --out out >/dev/null 2>run.log || { cat run.log >&2; exit 1; }
+    t1=$(date +%s.%N)
+    env "$@" $DMICA run p1.yaml --threads "$THREADS" --memory 4G --cache c1 --out out1 >/dev/null 2>run1.log || { cat run1.log >&2; exit 1; }
+    t2=$(date +%s.%N)
+    awk "BEGIN { print ($t1 - $t0) - ($t2 - $t1) }" >> "$f"
+}
 r=0
 while [ "$r" -lt "$ROUNDS" ]; do
     r=$((r + 1))
-    echo "30-gpt2: round $r of $ROUNDS: sgemm, dmica ($WINDOWS windows of 128 tokens, then 1), PyTorch" >&2
+    echo "30-gpt2: round $r of $ROUNDS: sgemm, dmica ($WINDOWS windows of 128 tokens, then 1; with and without Strassen), PyTorch" >&2
     "$SGEMM_BENCH" "$THREADS" >> sgemm.txt 2>sgemm.err || { cat sgemm.err >&2; echo "0 0" >> sgemm.txt; }
     DMICA_SGEMM_CLASSIC=1 "$SGEMM_BENCH" "$THREADS" 2>/dev/null | cut -d' ' -f2 >> classic.txt || echo 0 >> classic.txt
-    rm -rf out out1 c0 c1
-    t0=$(date +%s.%N)
-    $DMICA run p.yaml --threads "$THREADS" --memory 4G --cache c0 --out out >/dev/null 2>run.log || { cat run.log >&2; exit 1; }
-    t1=$(date +%s.%N)
-    $DMICA run p1.yaml --threads "$THREADS" --memory 4G --cache c1 --out out1 >/dev/null 2>run1.log || { cat run1.log >&2; exit 1; }
-    t2=$(date +%s.%N)
-    awk "BEGIN { print $t1 - $t0 }" >> run.txt
-    awk "BEGIN { print $t2 - $t1 }" >> one.txt
+    dmica_forward fwd.txt DMICA_SGEMM_CLASSIC=0
+    dmica_forward fwd-classic.txt DMICA_SGEMM_CLASSIC=1
     if [ "$HAVE_TORCH" = 1 ]; then
         OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=$THREADS \
             $SYSPY torch_gpt2.py "$THREADS" >> torch.txt
@@ -120,11 +127,10 @@ done
 GFLOPS=$(cut -d' ' -f1 sgemm.txt | sort -gr | head -1)
 DM_GFLOPS=$(cut -d' ' -f2 sgemm.txt | sort -gr | head -1)
 DM_CLASSIC=$(sort -gr classic.txt | head -1)
-read TOKS_S UTIL UTIL_DONE <<EOF
+read TOKS_S UTIL UTIL_DONE TOKS_CLASSIC <<EOF
 $($SYSPY -c "
-run, one = $(sort -g run.txt | head -1), $(sort -g one.txt | head -1)
+fwd, fwd_classic = max($(sort -g fwd.txt | head -1), 1e-9), max($(sort -g fwd-classic.txt | head -1), 1e-9)
 tokens = ($WINDOWS - 1) * 128
-fwd = max(run - one, 1e-9)
 # FLOP per token and block: 2 per multiply-add; 12 C^2 multiply-adds in the four
 # matmuls (qkv 3 C^2, attn proj C^2, mlp c_fc 4 C^2, mlp c_proj 4 C^2) and (T+1) C
 # in causal attention (QK^T and AV, each over (T+1)/2 keys on average)
@@ -132,7 +138,8 @@ C, T = 768, 128
 flop = 2 * 6 * (12 * C * C + (T + 1) * C) * tokens
 # what dmica's kernels do: one level of Strassen, 7/8 of the GEMMs' multiply-adds
 done = 2 * 6 * (12 * C * C * 7 / 8 + (T + 1) * C) * tokens
-print('%.0f %.0f %.0f' % (tokens / fwd, 100 * flop / fwd / 1e9 / $GFLOPS, 100 * done / fwd / 1e9 / $GFLOPS))")
+print('%.0f %.0f %.0f %.0f' % (tokens / fwd, 100 * flop / fwd / 1e9 / $GFLOPS, 100 * done / fwd / 1e9 / $GFLOPS,
+                              tokens / fwd_classic))")
 EOF
 TORCH_ROW="| PyTorch | not importable by $SYSPY (apt-get install python3-torch) |"
 if [ "$HAVE_TORCH" = 1 ]; then
@@ -140,10 +147,12 @@ if [ "$HAVE_TORCH" = 1 ]; then
 $(sort -gr torch.txt | head -1)
 EOF
     RATIO=$($SYSPY -c "print('%.2f' % ($TOKS_S / $PT_TOKS))")
+    RATIO_CLASSIC=$($SYSPY -c "print('%.2f' % ($TOKS_CLASSIC / $PT_TOKS))")
     TORCH_ROW="| PyTorch $PT_VER CPU (Debian python3-torch, $PT_THREADS threads), same six blocks, B=32 T=128 | $PT_TOKS tokens/s |
-| dmica / PyTorch tokens/s (target at least 1.5) | ${RATIO}x |"
+| dmica / PyTorch tokens/s (target at least 1.5) | ${RATIO}x |
+| the same without Strassen (DMICA_SGEMM_CLASSIC=1): dmica tokens/s, / PyTorch | $TOKS_CLASSIC tokens/s, ${RATIO_CLASSIC}x |"
 fi
-echo "30-gpt2: rounds: OpenBLAS and dm_sgemm GFLOP/s $(tr '\n' ' ' < sgemm.txt); dm_sgemm classic $(tr '\n' ' ' < classic.txt); dmica run s $(tr '\n' ' ' < run.txt); 1-window s $(tr '\n' ' ' < one.txt); torch $(cut -d' ' -f1 torch.txt | tr '\n' ' ')" >&2
+echo "30-gpt2: rounds: OpenBLAS and dm_sgemm GFLOP/s $(tr '\n' ' ' < sgemm.txt); dm_sgemm classic $(tr '\n' ' ' < classic.txt); dmica forward s $(tr '\n' ' ' < fwd.txt); without Strassen $(tr '\n' ' ' < fwd-classic.txt); torch $(cut -d' ' -f1 torch.txt | tr '\n' ' ')" >&2
 
 # ---- tokenizer: a few MB of English prose and changelogs from /usr/share/doc
 echo "30-gpt2: tokenizer" >&2
@@ -196,7 +205,7 @@ cat <<EOF
 Command: \`sh tools/bench.d/30-gpt2.sh\` (part of \`make bench\`). \`tools/make-gpt2 --out m124\`
 (random weights, the real shape), then \`dmica run p.yaml --threads $THREADS\` with \`text\` (a
 [$WINDOWS, 128] int32 .npy) -> \`gpt2\` (hooks blocks.6.hook_resid_pre, batch 32, centred) -> \`npy_sink\`;
-a 1-window run is subtracted to leave out loading the weights. sgemm: OpenBLAS \`cblas_sgemm\` and dmica's
+a 1-window run is subtracted to leave out loading (and packing) the weights, in each round. sgemm: OpenBLAS \`cblas_sgemm\` and dmica's
 \`dm_sgemm\` (weights packed at load, one level of Strassen; operators/sgemm.c) on the four GEMMs of one block
 at B*T = 4096 rows (4096x768 by 768x2304, 768x768 and 768x3072; 4096x3072 by 3072x768), 2MNK FLOP over
 their time (\`build/tools/sgemm-bench $THREADS\`; dm_sgemm's rate is effective: Strassen does 7/8 of those

@@ -62,13 +62,11 @@
 #endif
 
 #ifdef GPT2_X86
-/* 1 when the CPU has AVX-512F (the intrinsics kernels below run). */
+/* 1 when the CPU has AVX-512F, which the intrinsics kernels below need: the same
+ * test as the packed GEMM's. */
 static int gpt2_avx512(void)
 {
-    static int on = -1;
-    if (on < 0)
-        on = __builtin_cpu_supports("avx512f");
-    return on;
+    return dm_sgemm_available();
 }
 #endif
 

@@ -154,6 +154,19 @@ EOF
 fi
 echo "30-gpt2: rounds: OpenBLAS and dm_sgemm GFLOP/s $(tr '\n' ' ' < sgemm.txt); dm_sgemm classic $(tr '\n' ' ' < classic.txt); dmica forward s $(tr '\n' ' ' < fwd.txt); without Strassen $(tr '\n' ' ' < fwd-classic.txt); torch $(cut -d' ' -f1 torch.txt | tr '\n' ' ')" >&2
 
+# ---- numerics at the real shape: 4 windows through `dmica activations`, with
+# and without Strassen, against the float64 numpy reference (tools/gpt2_reference.py)
+echo "30-gpt2: parity on 4 windows against the float64 reference" >&2
+$SYSPY -c "import numpy as np; np.save('t4.npy', np.load('tokens.npy')[:4])"
+$DMICA activations --model m124 --hook blocks.6.hook_resid_pre --tokens t4.npy --out a.npy
+DMICA_SGEMM_CLASSIC=1 $DMICA activations --model m124 --hook blocks.6.hook_resid_pre --tokens t4.npy --out a-classic.npy
+$SYSPY "$ROOT/tools/gpt2_reference.py" --model m124 --tokens t4.npy --hook blocks.6.hook_resid_pre --out a-ref.npy
+PARITY=$($SYSPY -c "
+import numpy as np
+r = np.load('a-ref.npy').astype(np.float64)
+e = [np.abs(np.load(f).astype(np.float64) - r).max() / np.abs(r).max() for f in ('a.npy', 'a-classic.npy')]
+print('%.1e / %.1e' % tuple(e))")
+
 # ---- tokenizer: a few MB of English prose and changelogs from /usr/share/doc
 echo "30-gpt2: tokenizer" >&2
 $SYSPY - <<'P'
@@ -224,6 +237,7 @@ each keeps its best round (other jobs share this machine's cores).
 | FLOP utilisation: GEMM and causal attention FLOP/s (2MNK) over the OpenBLAS sgemm rate (target at least 75%) | $UTIL % |
 | the same counting only the multiply-adds dmica does (Strassen: 7/8 of the GEMMs') | $UTIL_DONE % |
 $TORCH_ROW
+| max relative error (max abs / max abs) of blocks.6.hook_resid_pre on 4 windows vs the float64 numpy reference: Strassen / classic (tests allow 1e-4) | $PARITY |
 | dmica tokenize, $MB MB of licences and changelogs (load and printing included) | $DM_MBS MB/s |
 | Hugging Face tokenizers $($HFPY -c 'import tokenizers; print(tokenizers.__version__)' 2>/dev/null || echo '') (same vocab.json/merges.txt) | $HF |
 EOF

@@ -918,10 +918,10 @@ static void pack_weights(dm_gpt2 *m)
     m->pk_fcproj = m->pk_fc + L * m->pk_fc_n;
 #pragma omp parallel for schedule(dynamic) if (GPT2_OMP)
     for (int l = 0; l < L; l++) {
-        dm_sgemm_pack(m->pk_qkv + l * m->pk_qkv_n, p->qkvw + (size_t)l * C * 3 * C, C, 3 * C);
-        dm_sgemm_pack(m->pk_attproj + l * m->pk_attproj_n, p->attprojw + (size_t)l * C * C, C, C);
-        dm_sgemm_pack(m->pk_fc + l * m->pk_fc_n, p->fcw + (size_t)l * C * NI, C, NI);
-        dm_sgemm_pack(m->pk_fcproj + l * m->pk_fcproj_n, p->fcprojw + (size_t)l * NI * C, NI, C);
+        dm_sgemm_pack(m->pk_qkv + l * m->pk_qkv_n, p->qkvw + (size_t)l * C * 3 * C, 3 * C, C, 3 * C);
+        dm_sgemm_pack(m->pk_attproj + l * m->pk_attproj_n, p->attprojw + (size_t)l * C * C, C, C, C);
+        dm_sgemm_pack(m->pk_fc + l * m->pk_fc_n, p->fcw + (size_t)l * C * NI, NI, C, NI);
+        dm_sgemm_pack(m->pk_fcproj + l * m->pk_fcproj_n, p->fcprojw + (size_t)l * NI * C, C, NI, C);
     }
 }
 

@@ -36,6 +36,7 @@
  * central form never subtracts more than a block's spread.
  */
 #include "sae.h"
+#include "sgemm.h"
 
 #include <cblas.h>
 #ifdef __SSE2__
@@ -277,12 +278,44 @@ int dm_sae_check(const char *dir, const dm_sae_config *cfg)
     return rc;
 }
 
+/* Features per encode panel: each thread multiplies the tile by SAE_PANEL columns
+ * of W_enc at a time and scans the result while it is still in its L2 (256
+ * rows x 512 floats = 512 KiB), instead of writing the whole tile x d_sae
+ * block to memory and reading it back. */
+#define SAE_PANEL 512
+
+/* Floats of one panel's slot in W_enc_packed. */
+static int64_t panel_packed_floats(int64_t d_in, int64_t d_sae)
+{
+    return (int64_t)dm_sgemm_packed_floats((int)d_in, (int)(d_sae < SAE_PANEL ? d_sae : SAE_PANEL));
+}
+
+int64_t dm_sae_packed_floats(int64_t d_in, int64_t d_sae)
+{
+    if (!dm_sgemm_available())
+        return 0;
+    return (d_sae + SAE_PANEL - 1) / SAE_PANEL * panel_packed_floats(d_in, d_sae);
+}
+
+/* Packs W_enc panel by panel for dm_sgemm, when this CPU runs it. */
+static void pack_encoder(dm_sae *s)
+{
+    const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae, slot = panel_packed_floats(di, ds);
+    if (!dm_sae_packed_floats(di, ds))
+        return;
+    s->W_enc_packed = dm_xmalloc_aligned((size_t)dm_sae_packed_floats(di, ds) * sizeof(float));
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t f0 = 0; f0 < ds; f0 += SAE_PANEL)
+        dm_sgemm_pack(s->W_enc_packed + f0 / SAE_PANEL * slot, s->W_enc + f0, (int)ds, (int)di,
+                      (int)(ds - f0 < SAE_PANEL ? ds - f0 : SAE_PANEL));
+}
+
 void dm_sae_free(dm_sae *s)
 {
     if (!s)
         return;
     dm_sae_config_free(&s->cfg);
-    free(s->dir), free(s->W_enc), free(s->W_dec), free(s->b_enc), free(s->b_dec);
+    free(s->dir), free(s->W_enc), free(s->W_enc_packed), free(s->W_dec), free(s->b_enc), free(s->b_dec);
     free(s->threshold), free(s->log_sparsity);
     free(s);
 }
@@ -370,6 +403,7 @@ dm_sae *dm_sae_load(const char *dir, double scaling_factor)
     if (read_sparsity(s))
         goto fail;
     dm_st_close(st);
+    pack_encoder(s);
     return s;
 fail:
     dm_st_close(st);
@@ -408,12 +442,6 @@ static void sparse_reserve(dm_sae_sparse *sp, int64_t n)
     sp->value = dm_xrealloc(sp->value, (size_t)cap * sizeof *sp->value);
     sp->cap = cap;
 }
-
-/* Features per encode panel: each thread multiplies the tile by PANEL columns
- * of W_enc at a time and scans the result while it is still in its L2 (256
- * rows x 512 floats = 512 KiB), instead of writing the whole tile x d_sae
- * block to memory and reading it back. */
-#define SAE_PANEL 512
 
 /* Rows per float block of the covariances (cov_update states the error bound). */
 #define SAE_COV_ROWS 256
@@ -736,8 +764,13 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
                 const int64_t f0 = p * SAE_PANEL, pw = ds - f0 < SAE_PANEL ? ds - f0 : SAE_PANEL;
                 float *out = topk ? w->pre + f0 : w->pre + t * w->tile * (ds < SAE_PANEL ? ds : SAE_PANEL);
                 const int64_t ld = topk ? ds : pw;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)pw, (int)di, 1.0f, w->xin,
-                            (int)di, s->W_enc + f0, (int)ds, 0.0f, out, (int)ld);
+                if (s->W_enc_packed)
+                    dm_sgemm(out, (int)ld, w->xin, (int)di,
+                             s->W_enc_packed + p * panel_packed_floats(di, ds), NULL, (int)m, (int)pw,
+                             (int)di, 0, NULL);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)pw, (int)di, 1.0f,
+                                w->xin, (int)di, s->W_enc + f0, (int)ds, 0.0f, out, (int)ld);
                 if (topk)
                     continue;
                 int64_t *cnt = w->count + p * w->tile, *sg = w->seg + 3 * p;

@@ -15,7 +15,8 @@
  *   e     = x - x_hat                        the residual ("dark matter")
  *
  * The fast path (dm_sae_forward) encodes a tile of rows by column panels of
- * W_enc (single-threaded SGEMMs spread over the OpenMP threads), runs the
+ * W_enc (single-threaded GEMMs spread over the OpenMP threads: dm_sgemm on the
+ * panels packed at load where the CPU has AVX-512F, else OpenBLAS), runs the
  * activation and the extraction of the active features on each panel while it
  * is in cache, and decodes from the active features only: a few dozen W_dec
  * rows per token instead of d_sae. Nothing N x d_sae exists; nothing tile x
@@ -84,6 +85,8 @@ typedef struct {
     dm_sae_config cfg;
     char *dir;
     float *W_enc;     /* (d_in, d_sae) */
+    float *W_enc_packed; /* W_enc's panels of 512 columns, each packed for dm_sgemm
+                            (sgemm.h); NULL where the CPU lacks AVX-512F */
     float *W_dec;     /* (d_sae, d_in); times scaling_factor per row when
                          cfg.finetuning_scaling_factor */
     float *b_enc;     /* (d_sae) */
@@ -108,6 +111,8 @@ int dm_sae_check(const char *dir, const dm_sae_config *cfg);
  * known", which fails for such an SAE and is ignored for the others. An optional
  * scaling_factor tensor is ignored unless the config sets
  * finetuning_scaling_factor. Free with dm_sae_free. */
+/* Floats dm_sae_load adds for W_enc packed for dm_sgemm (0 without AVX-512F). */
+int64_t dm_sae_packed_floats(int64_t d_in, int64_t d_sae);
 dm_sae *dm_sae_load(const char *dir, double scaling_factor);
 void dm_sae_free(dm_sae *s); /* accepts NULL */
 

@@ -100,12 +100,12 @@ static void pack_sum(float *dst, const float *W, int ldw, int K, int N, int nter
     }
 }
 
-void dm_sgemm_pack(float *dst, const float *W, int K, int N)
+void dm_sgemm_pack(float *dst, const float *W, int ldw, int K, int N)
 {
     static const int zero[1] = {0};
     static const float one[1] = {1.0f};
     if (!strassen_layout(K, N)) {
-        pack_sum(dst, W, N, K, N, 1, zero, zero, one);
+        pack_sum(dst, W, ldw, K, N, 1, zero, zero, one);
         return;
     }
     /* P0..P6 of the header comment, as (quadrant row, quadrant column, sign) terms */
@@ -122,7 +122,7 @@ void dm_sgemm_pack(float *dst, const float *W, int K, int N)
         int k0[2], j0[2];
         for (int t = 0; t < P[m].n; t++)
             k0[t] = P[m].qr[t] * K2, j0[t] = P[m].qc[t] * N2;
-        pack_sum(dst + m * panel_floats(K2, N2), W, N, K2, N2, P[m].n, k0, j0, P[m].s);
+        pack_sum(dst + m * panel_floats(K2, N2), W, ldw, K2, N2, P[m].n, k0, j0, P[m].s);
     }
 }
 

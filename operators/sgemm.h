@@ -30,8 +30,9 @@ typedef void (*dm_sgemm_rowfn)(float *row, int n);
 int dm_sgemm_available(void);
 /* Floats of W (K, N) once packed: N rounded up to DM_SGEMM_NR, times K. */
 size_t dm_sgemm_packed_floats(int K, int N);
-/* Packs W (K, N), row-major, into dst (dm_sgemm_packed_floats, 64-byte aligned). */
-void dm_sgemm_pack(float *dst, const float *W, int K, int N);
+/* Packs W (K, N), row-major with row stride ldw, into dst (dm_sgemm_packed_floats,
+ * 64-byte aligned). */
+void dm_sgemm_pack(float *dst, const float *W, int ldw, int K, int N);
 /* C (M, N; row stride ldc) = A (M, K; row stride lda) @ W + bias (N, or NULL),
  * or += with DM_SGEMM_ACCUMULATE, then fn on each row of C when fn is given
  * (not with DM_SGEMM_ACCUMULATE). Wp from dm_sgemm_pack. OpenMP threads over

@@ -66,7 +66,7 @@ START_TEST(pack_layout)
     ck_assert_int_eq(dm_sgemm_packed_floats(K, N), 2 * 32 * 3);
     for (int i = 0; i < K * N; i++)
         W[i] = (float)i;
-    dm_sgemm_pack(P, W, K, N);
+    dm_sgemm_pack(P, W, N, K, N);
     /* panel 0: k-major rows of 32 columns; panel 1: 8 real columns, then zeros */
     ck_assert_float_eq(P[0], W[0]);
     ck_assert_float_eq(P[32 + 5], W[40 + 5]);
@@ -93,7 +93,7 @@ START_TEST(fast_matches_reference)
         float *bias = random_floats(N, -1, 1), *C0 = random_floats((size_t)M * ldc, -1, 1);
         float *Wp = dm_xmalloc_aligned(sizeof(float) * (dm_sgemm_packed_floats(K, N) + 1));
         float *c1 = dm_xmalloc(sizeof(float) * M * ldc), *c2 = dm_xmalloc(sizeof(float) * M * ldc);
-        dm_sgemm_pack(Wp, W, K, N);
+        dm_sgemm_pack(Wp, W, N, K, N);
         for (int v = 0; v < 4; v++) {
             const float *b = v & 1 ? bias : NULL;
             int flags = v & 2 ? DM_SGEMM_ACCUMULATE : 0;
@@ -116,6 +116,28 @@ START_TEST(fast_matches_reference)
 }
 END_TEST
 
+/* A panel of a wider matrix (the SAE packs W_enc 512 columns at a time): packing
+ * with the row stride of the whole gives the panel's product. */
+START_TEST(strided_pack)
+{
+    if (!dm_sgemm_available())
+        return;
+    int M = 40, K = 64, ldw = 200, j0 = 37, N = 96;
+    rng_state = 5;
+    float *A = random_floats((size_t)M * K, -1, 1), *W = random_floats((size_t)K * ldw, -1, 1);
+    float *Wsub = dm_xmalloc(sizeof(float) * K * N);
+    for (int k = 0; k < K; k++)
+        memcpy(Wsub + (size_t)k * N, W + (size_t)k * ldw + j0, sizeof(float) * N);
+    float *Wp = dm_xmalloc_aligned(sizeof(float) * dm_sgemm_packed_floats(K, N));
+    float *c1 = dm_xmalloc(sizeof(float) * M * N), *c2 = dm_xmalloc(sizeof(float) * M * N);
+    dm_sgemm_pack(Wp, W + j0, ldw, K, N);
+    dm_sgemm(c1, N, A, K, Wp, NULL, M, N, K, 0, NULL);
+    dm_sgemm_ref(c2, N, A, K, Wsub, NULL, M, N, K, 0, NULL);
+    ck_assert_double_le(rel_err(c1, c2, M, N, N), 1e-5);
+    free(A), free(W), free(Wsub), free(Wp), free(c1), free(c2);
+}
+END_TEST
+
 /* The model's own shapes (M = 4 windows of 128 tokens) against OpenBLAS. */
 START_TEST(gpt2_shapes_match_openblas)
 {
@@ -129,7 +151,7 @@ START_TEST(gpt2_shapes_match_openblas)
         float *A = random_floats((size_t)M * K, -1, 1), *W = random_floats((size_t)K * N, -0.1f, 0.1f);
         float *Wp = dm_xmalloc_aligned(sizeof(float) * dm_sgemm_packed_floats(K, N));
         float *c1 = dm_xmalloc(sizeof(float) * M * N), *c2 = dm_xmalloc(sizeof(float) * M * N);
-        dm_sgemm_pack(Wp, W, K, N);
+        dm_sgemm_pack(Wp, W, N, K, N);
         dm_sgemm(c1, N, A, K, Wp, NULL, M, N, K, 0, NULL);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, W, N, 0.0f, c2, N);
         ck_assert_double_le(rel_err(c1, c2, M, N, N), 1e-5);
@@ -145,6 +167,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, pack_layout);
     tcase_add_test(tc, fast_matches_reference);
+    tcase_add_test(tc, strided_pack);
     tcase_add_test(tc, gpt2_shapes_match_openblas);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -54,7 +54,7 @@ int main(int argc, char **argv)
     for (int s = 0; s < 4; s++) {
         int K = shapes[s][0], N = shapes[s][1];
         float *wp = dm_xmalloc_aligned(sizeof(float) * dm_sgemm_packed_floats(K, N));
-        dm_sgemm_pack(wp, w, K, N);
+        dm_sgemm_pack(wp, w, N, K, N);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1, a, K, w, N, 0, c1, N);
         dm_sgemm(c2, N, a, K, wp, NULL, M, N, K, 0, NULL);
         double num = 0, den = 0;

@@ -84,6 +84,9 @@ demo: $(BIN)
 # Unit tests run from the repository root so they find tests/golden.
 test-unit: $(TESTBIN)
 	@set -e; for t in $(TESTBIN); do echo "== $$t"; CK_FORK=yes $$t; done
+	@set -e; for t in test_gpt2 test_sae test_sgemm; do \
+		echo "== $(BUILD)/tests/$$t, DMICA_NO_AVX512=1 (the OpenBLAS paths of CPUs without AVX-512F)"; \
+		DMICA_NO_AVX512=1 CK_FORK=yes $(BUILD)/tests/$$t; done
 
 test-cli: $(BIN)
 	@DMICA=$(abspath $(BIN)) tests/cli/run-all

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define DM_ERRMAX 4096
@@ -118,6 +119,16 @@ void *dm_xmalloc_aligned(size_t n)
     n = (n + 63) & ~(size_t)63;
     if (posix_memalign(&p, 64, n ? n : 64))
         dm_oom(n);
+    return p;
+}
+
+void *dm_xmalloc_huge(size_t n)
+{
+    void *p = NULL;
+    n = (n + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    if (posix_memalign(&p, 2u << 20, n ? n : 64))
+        dm_oom(n);
+    madvise(p, n, MADV_HUGEPAGE); /* advice only: without THP it is an ordinary buffer */
     return p;
 }
 

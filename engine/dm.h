@@ -42,6 +42,10 @@ char *dm_xstrdup(const char *s);
 char *dm_xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* 64-byte aligned; free with free(3). */
 void *dm_xmalloc_aligned(size_t n);
+/* Like dm_xmalloc_aligned for large, long-lived buffers (packed weights): 2 MiB
+ * aligned and marked for transparent huge pages, so that filling it takes few
+ * page faults and reading it few TLB misses. Freed with free(). */
+void *dm_xmalloc_huge(size_t n);
 
 /* ---- dtypes ------------------------------------------------------------ */
 

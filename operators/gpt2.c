@@ -911,7 +911,7 @@ static void pack_weights(dm_gpt2 *m)
     m->pk_attproj_n = dm_sgemm_packed_floats(C, C);
     m->pk_fc_n = dm_sgemm_packed_floats(C, NI);
     m->pk_fcproj_n = dm_sgemm_packed_floats(NI, C);
-    m->packed_memory = dm_xmalloc_aligned(sizeof(float) * total);
+    m->packed_memory = dm_xmalloc_huge(sizeof(float) * total);
     m->pk_qkv = m->packed_memory;
     m->pk_attproj = m->pk_qkv + L * m->pk_qkv_n;
     m->pk_fc = m->pk_attproj + L * m->pk_attproj_n;

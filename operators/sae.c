@@ -303,7 +303,7 @@ static void pack_encoder(dm_sae *s)
     const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae, slot = panel_packed_floats(di, ds);
     if (!dm_sae_packed_floats(di, ds))
         return;
-    s->W_enc_packed = dm_xmalloc_aligned((size_t)dm_sae_packed_floats(di, ds) * sizeof(float));
+    s->W_enc_packed = dm_xmalloc_huge((size_t)dm_sae_packed_floats(di, ds) * sizeof(float));
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t f0 = 0; f0 < ds; f0 += SAE_PANEL)
         dm_sgemm_pack(s->W_enc_packed + f0 / SAE_PANEL * slot, s->W_enc + f0, (int)ds, (int)di,

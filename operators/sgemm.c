@@ -189,7 +189,12 @@ static const product whole1[] = {{{{0, 0, 1}}, 0, {{0, 0, 1}}, 1, 1}};
 
 int dm_sgemm_available(void)
 {
-    return __builtin_cpu_supports("avx512f");
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DMICA_NO_AVX512");
+        on = !(e && *e && strcmp(e, "0") != 0) && __builtin_cpu_supports("avx512f");
+    }
+    return on;
 }
 
 /* Rows [0, mc) x columns [0, kc) of a[0] + s1 * a[1] (a[1] may be NULL) into

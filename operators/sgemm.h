@@ -26,7 +26,9 @@ enum {
 /* Row function run on every finished row segment of C (in place), e.g. GELU. */
 typedef void (*dm_sgemm_rowfn)(float *row, int n);
 
-/* 1 when this CPU runs the packed kernel (AVX-512F). */
+/* 1 when this CPU runs the packed kernel (AVX-512F), unless DMICA_NO_AVX512=1 is
+ * in the environment: then the callers' OpenBLAS paths run, as on CPUs without
+ * it (make test-unit runs the GPT-2 and SAE tests that way too). */
 int dm_sgemm_available(void);
 /* Floats of W (K, N) once packed: N rounded up to DM_SGEMM_NR, times K. */
 size_t dm_sgemm_packed_floats(int K, int N);

@@ -79,7 +79,7 @@ END_TEST
 START_TEST(fast_matches_reference)
 {
     if (!dm_sgemm_available()) {
-        fprintf(stderr, "test_sgemm: this CPU lacks AVX-512F; the packed kernel is not used here\n");
+        fprintf(stderr, "test_sgemm: the packed kernel is off here (no AVX-512F, or DMICA_NO_AVX512 set)\n");
         return;
     }
     static const int shapes[][3] = {{1, 1, 1},    {5, 7, 3},      {12, 32, 16},  {13, 33, 17},

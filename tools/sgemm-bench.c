@@ -38,7 +38,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!dm_sgemm_available()) {
-        fprintf(stderr, "sgemm-bench: this CPU lacks AVX-512F; dmica uses OpenBLAS here\n");
+        fprintf(stderr, "sgemm-bench: the packed kernel is off here (no AVX-512F, or DMICA_NO_AVX512 set)\n");
         return 77;
     }
     openblas_set_num_threads(threads);

@@ -1,10 +1,13 @@
 /*
  * sgemm.h: C = A @ W for a constant weight matrix W, packed once.
  *
- * The GPT-2 runner's four linear layers multiply activations A (M, K) by weights
- * W (K, N) that never change, so W is packed once at load into column panels of
- * DM_SGEMM_NR (the layout the micro-kernel reads) instead of on every call as a
- * general sgemm must. The epilogue is fused: the bias is added as the result is
+ * The GPT-2 runner's four linear layers (and the SAE's encoder) multiply
+ * activations A (M, K) by weights W (K, N) that never change, so W is packed once
+ * at load into column panels of DM_SGEMM_NR (the layout the micro-kernel reads)
+ * instead of on every call as a general sgemm must; when K and N are even, as
+ * the seven matrices of one level of Strassen (7/8 of the multiply-adds;
+ * sgemm.c explains, and DMICA_SGEMM_CLASSIC=1 turns it off). The epilogue is
+ * fused: the bias is added as the result is
  * stored, the result can be added into C (a residual stream) instead of
  * overwriting it, and a row function (GELU) can run on each tile while it is
  * still in L1. An AVX-512 micro-kernel (12 x 32 tile, BLIS-style blocking) does

@@ -21,6 +21,7 @@
 #include <cblas.h>
 #include <check.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,7 +139,8 @@ START_TEST(strided_pack)
 }
 END_TEST
 
-/* The model's own shapes (M = 4 windows of 128 tokens) against OpenBLAS. */
+/* The model's own shapes (M = 4 windows of 128 tokens) against OpenBLAS, and on
+ * one thread against the default threads. */
 START_TEST(gpt2_shapes_match_openblas)
 {
     if (!dm_sgemm_available())
@@ -155,6 +157,12 @@ START_TEST(gpt2_shapes_match_openblas)
         dm_sgemm(c1, N, A, K, Wp, NULL, M, N, K, 0, NULL);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, W, N, 0.0f, c2, N);
         ck_assert_double_le(rel_err(c1, c2, M, N, N), 1e-5);
+        /* every row is summed the same way whatever the threads: same bits on one */
+        int nt = omp_get_max_threads();
+        omp_set_num_threads(1);
+        dm_sgemm(c2, N, A, K, Wp, NULL, M, N, K, 0, NULL);
+        omp_set_num_threads(nt);
+        ck_assert_mem_eq(c1, c2, sizeof(float) * M * N);
         free(A), free(W), free(Wp), free(c1), free(c2);
     }
 }

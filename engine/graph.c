@@ -522,6 +522,21 @@ int dm_publish_text(dm_node *n, const char *file, const char *text, size_t len)
     return rc ? rc : dm_publish(n, file);
 }
 
+int dm_publish_json(dm_node *n, const char *file, const char *what, const json_t *o, size_t flags,
+                    dm_tensor *text)
+{
+    char *s = json_dumps(o, flags);
+    if (!s)
+        return dm_fail("%s: cannot encode JSON", *file ? file : what);
+    size_t len = strlen(s);
+    if (text)
+        dm_tensor_from_text(text, s, len);
+    s[len] = '\n'; /* json_dumps leaves no final newline; overwrite its NUL */
+    int rc = dm_publish_text(n, file, s, len + 1);
+    free(s);
+    return rc;
+}
+
 void *dm_node_state(const dm_node *n) { return n->state_ptr; }
 void dm_node_set_state(dm_node *n, void *state) { ((dm_node *)n)->state_ptr = state; }
 int64_t dm_chunk_rows(const dm_node *n) { return n->chunk_rows; }

@@ -38,6 +38,8 @@
 
 #include "dm.h"
 
+#include <jansson.h>
+
 typedef enum { DM_PORT_STREAM = 0, DM_PORT_TENSOR } dm_port_kind;
 
 /* What flows through a port. For a stream, shape = {rows, cols} where rows is
@@ -148,6 +150,12 @@ int dm_publish(dm_node *n, const char *file);
 /* Writes text as `file` in the node's folder (atomically) and publishes it;
  * does nothing when file is "" (the operator's "no product" setting). */
 int dm_publish_text(dm_node *n, const char *file, const char *text, size_t len);
+/* json_dumps(o, flags) with a final newline, published as `file` as dm_publish_text
+ * does (nothing when file is ""); when text is given it gets the JSON (without
+ * the newline) as a text tensor, the operators' summary outputs. o stays the
+ * caller's. -1 with dm_fail() naming file (or what) if it cannot be encoded. */
+int dm_publish_json(dm_node *n, const char *file, const char *what, const json_t *o, size_t flags,
+                    dm_tensor *text);
 
 /* The operator's own state pointer. */
 void *dm_node_state(const dm_node *n);

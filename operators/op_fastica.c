@@ -528,17 +528,8 @@ static int ica_finish(dm_node *n)
     json_object_set_new(o, "seeds", seeds);
     free(cosv);
     free(sign);
-    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
+    int bad = dm_publish_json(n, file, "ica summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), &summary);
     json_decref(o);
-    if (!text) {
-        dm_fail("%s: cannot encode JSON", *file ? file : "ica summary");
-        goto end;
-    }
-    size_t len = strlen(text);
-    dm_tensor_from_text(&summary, text, len);
-    text[len] = '\n'; /* json_dumps leaves room: the file ends with a newline */
-    int bad = dm_publish_text(n, file, text, len + 1);
-    free(text);
     if (bad)
         goto end;
     if (dm_set_output(n, OUT_UNMIXING, &un) || dm_set_output(n, OUT_UNMIXINGS, &uns) ||

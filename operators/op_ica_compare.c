@@ -401,17 +401,7 @@ static int cmp_finish(dm_node *n)
         save_product(n, dm_param_str(n, "mixing_file"), &out[OUT_MIXING]) ||
         save_product(n, dm_param_str(n, "plan_file"), &out[OUT_PLAN]))
         goto end;
-    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(10));
-    if (!text) {
-        dm_fail("%s: cannot encode JSON", *file ? file : "ica_compare summary");
-        goto end;
-    }
-    size_t len = strlen(text);
-    dm_tensor_from_text(&summary, text, len);
-    text[len] = '\n'; /* json_dumps leaves room: the file ends with a newline */
-    int bad = dm_publish_text(n, file, text, len + 1);
-    free(text);
-    if (bad)
+    if (dm_publish_json(n, file, "ica_compare summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), &summary))
         goto end;
     rc = 0;
     for (int p = 0; p < 7 && !rc; p++)

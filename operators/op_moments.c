@@ -113,14 +113,8 @@ static int write_stats_json(dm_node *n, const char *file, const dm_moments *m, d
     static const char *keys[OUT_COUNT] = {"mean", "var", "skew", "excess_kurtosis"};
     for (int k = 0; k < OUT_COUNT; k++)
         json_object_set_new(o, keys[k], json_vector(out[k].data, m->d));
-    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+    int rc = dm_publish_json(n, file, "moments", o, JSON_INDENT(2) | JSON_REAL_PRECISION(17), NULL);
     json_decref(o);
-    if (!text)
-        return dm_fail("%s: cannot encode JSON", file);
-    size_t len = strlen(text);
-    text[len] = '\n'; /* json_dumps leaves no final newline; overwrite its NUL */
-    int rc = dm_publish_text(n, file, text, len + 1);
-    free(text);
     return rc;
 }
 

@@ -135,17 +135,9 @@ static int write_pca_json(dm_node *n, const dm_pca *p, int64_t chosen, int64_t k
                         json_vector(p->explained_variance_ratio, p->d));
     json_object_set_new(o, "cumulative_variance_ratio",
                         json_vector(p->cumulative_variance_ratio, p->d));
-    char *text = json_dumps(o, JSON_INDENT(2) | JSON_REAL_PRECISION(17));
+    int rc = dm_publish_json(n, "pca.json", "pca", o, JSON_INDENT(2) | JSON_REAL_PRECISION(17), NULL);
     json_decref(o);
-    if (!text)
-        return dm_fail("pca.json: cannot encode JSON");
-    char *path = dm_xasprintf("%s/pca.json", dm_node_dir(n));
-    size_t len = strlen(text);
-    text[len] = '\n'; /* json_dumps leaves no final newline; overwrite its NUL */
-    int rc = dm_write_file_atomic(path, text, len + 1);
-    free(path);
-    free(text);
-    return rc ? rc : dm_publish(n, "pca.json");
+    return rc;
 }
 
 static int pca_finish(dm_node *n)

@@ -751,6 +751,7 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
          * feature order. count (nseg, tile) holds each segment's actives per row. */
         const int nt = w->nthreads;
         const int64_t npanels = (ds + SAE_PANEL - 1) / SAE_PANEL, nseg = topk ? nt : npanels;
+        const int64_t slot = s->W_enc_packed ? panel_packed_floats(di, ds) : 0;
         memset(w->count, 0, (size_t)(nseg * w->tile) * sizeof *w->count);
         memset(w->seg, 0, (size_t)(nseg * 3) * sizeof *w->seg);
         for (int t = 0; t < nt; t++)
@@ -766,7 +767,7 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
                 const int64_t ld = topk ? ds : pw;
                 if (s->W_enc_packed)
                     dm_sgemm(out, (int)ld, w->xin, (int)di,
-                             s->W_enc_packed + p * panel_packed_floats(di, ds), NULL, (int)m, (int)pw,
+                             s->W_enc_packed + p * slot, NULL, (int)m, (int)pw,
                              (int)di, 0, NULL);
                 else
                     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)pw, (int)di, 1.0f,

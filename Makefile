@@ -8,7 +8,7 @@ SAN     ?=
 CC      ?= cc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation -fopenmp -I. -Iengine -Iio -Ioperators -Igpu
+CFLAGS  += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-format-truncation -fopenmp
 LDLIBS  := -lopenblas -llapacke -luring -lzstd -lyaml -ljansson -lxxhash -lpcre2-8 -larchive -lm -lpthread
 TESTLIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
 
@@ -17,8 +17,36 @@ CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 LDFLAGS += -fsanitize=address,undefined
 endif
 
+# The layers. Each folder compiles with its own include path, so a header from a
+# layer it may not use is not found and the file does not build (a kernel that
+# includes op.h, an adapter that includes the engine's private engine.h).
+# docs/architecture.md draws the same table.
+#   engine/base          errors, dtypes, tensors, the compute context
+#   io                   every byte that crosses the disk
+#   operators/kernels    the CPU kernels (gpu/ mirrors them file for file)
+#   operators/analysis   the verdict, results.json, HTML and SVG
+#   engine/api           op.h: what an operator sees of the engine
+#   operators/adapters   one file per operator, and the registry
+#   engine/core          the engine: pipelines, graphs, cache, runs
+#   engine/cli           the commands
+INC_base     := -Iengine/base
+INC_io       := $(INC_base) -Iio
+INC_kernels  := $(INC_io) -Ioperators/kernels
+INC_analysis := $(INC_kernels) -Ioperators/analysis
+INC_adapters := $(INC_analysis) -Iengine/api -Ioperators/adapters
+INC_core     := $(INC_io) -Iengine/api -Iengine/core
+INC_cli      := $(INC_analysis) -Iengine/api -Iengine/core -Iengine/cli
+INC_all      := $(INC_cli) -Ioperators/adapters -Igpu
+layer_inc = $(strip $(if $(filter engine/base/%,$1),$(INC_base),\
+            $(if $(filter io/%,$1),$(INC_io),\
+            $(if $(filter operators/kernels/%,$1),$(INC_kernels),\
+            $(if $(filter operators/analysis/%,$1),$(INC_analysis),\
+            $(if $(filter operators/adapters/%,$1),$(INC_adapters),\
+            $(if $(filter engine/core/%,$1),$(INC_core),\
+            $(if $(filter engine/cli/%,$1),$(INC_cli),$(INC_all)))))))))
+
 DEPS_STAMP := $(BUILD)/.deps-ok
-LIBSRC  := $(filter-out engine/main.c,$(wildcard engine/*.c io/*.c operators/*.c gpu/*.c))
+LIBSRC  := $(filter-out engine/cli/main.c,$(wildcard engine/*/*.c io/*.c operators/*/*.c gpu/*.c))
 LIBOBJ  := $(LIBSRC:%.c=$(BUILD)/%.o)
 TESTSRC := $(wildcard tests/test_*.c)
 TESTBIN := $(TESTSRC:tests/%.c=$(BUILD)/tests/%)
@@ -39,7 +67,7 @@ $(BUILD)/demo_pipeline.o: $(BUILD)/demo_pipeline.c
 
 $(BUILD)/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(CFLAGS) $(call layer_inc,$<) -MMD -MP -c $< -o $@
 
 $(BUILD)/libdmica.a: $(LIBOBJ)
 	@rm -f $@
@@ -51,20 +79,20 @@ $(BUILD)/demo_pipeline.c: pipelines/demo.yaml
 	{ printf 'const char dm_demo_pipeline[] =\n'; sed 's/\\/\\\\/g; s/"/\\"/g; s/^/"/; s/$$/\\n"/' $<; echo ';'; } > $@
 
 # The whole archive: operators and commands are found by name at run time
-# (operators/registry.c, weak slots), so no symbol pulls them in.
-$(BIN): $(BUILD)/engine/main.o $(BUILD)/demo_pipeline.o $(BUILD)/libdmica.a
+# (operators/adapters/registry.c), so no symbol pulls them in.
+$(BIN): $(BUILD)/engine/cli/main.o $(BUILD)/demo_pipeline.o $(BUILD)/libdmica.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(BUILD)/engine/main.o $(BUILD)/demo_pipeline.o \
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(BUILD)/engine/cli/main.o $(BUILD)/demo_pipeline.o \
 		-Wl,--whole-archive $(BUILD)/libdmica.a -Wl,--no-whole-archive $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -MMD -MP -o $@ $< $(BUILD)/libdmica.a $(LDLIBS) $(TESTLIBS)
+	$(CC) $(CFLAGS) $(INC_all) $(LDFLAGS) -MMD -MP -o $@ $< $(BUILD)/libdmica.a $(LDLIBS) $(TESTLIBS)
 
 # Benchmark helpers (tools/*.c), linked like the tests.
 $(BUILD)/tools/%: tools/%.c $(BUILD)/libdmica.a | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libdmica.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(INC_all) $(LDFLAGS) -o $@ $< $(BUILD)/libdmica.a $(LDLIBS)
 
 PYTHON ?= /usr/bin/python3
 
@@ -106,4 +134,4 @@ bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench
 clean:
 	rm -rf build bin demo-out demo-data
 
--include $(LIBOBJ:.o=.d) $(BUILD)/engine/main.d $(TESTBIN:=.d)
+-include $(LIBOBJ:.o=.d) $(BUILD)/engine/cli/main.d $(TESTBIN:=.d)

@@ -559,3 +559,45 @@ int dm_file_identity(const char *path, const char *cache_dir, char out[33])
     free(memo);
     return rc;
 }
+
+char *dm_read_text(const char *path, size_t *len)
+{
+    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        dm_fail("%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        dm_fail("%s: is a folder, not a file", path);
+        close(fd);
+        return NULL;
+    }
+    size_t cap = (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size : 0) + 4096;
+    size_t n = 0;
+    char *buf = dm_xmalloc(cap);
+    for (;;) {
+        if (cap - n < 2) {
+            cap *= 2;
+            buf = dm_xrealloc(buf, cap);
+        }
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            dm_fail("%s: read failed: %s", path, strerror(errno));
+            free(buf);
+            if (fd != STDIN_FILENO)
+                close(fd);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    if (fd != STDIN_FILENO)
+        close(fd);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}

@@ -27,6 +27,9 @@ int dm_fsync_path(const char *path); /* a file or a folder */
 int dm_dir_publish(const char *tmp, const char *final);
 /* Whole file into memory (NUL-terminated); *len gets the size. NULL on error. */
 char *dm_read_file(const char *path, size_t *len);
+/* Like dm_read_file for text that may come from a pipe: path "-" reads stdin,
+ * a folder is an error naming it. */
+char *dm_read_text(const char *path, size_t *len);
 /* Writes data atomically (tmp + fsync + rename). */
 int dm_write_file_atomic(const char *path, const void *data, size_t len);
 /* The pieces of an atomic write, for writers that stream: dm_atomic_open creates

@@ -219,7 +219,7 @@ Command: \`sh tools/bench.d/30-gpt2.sh\` (part of \`make bench\`). \`tools/make-
 (random weights, the real shape), then \`dmica run p.yaml --threads $THREADS\` with \`text\` (a
 [$WINDOWS, 128] int32 .npy) -> \`gpt2\` (hooks blocks.6.hook_resid_pre, batch 32, centred) -> \`npy_sink\`;
 a 1-window run is subtracted to leave out loading (and packing) the weights, in each round. sgemm: OpenBLAS \`cblas_sgemm\` and dmica's
-\`dm_sgemm\` (weights packed at load, one level of Strassen; operators/sgemm.c) on the four GEMMs of one block
+\`dm_sgemm\` (weights packed at load, one level of Strassen; operators/kernels/sgemm.c) on the four GEMMs of one block
 at B*T = 4096 rows (4096x768 by 768x2304, 768x768 and 768x3072; 4096x3072 by 3072x768), 2MNK FLOP over
 their time (\`build/tools/sgemm-bench $THREADS\`; dm_sgemm's rate is effective: Strassen does 7/8 of those
 multiply-adds; \`DMICA_SGEMM_CLASSIC=1\` packs and multiplies without it). PyTorch: the same six blocks and centring under \`torch.inference_mode\`,

@@ -84,7 +84,7 @@ echo "is the ceiling for the whole pass: timed over the same number of tiles as 
 echo "cblas_sgemm a tile and as single-threaded SGEMMs on 512-column panels over OpenMP threads (as dmica runs it), the"
 echo "better counting; in tokens/s = GFLOP/s / (2·768·24576 = 75.5 MFLOP a token). The machine is shared and rates move"
 echo "between runs, so the GEMM is measured just before each of $repeat dmica runs and each side's best is compared."
-echo "On CPUs with AVX-512F dmica itself encodes with dm_sgemm on W_enc packed at load (operators/sgemm.c: one level of"
+echo "On CPUs with AVX-512F dmica itself encodes with dm_sgemm on W_enc packed at load (operators/kernels/sgemm.c: one level of"
 echo "Strassen; docs/gpt2.md), faster than that OpenBLAS GEMM, so the pass can pass 100% of it."
 echo
 echo "**Target** (issue 4, item 6): SAE tokens/s end to end with statistics at least 80% of the GEMM's; peak memory"

@@ -196,4 +196,8 @@ void dm_sae_result_free(dm_sae_result *r); /* accepts zeroed */
 /* The result as a JSON document (NaN as null), with sae's settings. Caller frees. */
 char *dm_sae_result_json(const dm_sae_result *r, const dm_sae *s);
 
+/* The SAE's config against an input: the hook name (when both are known) and the
+ * width (when width >= 0). dir names the SAE in messages. */
+int dm_sae_check_input(const dm_sae_config *c, const char *dir, const char *hook, int64_t width);
+
 #endif

@@ -10,17 +10,11 @@
 #include <unistd.h>
 
 #include "engine.h"
-#include "gpt2.h"      /* dmica activations */
-#include "tokenizer.h" /* dmica tokenize */
+#include "commands.h"
 
 extern const char dm_demo_pipeline[];
-/* Commands still being written are weak: absent, they say so. */
-int dm_cmd_sae(int argc, char **argv) __attribute__((weak));
-int dm_cmd_ica(int argc, char **argv) __attribute__((weak));
-int dm_cmd_analyze(int argc, char **argv) __attribute__((weak));
-int dm_cmd_top(int argc, char **argv) __attribute__((weak));
 /* Writes the SAE that `planted` nodes (the demo's data) are analysed with. */
-int dm_planted_prepare(const dm_pipeline *p) __attribute__((weak));
+int dm_planted_prepare(const dm_pipeline *p);
 
 
 typedef struct {
@@ -136,7 +130,7 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
             dm_pipeline_free(p);
             return NULL;
         }
-    if (dm_planted_prepare && dm_planted_prepare(p)) {
+    if (dm_planted_prepare(p)) {
         dm_pipeline_free(p);
         return NULL;
     }
@@ -153,7 +147,7 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
         g->force = dm_xrealloc(g->force, (size_t)(g->nforce + 1) * sizeof *g->force);
         g->force[g->nforce++] = dm_xstrdup(o->force[i]);
     }
-    dm_set_threads(o->threads ? o->threads : p->threads);
+    dm_compute_set_threads(o->threads ? o->threads : p->threads);
     dm_progress_enabled = !o->quiet;
     *pout = p;
     return g;

@@ -117,12 +117,6 @@ void dm_gpt2_use_reference(dm_gpt2 *m, int on);
 int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,
                     int nhooks, float **outs, int center);
 
-/* `dmica activations --model DIR --hook HOOK --tokens TOKENS.npy --out ACTS.npy
- * [--no-center] [--batch N]`: TOKENS an integer array [B, T] (int32, int64 or
- * uint16), ACTS float32 [B*T, width], row b*T+t, written atomically. Returns
- * the process exit status (0, or 1 with the message printed). */
-int dm_cmd_activations(int argc, char **argv);
-
 /* ---- kernels (float32; BT = B*T rows) --------------------------------------
  * Each fast kernel has a plain _ref version beside it; tests compare the two. */
 

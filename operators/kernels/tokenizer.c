@@ -24,6 +24,7 @@
  * line by priority, after a "#version" line) and checks that every symbol of
  * every merge, and every merge result, is in the vocabulary.
  */
+#include "fs.h"
 #include "tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -304,48 +305,6 @@ static size_t dm_utf8_repair(const unsigned char *s, size_t n, char *out)
 
 /* ---- files ------------------------------------------------------------- */
 
-/* Whole file (path "-": stdin) into a malloc'd NUL-terminated buffer. */
-static char *dm_tok_read_file(const char *path, size_t *len)
-{
-    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        dm_fail("%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        dm_fail("%s: is a folder, not a file", path);
-        close(fd);
-        return NULL;
-    }
-    size_t cap = (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? (size_t)st.st_size : 0) + 4096;
-    size_t n = 0;
-    char *buf = dm_xmalloc(cap);
-    for (;;) {
-        if (cap - n < 2) {
-            cap *= 2;
-            buf = dm_xrealloc(buf, cap);
-        }
-        ssize_t r = read(fd, buf + n, cap - n - 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            dm_fail("%s: read failed: %s", path, strerror(errno));
-            free(buf);
-            if (fd != STDIN_FILENO)
-                close(fd);
-            return NULL;
-        }
-        if (r == 0)
-            break;
-        n += (size_t)r;
-    }
-    if (fd != STDIN_FILENO)
-        close(fd);
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
 
 /* ---- loading ----------------------------------------------------------- */
 
@@ -391,7 +350,7 @@ static int32_t dm_vocab_id(json_t *vocab, const char *s, size_t n)
 static int dm_load_vocab(dm_tokenizer *tok, const char *path, json_t **vocab_out)
 {
     size_t len;
-    char *text = dm_tok_read_file(path, &len);
+    char *text = dm_read_text(path, &len);
     if (!text)
         return -1;
     json_error_t jerr;
@@ -515,7 +474,7 @@ end:
 static int dm_load_merges(dm_tokenizer *tok, const char *path, json_t *vocab)
 {
     size_t len;
-    char *text = dm_tok_read_file(path, &len);
+    char *text = dm_read_text(path, &len);
     if (!text)
         return -1;
 
@@ -1005,114 +964,4 @@ char *dm_tokenizer_decode(const dm_tokenizer *tok, const int32_t *ids, size_t n,
     if (len)
         *len = o;
     return buf;
-}
-
-/* ---- command ----------------------------------------------------------- */
-
-static const char dm_tokenize_usage[] =
-    "usage: dmica tokenize --tokenizer DIR [--bos] FILE\n"
-    "\n"
-    "Prints the GPT-2 token ids of FILE's whole text on stdout, separated by\n"
-    "single spaces. FILE - reads stdin.\n"
-    "\n"
-    "  --tokenizer DIR  folder with vocab.json and merges.txt (a Hugging Face\n"
-    "                   GPT-2 model folder has both)\n"
-    "  --bos            put <|endoftext|> (50256) first, as SAELens does\n"
-    "  -h, --help       show this help\n";
-
-static char *dm_put_id(char *p, int32_t id)
-{
-    char tmp[12];
-    int k = 0;
-    uint32_t v = (uint32_t)id;
-    do {
-        tmp[k++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (k)
-        *p++ = tmp[--k];
-    return p;
-}
-
-int dm_cmd_tokenize(int argc, char **argv)
-{
-    const char *dir = NULL, *path = NULL;
-    int bos = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            fputs(dm_tokenize_usage, stdout);
-            return 0;
-        } else if (strcmp(a, "--bos") == 0) {
-            bos = 1;
-        } else if (strcmp(a, "--tokenizer") == 0) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "dmica tokenize: --tokenizer needs a folder\n%s",
-                        dm_tokenize_usage);
-                return 2;
-            }
-            dir = argv[++i];
-        } else if (strncmp(a, "--tokenizer=", 12) == 0) {
-            dir = a + 12;
-        } else if (a[0] == '-' && a[1] != 0) {
-            fprintf(stderr, "dmica tokenize: unknown option %s\n%s", a, dm_tokenize_usage);
-            return 2;
-        } else if (path) {
-            fprintf(stderr, "dmica tokenize: one FILE only (got %s and %s)\n%s", path, a,
-                    dm_tokenize_usage);
-            return 2;
-        } else {
-            path = a;
-        }
-    }
-    if (!dir || !path) {
-        fprintf(stderr, "dmica tokenize: %s\n%s", !dir ? "--tokenizer DIR is required" : "no FILE",
-                dm_tokenize_usage);
-        return 2;
-    }
-
-    dm_tokenizer *tok = dm_tokenizer_load(dir);
-    if (!tok) {
-        fprintf(stderr, "dmica tokenize: %s\n", dm_error());
-        return 1;
-    }
-    if (bos && tok->eot < 0) {
-        fprintf(stderr, "dmica tokenize: %s/vocab.json has no <|endoftext|> token for --bos\n",
-                dir);
-        dm_tokenizer_free(tok);
-        return 1;
-    }
-    size_t len;
-    char *text = dm_tok_read_file(path, &len);
-    dm_token_ids ids = DM_TOKEN_IDS_INIT;
-    if (bos && text)
-        dm_token_ids_push(&ids, tok->eot);
-    int rc = text ? dm_tokenizer_encode_append(tok, text, len, &ids) : -1;
-    free(text);
-    dm_tokenizer_free(tok);
-    if (rc != 0) {
-        fprintf(stderr, "dmica tokenize: %s\n", dm_error());
-        dm_token_ids_release(&ids);
-        return 1;
-    }
-
-    char buf[1 << 16];
-    char *p = buf;
-    for (size_t i = 0; i < ids.n; i++) {
-        if (p - buf > (ptrdiff_t)sizeof buf - 16) {
-            fwrite(buf, 1, (size_t)(p - buf), stdout);
-            p = buf;
-        }
-        if (i > 0)
-            *p++ = ' ';
-        p = dm_put_id(p, ids.ids[i]);
-    }
-    *p++ = '\n';
-    fwrite(buf, 1, (size_t)(p - buf), stdout);
-    dm_token_ids_release(&ids);
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "dmica tokenize: writing the ids to stdout failed: %s\n", strerror(errno));
-        return 1;
-    }
-    return 0;
 }

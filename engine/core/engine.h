@@ -138,7 +138,6 @@ void dm_progress_update(dm_progress *p, int64_t rows, int64_t spilled_bytes);
 void dm_progress_end(dm_progress *p, int64_t rows, int64_t spilled_bytes, int always);
 extern int dm_progress_enabled;
 
-void dm_set_threads(int n);
 
 /* For commands that run a pipeline they write as YAML text (dmica stats, ica,
  * sae, analyze): parse, bind, run with these settings, print errors and a

@@ -43,22 +43,9 @@
 #define DM_MAX_CHUNK_ROWS 65536
 #define DM_SPILL_BUFFERS 5 /* per spilled stream: the writer's ring plus slack */
 
-static int dm_nthreads = 1;
 static int current_group = -1;
 static int64_t run_spilled_bytes;
 
-void dm_set_threads(int n)
-{
-    if (n < 1)
-        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1)
-        n = 1;
-    dm_nthreads = n;
-    openblas_set_num_threads(n);
-    omp_set_num_threads(n);
-}
-
-int dm_threads(void) { return dm_nthreads; }
 
 typedef struct {
     dm_node *src;
@@ -849,7 +836,7 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
     g->cache = dm_xstrdup(o->cache ? o->cache : env && *env ? env : ".dmica-cache");
     g->out = o->out ? dm_xstrdup(o->out) : NULL;
     g->memory = o->memory > 0 ? o->memory : (int64_t)1 << 30;
-    dm_set_threads(o->threads);
+    dm_compute_set_threads(o->threads);
     dm_progress_enabled = !o->quiet;
     int rc = dm_run(g);
     if (rc)

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "commands.h"
 #include "engine.h"
 #include "npy.h"
 #include "sae.h"
@@ -41,16 +42,6 @@ static void analyze_usage(FILE *f)
           f);
 }
 
-static const char *arg_value(int argc, char **argv, int *i, const char *name)
-{
-    size_t n = strlen(name);
-    if (!strcmp(argv[*i], name) && *i + 1 < argc)
-        return argv[++*i];
-    if (!strncmp(argv[*i], name, n) && argv[*i][n] == '=')
-        return argv[*i] + n + 1;
-    return NULL;
-}
-
 int dm_cmd_analyze(int argc, char **argv)
 {
     const char *acts = NULL, *sae = NULL, *tokens = NULL, *tokenizer = NULL, *out = NULL, *cache = NULL;
@@ -63,35 +54,35 @@ int dm_cmd_analyze(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             analyze_usage(stdout);
             return 0;
-        } else if ((v = arg_value(argc, argv, &i, "--acts"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--acts"))) {
             acts = v;
-        } else if ((v = arg_value(argc, argv, &i, "--sae"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--sae"))) {
             sae = v;
-        } else if ((v = arg_value(argc, argv, &i, "--tokens"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--tokens"))) {
             tokens = v;
-        } else if ((v = arg_value(argc, argv, &i, "--tokenizer"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--tokenizer"))) {
             tokenizer = v;
-        } else if ((v = arg_value(argc, argv, &i, "--out"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--out"))) {
             out = v;
-        } else if ((v = arg_value(argc, argv, &i, "--cache"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--cache"))) {
             cache = v;
-        } else if ((v = arg_value(argc, argv, &i, "--components"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--components"))) {
             k = atoll(v);
-        } else if ((v = arg_value(argc, argv, &i, "--seeds"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--seeds"))) {
             seeds = atoll(v);
-        } else if ((v = arg_value(argc, argv, &i, "--seed"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--seed"))) {
             seed = atoll(v);
-        } else if ((v = arg_value(argc, argv, &i, "--max-iter"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--max-iter"))) {
             max_iter = atoll(v);
-        } else if ((v = arg_value(argc, argv, &i, "--top"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--top"))) {
             top = atoll(v);
-        } else if ((v = arg_value(argc, argv, &i, "--threads"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--threads"))) {
             threads = atoll(v);
-        } else if ((v = arg_value(argc, argv, &i, "--tol"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--tol"))) {
             tol = atof(v);
-        } else if ((v = arg_value(argc, argv, &i, "--scaling-factor"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--scaling-factor"))) {
             scaling = atof(v);
-        } else if ((v = arg_value(argc, argv, &i, "--memory"))) {
+        } else if ((v = dm_arg_value(argc, argv, &i, "--memory"))) {
             if ((memory = dm_parse_size(v)) <= 0) {
                 fprintf(stderr, "dmica analyze: --memory: %s\n", dm_error());
                 return 2;
@@ -199,87 +190,4 @@ int dm_cmd_analyze(int argc, char **argv)
     int rc = dm_run_yaml("<dmica analyze>", yaml, &ro);
     free(yaml);
     return rc;
-}
-
-/* ---- dmica top ------------------------------------------------------------ */
-
-int dm_cmd_top(int argc, char **argv)
-{
-    const char *run = NULL, *v;
-    long long comp = -1, k = 20;
-    int bottom = 0, activations = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            puts("usage: dmica top RUN_DIR --component N [--k 20] [--bottom] [--activations]\n"
-                 "\n"
-                 "A component's top (or, with --bottom, most negative) tokens with their contexts, from\n"
-                 "RUN_DIR/ica_top_examples.json (by source value; --activations: by the plan's activation\n"
-                 "projection, RUN_DIR/ica_activation_top_examples.json).");
-            return 0;
-        } else if ((v = arg_value(argc, argv, &i, "--component"))) {
-            comp = atoll(v);
-        } else if ((v = arg_value(argc, argv, &i, "--k"))) {
-            k = atoll(v);
-        } else if (!strcmp(argv[i], "--bottom")) {
-            bottom = 1;
-        } else if (!strcmp(argv[i], "--activations")) {
-            activations = 1;
-        } else if (argv[i][0] != '-' && !run) {
-            run = argv[i];
-        } else {
-            fprintf(stderr, "dmica top: unknown option '%s'\n", argv[i]);
-            return 2;
-        }
-    }
-    if (!run || comp < 0 || k < 1) {
-        fprintf(stderr, "dmica top: RUN_DIR and --component N are required (see dmica top --help)\n");
-        return 2;
-    }
-    char *path = dm_xasprintf("%s/%s", run, activations ? "ica_activation_top_examples.json" : "ica_top_examples.json");
-    json_error_t err;
-    json_t *j = json_load_file(path, 0, &err);
-    if (!j) {
-        fprintf(stderr, "dmica top: %s: %s\n", path, err.text);
-        free(path);
-        return 1;
-    }
-    json_t *comps = json_object_get(j, "components");
-    json_t *c = json_array_get(comps, (size_t)comp);
-    if (!c) {
-        fprintf(stderr, "dmica top: %s has %zu components; no component %lld\n", path, json_array_size(comps), comp);
-        json_decref(j);
-        free(path);
-        return 1;
-    }
-    json_t *list = json_object_get(c, bottom ? "bottom" : "top");
-    printf("component %lld, %s %lld by %s (%s)\n", comp, bottom ? "bottom" : "top", k,
-           activations ? "activation projection" : "source value", path);
-    size_t i;
-    json_t *e;
-    json_array_foreach(list, i, e)
-    {
-        if ((long long)i >= k)
-            break;
-        printf("%+9.3f  ", json_number_value(json_object_get(e, "value")));
-        if (json_object_get(e, "token")) {
-            const char *parts[3] = {json_string_value(json_object_get(e, "left")),
-                                    json_string_value(json_object_get(e, "token")),
-                                    json_string_value(json_object_get(e, "right"))};
-            for (int p = 0; p < 3; p++) {
-                if (p == 1)
-                    fputs("[[", stdout);
-                for (const char *s = parts[p] ? parts[p] : ""; *s; s++)
-                    fputs(*s == '\n' ? "\\n" : *s == '\t' ? "\\t" : (char[2]){*s, 0}, stdout);
-                if (p == 1)
-                    fputs("]]", stdout);
-            }
-            printf("   (window %lld, position %lld)\n", (long long)json_integer_value(json_object_get(e, "window")),
-                   (long long)json_integer_value(json_object_get(e, "position")));
-        } else {
-            printf("row %lld\n", (long long)json_integer_value(json_object_get(e, "row")));
-        }
-    }
-    json_decref(j);
-    free(path);
-    return 0;
 }

@@ -74,13 +74,4 @@ const char *dm_tokenizer_token_bytes(const dm_tokenizer *tok, int32_t id, size_t
  * tokenizer. NULL if id is not in the vocabulary. */
 const char *dm_tokenizer_token_text(const dm_tokenizer *tok, int32_t id);
 
-/*
- * `dmica tokenize --tokenizer DIR [--bos] FILE`: prints the ids of the whole
- * file (FILE "-" reads stdin) on stdout, separated by single spaces, then a
- * newline; --bos puts `<|endoftext|>` first. argv[0] is the command's name
- * ("tokenize"); options follow. Returns the exit status: 0 ok, 1 error
- * (message on stderr), 2 usage error.
- */
-int dm_cmd_tokenize(int argc, char **argv);
-
 #endif

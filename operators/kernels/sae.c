@@ -1341,3 +1341,14 @@ int dm_sae_settings(const char *dir, dm_sae_config *cfg)
     cfg->context_size = -1;
     return *dir ? dm_sae_read_config(dir, cfg) : 0;
 }
+
+/* The SAE's config against the input: hook name (if given) and width. */
+int dm_sae_check_input(const dm_sae_config *c, const char *dir, const char *hook, int64_t width)
+{
+    if (*hook && *c->hook_name && strcmp(hook, c->hook_name))
+        return dm_fail("sae %s reads hook %s, but the input comes from hook %s", dir, c->hook_name, hook);
+    if (width >= 0 && width != c->d_in)
+        return dm_fail("sae d_in %lld does not match input width %lld (hook %s)", (long long)c->d_in,
+                       (long long)width, *hook ? hook : *c->hook_name ? c->hook_name : "unknown");
+    return 0;
+}

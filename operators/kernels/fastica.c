@@ -31,7 +31,7 @@
 #include <string.h>
 
 #include "dm.h"
-#include "op.h"
+#include "compute.h"
 
 #define DM_ICA_BLOCK 8192
 

@@ -36,6 +36,7 @@
 #ifndef DM_OP_H
 #define DM_OP_H
 
+#include "compute.h"
 #include "dm.h"
 
 #include <jansson.h>
@@ -167,8 +168,6 @@ char *dm_stage_times(const dm_node *n);
 
 /* Rows the engine moves per chunk in this run (from the memory budget). */
 int64_t dm_chunk_rows(const dm_node *n);
-/* Worker threads for operator kernels (--threads). */
-int dm_threads(void);
 
 /* The registry (operators/registry.c). */
 const dm_op *const *dm_registry(void); /* NULL-terminated */

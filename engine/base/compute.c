@@ -1,0 +1,58 @@
+/*
+ * compute.c: the default compute context and the BLAS thread policy.
+ */
+#include <omp.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "compute.h"
+
+/* OpenBLAS's thread control (cblas.h of Debian's libopenblas-dev declares it). */
+void openblas_set_num_threads(int n);
+int openblas_get_num_threads(void);
+
+static dm_compute ctx;
+static int ctx_ready;
+
+static int env_on(const char *name)
+{
+    const char *e = getenv(name);
+    return e && *e && *e != '0';
+}
+
+const dm_compute *dm_compute_default(void)
+{
+    if (!ctx_ready) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        ctx.threads = n > 0 ? (int)n : 1;
+        ctx.device = DM_DEVICE_CPU;
+        ctx.reference = 0;
+        ctx.avx512 = __builtin_cpu_supports("avx512f") && !env_on("DMICA_NO_AVX512");
+        ctx.strassen = !env_on("DMICA_SGEMM_CLASSIC");
+        ctx_ready = 1;
+    }
+    return &ctx;
+}
+
+void dm_compute_set_threads(int n)
+{
+    dm_compute_default();
+    if (n < 1) {
+        long c = sysconf(_SC_NPROCESSORS_ONLN);
+        n = c > 0 ? (int)c : 1;
+    }
+    ctx.threads = n;
+    openblas_set_num_threads(n);
+    omp_set_num_threads(n);
+}
+
+int dm_threads(void) { return dm_compute_default()->threads; }
+
+int dm_blas_serial_begin(void)
+{
+    int saved = openblas_get_num_threads();
+    openblas_set_num_threads(1);
+    return saved;
+}
+
+void dm_blas_serial_end(int saved) { openblas_set_num_threads(saved); }

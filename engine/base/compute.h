@@ -1,0 +1,42 @@
+/*
+ * compute.h: the compute context handed to kernels.
+ *
+ * One struct says how kernels may run: how many threads, on which device, and
+ * which of the CPU's instruction-set paths to take. It replaces thread toggles
+ * and environment switches scattered through the kernels: the switches are read
+ * once, here, and a node chooses its backend entry (reference, CPU, CUDA) from
+ * the context once, when it opens.
+ *
+ * Environment switches (read by dm_compute_default):
+ *   DMICA_NO_AVX512=1       the OpenBLAS/scalar paths even where the CPU has AVX-512F
+ *   DMICA_SGEMM_CLASSIC=1   dm_sgemm without its level of Strassen
+ *   DMICA_NO_F16C=1         scalar half-precision conversions
+ */
+#ifndef DM_COMPUTE_H
+#define DM_COMPUTE_H
+
+typedef enum { DM_DEVICE_CPU = 0, DM_DEVICE_CUDA } dm_device;
+
+typedef struct dm_compute {
+    int threads;      /* worker threads (OpenMP regions, OpenBLAS outside them) */
+    dm_device device; /* where the kernels run */
+    int reference;    /* 1: the plain reference kernels (tests) */
+    int avx512;       /* 1: the CPU has AVX-512F and DMICA_NO_AVX512 is unset */
+    int strassen;     /* 1: dm_sgemm uses one level of Strassen */
+} dm_compute;
+
+/* The process's context: all cores (until dm_compute_set_threads), the CPU,
+ * the fast kernels, switches from the environment. */
+const dm_compute *dm_compute_default(void);
+/* Sets the default context's threads and the OpenMP and OpenBLAS pools (n < 1:
+ * all cores). */
+void dm_compute_set_threads(int n);
+/* The default context's threads (dm_compute_default()->threads). */
+int dm_threads(void);
+
+/* The BLAS policy inside OpenMP regions: each thread calls BLAS on one thread.
+ * dm_blas_serial_begin() returns the pool size to restore with _end. */
+int dm_blas_serial_begin(void);
+void dm_blas_serial_end(int saved);
+
+#endif

@@ -1,0 +1,30 @@
+/*
+ * planted.h: a planted data set whose answer is known (the embedded demo's).
+ *
+ * Activations are sparse sums of `atoms` unit directions in d dimensions (a
+ * dictionary D drawn from the seed): each token uses each atom with probability
+ * p = l0 / atoms, with magnitude 1 + Exp(1), plus Gaussian noise of std `noise`:
+ *
+ *   x = sum_j a_j D_j + noise
+ *
+ * The matching SAE knows every atom but the first `missed`: W_dec = D[missed:],
+ * W_enc = D[missed:]^T, b_enc = -threshold, standard ReLU, no b_dec. Its residual
+ * holds the missed atoms; whitening and ICA should find them.
+ */
+#ifndef DM_PLANTED_H
+#define DM_PLANTED_H
+
+#include <stdint.h>
+
+#include "dm.h"
+
+/* D: m atoms x d, unit rows (malloc'd). */
+float *dm_planted_dictionary(uint64_t seed, int64_t d, int64_t m);
+/* Rows [row0, row0 + rows) of the data into out (rows x d). */
+void dm_planted_rows(float *out, int64_t row0, int64_t rows, const float *D, int64_t d, int64_t m, double p,
+                     double noise, uint64_t seed);
+/* Writes the matching SAE into dir (cfg.json, sae_weights.safetensors) unless it
+ * is there with the same settings. -1 with dm_fail() on error. */
+int dm_planted_write_sae(const char *dir, int64_t d, int64_t m, int64_t missed, double threshold, uint64_t seed);
+
+#endif

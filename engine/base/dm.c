@@ -16,6 +16,7 @@
 
 #define DM_ERRMAX 4096
 static _Thread_local char dm_errbuf[DM_ERRMAX];
+static _Thread_local dm_errc dm_errcode;
 int dm_verbose = 1;
 
 int dm_fail(const char *fmt, ...)
@@ -24,6 +25,17 @@ int dm_fail(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(dm_errbuf, sizeof dm_errbuf, fmt, ap);
     va_end(ap);
+    dm_errcode = DM_E_INPUT;
+    return -1;
+}
+
+int dm_failc(dm_errc code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(dm_errbuf, sizeof dm_errbuf, fmt, ap);
+    va_end(ap);
+    dm_errcode = code > DM_OK && code < DM_ERRC_COUNT ? code : DM_E_INTERNAL;
     return -1;
 }
 
@@ -40,7 +52,24 @@ int dm_fail_prefix(const char *fmt, ...)
 }
 
 const char *dm_error(void) { return dm_errbuf; }
-void dm_error_clear(void) { dm_errbuf[0] = 0; }
+dm_errc dm_error_code(void) { return dm_errbuf[0] && dm_errcode == DM_OK ? DM_E_INPUT : dm_errcode; }
+void dm_error_clear(void)
+{
+    dm_errbuf[0] = 0;
+    dm_errcode = DM_OK;
+}
+
+const char *dm_errc_name(dm_errc code)
+{
+    static const char *names[DM_ERRC_COUNT] = {"ok",    "input",     "usage",       "io",      "corrupt",
+                                               "shape", "no memory", "interrupted", "internal"};
+    return (unsigned)code < DM_ERRC_COUNT ? names[code] : "internal";
+}
+
+int dm_errc_exit(dm_errc code)
+{
+    return code == DM_OK ? 0 : code == DM_E_USAGE ? 2 : code == DM_E_INTERRUPTED ? 130 : 1;
+}
 
 void dm_warn(const char *fmt, ...)
 {
@@ -66,9 +95,10 @@ void dm_info(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-static void dm_oom(size_t n)
+void dm_oom(size_t n, const char *what)
 {
-    fprintf(stderr, "dmica: out of memory allocating %zu bytes\n", n);
+    fprintf(stderr, "dmica: out of memory allocating %zu bytes%s%s%s\n", n, what ? " (" : "", what ? what : "",
+            what ? ")" : "");
     abort();
 }
 
@@ -76,7 +106,7 @@ void *dm_xmalloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
     if (!p)
-        dm_oom(n);
+        dm_oom(n, NULL);
     return p;
 }
 
@@ -84,7 +114,7 @@ void *dm_xcalloc(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p)
-        dm_oom(n * size);
+        dm_oom(n * size, NULL);
     return p;
 }
 
@@ -92,7 +122,7 @@ void *dm_xrealloc(void *p, size_t n)
 {
     p = realloc(p, n ? n : 1);
     if (!p)
-        dm_oom(n);
+        dm_oom(n, NULL);
     return p;
 }
 
@@ -108,7 +138,7 @@ char *dm_xasprintf(const char *fmt, ...)
     char *s;
     va_start(ap, fmt);
     if (vasprintf(&s, fmt, ap) < 0)
-        dm_oom(strlen(fmt));
+        dm_oom(strlen(fmt), "a formatted string");
     va_end(ap);
     return s;
 }
@@ -118,7 +148,7 @@ void *dm_xmalloc_aligned(size_t n)
     void *p = NULL;
     n = (n + 63) & ~(size_t)63;
     if (posix_memalign(&p, 64, n ? n : 64))
-        dm_oom(n);
+        dm_oom(n, NULL);
     return p;
 }
 
@@ -127,7 +157,7 @@ void *dm_xmalloc_huge(size_t n)
     void *p = NULL;
     n = (n + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
     if (posix_memalign(&p, 2u << 20, n ? n : 64))
-        dm_oom(n);
+        dm_oom(n, NULL);
     madvise(p, n, MADV_HUGEPAGE); /* advice only: without THP it is an ordinary buffer */
     return p;
 }

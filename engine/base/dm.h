@@ -3,11 +3,14 @@
  * and small tensors.
  *
  * Errors: a function that can fail returns an int (0 ok, -1 failed) or a pointer
- * (NULL failed) and records a message with dm_fail(). The caller either adds
- * context with dm_fail_prefix() and returns -1 in turn, or shows dm_error() to the
- * user. Messages name the file, key or tensor ("x.npy: truncated: header says
- * 1000 rows, file holds 998"). Library code never exits the process, except
- * dm_xmalloc and friends on out-of-memory.
+ * (NULL failed) and records an error: a code (what kind of failure, dm_errc) and
+ * a message naming the file, key or tensor ("x.npy: truncated: header says 1000
+ * rows, file holds 998"). The caller either adds context with dm_fail_prefix()
+ * (the code stays) and returns -1 in turn, or shows dm_error() to the user; the
+ * command line turns the code into the exit status (dm_errc_exit). There are no
+ * other return conventions: no sentinel values besides -1/NULL.
+ * Library code never exits the process, with one documented exception: running
+ * out of memory in dm_xmalloc and friends (dm_oom), which prints and aborts.
  */
 #ifndef DM_H
 #define DM_H
@@ -19,13 +22,34 @@
 
 /* ---- errors ------------------------------------------------------------ */
 
-/* Records a formatted message (thread-local) and returns -1. */
+typedef enum {
+    DM_OK = 0,
+    DM_E_INPUT,       /* a value, parameter, pipeline or file the user gave is not acceptable */
+    DM_E_USAGE,       /* the command line itself: unknown option, missing argument */
+    DM_E_IO,          /* a file could not be opened, read or written (missing, full disk) */
+    DM_E_CORRUPT,     /* data that is not what it says: bad header, checksum, truncation */
+    DM_E_SHAPE,       /* shapes or dtypes that do not fit together */
+    DM_E_NOMEM,       /* over the memory budget, or an allocation that may fail failed */
+    DM_E_INTERRUPTED, /* stopped by a signal */
+    DM_E_INTERNAL,    /* a bug in dmica (an operator reading an undeclared parameter, ...) */
+    DM_ERRC_COUNT
+} dm_errc;
+
+/* Records a formatted message (thread-local) with code DM_E_INPUT and returns -1. */
 int dm_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Prepends "context: " to the recorded message and returns -1. */
+/* The same with a code. */
+int dm_failc(dm_errc code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prepends "context: " to the recorded message (the code stays) and returns -1. */
 int dm_fail_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The last recorded message ("" if none). Valid until the next dm_fail*. */
 const char *dm_error(void);
+/* The last recorded code (DM_OK if none). */
+dm_errc dm_error_code(void);
 void dm_error_clear(void);
+/* "input", "usage", "io", "corrupt", "shape", "no memory", "interrupted", "internal". */
+const char *dm_errc_name(dm_errc code);
+/* The process exit status for a code: 2 for usage, 130 for interrupted, else 1. */
+int dm_errc_exit(dm_errc code);
 
 /* Diagnostics on stderr: "dmica: warning: ...". */
 void dm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -34,7 +58,10 @@ extern int dm_verbose; /* 0 quiet, 1 normal (default), 2 debug */
 
 /* ---- memory ------------------------------------------------------------ */
 
-/* Abort with a message on out-of-memory; never return NULL. Free with free(3). */
+/* The one place dmica stops the process: an allocation that cannot fail has
+ * failed. Prints "dmica: out of memory allocating N bytes (what)" and aborts. */
+void dm_oom(size_t n, const char *what) __attribute__((noreturn));
+/* Never return NULL (dm_oom on failure). Free with free(3). */
 void *dm_xmalloc(size_t n);
 void *dm_xcalloc(size_t n, size_t size);
 void *dm_xrealloc(void *p, size_t n);

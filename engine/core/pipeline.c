@@ -365,8 +365,7 @@ static int check_nodes(const dm_pipeline *p)
             continue;
         const dm_node_decl *a = by[i - 1], *b = by[i]; /* a declared first (the sort is by name, then index) */
         char first[400];
-        snprintf(first, sizeof first, "line %d%s%s%s", a->line, a->origin ? " (" : "", a->origin ? a->origin : "",
-                 a->origin ? ")" : "");
+        snprintf(first, sizeof first, "line %d%s%s", a->line, a->origin ? ", for " : "", a->origin ? a->origin : "");
         const char *hint = a->origin && b->origin && a->line == b->line
                                ? "; a template's node names need its variables, as in 'name_${VAR}'" : "";
         rc = dm_fail("%s:%d%s%s%s: node '%s' declared twice (first at %s)%s", p->path, b->line,

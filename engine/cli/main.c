@@ -20,7 +20,7 @@ int dm_planted_prepare(const dm_pipeline *p);
 typedef struct {
     const char *out, *cache, *pipeline;
     char **sets, **force;
-    int nsets, nforce, threads, quiet, demo;
+    int nsets, nforce, threads, quiet, demo, expanded;
     int64_t memory;
 } run_opts;
 
@@ -56,8 +56,10 @@ static void run_usage(FILE *f, const char *cmd)
             "  --threads N         worker threads (default: all cores)\n"
             "  --memory SIZE       memory budget, e.g. 512M or 4G (default: the pipeline's, else 1G)\n"
             "  --cache DIR         cache folder (default: the pipeline's, else $DMICA_CACHE, else .dmica-cache)\n"
-            "  --quiet             no progress output\n",
-            cmd, strcmp(cmd, "demo") ? "PIPELINE.yaml " : "");
+            "  --quiet             no progress output\n"
+            "%s",
+            cmd, strcmp(cmd, "demo") ? "PIPELINE.yaml " : "",
+            strcmp(cmd, "plan") ? "" : "  --expanded          print the pipeline with its templates expanded (and --set applied)\n");
 }
 
 static int parse_run_opts(int argc, char **argv, const char *cmd, run_opts *o)
@@ -67,7 +69,7 @@ static int parse_run_opts(int argc, char **argv, const char *cmd, run_opts *o)
         {"force", required_argument, 0, 'f'},   {"threads", required_argument, 0, 't'},
         {"memory", required_argument, 0, 'm'},  {"cache", required_argument, 0, 'c'},
         {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0},
+        {"expanded", no_argument, 0, 'x'},      {0, 0, 0, 0},
     };
     int c;
     optind = 1;
@@ -100,6 +102,13 @@ static int parse_run_opts(int argc, char **argv, const char *cmd, run_opts *o)
             break;
         case 'c': o->cache = optarg; break;
         case 'q': o->quiet = 1; break;
+        case 'x':
+            if (strcmp(cmd, "plan")) {
+                fprintf(stderr, "dmica %s: --expanded is an option of `dmica plan`\n", cmd);
+                return 2;
+            }
+            o->expanded = 1;
+            break;
         case 'h': run_usage(stdout, cmd); return 1;
         default: run_usage(stderr, cmd); return 2;
         }
@@ -163,6 +172,20 @@ static int cmd_run_like(int argc, char **argv, const char *cmd, int plan_only, i
         return rc == 1 ? 0 : rc;
     }
     dm_pipeline *p = NULL;
+    if (o.expanded) { /* the declarations as the engine sees them, before binding checks them */
+        p = dm_pipeline_load(o.pipeline);
+        for (int i = 0; p && i < o.nsets; i++)
+            if (dm_pipeline_set(p, o.sets[i]))
+                dm_pipeline_free(p), p = NULL;
+        free(o.sets), free(o.force);
+        if (!p) {
+            fprintf(stderr, "dmica: %s\n", dm_error());
+            return 1;
+        }
+        dm_pipeline_write(p, stdout);
+        dm_pipeline_free(p);
+        return 0;
+    }
     dm_graph *g = setup(&o, &p);
     free(o.sets), free(o.force);
     if (!g) {

@@ -32,6 +32,8 @@ typedef struct {
     char *spill_codec; /* none | zstd */
     int spill_line;
     char *publish; /* prefix of its products in --out ("layer6/" makes a folder) */
+    int publish_line;
+    char *origin; /* made by a template: "TEMPLATE VAR=value, ..." (NULL: written as it is) */
 } dm_node_decl;
 
 typedef struct {
@@ -50,6 +52,31 @@ dm_pipeline *dm_pipeline_load(const char *path);
 void dm_pipeline_free(dm_pipeline *p);
 /* Applies "node.key=value" to a parameter. */
 int dm_pipeline_set(dm_pipeline *p, const char *assignment);
+/* Frees what a declaration holds (not d itself). */
+void dm_node_decl_clear(dm_node_decl *d);
+
+/* A template (template.c; docs/pipelines.md, "Templates"): nodes written once
+ * with ${VAR} in their strings, made once for each row of values. */
+typedef struct {
+    char *name;
+    int line;
+    char **vars; /* variable names */
+    int nvars;
+    char **vals; /* row r's value of variable v: vals[r * nvars + v] */
+    int nrows;
+    dm_node_decl *nodes; /* as written, ${VAR} unreplaced */
+    int nnodes;
+} dm_template;
+
+/* Appends t's nodes, once per row with every ${VAR} replaced, to p->nodes;
+ * each keeps its template lines and says which row made it (decl->origin).
+ * Fails with "path:line: template 'NAME': ..." on an unknown variable; checks
+ * of the expanded names are the caller's (pipeline.c). */
+int dm_template_expand(dm_pipeline *p, const dm_template *t);
+void dm_template_free(dm_template *t);
+/* Writes p, templates expanded and --set applied, as pipeline YAML that reads
+ * back to the same declarations (dmica plan --expanded). */
+void dm_pipeline_write(const dm_pipeline *p, FILE *f);
 
 typedef enum { DM_STATE_CACHED = 0, DM_STATE_STALE } dm_state;
 

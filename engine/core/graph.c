@@ -36,10 +36,14 @@ static int count_specs_ports(const dm_port_spec *s)
     return n;
 }
 
-static char *where(const dm_pipeline *p, int line)
+/* "file:line", and for a template's node the row that made it:
+ * "file:line (layer L=6)" (template.c). */
+static char *where(const dm_pipeline *p, const dm_node_decl *d, int line)
 {
     if (line <= 0)
         return dm_xasprintf("%s (--set)", p->path);
+    if (d->origin)
+        return dm_xasprintf("%s:%d (%s)", p->path, line, d->origin);
     return dm_xasprintf("%s:%d", p->path, line);
 }
 
@@ -152,7 +156,7 @@ static int bind_node(dm_pipeline *p, dm_node *n)
                 strncat(known, ", ", sizeof known - strlen(known) - 1);
             strncat(known, r[i]->name, sizeof known - strlen(known) - 1);
         }
-        char *w = where(p, d->op_line);
+        char *w = where(p, d, d->op_line);
         dm_fail("%s: node '%s': unknown operator '%s' (known: %s)", w, d->name, d->op, known);
         free(w);
         return -1;
@@ -163,14 +167,14 @@ static int bind_node(dm_pipeline *p, dm_node *n)
     n->pval = dm_xcalloc((size_t)n->nparams + 1, sizeof *n->pval);
     n->in = dm_xcalloc((size_t)n->nin + 1, sizeof *n->in);
     n->readers = dm_xcalloc((size_t)n->nin + 1, sizeof *n->readers);
-    n->where = where(p, d->line);
+    n->where = where(p, d, d->line);
 
     for (int i = 0; i < d->nparams; i++) {
         int k;
         for (k = 0; k < n->nparams; k++)
             if (!strcmp(op->params[k].name, d->params[i].key))
                 break;
-        char *w = where(p, d->params[i].line);
+        char *w = where(p, d, d->params[i].line);
         if (k == n->nparams) {
             known_list(known, sizeof known, &op->params[0].name, sizeof op->params[0], n->nparams);
             dm_fail("%s: node '%s': unknown parameter '%s' for operator '%s' (known: %s)", w, d->name,
@@ -218,20 +222,20 @@ static int bind_node(dm_pipeline *p, dm_node *n)
 
     const char *spill = d->spill ? d->spill : "auto";
     if (strcmp(spill, "auto") && strcmp(spill, "always") && strcmp(spill, "never")) {
-        char *w = where(p, d->spill_line);
+        char *w = where(p, d, d->spill_line);
         dm_fail("%s: node '%s': spill must be auto, always or never, not '%s'", w, d->name, spill);
         free(w);
         return -1;
     }
     dm_dtype t;
     if (d->spill_dtype && (dm_dtype_parse(d->spill_dtype, &t) || (t != DM_F32 && t != DM_F16 && t != DM_BF16))) {
-        char *w = where(p, d->spill_line);
+        char *w = where(p, d, d->spill_line);
         dm_fail("%s: node '%s': spill_dtype must be f32, f16 or bf16, not '%s'", w, d->name, d->spill_dtype);
         free(w);
         return -1;
     }
     if (d->spill_codec && strcmp(d->spill_codec, "none") && strcmp(d->spill_codec, "zstd")) {
-        char *w = where(p, d->spill_line);
+        char *w = where(p, d, d->spill_line);
         dm_fail("%s: node '%s': spill_codec must be none or zstd, not '%s'", w, d->name, d->spill_codec);
         free(w);
         return -1;
@@ -246,7 +250,7 @@ static int connect_node(dm_graph *g, dm_node *n)
     char known[1024];
     for (int i = 0; i < d->ninputs; i++) {
         dm_kv *kv = &d->inputs[i];
-        char *w = where(g->pipe, kv->line);
+        char *w = where(g->pipe, d, kv->line);
         int port = port_index(op->inputs, kv->key);
         if (port < 0) {
             known_list(known, sizeof known, &op->inputs[0].name, sizeof op->inputs[0], n->nin);

@@ -17,9 +17,16 @@
  *       inputs: {x: source}    # "node" or "node.port"
  *       spill: auto            # auto | always | never (stream outputs)
  *       publish: layer6/       # optional prefix of its files in --out
+ *   templates:                 # optional: nodes repeated over values
+ *     layer:
+ *       foreach: {L: [0, 6]}   # or a list of {VAR: value} maps
+ *       nodes:
+ *         "moments_${L}": {op: moments, inputs: {x: "gpt2.blocks.${L}.hook_resid_pre"}}
  *
  * libyaml's document API gives a tree with marks; this file only checks the
- * structure. Operators, parameters and connections are checked in graph.c.
+ * structure. Templates are read here and expanded by template.c into ordinary
+ * declarations that keep their template lines, so nothing downstream knows
+ * they existed. Operators, parameters and connections are checked in graph.c.
  */
 #include "engine.h"
 
@@ -36,6 +43,11 @@ static const char *scalar(yaml_node_t *n)
 {
     return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }
+
+/* Node names are plain words: "node.port" and publish folders split on '.' and '/'. */
+static int name_ok(const char *nm) { return nm && *nm && !strchr(nm, '.') && !strchr(nm, '/'); }
+
+static int publish_ok(const char *s) { return s && !strstr(s, "..") && s[0] != '/'; }
 
 static int read_map(const char *path, yaml_document_t *doc, yaml_node_t *map, const char *what,
                     dm_kv **out, int *nout)
@@ -107,10 +119,11 @@ static int parse_node(const char *path, yaml_document_t *doc, yaml_node_t *k, ya
             d->spill_line = line_of(vv);
         } else if (!strcmp(key, "publish")) {
             const char *s = scalar(vv);
-            if (!s || strstr(s, "..") || s[0] == '/')
+            if (!publish_ok(s))
                 return dm_fail("%s:%d: node '%s': publish must be a relative file-name prefix such as "
                                "\"layer6/\" or \"l6_\"", path, line_of(vv), d->name);
             d->publish = dm_xstrdup(s);
+            d->publish_line = line_of(vv);
         } else {
             return dm_fail("%s:%d: node '%s': unknown key '%s' (expected op, params, inputs, spill, "
                            "spill_dtype, spill_codec, publish)", path, line_of(kk), d->name, key);
@@ -119,6 +132,247 @@ static int parse_node(const char *path, yaml_document_t *doc, yaml_node_t *k, ya
     if (!d->op)
         return dm_fail("%s:%d: node '%s' has no 'op'", path, d->line, d->name);
     return 0;
+}
+
+static int var_name_ok(const char *s)
+{
+    if (!(s[0] == '_' || (s[0] >= 'A' && s[0] <= 'Z') || (s[0] >= 'a' && s[0] <= 'z')))
+        return 0;
+    for (; *s; s++)
+        if (!(*s == '_' || (*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9')))
+            return 0;
+    return 1;
+}
+
+/* Adds variable `name` (a fresh one) to t, checking its name. */
+static int add_var(const char *path, dm_template *t, yaml_node_t *k)
+{
+    const char *name = scalar(k);
+    if (!name || !var_name_ok(name))
+        return dm_fail("%s:%d: template '%s': foreach: a variable name is letters, digits and '_' "
+                       "(for ${NAME}), not '%s'", path, line_of(k), t->name, name ? name : "?");
+    for (int v = 0; v < t->nvars; v++)
+        if (!strcmp(t->vars[v], name))
+            return dm_fail("%s:%d: template '%s': foreach: variable '%s' given twice", path, line_of(k),
+                           t->name, name);
+    t->vars = dm_xrealloc(t->vars, (size_t)(t->nvars + 1) * sizeof *t->vars);
+    t->vars[t->nvars++] = dm_xstrdup(name);
+    return 0;
+}
+
+/* A foreach value must be a scalar: the text ${VAR} becomes. */
+static int value_ok(const char *path, const dm_template *t, const char *var, yaml_node_t *v)
+{
+    if (scalar(v))
+        return 0;
+    return dm_fail("%s:%d: template '%s': foreach: the values of '%s' must be plain values (numbers, "
+                   "words, paths), not a %s", path, line_of(v), t->name, var,
+                   v->type == YAML_SEQUENCE_NODE ? "list" : "mapping");
+}
+
+#define MAX_TEMPLATE_ROWS 100000
+
+/*
+ * foreach, two forms:
+ *   {L: [0, 3, 6], seed: [1, 2]}            every combination (L varies slowest), like
+ *                                           DVC's `matrix` or a Hydra sweep;
+ *   [{L: 0, sae: a}, {L: 6, sae: b}]        one row per map, every map the same variables,
+ *                                           like DVC's `foreach` over a list of dicts.
+ */
+static int parse_foreach(const char *path, yaml_document_t *doc, yaml_node_t *f, dm_template *t)
+{
+    static const char *forms = "{VAR: [value, ...]} or a list of {VAR: value, ...} maps";
+    if (f->type == YAML_MAPPING_NODE) {
+        yaml_node_pair_t *b = f->data.mapping.pairs.start, *e = f->data.mapping.pairs.top;
+        if (b == e)
+            return dm_fail("%s:%d: template '%s': foreach is empty (expected %s)", path, line_of(f), t->name,
+                           forms);
+        int64_t rows = 1;
+        for (yaml_node_pair_t *pr = b; pr < e; pr++) {
+            yaml_node_t *k = yaml_document_get_node(doc, pr->key), *v = yaml_document_get_node(doc, pr->value);
+            if (add_var(path, t, k))
+                return -1;
+            const char *var = t->vars[t->nvars - 1];
+            if (v->type != YAML_SEQUENCE_NODE)
+                return dm_fail("%s:%d: template '%s': foreach: '%s' must be a list of values, such as "
+                               "[0, 3, 6]", path, line_of(v), t->name, var);
+            int64_t n = v->data.sequence.items.top - v->data.sequence.items.start;
+            if (n == 0)
+                return dm_fail("%s:%d: template '%s': foreach: '%s' is an empty list", path, line_of(v), t->name,
+                               var);
+            for (yaml_node_item_t *it = v->data.sequence.items.start; it < v->data.sequence.items.top; it++)
+                if (value_ok(path, t, var, yaml_document_get_node(doc, *it)))
+                    return -1;
+            if ((rows *= n) > MAX_TEMPLATE_ROWS)
+                return dm_fail("%s:%d: template '%s': foreach makes more than %d combinations", path,
+                               line_of(f), t->name, MAX_TEMPLATE_ROWS);
+        }
+        t->nrows = (int)rows;
+        t->vals = dm_xcalloc((size_t)rows * (size_t)t->nvars, sizeof *t->vals);
+        /* row r in mixed radix: the last variable is the fastest digit */
+        int64_t stride = rows, v = 0;
+        for (yaml_node_pair_t *pr = b; pr < e; pr++, v++) {
+            yaml_node_t *list = yaml_document_get_node(doc, pr->value);
+            yaml_node_item_t *items = list->data.sequence.items.start;
+            int64_t n = list->data.sequence.items.top - items;
+            stride /= n;
+            for (int64_t r = 0; r < rows; r++)
+                t->vals[r * t->nvars + v] = dm_xstrdup(scalar(yaml_document_get_node(doc, items[(r / stride) % n])));
+        }
+        return 0;
+    }
+    if (f->type != YAML_SEQUENCE_NODE)
+        return dm_fail("%s:%d: template '%s': foreach must be %s", path, line_of(f), t->name, forms);
+    yaml_node_item_t *items = f->data.sequence.items.start;
+    int n = (int)(f->data.sequence.items.top - items);
+    if (n == 0)
+        return dm_fail("%s:%d: template '%s': foreach is empty (expected %s)", path, line_of(f), t->name, forms);
+    if (n > MAX_TEMPLATE_ROWS)
+        return dm_fail("%s:%d: template '%s': foreach makes more than %d combinations", path, line_of(f),
+                       t->name, MAX_TEMPLATE_ROWS);
+    for (int r = 0; r < n; r++) {
+        yaml_node_t *m = yaml_document_get_node(doc, items[r]);
+        if (m->type != YAML_MAPPING_NODE || m->data.mapping.pairs.start == m->data.mapping.pairs.top)
+            return dm_fail("%s:%d: template '%s': a foreach list holds {VAR: value} maps (for one variable "
+                           "write {L: [0, 3, 6]}), not '%s'", path, line_of(m), t->name,
+                           scalar(m) ? scalar(m) : m->type == YAML_SEQUENCE_NODE ? "[...]" : "{}");
+        int nv = (int)(m->data.mapping.pairs.top - m->data.mapping.pairs.start);
+        if (r == 0) {
+            for (yaml_node_pair_t *pr = m->data.mapping.pairs.start; pr < m->data.mapping.pairs.top; pr++)
+                if (add_var(path, t, yaml_document_get_node(doc, pr->key)))
+                    return -1;
+            t->vals = dm_xcalloc((size_t)n * (size_t)t->nvars, sizeof *t->vals);
+            t->nrows = n;
+        }
+        for (yaml_node_pair_t *pr = m->data.mapping.pairs.start; pr < m->data.mapping.pairs.top; pr++) {
+            yaml_node_t *k = yaml_document_get_node(doc, pr->key), *v = yaml_document_get_node(doc, pr->value);
+            const char *var = scalar(k);
+            int j = 0;
+            while (j < t->nvars && (!var || strcmp(t->vars[j], var)))
+                j++;
+            if (j == t->nvars)
+                return dm_fail("%s:%d: template '%s': foreach: variable '%s' is not in the first entry (every "
+                               "entry needs the same variables)", path, line_of(k), t->name, var ? var : "?");
+            if (t->vals[r * t->nvars + j])
+                return dm_fail("%s:%d: template '%s': foreach: variable '%s' given twice", path, line_of(k),
+                               t->name, var);
+            if (value_ok(path, t, var, v))
+                return -1;
+            t->vals[r * t->nvars + j] = dm_xstrdup(scalar(v));
+        }
+        if (nv != t->nvars)
+            for (int j = 0; j < t->nvars; j++)
+                if (!t->vals[r * t->nvars + j])
+                    return dm_fail("%s:%d: template '%s': foreach: this entry lacks variable '%s' (every entry "
+                                   "needs the same variables)", path, line_of(m), t->name, t->vars[j]);
+    }
+    return 0;
+}
+
+static int parse_template(const char *path, yaml_document_t *doc, yaml_node_t *k, yaml_node_t *v,
+                          dm_template *t)
+{
+    t->name = dm_xstrdup(scalar(k));
+    t->line = line_of(k);
+    if (v->type != YAML_MAPPING_NODE)
+        return dm_fail("%s:%d: template '%s' must be a mapping with foreach and nodes", path, line_of(v), t->name);
+    yaml_node_t *foreach = NULL, *nodes = NULL;
+    for (yaml_node_pair_t *pr = v->data.mapping.pairs.start; pr < v->data.mapping.pairs.top; pr++) {
+        yaml_node_t *kk = yaml_document_get_node(doc, pr->key), *vv = yaml_document_get_node(doc, pr->value);
+        const char *key = scalar(kk);
+        if (key && !strcmp(key, "foreach"))
+            foreach = vv;
+        else if (key && !strcmp(key, "nodes"))
+            nodes = vv;
+        else
+            return dm_fail("%s:%d: template '%s': unknown key '%s' (expected foreach, nodes)", path, line_of(kk),
+                           t->name, key ? key : "?");
+    }
+    if (!foreach)
+        return dm_fail("%s:%d: template '%s' has no 'foreach' (the values to repeat its nodes over)", path,
+                       t->line, t->name);
+    if (!nodes || (nodes->type == YAML_MAPPING_NODE && nodes->data.mapping.pairs.start == nodes->data.mapping.pairs.top) ||
+        (nodes->type == YAML_SCALAR_NODE && !*scalar(nodes)))
+        return dm_fail("%s:%d: template '%s' has no nodes", path, nodes ? line_of(nodes) : t->line, t->name);
+    if (nodes->type != YAML_MAPPING_NODE)
+        return dm_fail("%s:%d: template '%s': nodes must be a mapping of node name to node", path,
+                       line_of(nodes), t->name);
+    if (parse_foreach(path, doc, foreach, t))
+        return -1;
+    int n = (int)(nodes->data.mapping.pairs.top - nodes->data.mapping.pairs.start);
+    t->nodes = dm_xcalloc((size_t)n, sizeof *t->nodes);
+    for (yaml_node_pair_t *pr = nodes->data.mapping.pairs.start; pr < nodes->data.mapping.pairs.top; pr++) {
+        yaml_node_t *kk = yaml_document_get_node(doc, pr->key), *vv = yaml_document_get_node(doc, pr->value);
+        if (!name_ok(scalar(kk)))
+            return dm_fail("%s:%d: node names must be plain words without '.' or '/'", path, line_of(kk));
+        if (parse_node(path, doc, kk, vv, &t->nodes[t->nnodes++]))
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_templates(const char *path, yaml_document_t *doc, yaml_node_t *tm, dm_pipeline *p)
+{
+    if (tm->type != YAML_MAPPING_NODE || tm->data.mapping.pairs.start == tm->data.mapping.pairs.top)
+        return dm_fail("%s:%d: 'templates' must be a mapping of template name to {foreach, nodes}", path,
+                       line_of(tm));
+    for (yaml_node_pair_t *pr = tm->data.mapping.pairs.start; pr < tm->data.mapping.pairs.top; pr++) {
+        yaml_node_t *k = yaml_document_get_node(doc, pr->key), *v = yaml_document_get_node(doc, pr->value);
+        if (!scalar(k) || !*scalar(k))
+            return dm_fail("%s:%d: template names must be plain words", path, line_of(k));
+        dm_template t = {0};
+        int rc = parse_template(path, doc, k, v, &t);
+        if (!rc)
+            rc = dm_template_expand(p, &t);
+        dm_template_free(&t);
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+static int cmp_decl_name(const void *a, const void *b)
+{
+    const dm_node_decl *x = *(const dm_node_decl *const *)a, *y = *(const dm_node_decl *const *)b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* Checks that only expansion can break (a value that puts '.' in a name or
+ * ".." in a publish prefix), then that names are unique across everything. */
+static int check_nodes(const dm_pipeline *p)
+{
+    for (int i = 0; i < p->nnodes; i++) {
+        const dm_node_decl *d = &p->nodes[i];
+        if (!d->origin)
+            continue;
+        if (!name_ok(d->name))
+            return dm_fail("%s:%d (%s): node name '%s' is not a plain word without '.' or '/'", p->path, d->line,
+                           d->origin, d->name);
+        if (d->publish && !publish_ok(d->publish))
+            return dm_fail("%s:%d (%s): node '%s': publish must be a relative file-name prefix, not '%s'",
+                           p->path, d->publish_line, d->origin, d->name, d->publish);
+    }
+    /* sorted names find duplicates in n log n: 87 nodes or 100000 alike */
+    int n = p->nnodes;
+    const dm_node_decl **by = dm_xmalloc((size_t)n * sizeof *by);
+    for (int i = 0; i < n; i++)
+        by[i] = &p->nodes[i];
+    qsort(by, (size_t)n, sizeof *by, cmp_decl_name);
+    int rc = 0;
+    for (int i = 1; i < n && !rc; i++) {
+        if (strcmp(by[i - 1]->name, by[i]->name))
+            continue;
+        const dm_node_decl *a = by[i - 1], *b = by[i]; /* a declared first (the sort is by name, then index) */
+        char first[400];
+        snprintf(first, sizeof first, "line %d%s%s", a->line, a->origin ? ", for " : "", a->origin ? a->origin : "");
+        const char *hint = a->origin && b->origin && a->line == b->line
+                               ? "; a template's node names need its variables, as in 'name_${VAR}'" : "";
+        rc = dm_fail("%s:%d%s%s%s: node '%s' declared twice (first at %s)%s", p->path, b->line,
+                     b->origin ? " (" : "", b->origin ? b->origin : "", b->origin ? ")" : "", b->name, first, hint);
+    }
+    free(by);
+    return rc;
 }
 
 dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
@@ -148,7 +402,7 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
         rc = dm_fail("%s:%d: a pipeline must be a mapping with 'nodes'", path, line_of(root));
         goto end;
     }
-    yaml_node_t *nodes = NULL;
+    yaml_node_t *nodes = NULL, *templates = NULL;
     for (yaml_node_pair_t *pr = root->data.mapping.pairs.start; pr < root->data.mapping.pairs.top; pr++) {
         yaml_node_t *k = yaml_document_get_node(&doc, pr->key), *v = yaml_document_get_node(&doc, pr->value);
         const char *key = scalar(k), *val = scalar(v);
@@ -158,6 +412,10 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
         }
         if (!strcmp(key, "nodes")) {
             nodes = v;
+            continue;
+        }
+        if (!strcmp(key, "templates")) {
+            templates = v;
             continue;
         }
         if (!val) {
@@ -182,39 +440,38 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
             }
             p->threads = (int)t;
         } else {
-            rc = dm_fail("%s:%d: unknown key '%s' (expected name, memory, cache, threads, nodes)", path,
+            rc = dm_fail("%s:%d: unknown key '%s' (expected name, memory, cache, threads, nodes, templates)", path,
                          line_of(k), key);
             goto end;
         }
     }
-    if (!nodes || nodes->type != YAML_MAPPING_NODE) {
+    if ((!nodes && !templates) || (nodes && nodes->type != YAML_MAPPING_NODE)) {
         rc = dm_fail("%s:%d: the pipeline needs 'nodes', a mapping of node name to node", path,
                      nodes ? line_of(nodes) : line_of(root));
         goto end;
     }
-    int n = (int)(nodes->data.mapping.pairs.top - nodes->data.mapping.pairs.start);
-    if (n == 0) {
+    int n = nodes ? (int)(nodes->data.mapping.pairs.top - nodes->data.mapping.pairs.start) : 0;
+    if (nodes && n == 0) {
         rc = dm_fail("%s:%d: 'nodes' is empty", path, line_of(nodes));
         goto end;
     }
-    p->nodes = dm_xcalloc((size_t)n, sizeof *p->nodes);
-    for (yaml_node_pair_t *pr = nodes->data.mapping.pairs.start; pr < nodes->data.mapping.pairs.top; pr++) {
+    p->nodes = dm_xcalloc((size_t)n + 1, sizeof *p->nodes);
+    for (int i = 0; i < n; i++) {
+        yaml_node_pair_t *pr = &nodes->data.mapping.pairs.start[i];
         yaml_node_t *k = yaml_document_get_node(&doc, pr->key), *v = yaml_document_get_node(&doc, pr->value);
-        const char *nm = scalar(k);
-        if (!nm || !*nm || strchr(nm, '.') || strchr(nm, '/')) {
+        if (!name_ok(scalar(k))) {
             rc = dm_fail("%s:%d: node names must be plain words without '.' or '/'", path, line_of(k));
             goto end;
         }
-        for (int j = 0; j < p->nnodes; j++)
-            if (!strcmp(p->nodes[j].name, nm)) {
-                rc = dm_fail("%s:%d: node '%s' declared twice (first at line %d)", path, line_of(k), nm,
-                             p->nodes[j].line);
-                goto end;
-            }
         p->nnodes++;
         if ((rc = parse_node(path, &doc, k, v, &p->nodes[p->nnodes - 1])))
             goto end;
     }
+    /* expanded nodes come after the written ones, template by template, row by row */
+    if (templates && (rc = parse_templates(path, &doc, templates, p)))
+        goto end;
+    if ((rc = check_nodes(p)))
+        goto end;
     if (!p->name) {
         const char *base = strrchr(path, '/');
         base = base ? base + 1 : path;
@@ -251,16 +508,20 @@ static void free_kvs(dm_kv *kv, int n)
     free(kv);
 }
 
+void dm_node_decl_clear(dm_node_decl *d)
+{
+    free(d->name), free(d->op), free(d->spill), free(d->spill_dtype), free(d->spill_codec), free(d->publish);
+    free(d->origin);
+    free_kvs(d->params, d->nparams);
+    free_kvs(d->inputs, d->ninputs);
+}
+
 void dm_pipeline_free(dm_pipeline *p)
 {
     if (!p)
         return;
-    for (int i = 0; i < p->nnodes; i++) {
-        dm_node_decl *d = &p->nodes[i];
-        free(d->name), free(d->op), free(d->spill), free(d->spill_dtype), free(d->spill_codec), free(d->publish);
-        free_kvs(d->params, d->nparams);
-        free_kvs(d->inputs, d->ninputs);
-    }
+    for (int i = 0; i < p->nnodes; i++)
+        dm_node_decl_clear(&p->nodes[i]);
     free(p->nodes), free(p->path), free(p->name), free(p->cache);
     free(p);
 }

@@ -22,6 +22,35 @@ for p in gpt2-small-res-jb-l6 gpt2-small-res-jb-layers; do
     out_has "stale: never run"
 done
 grep -q "report_11" out.txt || fail "the layers pipeline lacks layer 11"
+# The layers pipeline is one template; expanded, it is exactly the 87 nodes it
+# spelled out before (tests/data/gpt2-small-res-jb-layers-spelled.yaml, the
+# file before templates): the same keys and inputs in the plan, and the same
+# operators, parameters, inputs and publish prefixes declared.
+expect_ok $DMICA plan "$ROOT/pipelines/gpt2-small-res-jb-layers.yaml"
+tail -n +2 out.txt > plan_template.txt
+[ "$(wc -l < plan_template.txt)" -eq 87 ] || fail "the layers pipeline has $(wc -l < plan_template.txt) nodes, not 87"
+expect_ok $DMICA plan "$ROOT/tests/data/gpt2-small-res-jb-layers-spelled.yaml"
+tail -n +2 out.txt | diff plan_template.txt - || fail "the template's plan differs from the spelled-out pipeline's"
+expect_ok $DMICA plan --expanded "$ROOT/pipelines/gpt2-small-res-jb-layers.yaml"
+cp out.txt expanded.yaml
+grep -q "^  # .*gpt2-small-res-jb-layers.yaml:[0-9]* (layer L=6)" expanded.yaml || fail "--expanded does not say which row made a node"
+expect_ok $DMICA plan --expanded "$ROOT/tests/data/gpt2-small-res-jb-layers-spelled.yaml"
+grep -v '^ *#' expanded.yaml > decl_template.txt
+grep -v '^ *#' out.txt | diff decl_template.txt - || fail "the template declares other nodes than the spelled-out pipeline"
+# --expanded writes a pipeline that reads back to the same plan
+expect_ok $DMICA plan expanded.yaml
+tail -n +2 out.txt | diff plan_template.txt - || fail "the expanded YAML plans differently"
+# --set reaches one expansion: ica_6 and what it feeds change, layer 0 does not
+expect_ok $DMICA plan "$ROOT/pipelines/gpt2-small-res-jb-layers.yaml" --set ica_6.seed=7
+tail -n +2 out.txt > plan_set.txt
+key() { awk -v n="$1" '$1 == n {print $3}' "$2"; }
+for n in ica_6 compare_6 report_6; do
+    [ "$(key $n plan_set.txt)" != "$(key $n plan_template.txt)" ] || fail "--set ica_6.seed left $n's key"
+done
+for n in ica_0 report_0 sae_6 pca_6; do
+    [ "$(key $n plan_set.txt)" = "$(key $n plan_template.txt)" ] || fail "--set ica_6.seed changed $n's key"
+done
+[ -n "$(key ica_0 plan_set.txt)" ] || fail "no key for ica_0 in the plan"
 # the demo pipeline validates against its own stand-ins in `make demo`; here: an SAE of the wrong width
 python3 "$ROOT/tools/make-sae" --d-in 512 --d-sae 16 --hook blocks.6.hook_resid_pre \
     --out models/gpt2-small-res-jb/blocks.6.hook_resid_pre >/dev/null

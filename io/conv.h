@@ -13,6 +13,7 @@
 #ifndef DM_IO_CONV_H
 #define DM_IO_CONV_H
 
+#include "compute.h"
 #include "dm.h"
 #include <stdlib.h>
 #include <string.h>
@@ -52,16 +53,8 @@ __attribute__((target("avx,f16c"))) static inline void dm_conv_f32_to_f16_f16c(c
     }
 }
 
-static inline int dm_conv_have_f16c(void)
-{
-    static int have = -1;
-    if (have < 0) {
-        __builtin_cpu_init();
-        have = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c") &&
-               !getenv("DMICA_NO_F16C");
-    }
-    return have;
-}
+/* The compute context read the CPU and DMICA_NO_F16C once (compute.h). */
+static inline int dm_conv_have_f16c(void) { return dm_compute_default()->f16c; }
 #endif
 
 /* n IEEE halves at src into float32. */

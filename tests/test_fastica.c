@@ -2,8 +2,9 @@
  * test_fastica.c: the FastICA kernels of operators/fastica.c, against
  *   - numpy: the legacy RandomState(42) normals that sklearn's w_init draws
  *     (values printed by numpy 1.24, exact to the last bit);
- *   - their plain reference versions (float32 GEMM + rational tanh vs double
- *     row-by-row libm), with S seeds stacked, across uneven chunks and merges;
+ *   - the "ref" backend (fastica.h's table): every backend's sums (the "cpu"
+ *     float32 GEMMs + rational tanh against double row-by-row libm), with S
+ *     seeds stacked, across uneven chunks, merges and thread counts;
  *   - planted data: independent super- and sub-Gaussian sources mixed by a
  *     known non-orthogonal matrix are recovered (Amari distance < 0.01, the
  *     patterns match the mixing columns with |cos| > 0.99);
@@ -140,35 +141,66 @@ START_TEST(tanh_accuracy)
 }
 END_TEST
 
-START_TEST(sums_fast_matches_reference)
+/* Every entry of the backend table; "ref" first. */
+static const dm_ica_backend *const backends[] = {&dm_ica_backend_ref, &dm_ica_backend_cpu};
+#define NBACKENDS (int)(sizeof backends / sizeof *backends)
+
+START_TEST(backend_choice)
+{
+    dm_compute c = *dm_compute_default();
+    c.reference = 1;
+    ck_assert_ptr_eq(dm_ica_backend_for(&c), &dm_ica_backend_ref);
+    c.reference = 0;
+    ck_assert_ptr_eq(dm_ica_backend_for(&c), &dm_ica_backend_cpu);
+    ck_assert_str_eq(dm_ica_backend_ref.name, "ref");
+    ck_assert_str_eq(dm_ica_backend_cpu.name, "cpu");
+    dm_ica_sums a = DM_ICA_SUMS_INIT, b = DM_ICA_SUMS_INIT;
+    dm_ica_sums_init(&a, 6, 3, &c), dm_ica_sums_init(&b, 3, 3, &c);
+    ck_assert_int_eq(dm_ica_sums_merge(&a, &b), -1);
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
+    dm_ica_sums_free(&a), dm_ica_sums_free(&b);
+}
+END_TEST
+
+/* Every backend's sums against "ref", on one thread and on three. */
+START_TEST(sums_backends_match_reference)
 {
     const int64_t k = 7, S = 3, rows = 20011;
     double A[49], Wd[3 * 49];
-    float *X = planted(rows, k, k, A, 11), Wf[3 * 49];
+    float *X = planted(rows, k, k, A, 11);
     for (int s = 0; s < S; s++) {
         dm_ica_w_init(Wd + s * k * k, k, (uint32_t)(5 + s));
         ck_assert_int_eq(dm_ica_symdecorr(Wd + s * k * k, k), 0);
     }
-    for (int i = 0; i < S * k * k; i++)
-        Wf[i] = (float)Wd[i];
-    for (dm_ica_fun f = DM_ICA_LOGCOSH; f <= DM_ICA_CUBE; f++) {
-        dm_ica_sums a = DM_ICA_SUMS_INIT, b = DM_ICA_SUMS_INIT, c = DM_ICA_SUMS_INIT;
-        dm_ica_sums_init(&a, S * k, k), dm_ica_sums_init(&b, S * k, k), dm_ica_sums_init(&c, S * k, k);
-        /* fast in uneven chunks, two accumulators merged; reference in one go */
-        dm_ica_sums_update(&a, f, 1.3, Wf, S * k, X, 9000);
-        dm_ica_sums_update(&b, f, 1.3, Wf, S * k, X + 9000 * k, 10000);
-        dm_ica_sums_update(&b, f, 1.3, Wf, S * k, X + 19000 * k, rows - 19000);
-        ck_assert_int_eq(dm_ica_sums_merge(&a, &b), 0);
-        dm_ica_sums_update_ref(&c, f, 1.3, Wd, S * k, X, rows);
-        ck_assert_int_eq(a.n, rows);
-        double scale = (double)rows;
-        for (int64_t i = 0; i < S * k * k; i++)
-            ck_assert_msg(fabs(a.gz[i] - c.gz[i]) < 1e-5 * (scale + fabs(c.gz[i])), "fun %d gz[%lld] %g vs %g", f, (long long)i,
-                          a.gz[i], c.gz[i]);
-        for (int64_t i = 0; i < S * k; i++)
-            ck_assert_msg(fabs(a.dg[i] - c.dg[i]) < 1e-5 * (scale + fabs(c.dg[i])), "fun %d dg[%lld] %g vs %g", f, (long long)i,
-                          a.dg[i], c.dg[i]);
-        dm_ica_sums_free(&a), dm_ica_sums_free(&b), dm_ica_sums_free(&c);
+    for (int v = 0; v < 2 * NBACKENDS; v++) {
+        const dm_ica_backend *be = backends[v / 2];
+        dm_compute cc = *dm_compute_default();
+        cc.threads = v % 2 ? 3 : 1;
+        for (dm_ica_fun f = DM_ICA_LOGCOSH; f <= DM_ICA_CUBE; f++) {
+            dm_ica_sums a = DM_ICA_SUMS_INIT, b = DM_ICA_SUMS_INIT, c = DM_ICA_SUMS_INIT;
+            dm_ica_sums_init(&a, S * k, k, &cc), dm_ica_sums_init(&b, S * k, k, &cc);
+            dm_ica_sums_init(&c, S * k, k, &cc);
+            /* the backend in uneven chunks, two accumulators merged; reference in one go */
+            be->sums_update(&a, f, 1.3, Wd, S * k, X, 9000);
+            be->sums_update(&b, f, 1.3, Wd, S * k, X + 9000 * k, 10000);
+            be->sums_update(&b, f, 1.3, Wd, S * k, X + 19000 * k, rows - 19000);
+            ck_assert_int_eq(dm_ica_sums_merge(&a, &b), 0);
+            dm_ica_backend_ref.sums_update(&c, f, 1.3, Wd, S * k, X, rows);
+            ck_assert_int_eq(a.n, rows);
+            double scale = (double)rows;
+            for (int64_t i = 0; i < S * k * k; i++)
+                ck_assert_msg(fabs(a.gz[i] - c.gz[i]) < 1e-5 * (scale + fabs(c.gz[i])), "%s fun %d gz[%lld] %g vs %g",
+                              be->name, f, (long long)i, a.gz[i], c.gz[i]);
+            for (int64_t i = 0; i < S * k; i++)
+                ck_assert_msg(fabs(a.dg[i] - c.dg[i]) < 1e-5 * (scale + fabs(c.dg[i])), "%s fun %d dg[%lld] %g vs %g",
+                              be->name, f, (long long)i, a.dg[i], c.dg[i]);
+            /* only the first mrows rows move */
+            dm_ica_sums_reset(&a);
+            be->sums_update(&a, f, 1.3, Wd, k, X, 100);
+            for (int64_t i = k * k; i < S * k * k; i++)
+                ck_assert(a.gz[i] == 0.0);
+            dm_ica_sums_free(&a), dm_ica_sums_free(&b), dm_ica_sums_free(&c);
+        }
     }
     free(X);
 }
@@ -203,11 +235,13 @@ START_TEST(planted_recovery)
     dm_ica_w_init(W, k, 42);
     memcpy(W2, W, sizeof W);
     memcpy(Wr, W, sizeof W);
-    ck_assert_int_eq(dm_ica_fit(W, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 200, 0, &res), 0);
+    dm_compute cpu = *dm_compute_default(), ref = cpu;
+    ref.reference = 1;
+    ck_assert_int_eq(dm_ica_fit(W, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 200, &cpu, &res), 0);
     ck_assert_msg(res.converged, "no convergence in %d iterations (lim %g)", res.iterations, res.lim);
-    ck_assert_int_eq(dm_ica_fit(W2, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 200, 0, &res2), 0);
+    ck_assert_int_eq(dm_ica_fit(W2, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 200, &cpu, &res2), 0);
     ck_assert_int_eq(memcmp(W, W2, sizeof W), 0); /* same seed, same result, bit for bit */
-    ck_assert_int_eq(dm_ica_fit(Wr, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 200, 1, &resr), 0);
+    ck_assert_int_eq(dm_ica_fit(Wr, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 200, &ref, &resr), 0);
     ck_assert(resr.converged);
     for (int i = 0; i < 64; i++)
         ck_assert_msg(fabs(W[i] - Wr[i]) < 1e-4, "fast vs reference W[%d] %g vs %g", i, W[i], Wr[i]);
@@ -298,12 +332,12 @@ START_TEST(non_convergence_is_reported)
     float *z = whiten(X, rows, k, Wh, mean);
     dm_ica_result res;
     dm_ica_w_init(W, k, 0);
-    ck_assert_int_eq(dm_ica_fit(W, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-12, 2, 0, &res), 0);
+    ck_assert_int_eq(dm_ica_fit(W, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-12, 2, dm_compute_default(), &res), 0);
     ck_assert_int_eq(res.converged, 0);
     ck_assert_int_eq(res.iterations, 2);
     z[5] = NAN; /* a NaN row: a clear failure, not a silent answer */
     dm_ica_w_init(W, k, 0);
-    ck_assert_int_eq(dm_ica_fit(W, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 5, 0, &res), -1);
+    ck_assert_int_eq(dm_ica_fit(W, k, z, rows, DM_ICA_LOGCOSH, 1.0, 1e-4, 5, dm_compute_default(), &res), -1);
     ck_assert(strstr(dm_error(), "non-finite") != NULL);
     free(X), free(z);
 }
@@ -316,7 +350,8 @@ int main(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, numpy_random_state);
     tcase_add_test(tc, tanh_accuracy);
-    tcase_add_test(tc, sums_fast_matches_reference);
+    tcase_add_test(tc, backend_choice);
+    tcase_add_test(tc, sums_backends_match_reference);
     tcase_add_test(tc, symdecorr_orthogonal);
     tcase_add_test(tc, planted_recovery);
     tcase_add_test(tc, seed_matching_permutation_and_signs);

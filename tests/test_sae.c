@@ -1,15 +1,19 @@
 /*
- * test_sae.c: the SAE kernel and statistics of operators/sae.c, against
+ * test_sae.c: the SAE kernels and statistics of operators/kernels/sae.c, every
+ * backend of the table (sae.h), against
  *   - the independent float64 numpy reference (tests/golden/sae/, written by
  *     tests/golden/make_sae_golden.py from tools/sae_reference.py): residuals to
  *     1e-4 relative (max abs error / max abs value) for the three architectures,
  *     the four normalisations, old and SAELens 6 config layouts, NaN/Inf rows;
  *     statistics to 1e-4 (counts exactly);
- *   - the plain reference kernel dm_sae_forward_ref (dense pre, dense decode):
- *     the same active features and residuals to 1e-5 relative, for several
- *     tile sizes;
+ *   - the "ref" backend (dense pre, dense decode in double, statistics one row
+ *     at a time): the same active features and residuals to 1e-5 relative, for
+ *     several tile sizes, on the dm_sgemm and the OpenBLAS encode; statistics
+ *     with the tolerances stated at stats_backends_match_reference;
  *   - bad folders: unknown architecture, missing tensor, wrong shape (both
- *     shapes named), expected_average_only_in without its factor, topk without k;
+ *     shapes named), expected_average_only_in without its factor, topk without
+ *     k, a boolean key that is not a boolean, no cfg.json; each with its error
+ *     code (sae.h);
  *   - the per-feature moments of a feature that fires on every token with a
  *     steady value (mean/std 1e5), where raw power sums would lose the kurtosis.
  *
@@ -75,14 +79,44 @@ static double rel_err_f32_f64(const float *a, const double *b, int64_t n)
 
 static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-300); }
 
+/* Every entry of the backend table; "ref" first. */
+static const dm_sae_backend *const backends[] = {&dm_sae_backend_ref, &dm_sae_backend_cpu};
+#define NBACKENDS (int)(sizeof backends / sizeof *backends)
+
+/* The default context, with the reference flag or the AVX-512 path changed. */
+static dm_compute context(int reference, int avx512)
+{
+    dm_compute c = *dm_compute_default();
+    c.reference = reference;
+    c.avx512 = avx512 && c.avx512;
+    return c;
+}
+
+START_TEST(backend_choice)
+{
+    dm_compute ref = context(1, 1), cpu = context(0, 1);
+    ck_assert_ptr_eq(dm_sae_backend_for(&ref), &dm_sae_backend_ref);
+    ck_assert_ptr_eq(dm_sae_backend_for(&cpu), &dm_sae_backend_cpu);
+    ck_assert_str_eq(dm_sae_backend_ref.name, "ref");
+    ck_assert_str_eq(dm_sae_backend_cpu.name, "cpu");
+    for (int b = 0; b < NBACKENDS; b++)
+        ck_assert(backends[b]->forward && backends[b]->stats_update);
+    /* only the cpu backend with AVX-512F packs W_enc */
+    ck_assert_int_eq(dm_sae_packed_floats(32, 256, &ref), 0);
+    ck_assert_int_eq(dm_sae_packed_floats(32, 256, &cpu) > 0, cpu.avx512);
+}
+END_TEST
+
 START_TEST(golden_parity_and_statistics)
 {
-    for (int c = 0; c < NCASES; c++) {
-        char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p;
+    for (int c = 0; c < NCASES * NBACKENDS; c++) {
+        const dm_sae_backend *be = backends[c % NBACKENDS];
+        dm_compute cc = context(be == &dm_sae_backend_ref, 1);
+        char *dir = dm_xasprintf(GOLDEN "%s", cases[c / NBACKENDS]), *p;
         p = dm_xasprintf("%s/expected_stats.json", dir);
         json_t *js = load_json(p);
         free(p);
-        dm_sae *s = dm_sae_load(dir, jnum(js, "scaling_factor"));
+        dm_sae *s = dm_sae_load(dir, jnum(js, "scaling_factor"), &cc);
         ck_assert_msg(s, "%s: %s", dir, dm_error());
         ck_assert_str_eq(dm_sae_arch_name(s->cfg.arch), json_string_value(json_object_get(js, "architecture")));
         dm_tensor x = {0}, er = {0}, ef = {0};
@@ -92,18 +126,20 @@ START_TEST(golden_parity_and_statistics)
         int64_t n = x.shape[0], d = x.shape[1], ds = s->cfg.d_sae;
         ck_assert_int_eq(d, s->cfg.d_in);
         float *recon = malloc(sizeof(float) * n * d), *resid = malloc(sizeof(float) * n * d);
-        dm_sae_work *w = dm_sae_work_new(s, 64);
+        dm_sae_work *w = dm_sae_work_new(s, 64, &cc);
         dm_sae_sparse sp = {0};
-        dm_sae_stats *st = dm_sae_stats_new(d, ds, 1);
+        dm_sae_stats *st = dm_sae_stats_new(d, ds, 1, &cc);
         /* uneven blocks through the operator's path: forward, then statistics */
         int64_t bad = 0;
         for (int64_t r0 = 0, b = 37; r0 < n; r0 += b, b = b * 2 % 97 + 1) {
             int64_t m = n - r0 < b ? n - r0 : b;
-            bad += dm_sae_forward(w, s, (float *)x.data + r0 * d, m, recon + r0 * d, resid + r0 * d, &sp);
-            dm_sae_stats_update(st, (float *)x.data + r0 * d, recon + r0 * d, resid + r0 * d, &sp, m);
+            bad += be->forward(w, s, (float *)x.data + r0 * d, m, recon + r0 * d, resid + r0 * d, &sp);
+            be->stats_update(st, (float *)x.data + r0 * d, recon + r0 * d, resid + r0 * d, &sp, m);
         }
+        const char *name = cases[c / NBACKENDS];
         double e = rel_err_f32_f64(resid, er.data, n * d);
-        ck_assert_msg(e < 1e-4, "%s: residual differs from the float64 reference by %g (relative)", cases[c], e);
+        ck_assert_msg(e < 1e-4, "%s %s: residual differs from the float64 reference by %g (relative)", be->name,
+                      name, e);
         ck_assert_int_eq(bad, (int64_t)jnum(js, "nonfinite_rows"));
 
         dm_sae_result r;
@@ -115,8 +151,8 @@ START_TEST(golden_parity_and_statistics)
         double got[] = {r.fvu, r.mse, r.sse_per_token, r.mean_cosine, r.mean_l0, r.linear_predictability,
                         r.var_x, r.var_e};
         for (int k = 0; k < 8; k++)
-            ck_assert_msg(rel(got[k], jnum(js, keys[k])) < 1e-4, "%s: %s %.9g, numpy %.9g", cases[c], keys[k],
-                          got[k], jnum(js, keys[k]));
+            ck_assert_msg(rel(got[k], jnum(js, keys[k])) < 1e-4, "%s %s: %s %.9g, numpy %.9g", be->name, name,
+                          keys[k], got[k], jnum(js, keys[k]));
         ck_assert_int_eq(r.dead, (int64_t)jnum(js, "dead_features"));
         ck_assert_int_eq(r.dense, (int64_t)jnum(js, "dense_features"));
         ck_assert_int_eq(r.l0_max, (int64_t)jnum(js, "l0_max"));
@@ -132,15 +168,17 @@ START_TEST(golden_parity_and_statistics)
             const double *g = F + f * 6;
             ck_assert_int_eq(r.count[f], (int64_t)g[0]);
             ck_assert(rel(r.frequency[f], g[1]) < 1e-12 || g[1] == 0);
-            ck_assert_msg(fabs(r.mean[f] - g[2]) < 1e-5 * sd_max, "%s feature %lld mean", cases[c], (long long)f);
-            ck_assert_msg(fabs(r.var[f] - g[3]) < 1e-4 * sd_max * sd_max, "%s feature %lld var", cases[c],
+            ck_assert_msg(fabs(r.mean[f] - g[2]) < 1e-5 * sd_max, "%s %s feature %lld mean", be->name, name,
+                          (long long)f);
+            ck_assert_msg(fabs(r.var[f] - g[3]) < 1e-4 * sd_max * sd_max, "%s %s feature %lld var", be->name, name,
                           (long long)f);
             if (isnan(g[5]) || r.count[f] < 2)
                 continue;
-            ck_assert_msg(fabs(r.skew[f] - g[4]) < 1e-3 * fmax(1, fabs(g[4])), "%s feature %lld skew %g vs %g",
-                          cases[c], (long long)f, r.skew[f], g[4]);
+            ck_assert_msg(fabs(r.skew[f] - g[4]) < 1e-3 * fmax(1, fabs(g[4])), "%s %s feature %lld skew %g vs %g",
+                          be->name, name, (long long)f, r.skew[f], g[4]);
             ck_assert_msg(fabs(r.excess_kurtosis[f] - g[5]) < 1e-3 * fmax(1, fabs(g[5])),
-                          "%s feature %lld kurtosis %g vs %g", cases[c], (long long)f, r.excess_kurtosis[f], g[5]);
+                          "%s %s feature %lld kurtosis %g vs %g", be->name, name, (long long)f, r.excess_kurtosis[f],
+                          g[5]);
         }
         char *text = dm_sae_result_json(&r, s);
         ck_assert(text && strstr(text, "\"linear_predictability\""));
@@ -158,46 +196,157 @@ START_TEST(golden_parity_and_statistics)
 }
 END_TEST
 
-START_TEST(fast_matches_reference)
+/* Every backend's forward against "ref", for several tiles, with W_enc packed
+ * for dm_sgemm (where the CPU has AVX-512F) and without (OpenBLAS). */
+START_TEST(backends_match_reference)
 {
     static const int64_t tiles[] = {1, 7, 64, 1000};
+    dm_compute refc = context(1, 0);
     for (int c = 0; c < NCASES; c++) {
         char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p = dm_xasprintf("%s/x.npy", dir);
         dm_tensor x = {0};
         load_npy(p, &x);
         free(p);
-        dm_sae *s = dm_sae_load(dir, 0.5); /* ignored unless expected_average_only_in */
+        dm_sae *s = dm_sae_load(dir, 0.5, &refc); /* 0.5 is ignored unless expected_average_only_in */
         ck_assert_msg(s, "%s", dm_error());
+        ck_assert_ptr_null(s->W_enc_packed);
         int64_t n = x.shape[0], d = x.shape[1];
         float *rr = malloc(sizeof(float) * n * d), *re = malloc(sizeof(float) * n * d);
         float *fr = malloc(sizeof(float) * n * d), *fe = malloc(sizeof(float) * n * d);
         dm_sae_sparse sr = {0}, sf = {0};
-        int64_t bad_ref = dm_sae_forward_ref(s, x.data, n, rr, re, &sr);
-        for (int t = 0; t < 4; t++) {
-            dm_sae_work *w = dm_sae_work_new(s, tiles[t]);
-            int64_t bad = dm_sae_forward(w, s, x.data, n, fr, fe, &sf);
-            ck_assert_int_eq(bad, bad_ref);
-            ck_assert_int_eq(sf.rows, n);
-            double num = 0, den = 0;
-            for (int64_t i = 0; i < n * d; i++) {
-                ck_assert(isnan(re[i]) == isnan(fe[i]) && isnan(rr[i]) == isnan(fr[i]));
-                if (isnan(re[i]))
-                    continue;
-                num = fmax(num, fabs(fe[i] - re[i]));
-                den = fmax(den, fabs(re[i]));
+        dm_sae_work *wr = dm_sae_work_new(s, n, &refc);
+        int64_t bad_ref = dm_sae_backend_ref.forward(wr, s, x.data, n, rr, re, &sr);
+        dm_sae_work_free(wr);
+        dm_sae_free(s);
+        for (int v = 0; v < 2 * NBACKENDS; v++) {
+            const dm_sae_backend *be = backends[v / 2];
+            dm_compute cc = context(be == &dm_sae_backend_ref, v % 2);
+            s = dm_sae_load(dir, 0.5, &cc);
+            ck_assert_msg(s, "%s", dm_error());
+            ck_assert_int_eq(s->W_enc_packed != NULL, be == &dm_sae_backend_cpu && cc.avx512);
+            for (int t = 0; t < 4; t++) {
+                dm_sae_work *w = dm_sae_work_new(s, tiles[t], &cc);
+                int64_t bad = be->forward(w, s, x.data, n, fr, fe, &sf);
+                ck_assert_int_eq(bad, bad_ref);
+                ck_assert_int_eq(sf.rows, n);
+                double num = 0, den = 0;
+                for (int64_t i = 0; i < n * d; i++) {
+                    ck_assert(isnan(re[i]) == isnan(fe[i]) && isnan(rr[i]) == isnan(fr[i]));
+                    if (isnan(re[i]))
+                        continue;
+                    num = fmax(num, fabs(fe[i] - re[i]));
+                    den = fmax(den, fabs(re[i]));
+                }
+                ck_assert_msg(num / den < 1e-5, "%s %s%s tile %lld: residual differs from ref by %g", be->name,
+                              cases[c], s->W_enc_packed ? " (dm_sgemm)" : "", (long long)tiles[t], num / den);
+                for (int64_t r = 0; r <= n; r++)
+                    ck_assert_int_eq(sf.start[r], sr.start[r]);
+                for (int64_t a = 0; a < sr.start[n]; a++) {
+                    ck_assert_int_eq(sf.feature[a], sr.feature[a]);
+                    ck_assert(fabsf(sf.value[a] - sr.value[a]) <= 1e-5f * (1 + fabsf(sr.value[a])));
+                }
+                /* recon alone (residual NULL), as a model hook that splices the SAE in asks */
+                memset(fe, 0, sizeof(float) * n * d);
+                ck_assert_int_eq(be->forward(w, s, x.data, n, fe, NULL, &sf), bad_ref);
+                ck_assert_int_eq(memcmp(fe, fr, sizeof(float) * n * d), 0);
+                dm_sae_work_free(w);
             }
-            ck_assert_msg(num / den < 1e-5, "%s tile %lld: fast vs reference residual %g", cases[c],
-                          (long long)tiles[t], num / den);
-            for (int64_t r = 0; r <= n; r++)
-                ck_assert_int_eq(sf.start[r], sr.start[r]);
-            for (int64_t a = 0; a < sr.start[n]; a++) {
-                ck_assert_int_eq(sf.feature[a], sr.feature[a]);
-                ck_assert(fabsf(sf.value[a] - sr.value[a]) <= 1e-5f * (1 + fabsf(sr.value[a])));
-            }
-            dm_sae_work_free(w);
+            dm_sae_free(s);
         }
         dm_sae_sparse_free(&sr), dm_sae_sparse_free(&sf);
         free(rr), free(re), free(fr), free(fe);
+        dm_tensor_free(&x);
+        free(dir);
+    }
+}
+END_TEST
+
+/* Every backend's statistics against "ref" on the same forward outputs, fed in
+ * uneven blocks. Tolerances: counts, L0 histograms, dead and dense features
+ * exactly; the sums and moments are double in every backend and differ only
+ * in summation order (chunk two-pass and Pebay merges against Welford row by
+ * row), about n * 2^-53 = 1e-13 relative here, so 1e-10 (per-feature moments:
+ * of the largest feature's spread, as in stats' tests). The linear
+ * predictability: "cpu" sums its co-moments in float over blocks of <= 256
+ * rows, an error of about sqrt(256) * 2^-24 = 1e-6 of sum |z_i z_j| (sae.c's
+ * cov_update), which the ratio of traces carries over; 1e-5 absolute. */
+START_TEST(stats_backends_match_reference)
+{
+    dm_compute refc = context(1, 0);
+    for (int c = 0; c < NCASES; c++) {
+        char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p = dm_xasprintf("%s/x.npy", dir);
+        dm_tensor x = {0};
+        load_npy(p, &x);
+        free(p);
+        dm_sae *s = dm_sae_load(dir, 0.5, &refc);
+        ck_assert_msg(s, "%s", dm_error());
+        int64_t n = x.shape[0], d = x.shape[1], ds = s->cfg.d_sae;
+        float *rc = malloc(sizeof(float) * n * d), *re = malloc(sizeof(float) * n * d);
+        dm_sae_sparse sp = {0};
+        dm_sae_work *w = dm_sae_work_new(s, n, &refc);
+        dm_sae_backend_ref.forward(w, s, x.data, n, rc, re, &sp);
+        dm_sae_result r[NBACKENDS];
+        for (int b = 0; b < NBACKENDS; b++) {
+            dm_compute cc = context(b == 0, 1);
+            dm_sae_stats *st = dm_sae_stats_new(d, ds, 1, &cc);
+            for (int64_t r0 = 0, m = 300; r0 < n; r0 += m, m = m * 3 % 301 + 1) {
+                int64_t rows = n - r0 < m ? n - r0 : m;
+                dm_sae_sparse blk = sp;
+                int64_t *start = malloc(sizeof(int64_t) * (rows + 1));
+                for (int64_t i = 0; i <= rows; i++)
+                    start[i] = sp.start[r0 + i] - sp.start[r0];
+                blk.start = start, blk.rows = rows;
+                blk.feature = sp.feature + sp.start[r0], blk.value = sp.value + sp.start[r0];
+                backends[b]->stats_update(st, (float *)x.data + r0 * d, rc + r0 * d, re + r0 * d, &blk, rows);
+                free(start);
+            }
+            ck_assert_msg(dm_sae_stats_finalize(st, &r[b]) == 0, "%s", dm_error());
+            dm_sae_stats_free(st);
+        }
+        const dm_sae_result *a = &r[0];
+        for (int b = 1; b < NBACKENDS; b++) {
+            const dm_sae_result *o = &r[b];
+            const char *nm = backends[b]->name;
+            ck_assert_int_eq(o->n, a->n);
+            ck_assert_int_eq(o->nonfinite, a->nonfinite);
+            ck_assert_int_eq(o->l0_max, a->l0_max);
+            ck_assert_int_eq(o->dead, a->dead);
+            ck_assert_int_eq(o->dense, a->dense);
+            ck_assert_int_eq(o->cosine_undefined, a->cosine_undefined);
+            ck_assert_int_eq(o->predictability_rank, a->predictability_rank);
+            for (int64_t i = 0; i <= a->l0_max; i++)
+                ck_assert_int_eq(o->l0_histogram[i], a->l0_histogram[i]);
+            double got[] = {o->fvu, o->mse, o->sse_per_token, o->mean_cosine, o->mean_l0, o->var_x, o->var_e};
+            double want[] = {a->fvu, a->mse, a->sse_per_token, a->mean_cosine, a->mean_l0, a->var_x, a->var_e};
+            for (int k = 0; k < 7; k++)
+                ck_assert_msg(rel(got[k], want[k]) < 1e-10, "%s %s: statistic %d: %.17g vs ref %.17g", nm, cases[c],
+                              k, got[k], want[k]);
+            ck_assert_msg(fabs(o->linear_predictability - a->linear_predictability) < 1e-5,
+                          "%s %s: linear predictability %.9g vs ref %.9g", nm, cases[c], o->linear_predictability,
+                          a->linear_predictability);
+            double sd_max = 0;
+            for (int64_t f = 0; f < ds; f++)
+                sd_max = fmax(sd_max, sqrt(a->var[f]));
+            for (int64_t f = 0; f < ds; f++) {
+                ck_assert_int_eq(o->count[f], a->count[f]);
+                ck_assert(fabs(o->mean[f] - a->mean[f]) <= 1e-10 * sd_max);
+                ck_assert(fabs(o->var[f] - a->var[f]) <= 1e-10 * sd_max * sd_max);
+                ck_assert(isnan(o->skew[f]) == isnan(a->skew[f]));
+                if (isnan(a->skew[f]) || a->count[f] < 2)
+                    continue;
+                ck_assert_msg(fabs(o->skew[f] - a->skew[f]) < 1e-10 * fmax(1, fabs(a->skew[f])),
+                              "%s %s feature %lld skew %.17g vs %.17g", nm, cases[c], (long long)f, o->skew[f],
+                              a->skew[f]);
+                ck_assert_msg(fabs(o->excess_kurtosis[f] - a->excess_kurtosis[f]) <
+                                  1e-10 * fmax(1, fabs(a->excess_kurtosis[f])),
+                              "%s %s feature %lld kurtosis", nm, cases[c], (long long)f);
+            }
+        }
+        for (int b = 0; b < NBACKENDS; b++)
+            dm_sae_result_free(&r[b]);
+        dm_sae_work_free(w);
+        dm_sae_sparse_free(&sp);
+        free(rc), free(re);
         dm_tensor_free(&x);
         dm_sae_free(s);
         free(dir);
@@ -210,29 +359,33 @@ END_TEST
  * under a SIMD reduction and dropped them as NaN.) */
 START_TEST(large_rows_are_finite)
 {
-    dm_sae *s = dm_sae_load(GOLDEN "standard_jb", 0);
-    ck_assert_msg(s, "%s", dm_error());
-    int64_t n = 3, d = s->cfg.d_in;
-    float *x = malloc(sizeof(float) * n * d), *rc = malloc(sizeof(float) * n * d), *re = malloc(sizeof(float) * n * d);
-    for (int64_t i = 0; i < n * d; i++)
-        x[i] = (i % 2 ? 1e5f : -3e5f) * (float)(1 + i % 5);
-    dm_sae_sparse sp = {0};
-    dm_sae_work *w = dm_sae_work_new(s, 2);
-    ck_assert_int_eq(dm_sae_forward(w, s, x, n, rc, re, &sp), 0);
-    for (int64_t i = 0; i < n * d; i++)
-        ck_assert(isfinite(re[i]));
-    dm_sae_stats *st = dm_sae_stats_new(d, s->cfg.d_sae, 1);
-    dm_sae_stats_update(st, x, rc, re, &sp, n);
-    dm_sae_result r;
-    ck_assert_int_eq(dm_sae_stats_finalize(st, &r), 0);
-    ck_assert_int_eq(r.n, n);
-    ck_assert_int_eq(r.nonfinite, 0);
-    dm_sae_result_free(&r);
-    dm_sae_stats_free(st);
-    dm_sae_work_free(w);
-    dm_sae_sparse_free(&sp);
-    free(x), free(rc), free(re);
-    dm_sae_free(s);
+    for (int b = 0; b < NBACKENDS; b++) {
+        const dm_sae_backend *be = backends[b];
+        dm_compute cc = context(be == &dm_sae_backend_ref, 1);
+        dm_sae *s = dm_sae_load(GOLDEN "standard_jb", 0, &cc);
+        ck_assert_msg(s, "%s", dm_error());
+        int64_t n = 3, d = s->cfg.d_in;
+        float *x = malloc(sizeof(float) * n * d), *rc = malloc(sizeof(float) * n * d), *re = malloc(sizeof(float) * n * d);
+        for (int64_t i = 0; i < n * d; i++)
+            x[i] = (i % 2 ? 1e5f : -3e5f) * (float)(1 + i % 5);
+        dm_sae_sparse sp = {0};
+        dm_sae_work *w = dm_sae_work_new(s, 2, &cc);
+        ck_assert_int_eq(be->forward(w, s, x, n, rc, re, &sp), 0);
+        for (int64_t i = 0; i < n * d; i++)
+            ck_assert(isfinite(re[i]));
+        dm_sae_stats *st = dm_sae_stats_new(d, s->cfg.d_sae, 1, &cc);
+        be->stats_update(st, x, rc, re, &sp, n);
+        dm_sae_result r;
+        ck_assert_int_eq(dm_sae_stats_finalize(st, &r), 0);
+        ck_assert_int_eq(r.n, n);
+        ck_assert_int_eq(r.nonfinite, 0);
+        dm_sae_result_free(&r);
+        dm_sae_stats_free(st);
+        dm_sae_work_free(w);
+        dm_sae_sparse_free(&sp);
+        free(x), free(rc), free(re);
+        dm_sae_free(s);
+    }
 }
 END_TEST
 
@@ -300,31 +453,47 @@ static void make_folder(const char *cfg, int drop, int bad_shape)
     write_st(p, k, nm, (const int64_t(*)[2])sh, nd);
 }
 
-static void expect_load_error(const char *what, const char *const *needles)
+static void expect_load_error(const char *what, dm_errc code, const char *const *needles)
 {
-    dm_sae *s = dm_sae_load(tmpdir, 0);
+    dm_sae *s = dm_sae_load(tmpdir, 0, dm_compute_default());
     ck_assert_msg(!s, "%s: loaded", what);
     for (int i = 0; needles[i]; i++)
         ck_assert_msg(strstr(dm_error(), needles[i]), "%s: message '%s' lacks '%s'", what, dm_error(), needles[i]);
+    ck_assert_msg(dm_error_code() == code, "%s: error code %s, expected %s", what, dm_errc_name(dm_error_code()),
+                  dm_errc_name(code));
 }
 
 START_TEST(bad_folders)
 {
     make_folder("{\"d_in\": 8, \"d_sae\": 16, \"architecture\": \"gated\"}", -1, 0);
-    expect_load_error("unknown architecture",
+    expect_load_error("unknown architecture", DM_E_INPUT,
                       (const char *[]){"unknown architecture 'gated'", "standard, jumprelu, topk", NULL});
     make_folder("{\"d_in\": 8, \"d_sae\": 16}", 2, 0);
-    expect_load_error("missing tensor", (const char *[]){"tensor b_enc is missing", NULL});
+    expect_load_error("missing tensor", DM_E_CORRUPT, (const char *[]){"tensor b_enc is missing", NULL});
     make_folder("{\"d_in\": 8, \"d_sae\": 16, \"architecture\": \"jumprelu\"}", 4, 0);
-    expect_load_error("missing threshold", (const char *[]){"threshold is missing", NULL});
+    expect_load_error("missing threshold", DM_E_CORRUPT, (const char *[]){"threshold is missing", NULL});
     make_folder("{\"d_in\": 8, \"d_sae\": 16}", -1, 1);
-    expect_load_error("shape", (const char *[]){"tensor W_enc has shape [8, 20]", "needs [8, 16]", NULL});
+    expect_load_error("shape", DM_E_SHAPE, (const char *[]){"tensor W_enc has shape [8, 20]", "needs [8, 16]", NULL});
     make_folder("{\"d_in\": 8, \"d_sae\": 16, \"architecture\": \"topk\"}", -1, 0);
-    expect_load_error("topk without k", (const char *[]){"needs k", NULL});
+    expect_load_error("topk without k", DM_E_INPUT, (const char *[]){"needs k", NULL});
     make_folder("{\"d_in\": 8, \"d_sae\": 16, \"normalize_activations\": \"expected_average_only_in\"}", -1, 0);
-    expect_load_error("no scaling factor", (const char *[]){"scaling_factor", NULL});
+    expect_load_error("no scaling factor", DM_E_INPUT, (const char *[]){"scaling_factor", NULL});
     make_folder("{\"d_sae\": 16}", -1, 0);
-    expect_load_error("no d_in", (const char *[]){"d_in is missing", NULL});
+    expect_load_error("no d_in", DM_E_CORRUPT, (const char *[]){"d_in is missing", NULL});
+    /* a boolean key holding a string was once read as absent (its default) */
+    make_folder("{\"d_in\": 8, \"d_sae\": 16, \"apply_b_dec_to_input\": \"no\"}", -1, 0);
+    expect_load_error("string for a boolean", DM_E_CORRUPT,
+                      (const char *[]){"cfg.json: key apply_b_dec_to_input must be true or false", NULL});
+    make_folder("{\"d_in\": 8, \"d_sae\": 16, \"model_from_pretrained_kwargs\": {\"center_writing_weights\": 0.5}}",
+                -1, 0);
+    expect_load_error("float for a nested boolean", DM_E_CORRUPT,
+                      (const char *[]){"key model_from_pretrained_kwargs.center_writing_weights must be", NULL});
+    make_folder("{\"d_in\": 8, \"d_sae\": 16,", -1, 0);
+    expect_load_error("cfg.json not JSON", DM_E_CORRUPT, (const char *[]){"cfg.json", NULL});
+    char cfg_path[128];
+    snprintf(cfg_path, sizeof cfg_path, "%s/cfg.json", tmpdir);
+    ck_assert_int_eq(unlink(cfg_path), 0);
+    expect_load_error("no cfg.json", DM_E_IO, (const char *[]){"cfg.json", "is this a SAELens SAE folder?", NULL});
     /* and a good one, with old keys, for the config helper */
     make_folder("{\"d_in\": 8, \"d_sae\": 16, \"hook_point\": \"blocks.3.hook_resid_pre\", \"context_size\": 64,"
                 " \"model_from_pretrained_kwargs\": {\"center_writing_weights\": false}, \"prepend_bos\": false}",
@@ -347,61 +516,63 @@ END_TEST
  * three-point law), beside a sparse one: the moments must match closed forms. */
 START_TEST(feature_moments_are_stable)
 {
-    const int64_t d = 2, ds = 2, n = 3000;
-    dm_sae_stats *st = dm_sae_stats_new(d, ds, 0);
-    float *x = malloc(sizeof(float) * n * d), *h = malloc(sizeof(float) * n * d), *e = malloc(sizeof(float) * n * d);
-    for (int64_t i = 0; i < n * d; i++)
-        x[i] = (float)(i % 7) + 1, h[i] = x[i] * 0.5f, e[i] = x[i] - h[i];
-    dm_sae_sparse sp = {0};
-    sp.start = malloc(sizeof(int64_t) * (n + 1));
-    sp.feature = malloc(sizeof(int32_t) * 2 * n);
-    sp.value = malloc(sizeof(float) * 2 * n);
-    static const float u[3] = {-1, 0, 2};
-    int64_t a = 0;
-    sp.start[0] = 0;
-    for (int64_t r = 0; r < n; r++) {
-        sp.feature[a] = 0, sp.value[a++] = 100000.0f + u[r % 3];
-        if (r % 100 == 0)
-            sp.feature[a] = 1, sp.value[a++] = 3.0f;
-        sp.start[r + 1] = a;
+    for (int be = 0; be < NBACKENDS; be++) {
+        const int64_t d = 2, ds = 2, n = 3000;
+        dm_sae_stats *st = dm_sae_stats_new(d, ds, 0, dm_compute_default());
+        float *x = malloc(sizeof(float) * n * d), *h = malloc(sizeof(float) * n * d), *e = malloc(sizeof(float) * n * d);
+        for (int64_t i = 0; i < n * d; i++)
+            x[i] = (float)(i % 7) + 1, h[i] = x[i] * 0.5f, e[i] = x[i] - h[i];
+        dm_sae_sparse sp = {0};
+        sp.start = malloc(sizeof(int64_t) * (n + 1));
+        sp.feature = malloc(sizeof(int32_t) * 2 * n);
+        sp.value = malloc(sizeof(float) * 2 * n);
+        static const float u[3] = {-1, 0, 2};
+        int64_t a = 0;
+        sp.start[0] = 0;
+        for (int64_t r = 0; r < n; r++) {
+            sp.feature[a] = 0, sp.value[a++] = 100000.0f + u[r % 3];
+            if (r % 100 == 0)
+                sp.feature[a] = 1, sp.value[a++] = 3.0f;
+            sp.start[r + 1] = a;
+        }
+        sp.rows = n;
+        /* in blocks, as the operator feeds it */
+        for (int64_t r0 = 0; r0 < n; r0 += 256) {
+            int64_t m = n - r0 < 256 ? n - r0 : 256;
+            dm_sae_sparse b = sp;
+            int64_t *start = malloc(sizeof(int64_t) * (m + 1));
+            for (int64_t r = 0; r <= m; r++)
+                start[r] = sp.start[r0 + r] - sp.start[r0];
+            b.start = start, b.feature = sp.feature + sp.start[r0], b.value = sp.value + sp.start[r0], b.rows = m;
+            backends[be]->stats_update(st, x + r0 * d, h + r0 * d, e + r0 * d, &b, m);
+            free(start);
+        }
+        dm_sae_result r;
+        ck_assert(dm_sae_stats_finalize(st, &r) == 0);
+        /* u uniform on {-1, 0, 2}: mean 1/3, central moments m2 = 14/9, m3 = 38/27... computed here */
+        double mu = 1.0 / 3, m2 = 0, m3 = 0, m4 = 0;
+        for (int k = 0; k < 3; k++) {
+            double dv = u[k] - mu;
+            m2 += dv * dv / 3, m3 += dv * dv * dv / 3, m4 += dv * dv * dv * dv / 3;
+        }
+        ck_assert(fabs(r.mean[0] - (100000 + mu)) < 1e-9 * 1e5);
+        ck_assert_msg(fabs(r.var[0] - m2) < 1e-9, "var %.12g vs %.12g", r.var[0], m2);
+        ck_assert_msg(fabs(r.skew[0] - m3 / pow(m2, 1.5)) < 1e-8, "skew %.12g", r.skew[0]);
+        ck_assert_msg(fabs(r.excess_kurtosis[0] - (m4 / (m2 * m2) - 3)) < 1e-8, "kurt %.12g", r.excess_kurtosis[0]);
+        /* sparse: Bernoulli(p) * 3 with p = 30/3000 */
+        double p = 0.01;
+        ck_assert_int_eq(r.count[1], 30);
+        ck_assert(fabs(r.var[1] - 9 * p * (1 - p)) < 1e-12);
+        ck_assert(fabs(r.excess_kurtosis[1] - ((1 - 6 * p * (1 - p)) / (p * (1 - p)))) < 1e-9);
+        ck_assert_int_eq(r.l0_histogram[1], n - 30);
+        ck_assert_int_eq(r.l0_histogram[2], 30);
+        ck_assert(fabs(r.fvu - 0.25) < 1e-12);
+        ck_assert(fabs(r.mean_cosine - 1) < 1e-12);
+        dm_sae_result_free(&r);
+        dm_sae_sparse_free(&sp);
+        dm_sae_stats_free(st);
+        free(x), free(h), free(e);
     }
-    sp.rows = n;
-    /* in blocks, as the operator feeds it */
-    for (int64_t r0 = 0; r0 < n; r0 += 256) {
-        int64_t m = n - r0 < 256 ? n - r0 : 256;
-        dm_sae_sparse b = sp;
-        int64_t *start = malloc(sizeof(int64_t) * (m + 1));
-        for (int64_t r = 0; r <= m; r++)
-            start[r] = sp.start[r0 + r] - sp.start[r0];
-        b.start = start, b.feature = sp.feature + sp.start[r0], b.value = sp.value + sp.start[r0], b.rows = m;
-        dm_sae_stats_update(st, x + r0 * d, h + r0 * d, e + r0 * d, &b, m);
-        free(start);
-    }
-    dm_sae_result r;
-    ck_assert(dm_sae_stats_finalize(st, &r) == 0);
-    /* u uniform on {-1, 0, 2}: mean 1/3, central moments m2 = 14/9, m3 = 38/27... computed here */
-    double mu = 1.0 / 3, m2 = 0, m3 = 0, m4 = 0;
-    for (int k = 0; k < 3; k++) {
-        double dv = u[k] - mu;
-        m2 += dv * dv / 3, m3 += dv * dv * dv / 3, m4 += dv * dv * dv * dv / 3;
-    }
-    ck_assert(fabs(r.mean[0] - (100000 + mu)) < 1e-9 * 1e5);
-    ck_assert_msg(fabs(r.var[0] - m2) < 1e-9, "var %.12g vs %.12g", r.var[0], m2);
-    ck_assert_msg(fabs(r.skew[0] - m3 / pow(m2, 1.5)) < 1e-8, "skew %.12g", r.skew[0]);
-    ck_assert_msg(fabs(r.excess_kurtosis[0] - (m4 / (m2 * m2) - 3)) < 1e-8, "kurt %.12g", r.excess_kurtosis[0]);
-    /* sparse: Bernoulli(p) * 3 with p = 30/3000 */
-    double p = 0.01;
-    ck_assert_int_eq(r.count[1], 30);
-    ck_assert(fabs(r.var[1] - 9 * p * (1 - p)) < 1e-12);
-    ck_assert(fabs(r.excess_kurtosis[1] - ((1 - 6 * p * (1 - p)) / (p * (1 - p)))) < 1e-9);
-    ck_assert_int_eq(r.l0_histogram[1], n - 30);
-    ck_assert_int_eq(r.l0_histogram[2], 30);
-    ck_assert(fabs(r.fvu - 0.25) < 1e-12);
-    ck_assert(fabs(r.mean_cosine - 1) < 1e-12);
-    dm_sae_result_free(&r);
-    dm_sae_sparse_free(&sp);
-    dm_sae_stats_free(st);
-    free(x), free(h), free(e);
 }
 END_TEST
 
@@ -410,8 +581,10 @@ int main(void)
     Suite *s = suite_create("sae");
     TCase *tc = tcase_create("sae");
     tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, backend_choice);
     tcase_add_test(tc, golden_parity_and_statistics);
-    tcase_add_test(tc, fast_matches_reference);
+    tcase_add_test(tc, backends_match_reference);
+    tcase_add_test(tc, stats_backends_match_reference);
     tcase_add_test(tc, large_rows_are_finite);
     tcase_add_test(tc, bad_folders);
     tcase_add_test(tc, feature_moments_are_stable);

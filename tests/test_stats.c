@@ -5,7 +5,9 @@
  *     heavy-tailed data with large column offsets, split into uneven chunks;
  *   - the merge formulas themselves (any split, any grouping, same result);
  *   - closed forms small enough to do by hand;
- *   - numpy/scipy (tests/golden/stats/, written by make_stats_golden.py).
+ *   - numpy/scipy (tests/golden/stats/, written by make_stats_golden.py);
+ *   - every backend of the table (stats.h) against "ref", the projection
+ *     included (its tolerance is stated at projection_backends_match_reference).
  *
  * Tolerances, and why. Every path accumulates in double from the same float32
  * inputs, so paths differ only in the order of roundings: relative error of
@@ -455,6 +457,7 @@ START_TEST(xcovariance_matches_reference_and_covariance)
     dm_xcovariance other;
     dm_xcovariance_init(&other, dy, dx);
     ck_assert_int_eq(dm_xcovariance_merge(&fast, &other), -1);
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
     dm_xcovariance_free(&other);
     dm_covariance_free(&joint);
     dm_xcovariance_free(&fast);
@@ -666,6 +669,135 @@ START_TEST(golden_numpy_scipy)
 }
 END_TEST
 
+/* ---- backends -------------------------------------------------------------------- */
+
+/* Every entry of the backend table; "ref" first. */
+static const dm_stats_backend *const backends[] = {&dm_stats_backend_ref, &dm_stats_backend_cpu};
+#define NBACKENDS (int)(sizeof backends / sizeof *backends)
+
+START_TEST(backend_choice)
+{
+    dm_compute c = *dm_compute_default();
+    c.reference = 1;
+    ck_assert_ptr_eq(dm_stats_backend_for(&c), &dm_stats_backend_ref);
+    c.reference = 0;
+    ck_assert_ptr_eq(dm_stats_backend_for(&c), &dm_stats_backend_cpu);
+    ck_assert_str_eq(dm_stats_backend_ref.name, "ref");
+    ck_assert_str_eq(dm_stats_backend_cpu.name, "cpu");
+    for (int b = 0; b < NBACKENDS; b++)
+        ck_assert(backends[b]->moments_update && backends[b]->covariance_update &&
+                  backends[b]->xcovariance_update && backends[b]->project);
+}
+END_TEST
+
+/* Every backend's updates through the table, in uneven chunks, against the
+ * reference updates over all rows at once: 1e-10, as the file header says. */
+START_TEST(stats_backends_match_reference)
+{
+    int64_t rows = 4100, dx = 13, dy = 5;
+    float *x = random_data(rows, dx, 21), *y = random_data(rows, dy, 22);
+    dm_moments mr;
+    dm_covariance cr;
+    dm_xcovariance xr;
+    dm_moments_init(&mr, dx);
+    dm_covariance_init(&cr, dx);
+    dm_xcovariance_init(&xr, dx, dy);
+    dm_moments_update_ref(&mr, x, rows);
+    dm_covariance_update_ref(&cr, x, rows);
+    dm_xcovariance_update_ref(&xr, x, y, rows);
+    double cxr[13 * 5], cxb[13 * 5], scale[13 * 5], vx[13], vy[5];
+    ck_assert_int_eq(dm_xcovariance_finalize(&xr, cxr, NULL, NULL), 0);
+    dm_moments_finalize(&mr, NULL, vx, NULL, NULL);
+    dm_moments my;
+    dm_moments_init(&my, dy);
+    dm_moments_update_ref(&my, y, rows);
+    dm_moments_finalize(&my, NULL, vy, NULL, NULL);
+    for (int64_t i = 0; i < dx; i++)
+        for (int64_t j = 0; j < dy; j++)
+            scale[i * dy + j] = sqrt(vx[i] * vy[j]);
+    for (int b = 0; b < NBACKENDS; b++) {
+        const dm_stats_backend *be = backends[b];
+        dm_moments m;
+        dm_covariance c;
+        dm_xcovariance xc;
+        dm_moments_init(&m, dx);
+        dm_covariance_init(&c, dx);
+        dm_xcovariance_init(&xc, dx, dy);
+        for (int64_t done = 0, nb; done < rows; done += nb) {
+            nb = next_chunk(done, rows);
+            be->moments_update(&m, x + done * dx, nb);
+            be->covariance_update(&c, x + done * dx, nb);
+            be->xcovariance_update(&xc, x + done * dx, y + done * dy, nb);
+        }
+        char what[64];
+        snprintf(what, sizeof what, "%s moments vs reference", be->name);
+        assert_moments_close(what, &m, &mr, 1e-10);
+        snprintf(what, sizeof what, "%s covariance vs reference", be->name);
+        assert_cov_close(what, &c, &cr, 1e-10);
+        ck_assert_int_eq(dm_xcovariance_finalize(&xc, cxb, NULL, NULL), 0);
+        snprintf(what, sizeof what, "%s cross-covariance vs reference", be->name);
+        assert_close(what, cxb, cxr, scale, 0, dx * dy, 1e-10);
+        dm_moments_free(&m);
+        dm_covariance_free(&c);
+        dm_xcovariance_free(&xc);
+    }
+    dm_moments_free(&mr), dm_moments_free(&my);
+    dm_covariance_free(&cr);
+    dm_xcovariance_free(&xr);
+    free(x), free(y);
+}
+END_TEST
+
+/* Every backend's projection against "ref" (double dot products of x - mean
+ * taken in double, rounded once). Tolerance: "cpu" rounds x - mean to float
+ * (one rounding, u = 2^-24 relative) and sums d float products in some order
+ * (at most d u of the sum of |terms|, Higham's gamma_d), and "ref" rounds its
+ * result once: (d + 3) u of sum_j |x_j - mean_j| |W_ij|, a bound for any
+ * summation order. With and without centring. */
+START_TEST(projection_backends_match_reference)
+{
+    const int64_t rows = 1000, d = 37, k = 5;
+    float *x = random_data(rows, d, 31), W[5 * 37], mean[37];
+    float *ref = dm_xmalloc((size_t)(rows * k) * sizeof(float)), *out = dm_xmalloc((size_t)(rows * k) * sizeof(float));
+    float *xc = dm_xmalloc((size_t)(rows * d) * sizeof(float));
+    double *bound = dm_xmalloc((size_t)(rows * k) * sizeof(double));
+    rng_state = 32;
+    for (int64_t i = 0; i < k * d; i++)
+        W[i] = (float)rng_normal();
+    for (int64_t j = 0; j < d; j++) {
+        double s = 0;
+        for (int64_t r = 0; r < rows; r++)
+            s += x[r * d + j];
+        mean[j] = (float)(s / (double)rows + 0.25); /* off the exact mean: centring is not a no-op */
+    }
+    const double u = ldexp(1.0, -24);
+    for (int centre = 0; centre < 2; centre++) {
+        const float *mu = centre ? mean : NULL;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = 0; i < k; i++) {
+                double s = 0;
+                for (int64_t j = 0; j < d; j++)
+                    s += fabs((double)x[r * d + j] - (mu ? mu[j] : 0.0)) * fabs((double)W[i * d + j]);
+                bound[r * k + i] = (double)(d + 3) * u * s;
+            }
+        dm_stats_backend_ref.project(ref, x, rows, W, k, d, mu, xc);
+        for (int b = 0; b < NBACKENDS; b++) {
+            memset(out, 0xff, (size_t)(rows * k) * sizeof(float)); /* NaN: every output must be written */
+            backends[b]->project(out, x, rows, W, k, d, mu, xc);
+            for (int64_t i = 0; i < rows * k; i++)
+                ck_assert_msg(fabs((double)out[i] - ref[i]) <= bound[i], "%s projection%s [%lld]: %.9g vs ref %.9g",
+                              backends[b]->name, centre ? " with mean" : "", (long long)i, out[i], ref[i]);
+        }
+    }
+    /* the reference itself: one entry by hand */
+    double s = 0;
+    for (int64_t j = 0; j < d; j++)
+        s += ((double)x[3 * d + j] - mean[j]) * W[2 * d + j];
+    ck_assert(ref[3 * k + 2] == (float)s);
+    free(x), free(ref), free(out), free(xc), free(bound);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("stats");
@@ -681,6 +813,9 @@ int main(void)
     tcase_add_test(tc, pca_rejects_bad_covariance);
     tcase_add_test(tc, whitening_identity_and_floor);
     tcase_add_test(tc, golden_numpy_scipy);
+    tcase_add_test(tc, backend_choice);
+    tcase_add_test(tc, stats_backends_match_reference);
+    tcase_add_test(tc, projection_backends_match_reference);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -2,7 +2,7 @@
 statistics dmica's sae operator reports (docs/sae.md), for golden files and CLI tests.
 
 It shares no code with dmica: it reads cfg.json and safetensors itself and follows
-SAELens's formulas (sae_lens/saes/*.py; shared/DOMAIN.md section 4) densely, feature
+SAELens's formulas (sae_lens/saes/*.py) densely, feature
 matrix and all, which is fine at test sizes.
 
     import sae_reference as ref

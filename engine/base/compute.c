@@ -29,6 +29,8 @@ const dm_compute *dm_compute_default(void)
         ctx.reference = 0;
         ctx.avx512 = __builtin_cpu_supports("avx512f") && !env_on("DMICA_NO_AVX512");
         ctx.strassen = !env_on("DMICA_SGEMM_CLASSIC");
+        __builtin_cpu_init();
+        ctx.f16c = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c") && !env_on("DMICA_NO_F16C");
         ctx_ready = 1;
     }
     return &ctx;

@@ -23,6 +23,8 @@ typedef struct dm_compute {
     int reference;    /* 1: the plain reference kernels (tests) */
     int avx512;       /* 1: the CPU has AVX-512F and DMICA_NO_AVX512 is unset */
     int strassen;     /* 1: dm_sgemm uses one level of Strassen */
+    int f16c;         /* 1: the CPU has AVX and F16C and DMICA_NO_F16C is unset
+                         (io/conv.h's vector half-precision conversions) */
 } dm_compute;
 
 /* The process's context: all cores (until dm_compute_set_threads), the CPU,

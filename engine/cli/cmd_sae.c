@@ -104,7 +104,9 @@ int dm_cmd_sae(int argc, char **argv)
         dm_fail("%s: expected a 2-D array (tokens x d_in), got %d dimensions", in, h->ndim);
         goto end;
     }
-    if (!(sae = dm_sae_load(dir, sf)))
+    const dm_compute *cc = dm_compute_default();
+    const dm_sae_backend *be = dm_sae_backend_for(cc);
+    if (!(sae = dm_sae_load(dir, sf, cc)))
         goto end;
     if (dm_sae_check_input(&sae->cfg, dir, hook, h->shape[1])) {
         dm_fail_prefix("%s", in);
@@ -117,8 +119,8 @@ int dm_cmd_sae(int argc, char **argv)
         chunk = ((64 << 20) / (d * 4) / tile) * tile;
     if (chunk < tile)
         chunk = tile;
-    work = dm_sae_work_new(sae, tile);
-    st = dm_sae_stats_new(d, sae->cfg.d_sae, predict);
+    work = dm_sae_work_new(sae, tile, cc);
+    st = dm_sae_stats_new(d, sae->cfg.d_sae, predict, cc);
     x = dm_xmalloc_aligned((size_t)(chunk * d) * sizeof(float));
     recon = dm_xmalloc_aligned((size_t)(chunk * d) * sizeof(float));
     resid = dm_xmalloc_aligned((size_t)(chunk * d) * sizeof(float));
@@ -133,8 +135,8 @@ int dm_cmd_sae(int argc, char **argv)
             goto end;
         for (int64_t t = 0; t < rows; t += tile) {
             int64_t m = rows - t < tile ? rows - t : tile;
-            dm_sae_forward(work, sae, x + t * d, m, recon + t * d, resid + t * d, &sp);
-            dm_sae_stats_update(st, x + t * d, recon + t * d, resid + t * d, &sp, m);
+            be->forward(work, sae, x + t * d, m, recon + t * d, resid + t * d, &sp);
+            be->stats_update(st, x + t * d, recon + t * d, resid + t * d, &sp, m);
         }
         if (dm_npy_writer_append_f32(wr, resid, rows) || (wh && dm_npy_writer_append_f32(wh, recon, rows)))
             goto end;

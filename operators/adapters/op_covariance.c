@@ -35,6 +35,7 @@ static const dm_port_spec covariance_outputs[] = {
 };
 
 typedef struct {
+    const dm_stats_backend *be; /* chosen at open from the compute context */
     dm_covariance c;
 } covariance_state;
 
@@ -67,6 +68,7 @@ static int64_t covariance_state_bytes(const dm_node *n)
 static int covariance_open(dm_node *n)
 {
     covariance_state *s = dm_xcalloc(1, sizeof *s);
+    s->be = dm_stats_backend_for(dm_compute_default());
     dm_covariance_init(&s->c, width(n));
     dm_node_set_state(n, s);
     return 0;
@@ -78,7 +80,7 @@ static int covariance_consume(dm_node *n, int port, const dm_chunk *c)
     if (c->cols != s->c.d)
         return dm_fail("input x: chunk of %lld columns, expected %lld", (long long)c->cols,
                        (long long)s->c.d);
-    dm_covariance_update(&s->c, c->data, c->rows);
+    s->be->covariance_update(&s->c, c->data, c->rows);
     return 0;
 }
 

@@ -77,13 +77,14 @@ static const dm_port_spec ica_outputs[] = {
 };
 
 typedef struct {
+    const dm_ica_backend *be; /* chosen at open from the compute context */
     int64_t k, S, rows_known;
     dm_ica_fun fun;
     double alpha, tol;
     int max_iter;
     double *W;      /* (S, k, k) current unmixing per seed */
     double *W1;     /* (k, k) scratch */
-    float *Wf;      /* (S k, k) stacked float32 W of the running seeds */
+    double *Wrun;   /* (S k, k) stacked W of the running seeds */
     int64_t *run;   /* (S) running seeds, in stack order */
     int nrun;
     int *iters, *conv, *warm_iters, *warm_conv;
@@ -173,7 +174,7 @@ static int64_t ica_state_bytes(const dm_node *n)
     int64_t k = width(n), S = dm_param_int(n, "seeds"), ram;
     if (k <= 0)
         return 0;
-    int64_t b = dm_ica_sums_bytes(S * k, k) + 8 * (S * k * k * 2 + k * k) + 4 * S * k * k;
+    int64_t b = dm_ica_sums_bytes(S * k, k, dm_compute_default()) + 8 * (S * k * k * 3 + k * k);
     if (plan_in_ram(n, &ram))
         b += ram;
     if (dm_param_bool(n, "warm_start"))
@@ -189,7 +190,7 @@ static void ica_close(dm_node *n)
     for (int64_t i = 0; s->log && i < s->S; i++)
         json_decref(s->log[i]);
     free(s->log);
-    free(s->W), free(s->W1), free(s->Wf), free(s->run);
+    free(s->W), free(s->W1), free(s->Wrun), free(s->run);
     free(s->iters), free(s->conv), free(s->warm_iters), free(s->warm_conv), free(s->stage_iters), free(s->lim);
     free(s->ram), free(s->sample);
     dm_ica_sums_free(&s->sums);
@@ -204,10 +205,7 @@ static void stack_running(fastica *s)
     for (int64_t i = 0; i < s->S; i++) {
         if (s->conv[i] || s->iters[i] >= s->max_iter)
             continue;
-        double *W = s->W + i * k * k;
-        float *dst = s->Wf + (int64_t)s->nrun * k * k;
-        for (int64_t j = 0; j < k * k; j++)
-            dst[j] = (float)W[j];
+        memcpy(s->Wrun + (int64_t)s->nrun * k * k, s->W + i * k * k, (size_t)(k * k) * sizeof(double));
         s->run[s->nrun++] = i;
     }
 }
@@ -230,8 +228,10 @@ static float *alloc_huge(size_t bytes)
 
 static int ica_open(dm_node *n)
 {
+    const dm_compute *cc = dm_compute_default();
     fastica *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
+    s->be = dm_ica_backend_for(cc);
     int64_t k = s->k = width(n), S = s->S = dm_param_int(n, "seeds"), ram;
     s->t_open = dm_now();
     if (dm_ica_fun_parse(dm_param_str(n, "fun"), &s->fun))
@@ -241,7 +241,7 @@ static int ica_open(dm_node *n)
     s->max_iter = (int)dm_param_int(n, "max_iter");
     s->W = dm_xmalloc((size_t)(S * k * k) * sizeof(double));
     s->W1 = dm_xmalloc((size_t)(k * k) * sizeof(double));
-    s->Wf = dm_xmalloc((size_t)(S * k * k) * sizeof(float));
+    s->Wrun = dm_xmalloc((size_t)(S * k * k) * sizeof(double));
     s->run = dm_xcalloc((size_t)S, sizeof(int64_t));
     s->iters = dm_xcalloc((size_t)S, sizeof(int));
     s->conv = dm_xcalloc((size_t)S, sizeof(int));
@@ -257,7 +257,7 @@ static int ica_open(dm_node *n)
         if (dm_ica_symdecorr(s->W + i * k * k, k))
             return -1;
     }
-    dm_ica_sums_init(&s->sums, S * k, k);
+    dm_ica_sums_init(&s->sums, S * k, k, cc);
     s->in_ram = plan_in_ram(n, &ram);
     s->rows_known = dm_input_desc(n, 0)->shape[0];
     if (s->in_ram)
@@ -306,7 +306,7 @@ static int ica_consume(dm_node *n, int port, const dm_chunk *c)
             s->sample_rows = s->seen < s->warm_rows ? s->seen : s->warm_rows;
     }
     if (s->sums_active && s->nrun)
-        dm_ica_sums_update(&s->sums, s->fun, s->alpha, s->Wf, (int64_t)s->nrun * k, c->data, c->rows);
+        s->be->sums_update(&s->sums, s->fun, s->alpha, s->Wrun, (int64_t)s->nrun * k, c->data, c->rows);
     return 0;
 }
 
@@ -350,14 +350,13 @@ static int iterate_in_memory(dm_node *n, fastica *s, const float *z, int64_t row
                             : s->conv[i] || s->iters[i] >= s->max_iter;
             if (done)
                 continue;
-            for (int64_t j = 0; j < k * k; j++)
-                s->Wf[(int64_t)s->nrun * k * k + j] = (float)s->W[i * k * k + j];
+            memcpy(s->Wrun + (int64_t)s->nrun * k * k, s->W + i * k * k, (size_t)(k * k) * sizeof(double));
             s->run[s->nrun++] = i;
         }
         if (!s->nrun)
             return 0;
         dm_ica_sums_reset(&s->sums);
-        dm_ica_sums_update(&s->sums, s->fun, s->alpha, s->Wf, (int64_t)s->nrun * k, z, rows);
+        s->be->sums_update(&s->sums, s->fun, s->alpha, s->Wrun, (int64_t)s->nrun * k, z, rows);
         if (apply_step(n, s, warm))
             return -1;
     }

@@ -43,6 +43,7 @@ static const dm_port_spec moments_outputs[] = {
 };
 
 typedef struct {
+    const dm_stats_backend *be; /* chosen at open from the compute context */
     dm_moments m;
 } moments_state;
 
@@ -81,6 +82,7 @@ static int64_t moments_state_bytes(const dm_node *n) { return 8 * 8 * width(n); 
 static int moments_open(dm_node *n)
 {
     moments_state *s = dm_xcalloc(1, sizeof *s);
+    s->be = dm_stats_backend_for(dm_compute_default());
     dm_moments_init(&s->m, width(n));
     dm_node_set_state(n, s);
     return 0;
@@ -92,7 +94,7 @@ static int moments_consume(dm_node *n, int port, const dm_chunk *c)
     if (c->cols != s->m.d)
         return dm_fail("input x: chunk of %lld columns, expected %lld", (long long)c->cols,
                        (long long)s->m.d);
-    dm_moments_update(&s->m, c->data, c->rows);
+    s->be->moments_update(&s->m, c->data, c->rows);
     return 0;
 }
 

@@ -3,14 +3,15 @@
  *
  * With pca.whitening (k x d, rows of L^(-1/2) C) and covariance.mean this is
  * the whitening pass (z has identity covariance); with other matrices it
- * projects rows onto any k directions. One SGEMM per chunk; the matrix arrives
- * as a float64 tensor and is used in float32 (rows of activations are float32).
+ * projects rows onto any k directions. The kernel is stats.h's projection (one
+ * SGEMM per chunk on the "cpu" backend); the matrix arrives as a float64
+ * tensor and is used in float32 (rows of activations are float32).
  */
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "op.h"
+#include "stats.h"
 
 static const dm_port_spec proj_inputs[] = {
     {"x", DM_PORT_STREAM},
@@ -21,6 +22,7 @@ static const dm_port_spec proj_inputs[] = {
 static const dm_port_spec proj_outputs[] = {{"out", DM_PORT_STREAM}, {NULL}};
 
 typedef struct {
+    const dm_stats_backend *be; /* chosen at open from the compute context */
     int64_t d, k;
     float *W, *mean, *xc, *out; /* k x d, d, chunk x d, chunk x k */
 } project;
@@ -66,6 +68,7 @@ static int proj_open(dm_node *n)
         return dm_fail("input 'mean' must be float32 or float64, not %s", dm_dtype_name(mu->dtype));
     project *p = dm_xcalloc(1, sizeof *p);
     dm_node_set_state(n, p);
+    p->be = dm_stats_backend_for(dm_compute_default());
     p->k = m->shape[0];
     p->d = m->shape[1];
     p->W = to_f32(m);
@@ -78,16 +81,7 @@ static int proj_open(dm_node *n)
 static int proj_consume(dm_node *n, int port, const dm_chunk *c)
 {
     project *p = dm_node_state(n);
-    const float *x = c->data;
-    if (p->mean) {
-        for (int64_t r = 0; r < c->rows; r++)
-            for (int64_t j = 0; j < p->d; j++)
-                p->xc[r * p->d + j] = c->data[r * p->d + j] - p->mean[j];
-        x = p->xc;
-    }
-    /* out (rows x k) = x (rows x d) @ W^T (d x k) */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->rows, (int)p->k, (int)p->d, 1.0f, x, (int)p->d,
-                p->W, (int)p->d, 0.0f, p->out, (int)p->k);
+    p->be->project(p->out, c->data, c->rows, p->W, p->k, p->d, p->mean, p->xc);
     dm_chunk o = {c->row0, c->rows, p->k, p->out};
     return dm_emit(n, 0, &o);
 }

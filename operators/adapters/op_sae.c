@@ -66,6 +66,7 @@ static const dm_port_spec sae_outputs[] = {
 };
 
 typedef struct {
+    const dm_sae_backend *be; /* chosen at open from the compute context */
     dm_sae *sae;
     dm_sae_work *work;
     dm_sae_stats *stats;
@@ -130,23 +131,26 @@ static int64_t sae_state_bytes(const dm_node *n)
     int64_t di = c.d_in, ds = c.d_sae, tile = dm_param_int(n, "tile");
     dm_sae_config_free(&c);
     /* weights, the decoder output, a tile, statistics, and a guess of 64 actives a row */
-    return 4 * (3 * di * ds + dm_sae_packed_floats(di, ds) + 2 * ds + di) + dm_sae_tile_bytes(di, ds, tile) +
+    return 4 * (3 * di * ds + dm_sae_packed_floats(di, ds, dm_compute_default()) + 2 * ds + di) +
+           dm_sae_tile_bytes(di, ds, tile) +
            dm_sae_stats_bytes(di, ds, dm_param_bool(n, "predictability")) + tile * 64 * 16;
 }
 
 static int sae_open(dm_node *n)
 {
+    const dm_compute *cc = dm_compute_default();
     sae_state *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
-    if (!(s->sae = dm_sae_load(dm_param_str(n, "sae"), dm_param_float(n, "scaling_factor"))))
+    s->be = dm_sae_backend_for(cc);
+    if (!(s->sae = dm_sae_load(dm_param_str(n, "sae"), dm_param_float(n, "scaling_factor"), cc)))
         return -1;
     if (dm_sae_check_input(&s->sae->cfg, dm_param_str(n, "sae"), dm_param_str(n, "hook"), dm_input_desc(n, 0)->shape[1]))
         return -1;
     s->d = s->sae->cfg.d_in;
     s->tile = dm_param_int(n, "tile");
     s->chunk = dm_chunk_rows(n);
-    s->work = dm_sae_work_new(s->sae, s->tile);
-    s->stats = dm_sae_stats_new(s->d, s->sae->cfg.d_sae, dm_param_bool(n, "predictability"));
+    s->work = dm_sae_work_new(s->sae, s->tile, cc);
+    s->stats = dm_sae_stats_new(s->d, s->sae->cfg.d_sae, dm_param_bool(n, "predictability"), cc);
     s->recon = dm_xmalloc_aligned((size_t)(s->chunk * s->d) * sizeof(float));
     s->resid = dm_xmalloc_aligned((size_t)(s->chunk * s->d) * sizeof(float));
     s->feat = dm_xmalloc((size_t)s->chunk * 4 * sizeof(float));
@@ -194,8 +198,8 @@ static int sae_consume(dm_node *n, int port, const dm_chunk *c)
         const float *x = c->data + r0 * s->d;
         for (int64_t t0 = 0; t0 < rows; t0 += s->tile) {
             int64_t m = rows - t0 < s->tile ? rows - t0 : s->tile;
-            dm_sae_forward(s->work, s->sae, x + t0 * s->d, m, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp);
-            dm_sae_stats_update(s->stats, x + t0 * s->d, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp, m);
+            s->be->forward(s->work, s->sae, x + t0 * s->d, m, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp);
+            s->be->stats_update(s->stats, x + t0 * s->d, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp, m);
             if (emit_features(n, s, c->row0 + r0 + t0))
                 return -1;
         }

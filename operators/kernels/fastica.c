@@ -17,8 +17,8 @@
  * the GEMMs and OpenMP's for g (the pools handed the cores back and forth and
  * OpenBLAS's idle workers spun in sched_yield between calls).
  *
- * The reference path (dm_ica_sums_update_ref) is plain double arithmetic one
- * row at a time, kept to check the fast one (tests/test_fastica.c).
+ * The reference backend ("ref") is plain double arithmetic one row at a time,
+ * kept to check the fast one (tests/test_fastica.c).
  */
 #include "fastica.h"
 
@@ -31,7 +31,6 @@
 #include <string.h>
 
 #include "dm.h"
-#include "compute.h"
 
 #define DM_ICA_BLOCK 8192
 
@@ -325,21 +324,24 @@ void dm_tanhf_vec(float *y, const float *x, int64_t n)
 
 /* ---- sums ---------------------------------------------------------------- */
 
-void dm_ica_sums_init(dm_ica_sums *s, int64_t m, int64_t k)
+void dm_ica_sums_init(dm_ica_sums *s, int64_t m, int64_t k, const dm_compute *c)
 {
     s->m = m;
     s->k = k;
     s->n = 0;
     s->gz = dm_xcalloc((size_t)(m * k + m), sizeof(double));
     s->dg = s->gz + m * k;
+    s->wf = dm_xmalloc((size_t)(m * k) * sizeof(float));
+    s->threads = c->threads;
 }
 
-int64_t dm_ica_sums_bytes(int64_t m, int64_t k)
+int64_t dm_ica_sums_bytes(int64_t m, int64_t k, const dm_compute *c)
 {
-    /* the sums, and per worker thread: a block of W z, a block's g^T z and g'
-     * (float), and that thread's share of the sums (double) */
+    /* the sums and W in float, and per worker thread: a block of W z, a
+     * block's g^T z and g' (float), and that thread's share of the sums
+     * (double) */
     int64_t per_thread = 4 * (DM_ICA_BLOCK * m + m * k + m) + 8 * (m * k + m) + 256;
-    return 8 * (m * k + m) + (int64_t)dm_threads() * per_thread + 256;
+    return 8 * (m * k + m) + 4 * m * k + (int64_t)c->threads * per_thread + 256;
 }
 
 void dm_ica_sums_free(dm_ica_sums *s)
@@ -347,6 +349,7 @@ void dm_ica_sums_free(dm_ica_sums *s)
     if (!s)
         return;
     free(s->gz);
+    free(s->wf);
     memset(s, 0, sizeof *s);
 }
 
@@ -359,8 +362,8 @@ void dm_ica_sums_reset(dm_ica_sums *s)
 int dm_ica_sums_merge(dm_ica_sums *a, const dm_ica_sums *b)
 {
     if (a->m != b->m || a->k != b->k)
-        return dm_fail("FastICA sums of shapes %lld x %lld and %lld x %lld cannot merge", (long long)a->m,
-                       (long long)a->k, (long long)b->m, (long long)b->k);
+        return dm_failc(DM_E_SHAPE, "FastICA sums of shapes %lld x %lld and %lld x %lld cannot merge",
+                        (long long)a->m, (long long)a->k, (long long)b->m, (long long)b->k);
     for (int64_t i = 0; i < a->m * a->k + a->m; i++)
         a->gz[i] += b->gz[i];
     a->n += b->n;
@@ -416,13 +419,17 @@ static int64_t block_rows(int64_t m, int64_t k)
     return b & ~(int64_t)15;
 }
 
-void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const float *W, int64_t mrows,
-                        const float *z, int64_t rows)
+/* The "cpu" sums (fastica.h's backend table says how). */
+static void sums_update_cpu(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *Wd, int64_t mrows,
+                            const float *z, int64_t rows)
 {
     int64_t k = s->k, m = mrows, B = block_rows(m, k), nblocks = (rows + B - 1) / B;
     if (rows <= 0 || m <= 0)
         return;
-    int nt = dm_threads();
+    float *W = s->wf;
+    for (int64_t i = 0; i < m * k; i++)
+        W[i] = (float)Wd[i];
+    int nt = s->threads;
     if (nt > nblocks)
         nt = (int)nblocks;
     if (nt < 1)
@@ -433,8 +440,7 @@ void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const floa
      * added in thread order, so a run is reproducible for a thread count. */
     if (nt > 1 && blas_thread_shutdown_)
         blas_thread_shutdown_();
-    int blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    int blas_threads = dm_blas_serial_begin();
     double *share = dm_xcalloc((size_t)nt * (size_t)(m * k + m), sizeof(double));
 #pragma omp parallel num_threads(nt)
     {
@@ -460,7 +466,7 @@ void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const floa
         }
         free(y);
     }
-    openblas_set_num_threads(blas_threads);
+    dm_blas_serial_end(blas_threads);
     for (int t = 0; t < nt; t++) {
         const double *gz = share + (size_t)t * (size_t)(m * k + m), *dg = gz + m * k;
         for (int64_t i = 0; i < m * k; i++)
@@ -472,7 +478,8 @@ void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const floa
     s->n += rows;
 }
 
-void dm_ica_sums_update_ref(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *W, int64_t mrows,
+/* The "ref" sums: double, one row at a time, libm. */
+static void sums_update_ref(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *W, int64_t mrows,
                             const float *z, int64_t rows)
 {
     int64_t k = s->k;
@@ -501,6 +508,14 @@ void dm_ica_sums_update_ref(dm_ica_sums *s, dm_ica_fun fun, double alpha, const 
     s->n += rows;
 }
 
+const dm_ica_backend dm_ica_backend_ref = {"ref", sums_update_ref};
+const dm_ica_backend dm_ica_backend_cpu = {"cpu", sums_update_cpu};
+
+const dm_ica_backend *dm_ica_backend_for(const dm_compute *c)
+{
+    return c->reference ? &dm_ica_backend_ref : &dm_ica_backend_cpu;
+}
+
 int dm_ica_step(const dm_ica_sums *s, int64_t r0, const double *W, double *W1, double *lim)
 {
     int64_t k = s->k;
@@ -519,11 +534,11 @@ int dm_ica_step(const dm_ica_sums *s, int64_t r0, const double *W, double *W1, d
 }
 
 int dm_ica_fit(double *W, int64_t k, const float *z, int64_t rows, dm_ica_fun fun, double alpha, double tol,
-               int max_iter, int ref, dm_ica_result *res)
+               int max_iter, const dm_compute *c, dm_ica_result *res)
 {
+    const dm_ica_backend *be = dm_ica_backend_for(c);
     dm_ica_sums s = DM_ICA_SUMS_INIT;
     double *W1 = dm_xmalloc((size_t)(k * k) * sizeof(double));
-    float *Wf = dm_xmalloc((size_t)(k * k) * sizeof(float));
     int rc = 0;
     memset(res, 0, sizeof *res);
     res->lim = INFINITY;
@@ -531,16 +546,10 @@ int dm_ica_fit(double *W, int64_t k, const float *z, int64_t rows, dm_ica_fun fu
         rc = -1;
         goto end;
     }
-    dm_ica_sums_init(&s, k, k);
+    dm_ica_sums_init(&s, k, k, c);
     for (int it = 0; it < max_iter; it++) {
         dm_ica_sums_reset(&s);
-        if (ref)
-            dm_ica_sums_update_ref(&s, fun, alpha, W, k, z, rows);
-        else {
-            for (int64_t i = 0; i < k * k; i++)
-                Wf[i] = (float)W[i];
-            dm_ica_sums_update(&s, fun, alpha, Wf, k, z, rows);
-        }
+        be->sums_update(&s, fun, alpha, W, k, z, rows);
         if (dm_ica_step(&s, 0, W, W1, &res->lim)) {
             rc = -1;
             goto end;
@@ -555,6 +564,5 @@ int dm_ica_fit(double *W, int64_t k, const float *z, int64_t rows, dm_ica_fun fu
 end:
     dm_ica_sums_free(&s);
     free(W1);
-    free(Wf);
     return rc;
 }

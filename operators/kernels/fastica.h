@@ -1,6 +1,6 @@
 /*
  * fastica.h: kernels of parallel FastICA on whitened data, with
- * scikit-learn's semantics (DOMAIN.md §6, sklearn/decomposition/_fastica.py,
+ * scikit-learn's semantics (Hyvarinen 1999; sklearn/decomposition/_fastica.py,
  * _ica_par), split so that the data can stream:
  *
  *   W <- symdecorr(E[g(W z) z^T] - diag(E[g'(W z)]) W)
@@ -19,6 +19,12 @@
  * False, random_state=seed) and these kernels start from the same W; they then
  * differ only by the float32 arithmetic of the fast path.
  *
+ * Backends. The sums are reached through dm_ica_backend, chosen once from the
+ * compute context when a node opens: "cpu" runs float32 GEMMs on cache-sized
+ * blocks with a vectorised tanh, "ref" plain double arithmetic one row at a
+ * time with libm. tests/test_fastica.c runs every entry against "ref". A CUDA
+ * backend adds an entry (gpu/fastica.cu) and a case in dm_ica_backend_for.
+ *
  * Every function that can fail returns 0 or -1 with dm_fail(); storage made by
  * *_init is released by *_free (which accepts a zeroed struct).
  */
@@ -26,6 +32,8 @@
 #define DM_FASTICA_H
 
 #include <stdint.h>
+
+#include "compute.h"
 
 /* The contrast function G (sklearn's `fun`): logcosh (g = tanh(alpha u),
  * g' = alpha (1 - g^2)), exp (g = u exp(-u^2/2), g' = (1 - u^2) exp(-u^2/2)),
@@ -65,7 +73,8 @@ int dm_ica_symdecorr(double *W, int64_t k);
 /* max_i | |sum_j W1[i,j] W[i,j]| - 1 |, sklearn's convergence measure. */
 double dm_ica_lim(const double *W1, const double *W, int64_t k);
 
-/* Amari distance of P = W_est A_true (k, k) (DOMAIN.md §6): 0 is perfect. */
+/* Amari distance of P = W_est A_true (k, k) (Amari, Cichocki and Yang 1996,
+ * normalised to [0, 1] by 2 k (k - 1)): 0 is perfect. */
 double dm_amari_distance(const double *P, int64_t k);
 
 /* Matches the rows of B (k, k) to the rows of A (k, k) maximising the sum of
@@ -87,32 +96,44 @@ typedef struct {
     int64_t n;    /* rows of z seen */
     double *gz;   /* (m, k) sum over rows of g(W z) z^T */
     double *dg;   /* (m) sum over rows of g'(W z) */
+    float *wf;    /* (m, k) W in float32, the "cpu" update's copy */
+    int threads;  /* the "cpu" update's worker threads (the context's) */
 } dm_ica_sums;
 
-#define DM_ICA_SUMS_INIT {0, 0, 0, NULL, NULL}
+#define DM_ICA_SUMS_INIT {0, 0, 0, NULL, NULL, NULL, 0}
 
-void dm_ica_sums_init(dm_ica_sums *s, int64_t m, int64_t k);
+/* Zeroed sums for m stacked rows of width k, updated on c's threads. */
+void dm_ica_sums_init(dm_ica_sums *s, int64_t m, int64_t k, const dm_compute *c);
 void dm_ica_sums_free(dm_ica_sums *s);
 void dm_ica_sums_reset(dm_ica_sums *s);
-/* Bytes dm_ica_sums_init and dm_ica_sums_update (per worker thread) allocate. */
-int64_t dm_ica_sums_bytes(int64_t m, int64_t k);
-/* a <- a + b; -1 if the shapes differ. */
+/* Bytes dm_ica_sums_init and an update (per worker thread of c) allocate. */
+int64_t dm_ica_sums_bytes(int64_t m, int64_t k, const dm_compute *c);
+/* a <- a + b; -1 (DM_E_SHAPE) if the shapes differ. */
 int dm_ica_sums_merge(dm_ica_sums *a, const dm_ica_sums *b);
 
-/* Fast: z (rows, k) float32 row-major, W (mrows <= s->m, k) float32 (the
- * stacked unmixing matrices of the seeds still running). The rows are split
- * into dm_threads() ranges; each thread walks its range in blocks that fit its
- * L2 cache (about 2048 rows at k = 64) with single-threaded SGEMMs: W z, then
- * g and the sum of g' in one vectorised loop, then g^T z, each block's float
- * sums added into the thread's double sums, and the threads' sums added in
- * thread order (reproducible for a given thread count). Pass as many rows as
- * are at hand (a whole in-RAM matrix): one call, one fork and join. Only the
- * first mrows rows of the sums move. */
-void dm_ica_sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const float *W,
-                        int64_t mrows, const float *z, int64_t rows);
-/* Reference: the same sums in double, one row at a time, libm tanh/exp. */
-void dm_ica_sums_update_ref(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *W,
-                            int64_t mrows, const float *z, int64_t rows);
+typedef struct dm_ica_backend {
+    const char *name; /* "ref", "cpu" (later "cuda") */
+    /* Adds z (rows, k) float32 row-major to the first mrows rows of the sums,
+     * under W (mrows <= s->m, k): the stacked unmixing matrices of the seeds
+     * still running.
+     *   "cpu": W is rounded to float32; the rows are split into s->threads
+     *     ranges; each thread walks its range in blocks that fit its L2 cache
+     *     (about 2048 rows at k = 64) with single-threaded SGEMMs: W z, then g
+     *     and the sum of g' in one vectorised loop, then g^T z, each block's
+     *     float sums added into the thread's double sums, and the threads' sums
+     *     added in thread order (reproducible for a given thread count). Pass
+     *     as many rows as are at hand (a whole in-RAM matrix): one call, one
+     *     fork and join.
+     *   "ref": the same sums in double, one row at a time, libm tanh / exp. */
+    void (*sums_update)(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *W, int64_t mrows,
+                        const float *z, int64_t rows);
+} dm_ica_backend;
+
+extern const dm_ica_backend dm_ica_backend_ref, dm_ica_backend_cpu;
+
+/* "ref" when c->reference, else the device's ("cpu"; a CUDA device has no
+ * FastICA backend yet and gets "cpu"). */
+const dm_ica_backend *dm_ica_backend_for(const dm_compute *c);
 
 /* One fixed-point step for the k rows of the stack starting at row r0 (a
  * seed): W1 = symdecorr(gz/n - diag(dg/n) W), *lim the convergence measure.
@@ -133,9 +154,9 @@ typedef struct {
 
 /* Runs parallel FastICA on z (rows, k) float32 in memory from W (k, k), which
  * is first decorrelated (as sklearn does with w_init) and then overwritten by
- * the result. ref = 1 uses the reference sums. -1 with dm_fail on non-finite
+ * the result, with the sums of c's backend. -1 with dm_fail on non-finite
  * sums. */
 int dm_ica_fit(double *W, int64_t k, const float *z, int64_t rows, dm_ica_fun fun, double alpha,
-               double tol, int max_iter, int ref, dm_ica_result *res);
+               double tol, int max_iter, const dm_compute *c, dm_ica_result *res);
 
 #endif

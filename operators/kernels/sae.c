@@ -24,7 +24,7 @@
  *
  * Per-feature moments over all tokens (zeros included). A feature's value is 0
  * on most tokens, so its moments follow from its active values and the number
- * of zeros. We use the mergeable central form (DOMAIN.md section 5): for each
+ * of zeros. We use the mergeable central form (Pebay 2008; stats.c): for each
  * block of rows, the block mean m = (sum of active values) / rows, then the
  * centred power sums sum (a - m)^p over the active values plus (rows - c) (-m)^p
  * for the c actives' complementary zeros, all in double, and a Pebay merge into
@@ -99,16 +99,19 @@ static char *cfg_string(json_t *root, const char *key, const char *old_key)
     return dm_xstrdup(json_is_string(v) ? json_string_value(v) : "");
 }
 
-/* -1 absent, 0/1 otherwise; -2 if present but not a boolean. */
-static int cfg_bool(json_t *v)
+/* A boolean key's value into *out: true / false, or an integer (0 is false);
+ * absent (v NULL) gives `absent`. Anything else fails with DM_E_CORRUPT. */
+static int cfg_bool(json_t *v, const char *path, const char *key, int absent, int *out)
 {
     if (!v)
-        return -1;
-    if (json_is_boolean(v))
-        return json_is_true(v);
-    if (json_is_integer(v))
-        return json_integer_value(v) != 0;
-    return -2;
+        *out = absent;
+    else if (json_is_boolean(v))
+        *out = json_is_true(v);
+    else if (json_is_integer(v))
+        *out = json_integer_value(v) != 0;
+    else
+        return dm_failc(DM_E_CORRUPT, "%s: key %s must be true or false", path, key);
+    return 0;
 }
 
 int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
@@ -119,12 +122,13 @@ int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
     json_t *root = json_load_file(path, 0, &jerr);
     int rc = -1;
     if (!root) {
-        dm_fail("%s: %s%s (line %d)", path, jerr.text,
-                strstr(jerr.text, "unable to open") ? ": is this a SAELens SAE folder?" : "", jerr.line);
+        int cannot_open = json_error_code(&jerr) == json_error_cannot_open_file;
+        dm_failc(cannot_open ? DM_E_IO : DM_E_CORRUPT, "%s: %s%s (line %d)", path, jerr.text,
+                 cannot_open ? ": is this a SAELens SAE folder?" : "", jerr.line);
         goto end;
     }
     if (!json_is_object(root)) {
-        dm_fail("%s: not a JSON object", path);
+        dm_failc(DM_E_CORRUPT, "%s: not a JSON object", path);
         goto end;
     }
     json_t *v;
@@ -133,7 +137,7 @@ int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
     for (int i = 0; i < 2; i++) {
         v = cfg_get(root, dims[i]);
         if (!json_is_integer(v) || json_integer_value(v) <= 0) {
-            dm_fail("%s: key %s %s", path, dims[i], v ? "must be a positive integer" : "is missing");
+            dm_failc(DM_E_CORRUPT, "%s: key %s %s", path, dims[i], v ? "must be a positive integer" : "is missing");
             goto end;
         }
         *dst[i] = json_integer_value(v);
@@ -174,13 +178,16 @@ int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
         }
         cfg->k = json_integer_value(v);
     }
-    if (cfg_bool(cfg_get(root, "rescale_acts_by_decoder_norm")) == 1) {
+    int rescale = 0;
+    if (cfg_bool(cfg_get(root, "rescale_acts_by_decoder_norm"), path, "rescale_acts_by_decoder_norm", 0, &rescale))
+        goto end;
+    if (rescale) {
         dm_fail("%s: rescale_acts_by_decoder_norm is not supported", path);
         goto end;
     }
-
-    int b = cfg_bool(cfg_get(root, "apply_b_dec_to_input"));
-    cfg->apply_b_dec_to_input = b < 0 ? 1 : b;
+    if (cfg_bool(cfg_get(root, "apply_b_dec_to_input"), path, "apply_b_dec_to_input", 1,
+                 &cfg->apply_b_dec_to_input))
+        goto end;
 
     /* Very old configs say normalize_activations: true/false. */
     v = cfg_get(root, "normalize_activations");
@@ -197,17 +204,18 @@ int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
                 path, norm);
         goto end;
     }
-    b = cfg_bool(cfg_get(root, "finetuning_scaling_factor"));
-    cfg->finetuning_scaling_factor = b == 1;
+    if (cfg_bool(cfg_get(root, "finetuning_scaling_factor"), path, "finetuning_scaling_factor", 0,
+                 &cfg->finetuning_scaling_factor))
+        goto end;
 
     cfg->hook_name = cfg_string(root, "hook_name", "hook_point");
     cfg->model_name = cfg_string(root, "model_name", NULL);
     cfg->dataset_path = cfg_string(root, "dataset_path", NULL);
     json_t *kw = cfg_get(root, "model_from_pretrained_kwargs");
-    b = json_is_object(kw) ? cfg_bool(json_object_get(kw, "center_writing_weights")) : -1;
-    cfg->center_writing_weights = b < 0 ? -1 : b;
-    b = cfg_bool(cfg_get(root, "prepend_bos"));
-    cfg->prepend_bos = b < 0 ? 1 : b;
+    if (cfg_bool(json_is_object(kw) ? json_object_get(kw, "center_writing_weights") : NULL, path,
+                 "model_from_pretrained_kwargs.center_writing_weights", -1, &cfg->center_writing_weights) ||
+        cfg_bool(cfg_get(root, "prepend_bos"), path, "prepend_bos", 1, &cfg->prepend_bos))
+        goto end;
     v = cfg_get(root, "context_size");
     cfg->context_size = json_is_integer(v) ? json_integer_value(v) : -1;
     rc = 0;
@@ -227,12 +235,14 @@ static const dm_st_tensor *want(const dm_safetensors *st, const char *name, int 
 {
     const dm_st_tensor *t = dm_st_find(st, name);
     if (!t) {
-        dm_fail("%s: tensor %s is missing (a %s SAE needs W_enc, W_dec, b_enc, b_dec%s)", dm_st_path(st), name,
+        dm_failc(DM_E_CORRUPT, "%s: tensor %s is missing (a %s SAE needs W_enc, W_dec, b_enc, b_dec%s)",
+                 dm_st_path(st), name,
                 dm_sae_arch_name(cfg->arch), cfg->arch == DM_SAE_JUMPRELU ? " and threshold or log_threshold" : "");
         return NULL;
     }
     if (!dm_st_is_float(t)) {
-        dm_fail("%s: tensor %s has dtype %s; expected F32, F16 or BF16", dm_st_path(st), name, t->dtype);
+        dm_failc(DM_E_CORRUPT, "%s: tensor %s has dtype %s; expected F32, F16 or BF16", dm_st_path(st), name,
+                 t->dtype);
         return NULL;
     }
     int64_t shape[2] = {d0, d1};
@@ -243,8 +253,8 @@ static const dm_st_tensor *want(const dm_safetensors *st, const char *name, int 
         char have[96], need[96];
         dm_st_shape_str(t->shape, t->ndim, have, sizeof have);
         dm_st_shape_str(shape, ndim, need, sizeof need);
-        dm_fail("%s: tensor %s has shape %s, cfg.json (d_in %lld, d_sae %lld) needs %s", dm_st_path(st), name, have,
-                (long long)cfg->d_in, (long long)cfg->d_sae, need);
+        dm_failc(DM_E_SHAPE, "%s: tensor %s has shape %s, cfg.json (d_in %lld, d_sae %lld) needs %s", dm_st_path(st),
+                 name, have, (long long)cfg->d_in, (long long)cfg->d_sae, need);
         return NULL;
     }
     return t;
@@ -290,21 +300,21 @@ static int64_t panel_packed_floats(int64_t d_in, int64_t d_sae)
     return (int64_t)dm_sgemm_packed_floats((int)d_in, (int)(d_sae < SAE_PANEL ? d_sae : SAE_PANEL));
 }
 
-int64_t dm_sae_packed_floats(int64_t d_in, int64_t d_sae)
+int64_t dm_sae_packed_floats(int64_t d_in, int64_t d_sae, const dm_compute *c)
 {
-    if (!dm_sgemm_available())
+    if (dm_sae_backend_for(c) != &dm_sae_backend_cpu || !c->avx512)
         return 0;
     return (d_sae + SAE_PANEL - 1) / SAE_PANEL * panel_packed_floats(d_in, d_sae);
 }
 
-/* Packs W_enc panel by panel for dm_sgemm, when this CPU runs it. */
-static void pack_encoder(dm_sae *s)
+/* Packs W_enc panel by panel for dm_sgemm, when c's backend runs it. */
+static void pack_encoder(dm_sae *s, const dm_compute *c)
 {
     const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae, slot = panel_packed_floats(di, ds);
-    if (!dm_sae_packed_floats(di, ds))
+    if (!dm_sae_packed_floats(di, ds, c))
         return;
-    s->W_enc_packed = dm_xmalloc_huge((size_t)dm_sae_packed_floats(di, ds) * sizeof(float));
-#pragma omp parallel for schedule(dynamic, 1)
+    s->W_enc_packed = dm_xmalloc_huge((size_t)dm_sae_packed_floats(di, ds, c) * sizeof(float));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(c->threads)
     for (int64_t f0 = 0; f0 < ds; f0 += SAE_PANEL)
         dm_sgemm_pack(s->W_enc_packed + f0 / SAE_PANEL * slot, s->W_enc + f0, (int)ds, (int)di,
                       (int)(ds - f0 < SAE_PANEL ? ds - f0 : SAE_PANEL));
@@ -342,7 +352,8 @@ static int read_sparsity(dm_sae *s)
         if (!st)
             rc = -1;
         else if (!t || !dm_st_is_float(t) || t->numel != s->cfg.d_sae)
-            rc = dm_fail("%s: expected a float tensor 'sparsity' of %lld values", path, (long long)s->cfg.d_sae);
+            rc = dm_failc(DM_E_CORRUPT, "%s: expected a float tensor 'sparsity' of %lld values", path,
+                          (long long)s->cfg.d_sae);
         else {
             s->log_sparsity = dm_xmalloc((size_t)t->numel * sizeof(float));
             rc = dm_st_read_f32(st, t, s->log_sparsity);
@@ -353,7 +364,7 @@ static int read_sparsity(dm_sae *s)
     return rc;
 }
 
-dm_sae *dm_sae_load(const char *dir, double scaling_factor)
+dm_sae *dm_sae_load(const char *dir, double scaling_factor, const dm_compute *c)
 {
     dm_sae *s = dm_xcalloc(1, sizeof *s);
     dm_safetensors *st = NULL;
@@ -361,8 +372,8 @@ dm_sae *dm_sae_load(const char *dir, double scaling_factor)
     s->scaling_factor = 1.0;
     if (dm_sae_read_config(dir, &s->cfg))
         goto fail;
-    const dm_sae_config *c = &s->cfg;
-    if (c->norm == DM_SAE_NORM_EXPECTED_AVERAGE) {
+    const dm_sae_config *cfg = &s->cfg;
+    if (cfg->norm == DM_SAE_NORM_EXPECTED_AVERAGE) {
         if (!(scaling_factor > 0) || !isfinite(scaling_factor)) {
             dm_fail("%s: normalize_activations is expected_average_only_in, and its scaling factor is not in the "
                     "folder (SAELens keeps it in pretrained_saes.yaml as norm_scaling_factor): give it with the "
@@ -375,35 +386,35 @@ dm_sae *dm_sae_load(const char *dir, double scaling_factor)
     char *path = dm_xasprintf("%s/sae_weights.safetensors", dir);
     st = dm_st_open(path);
     free(path);
-    if (!st || check_open(st, c))
+    if (!st || check_open(st, cfg))
         goto fail;
     if (!(s->W_enc = read_tensor(st, "W_enc")) || !(s->W_dec = read_tensor(st, "W_dec")) ||
         !(s->b_enc = read_tensor(st, "b_enc")) || !(s->b_dec = read_tensor(st, "b_dec")))
         goto fail;
-    if (c->arch == DM_SAE_JUMPRELU) {
+    if (cfg->arch == DM_SAE_JUMPRELU) {
         int logt = !dm_st_find(st, "threshold");
         if (!(s->threshold = read_tensor(st, logt ? "log_threshold" : "threshold")))
             goto fail;
         /* relu(pre) * (pre > t) is nonzero exactly where pre > max(t, 0) */
-        for (int64_t f = 0; f < c->d_sae; f++) {
+        for (int64_t f = 0; f < cfg->d_sae; f++) {
             float t = logt ? expf(s->threshold[f]) : s->threshold[f];
             s->threshold[f] = t > 0 ? t : 0;
         }
     }
-    if (c->finetuning_scaling_factor) {
+    if (cfg->finetuning_scaling_factor) {
         /* SAELens before 6 decoded f * scaling_factor: fold it into W_dec's rows */
         float *sf = read_tensor(st, "scaling_factor");
         if (!sf)
             goto fail;
-        for (int64_t f = 0; f < c->d_sae; f++)
-            for (int64_t j = 0; j < c->d_in; j++)
-                s->W_dec[f * c->d_in + j] *= sf[f];
+        for (int64_t f = 0; f < cfg->d_sae; f++)
+            for (int64_t j = 0; j < cfg->d_in; j++)
+                s->W_dec[f * cfg->d_in + j] *= sf[f];
         free(sf);
     }
     if (read_sparsity(s))
         goto fail;
     dm_st_close(st);
-    pack_encoder(s);
+    pack_encoder(s, c);
     return s;
 fail:
     dm_st_close(st);
@@ -480,22 +491,22 @@ int64_t dm_sae_tile_bytes(int64_t d_in, int64_t d_sae, int64_t tile)
     return tile * (d_sae + d_in) * 4 + tile * 32 + d_sae * 4;
 }
 
-int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile)
+int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile, const dm_compute *c)
 {
-    int nt = omp_get_max_threads();
+    int nt = c->threads;
     int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
     int64_t nseg = (ds + SAE_PANEL - 1) / SAE_PANEL + nt;
     return 4 * (pre_floats(ds, tile, s->cfg.arch == DM_SAE_TOPK, nt) + tile * di + ds) + tile * 17 +
            nseg * (tile * 8 + 24) + nt * di * 4;
 }
 
-dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile)
+dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile, const dm_compute *c)
 {
     dm_sae_work *w = dm_xcalloc(1, sizeof *w);
     w->tile = tile < 1 ? 1 : tile;
     w->d_in = s->cfg.d_in;
     w->d_sae = s->cfg.d_sae;
-    w->nthreads = omp_get_max_threads();
+    w->nthreads = c->threads;
     w->pre = dm_xmalloc_aligned((size_t)pre_floats(w->d_sae, w->tile, s->cfg.arch == DM_SAE_TOPK, w->nthreads) *
                                 sizeof(float));
     w->xin = dm_xmalloc_aligned((size_t)(w->tile * w->d_in) * sizeof(float));
@@ -702,15 +713,15 @@ static void nan_row(float *r, int64_t d)
         r[j] = NAN;
 }
 
-int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
-                       float *residual, dm_sae_sparse *sp)
+/* The "cpu" forward (sae.h's backend table; the file header says how). */
+static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
+                           float *residual, dm_sae_sparse *sp)
 {
     const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
     const float *thr = s->cfg.arch == DM_SAE_JUMPRELU ? s->threshold : w->zero;
     const int topk = s->cfg.arch == DM_SAE_TOPK;
-    const int blas_threads = openblas_get_num_threads();
+    const int blas_threads = dm_blas_serial_begin();
     int64_t bad = 0;
-    openblas_set_num_threads(1);
     sparse_reset(sp, rows);
     for (int64_t t0 = 0; t0 < rows; t0 += w->tile) {
         const int64_t m = rows - t0 < w->tile ? rows - t0 : w->tile;
@@ -854,7 +865,7 @@ int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t 
             }
         }
     }
-    openblas_set_num_threads(blas_threads);
+    dm_blas_serial_end(blas_threads);
     return bad;
 }
 
@@ -869,8 +880,10 @@ static int by_value_desc(const void *a, const void *b)
     return x > y ? -1 : x < y ? 1 : 0;
 }
 
-int64_t dm_sae_forward_ref(const dm_sae *s, const float *x, int64_t rows, float *recon, float *residual,
-                           dm_sae_sparse *sp)
+/* The "ref" forward: one row at a time, a dense pre-activation vector, a dense
+ * decode f @ W_dec in double over all d_sae features (zeros skipped). */
+static int64_t forward_ref(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
+                           float *residual, dm_sae_sparse *sp)
 {
     const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
     float *in = dm_xmalloc((size_t)di * sizeof(float));
@@ -954,6 +967,7 @@ int64_t dm_sae_forward_ref(const dm_sae *s, const float *x, int64_t rows, float 
 struct dm_sae_stats {
     int64_t d_in, d_sae;
     int predictability;
+    int threads;             /* the "cpu" cov_update's team */
     int64_t n, nonfinite;
     dm_moments mx, me;       /* (d_in) of x and of e */
     double sse, cos_sum;
@@ -980,10 +994,11 @@ int64_t dm_sae_stats_bytes(int64_t d_in, int64_t d_sae, int predictability)
     return b;
 }
 
-dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability)
+dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability, const dm_compute *c)
 {
     dm_sae_stats *st = dm_xcalloc(1, sizeof *st);
     st->d_in = d_in, st->d_sae = d_sae, st->predictability = predictability;
+    st->threads = c->threads;
     dm_moments_init(&st->mx, d_in);
     dm_moments_init(&st->me, d_in);
     dm_moments_init(&st->feat, d_sae);
@@ -1019,7 +1034,7 @@ void dm_sae_stats_free(dm_sae_stats *st)
  * centred at its own mean (in double), rounded to float, and its co-moments
  * [Cxx; Cex] = Z^T X come from one single-precision GEMM (2 d_in^2 MACs a row,
  * a thread per share of the output rows), then are merged in double with the
- * pairwise rule C = CA + CB + (nA nB/n) dA dB^T (DOMAIN.md section 5).
+ * pairwise rule C = CA + CB + (nA nB/n) dA dB^T (Chan et al. 1979; stats.c).
  *
  * Why float is enough here. The inputs are float: each centred value carries a
  * relative rounding error of 2^-24 (6e-8) whatever the precision it is summed
@@ -1035,8 +1050,7 @@ void dm_sae_stats_free(dm_sae_stats *st)
 static void cov_update(dm_sae_stats *st, const float *xf, const float *ef, int64_t nf)
 {
     const int64_t d = st->d_in, d2 = 2 * d;
-    const int nt = omp_get_max_threads(), blas_threads = openblas_get_num_threads();
-    openblas_set_num_threads(1);
+    const int nt = st->threads, blas_threads = dm_blas_serial_begin();
     for (int64_t b0 = 0; b0 < nf; b0 += SAE_COV_ROWS) {
         const int64_t nb = nf - b0 < SAE_COV_ROWS ? nf - b0 : SAE_COV_ROWS;
         const float *xb = xf + b0 * d, *eb = ef + b0 * d;
@@ -1079,49 +1093,23 @@ static void cov_update(dm_sae_stats *st, const float *xf, const float *ef, int64
         }
         st->cxx.n += nb, st->cex.n += nb;
     }
-    openblas_set_num_threads(blas_threads);
+    dm_blas_serial_end(blas_threads);
 }
 
-void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
-                         const dm_sae_sparse *sp, int64_t rows)
+/* The per-token sums of a block, for every backend: squared error, cosine, L0
+ * and the token counts (non-finite rows have no features and a NaN recon:
+ * they are counted and skipped). */
+static void token_sums(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
+                       const dm_sae_sparse *sp, int64_t rows)
 {
-    const int64_t d = st->d_in, ds = st->d_sae;
-    int64_t nf = 0;
-    const float *xf = x, *ef = residual;
-    /* finite rows; a block with others is compacted first */
-    for (int64_t r = 0; r < rows; r++)
-        nf += row_finite(x + r * d, d);
-    st->nonfinite += rows - nf;
-    if (nf == 0)
-        return;
-    if (nf < rows) {
-        if (st->buf_rows < nf) {
-            st->xbuf = dm_xrealloc(st->xbuf, (size_t)(nf * d) * sizeof(float));
-            st->ebuf = dm_xrealloc(st->ebuf, (size_t)(nf * d) * sizeof(float));
-            st->buf_rows = nf;
-        }
-        int64_t k = 0;
-        for (int64_t r = 0; r < rows; r++)
-            if (row_finite(x + r * d, d)) {
-                memcpy(st->xbuf + k * d, x + r * d, (size_t)d * sizeof(float));
-                memcpy(st->ebuf + k * d, residual + r * d, (size_t)d * sizeof(float));
-                k++;
-            }
-        xf = st->xbuf, ef = st->ebuf;
-    }
-    dm_moments_update(&st->mx, xf, nf);
-    dm_moments_update(&st->me, ef, nf);
-    if (st->predictability) {
-        cov_update(st, xf, ef, nf);
-    }
-    /* per token: squared error, cosine, L0 (non-finite rows have no features,
-     * and recon NaN: skip them by the same test) */
+    const int64_t d = st->d_in;
     double sse = 0, cs = 0;
-    int64_t undef = 0;
+    int64_t undef = 0, nf = 0;
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * d, *hr = recon + r * d, *er = residual + r * d;
         if (!row_finite(xr, d))
             continue;
+        nf++;
         double e2 = 0, xx = 0, hh = 0, xh = 0;
         for (int64_t j = 0; j < d; j++) {
             e2 += (double)er[j] * er[j];
@@ -1142,6 +1130,45 @@ void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, c
     }
     st->sse += sse, st->cos_sum += cs, st->cos_undefined += undef;
     st->n += nf;
+    st->nonfinite += rows - nf;
+}
+
+/* The "cpu" statistics: the block's moments and co-moments at once (stats.h's
+ * chunk updates, cov_update), the features' central moments of the block from
+ * its actives, merged once (the file header). */
+static void stats_update_cpu(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
+                             const dm_sae_sparse *sp, int64_t rows)
+{
+    const int64_t d = st->d_in, ds = st->d_sae;
+    int64_t nf = 0;
+    const float *xf = x, *ef = residual;
+    /* finite rows; a block with others is compacted first */
+    for (int64_t r = 0; r < rows; r++)
+        nf += row_finite(x + r * d, d);
+    if (nf == 0) {
+        st->nonfinite += rows;
+        return;
+    }
+    if (nf < rows) {
+        if (st->buf_rows < nf) {
+            st->xbuf = dm_xrealloc(st->xbuf, (size_t)(nf * d) * sizeof(float));
+            st->ebuf = dm_xrealloc(st->ebuf, (size_t)(nf * d) * sizeof(float));
+            st->buf_rows = nf;
+        }
+        int64_t k = 0;
+        for (int64_t r = 0; r < rows; r++)
+            if (row_finite(x + r * d, d)) {
+                memcpy(st->xbuf + k * d, x + r * d, (size_t)d * sizeof(float));
+                memcpy(st->ebuf + k * d, residual + r * d, (size_t)d * sizeof(float));
+                k++;
+            }
+        xf = st->xbuf, ef = st->ebuf;
+    }
+    dm_moments_update(&st->mx, xf, nf);
+    dm_moments_update(&st->me, ef, nf);
+    if (st->predictability)
+        cov_update(st, xf, ef, nf);
+    token_sums(st, x, recon, residual, sp, rows);
 
     /* per feature, this block's central moments over its nf tokens, then merged */
     dm_moments *b = &st->block;
@@ -1176,6 +1203,44 @@ void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, c
     dm_moments_merge(&st->feat, b);
 }
 
+/* The "ref" statistics: every accumulator one row at a time (stats.h's
+ * reference updates), cov(x) and cov(e, x) in double, and the features'
+ * moments over dense rows of f, zeros written out. */
+static void stats_update_ref(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
+                             const dm_sae_sparse *sp, int64_t rows)
+{
+    const int64_t d = st->d_in;
+    float *f = dm_xcalloc((size_t)st->d_sae, sizeof(float));
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * d, *er = residual + r * d;
+        if (!row_finite(xr, d))
+            continue;
+        dm_moments_update_ref(&st->mx, xr, 1);
+        dm_moments_update_ref(&st->me, er, 1);
+        if (st->predictability) {
+            dm_covariance_update_ref(&st->cxx, xr, 1);
+            dm_xcovariance_update_ref(&st->cex, er, xr, 1);
+        }
+        for (int64_t a = sp->start[r]; a < sp->start[r + 1]; a++)
+            f[sp->feature[a]] = sp->value[a], st->count[sp->feature[a]]++;
+        dm_moments_update_ref(&st->feat, f, 1);
+        for (int64_t a = sp->start[r]; a < sp->start[r + 1]; a++)
+            f[sp->feature[a]] = 0;
+    }
+    free(f);
+    token_sums(st, x, recon, residual, sp, rows);
+}
+
+/* ---- the backends ------------------------------------------------------- */
+
+const dm_sae_backend dm_sae_backend_ref = {"ref", forward_ref, stats_update_ref};
+const dm_sae_backend dm_sae_backend_cpu = {"cpu", forward_cpu, stats_update_cpu};
+
+const dm_sae_backend *dm_sae_backend_for(const dm_compute *c)
+{
+    return c->reference ? &dm_sae_backend_ref : &dm_sae_backend_cpu;
+}
+
 void dm_sae_result_free(dm_sae_result *r)
 {
     if (!r)
@@ -1186,7 +1251,8 @@ void dm_sae_result_free(dm_sae_result *r)
 }
 
 /* tr(Cex Cxx^+ Cxe) / tr(Cee) with Cxx's pseudo-inverse over eigenvalues above
- * 1e-10 of the largest: R^2 of the least-squares map x -> e (DOMAIN.md 5). */
+ * 1e-10 of the largest: R^2 of the least-squares map x -> e, whose fitted
+ * values have covariance Cex Cxx^+ Cxe (the normal equations). */
 static int predictability(const dm_sae_stats *st, double tr_ee, double *out, int64_t *rank)
 {
     int64_t d = st->d_in;
@@ -1312,7 +1378,7 @@ char *dm_sae_result_json(const dm_sae_result *r, const dm_sae *s)
     json_object_set_new(o, "dead_fraction", num((double)r->dead / (double)r->d_sae));
     json_object_set_new(o, "dense_features", json_integer(r->dense));
     json_object_set_new(o, "dense_threshold", json_real(1e-3));
-    /* the plan's sae_feature_kurtosis_mean: over features firing on > 0.1% of tokens */
+    /* sae_feature_kurtosis_mean: over features firing on > 0.1% of tokens */
     double ks = 0;
     int64_t kn = 0;
     for (int64_t f = 0; f < r->d_sae; f++)
@@ -1348,7 +1414,7 @@ int dm_sae_check_input(const dm_sae_config *c, const char *dir, const char *hook
     if (*hook && *c->hook_name && strcmp(hook, c->hook_name))
         return dm_fail("sae %s reads hook %s, but the input comes from hook %s", dir, c->hook_name, hook);
     if (width >= 0 && width != c->d_in)
-        return dm_fail("sae d_in %lld does not match input width %lld (hook %s)", (long long)c->d_in,
-                       (long long)width, *hook ? hook : *c->hook_name ? c->hook_name : "unknown");
+        return dm_failc(DM_E_SHAPE, "sae d_in %lld does not match input width %lld (hook %s)", (long long)c->d_in,
+                        (long long)width, *hook ? hook : *c->hook_name ? c->hook_name : "unknown");
     return 0;
 }

@@ -3,7 +3,7 @@
  * activations, and the statistics of what they leave unexplained.
  *
  * A SAELens folder holds cfg.json, sae_weights.safetensors and optionally
- * sparsity.safetensors (shared/DOMAIN.md section 4). For each row x (d_in):
+ * sparsity.safetensors (SAELens, the sae_lens/saes package). For each row x (d_in):
  *
  *   x'    = normalise(x)                     (none | x*s | x*sqrt(d_in)/|x| | layer norm)
  *   x_in  = x' - b_dec  if apply_b_dec_to_input, else x'
@@ -14,28 +14,40 @@
  *   x_hat = denormalise(f @ W_dec + b_dec)   (d_in)
  *   e     = x - x_hat                        the residual ("dark matter")
  *
- * The fast path (dm_sae_forward) encodes a tile of rows by column panels of
- * W_enc (single-threaded GEMMs spread over the OpenMP threads: dm_sgemm on the
- * panels packed at load where the CPU has AVX-512F, else OpenBLAS), runs the
- * activation and the extraction of the active features on each panel while it
- * is in cache, and decodes from the active features only: a few dozen W_dec
- * rows per token instead of d_sae. Nothing N x d_sae exists; nothing tile x
- * d_sae either, except for topk, which needs whole rows. dm_sae_forward_ref is the plain, row-at-a-time version of
- * the same formulas, kept beside it; tests/test_sae.c holds them together.
+ * Backends. The kernels are reached through a table, dm_sae_backend, chosen
+ * once from the compute context (compute.h) when a node opens:
+ *   "cpu"  encodes a tile of rows by column panels of W_enc (single-threaded
+ *          GEMMs spread over the context's threads: dm_sgemm on the panels
+ *          packed at load where the context has AVX-512F, else OpenBLAS), runs
+ *          the activation and the extraction of the active features on each
+ *          panel while it is in cache, and decodes from the active features
+ *          only: a few dozen W_dec rows per token instead of d_sae. Nothing
+ *          N x d_sae exists; nothing tile x d_sae either, except for topk,
+ *          which needs whole rows. Its statistics take blocks of rows.
+ *   "ref"  the plain, row-at-a-time version of the same formulas: a dense
+ *          pre-activation vector, a dense decode in double, and statistics
+ *          updated one row at a time with stats.h's reference updates.
+ * tests/test_sae.c runs every entry against "ref". A CUDA backend adds an
+ * entry (gpu/sae.cu) and a case in dm_sae_backend_for.
  *
  * Rows with a NaN or Inf anywhere are not encoded: their reconstruction and
  * residual rows are all NaN (the input had no meaningful reconstruction; a
  * NaN passes visibly to anything downstream rather than a made-up number),
  * they have no active features, and dm_sae_stats leaves them out.
  *
- * Errors follow dm.h: -1 / NULL with dm_fail(), messages naming the folder,
- * file, key or tensor and, for a shape mismatch, both shapes.
+ * Errors follow dm.h: -1 / NULL with dm_fail() or dm_failc(), messages naming
+ * the folder, file, key or tensor and, for a shape mismatch, both shapes. Codes:
+ * DM_E_IO for a folder or file that cannot be read, DM_E_CORRUPT for a cfg.json
+ * or weights file that is not what it says (a missing or ill-typed key or
+ * tensor), DM_E_SHAPE for shapes that do not fit, DM_E_INPUT for settings dmica
+ * does not support.
  */
 #ifndef DM_SAE_H
 #define DM_SAE_H
 
 #include <stdint.h>
 
+#include "compute.h"
 #include "dm.h"
 
 typedef enum { DM_SAE_STANDARD = 0, DM_SAE_JUMPRELU, DM_SAE_TOPK } dm_sae_arch;
@@ -70,7 +82,9 @@ typedef struct {
  * or "meta" (SAELens 6 nests hook_name, prepend_bos, context_size and
  * model_from_pretrained_kwargs there). Old names: hook_point, activation_fn_str,
  * a boolean normalize_activations. Fails on a missing d_in / d_sae, an unknown
- * architecture or normalisation (naming the accepted ones), or topk without k.
+ * architecture or normalisation (naming the accepted ones), topk without k, or
+ * a boolean key (apply_b_dec_to_input, prepend_bos, ...) holding something
+ * other than true, false or an integer.
  * On success cfg owns its strings; on failure cfg is left empty. */
 int dm_sae_read_config(const char *dir, dm_sae_config *cfg);
 void dm_sae_config_free(dm_sae_config *cfg); /* accepts zeroed */
@@ -86,7 +100,8 @@ typedef struct {
     char *dir;
     float *W_enc;     /* (d_in, d_sae) */
     float *W_enc_packed; /* W_enc's panels of 512 columns, each packed for dm_sgemm
-                            (sgemm.h); NULL where the CPU lacks AVX-512F */
+                            (sgemm.h); NULL unless loaded for the "cpu" backend
+                            with AVX-512F */
     float *W_dec;     /* (d_sae, d_in); times scaling_factor per row when
                          cfg.finetuning_scaling_factor */
     float *b_enc;     /* (d_sae) */
@@ -110,10 +125,11 @@ int dm_sae_check(const char *dir, const dm_sae_config *cfg);
  * the weights at load), so the caller passes it: > 0 to use it, 0 for "not
  * known", which fails for such an SAE and is ignored for the others. An optional
  * scaling_factor tensor is ignored unless the config sets
- * finetuning_scaling_factor. Free with dm_sae_free. */
-/* Floats dm_sae_load adds for W_enc packed for dm_sgemm (0 without AVX-512F). */
-int64_t dm_sae_packed_floats(int64_t d_in, int64_t d_sae);
-dm_sae *dm_sae_load(const char *dir, double scaling_factor);
+ * finetuning_scaling_factor. c says which backend will run it: W_enc is packed
+ * for dm_sgemm when that is "cpu" and c->avx512. Free with dm_sae_free. */
+dm_sae *dm_sae_load(const char *dir, double scaling_factor, const dm_compute *c);
+/* Floats dm_sae_load adds for W_enc packed for dm_sgemm under c (0 if none). */
+int64_t dm_sae_packed_floats(int64_t d_in, int64_t d_sae, const dm_compute *c);
 void dm_sae_free(dm_sae *s); /* accepts NULL */
 
 /* ---- the kernel --------------------------------------------------------- */
@@ -131,43 +147,56 @@ typedef struct {
 
 void dm_sae_sparse_free(dm_sae_sparse *sp); /* accepts zeroed */
 
-/* Scratch for dm_sae_forward: a panel of pre-activations per thread (tile x
- * 512 floats; topk: one tile, tile x d_sae) and per-thread lists. Reusable across calls; free with dm_sae_work_free. */
+/* Scratch for a backend's forward: a panel of pre-activations per thread (tile
+ * x 512 floats; topk: one tile, tile x d_sae) and per-thread lists, for c's
+ * threads. Reusable across calls; free with dm_sae_work_free. */
 typedef struct dm_sae_work dm_sae_work;
-dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile);
+dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile, const dm_compute *c);
 void dm_sae_work_free(dm_sae_work *w); /* accepts NULL */
-int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile);
+int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile, const dm_compute *c);
 /* Bytes of the tile buffers, for budgets made before the SAE is loaded: an upper
  * bound (a whole tile x d_sae, as topk needs). */
 int64_t dm_sae_tile_bytes(int64_t d_in, int64_t d_sae, int64_t tile);
 
-/* x (rows, d_in) -> recon (rows, d_in), residual (rows, d_in), and the active
- * features into sp (resized as needed). recon or residual may be NULL. Returns
- * the number of rows that were not finite (their outputs are NaN, see above). */
-int64_t dm_sae_forward(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
+typedef struct dm_sae_stats dm_sae_stats;
+
+/* A backend: the kernels of one kind of hardware. */
+typedef struct dm_sae_backend {
+    const char *name; /* "ref", "cpu" (later "cuda") */
+    /* x (rows, d_in) -> recon (rows, d_in), residual (rows, d_in), and the
+     * active features into sp (reset, then resized as needed): normalise,
+     * encode (x_in @ W_enc + b_enc), activation, decode from the actives,
+     * denormalise, e = x - x_hat. recon or residual may be NULL. Returns the
+     * number of rows that were not finite (their outputs are NaN, see above).
+     * w comes from dm_sae_work_new with the same s. */
+    int64_t (*forward)(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
                        float *residual, dm_sae_sparse *sp);
-/* The same, one row at a time with a dense pre-activation vector and a dense
- * decode (f @ W_dec over all d_sae features): the reference. */
-int64_t dm_sae_forward_ref(const dm_sae *s, const float *x, int64_t rows, float *recon, float *residual,
-                           dm_sae_sparse *sp);
+    /* One block of the statistics: x, recon, residual (rows, d_in) and its
+     * active features, as forward made them. Non-finite rows of x are counted
+     * and skipped. */
+    void (*stats_update)(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
+                         const dm_sae_sparse *sp, int64_t rows);
+} dm_sae_backend;
+
+extern const dm_sae_backend dm_sae_backend_ref, dm_sae_backend_cpu;
+
+/* The backend for c: "ref" when c->reference, else the device's ("cpu"; a
+ * CUDA device has no SAE backend yet and gets "cpu"). */
+const dm_sae_backend *dm_sae_backend_for(const dm_compute *c);
 
 /* ---- statistics --------------------------------------------------------- */
 
 /* Streaming statistics of an SAE over a token stream (definitions in
- * docs/sae.md). Mergeable: every part is a count, a sum or a dm_moments /
- * dm_covariance accumulator. */
-typedef struct dm_sae_stats dm_sae_stats;
+ * docs/sae.md), updated by a backend's stats_update. Mergeable: every part is
+ * a count, a sum or a dm_moments / dm_covariance accumulator. */
 
 /* predictability: also accumulate cov(x) and cov(e, x) for the linear
- * predictability of e from x (2 d_in^2 float multiply-adds a token, merged in
- * double every 256 rows; sae.c's cov_update states the error). */
-dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability);
+ * predictability of e from x ("cpu": 2 d_in^2 float multiply-adds a token on
+ * c's threads, merged in double every 256 rows; sae.c's cov_update states the
+ * error). */
+dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability, const dm_compute *c);
 void dm_sae_stats_free(dm_sae_stats *st); /* accepts NULL */
 int64_t dm_sae_stats_bytes(int64_t d_in, int64_t d_sae, int predictability);
-/* One block: x, recon, residual (rows, d_in) and its active features, as
- * dm_sae_forward made them. Non-finite rows of x are counted and skipped. */
-void dm_sae_stats_update(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
-                         const dm_sae_sparse *sp, int64_t rows);
 
 /* Results. Per-feature arrays are (d_sae) and owned by the result. */
 typedef struct {
@@ -197,7 +226,8 @@ void dm_sae_result_free(dm_sae_result *r); /* accepts zeroed */
 char *dm_sae_result_json(const dm_sae_result *r, const dm_sae *s);
 
 /* The SAE's config against an input: the hook name (when both are known) and the
- * width (when width >= 0). dir names the SAE in messages. */
+ * width (when width >= 0; DM_E_SHAPE if it differs). dir names the SAE in
+ * messages. */
 int dm_sae_check_input(const dm_sae_config *c, const char *dir, const char *hook, int64_t width);
 
 #endif

@@ -11,7 +11,7 @@
  * column's mean is large against its spread (residual streams have means of
  * tens against spreads of one), so every accumulator holds centred sums and
  * combines partial results with the exact pairwise formulas of Pebay (2008) and
- * Chan et al. (DOMAIN.md §5), all in double:
+ * Chan, Golub and LeVeque (1979), all in double:
  *   n = nA + nB, delta = meanB - meanA
  *   mean = meanA + delta nB/n
  *   M2 = M2A + M2B + delta^2 nA nB/n
@@ -122,7 +122,8 @@ void dm_moments_reset(dm_moments *m)
 }
 
 /* Merges the summary (nB, meanB, M2B, M3B, M4B) of one column into (nA, *mean,
- * *M2, *M3, *M4): DOMAIN.md §5. Every right-hand side uses the old A values. */
+ * *M2, *M3, *M4): Pebay (2008), as written out in the file header. Every
+ * right-hand side uses the old A values. */
 static inline void merge_column(double nA, double nB, double *mean, double *M2, double *M3,
                                 double *M4, double meanB, double M2B, double M3B, double M4B)
 {
@@ -209,8 +210,8 @@ void dm_moments_update_ref(dm_moments *m, const float *x, int64_t rows)
 int dm_moments_merge(dm_moments *a, const dm_moments *b)
 {
     if (a->d != b->d)
-        return dm_fail("moments: cannot merge %lld columns into %lld", (long long)b->d,
-                       (long long)a->d);
+        return dm_failc(DM_E_SHAPE, "moments: cannot merge %lld columns into %lld", (long long)b->d,
+                        (long long)a->d);
     for (int64_t j = 0; j < a->d; j++)
         merge_column((double)a->n, (double)b->n, &a->mean[j], &a->m2[j], &a->m3[j], &a->m4[j],
                      b->mean[j], b->m2[j], b->m3[j], b->m4[j]);
@@ -344,8 +345,8 @@ int dm_covariance_merge(dm_covariance *a, const dm_covariance *b)
 {
     int64_t d = a->d;
     if (a->d != b->d)
-        return dm_fail("covariance: cannot merge width %lld into width %lld", (long long)b->d,
-                       (long long)a->d);
+        return dm_failc(DM_E_SHAPE, "covariance: cannot merge width %lld into width %lld", (long long)b->d,
+                        (long long)a->d);
     if (b->n == 0)
         return 0;
     double nA = (double)a->n, nB = (double)b->n, n = nA + nB, f = nA * nB / n;
@@ -470,8 +471,8 @@ int dm_xcovariance_merge(dm_xcovariance *a, const dm_xcovariance *b)
 {
     int64_t dx = a->dx, dy = a->dy;
     if (a->dx != b->dx || a->dy != b->dy)
-        return dm_fail("cross-covariance: cannot merge %lld x %lld into %lld x %lld",
-                       (long long)b->dx, (long long)b->dy, (long long)dx, (long long)dy);
+        return dm_failc(DM_E_SHAPE, "cross-covariance: cannot merge %lld x %lld into %lld x %lld",
+                        (long long)b->dx, (long long)b->dy, (long long)dx, (long long)dy);
     if (b->n == 0)
         return 0;
     double nA = (double)a->n, nB = (double)b->n, n = nA + nB, f = nA * nB / n;
@@ -626,4 +627,45 @@ int64_t dm_pca_whitening(const dm_pca *p, int64_t k, double floor, double *W)
             W[i * d + j] = s * p->components[i * d + j];
     }
     return kept;
+}
+
+/* ---- projection ------------------------------------------------------------ */
+
+void dm_project(float *out, const float *x, int64_t rows, const float *W, int64_t k, int64_t d,
+                const float *mean, float *xc)
+{
+    if (mean) {
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < d; j++)
+                xc[r * d + j] = x[r * d + j] - mean[j];
+        x = xc;
+    }
+    /* out (rows x k) = x (rows x d) @ W^T (d x k) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)k, (int)d, 1.0f, x, (int)d, W, (int)d,
+                0.0f, out, (int)k);
+}
+
+void dm_project_ref(float *out, const float *x, int64_t rows, const float *W, int64_t k, int64_t d,
+                    const float *mean, float *xc)
+{
+    (void)xc;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < k; i++) {
+            double acc = 0.0;
+            for (int64_t j = 0; j < d; j++)
+                acc += ((double)x[r * d + j] - (mean ? (double)mean[j] : 0.0)) * (double)W[i * d + j];
+            out[r * k + i] = (float)acc;
+        }
+}
+
+/* ---- backends -------------------------------------------------------------- */
+
+const dm_stats_backend dm_stats_backend_ref = {"ref", dm_moments_update_ref, dm_covariance_update_ref,
+                                               dm_xcovariance_update_ref, dm_project_ref};
+const dm_stats_backend dm_stats_backend_cpu = {"cpu", dm_moments_update, dm_covariance_update,
+                                               dm_xcovariance_update, dm_project};
+
+const dm_stats_backend *dm_stats_backend_for(const dm_compute *c)
+{
+    return c->reference ? &dm_stats_backend_ref : &dm_stats_backend_cpu;
 }

@@ -1,12 +1,15 @@
 /*
  * stats.h: streaming, mergeable statistics kernels: per-column moments,
- * covariance and cross-covariance co-moments, and PCA of a covariance.
+ * covariance and cross-covariance co-moments, PCA of a covariance, and the
+ * projection of a stream on k directions (whitening).
  *
  * These are pure kernels: they know nothing of nodes, ports or chunks' row
  * numbers, only of float32 row-major blocks (rows x d) and double accumulators.
  * Every accumulator merges with another of the same width (dm_*_merge), so a
  * statistic can be split across chunks, threads or MPI ranks and combined in
- * any order; the merge formulas are DOMAIN.md §5 (Pebay 2008, Chan et al.).
+ * any order; the merge formulas are Pebay's (2008, "Formulas for robust,
+ * one-pass parallel computation of covariances and arbitrary-order statistical
+ * moments") and Chan, Golub and LeVeque's (1979), written out in stats.c.
  *
  * Each accumulator has a fast update (per chunk: two passes over the chunk, then
  * one merge; BLAS for the co-moments) and a plain reference update (row by row,
@@ -22,14 +25,23 @@
  *   - Accumulators are created with *_init (which aborts on out-of-memory, like
  *     dm_xmalloc) and released with *_free (which accepts a zeroed or freed
  *     struct). Functions that can fail return 0 or -1 with dm_fail().
- *   - Fast updates use OpenMP threads and OpenBLAS (the process defaults, set
- *     by the engine from --threads). Moments are bitwise the same for any
- *     thread count; co-moments may differ in the last bits, as BLAS sums do.
+ *   - Fast updates use OpenMP threads and OpenBLAS, with the pools that
+ *     dm_compute_set_threads sized (compute.h). Moments are bitwise the same
+ *     for any thread count; co-moments may differ in the last bits, as BLAS
+ *     sums do.
+ *
+ * Backends. Nodes reach the per-chunk kernels (the updates and the projection)
+ * through dm_stats_backend, chosen once from the compute context when they
+ * open: "cpu" is the fast updates, "ref" the plain ones. tests/test_stats.c
+ * runs every entry against "ref". A CUDA backend adds an entry (gpu/stats.cu)
+ * and a case in dm_stats_backend_for.
  */
 #ifndef DM_STATS_H
 #define DM_STATS_H
 
 #include <stdint.h>
+
+#include "compute.h"
 
 /* ---- per-column moments up to the fourth ------------------------------- */
 
@@ -166,5 +178,34 @@ int64_t dm_pca_auto_k(const dm_pca *p, double fraction, int64_t kmax);
  * Returns the number of rows kept (1..k), or -1 with dm_fail if k is outside
  * 1..d, floor outside [0, 1), or p is empty. */
 int64_t dm_pca_whitening(const dm_pca *p, int64_t k, double floor, double *W);
+
+/* ---- projection ---------------------------------------------------------- */
+
+/* out (rows, k) = (x (rows, d) - mean (d)) @ W^T, W (k, d), all float32
+ * row-major; mean may be NULL (no centring). Fast: x - mean in float into the
+ * scratch xc (rows, d; unused without mean), then one SGEMM. */
+void dm_project(float *out, const float *x, int64_t rows, const float *W, int64_t k, int64_t d,
+                const float *mean, float *xc);
+/* Reference: each output a double dot product of x - mean (in double) with a
+ * row of W, rounded to float. xc is unused. */
+void dm_project_ref(float *out, const float *x, int64_t rows, const float *W, int64_t k, int64_t d,
+                    const float *mean, float *xc);
+
+/* ---- backends -------------------------------------------------------------- */
+
+typedef struct dm_stats_backend {
+    const char *name; /* "ref", "cpu" (later "cuda") */
+    void (*moments_update)(dm_moments *m, const float *x, int64_t rows);
+    void (*covariance_update)(dm_covariance *c, const float *x, int64_t rows);
+    void (*xcovariance_update)(dm_xcovariance *c, const float *x, const float *y, int64_t rows);
+    void (*project)(float *out, const float *x, int64_t rows, const float *W, int64_t k, int64_t d,
+                    const float *mean, float *xc);
+} dm_stats_backend;
+
+extern const dm_stats_backend dm_stats_backend_ref, dm_stats_backend_cpu;
+
+/* "ref" when c->reference, else the device's ("cpu"; a CUDA device has no
+ * statistics backend yet and gets "cpu"). */
+const dm_stats_backend *dm_stats_backend_for(const dm_compute *c);
 
 #endif

@@ -20,8 +20,8 @@
 
 #include "dm.h"
 #include "stats.h"
+#include "test.h"
 
-#include <check.h>
 #include <lapacke.h>
 #include <math.h>
 #include <stdlib.h>
@@ -358,9 +358,5 @@ int main(void)
     tcase_add_test(tc, amari_distance_values);
     tcase_add_test(tc, non_convergence_is_reported);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dm_test_run(s, NULL);
 }

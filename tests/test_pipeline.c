@@ -4,12 +4,12 @@
  * the lines and origins expanded nodes keep, a template's graph equal to the
  * graph of the same nodes written out, and --set on an expanded node.
  */
-#include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
+#include "test.h"
 
 static dm_pipeline *parse(const char *text)
 {
@@ -240,9 +240,5 @@ int main(void)
     tcase_add_test(tc, test_same_graph);
     tcase_add_test(tc, test_write_round_trip);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dm_test_run(s, NULL);
 }

@@ -26,8 +26,8 @@
 
 #include "dm.h"
 #include "npy.h"
+#include "test.h"
 
-#include <check.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -589,9 +589,5 @@ int main(void)
     tcase_add_test(tc, bad_folders);
     tcase_add_test(tc, feature_moments_are_stable);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dm_test_run(s, NULL);
 }

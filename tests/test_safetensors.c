@@ -9,8 +9,8 @@
 #include "safetensors.h"
 
 #include "dm.h"
+#include "test.h"
 
-#include <check.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -195,13 +195,5 @@ int main(void)
     tcase_add_test(tc, rejects_bad_files);
     tcase_add_test(tc, reads_hf_layout_from_make_gpt2);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    char *cmd = dm_xasprintf("rm -rf %s", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
-    free(cmd);
-    return failed ? 1 : 0;
+    return dm_test_run(s, tmpdir);
 }

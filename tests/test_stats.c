@@ -26,8 +26,8 @@
 
 #include "dm.h"
 #include "npy.h"
+#include "test.h"
 
-#include <check.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -817,9 +817,5 @@ int main(void)
     tcase_add_test(tc, stats_backends_match_reference);
     tcase_add_test(tc, projection_backends_match_reference);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dm_test_run(s, NULL);
 }

@@ -56,7 +56,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define GPT2_X86 1

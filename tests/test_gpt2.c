@@ -1,13 +1,19 @@
 /*
- * test_gpt2.c: the GPT-2 runner of operators/gpt2.c, against
- *   - its own reference kernels (sgemm vs loops, vectorised LayerNorm, attention
- *     and GELU vs plain ones) on random data;
- *   - a float64 numpy GPT-2 written from DOMAIN.md (tools/gpt2_reference.py),
- *     through golden files (tests/golden/gpt2/, written by make_gpt2_golden.py)
- *     for three tiny random models: head sizes 16 (F32, with mask buffers), 12
- *     (BF16, "transformer." names) and 64 (F16, n_inner set): every hook,
- *     centred and raw, logits and per-token loss, by dm_gpt2_forward with fast
- *     and reference kernels and by the `dmica activations` command;
+ * test_gpt2.c: the GPT-2 runner of operators/kernels/gpt2.c, against
+ *   - its reference backend: every other backend this CPU has ("cpu", and
+ *     "cpu-avx512" with AVX-512F) kernel by kernel through the backend table
+ *     (linear with its GELU and residual epilogues, LayerNorm, attention, GELU,
+ *     the residual add, the unembedding) on random data;
+ *   - a float64 numpy GPT-2 (tools/gpt2_reference.py), through golden files
+ *     (tests/golden/gpt2/, written by make_gpt2_golden.py) for three tiny random
+ *     models: head sizes 16 (F32, with mask buffers), 12 (BF16, "transformer."
+ *     names) and 64 (F16, n_inner set): every hook, centred and raw, logits and
+ *     per-token loss, by dm_gpt2_forward on every backend and by the
+ *     `dmica activations` command;
+ *   - editing hooks (dm_gpt2_run): an edit that changes nothing changes no bit;
+ *     blocks.L.hook_resid_pre replaced by a given tensor, or with a direction
+ *     removed, against the reference run the same way (edit.safetensors);
+ *     edits at branch and embedding hooks; observe callbacks; their errors;
  *   - bad input: missing, extra, misshapen and mistyped tensors, truncated files,
  *     configs that are incomplete or disagree with the weights, token ids out of
  *     range, windows longer than n_positions, unknown hooks.
@@ -22,9 +28,11 @@
  */
 #include "gpt2.h"
 
+#include "commands.h"
 #include "dm.h"
 #include "npy.h"
 #include "safetensors.h"
+#include "sgemm.h"
 
 #include <check.h>
 #include <jansson.h>
@@ -130,21 +138,138 @@ static float *golden_hook(const dm_safetensors *exp, const char *hook, int cente
     return v;
 }
 
-/* ---- kernels: fast against reference ---------------------------------------- */
+/* ---- backends ------------------------------------------------------------------ */
 
-START_TEST(matmul_fast_matches_reference)
+/* A compute context that selects backend id (the default one otherwise). */
+static dm_compute context_for(dm_gpt2_backend_id id)
 {
-    rng_state = 1;
-    int BT = 37, C = 48, OC = 70;
-    float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
-    float *b = random_floats(OC, -1, 1);
-    float *o1 = dm_xmalloc(sizeof(float) * BT * OC), *o2 = dm_xmalloc(sizeof(float) * BT * OC);
-    for (int with_bias = 0; with_bias < 2; with_bias++) {
-        gpt2_matmul_forward(o1, x, w, with_bias ? b : NULL, BT, C, OC);
-        gpt2_matmul_forward_ref(o2, x, w, with_bias ? b : NULL, BT, C, OC);
-        ck_assert_double_le(rel_err(o1, o2, (size_t)BT * OC), 1e-5);
+    dm_compute cx = *dm_compute_default();
+    cx.reference = id == DM_GPT2_REF;
+    cx.avx512 = id == DM_GPT2_CPU_AVX512;
+    return cx;
+}
+
+/* The backends this build and CPU have besides "ref", and "ref" itself. */
+static const dm_gpt2_backend *ref_backend(void)
+{
+    const dm_gpt2_backend *r = dm_gpt2_backend_get(DM_GPT2_REF);
+    ck_assert_ptr_nonnull(r);
+    return r;
+}
+
+#define FOR_EACH_FAST_BACKEND(id, be)                                                          \
+    for (dm_gpt2_backend_id id = DM_GPT2_CPU; id < DM_GPT2_NBACKENDS; id++)                   \
+        for (const dm_gpt2_backend *be = dm_gpt2_backend_get(id); be; be = NULL)
+
+START_TEST(backend_table)
+{
+    /* every context selects the entry it asks for; every present entry is whole */
+    dm_compute cx = context_for(DM_GPT2_REF);
+    ck_assert_ptr_eq(dm_gpt2_backend_select(&cx), ref_backend());
+    ck_assert_str_eq(ref_backend()->name, "ref");
+    cx = context_for(DM_GPT2_CPU);
+    ck_assert_str_eq(dm_gpt2_backend_select(&cx)->name, "cpu");
+    cx = context_for(DM_GPT2_CPU_AVX512);
+    ck_assert_str_eq(dm_gpt2_backend_select(&cx)->name,
+                     dm_compute_default()->avx512 ? "cpu-avx512" : "cpu");
+    ck_assert_int_eq(dm_gpt2_backend_get(DM_GPT2_CPU_AVX512) != NULL, dm_compute_default()->avx512);
+    for (int id = 0; id < DM_GPT2_NBACKENDS; id++) {
+        const dm_gpt2_backend *be = dm_gpt2_backend_get((dm_gpt2_backend_id)id);
+        if (!be)
+            continue;
+        ck_assert(be->layernorm && be->linear && be->attention && be->gelu && be->residual &&
+                  be->unembed);
+        ck_assert(!be->linear_residual || be->packs); /* the fused add is dm_sgemm's */
     }
-    free(x), free(w), free(b), free(o1), free(o2);
+    ck_assert_ptr_null(dm_gpt2_backend_get(DM_GPT2_NBACKENDS));
+    /* no CUDA backend in this build: a clear error, at select and at load */
+    cx = *dm_compute_default();
+    cx.device = DM_DEVICE_CUDA;
+    dm_error_clear();
+    ck_assert_ptr_null(dm_gpt2_backend_select(&cx));
+    ck_assert(has(dm_error(), "no CUDA backend"));
+    ck_assert_ptr_null(dm_gpt2_load(GOLDEN "c64h4", 1, &cx));
+    ck_assert(has(dm_error(), GOLDEN "c64h4: GPT-2: this build has no CUDA backend"));
+    ck_assert_int_eq(dm_error_code(), DM_E_INPUT);
+}
+END_TEST
+
+/* W (C, OC) as a backend's linear reads it: packed for dm_sgemm when it packs. */
+static dm_gpt2_weight weight_for(const dm_gpt2_backend *be, const float *w, int C, int OC)
+{
+    dm_gpt2_weight W = {w, NULL};
+    if (be->packs) {
+        float *p = dm_xmalloc_aligned(sizeof(float) * dm_sgemm_packed_floats(C, OC));
+        dm_sgemm_pack(p, w, OC, C, OC);
+        W.packed = p;
+    }
+    return W;
+}
+
+START_TEST(linear_matches_reference)
+{
+    const dm_gpt2_backend *ref = ref_backend();
+    /* odd sizes, and even ones of at least 32 (dm_sgemm's Strassen layout) */
+    static const int shapes[][3] = {{37, 48, 70}, {64, 64, 192}, {5, 96, 32}};
+    FOR_EACH_FAST_BACKEND(id, be) for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++)
+    {
+        dm_compute cx = context_for(id);
+        int BT = shapes[k][0], C = shapes[k][1], OC = shapes[k][2];
+        rng_state = 1 + k;
+        float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
+        float *b = random_floats(OC, -1, 1), *x0 = random_floats((size_t)BT * OC, -1, 1);
+        float *o1 = dm_xmalloc(sizeof(float) * BT * OC), *o2 = dm_xmalloc(sizeof(float) * BT * OC);
+        dm_gpt2_weight W = weight_for(be, w, C, OC), Wr = {w, NULL};
+        for (int v = 0; v < 4; v++) {
+            const float *bias = v & 1 ? b : NULL;
+            int flags = v & 2 ? DM_GPT2_GELU : 0;
+            be->linear(&cx, o1, x, &W, bias, BT, C, OC, flags);
+            ref->linear(&cx, o2, x, &Wr, bias, BT, C, OC, flags);
+            ck_assert_msg(rel_err(o1, o2, (size_t)BT * OC) <= 1e-5, "%s linear %dx%dx%d v%d: %g",
+                          be->name, BT, C, OC, v, rel_err(o1, o2, (size_t)BT * OC));
+        }
+        if (be->linear_residual) { /* x0 += x @ W + b, against ref's linear then residual */
+            memcpy(o1, x0, sizeof(float) * BT * OC);
+            be->linear_residual(&cx, o1, x, &W, b, BT, C, OC);
+            float *br = dm_xmalloc(sizeof(float) * BT * OC);
+            ref->linear(&cx, br, x, &Wr, b, BT, C, OC, 0);
+            memcpy(o2, x0, sizeof(float) * BT * OC);
+            ref->residual(&cx, o2, br, (size_t)BT * OC);
+            ck_assert_double_le(rel_err(o1, o2, (size_t)BT * OC), 1e-5);
+            free(br);
+        }
+        /* the residual add itself: exact, whatever the backend */
+        memcpy(o1, x0, sizeof(float) * BT * OC);
+        memcpy(o2, x0, sizeof(float) * BT * OC);
+        be->residual(&cx, o1, x, (size_t)BT * (OC < C ? OC : C));
+        ref->residual(&cx, o2, x, (size_t)BT * (OC < C ? OC : C));
+        ck_assert_mem_eq(o1, o2, sizeof(float) * BT * OC);
+        free((void *)W.packed);
+        free(x), free(w), free(b), free(x0), free(o1), free(o2);
+    }
+}
+END_TEST
+
+START_TEST(unembed_matches_reference)
+{
+    const dm_gpt2_backend *ref = ref_backend();
+    int BT = 29, C = 48, V = 101;
+    rng_state = 9;
+    float *x = random_floats((size_t)BT * C, -2, 2), *wte = random_floats((size_t)V * C, -1, 1);
+    float *o1 = dm_xmalloc(sizeof(float) * BT * V), *o2 = dm_xmalloc(sizeof(float) * BT * V);
+    ref->unembed(NULL, o2, x, wte, BT, C, V);
+    /* against the definition: row 3, column 7 */
+    double s = 0;
+    for (int i = 0; i < C; i++)
+        s += (double)x[3 * C + i] * wte[7 * C + i];
+    ck_assert_double_le(fabs(o2[3 * V + 7] - s), 1e-5 * (1 + fabs(s)));
+    FOR_EACH_FAST_BACKEND(id, be)
+    {
+        dm_compute cx = context_for(id);
+        be->unembed(&cx, o1, x, wte, BT, C, V);
+        ck_assert_double_le(rel_err(o1, o2, (size_t)BT * V), 1e-5);
+    }
+    free(x), free(wte), free(o1), free(o2);
 }
 END_TEST
 
@@ -170,22 +295,27 @@ START_TEST(layernorm_fast_matches_reference)
         for (int i = 0; i < C; i++)
             o3[bt * C + i] = (float)((x[bt * C + i] - mean) / sqrt(var / C + 1e-5));
     }
-    for (int affine = 0; affine < 2; affine++) {
-        gpt2_layernorm_forward(o1, x, affine ? w : NULL, affine ? b : NULL, BT, C, 1e-5f);
-        gpt2_layernorm_forward_ref(o2, x, affine ? w : NULL, affine ? b : NULL, BT, C, 1e-5f);
-        ck_assert_double_le(rel_err(o1, o2, (size_t)BT * C), 1e-4);
-        ck_assert_double_le(rel_err(o1 + C, o2 + C, (size_t)(BT - 1) * C), 1e-5);
-        if (!affine)
-            ck_assert_double_le(rel_err(o1, o3, (size_t)BT * C), 1e-5);
+    FOR_EACH_FAST_BACKEND(id, be)
+    {
+        dm_compute cx = context_for(id);
+        for (int affine = 0; affine < 2; affine++) {
+            be->layernorm(&cx, o1, x, affine ? w : NULL, affine ? b : NULL, BT, C, 1e-5f);
+            ref_backend()->layernorm(&cx, o2, x, affine ? w : NULL, affine ? b : NULL, BT, C,
+                                     1e-5f);
+            ck_assert_double_le(rel_err(o1, o2, (size_t)BT * C), 1e-4);
+            ck_assert_double_le(rel_err(o1 + C, o2 + C, (size_t)(BT - 1) * C), 1e-5);
+            if (!affine)
+                ck_assert_double_le(rel_err(o1, o3, (size_t)BT * C), 1e-5);
+        }
+        /* without the affine part each row has mean 0 and variance 1 (eps aside) */
+        be->layernorm(&cx, o1, x, NULL, NULL, BT, C, 1e-5f);
+        double m = 0, v = 0;
+        for (int i = 0; i < C; i++)
+            m += o1[C + i], v += (double)o1[C + i] * o1[C + i];
+        ck_assert_double_le(fabs(m / C), 1e-5);
+        ck_assert_double_le(fabs(v / C - 1), 1e-3);
     }
     free(o3);
-    /* without the affine part each row has mean 0 and variance 1 (eps aside) */
-    gpt2_layernorm_forward(o1, x, NULL, NULL, BT, C, 1e-5f);
-    double m = 0, v = 0;
-    for (int i = 0; i < C; i++)
-        m += o1[C + i], v += (double)o1[C + i] * o1[C + i];
-    ck_assert_double_le(fabs(m / C), 1e-5);
-    ck_assert_double_le(fabs(v / C - 1), 1e-3);
     free(x), free(w), free(b), free(o1), free(o2);
 }
 END_TEST
@@ -199,14 +329,19 @@ START_TEST(attention_fast_matches_reference)
         int B = cases[c][0], T = cases[c][1], C = cases[c][2], NH = cases[c][3];
         float *qkv = random_floats((size_t)B * T * 3 * C, -2, 2);
         float *o1 = dm_xmalloc(sizeof(float) * B * T * C), *o2 = dm_xmalloc(sizeof(float) * B * T * C);
-        gpt2_attention_forward(o1, qkv, B, T, C, NH);
         gpt2_attention_forward_ref(o2, qkv, B, T, C, NH);
-        ck_assert_msg(rel_err(o1, o2, (size_t)B * T * C) <= 1e-5, "case %zu: %g", c,
-                      rel_err(o1, o2, (size_t)B * T * C));
-        /* position 0 attends only to itself: its output is its own value vector */
-        for (int h = 0; h < NH; h++)
-            for (int i = 0; i < C / NH; i++)
-                ck_assert_float_eq_tol(o1[h * (C / NH) + i], qkv[2 * C + h * (C / NH) + i], 1e-6);
+        FOR_EACH_FAST_BACKEND(id, be)
+        {
+            dm_compute cx = context_for(id);
+            be->attention(&cx, o1, qkv, B, T, C, NH);
+            ck_assert_msg(rel_err(o1, o2, (size_t)B * T * C) <= 1e-5, "%s case %zu: %g", be->name,
+                          c, rel_err(o1, o2, (size_t)B * T * C));
+            /* position 0 attends only to itself: its output is its own value vector */
+            for (int h = 0; h < NH; h++)
+                for (int i = 0; i < C / NH; i++)
+                    ck_assert_float_eq_tol(o1[h * (C / NH) + i], qkv[2 * C + h * (C / NH) + i],
+                                           1e-6);
+        }
         free(qkv), free(o1), free(o2);
     }
 }
@@ -221,15 +356,22 @@ START_TEST(gelu_fast_matches_reference)
         x[i] = -20.0f + 40.0f * i / (N - 1);
     float special[8] = {0.0f, -0.0f, 1e-8f, -1e-8f, 100.0f, -100.0f, 1e30f, -1e30f};
     memcpy(x + N, special, sizeof special);
-    gpt2_gelu_forward(o1, x, N + 8);
     gpt2_gelu_forward_ref(o2, x, N + 8);
-    for (int i = 0; i < N + 8; i++)
-        ck_assert_msg(fabsf(o1[i] - o2[i]) <= 1e-6f * (1.0f + fabsf(x[i])),
-                      "gelu(%g): fast %.9g, reference %.9g", x[i], o1[i], o2[i]);
-    ck_assert_float_eq(o1[N + 6], 1e30f);
-    ck_assert_float_le(fabsf(o1[N + 7]), 1e-8f);
-    gpt2_gelu_forward(x, x, N); /* in place */
-    ck_assert_mem_eq(x, o1, sizeof(float) * N);
+    float *xs = dm_xmalloc(sizeof(float) * (N + 8));
+    FOR_EACH_FAST_BACKEND(id, be)
+    {
+        dm_compute cx = context_for(id);
+        be->gelu(&cx, o1, x, N + 8);
+        for (int i = 0; i < N + 8; i++)
+            ck_assert_msg(fabsf(o1[i] - o2[i]) <= 1e-6f * (1.0f + fabsf(x[i])),
+                          "%s gelu(%g): fast %.9g, reference %.9g", be->name, x[i], o1[i], o2[i]);
+        ck_assert_float_eq(o1[N + 6], 1e30f);
+        ck_assert_float_le(fabsf(o1[N + 7]), 1e-8f);
+        memcpy(xs, x, sizeof(float) * N);
+        be->gelu(&cx, xs, xs, N); /* in place */
+        ck_assert_mem_eq(xs, o1, sizeof(float) * N);
+    }
+    free(xs);
     free(x), free(o1), free(o2);
 }
 END_TEST
@@ -283,16 +425,17 @@ END_TEST
 
 /* Runs every hook of model name, centred and raw, and compares with the golden file.
  * Returns the largest relative error seen. */
-static double check_model(const char *name, int reference)
+static double check_model(const char *name, dm_gpt2_backend_id id)
 {
     char dir[256], path[256], hname[64];
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
     snprintf(path, sizeof path, "%s/expected.safetensors", dir);
     dm_safetensors *exp = dm_st_open(path);
     ck_assert_msg(exp != NULL, "%s", dm_error());
-    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL);
+    dm_compute cx = context_for(id);
+    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, &cx);
     ck_assert_msg(m != NULL, "%s", dm_error());
-    dm_gpt2_use_reference(m, reference);
+    ck_assert_ptr_eq(dm_gpt2_backend_of(m), dm_gpt2_backend_get(id));
     const dm_gpt2_config *c = dm_gpt2_cfg(m);
     int B, T;
     int32_t *tok = golden_tokens(exp, &B, &T);
@@ -310,8 +453,8 @@ static double check_model(const char *name, int reference)
             dm_gpt2_hook_name(hooks[i], hname, sizeof hname);
             float *want = golden_hook(exp, hname, center, len);
             double e = rel_err(outs[i], want, len);
-            ck_assert_msg(e <= TOL, "%s %s (%s, %s kernels): relative error %g", name, hname,
-                          center ? "centred" : "raw", reference ? "reference" : "fast", e);
+            ck_assert_msg(e <= TOL, "%s %s (%s, %s backend): relative error %g", name, hname,
+                          center ? "centred" : "raw", dm_gpt2_backend_of(m)->name, e);
             worst = e > worst ? e : worst;
             free(want);
         }
@@ -327,11 +470,12 @@ static double check_model(const char *name, int reference)
 START_TEST(parity_every_hook)
 {
     const char *models[] = {"c64h4", "c48h4", "c64h1"};
-    for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
-        double fast = check_model(models[i], 0), ref = check_model(models[i], 1);
-        printf("gpt2 parity %s: max relative error %.2g (fast kernels), %.2g (reference)\n",
-               models[i], fast, ref);
-    }
+    for (size_t i = 0; i < sizeof models / sizeof *models; i++)
+        for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
+            if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+                printf("gpt2 parity %s: max relative error %.2g (%s backend)\n", models[i],
+                       check_model(models[i], (dm_gpt2_backend_id)id),
+                       dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
 }
 END_TEST
 
@@ -362,7 +506,7 @@ START_TEST(partial_depth_and_batches)
     dm_gpt2_hook_parse("blocks.1.hook_resid_mid", &hooks[0]);
     dm_gpt2_hook_parse("blocks.0.hook_mlp_out", &hooks[1]);
     dm_gpt2_hook_parse("blocks.1.hook_resid_mid", &hooks[2]); /* twice: both filled */
-    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c48h4", dm_gpt2_hooks_depth(hooks, 3));
+    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c48h4", dm_gpt2_hooks_depth(hooks, 3), NULL);
     ck_assert_msg(m != NULL, "%s", dm_error());
     ck_assert_int_eq(dm_gpt2_depth(m), 2);
     size_t n = (size_t)B * T * 48;
@@ -401,7 +545,7 @@ START_TEST(partial_depth_and_batches)
     dm_gpt2_free(m);
 
     /* the loss alone (logits computed in blocks of rows, not kept) */
-    m = dm_gpt2_load(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL);
+    m = dm_gpt2_load(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, NULL);
     ck_assert_ptr_nonnull(m);
     ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), 0);
     float *loss = golden_hook(exp, "loss", 1, (size_t)B * T);
@@ -412,6 +556,373 @@ START_TEST(partial_depth_and_batches)
     for (int i = 0; i < 3; i++)
         free(outs[i]);
     dm_st_close(exp);
+}
+END_TEST
+
+/* ---- editing hooks ------------------------------------------------------------- */
+
+/* Counts its calls in *user and adds zero to every value: an edit that changes
+ * nothing (x + 0.0f is x for every float but -0.0f, which no activation here is
+ * after a sum). */
+static int add_zero(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    for (size_t i = 0; i < (size_t)B * T * width; i++)
+        x[i] += 0.0f;
+    (*(int *)user)++;
+    return 0;
+}
+
+/* Counts its calls; reads x. */
+static int observe_count(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    volatile float v = x[(size_t)B * T * width - 1];
+    (void)v;
+    (*(int *)user)++;
+    return 0;
+}
+
+/* x = user's tensor: e.g. an SAE's reconstruction spliced in. */
+static int replace(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    memcpy(x, user, sizeof(float) * B * T * width);
+    return 0;
+}
+
+/* x -= (x . u) u per row, u = user's (width). */
+static int remove_direction(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    const float *u = user;
+    for (int r = 0; r < B * T; r++) {
+        float *row = x + (size_t)r * width;
+        double d = 0;
+        for (int i = 0; i < width; i++)
+            d += (double)row[i] * u[i];
+        for (int i = 0; i < width; i++)
+            row[i] -= (float)d * u[i];
+    }
+    return 0;
+}
+
+static int zero(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    memset(x, 0, sizeof(float) * B * T * width);
+    return 0;
+}
+
+/* Copies x to user (an observe callback where no copy is asked for). */
+static int grab(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    memcpy(user, x, sizeof(float) * B * T * width);
+    return 0;
+}
+
+static int fail_with_message(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    return dm_failc(DM_E_SHAPE, "steering vector of width 5, hook width %d", width);
+}
+
+static int fail_silently(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    return 1;
+}
+
+static dm_gpt2_hook hook_named(const char *name)
+{
+    dm_gpt2_hook h;
+    ck_assert_msg(dm_gpt2_hook_parse(name, &h) == 0, "%s", dm_error());
+    return h;
+}
+
+START_TEST(edit_with_zero_changes_nothing)
+{
+    /* c48h4 has 3 blocks; every hook is copied out, with and without an edit */
+    const char *edited[] = {"hook_embed",           "hook_pos_embed",         "blocks.0.hook_resid_pre",
+                            "blocks.0.hook_attn_out", "blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out",
+                            "blocks.2.hook_resid_post", "ln_final.hook_normalized"};
+    dm_safetensors *exp = dm_st_open(GOLDEN "c48h4/expected.safetensors");
+    ck_assert_ptr_nonnull(exp);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    for (int id = 0; id < DM_GPT2_NBACKENDS; id++) {
+        if (!dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+            continue;
+        dm_compute cx = context_for((dm_gpt2_backend_id)id);
+        dm_gpt2 *m = dm_gpt2_load(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, &cx);
+        ck_assert_ptr_nonnull(m);
+        const dm_gpt2_config *c = dm_gpt2_cfg(m);
+        dm_gpt2_hook hooks[64];
+        float *base[64], *outs[64];
+        size_t len[64];
+        int n = all_hooks(c->n_layer, hooks);
+        for (int i = 0; i < n; i++) {
+            len[i] = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
+            base[i] = dm_xmalloc(sizeof(float) * len[i]);
+            outs[i] = dm_xmalloc(sizeof(float) * len[i]);
+        }
+        dm_gpt2_hook_point pts[66];
+        for (int center = 1; center >= 0; center--) {
+            ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, hooks, n, base, center), 0);
+            for (size_t e = 0; e < sizeof edited / sizeof *edited; e++) {
+                int edits = 0, observed = 0;
+                pts[0] = (dm_gpt2_hook_point){hook_named(edited[e]), NULL, add_zero, &edits,
+                                              DM_GPT2_EDIT};
+                for (int i = 0; i < n; i++) {
+                    pts[1 + i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = outs[i]};
+                    memset(outs[i], 0xff, sizeof(float) * len[i]);
+                }
+                /* and an observe callback at every hook */
+                pts[1 + n] = (dm_gpt2_hook_point){hook_named(edited[(e + 3) % 8]), NULL,
+                                                  observe_count, &observed, DM_GPT2_OBSERVE};
+                ck_assert_msg(dm_gpt2_run(m, tok, B, T, pts, n + 2, center) == 0, "%s",
+                              dm_error());
+                ck_assert_int_eq(edits, 1);
+                ck_assert_int_eq(observed, 1);
+                for (int i = 0; i < n; i++)
+                    ck_assert_msg(!memcmp(outs[i], base[i], sizeof(float) * len[i]),
+                                  "%s backend, zero edit at %s: hook %d differs",
+                                  dm_gpt2_backend_of(m)->name, edited[e], i);
+            }
+        }
+        /* logits and loss only, so that the branches are added straight into the
+         * residual stream (the fused path): an edit at a residual hook keeps it */
+        dm_gpt2_hook ll[2] = {hook_named("logits"), hook_named("loss")};
+        float *ll_base[2] = {base[0], base[1]};
+        size_t nl = (size_t)B * T * c->vocab_size;
+        float *lg = dm_xmalloc(sizeof(float) * nl), *ls = dm_xmalloc(sizeof(float) * B * T);
+        ll_base[0] = dm_xmalloc(sizeof(float) * nl);
+        ll_base[1] = dm_xmalloc(sizeof(float) * B * T);
+        ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, ll, 2, ll_base, 1), 0);
+        int edits = 0;
+        dm_gpt2_hook_point lp[3] = {
+            {hook_named("blocks.1.hook_resid_pre"), NULL, add_zero, &edits, DM_GPT2_EDIT},
+            {.hook = ll[0], .out = lg},
+            {.hook = ll[1], .out = ls},
+        };
+        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, lp, 3, 1), 0);
+        ck_assert_int_eq(edits, 1);
+        ck_assert_mem_eq(lg, ll_base[0], sizeof(float) * nl);
+        ck_assert_mem_eq(ls, ll_base[1], sizeof(float) * B * T);
+        free(lg), free(ls), free(ll_base[0]), free(ll_base[1]);
+        for (int i = 0; i < n; i++)
+            free(base[i]), free(outs[i]);
+        dm_gpt2_free(m);
+    }
+    free(tok);
+    dm_st_close(exp);
+}
+END_TEST
+
+/* Replaces blocks.L.hook_resid_pre (what "splice", or removes a direction from it
+ * ("ablate"), on model name with backend id, and compares every later hook, the
+ * logits and the loss with the float64 reference run the same way
+ * (edit.safetensors). Returns the largest relative error. */
+static double check_edit(const char *name, const char *what, dm_gpt2_backend_id id)
+{
+    char path[256], key[128], hname[64];
+    snprintf(path, sizeof path, GOLDEN "%s/expected.safetensors", name);
+    dm_safetensors *exp = dm_st_open(path);
+    snprintf(path, sizeof path, GOLDEN "%s/edit.safetensors", name);
+    dm_safetensors *ed = dm_st_open(path);
+    ck_assert_msg(exp && ed, "%s", dm_error());
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    const dm_st_tensor *lt = dm_st_find(ed, "layer");
+    ck_assert_ptr_nonnull(lt);
+    int L = ((const int32_t *)lt->data)[0];
+    snprintf(path, sizeof path, GOLDEN "%s", name);
+    dm_compute cx = context_for(id);
+    dm_gpt2 *m = dm_gpt2_load(path, DM_GPT2_DEPTH_ALL, &cx);
+    ck_assert_ptr_nonnull(m);
+    const dm_gpt2_config *c = dm_gpt2_cfg(m);
+    int C = c->n_embd, splice = !strcmp(what, "splice");
+    size_t BTC = (size_t)B * T * C;
+
+    /* the hooks from blocks.L.hook_resid_pre on */
+    dm_gpt2_hook all[64], hooks[64];
+    int na = all_hooks(c->n_layer, all), n = 0;
+    for (int i = 0; i < na; i++)
+        if (all[i].layer >= L || all[i].kind >= DM_HOOK_LN_FINAL)
+            hooks[n++] = all[i];
+    snprintf(key, sizeof key, splice ? "splice/given" : "ablate/direction");
+    float *arg = golden_hook(ed, key, 1, splice ? BTC : (size_t)C);
+    dm_gpt2_hook at = {DM_HOOK_RESID_PRE, L};
+    float *before = dm_xmalloc(sizeof(float) * BTC), *outs[64];
+    /* a copy before the edit (the model's own), the edit, then a copy of every hook */
+    dm_gpt2_hook_point pts[66];
+    pts[0] = (dm_gpt2_hook_point){.hook = at, .out = before};
+    pts[1] = (dm_gpt2_hook_point){at, NULL, splice ? replace : remove_direction, arg,
+                                  DM_GPT2_EDIT};
+    for (int i = 0; i < n; i++) {
+        outs[i] = dm_xmalloc(sizeof(float) * B * T * dm_gpt2_hook_width(c, hooks[i]));
+        pts[2 + i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = outs[i]};
+    }
+    ck_assert_msg(dm_gpt2_run(m, tok, B, T, pts, n + 2, 0) == 0, "%s", dm_error());
+
+    dm_gpt2_hook_name(at, hname, sizeof hname);
+    float *own = golden_hook(exp, hname, 0, BTC);
+    ck_assert_double_le(rel_err(before, own, BTC), TOL);
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
+        snprintf(key, sizeof key, "%s/%s", what, dm_gpt2_hook_name(hooks[i], hname, sizeof hname));
+        float *want = golden_hook(ed, key, 1, len);
+        double e = rel_err(outs[i], want, len);
+        ck_assert_msg(e <= TOL, "%s %s %s (%s backend): relative error %g", name, what, hname,
+                      dm_gpt2_backend_of(m)->name, e);
+        worst = e > worst ? e : worst;
+        free(want);
+    }
+    /* the edit took: the copy after it is the given tensor, or has no u part */
+    if (splice) {
+        ck_assert_mem_eq(outs[0], arg, sizeof(float) * BTC);
+    } else {
+        for (int r = 0; r < B * T; r++) {
+            double d = 0, nn = 0;
+            for (int i = 0; i < C; i++)
+                d += (double)outs[0][(size_t)r * C + i] * arg[i],
+                    nn += (double)before[(size_t)r * C + i] * before[(size_t)r * C + i];
+            ck_assert_double_le(fabs(d), 1e-5 * sqrt(nn));
+        }
+    }
+    /* and it matters: the loss moved far beyond the tolerance */
+    float *loss0 = golden_hook(exp, "loss", 0, (size_t)B * T);
+    ck_assert_double_ge(rel_err(outs[n - 1], loss0, (size_t)B * T), 1e-2);
+    free(loss0), free(own), free(arg), free(before), free(tok);
+    for (int i = 0; i < n; i++)
+        free(outs[i]);
+    dm_gpt2_free(m);
+    dm_st_close(exp);
+    dm_st_close(ed);
+    return worst;
+}
+
+START_TEST(edit_resid_pre_matches_reference)
+{
+    const char *models[] = {"c64h4", "c48h4"}, *whats[] = {"splice", "ablate"};
+    for (size_t i = 0; i < 2; i++)
+        for (size_t w = 0; w < 2; w++)
+            for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
+                if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+                    printf("gpt2 edit %s %s: max relative error %.2g (%s backend)\n", models[i],
+                           whats[w], check_edit(models[i], whats[w], (dm_gpt2_backend_id)id),
+                           dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
+}
+END_TEST
+
+START_TEST(edit_branches_and_embeddings)
+{
+    dm_safetensors *exp = dm_st_open(GOLDEN "c64h4/expected.safetensors");
+    ck_assert_ptr_nonnull(exp);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    size_t n = (size_t)B * T * 64, nl = (size_t)B * T * 101;
+    float *a = dm_xmalloc(sizeof(float) * nl), *b = dm_xmalloc(sizeof(float) * nl),
+          *z = dm_xmalloc(sizeof(float) * n);
+    for (int id = 0; id < DM_GPT2_NBACKENDS; id++) {
+        if (!dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+            continue;
+        dm_compute cx = context_for((dm_gpt2_backend_id)id);
+        dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, &cx);
+        ck_assert_ptr_nonnull(m);
+        /* attn_out zeroed: resid_mid is resid_pre; the edit point's own copy is zero */
+        dm_gpt2_hook_point p1[] = {
+            {.hook = hook_named("blocks.0.hook_resid_pre"), .out = a},
+            {hook_named("blocks.0.hook_attn_out"), z, zero, NULL, DM_GPT2_EDIT},
+            {.hook = hook_named("blocks.0.hook_resid_mid"), .out = b},
+        };
+        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p1, 3, 1), 0);
+        ck_assert_mem_eq(a, b, sizeof(float) * n);
+        for (size_t i = 0; i < n; i++)
+            ck_assert_float_eq(z[i], 0.0f);
+        /* mlp_out zeroed: resid_post is resid_mid */
+        dm_gpt2_hook_point p2[] = {
+            {.hook = hook_named("blocks.1.hook_resid_mid"), .out = a},
+            {hook_named("blocks.1.hook_mlp_out"), NULL, zero, NULL, DM_GPT2_EDIT},
+            {.hook = hook_named("blocks.1.hook_resid_post"), .out = b},
+        };
+        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p2, 3, 0), 0);
+        ck_assert_mem_eq(a, b, sizeof(float) * n);
+        /* hook_embed zeroed: blocks.0.hook_resid_pre is hook_pos_embed */
+        dm_gpt2_hook_point p3[] = {
+            {hook_named("hook_embed"), NULL, zero, NULL, DM_GPT2_EDIT},
+            {.hook = hook_named("hook_pos_embed"), .out = a},
+            {.hook = hook_named("blocks.0.hook_resid_pre"), .out = b},
+        };
+        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p3, 3, 0), 0);
+        ck_assert_mem_eq(a, b, sizeof(float) * n);
+        float *pos = golden_hook(exp, "hook_pos_embed", 0, n);
+        ck_assert_double_le(rel_err(a, pos, n), TOL);
+        free(pos);
+        /* ln_final.hook_normalized zeroed: every token's logits are ln_f's bias
+         * @ wte^T, the same row */
+        dm_gpt2_hook_point p4[] = {
+            {hook_named("ln_final.hook_normalized"), NULL, zero, NULL, DM_GPT2_EDIT},
+            {.hook = hook_named("logits"), .out = a},
+        };
+        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p4, 2, 1), 0);
+        for (int r = 1; r < B * T; r++)
+            ck_assert_double_le(rel_err(a + (size_t)r * 101, a, 101), 1e-6);
+
+        /* observe callbacks at logits and loss with no copy asked for: the model's
+         * own buffers, with logits and loss (one pass) or the loss alone (its
+         * logits in blocks of rows) */
+        float *want_logits = golden_hook(exp, "logits", 1, nl),
+              *want_loss = golden_hook(exp, "loss", 1, (size_t)B * T);
+        dm_gpt2_hook_point p5[] = {
+            {hook_named("loss"), NULL, grab, b, DM_GPT2_OBSERVE},
+            {hook_named("logits"), NULL, grab, a, DM_GPT2_OBSERVE},
+        };
+        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p5, 2, 1), 0);
+        ck_assert_double_le(rel_err(a, want_logits, nl), TOL);
+        ck_assert_double_le(rel_err(b, want_loss, (size_t)B * T), TOL);
+        memset(b, 0, sizeof(float) * B * T);
+        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p5, 1, 1), 0);
+        ck_assert_double_le(rel_err(b, want_loss, (size_t)B * T), TOL);
+        free(want_logits), free(want_loss);
+        dm_gpt2_free(m);
+    }
+    free(a), free(b), free(z), free(tok);
+    dm_st_close(exp);
+}
+END_TEST
+
+START_TEST(edit_errors)
+{
+    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, NULL);
+    ck_assert_ptr_nonnull(m);
+    int32_t tok[2 * 8] = {0};
+    float *out = dm_xmalloc(sizeof(float) * 2 * 8 * 101);
+    int calls = 0;
+    dm_gpt2_hook_point p = {hook_named("logits"), NULL, add_zero, &calls, DM_GPT2_EDIT};
+    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    ck_assert(has(dm_error(), "tests/golden/gpt2/c64h4: hook logits cannot be edited"));
+    ck_assert_int_eq(dm_error_code(), DM_E_INPUT);
+    p.hook = hook_named("loss");
+    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    ck_assert(has(dm_error(), "hook loss cannot be edited"));
+    p = (dm_gpt2_hook_point){hook_named("blocks.0.hook_resid_pre"), out, NULL, NULL, DM_GPT2_EDIT};
+    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    ck_assert(has(dm_error(), "an edit without a callback"));
+    ck_assert_int_eq(dm_error_code(), DM_E_INTERNAL);
+    ck_assert_int_eq(calls, 0);
+    /* a callback's own error comes back with the model and the hook named */
+    p = (dm_gpt2_hook_point){hook_named("blocks.1.hook_resid_mid"), NULL, fail_with_message, NULL,
+                             DM_GPT2_EDIT};
+    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    ck_assert(has(dm_error(), "tests/golden/gpt2/c64h4: hook blocks.1.hook_resid_mid: steering "
+                              "vector of width 5, hook width 64"));
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
+    p.fn = fail_silently;
+    p.mode = DM_GPT2_OBSERVE;
+    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    ck_assert(has(dm_error(), "the callback at hook blocks.1.hook_resid_mid failed without a "
+                              "message"));
+    ck_assert_int_eq(dm_error_code(), DM_E_INTERNAL);
+    /* the model runs on after a failed pass */
+    dm_gpt2_hook h = hook_named("blocks.1.hook_resid_mid");
+    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 8, &h, 1, &out, 1), 0);
+    dm_gpt2_free(m);
+    free(out);
 }
 END_TEST
 
@@ -563,7 +1074,7 @@ static void expect_load_error(const char *name, variant v, const char *want)
 {
     char *dir = make_variant(name, v);
     dm_error_clear();
-    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL);
+    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, NULL);
     ck_assert_msg(m == NULL, "%s: loaded", name);
     ck_assert_msg(has(dm_error(), want) && has(dm_error(), dir), "%s", name);
     free(dir);
@@ -573,7 +1084,7 @@ START_TEST(bad_models)
 {
     /* the unchanged copy loads (the variant writer itself is sound) */
     char *dir = make_variant("same", (variant){0});
-    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL);
+    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, NULL);
     ck_assert_msg(m != NULL, "%s", dm_error());
     dm_gpt2_free(m);
     free(dir);
@@ -620,19 +1131,19 @@ START_TEST(bad_models)
     FILE *f = fopen(p, "r+b");
     fputc(0x7f, f), fputc(0x7f, f), fputc(0x7f, f);
     fclose(f);
-    ck_assert_ptr_null(dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL));
+    ck_assert_ptr_null(dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, NULL));
     ck_assert(has(dm_error(), "exceeds the file"));
     free(p), free(dir);
-    ck_assert_ptr_null(dm_gpt2_load("/nonexistent-model", 1));
+    ck_assert_ptr_null(dm_gpt2_load("/nonexistent-model", 1, NULL));
     ck_assert(has(dm_error(), "/nonexistent-model/config.json: cannot read"));
-    ck_assert_ptr_null(dm_gpt2_load(GOLDEN "c64h4", 3));
+    ck_assert_ptr_null(dm_gpt2_load(GOLDEN "c64h4", 3, NULL));
     ck_assert(has(dm_error(), "3 blocks needed, config n_layer is 2"));
 }
 END_TEST
 
 START_TEST(bad_tokens_and_hooks)
 {
-    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL);
+    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, NULL);
     ck_assert_ptr_nonnull(m);
     int32_t tok[2 * 33] = {0};
     float *out = dm_xmalloc(sizeof(float) * 2 * 33 * 101);
@@ -705,7 +1216,9 @@ int main(void)
     Suite *s = suite_create("gpt2");
     TCase *tk = tcase_create("kernels");
     tcase_set_timeout(tk, 30);
-    tcase_add_test(tk, matmul_fast_matches_reference);
+    tcase_add_test(tk, backend_table);
+    tcase_add_test(tk, linear_matches_reference);
+    tcase_add_test(tk, unembed_matches_reference);
     tcase_add_test(tk, layernorm_fast_matches_reference);
     tcase_add_test(tk, attention_fast_matches_reference);
     tcase_add_test(tk, gelu_fast_matches_reference);
@@ -716,6 +1229,10 @@ int main(void)
     tcase_add_test(tm, parity_every_hook);
     tcase_add_test(tm, centring_matters);
     tcase_add_test(tm, partial_depth_and_batches);
+    tcase_add_test(tm, edit_with_zero_changes_nothing);
+    tcase_add_test(tm, edit_resid_pre_matches_reference);
+    tcase_add_test(tm, edit_branches_and_embeddings);
+    tcase_add_test(tm, edit_errors);
     tcase_add_test(tm, command_matches_golden);
     tcase_add_test(tm, bad_models);
     tcase_add_test(tm, bad_tokens_and_hooks);

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """gpt2_reference.py: an independent float64 numpy GPT-2, for parity tests of dmica's runner.
 
-Written from shared/DOMAIN.md sections 1 and 3 (not from the C code): it reads a
+Written from the GPT-2 paper and Hugging Face's modeling_gpt2.py, with
+TransformerLens's hook names and centring (not from the C code): it reads a
 Hugging Face model folder (config.json + model.safetensors, F32/F16/BF16) with its
 own safetensors parser and returns TransformerLens hook activations, each as
 [B*T, width] with row b*T+t:
@@ -19,8 +20,13 @@ own safetensors parser and returns TransformerLens hook activations, each as
 With center (the default, TransformerLens's center_writing_weights) every hook that is
 or writes into the residual stream has its per-token mean over d_model subtracted.
 
+Edits, as TransformerLens's run_with_hooks with hooks that return a value: run(tokens,
+edits={hook: f}) replaces a hook's activation by f(activation) and runs the rest of
+the model on it; run(tokens, start=(L, resid_pre)) skips the embeddings and blocks
+before L and runs blocks L.. on the given blocks.L.hook_resid_pre ([B*T, d_model]).
+
     tools/gpt2_reference.py --model DIR --tokens TOKENS.npy --hook blocks.1.hook_resid_pre \
-        --out ACTS.npy [--no-center]
+        --out ACTS.npy [--no-center] [--layer L --resid-pre RESID.npy]
 """
 import argparse
 import json
@@ -99,33 +105,44 @@ class GPT2:
         z = p_att @ v  # [B, H, T, hs]
         return z.transpose(0, 2, 1, 3).reshape(B, T, C)
 
-    def run(self, tokens):
-        """tokens int [B, T] -> {hook: raw float64 [B*T, width]} for every hook."""
+    def run(self, tokens, edits=None, start=None):
+        """tokens int [B, T] -> {hook: raw float64 [B*T, width]} for every hook computed.
+
+        edits: {hook: f}; f maps the hook's [B*T, width] activation to the one the
+        rest of the model runs on (and that is returned for the hook).
+        start: (L, resid_pre [B*T, C]): blocks L.. run on resid_pre; the hooks
+        before blocks.L.hook_resid_pre are not computed.
+        """
         w = self.w
+        edits = edits or {}
         B, T = tokens.shape
         acts = {}
         rows = lambda a: a.reshape(B * T, -1).copy()
-        embed = w["wte.weight"][tokens]
-        pos = np.broadcast_to(w["wpe.weight"][:T], embed.shape)
-        acts["hook_embed"] = rows(embed)
-        acts["hook_pos_embed"] = rows(pos)
-        x = embed + pos
-        for i in range(self.L):
+
+        def hook(name, a):
+            if name in edits:
+                a = np.asarray(edits[name](rows(a)), dtype=np.float64).reshape(a.shape)
+            acts[name] = rows(a)
+            return a
+
+        first = 0
+        if start is None:
+            embed = hook("hook_embed", w["wte.weight"][tokens])
+            pos = hook("hook_pos_embed", np.broadcast_to(w["wpe.weight"][:T], embed.shape))
+            x = embed + pos
+        else:
+            first, x = start[0], np.asarray(start[1], dtype=np.float64).reshape(B, T, self.C)
+        for i in range(first, self.L):
             p = "h.%d." % i
-            acts["blocks.%d.hook_resid_pre" % i] = rows(x)
+            x = hook("blocks.%d.hook_resid_pre" % i, x)
             z = self.attention(self.layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"], self.eps), p)
-            a = z @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
-            acts["blocks.%d.hook_attn_out" % i] = rows(a)
-            x = x + a
-            acts["blocks.%d.hook_resid_mid" % i] = rows(x)
+            a = hook("blocks.%d.hook_attn_out" % i, z @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"])
+            x = hook("blocks.%d.hook_resid_mid" % i, x + a)
             h = self.layer_norm(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"], self.eps)
             h = self.gelu_new(h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"])
-            m = h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
-            acts["blocks.%d.hook_mlp_out" % i] = rows(m)
-            x = x + m
-            acts["blocks.%d.hook_resid_post" % i] = rows(x)
-        normalized = self.layer_norm(x, 1.0, 0.0, self.eps)
-        acts["ln_final.hook_normalized"] = rows(normalized)
+            m = hook("blocks.%d.hook_mlp_out" % i, h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"])
+            x = hook("blocks.%d.hook_resid_post" % i, x + m)
+        normalized = hook("ln_final.hook_normalized", self.layer_norm(x, 1.0, 0.0, self.eps))
         logits = (normalized * w["ln_f.weight"] + w["ln_f.bias"]) @ w["wte.weight"].T  # [B, T, V]
         acts["logits"] = rows(logits)
         m = logits.max(-1, keepdims=True)
@@ -154,9 +171,14 @@ def main():
     p.add_argument("--hook", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-center", action="store_true")
+    p.add_argument("--layer", type=int, help="with --resid-pre: the block it enters")
+    p.add_argument("--resid-pre", help=".npy [B*T, d_model]: run blocks LAYER.. on it")
     a = p.parse_args()
+    if (a.layer is None) != (a.resid_pre is None):
+        raise SystemExit("gpt2_reference.py: --layer and --resid-pre go together")
     tokens = np.load(a.tokens).astype(np.int64)
-    acts = GPT2(a.model).run(tokens)
+    start = None if a.layer is None else (a.layer, np.load(a.resid_pre))
+    acts = GPT2(a.model).run(tokens, start=start)
     if a.hook not in acts:
         raise SystemExit("gpt2_reference.py: unknown hook %s" % a.hook)
     out = acts[a.hook] if a.no_center else center(a.hook, acts[a.hook])

@@ -1,6 +1,6 @@
 /*
  * sgemm-bench: GFLOP/s of OpenBLAS's cblas_sgemm and of dmica's packed-weight
- * dm_sgemm (operators/sgemm.c) on the four GEMMs of a GPT-2 small block at
+ * dm_sgemm (operators/kernels/sgemm.c) on the four GEMMs of a GPT-2 small block at
  * B*T = 4096 rows: 4096x768 by 768x2304 (qkv), 768x768 (attention proj) and
  * 768x3072 (MLP up); 4096x3072 by 3072x768 (MLP down). FLOP are counted as
  * 2 M N K for both, so dm_sgemm's figure is "effective" when it runs Strassen
@@ -38,7 +38,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!dm_sgemm_available()) {
-        fprintf(stderr, "sgemm-bench: the packed kernel is off here (no AVX-512F, or DMICA_NO_AVX512 set)\n");
+        fprintf(stderr, "sgemm-bench: dm_sgemm would run its plain C micro-kernel here (no AVX-512F, "
+                        "or DMICA_NO_AVX512 set): nothing to measure\n");
         return 77;
     }
     openblas_set_num_threads(threads);

@@ -3,6 +3,7 @@
  */
 #include <omp.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "compute.h"
@@ -10,6 +11,7 @@
 /* OpenBLAS's thread control (cblas.h of Debian's libopenblas-dev declares it). */
 void openblas_set_num_threads(int n);
 int openblas_get_num_threads(void);
+int openblas_get_parallel(void); /* 0 sequential, 1 pthreads, 2 OpenMP */
 
 static dm_compute ctx;
 static int ctx_ready;
@@ -31,6 +33,8 @@ const dm_compute *dm_compute_default(void)
         ctx.strassen = !env_on("DMICA_SGEMM_CLASSIC");
         __builtin_cpu_init();
         ctx.f16c = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c") && !env_on("DMICA_NO_F16C");
+        const char *w = getenv("OMP_WAIT_POLICY");
+        ctx.omp_kernels = openblas_get_parallel() == 2 || (w && !strcasecmp(w, "passive"));
         ctx_ready = 1;
     }
     return &ctx;

@@ -11,6 +11,8 @@
  *   DMICA_NO_AVX512=1       the OpenBLAS/scalar paths even where the CPU has AVX-512F
  *   DMICA_SGEMM_CLASSIC=1   dm_sgemm without its level of Strassen
  *   DMICA_NO_F16C=1         scalar half-precision conversions
+ *   OMP_WAIT_POLICY=passive (libgomp's own; dmica's main() sets it) lets the
+ *                           elementwise kernels run in OpenMP threads (omp_kernels)
  */
 #ifndef DM_COMPUTE_H
 #define DM_COMPUTE_H
@@ -25,6 +27,12 @@ typedef struct dm_compute {
     int strassen;     /* 1: dm_sgemm uses one level of Strassen */
     int f16c;         /* 1: the CPU has AVX and F16C and DMICA_NO_F16C is unset
                          (io/conv.h's vector half-precision conversions) */
+    /* 1: elementwise kernels and attention may run in OpenMP threads beside
+     * OpenBLAS: it is built on OpenMP itself (one pool of threads), or idle
+     * OpenMP threads sleep (OMP_WAIT_POLICY=passive). Otherwise OpenMP threads
+     * spinning after a region take the cores from the next OpenBLAS sgemm
+     * (measured on 2 cores: GPT-2 at 716 tokens/s with them, 1120 without). */
+    int omp_kernels;
 } dm_compute;
 
 /* The process's context: all cores (until dm_compute_set_threads), the CPU,

@@ -111,7 +111,7 @@ int dm_cmd_activations(int argc, char **argv)
     }
     int64_t nwin = h->shape[0];
     int T = (int)h->shape[1];
-    if (!(m = dm_gpt2_load(model, dm_gpt2_hook_depth(hook))))
+    if (!(m = dm_gpt2_load(model, dm_gpt2_hook_depth(hook), dm_compute_default())))
         goto end;
     const dm_gpt2_config *c = dm_gpt2_cfg(m);
     int64_t width = dm_gpt2_hook_width(c, hook);

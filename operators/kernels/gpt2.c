@@ -1,6 +1,7 @@
 /*
- * gpt2.c: the GPT-2 layer runner (see gpt2.h; the model is shared/DOMAIN.md
- * section 1, the hooks and centring section 3).
+ * gpt2.c: the GPT-2 layer runner (see gpt2.h; the model is Radford et al.,
+ * "Language Models are Unsupervised Multitask Learners", 2019, as Hugging Face's
+ * modeling_gpt2.py computes it; the hooks and centring are TransformerLens's).
  *
  * Design, after llm.c's train_gpt2.c:
  *   - Parameters live in one float32 allocation (dm_gpt2_params points into it),
@@ -10,18 +11,29 @@
  *     second allocation owned by the model, grown when a larger batch arrives.
  *     The largest buffer is the MLP hidden layer (BT, n_inner); attention needs
  *     no (B, NH, T, T) tensor, only scores for ATT_ROWS queries at a time.
- *   - The four linear layers of a block are over 95% of the work at GPT-2
- *     small's shape (T = 128). On CPUs with AVX-512F their weights are packed
- *     at load for dm_sgemm (sgemm.c: one level of Strassen, bias, GELU and the
- *     residual add fused into its stores, OpenMP threads); elsewhere they are
- *     OpenBLAS sgemm on the weights as loaded. Attention's products are an
- *     AVX-512 kernel for head sizes that are multiples of 16, else OpenBLAS.
+ *   - The kernels a pass calls come from a backend table (dm_gpt2_backend),
+ *     chosen once when the model is loaded, from its compute context:
+ *       "ref"         the plain reference kernels (llm.c style loops);
+ *       "cpu"         OpenBLAS sgemm on the weights as loaded, attention's
+ *                     products in OpenBLAS, vectorised C for the rest;
+ *       "cpu-avx512"  the four linear layers (over 95% of the work at GPT-2
+ *                     small's shape, T = 128) in dm_sgemm on weights packed
+ *                     at load (sgemm.c: one level of Strassen, bias, GELU and
+ *                     the residual add fused into its stores, OpenMP
+ *                     threads), attention in AVX-512 for head sizes that are
+ *                     multiples of 16, GELU in AVX-512 intrinsics;
+ *       "cuda"        an empty slot: gpu/ will mirror this file.
  *     LayerNorm, GELU, softmax and the other passes are vectorised (omp simd;
  *     the exp-heavy ones compiled for AVX-512/AVX2 too) and run in OpenMP
- *     threads only when that does not slow OpenBLAS down (see GPT2_OMP).
- *   - Every fast kernel has a plain reference beside it (the _ref functions); the
- *     tests compare the two, and the whole model against a float64 numpy GPT-2
- *     (tools/gpt2_reference.py).
+ *     threads only when that does not slow OpenBLAS down (the context's
+ *     omp_kernels, compute.h).
+ *   - Hooks are points in the pass where a caller's callback sees, or edits in
+ *     place, the activation (dm_gpt2_run), as TransformerLens's hook points
+ *     and ggml's eval callback do; a copy into a caller buffer (with centring)
+ *     is the common case and costs what it did before callbacks existed.
+ *   - Every fast kernel has a plain reference beside it (the "ref" backend); the
+ *     tests compare every backend with it, and the whole model against a
+ *     float64 numpy GPT-2 (tools/gpt2_reference.py).
  * The forward pass stops at the deepest requested hook, counted in half blocks
  * (attention half, MLP half), as TransformerLens's stop_at_layer does.
  */
@@ -44,7 +56,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define GPT2_X86 1
@@ -61,38 +72,8 @@
 #define GPT2_SIMD_CLONES
 #endif
 
-#ifdef GPT2_X86
-/* 1 when the CPU has AVX-512F, which the intrinsics kernels below need: the same
- * test as the packed GEMM's. */
-static int gpt2_avx512(void)
-{
-    return dm_sgemm_available();
-}
-#endif
-
 /* Queries per block of attention scores. */
 #define ATT_ROWS 64
-
-/*
- * Whether the elementwise kernels and attention run in OpenMP threads: when
- * OpenBLAS is itself built on OpenMP (Debian's libopenblas0-openmp), so that both
- * share one pool of threads, or when OpenMP threads wait passively
- * (OMP_WAIT_POLICY=PASSIVE, which dmica's main() sets). Beside the default
- * pthreads OpenBLAS, OpenMP threads that spin after each parallel region take
- * the cores from the next sgemm (measured on 2 cores: 716 tokens/s with them,
- * 1120 without); sleeping ones do not, and attention's small sgemms, which
- * OpenBLAS runs on one thread, then use every core.
- */
-static int gpt2_omp(void)
-{
-    static int on = -1;
-    if (on < 0) {
-        const char *w = getenv("OMP_WAIT_POLICY");
-        on = openblas_get_parallel() == 2 || (w && !strcasecmp(w, "passive"));
-    }
-    return on;
-}
-#define GPT2_OMP gpt2_omp()
 
 void gpt2_matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
                              int BT, int C, int OC)
@@ -111,12 +92,13 @@ void gpt2_matmul_forward_ref(float *out, const float *inp, const float *weight, 
     }
 }
 
-void gpt2_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                         int BT, int C, int OC)
+/* gpt2_matmul_forward_ref in OpenBLAS sgemm, the bias copied in first. */
+static void matmul_blas(const dm_compute *cx, float *out, const float *inp, const float *weight,
+                        const float *bias, int BT, int C, int OC)
 {
     // out is (BT, OC), inp is (BT, C), weight is (C, OC), bias is (OC)
     if (bias) {
-#pragma omp parallel for schedule(static) if (GPT2_OMP)
+#pragma omp parallel for schedule(static) if (cx->omp_kernels)
         for (int bt = 0; bt < BT; bt++)
             memcpy(out + (size_t)bt * OC, bias, sizeof(float) * OC);
     }
@@ -146,11 +128,12 @@ void gpt2_layernorm_forward_ref(float *out, const float *inp, const float *weigh
     }
 }
 
-void gpt2_layernorm_forward(float *out, const float *inp, const float *weight, const float *bias,
-                            int BT, int C, float eps)
+/* gpt2_layernorm_forward_ref vectorised, with double sums. */
+static void layernorm_cpu(const dm_compute *cx, float *out, const float *inp, const float *weight,
+                          const float *bias, int BT, int C, float eps)
 {
     // out is (BT, C), inp is (BT, C), weight and bias are (C) or NULL
-#pragma omp parallel for schedule(static) if (GPT2_OMP)
+#pragma omp parallel for schedule(static) if (cx->omp_kernels)
     for (int bt = 0; bt < BT; bt++) {
         const float *x = inp + (size_t)bt * C;
         float *o = out + (size_t)bt * C;
@@ -350,7 +333,10 @@ __attribute__((target("avx512f"))) static void attention_head_avx512(
 }
 #endif
 
-void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, int NH)
+/* gpt2_attention_forward_ref by blocks of queries; avx512: attention_head_avx512
+ * where the head size allows. */
+static void attention_cpu_any(const dm_compute *cx, float *out, const float *qkv, int B, int T,
+                              int C, int NH, int avx512)
 {
     // out is (B, T, C), qkv is (B, T, 3C): [q | k | v], head h at columns h*hs
     // Per (window, head) and block of ATT_ROWS queries: scores (rows, keys) =
@@ -365,11 +351,11 @@ void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, i
     int hs = C / NH, Tp = (T + 31) / 32 * 32, fast = 0;
     float scale = 1.0f / sqrtf((float)hs);
 #ifdef GPT2_X86
-    fast = gpt2_avx512() && hs % 16 == 0;
+    fast = avx512 && hs % 16 == 0;
 #endif
-    int C3 = 3 * C, omp = GPT2_OMP && B * NH > 1, blas_threads = openblas_get_num_threads();
+    int C3 = 3 * C, omp = cx->omp_kernels && B * NH > 1, blas_threads = 0;
     if (omp && !fast)
-        openblas_set_num_threads(1);
+        blas_threads = dm_blas_serial_begin();
 #pragma omp parallel if (omp)
     {
         float *S = dm_xmalloc_aligned(sizeof(float) * (size_t)ATT_ROWS * Tp);
@@ -398,7 +384,19 @@ void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, i
         free(S);
     }
     if (omp && !fast)
-        openblas_set_num_threads(blas_threads);
+        dm_blas_serial_end(blas_threads);
+}
+
+static void attention_cpu(const dm_compute *cx, float *out, const float *qkv, int B, int T, int C,
+                          int NH)
+{
+    attention_cpu_any(cx, out, qkv, B, T, C, NH, 0);
+}
+
+static void attention_avx512(const dm_compute *cx, float *out, const float *qkv, int B, int T,
+                             int C, int NH)
+{
+    attention_cpu_any(cx, out, qkv, B, T, C, NH, 1);
 }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
@@ -460,36 +458,38 @@ __attribute__((target("avx512f"))) static void gelu_range_avx512(float *out, con
 }
 #endif
 
-/* The GELU of n floats (in place allowed): the AVX-512 version where the CPU has
- * it, else the vectorised C. */
-static void gelu_any(float *out, const float *inp, int64_t n)
-{
-#ifdef GPT2_X86
-    if (gpt2_avx512()) {
-        gelu_range_avx512(out, inp, n);
-        return;
-    }
-#endif
-    gelu_range(out, inp, n);
-}
-
-void gpt2_gelu_forward(float *out, const float *inp, int64_t N)
+/* gpt2_gelu_forward_ref in chunks of 16384 floats over OpenMP threads, each by
+ * range (gelu_range or gelu_range_avx512); out may be inp. */
+static void gelu_chunks(const dm_compute *cx, float *out, const float *inp, int64_t N,
+                        void (*range)(float *, const float *, int64_t))
 {
     // out and inp are (N)
-#pragma omp parallel for schedule(static) if (GPT2_OMP)
+#pragma omp parallel for schedule(static) if (cx->omp_kernels)
     for (int64_t i0 = 0; i0 < N; i0 += 16384)
-        gelu_any(out + i0, inp + i0, N - i0 < 16384 ? N - i0 : 16384);
+        range(out + i0, inp + i0, N - i0 < 16384 ? N - i0 : 16384);
 }
 
-/* out (BT, V) = inp (BT, C) @ wte^T, wte (V, C): the tied unembedding. */
-static void unembed_forward(float *out, const float *inp, const float *wte, int BT, int C, int V,
-                            int reference)
+static void gelu_cpu(const dm_compute *cx, float *out, const float *inp, int64_t N)
 {
-    if (!reference) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BT, V, C, 1.0f, inp, C, wte, C, 0.0f,
-                    out, V);
-        return;
-    }
+    gelu_chunks(cx, out, inp, N, gelu_range);
+}
+
+#ifdef GPT2_X86
+static void gelu_avx512(const dm_compute *cx, float *out, const float *inp, int64_t N)
+{
+    gelu_chunks(cx, out, inp, N, gelu_range_avx512);
+}
+
+/* GELU on one finished row of a dm_sgemm tile (its epilogue). */
+static void gelu_row_avx512(float *row, int n)
+{
+    gelu_range_avx512(row, row, n);
+}
+#endif
+
+void gpt2_unembed_forward_ref(float *out, const float *inp, const float *wte, int BT, int C, int V)
+{
+    // out is (BT, V), inp is (BT, C), wte is (V, C): the tied unembedding
     for (int bt = 0; bt < BT; bt++)
         for (int v = 0; v < V; v++) {
             float s = 0.0f;
@@ -499,12 +499,158 @@ static void unembed_forward(float *out, const float *inp, const float *wte, int 
         }
 }
 
-/* x (BT, C) += branch (BT, C) */
-static void residual_forward(float *x, const float *branch, size_t n)
+static void unembed_blas(const dm_compute *cx, float *out, const float *inp, const float *wte,
+                         int BT, int C, int V)
 {
-#pragma omp parallel for simd schedule(static) if (GPT2_OMP)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, BT, V, C, 1.0f, inp, C, wte, C, 0.0f, out,
+                V);
+}
+
+void gpt2_residual_forward_ref(float *x, const float *branch, size_t n)
+{
+    // x and branch are (n): the residual stream x += what a block's half adds
     for (size_t i = 0; i < n; i++)
         x[i] += branch[i];
+}
+
+static void residual_cpu(const dm_compute *cx, float *x, const float *branch, size_t n)
+{
+#pragma omp parallel for simd schedule(static) if (cx->omp_kernels)
+    for (size_t i = 0; i < n; i++)
+        x[i] += branch[i];
+}
+
+/* ---- backends ------------------------------------------------------------ */
+
+static void layernorm_ref(const dm_compute *cx, float *out, const float *inp, const float *weight,
+                          const float *bias, int BT, int C, float eps)
+{
+    gpt2_layernorm_forward_ref(out, inp, weight, bias, BT, C, eps);
+}
+
+static void linear_ref(const dm_compute *cx, float *out, const float *inp, const dm_gpt2_weight *w,
+                       const float *bias, int BT, int C, int OC, int flags)
+{
+    gpt2_matmul_forward_ref(out, inp, w->w, bias, BT, C, OC);
+    if (flags & DM_GPT2_GELU)
+        gpt2_gelu_forward_ref(out, out, (int64_t)BT * OC);
+}
+
+static void attention_ref(const dm_compute *cx, float *out, const float *qkv, int B, int T, int C,
+                          int NH)
+{
+    gpt2_attention_forward_ref(out, qkv, B, T, C, NH);
+}
+
+static void gelu_ref(const dm_compute *cx, float *out, const float *inp, int64_t N)
+{
+    gpt2_gelu_forward_ref(out, inp, N);
+}
+
+static void residual_ref(const dm_compute *cx, float *x, const float *branch, size_t n)
+{
+    gpt2_residual_forward_ref(x, branch, n);
+}
+
+static void unembed_ref(const dm_compute *cx, float *out, const float *inp, const float *wte,
+                        int BT, int C, int V)
+{
+    gpt2_unembed_forward_ref(out, inp, wte, BT, C, V);
+}
+
+static void linear_cpu(const dm_compute *cx, float *out, const float *inp, const dm_gpt2_weight *w,
+                       const float *bias, int BT, int C, int OC, int flags)
+{
+    matmul_blas(cx, out, inp, w->w, bias, BT, C, OC);
+    if (flags & DM_GPT2_GELU)
+        gelu_cpu(cx, out, out, (int64_t)BT * OC);
+}
+
+#ifdef GPT2_X86
+static void linear_avx512(const dm_compute *cx, float *out, const float *inp,
+                          const dm_gpt2_weight *w, const float *bias, int BT, int C, int OC,
+                          int flags)
+{
+    dm_sgemm(out, OC, inp, C, w->packed, bias, BT, OC, C, 0,
+             flags & DM_GPT2_GELU ? gelu_row_avx512 : NULL);
+}
+
+static void linear_residual_avx512(const dm_compute *cx, float *x, const float *inp,
+                                   const dm_gpt2_weight *w, const float *bias, int BT, int C,
+                                   int OC)
+{
+    dm_sgemm(x, OC, inp, C, w->packed, bias, BT, OC, C, DM_SGEMM_ACCUMULATE, NULL);
+}
+#endif
+
+static const dm_gpt2_backend backend_ref = {
+    .name = "ref",
+    .device = DM_DEVICE_CPU,
+    .layernorm = layernorm_ref,
+    .linear = linear_ref,
+    .attention = attention_ref,
+    .gelu = gelu_ref,
+    .residual = residual_ref,
+    .unembed = unembed_ref,
+};
+
+static const dm_gpt2_backend backend_cpu = {
+    .name = "cpu",
+    .device = DM_DEVICE_CPU,
+    .layernorm = layernorm_cpu,
+    .linear = linear_cpu,
+    .attention = attention_cpu,
+    .gelu = gelu_cpu,
+    .residual = residual_cpu,
+    .unembed = unembed_blas,
+};
+
+#ifdef GPT2_X86
+static const dm_gpt2_backend backend_cpu_avx512 = {
+    .name = "cpu-avx512",
+    .device = DM_DEVICE_CPU,
+    .packs = 1,
+    .layernorm = layernorm_cpu,
+    .linear = linear_avx512,
+    .linear_residual = linear_residual_avx512,
+    .attention = attention_avx512,
+    .gelu = gelu_avx512,
+    .residual = residual_cpu,
+    .unembed = unembed_blas,
+};
+#endif
+
+static const dm_gpt2_backend *const backends[DM_GPT2_NBACKENDS] = {
+    [DM_GPT2_REF] = &backend_ref,
+    [DM_GPT2_CPU] = &backend_cpu,
+#ifdef GPT2_X86
+    [DM_GPT2_CPU_AVX512] = &backend_cpu_avx512,
+#endif
+    [DM_GPT2_CUDA] = NULL, /* gpu/gpt2.cu, mirroring this file, will fill it */
+};
+
+const dm_gpt2_backend *dm_gpt2_backend_get(dm_gpt2_backend_id id)
+{
+    if ((unsigned)id >= DM_GPT2_NBACKENDS)
+        return NULL;
+    if (id == DM_GPT2_CPU_AVX512 && !dm_compute_default()->avx512)
+        return NULL; /* no AVX-512F on this CPU, or DMICA_NO_AVX512=1 */
+    return backends[id];
+}
+
+const dm_gpt2_backend *dm_gpt2_backend_select(const dm_compute *cx)
+{
+    const dm_gpt2_backend *be;
+    if (cx->device == DM_DEVICE_CUDA) {
+        if (!(be = dm_gpt2_backend_get(DM_GPT2_CUDA)))
+            dm_failc(DM_E_INPUT, "GPT-2: this build has no CUDA backend");
+        return be;
+    }
+    if (cx->reference)
+        return dm_gpt2_backend_get(DM_GPT2_REF);
+    if (cx->avx512 && (be = dm_gpt2_backend_get(DM_GPT2_CPU_AVX512)))
+        return be;
+    return dm_gpt2_backend_get(DM_GPT2_CPU);
 }
 
 /* ---- config ------------------------------------------------------------- */
@@ -731,17 +877,22 @@ struct dm_gpt2 {
     dm_gpt2_config cfg;
     int depth;  /* blocks loaded */
     int has_lnf;
+    dm_compute cx;             /* the context it was loaded with (a copy) */
+    const dm_gpt2_backend *be; /* chosen from cx at load */
     dm_gpt2_params params;
     float *params_memory;
     /* The four weight matrices of every loaded block packed for dm_sgemm (NULL
-     * without AVX-512F): layer l's at pk_qkv + l * pk_qkv_n, and so on. */
+     * unless the backend packs): layer l's at pk_qkv + l * pk_qkv_n, and so on. */
     float *packed_memory;
     float *pk_qkv, *pk_attproj, *pk_fc, *pk_fcproj;
     size_t pk_qkv_n, pk_attproj_n, pk_fc_n, pk_fcproj_n;
     dm_gpt2_acts acts;
     float *acts_memory;
     size_t acts_rows; /* BT the activations were allocated for */
-    int reference;
+    /* logits (BT, V) and loss (BT) for callbacks at those hooks when no copy
+     * is asked for (grown as needed) */
+    float *cb_logits, *cb_loss;
+    size_t cb_logits_n, cb_loss_n;
 };
 
 /* Sizes a tensor's shape can name, for the table below and its error messages. */
@@ -889,22 +1040,23 @@ static int check_tensors(const char *path, const dm_gpt2_config *c, const dm_saf
     return 0;
 }
 
-size_t dm_gpt2_packed_floats(const dm_gpt2_config *c, int depth)
+size_t dm_gpt2_packed_floats(const dm_gpt2_config *c, int depth, const dm_compute *cx)
 {
     int C = c->n_embd, NI = c->n_inner;
-    if (!dm_sgemm_available())
+    const dm_gpt2_backend *be = dm_gpt2_backend_select(cx ? cx : dm_compute_default());
+    if (!be || !be->packs)
         return 0;
     return (size_t)depth * (dm_sgemm_packed_floats(C, 3 * C) + dm_sgemm_packed_floats(C, C) +
                             dm_sgemm_packed_floats(C, NI) + dm_sgemm_packed_floats(NI, C));
 }
 
-/* Packs each block's four weight matrices for dm_sgemm, when this CPU runs it. */
+/* Packs each block's four weight matrices for dm_sgemm, when the backend reads them so. */
 static void pack_weights(dm_gpt2 *m)
 {
     const dm_gpt2_config *c = &m->cfg;
     const dm_gpt2_params *p = &m->params;
     int C = c->n_embd, NI = c->n_inner, L = m->depth;
-    size_t total = dm_gpt2_packed_floats(c, L);
+    size_t total = dm_gpt2_packed_floats(c, L, &m->cx);
     if (!total)
         return;
     m->pk_qkv_n = dm_sgemm_packed_floats(C, 3 * C);
@@ -916,7 +1068,7 @@ static void pack_weights(dm_gpt2 *m)
     m->pk_attproj = m->pk_qkv + L * m->pk_qkv_n;
     m->pk_fc = m->pk_attproj + L * m->pk_attproj_n;
     m->pk_fcproj = m->pk_fc + L * m->pk_fc_n;
-#pragma omp parallel for schedule(dynamic) if (GPT2_OMP)
+#pragma omp parallel for schedule(dynamic) if (m->cx.omp_kernels)
     for (int l = 0; l < L; l++) {
         dm_sgemm_pack(m->pk_qkv + l * m->pk_qkv_n, p->qkvw + (size_t)l * C * 3 * C, 3 * C, C, 3 * C);
         dm_sgemm_pack(m->pk_attproj + l * m->pk_attproj_n, p->attprojw + (size_t)l * C * C, C, C, C);
@@ -925,7 +1077,7 @@ static void pack_weights(dm_gpt2 *m)
     }
 }
 
-dm_gpt2 *dm_gpt2_load(const char *dir, int depth)
+dm_gpt2 *dm_gpt2_load(const char *dir, int depth, const dm_compute *cx)
 {
     dm_gpt2 *m = dm_xcalloc(1, sizeof *m);
     char *path = dm_xasprintf("%s/model.safetensors", dir);
@@ -933,14 +1085,19 @@ dm_gpt2 *dm_gpt2_load(const char *dir, int depth)
     dm_safetensors *st = NULL;
     dm_gpt2_config *c = &m->cfg;
     m->dir = dm_xstrdup(dir);
+    m->cx = *(cx ? cx : dm_compute_default());
+    if (!(m->be = dm_gpt2_backend_select(&m->cx))) {
+        dm_fail_prefix("%s", dir);
+        goto fail;
+    }
     if (dm_gpt2_read_config(dir, c) < 0)
         goto fail;
     if (depth < DM_GPT2_DEPTH_ALL) {
-        dm_fail("%s: bad depth %d", dir, depth);
+        dm_failc(DM_E_INPUT, "%s: bad depth %d", dir, depth);
         goto fail;
     }
     if (depth > c->n_layer) {
-        dm_fail("%s: %d blocks needed, config n_layer is %d", dir, depth, c->n_layer);
+        dm_failc(DM_E_INPUT, "%s: %d blocks needed, config n_layer is %d", dir, depth, c->n_layer);
         goto fail;
     }
     m->has_lnf = depth == DM_GPT2_DEPTH_ALL;
@@ -992,13 +1149,15 @@ void dm_gpt2_free(dm_gpt2 *m)
     free(m->params_memory);
     free(m->packed_memory);
     free(m->acts_memory);
+    free(m->cb_logits);
+    free(m->cb_loss);
     free(m->dir);
     free(m);
 }
 
 const dm_gpt2_config *dm_gpt2_cfg(const dm_gpt2 *m) { return &m->cfg; }
 int dm_gpt2_depth(const dm_gpt2 *m) { return m->has_lnf ? DM_GPT2_DEPTH_ALL : m->depth; }
-void dm_gpt2_use_reference(dm_gpt2 *m, int on) { m->reference = on; }
+const dm_gpt2_backend *dm_gpt2_backend_of(const dm_gpt2 *m) { return m->be; }
 
 static void acts_reserve(dm_gpt2 *m, size_t BT, int want_logits)
 {
@@ -1024,14 +1183,26 @@ static void acts_reserve(dm_gpt2 *m, size_t BT, int want_logits)
     m->acts_rows = BT;
 }
 
+/* A buffer of at least n floats in *buf (capacity *cap floats), grown as needed. */
+static float *scratch(float **buf, size_t *cap, size_t n)
+{
+    if (n > *cap) {
+        free(*buf);
+        *buf = dm_xmalloc_aligned(sizeof(float) * n);
+        *cap = n;
+    }
+    return *buf;
+}
+
 /* out (rows, C) = src (rows, C), minus each row's mean over C when center. */
-static void hook_copy(float *out, const float *src, size_t rows, int C, int center)
+static void hook_copy(const dm_compute *cx, float *out, const float *src, size_t rows, int C,
+                      int center)
 {
     if (!center) {
         memcpy(out, src, sizeof(float) * rows * C);
         return;
     }
-#pragma omp parallel for schedule(static) if (GPT2_OMP)
+#pragma omp parallel for schedule(static) if (cx->omp_kernels)
     for (size_t r = 0; r < rows; r++) {
         const float *s = src + r * C;
         float *o = out + r * C;
@@ -1044,30 +1215,107 @@ static void hook_copy(float *out, const float *src, size_t rows, int C, int cent
     }
 }
 
-/* Writes src into the outputs of every requested hook of (kind, layer). */
-static void emit(const dm_gpt2_hook *hooks, int nhooks, float **outs, dm_gpt2_hook_kind kind,
-                 int layer, const float *src, size_t rows, int C, int center)
+/* The hook points of one pass. */
+typedef struct {
+    const dm_gpt2_hook_point *p;
+    int n, B, T, center;
+} hook_set;
+
+/* 1 if a point is at (kind, layer); with only_fn, a point with a callback. */
+static int wants(const hook_set *hs, dm_gpt2_hook_kind kind, int layer, int only_fn)
 {
-    for (int i = 0; i < nhooks; i++)
-        if (hooks[i].kind == kind && hooks[i].layer == layer)
-            hook_copy(outs[i], src, rows, C, center && dm_gpt2_hook_is_residual(hooks[i]));
+    for (int i = 0; i < hs->n; i++)
+        if (hs->p[i].hook.kind == kind && hs->p[i].hook.layer == layer && (!only_fn || hs->p[i].fn))
+            return 1;
+    return 0;
 }
 
-/* The embedding hooks: wte[token] and wpe[position] of each row. */
-static void emit_embed(const dm_gpt2 *m, const int32_t *tokens, int B, int T,
-                       const dm_gpt2_hook *hooks, int nhooks, float **outs, int center)
+/* The first point at (kind, -1) with a copy, or NULL. */
+static float *first_out(const hook_set *hs, dm_gpt2_hook_kind kind)
 {
-    int C = m->cfg.n_embd;
-    for (int i = 0; i < nhooks; i++) {
-        if (hooks[i].kind != DM_HOOK_EMBED && hooks[i].kind != DM_HOOK_POS_EMBED)
+    for (int i = 0; i < hs->n; i++)
+        if (hs->p[i].hook.kind == kind && hs->p[i].out)
+            return hs->p[i].out;
+    return NULL;
+}
+
+/* Runs the points at (kind, layer) in their order on x ((B*T, width), the
+ * activation itself): each point's callback, then its copy (centred when the
+ * pass centres and the hook is residual; none when out is x itself). */
+static int run_points(dm_gpt2 *m, const hook_set *hs, dm_gpt2_hook_kind kind, int layer, float *x,
+                      int width)
+{
+    char name[64];
+    for (int i = 0; i < hs->n; i++) {
+        const dm_gpt2_hook_point *pt = &hs->p[i];
+        if (pt->hook.kind != kind || pt->hook.layer != layer)
             continue;
-        for (int bt = 0; bt < B * T; bt++) {
-            const float *src = hooks[i].kind == DM_HOOK_EMBED
+        if (pt->fn) {
+            dm_error_clear();
+            if (pt->fn(pt->user, pt->hook, x, hs->B, hs->T, width)) {
+                dm_gpt2_hook_name(pt->hook, name, sizeof name);
+                if (dm_error_code() == DM_OK)
+                    return dm_failc(DM_E_INTERNAL, "%s: the callback at hook %s failed without a "
+                                    "message", m->dir, name);
+                return dm_fail_prefix("%s: hook %s", m->dir, name);
+            }
+        }
+        if (pt->out && pt->out != x)
+            hook_copy(&m->cx, pt->out, x, (size_t)hs->B * hs->T, width,
+                      hs->center && dm_gpt2_hook_is_residual(pt->hook));
+    }
+    return 0;
+}
+
+/* The embedding hooks copied straight from wte[token] and wpe[position] of each
+ * row (no callbacks at them: the embeddings need not be formed apart). */
+static void copy_embed(const dm_gpt2 *m, const int32_t *tokens, const hook_set *hs)
+{
+    int C = m->cfg.n_embd, T = hs->T;
+    for (int i = 0; i < hs->n; i++) {
+        const dm_gpt2_hook_point *pt = &hs->p[i];
+        if ((pt->hook.kind != DM_HOOK_EMBED && pt->hook.kind != DM_HOOK_POS_EMBED) || !pt->out)
+            continue;
+        for (int bt = 0; bt < hs->B * T; bt++) {
+            const float *src = pt->hook.kind == DM_HOOK_EMBED
                                    ? m->params.wte + (size_t)tokens[bt] * C
                                    : m->params.wpe + (size_t)(bt % T) * C;
-            hook_copy(outs[i] + (size_t)bt * C, src, 1, C, center);
+            hook_copy(&m->cx, pt->out + (size_t)bt * C, src, 1, C, hs->center);
         }
     }
+}
+
+/* The residual stream's start: x (BT, C) = wte[token] + wpe[position], with
+ * the embedding hooks' points. */
+static int embed_forward(dm_gpt2 *m, const int32_t *tokens, const hook_set *hs)
+{
+    const dm_gpt2_params *p = &m->params;
+    dm_gpt2_acts *a = &m->acts;
+    size_t C = m->cfg.n_embd, BT = (size_t)hs->B * hs->T, T = hs->T;
+    if (!wants(hs, DM_HOOK_EMBED, -1, 1) && !wants(hs, DM_HOOK_POS_EMBED, -1, 1)) {
+        copy_embed(m, tokens, hs);
+#pragma omp parallel for schedule(static) if (m->cx.omp_kernels)
+        for (size_t bt = 0; bt < BT; bt++) {
+            const float *we = p->wte + (size_t)tokens[bt] * C, *pe = p->wpe + (bt % T) * C;
+            float *x = a->x + bt * C;
+            for (size_t i = 0; i < C; i++)
+                x[i] = we[i] + pe[i];
+        }
+        return 0;
+    }
+    /* a callback sees (and may edit) each embedding whole: form them apart in
+     * two buffers free until the first block */
+    float *we = a->branch, *pe = a->ln;
+    for (size_t bt = 0; bt < BT; bt++) {
+        memcpy(we + bt * C, p->wte + (size_t)tokens[bt] * C, sizeof(float) * C);
+        memcpy(pe + bt * C, p->wpe + (bt % T) * C, sizeof(float) * C);
+    }
+    if (run_points(m, hs, DM_HOOK_EMBED, -1, we, (int)C) ||
+        run_points(m, hs, DM_HOOK_POS_EMBED, -1, pe, (int)C))
+        return -1;
+    for (size_t i = 0; i < BT * C; i++)
+        a->x[i] = we[i] + pe[i];
+    return 0;
 }
 
 /* log sum_v exp(l[v]) of one row of logits (V). */
@@ -1088,10 +1336,10 @@ static double logsumexp_row(const float *l, int V)
 /* Per token next-token cross-entropy of rows [bt0, bt0+rows) from their logits
  * (rows, V): logsumexp(logits) - logits[next token]; NaN at the last position of
  * each window, which has no next token. */
-static void loss_forward(float *loss, const float *logits, const int32_t *tokens, int bt0,
-                         int rows, int T, int V)
+static void loss_forward(const dm_compute *cx, float *loss, const float *logits,
+                         const int32_t *tokens, int bt0, int rows, int T, int V)
 {
-#pragma omp parallel for schedule(static) if (GPT2_OMP)
+#pragma omp parallel for schedule(static) if (cx->omp_kernels)
     for (int r = 0; r < rows; r++) {
         int bt = bt0 + r;
         const float *l = logits + (size_t)r * V;
@@ -1105,160 +1353,171 @@ static const float *pk(const float *base, int l, size_t n)
     return base ? base + (size_t)l * n : NULL;
 }
 
-static void gelu_row(float *row, int n)
+/* One half block's output into the residual stream: x += inp (BT, C) @ W + b
+ * (width OC = n_embd). When a point is at the branch's hook (kind, l) the branch
+ * is formed in acts.branch and its points run on it (an edit changes what is
+ * added); otherwise a backend with linear_residual adds it straight into x. */
+static int residual_half(dm_gpt2 *m, const hook_set *hs, dm_gpt2_hook_kind kind, int l,
+                         const float *inp, const dm_gpt2_weight *W, const float *b, int BT, int C,
+                         int OC)
 {
-    gelu_any(row, row, n);
-}
-
-/* out (BT, OC) = inp (BT, C) @ w + b, then GELU when gelu: dm_sgemm on the packed
- * weights wp (GELU fused into its epilogue), else OpenBLAS or, in reference
- * mode, the plain loops. */
-static void linear(const dm_gpt2 *m, float *out, const float *inp, const float *w,
-                   const float *wp, const float *b, int BT, int C, int OC, int gelu)
-{
-    if (m->reference) {
-        gpt2_matmul_forward_ref(out, inp, w, b, BT, C, OC);
-        if (gelu)
-            gpt2_gelu_forward_ref(out, out, (int64_t)BT * OC);
-    } else if (wp) {
-        dm_sgemm(out, OC, inp, C, wp, b, BT, OC, C, 0, gelu ? gelu_row : NULL);
-    } else {
-        gpt2_matmul_forward(out, inp, w, b, BT, C, OC);
-        if (gelu)
-            gpt2_gelu_forward(out, out, (int64_t)BT * OC);
+    const dm_gpt2_backend *be = m->be;
+    if (be->linear_residual && !wants(hs, kind, l, 0)) {
+        be->linear_residual(&m->cx, m->acts.x, inp, W, b, BT, C, OC);
+        return 0;
     }
-}
-
-/* The residual stream x += inp (BT, C) @ w + b (width OC = n_embd). When a hook
- * wants the branch itself (keep_branch) it is computed into acts.branch first;
- * otherwise the packed kernel adds it straight into x. */
-static void residual_branch(dm_gpt2 *m, const float *inp, const float *w, const float *wp,
-                            const float *b, int BT, int C, int OC, int keep_branch)
-{
-    if (wp && !m->reference && !keep_branch) {
-        dm_sgemm(m->acts.x, OC, inp, C, wp, b, BT, OC, C, DM_SGEMM_ACCUMULATE, NULL);
-        return;
-    }
-    linear(m, m->acts.branch, inp, w, wp, b, BT, C, OC, 0);
-    residual_forward(m->acts.x, m->acts.branch, (size_t)BT * OC);
-}
-
-/* 1 if one of the hooks is (kind, layer). */
-static int wants(const dm_gpt2_hook *hooks, int nhooks, dm_gpt2_hook_kind kind, int layer)
-{
-    for (int i = 0; i < nhooks; i++)
-        if (hooks[i].kind == kind && hooks[i].layer == layer)
-            return 1;
+    be->linear(&m->cx, m->acts.branch, inp, W, b, BT, C, OC, 0);
+    if (run_points(m, hs, kind, l, m->acts.branch, OC))
+        return -1;
+    be->residual(&m->cx, m->acts.x, m->acts.branch, (size_t)BT * OC);
     return 0;
 }
 
-int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,
-                    int nhooks, float **outs, int center)
+int dm_gpt2_hook_is_editable(dm_gpt2_hook h)
+{
+    return dm_gpt2_hook_is_residual(h) || h.kind == DM_HOOK_LN_FINAL;
+}
+
+/* Checks the points against the model; *stop gets the deepest one's half block. */
+static int check_points(const dm_gpt2 *m, const dm_gpt2_hook_point *points, int n, int *stop)
+{
+    const dm_gpt2_config *c = &m->cfg;
+    char name[64];
+    *stop = 0;
+    for (int i = 0; i < n; i++) {
+        dm_gpt2_hook h = points[i].hook;
+        if (dm_gpt2_hook_width(c, h) < 0)
+            return dm_fail_prefix("%s", m->dir);
+        dm_gpt2_hook_name(h, name, sizeof name);
+        int d = dm_gpt2_hook_depth(h);
+        if ((d == DM_GPT2_DEPTH_ALL && !m->has_lnf) || d > m->depth)
+            return dm_failc(DM_E_INPUT, "%s: hook %s needs %s; the model was loaded with %d blocks",
+                            m->dir, name,
+                            d == DM_GPT2_DEPTH_ALL ? "every block and ln_f" : "more blocks",
+                            m->depth);
+        if (points[i].mode != DM_GPT2_OBSERVE && points[i].mode != DM_GPT2_EDIT)
+            return dm_failc(DM_E_INTERNAL, "%s: hook %s: mode %d is neither observe nor edit",
+                            m->dir, name, (int)points[i].mode);
+        if (points[i].mode == DM_GPT2_EDIT && !points[i].fn)
+            return dm_failc(DM_E_INTERNAL, "%s: hook %s: an edit without a callback", m->dir,
+                            name);
+        if (points[i].mode == DM_GPT2_EDIT && !dm_gpt2_hook_is_editable(h))
+            return dm_failc(DM_E_INPUT, "%s: hook %s cannot be edited: nothing in the model "
+                            "reads it (edit ln_final.hook_normalized or a residual hook)",
+                            m->dir, name);
+        int s = hook_stop(h);
+        *stop = s > *stop ? s : *stop;
+    }
+    return 0;
+}
+
+int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
+                int npoints, int center)
 {
     const dm_gpt2_config *c = &m->cfg;
     const dm_gpt2_params *p = &m->params;
-    int C = c->n_embd, NI = c->n_inner, V = c->vocab_size, NH = c->n_head, ref = m->reference;
-    int stop = 0, logits_i = -1, loss_i = -1;
-    char name[64];
+    const dm_gpt2_backend *be = m->be;
+    const dm_compute *cx = &m->cx;
+    int C = c->n_embd, NI = c->n_inner, V = c->vocab_size, NH = c->n_head, stop;
+    float eps = c->layer_norm_epsilon;
+    hook_set hs = {points, npoints, B, T, center};
     if (B <= 0 || T <= 0)
-        return dm_fail("%s: empty batch (%d windows of %d tokens)", m->dir, B, T);
+        return dm_failc(DM_E_INPUT, "%s: empty batch (%d windows of %d tokens)", m->dir, B, T);
     if (T > c->n_positions)
-        return dm_fail("%s: windows of %d tokens are longer than n_positions %d", m->dir, T,
-                       c->n_positions);
-    for (int i = 0; i < nhooks; i++) {
-        if (dm_gpt2_hook_width(c, hooks[i]) < 0)
-            return dm_fail_prefix("%s", m->dir);
-        int d = dm_gpt2_hook_depth(hooks[i]);
-        if ((d == DM_GPT2_DEPTH_ALL && !m->has_lnf) || d > m->depth)
-            return dm_fail("%s: hook %s needs %s; the model was loaded with %d blocks", m->dir,
-                           dm_gpt2_hook_name(hooks[i], name, sizeof name),
-                           d == DM_GPT2_DEPTH_ALL ? "every block and ln_f" : "more blocks",
-                           m->depth);
-        int s = hook_stop(hooks[i]);
-        stop = s > stop ? s : stop;
-        if (hooks[i].kind == DM_HOOK_LOGITS && logits_i < 0)
-            logits_i = i;
-        if (hooks[i].kind == DM_HOOK_LOSS && loss_i < 0)
-            loss_i = i;
-    }
+        return dm_failc(DM_E_INPUT, "%s: windows of %d tokens are longer than n_positions %d",
+                        m->dir, T, c->n_positions);
+    if (check_points(m, points, npoints, &stop) < 0)
+        return -1;
     for (int bt = 0; bt < B * T; bt++)
         if (tokens[bt] < 0 || tokens[bt] >= V)
-            return dm_fail("token id %d at window %d, position %d is not below vocab_size %d",
-                           tokens[bt], bt / T, bt % T, V);
+            return dm_failc(DM_E_INPUT,
+                            "token id %d at window %d, position %d is not below vocab_size %d",
+                            tokens[bt], bt / T, bt % T, V);
 
+    int want_logits = wants(&hs, DM_HOOK_LOGITS, -1, 0), want_loss = wants(&hs, DM_HOOK_LOSS, -1, 0);
     size_t BT = (size_t)B * T;
-    acts_reserve(m, BT, loss_i >= 0 && logits_i < 0);
+    acts_reserve(m, BT, want_loss && !want_logits);
     dm_gpt2_acts *a = &m->acts;
 
-    // embedding: x (BT, C) = wte[token] + wpe[position]
-    emit_embed(m, tokens, B, T, hooks, nhooks, outs, center);
-#pragma omp parallel for schedule(static) if (GPT2_OMP)
-    for (size_t bt = 0; bt < BT; bt++) {
-        const float *we = p->wte + (size_t)tokens[bt] * C, *pe = p->wpe + (bt % T) * (size_t)C;
-        float *x = a->x + bt * C;
-        for (int i = 0; i < C; i++)
-            x[i] = we[i] + pe[i];
-    }
-
+    if (embed_forward(m, tokens, &hs))
+        return -1;
     for (int l = 0; l < c->n_layer && 2 * l <= stop; l++) {
-        emit(hooks, nhooks, outs, DM_HOOK_RESID_PRE, l, a->x, BT, C, center);
+        if (run_points(m, &hs, DM_HOOK_RESID_PRE, l, a->x, C))
+            return -1;
         if (stop == 2 * l)
             break;
+        dm_gpt2_weight qkvw = {p->qkvw + (size_t)l * C * 3 * C, pk(m->pk_qkv, l, m->pk_qkv_n)};
+        dm_gpt2_weight attprojw = {p->attprojw + (size_t)l * C * C,
+                                   pk(m->pk_attproj, l, m->pk_attproj_n)};
+        dm_gpt2_weight fcw = {p->fcw + (size_t)l * C * NI, pk(m->pk_fc, l, m->pk_fc_n)};
+        dm_gpt2_weight fcprojw = {p->fcprojw + (size_t)l * NI * C,
+                                  pk(m->pk_fcproj, l, m->pk_fcproj_n)};
         // attention half: branch = attn(ln_1(x)) @ c_proj + b; x += branch
-        (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(
-            a->ln, a->x, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, (int)BT, C,
-            c->layer_norm_epsilon);
-        linear(m, a->qkv, a->ln, p->qkvw + (size_t)l * C * 3 * C, pk(m->pk_qkv, l, m->pk_qkv_n),
-               p->qkvb + (size_t)l * 3 * C, (int)BT, C, 3 * C, 0);
-        (ref ? gpt2_attention_forward_ref : gpt2_attention_forward)(a->atty, a->qkv, B, T, C, NH);
-        residual_branch(m, a->atty, p->attprojw + (size_t)l * C * C,
-                        pk(m->pk_attproj, l, m->pk_attproj_n), p->attprojb + (size_t)l * C,
-                        (int)BT, C, C, wants(hooks, nhooks, DM_HOOK_ATTN_OUT, l));
-        emit(hooks, nhooks, outs, DM_HOOK_ATTN_OUT, l, a->branch, BT, C, center);
-        emit(hooks, nhooks, outs, DM_HOOK_RESID_MID, l, a->x, BT, C, center);
+        be->layernorm(cx, a->ln, a->x, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, (int)BT,
+                      C, eps);
+        be->linear(cx, a->qkv, a->ln, &qkvw, p->qkvb + (size_t)l * 3 * C, (int)BT, C, 3 * C, 0);
+        be->attention(cx, a->atty, a->qkv, B, T, C, NH);
+        if (residual_half(m, &hs, DM_HOOK_ATTN_OUT, l, a->atty, &attprojw,
+                          p->attprojb + (size_t)l * C, (int)BT, C, C) ||
+            run_points(m, &hs, DM_HOOK_RESID_MID, l, a->x, C))
+            return -1;
         if (stop == 2 * l + 1)
             break;
         // MLP half: branch = gelu(ln_2(x) @ c_fc + b) @ c_proj + b; x += branch
-        (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(
-            a->ln, a->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, (int)BT, C,
-            c->layer_norm_epsilon);
-        linear(m, a->fch, a->ln, p->fcw + (size_t)l * C * NI, pk(m->pk_fc, l, m->pk_fc_n),
-               p->fcb + (size_t)l * NI, (int)BT, C, NI, 1);
-        residual_branch(m, a->fch, p->fcprojw + (size_t)l * NI * C,
-                        pk(m->pk_fcproj, l, m->pk_fcproj_n), p->fcprojb + (size_t)l * C, (int)BT,
-                        NI, C, wants(hooks, nhooks, DM_HOOK_MLP_OUT, l));
-        emit(hooks, nhooks, outs, DM_HOOK_MLP_OUT, l, a->branch, BT, C, center);
-        emit(hooks, nhooks, outs, DM_HOOK_RESID_POST, l, a->x, BT, C, center);
+        be->layernorm(cx, a->ln, a->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, (int)BT,
+                      C, eps);
+        be->linear(cx, a->fch, a->ln, &fcw, p->fcb + (size_t)l * NI, (int)BT, C, NI, DM_GPT2_GELU);
+        if (residual_half(m, &hs, DM_HOOK_MLP_OUT, l, a->fch, &fcprojw,
+                          p->fcprojb + (size_t)l * C, (int)BT, NI, C) ||
+            run_points(m, &hs, DM_HOOK_RESID_POST, l, a->x, C))
+            return -1;
     }
     if (stop != INT_MAX)
         return 0;
 
     // ln_final.hook_normalized is LayerNorm without its affine part (fold_ln)
-    (ref ? gpt2_layernorm_forward_ref : gpt2_layernorm_forward)(a->ln, a->x, NULL, NULL, (int)BT,
-                                                                C, c->layer_norm_epsilon);
-    emit(hooks, nhooks, outs, DM_HOOK_LN_FINAL, -1, a->ln, BT, C, 0);
-    if (logits_i < 0 && loss_i < 0)
+    be->layernorm(cx, a->ln, a->x, NULL, NULL, (int)BT, C, eps);
+    if (run_points(m, &hs, DM_HOOK_LN_FINAL, -1, a->ln, C))
+        return -1;
+    if (!want_logits && !want_loss)
         return 0;
-#pragma omp parallel for schedule(static) if (GPT2_OMP)
+#pragma omp parallel for schedule(static) if (cx->omp_kernels)
     for (size_t bt = 0; bt < BT; bt++)
         for (int i = 0; i < C; i++)
             a->ln[bt * C + i] = a->ln[bt * C + i] * p->lnfw[i] + p->lnfb[i];
-    if (logits_i >= 0) {
-        unembed_forward(outs[logits_i], a->ln, p->wte, (int)BT, C, V, ref);
-        if (loss_i >= 0)
-            loss_forward(outs[loss_i], outs[logits_i], tokens, 0, (int)BT, T, V);
-        for (int i = logits_i + 1; i < nhooks; i++)
-            if (hooks[i].kind == DM_HOOK_LOGITS)
-                memcpy(outs[i], outs[logits_i], sizeof(float) * BT * V);
+    /* logits and loss go straight into the first copy asked for, else into
+     * the model's own buffers for the callbacks */
+    float *loss = NULL;
+    if (want_loss && !(loss = first_out(&hs, DM_HOOK_LOSS)))
+        loss = scratch(&m->cb_loss, &m->cb_loss_n, BT);
+    if (want_logits) {
+        float *logits = first_out(&hs, DM_HOOK_LOGITS);
+        if (!logits)
+            logits = scratch(&m->cb_logits, &m->cb_logits_n, BT * V);
+        be->unembed(cx, logits, a->ln, p->wte, (int)BT, C, V);
+        if (loss)
+            loss_forward(cx, loss, logits, tokens, 0, (int)BT, T, V);
+        if (run_points(m, &hs, DM_HOOK_LOGITS, -1, logits, V))
+            return -1;
     } else {
         for (size_t bt0 = 0; bt0 < BT; bt0 += LOGIT_ROWS) {
             int rows = (int)(BT - bt0 < LOGIT_ROWS ? BT - bt0 : LOGIT_ROWS);
-            unembed_forward(a->logits, a->ln + bt0 * C, p->wte, rows, C, V, ref);
-            loss_forward(outs[loss_i], a->logits, tokens, (int)bt0, rows, T, V);
+            be->unembed(cx, a->logits, a->ln + bt0 * C, p->wte, rows, C, V);
+            loss_forward(cx, loss, a->logits, tokens, (int)bt0, rows, T, V);
         }
     }
-    for (int i = loss_i + 1; loss_i >= 0 && i < nhooks; i++)
-        if (hooks[i].kind == DM_HOOK_LOSS)
-            memcpy(outs[i], outs[loss_i], sizeof(float) * BT);
-    return 0;
+    return loss ? run_points(m, &hs, DM_HOOK_LOSS, -1, loss, 1) : 0;
+}
+
+int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,
+                    int nhooks, float **outs, int center)
+{
+    dm_gpt2_hook_point stack[64] = {0};
+    dm_gpt2_hook_point *pts = nhooks <= 64 ? stack : dm_xmalloc(sizeof *pts * (size_t)nhooks);
+    for (int i = 0; i < nhooks; i++)
+        pts[i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = outs[i]};
+    int rc = dm_gpt2_run(m, tokens, B, T, pts, nhooks, center);
+    if (pts != stack)
+        free(pts);
+    return rc;
 }

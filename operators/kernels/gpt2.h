@@ -1,12 +1,17 @@
 /*
  * gpt2.h: the GPT-2 layer runner: a Hugging Face GPT-2 folder in, TransformerLens
- * hook activations out (shared/DOMAIN.md sections 1 and 3).
+ * hook activations out, and hooks that can edit the residual stream on the way.
  *
  * Load a model with dm_gpt2_load (config.json + model.safetensors, F32/F16/BF16
  * weights converted to float32 at load, every tensor name and shape checked
- * against the config), then call dm_gpt2_forward on batches of B windows of T
- * token ids: one pass computes any set of hooks, each into its own caller buffer
- * of [B*T, width] floats, row b*T+t, and stops after the deepest one.
+ * against the config; the compute context picks the kernels), then call
+ * dm_gpt2_forward on batches of B windows of T token ids: one pass computes any
+ * set of hooks, each into its own caller buffer of [B*T, width] floats, row
+ * b*T+t, and stops after the deepest one. dm_gpt2_run is the general form: at
+ * each hook point a callback may observe the activation or edit it in place
+ * before the rest of the model runs on it (TransformerLens's hook points,
+ * ggml's eval callback), e.g. to add a steering vector, splice in an SAE's
+ * reconstruction or remove a direction, and then read the logits and the loss.
  *
  * Hooks (TransformerLens names):
  *   hook_embed, hook_pos_embed                         wte[token], wpe[position]
@@ -24,13 +29,16 @@
  * that is or writes into the residual stream (embed, pos_embed, resid_pre/mid/post,
  * attn_out, mlp_out) has its own per-token mean over d_model subtracted.
  *
- * Beside the fast kernels (dm_sgemm on packed weights or OpenBLAS sgemm, AVX-512
- * attention and GELU, OpenMP) the plain reference kernels are
- * exported for tests, llm.c style: <op>_forward(out, ..., in, weights, dims).
+ * The kernels come from a backend table (dm_gpt2_backend) chosen once at load:
+ * "ref" (plain loops), "cpu" (OpenBLAS sgemm, vectorised C), "cpu-avx512"
+ * (dm_sgemm on packed weights with fused epilogues, AVX-512 attention and GELU)
+ * and a slot for "cuda". The plain reference kernels are also exported, llm.c
+ * style: gpt2_<op>_forward_ref(out, ..., in, weights, dims).
  */
 #ifndef DM_GPT2_H
 #define DM_GPT2_H
 
+#include "compute.h"
 #include "dm.h"
 
 typedef struct {
@@ -77,6 +85,10 @@ int dm_gpt2_hook_depth(dm_gpt2_hook h);
 int dm_gpt2_hooks_depth(const dm_gpt2_hook *hooks, int n);
 /* 1 if h is or writes into the residual stream (centring applies). */
 int dm_gpt2_hook_is_residual(dm_gpt2_hook h);
+/* 1 if a callback may edit h (DM_GPT2_EDIT): the residual hooks and
+ * ln_final.hook_normalized, whose values later computation reads; not logits
+ * or loss. */
+int dm_gpt2_hook_is_editable(dm_gpt2_hook h);
 /* Checks h against cfg (layer < n_layer) and returns its width (n_embd,
  * vocab_size or 1), or -1 with dm_fail(). */
 int64_t dm_gpt2_hook_width(const dm_gpt2_config *cfg, dm_gpt2_hook h);
@@ -93,17 +105,18 @@ typedef struct dm_gpt2 dm_gpt2;
  * attn.bias / attn.masked_bias mask buffers and a tied lm_head.weight are
  * ignored). Only blocks 0..depth-1 are converted to float32 (depth from
  * dm_gpt2_hooks_depth), all of them plus ln_f for DM_GPT2_DEPTH_ALL.
- * NULL with dm_fail() on error. Free with dm_gpt2_free. */
-dm_gpt2 *dm_gpt2_load(const char *dir, int depth);
+ * cx (copied; NULL: dm_compute_default()) picks the backend
+ * (dm_gpt2_backend_select) and so whether the weights are also packed for
+ * dm_sgemm. NULL with the error recorded on failure. Free with dm_gpt2_free. */
+dm_gpt2 *dm_gpt2_load(const char *dir, int depth, const dm_compute *cx);
 /* Floats a model of depth blocks adds for its weights packed for dm_sgemm (the
- * four matrices again; 0 on CPUs without AVX-512F, where OpenBLAS runs them). */
-size_t dm_gpt2_packed_floats(const dm_gpt2_config *c, int depth);
+ * four matrices again) under cx (NULL: the default context): 0 unless its
+ * backend packs (cpu-avx512). */
+size_t dm_gpt2_packed_floats(const dm_gpt2_config *c, int depth, const dm_compute *cx);
 void dm_gpt2_free(dm_gpt2 *m); /* accepts NULL */
 const dm_gpt2_config *dm_gpt2_cfg(const dm_gpt2 *m);
 /* Blocks loaded, and whether ln_f is (both set by dm_gpt2_load's depth). */
 int dm_gpt2_depth(const dm_gpt2 *m);
-/* Use the reference kernels instead of the fast ones (tests). */
-void dm_gpt2_use_reference(dm_gpt2 *m, int on);
 
 /*
  * Runs tokens (B windows of T ids, row-major [B, T]) through the model up to the
@@ -113,35 +126,137 @@ void dm_gpt2_use_reference(dm_gpt2 *m, int on);
  * vocab_size ("token id 50300 at window 1, position 17 is not below vocab_size
  * 50257") and that the hooks fit the loaded depth. Not reentrant on one model:
  * the activation buffers are the model's (kept between calls, grown as needed).
+ * The same as dm_gpt2_run with one copy-only point per hook.
  */
 int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,
                     int nhooks, float **outs, int center);
 
-/* ---- kernels (float32; BT = B*T rows) --------------------------------------
- * Each fast kernel has a plain _ref version beside it; tests compare the two. */
+/* ---- hook points: observe and edit ------------------------------------------
+ *
+ * A point names a hook and what happens there: a copy into a caller buffer
+ * (out, centred as dm_gpt2_forward centres), a callback (fn), or both. The
+ * callback gets the activation itself, x ([B*T, width] floats, row b*T+t; the
+ * model's own values, never centred):
+ *   DM_GPT2_OBSERVE  fn reads x and must not write it.
+ *   DM_GPT2_EDIT     fn may change x in place; the rest of the pass (later
+ *                    hooks, logits, loss) runs on the changed values. Only at
+ *                    editable hooks (dm_gpt2_hook_is_editable).
+ * At one hook the points run in the order given, each its callback and then its
+ * copy: a copy listed before an edit holds the value before it, one in the edit's
+ * own point or after holds the edited value. Editing blocks.L.hook_attn_out or
+ * hook_mlp_out changes what that half block adds to the residual stream
+ * (blocks.L.hook_resid_mid = resid_pre + the edited attn_out); editing
+ * hook_embed or hook_pos_embed changes the sum that is blocks.0.hook_resid_pre.
+ * Examples: x += alpha v (steering), x = an SAE's reconstruction of x (splicing),
+ * x -= (x . u) u per row (removing direction u).
+ *
+ * A point at a branch hook (attn_out, mlp_out) makes the pass form that branch
+ * in memory instead of adding it straight into the residual stream (the fused
+ * epilogue of cpu-avx512), as a copy there always did; copies and callbacks
+ * elsewhere cost nothing beyond themselves.
+ *
+ * The callback returns 0, or non-zero to stop the pass (dm_gpt2_run then fails
+ * with the error it recorded by dm_fail*, prefixed with the model and hook).
+ */
+typedef enum { DM_GPT2_OBSERVE = 0, DM_GPT2_EDIT = 1 } dm_gpt2_hook_mode;
+
+typedef int (*dm_gpt2_hook_fn)(void *user, dm_gpt2_hook h, float *x, int B, int T, int width);
+
+typedef struct {
+    dm_gpt2_hook hook;
+    float *out;             /* [B*T, width] copy, caller-owned; NULL: none */
+    dm_gpt2_hook_fn fn;     /* NULL: none */
+    void *user;             /* fn's first argument */
+    dm_gpt2_hook_mode mode; /* what fn may do */
+} dm_gpt2_hook_point;
+
+/* Runs tokens through the model to the deepest point (as dm_gpt2_forward), with
+ * the points' copies and callbacks. Errors as dm_gpt2_forward's, and: an edit at
+ * a hook that is not editable, or without a callback; a failed callback. */
+int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
+                int npoints, int center);
+
+/* ---- backends ----------------------------------------------------------------
+ *
+ * What one pass asks of its kernels, as one table per device and instruction
+ * set. The runner calls only these for a block (embedding, copies, the loss and
+ * ln_f's affine part stay in the runner). Every entry takes the model's compute
+ * context first (its omp_kernels says whether elementwise work may use OpenMP
+ * threads). Float32; BT = B*T rows. To add a backend (a CUDA one in gpu/): fill
+ * a dm_gpt2_backend, put it in its slot in gpt2.c's table, and the tests run it
+ * against "ref".
+ */
+
+/* A linear layer's weight: W (C, OC) as loaded (Conv1D layout: x @ W), and the
+ * same packed for dm_sgemm when the backend packs (NULL otherwise). */
+typedef struct {
+    const float *w;      /* (C, OC) */
+    const float *packed; /* dm_sgemm_pack(w), or NULL */
+} dm_gpt2_weight;
+
+enum { DM_GPT2_GELU = 1 }; /* linear's flags: gelu_new on the result (the MLP's c_fc) */
+
+typedef struct dm_gpt2_backend {
+    const char *name; /* "ref", "cpu", "cpu-avx512", "cuda" */
+    dm_device device;
+    int packs;        /* 1: linear and linear_residual read dm_gpt2_weight.packed */
+    /* out (BT, C) = (inp - mean) / sqrt(var + eps) * weight + bias per row;
+     * weight and bias (C) may both be NULL (no affine part) */
+    void (*layernorm)(const dm_compute *cx, float *out, const float *inp, const float *weight,
+                      const float *bias, int BT, int C, float eps);
+    /* out (BT, OC) = inp (BT, C) @ W + bias (OC, or NULL), then GELU with
+     * DM_GPT2_GELU */
+    void (*linear)(const dm_compute *cx, float *out, const float *inp, const dm_gpt2_weight *W,
+                   const float *bias, int BT, int C, int OC, int flags);
+    /* x (BT, OC) += inp (BT, C) @ W + bias without the branch in memory (a
+     * fused epilogue); NULL: the runner calls linear into a buffer, then
+     * residual */
+    void (*linear_residual)(const dm_compute *cx, float *x, const float *inp,
+                            const dm_gpt2_weight *W, const float *bias, int BT, int C, int OC);
+    /* out (B, T, C) = causal softmax(q k^T / sqrt(C/NH)) v per head, from qkv
+     * (B, T, 3C) laid out [q | k | v], head h at columns h*C/NH of each */
+    void (*attention)(const dm_compute *cx, float *out, const float *qkv, int B, int T, int C,
+                      int NH);
+    /* out (N) = gelu_new(inp); out may be inp */
+    void (*gelu)(const dm_compute *cx, float *out, const float *inp, int64_t N);
+    /* x (n) += branch (n) */
+    void (*residual)(const dm_compute *cx, float *x, const float *branch, size_t n);
+    /* out (BT, V) = inp (BT, C) @ wte^T, wte (V, C): the tied unembedding */
+    void (*unembed)(const dm_compute *cx, float *out, const float *inp, const float *wte, int BT,
+                    int C, int V);
+} dm_gpt2_backend;
+
+typedef enum {
+    DM_GPT2_REF = 0,    /* the plain reference kernels */
+    DM_GPT2_CPU,        /* OpenBLAS sgemm and vectorised C: any CPU */
+    DM_GPT2_CPU_AVX512, /* dm_sgemm on packed weights, AVX-512 attention and GELU */
+    DM_GPT2_CUDA,       /* empty until gpu/ supplies it */
+    DM_GPT2_NBACKENDS
+} dm_gpt2_backend_id;
+
+/* The entry id, or NULL where this build or CPU has none: cpu-avx512 without
+ * AVX-512F or under DMICA_NO_AVX512=1, cuda until gpu/ fills its slot. */
+const dm_gpt2_backend *dm_gpt2_backend_get(dm_gpt2_backend_id id);
+/* The entry a context selects: cuda for DM_DEVICE_CUDA (NULL with an error if
+ * absent), else ref if cx->reference, else cpu-avx512 if cx->avx512 and the CPU
+ * has it, else cpu. */
+const dm_gpt2_backend *dm_gpt2_backend_select(const dm_compute *cx);
+/* The backend a model was loaded with. */
+const dm_gpt2_backend *dm_gpt2_backend_of(const dm_gpt2 *m);
+
+/* ---- reference kernels (float32; BT = B*T rows) -----------------------------
+ * The "ref" backend's loops, with the shapes of the table's entries. */
 
 /* out (BT, OC) = inp (BT, C) @ weight (C, OC) + bias (OC): the Conv1D layout, no
- * transpose; bias may be NULL. Fast: OpenBLAS sgemm (the runner itself uses
- * dm_sgemm on packed weights where the CPU has AVX-512F; see sgemm.h). */
-void gpt2_matmul_forward(float *out, const float *inp, const float *weight, const float *bias,
-                         int BT, int C, int OC);
+ * transpose; bias may be NULL. */
 void gpt2_matmul_forward_ref(float *out, const float *inp, const float *weight, const float *bias,
                              int BT, int C, int OC);
-/* out (BT, C) = (inp - mean) / sqrt(var + eps) * weight + bias per row; weight and
- * bias (C) may both be NULL (no affine part). */
-void gpt2_layernorm_forward(float *out, const float *inp, const float *weight, const float *bias,
-                            int BT, int C, float eps);
 void gpt2_layernorm_forward_ref(float *out, const float *inp, const float *weight,
                                 const float *bias, int BT, int C, float eps);
-/* out (B, T, C) = causal softmax(q k^T / sqrt(C/NH)) v per head, from qkv (B, T, 3C)
- * laid out [q | k | v], head h at columns h*C/NH of each. Fast: blocks of queries,
- * no (T, T) buffer; AVX-512 products for head sizes that are multiples of 16,
- * else OpenBLAS sgemm. */
-void gpt2_attention_forward(float *out, const float *qkv, int B, int T, int C, int NH);
 void gpt2_attention_forward_ref(float *out, const float *qkv, int B, int T, int C, int NH);
-/* out (N) = gelu_new(inp) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); out may
- * be inp. */
-void gpt2_gelu_forward(float *out, const float *inp, int64_t N);
+/* out (N) = gelu_new(inp) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
 void gpt2_gelu_forward_ref(float *out, const float *inp, int64_t N);
+void gpt2_residual_forward_ref(float *x, const float *branch, size_t n);
+void gpt2_unembed_forward_ref(float *out, const float *inp, const float *wte, int BT, int C, int V);
 
 #endif

@@ -39,13 +39,17 @@
  * GPT-2's sizes: each C tile is then stored once per product instead of once per
  * slice. The block sizes were picked by measurement on the 2-core Zen 4 machine
  * this was written on (build/tools/sgemm-bench), not derived from cache sizes.
+ *
+ * Without AVX-512F (or with DMICA_NO_AVX512=1: the compute context's avx512 is
+ * 0) the same blocking runs a plain C micro-kernel: correct on any CPU, and
+ * slow, so the runners call OpenBLAS there instead; the tests run it.
  */
 #include "sgemm.h"
 
+#include "compute.h"
 #include "dm.h"
 
 #include <omp.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,15 +66,12 @@
 
 /* ---- layout -------------------------------------------------------------- */
 
-/* DMICA_SGEMM_CLASSIC=1 in the environment packs every W whole (for comparisons). */
+/* Whether W (K, N) is packed as Strassen's seven matrices: the compute
+ * context's strassen (off with DMICA_SGEMM_CLASSIC=1, for comparisons), fixed
+ * for the process, so pack and multiply always agree. */
 static int strassen_layout(int K, int N)
 {
-    static int classic = -1;
-    if (classic < 0) {
-        const char *e = getenv("DMICA_SGEMM_CLASSIC");
-        classic = e && *e && strcmp(e, "0") != 0;
-    }
-    return !classic && K % 2 == 0 && N % 2 == 0 && K >= 32 && N >= 32;
+    return dm_compute_default()->strassen && K % 2 == 0 && N % 2 == 0 && K >= 32 && N >= 32;
 }
 
 /* Floats of one (K, N) matrix in panels. */
@@ -148,8 +149,6 @@ void dm_sgemm_ref(float *C, int ldc, const float *A, int lda, const float *W, co
     }
 }
 
-#ifdef SGEMM_X86
-
 /* ---- products ------------------------------------------------------------- */
 
 /* A term or a destination: quadrant (row half, column half) and sign; sign 0
@@ -189,18 +188,25 @@ static const product whole1[] = {{{{0, 0, 1}}, 0, {{0, 0, 1}}, 1, 1}};
 
 int dm_sgemm_available(void)
 {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DMICA_NO_AVX512");
-        on = !(e && *e && strcmp(e, "0") != 0) && __builtin_cpu_supports("avx512f");
-    }
-    return on;
+#ifdef SGEMM_X86
+    return dm_compute_default()->avx512;
+#else
+    return 0;
+#endif
 }
+
+/* The vector loops of pack_a compiled for AVX-512 and AVX2 as well as the
+ * baseline, picked at load time (ifunc): the build has no -march. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SGEMM_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SGEMM_SIMD_CLONES
+#endif
 
 /* Rows [0, mc) x columns [0, kc) of a[0] + s1 * a[1] (a[1] may be NULL) into
  * panels of MR rows, each row contiguous (kc floats); rows past mc are zeros. */
-__attribute__((target("avx512f"))) static void pack_a(float *Ap, const float *a0, const float *a1, float s1, int lda, int mc,
-                   int kc)
+SGEMM_SIMD_CLONES
+static void pack_a(float *Ap, const float *a0, const float *a1, float s1, int lda, int mc, int kc)
 {
     for (int i = 0; i < (mc + MR - 1) / MR * MR; i++) {
         float *d = Ap + (size_t)i * kc;
@@ -229,9 +235,35 @@ typedef struct {
     int load;
 } dest;
 
-/* The MR x NR tile (rows x cols of it real) of a (MR x kc, rows of kc) @ b (kc x
- * NR, k-major), stored into nd destinations. */
-__attribute__((target("avx512f"))) static void kernel(int kc, const float *a, const float *b,
+/* A micro-kernel: the MR x NR tile (rows x cols of it real) of a (MR x kc, rows
+ * of kc) @ b (kc x NR, k-major), stored into nd destinations. */
+typedef void (*microkernel)(int kc, const float *a, const float *b, int ldc, int rows, int cols,
+                            int nd, const dest *d);
+
+/* The plain C micro-kernel, for CPUs without AVX-512F: kernel_avx512's products
+ * summed in the same order (k ascending), one float accumulator per element. */
+static void kernel_c(int kc, const float *a, const float *b, int ldc, int rows, int cols, int nd,
+                     const dest *d)
+{
+    float acc[MR][NR];
+    memset(acc, 0, sizeof acc);
+    for (int k = 0; k < kc; k++)
+        for (int i = 0; i < MR; i++) {
+            float av = a[(size_t)i * kc + k];
+            for (int j = 0; j < NR; j++)
+                acc[i][j] += av * b[(size_t)k * NR + j];
+        }
+    for (int q = 0; q < nd; q++)
+        for (int i = 0; i < rows; i++) {
+            float *ci = d[q].c + (size_t)i * ldc;
+            for (int j = 0; j < cols; j++)
+                ci[j] = (d[q].load ? ci[j] : 0.0f) + (d[q].bias ? d[q].bias[j] : 0.0f) +
+                        acc[i][j] * d[q].sign;
+        }
+}
+
+#ifdef SGEMM_X86
+__attribute__((target("avx512f"))) static void kernel_avx512(int kc, const float *a, const float *b,
                                                      int ldc, int rows, int cols, int nd,
                                                      const dest *d)
 {
@@ -278,13 +310,15 @@ __attribute__((target("avx512f"))) static void kernel(int kc, const float *a, co
         }
     }
 }
+#endif
 
 /* Runs the products P[0..np) over rows [r0, r1) of quadrant row 0 (quadrant row 1
  * starts mh rows below), K2 x N2 quadrants, packed matrices of pf floats each.
  * Called by each thread on its own rows. */
 static void run_products(const product *P, int np, float *C, int ldc, const float *A, int lda,
                          const float *Wp, size_t pf, const float *bias, int K2, int N2, int mh,
-                         int r0, int r1, int flags, dm_sgemm_rowfn fn, float *Ap)
+                         int r0, int r1, int flags, dm_sgemm_rowfn fn, float *Ap,
+                         microkernel kernel)
 {
     int accumulate = flags & DM_SGEMM_ACCUMULATE;
     for (int m0 = r0; m0 < r1; m0 += MC) {
@@ -343,6 +377,11 @@ void dm_sgemm(float *C, int ldc, const float *A, int lda, const float *Wp, const
     /* the packing buffer: MC rows (fewer for a small M) of one KC slice */
     int rows = mh > rest ? mh : rest, mce = (rows + MR - 1) / MR * MR;
     size_t ap = (size_t)(mce < MC ? mce : MC) * (K2 < KC ? K2 : KC);
+    microkernel kernel = kernel_c;
+#ifdef SGEMM_X86
+    if (dm_compute_default()->avx512)
+        kernel = kernel_avx512;
+#endif
 #pragma omp parallel if (blocks + rblocks > 1)
     {
         int t = omp_get_thread_num(), nt = omp_get_num_threads();
@@ -350,7 +389,7 @@ void dm_sgemm(float *C, int ldc, const float *A, int lda, const float *Wp, const
         if (mh) {
             int r0 = (int)((long)blocks * t / nt) * MR, r1 = (int)((long)blocks * (t + 1) / nt) * MR;
             run_products(strassen7, 7, C, ldc, A, lda, Wp, pf, bias, K2, N2, mh, r0,
-                         r1 < mh ? r1 : mh, flags, fn, Ap);
+                         r1 < mh ? r1 : mh, flags, fn, Ap, kernel);
         }
         if (rest) {
             int r0 = (int)((long)rblocks * t / nt) * MR, r1 = (int)((long)rblocks * (t + 1) / nt) * MR;
@@ -359,27 +398,12 @@ void dm_sgemm(float *C, int ldc, const float *A, int lda, const float *Wp, const
             float *c = C + (size_t)2 * mh * ldc;
             if (strassen)
                 run_products(classic4, 4, c, ldc, a, lda, Wp, pf, bias, K2, N2, 0, r0, r1, flags,
-                             fn, Ap);
+                             fn, Ap, kernel);
             else
                 run_products(whole1, 1, c, ldc, a, lda, Wp, pf, bias, K2, N2, 0, r0, r1, flags,
-                             fn, Ap);
+                             fn, Ap, kernel);
         }
         free(Ap);
     }
 }
 
-#else
-
-int dm_sgemm_available(void)
-{
-    return 0;
-}
-
-void dm_sgemm(float *C, int ldc, const float *A, int lda, const float *Wp, const float *bias,
-              int M, int N, int K, int flags, dm_sgemm_rowfn fn)
-{
-    fprintf(stderr, "dm_sgemm: no packed kernel on this CPU (check dm_sgemm_available)\n");
-    abort();
-}
-
-#endif

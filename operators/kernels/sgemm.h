@@ -11,9 +11,14 @@
  * stored, the result can be added into C (a residual stream) instead of
  * overwriting it, and a row function (GELU) can run on each tile while it is
  * still in L1. An AVX-512 micro-kernel (12 x 32 tile, BLIS-style blocking) does
- * the work; on CPUs without AVX-512F dm_sgemm_available() is 0 and callers use
- * OpenBLAS with the unpacked weights. dm_sgemm_ref is the plain loop it is
- * tested against.
+ * the work; on CPUs without AVX-512F (or with DMICA_NO_AVX512=1) a plain C
+ * micro-kernel does, correct but slow: dm_sgemm_available() is then 0 and the
+ * runners use OpenBLAS with the unpacked weights instead. dm_sgemm_ref is the
+ * plain loop both are tested against.
+ *
+ * The switches come from the process's compute context (compute.h,
+ * dm_compute_default: avx512 and strassen, read from the environment once), so
+ * the packed layout is the same when W is packed and when it is multiplied.
  */
 #ifndef DM_SGEMM_H
 #define DM_SGEMM_H
@@ -29,9 +34,10 @@ enum {
 /* Row function run on every finished row segment of C (in place), e.g. GELU. */
 typedef void (*dm_sgemm_rowfn)(float *row, int n);
 
-/* 1 when this CPU runs the packed kernel (AVX-512F), unless DMICA_NO_AVX512=1 is
- * in the environment: then the callers' OpenBLAS paths run, as on CPUs without
- * it (make test-unit runs the GPT-2 and SAE tests that way too). */
+/* 1 when dm_sgemm runs its AVX-512 micro-kernel (dm_compute_default()->avx512:
+ * the CPU has AVX-512F and DMICA_NO_AVX512 is unset); 0 when it would run the
+ * plain C one, where callers are faster with OpenBLAS (make test-unit runs the
+ * GPT-2, SAE and sgemm tests that way too). */
 int dm_sgemm_available(void);
 /* Floats of W (K, N) once packed: N rounded up to DM_SGEMM_NR, times K. */
 size_t dm_sgemm_packed_floats(int K, int N);
@@ -41,7 +47,7 @@ void dm_sgemm_pack(float *dst, const float *W, int ldw, int K, int N);
 /* C (M, N; row stride ldc) = A (M, K; row stride lda) @ W + bias (N, or NULL),
  * or += with DM_SGEMM_ACCUMULATE, then fn on each row of C when fn is given
  * (not with DM_SGEMM_ACCUMULATE). Wp from dm_sgemm_pack. OpenMP threads over
- * rows of M. Needs dm_sgemm_available(). */
+ * rows of M. Runs on any CPU (fast where dm_sgemm_available()). */
 void dm_sgemm(float *C, int ldc, const float *A, int lda, const float *Wp, const float *bias,
               int M, int N, int K, int flags, dm_sgemm_rowfn fn);
 /* The plain triple loop of the same contract, W unpacked (K, N). */

@@ -4,9 +4,21 @@
 For each tiny model below: tools/make-gpt2 writes the folder (config.json +
 model.safetensors), random token windows go to tokens.npy, and the float64 numpy
 reference (tools/gpt2_reference.py) writes expected.safetensors with every hook,
-F32: "<hook>" centred as TransformerLens does (DOMAIN.md section 3) and
+F32: "<hook>" centred as TransformerLens does (center_writing_weights) and
 "raw/<hook>" without centring (same values for hooks outside the residual stream),
-plus "tokens" (I32). Run from the repository root:
+plus "tokens" (I32).
+
+For the models in EDITS it also writes edit.safetensors, the parity data of the
+editing hooks (dm_gpt2_run), raw values of every hook from blocks.L.hook_resid_pre
+on, logits and loss included:
+    "layer"              I32 [1], L
+    "splice/given"       F32 [B*T, C], a tensor that replaces blocks.L.hook_resid_pre
+                         (the model's own plus noise, as an SAE's reconstruction
+                         would be); "splice/<hook>": blocks L.. run on it
+    "ablate/direction"   F32 [C], u, unit length in float64 before rounding;
+                         "ablate/<hook>": the run with x - (x . u) u per token at
+                         blocks.L.hook_resid_pre
+Run from the repository root:
 
     tests/golden/make_gpt2_golden.py
 """
@@ -36,6 +48,8 @@ MODELS = [
                "--vocab-size", "73", "--n-inner", "96", "--dtype", "F16", "--seed", "3"], "<u2"),
 ]
 B, T = 2, 16
+# models and the layer L whose resid_pre the edit tests replace
+EDITS = [("c64h4", 1), ("c48h4", 1)]
 
 
 def write_safetensors(path, tensors):
@@ -69,6 +83,36 @@ def main():
             out["raw/" + hook] = ("F32", a)
         write_safetensors(os.path.join(d, "expected.safetensors"), out)
         print("%s: %d hooks, tokens %s" % (d, len(acts), tokens.shape))
+    for name, layer in EDITS:
+        write_edits(os.path.join(HERE, "gpt2", name), layer)
+
+
+def write_edits(d, layer):
+    """edit.safetensors of model folder d (see the module comment)."""
+    model = gpt2_reference.GPT2(d)
+    tokens = np.load(os.path.join(d, "tokens.npy")).astype(np.int64)
+    rng = np.random.default_rng(200 + layer + model.C)
+    hook = "blocks.%d.hook_resid_pre" % layer
+    resid = model.run(tokens)[hook]
+    # float32 values, so that dmica and the reference start from the same numbers
+    given = (0.8 * resid + rng.normal(0, 0.3 * resid.std(), resid.shape)).astype(np.float32)
+    spliced = model.run(tokens, start=(layer, given.astype(np.float64)))
+    # the same through an edit after the earlier blocks: the two modes agree
+    check = model.run(tokens, edits={hook: lambda x: given.astype(np.float64)})
+    for k, v in spliced.items():
+        assert np.allclose(v, check[k], rtol=1e-12, atol=1e-12, equal_nan=True), k
+    # the mean direction of the residual stream: removing it changes the loss clearly
+    u = resid.mean(0)
+    u = (u / np.linalg.norm(u)).astype(np.float32)
+    u64 = u.astype(np.float64)
+    ablated = model.run(tokens, edits={hook: lambda x: x - np.outer(x @ u64, u64)})
+    out = {"layer": ("I32", np.array([layer], dtype=np.int32)),
+           "splice/given": ("F32", given), "ablate/direction": ("F32", u)}
+    for k, v in spliced.items():
+        out["splice/" + k] = ("F32", v)
+        out["ablate/" + k] = ("F32", ablated[k])
+    write_safetensors(os.path.join(d, "edit.safetensors"), out)
+    print("%s: edits at %s, %d hooks each" % (d, hook, len(spliced)))
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@
 #include "npy.h"
 #include "safetensors.h"
 #include "sgemm.h"
+#include "test.h"
 
-#include <check.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -1237,13 +1237,5 @@ int main(void)
     tcase_add_test(tm, bad_models);
     tcase_add_test(tm, bad_tokens_and_hooks);
     suite_add_tcase(s, tm);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    char *cmd = dm_xasprintf("rm -rf %s", tmpdir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", tmpdir);
-    free(cmd);
-    return failed ? 1 : 0;
+    return dm_test_run(s, tmpdir);
 }

@@ -18,9 +18,9 @@
 #include "sgemm.h"
 
 #include "dm.h"
+#include "test.h"
 
 #include <cblas.h>
-#include <check.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -173,9 +173,5 @@ int main(void)
     tcase_add_test(tc, strided_pack);
     tcase_add_test(tc, gpt2_shapes_match_openblas);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dm_test_run(s, NULL);
 }

@@ -116,6 +116,7 @@ START_TEST(injected_enospc)
     ck_assert_int_eq(dm_pwrite_all(fd, buf, 1, 0, p), -1);
     ck_assert_int_eq(dm_fault_check(1, "other.spill"), -1);
     assert_error_has("other.spill: write failed: No space left on device (injected)");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO);
     close(fd);
     /* An atomic write under a full disk leaves the old file and no temporary. */
     char *q = dm_xasprintf("%s/keep.txt", dir);
@@ -224,6 +225,7 @@ START_TEST(read_write_atomic)
     ck_assert_ptr_null(dm_read_file(p, &len));
     assert_error_has(p);
     assert_error_has("No such file");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO);
     ck_assert_int_eq(dm_write_file_atomic(p, "abc\0def", 7), 0);
     char *text = dm_read_file(p, &len);
     ck_assert_uint_eq(len, 7);

@@ -324,6 +324,7 @@ START_TEST(empty_and_edge_chunks)
     w = dm_spill_writer_open(dir, "bad", 2, DM_F32, DM_CODEC_NONE);
     ck_assert_int_eq(dm_spill_write(w, &(dm_chunk){.row0 = 0, .rows = 1, .cols = 4, .data = y}), -1);
     assert_error_has("chunk has 4 columns, the spill 2");
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
     dm_spill_writer_abort(w);
     ck_assert_int_eq(count_entries(dir), 4); /* empty and late, two files each */
 
@@ -414,6 +415,7 @@ START_TEST(corrupt_chunk_is_detected)
     ck_assert_msg(strncmp(dm_error(), want, strlen(want)) == 0, "error: %s", dm_error());
     assert_error_has(", computed 0x");
     assert_error_has("): the spill is corrupt");
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
     ck_assert_int_eq(c.rows, 0);
     ck_assert_int_eq(dm_spill_next(r, &c), -1); /* stays failed */
     assert_error_has("replay stopped by an earlier error");
@@ -443,6 +445,7 @@ START_TEST(data_file_size_checked)
     ck_assert_ptr_null(dm_spill_reader_open(dir, "t"));
     char *want = dm_xasprintf("%s: truncated: the manifest says 4000 bytes, the file has 3999", data);
     ck_assert_str_eq(dm_error(), want);
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
     ck_assert_int_eq(dm_spill_verify(dir, "t"), -1);
     ck_assert_int_eq(truncate(data, 4001), 0);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "t"));
@@ -464,6 +467,7 @@ START_TEST(data_file_size_checked)
     unlink(data);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "t"));
     assert_error_has("t.spill: cannot open: No such file or directory");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO);
     dm_rm_rf(dir);
     free(want), free(data), free(dir);
 }
@@ -541,9 +545,11 @@ START_TEST(enospc_leaves_nothing)
     ck_assert_int_eq(rc, -1);
     assert_error_has("write failed: No space left on device (injected)");
     assert_error_has(in_manifest ? "full.json.tmp." : "full.spill");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO); /* kept through the writer's repeat of its first error */
     ck_assert_int_eq(count_entries(dir), 0);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "full"));
     assert_error_has("spill manifest missing");
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
     dm_rm_rf(dir);
     free(dir);
 }

@@ -46,10 +46,19 @@ const char *dm_error(void);
 /* The last recorded code (DM_OK if none). */
 dm_errc dm_error_code(void);
 void dm_error_clear(void);
+/* Which part of a program the recorded error has been attributed to (an opaque
+ * pointer: the engine marks an error with the node it prefixed "node 'x' (op)"
+ * to, so that the levels above it do not name a node again). dm_fail and
+ * dm_failc clear the mark (a new error is nobody's yet); dm_fail_prefix keeps it. */
+void dm_error_attribute(const void *subject);
+const void *dm_error_subject(void);
 /* "input", "usage", "io", "corrupt", "shape", "no memory", "interrupted", "internal". */
 const char *dm_errc_name(dm_errc code);
 /* The process exit status for a code: 2 for usage, 130 for interrupted, else 1. */
 int dm_errc_exit(dm_errc code);
+/* dm_errc_exit(dm_error_code()), but 1 when nothing was recorded: a command that
+ * failed never exits 0. */
+int dm_error_exit(void);
 
 /* Diagnostics on stderr: "dmica: warning: ...". */
 void dm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -98,6 +98,7 @@ struct dm_node {
     int64_t rows_in;
     double seconds;    /* time in this node's own callbacks */
     int in_consume;
+    char *bad_param; /* a parameter the operator read without declaring it (a bug) */
 };
 
 typedef struct {
@@ -117,6 +118,10 @@ typedef struct {
 dm_graph *dm_graph_build(dm_pipeline *p);
 void dm_graph_free(dm_graph *g);
 dm_node *dm_graph_find(dm_graph *g, const char *name);
+/* Call after every operator callback with what it returned: -1 with a
+ * DM_E_INTERNAL error when the operator read a parameter it does not declare,
+ * else rc. */
+int dm_node_check_params(dm_node *n, int rc);
 
 /* Computes keys and states against the cache (cache.c). */
 int dm_plan(dm_graph *g);

@@ -199,8 +199,9 @@ static int bind_node(dm_pipeline *p, dm_node *n)
     /* Outputs: fixed by the operator, or named by its parameters (gpt2 hooks). */
     if (op->ports) {
         dm_port_spec *outs = NULL;
-        if (op->ports(n, &outs)) {
-            dm_fail_prefix("%s: node '%s' (%s)", n->where, d->name, op->name);
+        if (dm_node_check_params(n, op->ports(n, &outs))) {
+            if (!dm_error_subject())
+                dm_fail_prefix("%s: node '%s' (%s)", n->where, d->name, op->name);
             return -1;
         }
         n->outs = outs;
@@ -395,8 +396,9 @@ dm_graph *dm_graph_build(dm_pipeline *p)
             }
         }
         n->single_pass = 0;
-        if (n->op->infer && n->op->infer(n)) {
-            dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+        if (dm_node_check_params(n, n->op->infer ? n->op->infer(n) : 0)) {
+            if (!dm_error_subject())
+                dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
             goto fail;
         }
         for (int k = 0; k < n->nout; k++)
@@ -436,6 +438,7 @@ void dm_graph_free(dm_graph *g)
         }
         free(n->pval), free(n->in), free(n->outdesc), free(n->outtensor), free(n->cons), free(n->ncons);
         free(n->spill), free(n->writers), free(n->readers), free((char *)n->where), free(n->material), free(n->why), free(n->dir);
+        free(n->bad_param);
         free(n);
     }
     for (int i = 0; i < g->nforce; i++)
@@ -446,21 +449,48 @@ void dm_graph_free(dm_graph *g)
 
 /* ---- node accessors (op.h) ------------------------------------------------ */
 
+/* The index of parameter key, or -1 when the operator did not declare it: a bug
+ * in the operator, not in the pipeline. The accessors then return an empty or
+ * zero value and the node remembers the name; the engine reports it as an
+ * internal error once the callback returns (dm_node_check_params). */
 static int param_index(const dm_node *n, const char *key)
 {
     for (int k = 0; k < n->nparams; k++)
         if (!strcmp(n->op->params[k].name, key))
             return k;
-    fprintf(stderr, "dmica: bug: operator '%s' reads undeclared parameter '%s'\n", n->op->name, key);
-    abort();
+    dm_node *m = (dm_node *)n;
+    if (!m->bad_param)
+        m->bad_param = dm_xstrdup(key);
+    return -1;
+}
+
+int dm_node_check_params(dm_node *n, int rc)
+{
+    if (!n->bad_param)
+        return rc;
+    dm_failc(DM_E_INTERNAL, "%s: node '%s': operator '%s' reads parameter '%s', which it does not declare "
+             "(a bug in the operator)", n->where, n->decl->name, n->op->name, n->bad_param);
+    dm_error_attribute(n);
+    return -1;
 }
 
 const char *dm_node_name(const dm_node *n) { return n->decl->name; }
 const char *dm_node_where(const dm_node *n) { return n->where; }
-const char *dm_param_str(const dm_node *n, const char *key) { return n->pval[param_index(n, key)]; }
+
+const char *dm_param_str(const dm_node *n, const char *key)
+{
+    int k = param_index(n, key);
+    return k < 0 ? "" : n->pval[k];
+}
+
 int64_t dm_param_int(const dm_node *n, const char *key) { return strtoll(dm_param_str(n, key), NULL, 10); }
 double dm_param_float(const dm_node *n, const char *key) { return strtod(dm_param_str(n, key), NULL); }
-int64_t dm_param_size(const dm_node *n, const char *key) { return dm_parse_size(dm_param_str(n, key)); }
+
+int64_t dm_param_size(const dm_node *n, const char *key)
+{
+    int k = param_index(n, key);
+    return k < 0 ? 0 : dm_parse_size(n->pval[k]);
+}
 
 int dm_param_bool(const dm_node *n, const char *key)
 {

@@ -65,6 +65,22 @@ typedef struct {
 
 static int is_active(const dm_node *n) { return n->run || n->reproduce; }
 
+/* Names node n in the recorded error, once: "file:line: node 'x' (op): ..."
+ * (or "node 'x' (op): ..." without where). An error already attributed to a
+ * node (one that failed inside n's dm_emit, say) keeps that node's name alone.
+ * Returns -1. */
+static int blame(dm_node *n, int with_where)
+{
+    if (dm_error_subject())
+        return -1;
+    if (with_where)
+        dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+    else
+        dm_fail_prefix("node '%s' (%s)", n->decl->name, n->op->name);
+    dm_error_attribute(n);
+    return -1;
+}
+
 static int has_multipass_input(const dm_node *n)
 {
     for (int k = 0; k < n->nin; k++)
@@ -168,8 +184,11 @@ static void free_groups(group *gs, int ng)
 int dm_emit(dm_node *n, int port, const dm_chunk *c)
 {
     if (n->writers[port]) {
-        if (dm_spill_write(n->writers[port], c))
-            return dm_fail_prefix("node '%s': spilling output '%s'", n->decl->name, n->outs[port].name);
+        if (dm_spill_write(n->writers[port], c)) {
+            dm_fail_prefix("node '%s': spilling output '%s'", n->decl->name, n->outs[port].name);
+            dm_error_attribute(n);
+            return -1;
+        }
     }
     for (int i = 0; i < n->ncons[port]; i++) {
         dm_node *c2 = n->cons[port][i].src;
@@ -179,11 +198,8 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c)
         c2->in_consume = 1;
         int rc = c2->op->consume(c2, n->cons[port][i].port, c);
         c2->in_consume = 0;
-        if (rc) {
-            if (!strstr(dm_error(), c2->decl->name))
-                dm_fail_prefix("node '%s' (%s)", c2->decl->name, c2->op->name);
-            return -1;
-        }
+        if (dm_node_check_params(c2, rc))
+            return blame(c2, 0);
         /* a node's time is its own: what its consumers take inside its emit is theirs */
         double dt = dm_now() - t0;
         c2->seconds += dt;
@@ -201,12 +217,18 @@ int64_t dm_input_rows(const dm_node *n, int port)
 
 int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, float *out)
 {
-    if (port < 0 || port >= n->nin || !n->readers[port])
-        return dm_fail("node '%s': input %d is not a random-access input", n->decl->name, port);
-    if (row0 < 0 || rows < 0 || row0 + rows > dm_spill_rows(n->readers[port]))
-        return dm_fail("node '%s': input '%s': rows %lld..%lld out of range (%lld rows)", n->decl->name,
-                       n->op->inputs[port].name, (long long)row0, (long long)(row0 + rows),
-                       (long long)dm_spill_rows(n->readers[port]));
+    if (port < 0 || port >= n->nin || !n->readers[port]) {
+        dm_failc(DM_E_INTERNAL, "node '%s': input %d is not a random-access input", n->decl->name, port);
+        dm_error_attribute(n);
+        return -1;
+    }
+    if (row0 < 0 || rows < 0 || row0 + rows > dm_spill_rows(n->readers[port])) {
+        dm_failc(DM_E_SHAPE, "node '%s': input '%s': rows %lld..%lld out of range (%lld rows)", n->decl->name,
+                 n->op->inputs[port].name, (long long)row0, (long long)(row0 + rows),
+                 (long long)dm_spill_rows(n->readers[port]));
+        dm_error_attribute(n);
+        return -1;
+    }
     return dm_spill_read_rows(n->readers[port], row0, rows, out);
 }
 
@@ -285,13 +307,13 @@ static int refresh_descs(group *G)
         }
         /* the groups are made: a second infer() cannot change how often an input is read */
         uint64_t single_pass = n->single_pass;
-        if (n->op->infer && n->op->infer(n))
-            return dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+        if (dm_node_check_params(n, n->op->infer ? n->op->infer(n) : 0))
+            return blame(n, 1);
         n->single_pass = single_pass;
         for (int k = 0; k < n->nout; k++)
             if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] <= 0)
-                return dm_fail("%s: node '%s': the width of output '%s' is still unknown when it runs", n->where,
-                               n->decl->name, n->outs[k].name);
+                return dm_failc(DM_E_SHAPE, "%s: node '%s': the width of output '%s' is still unknown when it runs", n->where,
+                                n->decl->name, n->outs[k].name);
     }
     return 0;
 }
@@ -305,6 +327,8 @@ static int size_chunks(dm_graph *g, group *G, int gi)
         dm_node *n = G->members[i];
         if (n->op->state_bytes)
             fixed += n->op->state_bytes(n);
+        if (dm_node_check_params(n, 0))
+            return -1;
         for (int k = 0; k < n->nout; k++)
             if (n->outdesc[k].kind == DM_PORT_STREAM)
                 per_row += row_bytes_of(n, k) * (1 + (n->spill[k] ? DM_SPILL_BUFFERS : 0));
@@ -321,9 +345,9 @@ static int size_chunks(dm_graph *g, group *G, int gi)
             strncat(names, i ? ", " : "", sizeof names - strlen(names) - 1);
             strncat(names, G->members[i]->decl->name, sizeof names - strlen(names) - 1);
         }
-        return dm_fail("memory budget %lld MiB is too small for nodes %s (state %lld MiB, %lld bytes per row); "
-                       "raise it with --memory", (long long)(g->memory >> 20), names, (long long)(fixed >> 20),
-                       (long long)per_row);
+        return dm_failc(DM_E_NOMEM, "memory budget %lld MiB is too small for nodes %s (state %lld MiB, %lld bytes per row); "
+                        "raise it with --memory", (long long)(g->memory >> 20), names, (long long)(fixed >> 20),
+                        (long long)per_row);
     }
     for (int i = 0; i < G->nmembers; i++)
         G->members[i]->chunk_rows = rows;
@@ -384,9 +408,8 @@ static int open_node(dm_graph *g, dm_node *n, int spills)
                                   n->op->inputs[k].name);
         }
     }
-    if (n->op->open && n->op->open(n)) {
-        if (!strstr(dm_error(), n->decl->name))
-            dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+    if (dm_node_check_params(n, n->op->open ? n->op->open(n) : 0)) {
+        blame(n, 1);
         if (n->op->close)
             n->op->close(n);
         n->state_ptr = NULL;
@@ -445,8 +468,8 @@ static int commit_node(dm_graph *g, dm_node *n)
             json_object_set_new(o, "kind", json_string("tensor"));
             int rc = 0;
             if (!n->outtensor[k].data)
-                rc = dm_fail("node '%s': operator '%s' did not set output '%s'", n->decl->name, n->op->name,
-                             n->outs[k].name);
+                rc = dm_failc(DM_E_INTERNAL, "node '%s': operator '%s' did not set output '%s'", n->decl->name, n->op->name,
+                              n->outs[k].name);
             else
                 rc = dm_npy_save(path, &n->outtensor[k]);
             free(path);
@@ -480,20 +503,23 @@ static int commit_node(dm_graph *g, dm_node *n)
     return dm_cache_record(g, n);
 }
 
-/* A driver's next chunk; 0 with rows == 0 at the end. */
-static int driver_next(driver *d)
+/* A driver's next chunk; 0 with rows == 0 at the end. A spill that cannot be
+ * replayed sets *bad to its producer (which the run then recomputes). */
+static int driver_next(driver *d, dm_node **bad)
 {
     if (d->reader) {
-        if (dm_spill_next(d->reader, &d->buf))
-            return -2;
+        if (dm_spill_next(d->reader, &d->buf)) {
+            *bad = d->src;
+            return -1;
+        }
         return 0;
     }
     d->buf.rows = 0;
     double t0 = dm_now();
     int rc = d->src->op->produce(d->src, &d->buf, d->src->chunk_rows);
     d->src->seconds += dm_now() - t0;
-    if (rc)
-        return dm_fail_prefix("%s: node '%s' (%s)", d->src->where, d->src->decl->name, d->src->op->name);
+    if (dm_node_check_params(d->src, rc))
+        return blame(d->src, 1);
     d->buf.cols = d->src->outdesc[d->port].shape[1];
     return 0;
 }
@@ -508,7 +534,8 @@ static char *group_label(const group *G)
     return dm_xstrdup(buf);
 }
 
-/* Returns 0, -1 on error, -2 when a spill turned out corrupt (*bad = its producer). */
+/* Returns 0 or -1; when the error is a spill that cannot be replayed, *bad is
+ * set to its producer. */
 static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
 {
     int rc = 0, opened_drivers = 0;
@@ -526,7 +553,7 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
         free(dir);
         if (!d->reader) {
             *bad = d->src;
-            rc = -2;
+            rc = -1;
             break;
         }
         d->total = dm_spill_rows(d->reader);
@@ -588,9 +615,7 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
         while (nall > 0) {
             int ended = 0;
             for (int j = 0; j < nall && !rc; j++) {
-                rc = driver_next(&all[j]);
-                if (rc == -2)
-                    *bad = all[j].src;
+                rc = driver_next(&all[j], bad);
                 if (!rc && all[j].buf.rows == 0)
                     ended++;
             }
@@ -598,14 +623,14 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
                 break;
             if (ended) {
                 if (ended != nall)
-                    rc = dm_fail("the stream inputs of nodes %s have different numbers of rows", label);
+                    rc = dm_failc(DM_E_SHAPE, "the stream inputs of nodes %s have different numbers of rows", label);
                 break;
             }
             for (int j = 1; j < nall && !rc; j++)
                 if (all[j].buf.row0 != all[0].buf.row0 || all[j].buf.rows != all[0].buf.rows)
-                    rc = dm_fail("nodes %s: stream inputs are chunked differently (rows %lld+%lld vs %lld+%lld); "
-                                 "spill them with the same chunk size", label, (long long)all[0].buf.row0,
-                                 (long long)all[0].buf.rows, (long long)all[j].buf.row0, (long long)all[j].buf.rows);
+                    rc = dm_failc(DM_E_SHAPE, "nodes %s: stream inputs are chunked differently (rows %lld+%lld vs %lld+%lld); "
+                                  "spill them with the same chunk size", label, (long long)all[0].buf.row0,
+                                  (long long)all[0].buf.rows, (long long)all[j].buf.row0, (long long)all[j].buf.rows);
             for (int j = 0; j < nall && !rc; j++)
                 rc = dm_emit(all[j].src, all[j].port, &all[j].buf);
             if (rc)
@@ -631,11 +656,11 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
             if (!n->op->end_pass || n->op->produce)
                 continue;
             int r = n->op->end_pass(n, pass);
-            if (r < 0)
-                rc = dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+            if (dm_node_check_params(n, r < 0 ? -1 : 0))
+                rc = blame(n, 1);
             else if (r > 0 && !has_multipass_input(n))
-                rc = dm_fail("node '%s': operator '%s' asked for another pass over an input it did not declare "
-                             "multipass, or said it reads once", n->decl->name, n->op->name);
+                rc = dm_failc(DM_E_INTERNAL, "node '%s': operator '%s' asked for another pass over an input it did not declare "
+                              "multipass, or said it reads once", n->decl->name, n->op->name);
             more |= r > 0;
         }
         if (rc || !more)
@@ -654,11 +679,8 @@ static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
     for (int i = 0; i < G->nmembers && !rc; i++) {
         dm_node *n = G->members[i];
         double t0 = dm_now();
-        if (n->op->finish && n->op->finish(n)) {
-            if (!strstr(dm_error(), n->decl->name))
-                dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
-            rc = -1;
-        }
+        if (dm_node_check_params(n, n->op->finish ? n->op->finish(n) : 0))
+            rc = blame(n, 1);
         n->seconds += dm_now() - t0;
     }
     for (int i = 0; i < G->nmembers && !rc; i++) {
@@ -794,7 +816,7 @@ int dm_run(dm_graph *g)
         for (int gi = 0; gi < ng && !rc; gi++)
             rc = run_group(g, &gs[gi], gi, &bad);
         free_groups(gs, ng);
-        if (rc == -2 && bad && attempt < 2) {
+        if (rc && bad && attempt < 2) {
             dm_warn("%s; recomputing node '%s'", dm_error(), bad->decl->name);
             dm_cache_invalidate(g, bad->key);
             for (int i = 0; i < g->nnodes; i++)
@@ -830,7 +852,7 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
     if (!g) {
         fprintf(stderr, "dmica: %s\n", dm_error());
         dm_pipeline_free(p);
-        return 1;
+        return dm_error_exit();
     }
     const char *env = getenv("DMICA_CACHE");
     g->cache = dm_xstrdup(o->cache ? o->cache : env && *env ? env : ".dmica-cache");
@@ -845,5 +867,5 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
         fprintf(stderr, "dmica: results in %s\n", o->out);
     dm_graph_free(g);
     dm_pipeline_free(p);
-    return rc ? 1 : 0;
+    return rc ? dm_error_exit() : 0;
 }

@@ -365,7 +365,8 @@ static int push_level(dm_corpus *c, const char *name, void *mem, size_t len, con
     int r = file ? archive_read_open_filename(l->a, file, 1 << 16) : archive_read_open_memory(l->a, mem, len);
     c->depth++;
     if (r != ARCHIVE_OK)
-        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", name, archive_error_string(l->a));
+        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", name,
+                        archive_error_string(l->a));
     return 0;
 }
 

@@ -23,7 +23,7 @@
  *
  * File identity (cache keys over input files) is XXH3-128 of the content. Hashing
  * a 30 GB input costs seconds, so the result is memoised in
- * cache_dir/filehash/<key>, the key being a hash of (path, device, inode, size,
+ * memo_dir/<key> (the cache's filehash folder), the key being a hash of (path, device, inode, size,
  * mtime in ns): any change to the file changes the key, and a stale memo is
  * simply never looked up again.
  */
@@ -501,7 +501,7 @@ static int dm_hash_fd(int fd, const char *path, char out[33])
     return rc;
 }
 
-int dm_file_identity(const char *path, const char *cache_dir, char out[33])
+int dm_file_identity(const char *path, const char *memo_dir, char out[33])
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -517,7 +517,7 @@ int dm_file_identity(const char *path, const char *cache_dir, char out[33])
     }
 
     char *memo = NULL;
-    if (cache_dir) {
+    if (memo_dir) {
         char *what = dm_xasprintf("%s\n%llu\n%llu\n%lld\n%lld.%09ld", path,
                                   (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
                                   (long long)st.st_size, (long long)st.st_mtim.tv_sec,
@@ -525,7 +525,7 @@ int dm_file_identity(const char *path, const char *cache_dir, char out[33])
         char key[33];
         dm_hex128(XXH3_128bits(what, strlen(what)), key);
         free(what);
-        memo = dm_xasprintf("%s/filehash/%s", cache_dir, key);
+        memo = dm_xasprintf("%s/%s", memo_dir, key);
         size_t len;
         char *text = dm_file_exists(memo) ? dm_read_file(memo, &len) : NULL;
         if (text && len >= 32 && dm_is_hex32(text)) {
@@ -548,13 +548,11 @@ int dm_file_identity(const char *path, const char *cache_dir, char out[33])
     close(fd);
     if (rc == 0 && memo && !changed) {
         /* The memo is an optimisation: failing to write it must not fail the run. */
-        char *dir = dm_xasprintf("%s/filehash", cache_dir);
         char line[34];
         memcpy(line, out, 32);
         line[32] = '\n';
-        if (dm_mkdir_p(dir) < 0 || dm_write_file_atomic(memo, line, 33) < 0)
+        if (dm_mkdir_p(memo_dir) < 0 || dm_write_file_atomic(memo, line, 33) < 0)
             dm_warn("could not remember the hash of %s: %s", path, dm_error());
-        free(dir);
     }
     free(memo);
     return rc;

@@ -196,7 +196,7 @@ static int bind_node(dm_pipeline *p, dm_node *n)
         n->pval[k] = dm_xstrdup(op->params[k].def);
     }
 
-    /* Outputs: fixed by the operator, or named by its parameters (gpt2 hooks). */
+    /* Outputs: fixed by the operator, or named by its parameters (one per requested hook, say). */
     if (op->ports) {
         dm_port_spec *outs = NULL;
         if (dm_node_check_params(n, op->ports(n, &outs))) {

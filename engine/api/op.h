@@ -169,8 +169,11 @@ char *dm_stage_times(const dm_node *n);
 /* Rows the engine moves per chunk in this run (from the memory budget). */
 int64_t dm_chunk_rows(const dm_node *n);
 
-/* The registry (operators/registry.c). */
+/* The registry (operators/adapters/registry.c). */
 const dm_op *const *dm_registry(void); /* NULL-terminated */
 const dm_op *dm_find_op(const char *name);
+/* Adds an operator (tests register mock operators this way); op must outlive
+ * its use. -1 if an operator of that name exists. */
+int dm_registry_add(const dm_op *op);
 
 #endif

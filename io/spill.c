@@ -273,6 +273,33 @@ static int dm_spill_checksum_error(const char *path, int64_t ci, const dm_spill_
                     path, ci, c->row0, c->row0 + c->rows - 1, c->xxh64, computed);
 }
 
+/* A stream's values in memory are f32, i32 or i64. A spill of an f32 stream
+ * may store them as f16 or bf16 (converted when written and read); every other
+ * dtype is stored exactly as it is in memory. */
+static int dm_spill_converts(dm_dtype stored) { return stored == DM_F16 || stored == DM_BF16; }
+static dm_dtype dm_spill_mem_dtype(dm_dtype stored) { return dm_spill_converts(stored) ? DM_F32 : stored; }
+static int dm_spill_storable(dm_dtype t)
+{
+    return t == DM_F32 || t == DM_F16 || t == DM_BF16 || t == DM_I32 || t == DM_I64;
+}
+
+/* n values from memory (src) to their stored form (dst), and back. */
+static void dm_spill_store(dm_dtype stored, const void *src, void *dst, size_t n)
+{
+    if (dm_spill_converts(stored))
+        dm_conv_from_f32(stored, src, dst, n);
+    else
+        memcpy(dst, src, n * dm_dtype_size(stored));
+}
+
+static void dm_spill_load(dm_dtype stored, const void *src, void *dst, size_t n)
+{
+    if (dm_spill_converts(stored))
+        dm_conv_to_f32(stored, src, dst, n);
+    else
+        memcpy(dst, src, n * dm_dtype_size(stored));
+}
+
 /* ---- writer ------------------------------------------------------------- */
 
 struct dm_spill_writer {
@@ -310,8 +337,8 @@ static int dm_spill_writer_fail(dm_spill_writer *w)
 dm_spill_writer *dm_spill_writer_open(const char *dir, const char *name, int64_t cols,
                                       dm_dtype stored, dm_codec codec)
 {
-    if (stored != DM_F32 && stored != DM_F16 && stored != DM_BF16) {
-        dm_failc(DM_E_INTERNAL, "%s/%s.spill: spills store f32, f16 or bf16, not %s", dir, name,
+    if (!dm_spill_storable(stored)) {
+        dm_failc(DM_E_INTERNAL, "%s/%s.spill: spills store f32, f16, bf16, i32 or i64, not %s", dir, name,
                  dm_dtype_name(stored));
         return NULL;
     }
@@ -385,27 +412,27 @@ static int dm_spill_writer_drain(dm_spill_writer *w);
 static int dm_spill_encode(dm_spill_writer *w, const dm_chunk *c, dm_spill_buf *b, uint64_t *sum)
 {
     size_t n = (size_t)c->rows * (size_t)c->cols, isz = dm_dtype_size(w->stored);
-    size_t raw = n * isz;
+    size_t raw = n * isz, msz = dm_dtype_size(dm_spill_mem_dtype(w->stored));
     if (w->codec == DM_CODEC_NONE) {
         dm_spill_buf_reserve(b, raw);
         XXH64_reset(w->hash, 0);
         for (size_t i = 0; i < n; i += DM_SPILL_BLOCK) {
             size_t k = n - i < DM_SPILL_BLOCK ? n - i : DM_SPILL_BLOCK;
-            dm_conv_from_f32(w->stored, c->data + i, b->data + i * isz, k);
+            dm_spill_store(w->stored, (const char *)c->ptr + i * msz, b->data + i * isz, k);
             XXH64_update(w->hash, b->data + i * isz, k * isz);
         }
         b->len = raw;
         *sum = XXH64_digest(w->hash);
         return 0;
     }
-    const void *src = c->data;
-    if (w->stored != DM_F32) {
+    const void *src = c->ptr;
+    if (dm_spill_converts(w->stored)) {
         if (w->raw_cap < raw) {
             free(w->raw);
             w->raw = dm_xmalloc_aligned(raw);
             w->raw_cap = raw;
         }
-        dm_conv_from_f32(w->stored, c->data, w->raw, n);
+        dm_spill_store(w->stored, c->ptr, w->raw, n);
         src = w->raw;
     }
     size_t bound = ZSTD_compressBound(raw);
@@ -429,6 +456,11 @@ int dm_spill_write(dm_spill_writer *w, const dm_chunk *c)
     }
     if (c->rows < 0) {
         dm_failc(DM_E_SHAPE, "%s: chunk with negative row count %" PRId64, w->data_path, c->rows);
+        return dm_spill_writer_fail(w);
+    }
+    if (c->dtype != dm_spill_mem_dtype(w->stored)) {
+        dm_failc(DM_E_SHAPE, "%s: a chunk of %s values, but the spill stores a stream of %s", w->data_path,
+                 dm_dtype_name(c->dtype), dm_dtype_name(dm_spill_mem_dtype(w->stored)));
         return dm_spill_writer_fail(w);
     }
     if (c->rows == 0)
@@ -638,7 +670,7 @@ struct dm_spill_reader {
     /* random access */
     unsigned char *map;
     uint8_t *verified; /* per chunk: checksum already checked */
-    float *cache;      /* zstd: the last decoded chunk */
+    void *cache;       /* zstd: the last decoded chunk */
     int64_t cached_chunk;
 };
 
@@ -708,9 +740,9 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
         dm_json_int(root, "bytes", &total_bytes, mp, -1) < 0 ||
         !(dtype = dm_json_str(root, "dtype", mp, -1)) || !(codec = dm_json_str(root, "codec", mp, -1)))
         goto end;
-    if (dm_dtype_parse(dtype, &r->stored) < 0 ||
-        (r->stored != DM_F32 && r->stored != DM_F16 && r->stored != DM_BF16)) {
-        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: dtype '%s' (f32, f16 or bf16 expected)", mp, dtype);
+    if (dm_dtype_parse(dtype, &r->stored) < 0 || !dm_spill_storable(r->stored)) {
+        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: dtype '%s' (f32, f16, bf16, i32 or i64 expected)", mp,
+                 dtype);
         goto end;
     }
     if (dm_codec_parse(codec, &r->codec) < 0) {
@@ -879,22 +911,24 @@ int64_t dm_spill_nchunks(const dm_spill_reader *r) { return r->nchunks; }
 int64_t dm_spill_max_chunk_rows(const dm_spill_reader *r) { return r->max_chunk_rows; }
 
 /*
- * Decodes chunk ci from its stored bytes into out (rows x cols float32),
+ * Decodes chunk ci from its stored bytes into out (rows x cols values of the
+ * stream's dtype),
  * verifying the checksum first. For codec none the check and the conversion run
  * block by block so each block is read from memory once; on a mismatch out holds
  * garbage and the call fails.
  */
-static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *src, float *out)
+static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *src, void *out)
 {
     const dm_spill_chunk *c = &r->chunks[ci];
     size_t n = (size_t)c->rows * (size_t)r->cols, isz = dm_dtype_size(r->stored);
+    size_t msz = dm_dtype_size(dm_spill_mem_dtype(r->stored));
     uint64_t sum = 0;
     if (r->codec == DM_CODEC_NONE) {
         XXH64_reset(r->hash, 0);
         for (size_t i = 0; i < n; i += DM_SPILL_BLOCK) {
             size_t k = n - i < DM_SPILL_BLOCK ? n - i : DM_SPILL_BLOCK;
             XXH64_update(r->hash, src + i * isz, k * isz);
-            dm_conv_to_f32(r->stored, src + i * isz, out + i, k);
+            dm_spill_load(r->stored, src + i * isz, (char *)out + i * msz, k);
         }
         sum = XXH64_digest(r->hash);
         if (sum != c->xxh64)
@@ -907,7 +941,7 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
         return dm_spill_checksum_error(r->data_path, ci, c, sum);
     r->verified[ci] = 1;
     void *dst = out;
-    if (r->stored != DM_F32) {
+    if (dm_spill_converts(r->stored)) {
         if (r->raw_cap < (size_t)c->raw_bytes) {
             free(r->raw);
             r->raw = dm_xmalloc_aligned((size_t)c->raw_bytes);
@@ -923,7 +957,7 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
         return dm_failc(DM_E_CORRUPT, "%s: chunk %" PRId64 ": decompressed to %zu bytes, the manifest says %" PRId64,
                         r->data_path, ci, got, c->raw_bytes);
     if (dst != out)
-        dm_conv_to_f32(r->stored, dst, out, n);
+        dm_spill_load(r->stored, dst, out, n);
     return 0;
 }
 
@@ -933,8 +967,8 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
 #define DM_SPILL_PIECE ((size_t)1 << 20)
 
 /*
- * Codec none: the stored bytes go straight from the page cache into out (f32)
- * or through one piece-sized staging buffer (f16, bf16), hashed piece by piece
+ * Codec none: the stored bytes go straight from the page cache into out (f32,
+ * i32, i64) or through one piece-sized staging buffer (f16, bf16), hashed piece by piece
  * while in cache. One copy in all: reading whole chunks into read-ahead buffers
  * first would cost a second, and replay from the page cache is bounded by
  * XXH64 (about 10 GB/s on one core) plus the copy. Read-ahead is left to the
@@ -944,21 +978,23 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
  * read-ahead state. Out may hold a corrupt chunk's values when the checksum
  * fails; the call fails then.
  */
-static int dm_spill_next_plain(dm_spill_reader *r, int64_t ci, float *out)
+static int dm_spill_next_plain(dm_spill_reader *r, int64_t ci, void *out)
 {
     const dm_spill_chunk *c = &r->chunks[ci];
     size_t isz = dm_dtype_size(r->stored), total = (size_t)c->bytes;
-    if (r->stored != DM_F32 && !r->stage)
+    size_t msz = dm_dtype_size(dm_spill_mem_dtype(r->stored));
+    int converts = dm_spill_converts(r->stored);
+    if (converts && !r->stage)
         r->stage = dm_xmalloc_aligned(DM_SPILL_PIECE);
     XXH64_reset(r->hash, 0);
     for (size_t done = 0; done < total; done += DM_SPILL_PIECE) {
         size_t k = total - done < DM_SPILL_PIECE ? total - done : DM_SPILL_PIECE;
-        unsigned char *dst = r->stored == DM_F32 ? (unsigned char *)out + done : r->stage;
+        unsigned char *dst = !converts ? (unsigned char *)out + done : r->stage;
         if (dm_pread_all(r->fd, dst, k, c->offset + (int64_t)done, r->data_path) < 0)
             return -1;
         XXH64_update(r->hash, dst, k);
-        if (r->stored != DM_F32)
-            dm_conv_to_f32(r->stored, dst, out + done / isz, k / isz);
+        if (converts)
+            dm_spill_load(r->stored, dst, (char *)out + done / isz * msz, k / isz);
     }
     uint64_t sum = XXH64_digest(r->hash);
     if (sum != c->xxh64)
@@ -1006,7 +1042,7 @@ static void dm_spill_read_ahead(dm_spill_reader *r)
 
 /* zstd with io_uring: waits for chunk ci's read (started ahead), decodes it
  * and starts the next read ahead. 0 or -1. */
-static int dm_spill_next_uring(dm_spill_reader *r, int64_t ci, float *out)
+static int dm_spill_next_uring(dm_spill_reader *r, int64_t ci, void *out)
 {
     int idx;
     for (idx = 0; idx < DM_SPILL_RBUF && r->buf[idx].chunk != ci; idx++)
@@ -1030,7 +1066,7 @@ static int dm_spill_next_uring(dm_spill_reader *r, int64_t ci, float *out)
 
 /* zstd without io_uring: reads chunk ci with pread (the kernel's read-ahead
  * fetches what follows). 0 or -1. */
-static int dm_spill_next_pread(dm_spill_reader *r, int64_t ci, float *out)
+static int dm_spill_next_pread(dm_spill_reader *r, int64_t ci, void *out)
 {
     const dm_spill_chunk *c = &r->chunks[ci];
     dm_spill_buf *b = &r->buf[0];
@@ -1044,6 +1080,7 @@ int dm_spill_next(dm_spill_reader *r, dm_chunk *out)
 {
     out->cols = r->cols;
     out->rows = 0;
+    out->dtype = dm_spill_mem_dtype(r->stored);
     if (r->failed)
         return dm_failc(DM_E_IO, "%s: replay stopped by an earlier error (rewind to start again)", r->data_path);
     if (r->next_chunk >= r->nchunks) {
@@ -1054,11 +1091,11 @@ int dm_spill_next(dm_spill_reader *r, dm_chunk *out)
     const dm_spill_chunk *c = &r->chunks[ci];
     int rc;
     if (r->codec == DM_CODEC_NONE) {
-        rc = dm_spill_next_plain(r, ci, out->data);
+        rc = dm_spill_next_plain(r, ci, out->ptr);
     } else {
         if (r->uring)
             dm_spill_read_ahead(r); /* may give up on io_uring, for pread */
-        rc = r->uring ? dm_spill_next_uring(r, ci, out->data) : dm_spill_next_pread(r, ci, out->data);
+        rc = r->uring ? dm_spill_next_uring(r, ci, out->ptr) : dm_spill_next_pread(r, ci, out->ptr);
     }
     r->next_chunk++;
     if (rc < 0) {
@@ -1069,6 +1106,8 @@ int dm_spill_next(dm_spill_reader *r, dm_chunk *out)
     out->rows = c->rows;
     return 0;
 }
+
+dm_dtype dm_spill_dtype(const dm_spill_reader *r) { return dm_spill_mem_dtype(r->stored); }
 
 int dm_spill_rewind(dm_spill_reader *r)
 {
@@ -1122,7 +1161,7 @@ static void dm_spill_unmap_pages(dm_spill_reader *r, const dm_spill_chunk *c)
         madvise(r->map + a, b - a, MADV_DONTNEED);
 }
 
-int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *out)
+int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, void *out)
 {
     if (row0 < r->row0 || rows < 0 || row0 - r->row0 > r->rows || rows > r->rows - (row0 - r->row0))
         return dm_failc(DM_E_SHAPE, "%s: rows %" PRId64 "..%" PRId64 " are out of range (the spill holds rows %"
@@ -1132,7 +1171,8 @@ int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *ou
         return 0;
     if (dm_spill_map(r) < 0)
         return -1;
-    size_t isz = dm_dtype_size(r->stored);
+    size_t isz = dm_dtype_size(r->stored), msz = dm_dtype_size(dm_spill_mem_dtype(r->stored));
+    size_t row_bytes = (size_t)r->cols * msz;
     int64_t row = row0, end = row0 + rows;
     for (int64_t ci = dm_spill_find(r, row0); row < end; ci++) {
         const dm_spill_chunk *c = &r->chunks[ci];
@@ -1140,7 +1180,7 @@ int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *ou
         int64_t skip = row - c->row0, take = c->row0 + c->rows - row;
         if (take > end - row)
             take = end - row;
-        float *dst = out + (size_t)(row - row0) * (size_t)r->cols;
+        char *dst = (char *)out + (size_t)(row - row0) * row_bytes;
         dm_spill_populate(r, c);
         if (r->codec == DM_CODEC_NONE) {
             if (!r->verified[ci]) {
@@ -1149,19 +1189,17 @@ int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *ou
                     return dm_spill_checksum_error(r->data_path, ci, c, sum);
                 r->verified[ci] = 1;
             }
-            dm_conv_to_f32(r->stored, src + (size_t)skip * (size_t)r->cols * isz, dst,
-                           (size_t)take * (size_t)r->cols);
+            dm_spill_load(r->stored, src + (size_t)skip * (size_t)r->cols * isz, dst, (size_t)take * (size_t)r->cols);
         } else {
             if (r->cached_chunk != ci) {
                 if (!r->cache)
-                    r->cache = dm_xmalloc_aligned((size_t)r->max_chunk_rows * (size_t)r->cols * 4);
+                    r->cache = dm_xmalloc_aligned((size_t)r->max_chunk_rows * row_bytes);
                 r->cached_chunk = -1;
                 if (dm_spill_decode(r, ci, src, r->cache) < 0)
                     return -1;
                 r->cached_chunk = ci;
             }
-            memcpy(dst, r->cache + (size_t)skip * (size_t)r->cols,
-                   (size_t)take * (size_t)r->cols * 4);
+            memcpy(dst, (char *)r->cache + (size_t)skip * row_bytes, (size_t)take * row_bytes);
         }
         dm_spill_unmap_pages(r, c);
         row += take;

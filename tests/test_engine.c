@@ -477,13 +477,14 @@ static int bug_open(dm_node *n) { return dm_param_int(n, "undeclared") == 0 ? 0 
 static const dm_op mock_bug = {.name = "mock_bug", .version = 1, .inputs = x_in, .open = bug_open,
                                .consume = fail_consume};
 
+static const dm_op mock_ids, mock_idcheck;
 static void register_mocks(void)
 {
     static int done;
     if (done)
         return;
     const dm_op *ops[] = {&mock_source, &mock_dear_source, &mock_map, &mock_multipass, &mock_sum,
-                          &mock_center, &mock_gather, &mock_fail, &mock_bug};
+                          &mock_center, &mock_gather, &mock_fail, &mock_bug, &mock_ids, &mock_idcheck};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         ck_assert_int_eq(dm_registry_add(ops[i]), 0);
     ck_assert_int_eq(dm_registry_add(&mock_map), -1); /* a name is registered once */
@@ -783,6 +784,84 @@ START_TEST(test_mock_nested_runs)
 }
 END_TEST
 
+/* mock_ids: an i64 stream of row indices past 2^24 (float32 would round them). */
+#define ID_BASE ((int64_t)1 << 40)
+static int ids_infer(dm_node *n)
+{
+    dm_output_desc(n, 0)->shape[1] = 2;
+    return 0;
+}
+
+static int ids_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
+{
+    src_state *s = dm_node_state(n);
+    int64_t r = s->rows - s->next < max_rows ? s->rows - s->next : max_rows;
+    for (int64_t i = 0; i < r; i++) {
+        out->i64[2 * i] = ID_BASE + s->next + i;
+        out->i64[2 * i + 1] = -(s->next + i);
+    }
+    out->row0 = s->next;
+    out->rows = r;
+    s->next += r;
+    return 0;
+}
+
+static const dm_port_spec ids_out[] = {{"ids", DM_PORT_STREAM, .dtype = DM_I64}, {NULL}};
+static const dm_op mock_ids = {.name = "mock_ids", .version = 1, .params = src_params, .outputs = ids_out,
+                               .spill_source = 1, /* replayed from its spill, not produced again */
+                               .infer = ids_infer, .open = src_open, .produce = ids_produce,
+                               .close = free_state};
+
+/* mock_idcheck: two passes over an i64 stream; every value must be exact. */
+static int idcheck_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    if (c->dtype != DM_I64)
+        return dm_fail("a chunk of %s", dm_dtype_name(c->dtype));
+    for (int64_t i = 0; i < c->rows; i++)
+        if (c->i64[2 * i] != ID_BASE + c->row0 + i || c->i64[2 * i + 1] != -(c->row0 + i))
+            return dm_fail("row %lld holds %lld", (long long)(c->row0 + i), (long long)c->i64[2 * i]);
+    return mp_consume(n, port, &(dm_chunk){.row0 = c->row0, .rows = c->rows, .cols = 0});
+}
+
+static const dm_port_spec idcheck_in[] = {{"x", DM_PORT_STREAM, .multipass = 1, .dtype = DM_I64}, {NULL}};
+static const dm_op mock_idcheck = {.name = "mock_idcheck", .version = 1, .params = mp_params,
+                                   .inputs = idcheck_in, .outputs = tensor_out, .infer = mp_infer,
+                                   .open = mp_open, .consume = idcheck_consume, .end_pass = mp_end_pass,
+                                   .finish = mp_finish, .close = free_state};
+
+/* Typed streams: an i64 stream reaches its consumer exactly, also replayed
+ * from a spill (stored as i64 whatever spill_dtype says); a consumer of
+ * another dtype is refused when binding, naming the file and line. */
+START_TEST(test_mock_typed_streams)
+{
+    static const char *text = "nodes:\n"
+                              "  ids: {op: mock_ids, spill_dtype: f16}\n"
+                              "  check: {op: mock_idcheck, inputs: {x: ids}, params: {passes: 2}}\n";
+    char *cache = make_tmpdir();
+    dm_pipeline *p;
+    dm_graph *g = mock_graph(text, cache, NULL, &p);
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert_int_eq(seen.passes, 2);
+    ck_assert_int_eq(seen.rows[1], N_ROWS);
+    ck_assert_int_eq(dm_graph_find(g, "ids")->spill[0], 1);
+    free_graph(g, p);
+    dm_rm_rf(cache);
+    free(cache);
+
+    static const char *bad = "nodes:\n"
+                             "  ids: {op: mock_ids}\n"
+                             "  map:\n"
+                             "    op: mock_map\n"
+                             "    inputs: {x: ids}\n";
+    register_mocks();
+    p = dm_pipeline_parse("t.yaml", bad, strlen(bad));
+    ck_assert_ptr_null(dm_graph_build(p));
+    ck_assert_str_eq(dm_error(), "t.yaml:5: node 'map': input 'x' takes f32 rows, but ids.ids carries i64");
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
+    dm_pipeline_free(p);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("engine");
@@ -799,6 +878,7 @@ int main(void)
     tcase_add_test(tc, test_mock_chunk_size);
     tcase_add_test(tc, test_mock_errors);
     tcase_add_test(tc, test_mock_nested_runs);
+    tcase_add_test(tc, test_mock_typed_streams);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

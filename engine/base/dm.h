@@ -110,14 +110,22 @@ uint16_t dm_f32_to_bf16(float f);
 /* ---- data -------------------------------------------------------------- */
 
 /*
- * A chunk: rows [row0, row0+rows) of a stream, float32, row-major, cols wide.
- * Streams are the unit the engine moves; every stream in memory is float32.
+ * A chunk: rows [row0, row0+rows) of a stream, row-major, cols wide. Streams are
+ * the unit the engine moves; a stream's values are f32 (activations, the
+ * default), i32 (token ids) or i64 (row indices), the same for every chunk of
+ * it. A zeroed chunk is f32, so `{row0, rows, cols, floats}` still builds one.
  */
 typedef struct {
     int64_t row0; /* global index of the first row */
     int64_t rows;
     int64_t cols;
-    float *data; /* rows x cols; owned by whoever produced the chunk */
+    union { /* rows x cols values; owned by whoever produced the chunk */
+        float *data;  /* dtype DM_F32 */
+        int32_t *i32; /* dtype DM_I32 */
+        int64_t *i64; /* dtype DM_I64 */
+        void *ptr;
+    };
+    dm_dtype dtype; /* DM_F32 (0), DM_I32 or DM_I64 */
 } dm_chunk;
 
 /* A small dense array (a covariance, eigenvalues, a whitening matrix). */

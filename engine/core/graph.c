@@ -348,6 +348,33 @@ static int visit(dm_graph *g, dm_node *n, int *mark, dm_node **stack, int depth,
     return 0;
 }
 
+/* A stream input takes the dtype its port declares (unless any_dtype): the
+ * producer's output must carry that dtype. Runs before n's infer(), which may
+ * then rely on it. */
+static int check_input_dtypes(dm_node *n)
+{
+    for (int k = 0; k < n->nin; k++) {
+        const dm_port_spec *in = &n->op->inputs[k];
+        dm_node *s = n->in[k].src;
+        if (!s || in->kind != DM_PORT_STREAM || in->any_dtype)
+            continue;
+        dm_dtype have = s->outdesc[n->in[k].port].dtype;
+        if (have == in->dtype)
+            continue;
+        int line = n->decl->line;
+        for (int i = 0; i < n->decl->ninputs; i++)
+            if (!strcmp(n->decl->inputs[i].key, in->name))
+                line = n->decl->inputs[i].line;
+        char *w = where(((dm_graph *)n->graph)->pipe, line);
+        dm_failc(DM_E_SHAPE, "%s: node '%s': input '%s' takes %s rows, but %s.%s carries %s", w, n->decl->name,
+                 in->name, dm_dtype_name(in->dtype), s->decl->name, s->outs[n->in[k].port].name,
+                 dm_dtype_name(have));
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
 dm_graph *dm_graph_build(dm_pipeline *p)
 {
     dm_graph *g = dm_xcalloc(1, sizeof *g);
@@ -391,22 +418,33 @@ dm_graph *dm_graph_build(dm_pipeline *p)
             n->outdesc[k].kind = n->outs[k].kind;
             n->outdesc[k].dtype = DM_F32;
             if (n->outdesc[k].kind == DM_PORT_STREAM) {
+                n->outdesc[k].dtype = n->outs[k].dtype;
                 n->outdesc[k].ndim = 2;
                 n->outdesc[k].shape[0] = -1;
             }
         }
+        if (check_input_dtypes(n))
+            goto fail;
         n->single_pass = 0;
         if (dm_node_check_params(n, n->op->infer ? n->op->infer(n) : 0)) {
             if (!dm_error_subject())
                 dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
             goto fail;
         }
-        for (int k = 0; k < n->nout; k++)
-            if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] == 0) {
+        for (int k = 0; k < n->nout; k++) {
+            dm_port_desc *o = &n->outdesc[k];
+            if (o->kind == DM_PORT_STREAM && o->shape[1] == 0) {
                 dm_fail("%s: node '%s': operator '%s' did not set the width of output '%s'", n->where,
                         n->decl->name, n->op->name, n->outs[k].name);
                 goto fail;
             }
+            if (o->kind == DM_PORT_STREAM && o->dtype != DM_F32 && o->dtype != DM_I32 && o->dtype != DM_I64) {
+                dm_failc(DM_E_INTERNAL, "%s: node '%s': operator '%s' gives stream output '%s' dtype %s (streams "
+                         "are f32, i32 or i64)", n->where, n->decl->name, n->op->name, n->outs[k].name,
+                         dm_dtype_name(o->dtype));
+                goto fail;
+            }
+        }
     }
     return g;
 fail:

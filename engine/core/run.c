@@ -258,6 +258,13 @@ static int is_member(const group *G, const dm_node *n)
 
 int dm_emit(dm_node *n, int port, const dm_chunk *c)
 {
+    if (c->dtype != n->outdesc[port].dtype) {
+        dm_failc(DM_E_INTERNAL, "node '%s' (%s): a chunk of %s values on output '%s', which carries %s",
+                 n->decl->name, n->op->name, dm_dtype_name(c->dtype), n->outs[port].name,
+                 dm_dtype_name(n->outdesc[port].dtype));
+        dm_error_attribute(n);
+        return -1;
+    }
     if (n->writers[port] && dm_spill_write(n->writers[port], c)) {
         dm_fail_prefix("node '%s': spilling output '%s'", n->decl->name, n->outs[port].name);
         dm_error_attribute(n);
@@ -290,7 +297,7 @@ int64_t dm_input_rows(const dm_node *n, int port)
     return port >= 0 && port < n->nin && n->readers[port] ? dm_spill_rows(n->readers[port]) : -1;
 }
 
-int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, float *out)
+int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, void *out)
 {
     if (port < 0 || port >= n->nin || !n->readers[port]) {
         dm_failc(DM_E_INTERNAL, "node '%s': input %d is not a random-access input", n->decl->name, port);
@@ -334,15 +341,17 @@ char *dm_stage_times(const dm_node *n)
 /* Opens spill writers for n's stream outputs that are spilled in this run. */
 static int open_spill_writers(dm_node *n)
 {
-    dm_dtype t = DM_F32;
+    dm_dtype f = DM_F32;
     dm_codec codec = DM_CODEC_NONE;
     if (n->decl->spill_dtype)
-        dm_dtype_parse(n->decl->spill_dtype, &t); /* checked when binding */
+        dm_dtype_parse(n->decl->spill_dtype, &f); /* checked when binding */
     if (n->decl->spill_codec)
         dm_codec_parse(n->decl->spill_codec, &codec);
     for (int k = 0; k < n->nout; k++) {
         if (n->outdesc[k].kind != DM_PORT_STREAM)
             continue;
+        /* spill_dtype narrows f32 streams only: integers are stored exactly */
+        dm_dtype t = n->outdesc[k].dtype == DM_F32 ? f : n->outdesc[k].dtype;
         if (n->decl->spill && !strcmp(n->decl->spill, "always"))
             n->spill[k] = 1;
         if (!n->spill[k])
@@ -449,6 +458,12 @@ static int open_replays(dm_run_ctx *ctx, group *G)
             ctx->unreadable = d->src;
             return -1;
         }
+        if (dm_spill_dtype(d->reader) != d->src->outdesc[d->port].dtype) {
+            ctx->unreadable = d->src;
+            return dm_failc(DM_E_CORRUPT, "node '%s': the spill of output '%s' holds %s values, the output carries %s",
+                            d->src->decl->name, d->src->outs[d->port].name, dm_dtype_name(dm_spill_dtype(d->reader)),
+                            dm_dtype_name(d->src->outdesc[d->port].dtype));
+        }
         d->total = dm_spill_rows(d->reader);
         d->src->outdesc[d->port].shape[1] = dm_spill_cols(d->reader);
     }
@@ -509,7 +524,10 @@ static int refresh_descs(group *G)
     return 0;
 }
 
-static int64_t row_bytes_of(const dm_node *n, int port) { return n->outdesc[port].shape[1] * 4; }
+static int64_t row_bytes_of(const dm_node *n, int port)
+{
+    return n->outdesc[port].shape[1] * (int64_t)dm_dtype_size(n->outdesc[port].dtype);
+}
 
 static int size_chunks(dm_graph *g, group *G)
 {
@@ -556,9 +574,9 @@ static int open_sources(dm_graph *g, group *G)
 {
     for (int j = 0; j < G->nexternal; j++) {
         driver *d = &G->drivers[j];
-        int64_t cols = d->src->outdesc[d->port].shape[1];
         int64_t rows = d->reader ? dm_spill_max_chunk_rows(d->reader) : d->src->chunk_rows;
-        d->buf.data = dm_xmalloc_aligned((size_t)rows * (size_t)cols * 4);
+        d->buf.ptr = dm_xmalloc_aligned((size_t)rows * (size_t)row_bytes_of(d->src, d->port));
+        d->buf.dtype = d->src->outdesc[d->port].dtype;
         if (!d->reader && !is_member(G, d->src)) {
             d->opened = 1;
             if (open_node(g, d->src, 0))
@@ -574,7 +592,8 @@ static int open_sources(dm_graph *g, group *G)
         memset(d, 0, sizeof *d);
         d->src = n;
         d->total = n->outdesc[0].shape[0];
-        d->buf.data = dm_xmalloc_aligned((size_t)n->chunk_rows * (size_t)n->outdesc[0].shape[1] * 4);
+        d->buf.ptr = dm_xmalloc_aligned((size_t)n->chunk_rows * (size_t)row_bytes_of(n, 0));
+        d->buf.dtype = n->outdesc[0].dtype;
     }
     return 0;
 }
@@ -596,6 +615,7 @@ static int driver_next(dm_run_ctx *ctx, driver *d)
     if (dm_node_check_params(d->src, rc))
         return blame(d->src, 1);
     d->buf.cols = d->src->outdesc[d->port].shape[1];
+    d->buf.dtype = d->src->outdesc[d->port].dtype;
     return 0;
 }
 
@@ -804,10 +824,10 @@ static void close_group(group *G, int failed)
         dm_spill_reader_close(d->reader);
         if (d->opened)
             close_node(d->src, 1);
-        free(d->buf.data);
+        free(d->buf.ptr);
         d->reader = NULL;
         d->opened = 0;
-        d->buf.data = NULL;
+        d->buf.ptr = NULL;
     }
     G->ndrivers = G->nexternal; /* member sources are added again when it reruns */
 }

@@ -88,7 +88,7 @@ static int proj_consume(dm_node *n, int port, const dm_chunk *c)
     /* out (rows x k) = x (rows x d) @ W^T (d x k) */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)c->rows, (int)p->k, (int)p->d, 1.0f, x, (int)p->d,
                 p->W, (int)p->d, 0.0f, p->out, (int)p->k);
-    dm_chunk o = {c->row0, c->rows, p->k, p->out};
+    dm_chunk o = {.row0 = c->row0, .rows = c->rows, .cols = p->k, .data = p->out};
     return dm_emit(n, 0, &o);
 }
 

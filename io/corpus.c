@@ -70,7 +70,7 @@ int dm_corpus_list(const char *path, const char *glob, char ***files, int *n)
     *files = NULL;
     *n = 0;
     if (stat(path, &st))
-        return dm_fail("%s: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: %s", path, strerror(errno));
     if (!S_ISDIR(st.st_mode)) {
         if (glob && *glob)
             return dm_fail("%s: glob '%s' needs path to be a folder, and this is a file", path, glob);
@@ -81,7 +81,7 @@ int dm_corpus_list(const char *path, const char *glob, char ***files, int *n)
     }
     DIR *d = opendir(path);
     if (!d)
-        return dm_fail("%s: cannot list folder: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot list folder: %s", path, strerror(errno));
     char **v = NULL;
     int cnt = 0, subdirs = 0;
     struct dirent *e;
@@ -260,7 +260,7 @@ static void set_where(dm_corpus *c, const char *fmt, ...)
     va_start(ap, fmt);
     free(c->where);
     if (vasprintf(&c->where, fmt, ap) < 0)
-        abort();
+        dm_oom(strlen(fmt), "a corpus position");
     va_end(ap);
 }
 
@@ -324,7 +324,7 @@ static int start_source(dm_corpus *c, const char *buf, size_t len, char *name, d
     case DM_CORPUS_JSONL: c->m = M_LINES; return 0;
     case DM_CORPUS_BIN:
         if (len % 2)
-            return dm_fail("%s: a .bin token file holds uint16 ids, but its size %zu is odd", name, len);
+            return dm_failc(DM_E_CORRUPT, "%s: a .bin token file holds uint16 ids, but its size %zu is odd", name, len);
         c->tdtype = DM_U16;
         c->tcount = len / 2;
         c->tpos = 0;
@@ -365,7 +365,8 @@ static int push_level(dm_corpus *c, const char *name, void *mem, size_t len, con
     int r = file ? archive_read_open_filename(l->a, file, 1 << 16) : archive_read_open_memory(l->a, mem, len);
     c->depth++;
     if (r != ARCHIVE_OK)
-        return dm_fail("%s: unreadable archive or compressed file: %s", name, archive_error_string(l->a));
+        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", name,
+                        archive_error_string(l->a));
     return 0;
 }
 
@@ -374,17 +375,17 @@ static int open_next_file(dm_corpus *c)
     const char *path = c->files[c->next_file++];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return dm_fail("%s: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st)) {
         close(fd);
-        return dm_fail("%s: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: %s", path, strerror(errno));
     }
     unsigned char head[512];
     ssize_t got = pread(fd, head, sizeof head, 0);
     if (got < 0) {
         close(fd);
-        return dm_fail("%s: read failed: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
     }
     if (packed_name(path) || packed_magic(head, (size_t)got)) {
         close(fd);
@@ -398,12 +399,13 @@ static int open_next_file(dm_corpus *c)
             return -1;
         const dm_npy_header *h = dm_npy_hdr(c->npy);
         if (h->ndim != 1)
-            return dm_fail("%s: a %d-D array: token arrays are 1-D (a stream of ids) or 2-D windows, and 2-D "
+            return dm_failc(DM_E_SHAPE,
+                            "%s: a %d-D array: token arrays are 1-D (a stream of ids) or 2-D windows, and 2-D "
                            "windows cannot be mixed with other inputs",
                            path, h->ndim);
         if (h->dtype != DM_I32 && h->dtype != DM_I64 && h->dtype != DM_U16 && h->dtype != DM_U8)
-            return dm_fail("%s: token ids must be integers (int32, int64, uint16 or uint8), not %s", path,
-                           dm_dtype_name(h->dtype));
+            return dm_failc(DM_E_SHAPE, "%s: token ids must be integers (int32, int64, uint16 or uint8), not %s", path,
+                            dm_dtype_name(h->dtype));
         c->name = dm_xstrdup(path);
         c->buf = dm_npy_data(c->npy);
         c->tdtype = h->dtype;
@@ -418,7 +420,7 @@ static int open_next_file(dm_corpus *c)
         if (c->map == MAP_FAILED) {
             c->map = NULL;
             close(fd);
-            return dm_fail("%s: cannot map: %s", path, strerror(errno));
+            return dm_failc(DM_E_IO, "%s: cannot map: %s", path, strerror(errno));
         }
         c->maplen = (size_t)st.st_size;
         madvise(c->map, c->maplen, MADV_SEQUENTIAL);
@@ -438,7 +440,7 @@ static int read_member(dm_corpus *c, struct archive *a, const char *where, size_
         }
         la_ssize_t r = archive_read_data(a, c->member + n, c->member_cap - n - 1);
         if (r < 0)
-            return dm_fail("%s: corrupt or truncated data: %s", where, archive_error_string(a));
+            return dm_failc(DM_E_CORRUPT, "%s: corrupt or truncated data: %s", where, archive_error_string(a));
         if (r == 0)
             break;
         n += (size_t)r;
@@ -461,7 +463,8 @@ static int next_member(dm_corpus *c)
         return 0;
     }
     if (r < ARCHIVE_WARN)
-        return dm_fail("%s: unreadable archive or compressed file: %s", l->name, archive_error_string(l->a));
+        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", l->name,
+                        archive_error_string(l->a));
     int raw = archive_format(l->a) == ARCHIVE_FORMAT_RAW;
     if (!raw && archive_entry_filetype(e) != AE_IFREG)
         return 0;
@@ -507,8 +510,8 @@ static int next_line(dm_corpus *c, dm_doc *doc)
         json_decref(c->json);
         c->json = json_loadb(s, n, 0, &err);
         if (!c->json)
-            return dm_fail("%s:%lld: not a JSON line: %s (column %d)", c->name, (long long)c->lineno, err.text,
-                           err.column);
+            return dm_failc(DM_E_CORRUPT, "%s:%lld: not a JSON line: %s (column %d)", c->name, (long long)c->lineno,
+                            err.text, err.column);
         json_t *v = json_is_object(c->json) ? json_object_get(c->json, c->field) : NULL;
         if (!json_is_string(v))
             return dm_fail("%s:%lld: no string field '%s'%s", c->name, (long long)c->lineno, c->field,
@@ -548,8 +551,8 @@ static int next_tokens(dm_corpus *c, dm_doc *doc)
         while (c->tpos < c->tcount && n < DM_CORPUS_PIECE) {
             int64_t v = token_at(c, c->tpos);
             if (v < 0 || v >= ID_LIMIT)
-                return dm_fail("%s: token id %lld at index %zu is out of range (0 to %d)", c->name, (long long)v,
-                               c->tpos, ID_LIMIT - 1);
+                return dm_failc(DM_E_CORRUPT, "%s: token id %lld at index %zu is out of range (0 to %d)", c->name,
+                                (long long)v, c->tpos, ID_LIMIT - 1);
             c->tpos++;
             if (v == c->eot) {
                 ended = 1;

@@ -23,7 +23,7 @@
  *
  * File identity (cache keys over input files) is XXH3-128 of the content. Hashing
  * a 30 GB input costs seconds, so the result is memoised in
- * cache_dir/filehash/<key>, the key being a hash of (path, device, inode, size,
+ * memo_dir/<key> (the cache's filehash folder), the key being a hash of (path, device, inode, size,
  * mtime in ns): any change to the file changes the key, and a stale memo is
  * simply never looked up again.
  */
@@ -80,7 +80,7 @@ static size_t dm_fault_take(size_t n)
 
 static int dm_fault_fail(const char *path)
 {
-    return dm_fail("%s: write failed: %s (injected)", path, strerror(ENOSPC));
+    return dm_failc(DM_E_IO, "%s: write failed: %s (injected)", path, strerror(ENOSPC));
 }
 
 int dm_fault_check(size_t n, const char *path)
@@ -101,10 +101,10 @@ static int dm_write_at(int fd, const void *buf, size_t n, int64_t off, const cha
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            return dm_fail("%s: write failed: %s", path, strerror(errno));
+            return dm_failc(DM_E_IO, "%s: write failed: %s", path, strerror(errno));
         }
         if (k == 0) /* never for regular files; avoid spinning if it happens */
-            return dm_fail("%s: write failed: the system wrote 0 of %zu bytes", path, left);
+            return dm_failc(DM_E_IO, "%s: write failed: the system wrote 0 of %zu bytes", path, left);
         p += k;
         left -= (size_t)k;
         if (off >= 0)
@@ -116,7 +116,7 @@ static int dm_write_at(int fd, const void *buf, size_t n, int64_t off, const cha
 int dm_pwrite_all(int fd, const void *buf, size_t n, int64_t off, const char *path)
 {
     if (off < 0)
-        return dm_fail("%s: write at negative offset %lld", path, (long long)off);
+        return dm_failc(DM_E_INTERNAL, "%s: write at negative offset %lld", path, (long long)off);
     return dm_write_at(fd, buf, n, off, path);
 }
 
@@ -134,12 +134,12 @@ int dm_pread_all(int fd, void *buf, size_t n, int64_t off, const char *path)
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            return dm_fail("%s: read failed at offset %lld: %s", path, (long long)off,
-                           strerror(errno));
+            return dm_failc(DM_E_IO, "%s: read failed at offset %lld: %s", path, (long long)off,
+                            strerror(errno));
         }
         if (k == 0)
-            return dm_fail("%s: unexpected end of file at offset %lld (wanted %zu more bytes "
-                           "from offset %lld)", path, (long long)off, n, (long long)start);
+            return dm_failc(DM_E_CORRUPT, "%s: unexpected end of file at offset %lld (wanted %zu more bytes "
+                            "from offset %lld)", path, (long long)off, n, (long long)start);
         p += k;
         n -= (size_t)k;
         off += k;
@@ -152,7 +152,7 @@ int dm_pread_all(int fd, void *buf, size_t n, int64_t off, const char *path)
 int dm_mkdir_p(const char *path)
 {
     if (!path || !*path)
-        return dm_fail("mkdir: empty path");
+        return dm_failc(DM_E_INTERNAL, "mkdir: empty path");
     char *buf = dm_xstrdup(path);
     int rc = 0;
     /* Create each prefix in turn; EEXIST is fine as long as it is a folder. */
@@ -162,7 +162,7 @@ int dm_mkdir_p(const char *path)
         char saved = *p;
         *p = 0;
         if (mkdir(buf, 0777) < 0 && errno != EEXIST) {
-            rc = dm_fail("%s: cannot create folder: %s", buf, strerror(errno));
+            rc = dm_failc(DM_E_IO, "%s: cannot create folder: %s", buf, strerror(errno));
             break;
         }
         *p = saved;
@@ -172,9 +172,9 @@ int dm_mkdir_p(const char *path)
     if (rc == 0) {
         struct stat st;
         if (stat(path, &st) < 0)
-            rc = dm_fail("%s: cannot create folder: %s", path, strerror(errno));
+            rc = dm_failc(DM_E_IO, "%s: cannot create folder: %s", path, strerror(errno));
         else if (!S_ISDIR(st.st_mode))
-            rc = dm_fail("%s: cannot create folder: a file of that name exists", path);
+            rc = dm_failc(DM_E_IO, "%s: cannot create folder: a file of that name exists", path);
     }
     free(buf);
     return rc;
@@ -201,19 +201,19 @@ int dm_rm_rf(const char *path)
     if (lstat(path, &st) < 0) {
         if (errno == ENOENT)
             return 0;
-        return dm_fail("%s: cannot remove: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot remove: %s", path, strerror(errno));
     }
     if (!S_ISDIR(st.st_mode)) {
         if (unlink(path) < 0 && errno != ENOENT)
-            return dm_fail("%s: cannot remove: %s", path, strerror(errno));
+            return dm_failc(DM_E_IO, "%s: cannot remove: %s", path, strerror(errno));
         return 0;
     }
     dm_rm_errno = 0;
     /* FTW_DEPTH: contents before their folder; FTW_PHYS: never follow links out. */
     if (nftw(path, dm_rm_one, 32, FTW_DEPTH | FTW_PHYS | FTW_MOUNT) < 0 && errno != ENOENT)
-        return dm_fail("%s: cannot remove: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot remove: %s", path, strerror(errno));
     if (dm_rm_errno)
-        return dm_fail("%s: cannot remove: %s", dm_rm_path, strerror(dm_rm_errno));
+        return dm_failc(DM_E_IO, "%s: cannot remove: %s", dm_rm_path, strerror(dm_rm_errno));
     return 0;
 }
 
@@ -221,11 +221,11 @@ int dm_fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return dm_fail("%s: cannot open to sync: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot open to sync: %s", path, strerror(errno));
     int rc = 0;
     /* Some file systems refuse fsync on folders (EINVAL): nothing to make durable. */
     if (fsync(fd) < 0 && errno != EINVAL && errno != EROFS)
-        rc = dm_fail("%s: fsync failed: %s", path, strerror(errno));
+        rc = dm_failc(DM_E_IO, "%s: fsync failed: %s", path, strerror(errno));
     close(fd);
     return rc;
 }
@@ -256,12 +256,12 @@ int dm_dir_publish(const char *tmp, const char *final)
 {
     struct stat st;
     if (stat(tmp, &st) < 0 || !S_ISDIR(st.st_mode))
-        return dm_fail("%s: cannot publish as %s: not a folder", tmp, final);
+        return dm_failc(DM_E_IO, "%s: cannot publish as %s: not a folder", tmp, final);
     if (lstat(final, &st) < 0) {
         if (errno != ENOENT)
-            return dm_fail("%s: %s", final, strerror(errno));
+            return dm_failc(DM_E_IO, "%s: %s", final, strerror(errno));
         if (rename(tmp, final) < 0)
-            return dm_fail("%s: cannot rename to %s: %s", tmp, final, strerror(errno));
+            return dm_failc(DM_E_IO, "%s: cannot rename to %s: %s", tmp, final, strerror(errno));
     } else if (renameat2(AT_FDCWD, tmp, AT_FDCWD, final, RENAME_EXCHANGE) == 0) {
         /* tmp now holds the old contents. */
         if (dm_rm_rf(tmp) < 0)
@@ -273,14 +273,14 @@ int dm_dir_publish(const char *tmp, const char *final)
         if (dm_rm_rf(aside) < 0 || rename(final, aside) < 0) {
             int e = errno;
             free(aside);
-            return dm_fail("%s: cannot move the previous version aside: %s", final, strerror(e));
+            return dm_failc(DM_E_IO, "%s: cannot move the previous version aside: %s", final, strerror(e));
         }
         if (rename(tmp, final) < 0) {
             int e = errno;
             if (rename(aside, final) < 0) /* put the old one back */
                 dm_warn("%s: could not restore from %s: %s", final, aside, strerror(errno));
             free(aside);
-            return dm_fail("%s: cannot rename to %s: %s", tmp, final, strerror(e));
+            return dm_failc(DM_E_IO, "%s: cannot rename to %s: %s", tmp, final, strerror(e));
         }
         if (dm_rm_rf(aside) < 0)
             dm_warn("%s", dm_error());
@@ -301,17 +301,17 @@ char *dm_read_file(const char *path, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        dm_fail("%s: cannot open: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
-        dm_fail("%s: cannot stat: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
         return NULL;
     }
     if (S_ISDIR(st.st_mode)) {
-        dm_fail("%s: is a folder, not a file", path);
+        dm_failc(DM_E_IO, "%s: is a folder, not a file", path);
         close(fd);
         return NULL;
     }
@@ -327,7 +327,7 @@ char *dm_read_file(const char *path, size_t *len)
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            dm_fail("%s: read failed: %s", path, strerror(errno));
+            dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
             free(buf);
             close(fd);
             return NULL;
@@ -348,7 +348,7 @@ int dm_atomic_open(const char *path, char **tmp)
     *tmp = dm_xasprintf("%s.tmp.%ld", path, (long)getpid());
     int fd = open(*tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) {
-        dm_fail("%s: cannot create: %s", *tmp, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot create: %s", *tmp, strerror(errno));
         free(*tmp);
         *tmp = NULL;
     }
@@ -359,11 +359,11 @@ int dm_atomic_commit(int fd, char *tmp, const char *path)
 {
     int rc = 0;
     if (fsync(fd) < 0)
-        rc = dm_fail("%s: fsync failed: %s", tmp, strerror(errno));
+        rc = dm_failc(DM_E_IO, "%s: fsync failed: %s", tmp, strerror(errno));
     if (close(fd) < 0 && rc == 0)
-        rc = dm_fail("%s: close failed: %s", tmp, strerror(errno));
+        rc = dm_failc(DM_E_IO, "%s: close failed: %s", tmp, strerror(errno));
     if (rc == 0 && rename(tmp, path) < 0)
-        rc = dm_fail("%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+        rc = dm_failc(DM_E_IO, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
     if (rc < 0)
         unlink(tmp);
     else
@@ -401,7 +401,7 @@ int dm_copy_file(const char *src, const char *dst)
     /* Same file system: a hard link costs no bytes, and inputs are immutable. */
     if (link(src, tmp) == 0) {
         if (rename(tmp, dst) < 0) {
-            dm_fail("%s: cannot rename to %s: %s", tmp, dst, strerror(errno));
+            dm_failc(DM_E_IO, "%s: cannot rename to %s: %s", tmp, dst, strerror(errno));
             unlink(tmp);
             free(tmp);
             return -1;
@@ -415,7 +415,7 @@ int dm_copy_file(const char *src, const char *dst)
 
     int in = open(src, O_RDONLY | O_CLOEXEC);
     if (in < 0)
-        return dm_fail("%s: cannot open: %s", src, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot open: %s", src, strerror(errno));
     int out = dm_atomic_open(dst, &tmp);
     if (out < 0) {
         close(in);
@@ -430,7 +430,7 @@ int dm_copy_file(const char *src, const char *dst)
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            rc = dm_fail("%s: read failed: %s", src, strerror(errno));
+            rc = dm_failc(DM_E_IO, "%s: read failed: %s", src, strerror(errno));
             break;
         }
         if (k == 0)
@@ -476,7 +476,7 @@ static int dm_hash_fd(int fd, const char *path, char out[33])
 {
     XXH3_state_t *st = XXH3_createState();
     if (!st)
-        return dm_fail("%s: out of memory for the hash state", path);
+        return dm_failc(DM_E_NOMEM, "%s: out of memory for the hash state", path);
     XXH3_128bits_reset(st);
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     size_t cap = (size_t)8 << 20;
@@ -487,7 +487,7 @@ static int dm_hash_fd(int fd, const char *path, char out[33])
         if (k < 0) {
             if (errno == EINTR)
                 continue;
-            rc = dm_fail("%s: read failed: %s", path, strerror(errno));
+            rc = dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
             break;
         }
         if (k == 0)
@@ -501,23 +501,23 @@ static int dm_hash_fd(int fd, const char *path, char out[33])
     return rc;
 }
 
-int dm_file_identity(const char *path, const char *cache_dir, char out[33])
+int dm_file_identity(const char *path, const char *memo_dir, char out[33])
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return dm_fail("%s: cannot open: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) < 0) {
         close(fd);
-        return dm_fail("%s: cannot stat: %s", path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot stat: %s", path, strerror(errno));
     }
     if (S_ISDIR(st.st_mode)) {
         close(fd);
-        return dm_fail("%s: is a folder, not a file", path);
+        return dm_failc(DM_E_IO, "%s: is a folder, not a file", path);
     }
 
     char *memo = NULL;
-    if (cache_dir) {
+    if (memo_dir) {
         char *what = dm_xasprintf("%s\n%llu\n%llu\n%lld\n%lld.%09ld", path,
                                   (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
                                   (long long)st.st_size, (long long)st.st_mtim.tv_sec,
@@ -525,7 +525,7 @@ int dm_file_identity(const char *path, const char *cache_dir, char out[33])
         char key[33];
         dm_hex128(XXH3_128bits(what, strlen(what)), key);
         free(what);
-        memo = dm_xasprintf("%s/filehash/%s", cache_dir, key);
+        memo = dm_xasprintf("%s/%s", memo_dir, key);
         size_t len;
         char *text = dm_file_exists(memo) ? dm_read_file(memo, &len) : NULL;
         if (text && len >= 32 && dm_is_hex32(text)) {
@@ -548,13 +548,11 @@ int dm_file_identity(const char *path, const char *cache_dir, char out[33])
     close(fd);
     if (rc == 0 && memo && !changed) {
         /* The memo is an optimisation: failing to write it must not fail the run. */
-        char *dir = dm_xasprintf("%s/filehash", cache_dir);
         char line[34];
         memcpy(line, out, 32);
         line[32] = '\n';
-        if (dm_mkdir_p(dir) < 0 || dm_write_file_atomic(memo, line, 33) < 0)
+        if (dm_mkdir_p(memo_dir) < 0 || dm_write_file_atomic(memo, line, 33) < 0)
             dm_warn("could not remember the hash of %s: %s", path, dm_error());
-        free(dir);
     }
     free(memo);
     return rc;
@@ -564,12 +562,12 @@ char *dm_read_text(const char *path, size_t *len)
 {
     int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        dm_fail("%s: cannot open: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
-        dm_fail("%s: is a folder, not a file", path);
+        dm_failc(DM_E_IO, "%s: is a folder, not a file", path);
         close(fd);
         return NULL;
     }
@@ -585,7 +583,7 @@ char *dm_read_text(const char *path, size_t *len)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            dm_fail("%s: read failed: %s", path, strerror(errno));
+            dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
             free(buf);
             if (fd != STDIN_FILENO)
                 close(fd);

@@ -44,8 +44,8 @@ void dm_atomic_discard(int fd, char *tmp);
 int dm_copy_file(const char *src, const char *dst);
 int dm_file_exists(const char *path);
 /* Content identity of a file: XXH3-128 of its bytes, as 32 hex digits, memoised
- * in cache_dir/filehash by (device, inode, size, mtime) so unchanged big inputs
- * are not reread. cache_dir may be NULL (no memo). */
-int dm_file_identity(const char *path, const char *cache_dir, char out[33]);
+ * in the folder memo_dir (created when needed) by (device, inode, size, mtime)
+ * so unchanged big inputs are not reread. memo_dir may be NULL (no memo). */
+int dm_file_identity(const char *path, const char *memo_dir, char out[33]);
 
 #endif

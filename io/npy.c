@@ -83,8 +83,8 @@ static void dm_npy_ws(dm_npy_lex *lx)
 
 static int dm_npy_bad(dm_npy_lex *lx, const char *what)
 {
-    return dm_fail("%s: malformed .npy header: %s at \"%.20s\"", lx->path, what,
-                   lx->p < lx->end ? lx->p : "<end>");
+    return dm_failc(DM_E_CORRUPT, "%s: malformed .npy header: %s at \"%.20s\"", lx->path, what,
+                    lx->p < lx->end ? lx->p : "<end>");
 }
 
 /* A quoted string (either quote) into out (cap bytes, NUL-terminated). */
@@ -146,7 +146,7 @@ static int dm_npy_shape(dm_npy_lex *lx, dm_npy_header *h)
         int64_t v = 0;
         while (lx->p < lx->end && *lx->p >= '0' && *lx->p <= '9') {
             if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *lx->p - '0', &v))
-                return dm_fail("%s: malformed .npy header: a dimension in 'shape' overflows", lx->path);
+                return dm_failc(DM_E_CORRUPT, "%s: malformed .npy header: a dimension in 'shape' overflows", lx->path);
             lx->p++;
         }
         if (lx->p < lx->end && (*lx->p == 'L' || *lx->p == 'l'))
@@ -161,8 +161,8 @@ static int dm_npy_shape(dm_npy_lex *lx, dm_npy_header *h)
         }
     }
     if (n > DM_MAX_DIMS)
-        return dm_fail("%s: %d-dimensional arrays are not supported (at most %d dimensions)",
-                       lx->path, n, DM_MAX_DIMS);
+        return dm_failc(DM_E_SHAPE, "%s: %d-dimensional arrays are not supported (at most %d dimensions)",
+                        lx->path, n, DM_MAX_DIMS);
     h->ndim = n;
     for (int i = 0; i < n; i++)
         h->shape[i] = dims[i];
@@ -239,7 +239,7 @@ static int dm_npy_parse_dict(const char *text, size_t len, const char *path, dm_
                 return -1;
             have_shape = 1;
         } else {
-            return dm_fail("%s: malformed .npy header: unexpected key '%s'", path, key);
+            return dm_failc(DM_E_CORRUPT, "%s: malformed .npy header: unexpected key '%s'", path, key);
         }
         if (!dm_npy_punct(&lx, ',')) {
             if (!dm_npy_punct(&lx, '}'))
@@ -251,8 +251,8 @@ static int dm_npy_parse_dict(const char *text, size_t len, const char *path, dm_
     if (lx.p != lx.end && *lx.p != 0)
         return dm_npy_bad(&lx, "text after the dict");
     if (!have_descr || !have_order || !have_shape)
-        return dm_fail("%s: malformed .npy header: missing key '%s'", path,
-                       !have_descr ? "descr" : !have_order ? "fortran_order" : "shape");
+        return dm_failc(DM_E_CORRUPT, "%s: malformed .npy header: missing key '%s'", path,
+                        !have_descr ? "descr" : !have_order ? "fortran_order" : "shape");
     return 0;
 }
 
@@ -278,16 +278,16 @@ dm_npy_map *dm_npy_open(const char *path)
     m->path = dm_xstrdup(path);
     m->fd = open(path, O_RDONLY | O_CLOEXEC);
     if (m->fd < 0) {
-        dm_fail("%s: cannot open: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
         goto fail;
     }
     struct stat st;
     if (fstat(m->fd, &st) < 0) {
-        dm_fail("%s: cannot stat: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot stat: %s", path, strerror(errno));
         goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
-        dm_fail("%s: not a regular file", path);
+        dm_failc(DM_E_IO, "%s: not a regular file", path);
         goto fail;
     }
     m->size = (size_t)st.st_size;
@@ -295,19 +295,19 @@ dm_npy_map *dm_npy_open(const char *path)
         unsigned char head[6] = {0};
         if (m->size >= 6 && dm_pread_all(m->fd, head, 6, 0, path) == 0 &&
             !memcmp(head, dm_npy_magic, 6))
-            dm_fail("%s: truncated: the file ends inside the .npy header (%zu bytes)", path, m->size);
+            dm_failc(DM_E_CORRUPT, "%s: truncated: the file ends inside the .npy header (%zu bytes)", path, m->size);
         else
-            dm_fail("%s: not a .npy file (%zu bytes, no \\x93NUMPY magic)", path, m->size);
+            dm_failc(DM_E_CORRUPT, "%s: not a .npy file (%zu bytes, no \\x93NUMPY magic)", path, m->size);
         goto fail;
     }
     m->base = mmap(NULL, m->size, PROT_READ, MAP_SHARED, m->fd, 0);
     if (m->base == MAP_FAILED) {
         m->base = NULL;
-        dm_fail("%s: cannot map: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot map: %s", path, strerror(errno));
         goto fail;
     }
     if (memcmp(m->base, dm_npy_magic, 6)) {
-        dm_fail("%s: not a .npy file (no \\x93NUMPY magic at the start)", path);
+        dm_failc(DM_E_CORRUPT, "%s: not a .npy file (no \\x93NUMPY magic at the start)", path);
         goto fail;
     }
     int major = m->base[6], minor = m->base[7];
@@ -316,7 +316,7 @@ dm_npy_map *dm_npy_open(const char *path)
         hlen = (size_t)m->base[8] | (size_t)m->base[9] << 8;
         prefix = 10;
     } else if ((major == 2 || major == 3) && m->size < 12) {
-        dm_fail("%s: truncated: the file ends inside the .npy header (%zu bytes)", path, m->size);
+        dm_failc(DM_E_CORRUPT, "%s: truncated: the file ends inside the .npy header (%zu bytes)", path, m->size);
         goto fail;
     } else if (major == 2 || major == 3) {
         hlen = (size_t)m->base[8] | (size_t)m->base[9] << 8 | (size_t)m->base[10] << 16 |
@@ -328,8 +328,8 @@ dm_npy_map *dm_npy_open(const char *path)
         goto fail;
     }
     if (prefix + hlen > m->size) {
-        dm_fail("%s: truncated: the header says it is %zu bytes long, the file has %zu", path,
-                prefix + hlen, m->size);
+        dm_failc(DM_E_CORRUPT, "%s: truncated: the header says it is %zu bytes long, the file has %zu", path,
+                 prefix + hlen, m->size);
         goto fail;
     }
     if (dm_npy_parse_dict((const char *)m->base + prefix, hlen, path, &m->hdr) < 0)
@@ -346,8 +346,8 @@ dm_npy_map *dm_npy_open(const char *path)
     if (m->data_bytes > have) {
         char shape[256];
         dm_npy_shape_text(&m->hdr, shape, sizeof shape);
-        dm_fail("%s: truncated: header says %s = %" PRId64 " bytes, file has %" PRId64, path,
-                shape, m->data_bytes, have);
+        dm_failc(DM_E_CORRUPT, "%s: truncated: header says %s = %" PRId64 " bytes, file has %" PRId64, path,
+                 shape, m->data_bytes, have);
         goto fail;
     }
     return m;
@@ -377,14 +377,14 @@ int dm_npy_read_rows_f32(dm_npy_map *m, int64_t row0, int64_t rows, float *out)
     if (h->ndim != 2) {
         char shape[256];
         dm_npy_shape_text(h, shape, sizeof shape);
-        return dm_fail("%s: expected a 2-D array (rows x cols), found %s", m->path, shape);
+        return dm_failc(DM_E_SHAPE, "%s: expected a 2-D array (rows x cols), found %s", m->path, shape);
     }
     if (h->dtype != DM_F32 && h->dtype != DM_F16 && h->dtype != DM_BF16 && h->dtype != DM_F64)
-        return dm_fail("%s: dtype %s cannot be read as float rows (f32, f16, bf16 or f64 "
-                       "expected)", m->path, dm_dtype_name(h->dtype));
+        return dm_failc(DM_E_SHAPE, "%s: dtype %s cannot be read as float rows (f32, f16, bf16 or f64 "
+                        "expected)", m->path, dm_dtype_name(h->dtype));
     if (row0 < 0 || rows < 0 || row0 > h->shape[0] || rows > h->shape[0] - row0)
-        return dm_fail("%s: rows %" PRId64 "..%" PRId64 " are out of range (the array has %" PRId64
-                       " rows)", m->path, row0, row0 + rows - 1, h->shape[0]);
+        return dm_failc(DM_E_SHAPE, "%s: rows %" PRId64 "..%" PRId64 " are out of range (the array has %" PRId64
+                        " rows)", m->path, row0, row0 + rows - 1, h->shape[0]);
     if (rows == 0 || h->shape[1] == 0)
         return 0;
     size_t isz = dm_dtype_size(h->dtype);
@@ -479,11 +479,11 @@ struct dm_npy_writer {
 dm_npy_writer *dm_npy_writer_open(const char *path, dm_dtype dtype, int64_t cols)
 {
     if (!dm_npy_descr_of(dtype)) {
-        dm_fail("%s: cannot write dtype %d", path, (int)dtype);
+        dm_failc(DM_E_INTERNAL, "%s: cannot write dtype %d", path, (int)dtype);
         return NULL;
     }
     if (cols < 0) {
-        dm_fail("%s: negative column count %" PRId64, path, cols);
+        dm_failc(DM_E_INTERNAL, "%s: negative column count %" PRId64, path, cols);
         return NULL;
     }
     /* The widest header the commit can need: a 20-digit row count. */
@@ -508,9 +508,9 @@ dm_npy_writer *dm_npy_writer_open(const char *path, dm_dtype dtype, int64_t cols
 static int dm_npy_writer_check(dm_npy_writer *w, int64_t rows)
 {
     if (w->failed)
-        return dm_fail("%s: an earlier write failed", w->path);
+        return dm_failc(DM_E_IO, "%s: an earlier write failed", w->path);
     if (rows < 0)
-        return dm_fail("%s: negative row count %" PRId64, w->path, rows);
+        return dm_failc(DM_E_INTERNAL, "%s: negative row count %" PRId64, w->path, rows);
     return 0;
 }
 
@@ -534,7 +534,7 @@ int dm_npy_writer_append_f32(dm_npy_writer *w, const float *data, int64_t rows)
     if (w->dtype == DM_F32)
         return dm_npy_writer_append(w, data, rows);
     if (w->dtype != DM_F16 && w->dtype != DM_BF16 && w->dtype != DM_F64)
-        return dm_fail("%s: cannot convert float32 rows to %s", w->path, dm_dtype_name(w->dtype));
+        return dm_failc(DM_E_INTERNAL, "%s: cannot convert float32 rows to %s", w->path, dm_dtype_name(w->dtype));
     size_t isz = dm_dtype_size(w->dtype);
     if (!w->cvt)
         w->cvt = dm_xmalloc_aligned(DM_NPY_CVT_VALUES * isz);
@@ -561,9 +561,9 @@ static void dm_npy_writer_free(dm_npy_writer *w)
 int dm_npy_writer_commit(dm_npy_writer *w)
 {
     if (!w)
-        return dm_fail("npy writer: commit of a writer that failed to open");
+        return dm_failc(DM_E_INTERNAL, "npy writer: commit of a writer that failed to open");
     if (w->failed) {
-        dm_fail("%s: not written: an earlier write failed", w->path);
+        dm_failc(DM_E_IO, "%s: not written: an earlier write failed", w->path);
         dm_npy_writer_abort(w);
         return -1;
     }
@@ -571,7 +571,7 @@ int dm_npy_writer_commit(dm_npy_writer *w)
     int64_t shape[2] = {w->rows, w->cols};
     size_t len = dm_npy_format_header(hdr, sizeof hdr, w->dtype, 2, shape, w->header_len);
     if (len != w->header_len) { /* cannot happen: the reservation covers any int64 */
-        dm_fail("%s: the final header does not fit the space reserved for it", w->path);
+        dm_failc(DM_E_INTERNAL, "%s: the final header does not fit the space reserved for it", w->path);
         dm_npy_writer_abort(w);
         return -1;
     }
@@ -598,9 +598,9 @@ void dm_npy_writer_abort(dm_npy_writer *w)
 int dm_npy_save(const char *path, const dm_tensor *t)
 {
     if (!dm_npy_descr_of(t->dtype))
-        return dm_fail("%s: cannot save dtype %d", path, (int)t->dtype);
+        return dm_failc(DM_E_INTERNAL, "%s: cannot save dtype %d", path, (int)t->dtype);
     if (t->ndim < 0 || t->ndim > DM_MAX_DIMS)
-        return dm_fail("%s: cannot save a %d-dimensional tensor", path, t->ndim);
+        return dm_failc(DM_E_INTERNAL, "%s: cannot save a %d-dimensional tensor", path, t->ndim);
     char hdr[1024];
     size_t len = dm_npy_format_header(hdr, sizeof hdr, t->dtype, t->ndim, t->shape, 0);
     size_t bytes = (size_t)dm_tensor_numel(t) * dm_dtype_size(t->dtype);

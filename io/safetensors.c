@@ -79,46 +79,46 @@ static int st_parse_entry(const char *path, const char *name, json_t *e, const u
            *jo = json_object_get(e, "data_offsets");
     char sbuf[256];
     if (!json_is_object(e))
-        return dm_fail("%s: tensor %s: header entry is not an object", path, name);
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: header entry is not an object", path, name);
     if (!json_is_string(jd))
-        return dm_fail("%s: tensor %s: missing dtype", path, name);
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: missing dtype", path, name);
     int esize = st_dtype_size(json_string_value(jd), &t->dtype);
     if (!esize)
-        return dm_fail("%s: tensor %s: unknown dtype '%s'", path, name, json_string_value(jd));
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: unknown dtype '%s'", path, name, json_string_value(jd));
     if (!json_is_array(js))
-        return dm_fail("%s: tensor %s: missing shape", path, name);
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: missing shape", path, name);
     t->ndim = (int)json_array_size(js);
     if (t->ndim > DM_ST_MAX_DIMS)
-        return dm_fail("%s: tensor %s: %d dimensions (at most %d supported)", path, name, t->ndim,
-                       DM_ST_MAX_DIMS);
+        return dm_failc(DM_E_SHAPE, "%s: tensor %s: %d dimensions (at most %d supported)", path, name, t->ndim,
+                        DM_ST_MAX_DIMS);
     t->numel = 1;
     for (int i = 0; i < t->ndim; i++) {
         json_t *d = json_array_get(js, i);
         if (!json_is_integer(d) || json_integer_value(d) < 0)
-            return dm_fail("%s: tensor %s: shape entry %d is not a non-negative integer", path,
-                           name, i);
+            return dm_failc(DM_E_CORRUPT, "%s: tensor %s: shape entry %d is not a non-negative integer", path,
+                            name, i);
         t->shape[i] = json_integer_value(d);
         if (__builtin_mul_overflow(t->numel, t->shape[i], &t->numel))
-            return dm_fail("%s: tensor %s: shape overflows", path, name);
+            return dm_failc(DM_E_CORRUPT, "%s: tensor %s: shape overflows", path, name);
     }
     if (!json_is_array(jo) || json_array_size(jo) != 2 ||
         !json_is_integer(json_array_get(jo, 0)) || !json_is_integer(json_array_get(jo, 1)))
-        return dm_fail("%s: tensor %s: data_offsets must be [begin, end]", path, name);
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: data_offsets must be [begin, end]", path, name);
     int64_t begin = json_integer_value(json_array_get(jo, 0));
     int64_t end = json_integer_value(json_array_get(jo, 1));
     if (begin < 0 || end < begin)
-        return dm_fail("%s: tensor %s: bad data_offsets [%lld, %lld]", path, name,
-                       (long long)begin, (long long)end);
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: bad data_offsets [%lld, %lld]", path, name,
+                        (long long)begin, (long long)end);
     if (end > data_len)
-        return dm_fail("%s: truncated: tensor %s data_offsets [%lld, %lld] end past the data "
-                       "(%lld bytes after the header)",
-                       path, name, (long long)begin, (long long)end, (long long)data_len);
+        return dm_failc(DM_E_CORRUPT, "%s: truncated: tensor %s data_offsets [%lld, %lld] end past the data "
+                        "(%lld bytes after the header)",
+                        path, name, (long long)begin, (long long)end, (long long)data_len);
     if (__builtin_mul_overflow(t->numel, (int64_t)esize, &t->nbytes) || t->nbytes != end - begin)
-        return dm_fail("%s: tensor %s: shape %s of %s needs %lld bytes, data_offsets [%lld, %lld] "
-                       "hold %lld",
-                       path, name, dm_st_shape_str(t->shape, t->ndim, sbuf, sizeof sbuf),
-                       t->dtype, (long long)(t->numel * esize), (long long)begin,
-                       (long long)end, (long long)(end - begin));
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: shape %s of %s needs %lld bytes, data_offsets [%lld, %lld] "
+                        "hold %lld",
+                        path, name, dm_st_shape_str(t->shape, t->ndim, sbuf, sizeof sbuf),
+                        t->dtype, (long long)(t->numel * esize), (long long)begin,
+                        (long long)end, (long long)(end - begin));
     t->data = data + begin;
     return 0;
 }
@@ -132,10 +132,10 @@ static int st_parse_header(dm_safetensors *st, const char *json, size_t len, con
     json_t *val;
     int rc = -1;
     if (!root)
-        return dm_fail("%s: header is not valid JSON: %s (line %d, column %d)", st->path,
-                       jerr.text, jerr.line, jerr.column);
+        return dm_failc(DM_E_CORRUPT, "%s: header is not valid JSON: %s (line %d, column %d)", st->path,
+                        jerr.text, jerr.line, jerr.column);
     if (!json_is_object(root)) {
-        dm_fail("%s: header is not a JSON object", st->path);
+        dm_failc(DM_E_CORRUPT, "%s: header is not a JSON object", st->path);
         goto end;
     }
     st->t = dm_xcalloc(json_object_size(root) + 1, sizeof *st->t);
@@ -146,7 +146,7 @@ static int st_parse_header(dm_safetensors *st, const char *json, size_t len, con
             const char *mk;
             json_t *mv;
             if (!json_is_object(val)) {
-                dm_fail("%s: __metadata__ is not an object", st->path);
+                dm_failc(DM_E_CORRUPT, "%s: __metadata__ is not an object", st->path);
                 goto end;
             }
             st->meta = dm_xcalloc(2 * json_object_size(val) + 1, sizeof *st->meta);
@@ -169,8 +169,8 @@ static int st_parse_header(dm_safetensors *st, const char *json, size_t len, con
     qsort(st->t, st->n, sizeof *st->t, st_cmp_name);
     for (int i = 1; i < st->n; i++)
         if (!strcmp(st->t[i - 1].name, st->t[i].name)) {
-            dm_fail("%s: tensor %s appears twice (with and without the \"" ST_PREFIX "\" prefix)",
-                    st->path, st->t[i].name);
+            dm_failc(DM_E_CORRUPT, "%s: tensor %s appears twice (with and without the \"" ST_PREFIX "\" prefix)",
+                     st->path, st->t[i].name);
             goto end;
         }
     rc = 0;
@@ -187,22 +187,22 @@ dm_safetensors *dm_st_open(const char *path)
     st->path = dm_xstrdup(path);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        dm_fail("%s: cannot open: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
         goto fail;
     }
     if (fstat(fd, &sb) < 0) {
-        dm_fail("%s: cannot stat: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot stat: %s", path, strerror(errno));
         close(fd);
         goto fail;
     }
     if (!S_ISREG(sb.st_mode)) {
-        dm_fail("%s: not a regular file", path);
+        dm_failc(DM_E_IO, "%s: not a regular file", path);
         close(fd);
         goto fail;
     }
     if (sb.st_size < 8) {
-        dm_fail("%s: truncated: %lld bytes, too short for a safetensors header", path,
-                (long long)sb.st_size);
+        dm_failc(DM_E_CORRUPT, "%s: truncated: %lld bytes, too short for a safetensors header", path,
+                 (long long)sb.st_size);
         close(fd);
         goto fail;
     }
@@ -210,20 +210,20 @@ dm_safetensors *dm_st_open(const char *path)
     void *p = mmap(NULL, st->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (p == MAP_FAILED) {
-        dm_fail("%s: cannot map: %s", path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot map: %s", path, strerror(errno));
         goto fail;
     }
     st->map = p;
     for (int i = 0; i < 8; i++)
         hlen |= (uint64_t)st->map[i] << (8 * i);
     if (hlen > (uint64_t)ST_MAX_HEADER || hlen > st->map_len - 8) {
-        dm_fail("%s: header length %llu exceeds the file (%zu bytes)%s", path,
-                (unsigned long long)hlen, st->map_len,
-                hlen > (uint64_t)ST_MAX_HEADER ? " or the 100 MB limit" : "");
+        dm_failc(DM_E_CORRUPT, "%s: header length %llu exceeds the file (%zu bytes)%s", path,
+                 (unsigned long long)hlen, st->map_len,
+                 hlen > (uint64_t)ST_MAX_HEADER ? " or the 100 MB limit" : "");
         goto fail;
     }
     if (hlen < 2 || st->map[8] != '{') {
-        dm_fail("%s: not a safetensors file (header does not start with '{')", path);
+        dm_failc(DM_E_CORRUPT, "%s: not a safetensors file (header does not start with '{')", path);
         goto fail;
     }
     if (st_parse_header(st, (const char *)st->map + 8, hlen, st->map + 8 + hlen,
@@ -291,8 +291,8 @@ int dm_st_read_f32(const dm_safetensors *st, const dm_st_tensor *t, float *out)
         for (int64_t i = 0; i < t->numel; i++)
             out[i] = dm_bf16_to_f32((uint16_t)(src[2 * i] | src[2 * i + 1] << 8));
     } else {
-        return dm_fail("%s: tensor %s has dtype %s; only F32, F16 and BF16 can be read", st->path,
-                       t->name, t->dtype);
+        return dm_failc(DM_E_SHAPE, "%s: tensor %s has dtype %s; only F32, F16 and BF16 can be read", st->path,
+                        t->name, t->dtype);
     }
     return 0;
 }
@@ -304,7 +304,7 @@ int dm_st_write_f32(const char *path, const char *const *names, const dm_tensor 
     for (int i = 0; i < n; i++) {
         if (ts[i].dtype != DM_F32) {
             json_decref(h);
-            return dm_fail("%s: tensor %s: only float32 is written", path, names[i]);
+            return dm_failc(DM_E_INTERNAL, "%s: tensor %s: only float32 is written", path, names[i]);
         }
         json_t *shape = json_array(), *e = json_object();
         for (int k = 0; k < ts[i].ndim; k++)

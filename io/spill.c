@@ -129,10 +129,8 @@ static void dm_spill_buf_reserve(dm_spill_buf *b, size_t n)
     free(b->data);
     void *p = NULL;
     size_t cap = (n + 4095) & ~(size_t)4095;
-    if (posix_memalign(&p, 4096, cap)) {
-        fprintf(stderr, "dmica: out of memory allocating %zu bytes\n", cap);
-        abort();
-    }
+    if (posix_memalign(&p, 4096, cap))
+        dm_oom(cap, "a spill buffer");
     b->data = p;
     b->cap = cap;
 }
@@ -179,11 +177,12 @@ static void dm_spill_submit_capped(struct io_uring *ring, dm_spill_buf *b, int i
  * Takes one completion from ring (waiting for it unless nowait) and accounts it
  * to its buffer: a short transfer is resubmitted, an error or end of file is
  * reported with the file and offset. Returns 1 (a transfer progressed), 0
- * (nowait and nothing completed), -1 (a transfer failed) or -2 (the ring itself
- * failed: nothing more will complete). *idx_out gets the buffer.
+ * (nowait and nothing completed) or -1 (a transfer failed; *broken, when given,
+ * is set to 1 if the ring itself failed, so nothing more will complete).
+ * *idx_out gets the buffer.
  */
 static int dm_spill_reap_one(struct io_uring *ring, dm_spill_buf *bufs, int fd, int write,
-                             const char *path, int *idx_out, int nowait)
+                             const char *path, int *idx_out, int nowait, int *broken)
 {
     struct io_uring_cqe *cqe;
     int rc;
@@ -193,8 +192,9 @@ static int dm_spill_reap_one(struct io_uring *ring, dm_spill_buf *bufs, int fd, 
     if (nowait && rc == -EAGAIN)
         return 0;
     if (rc < 0) {
-        dm_fail("%s: waiting for %s: %s", path, write ? "a write" : "a read", strerror(-rc));
-        return -2;
+        if (broken)
+            *broken = 1;
+        return dm_failc(DM_E_IO, "%s: waiting for %s: %s", path, write ? "a write" : "a read", strerror(-rc));
     }
     int idx = (int)io_uring_cqe_get_data64(cqe);
     int res = cqe->res;
@@ -207,16 +207,16 @@ static int dm_spill_reap_one(struct io_uring *ring, dm_spill_buf *bufs, int fd, 
     if (res < 0 && res != -EINTR && res != -EAGAIN) {
         b->busy = 0;
         b->len = b->done; /* nothing more will happen to this buffer */
-        return dm_fail("%s: %s failed at offset %" PRId64 ": %s", path, write ? "write" : "read",
-                       at, strerror(-res));
+        return dm_failc(DM_E_IO, "%s: %s failed at offset %" PRId64 ": %s", path, write ? "write" : "read",
+                        at, strerror(-res));
     }
     if (res == 0) {
         b->busy = 0;
         b->len = b->done;
-        return write ? dm_fail("%s: write failed at offset %" PRId64 ": the system wrote nothing",
-                               path, at)
-                     : dm_fail("%s: unexpected end of file at offset %" PRId64
-                               " (the file shrank while being read)", path, at);
+        return write ? dm_failc(DM_E_IO, "%s: write failed at offset %" PRId64 ": the system wrote nothing",
+                                path, at)
+                     : dm_failc(DM_E_CORRUPT, "%s: unexpected end of file at offset %" PRId64
+                                " (the file shrank while being read)", path, at);
     }
     if (b->done == b->len) {
         b->busy = 0;
@@ -228,17 +228,17 @@ static int dm_spill_reap_one(struct io_uring *ring, dm_spill_buf *bufs, int fd, 
     if (rc2 < 0) {
         b->busy = 0;
         b->len = b->done;
-        return dm_fail("%s: cannot submit the rest of a %s at offset %" PRId64 ": %s", path,
-                       write ? "write" : "read", b->off + (int64_t)b->done, strerror(-rc2));
+        return dm_failc(DM_E_IO, "%s: cannot submit the rest of a %s at offset %" PRId64 ": %s", path,
+                        write ? "write" : "read", b->off + (int64_t)b->done, strerror(-rc2));
     }
     return 1;
 }
 
-/* Waits for one completion: 0, -1 or -2 as above. */
+/* Waits for one completion: 0 or -1 (and *broken) as above. */
 static int dm_spill_reap(struct io_uring *ring, dm_spill_buf *bufs, int fd, int write,
-                         const char *path, int *idx_out)
+                         const char *path, int *idx_out, int *broken)
 {
-    int rc = dm_spill_reap_one(ring, bufs, fd, write, path, idx_out, 0);
+    int rc = dm_spill_reap_one(ring, bufs, fd, write, path, idx_out, 0, broken);
     return rc > 0 ? 0 : rc;
 }
 
@@ -254,10 +254,10 @@ static int dm_spill_drain_ring(struct io_uring *ring, dm_spill_buf *bufs, int n,
             busy |= bufs[i].busy;
         if (!busy)
             return rc;
-        int idx, got = dm_spill_reap(ring, bufs, fd, write, path, &idx);
+        int idx, broken = 0, got = dm_spill_reap(ring, bufs, fd, write, path, &idx, &broken);
         if (got < 0 && rc == 0)
             rc = -1;
-        if (got == -2) { /* the ring is broken: stop waiting for it */
+        if (broken) { /* stop waiting for it */
             for (int i = 0; i < n; i++)
                 bufs[i].busy = 0;
             return -1;
@@ -268,9 +268,36 @@ static int dm_spill_drain_ring(struct io_uring *ring, dm_spill_buf *bufs, int n,
 static int dm_spill_checksum_error(const char *path, int64_t ci, const dm_spill_chunk *c,
                                    uint64_t computed)
 {
-    return dm_fail("%s: chunk %" PRId64 " (rows %" PRId64 "..%" PRId64 "): checksum mismatch "
-                   "(stored 0x%016" PRIx64 ", computed 0x%016" PRIx64 "): the spill is corrupt",
-                   path, ci, c->row0, c->row0 + c->rows - 1, c->xxh64, computed);
+    return dm_failc(DM_E_CORRUPT, "%s: chunk %" PRId64 " (rows %" PRId64 "..%" PRId64 "): checksum mismatch "
+                    "(stored 0x%016" PRIx64 ", computed 0x%016" PRIx64 "): the spill is corrupt",
+                    path, ci, c->row0, c->row0 + c->rows - 1, c->xxh64, computed);
+}
+
+/* A stream's values in memory are f32, i32 or i64. A spill of an f32 stream
+ * may store them as f16 or bf16 (converted when written and read); every other
+ * dtype is stored exactly as it is in memory. */
+static int dm_spill_converts(dm_dtype stored) { return stored == DM_F16 || stored == DM_BF16; }
+static dm_dtype dm_spill_mem_dtype(dm_dtype stored) { return dm_spill_converts(stored) ? DM_F32 : stored; }
+static int dm_spill_storable(dm_dtype t)
+{
+    return t == DM_F32 || t == DM_F16 || t == DM_BF16 || t == DM_I32 || t == DM_I64;
+}
+
+/* n values from memory (src) to their stored form (dst), and back. */
+static void dm_spill_store(dm_dtype stored, const void *src, void *dst, size_t n)
+{
+    if (dm_spill_converts(stored))
+        dm_conv_from_f32(stored, src, dst, n);
+    else
+        memcpy(dst, src, n * dm_dtype_size(stored));
+}
+
+static void dm_spill_load(dm_dtype stored, const void *src, void *dst, size_t n)
+{
+    if (dm_spill_converts(stored))
+        dm_conv_to_f32(stored, src, dst, n);
+    else
+        memcpy(dst, src, n * dm_dtype_size(stored));
 }
 
 /* ---- writer ------------------------------------------------------------- */
@@ -295,29 +322,32 @@ struct dm_spill_writer {
     size_t raw_cap;
     XXH64_state_t *hash;
     char *error; /* the first failure, repeated by close */
+    dm_errc error_code;
 };
 
 static int dm_spill_writer_fail(dm_spill_writer *w)
 {
-    if (!w->error)
+    if (!w->error) {
         w->error = dm_xstrdup(dm_error());
+        w->error_code = dm_error_code();
+    }
     return -1;
 }
 
 dm_spill_writer *dm_spill_writer_open(const char *dir, const char *name, int64_t cols,
                                       dm_dtype stored, dm_codec codec)
 {
-    if (stored != DM_F32 && stored != DM_F16 && stored != DM_BF16) {
-        dm_fail("%s/%s.spill: spills store f32, f16 or bf16, not %s", dir, name,
-                dm_dtype_name(stored));
+    if (!dm_spill_storable(stored)) {
+        dm_failc(DM_E_INTERNAL, "%s/%s.spill: spills store f32, f16, bf16, i32 or i64, not %s", dir, name,
+                 dm_dtype_name(stored));
         return NULL;
     }
     if (codec != DM_CODEC_NONE && codec != DM_CODEC_ZSTD) {
-        dm_fail("%s/%s.spill: unknown codec %d", dir, name, (int)codec);
+        dm_failc(DM_E_INTERNAL, "%s/%s.spill: unknown codec %d", dir, name, (int)codec);
         return NULL;
     }
     if (cols <= 0) {
-        dm_fail("%s/%s.spill: a spill needs at least one column (cols %" PRId64 ")", dir, name, cols);
+        dm_failc(DM_E_SHAPE, "%s/%s.spill: a spill needs at least one column (cols %" PRId64 ")", dir, name, cols);
         return NULL;
     }
     if (dm_mkdir_p(dir) < 0)
@@ -332,19 +362,19 @@ dm_spill_writer *dm_spill_writer_open(const char *dir, const char *name, int64_t
     /* A manifest left by an earlier spill of the same name must not vouch for
      * the data about to be written. */
     if (unlink(w->manifest_path) < 0 && errno != ENOENT) {
-        dm_fail("%s: cannot remove the old manifest: %s", w->manifest_path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot remove the old manifest: %s", w->manifest_path, strerror(errno));
         goto fail;
     }
     w->fd = open(w->data_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (w->fd < 0) {
-        dm_fail("%s: cannot create: %s", w->data_path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot create: %s", w->data_path, strerror(errno));
         goto fail;
     }
     w->hash = XXH64_createState();
     if (codec == DM_CODEC_ZSTD)
         w->cctx = ZSTD_createCCtx();
     if (!w->hash || (codec == DM_CODEC_ZSTD && !w->cctx)) {
-        dm_fail("%s: out of memory for the checksum or compression state", w->data_path);
+        dm_failc(DM_E_NOMEM, "%s: out of memory for the checksum or compression state", w->data_path);
         goto fail;
     }
     w->uring = dm_spill_uring_wanted() && io_uring_queue_init(2 * DM_SPILL_NBUF, &w->ring, 0) == 0;
@@ -377,54 +407,60 @@ static void dm_spill_start_writeback(dm_spill_writer *w)
 
 static int dm_spill_writer_drain(dm_spill_writer *w);
 
-/* Converts c into b as the stored dtype and codec; returns the checksum. */
-static uint64_t dm_spill_encode(dm_spill_writer *w, const dm_chunk *c, dm_spill_buf *b)
+/* Converts c into b as the stored dtype and codec; *sum gets the checksum of
+ * the stored bytes. 0 or -1. */
+static int dm_spill_encode(dm_spill_writer *w, const dm_chunk *c, dm_spill_buf *b, uint64_t *sum)
 {
     size_t n = (size_t)c->rows * (size_t)c->cols, isz = dm_dtype_size(w->stored);
-    size_t raw = n * isz;
+    size_t raw = n * isz, msz = dm_dtype_size(dm_spill_mem_dtype(w->stored));
     if (w->codec == DM_CODEC_NONE) {
         dm_spill_buf_reserve(b, raw);
         XXH64_reset(w->hash, 0);
         for (size_t i = 0; i < n; i += DM_SPILL_BLOCK) {
             size_t k = n - i < DM_SPILL_BLOCK ? n - i : DM_SPILL_BLOCK;
-            dm_conv_from_f32(w->stored, c->data + i, b->data + i * isz, k);
+            dm_spill_store(w->stored, (const char *)c->ptr + i * msz, b->data + i * isz, k);
             XXH64_update(w->hash, b->data + i * isz, k * isz);
         }
         b->len = raw;
-        return XXH64_digest(w->hash);
+        *sum = XXH64_digest(w->hash);
+        return 0;
     }
-    const void *src = c->data;
-    if (w->stored != DM_F32) {
+    const void *src = c->ptr;
+    if (dm_spill_converts(w->stored)) {
         if (w->raw_cap < raw) {
             free(w->raw);
             w->raw = dm_xmalloc_aligned(raw);
             w->raw_cap = raw;
         }
-        dm_conv_from_f32(w->stored, c->data, w->raw, n);
+        dm_spill_store(w->stored, c->ptr, w->raw, n);
         src = w->raw;
     }
     size_t bound = ZSTD_compressBound(raw);
     dm_spill_buf_reserve(b, bound);
     size_t z = ZSTD_compressCCtx(w->cctx, b->data, b->cap, src, raw, DM_SPILL_ZSTD_LEVEL);
-    if (ZSTD_isError(z)) { /* cannot happen with a compressBound-sized buffer */
-        fprintf(stderr, "dmica: %s: zstd: %s\n", w->data_path, ZSTD_getErrorName(z));
-        abort();
-    }
+    if (ZSTD_isError(z)) /* not expected with a compressBound-sized buffer */
+        return dm_failc(DM_E_INTERNAL, "%s: zstd: %s", w->data_path, ZSTD_getErrorName(z));
     b->len = z;
-    return XXH64(b->data, z, 0);
+    *sum = XXH64(b->data, z, 0);
+    return 0;
 }
 
 int dm_spill_write(dm_spill_writer *w, const dm_chunk *c)
 {
     if (w->error)
-        return dm_fail("%s: not written: an earlier write failed (%s)", w->data_path, w->error);
+        return dm_failc(w->error_code, "%s: not written: an earlier write failed (%s)", w->data_path, w->error);
     if (c->cols != w->cols) {
-        dm_fail("%s: chunk has %" PRId64 " columns, the spill %" PRId64, w->data_path, c->cols,
-                w->cols);
+        dm_failc(DM_E_SHAPE, "%s: chunk has %" PRId64 " columns, the spill %" PRId64, w->data_path, c->cols,
+                 w->cols);
         return dm_spill_writer_fail(w);
     }
     if (c->rows < 0) {
-        dm_fail("%s: chunk with negative row count %" PRId64, w->data_path, c->rows);
+        dm_failc(DM_E_SHAPE, "%s: chunk with negative row count %" PRId64, w->data_path, c->rows);
+        return dm_spill_writer_fail(w);
+    }
+    if (c->dtype != dm_spill_mem_dtype(w->stored)) {
+        dm_failc(DM_E_SHAPE, "%s: a chunk of %s values, but the spill stores a stream of %s", w->data_path,
+                 dm_dtype_name(c->dtype), dm_dtype_name(dm_spill_mem_dtype(w->stored)));
         return dm_spill_writer_fail(w);
     }
     if (c->rows == 0)
@@ -432,8 +468,8 @@ int dm_spill_write(dm_spill_writer *w, const dm_chunk *c)
     if (w->nchunks == 0)
         w->row0 = c->row0;
     else if (c->row0 != w->row0 + w->rows) {
-        dm_fail("%s: chunk starts at row %" PRId64 ", expected %" PRId64 " (chunks must arrive "
-                "in row order)", w->data_path, c->row0, w->row0 + w->rows);
+        dm_failc(DM_E_SHAPE, "%s: chunk starts at row %" PRId64 ", expected %" PRId64 " (chunks must arrive "
+                 "in row order)", w->data_path, c->row0, w->row0 + w->rows);
         return dm_spill_writer_fail(w);
     }
 
@@ -442,7 +478,7 @@ int dm_spill_write(dm_spill_writer *w, const dm_chunk *c)
     int idx = 0;
     if (w->uring) {
         int any, got;
-        while ((got = dm_spill_reap_one(&w->ring, w->buf, w->fd, 1, w->data_path, &any, 1)) > 0)
+        while ((got = dm_spill_reap_one(&w->ring, w->buf, w->fd, 1, w->data_path, &any, 1, NULL)) > 0)
             ;
         if (got < 0)
             return dm_spill_writer_fail(w);
@@ -451,12 +487,14 @@ int dm_spill_write(dm_spill_writer *w, const dm_chunk *c)
                 ;
             if (idx < DM_SPILL_NBUF)
                 break;
-            if (dm_spill_reap(&w->ring, w->buf, w->fd, 1, w->data_path, &any) < 0)
+            if (dm_spill_reap(&w->ring, w->buf, w->fd, 1, w->data_path, &any, NULL) < 0)
                 return dm_spill_writer_fail(w);
         }
     }
     dm_spill_buf *b = &w->buf[idx];
-    uint64_t sum = dm_spill_encode(w, c, b);
+    uint64_t sum = 0;
+    if (dm_spill_encode(w, c, b, &sum) < 0)
+        return dm_spill_writer_fail(w);
     b->off = w->offset;
     b->done = 0;
 
@@ -550,28 +588,26 @@ static char *dm_spill_manifest_text(const dm_spill_writer *w)
     /* Indented for people debugging a spill; small next to the data either way. */
     char *text = json_dumps(root, JSON_PRESERVE_ORDER | JSON_INDENT(1));
     json_decref(root);
-    if (!text) {
-        fprintf(stderr, "dmica: out of memory formatting %s\n", w->manifest_path);
-        abort();
-    }
+    if (!text)
+        dm_oom(0, "a spill manifest");
     return text;
 }
 
 int dm_spill_writer_close(dm_spill_writer *w)
 {
     if (!w)
-        return dm_fail("spill: close of a writer that failed to open");
+        return dm_failc(DM_E_INTERNAL, "spill: close of a writer that failed to open");
     dm_spill_writer_drain(w); /* a failure is recorded in w->error */
     /* Data first, durably; only then the manifest that declares it complete. */
     if (!w->error && fsync(w->fd) < 0) {
-        dm_fail("%s: fsync failed: %s", w->data_path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: fsync failed: %s", w->data_path, strerror(errno));
         dm_spill_writer_fail(w);
     }
     if (!w->error) {
         int fd = w->fd;
         w->fd = -1;
         if (close(fd) < 0) {
-            dm_fail("%s: close failed: %s", w->data_path, strerror(errno));
+            dm_failc(DM_E_IO, "%s: close failed: %s", w->data_path, strerror(errno));
             dm_spill_writer_fail(w);
         }
     }
@@ -584,7 +620,7 @@ int dm_spill_writer_close(dm_spill_writer *w)
         free(text);
     }
     if (w->error) {
-        dm_fail("%s", w->error);
+        dm_failc(w->error_code, "%s", w->error);
         unlink(w->data_path);
         unlink(w->manifest_path);
         dm_spill_writer_free(w);
@@ -634,7 +670,7 @@ struct dm_spill_reader {
     /* random access */
     unsigned char *map;
     uint8_t *verified; /* per chunk: checksum already checked */
-    float *cache;      /* zstd: the last decoded chunk */
+    void *cache;       /* zstd: the last decoded chunk */
     int64_t cached_chunk;
 };
 
@@ -643,10 +679,10 @@ static int dm_json_int(json_t *o, const char *key, int64_t *out, const char *pat
     json_t *v = json_object_get(o, key);
     if (!json_is_integer(v) || json_integer_value(v) < 0) {
         if (ci >= 0)
-            return dm_fail("%s: malformed spill manifest: chunk %" PRId64 ": %s key '%s'", path, ci,
-                           v ? "non-integer or negative" : "missing", key);
-        return dm_fail("%s: malformed spill manifest: %s key '%s'", path,
-                       v ? "non-integer or negative" : "missing", key);
+            return dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: chunk %" PRId64 ": %s key '%s'", path, ci,
+                            v ? "non-integer or negative" : "missing", key);
+        return dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: %s key '%s'", path,
+                        v ? "non-integer or negative" : "missing", key);
     }
     *out = (int64_t)json_integer_value(v);
     return 0;
@@ -658,10 +694,10 @@ static const char *dm_json_str(json_t *o, const char *key, const char *path, int
     if (json_is_string(v))
         return json_string_value(v);
     if (ci >= 0)
-        dm_fail("%s: malformed spill manifest: chunk %" PRId64 ": %s key '%s'", path, ci,
-                v ? "non-string" : "missing", key);
+        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: chunk %" PRId64 ": %s key '%s'", path, ci,
+                 v ? "non-string" : "missing", key);
     else
-        dm_fail("%s: malformed spill manifest: %s key '%s'", path, v ? "non-string" : "missing", key);
+        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: %s key '%s'", path, v ? "non-string" : "missing", key);
     return NULL;
 }
 
@@ -670,8 +706,8 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
 {
     const char *mp = r->manifest_path;
     if (!dm_file_exists(mp))
-        return dm_fail("%s: spill manifest missing: the spill is incomplete (its writer did not "
-                       "finish) or was removed", mp);
+        return dm_failc(DM_E_CORRUPT, "%s: spill manifest missing: the spill is incomplete (its writer did not "
+                        "finish) or was removed", mp);
     size_t len;
     char *text = dm_read_file(mp, &len);
     if (!text)
@@ -680,22 +716,22 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
     json_t *root = json_loadb(text, len, 0, &jerr);
     free(text);
     if (!root)
-        return dm_fail("%s: malformed spill manifest: %s (line %d, column %d)", mp, jerr.text,
-                       jerr.line, jerr.column);
+        return dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: %s (line %d, column %d)", mp, jerr.text,
+                        jerr.line, jerr.column);
     int rc = -1;
     int64_t version, total_bytes;
     const char *format = dm_json_str(root, "format", mp, -1), *dtype, *codec;
     if (!format)
         goto end;
     if (strcmp(format, "dmica-spill")) {
-        dm_fail("%s: not a spill manifest (format '%s')", mp, format);
+        dm_failc(DM_E_CORRUPT, "%s: not a spill manifest (format '%s')", mp, format);
         goto end;
     }
     if (dm_json_int(root, "version", &version, mp, -1) < 0)
         goto end;
     if (version != DM_SPILL_VERSION) {
-        dm_fail("%s: spill format version %" PRId64 " is not supported (this dmica reads %d)", mp,
-                version, DM_SPILL_VERSION);
+        dm_failc(DM_E_CORRUPT, "%s: spill format version %" PRId64 " is not supported (this dmica reads %d)", mp,
+                 version, DM_SPILL_VERSION);
         goto end;
     }
     if (dm_json_int(root, "rows", &r->rows, mp, -1) < 0 ||
@@ -704,9 +740,9 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
         dm_json_int(root, "bytes", &total_bytes, mp, -1) < 0 ||
         !(dtype = dm_json_str(root, "dtype", mp, -1)) || !(codec = dm_json_str(root, "codec", mp, -1)))
         goto end;
-    if (dm_dtype_parse(dtype, &r->stored) < 0 ||
-        (r->stored != DM_F32 && r->stored != DM_F16 && r->stored != DM_BF16)) {
-        dm_fail("%s: malformed spill manifest: dtype '%s' (f32, f16 or bf16 expected)", mp, dtype);
+    if (dm_dtype_parse(dtype, &r->stored) < 0 || !dm_spill_storable(r->stored)) {
+        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: dtype '%s' (f32, f16, bf16, i32 or i64 expected)", mp,
+                 dtype);
         goto end;
     }
     if (dm_codec_parse(codec, &r->codec) < 0) {
@@ -714,12 +750,12 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
         goto end;
     }
     if (r->cols <= 0) {
-        dm_fail("%s: malformed spill manifest: cols %" PRId64, mp, r->cols);
+        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: cols %" PRId64, mp, r->cols);
         goto end;
     }
     json_t *chunks = json_object_get(root, "chunks");
     if (!json_is_array(chunks)) {
-        dm_fail("%s: malformed spill manifest: %s key 'chunks'", mp, chunks ? "non-array" : "missing");
+        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: %s key 'chunks'", mp, chunks ? "non-array" : "missing");
         goto end;
     }
     r->nchunks = (int64_t)json_array_size(chunks);
@@ -730,7 +766,7 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
         dm_spill_chunk *c = &r->chunks[i];
         const char *hex;
         if (!json_is_object(o)) {
-            dm_fail("%s: malformed spill manifest: chunk %" PRId64 " is not an object", mp, i);
+            dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: chunk %" PRId64 " is not an object", mp, i);
             goto end;
         }
         if (dm_json_int(o, "row0", &c->row0, mp, i) < 0 || dm_json_int(o, "rows", &c->rows, mp, i) < 0 ||
@@ -743,23 +779,23 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
         errno = 0;
         c->xxh64 = strtoull(hex, &end, 16);
         if (errno || end == hex || *end || strncmp(hex, "0x", 2)) {
-            dm_fail("%s: malformed spill manifest: chunk %" PRId64 ": xxh64 '%s' is not a hex "
-                    "number", mp, i, hex);
+            dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: chunk %" PRId64 ": xxh64 '%s' is not a hex "
+                     "number", mp, i, hex);
             goto end;
         }
         int64_t raw;
         if (c->rows <= 0 || __builtin_mul_overflow(c->rows, r->cols, &raw) ||
             __builtin_mul_overflow(raw, isz, &raw) || raw != c->raw_bytes) {
-            dm_fail("%s: malformed spill manifest: chunk %" PRId64 ": %" PRId64 " rows of %" PRId64
-                    " %s columns cannot be %" PRId64 " raw bytes", mp, i, c->rows, r->cols,
-                    dm_dtype_name(r->stored), c->raw_bytes);
+            dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: chunk %" PRId64 ": %" PRId64 " rows of %" PRId64
+                     " %s columns cannot be %" PRId64 " raw bytes", mp, i, c->rows, r->cols,
+                     dm_dtype_name(r->stored), c->raw_bytes);
             goto end;
         }
         if (c->row0 != row || c->offset != off ||
             (r->codec == DM_CODEC_NONE && c->bytes != c->raw_bytes) || c->bytes == 0) {
-            dm_fail("%s: malformed spill manifest: chunk %" PRId64 " (row0 %" PRId64 ", offset %"
-                    PRId64 ", %" PRId64 " bytes) does not follow the previous one (row %" PRId64
-                    ", offset %" PRId64 ")", mp, i, c->row0, c->offset, c->bytes, row, off);
+            dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: chunk %" PRId64 " (row0 %" PRId64 ", offset %"
+                     PRId64 ", %" PRId64 " bytes) does not follow the previous one (row %" PRId64
+                     ", offset %" PRId64 ")", mp, i, c->row0, c->offset, c->bytes, row, off);
             goto end;
         }
         row += c->rows;
@@ -770,9 +806,9 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
             r->max_chunk_bytes = c->bytes;
     }
     if (row - r->row0 != r->rows || off != total_bytes) {
-        dm_fail("%s: malformed spill manifest: the chunks hold %" PRId64 " rows and %" PRId64
-                " bytes, the header says %" PRId64 " rows and %" PRId64 " bytes", mp, row - r->row0,
-                off, r->rows, total_bytes);
+        dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: the chunks hold %" PRId64 " rows and %" PRId64
+                 " bytes, the header says %" PRId64 " rows and %" PRId64 " bytes", mp, row - r->row0,
+                 off, r->rows, total_bytes);
         goto end;
     }
     r->bytes = off;
@@ -797,29 +833,29 @@ dm_spill_reader *dm_spill_reader_open(const char *dir, const char *name)
         goto fail;
     r->fd = open(r->data_path, O_RDONLY | O_CLOEXEC);
     if (r->fd < 0) {
-        dm_fail("%s: cannot open: %s", r->data_path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot open: %s", r->data_path, strerror(errno));
         goto fail;
     }
     struct stat st;
     if (fstat(r->fd, &st) < 0) {
-        dm_fail("%s: cannot stat: %s", r->data_path, strerror(errno));
+        dm_failc(DM_E_IO, "%s: cannot stat: %s", r->data_path, strerror(errno));
         goto fail;
     }
     if (st.st_size < r->bytes) {
-        dm_fail("%s: truncated: the manifest says %" PRId64 " bytes, the file has %lld",
-                r->data_path, r->bytes, (long long)st.st_size);
+        dm_failc(DM_E_CORRUPT, "%s: truncated: the manifest says %" PRId64 " bytes, the file has %lld",
+                 r->data_path, r->bytes, (long long)st.st_size);
         goto fail;
     }
     if (st.st_size > r->bytes) {
-        dm_fail("%s: the file has %lld bytes, its manifest %s says %" PRId64 ": they do not "
-                "belong together", r->data_path, (long long)st.st_size, r->manifest_path, r->bytes);
+        dm_failc(DM_E_CORRUPT, "%s: the file has %lld bytes, its manifest %s says %" PRId64 ": they do not "
+                 "belong together", r->data_path, (long long)st.st_size, r->manifest_path, r->bytes);
         goto fail;
     }
     r->hash = XXH64_createState();
     if (r->codec == DM_CODEC_ZSTD)
         r->dctx = ZSTD_createDCtx();
     if (!r->hash || (r->codec == DM_CODEC_ZSTD && !r->dctx)) {
-        dm_fail("%s: out of memory for the checksum or decompression state", r->data_path);
+        dm_failc(DM_E_NOMEM, "%s: out of memory for the checksum or decompression state", r->data_path);
         goto fail;
     }
     r->verified = dm_xcalloc((size_t)r->nchunks + 1, 1);
@@ -875,22 +911,24 @@ int64_t dm_spill_nchunks(const dm_spill_reader *r) { return r->nchunks; }
 int64_t dm_spill_max_chunk_rows(const dm_spill_reader *r) { return r->max_chunk_rows; }
 
 /*
- * Decodes chunk ci from its stored bytes into out (rows x cols float32),
+ * Decodes chunk ci from its stored bytes into out (rows x cols values of the
+ * stream's dtype),
  * verifying the checksum first. For codec none the check and the conversion run
  * block by block so each block is read from memory once; on a mismatch out holds
  * garbage and the call fails.
  */
-static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *src, float *out)
+static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *src, void *out)
 {
     const dm_spill_chunk *c = &r->chunks[ci];
     size_t n = (size_t)c->rows * (size_t)r->cols, isz = dm_dtype_size(r->stored);
-    uint64_t sum;
+    size_t msz = dm_dtype_size(dm_spill_mem_dtype(r->stored));
+    uint64_t sum = 0;
     if (r->codec == DM_CODEC_NONE) {
         XXH64_reset(r->hash, 0);
         for (size_t i = 0; i < n; i += DM_SPILL_BLOCK) {
             size_t k = n - i < DM_SPILL_BLOCK ? n - i : DM_SPILL_BLOCK;
             XXH64_update(r->hash, src + i * isz, k * isz);
-            dm_conv_to_f32(r->stored, src + i * isz, out + i, k);
+            dm_spill_load(r->stored, src + i * isz, (char *)out + i * msz, k);
         }
         sum = XXH64_digest(r->hash);
         if (sum != c->xxh64)
@@ -903,7 +941,7 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
         return dm_spill_checksum_error(r->data_path, ci, c, sum);
     r->verified[ci] = 1;
     void *dst = out;
-    if (r->stored != DM_F32) {
+    if (dm_spill_converts(r->stored)) {
         if (r->raw_cap < (size_t)c->raw_bytes) {
             free(r->raw);
             r->raw = dm_xmalloc_aligned((size_t)c->raw_bytes);
@@ -913,13 +951,13 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
     }
     size_t got = ZSTD_decompressDCtx(r->dctx, dst, (size_t)c->raw_bytes, src, (size_t)c->bytes);
     if (ZSTD_isError(got))
-        return dm_fail("%s: chunk %" PRId64 " (rows %" PRId64 "..%" PRId64 "): zstd: %s", r->data_path,
-                       ci, c->row0, c->row0 + c->rows - 1, ZSTD_getErrorName(got));
+        return dm_failc(DM_E_CORRUPT, "%s: chunk %" PRId64 " (rows %" PRId64 "..%" PRId64 "): zstd: %s", r->data_path,
+                        ci, c->row0, c->row0 + c->rows - 1, ZSTD_getErrorName(got));
     if (got != (size_t)c->raw_bytes)
-        return dm_fail("%s: chunk %" PRId64 ": decompressed to %zu bytes, the manifest says %" PRId64,
-                       r->data_path, ci, got, c->raw_bytes);
+        return dm_failc(DM_E_CORRUPT, "%s: chunk %" PRId64 ": decompressed to %zu bytes, the manifest says %" PRId64,
+                        r->data_path, ci, got, c->raw_bytes);
     if (dst != out)
-        dm_conv_to_f32(r->stored, dst, out, n);
+        dm_spill_load(r->stored, dst, out, n);
     return 0;
 }
 
@@ -929,8 +967,8 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
 #define DM_SPILL_PIECE ((size_t)1 << 20)
 
 /*
- * Codec none: the stored bytes go straight from the page cache into out (f32)
- * or through one piece-sized staging buffer (f16, bf16), hashed piece by piece
+ * Codec none: the stored bytes go straight from the page cache into out (f32,
+ * i32, i64) or through one piece-sized staging buffer (f16, bf16), hashed piece by piece
  * while in cache. One copy in all: reading whole chunks into read-ahead buffers
  * first would cost a second, and replay from the page cache is bounded by
  * XXH64 (about 10 GB/s on one core) plus the copy. Read-ahead is left to the
@@ -940,21 +978,23 @@ static int dm_spill_decode(dm_spill_reader *r, int64_t ci, const unsigned char *
  * read-ahead state. Out may hold a corrupt chunk's values when the checksum
  * fails; the call fails then.
  */
-static int dm_spill_next_plain(dm_spill_reader *r, int64_t ci, float *out)
+static int dm_spill_next_plain(dm_spill_reader *r, int64_t ci, void *out)
 {
     const dm_spill_chunk *c = &r->chunks[ci];
     size_t isz = dm_dtype_size(r->stored), total = (size_t)c->bytes;
-    if (r->stored != DM_F32 && !r->stage)
+    size_t msz = dm_dtype_size(dm_spill_mem_dtype(r->stored));
+    int converts = dm_spill_converts(r->stored);
+    if (converts && !r->stage)
         r->stage = dm_xmalloc_aligned(DM_SPILL_PIECE);
     XXH64_reset(r->hash, 0);
     for (size_t done = 0; done < total; done += DM_SPILL_PIECE) {
         size_t k = total - done < DM_SPILL_PIECE ? total - done : DM_SPILL_PIECE;
-        unsigned char *dst = r->stored == DM_F32 ? (unsigned char *)out + done : r->stage;
+        unsigned char *dst = !converts ? (unsigned char *)out + done : r->stage;
         if (dm_pread_all(r->fd, dst, k, c->offset + (int64_t)done, r->data_path) < 0)
             return -1;
         XXH64_update(r->hash, dst, k);
-        if (r->stored != DM_F32)
-            dm_conv_to_f32(r->stored, dst, out + done / isz, k / isz);
+        if (converts)
+            dm_spill_load(r->stored, dst, (char *)out + done / isz * msz, k / isz);
     }
     uint64_t sum = XXH64_digest(r->hash);
     if (sum != c->xxh64)
@@ -1002,18 +1042,18 @@ static void dm_spill_read_ahead(dm_spill_reader *r)
 
 /* zstd with io_uring: waits for chunk ci's read (started ahead), decodes it
  * and starts the next read ahead. 0 or -1. */
-static int dm_spill_next_uring(dm_spill_reader *r, int64_t ci, float *out)
+static int dm_spill_next_uring(dm_spill_reader *r, int64_t ci, void *out)
 {
     int idx;
     for (idx = 0; idx < DM_SPILL_RBUF && r->buf[idx].chunk != ci; idx++)
         ;
     if (idx == DM_SPILL_RBUF) { /* cannot happen: read_ahead always covers next_chunk */
-        return dm_fail("%s: chunk %" PRId64 " was not read", r->data_path, ci);
+        return dm_failc(DM_E_INTERNAL, "%s: chunk %" PRId64 " was not read", r->data_path, ci);
     }
     dm_spill_buf *b = &r->buf[idx];
     while (b->busy) {
         int any;
-        if (dm_spill_reap(&r->ring, r->buf, r->fd, 0, r->data_path, &any) < 0)
+        if (dm_spill_reap(&r->ring, r->buf, r->fd, 0, r->data_path, &any, NULL) < 0)
             return -1;
     }
     int rc = dm_spill_decode(r, ci, b->data, out);
@@ -1026,7 +1066,7 @@ static int dm_spill_next_uring(dm_spill_reader *r, int64_t ci, float *out)
 
 /* zstd without io_uring: reads chunk ci with pread (the kernel's read-ahead
  * fetches what follows). 0 or -1. */
-static int dm_spill_next_pread(dm_spill_reader *r, int64_t ci, float *out)
+static int dm_spill_next_pread(dm_spill_reader *r, int64_t ci, void *out)
 {
     const dm_spill_chunk *c = &r->chunks[ci];
     dm_spill_buf *b = &r->buf[0];
@@ -1040,8 +1080,9 @@ int dm_spill_next(dm_spill_reader *r, dm_chunk *out)
 {
     out->cols = r->cols;
     out->rows = 0;
+    out->dtype = dm_spill_mem_dtype(r->stored);
     if (r->failed)
-        return dm_fail("%s: replay stopped by an earlier error (rewind to start again)", r->data_path);
+        return dm_failc(DM_E_IO, "%s: replay stopped by an earlier error (rewind to start again)", r->data_path);
     if (r->next_chunk >= r->nchunks) {
         out->row0 = r->row0 + r->rows;
         return 0;
@@ -1050,11 +1091,11 @@ int dm_spill_next(dm_spill_reader *r, dm_chunk *out)
     const dm_spill_chunk *c = &r->chunks[ci];
     int rc;
     if (r->codec == DM_CODEC_NONE) {
-        rc = dm_spill_next_plain(r, ci, out->data);
+        rc = dm_spill_next_plain(r, ci, out->ptr);
     } else {
         if (r->uring)
             dm_spill_read_ahead(r); /* may give up on io_uring, for pread */
-        rc = r->uring ? dm_spill_next_uring(r, ci, out->data) : dm_spill_next_pread(r, ci, out->data);
+        rc = r->uring ? dm_spill_next_uring(r, ci, out->ptr) : dm_spill_next_pread(r, ci, out->ptr);
     }
     r->next_chunk++;
     if (rc < 0) {
@@ -1065,6 +1106,8 @@ int dm_spill_next(dm_spill_reader *r, dm_chunk *out)
     out->rows = c->rows;
     return 0;
 }
+
+dm_dtype dm_spill_dtype(const dm_spill_reader *r) { return dm_spill_mem_dtype(r->stored); }
 
 int dm_spill_rewind(dm_spill_reader *r)
 {
@@ -1081,7 +1124,7 @@ static int dm_spill_map(dm_spill_reader *r)
         return 0;
     void *p = mmap(NULL, (size_t)r->bytes, PROT_READ, MAP_SHARED, r->fd, 0);
     if (p == MAP_FAILED)
-        return dm_fail("%s: cannot map: %s", r->data_path, strerror(errno));
+        return dm_failc(DM_E_IO, "%s: cannot map: %s", r->data_path, strerror(errno));
     r->map = p;
     return 0;
 }
@@ -1118,17 +1161,18 @@ static void dm_spill_unmap_pages(dm_spill_reader *r, const dm_spill_chunk *c)
         madvise(r->map + a, b - a, MADV_DONTNEED);
 }
 
-int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *out)
+int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, void *out)
 {
     if (row0 < r->row0 || rows < 0 || row0 - r->row0 > r->rows || rows > r->rows - (row0 - r->row0))
-        return dm_fail("%s: rows %" PRId64 "..%" PRId64 " are out of range (the spill holds rows %"
-                       PRId64 "..%" PRId64 ")", r->data_path, row0, row0 + rows - 1, r->row0,
-                       r->row0 + r->rows - 1);
+        return dm_failc(DM_E_SHAPE, "%s: rows %" PRId64 "..%" PRId64 " are out of range (the spill holds rows %"
+                        PRId64 "..%" PRId64 ")", r->data_path, row0, row0 + rows - 1, r->row0,
+                        r->row0 + r->rows - 1);
     if (rows == 0)
         return 0;
     if (dm_spill_map(r) < 0)
         return -1;
-    size_t isz = dm_dtype_size(r->stored);
+    size_t isz = dm_dtype_size(r->stored), msz = dm_dtype_size(dm_spill_mem_dtype(r->stored));
+    size_t row_bytes = (size_t)r->cols * msz;
     int64_t row = row0, end = row0 + rows;
     for (int64_t ci = dm_spill_find(r, row0); row < end; ci++) {
         const dm_spill_chunk *c = &r->chunks[ci];
@@ -1136,7 +1180,7 @@ int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *ou
         int64_t skip = row - c->row0, take = c->row0 + c->rows - row;
         if (take > end - row)
             take = end - row;
-        float *dst = out + (size_t)(row - row0) * (size_t)r->cols;
+        char *dst = (char *)out + (size_t)(row - row0) * row_bytes;
         dm_spill_populate(r, c);
         if (r->codec == DM_CODEC_NONE) {
             if (!r->verified[ci]) {
@@ -1145,19 +1189,17 @@ int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *ou
                     return dm_spill_checksum_error(r->data_path, ci, c, sum);
                 r->verified[ci] = 1;
             }
-            dm_conv_to_f32(r->stored, src + (size_t)skip * (size_t)r->cols * isz, dst,
-                           (size_t)take * (size_t)r->cols);
+            dm_spill_load(r->stored, src + (size_t)skip * (size_t)r->cols * isz, dst, (size_t)take * (size_t)r->cols);
         } else {
             if (r->cached_chunk != ci) {
                 if (!r->cache)
-                    r->cache = dm_xmalloc_aligned((size_t)r->max_chunk_rows * (size_t)r->cols * 4);
+                    r->cache = dm_xmalloc_aligned((size_t)r->max_chunk_rows * row_bytes);
                 r->cached_chunk = -1;
                 if (dm_spill_decode(r, ci, src, r->cache) < 0)
                     return -1;
                 r->cached_chunk = ci;
             }
-            memcpy(dst, r->cache + (size_t)skip * (size_t)r->cols,
-                   (size_t)take * (size_t)r->cols * 4);
+            memcpy(dst, (char *)r->cache + (size_t)skip * row_bytes, (size_t)take * row_bytes);
         }
         dm_spill_unmap_pages(r, c);
         row += take;

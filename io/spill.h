@@ -2,8 +2,9 @@
  * spill.h: spill files, the engine's on-disk form of a stream.
  *
  * A spill named NAME in folder DIR is two files:
- *   DIR/NAME.spill  the chunks, back to back, each stored as dtype (f32, f16 or
- *                   bf16) and codec (none or zstd)
+ *   DIR/NAME.spill  the chunks, back to back, each stored as dtype and codec
+ *                   (none or zstd): an f32 stream as f32, f16 or bf16; an i32 or
+ *                   i64 stream as itself, exactly
  *   DIR/NAME.json   the manifest: format version, rows, cols, dtype, codec, and
  *                   per chunk {row0, rows, offset, bytes, raw_bytes, xxh64 of the
  *                   stored bytes}
@@ -32,11 +33,13 @@ int dm_codec_parse(const char *s, dm_codec *out); /* "none", "zstd" */
 const char *dm_codec_name(dm_codec c);
 
 typedef struct dm_spill_writer dm_spill_writer;
-/* stored: DM_F32, DM_F16 or DM_BF16. Creates dir if needed and removes an old
+/* stored: DM_F32, DM_F16 or DM_BF16 for a stream of f32 values; DM_I32 or
+ * DM_I64 for a stream of that dtype. Creates dir if needed and removes an old
  * DIR/NAME.json at once (so old manifest and new data never pair up). */
 dm_spill_writer *dm_spill_writer_open(const char *dir, const char *name, int64_t cols,
                                       dm_dtype stored, dm_codec codec);
-/* Converts (and compresses) c into an internal buffer and queues the write;
+/* Converts (and compresses) c into an internal buffer and queues the write
+ * (c->dtype must be the stream's: f32 for stored f32/f16/bf16);
  * c may be reused as soon as this returns. Chunks must arrive in row order: the
  * first may start at any row0, each later one where the previous ended. Chunks
  * of 0 rows are ignored. After a failure every later call fails too. */
@@ -54,13 +57,16 @@ int64_t dm_spill_rows(const dm_spill_reader *r);
 int64_t dm_spill_cols(const dm_spill_reader *r);
 int64_t dm_spill_nchunks(const dm_spill_reader *r);
 int64_t dm_spill_max_chunk_rows(const dm_spill_reader *r);
-/* Sequential replay: the next chunk into out->data (room for max_chunk_rows x
- * cols floats, owned by the caller); out->rows = 0 at the end. */
+/* Sequential replay: the next chunk into out->ptr (room for max_chunk_rows x
+ * cols values of the stream's dtype, owned by the caller), out->dtype set to
+ * it (f32 for a spill stored as f16 or bf16); out->rows = 0 at the end. */
 int dm_spill_next(dm_spill_reader *r, dm_chunk *out);
 int dm_spill_rewind(dm_spill_reader *r);
-/* Random access (mmap): rows [row0, row0+rows) as float32, numbered as the
- * chunks were (from the first chunk's row0). */
-int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, float *out);
+/* Random access (mmap): rows [row0, row0+rows) as values of the stream's
+ * dtype, numbered as the chunks were (from the first chunk's row0). */
+int dm_spill_read_rows(dm_spill_reader *r, int64_t row0, int64_t rows, void *out);
+/* The dtype of the stream: f32 (stored as f32, f16 or bf16), i32 or i64. */
+dm_dtype dm_spill_dtype(const dm_spill_reader *r);
 /* Verifies every chunk's checksum without decoding (for `dmica plan --verify`). */
 int dm_spill_verify(const char *dir, const char *name);
 

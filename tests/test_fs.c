@@ -116,6 +116,7 @@ START_TEST(injected_enospc)
     ck_assert_int_eq(dm_pwrite_all(fd, buf, 1, 0, p), -1);
     ck_assert_int_eq(dm_fault_check(1, "other.spill"), -1);
     assert_error_has("other.spill: write failed: No space left on device (injected)");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO);
     close(fd);
     /* An atomic write under a full disk leaves the old file and no temporary. */
     char *q = dm_xasprintf("%s/keep.txt", dir);
@@ -224,6 +225,7 @@ START_TEST(read_write_atomic)
     ck_assert_ptr_null(dm_read_file(p, &len));
     assert_error_has(p);
     assert_error_has("No such file");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO);
     ck_assert_int_eq(dm_write_file_atomic(p, "abc\0def", 7), 0);
     char *text = dm_read_file(p, &len);
     ck_assert_uint_eq(len, 7);
@@ -296,6 +298,7 @@ END_TEST
 START_TEST(identity_vectors_and_memo)
 {
     char *dir = make_tmpdir(), *cache = dm_xasprintf("%s/cache", dir);
+    char *memo_dir = dm_xasprintf("%s/filehash", cache); /* made by the first memo */
     char *empty = dm_xasprintf("%s/empty", dir), *f = dm_xasprintf("%s/data", dir);
     char id[33];
     put(empty, "");
@@ -314,22 +317,21 @@ START_TEST(identity_vectors_and_memo)
     char want[33];
     for (int i = 0; i < 16; i++)
         sprintf(want + 2 * i, "%02x", c.digest[i]);
-    ck_assert_int_eq(dm_file_identity(f, cache, id), 0);
+    ck_assert_int_eq(dm_file_identity(f, memo_dir, id), 0);
     ck_assert_str_eq(id, want);
 
     /* The memo exists and is used: a planted value comes back. */
-    char *memo_dir = dm_xasprintf("%s/filehash", cache);
     ck_assert_int_eq(count_entries(memo_dir), 1);
     char *cmd = dm_xasprintf("for m in '%s'/*; do printf '%s\\n' > \"$m\"; done", memo_dir,
                              "0123456789abcdef0123456789abcdef");
     ck_assert_int_eq(system(cmd), 0);
-    ck_assert_int_eq(dm_file_identity(f, cache, id), 0);
+    ck_assert_int_eq(dm_file_identity(f, memo_dir, id), 0);
     ck_assert_str_eq(id, "0123456789abcdef0123456789abcdef");
     /* A damaged memo is ignored and rewritten. */
     free(cmd);
     cmd = dm_xasprintf("for m in '%s'/*; do printf 'garbage' > \"$m\"; done", memo_dir);
     ck_assert_int_eq(system(cmd), 0);
-    ck_assert_int_eq(dm_file_identity(f, cache, id), 0);
+    ck_assert_int_eq(dm_file_identity(f, memo_dir, id), 0);
     ck_assert_str_eq(id, want);
 
     /* A new version of the file (other size and mtime) gets a new hash. */
@@ -338,14 +340,14 @@ START_TEST(identity_vectors_and_memo)
     XXH128_canonicalFromHash(&c, XXH3_128bits(data, n - 1));
     for (int i = 0; i < 16; i++)
         sprintf(want + 2 * i, "%02x", c.digest[i]);
-    ck_assert_int_eq(dm_file_identity(f, cache, id), 0);
+    ck_assert_int_eq(dm_file_identity(f, memo_dir, id), 0);
     ck_assert_str_eq(id, want);
     ck_assert_int_eq(count_entries(memo_dir), 2);
 
-    ck_assert_int_eq(dm_file_identity(dir, cache, id), -1);
+    ck_assert_int_eq(dm_file_identity(dir, memo_dir, id), -1);
     assert_error_has("is a folder");
     char *missing = dm_xasprintf("%s/missing", dir);
-    ck_assert_int_eq(dm_file_identity(missing, cache, id), -1);
+    ck_assert_int_eq(dm_file_identity(missing, memo_dir, id), -1);
     assert_error_has(missing);
     dm_rm_rf(dir);
     free(missing), free(cmd), free(memo_dir), free(data), free(f), free(empty), free(cache), free(dir);

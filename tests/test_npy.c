@@ -232,6 +232,7 @@ START_TEST(golden_shapes_and_versions)
     m = dm_npy_open(GOLDEN "f4_1d.npy");
     ck_assert_int_eq(dm_npy_read_rows_f32(m, 0, 1, rows), -1);
     assert_error_has("expected a 2-D array");
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
     dm_npy_close(m);
 
     ck_assert_int_eq(dm_npy_load(GOLDEN "f4_scalar.npy", &t), 0);
@@ -295,6 +296,7 @@ START_TEST(truncated_and_bad_magic)
     ck_assert_ptr_null(dm_npy_open(p));
     char *want = dm_xasprintf("%s: truncated: header says 2 x 3 f32 = 24 bytes, file has 20", p);
     ck_assert_str_eq(dm_error(), want);
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
     free(want);
 
     ck_assert_int_eq(dm_write_file_atomic(p, good, 40), 0); /* inside the header */
@@ -309,6 +311,7 @@ START_TEST(truncated_and_bad_magic)
     ck_assert_ptr_null(dm_npy_open(p));
     assert_error_has(p);
     assert_error_has("not a .npy file");
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
 
     ck_assert_int_eq(dm_write_file_atomic(p, "", 0), 0);
     ck_assert_ptr_null(dm_npy_open(p));

@@ -324,11 +324,12 @@ START_TEST(empty_and_edge_chunks)
     w = dm_spill_writer_open(dir, "bad", 2, DM_F32, DM_CODEC_NONE);
     ck_assert_int_eq(dm_spill_write(w, &(dm_chunk){.row0 = 0, .rows = 1, .cols = 4, .data = y}), -1);
     assert_error_has("chunk has 4 columns, the spill 2");
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
     dm_spill_writer_abort(w);
     ck_assert_int_eq(count_entries(dir), 4); /* empty and late, two files each */
 
     ck_assert_ptr_null(dm_spill_writer_open(dir, "x", 2, DM_F64, DM_CODEC_NONE));
-    assert_error_has("spills store f32, f16 or bf16, not f64");
+    assert_error_has("spills store f32, f16, bf16, i32 or i64, not f64");
     ck_assert_ptr_null(dm_spill_writer_open(dir, "x", 0, DM_F32, DM_CODEC_NONE));
     dm_codec cd;
     ck_assert_int_eq(dm_codec_parse("zstd", &cd), 0);
@@ -414,6 +415,7 @@ START_TEST(corrupt_chunk_is_detected)
     ck_assert_msg(strncmp(dm_error(), want, strlen(want)) == 0, "error: %s", dm_error());
     assert_error_has(", computed 0x");
     assert_error_has("): the spill is corrupt");
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
     ck_assert_int_eq(c.rows, 0);
     ck_assert_int_eq(dm_spill_next(r, &c), -1); /* stays failed */
     assert_error_has("replay stopped by an earlier error");
@@ -443,6 +445,7 @@ START_TEST(data_file_size_checked)
     ck_assert_ptr_null(dm_spill_reader_open(dir, "t"));
     char *want = dm_xasprintf("%s: truncated: the manifest says 4000 bytes, the file has 3999", data);
     ck_assert_str_eq(dm_error(), want);
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
     ck_assert_int_eq(dm_spill_verify(dir, "t"), -1);
     ck_assert_int_eq(truncate(data, 4001), 0);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "t"));
@@ -464,6 +467,7 @@ START_TEST(data_file_size_checked)
     unlink(data);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "t"));
     assert_error_has("t.spill: cannot open: No such file or directory");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO);
     dm_rm_rf(dir);
     free(want), free(data), free(dir);
 }
@@ -490,7 +494,7 @@ START_TEST(manifest_errors)
         {"\"cols\"", "\"kols\"", "missing key 'cols'"},
         {"\"rows\": 7", "\"rows\": \"7\"", "non-integer or negative key 'rows'"},
         {"\"rows\": 7", "\"rows\": 8", "the chunks hold 7 rows and 28 bytes, the header says 8 rows"},
-        {"\"dtype\": \"f16\"", "\"dtype\": \"f64\"", "dtype 'f64' (f32, f16 or bf16 expected)"},
+        {"\"dtype\": \"f16\"", "\"dtype\": \"f64\"", "dtype 'f64' (f32, f16, bf16, i32 or i64 expected)"},
         {"\"codec\": \"none\"", "\"codec\": \"lz4\"", "unknown spill codec 'lz4'"},
         {"\"format\": \"dmica-spill\"", "\"format\": \"other\"", "not a spill manifest"},
         {"\"version\": 1", "\"version\": 9", "spill format version 9 is not supported"},
@@ -541,9 +545,11 @@ START_TEST(enospc_leaves_nothing)
     ck_assert_int_eq(rc, -1);
     assert_error_has("write failed: No space left on device (injected)");
     assert_error_has(in_manifest ? "full.json.tmp." : "full.spill");
+    ck_assert_int_eq(dm_error_code(), DM_E_IO); /* kept through the writer's repeat of its first error */
     ck_assert_int_eq(count_entries(dir), 0);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "full"));
     assert_error_has("spill manifest missing");
+    ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
     dm_rm_rf(dir);
     free(dir);
 }
@@ -601,6 +607,67 @@ START_TEST(many_chunks_stream)
 }
 END_TEST
 
+/* Integer streams (token ids, row indices) are stored exactly, with either
+ * codec and either I/O path: values beyond 2^24, which float32 cannot hold,
+ * come back bit for bit, by sequential replay and by row. _i: bit 0 io_uring,
+ * bit 1 zstd, bit 2 i64 (else i32). */
+START_TEST(integer_streams_exact)
+{
+    set_uring(_i & 1);
+    dm_codec codec = (_i & 2) ? DM_CODEC_ZSTD : DM_CODEC_NONE;
+    dm_dtype t = (_i & 4) ? DM_I64 : DM_I32;
+    size_t isz = dm_dtype_size(t);
+    char *dir = make_tmpdir();
+    const int64_t cols = 3, per = 700, nchunks = 4, rows = per * nchunks;
+    unsigned char *x = dm_xmalloc((size_t)(rows * cols) * isz), *y = dm_xcalloc((size_t)(rows * cols), isz);
+    for (int64_t i = 0; i < rows * cols; i++) {
+        int64_t v = (int64_t)16777217 + i * 7919 - (i % 5 == 0 ? 2 * i : 0);
+        if (t == DM_I64) {
+            v += (int64_t)1 << 40; /* beyond double's exact integers too */
+            memcpy(x + (size_t)i * 8, &v, 8);
+        } else {
+            int32_t w = (int32_t)v;
+            memcpy(x + (size_t)i * 4, &w, 4);
+        }
+    }
+    dm_spill_writer *w = dm_spill_writer_open(dir, "ids", cols, t, codec);
+    ck_assert_ptr_nonnull(w);
+    /* a chunk of floats is not the stream's dtype */
+    float f[3] = {0};
+    ck_assert_int_eq(dm_spill_write(w, &(dm_chunk){.row0 = 0, .rows = 1, .cols = cols, .data = f}), -1);
+    assert_error_has("a chunk of f32 values, but the spill stores a stream of");
+    ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
+    dm_spill_writer_abort(w);
+    w = dm_spill_writer_open(dir, "ids", cols, t, codec);
+    for (int64_t c = 0; c < nchunks; c++)
+        ck_assert_msg(dm_spill_write(w, &(dm_chunk){.row0 = c * per, .rows = per, .cols = cols,
+                                                    .ptr = x + (size_t)(c * per * cols) * isz, .dtype = t}) == 0,
+                      "%s", dm_error());
+    ck_assert_int_eq(dm_spill_writer_close(w), 0);
+
+    dm_spill_reader *r = dm_spill_reader_open(dir, "ids");
+    ck_assert_msg(r != NULL, "%s", dm_error());
+    ck_assert_int_eq(dm_spill_dtype(r), t);
+    dm_chunk c = {.ptr = y};
+    int64_t got = 0;
+    for (;;) {
+        ck_assert_int_eq(dm_spill_next(r, &c), 0);
+        ck_assert_int_eq(c.dtype, t);
+        if (!c.rows)
+            break;
+        ck_assert_int_eq(memcmp(y, x + (size_t)(c.row0 * cols) * isz, (size_t)(c.rows * cols) * isz), 0);
+        got += c.rows;
+    }
+    ck_assert_int_eq(got, rows);
+    memset(y, 0, (size_t)(rows * cols) * isz);
+    ck_assert_int_eq(dm_spill_read_rows(r, 650, 1500, y), 0); /* across three chunks */
+    ck_assert_int_eq(memcmp(y, x + (size_t)(650 * cols) * isz, (size_t)(1500 * cols) * isz), 0);
+    dm_spill_reader_close(r);
+    dm_rm_rf(dir);
+    free(x), free(y), free(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("spill");
@@ -608,6 +675,7 @@ int main(void)
     tcase_set_timeout(tc, 30);
     tcase_add_loop_test(tc, round_trip, 0, 12);
     tcase_add_test(tc, paths_write_identical_files);
+    tcase_add_loop_test(tc, integer_streams_exact, 0, 8);
     tcase_add_loop_test(tc, empty_and_edge_chunks, 0, 2);
     tcase_add_test(tc, rewrite_drops_old_manifest);
     tcase_add_loop_test(tc, many_chunks_stream, 0, 2);

@@ -50,7 +50,7 @@ int main(int argc, char **argv)
     if (!w)
         return fprintf(stderr, "spill-bench: %s\n", dm_error()), 1;
     for (int64_t c = 0; c < nchunks; c++) {
-        dm_chunk ch = {c * rows, rows, cols, buf};
+        dm_chunk ch = {.row0 = c * rows, .rows = rows, .cols = cols, .data = buf};
         if (dm_spill_write(w, &ch))
             return fprintf(stderr, "spill-bench: %s\n", dm_error()), 1;
     }
@@ -61,7 +61,7 @@ int main(int argc, char **argv)
     dm_spill_reader *r = dm_spill_reader_open(argv[1], "bench");
     if (!r)
         return fprintf(stderr, "spill-bench: %s\n", dm_error()), 1;
-    dm_chunk out = {0, 0, cols, buf};
+    dm_chunk out = {.cols = cols, .data = buf};
     t0 = dm_now();
     int64_t got = 0;
     for (;;) {

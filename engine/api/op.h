@@ -8,8 +8,8 @@
  * lists the operators that exist.
  *
  * Ports are streams or tensors:
- *   - a stream is an unbounded sequence of float32 rows, `cols` wide, moved in
- *     chunks (dm_chunk). Streaming operators receive chunks in consume() and may
+ *   - a stream is an unbounded sequence of rows, `cols` wide, of one dtype (f32
+ *     unless its port says i32 or i64), moved in chunks (dm_chunk). Streaming operators receive chunks in consume() and may
  *     emit chunks on their stream outputs with dm_emit(): usually one output
  *     chunk per input chunk with the same row0 and rows (a map), none (a
  *     reduction), or rows of another indexing (gpt2 turns a chunk of windows of
@@ -44,7 +44,8 @@
 typedef enum { DM_PORT_STREAM = 0, DM_PORT_TENSOR } dm_port_kind;
 
 /* What flows through a port. For a stream, shape = {rows, cols} where rows is
- * -1 when not known before the run; dtype is always DM_F32. */
+ * -1 when not known before the run, and dtype is DM_F32, DM_I32 or DM_I64 (the
+ * output port's declared dtype unless infer() sets another). */
 typedef struct {
     dm_port_kind kind;
     dm_dtype dtype;
@@ -60,6 +61,10 @@ typedef struct {
     int random;    /* input stream only: not pushed; read by row with
                       dm_input_read_rows() from its spill file (token windows
                       for contexts, say). Its producer runs in an earlier group. */
+    dm_dtype dtype; /* streams: DM_F32 (0, the default), DM_I32 or DM_I64. An
+                       output's is the dtype of its chunks (infer() may change
+                       it); an input's is the one it takes, checked when binding */
+    int any_dtype;  /* input stream only: takes any dtype (see dm_input_desc) */
 } dm_port_spec;
 
 typedef enum {
@@ -100,8 +105,9 @@ typedef struct dm_op {
     /* Bytes of state the node will hold while running (for the memory budget). */
     int64_t (*state_bytes)(const dm_node *n);
     int (*open)(dm_node *n);
-    /* Sources: fill out->data (room for max_rows x cols), set out->rows (0 at the
-     * end) and out->row0. Return 0, or -1 on error. */
+    /* Sources: fill out->data (or out->i32, out->i64: room for max_rows x cols
+     * values of the output's dtype), set out->rows (0 at the end) and
+     * out->row0. Return 0, or -1 on error. */
     int (*produce)(dm_node *n, dm_chunk *out, int64_t max_rows);
     int (*consume)(dm_node *n, int port, const dm_chunk *c);
     /* Return 1 to ask for another pass, 0 when done, -1 on error. */
@@ -137,10 +143,11 @@ const dm_tensor *dm_input_tensor(const dm_node *n, int port);
 /* Sets a tensor output; the node takes ownership of t's storage. */
 int dm_set_output(dm_node *n, int port, dm_tensor *t);
 /* Random-access inputs (dm_port_spec.random), from open() on: the number of
- * rows, and rows [row0, row0+rows) as float32 into out. */
+ * rows, and rows [row0, row0+rows) into out as values of the input's dtype. */
 int64_t dm_input_rows(const dm_node *n, int port);
-int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, float *out);
-/* Pushes a chunk downstream on a stream output (and into its spill file). */
+int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, void *out);
+/* Pushes a chunk downstream on a stream output (and into its spill file); its
+ * dtype must be the output's. */
 int dm_emit(dm_node *n, int port, const dm_chunk *c);
 
 /* A private folder for the node's product files. The engine moves it into the
@@ -169,8 +176,11 @@ char *dm_stage_times(const dm_node *n);
 /* Rows the engine moves per chunk in this run (from the memory budget). */
 int64_t dm_chunk_rows(const dm_node *n);
 
-/* The registry (operators/registry.c). */
+/* The registry (operators/adapters/registry.c). */
 const dm_op *const *dm_registry(void); /* NULL-terminated */
 const dm_op *dm_find_op(const char *name);
+/* Adds an operator (tests register mock operators this way); op must outlive
+ * its use. -1 if an operator of that name exists. */
+int dm_registry_add(const dm_op *op);
 
 #endif

@@ -17,6 +17,7 @@
 #define DM_ERRMAX 4096
 static _Thread_local char dm_errbuf[DM_ERRMAX];
 static _Thread_local dm_errc dm_errcode;
+static _Thread_local const void *dm_errsubject;
 int dm_verbose = 1;
 
 int dm_fail(const char *fmt, ...)
@@ -26,6 +27,7 @@ int dm_fail(const char *fmt, ...)
     vsnprintf(dm_errbuf, sizeof dm_errbuf, fmt, ap);
     va_end(ap);
     dm_errcode = DM_E_INPUT;
+    dm_errsubject = NULL;
     return -1;
 }
 
@@ -36,6 +38,7 @@ int dm_failc(dm_errc code, const char *fmt, ...)
     vsnprintf(dm_errbuf, sizeof dm_errbuf, fmt, ap);
     va_end(ap);
     dm_errcode = code > DM_OK && code < DM_ERRC_COUNT ? code : DM_E_INTERNAL;
+    dm_errsubject = NULL;
     return -1;
 }
 
@@ -57,7 +60,11 @@ void dm_error_clear(void)
 {
     dm_errbuf[0] = 0;
     dm_errcode = DM_OK;
+    dm_errsubject = NULL;
 }
+
+void dm_error_attribute(const void *subject) { dm_errsubject = subject; }
+const void *dm_error_subject(void) { return dm_errsubject; }
 
 const char *dm_errc_name(dm_errc code)
 {
@@ -69,6 +76,12 @@ const char *dm_errc_name(dm_errc code)
 int dm_errc_exit(dm_errc code)
 {
     return code == DM_OK ? 0 : code == DM_E_USAGE ? 2 : code == DM_E_INTERRUPTED ? 130 : 1;
+}
+
+int dm_error_exit(void)
+{
+    dm_errc code = dm_error_code();
+    return code == DM_OK ? 1 : dm_errc_exit(code);
 }
 
 void dm_warn(const char *fmt, ...)

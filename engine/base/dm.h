@@ -46,10 +46,19 @@ const char *dm_error(void);
 /* The last recorded code (DM_OK if none). */
 dm_errc dm_error_code(void);
 void dm_error_clear(void);
+/* Which part of a program the recorded error has been attributed to (an opaque
+ * pointer: the engine marks an error with the node it prefixed "node 'x' (op)"
+ * to, so that the levels above it do not name a node again). dm_fail and
+ * dm_failc clear the mark (a new error is nobody's yet); dm_fail_prefix keeps it. */
+void dm_error_attribute(const void *subject);
+const void *dm_error_subject(void);
 /* "input", "usage", "io", "corrupt", "shape", "no memory", "interrupted", "internal". */
 const char *dm_errc_name(dm_errc code);
 /* The process exit status for a code: 2 for usage, 130 for interrupted, else 1. */
 int dm_errc_exit(dm_errc code);
+/* dm_errc_exit(dm_error_code()), but 1 when nothing was recorded: a command that
+ * failed never exits 0. */
+int dm_error_exit(void);
 
 /* Diagnostics on stderr: "dmica: warning: ...". */
 void dm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -101,14 +110,22 @@ uint16_t dm_f32_to_bf16(float f);
 /* ---- data -------------------------------------------------------------- */
 
 /*
- * A chunk: rows [row0, row0+rows) of a stream, float32, row-major, cols wide.
- * Streams are the unit the engine moves; every stream in memory is float32.
+ * A chunk: rows [row0, row0+rows) of a stream, row-major, cols wide. Streams are
+ * the unit the engine moves; a stream's values are f32 (activations, the
+ * default), i32 (token ids) or i64 (row indices), the same for every chunk of
+ * it. A zeroed chunk is f32, so `{row0, rows, cols, floats}` still builds one.
  */
 typedef struct {
     int64_t row0; /* global index of the first row */
     int64_t rows;
     int64_t cols;
-    float *data; /* rows x cols; owned by whoever produced the chunk */
+    union { /* rows x cols values; owned by whoever produced the chunk */
+        float *data;  /* dtype DM_F32 */
+        int32_t *i32; /* dtype DM_I32 */
+        int64_t *i64; /* dtype DM_I64 */
+        void *ptr;
+    };
+    dm_dtype dtype; /* DM_F32 (0), DM_I32 or DM_I64 */
 } dm_chunk;
 
 /* A small dense array (a covariance, eigenvalues, a whitening matrix). */

@@ -190,7 +190,7 @@ static int cmd_run_like(int argc, char **argv, const char *cmd, int plan_only, i
     free(o.sets), free(o.force);
     if (!g) {
         fprintf(stderr, "dmica: %s\n", dm_error());
-        return 1;
+        return dm_error_exit();
     }
     double t0 = dm_now();
     if (plan_only)
@@ -206,7 +206,7 @@ static int cmd_run_like(int argc, char **argv, const char *cmd, int plan_only, i
                 g->out ? g->out : "");
     dm_graph_free(g);
     dm_pipeline_free(p);
-    return rc ? 1 : 0;
+    return rc ? dm_error_exit() : 0;
 }
 
 static int cmd_stats(int argc, char **argv)

@@ -3,7 +3,7 @@
  *
  * A node's key is the XXH3-128 hash of its "material", a few lines of text:
  *
- *   op=covariance            the operator
+ *   op=<name>                the operator
  *   version=1                its version (bumped when its results change)
  *   param.k=100              every resolved parameter, defaults included
  *   file.path=<xxh3-128>     the content identity of every input file
@@ -19,9 +19,12 @@
  *   CACHE/<key>/<port>.npy   tensor outputs
  *   CACHE/<key>/...          product files (stats.json, ...)
  *
- * An entry is built in CACHE/tmp/ and renamed into place when the node
- * succeeds, so an entry that exists is complete. CACHE/index/<pipeline>/<node>
- * keeps the material of the node's last run, to say why a node is stale.
+ * An entry is built in CACHE/tmp/<key>.<pid>.<node index> and renamed into
+ * place when the node succeeds, so an entry that exists is complete.
+ * CACHE/index/<pipeline>/<node> keeps the material of the node's last run, to
+ * say why a node is stale, and CACHE/filehash/ memoises the content identity of
+ * input files (fs.c). This file owns that layout: every path under CACHE is
+ * made by a function here.
  */
 #include "engine.h"
 
@@ -32,11 +35,45 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "fs.h"
 
 char *dm_cache_entry(const dm_graph *g, const char *key) { return dm_xasprintf("%s/%s", g->cache, key); }
+
+char *dm_cache_entry_file(const dm_graph *g, const char *key, const char *file)
+{
+    return dm_xasprintf("%s/%s/%s", g->cache, key, file);
+}
+
+char *dm_cache_tensor_file(const char *entry_dir, const char *port)
+{
+    return dm_xasprintf("%s/%s.npy", entry_dir, port);
+}
+
+int dm_cache_prepare(const dm_graph *g)
+{
+    char *tmp = dm_xasprintf("%s/tmp", g->cache);
+    int rc = dm_mkdir_p(tmp);
+    free(tmp);
+    return rc;
+}
+
+char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n)
+{
+    /* the node's index too: two nodes may share a key (the same computation twice) */
+    return dm_xasprintf("%s/tmp/%s.%d.%d", g->cache, n->key, (int)getpid(), n->index);
+}
+
+json_t *dm_cache_entry_json(const dm_graph *g, const char *key)
+{
+    char *path = dm_cache_entry_file(g, key, "node.json");
+    json_error_t err;
+    json_t *j = dm_file_exists(path) ? json_load_file(path, 0, &err) : NULL;
+    free(path);
+    return j;
+}
 
 int dm_cache_invalidate(const dm_graph *g, const char *key)
 {
@@ -51,7 +88,7 @@ static char *index_path(const dm_graph *g, const dm_node *n)
     return dm_xasprintf("%s/index/%s/%s", g->cache, g->pipe->name, n->decl->name);
 }
 
-int dm_cache_record(const dm_graph *g, const dm_node *n)
+static int dm_cache_record(const dm_graph *g, const dm_node *n)
 {
     char *dir = dm_xasprintf("%s/index/%s", g->cache, g->pipe->name), *path = index_path(g, n);
     int rc = dm_mkdir_p(dir);
@@ -59,6 +96,28 @@ int dm_cache_record(const dm_graph *g, const dm_node *n)
         rc = dm_write_file_atomic(path, n->material, strlen(n->material));
     free(dir), free(path);
     return rc;
+}
+
+int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry)
+{
+    char *text = json_dumps(entry, JSON_INDENT(2) | JSON_SORT_KEYS);
+    if (!text)
+        dm_oom(0, "a cache entry's node.json");
+    char *path = dm_xasprintf("%s/node.json", n->dir);
+    int rc = dm_write_file_atomic(path, text, strlen(text));
+    free(text), free(path);
+    if (rc)
+        return -1;
+    char *final = dm_cache_entry(g, n->key);
+    rc = dm_fsync_path(n->dir);
+    if (!rc)
+        rc = dm_dir_publish(n->dir, final);
+    free(final);
+    if (rc)
+        return -1;
+    free(n->dir);
+    n->dir = NULL;
+    return dm_cache_record(g, n);
 }
 
 static int has_stream_output(const dm_node *n)
@@ -71,13 +130,13 @@ static int has_stream_output(const dm_node *n)
 
 /* A file's identity, or a folder's: the identities of its files (not
  * recursive, sorted by name, hidden files skipped) hashed together with names. */
-static int path_identity(const char *path, const char *cache, char out[33])
+static int path_identity(const char *path, const char *memo, char out[33])
 {
     struct stat st;
     if (stat(path, &st))
         return dm_fail("%s: %s", path, strerror(errno));
     if (!S_ISDIR(st.st_mode))
-        return dm_file_identity(path, cache, out);
+        return dm_file_identity(path, memo, out);
     struct dirent **ents;
     int n = scandir(path, &ents, NULL, alphasort);
     if (n < 0)
@@ -88,7 +147,7 @@ static int path_identity(const char *path, const char *cache, char out[33])
     for (int i = 0; i < n; i++) {
         char *f = dm_xasprintf("%s/%s", path, ents[i]->d_name), id[33];
         if (ents[i]->d_name[0] != '.' && !stat(f, &st) && S_ISREG(st.st_mode)) {
-            if (!rc && !(rc = dm_file_identity(f, cache, id)))
+            if (!rc && !(rc = dm_file_identity(f, memo, id)))
                 dm_strbuf_addf(&b, "%s=%s\n", ents[i]->d_name, id);
         }
         free(f);
@@ -110,8 +169,10 @@ static int compute_key(dm_graph *g, dm_node *n)
     for (int k = 0; k < n->nparams; k++) {
         dm_strbuf_addf(&b, "param.%s=%s\n", n->op->params[k].name, n->pval[k]);
         if (n->op->params[k].type == DM_P_PATH && n->pval[k][0]) {
-            char id[33];
-            if (path_identity(n->pval[k], g->cache, id)) {
+            char id[33], *memo = dm_xasprintf("%s/filehash", g->cache);
+            int rc = path_identity(n->pval[k], memo, id);
+            free(memo);
+            if (rc) {
                 free(b.s);
                 return dm_fail_prefix("%s: node '%s': parameter '%s'", n->where, n->decl->name,
                                       n->op->params[k].name);
@@ -164,10 +225,7 @@ static char *why_changed(const char *old, const char *cur)
 /* Reads CACHE/<key>/node.json; 0 if it is a complete entry. */
 static json_t *read_entry(const dm_graph *g, const dm_node *n)
 {
-    char *path = dm_xasprintf("%s/%s/node.json", g->cache, n->key);
-    json_error_t err;
-    json_t *j = dm_file_exists(path) ? json_load_file(path, 0, &err) : NULL;
-    free(path);
+    json_t *j = dm_cache_entry_json(g, n->key);
     if (j && (!json_is_object(json_object_get(j, "outputs")) ||
               strcmp(json_string_value(json_object_get(j, "key")) ? json_string_value(json_object_get(j, "key")) : "", n->key))) {
         json_decref(j);
@@ -207,9 +265,9 @@ int dm_plan(dm_graph *g)
         entries[i] = read_entry(g, n);
         int forced_in = 0;
         for (int k = 0; k < n->nin; k++)
-            if (n->in[k].src && n->in[k].src->state == DM_STATE_STALE && n->in[k].src->why &&
-                strstr(n->in[k].src->why, "forced"))
+            if (n->in[k].src && n->in[k].src->forced)
                 forced_in = 1;
+        n->forced = is_forced(g, n) || forced_in;
         if (is_forced(g, n)) {
             n->why = dm_xstrdup("forced (--force)");
         } else if (forced_in) {

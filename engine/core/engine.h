@@ -107,6 +107,7 @@ struct dm_node {
     char *material; /* what the key hashes, one "name=value" per line */
     dm_state state;
     char *why;      /* reason when stale */
+    int forced;     /* stale because of --force, on it or on an input */
     int run;        /* 1: executes this run (writes a cache entry) */
     int reproduce;  /* 1: cached source produced again to feed a rerun */
     int *spill;     /* per output: spilled in this run */
@@ -125,7 +126,11 @@ struct dm_node {
     int64_t rows_in;
     double seconds;    /* time in this node's own callbacks */
     int in_consume;
+    char *bad_param; /* a parameter the operator read without declaring it (a bug) */
 };
+
+/* The state of one dm_run (run.c). */
+typedef struct dm_run_ctx dm_run_ctx;
 
 typedef struct {
     dm_pipeline *pipe;
@@ -137,6 +142,7 @@ typedef struct {
     char **force;
     int nforce;
     int ran; /* dm_run finished: the plan printout says what ran */
+    dm_run_ctx *run; /* while dm_run runs (NULL otherwise): its state */
 } dm_graph;
 
 /* Binds a pipeline: operators, parameters, connections, cycle check, infer().
@@ -144,6 +150,10 @@ typedef struct {
 dm_graph *dm_graph_build(dm_pipeline *p);
 void dm_graph_free(dm_graph *g);
 dm_node *dm_graph_find(dm_graph *g, const char *name);
+/* Call after every operator callback with what it returned: -1 with a
+ * DM_E_INTERNAL error when the operator read a parameter it does not declare,
+ * else rc. */
+int dm_node_check_params(dm_node *n, int rc);
 
 /* Computes keys and states against the cache (cache.c). */
 int dm_plan(dm_graph *g);
@@ -152,10 +162,22 @@ void dm_plan_print(dm_graph *g, FILE *f);
  * Returns 0, or -1 on error. */
 int dm_run(dm_graph *g);
 
-/* cache.c helpers */
-char *dm_cache_entry(const dm_graph *g, const char *key); /* malloc'd path */
+/* The cache's layout (cache.c): every path under g->cache is made here. All
+ * paths are malloc'd. */
+char *dm_cache_entry(const dm_graph *g, const char *key);                       /* CACHE/<key> */
+char *dm_cache_entry_file(const dm_graph *g, const char *key, const char *file); /* CACHE/<key>/<file> */
+char *dm_cache_tensor_file(const char *entry_dir, const char *port); /* a tensor output in an entry */
+/* An entry's node.json (what it holds), or NULL when there is none. */
+json_t *dm_cache_entry_json(const dm_graph *g, const char *key);
 int dm_cache_invalidate(const dm_graph *g, const char *key);
-int dm_cache_record(const dm_graph *g, const dm_node *n); /* remember the key's material */
+/* Creates CACHE/tmp, where nodes build their entries. */
+int dm_cache_prepare(const dm_graph *g);
+/* The folder in which node n builds its entry (its dm_node_dir). */
+char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n);
+/* Makes n's folder its cache entry: writes `entry` as its node.json, syncs it,
+ * renames it to CACHE/<key> (n->dir is freed and cleared) and records the key's
+ * material in CACHE/index for `plan` to say why a node is stale. */
+int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry);
 
 /* progress.c */
 typedef struct dm_progress dm_progress;
@@ -166,9 +188,9 @@ void dm_progress_end(dm_progress *p, int64_t rows, int64_t spilled_bytes, int al
 extern int dm_progress_enabled;
 
 
-/* For commands that run a pipeline they write as YAML text (dmica stats, ica,
- * sae, analyze): parse, bind, run with these settings, print errors and a
- * closing line on stderr. Returns the process exit status (0 or 1). */
+/* For commands that run a pipeline they write as YAML text: parse, bind, run
+ * with these settings, print errors and a closing line on stderr. Returns the
+ * process exit status (0, or dm_error_exit()). */
 typedef struct {
     const char *out;   /* results folder (NULL: none) */
     const char *cache; /* NULL: $DMICA_CACHE, else .dmica-cache */

@@ -200,11 +200,12 @@ static int bind_node(dm_pipeline *p, dm_node *n)
         n->pval[k] = dm_xstrdup(op->params[k].def);
     }
 
-    /* Outputs: fixed by the operator, or named by its parameters (gpt2 hooks). */
+    /* Outputs: fixed by the operator, or named by its parameters (one per requested hook, say). */
     if (op->ports) {
         dm_port_spec *outs = NULL;
-        if (op->ports(n, &outs)) {
-            dm_fail_prefix("%s: node '%s' (%s)", n->where, d->name, op->name);
+        if (dm_node_check_params(n, op->ports(n, &outs))) {
+            if (!dm_error_subject())
+                dm_fail_prefix("%s: node '%s' (%s)", n->where, d->name, op->name);
             return -1;
         }
         n->outs = outs;
@@ -351,6 +352,33 @@ static int visit(dm_graph *g, dm_node *n, int *mark, dm_node **stack, int depth,
     return 0;
 }
 
+/* A stream input takes the dtype its port declares (unless any_dtype): the
+ * producer's output must carry that dtype. Runs before n's infer(), which may
+ * then rely on it. */
+static int check_input_dtypes(dm_node *n)
+{
+    for (int k = 0; k < n->nin; k++) {
+        const dm_port_spec *in = &n->op->inputs[k];
+        dm_node *s = n->in[k].src;
+        if (!s || in->kind != DM_PORT_STREAM || in->any_dtype)
+            continue;
+        dm_dtype have = s->outdesc[n->in[k].port].dtype;
+        if (have == in->dtype)
+            continue;
+        int line = n->decl->line;
+        for (int i = 0; i < n->decl->ninputs; i++)
+            if (!strcmp(n->decl->inputs[i].key, in->name))
+                line = n->decl->inputs[i].line;
+        char *w = where(((dm_graph *)n->graph)->pipe, n->decl, line);
+        dm_failc(DM_E_SHAPE, "%s: node '%s': input '%s' takes %s rows, but %s.%s carries %s", w, n->decl->name,
+                 in->name, dm_dtype_name(in->dtype), s->decl->name, s->outs[n->in[k].port].name,
+                 dm_dtype_name(have));
+        free(w);
+        return -1;
+    }
+    return 0;
+}
+
 dm_graph *dm_graph_build(dm_pipeline *p)
 {
     dm_graph *g = dm_xcalloc(1, sizeof *g);
@@ -394,21 +422,33 @@ dm_graph *dm_graph_build(dm_pipeline *p)
             n->outdesc[k].kind = n->outs[k].kind;
             n->outdesc[k].dtype = DM_F32;
             if (n->outdesc[k].kind == DM_PORT_STREAM) {
+                n->outdesc[k].dtype = n->outs[k].dtype;
                 n->outdesc[k].ndim = 2;
                 n->outdesc[k].shape[0] = -1;
             }
         }
+        if (check_input_dtypes(n))
+            goto fail;
         n->single_pass = 0;
-        if (n->op->infer && n->op->infer(n)) {
-            dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+        if (dm_node_check_params(n, n->op->infer ? n->op->infer(n) : 0)) {
+            if (!dm_error_subject())
+                dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
             goto fail;
         }
-        for (int k = 0; k < n->nout; k++)
-            if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] == 0) {
+        for (int k = 0; k < n->nout; k++) {
+            dm_port_desc *o = &n->outdesc[k];
+            if (o->kind == DM_PORT_STREAM && o->shape[1] == 0) {
                 dm_fail("%s: node '%s': operator '%s' did not set the width of output '%s'", n->where,
                         n->decl->name, n->op->name, n->outs[k].name);
                 goto fail;
             }
+            if (o->kind == DM_PORT_STREAM && o->dtype != DM_F32 && o->dtype != DM_I32 && o->dtype != DM_I64) {
+                dm_failc(DM_E_INTERNAL, "%s: node '%s': operator '%s' gives stream output '%s' dtype %s (streams "
+                         "are f32, i32 or i64)", n->where, n->decl->name, n->op->name, n->outs[k].name,
+                         dm_dtype_name(o->dtype));
+                goto fail;
+            }
+        }
     }
     return g;
 fail:
@@ -440,6 +480,7 @@ void dm_graph_free(dm_graph *g)
         }
         free(n->pval), free(n->in), free(n->outdesc), free(n->outtensor), free(n->cons), free(n->ncons);
         free(n->spill), free(n->writers), free(n->readers), free((char *)n->where), free(n->material), free(n->why), free(n->dir);
+        free(n->bad_param);
         free(n);
     }
     for (int i = 0; i < g->nforce; i++)
@@ -450,21 +491,48 @@ void dm_graph_free(dm_graph *g)
 
 /* ---- node accessors (op.h) ------------------------------------------------ */
 
+/* The index of parameter key, or -1 when the operator did not declare it: a bug
+ * in the operator, not in the pipeline. The accessors then return an empty or
+ * zero value and the node remembers the name; the engine reports it as an
+ * internal error once the callback returns (dm_node_check_params). */
 static int param_index(const dm_node *n, const char *key)
 {
     for (int k = 0; k < n->nparams; k++)
         if (!strcmp(n->op->params[k].name, key))
             return k;
-    fprintf(stderr, "dmica: bug: operator '%s' reads undeclared parameter '%s'\n", n->op->name, key);
-    abort();
+    dm_node *m = (dm_node *)n;
+    if (!m->bad_param)
+        m->bad_param = dm_xstrdup(key);
+    return -1;
+}
+
+int dm_node_check_params(dm_node *n, int rc)
+{
+    if (!n->bad_param)
+        return rc;
+    dm_failc(DM_E_INTERNAL, "%s: node '%s': operator '%s' reads parameter '%s', which it does not declare "
+             "(a bug in the operator)", n->where, n->decl->name, n->op->name, n->bad_param);
+    dm_error_attribute(n);
+    return -1;
 }
 
 const char *dm_node_name(const dm_node *n) { return n->decl->name; }
 const char *dm_node_where(const dm_node *n) { return n->where; }
-const char *dm_param_str(const dm_node *n, const char *key) { return n->pval[param_index(n, key)]; }
+
+const char *dm_param_str(const dm_node *n, const char *key)
+{
+    int k = param_index(n, key);
+    return k < 0 ? "" : n->pval[k];
+}
+
 int64_t dm_param_int(const dm_node *n, const char *key) { return strtoll(dm_param_str(n, key), NULL, 10); }
 double dm_param_float(const dm_node *n, const char *key) { return strtod(dm_param_str(n, key), NULL); }
-int64_t dm_param_size(const dm_node *n, const char *key) { return dm_parse_size(dm_param_str(n, key)); }
+
+int64_t dm_param_size(const dm_node *n, const char *key)
+{
+    int k = param_index(n, key);
+    return k < 0 ? 0 : dm_parse_size(n->pval[k]);
+}
 
 int dm_param_bool(const dm_node *n, const char *key)
 {

@@ -85,7 +85,7 @@ void dm_progress_update(dm_progress *p, int64_t rows, int64_t spilled_bytes)
 
 void dm_progress_end(dm_progress *p, int64_t rows, int64_t spilled_bytes, int always)
 {
-    /* repeated passes (FastICA's) only say something when they take a while */
+    /* repeated passes (an iterative fit's) only say something when they take a while */
     if (dm_progress_enabled && dm_verbose > 0 && (always || dm_now() - p->t0 >= 2.0))
         draw(p, rows, spilled_bytes, 1);
     free(p->label);

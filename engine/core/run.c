@@ -17,24 +17,40 @@
  * Stream edges between groups are spilled; a producer whose outputs must cross
  * groups but that says `spill: never` is an error found before work starts.
  *
+ * A group runs in phases, one function each:
+ *   open_replays        open the spills of stream inputs made in earlier groups
+ *   load_tensor_inputs  read the tensors of cached producers from the cache
+ *   refresh_descs       give consumers the real shapes of those tensors
+ *   size_chunks         rows per chunk, from the memory budget
+ *   open_members        the operators' open()
+ *   open_sources        buffers; sources outside the group opened to produce again
+ *   drive               every pass: push the drivers' chunks through the group,
+ *                       then end_pass(); rewind for another pass if one is asked
+ *   finish_members      finish(): tensor outputs and product files
+ *   commit_members      each node's folder becomes its cache entry
+ *   close_group         close() and free, after success or error
+ * and once every group ran, publish_products copies the products to --out.
+ *
  * Memory: the chunk size of a group is the budget, less the state the group's
  * operators declare (state_bytes), divided by the bytes every chunk row costs
  * across the group's streams and spill buffers.
  *
- * A node's results are built in CACHE/tmp/<key>.<pid> and renamed to CACHE/<key>
- * when its group succeeds; on error every temporary folder is removed, so the
- * cache only ever holds complete entries. A corrupt spill found while replaying
- * invalidates its entry, and the run is planned again (the producer reruns).
+ * A node's results are built in a temporary folder (cache.c) and become its
+ * cache entry when its group succeeds; on error every temporary folder is
+ * removed, so the cache only ever holds complete entries. A spill that cannot be
+ * replayed invalidates its entry, and the run is planned again (the producer
+ * reruns).
+ *
+ * The state of a run lives in a dm_run_ctx that the graph holds while dm_run
+ * runs: graphs run one after another, or one inside a callback of another,
+ * share nothing.
  */
 #include "engine.h"
 
-#include <cblas.h>
 #include <jansson.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "fs.h"
 #include "npy.h"
@@ -42,15 +58,20 @@
 
 #define DM_MAX_CHUNK_ROWS 65536
 #define DM_SPILL_BUFFERS 5 /* per spilled stream: the writer's ring plus slack */
+#define DM_RESERVED_BYTES ((int64_t)64 << 20) /* code, libraries, small allocations */
 
-static int current_group = -1;
-static int64_t run_spilled_bytes;
-
+struct dm_run_ctx {
+    dm_graph *g;
+    int group;             /* the group running, -1 between groups */
+    int64_t spilled_bytes; /* stored bytes of the spills closed so far */
+    dm_node *unreadable;   /* the producer of a spill that could not be replayed */
+};
 
 typedef struct {
     dm_node *src;
     int port;
-    dm_spill_reader *reader; /* NULL: src->op->produce */
+    dm_spill_reader *reader; /* replayed from a spill; NULL: src->op->produce */
+    int opened;              /* src was opened here to produce again */
     dm_chunk buf;
     int64_t total; /* rows, -1 unknown */
 } driver;
@@ -58,12 +79,17 @@ typedef struct {
 typedef struct {
     dm_node **members;
     int nmembers;
+    /* drivers[0, nexternal): stream inputs made outside the group; then the
+     * member sources (added by open_sources) */
     driver *drivers;
-    int ndrivers;
+    int ndrivers, nexternal;
     int multipass;
+    char *label; /* the members' names, for messages and progress */
 } group;
 
 static int is_active(const dm_node *n) { return n->run || n->reproduce; }
+
+static int spill_never(const dm_node *n) { return n->decl->spill && !strcmp(n->decl->spill, "never"); }
 
 static int has_multipass_input(const dm_node *n)
 {
@@ -73,7 +99,111 @@ static int has_multipass_input(const dm_node *n)
     return 0;
 }
 
-/* Cuts the active nodes into groups (see the file comment). */
+static int is_stream_input(const dm_node *n, int k)
+{
+    const dm_node *s = n->in[k].src;
+    return s && s->outs[n->in[k].port].kind == DM_PORT_STREAM && !n->op->inputs[k].random;
+}
+
+/* Names node n in the recorded error, once: "file:line: node 'x' (op): ..."
+ * (or "node 'x' (op): ..." without where). An error already attributed to a
+ * node (one that failed inside n's dm_emit, say) keeps that node's name alone.
+ * Returns -1. */
+static int blame(dm_node *n, int with_where)
+{
+    if (dm_error_subject())
+        return -1;
+    if (with_where)
+        dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+    else
+        dm_fail_prefix("node '%s' (%s)", n->decl->name, n->op->name);
+    dm_error_attribute(n);
+    return -1;
+}
+
+/* ---- grouping ------------------------------------------------------------- */
+
+/* The group node n joins, or -1 when it starts one (see the file comment). */
+static int group_to_join(const dm_node *n)
+{
+    if (n->op->produce || has_multipass_input(n))
+        return -1;
+    int join = -1, nstreams = 0;
+    for (int k = 0; k < n->nin; k++) {
+        if (!is_stream_input(n, k))
+            continue;
+        const dm_node *s = n->in[k].src;
+        nstreams++;
+        if (!is_active(s) || has_multipass_input(s) || (join >= 0 && s->group != join))
+            return -1;
+        join = s->group;
+    }
+    if (!nstreams)
+        return -1;
+    /* groups run in the order made: a tensor, or a stream read by row, must come
+     * from an earlier one */
+    for (int k = 0; k < n->nin; k++) {
+        const dm_node *s = n->in[k].src;
+        if (s && (s->outs[n->in[k].port].kind == DM_PORT_TENSOR || n->op->inputs[k].random) && is_active(s) &&
+            s->group >= join)
+            return -1;
+    }
+    return join;
+}
+
+/* Starts a group for n, driven by its stream inputs (which get spilled). */
+static int start_group(group *G, dm_node *n)
+{
+    G->multipass = has_multipass_input(n);
+    for (int k = 0; k < n->nin; k++) {
+        if (!is_stream_input(n, k))
+            continue;
+        dm_node *s = n->in[k].src;
+        G->drivers = dm_xrealloc(G->drivers, (size_t)(G->ndrivers + 1) * sizeof *G->drivers);
+        driver *d = &G->drivers[G->ndrivers++];
+        memset(d, 0, sizeof *d);
+        d->src = s;
+        d->port = n->in[k].port;
+        if (s->op->produce || !s->run || s->spill[d->port])
+            continue;
+        if (spill_never(s))
+            return dm_fail("%s: node '%s' reads output '%s' of node '%s' in a separate pass, "
+                           "which needs it spilled, but '%s' has spill: never",
+                           n->where, n->decl->name, s->outs[d->port].name, s->decl->name, s->decl->name);
+        s->spill[d->port] = 1;
+    }
+    G->nexternal = G->ndrivers;
+    return 0;
+}
+
+/* Inputs read by row are read from their producer's spill. */
+static int spill_random_inputs(dm_node *n)
+{
+    for (int k = 0; k < n->nin; k++) {
+        dm_node *s = n->in[k].src;
+        if (!s || !n->op->inputs[k].random || !s->run)
+            continue;
+        if (spill_never(s))
+            return dm_fail("%s: node '%s' reads output '%s' of node '%s' by row, which needs it spilled, "
+                           "but '%s' has spill: never", n->where, n->decl->name, s->outs[n->in[k].port].name,
+                           s->decl->name, s->decl->name);
+        s->spill[n->in[k].port] = 1;
+    }
+    return 0;
+}
+
+static char *group_label(const group *G)
+{
+    char buf[512] = "";
+    for (int i = 0; i < G->nmembers; i++) {
+        strncat(buf, i ? ", " : "", sizeof buf - strlen(buf) - 1);
+        strncat(buf, G->members[i]->decl->name, sizeof buf - strlen(buf) - 1);
+    }
+    return dm_xstrdup(buf);
+}
+
+/* Cuts the active nodes into groups, in topological order. *out is set also on
+ * error: the caller frees what was made with free_groups. */
 static int make_groups(dm_graph *g, group **out, int *nout)
 {
     group *gs = NULL;
@@ -84,75 +214,25 @@ static int make_groups(dm_graph *g, group **out, int *nout)
         dm_node *n = g->nodes[i];
         if (!is_active(n))
             continue;
-        int join = -1;
-        if (!n->op->produce && !has_multipass_input(n)) {
-            int ok = 1, nstreams = 0;
-            for (int k = 0; k < n->nin && ok; k++) {
-                dm_node *s = n->in[k].src;
-                if (!s)
-                    continue;
-                if (s->outs[n->in[k].port].kind == DM_PORT_STREAM && !n->op->inputs[k].random) {
-                    nstreams++;
-                    if (!is_active(s) || has_multipass_input(s) || (join >= 0 && s->group != join))
-                        ok = 0;
-                    else
-                        join = s->group;
-                }
-            }
-            for (int k = 0; k < n->nin && ok; k++) {
-                dm_node *s = n->in[k].src;
-                /* groups run in the order made: a tensor must come from an earlier one */
-                if (s && (s->outs[n->in[k].port].kind == DM_PORT_TENSOR || n->op->inputs[k].random) &&
-                    is_active(s) && s->group >= join)
-                    ok = 0;
-            }
-            if (!ok || !nstreams)
-                join = -1;
-        }
+        int join = group_to_join(n);
         if (join < 0) {
             gs = dm_xrealloc(gs, (size_t)(ng + 1) * sizeof *gs);
             memset(&gs[ng], 0, sizeof gs[ng]);
             join = ng++;
-            *out = gs; /* the caller frees what was made, also on error */
+            *out = gs;
             *nout = ng;
-            group *G = &gs[join];
-            G->multipass = has_multipass_input(n);
-            for (int k = 0; k < n->nin; k++) {
-                dm_node *s = n->in[k].src;
-                if (!s || s->outs[n->in[k].port].kind != DM_PORT_STREAM || n->op->inputs[k].random)
-                    continue;
-                G->drivers = dm_xrealloc(G->drivers, (size_t)(G->ndrivers + 1) * sizeof *G->drivers);
-                driver *d = &G->drivers[G->ndrivers++];
-                memset(d, 0, sizeof *d);
-                d->src = s;
-                d->port = n->in[k].port;
-                if (!s->op->produce && s->run && !s->spill[d->port]) {
-                    if (s->decl->spill && !strcmp(s->decl->spill, "never"))
-                        return dm_fail("%s: node '%s' reads output '%s' of node '%s' in a separate pass, "
-                                       "which needs it spilled, but '%s' has spill: never",
-                                       n->where, n->decl->name, s->outs[d->port].name,
-                                       s->decl->name, s->decl->name);
-                    s->spill[d->port] = 1;
-                }
-            }
+            if (start_group(&gs[join], n))
+                return -1;
         }
-        for (int k = 0; k < n->nin; k++) {
-            dm_node *s = n->in[k].src;
-            if (!s || !n->op->inputs[k].random || !s->run)
-                continue;
-            if (s->decl->spill && !strcmp(s->decl->spill, "never"))
-                return dm_fail("%s: node '%s' reads output '%s' of node '%s' by row, which needs it spilled, "
-                               "but '%s' has spill: never", n->where, n->decl->name, s->outs[n->in[k].port].name,
-                               s->decl->name, s->decl->name);
-            s->spill[n->in[k].port] = 1;
-        }
+        if (spill_random_inputs(n))
+            return -1;
         n->group = join;
         group *G = &gs[join];
         G->members = dm_xrealloc(G->members, (size_t)(G->nmembers + 1) * sizeof *G->members);
         G->members[G->nmembers++] = n;
     }
-    *out = gs;
-    *nout = ng;
+    for (int i = 0; i < ng; i++)
+        gs[i].label = group_label(&gs[i]);
     return 0;
 }
 
@@ -161,29 +241,47 @@ static void free_groups(group *gs, int ng)
     for (int i = 0; i < ng; i++) {
         free(gs[i].members);
         free(gs[i].drivers);
+        free(gs[i].label);
     }
     free(gs);
 }
 
+static int is_member(const group *G, const dm_node *n)
+{
+    for (int i = 0; i < G->nmembers; i++)
+        if (G->members[i] == n)
+            return 1;
+    return 0;
+}
+
+/* ---- what operators call while running (op.h) ------------------------------- */
+
 int dm_emit(dm_node *n, int port, const dm_chunk *c)
 {
-    if (n->writers[port]) {
-        if (dm_spill_write(n->writers[port], c))
-            return dm_fail_prefix("node '%s': spilling output '%s'", n->decl->name, n->outs[port].name);
+    if (c->dtype != n->outdesc[port].dtype) {
+        dm_failc(DM_E_INTERNAL, "node '%s' (%s): a chunk of %s values on output '%s', which carries %s",
+                 n->decl->name, n->op->name, dm_dtype_name(c->dtype), n->outs[port].name,
+                 dm_dtype_name(n->outdesc[port].dtype));
+        dm_error_attribute(n);
+        return -1;
     }
+    if (n->writers[port] && dm_spill_write(n->writers[port], c)) {
+        dm_fail_prefix("node '%s': spilling output '%s'", n->decl->name, n->outs[port].name);
+        dm_error_attribute(n);
+        return -1;
+    }
+    dm_graph *g = n->graph;
+    int group = g->run ? g->run->group : -1;
     for (int i = 0; i < n->ncons[port]; i++) {
         dm_node *c2 = n->cons[port][i].src;
-        if (c2->group != current_group || !c2->run || !c2->opened)
+        if (c2->group != group || !c2->run || !c2->opened)
             continue;
         double t0 = dm_now();
         c2->in_consume = 1;
         int rc = c2->op->consume(c2, n->cons[port][i].port, c);
         c2->in_consume = 0;
-        if (rc) {
-            if (!strstr(dm_error(), c2->decl->name))
-                dm_fail_prefix("node '%s' (%s)", c2->decl->name, c2->op->name);
-            return -1;
-        }
+        if (dm_node_check_params(c2, rc))
+            return blame(c2, 0);
         /* a node's time is its own: what its consumers take inside its emit is theirs */
         double dt = dm_now() - t0;
         c2->seconds += dt;
@@ -199,14 +297,20 @@ int64_t dm_input_rows(const dm_node *n, int port)
     return port >= 0 && port < n->nin && n->readers[port] ? dm_spill_rows(n->readers[port]) : -1;
 }
 
-int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, float *out)
+int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, void *out)
 {
-    if (port < 0 || port >= n->nin || !n->readers[port])
-        return dm_fail("node '%s': input %d is not a random-access input", n->decl->name, port);
-    if (row0 < 0 || rows < 0 || row0 + rows > dm_spill_rows(n->readers[port]))
-        return dm_fail("node '%s': input '%s': rows %lld..%lld out of range (%lld rows)", n->decl->name,
-                       n->op->inputs[port].name, (long long)row0, (long long)(row0 + rows),
-                       (long long)dm_spill_rows(n->readers[port]));
+    if (port < 0 || port >= n->nin || !n->readers[port]) {
+        dm_failc(DM_E_INTERNAL, "node '%s': input %d is not a random-access input", n->decl->name, port);
+        dm_error_attribute(n);
+        return -1;
+    }
+    if (row0 < 0 || rows < 0 || row0 + rows > dm_spill_rows(n->readers[port])) {
+        dm_failc(DM_E_SHAPE, "node '%s': input '%s': rows %lld..%lld out of range (%lld rows)", n->decl->name,
+                 n->op->inputs[port].name, (long long)row0, (long long)(row0 + rows),
+                 (long long)dm_spill_rows(n->readers[port]));
+        dm_error_attribute(n);
+        return -1;
+    }
     return dm_spill_read_rows(n->readers[port], row0, rows, out);
 }
 
@@ -220,10 +324,7 @@ char *dm_stage_times(const dm_node *n)
             continue; /* itself, or not finished yet */
         double secs = m->seconds;
         if (!m->run) { /* cached: the time of the run that made it */
-            char *path = dm_xasprintf("%s/%s/node.json", g->cache, m->key);
-            json_error_t err;
-            json_t *j = json_load_file(path, 0, &err);
-            free(path);
+            json_t *j = dm_cache_entry_json(g, m->key);
             secs = j ? json_number_value(json_object_get(j, "seconds")) : 0;
             json_decref(j);
         }
@@ -235,143 +336,37 @@ char *dm_stage_times(const dm_node *n)
     return text;
 }
 
-static int is_member(const group *G, const dm_node *n)
-{
-    for (int i = 0; i < G->nmembers; i++)
-        if (G->members[i] == n)
-            return 1;
-    return 0;
-}
+/* ---- opening and closing nodes ----------------------------------------------- */
 
-/* Loads the tensor outputs of cached producers that members read. */
-static int load_tensor_inputs(dm_graph *g, group *G)
+/* Opens spill writers for n's stream outputs that are spilled in this run. */
+static int open_spill_writers(dm_node *n)
 {
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
-        for (int k = 0; k < n->nin; k++) {
-            dm_node *s = n->in[k].src;
-            int p = n->in[k].port;
-            if (!s || s->outdesc[p].kind != DM_PORT_TENSOR || s->outtensor[p].data)
-                continue;
-            char *path = dm_xasprintf("%s/%s/%s.npy", g->cache, s->key, s->outs[p].name);
-            int rc = dm_npy_load(path, &s->outtensor[p]);
-            free(path);
-            if (rc) {
-                dm_cache_invalidate(g, s->key);
-                return dm_fail_prefix("cached output '%s' of node '%s' is unreadable (entry removed; run again)",
-                                      s->outs[p].name, s->decl->name);
-            }
-        }
+    dm_dtype f = DM_F32;
+    dm_codec codec = DM_CODEC_NONE;
+    if (n->decl->spill_dtype)
+        dm_dtype_parse(n->decl->spill_dtype, &f); /* checked when binding */
+    if (n->decl->spill_codec)
+        dm_codec_parse(n->decl->spill_codec, &codec);
+    for (int k = 0; k < n->nout; k++) {
+        if (n->outdesc[k].kind != DM_PORT_STREAM)
+            continue;
+        /* spill_dtype narrows f32 streams only: integers are stored exactly */
+        dm_dtype t = n->outdesc[k].dtype == DM_F32 ? f : n->outdesc[k].dtype;
+        if (n->decl->spill && !strcmp(n->decl->spill, "always"))
+            n->spill[k] = 1;
+        if (!n->spill[k])
+            continue;
+        n->writers[k] = dm_spill_writer_open(n->dir, n->outs[k].name, n->outdesc[k].shape[1], t, codec);
+        if (!n->writers[k])
+            return dm_fail_prefix("node '%s'", n->decl->name);
     }
     return 0;
 }
 
-/* Tensors whose size depends on the data (a PCA with k chosen by variance) are
- * known only once made: give consumers their real shapes and infer again. */
-static int refresh_descs(group *G)
+/* Opens the spills of n's inputs read by row. */
+static int open_random_inputs(dm_graph *g, dm_node *n)
 {
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
-        for (int k = 0; k < n->nin; k++) {
-            dm_node *s = n->in[k].src;
-            int p = n->in[k].port;
-            if (!s || s->outdesc[p].kind != DM_PORT_TENSOR || !s->outtensor[p].data)
-                continue;
-            dm_port_desc *d = &s->outdesc[p];
-            const dm_tensor *t = &s->outtensor[p];
-            d->ndim = t->ndim;
-            d->dtype = t->dtype;
-            memcpy(d->shape, t->shape, sizeof d->shape);
-        }
-        /* the groups are made: a second infer() cannot change how often an input is read */
-        uint64_t single_pass = n->single_pass;
-        if (n->op->infer && n->op->infer(n))
-            return dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
-        n->single_pass = single_pass;
-        for (int k = 0; k < n->nout; k++)
-            if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] <= 0)
-                return dm_fail("%s: node '%s': the width of output '%s' is still unknown when it runs", n->where,
-                               n->decl->name, n->outs[k].name);
-    }
-    return 0;
-}
-
-static int64_t row_bytes_of(const dm_node *n, int port) { return n->outdesc[port].shape[1] * 4; }
-
-static int size_chunks(dm_graph *g, group *G, int gi)
-{
-    int64_t fixed = 0, per_row = 0;
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
-        if (n->op->state_bytes)
-            fixed += n->op->state_bytes(n);
-        for (int k = 0; k < n->nout; k++)
-            if (n->outdesc[k].kind == DM_PORT_STREAM)
-                per_row += row_bytes_of(n, k) * (1 + (n->spill[k] ? DM_SPILL_BUFFERS : 0));
-    }
-    for (int j = 0; j < G->ndrivers; j++)
-        per_row += row_bytes_of(G->drivers[j].src, G->drivers[j].port) * 4; /* buffer + read-ahead */
-    int64_t avail = g->memory - fixed - (64 << 20); /* code, libraries, small allocations */
-    int64_t rows = per_row ? avail / per_row : DM_MAX_CHUNK_ROWS;
-    if (rows > DM_MAX_CHUNK_ROWS)
-        rows = DM_MAX_CHUNK_ROWS;
-    if (rows < 64) {
-        char names[512] = "";
-        for (int i = 0; i < G->nmembers; i++) {
-            strncat(names, i ? ", " : "", sizeof names - strlen(names) - 1);
-            strncat(names, G->members[i]->decl->name, sizeof names - strlen(names) - 1);
-        }
-        return dm_fail("memory budget %lld MiB is too small for nodes %s (state %lld MiB, %lld bytes per row); "
-                       "raise it with --memory", (long long)(g->memory >> 20), names, (long long)(fixed >> 20),
-                       (long long)per_row);
-    }
-    for (int i = 0; i < G->nmembers; i++)
-        G->members[i]->chunk_rows = rows;
-    for (int j = 0; j < G->ndrivers; j++)
-        if (!G->drivers[j].reader && !is_member(G, G->drivers[j].src))
-            G->drivers[j].src->chunk_rows = rows;
-    (void)gi;
-    return 0;
-}
-
-static char *node_tmp_dir(dm_graph *g, dm_node *n)
-{
-    /* the node's index too: two nodes may share a key (the same computation twice) */
-    return dm_xasprintf("%s/tmp/%s.%d.%d", g->cache, n->key, (int)getpid(), n->index);
-}
-
-static int open_node(dm_graph *g, dm_node *n, int spills)
-{
-    free(n->dir);
-    n->dir = node_tmp_dir(g, n);
-    dm_rm_rf(n->dir);
-    if (dm_mkdir_p(n->dir))
-        return -1;
-    for (int k = 0; k < n->nproducts; k++)
-        free(n->products[k]);
-    n->nproducts = 0;
-    n->seconds = 0;
-    n->rows_in = 0;
-    if (n->run && spills) {
-        const char *dt = n->decl->spill_dtype ? n->decl->spill_dtype : "f32";
-        dm_dtype t = DM_F32;
-        dm_codec codec = DM_CODEC_NONE;
-        dm_dtype_parse(dt, &t);
-        if (n->decl->spill_codec)
-            dm_codec_parse(n->decl->spill_codec, &codec);
-        for (int k = 0; k < n->nout; k++) {
-            if (n->outdesc[k].kind != DM_PORT_STREAM)
-                continue;
-            if (n->decl->spill && !strcmp(n->decl->spill, "always"))
-                n->spill[k] = 1;
-            if (!n->spill[k])
-                continue;
-            n->writers[k] = dm_spill_writer_open(n->dir, n->outs[k].name, n->outdesc[k].shape[1], t, codec);
-            if (!n->writers[k])
-                return dm_fail_prefix("node '%s'", n->decl->name);
-        }
-    }
-    for (int k = 0; k < n->nin && spills; k++) {
+    for (int k = 0; k < n->nin; k++) {
         dm_node *s = n->in[k].src;
         if (!s || !n->op->inputs[k].random)
             continue;
@@ -384,9 +379,30 @@ static int open_node(dm_graph *g, dm_node *n, int spills)
                                   n->op->inputs[k].name);
         }
     }
-    if (n->op->open && n->op->open(n)) {
-        if (!strstr(dm_error(), n->decl->name))
-            dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
+    return 0;
+}
+
+/* Gives n a fresh folder and calls its open(). A member of the running group
+ * (`member`) also gets its spill writers and the readers of inputs read by
+ * row; a source outside the group, opened only to produce again, does not. */
+static int open_node(dm_graph *g, dm_node *n, int member)
+{
+    free(n->dir);
+    n->dir = dm_cache_tmp_dir(g, n);
+    dm_rm_rf(n->dir);
+    if (dm_mkdir_p(n->dir))
+        return -1;
+    for (int k = 0; k < n->nproducts; k++)
+        free(n->products[k]);
+    n->nproducts = 0;
+    n->seconds = 0;
+    n->rows_in = 0;
+    if (member && n->run && open_spill_writers(n))
+        return -1;
+    if (member && open_random_inputs(g, n))
+        return -1;
+    if (dm_node_check_params(n, n->op->open ? n->op->open(n) : 0)) {
+        blame(n, 1);
         if (n->op->close)
             n->op->close(n);
         n->state_ptr = NULL;
@@ -416,8 +432,358 @@ static void close_node(dm_node *n, int failed)
         dm_rm_rf(n->dir);
 }
 
-/* Writes node.json and moves the node's folder into the cache. */
-static int commit_node(dm_graph *g, dm_node *n)
+/* ---- the phases of a group ------------------------------------------------------ */
+
+/* Sources are produced again, unless they keep a spill (spill_source); other
+ * producers outside the group are replayed from their spill. */
+static int replays(const driver *d)
+{
+    const dm_node *s = d->src;
+    return !s->op->produce || (s->op->spill_source && (s->spill[d->port] || !is_active(s)));
+}
+
+/* Opens the spills of the stream inputs first: their manifests give widths
+ * decided at run time. */
+static int open_replays(dm_run_ctx *ctx, group *G)
+{
+    for (int j = 0; j < G->nexternal; j++) {
+        driver *d = &G->drivers[j];
+        d->total = d->src->outdesc[d->port].shape[0];
+        if (!replays(d))
+            continue;
+        char *dir = dm_cache_entry(ctx->g, d->src->key);
+        d->reader = dm_spill_reader_open(dir, d->src->outs[d->port].name);
+        free(dir);
+        if (!d->reader) {
+            ctx->unreadable = d->src;
+            return -1;
+        }
+        if (dm_spill_dtype(d->reader) != d->src->outdesc[d->port].dtype) {
+            ctx->unreadable = d->src;
+            return dm_failc(DM_E_CORRUPT, "node '%s': the spill of output '%s' holds %s values, the output carries %s",
+                            d->src->decl->name, d->src->outs[d->port].name, dm_dtype_name(dm_spill_dtype(d->reader)),
+                            dm_dtype_name(d->src->outdesc[d->port].dtype));
+        }
+        d->total = dm_spill_rows(d->reader);
+        d->src->outdesc[d->port].shape[1] = dm_spill_cols(d->reader);
+    }
+    return 0;
+}
+
+/* Loads the tensor outputs of cached producers that members read. */
+static int load_tensor_inputs(dm_graph *g, group *G)
+{
+    for (int i = 0; i < G->nmembers; i++) {
+        dm_node *n = G->members[i];
+        for (int k = 0; k < n->nin; k++) {
+            dm_node *s = n->in[k].src;
+            int p = n->in[k].port;
+            if (!s || s->outdesc[p].kind != DM_PORT_TENSOR || s->outtensor[p].data)
+                continue;
+            char *dir = dm_cache_entry(g, s->key), *path = dm_cache_tensor_file(dir, s->outs[p].name);
+            int rc = dm_npy_load(path, &s->outtensor[p]);
+            free(path), free(dir);
+            if (rc) {
+                dm_cache_invalidate(g, s->key);
+                return dm_fail_prefix("cached output '%s' of node '%s' is unreadable (entry removed; run again)",
+                                      s->outs[p].name, s->decl->name);
+            }
+        }
+    }
+    return 0;
+}
+
+/* Tensors whose size depends on the data (a decomposition that keeps as many
+ * components as the data need) are known only once made: give consumers their
+ * real shapes and infer again. */
+static int refresh_descs(group *G)
+{
+    for (int i = 0; i < G->nmembers; i++) {
+        dm_node *n = G->members[i];
+        for (int k = 0; k < n->nin; k++) {
+            dm_node *s = n->in[k].src;
+            int p = n->in[k].port;
+            if (!s || s->outdesc[p].kind != DM_PORT_TENSOR || !s->outtensor[p].data)
+                continue;
+            dm_port_desc *d = &s->outdesc[p];
+            const dm_tensor *t = &s->outtensor[p];
+            d->ndim = t->ndim;
+            d->dtype = t->dtype;
+            memcpy(d->shape, t->shape, sizeof d->shape);
+        }
+        /* the groups are made: a second infer() cannot change how often an input is read */
+        uint64_t single_pass = n->single_pass;
+        if (dm_node_check_params(n, n->op->infer ? n->op->infer(n) : 0))
+            return blame(n, 1);
+        n->single_pass = single_pass;
+        for (int k = 0; k < n->nout; k++)
+            if (n->outdesc[k].kind == DM_PORT_STREAM && n->outdesc[k].shape[1] <= 0)
+                return dm_failc(DM_E_SHAPE, "%s: node '%s': the width of output '%s' is still unknown when it runs",
+                                n->where, n->decl->name, n->outs[k].name);
+    }
+    return 0;
+}
+
+static int64_t row_bytes_of(const dm_node *n, int port)
+{
+    return n->outdesc[port].shape[1] * (int64_t)dm_dtype_size(n->outdesc[port].dtype);
+}
+
+static int size_chunks(dm_graph *g, group *G)
+{
+    int64_t fixed = 0, per_row = 0;
+    for (int i = 0; i < G->nmembers; i++) {
+        dm_node *n = G->members[i];
+        if (n->op->state_bytes)
+            fixed += n->op->state_bytes(n);
+        if (dm_node_check_params(n, 0))
+            return -1;
+        for (int k = 0; k < n->nout; k++)
+            if (n->outdesc[k].kind == DM_PORT_STREAM)
+                per_row += row_bytes_of(n, k) * (1 + (n->spill[k] ? DM_SPILL_BUFFERS : 0));
+    }
+    for (int j = 0; j < G->nexternal; j++)
+        per_row += row_bytes_of(G->drivers[j].src, G->drivers[j].port) * 4; /* buffer + read-ahead */
+    int64_t avail = g->memory - fixed - DM_RESERVED_BYTES;
+    int64_t rows = per_row ? avail / per_row : DM_MAX_CHUNK_ROWS;
+    if (rows > DM_MAX_CHUNK_ROWS)
+        rows = DM_MAX_CHUNK_ROWS;
+    if (rows < 64)
+        return dm_failc(DM_E_NOMEM, "memory budget %lld MiB is too small for nodes %s (state %lld MiB, "
+                        "%lld bytes per row); raise it with --memory", (long long)(g->memory >> 20), G->label,
+                        (long long)(fixed >> 20), (long long)per_row);
+    for (int i = 0; i < G->nmembers; i++)
+        G->members[i]->chunk_rows = rows;
+    for (int j = 0; j < G->nexternal; j++)
+        if (!G->drivers[j].reader && !is_member(G, G->drivers[j].src))
+            G->drivers[j].src->chunk_rows = rows;
+    return 0;
+}
+
+static int open_members(dm_graph *g, group *G)
+{
+    for (int i = 0; i < G->nmembers; i++)
+        if (open_node(g, G->members[i], 1))
+            return -1;
+    return 0;
+}
+
+/* Chunk buffers for every driver; sources outside the group are opened to
+ * produce again, and member sources become drivers too. */
+static int open_sources(dm_graph *g, group *G)
+{
+    for (int j = 0; j < G->nexternal; j++) {
+        driver *d = &G->drivers[j];
+        int64_t rows = d->reader ? dm_spill_max_chunk_rows(d->reader) : d->src->chunk_rows;
+        d->buf.ptr = dm_xmalloc_aligned((size_t)rows * (size_t)row_bytes_of(d->src, d->port));
+        d->buf.dtype = d->src->outdesc[d->port].dtype;
+        if (!d->reader && !is_member(G, d->src)) {
+            d->opened = 1;
+            if (open_node(g, d->src, 0))
+                return -1;
+        }
+    }
+    for (int i = 0; i < G->nmembers; i++) {
+        dm_node *n = G->members[i];
+        if (!n->op->produce)
+            continue;
+        G->drivers = dm_xrealloc(G->drivers, (size_t)(G->ndrivers + 1) * sizeof *G->drivers);
+        driver *d = &G->drivers[G->ndrivers++];
+        memset(d, 0, sizeof *d);
+        d->src = n;
+        d->total = n->outdesc[0].shape[0];
+        d->buf.ptr = dm_xmalloc_aligned((size_t)n->chunk_rows * (size_t)row_bytes_of(n, 0));
+        d->buf.dtype = n->outdesc[0].dtype;
+    }
+    return 0;
+}
+
+/* A driver's next chunk; 0 with rows == 0 at the end. */
+static int driver_next(dm_run_ctx *ctx, driver *d)
+{
+    if (d->reader) {
+        if (dm_spill_next(d->reader, &d->buf)) {
+            ctx->unreadable = d->src;
+            return -1;
+        }
+        return 0;
+    }
+    d->buf.rows = 0;
+    double t0 = dm_now();
+    int rc = d->src->op->produce(d->src, &d->buf, d->src->chunk_rows);
+    d->src->seconds += dm_now() - t0;
+    if (dm_node_check_params(d->src, rc))
+        return blame(d->src, 1);
+    d->buf.cols = d->src->outdesc[d->port].shape[1];
+    d->buf.dtype = d->src->outdesc[d->port].dtype;
+    return 0;
+}
+
+/* Next chunk of every driver: *ended = 1 when all of them ended together. */
+static int next_chunks(dm_run_ctx *ctx, group *G, int *ended)
+{
+    int nended = 0;
+    for (int j = 0; j < G->ndrivers; j++) {
+        if (driver_next(ctx, &G->drivers[j]))
+            return -1;
+        nended += G->drivers[j].buf.rows == 0;
+    }
+    *ended = nended > 0;
+    if (nended && nended != G->ndrivers)
+        return dm_failc(DM_E_SHAPE, "the stream inputs of nodes %s have different numbers of rows", G->label);
+    const dm_chunk *a = &G->drivers[0].buf;
+    for (int j = 1; j < G->ndrivers && !nended; j++) {
+        const dm_chunk *b = &G->drivers[j].buf;
+        if (b->row0 != a->row0 || b->rows != a->rows)
+            return dm_failc(DM_E_SHAPE, "nodes %s: stream inputs are chunked differently (rows %lld+%lld vs "
+                            "%lld+%lld); spill them with the same chunk size", G->label, (long long)a->row0,
+                            (long long)a->rows, (long long)b->row0, (long long)b->rows);
+    }
+    return 0;
+}
+
+static int64_t group_spilled_bytes(const dm_run_ctx *ctx, const group *G)
+{
+    int64_t sp = ctx->spilled_bytes;
+    for (int i = 0; i < G->nmembers; i++)
+        for (int k = 0; k < G->members[i]->nout; k++)
+            if (G->members[i]->writers[k])
+                sp += dm_spill_writer_bytes(G->members[i]->writers[k]);
+    return sp;
+}
+
+/* One pass: every driver's chunks, in step, pushed through the group. */
+static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
+{
+    if (!G->ndrivers)
+        return 0;
+    char *label = pass ? dm_xasprintf("%s [pass %d]", G->label, pass + 1) : dm_xstrdup(G->label);
+    dm_progress *pr = dm_progress_start(label, G->drivers[0].total);
+    free(label);
+    int64_t done = 0;
+    int rc = 0;
+    for (;;) {
+        int ended;
+        if ((rc = next_chunks(ctx, G, &ended)) || ended)
+            break;
+        for (int j = 0; j < G->ndrivers && !rc; j++)
+            rc = dm_emit(G->drivers[j].src, G->drivers[j].port, &G->drivers[j].buf);
+        if (rc)
+            break;
+        done += G->drivers[0].buf.rows;
+        dm_progress_update(pr, done, group_spilled_bytes(ctx, G));
+    }
+    dm_progress_end(pr, done, ctx->spilled_bytes, pass == 0);
+    return rc;
+}
+
+/* end_pass() of every member that reads streams; *more = 1 if one asks for another pass. */
+static int end_passes(group *G, int pass, int *more)
+{
+    *more = 0;
+    for (int i = 0; i < G->nmembers; i++) {
+        dm_node *n = G->members[i];
+        if (!n->op->end_pass || n->op->produce)
+            continue;
+        int r = n->op->end_pass(n, pass);
+        if (dm_node_check_params(n, r < 0 ? -1 : 0))
+            return blame(n, 1);
+        if (r > 0 && !has_multipass_input(n))
+            return dm_failc(DM_E_INTERNAL, "node '%s': operator '%s' asked for another pass over an input it "
+                            "did not declare multipass, or said it reads once", n->decl->name, n->op->name);
+        *more |= r > 0;
+    }
+    return 0;
+}
+
+/* Back to the first row of every stream input, for another pass. */
+static int rewind_drivers(dm_graph *g, group *G)
+{
+    for (int j = 0; j < G->nexternal; j++) {
+        driver *d = &G->drivers[j];
+        if (d->reader) {
+            if (dm_spill_rewind(d->reader))
+                return -1;
+        } else {
+            close_node(d->src, 0);
+            if (open_node(g, d->src, 0))
+                return -1;
+        }
+    }
+    return 0;
+}
+
+/* A source whose rows nobody in its group reads or spills is not read at all
+ * (its consumers, if any, produce it again in their own group). */
+static int reads_streams(const group *G)
+{
+    if (G->nexternal > 0)
+        return 1;
+    for (int i = 0; i < G->nmembers; i++) {
+        const dm_node *n = G->members[i];
+        if (!n->op->produce)
+            return 1;
+        for (int k = 0; k < n->nout; k++)
+            if (n->writers[k])
+                return 1;
+    }
+    return 0;
+}
+
+static int drive(dm_run_ctx *ctx, group *G)
+{
+    if (!reads_streams(G))
+        return 0;
+    for (int pass = 0;; pass++) {
+        int more;
+        if (stream_pass(ctx, G, pass) || end_passes(G, pass, &more))
+            return -1;
+        if (!more)
+            return 0;
+        if (rewind_drivers(ctx->g, G))
+            return -1;
+    }
+}
+
+static int finish_members(group *G)
+{
+    for (int i = 0; i < G->nmembers; i++) {
+        dm_node *n = G->members[i];
+        double t0 = dm_now();
+        int rc = n->op->finish ? n->op->finish(n) : 0;
+        n->seconds += dm_now() - t0;
+        if (dm_node_check_params(n, rc))
+            return blame(n, 1);
+    }
+    return 0;
+}
+
+/* What node.json says of output k; closes its spill writer, saves its tensor. */
+static int commit_output(dm_run_ctx *ctx, dm_node *n, int k, json_t *o)
+{
+    if (n->outdesc[k].kind == DM_PORT_STREAM) {
+        json_object_set_new(o, "kind", json_string("stream"));
+        json_object_set_new(o, "spilled", json_boolean(n->spill[k]));
+        json_object_set_new(o, "cols", json_integer(n->outdesc[k].shape[1]));
+        if (!n->writers[k])
+            return 0;
+        ctx->spilled_bytes += dm_spill_writer_bytes(n->writers[k]);
+        int rc = dm_spill_writer_close(n->writers[k]);
+        n->writers[k] = NULL;
+        return rc ? dm_fail_prefix("node '%s'", n->decl->name) : 0;
+    }
+    json_object_set_new(o, "kind", json_string("tensor"));
+    if (!n->outtensor[k].data)
+        return dm_failc(DM_E_INTERNAL, "node '%s': operator '%s' did not set output '%s'", n->decl->name,
+                        n->op->name, n->outs[k].name);
+    char *path = dm_cache_tensor_file(n->dir, n->outs[k].name);
+    int rc = dm_npy_save(path, &n->outtensor[k]);
+    free(path);
+    return rc;
+}
+
+/* Writes node.json and makes the node's folder its cache entry. */
+static int commit_node(dm_run_ctx *ctx, dm_node *n)
 {
     json_t *j = json_object(), *outs = json_object(), *prods = json_array();
     json_object_set_new(j, "key", json_string(n->key));
@@ -425,265 +791,65 @@ static int commit_node(dm_graph *g, dm_node *n)
     json_object_set_new(j, "op", json_string(n->op->name));
     json_object_set_new(j, "material", json_string(n->material));
     json_object_set_new(j, "seconds", json_real(n->seconds));
-    for (int k = 0; k < n->nout; k++) {
+    json_object_set_new(j, "outputs", outs);
+    json_object_set_new(j, "products", prods);
+    int rc = 0;
+    for (int k = 0; k < n->nout && !rc; k++) {
         json_t *o = json_object();
-        if (n->outdesc[k].kind == DM_PORT_STREAM) {
-            json_object_set_new(o, "kind", json_string("stream"));
-            json_object_set_new(o, "spilled", json_boolean(n->spill[k]));
-            json_object_set_new(o, "cols", json_integer(n->outdesc[k].shape[1]));
-            if (n->writers[k]) {
-                run_spilled_bytes += dm_spill_writer_bytes(n->writers[k]);
-                int rc = dm_spill_writer_close(n->writers[k]);
-                n->writers[k] = NULL;
-                if (rc) {
-                    json_decref(o), json_decref(j), json_decref(outs), json_decref(prods);
-                    return dm_fail_prefix("node '%s'", n->decl->name);
-                }
-            }
-        } else {
-            char *path = dm_xasprintf("%s/%s.npy", n->dir, n->outs[k].name);
-            json_object_set_new(o, "kind", json_string("tensor"));
-            int rc = 0;
-            if (!n->outtensor[k].data)
-                rc = dm_fail("node '%s': operator '%s' did not set output '%s'", n->decl->name, n->op->name,
-                             n->outs[k].name);
-            else
-                rc = dm_npy_save(path, &n->outtensor[k]);
-            free(path);
-            if (rc) {
-                json_decref(o), json_decref(j), json_decref(outs), json_decref(prods);
-                return -1;
-            }
-        }
         json_object_set_new(outs, n->outs[k].name, o);
+        rc = commit_output(ctx, n, k, o);
     }
     for (int k = 0; k < n->nproducts; k++)
         json_array_append_new(prods, json_string(n->products[k]));
-    json_object_set_new(j, "outputs", outs);
-    json_object_set_new(j, "products", prods);
-    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
-    json_decref(j);
-    char *path = dm_xasprintf("%s/node.json", n->dir);
-    int rc = dm_write_file_atomic(path, text, strlen(text));
-    free(text), free(path);
-    if (rc)
-        return -1;
-    char *final = dm_cache_entry(g, n->key);
-    rc = dm_fsync_path(n->dir);
     if (!rc)
-        rc = dm_dir_publish(n->dir, final);
-    free(final);
-    if (rc)
-        return -1;
-    free(n->dir);
-    n->dir = NULL;
-    return dm_cache_record(g, n);
+        rc = dm_cache_commit(ctx->g, n, j);
+    json_decref(j);
+    return rc;
 }
 
-/* A driver's next chunk; 0 with rows == 0 at the end. */
-static int driver_next(driver *d)
+static int commit_members(dm_run_ctx *ctx, group *G)
 {
-    if (d->reader) {
-        if (dm_spill_next(d->reader, &d->buf))
-            return -2;
-        return 0;
-    }
-    d->buf.rows = 0;
-    double t0 = dm_now();
-    int rc = d->src->op->produce(d->src, &d->buf, d->src->chunk_rows);
-    d->src->seconds += dm_now() - t0;
-    if (rc)
-        return dm_fail_prefix("%s: node '%s' (%s)", d->src->where, d->src->decl->name, d->src->op->name);
-    d->buf.cols = d->src->outdesc[d->port].shape[1];
+    for (int i = 0; i < G->nmembers; i++)
+        if (G->members[i]->run && commit_node(ctx, G->members[i]))
+            return -1;
     return 0;
 }
 
-static char *group_label(const group *G)
+static void close_group(group *G, int failed)
 {
-    char buf[512] = "";
-    for (int i = 0; i < G->nmembers; i++) {
-        strncat(buf, i ? ", " : "", sizeof buf - strlen(buf) - 1);
-        strncat(buf, G->members[i]->decl->name, sizeof buf - strlen(buf) - 1);
+    for (int i = 0; i < G->nmembers; i++)
+        close_node(G->members[i], failed || !G->members[i]->run);
+    for (int j = 0; j < G->ndrivers; j++) {
+        driver *d = &G->drivers[j];
+        dm_spill_reader_close(d->reader);
+        if (d->opened)
+            close_node(d->src, 1);
+        free(d->buf.ptr);
+        d->reader = NULL;
+        d->opened = 0;
+        d->buf.ptr = NULL;
     }
-    return dm_xstrdup(buf);
+    G->ndrivers = G->nexternal; /* member sources are added again when it reruns */
 }
 
-/* Returns 0, -1 on error, -2 when a spill turned out corrupt (*bad = its producer). */
-static int run_group(dm_graph *g, group *G, int gi, dm_node **bad)
+static int run_group_phases(dm_run_ctx *ctx, group *G)
 {
-    int rc = 0, opened_drivers = 0;
-    current_group = gi;
-    /* Spilled inputs first: their manifests give widths decided at run time. */
-    for (int j = 0; j < G->ndrivers && !rc; j++) {
-        driver *d = &G->drivers[j];
-        d->total = d->src->outdesc[d->port].shape[0];
-        opened_drivers = j + 1;
-        /* sources are produced again, unless they keep a spill (spill_source) */
-        if (d->src->op->produce && !(d->src->op->spill_source && (d->src->spill[d->port] || !is_active(d->src))))
-            continue;
-        char *dir = dm_cache_entry(g, d->src->key);
-        d->reader = dm_spill_reader_open(dir, d->src->outs[d->port].name);
-        free(dir);
-        if (!d->reader) {
-            *bad = d->src;
-            rc = -2;
-            break;
-        }
-        d->total = dm_spill_rows(d->reader);
-        d->src->outdesc[d->port].shape[1] = dm_spill_cols(d->reader);
-    }
-    if (!rc && !(rc = load_tensor_inputs(g, G)) && !(rc = refresh_descs(G)))
-        rc = size_chunks(g, G, gi);
-    for (int i = 0; i < G->nmembers && !rc; i++)
-        rc = open_node(g, G->members[i], 1);
-    for (int j = 0; j < G->ndrivers && !rc; j++) {
-        driver *d = &G->drivers[j];
-        int64_t cols = d->src->outdesc[d->port].shape[1];
-        if (d->reader) {
-            d->buf.data = dm_xmalloc_aligned((size_t)dm_spill_max_chunk_rows(d->reader) * (size_t)cols * 4);
-        } else {
-            d->buf.data = dm_xmalloc_aligned((size_t)d->src->chunk_rows * (size_t)cols * 4);
-            if (!is_member(G, d->src))
-                rc = open_node(g, d->src, 0);
-        }
-    }
-    /* Sources that are members drive themselves. */
-    driver *own = NULL;
-    int nown = 0;
-    for (int i = 0; i < G->nmembers && !rc; i++) {
-        dm_node *n = G->members[i];
-        if (!n->op->produce)
-            continue;
-        own = dm_xrealloc(own, (size_t)(nown + 1) * sizeof *own);
-        memset(&own[nown], 0, sizeof *own);
-        own[nown].src = n;
-        own[nown].total = n->outdesc[0].shape[0];
-        own[nown].buf.data = dm_xmalloc_aligned((size_t)n->chunk_rows * (size_t)n->outdesc[0].shape[1] * 4);
-        nown++;
-    }
+    dm_graph *g = ctx->g;
+    if (open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) || size_chunks(g, G))
+        return -1;
+    if (open_members(g, G) || open_sources(g, G))
+        return -1;
+    if (drive(ctx, G) || finish_members(G) || commit_members(ctx, G))
+        return -1;
+    return 0;
+}
 
-    /* A source whose rows nobody in its group reads or spills is not read at all
-     * (its consumers, if any, produce it again in their own group). */
-    int needed = G->ndrivers > 0;
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
-        needed |= !n->op->produce;
-        for (int k = 0; k < n->nout; k++)
-            needed |= n->writers[k] != NULL;
-    }
-    char *label = group_label(G);
-    for (int pass = 0; !rc && needed; pass++) {
-        int64_t total = -1, done = 0;
-        driver *all = dm_xcalloc((size_t)(G->ndrivers + nown) + 1, sizeof *all);
-        int nall = 0;
-        for (int j = 0; j < G->ndrivers; j++)
-            all[nall++] = G->drivers[j];
-        for (int j = 0; j < nown; j++)
-            all[nall++] = own[j];
-        if (nall)
-            total = all[0].total;
-        char *plabel = pass ? dm_xasprintf("%s [pass %d]", label, pass + 1) : dm_xstrdup(label);
-        dm_progress *pr = nall ? dm_progress_start(plabel, total) : NULL;
-        free(plabel);
-        while (nall > 0) {
-            int ended = 0;
-            for (int j = 0; j < nall && !rc; j++) {
-                rc = driver_next(&all[j]);
-                if (rc == -2)
-                    *bad = all[j].src;
-                if (!rc && all[j].buf.rows == 0)
-                    ended++;
-            }
-            if (rc)
-                break;
-            if (ended) {
-                if (ended != nall)
-                    rc = dm_fail("the stream inputs of nodes %s have different numbers of rows", label);
-                break;
-            }
-            for (int j = 1; j < nall && !rc; j++)
-                if (all[j].buf.row0 != all[0].buf.row0 || all[j].buf.rows != all[0].buf.rows)
-                    rc = dm_fail("nodes %s: stream inputs are chunked differently (rows %lld+%lld vs %lld+%lld); "
-                                 "spill them with the same chunk size", label, (long long)all[0].buf.row0,
-                                 (long long)all[0].buf.rows, (long long)all[j].buf.row0, (long long)all[j].buf.rows);
-            for (int j = 0; j < nall && !rc; j++)
-                rc = dm_emit(all[j].src, all[j].port, &all[j].buf);
-            if (rc)
-                break;
-            done += all[0].buf.rows;
-            if (pr) {
-                int64_t sp = run_spilled_bytes;
-                for (int i = 0; i < G->nmembers; i++)
-                    for (int k = 0; k < G->members[i]->nout; k++)
-                        if (G->members[i]->writers[k])
-                            sp += dm_spill_writer_bytes(G->members[i]->writers[k]);
-                dm_progress_update(pr, done, sp);
-            }
-        }
-        if (pr)
-            dm_progress_end(pr, done, run_spilled_bytes, pass == 0);
-        free(all);
-        if (rc)
-            break;
-        int more = 0;
-        for (int i = 0; i < G->nmembers && !rc; i++) {
-            dm_node *n = G->members[i];
-            if (!n->op->end_pass || n->op->produce)
-                continue;
-            int r = n->op->end_pass(n, pass);
-            if (r < 0)
-                rc = dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
-            else if (r > 0 && !has_multipass_input(n))
-                rc = dm_fail("node '%s': operator '%s' asked for another pass over an input it did not declare "
-                             "multipass, or said it reads once", n->decl->name, n->op->name);
-            more |= r > 0;
-        }
-        if (rc || !more)
-            break;
-        for (int j = 0; j < G->ndrivers && !rc; j++) {
-            driver *d = &G->drivers[j];
-            if (d->reader)
-                rc = dm_spill_rewind(d->reader);
-            else {
-                close_node(d->src, 0);
-                rc = open_node(g, d->src, 0);
-            }
-        }
-    }
-    free(label);
-    for (int i = 0; i < G->nmembers && !rc; i++) {
-        dm_node *n = G->members[i];
-        double t0 = dm_now();
-        if (n->op->finish && n->op->finish(n)) {
-            if (!strstr(dm_error(), n->decl->name))
-                dm_fail_prefix("%s: node '%s' (%s)", n->where, n->decl->name, n->op->name);
-            rc = -1;
-        }
-        n->seconds += dm_now() - t0;
-    }
-    for (int i = 0; i < G->nmembers && !rc; i++) {
-        dm_node *n = G->members[i];
-        if (n->run)
-            rc = commit_node(g, n);
-    }
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
-        close_node(n, rc != 0 || !n->run);
-    }
-    for (int j = 0; j < opened_drivers; j++) {
-        driver *d = &G->drivers[j];
-        if (d->reader)
-            dm_spill_reader_close(d->reader);
-        else if (!is_member(G, d->src))
-            close_node(d->src, 1);
-        free(d->buf.data);
-        d->reader = NULL;
-        d->buf.data = NULL;
-    }
-    for (int j = 0; j < nown; j++)
-        free(own[j].buf.data);
-    free(own);
-    current_group = -1;
+static int run_group(dm_run_ctx *ctx, group *G, int gi)
+{
+    ctx->group = gi;
+    int rc = run_group_phases(ctx, G);
+    close_group(G, rc != 0);
+    ctx->group = -1;
     return rc;
 }
 
@@ -705,10 +871,7 @@ static int publish_products(dm_graph *g)
     json_object_set_new(runj, "nodes", stages);
     for (int i = 0; i < g->nnodes && !rc; i++) {
         dm_node *n = g->nodes[i];
-        char *path = dm_xasprintf("%s/%s/node.json", g->cache, n->key);
-        json_error_t err;
-        json_t *j = json_load_file(path, 0, &err);
-        free(path);
+        json_t *j = dm_cache_entry_json(g, n->key);
         json_t *st = json_object();
         json_object_set_new(st, "node", json_string(n->decl->name));
         json_object_set_new(st, "op", json_string(n->op->name));
@@ -740,7 +903,7 @@ static int publish_products(dm_graph *g)
             owner = dm_xrealloc(owner, (size_t)(nseen + 1) * sizeof *owner);
             seen[nseen] = file;
             owner[nseen++] = n->decl->name;
-            char *src = dm_xasprintf("%s/%s/%s", g->cache, n->key, prod);
+            char *src = dm_cache_entry_file(g, n->key, prod);
             char *dst = dm_xasprintf("%s/%s", g->out, file);
             char *slash = strrchr(dst, '/');
             *slash = 0;
@@ -765,47 +928,58 @@ static int publish_products(dm_graph *g)
     return rc;
 }
 
+/* Which stream outputs of a node that runs are spilled, before grouping adds
+ * the ones that cross groups: those with consumers, unless they are a cheap
+ * source's (produced again instead) or the node says `spill: never`. */
+static void plan_spills(dm_graph *g)
+{
+    for (int i = 0; i < g->nnodes; i++) {
+        dm_node *n = g->nodes[i];
+        n->group = -1;
+        for (int k = 0; k < n->nout; k++)
+            n->spill[k] = n->run && n->outdesc[k].kind == DM_PORT_STREAM && n->ncons[k] > 0 &&
+                          (!n->op->produce || n->op->spill_source) && !spill_never(n);
+    }
+}
+
+/* One attempt: plan, group, run every group. */
+static int run_attempt(dm_run_ctx *ctx)
+{
+    dm_graph *g = ctx->g;
+    if (dm_plan(g) || dm_cache_prepare(g))
+        return -1;
+    plan_spills(g);
+    group *gs = NULL;
+    int ng = 0, rc = make_groups(g, &gs, &ng);
+    for (int gi = 0; gi < ng && !rc; gi++)
+        rc = run_group(ctx, &gs[gi], gi);
+    free_groups(gs, ng);
+    return rc;
+}
+
 int dm_run(dm_graph *g)
 {
+    dm_run_ctx ctx = {.g = g, .group = -1};
+    g->run = &ctx;
+    int rc;
     for (int attempt = 0;; attempt++) {
-        if (dm_plan(g))
-            return -1;
-        char *tmp = dm_xasprintf("%s/tmp", g->cache);
-        int rc = dm_mkdir_p(tmp);
-        free(tmp);
-        if (rc)
-            return -1;
-        for (int i = 0; i < g->nnodes; i++) {
-            dm_node *n = g->nodes[i];
-            n->group = -1;
-            for (int k = 0; k < n->nout; k++)
-                n->spill[k] = n->run && n->outdesc[k].kind == DM_PORT_STREAM && n->ncons[k] > 0 &&
-                              (!n->op->produce || n->op->spill_source) &&
-                              !(n->decl->spill && !strcmp(n->decl->spill, "never"));
-        }
-        group *gs = NULL;
-        int ng = 0;
-        if (make_groups(g, &gs, &ng)) {
-            free_groups(gs, ng);
-            return -1;
-        }
-        dm_node *bad = NULL;
-        run_spilled_bytes = 0;
-        for (int gi = 0; gi < ng && !rc; gi++)
-            rc = run_group(g, &gs[gi], gi, &bad);
-        free_groups(gs, ng);
-        if (rc == -2 && bad && attempt < 2) {
-            dm_warn("%s; recomputing node '%s'", dm_error(), bad->decl->name);
-            dm_cache_invalidate(g, bad->key);
-            for (int i = 0; i < g->nnodes; i++)
-                dm_tensor_free(g->nodes[i]->outtensor);
-            continue;
-        }
-        if (rc)
-            return -1;
-        g->ran = 1;
-        return publish_products(g);
+        ctx.spilled_bytes = 0;
+        ctx.unreadable = NULL;
+        rc = run_attempt(&ctx);
+        if (!rc || !ctx.unreadable || attempt >= 2)
+            break;
+        /* a spill that cannot be replayed: recompute its producer */
+        dm_warn("%s; recomputing node '%s'", dm_error(), ctx.unreadable->decl->name);
+        dm_cache_invalidate(g, ctx.unreadable->key);
+        for (int i = 0; i < g->nnodes; i++)
+            for (int k = 0; k < g->nodes[i]->nout; k++)
+                dm_tensor_free(&g->nodes[i]->outtensor[k]);
     }
+    g->run = NULL;
+    if (rc)
+        return -1;
+    g->ran = 1;
+    return publish_products(g);
 }
 
 char *dm_yaml_quote(const char *s)
@@ -830,7 +1004,7 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
     if (!g) {
         fprintf(stderr, "dmica: %s\n", dm_error());
         dm_pipeline_free(p);
-        return 1;
+        return dm_error_exit();
     }
     const char *env = getenv("DMICA_CACHE");
     g->cache = dm_xstrdup(o->cache ? o->cache : env && *env ? env : ".dmica-cache");
@@ -845,5 +1019,5 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
         fprintf(stderr, "dmica: results in %s\n", o->out);
     dm_graph_free(g);
     dm_pipeline_free(p);
-    return rc ? 1 : 0;
+    return rc ? dm_error_exit() : 0;
 }

@@ -2,8 +2,8 @@
  * op_gpt2.c: the `gpt2` operator: windows of token ids in, TransformerLens hook
  * activations out, one output stream per requested hook.
  *
- * Input `tokens`: rows of T token ids carried as float32 (the `text` source's
- * windows, or any stream of integer ids), one window per row. Each hook in
+ * Input `tokens`: rows of T int32 token ids (the `text` source's windows, or
+ * any i32 stream), one window per row. Each hook in
  * `hooks` becomes an output port of that name (blocks.6.hook_resid_pre, ...;
  * a pipeline reads it as node.blocks.6.hook_resid_pre) with one row per token:
  * window w, position t is row w*T + t, w the window's global row index, so
@@ -42,7 +42,7 @@ static const dm_param_spec gpt2_params[] = {
     {"batch", DM_P_INT, "32", "windows per forward pass"},
     {NULL},
 };
-static const dm_port_spec gpt2_inputs[] = {{"tokens", DM_PORT_STREAM}, {NULL}};
+static const dm_port_spec gpt2_inputs[] = {{"tokens", DM_PORT_STREAM, .dtype = DM_I32}, {NULL}};
 
 typedef struct {
     dm_gpt2 *model;
@@ -231,16 +231,14 @@ static int gpt2_open(dm_node *n)
 static int windows_to_ids(gpt2_state *s, const dm_node *n, const dm_chunk *c, int64_t w0, int B)
 {
     for (int b = 0; b < B; b++) {
-        const float *row = c->data + (w0 + b) * c->cols;
+        const int32_t *row = c->i32 + (w0 + b) * c->cols;
         for (int t = 0; t < s->T; t++) {
-            float v = row[t];
-            if (!(v >= 0) || v != floorf(v) || v >= (float)s->cfg.vocab_size)
-                return dm_fail("token id %g at window %lld, position %d of input 'tokens' is %s vocab_size %d of "
-                               "model %s",
-                               (double)v, (long long)(c->row0 + w0 + b), t,
-                               v == floorf(v) ? "not below" : "not an integer id below", s->cfg.vocab_size,
+            int32_t v = row[t];
+            if (v < 0 || v >= s->cfg.vocab_size)
+                return dm_fail("token id %d at window %lld, position %d of input 'tokens' is not below vocab_size %d "
+                               "of model %s", (int)v, (long long)(c->row0 + w0 + b), t, s->cfg.vocab_size,
                                dm_param_str(n, "model"));
-            s->ids[(size_t)b * s->T + t] = (int32_t)v;
+            s->ids[(size_t)b * s->T + t] = v;
         }
     }
     return 0;
@@ -262,7 +260,8 @@ static int gpt2_consume(dm_node *n, int port, const dm_chunk *c)
         for (int64_t off = 0; off < BT; off += cr) {
             int64_t rows = BT - off < cr ? BT - off : cr;
             for (int i = 0; i < s->nhooks; i++) {
-                dm_chunk o = {row0 + off, rows, s->width[i], s->outs[i] + off * s->width[i]};
+                dm_chunk o = {.row0 = row0 + off, .rows = rows, .cols = s->width[i],
+                              .data = s->outs[i] + off * s->width[i]};
                 if (dm_emit(n, i, &o))
                     return -1;
             }

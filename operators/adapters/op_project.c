@@ -82,7 +82,7 @@ static int proj_consume(dm_node *n, int port, const dm_chunk *c)
 {
     project *p = dm_node_state(n);
     p->be->project(p->out, c->data, c->rows, p->W, p->k, p->d, p->mean, p->xc);
-    dm_chunk o = {c->row0, c->rows, p->k, p->out};
+    dm_chunk o = {.row0 = c->row0, .rows = c->rows, .cols = p->k, .data = p->out};
     return dm_emit(n, 0, &o);
 }
 

@@ -172,7 +172,7 @@ static int emit_features(dm_node *n, sae_state *s, int64_t row0)
             o[2] = (float)sp->feature[a];
             o[3] = sp->value[a];
             if (++k == s->chunk) {
-                dm_chunk c = {s->feat_row, k, 4, s->feat};
+                dm_chunk c = {.row0 = s->feat_row, .rows = k, .cols = 4, .data = s->feat};
                 if (dm_emit(n, OUT_FEATURES, &c))
                     return -1;
                 s->feat_row += k;
@@ -180,7 +180,7 @@ static int emit_features(dm_node *n, sae_state *s, int64_t row0)
             }
         }
     if (k) {
-        dm_chunk c = {s->feat_row, k, 4, s->feat};
+        dm_chunk c = {.row0 = s->feat_row, .rows = k, .cols = 4, .data = s->feat};
         if (dm_emit(n, OUT_FEATURES, &c))
             return -1;
         s->feat_row += k;
@@ -203,7 +203,8 @@ static int sae_consume(dm_node *n, int port, const dm_chunk *c)
             if (emit_features(n, s, c->row0 + r0 + t0))
                 return -1;
         }
-        dm_chunk e = {c->row0 + r0, rows, s->d, s->resid}, h = {c->row0 + r0, rows, s->d, s->recon};
+        dm_chunk e = {.row0 = c->row0 + r0, .rows = rows, .cols = s->d, .data = s->resid};
+        dm_chunk h = {.row0 = c->row0 + r0, .rows = rows, .cols = s->d, .data = s->recon};
         if (dm_emit(n, OUT_RESIDUAL, &e) || dm_emit(n, OUT_RECON, &h))
             return -1;
     }

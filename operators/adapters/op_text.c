@@ -1,7 +1,6 @@
 /*
  * op_text.c: the `text` source: a corpus on disk in, windows of GPT-2 token ids
- * out, one row per window, `context` columns, each id carried exactly as a
- * float32 (ids < 2^24).
+ * out, one row per window, `context` columns of int32 ids.
  *
  * Documents come from io/corpus.c (txt, jsonl, compressed and archived files,
  * nanoGPT .bin and 1-D integer .npy token files) in a fixed order: the files
@@ -76,7 +75,7 @@ static const dm_param_spec text_params[] = {
     {"shard_by", DM_P_STRING, "window", "window (round robin over windows) or document (over documents)"},
     {NULL},
 };
-static const dm_port_spec text_outputs[] = {{"windows", DM_PORT_STREAM}, {NULL}};
+static const dm_port_spec text_outputs[] = {{"windows", DM_PORT_STREAM, .dtype = DM_I32}, {NULL}};
 
 typedef struct {
     int ctx, pack, bos, by_doc;
@@ -427,7 +426,7 @@ static int fill(text_state *s)
 }
 
 /* The next window of this shard into w: 1, 0 at the end, -1 on error. */
-static int next_window(text_state *s, float *w)
+static int next_window(text_state *s, int32_t *w)
 {
     for (;;) {
         if (s->done || (s->limit >= 0 && s->made >= s->limit))
@@ -442,8 +441,7 @@ static int next_window(text_state *s, float *w)
         int64_t g = s->made++;
         if (!s->by_doc && g % s->shards != s->shard)
             continue;
-        for (int j = 0; j < s->ctx; j++)
-            w[j] = (float)q[j];
+        memcpy(w, q, (size_t)s->ctx * sizeof *w);
         return 1;
     }
 }
@@ -529,7 +527,7 @@ static int text_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
     text_state *s = dm_node_state(n);
     int64_t rows = 0;
     while (rows < max_rows) {
-        int r = next_window(s, out->data + rows * s->ctx);
+        int r = next_window(s, out->i32 + rows * s->ctx);
         if (r < 0)
             return -1;
         if (r == 0)
@@ -550,7 +548,7 @@ static int text_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
 
 const dm_op dm_op_text = {
     .name = "text",
-    .version = 1,
+    .version = 2, /* windows are int32 (were float32): a new spill format */
     .summary = "windows of GPT-2 token ids from text, jsonl, archives, .bin or .npy token files",
     .params = text_params,
     .outputs = text_outputs,

@@ -38,7 +38,7 @@ static const dm_param_spec topk_params[] = {
 };
 static const dm_port_spec topk_inputs[] = {
     {"values", DM_PORT_STREAM},
-    {"windows", DM_PORT_STREAM, 0, 1, 1},
+    {"windows", DM_PORT_STREAM, 0, 1, 1, DM_I32},
     {NULL},
 };
 static const dm_port_spec topk_outputs[] = {{"examples", DM_PORT_TENSOR}, {NULL}};
@@ -223,7 +223,7 @@ static json_t *json_text(const char *s, size_t len)
     return j;
 }
 
-static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *tok, float *window)
+static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *tok, int32_t *window)
 {
     json_t *x = json_object();
     json_object_set_new(x, "row", json_integer(e->row));
@@ -241,10 +241,10 @@ static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *t
     int32_t ids[4096];
     json_t *jids = json_array();
     for (int64_t i = lo; i < hi && i - lo < 4096; i++) {
-        ids[i - lo] = (int32_t)window[i];
+        ids[i - lo] = window[i];
         json_array_append_new(jids, json_integer(ids[i - lo]));
     }
-    json_object_set_new(x, "token_id", json_integer((int32_t)window[pos]));
+    json_object_set_new(x, "token_id", json_integer(window[pos]));
     json_object_set_new(x, "context_ids", jids);
     json_object_set_new(x, "context_start", json_integer(lo));
     if (tok) {
@@ -298,7 +298,7 @@ static int topk_finish(dm_node *n)
     dm_tokenizer *tok = NULL;
     if (*tokdir && t->T && !(tok = dm_tokenizer_load(tokdir)))
         return -1;
-    float *window = dm_xmalloc((size_t)(t->T > 0 ? t->T : 1) * sizeof(float));
+    int32_t *window = dm_xmalloc((size_t)(t->T > 0 ? t->T : 1) * sizeof *window);
     json_t *root = json_object(), *comps = json_array();
     json_object_set_new(root, "k", json_integer(t->k));
     json_object_set_new(root, "context", json_integer(dm_param_int(n, "context")));

@@ -3,7 +3,8 @@
  * by the name a pipeline gives in `op:`.
  *
  * Operators still being written are declared weak: until their file exists the
- * slot is NULL and skipped, so the tree builds at every step.
+ * slot is NULL and skipped, so the tree builds at every step. Tests add their own
+ * (mock) operators with dm_registry_add.
  */
 #include <string.h>
 
@@ -24,15 +25,16 @@ static const dm_op *const all[] = {
     &dm_op_covariance, &dm_op_pca, &dm_op_project, &dm_op_fastica, &dm_op_ica_compare, &dm_op_topk, &dm_op_report,
 };
 #define NALL (sizeof all / sizeof all[0])
-static const dm_op *registry[NALL + 1];
+static const dm_op **registry; /* NULL-terminated: the operators above that exist, then added ones */
+static size_t nregistry;
 
 const dm_op *const *dm_registry(void)
 {
-    if (!registry[0]) {
-        size_t n = 0;
+    if (!registry) {
+        registry = dm_xcalloc(NALL + 1, sizeof *registry);
         for (size_t i = 0; i < NALL; i++)
             if (all[i])
-                registry[n++] = all[i];
+                registry[nregistry++] = all[i];
     }
     return registry;
 }
@@ -44,4 +46,14 @@ const dm_op *dm_find_op(const char *name)
         if (!strcmp(r[i]->name, name))
             return r[i];
     return NULL;
+}
+
+int dm_registry_add(const dm_op *op)
+{
+    if (dm_find_op(op->name))
+        return dm_failc(DM_E_INTERNAL, "operator '%s' is registered already", op->name);
+    registry = dm_xrealloc(registry, (nregistry + 2) * sizeof *registry);
+    registry[nregistry++] = op;
+    registry[nregistry] = NULL;
+    return 0;
 }

@@ -6,7 +6,7 @@ python3 - <<'P'
 import numpy as np
 rng = np.random.default_rng(3)
 W, T, C = 50, 16, 3
-win = rng.integers(0, 50000, size=(W, T)).astype(np.float32)
+win = rng.integers(0, 50000, size=(W, T)).astype(np.int32)
 win[:, 0] = 50256                      # BOS
 np.save("windows.npy", win)
 v = rng.standard_t(3, size=(W * T, C)).astype(np.float32)
@@ -17,7 +17,7 @@ cat > p.yaml <<Y
 name: topk
 memory: 70M
 nodes:
-  win: {op: npy, params: {path: windows.npy}, spill: always}
+  win: {op: npy, params: {path: windows.npy, dtype: i32}, spill: always}
   vals: {op: npy, params: {path: values.npy}}
   top:
     op: topk
@@ -57,7 +57,7 @@ P
 # the decoded text is GPT-2's: a window of known ids decodes to known text
 python3 - <<'P'
 import numpy as np
-win = np.full((2, 8), 50256, dtype=np.float32)
+win = np.full((2, 8), 50256, dtype=np.int32)
 win[1, 1:6] = [15496, 995, 11, 257, 1332]          # "Hello world, a test"
 np.save("windows.npy", win)
 v = np.zeros((16, 1), dtype=np.float32); v[11, 0] = 5.0   # window 1, position 3: ","

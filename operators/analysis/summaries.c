@@ -52,7 +52,7 @@ int dm_summary_read(const dm_tensor *t, const char *name, dm_summary_kind kind, 
                         (unsigned long long)n, kind_name(kind));
     memcpy(&h, t->data, sizeof h);
     if (memcmp(h.magic, DM_SUMMARY_MAGIC, sizeof h.magic))
-        return dm_failc(DM_E_CORRUPT, "%s: not a typed summary (no '%s' header): connect a %s", name,
+        return dm_failc(DM_E_CORRUPT, "%s: not a typed summary (no '%s' header); expected the %s", name,
                         DM_SUMMARY_MAGIC, kind_name(kind));
     if (h.kind != (uint32_t)kind)
         return dm_failc(DM_E_CORRUPT, "%s: holds a %s, expected a %s", name, kind_name(h.kind), kind_name(kind));
@@ -138,17 +138,21 @@ int dm_examples_summary_read(const dm_tensor *t, const char *name, dm_examples_v
     v->text = (const char *)(v->examples + s->total_examples);
     for (int64_t j = 0; j < s->columns; j++) {
         const dm_examples_column *c = &v->columns[j];
-        if (!in_range(c->first_bin, c->bins, s->total_bins) || c->ntop < 0 || c->nbottom < 0 ||
-            !in_range(c->first_example, c->ntop + c->nbottom, s->total_examples))
-            return dm_examples_view_free(v), dm_failc(DM_E_CORRUPT, "%s: column %lld of the examples summary points outside its arrays", name,
-                            (long long)j);
+        if (!in_range(c->first_bin, c->bins, s->total_bins) || !in_range(0, c->ntop, big) ||
+            !in_range(0, c->nbottom, big) || !in_range(c->first_example, c->ntop + c->nbottom, s->total_examples)) {
+            dm_examples_view_free(v);
+            return dm_failc(DM_E_CORRUPT, "%s: column %lld of the examples summary points outside its arrays",
+                            name, (long long)j);
+        }
     }
     for (int64_t e = 0; e < s->total_examples; e++) {
         const dm_example *x2 = &v->examples[e];
         if (!in_range(x2->left, x2->left_len, s->text_bytes) || !in_range(x2->token, x2->token_len, s->text_bytes) ||
-            !in_range(x2->right, x2->right_len, s->text_bytes))
-            return dm_examples_view_free(v), dm_failc(DM_E_CORRUPT, "%s: example %lld of the examples summary points outside its text", name,
+            !in_range(x2->right, x2->right_len, s->text_bytes)) {
+            dm_examples_view_free(v);
+            return dm_failc(DM_E_CORRUPT, "%s: example %lld of the examples summary points outside its text", name,
                             (long long)e);
+        }
     }
     return 0;
 }

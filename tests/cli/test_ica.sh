@@ -26,7 +26,7 @@ P
 expect_ok $DMICA ica --in X.npy --components 6 --out ram --cache c1 --quiet
 expect_ok $DMICA ica --in X.npy --components 6 --out stream --cache c2 --memory 80M --quiet
 expect_ok $DMICA ica --in X.npy --components 6 --out again --cache c3 --quiet
-for f in directions.npy unmixing.npy mixing.npy plan_directions.npy ica.json ica_compare.json; do
+for f in directions.npy unmixing.npy mixing.npy unscaled_patterns.npy ica.json ica_compare.json; do
     [ -s ram/$f ] || fail "ram/$f missing"
 done
 cmp ram/unmixing.npy again/unmixing.npy || fail "same seed gave a different result"

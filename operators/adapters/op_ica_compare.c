@@ -79,15 +79,15 @@ static int cmp_infer(dm_node *n)
     const dm_port_desc *w = dm_input_desc(n, IN_UNMIXING), *ev = dm_input_desc(n, IN_EIGENVALUES),
                        *c = dm_input_desc(n, IN_COMPONENTS), *mu = dm_input_desc(n, IN_MEAN);
     if (w->ndim != 2 || (w->shape[0] >= 0 && w->shape[1] >= 0 && w->shape[0] != w->shape[1]))
-        return dm_fail("input unmixing must be a square k x k matrix (fastica's 'unmixing')");
+        return dm_failc(DM_E_SHAPE, "input unmixing must be a square k x k matrix (fastica's 'unmixing')");
     if (c->ndim != 2 || ev->ndim != 1)
-        return dm_fail("inputs eigenvalues (d) and components (d x d) must be pca's outputs");
+        return dm_failc(DM_E_SHAPE, "inputs eigenvalues (d) and components (d x d) must be pca's outputs");
     int64_t k = w->shape[0], d = c->shape[1];
     if (k > 0 && c->shape[0] >= 0 && k > c->shape[0])
-        return dm_fail("unmixing is %lld x %lld but pca has only %lld components", (long long)k, (long long)k,
-                       (long long)c->shape[0]);
+        return dm_failc(DM_E_SHAPE, "unmixing is %lld x %lld but pca has only %lld components", (long long)k,
+                        (long long)k, (long long)c->shape[0]);
     if (mu && (mu->ndim != 1 || (d >= 0 && mu->shape[0] >= 0 && mu->shape[0] != d)))
-        return dm_fail("input mean must be a vector of %lld values", (long long)d);
+        return dm_failc(DM_E_SHAPE, "input mean must be a vector of %lld values", (long long)d);
     if (dm_param_int(n, "null_samples") < 0)
         return dm_fail("null_samples must be >= 0");
     const char *f = dm_param_str(n, "file");
@@ -203,8 +203,8 @@ static int cmp_finish(dm_node *n)
     dm_compare_summary cs;
     int rc = -1;
     if (wt->ndim != 2 || wt->shape[1] != k || ct->ndim != 2 || ct->shape[0] < k || evt->shape[0] < k)
-        return dm_failc(DM_E_SHAPE, "unmixing %lld x %lld does not fit pca's %lld components", (long long)wt->shape[0],
-                        (long long)wt->shape[1], (long long)ct->shape[0]);
+        return dm_failc(DM_E_SHAPE, "unmixing %lld x %lld does not fit pca's %lld components",
+                        (long long)wt->shape[0], (long long)wt->shape[1], (long long)ct->shape[0]);
     W = as_f64(wt), ev = as_f64(evt), C = as_f64(ct);
     mean = mt ? as_f64(mt) : NULL;
     for (int64_t i = 0; i < k; i++)

@@ -159,7 +159,7 @@ int dm_cmd_analyze(int argc, char **argv)
         "    inputs: {unmixing: ica.unmixing, eigenvalues: pca.eigenvalues, components: pca.components,"
         " mean: residual_covariance.mean, decoder: sae.decoder}\n"
         "    params: {directions_file: ica_directions.npy, filters_file: ica_filters.npy, mixing_file: ica_mixing.npy,"
-        " plan_file: ica_plan_directions.npy}\n"
+        " unscaled_file: ica_unscaled_patterns.npy}\n"
         "  sources:\n    op: project\n    inputs: {x: sae.residual, matrix: compare.filters, mean: residual_covariance.mean}\n"
         "  ica_activations:\n    op: project\n    inputs: {x: acts, matrix: compare.directions}\n"
         "  top_sources:\n    op: topk\n    inputs: {values: sources%s}\n"

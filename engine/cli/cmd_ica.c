@@ -18,7 +18,7 @@ static void ica_usage(FILE *f)
           "  DIR/directions.npy       K x d patterns (unit rows): what each component writes into X's space\n"
           "  DIR/unmixing.npy         K x d filters: sources = unmixing @ (x - mean)\n"
           "  DIR/mixing.npy           d x K: x - mean ~= mixing @ sources\n"
-          "  DIR/plan_directions.npy  the plan's mixing^T @ components (neither; for comparison)\n"
+          "  DIR/unscaled_patterns.npy  mixing^T @ components without the eigenvalue scaling (for comparison)\n"
           "  DIR/ica.json             iterations, convergence per seed, stability, timings\n"
           "  DIR/ica_compare.json     variance explained (and the SAE comparison with --decoder)\n"
           "  DIR/pca.json             the whitening's eigenvalues\n"

@@ -34,7 +34,8 @@
  *                         match s_0's components (unmixings[0] = unmixing)
  *   stability  (k)        smallest matched |cos| of each component of s_0
  *   match      (S, k) i64 row of seed i matched to component j of s_0
- *   summary    (bytes) u8 the text of ica.json, for the report operator
+ *   summary    dm_ica_summary (operators/analysis/summaries.h) with the text
+ *              of ica.json, for the report operator
  * Product: ica.json (iterations, convergence flags and per-iteration log per
  * seed, timings, stability, unstable components). Non-convergence is a warning
  * and is recorded in ica.json ("converged": false).
@@ -49,6 +50,7 @@
 #include "fastica.h"
 #include "fs.h"
 #include "op.h"
+#include "summaries.h"
 
 enum { OUT_UNMIXING, OUT_UNMIXINGS, OUT_STABILITY, OUT_MATCH, OUT_SUMMARY };
 
@@ -434,6 +436,20 @@ static json_t *int_array(const int *v, int64_t n)
     return a;
 }
 
+/* The typed summary for the report (summaries.h), with ica.json's text. */
+static void pack_summary(const fastica *s, int64_t unstable, const dm_tensor *doc, dm_tensor *out)
+{
+    dm_ica_summary sm;
+    memset(&sm, 0, sizeof sm);
+    sm.k = s->k, sm.rows = s->seen, sm.seeds = s->S, sm.passes = s->passes;
+    sm.iterations = s->iters[0], sm.converged = s->conv[0] != 0, sm.all_converged = 1;
+    for (int64_t i = 0; i < s->S; i++)
+        sm.all_converged &= s->conv[i] != 0;
+    sm.unstable_count = unstable;
+    dm_summary_pack(out, DM_SUMMARY_ICA, DM_SUMMARY_ICA_VERSION, &sm, sizeof sm, doc->data,
+                    (uint64_t)dm_tensor_numel(doc));
+}
+
 static int ica_finish(dm_node *n)
 {
     fastica *s = dm_node_state(n);
@@ -527,7 +543,11 @@ static int ica_finish(dm_node *n)
     json_object_set_new(o, "seeds", seeds);
     free(cosv);
     free(sign);
-    int bad = dm_publish_json(n, file, "ica summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), &summary);
+    dm_tensor doc = {0};
+    int bad = dm_publish_json(n, file, "ica summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), &doc);
+    if (!bad)
+        pack_summary(s, (int64_t)json_array_size(unst), &doc, &summary);
+    dm_tensor_free(&doc);
     json_decref(o);
     if (bad)
         goto end;
@@ -544,7 +564,7 @@ end:
 
 const dm_op dm_op_fastica = {
     .name = "fastica",
-    .version = 2,
+    .version = 3,
     .summary = "parallel FastICA (sklearn semantics) of a whitened stream, several seeds, stability",
     .params = ica_params,
     .inputs = ica_inputs,

@@ -1,52 +1,46 @@
 /*
- * op_ica_compare.c: FastICA's unmixing matrix taken back to activation space
- * (DOMAIN.md §6), and compared with an SAE's decoder rows (the plan's step 6).
- *
- * With whitening z = L^(-1/2) C (e - mean) (L the k top eigenvalues, C their
- * eigenvectors, k x d) and z = A s, W = A^-1 (fastica.unmixing):
- *   mixing      (d, k)  C^T L^(1/2) A: e - mean = mixing s on the top-k span
- *   directions  (k, d)  the patterns: columns of mixing, normalised (what a
- *                       decoder row is the analogue of; compare these)
- *   filters     (k, d)  W L^(-1/2) C: s = filters (e - mean)
- *   offset      (k)     filters mean (s = filters e - offset), 0 without mean
- *   plan_directions (k, d)  the plan's A^T C, rows normalised: it drops
- *                       L^(1/2) and is neither patterns nor filters; kept
- *                       only as a labelled comparison
- * The variance the ICA reconstruction explains (plan step 8b) follows from
- * the eigenvalues alone: mixing filters = C^T C (A W = I), the projection on
- * the top-k span, so it explains sum_{i<k} lambda_i / sum_i lambda_i. The
- * plan's own reconstruction (z C, without L^(1/2)) is reported beside it.
+ * op_ica_compare.c: FastICA's unmixing matrix taken back to activation space,
+ * and compared with an SAE's decoder rows. The algebra, the null directions
+ * and the comparison are in operators/analysis/ica_backproject.h, which
+ * defines each output:
+ *   directions  (k, d)  the patterns (unit rows): compare these with W_dec
+ *   filters     (k, d)  sources = filters (e - mean)
+ *   mixing      (d, k)
+ *   unscaled_patterns (k, d)  A^T C without the eigenvalue scaling, unit
+ *                       rows: neither patterns nor filters, for comparison
+ *   offset      (k)     filters mean
+ *   max_cos, best_feature (k)  per pattern, the max |cos| with a decoder row
+ *                       and that row (NaN and -1 without a decoder)
+ *   summary             dm_compare_summary (operators/analysis/summaries.h):
+ *                       the variance explained, and the |cos| summaries of the
+ *                       patterns and of the two null baselines
  *
  * SAE comparison (decoder given, W_dec d_sae x d, or d x d_sae which is
  * transposed with a note): |cos| of every pattern with every normalised
  * decoder row in one SGEMM; per component the maximum and the feature that
- * reaches it; their histogram; counts above 0.8 and below 0.3. The null
- * baselines go through the same GEMM: `null_samples` random unit directions,
- * and as many random directions drawn from the residual covariance
- * (C^T L^(1/2) g, g standard normal over all components with lambda > 0).
- * Without a decoder only the back-projection and variance are computed.
+ * reaches it; their histogram; counts above and below the similarity
+ * thresholds (operators/analysis/verdict.h). The null baselines go through
+ * the same GEMM: `null_samples` random unit directions, and as many random
+ * directions drawn from the residual covariance. Without a decoder only the
+ * back-projection and variance are computed.
  *
  * Products: directions.npy, unmixing.npy (the filters), mixing.npy,
- * plan_directions.npy, and `file` (ica_compare.json). The same JSON is the
- * `summary` output (its UTF-8 bytes as a 1-D u8 tensor), for the report.
+ * unscaled_patterns.npy, and `file` (ica_compare.json).
  */
-#include <cblas.h>
 #include <jansson.h>
-#include <lapacke.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "fastica.h"
 #include "fs.h"
+#include "ica_backproject.h"
 #include "npy.h"
 #include "op.h"
+#include "summaries.h"
 
 enum { IN_UNMIXING, IN_EIGENVALUES, IN_COMPONENTS, IN_MEAN, IN_DECODER };
-enum { OUT_DIRECTIONS, OUT_FILTERS, OUT_MIXING, OUT_PLAN, OUT_OFFSET, OUT_MAXCOS, OUT_BEST, OUT_SUMMARY };
-
-#define HIST_BINS 20
+enum { OUT_DIRECTIONS, OUT_FILTERS, OUT_MIXING, OUT_UNSCALED, OUT_OFFSET, OUT_MAXCOS, OUT_BEST, OUT_SUMMARY };
 
 static const dm_param_spec cmp_params[] = {
     {"decoder", DM_P_PATH, "", "SAE W_dec as a .npy (d_sae x d), if not given on the 'decoder' input"},
@@ -56,7 +50,8 @@ static const dm_param_spec cmp_params[] = {
     {"directions_file", DM_P_STRING, "directions.npy", "product: the patterns (k x d, unit rows)"},
     {"filters_file", DM_P_STRING, "unmixing.npy", "product: the filters (k x d), sources = filters (e - mean)"},
     {"mixing_file", DM_P_STRING, "mixing.npy", "product: the mixing matrix (d x k)"},
-    {"plan_file", DM_P_STRING, "plan_directions.npy", "product: the plan's formula, for comparison"},
+    {"unscaled_file", DM_P_STRING, "unscaled_patterns.npy",
+     "product: the patterns without the eigenvalue scaling (k x d, unit rows), for comparison"},
     {NULL},
 };
 static const dm_port_spec cmp_inputs[] = {
@@ -68,14 +63,14 @@ static const dm_port_spec cmp_inputs[] = {
     {NULL},
 };
 static const dm_port_spec cmp_outputs[] = {
-    {"directions", DM_PORT_TENSOR},      {"filters", DM_PORT_TENSOR}, {"mixing", DM_PORT_TENSOR},
-    {"plan_directions", DM_PORT_TENSOR}, {"offset", DM_PORT_TENSOR},  {"max_cos", DM_PORT_TENSOR},
-    {"best_feature", DM_PORT_TENSOR},    {"summary", DM_PORT_TENSOR},  {NULL},
+    {"directions", DM_PORT_TENSOR},        {"filters", DM_PORT_TENSOR}, {"mixing", DM_PORT_TENSOR},
+    {"unscaled_patterns", DM_PORT_TENSOR}, {"offset", DM_PORT_TENSOR},  {"max_cos", DM_PORT_TENSOR},
+    {"best_feature", DM_PORT_TENSOR},      {"summary", DM_PORT_TENSOR}, {NULL},
 };
 
 static int cmp_infer(dm_node *n)
 {
-    static const char *files[] = {"directions_file", "filters_file", "mixing_file", "plan_file"};
+    static const char *files[] = {"directions_file", "filters_file", "mixing_file", "unscaled_file"};
     for (int i = 0; i < 4; i++) {
         const char *f = dm_param_str(n, files[i]);
         if (!*f || strchr(f, '/'))
@@ -84,15 +79,15 @@ static int cmp_infer(dm_node *n)
     const dm_port_desc *w = dm_input_desc(n, IN_UNMIXING), *ev = dm_input_desc(n, IN_EIGENVALUES),
                        *c = dm_input_desc(n, IN_COMPONENTS), *mu = dm_input_desc(n, IN_MEAN);
     if (w->ndim != 2 || (w->shape[0] >= 0 && w->shape[1] >= 0 && w->shape[0] != w->shape[1]))
-        return dm_fail("input unmixing must be a square k x k matrix (fastica's 'unmixing')");
+        return dm_failc(DM_E_SHAPE, "input unmixing must be a square k x k matrix (fastica's 'unmixing')");
     if (c->ndim != 2 || ev->ndim != 1)
-        return dm_fail("inputs eigenvalues (d) and components (d x d) must be pca's outputs");
+        return dm_failc(DM_E_SHAPE, "inputs eigenvalues (d) and components (d x d) must be pca's outputs");
     int64_t k = w->shape[0], d = c->shape[1];
     if (k > 0 && c->shape[0] >= 0 && k > c->shape[0])
-        return dm_fail("unmixing is %lld x %lld but pca has only %lld components", (long long)k, (long long)k,
-                       (long long)c->shape[0]);
+        return dm_failc(DM_E_SHAPE, "unmixing is %lld x %lld but pca has only %lld components", (long long)k,
+                        (long long)k, (long long)c->shape[0]);
     if (mu && (mu->ndim != 1 || (d >= 0 && mu->shape[0] >= 0 && mu->shape[0] != d)))
-        return dm_fail("input mean must be a vector of %lld values", (long long)d);
+        return dm_failc(DM_E_SHAPE, "input mean must be a vector of %lld values", (long long)d);
     if (dm_param_int(n, "null_samples") < 0)
         return dm_fail("null_samples must be >= 0");
     const char *f = dm_param_str(n, "file");
@@ -147,75 +142,50 @@ static int save_product(dm_node *n, const char *file, const dm_tensor *t)
     return rc ? rc : dm_publish(n, file);
 }
 
-/* Summary of max |cos| values: mean, quantiles, counts, histogram. */
-static json_t *summarise(const double *maxc, int64_t m)
+static json_t *num_or_null(double x, int64_t m) { return m ? json_real(x) : json_null(); }
+
+/* ica_compare.json's summary of max |cos| values. */
+static json_t *cos_json(const dm_cos_summary *s)
 {
     json_t *o = json_object(), *h = json_array();
-    double *sorted = dm_xmalloc((size_t)(m > 0 ? m : 1) * sizeof(double)), sum = 0;
-    int64_t hist[HIST_BINS] = {0}, hi = 0, lo = 0;
-    for (int64_t i = 0; i < m; i++) {
-        sorted[i] = maxc[i];
-        sum += maxc[i];
-        int b = (int)(maxc[i] * HIST_BINS);
-        hist[b < 0 ? 0 : b >= HIST_BINS ? HIST_BINS - 1 : b]++;
-        hi += maxc[i] > 0.8;
-        lo += maxc[i] < 0.3;
-    }
-    for (int64_t i = 1; i < m; i++) /* insertion sort: m is small */
-        for (int64_t j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
-            double t = sorted[j];
-            sorted[j] = sorted[j - 1];
-            sorted[j - 1] = t;
-        }
-    json_object_set_new(o, "count", json_integer(m));
-    json_object_set_new(o, "mean_max_cosine", m ? json_real(sum / (double)m) : json_null());
-    const double qs[] = {0.05, 0.5, 0.95, 0.99};
-    const char *qn[] = {"q05", "median", "q95", "q99"};
-    for (int q = 0; q < 4; q++)
-        json_object_set_new(o, qn[q], m ? json_real(sorted[(int64_t)(qs[q] * (double)(m - 1) + 0.5)]) : json_null());
-    json_object_set_new(o, "high_similarity_count", json_integer(hi));
-    json_object_set_new(o, "low_similarity_count", json_integer(lo));
-    for (int b = 0; b < HIST_BINS; b++)
-        json_array_append_new(h, json_integer(hist[b]));
+    json_object_set_new(o, "count", json_integer(s->count));
+    json_object_set_new(o, "mean_max_cosine", num_or_null(s->mean, s->count));
+    json_object_set_new(o, "q05", num_or_null(s->q05, s->count));
+    json_object_set_new(o, "median", num_or_null(s->median, s->count));
+    json_object_set_new(o, "q95", num_or_null(s->q95, s->count));
+    json_object_set_new(o, "q99", num_or_null(s->q99, s->count));
+    json_object_set_new(o, "high_similarity_count", json_integer(s->high));
+    json_object_set_new(o, "low_similarity_count", json_integer(s->low));
+    for (int b = 0; b < DM_COS_BINS; b++)
+        json_array_append_new(h, json_integer(s->histogram[b]));
     json_object_set_new(o, "histogram", h);
     json_object_set_new(o, "histogram_edges", json_string("20 bins of width 0.05 over [0, 1]"));
-    free(sorted);
     return o;
 }
 
-/* For each of the m unit rows of X (m, d) f32, the max |cos| with the rows of
- * D (dsae, d) f32 (unit or zero) and its index: blocks of 4096 decoder rows. */
-static void max_abs_cos(const float *X, int64_t m, const float *D, int64_t dsae, int64_t d, double *maxc,
-                        int64_t *best)
+/* The decoder as unit rows (d_sae, d) float32; *dsae its rows. */
+static float *unit_decoder(dm_node *n, const dm_tensor *dect, int64_t d, int64_t *dsae)
 {
-    const int64_t B = 4096;
-    float *c = dm_xmalloc((size_t)(m * B) * sizeof(float));
-    for (int64_t i = 0; i < m; i++)
-        maxc[i] = -1, best[i] = -1;
-    for (int64_t b0 = 0; b0 < dsae; b0 += B) {
-        int64_t nb = dsae - b0 < B ? dsae - b0 : B;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)nb, (int)d, 1.0f, X, (int)d,
-                    D + b0 * d, (int)d, 0.0f, c, (int)nb);
-        for (int64_t i = 0; i < m; i++)
-            for (int64_t j = 0; j < nb; j++) {
-                double a = fabs((double)c[i * nb + j]);
-                if (a > maxc[i])
-                    maxc[i] = a, best[i] = b0 + j;
-            }
+    if (dect->ndim != 2 || (dect->dtype != DM_F32 && dect->dtype != DM_F64)) {
+        dm_failc(DM_E_SHAPE, "decoder must be a 2-D float32 or float64 matrix (W_dec, d_sae x %lld)", (long long)d);
+        return NULL;
     }
-    free(c);
-}
-
-static void normalise_rows(double *X, int64_t m, int64_t d)
-{
-    for (int64_t i = 0; i < m; i++) {
-        double s = 0;
-        for (int64_t j = 0; j < d; j++)
-            s += X[i * d + j] * X[i * d + j];
-        s = s > 0 ? 1.0 / sqrt(s) : 0.0;
-        for (int64_t j = 0; j < d; j++)
-            X[i * d + j] *= s;
+    int64_t r = dect->shape[0], c = dect->shape[1];
+    int transposed = 0;
+    if (c == d)
+        *dsae = r;
+    else if (r == d) {
+        *dsae = c, transposed = 1;
+        dm_info("%s: decoder is %lld x %lld: taking it as W_dec^T (d x d_sae)", dm_node_name(n), (long long)r,
+                (long long)c);
+    } else {
+        dm_failc(DM_E_SHAPE, "decoder is %lld x %lld but the residual has d = %lld: neither dimension matches",
+                 (long long)r, (long long)c, (long long)d);
+        return NULL;
     }
+    float *Dn = dm_xmalloc((size_t)(*dsae * d) * sizeof(float));
+    dm_unit_rows_f32(dect->data, dect->dtype == DM_F64, *dsae, d, transposed, Dn);
+    return Dn;
 }
 
 static int cmp_finish(dm_node *n)
@@ -226,83 +196,51 @@ static int cmp_finish(dm_node *n)
     const char *file = dm_param_str(n, "file"), *decpath = dm_param_str(n, "decoder");
     int64_t k = wt->shape[0], d = ct->shape[1], ns = dm_param_int(n, "null_samples");
     dm_tensor out[7] = {{0}}, dec = {0}, summary = {0};
-    double *W = NULL, *ev = NULL, *C = NULL, *A = NULL, *mean = NULL;
+    double *W = NULL, *ev = NULL, *C = NULL, *A = NULL, *mean = NULL, *mc = NULL;
+    int64_t *bf = NULL;
     float *Dn = NULL, *X = NULL;
     json_t *o = NULL;
+    dm_compare_summary cs;
     int rc = -1;
     if (wt->ndim != 2 || wt->shape[1] != k || ct->ndim != 2 || ct->shape[0] < k || evt->shape[0] < k)
-        return dm_fail("unmixing %lld x %lld does not fit pca's %lld components", (long long)wt->shape[0],
-                       (long long)wt->shape[1], (long long)ct->shape[0]);
+        return dm_failc(DM_E_SHAPE, "unmixing %lld x %lld does not fit pca's %lld components",
+                        (long long)wt->shape[0], (long long)wt->shape[1], (long long)ct->shape[0]);
     W = as_f64(wt), ev = as_f64(evt), C = as_f64(ct);
     mean = mt ? as_f64(mt) : NULL;
     for (int64_t i = 0; i < k; i++)
-        if (!(ev[i] > 0))
-            {
-                dm_fail("eigenvalue %lld is %g: the whitening cannot have used it", (long long)i, ev[i]);
-                goto end;
-            }
-    /* A = W^-1 */
+        if (!(ev[i] > 0)) {
+            dm_fail("eigenvalue %lld is %g: the whitening cannot have used it", (long long)i, ev[i]);
+            goto end;
+        }
     A = dm_xmalloc((size_t)(k * k) * sizeof(double));
-    memcpy(A, W, (size_t)(k * k) * sizeof(double));
-    lapack_int *piv = dm_xmalloc((size_t)k * sizeof(lapack_int));
-    lapack_int info = LAPACKE_dgetrf(LAPACK_ROW_MAJOR, (int)k, (int)k, A, (int)k, piv);
-    if (!info)
-        info = LAPACKE_dgetri(LAPACK_ROW_MAJOR, (int)k, A, (int)k, piv);
-    free(piv);
-    if (info) {
-        dm_fail("unmixing matrix is singular (LAPACK info %d)", (int)info);
+    if (dm_ica_invert(W, k, A))
         goto end;
-    }
     int64_t kd[2] = {k, d}, dk[2] = {d, k}, k1[1] = {k};
     for (int p = 0; p < 7; p++)
         dm_tensor_init(&out[p], p == OUT_BEST ? DM_I64 : DM_F64, p >= OUT_OFFSET ? 1 : 2,
                        p >= OUT_OFFSET ? k1 : p == OUT_MIXING ? dk : kd);
-    double *dir = out[OUT_DIRECTIONS].data, *fil = out[OUT_FILTERS].data, *mix = out[OUT_MIXING].data,
-           *plan = out[OUT_PLAN].data, *off = out[OUT_OFFSET].data, *maxc = out[OUT_MAXCOS].data;
+    dm_ica_backprojection bp = {out[OUT_DIRECTIONS].data, out[OUT_FILTERS].data, out[OUT_UNSCALED].data,
+                                out[OUT_MIXING].data, out[OUT_OFFSET].data};
+    dm_ica_backproject(W, A, ev, C, mean, k, d, &bp);
+    double *maxc = out[OUT_MAXCOS].data;
     int64_t *best = out[OUT_BEST].data;
-    /* patterns: dir[i] = sum_j A[j,i] sqrt(l_j) C[j]; mixing = dir^T before normalising */
     for (int64_t i = 0; i < k; i++)
-        for (int64_t j = 0; j < k; j++) {
-            double a = A[j * k + i] * sqrt(ev[j]), f = W[i * k + j] / sqrt(ev[j]), pl = A[j * k + i];
-            for (int64_t t = 0; t < d; t++) {
-                dir[i * d + t] += a * C[j * d + t];
-                fil[i * d + t] += f * C[j * d + t];
-                plan[i * d + t] += pl * C[j * d + t];
-            }
-        }
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t t = 0; t < d; t++)
-            mix[t * k + i] = dir[i * d + t];
-    normalise_rows(dir, k, d);
-    normalise_rows(plan, k, d);
-    for (int64_t i = 0; i < k; i++) {
-        double s = 0;
-        for (int64_t t = 0; mean && t < d; t++)
-            s += fil[i * d + t] * mean[t];
-        off[i] = s;
-        maxc[i] = NAN;
-        best[i] = -1;
-    }
+        maxc[i] = NAN, best[i] = -1;
 
-    /* variance explained: proper, and the plan's formula */
-    double total = 0, top = 0, plan_err = 0;
-    for (int64_t i = 0; i < ct->shape[0]; i++) {
-        double l = ev[i] > 0 ? ev[i] : 0;
-        total += l;
-        if (i < k) {
-            top += l;
-            plan_err += l * (1 - 1 / sqrt(l)) * (1 - 1 / sqrt(l));
-        } else
-            plan_err += l;
-    }
+    memset(&cs, 0, sizeof cs);
+    cs.k = k, cs.d = d;
+    dm_ica_variance_explained(ev, ct->shape[0], k, &cs.variance_explained_by_ica,
+                              &cs.variance_explained_by_unscaled_reconstruction);
     o = json_object();
     json_object_set_new(o, "k", json_integer(k));
     json_object_set_new(o, "d", json_integer(d));
-    json_object_set_new(o, "variance_explained_by_ica", json_real(top / total));
-    json_object_set_new(o, "variance_explained_plan_formula", json_real(1 - plan_err / total));
+    json_object_set_new(o, "variance_explained_by_ica", json_real(cs.variance_explained_by_ica));
+    json_object_set_new(o, "variance_explained_by_unscaled_reconstruction",
+                        json_real(cs.variance_explained_by_unscaled_reconstruction));
     json_object_set_new(o, "note",
                         json_string("directions = patterns (columns of mixing, unit); unmixing.npy = filters; "
-                                    "plan_directions = the plan's mixing^T components (neither)"));
+                                    "unscaled_patterns = mixing^T components, without the eigenvalue scaling "
+                                    "(neither)"));
 
     /* the decoder: input tensor, else the file */
     if (!dect && *decpath) {
@@ -313,71 +251,26 @@ static int cmp_finish(dm_node *n)
         dect = &dec;
     }
     if (dect) {
-        if (dect->ndim != 2 || (dect->dtype != DM_F32 && dect->dtype != DM_F64)) {
-            dm_fail("decoder must be a 2-D float32 or float64 matrix (W_dec, d_sae x %lld)", (long long)d);
+        int64_t dsae;
+        if (!(Dn = unit_decoder(n, dect, d, &dsae)))
             goto end;
-        }
-        int64_t r = dect->shape[0], c = dect->shape[1], dsae;
-        int transposed = 0;
-        if (c == d)
-            dsae = r;
-        else if (r == d) {
-            dsae = c, transposed = 1;
-            dm_info("%s: decoder is %lld x %lld: taking it as W_dec^T (d x d_sae)", dm_node_name(n), (long long)r,
-                    (long long)c);
-        } else {
-            dm_fail("decoder is %lld x %lld but the residual has d = %lld: neither dimension matches", (long long)r,
-                    (long long)c, (long long)d);
-            goto end;
-        }
-        Dn = dm_xmalloc((size_t)(dsae * d) * sizeof(float));
-        for (int64_t f = 0; f < dsae; f++) {
-            double s = 0;
-            for (int64_t t = 0; t < d; t++) {
-                int64_t idx = transposed ? t * dsae + f : f * d + t;
-                double v = dect->dtype == DM_F64 ? ((double *)dect->data)[idx] : ((float *)dect->data)[idx];
-                Dn[f * d + t] = (float)v;
-                s += v * v;
-            }
-            float inv = s > 0 ? (float)(1.0 / sqrt(s)) : 0.0f;
-            for (int64_t t = 0; t < d; t++)
-                Dn[f * d + t] *= inv;
-        }
         dm_tensor_free(&dec);
         /* patterns, then the two nulls, through the same GEMM */
         int64_t m = k + 2 * ns;
         X = dm_xmalloc((size_t)(m * d) * sizeof(float));
-        double *row = dm_xmalloc((size_t)d * sizeof(double)), *g = dm_xmalloc((size_t)d * sizeof(double));
         for (int64_t i = 0; i < k * d; i++)
-            X[i] = (float)dir[i];
-        dm_np_random rng;
-        dm_np_random_seed(&rng, (uint32_t)dm_param_int(n, "seed"));
-        for (int64_t s = 0; s < ns; s++) {
-            for (int64_t t = 0; t < d; t++)
-                row[t] = dm_np_random_gauss(&rng);
-            normalise_rows(row, 1, d);
-            for (int64_t t = 0; t < d; t++)
-                X[(k + s) * d + t] = (float)row[t];
-        }
-        for (int64_t s = 0; s < ns; s++) {
-            memset(row, 0, (size_t)d * sizeof(double));
-            for (int64_t j = 0; j < ct->shape[0]; j++) {
-                double gj = dm_np_random_gauss(&rng);
-                if (ev[j] > 0)
-                    for (int64_t t = 0; t < d; t++)
-                        row[t] += gj * sqrt(ev[j]) * C[j * d + t];
-            }
-            normalise_rows(row, 1, d);
-            for (int64_t t = 0; t < d; t++)
-                X[(k + ns + s) * d + t] = (float)row[t];
-        }
-        free(g);
-        double *mc = dm_xmalloc((size_t)m * sizeof(double));
-        int64_t *bf = dm_xmalloc((size_t)m * sizeof(int64_t));
-        max_abs_cos(X, m, Dn, dsae, d, mc, bf);
+            X[i] = (float)bp.directions[i];
+        dm_ica_null_directions((uint32_t)dm_param_int(n, "seed"), ns, ev, C, ct->shape[0], d, X + k * d);
+        mc = dm_xmalloc((size_t)m * sizeof(double));
+        bf = dm_xmalloc((size_t)m * sizeof(int64_t));
+        dm_max_abs_cos(X, m, Dn, dsae, d, mc, bf);
         memcpy(maxc, mc, (size_t)k * sizeof(double));
         memcpy(best, bf, (size_t)k * sizeof(int64_t));
-        json_t *sae = summarise(mc, k), *per = json_array();
+        cs.d_sae = dsae;
+        dm_cos_summarise(mc, k, &cs.similarity);
+        dm_cos_summarise(mc + k, ns, &cs.null_unit);
+        dm_cos_summarise(mc + k + ns, ns, &cs.null_covariance);
+        json_t *sae = cos_json(&cs.similarity), *per = json_array();
         for (int64_t i = 0; i < k; i++) {
             json_t *e = json_object();
             json_object_set_new(e, "component", json_integer(i));
@@ -389,20 +282,20 @@ static int cmp_finish(dm_node *n)
         json_object_set_new(sae, "components", per);
         json_object_set_new(o, "ica_sae_similarity", sae);
         json_t *nulls = json_object();
-        json_object_set_new(nulls, "random_unit", summarise(mc + k, ns));
-        json_object_set_new(nulls, "random_from_covariance", summarise(mc + k + ns, ns));
+        json_object_set_new(nulls, "random_unit", cos_json(&cs.null_unit));
+        json_object_set_new(nulls, "random_from_covariance", cos_json(&cs.null_covariance));
         json_object_set_new(o, "null_baselines", nulls);
-        free(mc), free(bf), free(row);
     } else
         json_object_set_new(o, "ica_sae_similarity", json_null());
 
     if (save_product(n, dm_param_str(n, "directions_file"), &out[OUT_DIRECTIONS]) ||
         save_product(n, dm_param_str(n, "filters_file"), &out[OUT_FILTERS]) ||
         save_product(n, dm_param_str(n, "mixing_file"), &out[OUT_MIXING]) ||
-        save_product(n, dm_param_str(n, "plan_file"), &out[OUT_PLAN]))
+        save_product(n, dm_param_str(n, "unscaled_file"), &out[OUT_UNSCALED]))
         goto end;
-    if (dm_publish_json(n, file, "ica_compare summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), &summary))
+    if (dm_publish_json(n, file, "ica_compare summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), NULL))
         goto end;
+    dm_summary_pack(&summary, DM_SUMMARY_COMPARE, DM_SUMMARY_COMPARE_VERSION, &cs, sizeof cs, NULL, 0);
     rc = 0;
     for (int p = 0; p < 7 && !rc; p++)
         rc = dm_set_output(n, p, &out[p]);
@@ -414,13 +307,13 @@ end:
     dm_tensor_free(&summary);
     dm_tensor_free(&dec);
     json_decref(o);
-    free(W), free(ev), free(C), free(A), free(mean), free(Dn), free(X);
+    free(W), free(ev), free(C), free(A), free(mean), free(Dn), free(X), free(mc), free(bf);
     return rc;
 }
 
 const dm_op dm_op_ica_compare = {
     .name = "ica_compare",
-    .version = 2,
+    .version = 3,
     .summary = "ICA patterns, filters and mixing in activation space; comparison with SAE decoder rows",
     .params = cmp_params,
     .inputs = cmp_inputs,

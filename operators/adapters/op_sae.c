@@ -26,6 +26,8 @@
  *                                         zeros included; kurtosis is excess
  *                                         (NaN for a feature with no spread)
  *   l0_histogram       f64 (d_sae + 1)    tokens with L0 = 0, 1, ...
+ *   summary            dm_sae_summary (operators/analysis/summaries.h) with
+ *                      the statistics' text, for the report
  *
  * The engine cannot know which model hook a stream came from: `hook` names it
  * (checked against the SAE's hook_name), and d_in is always checked against the
@@ -40,6 +42,7 @@
 #include "npy.h"
 #include "op.h"
 #include "sae.h"
+#include "summaries.h"
 
 enum { OUT_RESIDUAL, OUT_RECON, OUT_FEATURES, OUT_DECODER, OUT_COUNT, OUT_FREQ, OUT_MEAN, OUT_VAR, OUT_SKEW,
        OUT_KURT, OUT_L0, OUT_SUMMARY, OUT_N };
@@ -220,6 +223,17 @@ static void vec_tensor(dm_tensor *t, int64_t d, const double *v, const int64_t *
         o[i] = v ? v[i] : (double)iv[i];
 }
 
+/* The typed summary for the report (summaries.h), with the statistics' text. */
+static void pack_summary(const dm_sae_result *r, const dm_sae_config *c, const char *text, dm_tensor *out)
+{
+    dm_sae_summary sm;
+    memset(&sm, 0, sizeof sm);
+    sm.d_in = c->d_in, sm.d_sae = c->d_sae, sm.tokens = r->n;
+    sm.fvu = r->fvu, sm.explained_variance = r->explained_variance;
+    sm.mean_l0 = r->mean_l0, sm.linear_predictability = r->linear_predictability;
+    dm_summary_pack(out, DM_SUMMARY_SAE, DM_SUMMARY_SAE_VERSION, &sm, sizeof sm, text, strlen(text));
+}
+
 static int sae_finish(dm_node *n)
 {
     sae_state *s = dm_node_state(n);
@@ -242,7 +256,7 @@ static int sae_finish(dm_node *n)
     }
     dm_tensor t[OUT_N];
     memset(t, 0, sizeof t);
-    dm_tensor_from_text(&t[OUT_SUMMARY], text, strlen(text)); /* the statistics JSON, for the report */
+    pack_summary(&r, c, text, &t[OUT_SUMMARY]);
     free(text);
     int64_t shape[2] = {c->d_sae, c->d_in};
     dm_tensor_init(&t[OUT_DECODER], DM_F32, 2, shape);
@@ -281,7 +295,7 @@ static void sae_close(dm_node *n)
 
 const dm_op dm_op_sae = {
     .name = "sae",
-    .version = 2,
+    .version = 3,
     .summary = "SAELens SAE: residual x - SAE(x), reconstruction, active features, and SAE statistics",
     .params = sae_params,
     .inputs = sae_inputs,

@@ -13,6 +13,11 @@
  * activations are an artefact of attention sinks: skipped unless skip_bos is off.
  *
  * Heaps merge, so shards of the stream can be tracked apart and combined.
+ *
+ * Output `examples`: the typed examples summary (operators/analysis/summaries.h:
+ * per column its histogram, top and bottom examples with their decoded
+ * contexts), for the report. Product: `file` (topk.json), the same and more
+ * (token ids, windows, positions).
  */
 #include <jansson.h>
 #include <math.h>
@@ -21,6 +26,7 @@
 
 #include "fs.h"
 #include "op.h"
+#include "summaries.h"
 #include "tokenizer.h"
 
 enum { IN_VALUES, IN_WINDOWS };
@@ -223,11 +229,16 @@ static json_t *json_text(const char *s, size_t len)
     return j;
 }
 
-static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *tok, int32_t *window)
+/* The example's JSON for the product; the same example into the typed summary
+ * b (top: among the largest). */
+static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *tok, int32_t *window,
+                            dm_examples_builder *b, int top)
 {
     json_t *x = json_object();
     json_object_set_new(x, "row", json_integer(e->row));
     json_object_set_new(x, "value", json_real(e->value));
+    if (!t->T || !tok)
+        dm_examples_add(b, top, e->value, e->row, NULL, 0, NULL, 0, NULL, 0);
     if (!t->T)
         return x;
     int64_t w = e->row / t->T, pos = e->row % t->T, ctx = dm_param_int(n, "context");
@@ -250,20 +261,25 @@ static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *t
     if (tok) {
         size_t len;
         char *left = dm_tokenizer_decode(tok, ids, (size_t)(pos - lo), &len);
-        json_object_set_new(x, "left", json_text(left ? left : "", left ? len : 0));
+        json_t *jl = json_text(left ? left : "", left ? len : 0);
         free(left);
         char *mid = dm_tokenizer_decode(tok, ids + (pos - lo), 1, &len);
-        json_object_set_new(x, "token", json_text(mid ? mid : "", mid ? len : 0));
+        json_t *jm = json_text(mid ? mid : "", mid ? len : 0);
         free(mid);
         char *right = dm_tokenizer_decode(tok, ids + (pos - lo) + 1, (size_t)(hi - pos - 1), &len);
-        json_object_set_new(x, "right", json_text(right ? right : "", right ? len : 0));
+        json_t *jr = json_text(right ? right : "", right ? len : 0);
         free(right);
+        dm_examples_add(b, top, e->value, e->row, json_string_value(jl), json_string_length(jl),
+                        json_string_value(jm), json_string_length(jm), json_string_value(jr), json_string_length(jr));
+        json_object_set_new(x, "left", jl);
+        json_object_set_new(x, "token", jm);
+        json_object_set_new(x, "right", jr);
     }
     return x;
 }
 
-/* The column's histogram in `bins` bins over its occupied span. */
-static json_t *histogram_json(const topk *t, int64_t j)
+/* The column's histogram in `bins` bins over its occupied span; also into b. */
+static json_t *histogram_json(const topk *t, int64_t j, dm_examples_builder *b)
 {
     const int64_t *h = t->hist + j * FINE;
     int64_t first = 0, last = FINE - 1;
@@ -281,6 +297,7 @@ static json_t *histogram_json(const topk *t, int64_t j)
         out[(b - first) * bins / m] += h[b];
     for (int64_t i = 0; i < bins; i++)
         json_array_append_new(counts, json_integer(out[i]));
+    dm_examples_column_add(b, lo, hi, out, bins);
     free(out);
     json_t *o = json_object();
     json_object_set_new(o, "lo", json_real(lo));
@@ -303,6 +320,8 @@ static int topk_finish(dm_node *n)
     json_object_set_new(root, "k", json_integer(t->k));
     json_object_set_new(root, "context", json_integer(dm_param_int(n, "context")));
     json_object_set_new(root, "skip_bos", json_boolean(t->skip_bos));
+    dm_examples_builder b;
+    dm_examples_begin(&b, t->k, tok != NULL);
     int rc = 0;
     for (int64_t j = 0; j < t->cols && !rc; j++) {
         entry *top = t->top + j * t->k, *bot = t->bot + j * t->k;
@@ -310,15 +329,16 @@ static int topk_finish(dm_node *n)
         qsort(bot, (size_t)t->nbot[j], sizeof *bot, by_value_asc);
         json_t *c = json_object(), *jt = json_array(), *jb = json_array();
         json_object_set_new(c, "component", json_integer(j));
+        json_t *hist = histogram_json(t, j, &b);
         for (int64_t i = 0; i < t->ntop[j] && !rc; i++) {
-            json_t *x = example_json(n, t, &top[i], tok, window);
+            json_t *x = example_json(n, t, &top[i], tok, window, &b, 1);
             rc = x ? json_array_append_new(jt, x) : -1;
         }
         for (int64_t i = 0; i < t->nbot[j] && !rc; i++) {
-            json_t *x = example_json(n, t, &bot[i], tok, window);
+            json_t *x = example_json(n, t, &bot[i], tok, window, &b, 0);
             rc = x ? json_array_append_new(jb, x) : -1;
         }
-        json_object_set_new(c, "histogram", histogram_json(t, j));
+        json_object_set_new(c, "histogram", hist);
         json_object_set_new(c, "top", jt);
         json_object_set_new(c, "bottom", jb);
         json_array_append_new(comps, c);
@@ -328,18 +348,19 @@ static int topk_finish(dm_node *n)
     dm_tokenizer_free(tok);
     char *text = rc ? NULL : json_dumps(root, JSON_INDENT(1));
     json_decref(root);
+    dm_tensor out;
+    dm_examples_end(&b, &out);
     if (rc || !text) {
         free(text);
-        return rc ? -1 : dm_fail("cannot encode the examples as JSON");
+        dm_tensor_free(&out);
+        return rc ? -1 : dm_failc(DM_E_INTERNAL, "cannot encode the examples as JSON");
     }
     size_t len = strlen(text);
     rc = dm_publish_text(n, dm_param_str(n, "file"), text, len);
-    if (!rc) {
-        dm_tensor out;
-        dm_tensor_from_text(&out, text, len);
-        rc = dm_set_output(n, OUT_EXAMPLES, &out);
-    }
     free(text);
+    if (!rc)
+        rc = dm_set_output(n, OUT_EXAMPLES, &out);
+    dm_tensor_free(&out);
     return rc;
 }
 
@@ -354,7 +375,7 @@ static void topk_close(dm_node *n)
 
 const dm_op dm_op_topk = {
     .name = "topk",
-    .version = 1,
+    .version = 2,
     .summary = "per column, the k largest and smallest rows with their token contexts",
     .params = topk_params,
     .inputs = topk_inputs,

@@ -26,7 +26,7 @@ P
 expect_ok $DMICA ica --in X.npy --components 6 --out ram --cache c1 --quiet
 expect_ok $DMICA ica --in X.npy --components 6 --out stream --cache c2 --memory 80M --quiet
 expect_ok $DMICA ica --in X.npy --components 6 --out again --cache c3 --quiet
-for f in directions.npy unmixing.npy mixing.npy plan_directions.npy ica.json ica_compare.json; do
+for f in directions.npy unmixing.npy mixing.npy unscaled_patterns.npy ica.json ica_compare.json; do
     [ -s ram/$f ] || fail "ram/$f missing"
 done
 cmp ram/unmixing.npy again/unmixing.npy || fail "same seed gave a different result"
@@ -82,7 +82,7 @@ fi
 # components reach max |cos| ~ 1 with the planted feature; the random-unit null
 # matches the expected maximum of |cos| of a random unit vector against d_sae
 # random unit rows in d dims (computed here by simulation, not assumed), and
-# the summary output carries the same JSON as ica_compare.json.
+# the summary outputs carry the same numbers as ica.json and ica_compare.json.
 python3 - <<'P' || fail "cannot make the decoder"
 import numpy as np
 rng = np.random.default_rng(5)
@@ -118,11 +118,29 @@ assert nu["count"] == 256 and abs(nu["median"] - expect) < 0.03, (nu["median"], 
 assert nu["q05"] < nu["median"] < nu["q99"] <= 1
 nc = c["null_baselines"]["random_from_covariance"]
 assert nc["count"] == 256 and 0 < nc["median"] <= 1, nc
-# the cached summary tensors hold the products' JSON
-for name, prod in (("summary", "sae/ica_compare.json"), ("summary", "sae/ica.json")):
-    want = json.load(open(prod))
-    got = [json.loads(np.load(f).tobytes()) for f in glob.glob("c1/*/" + name + ".npy")]
-    assert want in got, prod
+# the cached summary tensors are typed (operators/analysis/summaries.h) and
+# hold the products' numbers: ica's carries ica.json whole, ica_compare's the
+# counts, histograms and means of ica_compare.json
+import struct
+def summary(b):
+    magic, kind, version, body, extra = struct.unpack_from("<8sIIQQ", b)
+    assert magic == b"dmsumry\0" and len(b) == 32 + body + extra, (magic, len(b), body, extra)
+    return kind, version, b[32:32 + body], b[32 + body:]
+tensors = [summary(np.load(f).tobytes()) for f in glob.glob("c1/*/summary.npy")]
+docs = [json.loads(x) for kind, v, body, x in tensors if kind == 2]
+assert json.load(open("sae/ica.json")) in docs
+# the run with the decoder (c1 also holds the run without one, d_sae 0)
+bodies = [body for kind, v, body, x in tensors if kind == 3 and struct.unpack_from("<3q", body)[2] == 400]
+assert len(bodies) == 1 and len(bodies[0]) == 3 * 8 + 2 * 8 + 3 * (3 * 8 + 5 * 8 + 20 * 8), len(bodies)
+k, dd, d_sae, v_ica, v_unscaled = struct.unpack_from("<3q2d", bodies[0])
+assert (k, dd, d_sae) == (c["k"], c["d"], 400), (k, dd, d_sae)
+assert float("%.10g" % v_ica) == c["variance_explained_by_ica"]
+assert float("%.10g" % v_unscaled) == c["variance_explained_by_unscaled_reconstruction"]
+for i, js in enumerate((s, nu, nc)):
+    f = struct.unpack_from("<3q5d20q", bodies[0], 40 + i * 224)
+    assert f[0] == js["count"] and f[1] == js["high_similarity_count"] and f[2] == js["low_similarity_count"]
+    assert [float("%.10g" % x) for x in f[3:8]] == [js[q] for q in ("mean_max_cosine", "q05", "median", "q95", "q99")]
+    assert list(f[8:]) == js["histogram"]
 P
 
 # seeds: matching is recorded; non-convergence is a warning and flagged

@@ -13,7 +13,7 @@ python3 "$ROOT/tools/make-sae" --d-in 32 --d-sae 256 --l0 8 --input-scale 0.36 -
 expect_ok $DMICA run "$ROOT/pipelines/tiny-gpt2.yaml" --out out
 for f in results.json report.html residual_kurtosis.svg residual_pca.svg ica_sae_similarity.svg \
          ica_vs_sae_kurtosis.svg ica_directions.npy ica_filters.npy ica_sources.npy ica_activations.npy residuals.npy \
-         ica_top_examples.json; do
+         ica_top_examples.json ica_unscaled_patterns.npy; do
     [ -s out/$f ] || fail "out/$f missing"
 done
 python3 - <<'P' || fail "results.json or the arrays are wrong"
@@ -42,10 +42,28 @@ assert np.allclose(s.var(0), 1, atol=2e-2), s.var(0)
 # FVU is the plan's: sum var(e) / sum var(x)
 st = json.load(open("out/activation_stats.json"))
 assert abs(r["fraction_variance_unexplained_by_sae"] - e.var(0).sum() / np.sum(st["var"])) < 1e-4
+# the patterns without the eigenvalue scaling: unit rows; results.json quotes ica_compare.json
+u = np.load("out/ica_unscaled_patterns.npy")
+assert u.shape == (k, 32) and np.allclose(np.linalg.norm(u, axis=1), 1, atol=1e-5)
+c = json.load(open("out/ica_compare.json"))
+for key in ["variance_explained_by_ica", "variance_explained_by_unscaled_reconstruction"]:
+    assert r["ica_reconstruction"][key] == c[key], key
+assert r["null_baseline_similarity"]["random_unit_mean_max_cosine"] == \
+    c["null_baselines"]["random_unit"]["mean_max_cosine"]
+assert r["ica_sae_similarity"]["high_similarity_count"] == c["ica_sae_similarity"]["high_similarity_count"]
+# the SAE's and ICA's documents are embedded whole
+assert r["sae_statistics"] == json.load(open("out/sae_stats.json"))
+assert r["ica"]["seeds"] == json.load(open("out/ica.json"))["seeds"]
 for f in ["residual_kurtosis", "residual_pca", "ica_sae_similarity", "ica_vs_sae_kurtosis"]:
     ET.parse("out/%s.svg" % f)        # well-formed
 print("ok")
 P
+# a summary input wired to something else (here JSON text) is an error naming the input
+cp "$ROOT/pipelines/tiny-gpt2.yaml" bad.yaml
+printf '  bad_report:\n    op: report\n    inputs: {compare_summary: report.results}\n' >> bad.yaml
+expect_fail $DMICA run bad.yaml --out out2
+err_has "compare_summary"
+err_has "not a typed summary"
 command -v chromium >/dev/null 2>&1 || { echo "chromium missing: report rendering not checked"; exit 77; }
 chromium --headless --no-sandbox --disable-gpu --enable-logging=stderr --v=0 --virtual-time-budget=3000 \
     --dump-dom "file://$(pwd)/out/report.html" > dom.html 2> chrome.log || fail "chromium failed"

@@ -1,0 +1,256 @@
+/*
+ * report_html.c: the report's four plots as SVG and report.html, one
+ * self-contained page (inline SVG, a little inline script, no network) with a
+ * card per ICA component (report.h).
+ */
+#include "report.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "svg.h"
+
+#define put dm_strbuf_addf
+
+const char *const dm_report_svg_files[DM_REPORT_SVGS] = {"residual_kurtosis.svg", "residual_pca.svg",
+                                                         "ica_sae_similarity.svg", "ica_vs_sae_kurtosis.svg"};
+
+static void put_esc_n(dm_strbuf *b, const char *t, size_t n)
+{
+    for (size_t i = 0; t && i < n && t[i]; i++) {
+        switch (t[i]) {
+        case '&': put(b, "&amp;"); break;
+        case '<': put(b, "&lt;"); break;
+        case '>': put(b, "&gt;"); break;
+        case '"': put(b, "&quot;"); break;
+        case '\n': put(b, "&#x21b5;"); break;
+        default: put(b, "%c", t[i]);
+        }
+    }
+}
+
+static void put_esc(dm_strbuf *b, const char *t) { put_esc_n(b, t, t ? strlen(t) : 0); }
+
+void dm_report_svgs(const dm_report_in *in, const dm_report_numbers *r, char *svgs[DM_REPORT_SVGS])
+{
+    const dm_report_vec *rk = &in->residual_kurtosis, *ev = &in->eigenvalues, *mc = &in->max_cos,
+                        *ak = &in->activation_kurtosis, *sk = &in->source_kurtosis;
+    {
+        dm_svg_mark m = {0, "Gaussian (0)", 1};
+        dm_svg_series s = {rk->v, (size_t)rk->n, NULL, "#1f77b4"};
+        dm_svg_opts o = {"Kurtosis of the SAE residual across dimensions", "excess kurtosis", "dimensions",
+                         0, 0, 50, 0, 0, 0, &m, 1};
+        svgs[0] = dm_svg_histogram(&s, rk->n ? 1 : 0, &o);
+    }
+    {
+        int64_t kmark = r->pca_components_for_mark;
+        char lab[64], lab2[64];
+        snprintf(lab, sizeof lab, "%.0f%% of the variance", 100 * in->variance_mark);
+        snprintf(lab2, sizeof lab2, "%lld components", (long long)kmark);
+        dm_svg_mark m[2] = {{in->variance_mark, lab, 0}, {(double)kmark, lab2, 1}};
+        dm_svg_series s = {r->pca_cumulative, (size_t)ev->n, "cumulative variance", "#1f77b4"};
+        dm_svg_opts o = {"PCA of the SAE residual", "number of PCA components", "cumulative variance explained",
+                         0, 0, 0, 0, 0, 0, m, kmark > 0 ? 2 : 1};
+        svgs[1] = dm_svg_line(&s, ev->n ? 1 : 0, &o);
+    }
+    {
+        dm_svg_series s = {mc->v, (size_t)mc->n, "ICA components", "#1f77b4"};
+        dm_svg_mark m[4];
+        char low[32], high[32];
+        int nm = 0;
+        snprintf(low, sizeof low, "%g (low)", DM_THRESHOLD(DM_T_LOW_SIMILARITY));
+        snprintf(high, sizeof high, "%g (high)", DM_THRESHOLD(DM_T_HIGH_SIMILARITY));
+        if (isfinite(r->null_unit))
+            m[nm++] = (dm_svg_mark){r->null_unit, "null: random unit directions (mean)", 1};
+        if (isfinite(r->null_covariance))
+            m[nm++] = (dm_svg_mark){r->null_covariance, "null: random from residual covariance (mean)", 1};
+        m[nm++] = (dm_svg_mark){DM_THRESHOLD(DM_T_LOW_SIMILARITY), low, 1};
+        m[nm++] = (dm_svg_mark){DM_THRESHOLD(DM_T_HIGH_SIMILARITY), high, 1};
+        dm_svg_opts o = {"ICA component similarity to SAE features", "max |cos| with any SAE feature",
+                         "ICA components", 0, 0, 20, 0, 0, 1, m, nm};
+        svgs[2] = dm_svg_histogram(&s, mc->n ? 1 : 0, &o);
+    }
+    {
+        const dm_report_vec *ica = ak->n ? ak : sk;
+        dm_svg_series s[2] = {{ica->v, (size_t)ica->n, ak->n ? "ICA components (activations)" : "ICA sources",
+                               "#1f77b4"},
+                              {r->sae_selected, (size_t)r->n_sae_selected, "SAE features (active)", "#ff7f0e"}};
+        dm_svg_opts o = {"Sparsity of ICA components vs SAE features", "excess kurtosis", "density",
+                         0, 0, 50, 1, 0, 0, NULL, 0};
+        svgs[3] = dm_svg_histogram(s, 2, &o);
+    }
+}
+
+/* Up to max examples from first on, one table row each. */
+static void example_rows(dm_strbuf *h, const dm_examples_view *v, int64_t first, int64_t count, int64_t max)
+{
+    for (int64_t i = 0; i < count && i < max; i++) {
+        const dm_example *e = &v->examples[first + i];
+        put(h, "<tr><td class=\"num\">%.3g</td><td class=\"ctx\">", e->value);
+        if (v->s.has_text) {
+            put_esc_n(h, v->text + e->left, (size_t)e->left_len);
+            put(h, "<mark>");
+            put_esc_n(h, v->text + e->token, (size_t)e->token_len);
+            put(h, "</mark>");
+            put_esc_n(h, v->text + e->right, (size_t)e->right_len);
+        } else {
+            put(h, "row %lld", (long long)e->row);
+        }
+        put(h, "</td></tr>\n");
+    }
+}
+
+/* The card of component i: numbers, its source histogram, its examples. */
+static void component_card(dm_strbuf *h, const dm_report_in *in, int64_t i)
+{
+    const char *np = in->neuronpedia;
+    const dm_report_vec *maxcos = &in->max_cos, *best = &in->best_feature, *src_k = &in->source_kurtosis,
+                        *act_k = &in->activation_kurtosis, *stab = &in->stability;
+    double c = i < maxcos->n ? maxcos->v[i] : NAN, kk = i < src_k->n ? src_k->v[i] : NAN,
+           st = i < stab->n ? stab->v[i] : NAN;
+    put(h, "<div class=\"card\" data-index=\"%lld\" data-cos=\"%g\" data-kurt=\"%g\" data-stab=\"%g\">\n"
+           "<h3>Component %lld</h3>\n<p>", (long long)i, isfinite(c) ? c : 9, isfinite(kk) ? kk : -1e9,
+        isfinite(st) ? st : -1, (long long)i);
+    if (isfinite(st))
+        put(h, "stability %.3f%s &middot; ", st, st < DM_THRESHOLD(DM_T_STABLE) ? " (unstable)" : "");
+    if (isfinite(kk))
+        put(h, "source kurtosis %.2f &middot; ", kk);
+    if (i < act_k->n)
+        put(h, "activation kurtosis %.2f &middot; ", act_k->v[i]);
+    if (isfinite(c)) {
+        put(h, "max |cos| with SAE %.3f", c);
+        if (i < best->n && *np) {
+            put(h, " (feature <a href=\"");
+            put_esc(h, np);
+            put(h, "%lld\">%lld</a>)", (long long)best->v[i], (long long)best->v[i]);
+        } else if (i < best->n) {
+            put(h, " (feature %lld)", (long long)best->v[i]);
+        }
+    }
+    put(h, "</p>\n<div class=\"cols\"><div>");
+    const dm_examples_view *ex = in->examples, *aex = in->activation_examples;
+    const dm_examples_column *ce = ex && i < ex->s.columns ? &ex->columns[i] : NULL;
+    if (ce) {
+        double *cb = dm_xmalloc((size_t)(ce->bins + 1) * sizeof(double));
+        for (int64_t b = 0; b < ce->bins; b++)
+            cb[b] = (double)ex->counts[ce->first_bin + b];
+        char title[64];
+        snprintf(title, sizeof title, "Component %lld: source values", (long long)i);
+        dm_svg_opts o = {title, "source value", "tokens", 380, 200, 0, 0, 0, 0, NULL, 0};
+        char *bars = dm_svg_bars(cb, (int)ce->bins, ce->lo, ce->hi, &o);
+        put(h, "%s", bars);
+        free(bars);
+        free(cb);
+    }
+    put(h, "</div><div>");
+    if (ce) {
+        put(h, "<table><tr><th colspan=\"2\">top (source value)</th></tr>\n");
+        example_rows(h, ex, ce->first_example, ce->ntop, 10);
+        put(h, "<tr><th colspan=\"2\">bottom</th></tr>\n");
+        example_rows(h, ex, ce->first_example + ce->ntop, ce->nbottom, 10);
+        put(h, "</table>\n");
+    }
+    const dm_examples_column *ae = aex && i < aex->s.columns ? &aex->columns[i] : NULL;
+    if (ae) {
+        put(h, "<table><tr><th colspan=\"2\">top (activation projection, as the plan ranks)</th></tr>\n");
+        example_rows(h, aex, ae->first_example, ae->ntop, 5);
+        put(h, "</table>\n");
+    }
+    put(h, "</div></div></div>\n");
+}
+
+/* A row of the summary table: an integer, or a real printed with %.4g. */
+static void summary_int(dm_strbuf *h, const char *name, int present, int64_t v)
+{
+    if (present)
+        put(h, "<tr><th>%s</th><td class=\"num\">%lld</td></tr>\n", name, (long long)v);
+}
+
+static void summary_real(dm_strbuf *h, const char *name, double v)
+{
+    if (isfinite(v))
+        put(h, "<tr><th>%s</th><td class=\"num\">%.4g</td></tr>\n", name, v);
+}
+
+char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *const svgs[DM_REPORT_SVGS])
+{
+    const char *verdict = dm_verdict_name(r->verdict.decision);
+    const dm_sae_summary *ss = in->sae_summary;
+    dm_strbuf h = DM_STRBUF_INIT;
+    put(&h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>");
+    put_esc(&h, in->title);
+    put(&h, "</title>\n<style>\n"
+            "body{font-family:sans-serif;margin:24px;max-width:1200px;color:#222}"
+            "table{border-collapse:collapse}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}"
+            ".num{text-align:right;font-variant-numeric:tabular-nums}.plots{display:flex;flex-wrap:wrap;gap:12px}"
+            ".card{border:1px solid #ccc;border-radius:6px;padding:10px;margin:10px 0}"
+            ".card h3{margin:0 0 6px 0}.ctx{font-family:monospace;white-space:pre-wrap}"
+            "mark{background:#ffe08a;font-weight:bold}.verdict{background:#eef5ff;padding:10px;border-radius:6px}"
+            ".cols{display:flex;gap:16px;flex-wrap:wrap}.cols>div{flex:1;min-width:320px}\n"
+            "</style></head><body>\n<h1>");
+    put_esc(&h, in->title);
+    put(&h, "</h1>\n<p>");
+    put_esc(&h, in->model);
+    if (*in->sae) {
+        put(&h, " &middot; SAE ");
+        put_esc(&h, in->sae);
+    }
+    if (*in->hook) {
+        put(&h, " &middot; ");
+        put_esc(&h, in->hook);
+    }
+    put(&h, "</p>\n<div class=\"verdict\" id=\"verdict\"><b>Verdict: %s.</b> ", verdict);
+    put_esc(&h, dm_verdict_text(r->verdict.decision));
+    put(&h, "</div>\n");
+    if (in->planted && in->n_atoms)
+        put(&h, "<p class=\"verdict\" id=\"planted\"><b>Planted data:</b> ICA recovers %lld of the %lld atoms the SAE "
+                "misses (a pattern with |cos| &gt; %g to the atom).</p>\n", (long long)r->planted_recovered,
+            (long long)in->n_atoms, DM_THRESHOLD(DM_T_RECOVERED));
+    put(&h, "<h2>Summary</h2>\n<table id=\"summary\">\n");
+    summary_int(&h, "tokens_analyzed", in->count.n > 0, in->count.n ? (int64_t)in->count.v[0] : 0);
+    summary_real(&h, "fraction_variance_unexplained_by_sae", r->fvu);
+    summary_real(&h, "sae_l0", ss ? ss->mean_l0 : NAN);
+    summary_real(&h, "sae_explained_variance", ss ? ss->explained_variance : NAN);
+    summary_real(&h, "linear_predictability_of_error", ss ? ss->linear_predictability : NAN);
+    summary_real(&h, "residual_mean_kurtosis", r->residual_kurtosis_mean);
+    summary_int(&h, "residual_pca_components_for_variance_mark", in->eigenvalues.n > 0, r->pca_components_for_mark);
+    summary_int(&h, "n_ica_components", 1, r->k);
+    summary_real(&h, "ica_component_kurtosis_mean",
+                 in->activation_kurtosis.n ? r->activation_kurtosis_mean : r->source_kurtosis_mean);
+    summary_real(&h, "ica_source_kurtosis_mean", r->source_kurtosis_mean);
+    summary_real(&h, "sae_feature_kurtosis_mean", r->sae_kurtosis_mean);
+    if (in->max_cos.n)
+        put(&h, "<tr><th>ICA-SAE mean max |cos|</th><td class=\"num\">%.3f (null: %.3f unit, %.3f covariance)</td></tr>\n"
+                "<tr><th>components with max |cos| &gt; %g / &lt; %g</th><td class=\"num\">%lld / %lld</td></tr>\n",
+            r->mean_max_cos, r->null_unit, r->null_covariance, DM_THRESHOLD(DM_T_HIGH_SIMILARITY),
+            DM_THRESHOLD(DM_T_LOW_SIMILARITY), (long long)r->verdict.high, (long long)r->verdict.low);
+    put(&h, "</table>\n<h2>Plots</h2>\n<div class=\"plots\">\n");
+    for (int i = 0; i < DM_REPORT_SVGS; i++)
+        put(&h, "<figure id=\"plot-%d\">%s</figure>\n", i, svgs[i]);
+    put(&h, "</div>\n");
+    int64_t ncards = r->k < in->cards ? r->k : in->cards;
+    if (ncards > 0) {
+        put(&h, "<h2>Components</h2>\n<p>Sort by <select id=\"sort\">"
+                "<option value=\"index\">component</option><option value=\"cos\">SAE similarity (low first)</option>"
+                "<option value=\"-cos\">SAE similarity (high first)</option>"
+                "<option value=\"-kurt\">kurtosis (high first)</option>"
+                "<option value=\"-stab\">stability (high first)</option></select></p>\n<div id=\"cards\">\n");
+        for (int64_t i = 0; i < ncards; i++)
+            component_card(&h, in, i);
+        put(&h, "</div>\n<script>\n"
+                "document.getElementById('sort').addEventListener('change', function (e) {\n"
+                "  var key = e.target.value, sign = 1;\n"
+                "  if (key[0] === '-') { sign = -1; key = key.slice(1); }\n"
+                "  var box = document.getElementById('cards');\n"
+                "  var cards = Array.prototype.slice.call(box.children);\n"
+                "  cards.sort(function (a, b) { return sign * (parseFloat(a.dataset[key]) - parseFloat(b.dataset[key])); });\n"
+                "  cards.forEach(function (c) { box.appendChild(c); });\n"
+                "});\n</script>\n");
+    }
+    put(&h, "<p><small>Written by dmica %s. Beside this page: results.json, residual_kurtosis.svg, "
+            "residual_pca.svg, ica_sae_similarity.svg, ica_vs_sae_kurtosis.svg.</small></p>\n</body></html>\n",
+        in->version);
+    return h.s;
+}

@@ -1,0 +1,234 @@
+/*
+ * results.c: the report's numbers, its verdict, and results.json (report.h).
+ */
+#include "report.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double mean_of(const double *v, int64_t n)
+{
+    double s = 0;
+    int64_t c = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (isfinite(v[i]))
+            s += v[i], c++;
+    return c ? s / (double)c : NAN;
+}
+
+/* x as ica_compare.json prints it (10 significant digits, JSON_REAL_PRECISION
+ * there), so that results.json quotes the same numbers as ica_compare.json. */
+static double as_published(double x)
+{
+    char b[64];
+    if (!isfinite(x))
+        return x;
+    snprintf(b, sizeof b, "%.10g", x);
+    return strtod(b, NULL);
+}
+
+void dm_report_compute(const dm_report_in *in, dm_report_numbers *r)
+{
+    memset(r, 0, sizeof *r);
+    /* the fraction of variance unexplained: sum_j var(e_j) / sum_j var(x_j)
+     * over the dimensions, e = x - x_hat the SAE's residual */
+    r->fvu = NAN;
+    if (in->activation_var.n && in->activation_var.n == in->residual_var.n) {
+        double a = 0, e = 0;
+        for (int64_t i = 0; i < in->activation_var.n; i++)
+            a += in->activation_var.v[i], e += in->residual_var.v[i];
+        r->fvu = e / a;
+    } else if (in->sae_summary) {
+        r->fvu = in->sae_summary->fvu;
+    }
+    r->residual_kurtosis_mean = mean_of(in->residual_kurtosis.v, in->residual_kurtosis.n);
+    r->source_kurtosis_mean = mean_of(in->source_kurtosis.v, in->source_kurtosis.n);
+    r->activation_kurtosis_mean = mean_of(in->activation_kurtosis.v, in->activation_kurtosis.n);
+    r->mean_max_cos = mean_of(in->max_cos.v, in->max_cos.n);
+    r->k = in->max_cos.n ? in->max_cos.n : in->source_kurtosis.n ? in->source_kurtosis.n : in->stability.n;
+
+    const dm_report_vec *sk = &in->sae_kurtosis, *sf = &in->sae_frequency;
+    r->sae_selected = dm_xmalloc((size_t)(sk->n + 1) * sizeof(double));
+    for (int64_t i = 0; i < sk->n; i++)
+        if ((!sf->n || (i < sf->n && sf->v[i] > in->sae_min_frequency)) && isfinite(sk->v[i]))
+            r->sae_selected[r->n_sae_selected++] = sk->v[i];
+    r->sae_kurtosis_mean = mean_of(r->sae_selected, r->n_sae_selected);
+
+    /* PCA: cumulative share of the (positive) eigenvalues, and the first count
+     * of components reaching variance_mark */
+    const dm_report_vec *ev = &in->eigenvalues;
+    double evsum = 0, acc = 0;
+    r->pca_cumulative = dm_xmalloc((size_t)(ev->n + 1) * sizeof(double));
+    for (int64_t i = 0; i < ev->n; i++)
+        evsum += ev->v[i] > 0 ? ev->v[i] : 0;
+    for (int64_t i = 0; i < ev->n && evsum > 0; i++) {
+        acc += ev->v[i] > 0 ? ev->v[i] : 0;
+        if (acc / evsum >= in->variance_mark - 1e-12) {
+            r->pca_components_for_mark = i + 1;
+            break;
+        }
+    }
+    acc = 0;
+    for (int64_t i = 0; i < ev->n; i++)
+        acc += ev->v[i] > 0 ? ev->v[i] : 0, r->pca_cumulative[i] = evsum > 0 ? acc / evsum : NAN;
+
+    const dm_compare_summary *cs = in->compare;
+    r->null_unit = r->null_covariance = NAN;
+    r->variance_explained_by_ica = r->variance_explained_by_unscaled_reconstruction = NAN;
+    if (cs) {
+        if (cs->d_sae > 0) {
+            r->null_unit = as_published(cs->null_unit.mean);
+            r->null_covariance = as_published(cs->null_covariance.mean);
+        }
+        r->variance_explained_by_ica = as_published(cs->variance_explained_by_ica);
+        r->variance_explained_by_unscaled_reconstruction =
+            as_published(cs->variance_explained_by_unscaled_reconstruction);
+    }
+
+    dm_verdict_in vi = {r->residual_kurtosis_mean, r->source_kurtosis_mean, in->max_cos.v, in->max_cos.n,
+                        in->stability.v, in->stability.n, in->source_kurtosis.v, in->source_kurtosis.n,
+                        in->gaussian_kurtosis};
+    dm_verdict_decide(&vi, &r->verdict);
+
+    /* planted data (the demo): how many atoms the SAE misses do the ICA patterns find? */
+    if (in->planted) {
+        int64_t d = in->atom_d;
+        const double *at = in->atoms, *dir = in->directions;
+        r->planted_max_cos = dm_xmalloc((size_t)(in->n_atoms + 1) * sizeof(double));
+        for (int64_t a = 0; a < in->n_atoms; a++) {
+            double best = 0, na = 0;
+            for (int64_t i = 0; i < d; i++)
+                na += at[a * d + i] * at[a * d + i];
+            for (int64_t c = 0; c < in->n_directions; c++) {
+                double dot = 0, nc = 0;
+                for (int64_t i = 0; i < d; i++)
+                    dot += at[a * d + i] * dir[c * d + i], nc += dir[c * d + i] * dir[c * d + i];
+                double cs2 = fabs(dot) / sqrt(na * nc + 1e-300);
+                best = cs2 > best ? cs2 : best;
+            }
+            r->planted_recovered += best > DM_THRESHOLD(DM_T_RECOVERED);
+            r->planted_max_cos[a] = best;
+        }
+    }
+}
+
+void dm_report_numbers_free(dm_report_numbers *r)
+{
+    free(r->sae_selected), free(r->pca_cumulative), free(r->planted_max_cos);
+    memset(r, 0, sizeof *r);
+}
+
+static json_t *num(double x) { return isfinite(x) ? json_real(x) : json_null(); }
+
+static int load_doc(const char *doc, size_t len, const char *what, json_t **out)
+{
+    json_error_t err;
+    if (!(*out = json_loadb(doc, len, 0, &err)))
+        return dm_failc(DM_E_CORRUPT, "%s: its document is not JSON (%s, line %d)", what, err.text, err.line);
+    return 0;
+}
+
+int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t **out)
+{
+    json_t *sae_doc = NULL, *ica_doc = NULL;
+    *out = NULL;
+    if (in->sae_summary && load_doc(in->sae_doc, in->sae_doc_len, "input sae_summary", &sae_doc))
+        return -1;
+    if (in->ica_summary && load_doc(in->ica_doc, in->ica_doc_len, "input ica_summary", &ica_doc)) {
+        json_decref(sae_doc);
+        return -1;
+    }
+    const dm_report_vec *mc = &in->max_cos;
+    int64_t k = r->k;
+    json_t *res = json_object();
+    json_object_set_new(res, "model", json_string(in->model));
+    json_object_set_new(res, "sae", json_string(in->sae));
+    json_object_set_new(res, "tokens_analyzed", in->count.n ? json_integer((json_int_t)in->count.v[0]) : json_null());
+    json_object_set_new(res, "fraction_variance_unexplained_by_sae", num(r->fvu));
+    json_object_set_new(res, "residual_mean_kurtosis", num(r->residual_kurtosis_mean));
+    json_object_set_new(res, "n_ica_components", json_integer(k));
+    json_t *sim = json_object();
+    json_object_set_new(sim, "mean_max_cosine", num(r->mean_max_cos));
+    json_object_set_new(sim, "high_similarity_count", mc->n ? json_integer(r->verdict.high) : json_null());
+    json_object_set_new(sim, "low_similarity_count", mc->n ? json_integer(r->verdict.low) : json_null());
+    json_object_set_new(res, "ica_sae_similarity", sim);
+    /* the kurtosis of the ICA activations (activations projected on the
+     * patterns) when given, else of the sources */
+    json_object_set_new(res, "ica_component_kurtosis_mean",
+                        num(in->activation_kurtosis.n ? r->activation_kurtosis_mean : r->source_kurtosis_mean));
+    json_object_set_new(res, "sae_feature_kurtosis_mean", num(r->sae_kurtosis_mean));
+    json_object_set_new(res, "hook", json_string(in->hook));
+    int layer = -1;
+    if (sscanf(in->hook, "blocks.%d.", &layer) != 1)
+        layer = -1;
+    json_object_set_new(res, "layer", layer >= 0 ? json_integer(layer) : json_null());
+    json_object_set_new(res, "ica_source_kurtosis_mean", num(r->source_kurtosis_mean));
+    json_object_set_new(res, "ica_activation_kurtosis_mean", num(r->activation_kurtosis_mean));
+    json_object_set_new(res, "sae_features_in_kurtosis_comparison", json_integer(r->n_sae_selected));
+    json_object_set_new(res, "residual_pca_components_for_variance_mark",
+                        in->eigenvalues.n ? json_integer(r->pca_components_for_mark) : json_null());
+    json_object_set_new(res, "variance_mark", json_real(in->variance_mark));
+    if (in->sae_summary) {
+        json_object_set_new(res, "sae_l0", num(in->sae_summary->mean_l0));
+        json_object_set_new(res, "sae_explained_variance", num(in->sae_summary->explained_variance));
+        json_object_set_new(res, "linear_predictability_of_error", num(in->sae_summary->linear_predictability));
+        json_object_set_new(res, "sae_statistics", sae_doc);
+    }
+    json_t *nulls = json_object();
+    json_object_set_new(nulls, "random_unit_mean_max_cosine", num(r->null_unit));
+    json_object_set_new(nulls, "random_from_covariance_mean_max_cosine", num(r->null_covariance));
+    json_object_set_new(res, "null_baseline_similarity", nulls);
+    if (ica_doc)
+        json_object_set_new(res, "ica", ica_doc);
+    if (in->compare) {
+        json_t *bp = json_object();
+        json_object_set_new(bp, "variance_explained_by_ica", num(r->variance_explained_by_ica));
+        json_object_set_new(bp, "variance_explained_by_unscaled_reconstruction",
+                            num(r->variance_explained_by_unscaled_reconstruction));
+        json_object_set_new(res, "ica_reconstruction", bp);
+    }
+    json_t *table = json_array();
+    const dm_report_vec *sk = &in->source_kurtosis, *ak = &in->activation_kurtosis, *bf = &in->best_feature,
+                        *st = &in->stability;
+    for (int64_t i = 0; i < k; i++) {
+        json_t *c = json_object();
+        json_object_set_new(c, "component", json_integer(i));
+        json_object_set_new(c, "source_kurtosis", i < sk->n ? num(sk->v[i]) : json_null());
+        json_object_set_new(c, "activation_kurtosis", i < ak->n ? num(ak->v[i]) : json_null());
+        json_object_set_new(c, "max_cos", i < mc->n ? num(mc->v[i]) : json_null());
+        json_object_set_new(c, "best_sae_feature", i < bf->n ? json_integer((json_int_t)bf->v[i]) : json_null());
+        json_object_set_new(c, "stability", i < st->n ? num(st->v[i]) : json_null());
+        json_array_append_new(table, c);
+    }
+    json_object_set_new(res, "components", table);
+    json_t *jv = json_object(), *why = json_object();
+    json_object_set_new(jv, "decision", json_string(dm_verdict_name(r->verdict.decision)));
+    json_object_set_new(jv, "explanation", json_string(dm_verdict_text(r->verdict.decision)));
+    json_object_set_new(why, "residual_mean_kurtosis", num(r->residual_kurtosis_mean));
+    json_object_set_new(why, "ica_source_kurtosis_mean", num(r->source_kurtosis_mean));
+    json_object_set_new(why, "gaussian_kurtosis_threshold", json_real(in->gaussian_kurtosis));
+    json_object_set_new(why, "stable_new_components", json_integer(r->verdict.novel));
+    json_object_set_new(why, "stable_known_components", json_integer(r->verdict.known));
+    json_object_set_new(why, "components", json_integer(k));
+    json_object_set_new(why, "null_mean_max_cosine", num(isfinite(r->null_covariance) ? r->null_covariance : r->null_unit));
+    json_object_set_new(jv, "numbers", why);
+    json_object_set_new(res, "verdict", jv);
+    if (in->planted) {
+        json_t *planted = json_object(), *cosl = json_array();
+        for (int64_t a = 0; a < in->n_atoms; a++)
+            json_array_append_new(cosl, json_real(r->planted_max_cos[a]));
+        json_object_set_new(planted, "atoms_missed_by_sae", json_integer(in->n_atoms));
+        json_object_set_new(planted, "recovered_by_ica", json_integer(r->planted_recovered));
+        json_object_set_new(planted, "threshold", json_real(DM_THRESHOLD(DM_T_RECOVERED)));
+        json_object_set_new(planted, "max_abs_cos", cosl);
+        json_object_set_new(res, "planted", planted);
+    }
+    json_error_t jerr;
+    json_t *stages = in->stage_times ? json_loads(in->stage_times, 0, &jerr) : NULL;
+    json_object_set_new(res, "time_per_stage", stages ? stages : json_null());
+    json_object_set_new(res, "versions", json_pack("{s:s}", "dmica", in->version));
+    *out = res;
+    return 0;
+}

@@ -43,6 +43,7 @@ int dm_cmd_top(int argc, char **argv);
 typedef struct {
     const char *product;
     const char *path;
+    char **text; /* if not NULL: gets the product's content (malloc'd, NUL-terminated) */
 } dm_cli_product;
 
 /*

@@ -56,6 +56,16 @@ int dm_cli_run_to_files(const char *cmd, const char *yaml, const char *cache, in
     dm_progress_enabled = !quiet;
     if (dm_run(g))
         goto end;
+    for (int i = 0; i < nwant; i++) {
+        if (!want[i].text)
+            continue;
+        char *src = dm_xasprintf("%s/%s", out, want[i].product);
+        size_t len;
+        *want[i].text = dm_read_file(src, &len);
+        free(src);
+        if (!*want[i].text)
+            goto end;
+    }
     for (placed = 0; placed < nwant; placed++) {
         if (!want[placed].path)
             continue;

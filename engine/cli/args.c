@@ -69,7 +69,7 @@ int dm_args_usage_error(const dm_args *a, const char *fmt, ...)
 /* "from 1 to 4096", "at least 1", "above 0": the range as a user reads it. */
 static void range_text(const dm_arg_spec *s, char *buf, size_t n)
 {
-    if (s->min == 0 && s->max == 0)
+    if (s->min == 0 && s->max == 0 && !s->min_open)
         buf[0] = 0;
     else if (s->max == 0 || !isfinite(s->max))
         snprintf(buf, n, s->min_open ? "above %.15g" : "at least %.15g", s->min);
@@ -79,7 +79,7 @@ static void range_text(const dm_arg_spec *s, char *buf, size_t n)
 
 static int in_range(const dm_arg_spec *s, double v)
 {
-    if (s->min == 0 && s->max == 0)
+    if (s->min == 0 && s->max == 0 && !s->min_open)
         return 1;
     if (s->min_open ? !(v > s->min) : !(v >= s->min))
         return 0;
@@ -167,11 +167,11 @@ void dm_args_help(const dm_arg_cmd *c, FILE *f)
             snprintf(head, sizeof head, "--%s %s", s->name, meta_of(s));
         fprintf(f, "  %-22s %s", head, s->help ? s->help : "");
         range_text(s, range, sizeof range);
-        if (*range)
+        if (*range && !(s->type == DM_ARG_SIZE && s->min <= 1 && s->max == 0))
             fprintf(f, " (%s)", range);
         if (s->required)
             fprintf(f, " [required]");
-        else if (s->def && s->type != DM_ARG_FLAG)
+        else if (s->def && *s->def && s->type != DM_ARG_FLAG)
             fprintf(f, " [default: %s]", s->def);
         if (s->type == DM_ARG_LIST)
             fprintf(f, " [repeatable]");

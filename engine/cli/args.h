@@ -37,7 +37,7 @@ typedef struct {
     const char *meta; /* the value's placeholder in the help: "K", "DIR" (NULL: by type) */
     const char *def;  /* default as text (parsed like a given value); NULL: none */
     int required;
-    double min, max;  /* range of INT, FLOAT and SIZE values; both 0: any */
+    double min, max;  /* range of INT, FLOAT and SIZE values; both 0 (and min_open 0): any; max 0: no upper bound */
     int min_open;     /* FLOAT: the value must be above min, not equal to it */
     const char *help;
 } dm_arg_spec;

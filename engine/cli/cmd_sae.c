@@ -25,7 +25,7 @@ static const dm_arg_spec sae_specs[] = {
     {"stats", DM_ARG_PATH, "STATS.json", NULL, 0, 0, 0, 0, "where the statistics of the pass go (docs/sae.md)"},
     {"hook", DM_ARG_STRING, "NAME", "", 0, 0, 0, 0, "the hook ACTS come from, checked against the SAE's hook_name"},
     {"tile", DM_ARG_INT, "ROWS", "256", 0, 1, 65536, 0, "rows per encode tile"},
-    {"scaling-factor", DM_ARG_FLOAT, "S", NULL, 0, 0, 1e30, 1,
+    {"scaling-factor", DM_ARG_FLOAT, "S", NULL, 0, 0, 0, 1,
      "input scaling of expected_average_only_in SAEs (SAELens norm_scaling_factor)"},
     {"no-predictability", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0,
      "skip the linear predictability of the residual (2 d_in^2 multiply-adds a token)"},

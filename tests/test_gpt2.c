@@ -26,6 +26,7 @@
  *
  * Runs from the repository root (make test-unit does) so tests/golden is found.
  */
+#include "commands.h"
 #include "gpt2.h"
 
 #include "commands.h"

@@ -13,6 +13,7 @@
  * The real vocabulary is tests/data/gpt2-tokenizer, a copy of GPT-2's (from the repository root,
  * where the tests run), or the folder in DMICA_GPT2_TOKENIZER.
  */
+#include "commands.h"
 #include "tokenizer.h"
 
 #include "dm.h"

@@ -18,7 +18,10 @@
  *   - a tensor is a small dense array (a covariance, a whitening matrix) that an
  *     operator sets in finish() with dm_set_output(). Consumers read it with
  *     dm_input_tensor() from open() onwards: a tensor input is always complete
- *     before its consumer starts.
+ *     before its consumer starts. A tensor that depends only on its node's
+ *     parameters (an SAE's settings from its cfg.json, a generated dictionary)
+ *     may be set already in infer(), so consumers see it from their own infer()
+ *     on (op_sae_config.c); the node sets it again in finish() for the cache.
  *
  * Life of a node in one run:
  *   infer()            at validation, before any work; checks inputs, sets outputs

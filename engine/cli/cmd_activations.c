@@ -1,162 +1,151 @@
 /*
- * cmd_activations.c: `dmica activations`, GPT-2 activations at a hook for windows
- * of token ids given as a .npy.
+ * cmd_activations.c: `dmica activations`, GPT-2 activations at a hook for
+ * windows of token ids given as a .npy, as a generated pipeline:
+ *
+ *   tokens (text, 2-D .npy windows used as they are) -> gpt2 -> acts (npy_sink)
+ *
+ * whose product is moved to --out (generated.c). Before the run the command
+ * checks the token array against the model's config, so a bad id or window
+ * length is reported in the file's own terms ([window, position]).
  */
-#include <errno.h>
-#include <getopt.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "args.h"
 #include "commands.h"
 #include "engine.h"
-#include "fs.h"
 #include "gpt2.h"
 #include "npy.h"
-#include "sae.h"
-#include "tokenizer.h"
-/* ---- dmica activations ---------------------------------------------------- */
 
-static void activations_usage(void)
-{
-    fprintf(stderr,
-            "usage: dmica activations --model DIR --hook HOOK --tokens TOKENS.npy --out ACTS.npy\n"
-            "                         [--no-center] [--batch WINDOWS]\n"
-            "  TOKENS: integer array [B, T] (int32, int64 or uint16); ACTS: float32 [B*T, width],\n"
-            "  row b*T+t. Residual hooks are centred per token (TransformerLens) unless --no-center.\n");
-}
+static const dm_arg_spec activations_specs[] = {
+    {"model", DM_ARG_PATH, "DIR", NULL, 1, 0, 0, 0, "Hugging Face GPT-2 folder (config.json, model.safetensors)"},
+    {"hook", DM_ARG_STRING, "HOOK", NULL, 1, 0, 0, 0, "TransformerLens hook name, e.g. blocks.6.hook_resid_pre"},
+    {"tokens", DM_ARG_PATH, "TOKENS.npy", NULL, 1, 0, 0, 0, "integer array [B, T] (int32, int64 or uint16)"},
+    {"out", DM_ARG_PATH, "ACTS.npy", NULL, 1, 0, 0, 0, "float32 [B*T, width], row b*T+t"},
+    {"no-center", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0,
+     "leave residual hooks as they are (default: centred per token, as TransformerLens does)"},
+    {"batch", DM_ARG_INT, "WINDOWS", NULL, 0, 1, 1 << 20, 0,
+     "windows per forward pass (default: about 4096 tokens, at most 1 GiB of outputs)"},
+    {"memory", DM_ARG_SIZE, "SIZE", "4G", 0, 1, 0, 0, "memory budget the run is planned within"},
+    {"threads", DM_ARG_INT, "N", NULL, 0, 1, 4096, 0, "worker threads (default: all cores)"},
+    {"cache", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0,
+     "keep the run's cache in DIR, to reuse it (default: a temporary one, removed afterwards)"},
+    {"quiet", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "no progress output"},
+    {NULL},
+};
 
-/* Converts windows [w0, w0+nw) of the token array to int32, checking each id. */
-static int tokens_read(const char *path, const dm_npy_header *h, const void *data, int64_t w0,
-                       int nw, int T, int V, int32_t *out)
+static const dm_arg_cmd activations_cmd = {
+    "activations", "--model DIR --hook HOOK --tokens TOKENS.npy --out ACTS.npy [options]",
+    "GPT-2's activations at HOOK for every window of TOKENS, one row per token. It runs as a\n"
+    "pipeline: text (the windows as they are) -> gpt2 -> npy_sink.\n",
+    activations_specs, NULL, 0, 0,
+};
+
+/* Checks every id of the [windows, T] array against the vocabulary, naming the
+ * first bad one by its place in the file. */
+static int check_ids(const char *path, const dm_npy_header *h, const void *data, int V)
 {
-    for (int64_t k = 0; k < (int64_t)nw * T; k++) {
-        int64_t i = w0 * T + k, id;
-        switch (h->dtype) {
-        case DM_I32: {
+    int64_t n = h->shape[0] * h->shape[1], T = h->shape[1];
+    for (int64_t i = 0; i < n; i++) {
+        int64_t id;
+        if (h->dtype == DM_I32) {
             int32_t v;
             memcpy(&v, (const char *)data + 4 * i, 4);
             id = v;
-            break;
-        }
-        case DM_I64: memcpy(&id, (const char *)data + 8 * i, 8); break;
-        default: {
+        } else if (h->dtype == DM_I64) {
+            memcpy(&id, (const char *)data + 8 * i, 8);
+        } else {
             uint16_t v;
             memcpy(&v, (const char *)data + 2 * i, 2);
             id = v;
         }
-        }
         if (id < 0 || id >= V)
-            return dm_fail("%s: token id %lld at [%lld, %lld] is not below vocab_size %d", path,
-                           (long long)id, (long long)(i / T), (long long)(i % T), V);
-        out[k] = (int32_t)id;
+            return dm_failc(DM_E_INPUT, "%s: token id %lld at [%lld, %lld] is not below vocab_size %d", path,
+                            (long long)id, (long long)(i / T), (long long)(i % T), V);
     }
     return 0;
 }
 
+/* The checks of the old direct command, in the user's terms; *T, *width and
+ * *hook_name (canonical) for the pipeline. */
+static int check_inputs(const char *model, const char *hook_arg, const char *tokens, int64_t *T, int64_t *width,
+                        char *hook_name, size_t hook_len)
+{
+    dm_gpt2_hook hook;
+    dm_gpt2_config c;
+    if (dm_gpt2_hook_parse(hook_arg, &hook))
+        return -1;
+    dm_gpt2_hook_name(hook, hook_name, hook_len);
+    size_t l = strlen(tokens);
+    if (l < 4 || strcmp(tokens + l - 4, ".npy"))
+        return dm_failc(DM_E_INPUT, "%s: token windows are read from a .npy file (its name ending in .npy)", tokens);
+    dm_npy_map *tm = dm_npy_open(tokens);
+    if (!tm)
+        return -1;
+    const dm_npy_header *h = dm_npy_hdr(tm);
+    int rc = 0;
+    if (h->ndim != 2 || (h->dtype != DM_I32 && h->dtype != DM_I64 && h->dtype != DM_U16))
+        rc = dm_failc(DM_E_SHAPE, "%s: token ids must be a 2-D int32, int64 or uint16 array [windows, T], not %d-D %s",
+                      tokens, h->ndim, dm_dtype_name(h->dtype));
+    else if (dm_gpt2_read_config(model, &c))
+        rc = -1;
+    else if (dm_gpt2_hook_depth(hook) > c.n_layer) /* what loading the model would say */
+        rc = dm_failc(DM_E_INPUT, "%s: %d blocks needed, config n_layer is %d", model, dm_gpt2_hook_depth(hook),
+                      c.n_layer);
+    else if ((*width = dm_gpt2_hook_width(&c, hook)) < 0)
+        rc = dm_fail_prefix("%s", model);
+    else if (h->shape[1] < 1 || h->shape[1] > c.n_positions || h->shape[0] < 1)
+        rc = dm_failc(DM_E_SHAPE, "%s: windows of %lld tokens; model %s takes 1 to %d (n_positions)", tokens,
+                      (long long)h->shape[1], model, c.n_positions);
+    else
+        rc = check_ids(tokens, h, dm_npy_data(tm), c.vocab_size);
+    if (!rc)
+        *T = h->shape[1];
+    dm_npy_close(tm);
+    return rc;
+}
+
 int dm_cmd_activations(int argc, char **argv)
 {
-    const char *model = NULL, *hook_name = NULL, *tokens_path = NULL, *out_path = NULL;
-    int center = 1, batch = 0, rc = 1;
-    dm_gpt2_hook hook;
-    dm_npy_map *tok = NULL;
-    dm_npy_writer *w = NULL;
-    dm_gpt2 *m = NULL;
-    int32_t *ids = NULL;
-    float *acts = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        const char **dst = !strcmp(arg, "--model")    ? &model
-                           : !strcmp(arg, "--hook")   ? &hook_name
-                           : !strcmp(arg, "--tokens") ? &tokens_path
-                           : !strcmp(arg, "--out")    ? &out_path
-                                                      : NULL;
-        if (dst && i + 1 < argc) {
-            *dst = argv[++i];
-        } else if (!strcmp(arg, "--no-center")) {
-            center = 0;
-        } else if (!strcmp(arg, "--batch") && i + 1 < argc) {
-            batch = atoi(argv[++i]);
-            if (batch <= 0) {
-                fprintf(stderr, "dmica activations: --batch must be a positive number\n");
-                return 1;
-            }
-        } else if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            activations_usage();
-            return 0;
-        } else {
-            fprintf(stderr, "dmica activations: %s '%s'\n",
-                    dst ? "missing value after" : "unknown argument", arg);
-            activations_usage();
-            return 1;
-        }
+    dm_args a;
+    int rc = dm_args_parse(&activations_cmd, argc, argv, &a);
+    if (rc) {
+        dm_args_free(&a);
+        return rc == 1 ? 0 : rc;
     }
-    if (!model || !hook_name || !tokens_path || !out_path) {
-        fprintf(stderr, "dmica activations: --model, --hook, --tokens and --out are required\n");
-        activations_usage();
+    const char *model = dm_arg_str(&a, "model"), *tokens = dm_arg_str(&a, "tokens");
+    char hook[64];
+    int64_t T = 0, width = 0;
+    if (check_inputs(model, dm_arg_str(&a, "hook"), tokens, &T, &width, hook, sizeof hook)) {
+        fprintf(stderr, "dmica activations: %s\n", dm_error());
+        dm_args_free(&a);
         return 1;
     }
-    if (dm_gpt2_hook_parse(hook_name, &hook) < 0)
-        goto end;
-    if (!(tok = dm_npy_open(tokens_path)))
-        goto end;
-    const dm_npy_header *h = dm_npy_hdr(tok);
-    if (h->ndim != 2 || (h->dtype != DM_I32 && h->dtype != DM_I64 && h->dtype != DM_U16)) {
-        dm_fail("%s: token ids must be a 2-D int32, int64 or uint16 array [windows, T], not %d-D "
-                "%s",
-                tokens_path, h->ndim, dm_dtype_name(h->dtype));
-        goto end;
-    }
-    int64_t nwin = h->shape[0];
-    int T = (int)h->shape[1];
-    if (!(m = dm_gpt2_load(model, dm_gpt2_hook_depth(hook), dm_compute_default())))
-        goto end;
-    const dm_gpt2_config *c = dm_gpt2_cfg(m);
-    int64_t width = dm_gpt2_hook_width(c, hook);
-    if (width < 0) {
-        dm_fail_prefix("%s", model);
-        goto end;
-    }
-    if (h->shape[1] > c->n_positions || T <= 0) {
-        dm_fail("%s: windows of %lld tokens; model %s takes 1 to %d (n_positions)", tokens_path,
-                (long long)h->shape[1], model, c->n_positions);
-        goto end;
-    }
+    int64_t batch = dm_arg_int(&a, "batch");
     if (!batch) {
         /* about 4096 rows a pass (large sgemms), and at most 1 GiB of logits */
-        int64_t rows = (int64_t)4096 < ((int64_t)256 << 20) / width ? 4096
-                                                                   : ((int64_t)256 << 20) / width;
-        batch = rows / T > 0 ? (int)(rows / T) : 1;
+        int64_t rows = (int64_t)4096 < ((int64_t)256 << 20) / width ? 4096 : ((int64_t)256 << 20) / width;
+        batch = rows / T > 0 ? rows / T : 1;
     }
-    ids = dm_xmalloc(sizeof(int32_t) * (size_t)batch * T);
-    acts = dm_xmalloc(sizeof(float) * (size_t)batch * T * width);
-    if (!(w = dm_npy_writer_open(out_path, DM_F32, width)))
-        goto end;
-    double t0 = dm_now();
-    for (int64_t w0 = 0; w0 < nwin; w0 += batch) {
-        int nw = (int)(nwin - w0 < batch ? nwin - w0 : batch);
-        if (tokens_read(tokens_path, h, dm_npy_data(tok), w0, nw, T, c->vocab_size, ids) < 0 ||
-            dm_gpt2_forward(m, ids, nw, T, &hook, 1, &acts, center) < 0 ||
-            dm_npy_writer_append_f32(w, acts, (int64_t)nw * T) < 0)
-            goto end;
-    }
-    if (dm_npy_writer_commit(w) < 0) {
-        w = NULL;
-        goto end;
-    }
-    w = NULL;
-    if (dm_verbose >= 2)
-        dm_info("activations: %lld tokens in %.2f s", (long long)(nwin * T), dm_now() - t0);
-    rc = 0;
-end:
-    if (rc)
-        fprintf(stderr, "dmica activations: %s\n", dm_error());
-    dm_npy_writer_abort(w);
-    dm_npy_close(tok);
-    dm_gpt2_free(m);
-    free(ids);
-    free(acts);
+    char *qt = dm_yaml_quote(tokens), *qm = dm_yaml_quote(model), *qh = dm_yaml_quote(hook);
+    char *port = dm_xasprintf("gpt2.%s", hook), *qp = dm_yaml_quote(port);
+    char *yaml = dm_xasprintf(
+        "name: activations\n"
+        "nodes:\n"
+        "  tokens: {op: text, params: {path: %s, format: npy, context: %lld, bos: false}, spill: never}\n"
+        "  gpt2:\n"
+        "    op: gpt2\n"
+        "    inputs: {tokens: tokens}\n"
+        "    params: {model: %s, hooks: %s, center: %s, batch: %lld}\n"
+        "    spill: never\n"
+        "  acts: {op: npy_sink, inputs: {x: %s}, params: {file: activations.npy}}\n",
+        qt, (long long)T, qm, qh, dm_arg_flag(&a, "no-center") ? "false" : "true", (long long)batch, qp);
+    free(qt), free(qm), free(qh), free(port), free(qp);
+    dm_cli_product want[] = {{"activations.npy", dm_arg_str(&a, "out"), NULL}};
+    rc = dm_cli_run_to_files("activations", yaml, dm_arg_str(&a, "cache"), dm_arg_int(&a, "memory"),
+                             (int)dm_arg_int(&a, "threads"), dm_arg_flag(&a, "quiet"), want, 1);
+    free(yaml);
+    dm_args_free(&a);
     return rc;
 }

@@ -1,6 +1,6 @@
 /*
- * cmd_analyze.c: `dmica analyze`, the plan's steps 4-9 on activations a user
- * already has, and `dmica top`, one component's examples on the terminal.
+ * cmd_analyze.c: `dmica analyze`, the analysis on activations a user already
+ * has (from the SAE's residual to the report).
  *
  * analyze writes the same pipeline as pipelines/gpt2-small-res-jb-l6.yaml
  * without its text and gpt2 nodes: the activations come from a .npy, and the
@@ -14,103 +14,59 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "args.h"
 #include "commands.h"
 #include "engine.h"
 #include "npy.h"
 #include "sae.h"
 
-static void analyze_usage(FILE *f)
-{
-    fputs("usage: dmica analyze --acts ACTS.npy --sae SAE_DIR [--tokens TOKENS.npy --tokenizer DIR]\n"
-          "                     --components K --out RUN_DIR [options]\n"
-          "\n"
-          "The plan's steps 4-9 on activations you already have: the SAE's residual and statistics,\n"
-          "its moments and PCA, whitening to K components, FastICA with several seeds, the comparison\n"
-          "with the SAE's decoder, sources, top examples, kurtosis, results.json and report.html.\n"
-          "\n"
-          "  --acts ACTS.npy     float32/float16 [N, d_in] activations at the SAE's hook\n"
-          "  --sae DIR           SAELens folder (cfg.json, sae_weights.safetensors)\n"
-          "  --tokens T.npy      integer [windows, T] token ids, N = windows x T (for contexts)\n"
-          "  --tokenizer DIR     vocab.json + merges.txt, to decode contexts\n"
-          "  --components K      ICA components (whitening to K PCA components)\n"
-          "  --seeds S           FastICA runs for stability (default 3)\n"
-          "  --seed N            first seed (default 42)\n"
-          "  --max-iter M        (default 1000)   --tol T (default 1e-4)\n"
-          "  --top K             examples per component and direction (default 20)\n"
-          "  --scaling-factor F  for expected_average_only_in SAEs\n"
-          "  --memory SIZE --threads N --cache DIR --quiet\n",
-          f);
-}
+static const dm_arg_spec analyze_specs[] = {
+    {"acts", DM_ARG_PATH, "ACTS.npy", NULL, 1, 0, 0, 0, "float32/float16 [N, d_in] activations at the SAE's hook"},
+    {"sae", DM_ARG_PATH, "DIR", NULL, 1, 0, 0, 0, "SAELens folder (cfg.json, sae_weights.safetensors)"},
+    {"tokens", DM_ARG_PATH, "T.npy", NULL, 0, 0, 0, 0, "integer [windows, T] token ids, N = windows x T (for contexts)"},
+    {"tokenizer", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0, "vocab.json + merges.txt, to decode contexts"},
+    {"components", DM_ARG_INT, "K", NULL, 1, 1, 1e9, 0, "ICA components (whitening to K PCA components)"},
+    {"out", DM_ARG_PATH, "RUN_DIR", NULL, 1, 0, 0, 0, "results folder"},
+    {"seeds", DM_ARG_INT, "S", "3", 0, 1, 1000, 0, "FastICA runs for stability"},
+    {"seed", DM_ARG_INT, "N", "42", 0, 0, 9e18, 0, "first seed"},
+    {"max-iter", DM_ARG_INT, "M", "1000", 0, 1, 1e9, 0, "FastICA iterations at most"},
+    {"tol", DM_ARG_FLOAT, "T", "1e-4", 0, 0, 1, 1, "FastICA tolerance"},
+    {"top", DM_ARG_INT, "K", "20", 0, 1, 1e6, 0, "examples per component and direction"},
+    {"scaling-factor", DM_ARG_FLOAT, "F", NULL, 0, 0, 0, 1,
+     "input scaling of expected_average_only_in SAEs (SAELens norm_scaling_factor)"},
+    {"memory", DM_ARG_SIZE, "SIZE", NULL, 0, 1, 0, 0, "memory budget (default 1G)"},
+    {"threads", DM_ARG_INT, "N", NULL, 0, 1, 4096, 0, "worker threads (default: all cores)"},
+    {"cache", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0, "cache folder (default $DMICA_CACHE, else .dmica-cache)"},
+    {"quiet", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "no progress output"},
+    {NULL},
+};
+
+static const dm_arg_cmd analyze_cmd = {
+    "analyze", "--acts ACTS.npy --sae SAE_DIR [--tokens TOKENS.npy --tokenizer DIR] --components K --out RUN_DIR [options]",
+    "The analysis on activations you already have: the SAE's residual and statistics, its moments\n"
+    "and PCA, whitening to K components, FastICA with several seeds, the comparison with the SAE's\n"
+    "decoder, sources, top examples, kurtosis, results.json and report.html.\n",
+    analyze_specs, NULL, 0, 0,
+};
 
 int dm_cmd_analyze(int argc, char **argv)
 {
-    const char *acts = NULL, *sae = NULL, *tokens = NULL, *tokenizer = NULL, *out = NULL, *cache = NULL;
-    const char *v;
-    long long k = 0, seeds = 3, seed = 42, max_iter = 1000, top = 20, threads = 0;
-    double tol = 1e-4, scaling = 0;
-    int64_t memory = 0;
-    int quiet = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            analyze_usage(stdout);
-            return 0;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--acts"))) {
-            acts = v;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--sae"))) {
-            sae = v;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--tokens"))) {
-            tokens = v;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--tokenizer"))) {
-            tokenizer = v;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--out"))) {
-            out = v;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--cache"))) {
-            cache = v;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--components"))) {
-            k = atoll(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--seeds"))) {
-            seeds = atoll(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--seed"))) {
-            seed = atoll(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--max-iter"))) {
-            max_iter = atoll(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--top"))) {
-            top = atoll(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--threads"))) {
-            threads = atoll(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--tol"))) {
-            tol = atof(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--scaling-factor"))) {
-            scaling = atof(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--memory"))) {
-            if ((memory = dm_parse_size(v)) <= 0) {
-                fprintf(stderr, "dmica analyze: --memory: %s\n", dm_error());
-                return 2;
-            }
-        } else if (!strcmp(argv[i], "--quiet")) {
-            quiet = 1;
-        } else {
-            fprintf(stderr, "dmica analyze: unknown or incomplete option '%s'\n", argv[i]);
-            analyze_usage(stderr);
-            return 2;
-        }
+    dm_args a;
+    int rc = dm_args_parse(&analyze_cmd, argc, argv, &a);
+    if (!rc && dm_arg_str(&a, "tokenizer") && !dm_arg_str(&a, "tokens"))
+        rc = dm_args_usage_error(&a, "--tokenizer needs --tokens (the windows whose contexts it decodes)");
+    if (rc) {
+        dm_args_free(&a);
+        return rc == 1 ? 0 : rc;
     }
-    if (!acts || !sae || !out || k < 1) {
-        fprintf(stderr, "dmica analyze: --acts, --sae, --components K (>= 1) and --out are required\n");
-        analyze_usage(stderr);
-        return 2;
-    }
-    if (seeds < 1 || max_iter < 1 || top < 1 || !(tol > 0)) {
-        fprintf(stderr, "dmica analyze: --seeds, --max-iter and --top must be >= 1 and --tol > 0\n");
-        return 2;
-    }
-    if (tokenizer && !tokens) {
-        fprintf(stderr, "dmica analyze: --tokenizer needs --tokens (the windows whose contexts it decodes)\n");
-        return 2;
-    }
+    const char *acts = dm_arg_str(&a, "acts"), *sae = dm_arg_str(&a, "sae"), *tokens = dm_arg_str(&a, "tokens");
+    const char *tokenizer = dm_arg_str(&a, "tokenizer");
+    int64_t memory = dm_arg_int(&a, "memory");
+    long long k = dm_arg_int(&a, "components"), top = dm_arg_int(&a, "top");
     dm_sae_config cfg;
     if (dm_sae_read_config(sae, &cfg)) {
         fprintf(stderr, "dmica analyze: %s\n", dm_error());
+        dm_args_free(&a);
         return 1;
     }
     int64_t T = 0;
@@ -120,9 +76,9 @@ int dm_cmd_analyze(int argc, char **argv)
         if (!bad) {
             const dm_npy_header *th = dm_npy_hdr(tm), *ah = dm_npy_hdr(am);
             if (th->ndim != 2)
-                bad = dm_fail("%s: token ids must be a 2-D [windows, T] array", tokens);
+                bad = dm_failc(DM_E_SHAPE, "%s: token ids must be a 2-D [windows, T] array", tokens);
             else if (ah->ndim != 2 || th->shape[0] * th->shape[1] != ah->shape[0])
-                bad = dm_fail("%s: %lld windows x %lld tokens = %lld rows, but %s has %lld rows", tokens,
+                bad = dm_failc(DM_E_SHAPE, "%s: %lld windows x %lld tokens = %lld rows, but %s has %lld rows", tokens,
                               (long long)th->shape[0], (long long)th->shape[1],
                               (long long)(th->shape[0] * th->shape[1]), acts, (long long)ah->shape[0]);
             T = th->shape[1];
@@ -132,6 +88,7 @@ int dm_cmd_analyze(int argc, char **argv)
         if (bad) {
             fprintf(stderr, "dmica analyze: %s\n", dm_error());
             dm_sae_config_free(&cfg);
+            dm_args_free(&a);
             return 1;
         }
     }
@@ -181,13 +138,16 @@ int dm_cmd_analyze(int argc, char **argv)
         "      examples: top_sources.examples\n      activation_examples: top_activations.examples\n"
         "      sae_summary: sae.summary\n      ica_summary: ica.summary\n      compare_summary: compare.summary\n"
         "    params: {model: %s, sae: %s, hook: %s}\n",
-        qa, windows, qs, scaling, k, tol, max_iter, seed, seeds,
+        qa, windows, qs, dm_arg_float(&a, "scaling-factor"), k, dm_arg_float(&a, "tol"),
+        (long long)dm_arg_int(&a, "max-iter"), (long long)dm_arg_int(&a, "seed"), (long long)dm_arg_int(&a, "seeds"),
         (long long)((memory > 0 ? memory : (int64_t)1 << 30) / 2), win_in, top, qk, win_in, top, qk,
         qm, qs, qh);
     free(qa), free(qs), free(qh), free(qm), free(qt), free(qk), free(windows);
     dm_sae_config_free(&cfg);
-    dm_run_opts ro = {out, cache, memory, (int)threads, quiet};
-    int rc = dm_run_yaml("<dmica analyze>", yaml, &ro);
+    dm_run_opts ro = {dm_arg_str(&a, "out"), dm_arg_str(&a, "cache"), memory, (int)dm_arg_int(&a, "threads"),
+                      dm_arg_flag(&a, "quiet")};
+    rc = dm_run_yaml("<dmica analyze>", yaml, &ro);
     free(yaml);
+    dm_args_free(&a);
     return rc;
 }

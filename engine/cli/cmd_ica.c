@@ -1,128 +1,79 @@
 /*
  * cmd_ica.c: `dmica ica`, whitening and FastICA of a .npy matrix (a generated pipeline).
  */
-/* ---- dmica ica ----------------------------------------------------------- */
+#include <stdio.h>
+#include <stdlib.h>
 
-#include <getopt.h>
-
+#include "args.h"
 #include "commands.h"
 #include "engine.h"
 #include "npy.h"
 
-static void ica_usage(FILE *f)
-{
-    fputs("usage: dmica ica --in X.npy --components K --out DIR [options]\n"
-          "\n"
-          "Centres X (rows x d, float32 or float16), whitens it with its top K principal components and runs\n"
-          "parallel FastICA (scikit-learn's semantics) from several seeds in the same passes. Writes\n"
-          "  DIR/directions.npy       K x d patterns (unit rows): what each component writes into X's space\n"
-          "  DIR/unmixing.npy         K x d filters: sources = unmixing @ (x - mean)\n"
-          "  DIR/mixing.npy           d x K: x - mean ~= mixing @ sources\n"
-          "  DIR/unscaled_patterns.npy  mixing^T @ components without the eigenvalue scaling (for comparison)\n"
-          "  DIR/ica.json             iterations, convergence per seed, stability, timings\n"
-          "  DIR/ica_compare.json     variance explained (and the SAE comparison with --decoder)\n"
-          "  DIR/pca.json             the whitening's eigenvalues\n"
-          "\n"
-          "  --seed S          seed of the first run (sklearn's random_state; default 42)\n"
-          "  --seeds N         runs from seeds S, S+1, ... for stability (default 3)\n"
-          "  --max-iter M      iterations at most (default 1000)\n"
-          "  --tol T           tolerance (default 1e-4)\n"
-          "  --fun F           logcosh (default), exp or cube\n"
-          "  --warm-start      iterate on a 100000-row subsample first\n"
-          "  --decoder W.npy   SAE W_dec (d_sae x d) to compare the patterns with\n"
-          "  --memory SIZE     memory budget (default 1G); the whitened data stays in RAM if it fits\n"
-          "  --threads N       worker threads (default: all cores)\n"
-          "  --cache DIR       cache folder (default $DMICA_CACHE, else .dmica-cache)\n"
-          "  --quiet           no progress output\n",
-          f);
-}
+static const dm_arg_spec ica_specs[] = {
+    {"in", DM_ARG_PATH, "X.npy", NULL, 1, 0, 0, 0, "rows x d, float32 or float16"},
+    {"components", DM_ARG_INT, "K", NULL, 1, 1, 1e9, 0, "ICA components (whitening to the top K principal components)"},
+    {"out", DM_ARG_PATH, "DIR", NULL, 1, 0, 0, 0, "results folder"},
+    {"seed", DM_ARG_INT, "S", "42", 0, 0, 9e18, 0, "seed of the first run (sklearn's random_state)"},
+    {"seeds", DM_ARG_INT, "N", "3", 0, 1, 1000, 0, "runs from seeds S, S+1, ... for stability"},
+    {"max-iter", DM_ARG_INT, "M", "1000", 0, 1, 1e9, 0, "iterations at most"},
+    {"tol", DM_ARG_FLOAT, "T", "1e-4", 0, 0, 1, 1, "tolerance"},
+    {"fun", DM_ARG_STRING, "F", "logcosh", 0, 0, 0, 0, "logcosh, exp or cube"},
+    {"warm-start", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "iterate on a 100000-row subsample first"},
+    {"decoder", DM_ARG_PATH, "W.npy", NULL, 0, 0, 0, 0, "SAE W_dec (d_sae x d) to compare the patterns with"},
+    {"memory", DM_ARG_SIZE, "SIZE", "1G", 0, 1, 0, 0, "memory budget; the whitened data stays in RAM if it fits"},
+    {"threads", DM_ARG_INT, "N", NULL, 0, 1, 4096, 0, "worker threads (default: all cores)"},
+    {"cache", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0, "cache folder (default $DMICA_CACHE, else .dmica-cache)"},
+    {"quiet", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "no progress output"},
+    {NULL},
+};
+
+static const dm_arg_cmd ica_cmd = {
+    "ica", "--in X.npy --components K --out DIR [options]",
+    "Centres X (rows x d, float32 or float16), whitens it with its top K principal components and runs\n"
+    "parallel FastICA (scikit-learn's semantics) from several seeds in the same passes. Writes\n"
+    "  DIR/directions.npy       K x d patterns (unit rows): what each component writes into X's space\n"
+    "  DIR/unmixing.npy         K x d filters: sources = unmixing @ (x - mean)\n"
+    "  DIR/mixing.npy           d x K: x - mean ~= mixing @ sources\n"
+    "  DIR/unscaled_patterns.npy  mixing^T @ components without the eigenvalue scaling (for comparison)\n"
+    "  DIR/ica.json             iterations, convergence per seed, stability, timings\n"
+    "  DIR/ica_compare.json     variance explained (and the SAE comparison with --decoder)\n"
+    "  DIR/pca.json             the whitening's eigenvalues\n",
+    ica_specs, NULL, 0, 0,
+};
 
 int dm_cmd_ica(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"in", required_argument, 0, 'i'},     {"components", required_argument, 0, 'k'},
-        {"seed", required_argument, 0, 's'},   {"seeds", required_argument, 0, 'S'},
-        {"max-iter", required_argument, 0, 'M'}, {"tol", required_argument, 0, 'T'},
-        {"fun", required_argument, 0, 'F'},    {"memory", required_argument, 0, 'm'},
-        {"threads", required_argument, 0, 't'}, {"cache", required_argument, 0, 'c'},
-        {"out", required_argument, 0, 'o'},    {"decoder", required_argument, 0, 'D'},
-        {"warm-start", no_argument, 0, 'w'},   {"quiet", no_argument, 0, 'q'},
-        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0},
-    };
-    const char *in = NULL, *out = NULL, *cache = NULL, *fun = "logcosh", *decoder = "";
-    long long k = 0, seed = 42, seeds = 3, max_iter = 1000, threads = 0;
-    double tol = 1e-4;
-    int64_t memory = (int64_t)1 << 30;
-    int quiet = 0, warm = 0, c;
-    char *e;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'i': in = optarg; break;
-        case 'o': out = optarg; break;
-        case 'c': cache = optarg; break;
-        case 'F': fun = optarg; break;
-        case 'D': decoder = optarg; break;
-        case 'w': warm = 1; break;
-        case 'q': quiet = 1; break;
-        case 'k': case 's': case 'S': case 'M': case 't': {
-            long long v = strtoll(optarg, &e, 10);
-            if (*e || !*optarg || v < 0) {
-                fprintf(stderr, "dmica ica: --%s needs a non-negative integer, not '%s'\n",
-                        c == 'k' ? "components" : c == 's' ? "seed" : c == 'S' ? "seeds" : c == 'M' ? "max-iter"
-                                                                                                 : "threads",
-                        optarg);
-                return 2;
-            }
-            *(c == 'k' ? &k : c == 's' ? &seed : c == 'S' ? &seeds : c == 'M' ? &max_iter : &threads) = v;
-            break;
-        }
-        case 'T':
-            tol = strtod(optarg, &e);
-            if (*e || !*optarg || !(tol > 0)) {
-                fprintf(stderr, "dmica ica: --tol needs a positive number, not '%s'\n", optarg);
-                return 2;
-            }
-            break;
-        case 'm':
-            if ((memory = dm_parse_size(optarg)) <= 0) {
-                fprintf(stderr, "dmica ica: --memory: %s\n", dm_error());
-                return 2;
-            }
-            break;
-        case 'h': ica_usage(stdout); return 0;
-        default: ica_usage(stderr); return 2;
-        }
+    dm_args a;
+    int rc = dm_args_parse(&ica_cmd, argc, argv, &a);
+    if (rc) {
+        dm_args_free(&a);
+        return rc == 1 ? 0 : rc;
     }
-    if (optind != argc) {
-        fprintf(stderr, "dmica ica: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
-    if (!in || !out || k < 1) {
-        fprintf(stderr, "dmica ica: --in X.npy, --components K (>= 1) and --out DIR are required "
-                        "(see dmica ica --help)\n");
-        return 2;
-    }
+    const char *in = dm_arg_str(&a, "in"), *decoder = dm_arg_str(&a, "decoder");
+    long long k = dm_arg_int(&a, "components");
+    int64_t memory = dm_arg_int(&a, "memory");
+    if (!decoder)
+        decoder = "";
     /* Check the input's shape here, to say what is wrong in the user's terms. */
     dm_npy_map *map = dm_npy_open(in);
     if (!map) {
         fprintf(stderr, "dmica ica: %s\n", dm_error());
+        dm_args_free(&a);
         return 1;
     }
     const dm_npy_header *h = dm_npy_hdr(map);
     int ndim = h->ndim;
     int64_t rows = ndim >= 1 ? h->shape[0] : 0, d = ndim == 2 ? h->shape[1] : 0;
     dm_npy_close(map);
-    if (ndim != 2) {
-        fprintf(stderr, "dmica ica: %s: expected a 2-D matrix (rows x d), got %d dimensions\n", in, ndim);
-        return 1;
-    }
-    if (k > d) {
-        fprintf(stderr, "dmica ica: --components %lld is more than the %lld columns of %s\n", k, (long long)d, in);
-        return 1;
-    }
-    if (rows < 2) {
-        fprintf(stderr, "dmica ica: %s has %lld rows: FastICA needs at least 2\n", in, (long long)rows);
+    if (ndim != 2)
+        rc = dm_failc(DM_E_SHAPE, "%s: expected a 2-D matrix (rows x d), got %d dimensions", in, ndim);
+    else if (k > d)
+        rc = dm_failc(DM_E_INPUT, "--components %lld is more than the %lld columns of %s", k, (long long)d, in);
+    else if (rows < 2)
+        rc = dm_failc(DM_E_INPUT, "%s has %lld rows: FastICA needs at least 2", in, (long long)rows);
+    if (rc) {
+        fprintf(stderr, "dmica ica: %s\n", dm_error());
+        dm_args_free(&a);
         return 1;
     }
     /* in RAM if the whitened data fits the budget less room for the engine's buffers */
@@ -131,7 +82,7 @@ int dm_cmd_ica(int argc, char **argv)
      * spilled (the covariance pass and the whitening pass are the only reads of
      * X); otherwise z is spilled and replayed once per iteration. */
     int in_ram = ram > 0 && rows <= ram / (4 * k);
-    char *qin = dm_yaml_quote(in), *qdec = dm_yaml_quote(decoder);
+    char *qin = dm_yaml_quote(in), *qdec = dm_yaml_quote(decoder), *qfun = dm_yaml_quote(dm_arg_str(&a, "fun"));
     char *text = dm_xasprintf(
         "name: ica\n"
         "nodes:\n"
@@ -149,10 +100,14 @@ int dm_cmd_ica(int argc, char **argv)
         "    inputs: {unmixing: fastica.unmixing, eigenvalues: pca.eigenvalues, components: pca.components,"
         " mean: covariance.mean}\n"
         "    params: {decoder: %s}\n",
-        qin, k, in_ram ? "never" : "auto", fun, tol, max_iter, seed, seeds, (long long)(ram > 0 ? ram : 0), warm ? "true" : "false", qdec);
-    free(qin), free(qdec);
-    dm_run_opts ro = {out, cache, memory, (int)threads, quiet};
-    int rc = dm_run_yaml("<dmica ica>", text, &ro);
+        qin, k, in_ram ? "never" : "auto", qfun, dm_arg_float(&a, "tol"), (long long)dm_arg_int(&a, "max-iter"),
+        (long long)dm_arg_int(&a, "seed"), (long long)dm_arg_int(&a, "seeds"), (long long)(ram > 0 ? ram : 0),
+        dm_arg_flag(&a, "warm-start") ? "true" : "false", qdec);
+    free(qin), free(qdec), free(qfun);
+    dm_run_opts ro = {dm_arg_str(&a, "out"), dm_arg_str(&a, "cache"), memory, (int)dm_arg_int(&a, "threads"),
+                      dm_arg_flag(&a, "quiet")};
+    rc = dm_run_yaml("<dmica ica>", text, &ro);
     free(text);
+    dm_args_free(&a);
     return rc;
 }

@@ -2,32 +2,30 @@
  * cmd_tokenize.c: `dmica tokenize`, the GPT-2 token ids of a text file.
  */
 #include <errno.h>
-#include <getopt.h>
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "args.h"
 #include "commands.h"
-#include "engine.h"
 #include "fs.h"
-#include "gpt2.h"
-#include "npy.h"
-#include "sae.h"
 #include "tokenizer.h"
-/* ---- command ----------------------------------------------------------- */
 
-static const char dm_tokenize_usage[] =
-    "usage: dmica tokenize --tokenizer DIR [--bos] FILE\n"
-    "\n"
+static const dm_arg_spec tokenize_specs[] = {
+    {"tokenizer", DM_ARG_PATH, "DIR", NULL, 1, 0, 0, 0,
+     "folder with vocab.json and merges.txt (a Hugging Face GPT-2 model folder has both)"},
+    {"bos", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "put <|endoftext|> (50256) first, as SAELens does"},
+    {NULL},
+};
+
+/* A read, not a computation: the ids go to stdout, nothing is cached, so the
+ * command calls the tokenizer directly rather than through a pipeline. */
+static const dm_arg_cmd tokenize_cmd = {
+    "tokenize", "--tokenizer DIR [--bos] FILE",
     "Prints the GPT-2 token ids of FILE's whole text on stdout, separated by\n"
-    "single spaces. FILE - reads stdin.\n"
-    "\n"
-    "  --tokenizer DIR  folder with vocab.json and merges.txt (a Hugging Face\n"
-    "                   GPT-2 model folder has both)\n"
-    "  --bos            put <|endoftext|> (50256) first, as SAELens does\n"
-    "  -h, --help       show this help\n";
+    "single spaces. FILE - reads stdin.\n",
+    tokenize_specs, "FILE", 1, 1,
+};
 
 static char *dm_put_id(char *p, int32_t id)
 {
@@ -43,43 +41,9 @@ static char *dm_put_id(char *p, int32_t id)
     return p;
 }
 
-int dm_cmd_tokenize(int argc, char **argv)
+/* Prints the ids of path's text; returns the exit status. */
+static int tokenize(const char *dir, const char *path, int bos)
 {
-    const char *dir = NULL, *path = NULL;
-    int bos = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            fputs(dm_tokenize_usage, stdout);
-            return 0;
-        } else if (strcmp(a, "--bos") == 0) {
-            bos = 1;
-        } else if (strcmp(a, "--tokenizer") == 0) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "dmica tokenize: --tokenizer needs a folder\n%s",
-                        dm_tokenize_usage);
-                return 2;
-            }
-            dir = argv[++i];
-        } else if (strncmp(a, "--tokenizer=", 12) == 0) {
-            dir = a + 12;
-        } else if (a[0] == '-' && a[1] != 0) {
-            fprintf(stderr, "dmica tokenize: unknown option %s\n%s", a, dm_tokenize_usage);
-            return 2;
-        } else if (path) {
-            fprintf(stderr, "dmica tokenize: one FILE only (got %s and %s)\n%s", path, a,
-                    dm_tokenize_usage);
-            return 2;
-        } else {
-            path = a;
-        }
-    }
-    if (!dir || !path) {
-        fprintf(stderr, "dmica tokenize: %s\n%s", !dir ? "--tokenizer DIR is required" : "no FILE",
-                dm_tokenize_usage);
-        return 2;
-    }
-
     dm_tokenizer *tok = dm_tokenizer_load(dir);
     if (!tok) {
         fprintf(stderr, "dmica tokenize: %s\n", dm_error());
@@ -125,3 +89,19 @@ int dm_cmd_tokenize(int argc, char **argv)
     }
     return 0;
 }
+
+int dm_cmd_tokenize(int argc, char **argv)
+{
+    dm_args a;
+    int rc = dm_args_parse(&tokenize_cmd, argc, argv, &a);
+    if (rc) {
+        dm_args_free(&a);
+        return rc == 1 ? 0 : rc;
+    }
+    const char *dir = dm_arg_str(&a, "tokenizer"), *path = a.pos[0];
+    int bos = dm_arg_flag(&a, "bos");
+    rc = tokenize(dir, path, bos);
+    dm_args_free(&a);
+    return rc;
+}
+

@@ -1,55 +1,46 @@
 /*
  * cmd_top.c: `dmica top`, a component's top tokens from a run folder.
  */
-#include <errno.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "args.h"
 #include "commands.h"
-#include "engine.h"
-#include "fs.h"
-#include "gpt2.h"
-#include "npy.h"
-#include "sae.h"
-#include "tokenizer.h"
-/* ---- dmica top ------------------------------------------------------------ */
+#include "dm.h"
+
+static const dm_arg_spec top_specs[] = {
+    {"component", DM_ARG_INT, "N", NULL, 1, 0, 1e9, 0, "the component (0-based)"},
+    {"k", DM_ARG_INT, "K", "20", 0, 1, 1e9, 0, "examples to print"},
+    {"bottom", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "the most negative examples instead of the top ones"},
+    {"activations", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0,
+     "by the activations' projection on the direction (ica_activation_top_examples.json)"},
+    {NULL},
+};
+
+/* A read of a results file, printed: nothing to compute or cache, so no
+ * pipeline (the topk node that made the file is the computation). */
+static const dm_arg_cmd top_cmd = {
+    "top", "RUN_DIR --component N [--k 20] [--bottom] [--activations]",
+    "A component's top (or, with --bottom, most negative) tokens with their contexts, from\n"
+    "RUN_DIR/ica_top_examples.json (by source value; --activations: by the activations' projection,\n"
+    "RUN_DIR/ica_activation_top_examples.json).\n",
+    top_specs, "RUN_DIR", 1, 1,
+};
 
 int dm_cmd_top(int argc, char **argv)
 {
-    const char *run = NULL, *v;
-    long long comp = -1, k = 20;
-    int bottom = 0, activations = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            puts("usage: dmica top RUN_DIR --component N [--k 20] [--bottom] [--activations]\n"
-                 "\n"
-                 "A component's top (or, with --bottom, most negative) tokens with their contexts, from\n"
-                 "RUN_DIR/ica_top_examples.json (by source value; --activations: by the plan's activation\n"
-                 "projection, RUN_DIR/ica_activation_top_examples.json).");
-            return 0;
-        } else if ((v = dm_arg_value(argc, argv, &i, "--component"))) {
-            comp = atoll(v);
-        } else if ((v = dm_arg_value(argc, argv, &i, "--k"))) {
-            k = atoll(v);
-        } else if (!strcmp(argv[i], "--bottom")) {
-            bottom = 1;
-        } else if (!strcmp(argv[i], "--activations")) {
-            activations = 1;
-        } else if (argv[i][0] != '-' && !run) {
-            run = argv[i];
-        } else {
-            fprintf(stderr, "dmica top: unknown option '%s'\n", argv[i]);
-            return 2;
-        }
+    dm_args a;
+    int rc = dm_args_parse(&top_cmd, argc, argv, &a);
+    if (rc) {
+        dm_args_free(&a);
+        return rc == 1 ? 0 : rc;
     }
-    if (!run || comp < 0 || k < 1) {
-        fprintf(stderr, "dmica top: RUN_DIR and --component N are required (see dmica top --help)\n");
-        return 2;
-    }
+    const char *run = a.pos[0];
+    long long comp = dm_arg_int(&a, "component"), k = dm_arg_int(&a, "k");
+    int bottom = dm_arg_flag(&a, "bottom"), activations = dm_arg_flag(&a, "activations");
+    dm_args_free(&a);
     char *path = dm_xasprintf("%s/%s", run, activations ? "ica_activation_top_examples.json" : "ica_top_examples.json");
     json_error_t err;
     json_t *j = json_load_file(path, 0, &err);

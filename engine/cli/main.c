@@ -3,23 +3,20 @@
  * pipeline and hand it to the engine, or call one operator's command entry.
  */
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "engine.h"
+#include "args.h"
 #include "commands.h"
 
 extern const char dm_demo_pipeline[];
-/* Writes the SAE that `planted` nodes (the demo's data) are analysed with. */
-int dm_planted_prepare(const dm_pipeline *p);
-
 
 typedef struct {
     const char *out, *cache, *pipeline;
-    char **sets, **force;
+    const char *const *sets, *const *force;
     int nsets, nforce, threads, quiet, demo, expanded;
     int64_t memory;
 } run_opts;
@@ -38,92 +35,66 @@ static void usage(FILE *f)
           "  activations         GPT-2 activations at a hook for windows of token ids\n"
           "  sae                 an SAE's residual and statistics on a .npy of activations\n"
           "  ica                 whitening and FastICA of a .npy matrix\n"
-          "  analyze             the plan's steps 4-9 on activations you already have\n"
+          "  analyze             the analysis (SAE residual to ICA and report) on activations you already have\n"
           "  top                 a component's top tokens from a run folder\n"
           "\n"
           "`dmica COMMAND --help` describes a command's options.\n",
           f);
 }
 
-static void run_usage(FILE *f, const char *cmd)
-{
-    fprintf(f,
-            "usage: dmica %s %s[options]\n"
-            "\n"
-            "  --out DIR           copy the results (products) into DIR\n"
-            "  --set NODE.KEY=VAL  override a node's parameter (repeatable)\n"
-            "  --force NODE        rerun NODE and everything that depends on it (repeatable)\n"
-            "  --threads N         worker threads (default: all cores)\n"
-            "  --memory SIZE       memory budget, e.g. 512M or 4G (default: the pipeline's, else 1G)\n"
-            "  --cache DIR         cache folder (default: the pipeline's, else $DMICA_CACHE, else .dmica-cache)\n"
-            "  --quiet             no progress output\n"
-            "%s",
-            cmd, strcmp(cmd, "demo") ? "PIPELINE.yaml " : "",
-            strcmp(cmd, "plan") ? "" : "  --expanded          print the pipeline with its templates expanded (and --set applied)\n");
-}
+/* The options of run, plan and demo; stats takes the same less --set and --force. */
+#define RUN_OPTIONS                                                                                              \
+    {"out", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0, "copy the results (products) into DIR"},                      \
+        {"threads", DM_ARG_INT, "N", NULL, 0, 1, 4096, 0, "worker threads (default: all cores)"},                \
+        {"memory", DM_ARG_SIZE, "SIZE", NULL, 0, 1, 0, 0,                                                       \
+         "memory budget, e.g. 512M or 4G (default: the pipeline's, else 1G)"},                                  \
+        {"cache", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0,                                                         \
+         "cache folder (default: the pipeline's, else $DMICA_CACHE, else .dmica-cache)"},                       \
+        {"quiet", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "no progress output"}
 
-static int parse_run_opts(int argc, char **argv, const char *cmd, run_opts *o)
+static const dm_arg_spec run_specs[] = {
+    RUN_OPTIONS,
+    {"set", DM_ARG_LIST, "NODE.KEY=VAL", NULL, 0, 0, 0, 0, "override a node's parameter"},
+    {"force", DM_ARG_LIST, "NODE", NULL, 0, 0, 0, 0, "rerun NODE and everything that depends on it"},
+    {NULL},
+};
+
+static const dm_arg_spec plan_specs[] = {
+    RUN_OPTIONS,
+    {"set", DM_ARG_LIST, "NODE.KEY=VAL", NULL, 0, 0, 0, 0, "override a node's parameter"},
+    {"force", DM_ARG_LIST, "NODE", NULL, 0, 0, 0, 0, "rerun NODE and everything that depends on it"},
+    {"expanded", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "print the pipeline with its templates expanded (and --set applied)"},
+    {NULL},
+};
+
+static const dm_arg_cmd run_cmds[] = {
+    {"run", "PIPELINE.yaml [options]", "Runs a pipeline, reusing the cached results of nodes whose inputs did not change.\n",
+     run_specs, "PIPELINE.yaml", 1, 1},
+    {"plan", "PIPELINE.yaml [options]",
+     "Checks a pipeline (operators, parameters, connections, shapes) and shows which nodes are cached or stale, "
+     "and why.\n",
+     plan_specs, "PIPELINE.yaml", 1, 1},
+    {"demo", "[options]",
+     "Runs the embedded default pipeline (pipelines/demo.yaml): the analysis on planted data whose answer is "
+     "known.\n",
+     run_specs, NULL, 0, 0},
+};
+
+/* Parses the options of run, plan or demo; returns as dm_args_parse does. */
+static int parse_run_opts(const dm_arg_cmd *c, int argc, char **argv, dm_args *a, run_opts *o)
 {
-    static const struct option longopts[] = {
-        {"out", required_argument, 0, 'o'},     {"set", required_argument, 0, 's'},
-        {"force", required_argument, 0, 'f'},   {"threads", required_argument, 0, 't'},
-        {"memory", required_argument, 0, 'm'},  {"cache", required_argument, 0, 'c'},
-        {"quiet", no_argument, 0, 'q'},         {"help", no_argument, 0, 'h'},
-        {"expanded", no_argument, 0, 'x'},      {0, 0, 0, 0},
-    };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:s:f:t:m:c:qh", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'o': o->out = optarg; break;
-        case 's':
-            o->sets = dm_xrealloc(o->sets, (size_t)(o->nsets + 1) * sizeof *o->sets);
-            o->sets[o->nsets++] = optarg;
-            break;
-        case 'f':
-            o->force = dm_xrealloc(o->force, (size_t)(o->nforce + 1) * sizeof *o->force);
-            o->force[o->nforce++] = optarg;
-            break;
-        case 't': {
-            char *e;
-            long t = strtol(optarg, &e, 10);
-            if (*e || t < 1 || t > 4096) {
-                fprintf(stderr, "dmica %s: --threads must be a positive integer, not '%s'\n", cmd, optarg);
-                return 2;
-            }
-            o->threads = (int)t;
-            break;
-        }
-        case 'm':
-            if ((o->memory = dm_parse_size(optarg)) <= 0) {
-                fprintf(stderr, "dmica %s: --memory: %s\n", cmd, dm_error());
-                return 2;
-            }
-            break;
-        case 'c': o->cache = optarg; break;
-        case 'q': o->quiet = 1; break;
-        case 'x':
-            if (strcmp(cmd, "plan")) {
-                fprintf(stderr, "dmica %s: --expanded is an option of `dmica plan`\n", cmd);
-                return 2;
-            }
-            o->expanded = 1;
-            break;
-        case 'h': run_usage(stdout, cmd); return 1;
-        default: run_usage(stderr, cmd); return 2;
-        }
-    }
-    if (!o->demo) {
-        if (optind != argc - 1) {
-            fprintf(stderr, "dmica %s: expected one pipeline file\n", cmd);
-            run_usage(stderr, cmd);
-            return 2;
-        }
-        o->pipeline = argv[optind];
-    } else if (optind != argc) {
-        fprintf(stderr, "dmica %s: unexpected argument '%s'\n", cmd, argv[optind]);
-        return 2;
-    }
+    int rc = dm_args_parse(c, argc, argv, a);
+    if (rc)
+        return rc;
+    o->out = dm_arg_str(a, "out");
+    o->cache = dm_arg_str(a, "cache");
+    o->threads = (int)dm_arg_int(a, "threads");
+    o->memory = dm_arg_int(a, "memory");
+    o->quiet = dm_arg_flag(a, "quiet");
+    o->sets = dm_arg_list(a, "set", &o->nsets);
+    o->force = dm_arg_list(a, "force", &o->nforce);
+    o->pipeline = a->npos ? a->pos[0] : NULL;
+    o->expanded = c->opts == plan_specs && dm_arg_flag(a, "expanded");
     return 0;
 }
 
@@ -139,10 +110,6 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
             dm_pipeline_free(p);
             return NULL;
         }
-    if (dm_planted_prepare(p)) {
-        dm_pipeline_free(p);
-        return NULL;
-    }
     dm_graph *g = dm_graph_build(p);
     if (!g) {
         dm_pipeline_free(p);
@@ -162,13 +129,14 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
     return g;
 }
 
-static int cmd_run_like(int argc, char **argv, const char *cmd, int plan_only, int demo)
+static int cmd_run_like(int argc, char **argv, const dm_arg_cmd *c, int plan_only, int demo)
 {
     run_opts o = {0};
     o.demo = demo;
-    int rc = parse_run_opts(argc, argv, cmd, &o);
+    dm_args a;
+    int rc = parse_run_opts(c, argc, argv, &a, &o);
     if (rc) {
-        free(o.sets), free(o.force);
+        dm_args_free(&a);
         return rc == 1 ? 0 : rc;
     }
     dm_pipeline *p = NULL;
@@ -177,17 +145,17 @@ static int cmd_run_like(int argc, char **argv, const char *cmd, int plan_only, i
         for (int i = 0; p && i < o.nsets; i++)
             if (dm_pipeline_set(p, o.sets[i]))
                 dm_pipeline_free(p), p = NULL;
-        free(o.sets), free(o.force);
+        dm_args_free(&a);
         if (!p) {
             fprintf(stderr, "dmica: %s\n", dm_error());
-            return 1;
+            return dm_error_exit();
         }
         dm_pipeline_write(p, stdout);
         dm_pipeline_free(p);
         return 0;
     }
     dm_graph *g = setup(&o, &p);
-    free(o.sets), free(o.force);
+    dm_args_free(&a);
     if (!g) {
         fprintf(stderr, "dmica: %s\n", dm_error());
         return dm_error_exit();
@@ -209,45 +177,32 @@ static int cmd_run_like(int argc, char **argv, const char *cmd, int plan_only, i
     return rc ? dm_error_exit() : 0;
 }
 
+static const dm_arg_spec stats_specs[] = {
+    {"in", DM_ARG_PATH, "X.npy", NULL, 1, 0, 0, 0, "2-D float32 or float16 matrix, one observation per row"},
+    RUN_OPTIONS,
+    {NULL},
+};
+
+static const dm_arg_cmd stats_cmd = {
+    "stats", "--in X.npy --out DIR [options]",
+    "One pass over X (2-D float32 or float16) writes DIR/stats.json (n, and per column mean, var,\n"
+    "skew, excess_kurtosis: population moments), DIR/covariance.npy (float64 d x d, divided by n),\n"
+    "DIR/pca.json (eigenvalues descending, explained_variance_ratio) and DIR/pca_components.npy\n"
+    "(d x d, one component per row). It runs as a pipeline (npy -> moments, covariance -> pca).\n",
+    stats_specs, NULL, 0, 0,
+};
+
 static int cmd_stats(int argc, char **argv)
 {
-    const char *in = NULL;
-    char **rest = dm_xcalloc((size_t)argc + 2, sizeof *rest);
-    int nrest = 0;
-    rest[nrest++] = argv[0];
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--in") && i + 1 < argc)
-            in = argv[++i];
-        else if (!strncmp(argv[i], "--in=", 5))
-            in = argv[i] + 5;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: dmica stats --in X.npy --out DIR [--threads N] [--memory SIZE] [--cache DIR] [--quiet]\n"
-                   "\n"
-                   "One pass over X (2-D float32 or float16) writes DIR/stats.json (n, and per column mean, var,\n"
-                   "skew, excess_kurtosis: population moments), DIR/covariance.npy (float64 d x d, divided by n),\n"
-                   "DIR/pca.json (eigenvalues descending, explained_variance_ratio) and DIR/pca_components.npy\n"
-                   "(d x d, one component per row).\n");
-            free(rest);
-            return 0;
-        } else
-            rest[nrest++] = argv[i];
+    dm_args a;
+    int rc = dm_args_parse(&stats_cmd, argc, argv, &a);
+    if (!rc && !dm_arg_str(&a, "out"))
+        rc = dm_args_usage_error(&a, "--out DIR is required");
+    if (rc) {
+        dm_args_free(&a);
+        return rc == 1 ? 0 : rc;
     }
-    if (!in) {
-        fprintf(stderr, "dmica stats: --in X.npy is required (see dmica stats --help)\n");
-        free(rest);
-        return 2;
-    }
-    run_opts o = {0};
-    o.demo = 1; /* no pipeline file argument */
-    int rc = parse_run_opts(nrest, rest, "stats", &o);
-    free(rest);
-    if (rc || !o.out) {
-        if (!rc)
-            fprintf(stderr, "dmica stats: --out DIR is required\n");
-        free(o.sets), free(o.force);
-        return rc == 1 ? 0 : 2;
-    }
-    char *q = dm_yaml_quote(in);
+    char *q = dm_yaml_quote(dm_arg_str(&a, "in"));
     char *text = dm_xasprintf("name: stats\n"
                               "nodes:\n"
                               "  input: {op: npy, params: {path: %s}}\n"
@@ -256,10 +211,11 @@ static int cmd_stats(int argc, char **argv)
                               "  pca: {op: pca, inputs: {covariance: covariance.covariance}}\n",
                               q);
     free(q);
-    dm_run_opts ro = {o.out, o.cache, o.memory, o.threads, o.quiet};
+    dm_run_opts ro = {dm_arg_str(&a, "out"), dm_arg_str(&a, "cache"), dm_arg_int(&a, "memory"),
+                      (int)dm_arg_int(&a, "threads"), dm_arg_flag(&a, "quiet")};
     rc = dm_run_yaml("<dmica stats>", text, &ro);
     free(text);
-    free(o.sets), free(o.force);
+    dm_args_free(&a);
     return rc;
 }
 
@@ -269,8 +225,18 @@ static const char *ptype(dm_param_type t)
     return (unsigned)t < 6 ? names[t] : "?";
 }
 
+static const dm_arg_cmd ops_cmd = {
+    "ops", "", "Lists the operators a pipeline can use, with their ports and parameters.\n",
+    (const dm_arg_spec[]){{NULL}}, NULL, 0, 0,
+};
+
 static int cmd_ops(int argc, char **argv)
 {
+    dm_args a;
+    int rc = dm_args_parse(&ops_cmd, argc, argv, &a);
+    dm_args_free(&a);
+    if (rc)
+        return rc == 1 ? 0 : rc;
     const dm_op *const *r = dm_registry();
     for (int i = 0; r[i]; i++) {
         const dm_op *op = r[i];
@@ -287,7 +253,6 @@ static int cmd_ops(int argc, char **argv)
                    op->params[k].help ? op->params[k].help : "", op->params[k].def ? " (default: " : " (required)",
                    op->params[k].def ? op->params[k].def : "", op->params[k].def ? ")" : "");
     }
-    (void)argc, (void)argv;
     return 0;
 }
 
@@ -313,26 +278,22 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "run"))
-        return cmd_run_like(argc - 1, argv + 1, "run", 0, 0);
+        return cmd_run_like(argc - 1, argv + 1, &run_cmds[0], 0, 0);
     if (!strcmp(cmd, "plan"))
-        return cmd_run_like(argc - 1, argv + 1, "plan", 1, 0);
+        return cmd_run_like(argc - 1, argv + 1, &run_cmds[1], 1, 0);
     if (!strcmp(cmd, "demo"))
-        return cmd_run_like(argc - 1, argv + 1, "demo", 0, 1);
-    if (!strcmp(cmd, "stats"))
-        return cmd_stats(argc - 1, argv + 1);
-    if (!strcmp(cmd, "ops"))
-        return cmd_ops(argc - 1, argv + 1);
-    if (!strcmp(cmd, "tokenize"))
-        return dm_cmd_tokenize(argc - 1, argv + 1);
-    if (!strcmp(cmd, "activations"))
-        return dm_cmd_activations(argc - 1, argv + 1);
+        return cmd_run_like(argc - 1, argv + 1, &run_cmds[2], 0, 1);
     static const struct {
         const char *name;
         int (*fn)(int, char **);
-    } more[] = {{"sae", dm_cmd_sae}, {"ica", dm_cmd_ica}, {"analyze", dm_cmd_analyze}, {"top", dm_cmd_top}};
-    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
-        if (!strcmp(cmd, more[i].name) && more[i].fn)
-            return more[i].fn(argc - 1, argv + 1);
+    } commands[] = {
+        {"stats", cmd_stats},         {"ops", cmd_ops}, {"tokenize", dm_cmd_tokenize},
+        {"activations", dm_cmd_activations}, {"sae", dm_cmd_sae}, {"ica", dm_cmd_ica},
+        {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top},
+    };
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(cmd, commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "dmica: unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -319,7 +319,7 @@ static int connect_node(dm_graph *g, dm_node *n)
         if (!n->in[k].src && !op->inputs[k].optional)
             return dm_fail("%s: node '%s': missing input '%s' (operator '%s')", n->where, d->name,
                            op->inputs[k].name, op->name);
-    if (n->nin > 0 && !op->consume && !op->finish)
+    if (n->nin > 0 && !op->consume && !op->finish && !op->open)
         return dm_fail("%s: node '%s': operator '%s' cannot take inputs", n->where, d->name, op->name);
     return 0;
 }

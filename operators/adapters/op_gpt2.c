@@ -14,7 +14,8 @@
  * deepest (only the blocks it needs are loaded). Output chunks are cut at the
  * engine's chunk size, the same rows on every port in turn, so a consumer of
  * two hooks sees matching chunks. Residual hooks are centred per token by
- * default (TransformerLens's center_writing_weights, DOMAIN.md section 3).
+ * default (TransformerLens's center_writing_weights), or as the SAE on input
+ * `sae` was trained (its cfg.json's center_writing_weights).
  *
  * Memory (state_bytes): the float32 weights of the loaded blocks and the
  * embeddings, the runner's activation buffers for batch*T rows, and one output
@@ -26,7 +27,7 @@
 
 #include "gpt2.h"
 #include "op.h"
-#include "sae.h"
+#include "sae_desc.h"
 
 #define MAX_HOOKS 64
 #define LOGIT_ROWS 64 /* rows of logits the runner computes at a time for loss (gpt2.c) */
@@ -34,15 +35,15 @@
 
 static const dm_param_spec gpt2_params[] = {
     {"model", DM_P_PATH, NULL, "Hugging Face GPT-2 folder (config.json + model.safetensors)"},
-    {"hooks", DM_P_STRING, "", "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output "
-                               "(\"\": the hook of `sae`)"},
+    {"hooks", DM_P_STRING, NULL, "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output"},
     {"center", DM_P_STRING, "auto", "subtract each token's mean over d_model from residual hooks (TransformerLens): "
-                                    "true, false, or auto (as `sae`'s cfg.json says; true without one)"},
-    {"sae", DM_P_PATH, "", "SAELens folder whose cfg.json gives the default hook and centring"},
+                                    "true, false, or auto (as the SAE on input sae was trained; true without one)"},
     {"batch", DM_P_INT, "32", "windows per forward pass"},
     {NULL},
 };
-static const dm_port_spec gpt2_inputs[] = {{"tokens", DM_PORT_STREAM, .dtype = DM_I32}, {NULL}};
+/* sae: the SAE whose center_writing_weights is the default centring (sae_config, planted_sae) */
+enum { IN_TOKENS, IN_SAE };
+static const dm_port_spec gpt2_inputs[] = {{"tokens", DM_PORT_STREAM, .dtype = DM_I32}, {"sae", DM_PORT_TENSOR, .optional = 1}, {NULL}};
 
 typedef struct {
     dm_gpt2 *model;
@@ -54,16 +55,21 @@ typedef struct {
     int32_t *ids;           /* batch x T */
 } gpt2_state;
 
-/* center = auto | true | false against the SAE's center_writing_weights (DOMAIN.md
- * §3: SAEs trained on TransformerLens residuals need them centred). An explicit
- * value that contradicts the SAE's config wins, with a warning when `say`. */
+/* center = auto | true | false against the center_writing_weights of the SAE on
+ * input sae (SAEs trained on TransformerLens residuals need them centred). An
+ * explicit value that contradicts the SAE's config wins, with a warning when
+ * `say`. */
 static int resolve_center(const dm_node *n, int *center, int say)
 {
     const char *v = dm_param_str(n, "center");
-    dm_sae_config cfg;
-    if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
+    int bad;
+    const dm_sae_desc *d = dm_sae_desc_input(n, IN_SAE, &bad);
+    if (bad)
         return -1;
-    int from_sae = cfg.center_writing_weights, rc = 0;
+    if (dm_input_connected(n, IN_SAE) && !d)
+        return dm_failc(DM_E_INPUT, "input sae is not known before the run: connect it to an sae_config or "
+                                    "planted_sae node's output sae");
+    int from_sae = d ? d->center_writing_weights : -1;
     if (!strcmp(v, "auto")) {
         *center = from_sae != 0; /* TransformerLens centres unless told not to */
         if (say)
@@ -74,28 +80,20 @@ static int resolve_center(const dm_node *n, int *center, int say)
     } else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0")) {
         *center = 0;
     } else {
-        rc = dm_fail("center must be auto, true or false, not '%s'", v);
+        return dm_failc(DM_E_INPUT, "center must be auto, true or false, not '%s'", v);
     }
-    if (!rc && say && strcmp(v, "auto") && from_sae >= 0 && from_sae != *center)
+    if (say && strcmp(v, "auto") && from_sae >= 0 && from_sae != *center)
         dm_warn("node '%s': center: %s overrides the SAE's cfg.json (center_writing_weights: %s)", dm_node_name(n),
                 *center ? "true" : "false", from_sae ? "true" : "false");
-    dm_sae_config_free(&cfg);
-    return rc;
+    return 0;
 }
 
-/* Parses the hooks parameter (or the SAE's hook) into hooks[] (canonical, no repeats). */
+/* Parses the hooks parameter into hooks[] (canonical, no repeats). The hooks
+ * are the node's output ports, which other nodes name: so they are written in
+ * the pipeline, not taken from an SAE's config. */
 static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
 {
-    char *list = NULL, *save = NULL, name[64], other[64];
-    if (*dm_param_str(n, "hooks")) {
-        list = dm_xstrdup(dm_param_str(n, "hooks"));
-    } else {
-        dm_sae_config cfg;
-        if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
-            return -1;
-        list = dm_xstrdup(cfg.hook_name ? cfg.hook_name : "");
-        dm_sae_config_free(&cfg);
-    }
+    char *list = dm_xstrdup(dm_param_str(n, "hooks")), *save = NULL, name[64], other[64];
     int k = 0, rc = 0;
     for (char *h = strtok_r(list, ",", &save); h && !rc; h = strtok_r(NULL, ",", &save)) {
         while (*h == ' ' || *h == '\t')
@@ -120,7 +118,7 @@ static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
     }
     free(list);
     if (!rc && !k)
-        rc = dm_fail("hooks: no hook named (e.g. hooks: blocks.6.hook_resid_pre, or an sae whose cfg.json has hook_name)");
+        rc = dm_fail("hooks: no hook named (e.g. hooks: blocks.6.hook_resid_pre)");
     *nhooks = k;
     return rc;
 }

@@ -1,9 +1,10 @@
 /*
  * op_npy.c: the .npy source and sink.
  *
- * npy (source): a 2-D float32 or float16 array in C order (or, with `dtype: i32`
- * or `i64`, an integer array read as a stream of that dtype: token ids, row
- * indices), of any size, read through a memory map chunk by chunk (pages dropped behind the reader, so the
+ * npy (source): a 2-D float32, float16, bfloat16 or float64 array in C order
+ * (read as float32 rows), or, with `dtype: i32` or `i64`, an integer array read
+ * as a stream of that dtype (token ids, row indices); of any size, read
+ * through a memory map chunk by chunk (pages dropped behind the reader, so the
  * resident set stays at a few chunks). `shard`/`shards` select a contiguous
  * slice of rows so several processes can split one file; row0 stays the global
  * row index.
@@ -28,7 +29,7 @@ typedef struct {
 } npy_source;
 
 static const dm_param_spec npy_params[] = {
-    {"path", DM_P_PATH, NULL, "the .npy file (2-D float32 or float16, C order)"},
+    {"path", DM_P_PATH, NULL, "the .npy file (2-D float32, float16, bfloat16 or float64, C order)"},
     {"shard", DM_P_INT, "0", "which shard of the rows to read (0-based)"},
     {"shards", DM_P_INT, "1", "how many shards the rows are split into"},
     {"dtype", DM_P_STRING, "f32", "the stream's dtype: f32 (float files), i32 or i64 (integer files)"},
@@ -61,8 +62,9 @@ static int check_npy(const char *path, const dm_npy_header *h, dm_dtype want)
 {
     if (h->ndim != 2)
         return dm_fail("%s: expected a 2-D array (rows x columns), found %d dimensions", path, h->ndim);
-    if (want == DM_F32 && h->dtype != DM_F32 && h->dtype != DM_F16)
-        return dm_fail("%s: unsupported dtype %s (float32 or float16 expected)", path, dm_dtype_name(h->dtype));
+    if (want == DM_F32 && h->dtype != DM_F32 && h->dtype != DM_F16 && h->dtype != DM_BF16 && h->dtype != DM_F64)
+        return dm_fail("%s: unsupported dtype %s (float32, float16, bfloat16 or float64 expected)", path,
+                       dm_dtype_name(h->dtype));
     if (want != DM_F32 && !is_int(h->dtype))
         return dm_fail("%s: dtype %s: a stream of %s needs an integer array (int32, int64, uint16 or uint8)", path,
                        dm_dtype_name(h->dtype), dm_dtype_name(want));

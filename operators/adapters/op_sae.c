@@ -1,6 +1,6 @@
 /*
- * op_sae.c: the `sae` operator and the `dmica sae` command: a SAELens SAE
- * applied to a stream of activations, with its statistics in the same pass.
+ * op_sae.c: the `sae` operator: a SAELens SAE applied to a stream of
+ * activations, with its statistics in the same pass.
  *
  * Per input chunk the node runs sae.h's kernel tile by tile (SGEMMs by column panels per
  * `tile` rows), folds each tile into the statistics, and emits
@@ -29,6 +29,10 @@
  *   summary            dm_sae_summary (operators/analysis/summaries.h) with
  *                      the statistics' text, for the report
  *
+ * The SAE is a SAELens folder, given as parameter `sae` or by an sae_config
+ * node on input `sae`, or weights handed on by another node on input `sae`
+ * (planted_sae: the demo's SAE; sae_desc.h).
+ *
  * The engine cannot know which model hook a stream came from: `hook` names it
  * (checked against the SAE's hook_name), and d_in is always checked against the
  * input's width.
@@ -43,12 +47,13 @@
 #include "op.h"
 #include "sae.h"
 #include "summaries.h"
+#include "sae_desc.h"
 
 enum { OUT_RESIDUAL, OUT_RECON, OUT_FEATURES, OUT_DECODER, OUT_COUNT, OUT_FREQ, OUT_MEAN, OUT_VAR, OUT_SKEW,
        OUT_KURT, OUT_L0, OUT_SUMMARY, OUT_N };
 
 static const dm_param_spec sae_params[] = {
-    {"sae", DM_P_PATH, NULL, "SAELens folder (cfg.json, sae_weights.safetensors)"},
+    {"sae", DM_P_PATH, "", "SAELens folder (cfg.json, sae_weights.safetensors); or connect input sae"},
     {"hook", DM_P_STRING, "", "hook the input stream comes from; must match the SAE's hook_name (\"\" = trust)"},
     {"stats", DM_P_STRING, "sae_stats.json", "statistics product file (\"\" for none)"},
     {"tile", DM_P_INT, "256", "rows per encode tile (memory: tile x 512 floats a thread; topk: tile x d_sae)"},
@@ -57,7 +62,8 @@ static const dm_param_spec sae_params[] = {
     {"predictability", DM_P_BOOL, "true", "linear predictability of e from x (cov(x), cov(e,x): 2 d_in^2 a token)"},
     {NULL},
 };
-static const dm_port_spec sae_inputs[] = {{"x", DM_PORT_STREAM}, {NULL}};
+enum { IN_X, IN_SAE };
+static const dm_port_spec sae_inputs[] = {{"x", DM_PORT_STREAM}, {"sae", DM_PORT_TENSOR, .optional = 1}, {NULL}};
 static const dm_port_spec sae_outputs[] = {
     {"residual", DM_PORT_STREAM},         {"reconstruction", DM_PORT_STREAM},
     {"features", DM_PORT_STREAM},         {"decoder", DM_PORT_TENSOR},
@@ -86,25 +92,78 @@ static int check_file_name(const char *f)
     return 0;
 }
 
+/* The node's SAE: parameter sae (a SAELens folder), or input sae, an
+ * sae_config node's record naming a folder or a planted_sae node's record
+ * holding the weights. *dir is the folder, or NULL for weights in *desc; *name
+ * names the SAE in messages. */
+static int sae_source(const dm_node *n, const char **dir, const dm_sae_desc **desc, const char **name)
+{
+    const char *param = dm_param_str(n, "sae");
+    int bad, wired = dm_input_connected(n, IN_SAE);
+    *desc = dm_sae_desc_input(n, IN_SAE, &bad);
+    if (bad)
+        return -1;
+    if (*param && wired)
+        return dm_failc(DM_E_INPUT, "the SAE is given twice: parameter sae (%s) and input sae; keep one", param);
+    if (!*param && !wired)
+        return dm_failc(DM_E_INPUT, "no SAE: set parameter sae (a SAELens folder) or connect input sae (an "
+                                    "sae_config or planted_sae node's output sae)");
+    if (wired && !*desc)
+        return dm_failc(DM_E_INPUT, "input sae is not known before the run: connect it to an sae_config or "
+                                    "planted_sae node's output sae");
+    *dir = *param ? param : (*desc)->weight_floats ? NULL : (*desc)->dir;
+    *name = *param ? param : (*desc)->dir;
+    return 0;
+}
+
+/* The SAE's config: its folder's cfg.json, or what the record of weights handed
+ * on says (a standard ReLU SAE, as dm_sae_from_arrays makes). */
+static int sae_config_of(const dm_node *n, dm_sae_config *c, const char **name, const char **dir)
+{
+    const dm_sae_desc *desc;
+    if (sae_source(n, dir, &desc, name))
+        return -1;
+    if (*dir)
+        return dm_sae_read_config(*dir, c);
+    memset(c, 0, sizeof *c);
+    c->d_in = desc->d_in;
+    c->d_sae = desc->d_sae;
+    c->arch = DM_SAE_STANDARD;
+    c->norm = DM_SAE_NORM_NONE;
+    c->hook_name = dm_xstrdup(desc->hook_name);
+    c->model_name = dm_xstrdup("");
+    c->dataset_path = dm_xstrdup("");
+    c->center_writing_weights = desc->center_writing_weights;
+    c->prepend_bos = desc->prepend_bos;
+    c->context_size = desc->context_size;
+    if (desc->weight_floats != 2 * desc->d_in * desc->d_sae + desc->d_sae + desc->d_in) {
+        dm_sae_config_free(c);
+        return dm_failc(DM_E_CORRUPT, "input sae: %lld floats of weights, but d_in %lld and d_sae %lld need %lld",
+                        (long long)desc->weight_floats, (long long)desc->d_in, (long long)desc->d_sae,
+                        (long long)(2 * desc->d_in * desc->d_sae + desc->d_sae + desc->d_in));
+    }
+    return 0;
+}
+
 static int sae_infer(dm_node *n)
 {
     dm_sae_config c;
-    const char *dir = dm_param_str(n, "sae");
+    const char *dir, *name;
     if (check_file_name(dm_param_str(n, "stats")))
         return -1;
     if (dm_param_int(n, "tile") < 1 || dm_param_int(n, "tile") > 65536)
         return dm_fail("tile must be between 1 and 65536 rows, not %lld", (long long)dm_param_int(n, "tile"));
-    if (dm_sae_read_config(dir, &c))
+    if (sae_config_of(n, &c, &name, &dir))
         return -1;
-    int rc = dm_sae_check_input(&c, dir, dm_param_str(n, "hook"), dm_input_desc(n, 0)->shape[1]);
-    if (!rc)
+    int rc = dm_sae_check_input(&c, name, dm_param_str(n, "hook"), dm_input_desc(n, IN_X)->shape[1]);
+    if (!rc && dir)
         rc = dm_sae_check(dir, &c);
     if (!rc && c.norm == DM_SAE_NORM_EXPECTED_AVERAGE && !(dm_param_float(n, "scaling_factor") > 0))
         rc = dm_fail("sae %s: normalize_activations is expected_average_only_in: give its scaling factor "
                      "(SAELens's norm_scaling_factor) with the scaling_factor parameter",
-                     dir);
+                     name);
     if (!rc) {
-        int64_t rows = dm_input_desc(n, 0)->shape[0];
+        int64_t rows = dm_input_desc(n, IN_X)->shape[0];
         for (int k = 0; k < OUT_N; k++) {
             dm_port_desc *o = dm_output_desc(n, k);
             if (k <= OUT_FEATURES) {
@@ -129,7 +188,8 @@ static int sae_infer(dm_node *n)
 static int64_t sae_state_bytes(const dm_node *n)
 {
     dm_sae_config c;
-    if (dm_sae_read_config(dm_param_str(n, "sae"), &c))
+    const char *name, *dir;
+    if (sae_config_of(n, &c, &name, &dir))
         return 0;
     int64_t di = c.d_in, ds = c.d_sae, tile = dm_param_int(n, "tile");
     dm_sae_config_free(&c);
@@ -145,9 +205,21 @@ static int sae_open(dm_node *n)
     sae_state *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
     s->be = dm_sae_backend_for(cc);
-    if (!(s->sae = dm_sae_load(dm_param_str(n, "sae"), dm_param_float(n, "scaling_factor"), cc)))
+    const char *dir, *name;
+    const dm_sae_desc *desc;
+    if (sae_source(n, &dir, &desc, &name))
         return -1;
-    if (dm_sae_check_input(&s->sae->cfg, dm_param_str(n, "sae"), dm_param_str(n, "hook"), dm_input_desc(n, 0)->shape[1]))
+    if (dir)
+        s->sae = dm_sae_load(dir, dm_param_float(n, "scaling_factor"), cc);
+    else {
+        const float *w = dm_sae_desc_weights(desc);
+        int64_t di = desc->d_in, ds = desc->d_sae;
+        s->sae = dm_sae_from_arrays(di, ds, desc->hook_name, desc->dir, w, w + di * ds, w + 2 * di * ds,
+                                    w + 2 * di * ds + ds, cc);
+    }
+    if (!s->sae)
+        return -1;
+    if (dm_sae_check_input(&s->sae->cfg, name, dm_param_str(n, "hook"), dm_input_desc(n, IN_X)->shape[1]))
         return -1;
     s->d = s->sae->cfg.d_in;
     s->tile = dm_param_int(n, "tile");

@@ -51,7 +51,7 @@
 #include "corpus.h"
 #include "npy.h"
 #include "op.h"
-#include "sae.h"
+#include "sae_desc.h"
 #include "tokenizer.h"
 
 #define GPT2_EOT 50256
@@ -64,17 +64,20 @@ static const dm_param_spec text_params[] = {
     {"tokenizer", DM_P_PATH, "", "folder with vocab.json and merges.txt (needed for text inputs)"},
     {"format", DM_P_STRING, "auto", "auto (by file name), txt, jsonl, bin or npy"},
     {"text_field", DM_P_STRING, "text", "the field of each .jsonl line that holds the document"},
-    {"context", DM_P_INT, "0", "tokens per window, BOS included (0: the SAE's context_size, else 128)"},
+    {"context", DM_P_INT, "0", "tokens per window, BOS included (0: the context_size of the SAE on input sae, else 128)"},
     {"mode", DM_P_STRING, "truncate", "truncate (first tokens of each document) or pack (concatenate)"},
     {"max_tokens", DM_P_INT, "0", "stop after floor(max_tokens/context) windows (0 = the whole corpus)"},
-    {"bos", DM_P_STRING, "auto", "start every window with <|endoftext|> (50256): true, false, or auto (the SAE's "
-                                 "prepend_bos; true without one, as SAELens and TransformerLens do)"},
-    {"sae", DM_P_PATH, "", "SAELens folder whose cfg.json gives context_size and prepend_bos"},
+    {"bos", DM_P_STRING, "auto", "start every window with <|endoftext|> (50256): true, false, or auto (the "
+                                 "prepend_bos of the SAE on input sae; true without one, as SAELens and "
+                                 "TransformerLens do)"},
     {"shard", DM_P_INT, "0", "which shard to produce (0-based)"},
     {"shards", DM_P_INT, "1", "how many shards the windows are split into"},
     {"shard_by", DM_P_STRING, "window", "window (round robin over windows) or document (over documents)"},
     {NULL},
 };
+/* the SAE whose context_size and prepend_bos are the defaults (sae_config, planted_sae) */
+enum { IN_SAE };
+static const dm_port_spec text_inputs[] = {{"sae", DM_PORT_TENSOR, .optional = 1}, {NULL}};
 static const dm_port_spec text_outputs[] = {{"windows", DM_PORT_STREAM, .dtype = DM_I32}, {NULL}};
 
 typedef struct {
@@ -111,43 +114,63 @@ typedef struct {
 
 /* ---- parameters -------------------------------------------------------- */
 
-/* context and bos: as given, else as the SAE was trained (its cfg.json), else
- * the plan's 128 and BOS. An explicit value that contradicts the SAE's is
- * kept, and said when `say`. */
+/* The settings of the SAE on input `sae` (sae_desc.h), -1 each where it says
+ * nothing or the input is not connected. */
+static int sae_settings(const dm_node *n, int64_t *context, int *bos)
+{
+    int bad;
+    const dm_sae_desc *d = dm_sae_desc_input(n, IN_SAE, &bad);
+    *context = -1;
+    *bos = -1;
+    if (bad)
+        return -1;
+    if (dm_input_connected(n, IN_SAE) && !d)
+        return dm_failc(DM_E_INPUT, "input sae is not known before the run: connect it to an sae_config or "
+                                    "planted_sae node's output sae");
+    if (d)
+        *context = d->context_size, *bos = d->prepend_bos;
+    return 0;
+}
+
+/* context and bos: as given, else as the SAE was trained (its cfg.json, on
+ * input sae), else the plan's 128 and BOS. An explicit value that contradicts
+ * the SAE's is kept, and said when `say`. */
 static int64_t text_context(const dm_node *n, int say)
 {
-    int64_t ctx = dm_param_int(n, "context");
-    dm_sae_config cfg;
-    if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
+    int64_t ctx = dm_param_int(n, "context"), sae_ctx;
+    int sae_bos;
+    if (sae_settings(n, &sae_ctx, &sae_bos))
         return -1;
     if (ctx == 0)
-        ctx = cfg.context_size > 0 ? cfg.context_size : 128;
+        ctx = sae_ctx > 0 ? sae_ctx : 128;
     if (say && dm_param_int(n, "context") == 0)
         dm_info("node '%s': windows of %lld tokens (%s)", dm_node_name(n), (long long)ctx,
-                cfg.context_size > 0 ? "the SAE's context_size" : "the default");
-    else if (say && cfg.context_size > 0 && cfg.context_size != ctx)
+                sae_ctx > 0 ? "the SAE's context_size" : "the default");
+    else if (say && sae_ctx > 0 && sae_ctx != ctx)
         dm_warn("node '%s': context %lld overrides the SAE's cfg.json (context_size %lld)", dm_node_name(n),
-                (long long)ctx, (long long)cfg.context_size);
-    dm_sae_config_free(&cfg);
+                (long long)ctx, (long long)sae_ctx);
     return ctx;
 }
 
 static int text_bos(const dm_node *n, int say)
 {
     const char *v = dm_param_str(n, "bos");
-    dm_sae_config cfg;
-    if (dm_sae_settings(dm_param_str(n, "sae"), &cfg))
+    int64_t sae_ctx;
+    int sae_bos, bos;
+    if (sae_settings(n, &sae_ctx, &sae_bos))
         return -1;
-    int bos = !strcmp(v, "auto") ? cfg.prepend_bos != 0
-              : (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1")) ? 1
-              : (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0")) ? 0 : -2;
-    if (bos == -2)
-        dm_fail("bos must be auto, true or false, not '%s'", v);
-    else if (say && strcmp(v, "auto") && cfg.prepend_bos >= 0 && cfg.prepend_bos != bos)
+    if (!strcmp(v, "auto"))
+        bos = sae_bos != 0;
+    else if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1"))
+        bos = 1;
+    else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0"))
+        bos = 0;
+    else
+        return dm_failc(DM_E_INPUT, "bos must be auto, true or false, not '%s'", v);
+    if (say && strcmp(v, "auto") && sae_bos >= 0 && sae_bos != bos)
         dm_warn("node '%s': bos: %s overrides the SAE's cfg.json (prepend_bos: %s)", dm_node_name(n),
-                bos ? "true" : "false", cfg.prepend_bos ? "true" : "false");
-    dm_sae_config_free(&cfg);
-    return bos < 0 ? -1 : bos;
+                bos ? "true" : "false", sae_bos ? "true" : "false");
+    return bos;
 }
 
 static int parse_params(const dm_node *n, int *pack, int *by_doc, dm_corpus_format *fmt)
@@ -551,6 +574,7 @@ const dm_op dm_op_text = {
     .version = 2, /* windows are int32 (were float32): a new spill format */
     .summary = "windows of GPT-2 token ids from text, jsonl, archives, .bin or .npy token files",
     .params = text_params,
+    .inputs = text_inputs,
     .outputs = text_outputs,
     .spill_source = 1, /* tokenizing again costs more than a replay */
     .infer = text_infer,

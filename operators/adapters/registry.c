@@ -1,10 +1,8 @@
 /*
  * registry.c: the operators that exist. The engine finds operators only here,
- * by the name a pipeline gives in `op:`.
- *
- * Operators still being written are declared weak: until their file exists the
- * slot is NULL and skipped, so the tree builds at every step. Tests add their own
- * (mock) operators with dm_registry_add.
+ * by the name a pipeline gives in `op:`. The references are strong, so any
+ * program that runs pipelines (a test calling a command, say) links every
+ * operator. Tests add their own (mock) operators with dm_registry_add.
  */
 #include <string.h>
 
@@ -12,20 +10,15 @@
 
 extern const dm_op dm_op_npy, dm_op_npy_sink, dm_op_synthetic;
 extern const dm_op dm_op_moments, dm_op_covariance, dm_op_pca, dm_op_project, dm_op_topk;
-extern const dm_op dm_op_report __attribute__((weak));
-extern const dm_op dm_op_text __attribute__((weak));
-extern const dm_op dm_op_planted __attribute__((weak));
-extern const dm_op dm_op_gpt2 __attribute__((weak));
-extern const dm_op dm_op_sae __attribute__((weak));
-extern const dm_op dm_op_fastica __attribute__((weak));
-extern const dm_op dm_op_ica_compare __attribute__((weak));
+extern const dm_op dm_op_report, dm_op_text, dm_op_planted, dm_op_planted_sae, dm_op_sae_config;
+extern const dm_op dm_op_gpt2, dm_op_sae, dm_op_fastica, dm_op_ica_compare;
 
 static const dm_op *const all[] = {
-    &dm_op_npy, &dm_op_synthetic, &dm_op_planted, &dm_op_text, &dm_op_gpt2, &dm_op_sae, &dm_op_npy_sink, &dm_op_moments,
-    &dm_op_covariance, &dm_op_pca, &dm_op_project, &dm_op_fastica, &dm_op_ica_compare, &dm_op_topk, &dm_op_report,
+    &dm_op_npy,     &dm_op_synthetic, &dm_op_planted_sae, &dm_op_planted, &dm_op_sae_config, &dm_op_text,
+    &dm_op_gpt2,    &dm_op_sae,       &dm_op_npy_sink,    &dm_op_moments, &dm_op_covariance, &dm_op_pca, &dm_op_project, &dm_op_fastica, &dm_op_ica_compare, &dm_op_topk, &dm_op_report,
 };
 #define NALL (sizeof all / sizeof all[0])
-static const dm_op **registry; /* NULL-terminated: the operators above that exist, then added ones */
+static const dm_op **registry; /* NULL-terminated: the operators above, then added ones */
 static size_t nregistry;
 
 const dm_op *const *dm_registry(void)
@@ -33,8 +26,7 @@ const dm_op *const *dm_registry(void)
     if (!registry) {
         registry = dm_xcalloc(NALL + 1, sizeof *registry);
         for (size_t i = 0; i < NALL; i++)
-            if (all[i])
-                registry[nregistry++] = all[i];
+            registry[nregistry++] = all[i];
     }
     return registry;
 }

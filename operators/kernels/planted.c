@@ -1,7 +1,7 @@
 /*
  * planted.c: the demo's planted data (see planted.h): a counter-based generator,
  * so every row is the same in any chunking, and the SAE that misses the first
- * atoms, written in SAELens's format.
+ * atoms, as arrays and in SAELens's format.
  */
 #include <math.h>
 #include <stdio.h>
@@ -66,47 +66,55 @@ void dm_planted_rows(float *out, int64_t row0, int64_t rows, const float *D, int
     }
 }
 
-int dm_planted_write_sae(const char *dir, int64_t dd, int64_t m, int64_t missed, double th, uint64_t seed)
+void dm_planted_sae(const float *D, int64_t d, int64_t m, int64_t missed, double threshold, float *W_enc,
+                    float *W_dec, float *b_enc, float *b_dec)
 {
-    char *cfg = dm_xasprintf(
+    int64_t k = m - missed;
+    for (int64_t j = 0; j < k; j++) {
+        for (int64_t i = 0; i < d; i++) {
+            float v = D[(missed + j) * d + i];
+            W_enc[i * k + j] = v;
+            W_dec[j * d + i] = v;
+        }
+        b_enc[j] = (float)-threshold;
+    }
+    memset(b_dec, 0, (size_t)d * sizeof *b_dec);
+}
+
+char *dm_planted_sae_config(int64_t d, int64_t m, int64_t missed, double threshold, uint64_t seed)
+{
+    return dm_xasprintf(
         "{\n  \"architecture\": \"standard\",\n  \"d_in\": %lld,\n  \"d_sae\": %lld,\n"
         "  \"activation_fn_str\": \"relu\",\n  \"apply_b_dec_to_input\": false,\n"
-        "  \"normalize_activations\": \"none\",\n  \"hook_name\": \"planted\",\n  \"context_size\": 128,\n"
+        "  \"normalize_activations\": \"none\",\n  \"hook_name\": \"" DM_PLANTED_HOOK "\",\n"
+        "  \"context_size\": 128,\n"
         "  \"prepend_bos\": true,\n  \"model_name\": \"planted (dmica demo): seed %llu, %lld atoms, "
         "the first %lld unknown to this SAE, threshold %g\",\n"
         "  \"model_from_pretrained_kwargs\": {\"center_writing_weights\": false}\n}\n",
-        (long long)dd, (long long)(m - missed), (unsigned long long)seed, (long long)m, (long long)missed, th);
+        (long long)d, (long long)(m - missed), (unsigned long long)seed, (long long)m, (long long)missed, threshold);
+}
+
+int dm_planted_write_sae(const char *dir, const float *D, int64_t d, int64_t m, int64_t missed, double threshold,
+                         uint64_t seed)
+{
+    char *cfg = dm_planted_sae_config(d, m, missed, threshold, seed);
     char *cfg_path = dm_xasprintf("%s/cfg.json", dir), *w_path = dm_xasprintf("%s/sae_weights.safetensors", dir);
-    size_t old_len = 0;
-    char *old = dm_file_exists(cfg_path) && dm_file_exists(w_path) ? dm_read_file(cfg_path, &old_len) : NULL;
-    int rc = 0;
-    if (!old || strcmp(old, cfg)) {
-        float *D = dm_planted_dictionary(seed, dd, m);
-        int64_t k = m - missed;
-        dm_tensor t[4];
-        int64_t s_enc[2] = {dd, k}, s_dec[2] = {k, dd}, s_k[1] = {k}, s_d[1] = {dd};
-        dm_tensor_init(&t[0], DM_F32, 2, s_enc);
-        dm_tensor_init(&t[1], DM_F32, 2, s_dec);
-        dm_tensor_init(&t[2], DM_F32, 1, s_k);
-        dm_tensor_init(&t[3], DM_F32, 1, s_d);
-        for (int64_t j = 0; j < k; j++) {
-            for (int64_t i = 0; i < dd; i++) {
-                float v = D[(missed + j) * dd + i];
-                ((float *)t[0].data)[i * k + j] = v;
-                ((float *)t[1].data)[j * dd + i] = v;
-            }
-            ((float *)t[2].data)[j] = (float)-th;
-        }
-        static const char *names[] = {"W_enc", "W_dec", "b_enc", "b_dec"};
-        rc = dm_mkdir_p(dir);
-        if (!rc)
-            rc = dm_st_write_f32(w_path, names, t, 4);
-        if (!rc)
-            rc = dm_write_file_atomic(cfg_path, cfg, strlen(cfg));
-        for (int q = 0; q < 4; q++)
-            dm_tensor_free(&t[q]);
-        free(D);
-    }
-    free(old), free(cfg), free(cfg_path), free(w_path);
+    int64_t k = m - missed;
+    dm_tensor t[4];
+    int64_t s_enc[2] = {d, k}, s_dec[2] = {k, d}, s_k[1] = {k}, s_d[1] = {d};
+    dm_tensor_init(&t[0], DM_F32, 2, s_enc);
+    dm_tensor_init(&t[1], DM_F32, 2, s_dec);
+    dm_tensor_init(&t[2], DM_F32, 1, s_k);
+    dm_tensor_init(&t[3], DM_F32, 1, s_d);
+    dm_planted_sae(D, d, m, missed, threshold, t[0].data, t[1].data, t[2].data, t[3].data);
+    static const char *names[] = {"W_enc", "W_dec", "b_enc", "b_dec"};
+    int rc = dm_mkdir_p(dir);
+    if (!rc)
+        rc = dm_st_write_f32(w_path, names, t, 4);
+    if (!rc)
+        rc = dm_write_file_atomic(cfg_path, cfg, strlen(cfg));
+    for (int q = 0; q < 4; q++)
+        dm_tensor_free(&t[q]);
+    free(cfg), free(cfg_path), free(w_path);
     return rc;
 }

@@ -23,8 +23,18 @@ float *dm_planted_dictionary(uint64_t seed, int64_t d, int64_t m);
 /* Rows [row0, row0 + rows) of the data into out (rows x d). */
 void dm_planted_rows(float *out, int64_t row0, int64_t rows, const float *D, int64_t d, int64_t m, double p,
                      double noise, uint64_t seed);
-/* Writes the matching SAE into dir (cfg.json, sae_weights.safetensors) unless it
- * is there with the same settings. -1 with dm_fail() on error. */
-int dm_planted_write_sae(const char *dir, int64_t d, int64_t m, int64_t missed, double threshold, uint64_t seed);
+/* The hook_name of the matching SAE's cfg.json: the data come from no model. */
+#define DM_PLANTED_HOOK "planted"
+
+/* The matching SAE of dictionary D (m x d) as arrays: W_enc (d, m - missed),
+ * W_dec (m - missed, d), b_enc (m - missed) = -threshold, b_dec (d) = 0. */
+void dm_planted_sae(const float *D, int64_t d, int64_t m, int64_t missed, double threshold, float *W_enc,
+                    float *W_dec, float *b_enc, float *b_dec);
+/* Its cfg.json text (SAELens format; malloc'd). */
+char *dm_planted_sae_config(int64_t d, int64_t m, int64_t missed, double threshold, uint64_t seed);
+/* Writes it into dir (made if missing): cfg.json and sae_weights.safetensors.
+ * -1 with dm_fail() on error. */
+int dm_planted_write_sae(const char *dir, const float *D, int64_t d, int64_t m, int64_t missed, double threshold,
+                         uint64_t seed);
 
 #endif

@@ -422,6 +422,40 @@ fail:
     return NULL;
 }
 
+/* A copy of n floats, allocated as read_tensor allocates. */
+static float *copy_floats(const float *src, int64_t n)
+{
+    float *out = dm_xmalloc_aligned((size_t)n * sizeof(float) + 64);
+    memcpy(out, src, (size_t)n * sizeof(float));
+    return out;
+}
+
+dm_sae *dm_sae_from_arrays(int64_t d_in, int64_t d_sae, const char *hook_name, const char *name,
+                           const float *W_enc, const float *W_dec, const float *b_enc, const float *b_dec,
+                           const dm_compute *cx)
+{
+    dm_sae *s = dm_xcalloc(1, sizeof *s);
+    s->dir = dm_xstrdup(name);
+    s->scaling_factor = 1.0;
+    dm_sae_config *c = &s->cfg;
+    c->d_in = d_in;
+    c->d_sae = d_sae;
+    c->arch = DM_SAE_STANDARD;
+    c->apply_b_dec_to_input = 0;
+    c->norm = DM_SAE_NORM_NONE;
+    c->hook_name = dm_xstrdup(hook_name);
+    c->model_name = dm_xstrdup("");
+    c->dataset_path = dm_xstrdup("");
+    c->center_writing_weights = c->prepend_bos = -1;
+    c->context_size = -1;
+    s->W_enc = copy_floats(W_enc, d_in * d_sae);
+    s->W_dec = copy_floats(W_dec, d_sae * d_in);
+    s->b_enc = copy_floats(b_enc, d_sae);
+    s->b_dec = copy_floats(b_dec, d_in);
+    pack_encoder(s, cx);
+    return s;
+}
+
 /* ---- the kernel --------------------------------------------------------- */
 
 void dm_sae_sparse_free(dm_sae_sparse *sp)

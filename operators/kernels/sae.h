@@ -131,6 +131,14 @@ dm_sae *dm_sae_load(const char *dir, double scaling_factor, const dm_compute *c)
 /* Floats dm_sae_load adds for W_enc packed for dm_sgemm under c (0 if none). */
 int64_t dm_sae_packed_floats(int64_t d_in, int64_t d_sae, const dm_compute *c);
 void dm_sae_free(dm_sae *s); /* accepts NULL */
+/* A standard ReLU SAE without b_dec on the input (normalisation none) from
+ * arrays in memory, copied: W_enc (d_in, d_sae), W_dec (d_sae, d_in), b_enc
+ * (d_sae), b_dec (d_in). One another node made (the demo's planted SAE) and
+ * handed on; name stands for its folder in messages and dm_sae_result_json.
+ * c as for dm_sae_load. */
+dm_sae *dm_sae_from_arrays(int64_t d_in, int64_t d_sae, const char *hook_name, const char *name,
+                           const float *W_enc, const float *W_dec, const float *b_enc, const float *b_dec,
+                           const dm_compute *c);
 
 /* ---- the kernel --------------------------------------------------------- */
 

@@ -4,7 +4,10 @@
 . "$ROOT/tests/cli/lib.sh"
 have_numpy || { echo "numpy missing"; exit 77; }
 expect_ok $DMICA demo --out out
-[ -s demo-data/planted-sae/cfg.json ] && [ -s demo-data/planted-sae/sae_weights.safetensors ] || fail "no planted SAE"
+[ -s out/planted-sae/cfg.json ] && [ -s out/planted-sae/sae_weights.safetensors ] || fail "no planted SAE"
+[ ! -e demo-data ] || fail "the demo writes nothing outside its cache and --out"
+# the SAE is an edge of the DAG: the plan shows the planted_sae node feeding the sae node
+grep -q "^  sae .*<- acts.out, planted_sae.sae" err.txt || { cat err.txt; fail "the plan lacks the SAE's edge"; }
 python3 - <<'P' || fail "the demo's results are wrong"
 import json, numpy as np
 r = json.load(open("out/results.json"))

@@ -51,6 +51,13 @@ for n in ica_0 report_0 sae_6 pca_6; do
     [ "$(key $n plan_set.txt)" = "$(key $n plan_template.txt)" ] || fail "--set ica_6.seed changed $n's key"
 done
 [ -n "$(key ica_0 plan_set.txt)" ] || fail "no key for ica_0 in the plan"
+# the SAE is named once, in sae_config, and reaches text, gpt2 and sae on edges
+expect_ok $DMICA plan "$ROOT/pipelines/gpt2-small-res-jb-l6.yaml"
+for node in text gpt2 sae; do
+    grep -q "^  $node .*sae_config.sae" out.txt || { cat out.txt; fail "$node should read the SAE from sae_config"; }
+done
+[ "$(grep -v '^ *#' "$ROOT/pipelines/gpt2-small-res-jb-l6.yaml" | grep -c 'gpt2-small-res-jb/blocks.6')" = 1 ] ||
+    fail "the l6 pipeline should name its SAE folder once"
 # the demo pipeline validates against its own stand-ins in `make demo`; here: an SAE of the wrong width
 python3 "$ROOT/tools/make-sae" --d-in 512 --d-sae 16 --hook blocks.6.hook_resid_pre \
     --out models/gpt2-small-res-jb/blocks.6.hook_resid_pre >/dev/null

@@ -1,5 +1,6 @@
-# The SAE's cfg.json sets what the model stage does unless the pipeline says
-# otherwise: the hook read (hook_name), residual centring
+# The SAE's cfg.json, read once by an sae_config node and handed to the text,
+# gpt2 and sae nodes on DAG edges, sets what the model stage does unless the
+# pipeline says otherwise: residual centring
 # (model_from_pretrained_kwargs.center_writing_weights), BOS and context size;
 # overrides are kept and said on stderr.
 . "$ROOT/tests/cli/lib.sh"
@@ -15,15 +16,16 @@ pipeline() {   # $1: SAE folder, $2: extra gpt2 params
 cat > p.yaml <<Y
 name: saecfg
 nodes:
-  text: {op: text, params: {path: windows.npy, format: npy, context: 16, sae: $1}}
+  sae_config: {op: sae_config, params: {path: $1}}
+  text: {op: text, inputs: {sae: sae_config}, params: {path: windows.npy, format: npy, context: 16}}
   lm:
     op: gpt2
-    inputs: {tokens: text.windows}
-    params: {model: $M, sae: $1 $2}
+    inputs: {tokens: text.windows, sae: sae_config}
+    params: {model: $M, hooks: blocks.1.hook_resid_pre $2}
   sae:
     op: sae
-    inputs: {x: lm.blocks.1.hook_resid_pre}
-    params: {sae: $1, hook: blocks.1.hook_resid_pre}
+    inputs: {x: lm.blocks.1.hook_resid_pre, sae: sae_config}
+    params: {hook: blocks.1.hook_resid_pre}
   acts: {op: npy_sink, inputs: {x: lm.blocks.1.hook_resid_pre}, params: {file: acts.npy}}
 Y
 }
@@ -47,4 +49,30 @@ err_has "center: true overrides the SAE's cfg.json (center_writing_weights: fals
 cmp c/acts.npy o/acts.npy || fail "center: true should give the centred activations"
 expect_fail $DMICA run p.yaml --set lm.center=sometimes
 err_has "center must be auto, true or false"
+
+# the SAE is an edge of the DAG: the plan shows it, and a change to its cfg.json
+# makes every node that follows it stale (the cache key chain covers it)
+pipeline sae_raw ""
+expect_ok $DMICA plan p.yaml
+out_has "<- sae_config.sae"
+expect_ok $DMICA run p.yaml --out r2
+if grep -q "ran (" err.txt; then cat err.txt; fail "an unchanged pipeline should come from the cache"; fi
+sed -i 's/"context_size": 128/"context_size": 64/' sae_raw/cfg.json
+expect_ok $DMICA plan p.yaml
+for node in sae_config text lm sae acts; do
+    grep -q "^  $node .*stale" out.txt || { cat out.txt; fail "$node should be stale after the SAE's cfg.json changed"; }
+done
+# the record is checked: a tensor that is not an SAE is refused by name
+cat > q.yaml <<Y
+name: notsae
+nodes:
+  atoms: {op: planted_sae}
+  text: {op: text, inputs: {sae: atoms.dictionary}, params: {path: windows.npy, format: npy, context: 16}}
+Y
+expect_fail $DMICA plan q.yaml
+err_has "input 'sae' is not an SAE"
+# one SAE per sae node
+pipeline sae_raw ""
+expect_fail $DMICA plan p.yaml --set sae.sae=sae_raw
+err_has "the SAE is given twice"
 echo ok

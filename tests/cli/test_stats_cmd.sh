@@ -2,9 +2,13 @@
 # float16 inputs), and the command-line basics.
 . "$ROOT/tests/cli/lib.sh"
 expect_ok $DMICA --help; out_has "usage: dmica"
-for c in run plan demo stats; do expect_ok $DMICA $c --help; out_has "usage: dmica $c"; done
+for c in run plan demo stats ops tokenize activations sae ica analyze top; do
+    expect_ok $DMICA $c --help; out_has "usage: dmica $c"
+done
 expect_fail $DMICA frobnicate; err_has "unknown command"
 expect_fail $DMICA stats --out o; err_has "--in"
+expect_fail $DMICA stats --in x.npy; err_has "--out DIR is required"
+expect_fail $DMICA stats --in x.npy --out o --memory 0; err_has "dmica stats: --memory: must be at least 1"
 have_numpy || { echo "numpy missing"; exit 77; }
 python3 - <<'P'
 import numpy as np

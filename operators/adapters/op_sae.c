@@ -6,12 +6,12 @@
  * `tile` rows), folds each tile into the statistics, and emits
  *   residual        e = x - x_hat, same rows as x (a map)
  *   reconstruction  x_hat, same rows as x
- *   features        the active features, one row per (token, feature):
- *                   [row_hi, row_lo, feature, value] with the token's global row
- *                   = row_hi * 2^24 + row_lo. float32 holds integers exactly
- *                   only up to 2^24 (16.7M tokens); the split keeps row numbers
- *                   exact to 2^48. Rows of this stream are numbered by triple,
- *                   in token order, features increasing within a token.
+ *   features        the active features, one row per (token, feature): int64
+ *                   [row, feature], row the token's global row. Rows of this
+ *                   stream are numbered by pair, in token order, features
+ *                   increasing within a token.
+ *   feature_values  float32 [value], the same rows as `features`: the
+ *                   feature's activation on that token.
  * Rows with NaN or Inf give NaN residual and reconstruction rows and no
  * features; they are counted (warning, and nonfinite_rows in the stats) and
  * left out of every statistic.
@@ -49,7 +49,7 @@
 #include "summaries.h"
 #include "sae_desc.h"
 
-enum { OUT_RESIDUAL, OUT_RECON, OUT_FEATURES, OUT_DECODER, OUT_COUNT, OUT_FREQ, OUT_MEAN, OUT_VAR, OUT_SKEW,
+enum { OUT_RESIDUAL, OUT_RECON, OUT_FEATURES, OUT_VALUES, OUT_DECODER, OUT_COUNT, OUT_FREQ, OUT_MEAN, OUT_VAR, OUT_SKEW,
        OUT_KURT, OUT_L0, OUT_SUMMARY, OUT_N };
 
 static const dm_param_spec sae_params[] = {
@@ -66,7 +66,8 @@ enum { IN_X, IN_SAE };
 static const dm_port_spec sae_inputs[] = {{"x", DM_PORT_STREAM}, {"sae", DM_PORT_TENSOR, .optional = 1}, {NULL}};
 static const dm_port_spec sae_outputs[] = {
     {"residual", DM_PORT_STREAM},         {"reconstruction", DM_PORT_STREAM},
-    {"features", DM_PORT_STREAM},         {"decoder", DM_PORT_TENSOR},
+    {"features", DM_PORT_STREAM, .dtype = DM_I64}, {"feature_values", DM_PORT_STREAM},
+    {"decoder", DM_PORT_TENSOR},
     {"feature_count", DM_PORT_TENSOR},    {"feature_frequency", DM_PORT_TENSOR},
     {"feature_mean", DM_PORT_TENSOR},     {"feature_var", DM_PORT_TENSOR},
     {"feature_skew", DM_PORT_TENSOR},     {"feature_kurtosis", DM_PORT_TENSOR},
@@ -81,7 +82,9 @@ typedef struct {
     dm_sae_stats *stats;
     dm_sae_sparse sp;
     int64_t tile, d, chunk;
-    float *recon, *resid, *feat; /* chunk x d, chunk x d, chunk x 4 */
+    float *recon, *resid; /* chunk x d each */
+    int64_t *feat;        /* chunk x 2: [row, feature] */
+    float *feat_value;    /* chunk */
     int64_t feat_row; /* rows emitted on `features` so far */
 } sae_state;
 
@@ -166,9 +169,10 @@ static int sae_infer(dm_node *n)
         int64_t rows = dm_input_desc(n, IN_X)->shape[0];
         for (int k = 0; k < OUT_N; k++) {
             dm_port_desc *o = dm_output_desc(n, k);
-            if (k <= OUT_FEATURES) {
-                o->shape[0] = k == OUT_FEATURES ? -1 : rows;
-                o->shape[1] = k == OUT_FEATURES ? 4 : c.d_in;
+            if (k <= OUT_VALUES) {
+                o->dtype = k == OUT_FEATURES ? DM_I64 : DM_F32;
+                o->shape[0] = k >= OUT_FEATURES ? -1 : rows;
+                o->shape[1] = k == OUT_FEATURES ? 2 : k == OUT_VALUES ? 1 : c.d_in;
                 continue;
             }
             o->dtype = k == OUT_DECODER ? DM_F32 : DM_F64;
@@ -228,39 +232,40 @@ static int sae_open(dm_node *n)
     s->stats = dm_sae_stats_new(s->d, s->sae->cfg.d_sae, dm_param_bool(n, "predictability"), cc);
     s->recon = dm_xmalloc_aligned((size_t)(s->chunk * s->d) * sizeof(float));
     s->resid = dm_xmalloc_aligned((size_t)(s->chunk * s->d) * sizeof(float));
-    s->feat = dm_xmalloc((size_t)s->chunk * 4 * sizeof(float));
+    s->feat = dm_xmalloc((size_t)s->chunk * 2 * sizeof *s->feat);
+    s->feat_value = dm_xmalloc((size_t)s->chunk * sizeof *s->feat_value);
     return 0;
 }
 
-/* The active features of rows [row0, row0 + sp->rows) as rows of `features`,
- * in pieces of at most one chunk. */
+/* Rows [s->feat_row, s->feat_row + k) of `features` and `feature_values`. */
+static int flush_features(dm_node *n, sae_state *s, int64_t k)
+{
+    dm_chunk f = {.row0 = s->feat_row, .rows = k, .cols = 2, .i64 = s->feat, .dtype = DM_I64};
+    dm_chunk v = {.row0 = s->feat_row, .rows = k, .cols = 1, .data = s->feat_value};
+    if (dm_emit(n, OUT_FEATURES, &f) || dm_emit(n, OUT_VALUES, &v))
+        return -1;
+    s->feat_row += k;
+    return 0;
+}
+
+/* The active features of rows [row0, row0 + sp->rows) as rows of `features`
+ * and `feature_values`, in pieces of at most one chunk. */
 static int emit_features(dm_node *n, sae_state *s, int64_t row0)
 {
     const dm_sae_sparse *sp = &s->sp;
     int64_t k = 0;
     for (int64_t r = 0; r < sp->rows; r++)
         for (int64_t a = sp->start[r]; a < sp->start[r + 1]; a++) {
-            int64_t g = row0 + r;
-            float *o = s->feat + 4 * k;
-            o[0] = (float)(g >> 24);
-            o[1] = (float)(g & 0xffffff);
-            o[2] = (float)sp->feature[a];
-            o[3] = sp->value[a];
+            s->feat[2 * k] = row0 + r;
+            s->feat[2 * k + 1] = sp->feature[a];
+            s->feat_value[k] = sp->value[a];
             if (++k == s->chunk) {
-                dm_chunk c = {.row0 = s->feat_row, .rows = k, .cols = 4, .data = s->feat};
-                if (dm_emit(n, OUT_FEATURES, &c))
+                if (flush_features(n, s, k))
                     return -1;
-                s->feat_row += k;
                 k = 0;
             }
         }
-    if (k) {
-        dm_chunk c = {.row0 = s->feat_row, .rows = k, .cols = 4, .data = s->feat};
-        if (dm_emit(n, OUT_FEATURES, &c))
-            return -1;
-        s->feat_row += k;
-    }
-    return 0;
+    return k ? flush_features(n, s, k) : 0;
 }
 
 static int sae_consume(dm_node *n, int port, const dm_chunk *c)
@@ -360,14 +365,14 @@ static void sae_close(dm_node *n)
     dm_sae_work_free(s->work);
     dm_sae_stats_free(s->stats);
     dm_sae_sparse_free(&s->sp);
-    free(s->recon), free(s->resid), free(s->feat);
+    free(s->recon), free(s->resid), free(s->feat), free(s->feat_value);
     free(s);
     dm_node_set_state(n, NULL);
 }
 
 const dm_op dm_op_sae = {
     .name = "sae",
-    .version = 3,
+    .version = 4, /* features: int64 [row, feature] and feature_values (were float [row_hi, row_lo, feature, value]) */
     .summary = "SAELens SAE: residual x - SAE(x), reconstruction, active features, and SAE statistics",
     .params = sae_params,
     .inputs = sae_inputs,

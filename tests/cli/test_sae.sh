@@ -66,6 +66,7 @@ nodes:
   sae: {op: sae, inputs: {x: acts}, params: {sae: sae, hook: blocks.6.hook_resid_pre, tile: 64}}
   resid: {op: npy_sink, inputs: {x: sae.residual}, params: {file: residual.npy}}
   feats: {op: npy_sink, inputs: {x: sae.features}, params: {file: features.npy}}
+  values: {op: npy_sink, inputs: {x: sae.feature_values}, params: {file: feature_values.npy}}
 EOF
 expect_ok $DMICA run p.yaml --out out --quiet --memory 200M
 [ -f out/sae_stats.json ] || fail "no sae_stats.json product"
@@ -78,12 +79,17 @@ assert np.nanmax(np.abs(e1 - e2)) <= 1e-5 * np.nanmax(np.abs(e1)), np.nanmax(np.
 a, b = json.load(open("st_sae.json")), json.load(open("out/sae_stats.json"))
 for k in ("tokens", "nonfinite_rows", "dead_features", "l0_histogram"):
     assert a[k] == b[k], k
-f = np.load("out/features.npy")
-assert f.shape[1] == 4
-row = f[:, 0].astype(np.int64) * 2**24 + f[:, 1].astype(np.int64)
+f, v = np.load("out/features.npy"), np.load("out/feature_values.npy")
+assert f.dtype == np.int64 and f.shape[1] == 2, (f.dtype, f.shape)
+assert v.dtype == np.float32 and v.shape == (len(f), 1), (v.dtype, v.shape)
+row, feat = f[:, 0], f[:, 1]
 assert (np.diff(row) >= 0).all() and row.max() < 3000
+same = np.diff(row) == 0
+assert (np.diff(feat)[same] > 0).all(), "features increase within a token"
 assert len(f) == round(b["mean_l0"] * b["tokens"])
 assert 10 not in set(row) and 2999 not in set(row)
+# every (row, feature) pair carries the feature's activation: positive for this ReLU SAE
+assert (v[:, 0] > 0).all()
 print("ok")
 P
 

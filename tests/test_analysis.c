@@ -33,8 +33,8 @@
 #include "dm.h"
 #include "npy.h"
 #include "op.h"
+#include "test.h"
 
-#include <check.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -542,9 +542,5 @@ int main(void)
     tcase_add_test(tc, cos_summary_known_values);
     tcase_add_test(tc, report_numbers);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dm_test_run(s, NULL);
 }

@@ -6,13 +6,13 @@
  * itself: grouping, multipass replay, spill decisions, chunk sizes from the
  * memory budget, error attribution, and run state kept per graph.
  */
-#include <check.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
 #include "fs.h"
+#include "test.h"
 
 START_TEST(test_sizes)
 {
@@ -178,13 +178,6 @@ START_TEST(test_topology)
 END_TEST
 
 /* ---- mock operators: the engine's scheduling, tested without real operators ---- */
-
-static char *make_tmpdir(void)
-{
-    char tmpl[] = "/tmp/dmica-engine-XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(tmpl));
-    return dm_xstrdup(tmpl);
-}
 
 /* What the mocks saw, for the tests to check. */
 #define MAX_PASSES 8
@@ -537,7 +530,7 @@ static const char *chain = "nodes:\n"
 /* Which nodes share a group, and why the others do not. */
 START_TEST(test_mock_grouping)
 {
-    char *cache = make_tmpdir();
+    char *cache = dm_test_tmpdir("engine");
     dm_pipeline *p;
     dm_graph *g = mock_graph(chain, cache, NULL, &p);
     ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
@@ -564,7 +557,7 @@ END_TEST
 /* The multipass consumer sees the same rows, in order, once per pass it asks for. */
 START_TEST(test_mock_multipass)
 {
-    char *cache = make_tmpdir();
+    char *cache = dm_test_tmpdir("engine");
     dm_pipeline *p;
     dm_graph *g = mock_graph(chain, cache, "mp.passes=4", &p);
     ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
@@ -608,7 +601,7 @@ START_TEST(test_mock_spills)
                               "  sum: {op: mock_sum, inputs: {x: dear}}\n"
                               "  center: {op: mock_center, inputs: {x: dear, t: sum}}\n"
                               "  gather: {op: mock_gather, inputs: {table: map}}\n";
-    char *cache = make_tmpdir();
+    char *cache = dm_test_tmpdir("engine");
     dm_pipeline *p;
     dm_graph *g = mock_graph(text, cache, NULL, &p);
     ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
@@ -660,7 +653,7 @@ START_TEST(test_mock_chunk_size)
                               "  src: {op: mock_source}\n"
                               "  map: {op: mock_map, inputs: {x: src}}\n"
                               "  mp: {op: mock_multipass, inputs: {x: map}, params: {passes: 1}}\n";
-    char *cache = make_tmpdir();
+    char *cache = dm_test_tmpdir("engine");
     dm_pipeline *p;
     dm_graph *g = mock_graph(text, cache, NULL, &p);
     ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
@@ -707,7 +700,7 @@ START_TEST(test_mock_errors)
                               "  src: {op: mock_source}\n"
                               "  map: {op: mock_map, inputs: {x: src}}\n"
                               "  bad: {op: mock_fail, inputs: {x: map}, params: {at: 5000}}\n";
-    char *cache = make_tmpdir();
+    char *cache = dm_test_tmpdir("engine");
     dm_pipeline *p;
     dm_graph *g = mock_graph(text, cache, NULL, &p);
     ck_assert_int_eq(dm_run(g), -1);
@@ -768,7 +761,7 @@ static int run_inner_graph(const char *cache)
  * two chunks of the outer group) leaves the outer run intact. */
 START_TEST(test_mock_nested_runs)
 {
-    char *cache = make_tmpdir(), *inner = dm_xasprintf("%s/inner", cache);
+    char *cache = dm_test_tmpdir("engine"), *inner = dm_xasprintf("%s/inner", cache);
     dm_pipeline *p;
     char *set = dm_xasprintf("map.nested=%s", inner);
     dm_graph *g = mock_graph(chain, cache, set, &p);
@@ -837,7 +830,7 @@ START_TEST(test_mock_typed_streams)
     static const char *text = "nodes:\n"
                               "  ids: {op: mock_ids, spill_dtype: f16}\n"
                               "  check: {op: mock_idcheck, inputs: {x: ids}, params: {passes: 2}}\n";
-    char *cache = make_tmpdir();
+    char *cache = dm_test_tmpdir("engine");
     dm_pipeline *p;
     dm_graph *g = mock_graph(text, cache, NULL, &p);
     ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
@@ -880,9 +873,5 @@ int main(void)
     tcase_add_test(tc, test_mock_nested_runs);
     tcase_add_test(tc, test_mock_typed_streams);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return dm_test_run(s, NULL);
 }

@@ -15,8 +15,8 @@
 #include "fs.h"
 
 #include "dm.h"
+#include "test.h"
 
-#include <check.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,20 +26,6 @@
 #include <xxhash.h>
 
 /* ---- helpers ------------------------------------------------------------ */
-
-static char *make_tmpdir(void)
-{
-    const char *base = getenv("TMPDIR");
-    char *t = dm_xasprintf("%s/dmica-test-fs-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(t));
-    return t;
-}
-
-static int forked(void)
-{
-    const char *f = getenv("CK_FORK");
-    return !(f && !strcmp(f, "no"));
-}
 
 static void put(const char *path, const char *text)
 {
@@ -55,26 +41,11 @@ static int64_t file_size(const char *path)
     return stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
 }
 
-/* Number of entries in dir, "." and ".." excluded. */
-static int count_entries(const char *dir)
-{
-    char *cmd = dm_xasprintf("ls -A '%s' | wc -l", dir);
-    FILE *p = popen(cmd, "r");
-    int n = -1;
-    ck_assert(fscanf(p, "%d", &n) == 1);
-    pclose(p);
-    free(cmd);
-    return n;
-}
-
-#define assert_error_has(s) \
-    ck_assert_msg(strstr(dm_error(), (s)) != NULL, "error '%s' lacks '%s'", dm_error(), (s))
-
 /* ---- reads and writes --------------------------------------------------- */
 
 START_TEST(write_pwrite_pread)
 {
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/a.bin", dir);
+    char *dir = dm_test_tmpdir("fs"), *p = dm_xasprintf("%s/a.bin", dir);
     int fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0666);
     ck_assert_int_ge(fd, 0);
     ck_assert_int_eq(dm_write_all(fd, "hello ", 6, p), 0);
@@ -99,9 +70,9 @@ END_TEST
 
 START_TEST(injected_enospc)
 {
-    if (!forked())
+    if (!dm_test_forked())
         return;
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/full.bin", dir);
+    char *dir = dm_test_tmpdir("fs"), *p = dm_xasprintf("%s/full.bin", dir);
     setenv("DMICA_FAULT_ENOSPC_AFTER", "100", 1);
     int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0666);
     char buf[60];
@@ -128,7 +99,7 @@ START_TEST(injected_enospc)
     size_t len;
     char *text = dm_read_file(q, &len);
     ck_assert_str_eq(text, "old");
-    ck_assert_int_eq(count_entries(dir), 2); /* full.bin, keep.txt */
+    ck_assert_int_eq(dm_test_count_entries(dir), 2); /* full.bin, keep.txt */
     unsetenv("DMICA_FAULT_ENOSPC_AFTER");
     dm_rm_rf(dir);
     free(text), free(q), free(want), free(p), free(dir);
@@ -146,7 +117,7 @@ END_TEST
 
 START_TEST(mkdir_p_and_rm_rf)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("fs");
     char *deep = dm_xasprintf("%s/a/b/c/d", dir);
     ck_assert_int_eq(dm_mkdir_p(deep), 0);
     ck_assert_int_eq(dm_mkdir_p(deep), 0); /* exists: fine */
@@ -161,7 +132,7 @@ START_TEST(mkdir_p_and_rm_rf)
     assert_error_has("a file of that name exists");
 
     /* rm -rf must remove a link, never what it points to. */
-    char *outside = make_tmpdir(), *precious = dm_xasprintf("%s/precious", outside);
+    char *outside = dm_test_tmpdir("fs"), *precious = dm_xasprintf("%s/precious", outside);
     put(precious, "keep me");
     char *link = dm_xasprintf("%s/a/b/c/link", dir);
     ck_assert_int_eq(symlink(outside, link), 0);
@@ -187,7 +158,7 @@ END_TEST
 
 START_TEST(dir_publish_new_and_replace)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("fs");
     char *tmp = dm_xasprintf("%s/out.tmp", dir), *final = dm_xasprintf("%s/out", dir);
     char *tf = dm_xasprintf("%s/v", tmp), *ff = dm_xasprintf("%s/v", final);
     char *old_only = dm_xasprintf("%s/only-in-old", final);
@@ -207,7 +178,7 @@ START_TEST(dir_publish_new_and_replace)
     ck_assert_str_eq(text, "two");
     free(text);
     ck_assert(!dm_file_exists(old_only)); /* replaced whole, not merged */
-    ck_assert_int_eq(count_entries(dir), 1); /* no tmp, no aside copy */
+    ck_assert_int_eq(dm_test_count_entries(dir), 1); /* no tmp, no aside copy */
 
     ck_assert_int_eq(dm_dir_publish(tmp, final), -1); /* tmp is gone */
     assert_error_has("not a folder");
@@ -220,7 +191,7 @@ END_TEST
 
 START_TEST(read_write_atomic)
 {
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/f.txt", dir);
+    char *dir = dm_test_tmpdir("fs"), *p = dm_xasprintf("%s/f.txt", dir);
     size_t len = 99;
     ck_assert_ptr_null(dm_read_file(p, &len));
     assert_error_has(p);
@@ -236,7 +207,7 @@ START_TEST(read_write_atomic)
     ck_assert_uint_eq(len, 0);
     ck_assert_str_eq(text, "");
     free(text);
-    ck_assert_int_eq(count_entries(dir), 1);
+    ck_assert_int_eq(dm_test_count_entries(dir), 1);
     ck_assert_ptr_null(dm_read_file(dir, &len));
     assert_error_has("is a folder");
     char *missing = dm_xasprintf("%s/no/such/dir/f", dir);
@@ -255,7 +226,7 @@ END_TEST
 
 START_TEST(copy_file_link_and_copy)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("fs");
     char *src = dm_xasprintf("%s/src", dir), *dst = dm_xasprintf("%s/dst", dir);
     put(src, "payload");
     put(dst, "old");
@@ -263,9 +234,9 @@ START_TEST(copy_file_link_and_copy)
     char *text = dm_read_file(dst, NULL);
     ck_assert_str_eq(text, "payload");
     free(text);
-    ck_assert_int_eq(count_entries(dir), 2);
+    ck_assert_int_eq(dm_test_count_entries(dir), 2);
     ck_assert_int_eq(dm_copy_file(src, dst), 0); /* dst is already src's link */
-    ck_assert_int_eq(count_entries(dir), 2);
+    ck_assert_int_eq(dm_test_count_entries(dir), 2);
     ck_assert_int_eq(dm_copy_file("/no/such/file", dst), -1);
     assert_error_has("/no/such/file");
 
@@ -297,7 +268,7 @@ END_TEST
 
 START_TEST(identity_vectors_and_memo)
 {
-    char *dir = make_tmpdir(), *cache = dm_xasprintf("%s/cache", dir);
+    char *dir = dm_test_tmpdir("fs"), *cache = dm_xasprintf("%s/cache", dir);
     char *memo_dir = dm_xasprintf("%s/filehash", cache); /* made by the first memo */
     char *empty = dm_xasprintf("%s/empty", dir), *f = dm_xasprintf("%s/data", dir);
     char id[33];
@@ -321,7 +292,7 @@ START_TEST(identity_vectors_and_memo)
     ck_assert_str_eq(id, want);
 
     /* The memo exists and is used: a planted value comes back. */
-    ck_assert_int_eq(count_entries(memo_dir), 1);
+    ck_assert_int_eq(dm_test_count_entries(memo_dir), 1);
     char *cmd = dm_xasprintf("for m in '%s'/*; do printf '%s\\n' > \"$m\"; done", memo_dir,
                              "0123456789abcdef0123456789abcdef");
     ck_assert_int_eq(system(cmd), 0);
@@ -342,7 +313,7 @@ START_TEST(identity_vectors_and_memo)
         sprintf(want + 2 * i, "%02x", c.digest[i]);
     ck_assert_int_eq(dm_file_identity(f, memo_dir, id), 0);
     ck_assert_str_eq(id, want);
-    ck_assert_int_eq(count_entries(memo_dir), 2);
+    ck_assert_int_eq(dm_test_count_entries(memo_dir), 2);
 
     ck_assert_int_eq(dm_file_identity(dir, memo_dir, id), -1);
     assert_error_has("is a folder");
@@ -368,9 +339,5 @@ int main(void)
     tcase_add_test(tc, copy_file_link_and_copy);
     tcase_add_test(tc, identity_vectors_and_memo);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dm_test_run(s, NULL);
 }

@@ -29,8 +29,8 @@
 #include "conv.h"
 #include "dm.h"
 #include "fs.h"
+#include "test.h"
 
-#include <check.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
@@ -40,34 +40,6 @@
 #include <unistd.h>
 
 #define GOLDEN "tests/golden/npy/"
-
-static char *make_tmpdir(void)
-{
-    const char *base = getenv("TMPDIR");
-    char *t = dm_xasprintf("%s/dmica-test-npy-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(t));
-    return t;
-}
-
-static int forked(void)
-{
-    const char *f = getenv("CK_FORK");
-    return !(f && !strcmp(f, "no"));
-}
-
-static int count_entries(const char *dir)
-{
-    char *cmd = dm_xasprintf("ls -A '%s' | wc -l", dir);
-    FILE *p = popen(cmd, "r");
-    int n = -1;
-    ck_assert(fscanf(p, "%d", &n) == 1);
-    pclose(p);
-    free(cmd);
-    return n;
-}
-
-#define assert_error_has(s) \
-    ck_assert_msg(strstr(dm_error(), (s)) != NULL, "error '%s' lacks '%s'", dm_error(), (s))
 
 /* Writes a .npy file by hand: magic, version 1.0, the header text padded with
  * spaces to a multiple of 16 plus '\n', then data. */
@@ -194,13 +166,13 @@ START_TEST(save_matches_numpy_bytes)
         default: *p = (char)(unsigned char)v;
         }
     }
-    char *dir = make_tmpdir(), *path = dm_xasprintf("%s/x.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *path = dm_xasprintf("%s/x.npy", dir);
     ck_assert_int_eq(dm_npy_save(path, &x), 0);
     size_t a, b;
     char *ours = dm_read_file(path, &a), *theirs = dm_read_file(gpath, &b);
     ck_assert_uint_eq(a, b);
     ck_assert_msg(memcmp(ours, theirs, a) == 0, "%s differs from np.save's bytes", golden_2x3[_i].file);
-    ck_assert_int_eq(count_entries(dir), 1);
+    ck_assert_int_eq(dm_test_count_entries(dir), 1);
     dm_rm_rf(dir);
     dm_tensor_free(&x);
     free(ours), free(theirs), free(path), free(dir), free(gpath);
@@ -288,7 +260,7 @@ END_TEST
 
 START_TEST(truncated_and_bad_magic)
 {
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/t.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *p = dm_xasprintf("%s/t.npy", dir);
     size_t len;
     char *good = dm_read_file(GOLDEN "f4_2x3.npy", &len);
 
@@ -331,7 +303,7 @@ END_TEST
 
 START_TEST(handwritten_headers)
 {
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/h.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *p = dm_xasprintf("%s/h.npy", dir);
     float data[6] = {1, 2, 3, 4, 5, 6};
     static const char *ok[] = {
         "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (3, 2)}",
@@ -411,7 +383,7 @@ START_TEST(writer_round_trip)
     static const dm_dtype types[] = {DM_F32, DM_F16, DM_BF16, DM_F64};
     dm_dtype t = types[_i];
     const int64_t cols = 13, pieces[] = {1, 7, 0, 100, 3};
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/w.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *p = dm_xasprintf("%s/w.npy", dir);
     dm_npy_writer *w = dm_npy_writer_open(p, t, cols);
     ck_assert_ptr_nonnull(w);
     ck_assert(!dm_file_exists(p)); /* not before commit */
@@ -425,7 +397,7 @@ START_TEST(writer_round_trip)
         row += pieces[k];
     }
     ck_assert_int_eq(dm_npy_writer_commit(w), 0);
-    ck_assert_int_eq(count_entries(dir), 1);
+    ck_assert_int_eq(dm_test_count_entries(dir), 1);
 
     dm_npy_map *m = dm_npy_open(p);
     ck_assert_msg(m != NULL, "%s", dm_error());
@@ -458,7 +430,7 @@ END_TEST
 
 START_TEST(writer_raw_append_and_empty)
 {
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/ids.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *p = dm_xasprintf("%s/ids.npy", dir);
     dm_npy_writer *w = dm_npy_writer_open(p, DM_I64, 2);
     int64_t ids[6] = {1, -2, 3, 1LL << 40, 5, 6};
     ck_assert_int_eq(dm_npy_writer_append(w, ids, 3), 0);
@@ -487,13 +459,13 @@ END_TEST
 
 START_TEST(writer_abort_and_enospc)
 {
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/a.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *p = dm_xasprintf("%s/a.npy", dir);
     float row[4] = {1, 2, 3, 4};
     dm_npy_writer *w = dm_npy_writer_open(p, DM_F32, 4);
     ck_assert_int_eq(dm_npy_writer_append_f32(w, row, 1), 0);
-    ck_assert_int_eq(count_entries(dir), 1); /* the temporary */
+    ck_assert_int_eq(dm_test_count_entries(dir), 1); /* the temporary */
     dm_npy_writer_abort(w);
-    ck_assert_int_eq(count_entries(dir), 0);
+    ck_assert_int_eq(dm_test_count_entries(dir), 0);
     dm_npy_writer_abort(NULL);
 
     /* An existing file survives an aborted rewrite. */
@@ -508,7 +480,7 @@ START_TEST(writer_abort_and_enospc)
     ck_assert_int_eq(t.shape[0], 4);
     dm_tensor_free(&t);
 
-    if (forked()) {
+    if (dm_test_forked()) {
         setenv("DMICA_FAULT_ENOSPC_AFTER", "200", 1);
         w = dm_npy_writer_open(p, DM_F16, 4);
         ck_assert_ptr_nonnull(w);
@@ -520,7 +492,7 @@ START_TEST(writer_abort_and_enospc)
         assert_error_has("write failed: No space left on device (injected)");
         ck_assert_int_eq(dm_npy_writer_commit(w), -1);
         assert_error_has("an earlier write failed");
-        ck_assert_int_eq(count_entries(dir), 1); /* the old a.npy only */
+        ck_assert_int_eq(dm_test_count_entries(dir), 1); /* the old a.npy only */
         unsetenv("DMICA_FAULT_ENOSPC_AFTER");
         ck_assert_int_eq(dm_npy_load(p, &t), 0);
         ck_assert_int_eq(t.dtype, DM_F32);
@@ -530,7 +502,7 @@ START_TEST(writer_abort_and_enospc)
         dm_tensor_init(&t, DM_F32, 1, shape);
         ck_assert_int_eq(dm_npy_save(p, &t), -1);
         dm_tensor_free(&t);
-        ck_assert_int_eq(count_entries(dir), 1);
+        ck_assert_int_eq(dm_test_count_entries(dir), 1);
         unsetenv("DMICA_FAULT_ENOSPC_AFTER");
     }
     dm_rm_rf(dir);
@@ -540,7 +512,7 @@ END_TEST
 
 START_TEST(save_load_all_ndims)
 {
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/s.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *p = dm_xasprintf("%s/s.npy", dir);
     static const int64_t shapes[5][4] = {{0}, {5}, {2, 3}, {2, 1, 3}, {2, 2, 1, 3}};
     for (int nd = 0; nd <= 4; nd++)
         for (int dt = 0; dt < DM_DTYPE_COUNT; dt++) {
@@ -582,7 +554,7 @@ START_TEST(numpy_reads_writer_output)
         fprintf(stderr, "test_npy: numpy_reads_writer_output skipped: no python3 with numpy\n");
         return;
     }
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("npy");
     static const dm_dtype types[] = {DM_F32, DM_F16, DM_F64};
     static const char *names[] = {"float32", "float16", "float64"};
     for (int k = 0; k < 3; k++) {
@@ -679,7 +651,7 @@ START_TEST(streaming_keeps_rss_bounded)
 {
     if (rss_file_kib() < 0)
         return;
-    char *dir = make_tmpdir(), *p = dm_xasprintf("%s/big.npy", dir);
+    char *dir = dm_test_tmpdir("npy"), *p = dm_xasprintf("%s/big.npy", dir);
     const int64_t cols = 1024, rows = 8192; /* 32 MiB of f32 */
     float *block = dm_xmalloc(256 * cols * sizeof(float));
     dm_npy_writer *w = dm_npy_writer_open(p, DM_F32, cols);
@@ -732,9 +704,5 @@ int main(void)
     tcase_add_test(tc, conversions_match_scalar);
     tcase_add_test(tc, streaming_keeps_rss_bounded);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dm_test_run(s, NULL);
 }

@@ -27,8 +27,8 @@
 
 #include "dm.h"
 #include "fs.h"
+#include "test.h"
 
-#include <check.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
@@ -39,31 +39,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static char *make_tmpdir(void)
-{
-    const char *base = getenv("TMPDIR");
-    char *t = dm_xasprintf("%s/dmica-test-spill-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(t));
-    return t;
-}
-
-static int forked(void)
-{
-    const char *f = getenv("CK_FORK");
-    return !(f && !strcmp(f, "no"));
-}
-
-static int count_entries(const char *dir)
-{
-    char *cmd = dm_xasprintf("ls -A '%s' | wc -l", dir);
-    FILE *p = popen(cmd, "r");
-    int n = -1;
-    ck_assert(fscanf(p, "%d", &n) == 1);
-    pclose(p);
-    free(cmd);
-    return n;
-}
-
 static void set_uring(int on)
 {
     if (on)
@@ -71,9 +46,6 @@ static void set_uring(int on)
     else
         setenv("DMICA_NO_URING", "1", 1);
 }
-
-#define assert_error_has(s) \
-    ck_assert_msg(strstr(dm_error(), (s)) != NULL, "error '%s' lacks '%s'", dm_error(), (s))
 
 /* Values of every magnitude from 1e-6 to 1e4, both signs, so f16 sees
  * subnormals and bf16 and f16 both round. */
@@ -165,12 +137,12 @@ START_TEST(round_trip)
     dm_dtype t = types[_i >> 2];
     const int64_t cols = 19;
     set_uring(uring);
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     int64_t total = 0;
     for (int i = 0; i < N_ODD; i++)
         total += odd_sizes[i];
     ck_assert_msg(write_spill(dir, "s", cols, t, codec, 0, odd_sizes, N_ODD) == 0, "%s", dm_error());
-    ck_assert_int_eq(count_entries(dir), 2);
+    ck_assert_int_eq(dm_test_count_entries(dir), 2);
 
     dm_spill_reader *r = dm_spill_reader_open(dir, "s");
     ck_assert_msg(r != NULL, "%s", dm_error());
@@ -231,7 +203,7 @@ END_TEST
 /* io_uring and pwrite write the same bytes, and each path reads the other's. */
 START_TEST(paths_write_identical_files)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     for (int codec = 0; codec < 2; codec++) {
         set_uring(1);
         /* io_uring transfers cut at 4093 bytes: every chunk completes in short
@@ -271,7 +243,7 @@ END_TEST
 START_TEST(empty_and_edge_chunks)
 {
     set_uring(_i);
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     /* No rows at all: a valid, empty spill. */
     dm_spill_writer *w = dm_spill_writer_open(dir, "empty", 8, DM_F32, DM_CODEC_ZSTD);
     ck_assert_ptr_nonnull(w);
@@ -326,7 +298,7 @@ START_TEST(empty_and_edge_chunks)
     assert_error_has("chunk has 4 columns, the spill 2");
     ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
     dm_spill_writer_abort(w);
-    ck_assert_int_eq(count_entries(dir), 4); /* empty and late, two files each */
+    ck_assert_int_eq(dm_test_count_entries(dir), 4); /* empty and late, two files each */
 
     ck_assert_ptr_null(dm_spill_writer_open(dir, "x", 2, DM_F64, DM_CODEC_NONE));
     assert_error_has("spills store f32, f16, bf16, i32 or i64, not f64");
@@ -346,14 +318,14 @@ END_TEST
  * cannot pair the old manifest with new data. */
 START_TEST(rewrite_drops_old_manifest)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     static const int64_t sizes[] = {10};
     ck_assert_int_eq(write_spill(dir, "s", 4, DM_F32, DM_CODEC_NONE, 0, sizes, 1), 0);
     dm_spill_writer *w = dm_spill_writer_open(dir, "s", 4, DM_F32, DM_CODEC_NONE);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "s"));
     assert_error_has("spill manifest missing");
     dm_spill_writer_abort(w);
-    ck_assert_int_eq(count_entries(dir), 0);
+    ck_assert_int_eq(dm_test_count_entries(dir), 0);
     dm_rm_rf(dir);
     free(dir);
 }
@@ -379,7 +351,7 @@ START_TEST(corrupt_chunk_is_detected)
     int uring = _i & 1;
     dm_codec codec = (_i >> 1) ? DM_CODEC_ZSTD : DM_CODEC_NONE;
     set_uring(uring);
-    char *dir = make_tmpdir(), *data = dm_xasprintf("%s/c.spill", dir);
+    char *dir = dm_test_tmpdir("spill"), *data = dm_xasprintf("%s/c.spill", dir);
     ck_assert_int_eq(write_spill(dir, "c", 4, DM_F32, codec, 0, six_chunks, 6), 0);
     /* Flip a byte in the middle of chunk 3, found from the manifest. */
     dm_spill_reader *r = dm_spill_reader_open(dir, "c");
@@ -438,7 +410,7 @@ END_TEST
 
 START_TEST(data_file_size_checked)
 {
-    char *dir = make_tmpdir(), *data = dm_xasprintf("%s/t.spill", dir);
+    char *dir = dm_test_tmpdir("spill"), *data = dm_xasprintf("%s/t.spill", dir);
     static const int64_t sizes[] = {100, 100};
     ck_assert_int_eq(write_spill(dir, "t", 5, DM_F32, DM_CODEC_NONE, 0, sizes, 2), 0);
     ck_assert_int_eq(truncate(data, 3999), 0);
@@ -475,7 +447,7 @@ END_TEST
 
 START_TEST(manifest_errors)
 {
-    char *dir = make_tmpdir(), *mp = dm_xasprintf("%s/m.json", dir);
+    char *dir = dm_test_tmpdir("spill"), *mp = dm_xasprintf("%s/m.json", dir);
     static const int64_t sizes[] = {3, 4};
     ck_assert_int_eq(write_spill(dir, "m", 2, DM_F16, DM_CODEC_NONE, 0, sizes, 2), 0);
     size_t len;
@@ -532,11 +504,11 @@ END_TEST
 
 START_TEST(enospc_leaves_nothing)
 {
-    if (!forked())
+    if (!dm_test_forked())
         return;
     int uring = _i & 1, in_manifest = _i >> 1;
     set_uring(uring);
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     /* 14 chunks of ~10 KiB: fails midway, or (budget = data + 10) at the manifest. */
     static const int64_t sizes[] = {100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100};
     setenv("DMICA_FAULT_ENOSPC_AFTER", in_manifest ? "140010" : "50000", 1);
@@ -546,7 +518,7 @@ START_TEST(enospc_leaves_nothing)
     assert_error_has("write failed: No space left on device (injected)");
     assert_error_has(in_manifest ? "full.json.tmp." : "full.spill");
     ck_assert_int_eq(dm_error_code(), DM_E_IO); /* kept through the writer's repeat of its first error */
-    ck_assert_int_eq(count_entries(dir), 0);
+    ck_assert_int_eq(dm_test_count_entries(dir), 0);
     ck_assert_ptr_null(dm_spill_reader_open(dir, "full"));
     assert_error_has("spill manifest missing");
     ck_assert_int_eq(dm_error_code(), DM_E_CORRUPT);
@@ -558,7 +530,7 @@ END_TEST
 START_TEST(abort_removes_files)
 {
     set_uring(_i);
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     dm_spill_writer *w = dm_spill_writer_open(dir, "a", 16, DM_F16, DM_CODEC_ZSTD);
     float *x = dm_xcalloc(1000 * 16, sizeof(float));
     for (int i = 0; i < 10; i++) /* more chunks than write buffers: some in flight */
@@ -566,7 +538,7 @@ START_TEST(abort_removes_files)
                                                        .data = x}), 0);
     ck_assert_int_gt(dm_spill_writer_bytes(w), 0);
     dm_spill_writer_abort(w);
-    ck_assert_int_eq(count_entries(dir), 0);
+    ck_assert_int_eq(dm_test_count_entries(dir), 0);
     dm_spill_writer_abort(NULL);
     dm_spill_reader_close(NULL);
     dm_rm_rf(dir);
@@ -579,7 +551,7 @@ END_TEST
 START_TEST(many_chunks_stream)
 {
     set_uring(_i);
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     const int64_t cols = 768, rows = 512, n = 40; /* 40 x 1.5 MiB */
     dm_spill_writer *w = dm_spill_writer_open(dir, "m", cols, DM_F32, DM_CODEC_NONE);
     float *x = dm_xmalloc((size_t)(rows * cols) * sizeof(float));
@@ -617,7 +589,7 @@ START_TEST(integer_streams_exact)
     dm_codec codec = (_i & 2) ? DM_CODEC_ZSTD : DM_CODEC_NONE;
     dm_dtype t = (_i & 4) ? DM_I64 : DM_I32;
     size_t isz = dm_dtype_size(t);
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("spill");
     const int64_t cols = 3, per = 700, nchunks = 4, rows = per * nchunks;
     unsigned char *x = dm_xmalloc((size_t)(rows * cols) * isz), *y = dm_xcalloc((size_t)(rows * cols), isz);
     for (int64_t i = 0; i < rows * cols; i++) {
@@ -688,9 +660,5 @@ int main(void)
     tcase_add_loop_test(tc, enospc_leaves_nothing, 0, 4);
     tcase_add_loop_test(tc, abort_removes_files, 0, 2);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dm_test_run(s, NULL);
 }

@@ -17,8 +17,8 @@
 #include "tokenizer.h"
 
 #include "dm.h"
+#include "test.h"
 
-#include <check.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -44,21 +44,6 @@ static dm_tokenizer *load_gpt2(void)
     ck_assert_msg(tok != NULL, "%s (set DMICA_GPT2_TOKENIZER to the folder with GPT-2's "
                   "vocab.json and merges.txt)", dm_error());
     return tok;
-}
-
-static char *make_tmpdir(void)
-{
-    const char *base = getenv("TMPDIR");
-    char *t = dm_xasprintf("%s/dmica-test-tok-XXXXXX", base && *base ? base : "/tmp");
-    ck_assert_ptr_nonnull(mkdtemp(t));
-    return t;
-}
-
-static void rm_tree(const char *dir)
-{
-    char *cmd = dm_xasprintf("rm -rf '%s'", dir);
-    ck_assert_int_eq(system(cmd), 0);
-    free(cmd);
 }
 
 static void put(const char *path, const char *data, size_t n)
@@ -126,9 +111,6 @@ static void assert_ids(dm_tokenizer *tok, const char *text, const int32_t *want,
         assert_ids(tok, text, want_, sizeof want_ / sizeof want_[0]);               \
     } while (0)
 
-#define assert_error_has(s) \
-    ck_assert_msg(strstr(dm_error(), (s)) != NULL, "error '%s' lacks '%s'", dm_error(), (s))
-
 /* GPT-2's bytes_to_unicode, independently of the library's copy. */
 static unsigned byte_cp(int b)
 {
@@ -162,7 +144,7 @@ static void put_tiny_vocab(const char *dir, const char *extra)
 /* Runs dm_cmd_tokenize with stdout and stderr captured; returns its status. */
 static int run_tokenize(int argc, char **argv, char **out, char **err)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("tok");
     char *po = dm_xasprintf("%s/out", dir), *pe = dm_xasprintf("%s/err", dir);
     fflush(stdout);
     fflush(stderr);
@@ -181,7 +163,7 @@ static int run_tokenize(int argc, char **argv, char **out, char **err)
     size_t n;
     *out = slurp(po, &n);
     *err = slurp(pe, &n);
-    rm_tree(dir);
+    dm_test_rm_tree(dir);
     free(po), free(pe), free(dir);
     return rc;
 }
@@ -379,7 +361,7 @@ END_TEST
 
 START_TEST(merges_by_rank_then_position)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("tok");
     put_tiny_vocab(dir, "");
     put_str(dir, "merges.txt", "#version: 0.2\na a\na b\naa a\n");
     dm_tokenizer *tok = dm_tokenizer_load(dir);
@@ -399,7 +381,7 @@ START_TEST(merges_by_rank_then_position)
     ck_assert_uint_eq(n, 13);
     free(ids);
     dm_tokenizer_free(tok);
-    rm_tree(dir);
+    dm_test_rm_tree(dir);
     free(dir);
 }
 END_TEST
@@ -487,7 +469,7 @@ END_TEST
 static void expect_load_error(const char *vocab_text, const char *merges, const char *what,
                               const char *what2)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("tok");
     if (vocab_text)
         put_str(dir, "vocab.json", vocab_text);
     else
@@ -500,7 +482,7 @@ static void expect_load_error(const char *vocab_text, const char *merges, const 
     assert_error_has(what);
     if (what2)
         assert_error_has(what2);
-    rm_tree(dir);
+    dm_test_rm_tree(dir);
     free(dir);
 }
 
@@ -540,14 +522,14 @@ START_TEST(bad_merges_refused)
                       "merges.txt:2: the merge result \"bb\" is not in vocab.json", NULL);
 
     /* CRLF line ends and blank lines at the end are fine */
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("tok");
     put_tiny_vocab(dir, "");
     put_str(dir, "merges.txt", "#version: 0.2\r\na a\r\naa a\r\n\r\n\n");
     dm_tokenizer *tok = dm_tokenizer_load(dir);
     ck_assert_msg(tok != NULL, "%s", dm_error());
     ASSERT_IDS(tok, "aaa", 258);
     dm_tokenizer_free(tok);
-    rm_tree(dir);
+    dm_test_rm_tree(dir);
     free(dir);
 }
 END_TEST
@@ -556,7 +538,7 @@ END_TEST
 
 START_TEST(tokenize_command)
 {
-    char *dir = make_tmpdir();
+    char *dir = dm_test_tmpdir("tok");
     char *hello = dm_xasprintf("%s/hello.txt", dir), *empty = dm_xasprintf("%s/empty.txt", dir);
     char *missing = dm_xasprintf("%s/missing.txt", dir);
     put_str(dir, "hello.txt", "Hello world");
@@ -615,7 +597,7 @@ START_TEST(tokenize_command)
     ck_assert_msg(strstr(out, "usage: dmica tokenize") != NULL, "stdout: %s", out);
     free(out), free(err);
 
-    rm_tree(dir);
+    dm_test_rm_tree(dir);
     free(hello), free(empty), free(missing), free(dir);
 }
 END_TEST
@@ -637,9 +619,5 @@ int main(void)
     tcase_add_test(tc, bad_merges_refused);
     tcase_add_test(tc, tokenize_command);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return dm_test_run(s, NULL);
 }

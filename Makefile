@@ -52,7 +52,7 @@ TESTSRC := $(wildcard tests/test_*.c)
 TESTBIN := $(TESTSRC:tests/%.c=$(BUILD)/tests/%)
 BIN     := $(if $(SAN),$(BUILD)/dmica,bin/dmica)
 
-.PHONY: all deps demo tiny-models test test-unit test-cli test-san bench clean
+.PHONY: all deps demo tiny-models check-layers test test-unit test-cli test-san bench clean
 all: $(BIN)
 
 # Installs missing Debian packages (as root) or says which are missing.
@@ -105,7 +105,7 @@ build/tiny/.models: tools/make-gpt2 tools/make-sae | $(DEPS_STAMP)
 	@touch $@
 tiny-models: build/tiny/.models
 
-# The embedded demo needs nothing but the binary: it writes its planted SAE itself.
+# The embedded demo needs nothing but the binary: its planted_sae node makes the SAE.
 demo: $(BIN)
 	$(BIN) demo --out demo-out
 
@@ -123,7 +123,23 @@ test-san:
 	$(MAKE) BUILD=build/san SAN=1 test-unit
 	$(MAKE) BUILD=build/san SAN=1 test-cli
 
+# The layer rules the include paths cannot see (relative includes, operator
+# names in the engine core, kernels reading the environment).
+# Then each forbidden include must fail to compile with its folder's include path.
+LAYER_PROBES := base:op.h io:op.h kernels:op.h kernels:engine.h kernels:summaries.h analysis:op.h \
+                adapters:engine.h adapters:commands.h core:gpt2.h core:summaries.h
+check-layers:
+	@tools/check-layers
+	@for p in $(LAYER_PROBES); do \
+		layer=$${p%%:*}; h=$${p#*:}; \
+		case $$layer in base) inc="$(INC_base)";; io) inc="$(INC_io)";; kernels) inc="$(INC_kernels)";; \
+			analysis) inc="$(INC_analysis)";; adapters) inc="$(INC_adapters)";; core) inc="$(INC_core)";; esac; \
+		if echo "#include \"$$h\"" | $(CC) $$inc -fsyntax-only -x c - 2>/dev/null; then \
+			echo "check-layers: $$layer may include $$h, but must not"; exit 1; fi; \
+	done; echo "check-layers: $(words $(LAYER_PROBES)) forbidden includes do not build"
+
 test: all
+	$(MAKE) check-layers
 	$(MAKE) test-unit
 	$(MAKE) test-cli
 	$(MAKE) test-san
@@ -132,6 +148,6 @@ bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench
 	tools/bench
 
 clean:
-	rm -rf build bin demo-out demo-data
+	rm -rf build bin demo-out
 
 -include $(LIBOBJ:.o=.d) $(BUILD)/engine/cli/main.d $(TESTBIN:=.d)

@@ -133,7 +133,7 @@ static int sae_settings(const dm_node *n, int64_t *context, int *bos)
 }
 
 /* context and bos: as given, else as the SAE was trained (its cfg.json, on
- * input sae), else the plan's 128 and BOS. An explicit value that contradicts
+ * input sae), else 128 and BOS (the research plan's windows, docs/analysis.md). An explicit value that contradicts
  * the SAE's is kept, and said when `say`. */
 static int64_t text_context(const dm_node *n, int say)
 {
@@ -327,7 +327,7 @@ static int is_graph(char ch) { return ch > ' ' && ch < 0x7f; }
 
 /* The end of the next piece of a long text: a cut after a single newline
  * between printable ASCII characters ("x\ny") does not change GPT-2's
- * tokenization: no pre-token pattern spans it (DOMAIN.md section 2). */
+ * tokenization: no pre-token pattern of GPT-2's regex (tokenizer.c) spans it. */
 static size_t text_cut(const char *t, size_t len, size_t pos)
 {
     if (len - pos <= PIECE_BYTES)

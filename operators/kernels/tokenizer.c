@@ -8,7 +8,7 @@
  *   2. The text is cut at each literal `<|endoftext|>`, which becomes one id;
  *      the pieces between are tokenized independently (HF's added-token
  *      split: so the regex's `\s+(?!\S)` sees the end of a piece there).
- *   3. Pre-tokenisation: GPT-2's regex (DOMAIN.md §2), PCRE2 with UTF and UCP,
+ *   3. Pre-tokenisation: GPT-2's regex (openai/gpt-2 src/encoder.py), PCRE2 with UTF and UCP,
  *      JIT-compiled, cuts each piece into words.
  *   4. Each word's bytes map to their vocabulary symbols (bytes_to_unicode)
  *      and BPE merges adjacent pairs, lowest merge rank first, leftmost first
@@ -40,7 +40,7 @@
 #include <xxhash.h>
 
 /*
- * GPT-2's pre-tokenisation regex (DOMAIN.md §2)
+ * GPT-2's pre-tokenisation regex (openai/gpt-2 src/encoder.py, `self.pat`)
  *     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  * with its classes spelled out so that they agree with the reference for every
  * code point, whatever Unicode version the system's PCRE2 has:

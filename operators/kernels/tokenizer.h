@@ -1,7 +1,8 @@
 /*
  * tokenizer.h: the GPT-2 tokenizer (byte-level BPE), exact to Hugging Face
  * `tokenizers` loaded from the same vocab.json and merges.txt with
- * `<|endoftext|>` added as a special token (DOMAIN.md §2).
+ * `<|endoftext|>` added as a special token (the encoder of OpenAI's gpt-2
+ * repository, src/encoder.py, and Hugging Face's GPT2Tokenizer).
  *
  * Text is bytes. Invalid UTF-8 is first replaced by U+FFFD, one per maximal
  * invalid subsequence, exactly as Python's bytes.decode("utf-8", "replace")

@@ -26,7 +26,7 @@ Before writing it checks the reference against known GPT-2 ids, and, where the
 
 Requires `pip install tokenizers` (0.2x). Run from anywhere:
     python3 tests/golden/make_tokenizer_golden.py [--tokenizer DIR]
-DIR defaults to ../shared/gpt2-tokenizer beside the repository.
+DIR defaults to tests/data/gpt2-tokenizer (GPT-2's vocab.json and merges.txt).
 """
 import argparse
 import json
@@ -196,8 +196,7 @@ def exhaustive(tok, tokenizer_dir, dmica):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tokenizer", default=os.path.join(os.path.dirname(REPO), "shared",
-                                                        "gpt2-tokenizer"))
+    ap.add_argument("--tokenizer", default=os.path.join(REPO, "tests", "data", "gpt2-tokenizer"))
     ap.add_argument("--exhaustive", metavar="DMICA")
     args = ap.parse_args()
     tok = reference(args.tokenizer)

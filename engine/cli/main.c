@@ -115,8 +115,7 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
         dm_pipeline_free(p);
         return NULL;
     }
-    const char *env = getenv("DMICA_CACHE");
-    g->cache = dm_xstrdup(o->cache ? o->cache : p->cache ? p->cache : env && *env ? env : ".dmica-cache");
+    g->cache = dm_cache_dir(o->cache, p->cache);
     g->out = o->out ? dm_xstrdup(o->out) : NULL;
     g->memory = o->memory ? o->memory : p->memory ? p->memory : (int64_t)1 << 30;
     for (int i = 0; i < o->nforce; i++) {

@@ -40,6 +40,12 @@
 
 #include "fs.h"
 
+char *dm_cache_dir(const char *given, const char *pipeline)
+{
+    const char *env = getenv("DMICA_CACHE");
+    return dm_xstrdup(given ? given : pipeline ? pipeline : env && *env ? env : ".dmica-cache");
+}
+
 char *dm_cache_entry(const dm_graph *g, const char *key) { return dm_xasprintf("%s/%s", g->cache, key); }
 
 char *dm_cache_entry_file(const dm_graph *g, const char *key, const char *file)

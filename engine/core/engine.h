@@ -164,6 +164,9 @@ int dm_run(dm_graph *g);
 
 /* The cache's layout (cache.c): every path under g->cache is made here. All
  * paths are malloc'd. */
+/* The cache folder (malloc'd): given (--cache), else the pipeline's `cache:`,
+ * else $DMICA_CACHE, else .dmica-cache. Either argument may be NULL. */
+char *dm_cache_dir(const char *given, const char *pipeline);
 char *dm_cache_entry(const dm_graph *g, const char *key);                       /* CACHE/<key> */
 char *dm_cache_entry_file(const dm_graph *g, const char *key, const char *file); /* CACHE/<key>/<file> */
 char *dm_cache_tensor_file(const char *entry_dir, const char *port); /* a tensor output in an entry */

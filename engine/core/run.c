@@ -1006,8 +1006,7 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
         dm_pipeline_free(p);
         return dm_error_exit();
     }
-    const char *env = getenv("DMICA_CACHE");
-    g->cache = dm_xstrdup(o->cache ? o->cache : env && *env ? env : ".dmica-cache");
+    g->cache = dm_cache_dir(o->cache, NULL);
     g->out = o->out ? dm_xstrdup(o->out) : NULL;
     g->memory = o->memory > 0 ? o->memory : (int64_t)1 << 30;
     dm_compute_set_threads(o->threads);

@@ -47,8 +47,23 @@ static const dm_arg_cmd sae_cmd = {
     sae_specs, NULL, 0, 0,
 };
 
-/* The closing lines from the statistics: rows left out, and a summary. */
-static void report(const char *stats, const char *in, int quiet, double seconds)
+/* Seconds the run's nodes spent in their own callbacks (run.json): reading the
+ * activations, the SAE and its statistics, writing the outputs; loading the
+ * SAE (open) and the engine's bookkeeping left out. */
+static double pass_seconds(const char *run_json)
+{
+    json_error_t err;
+    json_t *j = run_json ? json_loads(run_json, 0, &err) : NULL, *v;
+    double s = 0;
+    size_t i;
+    json_array_foreach(json_object_get(j, "nodes"), i, v) s += json_number_value(json_object_get(v, "seconds"));
+    json_decref(j);
+    return s;
+}
+
+/* The closing lines from the statistics: rows left out, and a summary with the
+ * pass's rate (pass) and the whole command's time (total). */
+static void report(const char *stats, const char *in, int quiet, double pass, double total)
 {
     json_error_t err;
     json_t *j = json_loads(stats, 0, &err);
@@ -61,9 +76,11 @@ static void report(const char *stats, const char *in, int quiet, double seconds)
                 "the statistics",
                 bad, n + bad, in);
     if (!quiet)
-        fprintf(stderr, "dmica sae: %lld tokens in %.3f s, fvu %.6g, mean L0 %.2f, %lld dead features\n", n + bad,
-                seconds, json_number_value(json_object_get(j, "fvu")),
-                json_number_value(json_object_get(j, "mean_l0")),
+        fprintf(stderr,
+                "dmica sae: %lld tokens in %.3f s (%.1f tokens/s; %.3f s with loading), fvu %.6g, mean L0 %.2f, "
+                "%lld dead features\n",
+                n + bad, pass, pass > 0 ? (double)(n + bad) / pass : 0.0, total,
+                json_number_value(json_object_get(j, "fvu")), json_number_value(json_object_get(j, "mean_l0")),
                 (long long)json_integer_value(json_object_get(j, "dead_features")));
     json_decref(j);
 }
@@ -97,18 +114,19 @@ int dm_cmd_sae(int argc, char **argv)
         recon ? "  recon: {op: npy_sink, inputs: {x: sae.reconstruction}, params: {file: reconstruction.npy}}\n"
               : "");
     free(qin), free(qsae), free(qhook);
-    char *stats = NULL;
+    char *stats = NULL, *run = NULL;
     dm_cli_product want[] = {
         {"residual.npy", dm_arg_str(&a, "residual"), NULL},
         {"reconstruction.npy", recon, NULL},
         {"sae_stats.json", dm_arg_str(&a, "stats"), &stats},
+        {"run.json", NULL, &run},
     };
     double t0 = dm_now();
     rc = dm_cli_run_to_files("sae", yaml, dm_arg_str(&a, "cache"), dm_arg_int(&a, "memory"),
-                             (int)dm_arg_int(&a, "threads"), quiet, want, 3);
+                             (int)dm_arg_int(&a, "threads"), quiet, want, 4);
     if (!rc && stats)
-        report(stats, dm_arg_str(&a, "in"), quiet, dm_now() - t0);
-    free(stats), free(yaml);
+        report(stats, dm_arg_str(&a, "in"), quiet, pass_seconds(run), dm_now() - t0);
+    free(stats), free(run), free(yaml);
     dm_args_free(&a);
     return rc;
 }

@@ -22,6 +22,11 @@ int dm_fault_check(size_t n, const char *path);
 int dm_mkdir_p(const char *path);
 int dm_rm_rf(const char *path); /* no error if missing */
 int dm_fsync_path(const char *path); /* a file or a folder */
+/* Durability (on by default): atomic writes, spills and dm_fsync_path fsync
+ * what they write. Off, they skip the fsyncs but stay atomic (rename): for a
+ * temporary cache that a crash may lose anyway (the commands' own runs). */
+void dm_fs_set_durable(int on);
+int dm_fs_durable(void);
 /* Atomically moves folder tmp to final (rename; replaces an existing final by
  * renaming it aside first and removing it after). fsyncs the parent. */
 int dm_dir_publish(const char *tmp, const char *final);

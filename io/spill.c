@@ -599,7 +599,7 @@ int dm_spill_writer_close(dm_spill_writer *w)
         return dm_failc(DM_E_INTERNAL, "spill: close of a writer that failed to open");
     dm_spill_writer_drain(w); /* a failure is recorded in w->error */
     /* Data first, durably; only then the manifest that declares it complete. */
-    if (!w->error && fsync(w->fd) < 0) {
+    if (!w->error && dm_fs_durable() && fsync(w->fd) < 0) {
         dm_failc(DM_E_IO, "%s: fsync failed: %s", w->data_path, strerror(errno));
         dm_spill_writer_fail(w);
     }

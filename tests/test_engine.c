@@ -554,6 +554,37 @@ START_TEST(test_mock_grouping)
 }
 END_TEST
 
+/* A command's temporary cache (ephemeral) keeps the tensors the graph reads and
+ * skips the others; a lasting cache keeps them all. sum and same are one cache
+ * entry (the same node twice): the tensor center reads through sum stays even
+ * though nothing reads same's. */
+START_TEST(test_mock_ephemeral)
+{
+    static const char *text = "nodes:\n"
+                              "  src: {op: mock_source}\n"
+                              "  map: {op: mock_map, inputs: {x: src}}\n"
+                              "  sum: {op: mock_sum, inputs: {x: src}}\n"
+                              "  same: {op: mock_sum, inputs: {x: src}}\n"
+                              "  sum2: {op: mock_sum, inputs: {x: map}}\n"
+                              "  center: {op: mock_center, inputs: {x: src, t: sum}}\n";
+    for (int ephemeral = 0; ephemeral < 2; ephemeral++) {
+        char *cache = dm_test_tmpdir("engine");
+        dm_pipeline *p;
+        dm_graph *g = mock_graph(text, cache, NULL, &p);
+        g->ephemeral = ephemeral;
+        ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+        char *read = dm_xasprintf("%s/%s/t.npy", cache, dm_graph_find(g, "sum")->key);
+        char *unread = dm_xasprintf("%s/%s/t.npy", cache, dm_graph_find(g, "sum2")->key);
+        ck_assert_msg(access(read, F_OK) == 0, "%s: the tensor center reads was not written", read);
+        ck_assert_int_eq(access(unread, F_OK) == 0, !ephemeral);
+        free(read), free(unread);
+        free_graph(g, p);
+        dm_rm_rf(cache);
+        free(cache);
+    }
+}
+END_TEST
+
 /* The multipass consumer sees the same rows, in order, once per pass it asks for. */
 START_TEST(test_mock_multipass)
 {
@@ -872,6 +903,7 @@ int main(void)
     tcase_add_test(tc, test_mock_errors);
     tcase_add_test(tc, test_mock_nested_runs);
     tcase_add_test(tc, test_mock_typed_streams);
+    tcase_add_test(tc, test_mock_ephemeral);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);
 }

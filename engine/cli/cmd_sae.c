@@ -47,16 +47,17 @@ static const dm_arg_cmd sae_cmd = {
     sae_specs, NULL, 0, 0,
 };
 
-/* Seconds the run's nodes spent in their own callbacks (run.json): reading the
- * activations, the SAE and its statistics, writing the outputs; loading the
- * SAE (open) and the engine's bookkeeping left out. */
+/* Seconds of the streaming pass (run.json): the nodes' own time reading the
+ * activations, running the SAE with its statistics and writing the outputs;
+ * loading the SAE (open), the statistics' last step (finish) and the engine's
+ * bookkeeping left out. */
 static double pass_seconds(const char *run_json)
 {
     json_error_t err;
     json_t *j = run_json ? json_loads(run_json, 0, &err) : NULL, *v;
     double s = 0;
     size_t i;
-    json_array_foreach(json_object_get(j, "nodes"), i, v) s += json_number_value(json_object_get(v, "seconds"));
+    json_array_foreach(json_object_get(j, "nodes"), i, v) s += json_number_value(json_object_get(v, "seconds")) - json_number_value(json_object_get(v, "finish_seconds"));
     json_decref(j);
     return s;
 }

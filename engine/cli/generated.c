@@ -50,12 +50,21 @@ int dm_cli_run_to_files(const char *cmd, const char *yaml, const char *cache, in
     if (!(p = dm_pipeline_parse(label, yaml, strlen(yaml))) || !(g = dm_graph_build(p)))
         goto end;
     g->cache = dm_xstrdup(cache ? cache : tcache);
+    g->ephemeral = !cache;
     g->out = dm_xstrdup(out);
     g->memory = memory > 0 ? memory : (int64_t)1 << 30;
     dm_compute_set_threads(threads);
     dm_progress_enabled = !quiet;
-    if (dm_run(g))
+    /* A temporary cache is removed at the end: no fsync of what goes in it (the
+     * products handed over are synced once they are in place, below). */
+    dm_fs_set_durable(cache != NULL);
+    rc = dm_run(g);
+    dm_fs_set_durable(1);
+    if (rc) {
+        rc = -1;
         goto end;
+    }
+    rc = -1;
     for (int i = 0; i < nwant; i++) {
         if (!want[i].text)
             continue;
@@ -70,7 +79,7 @@ int dm_cli_run_to_files(const char *cmd, const char *yaml, const char *cache, in
         if (!want[placed].path)
             continue;
         char *src = dm_xasprintf("%s/%s", out, want[placed].product);
-        int bad = dm_copy_file(src, want[placed].path);
+        int bad = dm_copy_file(src, want[placed].path) || dm_fsync_path(want[placed].path);
         free(src);
         if (bad)
             goto end;

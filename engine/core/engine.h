@@ -124,7 +124,8 @@ struct dm_node {
     struct dm_spill_reader **readers; /* per input: random-access inputs */
     int64_t chunk_rows;
     int64_t rows_in;
-    double seconds;    /* time in this node's own callbacks */
+    double seconds;    /* time in this node's own callbacks but open() */
+    double open_seconds, finish_seconds; /* in open() (loading weights, say), and the part of seconds in finish() */
     int in_consume;
     char *bad_param; /* a parameter the operator read without declaring it (a bug) */
 };
@@ -142,6 +143,9 @@ typedef struct {
     char **force;
     int nforce;
     int ran; /* dm_run finished: the plan printout says what ran */
+    /* The cache lives for this run only (a command's temporary cache): tensor
+     * outputs that no node of this graph reads are not written to it. */
+    int ephemeral;
     dm_run_ctx *run; /* while dm_run runs (NULL otherwise): its state */
 } dm_graph;
 

@@ -395,13 +395,16 @@ static int open_node(dm_graph *g, dm_node *n, int member)
     for (int k = 0; k < n->nproducts; k++)
         free(n->products[k]);
     n->nproducts = 0;
-    n->seconds = 0;
+    n->seconds = n->finish_seconds = 0;
     n->rows_in = 0;
     if (member && n->run && open_spill_writers(n))
         return -1;
     if (member && open_random_inputs(g, n))
         return -1;
-    if (dm_node_check_params(n, n->op->open ? n->op->open(n) : 0)) {
+    double t0 = dm_now();
+    int rc = n->op->open ? n->op->open(n) : 0;
+    n->open_seconds = dm_now() - t0;
+    if (dm_node_check_params(n, rc)) {
         blame(n, 1);
         if (n->op->close)
             n->op->close(n);
@@ -751,10 +754,21 @@ static int finish_members(group *G)
         dm_node *n = G->members[i];
         double t0 = dm_now();
         int rc = n->op->finish ? n->op->finish(n) : 0;
-        n->seconds += dm_now() - t0;
+        n->finish_seconds = dm_now() - t0;
+        n->seconds += n->finish_seconds;
         if (dm_node_check_params(n, rc))
             return blame(n, 1);
     }
+    return 0;
+}
+
+/* 1 if a node of the graph reads tensor output k of n's entry (n or a node with
+ * the same key: identical nodes share one cache entry). */
+static int tensor_read(const dm_graph *g, const dm_node *n, int k)
+{
+    for (int i = 0; i < g->nnodes; i++)
+        if (!strcmp(g->nodes[i]->key, n->key) && g->nodes[i]->ncons[k])
+            return 1;
     return 0;
 }
 
@@ -776,6 +790,10 @@ static int commit_output(dm_run_ctx *ctx, dm_node *n, int k, json_t *o)
     if (!n->outtensor[k].data)
         return dm_failc(DM_E_INTERNAL, "node '%s': operator '%s' did not set output '%s'", n->decl->name,
                         n->op->name, n->outs[k].name);
+    if (ctx->g->ephemeral && !tensor_read(ctx->g, n, k)) {
+        json_object_set_new(o, "written", json_false());
+        return 0;
+    }
     char *path = dm_cache_tensor_file(n->dir, n->outs[k].name);
     int rc = dm_npy_save(path, &n->outtensor[k]);
     free(path);
@@ -791,6 +809,8 @@ static int commit_node(dm_run_ctx *ctx, dm_node *n)
     json_object_set_new(j, "op", json_string(n->op->name));
     json_object_set_new(j, "material", json_string(n->material));
     json_object_set_new(j, "seconds", json_real(n->seconds));
+    json_object_set_new(j, "open_seconds", json_real(n->open_seconds));
+    json_object_set_new(j, "finish_seconds", json_real(n->finish_seconds));
     json_object_set_new(j, "outputs", outs);
     json_object_set_new(j, "products", prods);
     int rc = 0;
@@ -877,7 +897,10 @@ static int publish_products(dm_graph *g)
         json_object_set_new(st, "op", json_string(n->op->name));
         json_object_set_new(st, "key", json_string(n->key));
         json_object_set_new(st, "state", json_string(n->run ? "ran" : "cached"));
-        json_object_set_new(st, "seconds", json_incref(j ? json_object_get(j, "seconds") : json_null()));
+        static const char *times[] = {"seconds", "open_seconds", "finish_seconds"};
+        for (int t = 0; t < 3; t++)
+            json_object_set_new(st, times[t], json_incref(j && json_object_get(j, times[t]) ? json_object_get(j, times[t])
+                                                                                           : json_null()));
         json_array_append_new(stages, st);
         if (!j)
             continue; /* a source read again, or a node that did not run */

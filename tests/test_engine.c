@@ -98,6 +98,8 @@ START_TEST(test_errors)
     expect_parse_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2, rows: 3}}\n", "e.yaml:2",
                        "given twice");
     expect_parse_error("memory: lots\nnodes:\n  a: {op: npy}\n", "e.yaml:1", "memory");
+    expect_parse_error("name: c\nchunk: 10\nnodes:\n  a: {op: npy}\n", "e.yaml:2", "chunk must be a number of rows");
+    expect_parse_error("chunk: 1e3\nnodes:\n  a: {op: npy}\n", "e.yaml:1", "not '1e3'");
     expect_parse_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2}}\n  b:\n    op: moments\n"
                        "    inputs: {x: a.nope}\n",
                        "e.yaml:5", "has no output 'nope'");
@@ -704,6 +706,17 @@ START_TEST(test_mock_chunk_size)
     ck_assert_int_eq(dm_graph_find(g, "map")->chunk_rows, (1 << 19) / 448);
     free_graph(g, p);
     dm_rm_rf(cache);
+
+    /* `chunk:` caps the rows below what the budget allows */
+    char *capped = dm_xasprintf("chunk: 1000\n%s", text);
+    g = mock_graph(capped, cache, NULL, &p);
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert_int_eq(dm_graph_find(g, "src")->chunk_rows, 1000);
+    ck_assert_int_eq(dm_graph_find(g, "mp")->chunk_rows, 1000);
+    ck_assert_int_eq(seen.chunks[0], N_ROWS / 1000);
+    free_graph(g, p);
+    dm_rm_rf(cache);
+    free(capped);
 
     /* and a budget that leaves too little is a no-memory error */
     g = mock_graph(text, cache, "map.state=1M", &p);

@@ -98,8 +98,15 @@ int dm_cmd_sae(int argc, char **argv)
     int quiet = dm_arg_flag(&a, "quiet");
     char *qin = dm_yaml_quote(dm_arg_str(&a, "in")), *qsae = dm_yaml_quote(dm_arg_str(&a, "sae"));
     char *qhook = dm_yaml_quote(dm_arg_str(&a, "hook"));
+    /* chunks of 8 tiles (at most 64 MiB of a d_in 768 row buffer): x, the
+     * reconstruction and the residual of a chunk stay near the cache, and the
+     * memory does not grow with the number of tokens */
+    int64_t tile = dm_arg_int(&a, "tile"), chunk = tile * 8 < 65536 ? tile * 8 : 65536;
+    if (chunk < 64)
+        chunk = 64;
     char *yaml = dm_xasprintf(
         "name: sae\n"
+        "chunk: %lld\n"
         "nodes:\n"
         "  acts: {op: npy, params: {path: %s}}\n"
         "  sae:\n"
@@ -110,7 +117,7 @@ int dm_cmd_sae(int argc, char **argv)
         "    spill: never\n"
         "  residual: {op: npy_sink, inputs: {x: sae.residual}, params: {file: residual.npy}}\n"
         "%s",
-        qin, qsae, qhook, (long long)dm_arg_int(&a, "tile"), dm_arg_float(&a, "scaling-factor"),
+        (long long)chunk, qin, qsae, qhook, (long long)tile, dm_arg_float(&a, "scaling-factor"),
         dm_arg_flag(&a, "no-predictability") ? "false" : "true",
         recon ? "  recon: {op: npy_sink, inputs: {x: sae.reconstruction}, params: {file: reconstruction.npy}}\n"
               : "");

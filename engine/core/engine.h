@@ -42,6 +42,7 @@ typedef struct {
     int64_t memory; /* bytes, 0 = default */
     char *cache;    /* cache folder, NULL = default */
     int threads;
+    int64_t chunk; /* rows per chunk at most (`chunk:`), 0 = the engine's cap */
     dm_node_decl *nodes;
     int nnodes;
 } dm_pipeline;

@@ -30,6 +30,7 @@
  */
 #include "engine.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -439,9 +440,19 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
                 goto end;
             }
             p->threads = (int)t;
+        } else if (!strcmp(key, "chunk")) {
+            char *e;
+            errno = 0;
+            long long c = strtoll(val, &e, 10);
+            if (*e || errno || c < 64 || c > 65536) {
+                rc = dm_fail("%s:%d: chunk must be a number of rows from 64 to 65536, not '%s'", path,
+                             line_of(v), val);
+                goto end;
+            }
+            p->chunk = c;
         } else {
-            rc = dm_fail("%s:%d: unknown key '%s' (expected name, memory, cache, threads, nodes, templates)", path,
-                         line_of(k), key);
+            rc = dm_fail("%s:%d: unknown key '%s' (expected name, memory, cache, threads, chunk, nodes, templates)",
+                         path, line_of(k), key);
             goto end;
         }
     }

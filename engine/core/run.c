@@ -551,6 +551,8 @@ static int size_chunks(dm_graph *g, group *G)
     int64_t rows = per_row ? avail / per_row : DM_MAX_CHUNK_ROWS;
     if (rows > DM_MAX_CHUNK_ROWS)
         rows = DM_MAX_CHUNK_ROWS;
+    if (g->pipe->chunk && rows > g->pipe->chunk)
+        rows = g->pipe->chunk;
     if (rows < 64)
         return dm_failc(DM_E_NOMEM, "memory budget %lld MiB is too small for nodes %s (state %lld MiB, "
                         "%lld bytes per row); raise it with --memory", (long long)(g->memory >> 20), G->label,

@@ -214,6 +214,8 @@ void dm_pipeline_write(const dm_pipeline *p, FILE *f)
     }
     if (p->threads)
         fprintf(f, "threads: %d\n", p->threads);
+    if (p->chunk)
+        fprintf(f, "chunk: %lld\n", (long long)p->chunk);
     fputs("nodes:\n", f);
     for (int i = 0; i < p->nnodes; i++) {
         const dm_node_decl *d = &p->nodes[i];

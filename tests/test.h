@@ -77,6 +77,20 @@ static inline int dm_test_run(Suite *s, const char *scratch)
     return failed ? 1 : 0;
 }
 
+#ifdef DM_ENGINE_H
+/* The pipeline text (file "e.yaml") fails to parse or bind, with an error
+ * holding where ("e.yaml:3") and what. */
+static inline void dm_test_expect_pipeline_error(const char *text, const char *where, const char *what)
+{
+    dm_pipeline *p = dm_pipeline_parse("e.yaml", text, strlen(text));
+    dm_graph *g = p ? dm_graph_build(p) : NULL;
+    ck_assert_msg(g == NULL, "accepted: %s", text);
+    ck_assert_msg(strstr(dm_error(), where) && strstr(dm_error(), what), "error '%s' lacks '%s' or '%s'",
+                  dm_error(), where, what);
+    dm_pipeline_free(p);
+}
+#endif
+
 /* main() for a program whose cases need no shared scratch folder. */
 #define DM_TEST_MAIN(suite_fn) \
     int main(void) { return dm_test_run(suite_fn(), NULL); }

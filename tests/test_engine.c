@@ -78,37 +78,27 @@ START_TEST(test_parse)
 }
 END_TEST
 
-static void expect_parse_error(const char *text, const char *where, const char *what)
-{
-    dm_pipeline *p = dm_pipeline_parse("e.yaml", text, strlen(text));
-    dm_graph *g = p ? dm_graph_build(p) : NULL;
-    ck_assert_msg(g == NULL, "accepted: %s", text);
-    ck_assert_msg(strstr(dm_error(), where) && strstr(dm_error(), what), "error '%s' lacks '%s' or '%s'",
-                  dm_error(), where, what);
-    dm_pipeline_free(p);
-}
-
 START_TEST(test_errors)
 {
-    expect_parse_error("", "e.yaml", "empty pipeline");
-    expect_parse_error("nodes: [a, b]\n", "e.yaml:1", "nodes");
-    expect_parse_error("nodes:\n  a: {op: x}\n  a: {op: y}\n", "e.yaml:3", "declared twice");
-    expect_parse_error("nodes:\n  a: {params: {}}\n", "e.yaml:2", "has no 'op'");
-    expect_parse_error("nodes:\n  a.b: {op: npy}\n", "e.yaml:2", "plain words");
-    expect_parse_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2, rows: 3}}\n", "e.yaml:2",
+    dm_test_expect_pipeline_error("", "e.yaml", "empty pipeline");
+    dm_test_expect_pipeline_error("nodes: [a, b]\n", "e.yaml:1", "nodes");
+    dm_test_expect_pipeline_error("nodes:\n  a: {op: x}\n  a: {op: y}\n", "e.yaml:3", "declared twice");
+    dm_test_expect_pipeline_error("nodes:\n  a: {params: {}}\n", "e.yaml:2", "has no 'op'");
+    dm_test_expect_pipeline_error("nodes:\n  a.b: {op: npy}\n", "e.yaml:2", "plain words");
+    dm_test_expect_pipeline_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2, rows: 3}}\n", "e.yaml:2",
                        "given twice");
-    expect_parse_error("memory: lots\nnodes:\n  a: {op: npy}\n", "e.yaml:1", "memory");
-    expect_parse_error("name: c\nchunk: 10\nnodes:\n  a: {op: npy}\n", "e.yaml:2", "chunk must be a number of rows");
-    expect_parse_error("chunk: 1e3\nnodes:\n  a: {op: npy}\n", "e.yaml:1", "not '1e3'");
-    expect_parse_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2}}\n  b:\n    op: moments\n"
+    dm_test_expect_pipeline_error("memory: lots\nnodes:\n  a: {op: npy}\n", "e.yaml:1", "memory");
+    dm_test_expect_pipeline_error("name: c\nchunk: 10\nnodes:\n  a: {op: npy}\n", "e.yaml:2", "chunk must be a number of rows");
+    dm_test_expect_pipeline_error("chunk: 1e3\nnodes:\n  a: {op: npy}\n", "e.yaml:1", "not '1e3'");
+    dm_test_expect_pipeline_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2}}\n  b:\n    op: moments\n"
                        "    inputs: {x: a.nope}\n",
                        "e.yaml:5", "has no output 'nope'");
-    expect_parse_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2}}\n  b:\n    op: moments\n"
+    dm_test_expect_pipeline_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2}}\n  b:\n    op: moments\n"
                        "    inputs: {y: a}\n",
                        "e.yaml:5", "has no input 'y'");
-    expect_parse_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2}, spill: sometimes}\n",
+    dm_test_expect_pipeline_error("nodes:\n  a: {op: synthetic, params: {rows: 1, cols: 2}, spill: sometimes}\n",
                        "e.yaml:2", "spill must be");
-    expect_parse_error("nodes:\n  a: {op: synthetic, params: {rows: 0, cols: 2}}\n", "e.yaml:2",
+    dm_test_expect_pipeline_error("nodes:\n  a: {op: synthetic, params: {rows: 0, cols: 2}}\n", "e.yaml:2",
                        "must be positive");
 }
 END_TEST

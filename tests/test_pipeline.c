@@ -98,43 +98,33 @@ START_TEST(test_rows)
 }
 END_TEST
 
-static void expect_error(const char *text, const char *where, const char *what)
-{
-    dm_pipeline *p = dm_pipeline_parse("e.yaml", text, strlen(text));
-    dm_graph *g = p ? dm_graph_build(p) : NULL;
-    ck_assert_msg(g == NULL, "accepted: %s", text);
-    ck_assert_msg(strstr(dm_error(), where) && strstr(dm_error(), what), "error '%s' lacks '%s' or '%s'",
-                  dm_error(), where, what);
-    dm_pipeline_free(p);
-}
-
 START_TEST(test_errors)
 {
-    expect_error("templates:\n  t:\n    foreach: {i: [1]}\n    nodes:\n      \"a_${k}\": {op: npy}\n",
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [1]}\n    nodes:\n      \"a_${k}\": {op: npy}\n",
                  "e.yaml:5:", "unknown variable '${k}'");
-    expect_error("templates:\n  t:\n    foreach: {i: [1]}\n    nodes:\n      a_x: {op: npy, publish: \"${i\"}\n",
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [1]}\n    nodes:\n      a_x: {op: npy, publish: \"${i\"}\n",
                  "e.yaml:5:", "without a closing");
-    expect_error("templates:\n  t:\n    foreach: {\"1x\": [1]}\n    nodes:\n      a: {op: npy}\n", "e.yaml:3:",
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {\"1x\": [1]}\n    nodes:\n      a: {op: npy}\n", "e.yaml:3:",
                  "variable name");
-    expect_error("templates:\n  t:\n    foreach: {i: 1}\n    nodes:\n      a: {op: npy}\n", "e.yaml:3:",
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: 1}\n    nodes:\n      a: {op: npy}\n", "e.yaml:3:",
                  "must be a list of values");
-    expect_error("templates:\n  t:\n    foreach: {i: [{a: 1}]}\n    nodes:\n      a: {op: npy}\n", "e.yaml:3:",
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [{a: 1}]}\n    nodes:\n      a: {op: npy}\n", "e.yaml:3:",
                  "not a mapping");
-    expect_error("templates:\n  t:\n    foreach:\n      - {i: 1}\n      - {i: 2, j: 3}\n    nodes:\n      a: {op: npy}\n",
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach:\n      - {i: 1}\n      - {i: 2, j: 3}\n    nodes:\n      a: {op: npy}\n",
                  "e.yaml:5:", "variable 'j' is not in the first entry");
-    expect_error("templates:\n  t:\n    nodes:\n      a: {op: npy}\n", "e.yaml:2:", "has no 'foreach'");
-    expect_error("templates:\n  t:\n    foreach: {i: [1]}\n", "e.yaml:2:", "has no nodes");
-    expect_error("templates:\n  t:\n    foreach: {i: [1]}\n    nodes:\n      a: {op: npy}\n    extra: 1\n",
+    dm_test_expect_pipeline_error("templates:\n  t:\n    nodes:\n      a: {op: npy}\n", "e.yaml:2:", "has no 'foreach'");
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [1]}\n", "e.yaml:2:", "has no nodes");
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [1]}\n    nodes:\n      a: {op: npy}\n    extra: 1\n",
                  "e.yaml:6:", "unknown key 'extra'");
-    expect_error("templates: []\n", "e.yaml:1:", "'templates' must be a mapping");
-    expect_error("templates:\n  t:\n    foreach: {i: [1, 2]}\n    nodes:\n"
+    dm_test_expect_pipeline_error("templates: []\n", "e.yaml:1:", "'templates' must be a mapping");
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [1, 2]}\n    nodes:\n"
                  "      \"a_${i}\": {op: synthetic, params: {rows: 1, cols: 2}}\n"
                  "      \"b_${i}\": {op: nope}\n",
                  "e.yaml:6 (t i=1): node 'b_1'", "unknown operator 'nope'");
-    expect_error("templates:\n  t:\n    foreach: {i: [1, ../x]}\n    nodes:\n"
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [1, ../x]}\n    nodes:\n"
                  "      \"a_${i}\":\n        op: npy\n        publish: \"${i}/\"\n",
                  "e.yaml:5 (t i=../x)", "is not a plain word");
-    expect_error("templates:\n  t:\n    foreach: {i: [\"..\"]}\n    nodes:\n"
+    dm_test_expect_pipeline_error("templates:\n  t:\n    foreach: {i: [\"..\"]}\n    nodes:\n"
                  "      a:\n        op: npy\n        publish: \"${i}/\"\n",
                  "e.yaml:7 (t i=..)", "publish must be a relative");
 }

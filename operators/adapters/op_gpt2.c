@@ -62,13 +62,9 @@ typedef struct {
 static int resolve_center(const dm_node *n, int *center, int say)
 {
     const char *v = dm_param_str(n, "center");
-    int bad;
-    const dm_sae_desc *d = dm_sae_desc_input(n, IN_SAE, &bad);
-    if (bad)
+    const dm_sae_desc *d;
+    if (dm_sae_desc_input(n, IN_SAE, &d))
         return -1;
-    if (dm_input_connected(n, IN_SAE) && !d)
-        return dm_failc(DM_E_INPUT, "input sae is not known before the run: connect it to an sae_config or "
-                                    "planted_sae node's output sae");
     int from_sae = d ? d->center_writing_weights : -1;
     if (!strcmp(v, "auto")) {
         *center = from_sae != 0; /* TransformerLens centres unless told not to */

@@ -102,18 +102,14 @@ static int check_file_name(const char *f)
 static int sae_source(const dm_node *n, const char **dir, const dm_sae_desc **desc, const char **name)
 {
     const char *param = dm_param_str(n, "sae");
-    int bad, wired = dm_input_connected(n, IN_SAE);
-    *desc = dm_sae_desc_input(n, IN_SAE, &bad);
-    if (bad)
+    int wired = dm_input_connected(n, IN_SAE);
+    if (dm_sae_desc_input(n, IN_SAE, desc))
         return -1;
     if (*param && wired)
         return dm_failc(DM_E_INPUT, "the SAE is given twice: parameter sae (%s) and input sae; keep one", param);
     if (!*param && !wired)
         return dm_failc(DM_E_INPUT, "no SAE: set parameter sae (a SAELens folder) or connect input sae (an "
                                     "sae_config or planted_sae node's output sae)");
-    if (wired && !*desc)
-        return dm_failc(DM_E_INPUT, "input sae is not known before the run: connect it to an sae_config or "
-                                    "planted_sae node's output sae");
     *dir = *param ? param : (*desc)->weight_floats ? NULL : (*desc)->dir;
     *name = *param ? param : (*desc)->dir;
     return 0;

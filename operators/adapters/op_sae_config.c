@@ -54,12 +54,15 @@ void dm_sae_desc_tensor(dm_tensor *t, const dm_sae_desc *d, const float *weights
         memcpy((char *)t->data + sizeof *d, weights, (size_t)d->weight_floats * sizeof(float));
 }
 
-const dm_sae_desc *dm_sae_desc_input(const dm_node *n, int port, int *bad)
+int dm_sae_desc_input(const dm_node *n, int port, const dm_sae_desc **out)
 {
+    *out = NULL;
+    if (!dm_input_connected(n, port))
+        return 0;
     const dm_tensor *t = dm_input_tensor(n, port);
-    *bad = 0;
     if (!t)
-        return NULL;
+        return dm_failc(DM_E_INPUT, "input sae is not known before the run: connect it to an sae_config or "
+                                    "planted_sae node's output sae");
     const dm_sae_desc *d = t->data;
     int64_t bytes = t->ndim == 1 ? t->shape[0] : -1;
     const char *why = NULL;
@@ -71,12 +74,10 @@ const dm_sae_desc *dm_sae_desc_input(const dm_node *n, int port, int *bad)
              d->d_sae < 1 || memchr(d->dir, 0, sizeof d->dir) == NULL ||
              memchr(d->hook_name, 0, sizeof d->hook_name) == NULL)
         why = "holds a damaged SAE record (sizes do not agree)";
-    if (why) {
-        *bad = 1;
-        dm_failc(DM_E_CORRUPT, "input 'sae' %s", why);
-        return NULL;
-    }
-    return d;
+    if (why)
+        return dm_failc(DM_E_CORRUPT, "input 'sae' %s", why);
+    *out = d;
+    return 0;
 }
 
 /* ---- the operator ------------------------------------------------------- */

@@ -118,15 +118,11 @@ typedef struct {
  * nothing or the input is not connected. */
 static int sae_settings(const dm_node *n, int64_t *context, int *bos)
 {
-    int bad;
-    const dm_sae_desc *d = dm_sae_desc_input(n, IN_SAE, &bad);
+    const dm_sae_desc *d;
     *context = -1;
     *bos = -1;
-    if (bad)
+    if (dm_sae_desc_input(n, IN_SAE, &d))
         return -1;
-    if (dm_input_connected(n, IN_SAE) && !d)
-        return dm_failc(DM_E_INPUT, "input sae is not known before the run: connect it to an sae_config or "
-                                    "planted_sae node's output sae");
     if (d)
         *context = d->context_size, *bos = d->prepend_bos;
     return 0;

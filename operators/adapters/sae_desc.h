@@ -49,10 +49,11 @@ typedef struct {
 int dm_sae_desc_from_config(dm_sae_desc *d, const dm_sae_config *cfg, const char *dir);
 /* The tensor of d followed by d->weight_floats floats from weights (NULL when 0). */
 void dm_sae_desc_tensor(dm_tensor *t, const dm_sae_desc *d, const float *weights);
-/* The record on tensor input `port` of n (an input named `sae`), checked; NULL if the input is not
- * connected (no dm_fail) or its tensor is not yet there (no dm_fail), or NULL
- * with dm_fail() naming the input if the tensor is not a dm_sae_desc. */
-const dm_sae_desc *dm_sae_desc_input(const dm_node *n, int port, int *bad);
+/* The record on tensor input `port` of n (an input named `sae`), checked, into
+ * *out: 0 with *out NULL when the input is not connected; -1 with dm_fail()
+ * naming the input when its tensor is not known before the run (its producer
+ * is not an sae_config or planted_sae node) or is not a dm_sae_desc. */
+int dm_sae_desc_input(const dm_node *n, int port, const dm_sae_desc **out);
 /* The weights after the record (weight_floats of them). */
 static inline const float *dm_sae_desc_weights(const dm_sae_desc *d)
 {

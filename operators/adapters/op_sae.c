@@ -193,7 +193,8 @@ static int64_t sae_state_bytes(const dm_node *n)
         return 0;
     int64_t di = c.d_in, ds = c.d_sae, tile = dm_param_int(n, "tile");
     dm_sae_config_free(&c);
-    /* weights, the decoder output, a tile, statistics, and a guess of 64 actives a row */
+    /* weights, the decoder output (which takes over W_dec at the end: counted
+     * twice, on the safe side), a tile, statistics, and a guess of 64 actives a row */
     return 4 * (3 * di * ds + dm_sae_packed_floats(di, ds, dm_compute_default()) + 2 * ds + di) +
            dm_sae_tile_bytes(di, ds, tile) +
            dm_sae_stats_bytes(di, ds, dm_param_bool(n, "predictability")) + tile * 64 * 16;

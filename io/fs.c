@@ -21,6 +21,15 @@
  * renameat2(RENAME_EXCHANGE) when the file system offers it so a reader never
  * sees a moment with no final folder at all.
  *
+ * Copies (dm_copy_file) never share a name with their source: the results in
+ * --out are the user's to edit, and an edit must not reach the cache. A reflink
+ * (ioctl FICLONE, as `cp --reflink=auto` does) costs no bytes on file systems
+ * that share blocks copy-on-write; elsewhere copy_file_range(2) lets the kernel
+ * copy, and read/write is the last resort. dm_copy_file_checked sums the bytes
+ * as they pass (XXH3-64, several GB/s) and refuses a source whose size or sum
+ * is not the one recorded when it was written. Hard links (dm_link_file) are
+ * only for sources about to be removed.
+ *
  * File identity (cache keys over input files) is XXH3-128 of the content. Hashing
  * a 30 GB input costs seconds, so the result is memoised in
  * memo_dir/<key> (the cache's filehash folder), the key being a hash of (path, device, inode, size,
@@ -39,6 +48,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -401,32 +412,93 @@ int dm_write_file_atomic(const char *path, const void *data, size_t len)
     return dm_atomic_commit(fd, tmp, path);
 }
 
-int dm_copy_file(const char *src, const char *dst)
-{
-    char *tmp = dm_xasprintf("%s.tmp.%ld", dst, (long)getpid());
-    unlink(tmp);
-    /* Same file system: a hard link costs no bytes, and inputs are immutable. */
-    if (link(src, tmp) == 0) {
-        if (rename(tmp, dst) < 0) {
-            dm_failc(DM_E_IO, "%s: cannot rename to %s: %s", tmp, dst, strerror(errno));
-            unlink(tmp);
-            free(tmp);
-            return -1;
-        }
-        /* When dst already was a link to src, rename does nothing and tmp stays. */
-        unlink(tmp);
-        free(tmp);
-        return dm_fsync_parent(dst);
-    }
-    free(tmp);
+/* ---- copies, checksums and moves ------------------------------------------ */
 
-    int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return dm_failc(DM_E_IO, "%s: cannot open: %s", src, strerror(errno));
-    int out = dm_atomic_open(dst, &tmp);
-    if (out < 0) {
-        close(in);
-        return -1;
+static void dm_sum_hex(uint64_t h, char out[17]) { snprintf(out, 17, "%016llx", (unsigned long long)h); }
+
+int dm_file_sum_of(const char *path, dm_file_sum *out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    XXH3_state_t *st = XXH3_createState();
+    if (!st)
+        dm_oom(0, "a hash state");
+    XXH3_64bits_reset(st);
+    size_t cap = (size_t)4 << 20;
+    char *buf = dm_xmalloc(cap);
+    int64_t size = 0;
+    int rc = 0;
+    for (;;) {
+        ssize_t k = read(fd, buf, cap);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            rc = dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
+            break;
+        }
+        if (k == 0)
+            break;
+        XXH3_64bits_update(st, buf, (size_t)k);
+        size += k;
+    }
+    out->size = size;
+    out->xxh3 = XXH3_64bits_digest(st);
+    free(buf);
+    XXH3_freeState(st);
+    close(fd);
+    return rc;
+}
+
+int dm_file_sum_check(const char *path, const dm_file_sum *want, const dm_file_sum *got)
+{
+    if (got->size != want->size)
+        return dm_failc(DM_E_CORRUPT, "%s: %lld bytes, but %lld were recorded when it was written", path,
+                        (long long)got->size, (long long)want->size);
+    if (got->xxh3 != want->xxh3) {
+        char a[17], b[17];
+        dm_sum_hex(want->xxh3, a);
+        dm_sum_hex(got->xxh3, b);
+        return dm_failc(DM_E_CORRUPT, "%s: checksum mismatch (XXH3 %s, recorded %s): the file changed after it "
+                        "was written", path, b, a);
+    }
+    return 0;
+}
+
+/* The bytes of in, from offset 0, into out: copy_file_range (the kernel copies,
+ * and may share or offload blocks), else read/write. Sums what it copies when
+ * sum is not NULL (then read/write only: the bytes pass through here once). */
+static int dm_copy_bytes(int in, int out, const char *src, const char *tmp, dm_file_sum *sum)
+{
+    if (!sum) {
+        struct stat st;
+        if (fstat(in, &st) < 0)
+            return dm_failc(DM_E_IO, "%s: cannot stat: %s", src, strerror(errno));
+        int64_t left = st.st_size, done = 0;
+        while (left > 0) {
+            size_t want = left > ((int64_t)1 << 30) ? (size_t)1 << 30 : (size_t)left;
+            if (dm_fault_check(want, tmp) < 0)
+                return -1;
+            ssize_t k = copy_file_range(in, NULL, out, NULL, want, 0);
+            if (k < 0 && errno == EINTR)
+                continue;
+            if (k <= 0)
+                break; /* not supported here (or the file shrank): copy by hand from where it stopped */
+            left -= k;
+            done += k;
+        }
+        if (left == 0)
+            return 0;
+        if (lseek(in, done, SEEK_SET) < 0 || lseek(out, done, SEEK_SET) < 0)
+            return dm_failc(DM_E_IO, "%s: cannot seek: %s", src, strerror(errno));
+    }
+    XXH3_state_t *st = NULL;
+    if (sum) {
+        if (!(st = XXH3_createState()))
+            dm_oom(0, "a hash state");
+        XXH3_64bits_reset(st);
+        sum->size = 0;
     }
     posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
     size_t cap = (size_t)4 << 20;
@@ -442,16 +514,82 @@ int dm_copy_file(const char *src, const char *dst)
         }
         if (k == 0)
             break;
+        if (st) {
+            XXH3_64bits_update(st, buf, (size_t)k);
+            sum->size += k;
+        }
         if ((rc = dm_write_all(out, buf, (size_t)k, tmp)) < 0)
             break;
     }
+    if (st) {
+        sum->xxh3 = XXH3_64bits_digest(st);
+        XXH3_freeState(st);
+    }
     free(buf);
+    return rc;
+}
+
+int dm_copy_file_checked(const char *src, const char *dst, const dm_file_sum *want)
+{
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return dm_failc(DM_E_IO, "%s: cannot open: %s", src, strerror(errno));
+    char *tmp;
+    int out = dm_atomic_open(dst, &tmp);
+    if (out < 0) {
+        close(in);
+        return -1;
+    }
+    dm_file_sum got;
+    int rc;
+    /* A reflink shares the blocks copy-on-write (btrfs, XFS, bcachefs): no bytes
+     * move, and a later write to either file leaves the other as it was. */
+    if (ioctl(out, FICLONE, in) == 0)
+        rc = want ? dm_file_sum_of(src, &got) : 0;
+    else
+        rc = dm_copy_bytes(in, out, src, tmp, want ? &got : NULL);
     close(in);
+    if (!rc && want)
+        rc = dm_file_sum_check(src, want, &got);
     if (rc < 0) {
         dm_atomic_discard(out, tmp);
-        return dm_fail_prefix("copying %s to %s", src, dst);
+        return dm_error_code() == DM_E_CORRUPT ? -1 : dm_fail_prefix("copying %s to %s", src, dst);
     }
     return dm_atomic_commit(out, tmp, dst);
+}
+
+int dm_copy_file(const char *src, const char *dst) { return dm_copy_file_checked(src, dst, NULL); }
+
+int dm_link_file(const char *src, const char *dst)
+{
+    char *tmp = dm_xasprintf("%s.tmp.%ld", dst, (long)getpid());
+    unlink(tmp);
+    if (link(src, tmp) == 0) {
+        if (rename(tmp, dst) < 0) {
+            dm_failc(DM_E_IO, "%s: cannot rename to %s: %s", tmp, dst, strerror(errno));
+            unlink(tmp);
+            free(tmp);
+            return -1;
+        }
+        /* When dst already was a link to src, rename does nothing and tmp stays. */
+        unlink(tmp);
+        free(tmp);
+        return dm_fsync_parent(dst);
+    }
+    free(tmp);
+    return dm_copy_file(src, dst);
+}
+
+int dm_move_file(const char *src, const char *dst)
+{
+    if (rename(src, dst) == 0)
+        return dm_fsync_parent(dst);
+    if (errno != EXDEV)
+        return dm_failc(DM_E_IO, "%s: cannot rename to %s: %s", src, dst, strerror(errno));
+    if (dm_copy_file(src, dst) < 0)
+        return -1;
+    unlink(src);
+    return 0;
 }
 
 int dm_file_exists(const char *path)

@@ -45,8 +45,31 @@ int dm_write_file_atomic(const char *path, const void *data, size_t len);
 int dm_atomic_open(const char *path, char **tmp);
 int dm_atomic_commit(int fd, char *tmp, const char *path);
 void dm_atomic_discard(int fd, char *tmp);
-/* Copies (or hard-links when on the same file system) src to dst atomically. */
+/* A file's size and the XXH3-64 of its bytes: what a cache entry records of its
+ * tensors and products (cache.c) and checks when they are used. */
+typedef struct {
+    int64_t size;
+    uint64_t xxh3;
+} dm_file_sum;
+int dm_file_sum_of(const char *path, dm_file_sum *out);
+/* 0 when got is want; else -1 with a DM_E_CORRUPT error naming path (a size
+ * that differs, or a checksum mismatch). */
+int dm_file_sum_check(const char *path, const dm_file_sum *want, const dm_file_sum *got);
+/* Copies src to dst atomically (a temporary name, then rename): a reflink
+ * (FICLONE) where the file system shares blocks copy-on-write, else
+ * copy_file_range, else read/write. dst is never a hard link: writing to one
+ * leaves the other as it was. */
 int dm_copy_file(const char *src, const char *dst);
+/* dm_copy_file that checks the bytes it copies against want (size and XXH3):
+ * on a mismatch dst is left as it was and the error (DM_E_CORRUPT) names src.
+ * Without a reflink the copy goes through read/write, so the bytes are read once. */
+int dm_copy_file_checked(const char *src, const char *dst, const dm_file_sum *want);
+/* Hard-links src to dst atomically (a copy across file systems): only for a src
+ * that is removed right after (a temporary cache), since the two names share
+ * their bytes. */
+int dm_link_file(const char *src, const char *dst);
+/* Renames src to dst (a copy, then unlink, across file systems); syncs the folder. */
+int dm_move_file(const char *src, const char *dst);
 int dm_file_exists(const char *path);
 /* Content identity of a file: XXH3-128 of its bytes, as 32 hex digits, memoised
  * in the folder memo_dir (created when needed) by (device, inode, size, mtime)

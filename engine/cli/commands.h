@@ -35,6 +35,9 @@ int dm_cmd_ica(int argc, char **argv);
 int dm_cmd_analyze(int argc, char **argv);
 /* `dmica top RUN_DIR --component N [--k 20] [--bottom] [--activations]` */
 int dm_cmd_top(int argc, char **argv);
+/* `dmica cache verify [--cache DIR] [--remove]` (argv[0] "verify"): checks
+ * every cache entry's checksums; 1 if an entry is bad. */
+int dm_cmd_cache_verify(int argc, char **argv);
 
 /* ---- generated.c: running a pipeline a command wrote ---------------------- */
 
@@ -48,8 +51,9 @@ typedef struct {
 
 /*
  * Runs the pipeline `yaml` for command `cmd` and moves the products listed in
- * want[0..nwant) to their paths (atomically: a product is linked or copied
- * beside its path and renamed over it). The run's results folder and, unless
+ * want[0..nwant) to their paths (atomically: renamed from the run's results
+ * folder, or copied beside its path and renamed over it across file systems;
+ * never a name shared with a kept cache). The run's results folder and, unless
  * cache is given, its cache are temporary folders beside the first wanted path,
  * removed afterwards, so nothing but the wanted files is left, and nothing at
  * all on error. Prints the error as "dmica CMD: ..." and returns the exit

@@ -3,11 +3,14 @@
  * dmica activations --out ACTS.npy) run a pipeline like any other and then
  * hand its products over to the paths the user gave.
  *
- * The products of a run are hard links into the cache (fs.c's dm_copy_file),
- * so moving one to the user's path costs no copy when both are on one file
- * system: the temporary results folder and, by default, a temporary cache are
- * made beside the first wanted path for that reason. With --cache the command
- * reuses and keeps the cache like `dmica run` does.
+ * The run publishes into a temporary results folder, and each wanted product is
+ * moved (renamed) from there to the user's path, which costs no copy when both
+ * are on one file system: the temporary folder and, by default, a temporary
+ * cache are made beside the first wanted path for that reason. With a temporary
+ * cache the published files are hard links into it (run.c), fine because the
+ * cache is removed right after; with --cache the command reuses and keeps the
+ * cache like `dmica run` does, and the published files are copies (reflinks
+ * where the file system can), so the user's files never share bytes with it.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -79,7 +82,7 @@ int dm_cli_run_to_files(const char *cmd, const char *yaml, const char *cache, in
         if (!want[placed].path)
             continue;
         char *src = dm_xasprintf("%s/%s", out, want[placed].product);
-        int bad = dm_copy_file(src, want[placed].path) || dm_fsync_path(want[placed].path);
+        int bad = dm_move_file(src, want[placed].path) || dm_fsync_path(want[placed].path);
         free(src);
         if (bad)
             goto end;

@@ -282,6 +282,8 @@ int main(int argc, char **argv)
         return cmd_run_like(argc - 1, argv + 1, &run_cmds[1], 1, 0);
     if (!strcmp(cmd, "demo"))
         return cmd_run_like(argc - 1, argv + 1, &run_cmds[2], 0, 1);
+    if (!strcmp(cmd, "cache") && argc > 2 && !strcmp(argv[2], "verify")) /* i11-checks: the lead wires `cache` */
+        return dm_cmd_cache_verify(argc - 2, argv + 2);
     static const struct {
         const char *name;
         int (*fn)(int, char **);

@@ -39,6 +39,7 @@
 #include <xxhash.h>
 
 #include "fs.h"
+#include "spill.h"
 
 char *dm_cache_dir(const char *given, const char *pipeline)
 {
@@ -355,4 +356,158 @@ void dm_plan_print(dm_graph *g, FILE *f)
             fprintf(f, "  <- %s", ins);
         fputc('\n', f);
     }
+}
+
+/* ---- checksums of an entry's files --------------------------------------------
+ *
+ * node.json records, under "files", the size and XXH3-64 of every tensor output
+ * (<port>.npy) and product file of the entry:
+ *
+ *   "files": {"whitening.npy": {"bytes": 4736, "xxh3": "9f2c61d0e4a87b13"}, ...}
+ *
+ * Spills carry their own per-chunk XXH64 in their manifest (spill.c). Tensors
+ * are checked when loaded for a consumer (run.c), products when published to
+ * --out, spills when replayed, and all of them by `dmica cache verify`. A file
+ * without a record (an entry written before checksums were) counts as bad: the
+ * node is recomputed once rather than trusted. */
+
+int dm_cache_sum_record(const char *dir, const char *file, json_t *files)
+{
+    char *path = dm_xasprintf("%s/%s", dir, file), hex[17];
+    dm_file_sum s;
+    int rc = dm_file_sum_of(path, &s);
+    free(path);
+    if (rc)
+        return -1;
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)s.xxh3);
+    json_object_set_new(files, file, json_pack("{s:I, s:s}", "bytes", (json_int_t)s.size, "xxh3", hex));
+    return 0;
+}
+
+int dm_cache_sum_recorded(const json_t *entry, const char *file, const char *path, dm_file_sum *out)
+{
+    json_t *r = json_object_get(json_object_get(entry, "files"), file);
+    json_t *b = json_object_get(r, "bytes");
+    const char *hex = json_string_value(json_object_get(r, "xxh3"));
+    char *end = NULL;
+    if (!r)
+        return dm_failc(DM_E_CORRUPT, "%s: no checksum recorded in its entry's node.json (an entry made by an "
+                        "older dmica)", path);
+    if (json_is_integer(b) && hex && strlen(hex) == 16) {
+        errno = 0;
+        out->xxh3 = strtoull(hex, &end, 16);
+        out->size = json_integer_value(b);
+        if (!errno && end && !*end && out->size >= 0)
+            return 0;
+    }
+    return dm_failc(DM_E_CORRUPT, "%s: its record in node.json is malformed", path);
+}
+
+int dm_cache_check_file(const char *entry_dir, const json_t *entry, const char *file)
+{
+    char *path = dm_xasprintf("%s/%s", entry_dir, file);
+    dm_file_sum want, got;
+    int rc = dm_cache_sum_recorded(entry, file, path, &want);
+    if (!rc && !dm_file_exists(path))
+        rc = dm_failc(DM_E_CORRUPT, "%s: missing", path);
+    if (!rc)
+        rc = dm_file_sum_of(path, &got);
+    if (!rc)
+        rc = dm_file_sum_check(path, &want, &got);
+    free(path);
+    return rc;
+}
+
+static int is_key_name(const char *s)
+{
+    if (strlen(s) != 32)
+        return 0;
+    for (int i = 0; i < 32; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+/* Checks one entry; calls report for each problem. Returns the number of problems. */
+static int verify_entry(const char *cache, const char *key, dm_cache_report_fn report, void *arg)
+{
+    char *dir = dm_xasprintf("%s/%s", cache, key), *path = dm_xasprintf("%s/node.json", dir);
+    json_error_t jerr;
+    json_t *j = dm_file_exists(path) ? json_load_file(path, 0, &jerr) : NULL;
+    const char *node = json_string_value(json_object_get(j, "node"));
+    int bad = 0;
+    if (!j) {
+        dm_failc(DM_E_CORRUPT, "%s: %s", path, dm_file_exists(path) ? jerr.text : "missing");
+        report(arg, key, NULL, "node.json", dm_error());
+        bad++;
+    } else if (!json_is_object(json_object_get(j, "outputs")) ||
+               strcmp(json_string_value(json_object_get(j, "key")) ? json_string_value(json_object_get(j, "key")) : "",
+                      key)) {
+        dm_failc(DM_E_CORRUPT, "%s: not the manifest of entry %s (no outputs, or another key)", path, key);
+        report(arg, key, node, "node.json", dm_error());
+        bad++;
+    } else {
+        const char *port;
+        json_t *o, *v;
+        size_t i;
+        json_object_foreach(json_object_get(j, "outputs"), port, o)
+        {
+            const char *kind = json_string_value(json_object_get(o, "kind"));
+            char *file = NULL;
+            int rc = 0;
+            if (kind && !strcmp(kind, "stream") && json_is_true(json_object_get(o, "spilled"))) {
+                file = dm_xasprintf("%s.spill", port);
+                rc = dm_spill_verify(dir, port);
+            } else if (kind && !strcmp(kind, "tensor") && !json_is_false(json_object_get(o, "written"))) {
+                file = dm_xasprintf("%s.npy", port);
+                rc = dm_cache_check_file(dir, j, file);
+            }
+            if (rc) {
+                report(arg, key, node, file, dm_error());
+                bad++;
+            }
+            free(file);
+        }
+        json_array_foreach(json_object_get(j, "products"), i, v)
+        {
+            const char *prod = json_string_value(v);
+            if (prod && dm_cache_check_file(dir, j, prod)) {
+                report(arg, key, node, prod, dm_error());
+                bad++;
+            }
+        }
+    }
+    json_decref(j);
+    free(dir), free(path);
+    return bad;
+}
+
+int dm_cache_verify(const char *cache, int remove, dm_cache_report_fn report, void *arg, int *nchecked)
+{
+    *nchecked = 0;
+    struct dirent **ents;
+    int n = scandir(cache, &ents, NULL, alphasort);
+    if (n < 0)
+        return dm_failc(DM_E_IO, "%s: cannot list the cache folder: %s", cache, strerror(errno));
+    int nbad = 0, rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        const char *key = ents[i]->d_name;
+        char *dir = dm_xasprintf("%s/%s", cache, key);
+        struct stat st;
+        if (!is_key_name(key) || stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+            free(dir);
+            continue;
+        }
+        ++*nchecked;
+        if (verify_entry(cache, key, report, arg)) {
+            nbad++;
+            if (remove && dm_rm_rf(dir))
+                rc = -1;
+        }
+        free(dir);
+    }
+    for (int i = 0; i < n; i++)
+        free(ents[i]);
+    free(ents);
+    return rc ? -1 : nbad;
 }

@@ -9,6 +9,7 @@
 #ifndef DM_ENGINE_H
 #define DM_ENGINE_H
 
+#include "fs.h"
 #include "op.h"
 #include <stdio.h>
 
@@ -186,6 +187,26 @@ char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n);
  * renames it to CACHE/<key> (n->dir is freed and cleared) and records the key's
  * material in CACHE/index for `plan` to say why a node is stale. */
 int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry);
+
+/* Checksums of an entry's files (cache.c): node.json's "files" records the size
+ * and XXH3 of each tensor output and product. */
+/* Adds dir/file's size and checksum to files (node.json's "files" object). */
+int dm_cache_sum_record(const char *dir, const char *file, json_t *files);
+/* The sum node.json `entry` records for `file` (path names it in errors);
+ * -1 with DM_E_CORRUPT when there is none or it is malformed. */
+int dm_cache_sum_recorded(const json_t *entry, const char *file, const char *path, dm_file_sum *out);
+/* Reads entry_dir/file whole and checks it against its record in `entry`:
+ * -1 with DM_E_CORRUPT naming the file (missing, no record, size or checksum). */
+int dm_cache_check_file(const char *entry_dir, const json_t *entry, const char *file);
+/* `dmica cache verify`: checks every entry of the cache folder (node.json,
+ * tensors and products against their checksums, spills chunk by chunk) and
+ * calls report for each problem (node NULL when node.json is unreadable;
+ * `problem` is the message, naming the file). With remove, bad entries are
+ * deleted. Returns the number of bad entries (*nchecked: of entries), or -1 on
+ * error. */
+typedef void (*dm_cache_report_fn)(void *arg, const char *key, const char *node, const char *file,
+                                   const char *problem);
+int dm_cache_verify(const char *cache, int remove, dm_cache_report_fn report, void *arg, int *nchecked);
 
 /* progress.c */
 typedef struct dm_progress dm_progress;

@@ -374,9 +374,9 @@ static int open_random_inputs(dm_graph *g, dm_node *n)
         n->readers[k] = dm_spill_reader_open(dir, s->outs[n->in[k].port].name);
         free(dir);
         if (!n->readers[k]) {
-            dm_cache_invalidate(g, s->key);
-            return dm_fail_prefix("node '%s': input '%s' (entry removed; run again)", n->decl->name,
-                                  n->op->inputs[k].name);
+            if (g->run)
+                g->run->unreadable = s; /* planned again: s recomputes it (dm_run) */
+            return dm_fail_prefix("node '%s': input '%s'", n->decl->name, n->op->inputs[k].name);
         }
     }
     return 0;
@@ -473,7 +473,10 @@ static int open_replays(dm_run_ctx *ctx, group *G)
     return 0;
 }
 
-/* Loads the tensor outputs of cached producers that members read. */
+/* Loads the tensor outputs of cached producers that members read, each checked
+ * against the size and checksum its entry recorded. A file that is missing,
+ * short or changed makes its producer "unreadable": the run is planned again
+ * and the producer recomputes it (dm_run). */
 static int load_tensor_inputs(dm_graph *g, group *G)
 {
     for (int i = 0; i < G->nmembers; i++) {
@@ -483,13 +486,21 @@ static int load_tensor_inputs(dm_graph *g, group *G)
             int p = n->in[k].port;
             if (!s || s->outdesc[p].kind != DM_PORT_TENSOR || s->outtensor[p].data)
                 continue;
-            char *dir = dm_cache_entry(g, s->key), *path = dm_cache_tensor_file(dir, s->outs[p].name);
-            int rc = dm_npy_load(path, &s->outtensor[p]);
-            free(path), free(dir);
+            char *dir = dm_cache_entry(g, s->key), *file = dm_xasprintf("%s.npy", s->outs[p].name);
+            json_t *entry = dm_cache_entry_json(g, s->key);
+            int rc = entry ? dm_cache_check_file(dir, entry, file)
+                           : dm_failc(DM_E_CORRUPT, "%s/node.json: missing or unreadable", dir);
+            if (!rc) {
+                char *path = dm_cache_tensor_file(dir, s->outs[p].name);
+                rc = dm_npy_load(path, &s->outtensor[p]);
+                free(path);
+            }
+            json_decref(entry);
+            free(file), free(dir);
             if (rc) {
-                dm_cache_invalidate(g, s->key);
-                return dm_fail_prefix("cached output '%s' of node '%s' is unreadable (entry removed; run again)",
-                                      s->outs[p].name, s->decl->name);
+                if (g->run)
+                    g->run->unreadable = s;
+                return dm_fail_prefix("cached output '%s' of node '%s'", s->outs[p].name, s->decl->name);
             }
         }
     }
@@ -802,10 +813,11 @@ static int commit_output(dm_run_ctx *ctx, dm_node *n, int k, json_t *o)
     return rc;
 }
 
-/* Writes node.json and makes the node's folder its cache entry. */
+/* Writes node.json (with the size and checksum of every tensor and product
+ * file, cache.c) and makes the node's folder its cache entry. */
 static int commit_node(dm_run_ctx *ctx, dm_node *n)
 {
-    json_t *j = json_object(), *outs = json_object(), *prods = json_array();
+    json_t *j = json_object(), *outs = json_object(), *prods = json_array(), *files = json_object();
     json_object_set_new(j, "key", json_string(n->key));
     json_object_set_new(j, "node", json_string(n->decl->name));
     json_object_set_new(j, "op", json_string(n->op->name));
@@ -815,14 +827,24 @@ static int commit_node(dm_run_ctx *ctx, dm_node *n)
     json_object_set_new(j, "finish_seconds", json_real(n->finish_seconds));
     json_object_set_new(j, "outputs", outs);
     json_object_set_new(j, "products", prods);
+    json_object_set_new(j, "files", files);
     int rc = 0;
     for (int k = 0; k < n->nout && !rc; k++) {
         json_t *o = json_object();
         json_object_set_new(outs, n->outs[k].name, o);
         rc = commit_output(ctx, n, k, o);
+        if (!rc && n->outdesc[k].kind == DM_PORT_TENSOR && !json_is_false(json_object_get(o, "written"))) {
+            char *file = dm_xasprintf("%s.npy", n->outs[k].name);
+            rc = dm_cache_sum_record(n->dir, file, files);
+            free(file);
+        }
     }
-    for (int k = 0; k < n->nproducts; k++)
+    /* a temporary cache's products are linked to --out and removed: no sums */
+    for (int k = 0; k < n->nproducts && !rc; k++) {
         json_array_append_new(prods, json_string(n->products[k]));
+        if (!ctx->g->ephemeral)
+            rc = dm_cache_sum_record(n->dir, n->products[k], files);
+    }
     if (!rc)
         rc = dm_cache_commit(ctx->g, n, j);
     json_decref(j);
@@ -872,6 +894,31 @@ static int run_group(dm_run_ctx *ctx, group *G, int gi)
     int rc = run_group_phases(ctx, G);
     close_group(G, rc != 0);
     ctx->group = -1;
+    return rc;
+}
+
+/* Copies product `prod` of n's entry (node.json j) from src to dst. The copy is
+ * the user's to edit: a reflink or a copy, never a hard link into the cache
+ * (fs.c), and its bytes are checked against the entry's record on the way; a
+ * product that is missing or changed makes n "unreadable", so the run is planned
+ * again and n recomputes it (dm_run). A temporary cache is removed after the run,
+ * so its products are simply linked. */
+static int publish_file(dm_graph *g, dm_node *n, const json_t *j, const char *prod, const char *src,
+                        const char *dst)
+{
+    if (g->ephemeral)
+        return dm_link_file(src, dst);
+    dm_file_sum want;
+    int rc = dm_cache_sum_recorded(j, prod, src, &want);
+    if (!rc && !dm_file_exists(src))
+        rc = dm_failc(DM_E_CORRUPT, "%s: missing", src);
+    if (!rc)
+        rc = dm_copy_file_checked(src, dst, &want);
+    if (rc && dm_error_code() == DM_E_CORRUPT) {
+        if (g->run)
+            g->run->unreadable = n;
+        return dm_fail_prefix("product '%s' of node '%s'", prod, n->decl->name);
+    }
     return rc;
 }
 
@@ -935,7 +982,7 @@ static int publish_products(dm_graph *g)
             rc = dm_mkdir_p(dst);
             *slash = '/';
             if (!rc)
-                rc = dm_copy_file(src, dst);
+                rc = publish_file(g, n, j, prod, src, dst);
             free(src), free(dst);
         }
         json_decref(j);
@@ -967,7 +1014,7 @@ static void plan_spills(dm_graph *g)
     }
 }
 
-/* One attempt: plan, group, run every group. */
+/* One attempt: plan, group, run every group, publish the products. */
 static int run_attempt(dm_run_ctx *ctx)
 {
     dm_graph *g = ctx->g;
@@ -979,7 +1026,7 @@ static int run_attempt(dm_run_ctx *ctx)
     for (int gi = 0; gi < ng && !rc; gi++)
         rc = run_group(ctx, &gs[gi], gi);
     free_groups(gs, ng);
-    return rc;
+    return rc ? rc : publish_products(g);
 }
 
 int dm_run(dm_graph *g)
@@ -1004,7 +1051,7 @@ int dm_run(dm_graph *g)
     if (rc)
         return -1;
     g->ran = 1;
-    return publish_products(g);
+    return 0;
 }
 
 char *dm_yaml_quote(const char *s)

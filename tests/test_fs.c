@@ -5,7 +5,8 @@
  * (also when the disk fills up: DMICA_FAULT_ENOSPC_AFTER makes that happen on
  * demand), atomic writes leave the old file or the new one and never a
  * temporary, folder publication replaces a folder whole, rm -rf never follows a
- * link out of the tree, and content identities are XXH3-128 (checked against
+ * link out of the tree, copies are copies (never hard links) checked against a
+ * recorded size and XXH3 when asked, and content identities are XXH3-128 (checked against
  * the published test vector for empty input) memoised per file version.
  *
  * Fault-injection tests set the variable in the test body, so they rely on Check
@@ -224,7 +225,17 @@ START_TEST(read_write_atomic)
 }
 END_TEST
 
-START_TEST(copy_file_link_and_copy)
+static ino_t inode_of(const char *path)
+{
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    return st.st_ino;
+}
+
+/* Copies never share a name with their source (the results folder is the
+ * user's: an edit there must not reach the cache), are atomic, and replace an
+ * old dst, also one that was a hard link to src (results of older versions). */
+START_TEST(copy_file_is_a_copy)
 {
     char *dir = dm_test_tmpdir("fs");
     char *src = dm_xasprintf("%s/src", dir), *dst = dm_xasprintf("%s/dst", dir);
@@ -235,12 +246,24 @@ START_TEST(copy_file_link_and_copy)
     ck_assert_str_eq(text, "payload");
     free(text);
     ck_assert_int_eq(dm_test_count_entries(dir), 2);
-    ck_assert_int_eq(dm_copy_file(src, dst), 0); /* dst is already src's link */
+    ck_assert(inode_of(src) != inode_of(dst));
+    put(dst, "edited"); /* writing the copy leaves the source as it was */
+    text = dm_read_file(src, NULL);
+    ck_assert_str_eq(text, "payload");
+    free(text);
+    unlink(dst);
+    ck_assert_int_eq(link(src, dst), 0); /* an old hard link is replaced by a copy */
+    ck_assert_int_eq(dm_copy_file(src, dst), 0);
+    ck_assert(inode_of(src) != inode_of(dst));
     ck_assert_int_eq(dm_test_count_entries(dir), 2);
     ck_assert_int_eq(dm_copy_file("/no/such/file", dst), -1);
     assert_error_has("/no/such/file");
+    /* empty files */
+    put(src, "");
+    ck_assert_int_eq(dm_copy_file(src, dst), 0);
+    ck_assert_int_eq(file_size(dst), 0);
 
-    /* Another file system (tmpfs) forces the copying path. */
+    /* Another file system (tmpfs) forces copy_file_range or read/write. */
     struct stat a, b;
     if (stat("/dev/shm", &b) == 0 && stat(dir, &a) == 0 && a.st_dev != b.st_dev &&
         access("/dev/shm", W_OK) == 0) {
@@ -256,11 +279,79 @@ START_TEST(copy_file_link_and_copy)
         char *back = dm_read_file(other, &len);
         ck_assert_uint_eq(len, n);
         ck_assert(memcmp(back, data, n) == 0);
-        unlink(other);
-        free(back), free(other), free(data), free(big);
+        free(back);
+        /* and a move across file systems copies, then removes the source */
+        char *moved = dm_xasprintf("%s/moved", dir);
+        ck_assert_int_eq(dm_move_file(other, moved), 0);
+        ck_assert(!dm_file_exists(other));
+        back = dm_read_file(moved, &len);
+        ck_assert_uint_eq(len, n);
+        ck_assert(memcmp(back, data, n) == 0);
+        free(back), free(moved), free(other), free(data), free(big);
     }
     dm_rm_rf(dir);
     free(src), free(dst), free(dir);
+}
+END_TEST
+
+/* Sums are XXH3-64 of the bytes (xxhash's own function on the same bytes), and
+ * a checked copy refuses a source whose size or sum differs from the record,
+ * leaving dst as it was and naming the source. */
+START_TEST(file_sums_and_checked_copies)
+{
+    char *dir = dm_test_tmpdir("fs");
+    char *src = dm_xasprintf("%s/src", dir), *dst = dm_xasprintf("%s/dst", dir);
+    size_t n = (size_t)5 << 20; /* more than one buffer */
+    unsigned char *data = dm_xmalloc(n);
+    for (size_t i = 0; i < n; i++)
+        data[i] = (unsigned char)(i * 2654435761u >> 11);
+    ck_assert_int_eq(dm_write_file_atomic(src, data, n), 0);
+    dm_file_sum s, e;
+    ck_assert_int_eq(dm_file_sum_of(src, &s), 0);
+    ck_assert_int_eq(s.size, (int64_t)n);
+    ck_assert(s.xxh3 == XXH3_64bits(data, n));
+    put(dst, "");
+    ck_assert_int_eq(dm_file_sum_of(dst, &e), 0);
+    ck_assert_int_eq(e.size, 0);
+    ck_assert(e.xxh3 == XXH3_64bits(NULL, 0));
+    ck_assert_int_eq(dm_file_sum_check(src, &s, &s), 0);
+    ck_assert_int_eq(dm_file_sum_of("/no/such/file", &e), -1);
+    assert_error_code(DM_E_IO);
+
+    put(dst, "old");
+    ck_assert_int_eq(dm_copy_file_checked(src, dst, &s), 0);
+    ck_assert_int_eq(file_size(dst), (int64_t)n);
+    dm_file_sum wrong = s;
+    wrong.xxh3 ^= 1;
+    put(dst, "old");
+    ck_assert_int_eq(dm_copy_file_checked(src, dst, &wrong), -1);
+    assert_error_code(DM_E_CORRUPT);
+    assert_error_has("checksum mismatch");
+    assert_error_has(src);
+    wrong = s;
+    wrong.size++;
+    ck_assert_int_eq(dm_copy_file_checked(src, dst, &wrong), -1);
+    assert_error_code(DM_E_CORRUPT);
+    assert_error_has("bytes");
+    char *text = dm_read_file(dst, NULL);
+    ck_assert_str_eq(text, "old"); /* untouched, and no temporary left */
+    free(text);
+    ck_assert_int_eq(dm_test_count_entries(dir), 2);
+
+    /* hard links only for sources about to go; moves rename */
+    char *lnk = dm_xasprintf("%s/lnk", dir), *mv = dm_xasprintf("%s/mv", dir);
+    ck_assert_int_eq(dm_link_file(src, lnk), 0);
+    ck_assert(inode_of(src) == inode_of(lnk));
+    ck_assert_int_eq(dm_link_file(src, lnk), 0); /* already its link */
+    ck_assert_int_eq(dm_test_count_entries(dir), 3);
+    ino_t before = inode_of(lnk);
+    ck_assert_int_eq(dm_move_file(lnk, mv), 0);
+    ck_assert(!dm_file_exists(lnk));
+    ck_assert(inode_of(mv) == before);
+    ck_assert_int_eq(dm_move_file(lnk, mv), -1);
+    assert_error_has(lnk);
+    dm_rm_rf(dir);
+    free(lnk), free(mv), free(data), free(src), free(dst), free(dir);
 }
 END_TEST
 
@@ -336,7 +427,8 @@ int main(void)
     tcase_add_test(tc, mkdir_p_and_rm_rf);
     tcase_add_test(tc, dir_publish_new_and_replace);
     tcase_add_test(tc, read_write_atomic);
-    tcase_add_test(tc, copy_file_link_and_copy);
+    tcase_add_test(tc, copy_file_is_a_copy);
+    tcase_add_test(tc, file_sums_and_checked_copies);
     tcase_add_test(tc, identity_vectors_and_memo);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);

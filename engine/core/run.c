@@ -311,7 +311,13 @@ int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, void *o
         dm_error_attribute(n);
         return -1;
     }
-    return dm_spill_read_rows(n->readers[port], row0, rows, out);
+    if (dm_spill_read_rows(n->readers[port], row0, rows, out)) {
+        dm_graph *g = n->graph;
+        if (g->run && dm_error_code() == DM_E_CORRUPT)
+            g->run->unreadable = n->in[port].src; /* planned again: the producer recomputes it (dm_run) */
+        return -1;
+    }
+    return 0;
 }
 
 char *dm_stage_times(const dm_node *n)

@@ -1,6 +1,7 @@
 # The cache: a second run does no work; a changed parameter reruns only that
 # node and its dependents; --force reruns a node and its dependents; products
-# reach --out; plan says why a node is stale.
+# reach --out as copies (never hard links into the cache); plan says why a node
+# is stale.
 . "$ROOT/tests/cli/lib.sh"
 cat > p.yaml <<'Y'
 name: cachetest
@@ -79,4 +80,40 @@ printf '    publish: second/\n' >> clash.yaml
 expect_ok $DMICA run clash.yaml --out clash
 [ -s clash/stats.json ] && [ -s clash/second/stats.json ] || fail "publish prefix not applied"
 cache_consistent
+
+# Files in --out are copies, never hard links into the cache: editing them
+# changes nothing that a later run publishes (reflinks share blocks only until
+# one side is written).
+expect_ok $DMICA demo --out d1 --cache dc --quiet
+cp d1/pca.json ref.json && cp d1/residual_covariance.npy ref.npy
+[ -z "$(find d1 -type f -links +1)" ] || fail "hard links in --out: $(find d1 -type f -links +1)"
+echo note >> d1/pca.json
+python3 - d1/residual_covariance.npy <<'P'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 0xff
+open(p, "r+b").write(b)
+P
+cmp -s ref.npy d1/residual_covariance.npy && fail "the byte was not flipped"
+expect_ok $DMICA demo --out d2 --cache dc --quiet
+cmp ref.json d2/pca.json || fail "an edit of d1/pca.json reached the cache"
+cmp ref.npy d2/residual_covariance.npy || fail "a byte flipped in d1/residual_covariance.npy reached the cache"
+expect_ok $DMICA demo --out d1 --cache dc --quiet
+cmp ref.json d1/pca.json || fail "publishing again did not restore d1/pca.json"
+
+# the same for files a command hands over (generated.c), with a kept cache and
+# with a temporary one
+if have_numpy; then
+    python3 -c "import numpy as np; np.save('x.npy', np.random.default_rng(1).standard_normal((500, 64)).astype(np.float32))"
+    expect_ok $DMICA sae --sae d1/planted-sae --in x.npy --residual e.npy --stats st.json --cache sc --quiet
+    [ "$(stat -c %h e.npy)" = 1 ] && [ "$(stat -c %h st.json)" = 1 ] || fail "dmica sae's files are hard links"
+    cp e.npy e_ref.npy
+    printf 'xxxx' | dd of=e.npy bs=1 seek=200 conv=notrunc 2>/dev/null
+    expect_ok $DMICA sae --sae d1/planted-sae --in x.npy --residual e2.npy --cache sc --quiet
+    cmp e_ref.npy e2.npy || fail "an edit of dmica sae's file reached its cache"
+    expect_ok $DMICA sae --sae d1/planted-sae --in x.npy --residual e3.npy --quiet
+    cmp e_ref.npy e3.npy || fail "dmica sae without --cache differs"
+    [ "$(stat -c %h e3.npy)" = 1 ] || fail "e3.npy has other names"
+    [ -z "$(ls -A | grep '^\.dmica-sae')" ] || fail "temporary folders left: $(ls -A)"
+fi
+cache_consistent dc
 echo ok

@@ -38,8 +38,9 @@
  * A node's results are built in a temporary folder (cache.c) and become its
  * cache entry when its group succeeds; on error every temporary folder is
  * removed, so the cache only ever holds complete entries. A spill that cannot be
- * replayed invalidates its entry, and the run is planned again (the producer
- * reruns).
+ * replayed, or a tensor or product whose size or checksum is not the one its
+ * entry recorded (cache.c), invalidates its entry, and the run is planned again
+ * (the producer reruns).
  *
  * The state of a run lives in a dm_run_ctx that the graph holds while dm_run
  * runs: graphs run one after another, or one inside a callback of another,

@@ -51,4 +51,15 @@ for f in . .. a/b ../x.npy node.json x.txt .npy; do
     err_has "sink.yaml:3: node 'keep' (npy_sink)"
     [ ! -d sink_cache ] || [ -z "$(ls -A sink_cache/tmp 2>/dev/null)" ] || fail "work started with file '$f'"
 done
+# NaN reaching PCA names the node and its input (it said "covariance[0][1] is nan")
+if have_numpy; then
+    python3 -c "
+    import numpy as np
+x = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32); x[7, 1] = np.nan
+np.save('nan.npy', x)
+"
+    printf 'nodes:\n  src: {op: npy, params: {path: nan.npy}}\n  cov: {op: covariance, inputs: {x: src}}\n  pca: {op: pca, inputs: {covariance: cov.covariance}}\n' > nan.yaml
+    expect_fail $DMICA run nan.yaml --out nan_out --cache nan_cache
+    err_has "nan.yaml:4: node 'pca' (pca): input covariance holds NaN at [0][1]: the statistics' input had NaN or Inf rows"
+fi
 echo ok

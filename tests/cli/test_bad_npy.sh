@@ -54,7 +54,7 @@ done
 # NaN reaching PCA names the node and its input (it said "covariance[0][1] is nan")
 if have_numpy; then
     python3 -c "
-    import numpy as np
+import numpy as np
 x = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32); x[7, 1] = np.nan
 np.save('nan.npy', x)
 "

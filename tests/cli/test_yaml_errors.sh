@@ -216,6 +216,16 @@ printf 'nodes:\n  z: {op: synthetic, params: {rows: 10, cols: 4}}\n  ica:\n    o
 expect_fail $DMICA plan param_size.yaml
 err_has "param_size.yaml:6:"; err_has "parameter 'memory': 'inf' is too large"
 
+# an impossible thread count says it is the thread count (it failed as a memory budget)
+expect_fail $DMICA run one_doc.yaml --threads 4096
+[ $code -eq 2 ] || fail "--threads 4096: exit $code, expected 2"
+err_has "--threads 4096 is more than 4 per core"
+printf 'threads: 4096\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n' > many_threads.yaml
+expect_fail $DMICA plan many_threads.yaml
+err_has "many_threads.yaml: threads 4096 is more than 4 per core"
+expect_fail $DMICA demo --out o --memory 64M --threads 2 --quiet
+err_has "at 2 threads"; err_has "raise it with --memory, or use fewer --threads"
+
 # a pipeline file over 16 MiB is refused before it is read; /dev/zero is not read forever
 head -c 17000000 /dev/zero | tr '\0' ' ' > huge.yaml
 expect_fail $DMICA plan huge.yaml

@@ -30,10 +30,10 @@ START_TEST(test_size_errors)
         const char *text, *why;
     } bad[] = {
         {"", "an empty size"},
-        {"lots", "'lots' is not a size"},
-        {" 5", "is not a size"},
-        {"12X", "'12X' has an unknown unit 'X'"},
-        {"12MX", "'12MX' has an unknown unit"},
+        {"lots", "invalid size 'lots' (not a number)"},
+        {" 5", "invalid size ' 5'"},
+        {"12X", "invalid size '12X' (unknown unit 'X')"},
+        {"12MX", "invalid size '12MX' (unknown unit 'MX')"},
         {"-5", "'-5' is negative"},
         {"-1e-300", "is negative"},
         {"nan", "'nan' is not a number"},

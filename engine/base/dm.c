@@ -297,7 +297,7 @@ int64_t dm_parse_size(const char *s)
     errno = 0;
     double v = strtod(s, &end);
     if (end == s || isspace((unsigned char)s[0]))
-        return dm_fail("'%s' is not a size; " DM_SIZE_FORM, s);
+        return dm_fail("invalid size '%s' (not a number); " DM_SIZE_FORM, s);
     double mul = 1;
     if (*end) {
         switch (*end == 'k' ? 'K' : *end) {
@@ -305,11 +305,11 @@ int64_t dm_parse_size(const char *s)
         case 'M': mul = 1024.0 * 1024; break;
         case 'G': mul = 1024.0 * 1024 * 1024; break;
         case 'T': mul = 1024.0 * 1024 * 1024 * 1024; break;
-        default: return dm_fail("'%s' has an unknown unit '%s'; " DM_SIZE_FORM, s, end);
+        default: return dm_fail("invalid size '%s' (unknown unit '%s'); " DM_SIZE_FORM, s, end);
         }
         end++;
         if (*end && strcasecmp(end, "B") && strcasecmp(end, "iB"))
-            return dm_fail("'%s' has an unknown unit; " DM_SIZE_FORM, s);
+            return dm_fail("invalid size '%s' (unknown unit '%s'); " DM_SIZE_FORM, s, end - 1);
     }
     if (isnan(v))
         return dm_fail("'%s' is not a number; " DM_SIZE_FORM, s);

@@ -127,7 +127,8 @@ static int set_value(const dm_arg_cmd *c, const dm_arg_spec *s, dm_arg_value *v,
         if (b < 0)
             return usage_error(c, "--%s: %s", s->name, dm_error());
         if (b == 0 && s->min > 0 && !s->max)
-            return usage_error(c, "--%s: must be a positive size, not '%s' (e.g. 512M)", s->name, text);
+            return usage_error(c, "--%s: must be at least 1 byte (a positive size such as 512M), not '%s'", s->name,
+                               text);
         if (!in_range(s, (double)b))
             return usage_error(c, "--%s: must be %s bytes, not %s", s->name, range, text);
         v->i = b;

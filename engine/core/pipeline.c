@@ -523,7 +523,7 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
                 goto end;
             }
             if (!p->memory) {
-                rc = dm_fail("%s:%d: memory must be a positive size, not '%s' (e.g. 512M)", path, line_of(v), val);
+                rc = dm_fail("%s:%d: memory must be at least 1 byte (a positive size such as 512M), not '%s'", path, line_of(v), val);
                 goto end;
             }
         } else if (!strcmp(key, "cache")) {

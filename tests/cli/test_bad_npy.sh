@@ -60,6 +60,6 @@ np.save('nan.npy', x)
 "
     printf 'nodes:\n  src: {op: npy, params: {path: nan.npy}}\n  cov: {op: covariance, inputs: {x: src}}\n  pca: {op: pca, inputs: {covariance: cov.covariance}}\n' > nan.yaml
     expect_fail $DMICA run nan.yaml --out nan_out --cache nan_cache
-    err_has "nan.yaml:4: node 'pca' (pca): input covariance holds NaN at [0][1]: the statistics' input had NaN or Inf rows"
+    err_has "nan.yaml:4: node 'pca' (pca): input covariance holds NaN at [0][1]: the statistics' input had non-finite (NaN or Inf) rows"
 fi
 echo ok

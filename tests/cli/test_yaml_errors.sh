@@ -205,13 +205,13 @@ err_has "--memory: '1e30' is too large (at most 8 EiB)"; err_has "K, M, G, T (po
 expect_fail $DMICA run one_doc.yaml --memory nan;    err_has "'nan' is not a number"
 expect_fail $DMICA run one_doc.yaml --memory inf;    err_has "'inf' is too large"
 expect_fail $DMICA run one_doc.yaml --memory 0.0001; err_has "'0.0001' is less than one byte"
-expect_fail $DMICA run one_doc.yaml --memory 0;      err_has "--memory: must be a positive size, not '0'"
+expect_fail $DMICA run one_doc.yaml --memory 0;      err_has "--memory: must be at least 1 byte (a positive size such as 512M), not '0'"
 printf 'memory: 99999999999T\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n' > mem_big.yaml
 expect_fail $DMICA plan mem_big.yaml
 err_has "mem_big.yaml:1: memory: '99999999999T' is too large (at most 8 EiB)"
 printf 'memory: 0\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n' > mem_zero.yaml
 expect_fail $DMICA plan mem_zero.yaml
-err_has "mem_zero.yaml:1: memory must be a positive size"
+err_has "mem_zero.yaml:1: memory must be at least 1 byte (a positive size such as 512M), not '0'"
 printf 'nodes:\n  z: {op: synthetic, params: {rows: 10, cols: 4}}\n  ica:\n    op: fastica\n    inputs: {z: z}\n    params: {memory: inf}\n' > param_size.yaml
 expect_fail $DMICA plan param_size.yaml
 err_has "param_size.yaml:6:"; err_has "parameter 'memory': 'inf' is too large"

@@ -466,6 +466,14 @@ static int next_member(dm_corpus *c)
         return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", l->name,
                         archive_error_string(l->a));
     int raw = archive_format(l->a) == ARCHIVE_FORMAT_RAW;
+    /* raw with no decompression filter: libarchive recognised nothing, yet the name or
+     * the first bytes said archive; reading the bytes as text would hand out noise */
+    if (raw && archive_filter_code(l->a, 0) == ARCHIVE_FILTER_NONE) {
+        const char *why = archive_error_string(l->a);
+        return dm_failc(DM_E_CORRUPT, "%s: not a readable archive or compressed file (its name or first bytes "
+                        "say it is one, but %s)", l->name, why ? why : "libarchive recognises no format or "
+                        "compression in it");
+    }
     if (!raw && archive_entry_filetype(e) != AE_IFREG)
         return 0;
     const char *mname = raw ? l->unpacked : archive_entry_pathname(e);

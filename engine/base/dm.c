@@ -4,6 +4,7 @@
  */
 #include "dm.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -285,13 +286,18 @@ void dm_tensor_free(dm_tensor *t)
     memset(t, 0, sizeof *t);
 }
 
+/* What every size error ends with: the form a size takes. */
+#define DM_SIZE_FORM "sizes are a number with an optional unit K, M, G, T (powers of 1024), e.g. 512M"
+
 int64_t dm_parse_size(const char *s)
 {
+    if (!s || !*s)
+        return dm_fail("an empty size; " DM_SIZE_FORM);
     char *end;
     errno = 0;
     double v = strtod(s, &end);
-    if (end == s || errno || v < 0)
-        return dm_fail("invalid size '%s' (examples: 512M, 2G, 1000000)", s);
+    if (end == s || isspace((unsigned char)s[0]))
+        return dm_fail("invalid size '%s' (not a number); " DM_SIZE_FORM, s);
     double mul = 1;
     if (*end) {
         switch (*end == 'k' ? 'K' : *end) {
@@ -299,13 +305,23 @@ int64_t dm_parse_size(const char *s)
         case 'M': mul = 1024.0 * 1024; break;
         case 'G': mul = 1024.0 * 1024 * 1024; break;
         case 'T': mul = 1024.0 * 1024 * 1024 * 1024; break;
-        default: return dm_fail("invalid size '%s' (examples: 512M, 2G, 1000000)", s);
+        default: return dm_fail("invalid size '%s' (unknown unit '%s'); " DM_SIZE_FORM, s, end);
         }
         end++;
         if (*end && strcasecmp(end, "B") && strcasecmp(end, "iB"))
-            return dm_fail("invalid size '%s' (examples: 512M, 2G, 1000000)", s);
+            return dm_fail("invalid size '%s' (unknown unit '%s'); " DM_SIZE_FORM, s, end - 1);
     }
-    return (int64_t)(v * mul);
+    if (isnan(v))
+        return dm_fail("'%s' is not a number; " DM_SIZE_FORM, s);
+    if (v < 0)
+        return dm_fail("'%s' is negative; " DM_SIZE_FORM, s);
+    /* strtod's ERANGE: overflow to HUGE_VAL (too large) or underflow towards 0 (under a byte) */
+    double bytes = v * mul;
+    if (isinf(bytes) || bytes >= 9223372036854775808.0) /* 2^63: the first double past INT64_MAX */
+        return dm_fail("'%s' is too large (at most 8 EiB); " DM_SIZE_FORM, s);
+    if ((bytes > 0 && bytes < 1) || (errno == ERANGE && v == 0))
+        return dm_fail("'%s' is less than one byte; " DM_SIZE_FORM, s);
+    return (int64_t)bytes;
 }
 
 double dm_now(void)

@@ -154,7 +154,11 @@ typedef struct {
 #define DM_STRBUF_INIT {NULL, 0, 0}
 void dm_strbuf_addf(dm_strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Parses "512M", "2G", "1.5GiB", "100000" into bytes; -1 on error. */
+/* Parses "512M", "2G", "1.5GiB", "100000" into bytes (units are powers of 1024;
+ * a fraction of a byte is dropped): 0 up to 8 EiB - 1. -1 on error (DM_E_INPUT) with a
+ * message that says what is wrong and what a size looks like, for the caller to
+ * prefix with what the size is ("--memory: ..."). Callers that need a positive
+ * size check 0 themselves. */
 int64_t dm_parse_size(const char *s);
 /* Monotonic seconds. */
 double dm_now(void);

@@ -126,6 +126,9 @@ static int set_value(const dm_arg_cmd *c, const dm_arg_spec *s, dm_arg_value *v,
         int64_t b = dm_parse_size(text);
         if (b < 0)
             return usage_error(c, "--%s: %s", s->name, dm_error());
+        if (b == 0 && s->min > 0 && !s->max)
+            return usage_error(c, "--%s: must be at least 1 byte (a positive size such as 512M), not '%s'", s->name,
+                               text);
         if (!in_range(s, (double)b))
             return usage_error(c, "--%s: must be %s bytes, not %s", s->name, range, text);
         v->i = b;

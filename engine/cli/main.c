@@ -122,7 +122,23 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
         g->force = dm_xrealloc(g->force, (size_t)(g->nforce + 1) * sizeof *g->force);
         g->force[g->nforce++] = dm_xstrdup(o->force[i]);
     }
-    dm_compute_set_threads(o->threads ? o->threads : p->threads);
+    /* More threads than a few per core only share the cores, and per-thread state
+     * (accumulators, scratch) multiplies the memory a node needs: refuse it by name
+     * rather than as a budget too small. */
+    int threads = o->threads ? o->threads : p->threads;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores > 0 && threads > 4 * cores) {
+        if (o->threads)
+            dm_failc(DM_E_USAGE, "--threads %d is more than 4 per core (this machine has %ld cores: at most %ld)",
+                     threads, cores, 4 * cores);
+        else
+            dm_fail("%s: threads %d is more than 4 per core (this machine has %ld cores: at most %ld; --threads "
+                    "overrides it)", p->path, threads, cores, 4 * cores);
+        dm_graph_free(g);
+        dm_pipeline_free(p);
+        return NULL;
+    }
+    dm_compute_set_threads(threads);
     dm_progress_enabled = !o->quiet;
     *pout = p;
     return g;

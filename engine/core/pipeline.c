@@ -31,12 +31,14 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
-
-#include "fs.h"
 
 static int line_of(yaml_node_t *n) { return (int)n->start_mark.line + 1; }
 
@@ -83,6 +85,78 @@ static int read_map(const char *path, yaml_document_t *doc, yaml_node_t *map, co
     *out = kv;
     *nout = n;
     return 0;
+}
+
+typedef struct {
+    const char *key;
+    int line;
+} key_at;
+
+static int cmp_key_at(const void *a, const void *b)
+{
+    const key_at *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    return c ? c : (x->line > y->line) - (x->line < y->line);
+}
+
+/* Fails if any mapping in the document, at any depth, gives a key twice
+ * (libyaml keeps both pairs; YAML 1.2 section 3.2.1.1 says keys are unique), naming
+ * both lines. Walks the document's node table, so aliases are checked once and
+ * nesting costs no stack; sorted keys find duplicates in n log n. */
+/* The value of key `key` in mapping m, or NULL. */
+static yaml_node_t *value_of(yaml_document_t *doc, yaml_node_t *m, const char *key)
+{
+    if (!m || m->type != YAML_MAPPING_NODE)
+        return NULL;
+    for (yaml_node_pair_t *pr = m->data.mapping.pairs.start; pr < m->data.mapping.pairs.top; pr++) {
+        const char *k = scalar(yaml_document_get_node(doc, pr->key));
+        if (k && !strcmp(k, key))
+            return yaml_document_get_node(doc, pr->value);
+    }
+    return NULL;
+}
+
+/* 1 if m is a mapping of node names: the pipeline's or a template's 'nodes'. */
+static int is_node_map(yaml_document_t *doc, yaml_node_t *m)
+{
+    yaml_node_t *root = yaml_document_get_root_node(doc);
+    if (m == value_of(doc, root, "nodes"))
+        return 1;
+    yaml_node_t *tm = value_of(doc, root, "templates");
+    if (!tm || tm->type != YAML_MAPPING_NODE)
+        return 0;
+    for (yaml_node_pair_t *pr = tm->data.mapping.pairs.start; pr < tm->data.mapping.pairs.top; pr++)
+        if (m == value_of(doc, yaml_document_get_node(doc, pr->value), "nodes"))
+            return 1;
+    return 0;
+}
+
+static int check_unique_keys(const char *path, yaml_document_t *doc)
+{
+    key_at *keys = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (yaml_node_t *m = doc->nodes.start; m < doc->nodes.top && !rc; m++) {
+        if (m->type != YAML_MAPPING_NODE)
+            continue;
+        size_t n = 0;
+        for (yaml_node_pair_t *pr = m->data.mapping.pairs.start; pr < m->data.mapping.pairs.top; pr++) {
+            yaml_node_t *k = yaml_document_get_node(doc, pr->key);
+            if (!scalar(k))
+                continue; /* a key that is not a plain value is refused where it is read */
+            if (n == cap)
+                keys = dm_xrealloc(keys, (cap = cap ? 2 * cap : 16) * sizeof *keys);
+            keys[n++] = (key_at){scalar(k), line_of(k)};
+        }
+        qsort(keys, n, sizeof *keys, cmp_key_at);
+        for (size_t i = 1; i < n && !rc; i++)
+            if (!strcmp(keys[i - 1].key, keys[i].key))
+                rc = dm_fail("%s:%d: %s '%s' %s twice (first at line %d)", path, keys[i].line,
+                             is_node_map(doc, m) ? "node" : "key", keys[i].key,
+                             is_node_map(doc, m) ? "declared" : "given", keys[i - 1].line);
+    }
+    free(keys);
+    return rc;
 }
 
 static int parse_node(const char *path, yaml_document_t *doc, yaml_node_t *k, yaml_node_t *v,
@@ -399,6 +473,24 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
         rc = dm_fail("%s: empty pipeline (expected a mapping with 'nodes')", path);
         goto end;
     }
+    /* a second document ("---" and more) would be ignored: refuse it */
+    yaml_document_t next;
+    if (!yaml_parser_load(&parser, &next)) {
+        rc = dm_fail("%s:%zu: malformed YAML: %s%s%s", path, parser.problem_mark.line + 1,
+                     parser.problem ? parser.problem : "syntax error", parser.context ? " " : "",
+                     parser.context ? parser.context : "");
+        goto end;
+    }
+    int more = yaml_document_get_root_node(&next) != NULL;
+    size_t more_line = next.start_mark.line + 1;
+    yaml_document_delete(&next);
+    if (more) {
+        rc = dm_fail("%s:%zu: a second YAML document; a pipeline file holds one (remove the '---' and what "
+                     "follows, or merge it into the first)", path, more_line);
+        goto end;
+    }
+    if ((rc = check_unique_keys(path, &doc)))
+        goto end;
     if (root->type != YAML_MAPPING_NODE) {
         rc = dm_fail("%s:%d: a pipeline must be a mapping with 'nodes'", path, line_of(root));
         goto end;
@@ -428,6 +520,10 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
         } else if (!strcmp(key, "memory")) {
             if ((p->memory = dm_parse_size(val)) < 0) {
                 rc = dm_fail_prefix("%s:%d: memory", path, line_of(v));
+                goto end;
+            }
+            if (!p->memory) {
+                rc = dm_fail("%s:%d: memory must be at least 1 byte (a positive size such as 512M), not '%s'", path, line_of(v), val);
                 goto end;
             }
         } else if (!strcmp(key, "cache")) {
@@ -501,10 +597,69 @@ end:
     return p;
 }
 
+/* The largest pipeline file read: thousands of nodes fit in far less, and a
+ * mistaken argument (a data file, /dev/zero) is refused instead of filling memory. */
+#define DM_PIPELINE_MAX_BYTES ((size_t)16 << 20)
+
+/* path's text (NUL-terminated, malloc'd) if it holds at most DM_PIPELINE_MAX_BYTES:
+ * a regular file's size is checked before reading, anything else (a pipe, a
+ * device) is read to at most the limit + 1 bytes. NULL on error. */
+static char *read_pipeline_text(const char *path, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        dm_failc(DM_E_IO, "%s: cannot stat: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        dm_failc(DM_E_IO, "%s: is a folder, not a pipeline file", path);
+        close(fd);
+        return NULL;
+    }
+    if (S_ISREG(st.st_mode) && (uintmax_t)st.st_size > DM_PIPELINE_MAX_BYTES) {
+        dm_fail("%s: %jd bytes is too large for a pipeline file (at most %zu MiB)", path, (intmax_t)st.st_size,
+                DM_PIPELINE_MAX_BYTES >> 20);
+        close(fd);
+        return NULL;
+    }
+    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 2 : 65536, n = 0;
+    char *buf = dm_xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap)
+            buf = dm_xrealloc(buf, cap = cap * 2 < DM_PIPELINE_MAX_BYTES + 2 ? cap * 2 : DM_PIPELINE_MAX_BYTES + 2);
+        ssize_t k = read(fd, buf + n, cap - n - 1);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
+            break;
+        }
+        if (k == 0) {
+            close(fd);
+            buf[n] = 0;
+            *len = n;
+            return buf;
+        }
+        if ((n += (size_t)k) > DM_PIPELINE_MAX_BYTES) {
+            dm_fail("%s: more than %zu MiB, too large for a pipeline file", path, DM_PIPELINE_MAX_BYTES >> 20);
+            break;
+        }
+    }
+    free(buf);
+    close(fd);
+    return NULL;
+}
+
 dm_pipeline *dm_pipeline_load(const char *path)
 {
     size_t len;
-    char *text = dm_read_file(path, &len);
+    char *text = read_pipeline_text(path, &len);
     if (!text)
         return NULL;
     dm_pipeline *p = dm_pipeline_parse(path, text, len);

@@ -572,9 +572,10 @@ static int size_chunks(dm_graph *g, group *G)
     if (g->pipe->chunk && rows > g->pipe->chunk)
         rows = g->pipe->chunk;
     if (rows < 64)
-        return dm_failc(DM_E_NOMEM, "memory budget %lld MiB is too small for nodes %s (state %lld MiB, "
-                        "%lld bytes per row); raise it with --memory", (long long)(g->memory >> 20), G->label,
-                        (long long)(fixed >> 20), (long long)per_row);
+        return dm_failc(DM_E_NOMEM, "memory budget %lld MiB is too small for nodes %s (state %lld MiB at %d "
+                        "threads, %lld bytes per row); raise it with --memory, or use fewer "
+                        "--threads", (long long)(g->memory >> 20), G->label,
+                        (long long)(fixed >> 20), dm_threads(), (long long)per_row);
     for (int i = 0; i < G->nmembers; i++)
         G->members[i]->chunk_rows = rows;
     for (int j = 0; j < G->nexternal; j++)

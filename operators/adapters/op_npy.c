@@ -201,11 +201,16 @@ static int sink_infer(dm_node *n)
     const char *dt = dm_param_str(n, "dtype");
     if (strcmp(dt, "f32") && strcmp(dt, "f16"))
         return dm_fail("dtype must be f32 or f16, not '%s'", dt);
+    /* checked here, before any work, so the message names the node and its line: the
+     * file lands in the node's folder in the cache and then in --out */
     char *f = sink_file(n);
-    int bad = strchr(f, '/') != NULL || !strcmp(f, "node.json");
+    size_t len = strlen(f);
+    int bad = strchr(f, '/') != NULL || !strcmp(f, ".") || !strcmp(f, "..") || len <= 4 ||
+              strcmp(f + len - 4, ".npy");
     free(f);
     if (bad)
-        return dm_fail("file must be a plain file name, not '%s'", dm_param_str(n, "file"));
+        return dm_fail("file must be a plain file name ending in .npy (no '/'), such as \"sources.npy\", "
+                       "not '%s'", dm_param_str(n, "file"));
     return 0;
 }
 

@@ -155,6 +155,13 @@ static int pca_finish(dm_node *n)
      * shape at validation may still be wrong. */
     if (check_covariance(cov->dtype, cov->ndim, cov->shape, &d) || check_params(n, d))
         return -1;
+    /* dm_pca_fit refuses these too, but only this node knows which input it was */
+    const double *c = cov->data;
+    for (int64_t i = 0; i < d * d; i++)
+        if (!isfinite(c[i]))
+            return dm_fail("input covariance holds %s at [%lld][%lld]: the statistics' input had non-finite "
+                           "(NaN or Inf) rows (check the data upstream)", isnan(c[i]) ? "NaN" : c[i] > 0 ? "Inf" : "-Inf",
+                           (long long)(i / d), (long long)(i % d));
     if (dm_pca_fit(&p, cov->data, d))
         return -1;
 

@@ -91,12 +91,45 @@ static json_t *cfg_get(json_t *root, const char *key)
     return NULL;
 }
 
-static char *cfg_string(json_t *root, const char *key, const char *old_key)
+/* v as JSON text for a message ("\"abc\"", 42, [1, 2]), cut to fit. */
+static void cfg_repr(const json_t *v, char *buf, size_t n)
 {
+    char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    snprintf(buf, n, "%s%s", t ? t : "?", t && strlen(t) >= n ? "..." : "");
+    free(t);
+}
+
+/* A string key's value (malloc'd), "" when absent (or null); a value of another
+ * type fails with DM_E_CORRUPT naming the key. */
+static int cfg_string(json_t *root, const char *path, const char *key, const char *old_key, char **out)
+{
+    const char *name = key;
     json_t *v = cfg_get(root, key);
     if (!v && old_key)
-        v = cfg_get(root, old_key);
-    return dm_xstrdup(json_is_string(v) ? json_string_value(v) : "");
+        v = cfg_get(root, name = old_key);
+    *out = NULL;
+    if (v && !json_is_string(v)) {
+        char r[64];
+        cfg_repr(v, r, sizeof r);
+        return dm_failc(DM_E_CORRUPT, "%s: key %s must be a string, not %s", path, name, r);
+    }
+    *out = dm_xstrdup(v ? json_string_value(v) : "");
+    return 0;
+}
+
+/* A string key's value, or `absent` when it is absent (or null); NULL (DM_E_CORRUPT
+ * recorded) when it holds another type. The string belongs to root. */
+static const char *cfg_word(json_t *root, const char *path, const char *key, const char *absent)
+{
+    json_t *v = cfg_get(root, key);
+    if (!v)
+        return absent;
+    if (json_is_string(v))
+        return json_string_value(v);
+    char r[64];
+    cfg_repr(v, r, sizeof r);
+    dm_failc(DM_E_CORRUPT, "%s: key %s must be a string, not %s", path, key, r);
+    return NULL;
 }
 
 /* A boolean key's value into *out: true / false, or an integer (0 is false);
@@ -109,8 +142,11 @@ static int cfg_bool(json_t *v, const char *path, const char *key, int absent, in
         *out = json_is_true(v);
     else if (json_is_integer(v))
         *out = json_integer_value(v) != 0;
-    else
-        return dm_failc(DM_E_CORRUPT, "%s: key %s must be true or false", path, key);
+    else {
+        char r[64];
+        cfg_repr(v, r, sizeof r);
+        return dm_failc(DM_E_CORRUPT, "%s: key %s must be true or false (a boolean), not %s", path, key, r);
+    }
     return 0;
 }
 
@@ -145,12 +181,11 @@ int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
 
     /* Architecture. Before SAELens 6 a top-k SAE was "standard" with
      * activation_fn "topk" and activation_fn_kwargs.k. */
-    v = cfg_get(root, "architecture");
-    const char *arch = json_is_string(v) ? json_string_value(v) : "standard";
-    v = cfg_get(root, "activation_fn");
-    if (!v)
-        v = cfg_get(root, "activation_fn_str");
-    const char *act = json_is_string(v) ? json_string_value(v) : "relu";
+    const char *arch = cfg_word(root, path, "architecture", "standard");
+    const char *act = cfg_word(root, path, cfg_get(root, "activation_fn") ? "activation_fn" : "activation_fn_str",
+                               "relu");
+    if (!arch || !act)
+        goto end;
     if (!strcmp(arch, "standard"))
         cfg->arch = !strcmp(act, "topk") ? DM_SAE_TOPK : DM_SAE_STANDARD;
     else if (!strcmp(arch, "jumprelu"))
@@ -191,9 +226,15 @@ int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
 
     /* Very old configs say normalize_activations: true/false. */
     v = cfg_get(root, "normalize_activations");
+    if (v && !json_is_boolean(v) && !json_is_string(v)) {
+        char r[64];
+        cfg_repr(v, r, sizeof r);
+        dm_failc(DM_E_CORRUPT, "%s: key normalize_activations must be a string, one of none, expected_average_only_in, "
+                 "constant_norm_rescale, layer_norm (or a boolean in old configs), not %s", path, r);
+        goto end;
+    }
     const char *norm = !v ? "none" : json_is_boolean(v) ? (json_is_true(v) ? "expected_average_only_in" : "none")
-                                    : json_is_string(v)  ? json_string_value(v)
-                                                         : "?";
+                                                        : json_string_value(v);
     int found = 0;
     for (int i = 0; i < 4; i++)
         if (!strcmp(norm, dm_sae_norm_name((dm_sae_norm)i)))
@@ -208,16 +249,23 @@ int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
                  &cfg->finetuning_scaling_factor))
         goto end;
 
-    cfg->hook_name = cfg_string(root, "hook_name", "hook_point");
-    cfg->model_name = cfg_string(root, "model_name", NULL);
-    cfg->dataset_path = cfg_string(root, "dataset_path", NULL);
+    if (cfg_string(root, path, "hook_name", "hook_point", &cfg->hook_name) ||
+        cfg_string(root, path, "model_name", NULL, &cfg->model_name) ||
+        cfg_string(root, path, "dataset_path", NULL, &cfg->dataset_path))
+        goto end;
     json_t *kw = cfg_get(root, "model_from_pretrained_kwargs");
     if (cfg_bool(json_is_object(kw) ? json_object_get(kw, "center_writing_weights") : NULL, path,
                  "model_from_pretrained_kwargs.center_writing_weights", -1, &cfg->center_writing_weights) ||
         cfg_bool(cfg_get(root, "prepend_bos"), path, "prepend_bos", 1, &cfg->prepend_bos))
         goto end;
     v = cfg_get(root, "context_size");
-    cfg->context_size = json_is_integer(v) ? json_integer_value(v) : -1;
+    if (v && (!json_is_integer(v) || json_integer_value(v) <= 0)) {
+        char r[64];
+        cfg_repr(v, r, sizeof r);
+        dm_failc(DM_E_CORRUPT, "%s: key context_size must be a positive integer (tokens per window), not %s", path, r);
+        goto end;
+    }
+    cfg->context_size = v ? json_integer_value(v) : -1;
     rc = 0;
 end:
     if (rc)

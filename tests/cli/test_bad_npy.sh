@@ -41,4 +41,25 @@ chmod 000 ints.npy
 if [ "$(id -u)" != 0 ]; then expect_fail $DMICA stats --in ints.npy --out o; err_has "ints.npy"; fi
 [ ! -e o ] || [ -z "$(ls o)" ] || fail "outputs written for bad input"
 cache_consistent
+# npy_sink file names are checked when the pipeline is bound, naming the node and line,
+# before any work (file: "." failed deep in the run naming a temporary path)
+for f in . .. a/b ../x.npy node.json x.txt .npy; do
+    printf 'nodes:\n  src: {op: synthetic, params: {rows: 100, cols: 4}}\n  keep:\n    op: npy_sink\n    inputs: {x: src}\n    params: {file: "%s"}\n' "$f" > sink.yaml
+    expect_fail $DMICA plan sink.yaml
+    err_has "sink.yaml:3: node 'keep' (npy_sink): file must be a plain file name ending in .npy"
+    expect_fail $DMICA run sink.yaml --out sink_out --cache sink_cache
+    err_has "sink.yaml:3: node 'keep' (npy_sink)"
+    [ ! -d sink_cache ] || [ -z "$(ls -A sink_cache/tmp 2>/dev/null)" ] || fail "work started with file '$f'"
+done
+# NaN reaching PCA names the node and its input (it said "covariance[0][1] is nan")
+if have_numpy; then
+    python3 -c "
+import numpy as np
+x = np.random.default_rng(0).standard_normal((500, 4)).astype(np.float32); x[7, 1] = np.nan
+np.save('nan.npy', x)
+"
+    printf 'nodes:\n  src: {op: npy, params: {path: nan.npy}}\n  cov: {op: covariance, inputs: {x: src}}\n  pca: {op: pca, inputs: {covariance: cov.covariance}}\n' > nan.yaml
+    expect_fail $DMICA run nan.yaml --out nan_out --cache nan_cache
+    err_has "nan.yaml:4: node 'pca' (pca): input covariance holds NaN at [0][1]: the statistics' input had non-finite (NaN or Inf) rows"
+fi
 echo ok

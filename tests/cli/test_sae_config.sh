@@ -75,4 +75,35 @@ err_has "input 'sae' is not an SAE"
 pipeline sae_raw ""
 expect_fail $DMICA plan p.yaml --set sae.sae=sae_raw
 err_has "the SAE is given twice"
+# cfg.json values are type-checked, each message naming the file and key ("abc" was
+# read as the default 128; 42 printed '?')
+cfg_edit() {   # $1: key, $2: JSON value; writes sae_bad from sae_raw
+    rm -rf sae_bad && cp -r sae_raw sae_bad
+    python3 -c "
+import json, sys
+c = json.load(open('sae_bad/cfg.json')); c[sys.argv[1]] = json.loads(sys.argv[2])
+json.dump(c, open('sae_bad/cfg.json', 'w'))
+" "$1" "$2"
+}
+pipeline sae_bad ""
+cfg_edit context_size '"abc"'
+expect_fail $DMICA plan p.yaml
+err_has "sae_bad/cfg.json: key context_size must be a positive integer (tokens per window), not \"abc\""
+cfg_edit context_size 0
+expect_fail $DMICA plan p.yaml; err_has "key context_size must be a positive integer"
+cfg_edit context_size 12.5
+expect_fail $DMICA plan p.yaml; err_has "key context_size must be a positive integer"
+cfg_edit prepend_bos '"yes"'
+expect_fail $DMICA plan p.yaml
+err_has "sae_bad/cfg.json: key prepend_bos must be true or false (a boolean), not \"yes\""
+cfg_edit normalize_activations 42
+expect_fail $DMICA plan p.yaml
+err_has "sae_bad/cfg.json: key normalize_activations must be a string, one of none, expected_average_only_in"
+err_has "not 42"
+cfg_edit architecture '["topk"]'
+expect_fail $DMICA plan p.yaml; err_has "sae_bad/cfg.json: key architecture must be a string, not [\"topk\"]"
+cfg_edit hook_point 6
+expect_fail $DMICA plan p.yaml; err_has "sae_bad/cfg.json: key hook_point must be a string, not 6"
+cfg_edit context_size null   # null is absent, as SAELens writes it
+expect_ok $DMICA plan p.yaml
 echo ok

@@ -210,6 +210,26 @@ tar cJf owtbad.tar.xz owtbad/urlsid_0.xz owtbad/urlsid_1.xz
 expect_fail $DMICA run p.yaml --set src.path=owtbad.tar.xz --out bad
 err_has "owtbad.tar.xz: owtbad/urlsid_1.xz: unreadable"
 [ ! -e bad ] || fail "a failed run left its --out folder"
+# an archive by name or by magic that libarchive cannot read is an error naming it, never
+# read as raw text (random tokens and exit 0 before)
+python3 -c "
+import random
+r = random.Random(11)
+open('garbage.tar', 'wb').write(bytes(r.randrange(256) for _ in range(5000)))
+open('garbage.gz', 'wb').write(b'\\x1f\\x8b' + bytes(r.randrange(256) for _ in range(5000)))
+open('garbage.zip', 'wb').write(bytes(r.randrange(256) for _ in range(5000)))
+"
+for f in garbage.tar garbage.gz garbage.zip; do
+    expect_fail $DMICA run p.yaml --set src.path=$f --out bad
+    err_has "$f: not a readable archive or compressed file"
+    [ ! -e bad ] || fail "a failed run on $f left its --out folder"
+done
+cp garbage.gz renamed.txt # gzip magic, a plain name
+expect_fail $DMICA run p.yaml --set src.path=renamed.txt --out bad
+err_has "renamed.txt: not a readable archive or compressed file"
+mkdir inner && cp garbage.gz inner/x.gz && (cd inner && tar cf ../nested.tar x.gz)
+expect_fail $DMICA run p.yaml --set src.path=nested.tar --out bad
+err_has "nested.tar: x.gz: not a readable archive or compressed file"
 printf '{"text": "fine line with enough words to fill a window of tokens"}\n{"text": oops}\n' > badline.jsonl
 expect_fail $DMICA run p.yaml --set src.path=badline.jsonl
 err_has "badline.jsonl:2: not a JSON line"

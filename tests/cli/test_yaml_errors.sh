@@ -173,6 +173,67 @@ err_has "must be an integer"
 expect_ok $DMICA plan tpl_value.yaml --set src_2.rows=20
 out_has "src_1"; out_has "src_2"
 
+# duplicate keys at any level are errors naming both lines (libyaml keeps both; the
+# first 'nodes:' block was dropped)
+printf 'nodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\nnodes:\n  b: {op: synthetic, params: {rows: 10, cols: 4}}\n' > dup_top.yaml
+expect_fail $DMICA plan dup_top.yaml
+err_has "dup_top.yaml:3: key 'nodes' given twice (first at line 1)"
+printf 'name: x\nmemory: 1G\nname: y\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n' > dup_name.yaml
+expect_fail $DMICA plan dup_name.yaml
+err_has "dup_name.yaml:3: key 'name' given twice (first at line 1)"
+printf 'nodes:\n  a:\n    op: synthetic\n    params: {rows: 10, cols: 4}\n    op: moments\n' > dup_node_key.yaml
+expect_fail $DMICA plan dup_node_key.yaml
+err_has "dup_node_key.yaml:5: key 'op' given twice (first at line 3)"
+printf 'templates:\n  t:\n    foreach: {i: [1]}\n    nodes:\n      "s_${i}": {op: synthetic, params: {rows: 10, cols: 4}}\n    foreach: {i: [2]}\n' > dup_tpl.yaml
+expect_fail $DMICA plan dup_tpl.yaml
+err_has "dup_tpl.yaml:6: key 'foreach' given twice (first at line 3)"
+# a second document after '---' was ignored
+printf 'nodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n---\nnodes:\n  b: {op: nope}\n' > two_docs.yaml
+expect_fail $DMICA plan two_docs.yaml
+err_has "two_docs.yaml:3: a second YAML document"
+printf -- '---\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n...\n' > one_doc.yaml
+expect_ok $DMICA plan one_doc.yaml
+
+# sizes say what is wrong and what a size is, never an empty message
+for m in 0 nan inf 1e30 0.0001 -5 99999999999T 12Q; do
+    expect_fail $DMICA run one_doc.yaml --memory "$m"
+    [ $code -eq 2 ] || fail "--memory $m: exit $code, expected 2"
+    grep -q -- "--memory: .*[a-z]" err.txt || { cat err.txt >&2; fail "--memory $m: no reason given"; }
+done
+expect_fail $DMICA run one_doc.yaml --memory 1e30
+err_has "--memory: '1e30' is too large (at most 8 EiB)"; err_has "K, M, G, T (powers of 1024), e.g. 512M"
+expect_fail $DMICA run one_doc.yaml --memory nan;    err_has "'nan' is not a number"
+expect_fail $DMICA run one_doc.yaml --memory inf;    err_has "'inf' is too large"
+expect_fail $DMICA run one_doc.yaml --memory 0.0001; err_has "'0.0001' is less than one byte"
+expect_fail $DMICA run one_doc.yaml --memory 0;      err_has "--memory: must be at least 1 byte (a positive size such as 512M), not '0'"
+printf 'memory: 99999999999T\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n' > mem_big.yaml
+expect_fail $DMICA plan mem_big.yaml
+err_has "mem_big.yaml:1: memory: '99999999999T' is too large (at most 8 EiB)"
+printf 'memory: 0\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n' > mem_zero.yaml
+expect_fail $DMICA plan mem_zero.yaml
+err_has "mem_zero.yaml:1: memory must be at least 1 byte (a positive size such as 512M), not '0'"
+printf 'nodes:\n  z: {op: synthetic, params: {rows: 10, cols: 4}}\n  ica:\n    op: fastica\n    inputs: {z: z}\n    params: {memory: inf}\n' > param_size.yaml
+expect_fail $DMICA plan param_size.yaml
+err_has "param_size.yaml:6:"; err_has "parameter 'memory': 'inf' is too large"
+
+# an impossible thread count says it is the thread count (it failed as a memory budget)
+expect_fail $DMICA run one_doc.yaml --threads 4096
+[ $code -eq 2 ] || fail "--threads 4096: exit $code, expected 2"
+err_has "--threads 4096 is more than 4 per core"
+printf 'threads: 4096\nnodes:\n  a: {op: synthetic, params: {rows: 10, cols: 4}}\n' > many_threads.yaml
+expect_fail $DMICA plan many_threads.yaml
+err_has "many_threads.yaml: threads 4096 is more than 4 per core"
+expect_fail $DMICA demo --out o --memory 64M --threads 2 --quiet
+err_has "at 2 threads"; err_has "raise it with --memory, or use fewer --threads"
+
+# a pipeline file over 16 MiB is refused before it is read; /dev/zero is not read forever
+head -c 17000000 /dev/zero | tr '\0' ' ' > huge.yaml
+expect_fail $DMICA plan huge.yaml
+err_has "huge.yaml: 17000000 bytes is too large for a pipeline file (at most 16 MiB)"
+expect_fail timeout 20 $DMICA plan /dev/zero
+[ $code -ne 124 ] || fail "dmica plan /dev/zero ran on"
+err_has "/dev/zero: more than 16 MiB, too large for a pipeline file"
+
 expect_fail $DMICA run does-not-exist.yaml
 err_has "does-not-exist.yaml"
 [ ! -d .dmica-cache ] || [ -z "$(ls .dmica-cache/tmp 2>/dev/null)" ] || fail "work started on a bad pipeline"

@@ -35,6 +35,9 @@ int dm_cmd_ica(int argc, char **argv);
 int dm_cmd_analyze(int argc, char **argv);
 /* `dmica top RUN_DIR --component N [--k 20] [--bottom] [--activations]` */
 int dm_cmd_top(int argc, char **argv);
+/* `dmica cache du [--cache DIR]`, `dmica cache gc [--cache DIR] [--older-than AGE]
+ * [--max-size SIZE] [--dry-run]` (cmd_cache.c) */
+int dm_cmd_cache(int argc, char **argv);
 
 /* ---- generated.c: running a pipeline a command wrote ---------------------- */
 

@@ -37,6 +37,7 @@ static void usage(FILE *f)
           "  ica                 whitening and FastICA of a .npy matrix\n"
           "  analyze             the analysis (SAE residual to ICA and report) on activations you already have\n"
           "  top                 a component's top tokens from a run folder\n"
+          "  cache du|gc         the cache's size per pipeline and node; remove what no pipeline uses\n"
           "\n"
           "`dmica COMMAND --help` describes a command's options.\n",
           f);
@@ -288,7 +289,7 @@ int main(int argc, char **argv)
     } commands[] = {
         {"stats", cmd_stats},         {"ops", cmd_ops}, {"tokenize", dm_cmd_tokenize},
         {"activations", dm_cmd_activations}, {"sae", dm_cmd_sae}, {"ica", dm_cmd_ica},
-        {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top},
+        {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top}, {"cache", dm_cmd_cache},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

@@ -107,8 +107,15 @@ void dm_signals_catch(void)
     /* SA_RESTART: system calls in progress finish, the engine stops at the next
      * chunk; SA_RESETHAND: the second signal takes the default action */
     sa.sa_flags = SA_RESTART | SA_RESETHAND;
-    sigaction(SIGINT, &sa, &dm_old_int);
-    sigaction(SIGTERM, &sa, &dm_old_term);
+    /* a signal ignored when dmica started stays ignored (the shell ignores
+     * SIGINT for a script's background jobs, nohup SIGHUP): the usual rule of
+     * programs that catch signals, as GNU sort does */
+    sigaction(SIGINT, NULL, &dm_old_int);
+    sigaction(SIGTERM, NULL, &dm_old_term);
+    if (dm_old_int.sa_handler != SIG_IGN)
+        sigaction(SIGINT, &sa, NULL);
+    if (dm_old_term.sa_handler != SIG_IGN)
+        sigaction(SIGTERM, &sa, NULL);
 }
 
 void dm_signals_restore(void)

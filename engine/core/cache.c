@@ -743,7 +743,7 @@ int dm_cache_du(const char *cache, FILE *f)
     }
     int64_t total = entries + gone.bytes + live.bytes + s.meta_bytes;
     char *h = human_bytes(total), *he = human_bytes(entries);
-    fprintf(f, "cache %s: %s (%d entries: %s)\n", cache, h, s.n, he);
+    fprintf(f, "cache %s: %s (%d %s: %s)\n", cache, h, s.n, s.n == 1 ? "entry" : "entries", he);
     free(h), free(he);
     du_row *rows = dm_xcalloc((size_t)s.nrefs + 1, sizeof *rows);
     for (int i = 0; i < s.nrefs;) {
@@ -765,7 +765,7 @@ int dm_cache_du(const char *cache, FILE *f)
         }
         qsort(rows, (size_t)nr, sizeof *rows, du_row_cmp);
         h = human_bytes(sum);
-        fprintf(f, "  pipeline %s (%d nodes): %s\n", s.refs[i].pipeline, nr, h);
+        fprintf(f, "  pipeline %s (%d node%s): %s\n", s.refs[i].pipeline, nr, nr == 1 ? "" : "s", h);
         free(h);
         for (int k = 0; k < nr; k++) {
             char *b = rows[k].bytes < 0 ? dm_xstrdup("missing") : human_bytes(rows[k].bytes);
@@ -777,13 +777,13 @@ int dm_cache_du(const char *cache, FILE *f)
     }
     free(rows);
     h = human_bytes(unref);
-    fprintf(f, "  unreferenced: %d entries, %s (no pipeline's last run uses them; `dmica cache gc` removes them)\n",
-            nunref, h);
+    fprintf(f, "  unreferenced: %d %s, %s (no pipeline's last run uses them; `dmica cache gc` removes them)\n",
+            nunref, nunref == 1 ? "entry" : "entries", h);
     free(h);
     h = human_bytes(live.bytes);
     he = human_bytes(gone.bytes);
-    fprintf(f, "  temporary: %d folders of runs in progress, %s; %d of runs that are gone, %s\n", live.count, h,
-            gone.count, he);
+    fprintf(f, "  temporary: %d %s of runs in progress, %s; %d of runs that are gone, %s\n", live.count,
+            live.count == 1 ? "folder" : "folders", h, gone.count, he);
     free(h), free(he);
     h = human_bytes(s.meta_bytes);
     fprintf(f, "  index and file hashes: %s\n", h);
@@ -876,9 +876,10 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
     if (!rc) {
         char *hr = human_bytes(removed.bytes), *ht = human_bytes(gone.bytes),
              *hk = human_bytes(kept.bytes + live.bytes + s.meta_bytes);
-        fprintf(f, "dmica cache gc: %s %d entries (%s) and %d temporary folders of runs that are gone (%s); %s %s in %d entries%s\n",
-                o->dry_run ? "would remove" : "removed", removed.count, hr, gone.count, ht,
-                o->dry_run ? "would keep" : "kept", hk, kept.count, o->dry_run ? " (--dry-run: nothing removed)" : "");
+        fprintf(f, "dmica cache gc: %s %d %s (%s) and %d temporary %s of runs that are gone (%s); %s %s in %d %s%s\n",
+                o->dry_run ? "would remove" : "removed", removed.count, removed.count == 1 ? "entry" : "entries", hr,
+                gone.count, gone.count == 1 ? "folder" : "folders", ht, o->dry_run ? "would keep" : "kept", hk,
+                kept.count, kept.count == 1 ? "entry" : "entries", o->dry_run ? " (--dry-run: nothing removed)" : "");
         free(hr), free(ht), free(hk);
     }
     scan_free(&s);

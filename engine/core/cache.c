@@ -605,6 +605,8 @@ static int entry_cmp(const void *a, const void *b) { return strcmp(((const cache
 static cache_entry *scan_find(cache_scan *s, const char *key)
 {
     cache_entry k;
+    if (!s->n)
+        return NULL;
     snprintf(k.key, sizeof k.key, "%s", key);
     return bsearch(&k, s->e, (size_t)s->n, sizeof *s->e, entry_cmp);
 }
@@ -698,7 +700,8 @@ static int scan_cache(const char *cache, cache_scan *s)
         free(ents[i]);
     }
     free(ents);
-    qsort(s->e, (size_t)s->n, sizeof *s->e, entry_cmp); /* already sorted by scandir; bsearch relies on it */
+    if (s->n) /* sorted by scandir already; scan_find's bsearch relies on it */
+        qsort(s->e, (size_t)s->n, sizeof *s->e, entry_cmp);
     if (scan_index(cache, s)) {
         scan_free(s);
         return -1;

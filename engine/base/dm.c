@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,13 +77,73 @@ const char *dm_errc_name(dm_errc code)
 
 int dm_errc_exit(dm_errc code)
 {
-    return code == DM_OK ? 0 : code == DM_E_USAGE ? 2 : code == DM_E_INTERRUPTED ? 130 : 1;
+    if (code == DM_E_INTERRUPTED)
+        return 128 + (dm_interrupted() ? dm_interrupted() : SIGINT);
+    return code == DM_OK ? 0 : code == DM_E_USAGE ? 2 : 1;
 }
 
 int dm_error_exit(void)
 {
     dm_errc code = dm_error_code();
     return code == DM_OK ? 1 : dm_errc_exit(code);
+}
+
+/* ---- interruption ------------------------------------------------------ */
+
+static volatile sig_atomic_t dm_signal_seen;
+static int dm_catch_depth;
+static struct sigaction dm_old_int, dm_old_term;
+
+static void dm_on_signal(int sig) { dm_signal_seen = sig; }
+
+void dm_signals_catch(void)
+{
+    if (dm_catch_depth++)
+        return;
+    dm_signal_seen = 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = dm_on_signal;
+    sigemptyset(&sa.sa_mask);
+    /* SA_RESTART: system calls in progress finish, the engine stops at the next
+     * chunk; SA_RESETHAND: the second signal takes the default action */
+    sa.sa_flags = SA_RESTART | SA_RESETHAND;
+    /* a signal ignored when dmica started stays ignored (the shell ignores
+     * SIGINT for a script's background jobs, nohup SIGHUP): the usual rule of
+     * programs that catch signals, as GNU sort does */
+    sigaction(SIGINT, NULL, &dm_old_int);
+    sigaction(SIGTERM, NULL, &dm_old_term);
+    if (dm_old_int.sa_handler != SIG_IGN)
+        sigaction(SIGINT, &sa, NULL);
+    if (dm_old_term.sa_handler != SIG_IGN)
+        sigaction(SIGTERM, &sa, NULL);
+}
+
+void dm_signals_restore(void)
+{
+    if (dm_catch_depth <= 0 || --dm_catch_depth)
+        return;
+    sigaction(SIGINT, &dm_old_int, NULL);
+    sigaction(SIGTERM, &dm_old_term, NULL);
+}
+
+int dm_interrupted(void) { return dm_signal_seen; }
+
+const char *dm_signal_name(int sig)
+{
+    static _Thread_local char buf[32];
+    if (sig == SIGINT)
+        return "SIGINT";
+    if (sig == SIGTERM)
+        return "SIGTERM";
+    snprintf(buf, sizeof buf, "signal %d", sig);
+    return buf;
+}
+
+int dm_check_interrupt(void)
+{
+    int sig = dm_signal_seen;
+    return sig ? dm_failc(DM_E_INTERRUPTED, "interrupted by %s", dm_signal_name(sig)) : 0;
 }
 
 void dm_warn(const char *fmt, ...)

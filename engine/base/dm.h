@@ -54,11 +54,36 @@ void dm_error_attribute(const void *subject);
 const void *dm_error_subject(void);
 /* "input", "usage", "io", "corrupt", "shape", "no memory", "interrupted", "internal". */
 const char *dm_errc_name(dm_errc code);
-/* The process exit status for a code: 2 for usage, 130 for interrupted, else 1. */
+/* The process exit status for a code: 2 for usage, 128 + the signal for
+ * interrupted (130 for SIGINT, 143 for SIGTERM; 130 when no signal was
+ * recorded), else 1. */
 int dm_errc_exit(dm_errc code);
 /* dm_errc_exit(dm_error_code()), but 1 when nothing was recorded: a command that
  * failed never exits 0. */
 int dm_error_exit(void);
+
+/* ---- interruption ------------------------------------------------------ */
+
+/*
+ * SIGINT and SIGTERM stop a run cleanly (run.c): while dm_signals_catch() is in
+ * force, a handler records the signal and does nothing else (it sets a
+ * volatile sig_atomic_t, the one async-signal-safe thing it needs; POSIX
+ * "Signal Concepts"), and the engine checks dm_interrupted() between chunks,
+ * fails with DM_E_INTERRUPTED and takes its normal error path. The handler is
+ * installed with SA_RESETHAND, so a second Ctrl-C kills at once. Calls nest:
+ * the outermost dm_signals_catch clears the recorded signal and installs the
+ * handler, the matching dm_signals_restore puts back the previous actions. The
+ * recorded signal stays readable afterwards (for the exit status).
+ */
+void dm_signals_catch(void);
+void dm_signals_restore(void);
+/* The signal recorded (SIGINT or SIGTERM), or 0. */
+int dm_interrupted(void);
+/* "SIGINT", "SIGTERM" or "signal N". */
+const char *dm_signal_name(int sig);
+/* Records DM_E_INTERRUPTED "interrupted by SIGINT" and returns -1 when a signal
+ * was recorded; returns 0 otherwise. */
+int dm_check_interrupt(void);
 
 /* Diagnostics on stderr: "dmica: warning: ...". */
 void dm_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -38,6 +38,9 @@ int dm_cmd_top(int argc, char **argv);
 /* `dmica cache verify [--cache DIR] [--remove]` (argv[0] "verify"): checks
  * every cache entry's checksums; 1 if an entry is bad. */
 int dm_cmd_cache_verify(int argc, char **argv);
+/* `dmica cache du [--cache DIR]`, `dmica cache gc [--cache DIR] [--older-than AGE]
+ * [--max-size SIZE] [--dry-run]` (cmd_cache.c) */
+int dm_cmd_cache(int argc, char **argv);
 
 /* ---- generated.c: running a pipeline a command wrote ---------------------- */
 

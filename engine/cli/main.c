@@ -37,6 +37,8 @@ static void usage(FILE *f)
           "  ica                 whitening and FastICA of a .npy matrix\n"
           "  analyze             the analysis (SAE residual to ICA and report) on activations you already have\n"
           "  top                 a component's top tokens from a run folder\n"
+          "  cache du|gc|verify  the cache's size per pipeline and node; remove what no pipeline uses;\n"
+          "                      check every cached file's checksum\n"
           "\n"
           "`dmica COMMAND --help` describes a command's options.\n",
           f);
@@ -298,15 +300,13 @@ int main(int argc, char **argv)
         return cmd_run_like(argc - 1, argv + 1, &run_cmds[1], 1, 0);
     if (!strcmp(cmd, "demo"))
         return cmd_run_like(argc - 1, argv + 1, &run_cmds[2], 0, 1);
-    if (!strcmp(cmd, "cache") && argc > 2 && !strcmp(argv[2], "verify")) /* i11-checks: the lead wires `cache` */
-        return dm_cmd_cache_verify(argc - 2, argv + 2);
     static const struct {
         const char *name;
         int (*fn)(int, char **);
     } commands[] = {
         {"stats", cmd_stats},         {"ops", cmd_ops}, {"tokenize", dm_cmd_tokenize},
         {"activations", dm_cmd_activations}, {"sae", dm_cmd_sae}, {"ica", dm_cmd_ica},
-        {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top},
+        {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top}, {"cache", dm_cmd_cache},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

@@ -19,8 +19,10 @@
  *   CACHE/<key>/<port>.npy   tensor outputs
  *   CACHE/<key>/...          product files (stats.json, ...)
  *
- * An entry is built in CACHE/tmp/<key>.<pid>.<node index> and renamed into
- * place when the node succeeds, so an entry that exists is complete.
+ * An entry is built in CACHE/tmp/<key>.<pid>.<start>.<node index> and renamed
+ * into place when the node succeeds, so an entry that exists is complete; the
+ * pid and its start time let a later run remove the folders of a process that
+ * was killed (see "temporary folders" below).
  * CACHE/index/<pipeline>/<node> keeps the material of the node's last run, to
  * say why a node is stale, and CACHE/filehash/ memoises the content identity of
  * input files (fs.c). This file owns that layout: every path under CACHE is
@@ -29,9 +31,12 @@
 #include "engine.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <jansson.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +45,8 @@
 
 #include "fs.h"
 #include "spill.h"
+
+static const char *tmp_owner_tag(void);
 
 char *dm_cache_dir(const char *given, const char *pipeline)
 {
@@ -64,13 +71,18 @@ int dm_cache_prepare(const dm_graph *g)
     char *tmp = dm_xasprintf("%s/tmp", g->cache);
     int rc = dm_mkdir_p(tmp);
     free(tmp);
+    /* what killed runs left (their processes are gone): a failure to remove it
+     * does not stop this run */
+    if (!rc && dm_cache_clean_tmp(g->cache))
+        dm_warn("cleaning %s/tmp: %s", g->cache, dm_error());
     return rc;
 }
 
 char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n)
 {
-    /* the node's index too: two nodes may share a key (the same computation twice) */
-    return dm_xasprintf("%s/tmp/%s.%d.%d", g->cache, n->key, (int)getpid(), n->index);
+    /* the node's index too: two nodes may share a key (the same computation
+     * twice); the pid and its start time say whose it is (dm_cache_clean_tmp) */
+    return dm_xasprintf("%s/tmp/%s.%s.%d", g->cache, n->key, tmp_owner_tag(), n->index);
 }
 
 json_t *dm_cache_entry_json(const dm_graph *g, const char *key)
@@ -169,6 +181,13 @@ static int path_identity(const char *path, const char *memo, char out[33])
     return rc;
 }
 
+/* A key: XXH3-128 of the material, as 32 hex digits. */
+static void key_of_material(const char *material, size_t len, char out[33])
+{
+    XXH128_hash_t h = XXH3_128bits(material, len);
+    snprintf(out, 33, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
+}
+
 static int compute_key(dm_graph *g, dm_node *n)
 {
     dm_strbuf b = DM_STRBUF_INIT;
@@ -193,8 +212,7 @@ static int compute_key(dm_graph *g, dm_node *n)
                    n->in[k].src->outs[n->in[k].port].name);
     if (has_stream_output(n))
         dm_strbuf_addf(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
-    XXH128_hash_t h = XXH3_128bits(b.s, b.len);
-    snprintf(n->key, sizeof n->key, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
+    key_of_material(b.s, b.len, n->key);
     free(n->material);
     n->material = b.s;
     return 0;
@@ -510,4 +528,509 @@ int dm_cache_verify(const char *cache, int remove, dm_cache_report_fn report, vo
         free(ents[i]);
     free(ents);
     return rc ? -1 : nbad;
+}
+
+/* ---- temporary folders, disk use, garbage collection ----------------------
+ *
+ * A temporary folder is CACHE/tmp/<key>.<pid>.<start>.<suffix>, where start is
+ * the start time of process pid (field 22 of /proc/PID/stat, clock ticks since
+ * boot; proc(5)). A pid is reused once its process is gone, a (pid, start
+ * time) pair is not, so a folder whose pair names no live process belongs to a
+ * run that was killed (SIGKILL, a power cut) and can go, and a live run's
+ * folder is never taken: every run removes the dead ones before it starts
+ * (dm_cache_prepare), and `dmica cache gc` does too. The check sees this
+ * machine's processes only (one pid namespace): two machines that share a
+ * cache folder over a network file system must not run at once.
+ *
+ * `dmica cache du` and `gc` read the entries (CACHE/<32 hex digits>) and
+ * CACHE/index/<pipeline>/<node>, whose material hashes to the key of the
+ * node's last run (key_of_material). An entry's age is the mtime of its folder:
+ * set when it was made and again by every run that uses it (dm_cache_touch).
+ */
+
+/* The start time of process pid: 1 and *start when it runs, 0 when there is no
+ * such process, -1 when this system cannot say (no /proc). */
+static int proc_start_time(long pid, unsigned long long *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return errno == ENOENT ? (access("/proc/self/stat", R_OK) ? -1 : 0) : -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    /* field 2 is the command name in parentheses, which may hold spaces and
+     * parentheses itself: count fields from the last ')' (field 3 on) */
+    char *p = strrchr(buf, ')');
+    if (!p)
+        return -1;
+    p++;
+    for (int field = 3; field < 22; field++) {
+        while (*p == ' ')
+            p++;
+        while (*p && *p != ' ')
+            p++;
+    }
+    char *end;
+    *start = strtoull(p, &end, 10);
+    return end == p ? -1 : 1;
+}
+
+/* "<pid>.<start>" of this process (recomputed after a fork). */
+static const char *tmp_owner_tag(void)
+{
+    static char tag[48];
+    static long tag_pid;
+    long pid = (long)getpid();
+    if (tag_pid != pid) {
+        unsigned long long start = 0;
+        if (proc_start_time(pid, &start) != 1)
+            start = 0;
+        snprintf(tag, sizeof tag, "%ld.%llu", pid, start);
+        tag_pid = pid;
+    }
+    return tag;
+}
+
+/* 1 when the process that made temporary folder `name` is gone; 0 when it may
+ * run (alive, or a name this version did not make: left alone). *pid gets its
+ * pid (0 if none). Names are "<key>.<pid>.<start>.<suffix>", or
+ * "<key>.<pid>.<index>" from before start times were recorded (judged by pid). */
+static int tmp_owner_gone(const char *name, long *pid)
+{
+    *pid = 0;
+    const char *dot = strchr(name, '.');
+    if (!dot || dot - name != 32)
+        return 0;
+    char *end;
+    long p = strtol(dot + 1, &end, 10);
+    if (end == dot + 1 || *end != '.' || p <= 0)
+        return 0;
+    const char *a = end + 1;
+    unsigned long long start = strtoull(a, &end, 10);
+    if (end == a || (*end && *end != '.'))
+        return 0;
+    *pid = p;
+    int new_form = *end == '.' && end[1];
+    unsigned long long now_start;
+    int r = proc_start_time(p, &now_start);
+    if (r < 0 || !new_form || start == 0) /* by pid alone */
+        return kill((pid_t)p, 0) < 0 && errno == ESRCH;
+    return r == 0 || now_start != start;
+}
+
+/* Bytes on disk under path (du's count: allocated blocks), not following links. */
+static int64_t path_bytes(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st))
+        return 0;
+    int64_t sum = (int64_t)st.st_blocks * 512;
+    if (!S_ISDIR(st.st_mode))
+        return sum;
+    DIR *d = opendir(path);
+    if (!d)
+        return sum;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char *sub = dm_xasprintf("%s/%s", path, e->d_name);
+        sum += path_bytes(sub);
+        free(sub);
+    }
+    closedir(d);
+    return sum;
+}
+
+/* "12.0 MiB" (malloc'd). */
+static char *human_bytes(int64_t b)
+{
+    static const char *units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+    if (b < 1024)
+        return dm_xasprintf("%lld B", (long long)b);
+    double v = (double)b / 1024;
+    int u = 0;
+    while (v >= 1024 && u < 4)
+        v /= 1024, u++;
+    return dm_xasprintf("%.1f %s", v, units[u]);
+}
+
+/* "3.2 days" (malloc'd). */
+static char *human_age(double s)
+{
+    if (s < 120)
+        return dm_xasprintf("%.0f s", s < 0 ? 0 : s);
+    if (s < 7200)
+        return dm_xasprintf("%.0f min", s / 60);
+    if (s < 2 * 86400)
+        return dm_xasprintf("%.1f h", s / 3600);
+    return dm_xasprintf("%.1f days", s / 86400);
+}
+
+typedef struct {
+    int count;
+    int64_t bytes;
+} tally;
+
+/* Temporary folders: those whose process is gone are removed (unless dry_run)
+ * and counted in *gone, the others in *live. Lines for the removed ones go to
+ * report (NULL: none). */
+static int sweep_tmp(const char *cache, int dry_run, FILE *report, tally *gone, tally *live)
+{
+    char *tmp = dm_xasprintf("%s/tmp", cache);
+    struct dirent **ents;
+    int n = scandir(tmp, &ents, NULL, alphasort), rc = 0;
+    if (n < 0) {
+        rc = errno == ENOENT ? 0 : dm_failc(DM_E_IO, "%s: cannot list folder: %s", tmp, strerror(errno));
+        free(tmp);
+        return rc;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *name = ents[i]->d_name;
+        long pid;
+        if (strcmp(name, ".") && strcmp(name, "..")) {
+            char *path = dm_xasprintf("%s/%s", tmp, name);
+            int64_t bytes = gone || live || report ? path_bytes(path) : 0;
+            if (tmp_owner_gone(name, &pid)) {
+                if (report) {
+                    char *h = human_bytes(bytes);
+                    fprintf(report, "%s tmp/%s  %s  (its run, pid %ld, is gone)\n",
+                            dry_run ? "would remove" : "removed", name, h, pid);
+                    free(h);
+                }
+                if (!dry_run && dm_rm_rf(path) && !rc)
+                    rc = -1;
+                if (gone)
+                    gone->count++, gone->bytes += bytes;
+            } else if (live) {
+                live->count++, live->bytes += bytes;
+            }
+            free(path);
+        }
+        free(ents[i]);
+    }
+    free(ents);
+    free(tmp);
+    return rc;
+}
+
+int dm_cache_clean_tmp(const char *cache) { return sweep_tmp(cache, 0, NULL, NULL, NULL); }
+
+void dm_cache_touch(const dm_graph *g, const char *key)
+{
+    char *e = dm_cache_entry(g, key);
+    utimensat(AT_FDCWD, e, NULL, 0); /* best effort: a read-only cache still runs */
+    free(e);
+}
+
+typedef struct {
+    char key[33];
+    int64_t bytes;
+    time_t used; /* made or last used */
+    int refs;    /* index records naming it */
+    int victim;
+    const char *why;
+} cache_entry;
+
+typedef struct {
+    char *pipeline, *node, key[33];
+} cache_ref;
+
+typedef struct {
+    cache_entry *e;
+    int n;
+    cache_ref *refs;
+    int nrefs;
+    int64_t meta_bytes; /* index/, filehash/ and anything else that is not an entry or tmp/ */
+} cache_scan;
+
+static int entry_cmp(const void *a, const void *b) { return strcmp(((const cache_entry *)a)->key, ((const cache_entry *)b)->key); }
+
+static cache_entry *scan_find(cache_scan *s, const char *key)
+{
+    cache_entry k;
+    if (!s->n)
+        return NULL;
+    snprintf(k.key, sizeof k.key, "%s", key);
+    return bsearch(&k, s->e, (size_t)s->n, sizeof *s->e, entry_cmp);
+}
+
+static void scan_free(cache_scan *s)
+{
+    for (int i = 0; i < s->nrefs; i++)
+        free(s->refs[i].pipeline), free(s->refs[i].node);
+    free(s->refs);
+    free(s->e);
+}
+
+/* The index: every CACHE/index/<pipeline>/<node> record, with its key. */
+static int scan_index(const char *cache, cache_scan *s)
+{
+    char *index = dm_xasprintf("%s/index", cache);
+    struct dirent **pipes;
+    int np = scandir(index, &pipes, NULL, alphasort), rc = 0;
+    if (np < 0) {
+        rc = errno == ENOENT ? 0 : dm_failc(DM_E_IO, "%s: cannot list folder: %s", index, strerror(errno));
+        free(index);
+        return rc;
+    }
+    for (int i = 0; i < np; i++) {
+        char *pdir = dm_xasprintf("%s/%s", index, pipes[i]->d_name);
+        struct dirent **nodes;
+        int nn = pipes[i]->d_name[0] == '.' ? -1 : scandir(pdir, &nodes, NULL, alphasort);
+        for (int j = 0; j < nn; j++) {
+            char *f = dm_xasprintf("%s/%s", pdir, nodes[j]->d_name);
+            struct stat st;
+            /* skip a half-written record (dm_write_file_atomic's "<path>.tmp.<pid>") */
+            if (nodes[j]->d_name[0] != '.' && !strstr(nodes[j]->d_name, ".tmp.") && !stat(f, &st) &&
+                S_ISREG(st.st_mode)) {
+                size_t len;
+                char *material = dm_read_file(f, &len);
+                if (material) {
+                    s->refs = dm_xrealloc(s->refs, (size_t)(s->nrefs + 1) * sizeof *s->refs);
+                    cache_ref *r = &s->refs[s->nrefs++];
+                    r->pipeline = dm_xstrdup(pipes[i]->d_name);
+                    r->node = dm_xstrdup(nodes[j]->d_name);
+                    key_of_material(material, len, r->key);
+                    free(material);
+                }
+            }
+            free(f);
+            free(nodes[j]);
+        }
+        if (nn >= 0)
+            free(nodes);
+        free(pdir);
+        free(pipes[i]);
+    }
+    free(pipes);
+    free(index);
+    return rc;
+}
+
+/* Reads the cache folder: its entries with sizes and ages, and the index. */
+static int scan_cache(const char *cache, cache_scan *s)
+{
+    memset(s, 0, sizeof *s);
+    struct stat st;
+    if (stat(cache, &st))
+        return dm_failc(DM_E_IO, "%s: no cache folder here: %s", cache, strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return dm_fail("%s is not a folder (give the cache folder with --cache)", cache);
+    char *index = dm_xasprintf("%s/index", cache), *tmp = dm_xasprintf("%s/tmp", cache);
+    int looks = dm_file_exists(index) || dm_file_exists(tmp);
+    free(index), free(tmp);
+    if (!looks)
+        return dm_fail("%s is not a dmica cache (it has no index/ or tmp/ folder)", cache);
+    struct dirent **ents;
+    int n = scandir(cache, &ents, NULL, alphasort);
+    if (n < 0)
+        return dm_failc(DM_E_IO, "%s: cannot list folder: %s", cache, strerror(errno));
+    for (int i = 0; i < n; i++) {
+        const char *name = ents[i]->d_name;
+        char *path = dm_xasprintf("%s/%s", cache, name);
+        if (!strcmp(name, ".") || !strcmp(name, "..") || !strcmp(name, "tmp")) {
+        } else if (is_key_name(name) && !stat(path, &st) && S_ISDIR(st.st_mode)) {
+            s->e = dm_xrealloc(s->e, (size_t)(s->n + 1) * sizeof *s->e);
+            cache_entry *e = &s->e[s->n++];
+            memset(e, 0, sizeof *e);
+            snprintf(e->key, sizeof e->key, "%s", name);
+            e->bytes = path_bytes(path);
+            e->used = st.st_mtime;
+        } else {
+            s->meta_bytes += path_bytes(path);
+        }
+        free(path);
+        free(ents[i]);
+    }
+    free(ents);
+    if (s->n) /* sorted by scandir already; scan_find's bsearch relies on it */
+        qsort(s->e, (size_t)s->n, sizeof *s->e, entry_cmp);
+    if (scan_index(cache, s)) {
+        scan_free(s);
+        return -1;
+    }
+    for (int i = 0; i < s->nrefs; i++) {
+        cache_entry *e = scan_find(s, s->refs[i].key);
+        if (e)
+            e->refs++;
+    }
+    return 0;
+}
+
+typedef struct {
+    const cache_ref *ref;
+    int64_t bytes; /* -1: its entry is gone */
+} du_row;
+
+static int du_row_cmp(const void *a, const void *b)
+{
+    const du_row *x = a, *y = b;
+    if (x->bytes != y->bytes)
+        return x->bytes < y->bytes ? 1 : -1;
+    return strcmp(x->ref->node, y->ref->node);
+}
+
+int dm_cache_du(const char *cache, FILE *f)
+{
+    cache_scan s;
+    if (scan_cache(cache, &s))
+        return -1;
+    tally gone = {0}, live = {0};
+    if (sweep_tmp(cache, 1, NULL, &gone, &live)) {
+        scan_free(&s);
+        return -1;
+    }
+    int64_t entries = 0, unref = 0;
+    int nunref = 0;
+    for (int i = 0; i < s.n; i++) {
+        entries += s.e[i].bytes;
+        if (!s.e[i].refs)
+            unref += s.e[i].bytes, nunref++;
+    }
+    int64_t total = entries + gone.bytes + live.bytes + s.meta_bytes;
+    char *h = human_bytes(total), *he = human_bytes(entries);
+    fprintf(f, "cache %s: %s (%d %s: %s)\n", cache, h, s.n, s.n == 1 ? "entry" : "entries", he);
+    free(h), free(he);
+    du_row *rows = dm_xcalloc((size_t)s.nrefs + 1, sizeof *rows);
+    for (int i = 0; i < s.nrefs;) {
+        int j = i, nr = 0, w = 4;
+        int64_t sum = 0;
+        for (; j < s.nrefs && !strcmp(s.refs[j].pipeline, s.refs[i].pipeline); j++) {
+            cache_entry *e = scan_find(&s, s.refs[j].key);
+            rows[nr].ref = &s.refs[j];
+            rows[nr].bytes = e ? e->bytes : -1;
+            /* two nodes of one pipeline may share an entry: count it once */
+            int dup = 0;
+            for (int k = i; k < j && e; k++)
+                dup |= !strcmp(s.refs[k].key, s.refs[j].key);
+            if (e && !dup)
+                sum += e->bytes;
+            if ((int)strlen(s.refs[j].node) > w)
+                w = (int)strlen(s.refs[j].node);
+            nr++;
+        }
+        qsort(rows, (size_t)nr, sizeof *rows, du_row_cmp);
+        h = human_bytes(sum);
+        fprintf(f, "  pipeline %s (%d node%s): %s\n", s.refs[i].pipeline, nr, nr == 1 ? "" : "s", h);
+        free(h);
+        for (int k = 0; k < nr; k++) {
+            char *b = rows[k].bytes < 0 ? dm_xstrdup("missing") : human_bytes(rows[k].bytes);
+            fprintf(f, "    %-*s  %10s  %.12s%s\n", w, rows[k].ref->node, b, rows[k].ref->key,
+                    rows[k].bytes < 0 ? "  (its entry was removed; the node reruns)" : "");
+            free(b);
+        }
+        i = j;
+    }
+    free(rows);
+    h = human_bytes(unref);
+    fprintf(f, "  unreferenced: %d %s, %s (no pipeline's last run uses them; `dmica cache gc` removes them)\n",
+            nunref, nunref == 1 ? "entry" : "entries", h);
+    free(h);
+    h = human_bytes(live.bytes);
+    he = human_bytes(gone.bytes);
+    fprintf(f, "  temporary: %d %s of runs in progress, %s; %d of runs that are gone, %s\n", live.count,
+            live.count == 1 ? "folder" : "folders", h, gone.count, he);
+    free(h), free(he);
+    h = human_bytes(s.meta_bytes);
+    fprintf(f, "  index and file hashes: %s\n", h);
+    free(h);
+    scan_free(&s);
+    return 0;
+}
+
+static int used_cmp(const void *a, const void *b)
+{
+    const cache_entry *x = *(cache_entry *const *)a, *y = *(cache_entry *const *)b;
+    return x->used != y->used ? (x->used < y->used ? -1 : 1) : strcmp(x->key, y->key);
+}
+
+/* Removes an entry: renamed into tmp/ under this process's name first, so an
+ * entry is either whole or gone, and a removal cut short is a temporary folder
+ * that the next run sweeps. */
+static int remove_entry(const char *cache, const char *key)
+{
+    char *path = dm_xasprintf("%s/%s", cache, key);
+    char *aside = dm_xasprintf("%s/tmp/%s.%s.gc", cache, key, tmp_owner_tag());
+    int rc = 0;
+    if (rename(path, aside)) {
+        if (errno != ENOENT)
+            rc = dm_failc(DM_E_IO, "%s: cannot move it to %s: %s", path, aside, strerror(errno));
+    } else {
+        rc = dm_rm_rf(aside);
+    }
+    free(path), free(aside);
+    return rc;
+}
+
+int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
+{
+    cache_scan s;
+    if (scan_cache(cache, &s))
+        return -1;
+    char *tmp = dm_xasprintf("%s/tmp", cache);
+    int rc = dm_mkdir_p(tmp);
+    free(tmp);
+    if (rc) {
+        scan_free(&s);
+        return -1;
+    }
+    time_t now = time(NULL);
+    int by_rule = o->older_than >= 0 || o->max_size >= 0;
+    for (int i = 0; i < s.n; i++) {
+        cache_entry *e = &s.e[i];
+        if (!by_rule && !e->refs) {
+            e->victim = 1;
+            e->why = "no pipeline's last run uses it";
+        } else if (o->older_than >= 0 && difftime(now, e->used) > o->older_than) {
+            e->victim = 1;
+            e->why = "not used for longer than --older-than";
+        }
+    }
+    if (o->max_size >= 0) {
+        cache_entry **by_age = dm_xcalloc((size_t)s.n + 1, sizeof *by_age);
+        int64_t kept = 0;
+        for (int i = 0; i < s.n; i++) {
+            by_age[i] = &s.e[i];
+            kept += s.e[i].victim ? 0 : s.e[i].bytes;
+        }
+        qsort(by_age, (size_t)s.n, sizeof *by_age, used_cmp);
+        for (int i = 0; i < s.n && kept > o->max_size; i++)
+            if (!by_age[i]->victim) {
+                by_age[i]->victim = 1;
+                by_age[i]->why = "least recently used, over --max-size";
+                kept -= by_age[i]->bytes;
+            }
+        free(by_age);
+    }
+    tally removed = {0}, kept = {0};
+    for (int i = 0; i < s.n && !rc; i++) {
+        cache_entry *e = &s.e[i];
+        if (!e->victim) {
+            kept.count++, kept.bytes += e->bytes;
+            continue;
+        }
+        char *h = human_bytes(e->bytes), *age = human_age(difftime(now, e->used));
+        fprintf(f, "%s %s  %s  last used %s ago: %s\n", o->dry_run ? "would remove" : "removed", e->key, h, age, e->why);
+        free(h), free(age);
+        if (!o->dry_run)
+            rc = remove_entry(cache, e->key);
+        removed.count++, removed.bytes += e->bytes;
+    }
+    tally gone = {0}, live = {0};
+    if (!rc)
+        rc = sweep_tmp(cache, o->dry_run, f, &gone, &live);
+    if (!rc) {
+        char *hr = human_bytes(removed.bytes), *ht = human_bytes(gone.bytes),
+             *hk = human_bytes(kept.bytes + live.bytes + s.meta_bytes);
+        fprintf(f, "dmica cache gc: %s %d %s (%s) and %d temporary %s of runs that are gone (%s); %s %s in %d %s%s\n",
+                o->dry_run ? "would remove" : "removed", removed.count, removed.count == 1 ? "entry" : "entries", hr,
+                gone.count, gone.count == 1 ? "folder" : "folders", ht, o->dry_run ? "would keep" : "kept", hk,
+                kept.count, kept.count == 1 ? "entry" : "entries", o->dry_run ? " (--dry-run: nothing removed)" : "");
+        free(hr), free(ht), free(hk);
+    }
+    scan_free(&s);
+    return rc;
 }

@@ -179,7 +179,8 @@ char *dm_cache_tensor_file(const char *entry_dir, const char *port); /* a tensor
 /* An entry's node.json (what it holds), or NULL when there is none. */
 json_t *dm_cache_entry_json(const dm_graph *g, const char *key);
 int dm_cache_invalidate(const dm_graph *g, const char *key);
-/* Creates CACHE/tmp, where nodes build their entries. */
+/* Creates CACHE/tmp, where nodes build their entries, and removes the
+ * temporary folders of runs whose process is gone (dm_cache_clean_tmp). */
 int dm_cache_prepare(const dm_graph *g);
 /* The folder in which node n builds its entry (its dm_node_dir). */
 char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n);
@@ -207,6 +208,27 @@ int dm_cache_check_file(const char *entry_dir, const json_t *entry, const char *
 typedef void (*dm_cache_report_fn)(void *arg, const char *key, const char *node, const char *file,
                                    const char *problem);
 int dm_cache_verify(const char *cache, int remove, dm_cache_report_fn report, void *arg, int *nchecked);
+/* Temporary folders, disk use and garbage collection (cache.c). A temporary
+ * folder's name holds its process's pid and start time; these functions remove
+ * one only when no live process has that pid with that start time. */
+/* Removes the temporary folders in CACHE/tmp of processes that are gone. */
+int dm_cache_clean_tmp(const char *cache);
+/* Marks entry `key` as used now (its folder's mtime), the age `cache gc` reads. */
+void dm_cache_touch(const dm_graph *g, const char *key);
+/* `dmica cache du`: the cache's size, per pipeline and node (from CACHE/index),
+ * entries no pipeline's last run uses, temporary folders, on f. */
+int dm_cache_du(const char *cache, FILE *f);
+typedef struct {
+    double older_than; /* seconds; < 0: not given */
+    int64_t max_size;  /* bytes; < 0: not given */
+    int dry_run;
+} dm_cache_gc_opts;
+/* `dmica cache gc`: with neither older_than nor max_size, removes the entries
+ * no index record names; else those not used for older_than seconds, and the
+ * least recently used until the entries hold max_size bytes at most. Always
+ * removes the temporary folders of processes that are gone. Says what it
+ * removes (or would, with dry_run) on f. */
+int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f);
 
 /* progress.c */
 typedef struct dm_progress dm_progress;

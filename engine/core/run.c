@@ -42,6 +42,13 @@
  * entry recorded (cache.c), invalidates its entry, and the run is planned again
  * (the producer reruns).
  *
+ * SIGINT and SIGTERM (dm_signals_catch, dm.h) stop a run at the next chunk, or
+ * between the phases of a group: the run fails with DM_E_INTERRUPTED and takes
+ * the same error path, so the temporary folders go and the entries of groups
+ * that finished stay; the command exits 130 or 143. A run killed outright
+ * (SIGKILL) leaves its temporary folders, which the next run removes
+ * (dm_cache_prepare) once their process is gone.
+ *
  * The state of a run lives in a dm_run_ctx that the graph holds while dm_run
  * runs: graphs run one after another, or one inside a callback of another,
  * share nothing.
@@ -66,6 +73,8 @@ struct dm_run_ctx {
     int group;             /* the group running, -1 between groups */
     int64_t spilled_bytes; /* stored bytes of the spills closed so far */
     dm_node *unreadable;   /* the producer of a spill that could not be replayed */
+    char *stopped_in;      /* the label of the group a signal stopped */
+    int committed;         /* nodes whose entries this run made */
 };
 
 typedef struct {
@@ -692,7 +701,7 @@ static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
             break;
         for (int j = 0; j < G->ndrivers && !rc; j++)
             rc = dm_emit(G->drivers[j].src, G->drivers[j].port, &G->drivers[j].buf);
-        if (rc)
+        if (rc || (rc = dm_check_interrupt()))
             break;
         done += G->drivers[0].buf.rows;
         dm_progress_update(pr, done, group_spilled_bytes(ctx, G));
@@ -764,7 +773,7 @@ static int drive(dm_run_ctx *ctx, group *G)
             return -1;
         if (!more)
             return 0;
-        if (rewind_drivers(ctx->g, G))
+        if (dm_check_interrupt() || rewind_drivers(ctx->g, G))
             return -1;
     }
 }
@@ -887,11 +896,14 @@ static void close_group(group *G, int failed)
 static int run_group_phases(dm_run_ctx *ctx, group *G)
 {
     dm_graph *g = ctx->g;
-    if (open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) || size_chunks(g, G))
+    /* a signal is looked at between the phases that may take long (open()
+     * loads weights, finish() may iterate), and between chunks (stream_pass) */
+    if (dm_check_interrupt() || open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) ||
+        size_chunks(g, G))
         return -1;
-    if (open_members(g, G) || open_sources(g, G))
+    if (open_members(g, G) || open_sources(g, G) || dm_check_interrupt())
         return -1;
-    if (drive(ctx, G) || finish_members(G) || commit_members(ctx, G))
+    if (drive(ctx, G) || dm_check_interrupt() || finish_members(G) || commit_members(ctx, G))
         return -1;
     return 0;
 }
@@ -902,6 +914,10 @@ static int run_group(dm_run_ctx *ctx, group *G, int gi)
     int rc = run_group_phases(ctx, G);
     close_group(G, rc != 0);
     ctx->group = -1;
+    if (rc && dm_interrupted() && !ctx->stopped_in)
+        ctx->stopped_in = dm_xstrdup(G->label);
+    for (int i = 0; i < G->nmembers && !rc; i++)
+        ctx->committed += G->members[i]->run;
     return rc;
 }
 
@@ -1037,29 +1053,62 @@ static int run_attempt(dm_run_ctx *ctx)
     return rc ? rc : publish_products(g);
 }
 
-int dm_run(dm_graph *g)
+/* The error of a run a signal stopped: whatever the signal cut short (a
+ * callback, a write) failed because of it. */
+static int interrupted_error(dm_run_ctx *ctx)
 {
-    dm_run_ctx ctx = {.g = g, .group = -1};
-    g->run = &ctx;
+    dm_strbuf b = DM_STRBUF_INIT;
+    dm_strbuf_addf(&b, "interrupted by %s", dm_signal_name(dm_interrupted()));
+    if (ctx->stopped_in)
+        dm_strbuf_addf(&b, " while running node%s %s", strchr(ctx->stopped_in, ',') ? "s" : "", ctx->stopped_in);
+    dm_strbuf_addf(&b, "; its temporary files are removed");
+    if (ctx->committed)
+        dm_strbuf_addf(&b, ", and the %d node%s that finished %s cached: running again continues from there",
+                       ctx->committed, ctx->committed == 1 ? "" : "s", ctx->committed == 1 ? "is" : "are");
+    dm_failc(DM_E_INTERRUPTED, "%s", b.s);
+    free(b.s);
+    return -1;
+}
+
+static int run_attempts(dm_graph *g, dm_run_ctx *ctx)
+{
     int rc;
     for (int attempt = 0;; attempt++) {
-        ctx.spilled_bytes = 0;
-        ctx.unreadable = NULL;
-        rc = run_attempt(&ctx);
-        if (!rc || !ctx.unreadable || attempt >= 2)
+        ctx->spilled_bytes = 0;
+        ctx->unreadable = NULL;
+        rc = run_attempt(ctx);
+        if (!rc || !ctx->unreadable || attempt >= 2 || dm_interrupted())
             break;
         /* a spill that cannot be replayed: recompute its producer */
-        dm_warn("%s; recomputing node '%s'", dm_error(), ctx.unreadable->decl->name);
-        dm_cache_invalidate(g, ctx.unreadable->key);
+        dm_warn("%s; recomputing node '%s'", dm_error(), ctx->unreadable->decl->name);
+        dm_cache_invalidate(g, ctx->unreadable->key);
         for (int i = 0; i < g->nnodes; i++)
             for (int k = 0; k < g->nodes[i]->nout; k++)
                 dm_tensor_free(&g->nodes[i]->outtensor[k]);
     }
+    return rc;
+}
+
+int dm_run(dm_graph *g)
+{
+    dm_run_ctx ctx = {.g = g, .group = -1};
+    g->run = &ctx;
+    dm_signals_catch();
+    int rc = run_attempts(g, &ctx);
+    if (!rc)
+        rc = dm_check_interrupt();
+    if (rc && dm_interrupted())
+        interrupted_error(&ctx);
+    free(ctx.stopped_in);
     g->run = NULL;
-    if (rc)
-        return -1;
-    g->ran = 1;
-    return 0;
+    if (!rc) {
+        g->ran = 1;
+        /* every entry this run used is young again for `dmica cache gc --older-than` */
+        for (int i = 0; i < g->nnodes && !g->ephemeral; i++)
+            dm_cache_touch(g, g->nodes[i]->key);
+    }
+    dm_signals_restore();
+    return rc;
 }
 
 char *dm_yaml_quote(const char *s)

@@ -116,7 +116,7 @@ expect_fail $DMICA cache du --cache c extra
 err_has "unexpected argument 'extra'"
 expect_fail $DMICA cache
 [ $code = 2 ] || fail "dmica cache: exit $code, expected 2"
-err_has "say du or gc"
+err_has "say du, gc or verify"
 expect_fail $DMICA cache frob
 err_has "unknown subcommand 'frob'"
 expect_fail $DMICA cache du --cache nosuch

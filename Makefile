@@ -143,6 +143,67 @@ test: all
 	$(MAKE) test-unit
 	$(MAKE) test-cli
 	$(MAKE) test-san
+	$(MAKE) fuzz-replay
+
+# Fuzzing (docs/fuzzing.md): tests/fuzz/NAME.c is a libFuzzer harness of one
+# parser of user files. `make fuzz` builds each with clang (the library again,
+# into build/fuzz/, with -fsanitize=fuzzer-no-link,address,undefined) and runs it
+# for FUZZ_SECONDS (FUZZERS=name picks some); new inputs go to build/fuzz/corpus/,
+# crashes to build/fuzz/crashes/. `make fuzz-replay` (in `make test`) runs every
+# harness once on each file of tests/fuzz/corpus/NAME and tests/fuzz/crashes/NAME
+# through tests/fuzz/replay.c, built with $(CC) and the test-san build's ASan/UBSan
+# library: no clang needed, a few seconds.
+FUZZERS      ?= npy safetensors sae_cfg pipeline spill node_json tokenizer_files tokenizer_encode corpus
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS  := $(filter-out $(OPT),$(CFLAGS)) -O1 -Wno-unknown-warning-option -Wno-unknown-pragmas -Wno-pass-failed $(FUZZ_SAN)
+FUZZ_DEFS    := -Itests/fuzz -DDM_FUZZ_SRCDIR='"$(CURDIR)"'
+FUZZ_LIBOBJ  := $(LIBSRC:%.c=build/fuzz/%.o)
+.PHONY: fuzz fuzz-build fuzz-replay fuzz-replay-run
+
+build/fuzz/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(call layer_inc,$<) -MMD -MP -c $< -o $@
+
+# clang 14 has no "f16c" for __builtin_cpu_supports: the CPU-feature probe is
+# built by $(CC), uninstrumented (it reads no input).
+build/fuzz/engine/base/compute.o: engine/base/compute.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(call layer_inc,$<) -MMD -MP -c $< -o $@
+
+build/fuzz/libdmica.a: $(FUZZ_LIBOBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+build/fuzz/bin/%: tests/fuzz/%.c tests/fuzz/fuzz.c tests/fuzz/fuzz.h build/fuzz/libdmica.a
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(INC_all) $(FUZZ_DEFS) -o $@ tests/fuzz/$*.c tests/fuzz/fuzz.c \
+		build/fuzz/libdmica.a $(LDLIBS)
+
+fuzz-build: $(FUZZERS:%=build/fuzz/bin/%)
+
+fuzz: fuzz-build
+	@set -e; for f in $(FUZZERS); do \
+		echo "== fuzz $$f for $(FUZZ_SECONDS) s"; \
+		mkdir -p build/fuzz/corpus/$$f build/fuzz/crashes/$$f build/fuzz/tmp; \
+		TMPDIR=$(CURDIR)/build/fuzz/tmp build/fuzz/bin/$$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 \
+			-print_final_stats=1 -artifact_prefix=build/fuzz/crashes/$$f/ \
+			$$( [ -f tests/fuzz/$$f.dict ] && echo -dict=tests/fuzz/$$f.dict ) \
+			build/fuzz/corpus/$$f tests/fuzz/corpus/$$f; \
+		rm -rf build/fuzz/tmp; done
+
+$(BUILD)/fuzz-replay/%: tests/fuzz/%.c tests/fuzz/fuzz.c tests/fuzz/fuzz.h tests/fuzz/replay.c $(BUILD)/libdmica.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(INC_all) $(FUZZ_DEFS) $(LDFLAGS) -o $@ tests/fuzz/$*.c tests/fuzz/fuzz.c tests/fuzz/replay.c \
+		$(BUILD)/libdmica.a $(LDLIBS)
+
+fuzz-replay-run: $(FUZZERS:%=$(BUILD)/fuzz-replay/%)
+	@set -e; for f in $(FUZZERS); do \
+		$(BUILD)/fuzz-replay/$$f tests/fuzz/corpus/$$f $$( [ -d tests/fuzz/crashes/$$f ] && echo tests/fuzz/crashes/$$f ); done
+
+fuzz-replay:
+	$(MAKE) BUILD=build/san SAN=1 fuzz-replay-run
 
 bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench
 	tools/bench
@@ -151,3 +212,4 @@ clean:
 	rm -rf build bin demo-out
 
 -include $(LIBOBJ:.o=.d) $(BUILD)/engine/cli/main.d $(TESTBIN:=.d)
+-include $(FUZZ_LIBOBJ:.o=.d)

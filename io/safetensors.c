@@ -113,11 +113,14 @@ static int st_parse_entry(const char *path, const char *name, json_t *e, const u
         return dm_failc(DM_E_CORRUPT, "%s: truncated: tensor %s data_offsets [%lld, %lld] end past the data "
                         "(%lld bytes after the header)",
                         path, name, (long long)begin, (long long)end, (long long)data_len);
-    if (__builtin_mul_overflow(t->numel, (int64_t)esize, &t->nbytes) || t->nbytes != end - begin)
+    if (__builtin_mul_overflow(t->numel, (int64_t)esize, &t->nbytes))
+        return dm_failc(DM_E_CORRUPT, "%s: tensor %s: shape %s of %s needs more than 2^63 bytes", path, name,
+                        dm_st_shape_str(t->shape, t->ndim, sbuf, sizeof sbuf), t->dtype);
+    if (t->nbytes != end - begin)
         return dm_failc(DM_E_CORRUPT, "%s: tensor %s: shape %s of %s needs %lld bytes, data_offsets [%lld, %lld] "
                         "hold %lld",
                         path, name, dm_st_shape_str(t->shape, t->ndim, sbuf, sizeof sbuf),
-                        t->dtype, (long long)(t->numel * esize), (long long)begin,
+                        t->dtype, (long long)t->nbytes, (long long)begin,
                         (long long)end, (long long)(end - begin));
     t->data = data + begin;
     return 0;

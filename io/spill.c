@@ -798,8 +798,10 @@ static int dm_spill_load_manifest(dm_spill_reader *r)
                      ", offset %" PRId64 ")", mp, i, c->row0, c->offset, c->bytes, row, off);
             goto end;
         }
-        row += c->rows;
-        off += c->bytes;
+        if (__builtin_add_overflow(row, c->rows, &row) || __builtin_add_overflow(off, c->bytes, &off)) {
+            dm_failc(DM_E_CORRUPT, "%s: malformed spill manifest: chunk %" PRId64 ": rows or bytes past 2^63", mp, i);
+            goto end;
+        }
         if (c->rows > r->max_chunk_rows)
             r->max_chunk_rows = c->rows;
         if (c->bytes > r->max_chunk_bytes)

@@ -176,7 +176,7 @@ static int bind_node(dm_pipeline *p, dm_node *n)
                 break;
         char *w = where(p, d, d->params[i].line);
         if (k == n->nparams) {
-            known_list(known, sizeof known, &op->params[0].name, sizeof op->params[0], n->nparams);
+            known_list(known, sizeof known, op->params ? &op->params[0].name : NULL, sizeof *op->params, n->nparams);
             dm_fail("%s: node '%s': unknown parameter '%s' for operator '%s' (known: %s)", w, d->name,
                     d->params[i].key, op->name, known);
             free(w);
@@ -254,7 +254,7 @@ static int connect_node(dm_graph *g, dm_node *n)
         char *w = where(g->pipe, d, kv->line);
         int port = port_index(op->inputs, kv->key);
         if (port < 0) {
-            known_list(known, sizeof known, &op->inputs[0].name, sizeof op->inputs[0], n->nin);
+            known_list(known, sizeof known, op->inputs ? &op->inputs[0].name : NULL, sizeof *op->inputs, n->nin);
             dm_fail("%s: node '%s': operator '%s' has no input '%s' (inputs: %s)", w, d->name, op->name,
                     kv->key, known);
             goto fail;

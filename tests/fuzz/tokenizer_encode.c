@@ -1,0 +1,73 @@
+/*
+ * tokenizer_encode.c: fuzzes encoding arbitrary bytes with the real GPT-2
+ * tokenizer (tests/data/gpt2-tokenizer; operators/kernels/tokenizer.c: UTF-8
+ * repair, the pre-tokenizer regex, BPE, the word cache, <|endoftext|>).
+ *
+ * Checks, besides the sanitizers: every id is in the vocabulary; decoding
+ * valid UTF-8's ids gives the input back (byte-level BPE loses nothing); the
+ * first k ids of encode_prefix are the first k of encode.
+ */
+#include "fuzz.h"
+#include "tokenizer.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static dm_tokenizer *tok;
+
+/* 1 if s[0, n) is valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
+static int valid_utf8(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        if (!k || i + k > n)
+            return 0;
+        unsigned cp = k == 1 ? c : c & (0x7f >> k);
+        for (size_t j = 1; j < k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (s[i + j] & 0x3f);
+        }
+        static const unsigned min[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[k] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!tok && !(tok = dm_tokenizer_load(fz_src("tests/data/gpt2-tokenizer")))) {
+        fprintf(stderr, "tokenizer_encode: %s\n", dm_error());
+        abort();
+    }
+    int32_t *ids;
+    size_t n;
+    if (dm_tokenizer_encode(tok, (const char *)data, size, &ids, &n)) {
+        fprintf(stderr, "tokenizer_encode: %s\n", dm_error());
+        abort(); /* only the regex engine may fail, and it must not on any text */
+    }
+    for (size_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= dm_tokenizer_vocab_size(tok))
+            abort();
+    size_t len;
+    char *back = dm_tokenizer_decode(tok, ids, n, &len);
+    if (!back || (valid_utf8(data, size) && (len != size || memcmp(back, data, size)))) {
+        fprintf(stderr, "tokenizer_encode: decode(encode(text)) is not the text\n");
+        abort();
+    }
+    free(back);
+    size_t k = n < 5 ? n : 5;
+    dm_token_ids pre = DM_TOKEN_IDS_INIT;
+    if (dm_tokenizer_encode_prefix(tok, (const char *)data, size, k, &pre) || pre.n != k ||
+        (k && memcmp(pre.ids, ids, k * sizeof *ids))) {
+        fprintf(stderr, "tokenizer_encode: encode_prefix(%zu) is not the start of encode\n", k);
+        abort();
+    }
+    dm_token_ids_release(&pre);
+    free(ids);
+    return 0;
+}

@@ -350,6 +350,13 @@ static struct archive *new_archive(const char *name)
     return a;
 }
 
+/* libarchive's reason for the last failure on a (it may have none). */
+static const char *la_error(struct archive *a)
+{
+    const char *e = archive_error_string(a);
+    return e ? e : "libarchive gave no reason";
+}
+
 static int push_level(dm_corpus *c, const char *name, void *mem, size_t len, const char *file)
 {
     if (c->depth >= MAX_NESTING) {
@@ -365,8 +372,7 @@ static int push_level(dm_corpus *c, const char *name, void *mem, size_t len, con
     int r = file ? archive_read_open_filename(l->a, file, 1 << 16) : archive_read_open_memory(l->a, mem, len);
     c->depth++;
     if (r != ARCHIVE_OK)
-        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", name,
-                        archive_error_string(l->a));
+        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", name, la_error(l->a));
     return 0;
 }
 
@@ -440,7 +446,7 @@ static int read_member(dm_corpus *c, struct archive *a, const char *where, size_
         }
         la_ssize_t r = archive_read_data(a, c->member + n, c->member_cap - n - 1);
         if (r < 0)
-            return dm_failc(DM_E_CORRUPT, "%s: corrupt or truncated data: %s", where, archive_error_string(a));
+            return dm_failc(DM_E_CORRUPT, "%s: corrupt or truncated data: %s", where, la_error(a));
         if (r == 0)
             break;
         n += (size_t)r;
@@ -463,8 +469,7 @@ static int next_member(dm_corpus *c)
         return 0;
     }
     if (r < ARCHIVE_WARN)
-        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", l->name,
-                        archive_error_string(l->a));
+        return dm_failc(DM_E_CORRUPT, "%s: unreadable archive or compressed file: %s", l->name, la_error(l->a));
     int raw = archive_format(l->a) == ARCHIVE_FORMAT_RAW;
     /* raw with no decompression filter: libarchive recognised nothing, yet the name or
      * the first bytes said archive; reading the bytes as text would hand out noise */

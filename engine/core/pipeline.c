@@ -148,7 +148,8 @@ static int check_unique_keys(const char *path, yaml_document_t *doc)
                 keys = dm_xrealloc(keys, (cap = cap ? 2 * cap : 16) * sizeof *keys);
             keys[n++] = (key_at){scalar(k), line_of(k)};
         }
-        qsort(keys, n, sizeof *keys, cmp_key_at);
+        if (n > 1)
+            qsort(keys, n, sizeof *keys, cmp_key_at);
         for (size_t i = 1; i < n && !rc; i++)
             if (!strcmp(keys[i - 1].key, keys[i].key))
                 rc = dm_fail("%s:%d: %s '%s' %s twice (first at line %d)", path, keys[i].line,

@@ -183,6 +183,17 @@ static void put_scalar(FILE *f, const char *s)
     fputc('"', f);
 }
 
+/* s inside a comment line: line breaks and other control characters (a
+ * template value may hold them) written as \xNN, so the comment stays one line. */
+static void put_comment(FILE *f, const char *s)
+{
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++)
+        if (*c < 0x20 || *c == 0x7f)
+            fprintf(f, "\\x%02x", *c);
+        else
+            fputc(*c, f);
+}
+
 static void put_kvs(FILE *f, const char *what, const dm_kv *kv, int n)
 {
     if (!n)
@@ -200,7 +211,7 @@ static void put_kvs(FILE *f, const char *what, const dm_kv *kv, int n)
 void dm_pipeline_write(const dm_pipeline *p, FILE *f)
 {
     fputs("# ", f);
-    fputs(p->path, f);
+    put_comment(f, p->path);
     fputs(", templates expanded\n", f);
     fputs("name: ", f);
     put_scalar(f, p->name);
@@ -219,8 +230,13 @@ void dm_pipeline_write(const dm_pipeline *p, FILE *f)
     fputs("nodes:\n", f);
     for (int i = 0; i < p->nnodes; i++) {
         const dm_node_decl *d = &p->nodes[i];
-        if (d->origin)
-            fprintf(f, "  # %s:%d (%s)\n", p->path, d->line, d->origin);
+        if (d->origin) {
+            fputs("  # ", f);
+            put_comment(f, p->path);
+            fprintf(f, ":%d (", d->line);
+            put_comment(f, d->origin);
+            fputs(")\n", f);
+        }
         fputs("  ", f);
         put_scalar(f, d->name);
         fputs(":\n    op: ", f);

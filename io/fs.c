@@ -42,6 +42,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
@@ -315,7 +316,7 @@ int dm_dir_publish(const char *tmp, const char *final)
 
 /* ---- whole files -------------------------------------------------------- */
 
-char *dm_read_file(const char *path, size_t *len)
+char *dm_read_file_max(const char *path, size_t max, const char *what, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -329,37 +330,50 @@ char *dm_read_file(const char *path, size_t *len)
         return NULL;
     }
     if (S_ISDIR(st.st_mode)) {
-        dm_failc(DM_E_IO, "%s: is a folder, not a file", path);
+        dm_failc(DM_E_IO, "%s: is a folder, not a %s", path, what);
         close(fd);
         return NULL;
     }
-    /* st_size is a hint only (pipes and /proc files say 0): read to EOF. */
-    size_t cap = st.st_size > 0 ? (size_t)st.st_size + 1 : 4096, n = 0;
+    if (max && S_ISREG(st.st_mode) && (uintmax_t)st.st_size > max) {
+        dm_fail("%s: %jd bytes is too large for a %s (at most %zu MiB)", path, (intmax_t)st.st_size, what,
+                max >> 20);
+        close(fd);
+        return NULL;
+    }
+    /* st_size is a hint only (pipes and /proc files say 0): read to EOF, or
+     * to max + 1 bytes. */
+    size_t cap = st.st_size > 0 ? (size_t)st.st_size + 2 : 4096, n = 0;
     char *buf = dm_xmalloc(cap);
     for (;;) {
         if (n + 1 >= cap) {
-            cap *= 2;
+            cap = max && cap * 2 > max + 2 ? max + 2 : cap * 2;
             buf = dm_xrealloc(buf, cap);
         }
         ssize_t k = read(fd, buf + n, cap - n - 1);
+        if (k < 0 && errno == EINTR)
+            continue;
         if (k < 0) {
-            if (errno == EINTR)
-                continue;
             dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
-            free(buf);
-            close(fd);
-            return NULL;
-        }
-        if (k == 0)
             break;
-        n += (size_t)k;
+        }
+        if (k == 0) {
+            close(fd);
+            buf[n] = 0;
+            if (len)
+                *len = n;
+            return buf;
+        }
+        if ((n += (size_t)k) > max && max) {
+            dm_fail("%s: more than %zu MiB, too large for a %s", path, max >> 20, what);
+            break;
+        }
     }
+    free(buf);
     close(fd);
-    buf[n] = 0;
-    if (len)
-        *len = n;
-    return buf;
+    return NULL;
 }
+
+char *dm_read_file(const char *path, size_t *len) { return dm_read_file_max(path, 0, "file", len); }
 
 int dm_atomic_open(const char *path, char **tmp)
 {

@@ -32,6 +32,10 @@ int dm_fs_durable(void);
 int dm_dir_publish(const char *tmp, const char *final);
 /* Whole file into memory (NUL-terminated); *len gets the size. NULL on error. */
 char *dm_read_file(const char *path, size_t *len);
+/* The same, refusing a file of more than max bytes (0: no limit) before reading
+ * it, or, for a pipe or a device, once max + 1 bytes came; `what` names the
+ * kind of file in messages ("pipeline file"). */
+char *dm_read_file_max(const char *path, size_t max, const char *what, size_t *len);
 /* Like dm_read_file for text that may come from a pipe: path "-" reads stdin,
  * a folder is an error naming it. */
 char *dm_read_text(const char *path, size_t *len);

@@ -602,65 +602,10 @@ end:
  * mistaken argument (a data file, /dev/zero) is refused instead of filling memory. */
 #define DM_PIPELINE_MAX_BYTES ((size_t)16 << 20)
 
-/* path's text (NUL-terminated, malloc'd) if it holds at most DM_PIPELINE_MAX_BYTES:
- * a regular file's size is checked before reading, anything else (a pipe, a
- * device) is read to at most the limit + 1 bytes. NULL on error. */
-static char *read_pipeline_text(const char *path, size_t *len)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        dm_failc(DM_E_IO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) < 0) {
-        dm_failc(DM_E_IO, "%s: cannot stat: %s", path, strerror(errno));
-        close(fd);
-        return NULL;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        dm_failc(DM_E_IO, "%s: is a folder, not a pipeline file", path);
-        close(fd);
-        return NULL;
-    }
-    if (S_ISREG(st.st_mode) && (uintmax_t)st.st_size > DM_PIPELINE_MAX_BYTES) {
-        dm_fail("%s: %jd bytes is too large for a pipeline file (at most %zu MiB)", path, (intmax_t)st.st_size,
-                DM_PIPELINE_MAX_BYTES >> 20);
-        close(fd);
-        return NULL;
-    }
-    size_t cap = S_ISREG(st.st_mode) ? (size_t)st.st_size + 2 : 65536, n = 0;
-    char *buf = dm_xmalloc(cap);
-    for (;;) {
-        if (n + 1 >= cap)
-            buf = dm_xrealloc(buf, cap = cap * 2 < DM_PIPELINE_MAX_BYTES + 2 ? cap * 2 : DM_PIPELINE_MAX_BYTES + 2);
-        ssize_t k = read(fd, buf + n, cap - n - 1);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0) {
-            dm_failc(DM_E_IO, "%s: read failed: %s", path, strerror(errno));
-            break;
-        }
-        if (k == 0) {
-            close(fd);
-            buf[n] = 0;
-            *len = n;
-            return buf;
-        }
-        if ((n += (size_t)k) > DM_PIPELINE_MAX_BYTES) {
-            dm_fail("%s: more than %zu MiB, too large for a pipeline file", path, DM_PIPELINE_MAX_BYTES >> 20);
-            break;
-        }
-    }
-    free(buf);
-    close(fd);
-    return NULL;
-}
-
 dm_pipeline *dm_pipeline_load(const char *path)
 {
     size_t len;
-    char *text = read_pipeline_text(path, &len);
+    char *text = dm_read_file_max(path, DM_PIPELINE_MAX_BYTES, "pipeline file", &len);
     if (!text)
         return NULL;
     dm_pipeline *p = dm_pipeline_parse(path, text, len);

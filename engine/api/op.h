@@ -117,6 +117,24 @@ typedef struct dm_op {
     int (*end_pass)(dm_node *n, int pass);
     int (*finish)(dm_node *n);
     void (*close)(dm_node *n);
+
+    /* Shards (run.c; docs/architecture.md, "Shards"). A group of nodes that
+     * all set `shardable` runs once per shard of its rows: each member is
+     * opened afresh, sees only that shard's chunks (row0 stays global), and
+     * then save_partial() writes what finish() would need into the shard's
+     * folder (its own cache entry). Once every shard is done (in this process
+     * or in other MPI ranks) the node is opened once more, merge_partial() is
+     * called for every shard in shard order, then finish(): so its results
+     * depend on the shard size, never on how many processes ran the shards.
+     * A map (gpt2, project) keeps nothing across rows and leaves both NULL.
+     * dm_input_tensor() works in all three phases. */
+    int shardable;
+    int (*save_partial)(dm_node *n, const char *dir);
+    int (*merge_partial)(dm_node *n, const char *dir);
+    /* Sources that can produce any range of their rows (sharded groups they
+     * drive): produce() then yields rows [row0, row0 + rows) only, with the
+     * same values as in a full pass. Called after open(). */
+    int (*seek)(dm_node *n, int64_t row0, int64_t rows);
 } dm_op;
 
 /* ---- what an operator may ask of its node ------------------------------- */

@@ -908,6 +908,7 @@ void dm_spill_reader_close(dm_spill_reader *r)
 }
 
 int64_t dm_spill_rows(const dm_spill_reader *r) { return r->rows; }
+int64_t dm_spill_row0(const dm_spill_reader *r) { return r->row0; }
 int64_t dm_spill_cols(const dm_spill_reader *r) { return r->cols; }
 int64_t dm_spill_nchunks(const dm_spill_reader *r) { return r->nchunks; }
 int64_t dm_spill_max_chunk_rows(const dm_spill_reader *r) { return r->max_chunk_rows; }

@@ -54,6 +54,7 @@ typedef struct dm_spill_reader dm_spill_reader;
 dm_spill_reader *dm_spill_reader_open(const char *dir, const char *name);
 void dm_spill_reader_close(dm_spill_reader *r);
 int64_t dm_spill_rows(const dm_spill_reader *r);
+int64_t dm_spill_row0(const dm_spill_reader *r); /* the first chunk's row0 */
 int64_t dm_spill_cols(const dm_spill_reader *r);
 int64_t dm_spill_nchunks(const dm_spill_reader *r);
 int64_t dm_spill_max_chunk_rows(const dm_spill_reader *r);

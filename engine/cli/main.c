@@ -18,7 +18,7 @@ typedef struct {
     const char *out, *cache, *pipeline;
     const char *const *sets, *const *force;
     int nsets, nforce, threads, quiet, demo, expanded;
-    int64_t memory;
+    int64_t memory, shard;
 } run_opts;
 
 static void usage(FILE *f)
@@ -52,6 +52,8 @@ static void usage(FILE *f)
          "memory budget, e.g. 512M or 4G (default: the pipeline's, else 1G)"},                                  \
         {"cache", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0,                                                         \
          "cache folder (default: the pipeline's, else $DMICA_CACHE, else .dmica-cache)"},                       \
+        {"shard", DM_ARG_STRING, "ROWS", NULL, 0, 0, 0, 0,                                                      \
+         "rows (tokens) per shard, e.g. 1M; 0: no shards (default: the pipeline's, else 1M)"},                  \
         {"quiet", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "no progress output"}
 
 static const dm_arg_spec run_specs[] = {
@@ -93,6 +95,12 @@ static int parse_run_opts(const dm_arg_cmd *c, int argc, char **argv, dm_args *a
     o->threads = (int)dm_arg_int(a, "threads");
     o->memory = dm_arg_int(a, "memory");
     o->quiet = dm_arg_flag(a, "quiet");
+    o->shard = -1;
+    if (dm_arg_str(a, "shard") && dm_parse_rows(dm_arg_str(a, "shard"), &o->shard)) {
+        fprintf(stderr, "dmica %s: --shard: expected a number of rows (tokens), such as 1000000 or 1M, or 0; "
+                "not '%s'\n", c->name, dm_arg_str(a, "shard"));
+        return 2;
+    }
     o->sets = dm_arg_list(a, "set", &o->nsets);
     o->force = dm_arg_list(a, "force", &o->nforce);
     o->pipeline = a->npos ? a->pos[0] : NULL;
@@ -120,6 +128,8 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
     g->cache = dm_cache_dir(o->cache, p->cache);
     g->out = o->out ? dm_xstrdup(o->out) : NULL;
     g->memory = o->memory ? o->memory : p->memory ? p->memory : (int64_t)1 << 30;
+    if (o->shard >= 0)
+        g->shard = o->shard;
     for (int i = 0; i < o->nforce; i++) {
         g->force = dm_xrealloc(g->force, (size_t)(g->nforce + 1) * sizeof *g->force);
         g->force[g->nforce++] = dm_xstrdup(o->force[i]);

@@ -82,7 +82,7 @@ char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n)
 {
     /* the node's index too: two nodes may share a key (the same computation
      * twice); the pid and its start time say whose it is (dm_cache_clean_tmp) */
-    return dm_xasprintf("%s/tmp/%s.%s.%d", g->cache, n->key, tmp_owner_tag(), n->index);
+    return dm_xasprintf("%s/tmp/%s.%s.%d", g->cache, n->building ? n->building : n->key, tmp_owner_tag(), n->index);
 }
 
 json_t *dm_cache_entry_json(const dm_graph *g, const char *key)
@@ -127,7 +127,8 @@ int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry)
     free(text), free(path);
     if (rc)
         return -1;
-    char *final = dm_cache_entry(g, n->key);
+    int shard = n->building && strcmp(n->building, n->key);
+    char *final = dm_cache_entry(g, shard ? n->building : n->key);
     rc = dm_fsync_path(n->dir);
     if (!rc)
         rc = dm_dir_publish(n->dir, final);
@@ -136,8 +137,9 @@ int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry)
         return -1;
     free(n->dir);
     n->dir = NULL;
-    return dm_cache_record(g, n);
+    return shard ? 0 : dm_cache_record(g, n);
 }
+
 
 static int has_stream_output(const dm_node *n)
 {
@@ -188,6 +190,14 @@ static void key_of_material(const char *material, size_t len, char out[33])
     snprintf(out, 33, "%016llx%016llx", (unsigned long long)h.high64, (unsigned long long)h.low64);
 }
 
+void dm_cache_shard_key(const char *key, int64_t shard_rows, int64_t index, char out[33])
+{
+    char material[128];
+    int len = snprintf(material, sizeof material, "shard of %s\nrows=%lld\nindex=%lld\n", key,
+                       (long long)shard_rows, (long long)index);
+    key_of_material(material, (size_t)len, out);
+}
+
 static int compute_key(dm_graph *g, dm_node *n)
 {
     dm_strbuf b = DM_STRBUF_INIT;
@@ -212,6 +222,9 @@ static int compute_key(dm_graph *g, dm_node *n)
                    n->in[k].src->outs[n->in[k].port].name);
     if (has_stream_output(n))
         dm_strbuf_addf(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
+    /* a node run in shards merges partial results: they depend on the shard size */
+    if (n->op->shardable && g->shard > 0)
+        dm_strbuf_addf(&b, "shard=%lld\n", (long long)g->shard);
     key_of_material(b.s, b.len, n->key);
     free(n->material);
     n->material = b.s;

@@ -44,6 +44,7 @@ typedef struct {
     char *cache;    /* cache folder, NULL = default */
     int threads;
     int64_t chunk; /* rows per chunk at most (`chunk:`), 0 = the engine's cap */
+    int64_t shard; /* rows (tokens) per shard (`shard:`), 0 = unsharded, -1 = not given */
     dm_node_decl *nodes;
     int nnodes;
 } dm_pipeline;
@@ -52,6 +53,8 @@ typedef struct {
 dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len);
 dm_pipeline *dm_pipeline_load(const char *path);
 void dm_pipeline_free(dm_pipeline *p);
+/* A number of rows: 1000000, 1M, 250k (decimal multiples); -1 if not one. */
+int dm_parse_rows(const char *s, int64_t *out);
 /* Applies "node.key=value" to a parameter. */
 int dm_pipeline_set(dm_pipeline *p, const char *assignment);
 /* Frees what a declaration holds (not d itself). */
@@ -123,7 +126,9 @@ struct dm_node {
     char **products;
     int nproducts;
     struct dm_spill_writer **writers; /* per output */
-    struct dm_spill_reader **readers; /* per input: random-access inputs */
+    struct dm_replay **readers; /* per input: random-access inputs */
+    char *building; /* the entry being built in dir: NULL for key, else a shard's key */
+    int64_t shard_rows, nshards; /* after merging shards: their size and count (node.json's segments) */
     int64_t chunk_rows;
     int64_t rows_in;
     double seconds;    /* time in this node's own callbacks but open() */
@@ -149,7 +154,28 @@ typedef struct {
      * outputs that no node of this graph reads are not written to it. */
     int ephemeral;
     dm_run_ctx *run; /* while dm_run runs (NULL otherwise): its state */
+    int64_t shard;   /* rows (tokens) per shard; 0: groups are not sharded */
+    int rank, nranks; /* this process among the MPI ranks running the graph (0 of 1 without MPI) */
 } dm_graph;
+
+#define DM_DEFAULT_SHARD ((int64_t)1000000) /* rows (tokens) per shard unless `shard:` or --shard says */
+
+/* Reading a cached stream back (replay.c): the spill of entry `key` (node.json
+ * `entry`) named `port`, or the spills of its shards in order; all rows, or rows
+ * [row0, row0 + rows) when rows >= 0. Fails with DM_E_CORRUPT or DM_E_IO naming
+ * the file. */
+typedef struct dm_replay dm_replay;
+dm_replay *dm_replay_open(const dm_graph *g, const char *key, const char *port, const json_t *entry, int64_t row0,
+                          int64_t rows);
+void dm_replay_close(dm_replay *r);
+int dm_replay_next(dm_replay *r, dm_chunk *out); /* out->rows = 0 at the end */
+int dm_replay_rewind(dm_replay *r);
+int dm_replay_read_rows(dm_replay *r, int64_t row0, int64_t rows, void *out); /* by global row */
+int64_t dm_replay_rows(const dm_replay *r);
+int64_t dm_replay_row0(const dm_replay *r);
+int64_t dm_replay_cols(const dm_replay *r);
+dm_dtype dm_replay_dtype(const dm_replay *r);
+int64_t dm_replay_max_chunk_rows(const dm_replay *r);
 
 /* Binds a pipeline: operators, parameters, connections, cycle check, infer().
  * The graph borrows p. */
@@ -186,8 +212,13 @@ int dm_cache_prepare(const dm_graph *g);
 char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n);
 /* Makes n's folder its cache entry: writes `entry` as its node.json, syncs it,
  * renames it to CACHE/<key> (n->dir is freed and cleared) and records the key's
- * material in CACHE/index for `plan` to say why a node is stale. */
+ * material in CACHE/index for `plan` to say why a node is stale. A shard's
+ * entry (n->building, a shard key) goes to CACHE/<shard key>, with no record. */
 int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry);
+
+/* The key of shard `index` (of shard_rows rows each) of the node whose key is key:
+ * its own entry, CACHE/<shard key>/, holds the shard's partial results and spills. */
+void dm_cache_shard_key(const char *key, int64_t shard_rows, int64_t index, char out[33]);
 
 /* Checksums of an entry's files (cache.c): node.json's "files" records the size
  * and XXH3 of each tensor output and product. */
@@ -234,6 +265,10 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f);
 typedef struct dm_progress dm_progress;
 dm_progress *dm_progress_start(const char *label, int64_t total_rows);
 void dm_progress_update(dm_progress *p, int64_t rows, int64_t spilled_bytes);
+/* Counts in `unit` (per_row of them per row: "tokens" of a stream of windows). */
+void dm_progress_units(dm_progress *p, const char *unit, int64_t per_row);
+/* A sharded group: shards done of total, shown beside the label. */
+void dm_progress_shards(dm_progress *p, int64_t done, int64_t total);
 /* Draws the final line (when `always`, or when the pass took a while). */
 void dm_progress_end(dm_progress *p, int64_t rows, int64_t spilled_bytes, int always);
 extern int dm_progress_enabled;

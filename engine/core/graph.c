@@ -383,6 +383,8 @@ dm_graph *dm_graph_build(dm_pipeline *p)
 {
     dm_graph *g = dm_xcalloc(1, sizeof *g);
     g->pipe = p;
+    g->shard = p->shard >= 0 ? p->shard : DM_DEFAULT_SHARD;
+    g->nranks = 1;
     g->nnodes = p->nnodes;
     g->nodes = dm_xcalloc((size_t)p->nnodes, sizeof *g->nodes);
     for (int i = 0; i < p->nnodes; i++) {
@@ -479,7 +481,7 @@ void dm_graph_free(dm_graph *g)
             free((dm_port_spec *)n->outs);
         }
         free(n->pval), free(n->in), free(n->outdesc), free(n->outtensor), free(n->cons), free(n->ncons);
-        free(n->spill), free(n->writers), free(n->readers), free((char *)n->where), free(n->material), free(n->why), free(n->dir);
+        free(n->spill), free(n->writers), free(n->readers), free(n->building), free((char *)n->where), free(n->material), free(n->why), free(n->dir);
         free(n->bad_param);
         free(n);
     }

@@ -451,11 +451,26 @@ static int check_nodes(const dm_pipeline *p)
     return rc;
 }
 
+int dm_parse_rows(const char *s, int64_t *out)
+{
+    char *e;
+    errno = 0;
+    double v = strtod(s, &e);
+    double mult = 1;
+    if (e != s && *e && !e[1])
+        mult = *e == 'k' || *e == 'K' ? 1e3 : *e == 'M' ? 1e6 : *e == 'G' ? 1e9 : 0, e += mult > 0;
+    if (e == s || *e || errno || !(v >= 0) || v * mult > 1e15 || v * mult != (double)(int64_t)(v * mult))
+        return -1;
+    *out = (int64_t)(v * mult);
+    return 0;
+}
+
 dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
 {
     yaml_parser_t parser;
     yaml_document_t doc;
     dm_pipeline *p = dm_xcalloc(1, sizeof *p);
+    p->shard = -1;
     p->path = dm_xstrdup(path);
 
     yaml_parser_initialize(&parser);
@@ -547,8 +562,14 @@ dm_pipeline *dm_pipeline_parse(const char *path, const char *text, size_t len)
                 goto end;
             }
             p->chunk = c;
+        } else if (!strcmp(key, "shard")) {
+            if (dm_parse_rows(val, &p->shard)) {
+                rc = dm_fail("%s:%d: shard must be a number of rows (tokens), such as 1000000 or 1M, or 0 "
+                             "for no shards, not '%s'", path, line_of(v), val);
+                goto end;
+            }
         } else {
-            rc = dm_fail("%s:%d: unknown key '%s' (expected name, memory, cache, threads, chunk, nodes, templates)",
+            rc = dm_fail("%s:%d: unknown key '%s' (expected name, memory, cache, threads, chunk, shard, nodes, templates)",
                          path, line_of(k), key);
             goto end;
         }

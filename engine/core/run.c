@@ -55,6 +55,8 @@
  */
 #include "engine.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +75,7 @@ struct dm_run_ctx {
     int group;             /* the group running, -1 between groups */
     int64_t spilled_bytes; /* stored bytes of the spills closed so far */
     dm_node *unreadable;   /* the producer of a spill that could not be replayed */
+    char *bad_entry;       /* a shard's entry that could not be read: removed before the retry */
     char *stopped_in;      /* the label of the group a signal stopped */
     int committed;         /* nodes whose entries this run made */
 };
@@ -80,7 +83,7 @@ struct dm_run_ctx {
 typedef struct {
     dm_node *src;
     int port;
-    dm_spill_reader *reader; /* replayed from a spill; NULL: src->op->produce */
+    dm_replay *reader; /* replayed from the cache; NULL: src->op->produce */
     int opened;              /* src was opened here to produce again */
     dm_chunk buf;
     int64_t total; /* rows, -1 unknown */
@@ -95,9 +98,23 @@ typedef struct {
     int ndrivers, nexternal;
     int multipass;
     char *label; /* the members' names, for messages and progress */
+    /* Shards (run_sharded): the group runs once per shard of its driving
+     * stream's rows, then merges. While a shard runs, the drivers yield rows
+     * [row0, row0 + rows) only; rows < 0: all of them. */
+    int sharded, cannot_shard;
+    int64_t row0, rows;
+    dm_progress *progress; /* across the shards of a sharded group */
+    int64_t done_rows;     /* rows of the shards done so far, for it */
 } group;
 
 static int is_active(const dm_node *n) { return n->run || n->reproduce; }
+
+/* Every rank's rc, after a group: 0 when all succeeded. */
+static int dist_agree(dm_run_ctx *ctx, int rc)
+{
+    (void)ctx;
+    return rc;
+}
 
 static int spill_never(const dm_node *n) { return n->decl->spill && !strcmp(n->decl->spill, "never"); }
 
@@ -133,8 +150,22 @@ static int blame(dm_node *n, int with_where)
 
 /* ---- grouping ------------------------------------------------------------- */
 
+/* 1 if n runs in shards: sharding is on and its operator says it can. */
+static int is_sharded_member(const dm_node *n)
+{
+    const dm_graph *g = n->graph;
+    return g->shard > 0 && n->op->shardable && !has_multipass_input(n);
+}
+
+/* A stream that drives a sharded group must be readable by range: replayed from
+ * the cache, or made by a source that can seek. */
+static int can_drive_shards(const dm_node *s)
+{
+    return !s->op->produce || s->op->seek || (s->op->spill_source && !is_active(s));
+}
+
 /* The group node n joins, or -1 when it starts one (see the file comment). */
-static int group_to_join(const dm_node *n)
+static int group_to_join(const dm_node *n, const group *gs)
 {
     if (n->op->produce || has_multipass_input(n))
         return -1;
@@ -149,6 +180,11 @@ static int group_to_join(const dm_node *n)
         join = s->group;
     }
     if (!nstreams)
+        return -1;
+    /* a sharded group takes only nodes that run in shards; a node that can
+     * joins an unsharded group only when that group's streams cannot be read by
+     * range anyway (else it starts a sharded group replaying them) */
+    if (gs[join].sharded ? !is_sharded_member(n) : is_sharded_member(n) && !gs[join].cannot_shard)
         return -1;
     /* groups run in the order made: a tensor, or a stream read by row, must come
      * from an earlier one */
@@ -165,6 +201,9 @@ static int group_to_join(const dm_node *n)
 static int start_group(group *G, dm_node *n)
 {
     G->multipass = has_multipass_input(n);
+    G->sharded = is_sharded_member(n) && (!n->op->produce || n->op->seek);
+    G->cannot_shard = n->op->produce && !n->op->seek && !n->op->spill_source;
+    G->rows = -1;
     for (int k = 0; k < n->nin; k++) {
         if (!is_stream_input(n, k))
             continue;
@@ -174,6 +213,10 @@ static int start_group(group *G, dm_node *n)
         memset(d, 0, sizeof *d);
         d->src = s;
         d->port = n->in[k].port;
+        if (s->op->produce && s->op->spill_source && is_active(s) && !spill_never(s))
+            s->spill[d->port] = 1; /* a group of its own before: replayed */
+        else if (!can_drive_shards(s))
+            G->sharded = 0, G->cannot_shard = 1;
         if (s->op->produce || !s->run || s->spill[d->port])
             continue;
         if (spill_never(s))
@@ -224,7 +267,7 @@ static int make_groups(dm_graph *g, group **out, int *nout)
         dm_node *n = g->nodes[i];
         if (!is_active(n))
             continue;
-        int join = group_to_join(n);
+        int join = group_to_join(n, gs);
         if (join < 0) {
             gs = dm_xrealloc(gs, (size_t)(ng + 1) * sizeof *gs);
             memset(&gs[ng], 0, sizeof gs[ng]);
@@ -304,7 +347,7 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c)
 
 int64_t dm_input_rows(const dm_node *n, int port)
 {
-    return port >= 0 && port < n->nin && n->readers[port] ? dm_spill_rows(n->readers[port]) : -1;
+    return port >= 0 && port < n->nin && n->readers[port] ? dm_replay_rows(n->readers[port]) : -1;
 }
 
 int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, void *out)
@@ -314,14 +357,15 @@ int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, void *o
         dm_error_attribute(n);
         return -1;
     }
-    if (row0 < 0 || rows < 0 || row0 + rows > dm_spill_rows(n->readers[port])) {
+    int64_t first = dm_replay_row0(n->readers[port]);
+    if (row0 < first || rows < 0 || row0 + rows > first + dm_replay_rows(n->readers[port])) {
         dm_failc(DM_E_SHAPE, "node '%s': input '%s': rows %lld..%lld out of range (%lld rows)", n->decl->name,
                  n->op->inputs[port].name, (long long)row0, (long long)(row0 + rows),
-                 (long long)dm_spill_rows(n->readers[port]));
+                 (long long)dm_replay_rows(n->readers[port]));
         dm_error_attribute(n);
         return -1;
     }
-    if (dm_spill_read_rows(n->readers[port], row0, rows, out)) {
+    if (dm_replay_read_rows(n->readers[port], row0, rows, out)) {
         dm_graph *g = n->graph;
         if (g->run && dm_error_code() == DM_E_CORRUPT)
             g->run->unreadable = n->in[port].src; /* planned again: the producer recomputes it (dm_run) */
@@ -379,6 +423,21 @@ static int open_spill_writers(dm_node *n)
     return 0;
 }
 
+/* Output `port` of cached node s, rows [row0, row0 + rows) (rows < 0: all). */
+static dm_replay *open_replay(const dm_graph *g, const dm_node *s, int port, int64_t row0, int64_t rows)
+{
+    json_t *entry = dm_cache_entry_json(g, s->key);
+    if (!entry) {
+        char *dir = dm_cache_entry(g, s->key);
+        dm_failc(DM_E_CORRUPT, "%s/node.json: missing or unreadable", dir);
+        free(dir);
+        return NULL;
+    }
+    dm_replay *r = dm_replay_open(g, s->key, s->outs[port].name, entry, row0, rows);
+    json_decref(entry);
+    return r;
+}
+
 /* Opens the spills of n's inputs read by row. */
 static int open_random_inputs(dm_graph *g, dm_node *n)
 {
@@ -386,9 +445,7 @@ static int open_random_inputs(dm_graph *g, dm_node *n)
         dm_node *s = n->in[k].src;
         if (!s || !n->op->inputs[k].random)
             continue;
-        char *dir = dm_cache_entry(g, s->key);
-        n->readers[k] = dm_spill_reader_open(dir, s->outs[n->in[k].port].name);
-        free(dir);
+        n->readers[k] = open_replay(g, s, n->in[k].port, 0, -1);
         if (!n->readers[k]) {
             if (g->run)
                 g->run->unreadable = s; /* planned again: s recomputes it (dm_run) */
@@ -401,6 +458,7 @@ static int open_random_inputs(dm_graph *g, dm_node *n)
 /* Gives n a fresh folder and calls its open(). A member of the running group
  * (`member`) also gets its spill writers and the readers of inputs read by
  * row; a source outside the group, opened only to produce again, does not. */
+enum { OPEN_WRITERS = 1, OPEN_RANDOM = 2, OPEN_MEMBER = 3 };
 static int open_node(dm_graph *g, dm_node *n, int member)
 {
     free(n->dir);
@@ -413,9 +471,10 @@ static int open_node(dm_graph *g, dm_node *n, int member)
     n->nproducts = 0;
     n->seconds = n->finish_seconds = 0;
     n->rows_in = 0;
-    if (member && n->run && open_spill_writers(n))
+    n->nshards = 0;
+    if ((member & OPEN_WRITERS) && n->run && open_spill_writers(n))
         return -1;
-    if (member && open_random_inputs(g, n))
+    if ((member & OPEN_RANDOM) && open_random_inputs(g, n))
         return -1;
     double t0 = dm_now();
     int rc = n->op->open ? n->op->open(n) : 0;
@@ -443,8 +502,7 @@ static void close_node(dm_node *n, int failed)
         n->writers[k] = NULL;
     }
     for (int k = 0; k < n->nin; k++) {
-        if (n->readers[k])
-            dm_spill_reader_close(n->readers[k]);
+        dm_replay_close(n->readers[k]);
         n->readers[k] = NULL;
     }
     if (failed && n->dir)
@@ -470,21 +528,20 @@ static int open_replays(dm_run_ctx *ctx, group *G)
         d->total = d->src->outdesc[d->port].shape[0];
         if (!replays(d))
             continue;
-        char *dir = dm_cache_entry(ctx->g, d->src->key);
-        d->reader = dm_spill_reader_open(dir, d->src->outs[d->port].name);
-        free(dir);
+        d->reader = open_replay(ctx->g, d->src, d->port, G->row0, G->rows);
         if (!d->reader) {
-            ctx->unreadable = d->src;
+            if (dm_error_code() != DM_E_SHAPE)
+                ctx->unreadable = d->src;
             return -1;
         }
-        if (dm_spill_dtype(d->reader) != d->src->outdesc[d->port].dtype) {
+        if (dm_replay_dtype(d->reader) != d->src->outdesc[d->port].dtype) {
             ctx->unreadable = d->src;
             return dm_failc(DM_E_CORRUPT, "node '%s': the spill of output '%s' holds %s values, the output carries %s",
-                            d->src->decl->name, d->src->outs[d->port].name, dm_dtype_name(dm_spill_dtype(d->reader)),
+                            d->src->decl->name, d->src->outs[d->port].name, dm_dtype_name(dm_replay_dtype(d->reader)),
                             dm_dtype_name(d->src->outdesc[d->port].dtype));
         }
-        d->total = dm_spill_rows(d->reader);
-        d->src->outdesc[d->port].shape[1] = dm_spill_cols(d->reader);
+        d->total = dm_replay_rows(d->reader);
+        d->src->outdesc[d->port].shape[1] = dm_replay_cols(d->reader);
     }
     return 0;
 }
@@ -596,8 +653,18 @@ static int size_chunks(dm_graph *g, group *G)
 static int open_members(dm_graph *g, group *G)
 {
     for (int i = 0; i < G->nmembers; i++)
-        if (open_node(g, G->members[i], 1))
+        if (open_node(g, G->members[i], OPEN_MEMBER))
             return -1;
+    return 0;
+}
+
+/* In a shard: a source yields the shard's rows only. */
+static int seek_source(group *G, dm_node *n)
+{
+    if (G->rows < 0)
+        return 0;
+    if (dm_node_check_params(n, n->op->seek(n, G->row0, G->rows)))
+        return blame(n, 1);
     return 0;
 }
 
@@ -607,12 +674,12 @@ static int open_sources(dm_graph *g, group *G)
 {
     for (int j = 0; j < G->nexternal; j++) {
         driver *d = &G->drivers[j];
-        int64_t rows = d->reader ? dm_spill_max_chunk_rows(d->reader) : d->src->chunk_rows;
+        int64_t rows = d->reader ? dm_replay_max_chunk_rows(d->reader) : d->src->chunk_rows;
         d->buf.ptr = dm_xmalloc_aligned((size_t)rows * (size_t)row_bytes_of(d->src, d->port));
         d->buf.dtype = d->src->outdesc[d->port].dtype;
         if (!d->reader && !is_member(G, d->src)) {
             d->opened = 1;
-            if (open_node(g, d->src, 0))
+            if (open_node(g, d->src, 0) || seek_source(G, d->src))
                 return -1;
         }
     }
@@ -625,6 +692,10 @@ static int open_sources(dm_graph *g, group *G)
         memset(d, 0, sizeof *d);
         d->src = n;
         d->total = n->outdesc[0].shape[0];
+        if (seek_source(G, n))
+            return -1;
+        if (G->rows >= 0)
+            d->total = G->rows;
         d->buf.ptr = dm_xmalloc_aligned((size_t)n->chunk_rows * (size_t)row_bytes_of(n, 0));
         d->buf.dtype = n->outdesc[0].dtype;
     }
@@ -635,7 +706,7 @@ static int open_sources(dm_graph *g, group *G)
 static int driver_next(dm_run_ctx *ctx, driver *d)
 {
     if (d->reader) {
-        if (dm_spill_next(d->reader, &d->buf)) {
+        if (dm_replay_next(d->reader, &d->buf)) {
             ctx->unreadable = d->src;
             return -1;
         }
@@ -690,10 +761,13 @@ static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
 {
     if (!G->ndrivers)
         return 0;
-    char *label = pass ? dm_xasprintf("%s [pass %d]", G->label, pass + 1) : dm_xstrdup(G->label);
-    dm_progress *pr = dm_progress_start(label, G->drivers[0].total);
-    free(label);
-    int64_t done = 0;
+    dm_progress *pr = G->progress;
+    if (!pr) {
+        char *label = pass ? dm_xasprintf("%s [pass %d]", G->label, pass + 1) : dm_xstrdup(G->label);
+        pr = dm_progress_start(label, G->drivers[0].total);
+        free(label);
+    }
+    int64_t done = G->done_rows;
     int rc = 0;
     for (;;) {
         int ended;
@@ -706,7 +780,10 @@ static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
         done += G->drivers[0].buf.rows;
         dm_progress_update(pr, done, group_spilled_bytes(ctx, G));
     }
-    dm_progress_end(pr, done, ctx->spilled_bytes, pass == 0);
+    if (G->progress)
+        G->done_rows = done;
+    else
+        dm_progress_end(pr, done, ctx->spilled_bytes, pass == 0);
     return rc;
 }
 
@@ -735,7 +812,7 @@ static int rewind_drivers(dm_graph *g, group *G)
     for (int j = 0; j < G->nexternal; j++) {
         driver *d = &G->drivers[j];
         if (d->reader) {
-            if (dm_spill_rewind(d->reader))
+            if (dm_replay_rewind(d->reader))
                 return -1;
         } else {
             close_node(d->src, 0);
@@ -802,6 +879,8 @@ static int tensor_read(const dm_graph *g, const dm_node *n, int k)
     return 0;
 }
 
+static int shard_segments(dm_run_ctx *ctx, dm_node *n, int k, int64_t R, int64_t S, json_t *o);
+
 /* What node.json says of output k; closes its spill writer, saves its tensor. */
 static int commit_output(dm_run_ctx *ctx, dm_node *n, int k, json_t *o)
 {
@@ -810,7 +889,7 @@ static int commit_output(dm_run_ctx *ctx, dm_node *n, int k, json_t *o)
         json_object_set_new(o, "spilled", json_boolean(n->spill[k]));
         json_object_set_new(o, "cols", json_integer(n->outdesc[k].shape[1]));
         if (!n->writers[k])
-            return 0;
+            return n->nshards && n->spill[k] ? shard_segments(ctx, n, k, n->shard_rows, n->nshards, o) : 0;
         ctx->spilled_bytes += dm_spill_writer_bytes(n->writers[k]);
         int rc = dm_spill_writer_close(n->writers[k]);
         n->writers[k] = NULL;
@@ -882,7 +961,7 @@ static void close_group(group *G, int failed)
         close_node(G->members[i], failed || !G->members[i]->run);
     for (int j = 0; j < G->ndrivers; j++) {
         driver *d = &G->drivers[j];
-        dm_spill_reader_close(d->reader);
+        dm_replay_close(d->reader);
         if (d->opened)
             close_node(d->src, 1);
         free(d->buf.ptr);
@@ -908,11 +987,316 @@ static int run_group_phases(dm_run_ctx *ctx, group *G)
     return 0;
 }
 
+/* ---- shards -------------------------------------------------------------------
+ *
+ * A sharded group (every member's operator is shardable, and its streams can be
+ * read by range: replayed from the cache, or made by a source that seeks) runs
+ * once per shard of the rows of its driving stream: shard i holds rows
+ * [i * R, (i + 1) * R). R is the shard size (`shard:`, --shard), counted in tokens:
+ * a stream of token windows (i32) holds cols tokens per row. Each member that
+ * runs builds its shard's own cache entry (dm_cache_shard_key): the spills of its
+ * streams for those rows and its partial results (save_partial). A shard whose
+ * entries all exist is done, so a run killed halfway resumes with the missing
+ * shards. With MPI ranks, rank r runs the shards i with i mod N = r. Then rank 0
+ * merges: each member is opened once more, merges every shard's partial in
+ * shard order, finishes, and commits its node entry, whose streams list the
+ * shards' spills as segments (replay.c). The merge order is the shard order
+ * whoever ran them, so the results do not depend on the number of ranks.
+ */
+
+/* The rows of G's driving stream (its first stream input, or its first member
+ * source) and the tokens per row; *total = -1 when not known before the run. */
+static int shard_stream_rows(dm_run_ctx *ctx, group *G, int64_t *total, int64_t *per_row)
+{
+    dm_node *s = NULL;
+    int port = 0;
+    if (G->nexternal) {
+        s = G->drivers[0].src;
+        port = G->drivers[0].port;
+    } else {
+        for (int i = 0; i < G->nmembers && !s; i++)
+            if (G->members[i]->op->produce)
+                s = G->members[i];
+    }
+    if (!s)
+        return dm_failc(DM_E_INTERNAL, "nodes %s: a sharded group without a stream", G->label);
+    *total = s->outdesc[port].shape[0];
+    int64_t cols = s->outdesc[port].shape[1];
+    if (G->nexternal && replays(&G->drivers[0])) {
+        dm_replay *r = open_replay(ctx->g, s, port, 0, -1);
+        if (!r) {
+            ctx->unreadable = s;
+            return -1;
+        }
+        *total = dm_replay_rows(r);
+        cols = dm_replay_cols(r);
+        dm_replay_close(r);
+    }
+    *per_row = s->outdesc[port].dtype == DM_I32 && cols > 0 ? cols : 1;
+    return 0;
+}
+
+static int64_t shard_count(int64_t total, int64_t R) { return total <= 0 ? 1 : (total + R - 1) / R; }
+
+/* 1 when every member that runs has the entry of shard i. */
+static int shard_done(const dm_graph *g, const group *G, int64_t R, int64_t i)
+{
+    for (int m = 0; m < G->nmembers; m++) {
+        const dm_node *n = G->members[m];
+        if (!n->run)
+            continue;
+        char key[33];
+        dm_cache_shard_key(n->key, R, i, key);
+        char *path = dm_cache_entry_file(g, key, "node.json");
+        int have = dm_file_exists(path);
+        free(path);
+        if (!have)
+            return 0;
+    }
+    return 1;
+}
+
+/* After a shard: each member that runs writes its partial results. */
+static int save_partials(group *G)
+{
+    for (int i = 0; i < G->nmembers; i++) {
+        dm_node *n = G->members[i];
+        if (!n->run || !n->op->save_partial)
+            continue;
+        double t0 = dm_now();
+        int rc = n->op->save_partial(n, n->dir);
+        n->seconds += dm_now() - t0;
+        if (dm_node_check_params(n, rc))
+            return blame(n, 1);
+    }
+    return 0;
+}
+
+/* Records the size and checksum of every file in n's folder but its spills. */
+static int sum_partial_files(dm_node *n, json_t *files)
+{
+    DIR *d = opendir(n->dir);
+    if (!d)
+        return dm_failc(DM_E_IO, "%s: cannot list: %s", n->dir, strerror(errno));
+    struct dirent *e;
+    int rc = 0;
+    while (!rc && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        int spill = 0;
+        for (int k = 0; k < n->nout && !spill; k++) {
+            size_t l = strlen(n->outs[k].name);
+            spill = n->spill[k] && !strncmp(e->d_name, n->outs[k].name, l) &&
+                    (!strcmp(e->d_name + l, ".spill") || !strcmp(e->d_name + l, ".json"));
+        }
+        if (!spill)
+            rc = dm_cache_sum_record(n->dir, e->d_name, files);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* Makes the folder of n's shard its cache entry (CACHE/<shard key>). */
+static int commit_shard(dm_run_ctx *ctx, const group *G, dm_node *n, int64_t i, int64_t S)
+{
+    json_t *j = json_object(), *outs = json_object(), *files = json_object();
+    json_object_set_new(j, "key", json_string(n->building));
+    json_object_set_new(j, "node", json_string(n->decl->name));
+    json_object_set_new(j, "op", json_string(n->op->name));
+    json_object_set_new(j, "shard", json_pack("{s:s, s:I, s:I, s:I, s:I}", "of", n->key, "index", (json_int_t)i,
+                                              "count", (json_int_t)S, "row0", (json_int_t)G->row0, "rows",
+                                              (json_int_t)G->rows));
+    json_object_set_new(j, "seconds", json_real(n->seconds));
+    json_object_set_new(j, "outputs", outs);
+    json_object_set_new(j, "products", json_array());
+    json_object_set_new(j, "files", files);
+    int rc = 0;
+    for (int k = 0; k < n->nout && !rc; k++) {
+        if (n->outdesc[k].kind != DM_PORT_STREAM)
+            continue;
+        json_t *o = json_object();
+        json_object_set_new(outs, n->outs[k].name, o);
+        rc = commit_output(ctx, n, k, o);
+    }
+    if (!rc)
+        rc = sum_partial_files(n, files);
+    if (!rc)
+        rc = dm_cache_commit(ctx->g, n, j);
+    json_decref(j);
+    return rc;
+}
+
+static void set_building(group *G, int64_t R, int64_t i)
+{
+    for (int m = 0; m < G->nmembers; m++) {
+        dm_node *n = G->members[m];
+        free(n->building);
+        n->building = NULL;
+        if (i >= 0 && n->run) {
+            n->building = dm_xmalloc(33);
+            dm_cache_shard_key(n->key, R, i, n->building);
+        }
+    }
+}
+
+static int run_shard_phases(dm_run_ctx *ctx, group *G, int64_t i, int64_t S)
+{
+    dm_graph *g = ctx->g;
+    if (dm_check_interrupt() || open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) ||
+        size_chunks(g, G))
+        return -1;
+    if (open_members(g, G) || open_sources(g, G) || dm_check_interrupt())
+        return -1;
+    if (drive(ctx, G) || dm_check_interrupt() || save_partials(G))
+        return -1;
+    for (int m = 0; m < G->nmembers; m++)
+        if (G->members[m]->run && commit_shard(ctx, G, G->members[m], i, S))
+            return -1;
+    return 0;
+}
+
+/* The shard's entries, checked, merged into n in shard order. */
+static int merge_partials(dm_run_ctx *ctx, dm_node *n, int64_t R, int64_t S)
+{
+    for (int64_t i = 0; i < S; i++) {
+        char key[33];
+        dm_cache_shard_key(n->key, R, i, key);
+        char *dir = dm_cache_entry(ctx->g, key);
+        json_t *entry = dm_cache_entry_json(ctx->g, key);
+        int rc = 0;
+        if (!entry)
+            rc = dm_failc(DM_E_CORRUPT, "%s/node.json: missing or unreadable (shard %lld of %lld of node '%s')", dir,
+                          (long long)i, (long long)S, n->decl->name);
+        const char *file;
+        json_t *v;
+        json_object_foreach(json_object_get(entry, "files"), file, v)
+        {
+            if (!rc)
+                rc = dm_cache_check_file(dir, entry, file);
+        }
+        if (!rc && n->op->merge_partial) {
+            double t0 = dm_now();
+            rc = n->op->merge_partial(n, dir);
+            n->seconds += dm_now() - t0;
+            if (dm_node_check_params(n, rc))
+                rc = blame(n, 1);
+        }
+        json_decref(entry);
+        if (rc && dm_error_code() == DM_E_CORRUPT) {
+            free(ctx->bad_entry);
+            ctx->bad_entry = dir; /* removed; the retry computes the shard again */
+            return -1;
+        }
+        free(dir);
+        if (rc)
+            return -1;
+    }
+    return 0;
+}
+
+/* The segments of stream output k of sharded node n: its shards' spills. */
+static int shard_segments(dm_run_ctx *ctx, dm_node *n, int k, int64_t R, int64_t S, json_t *o)
+{
+    json_t *segs = json_array();
+    json_object_set_new(o, "segments", segs);
+    json_object_set_new(o, "dtype", json_string(dm_dtype_name(n->outdesc[k].dtype)));
+    for (int64_t i = 0; i < S; i++) {
+        char key[33];
+        dm_cache_shard_key(n->key, R, i, key);
+        char *dir = dm_cache_entry(ctx->g, key);
+        dm_spill_reader *r = dm_spill_reader_open(dir, n->outs[k].name);
+        if (!r) {
+            free(ctx->bad_entry);
+            ctx->bad_entry = dir;
+            return -1;
+        }
+        json_array_append_new(segs, json_pack("{s:s, s:I, s:I, s:I}", "key", key, "row0", (json_int_t)dm_spill_row0(r),
+                                               "rows", (json_int_t)dm_spill_rows(r), "max_chunk_rows",
+                                               (json_int_t)dm_spill_max_chunk_rows(r)));
+        dm_spill_reader_close(r);
+        free(dir);
+    }
+    return 0;
+}
+
+static int merge_group(dm_run_ctx *ctx, group *G, int64_t R, int64_t S)
+{
+    dm_graph *g = ctx->g;
+    G->row0 = 0;
+    G->rows = -1;
+    set_building(G, R, -1);
+    if (dm_check_interrupt() || load_tensor_inputs(g, G) || refresh_descs(G))
+        return -1;
+    for (int m = 0; m < G->nmembers; m++) {
+        dm_node *n = G->members[m];
+        if (!n->run)
+            continue;
+        if (open_node(g, n, OPEN_RANDOM) || merge_partials(ctx, n, R, S) || dm_check_interrupt())
+            return -1;
+        double t0 = dm_now();
+        int rc = n->op->finish ? n->op->finish(n) : 0;
+        n->finish_seconds = dm_now() - t0;
+        n->seconds += n->finish_seconds;
+        if (dm_node_check_params(n, rc))
+            return blame(n, 1);
+        n->shard_rows = R;
+        n->nshards = S;
+        if (commit_node(ctx, n))
+            return -1;
+    }
+    return 0;
+}
+
+static int run_sharded(dm_run_ctx *ctx, group *G)
+{
+    dm_graph *g = ctx->g;
+    int64_t total = -1, per_row = 1;
+    if (shard_stream_rows(ctx, G, &total, &per_row))
+        return -1;
+    int64_t R = g->shard / per_row > 0 ? g->shard / per_row : 1, S = shard_count(total, R);
+    G->progress = dm_progress_start(G->label, total);
+    dm_progress_units(G->progress, per_row > 1 ? "tokens" : "rows", per_row);
+    G->done_rows = 0;
+    int64_t done = 0;
+    int rc = 0;
+    for (int64_t i = 0; i < S && !rc; i++) {
+        if (i % g->nranks != g->rank)
+            continue;
+        G->row0 = i * R;
+        G->rows = total < 0 ? -1 : total - i * R < R ? total - i * R : R;
+        if (!shard_done(g, G, R, i)) {
+            set_building(G, R, i);
+            dm_progress_shards(G->progress, done, S);
+            rc = run_shard_phases(ctx, G, i, S);
+            close_group(G, rc != 0);
+        } else if (G->rows > 0) {
+            G->done_rows += G->rows; /* cached: counted, not timed */
+        }
+        done++;
+    }
+    set_building(G, R, -1);
+    dm_progress_shards(G->progress, done, S);
+    dm_progress_end(G->progress, G->done_rows, ctx->spilled_bytes, 1);
+    G->progress = NULL;
+    rc = dist_agree(ctx, rc);
+    if (!rc && g->rank == 0)
+        rc = merge_group(ctx, G, R, S);
+    return rc;
+}
+
 static int run_group(dm_run_ctx *ctx, group *G, int gi)
 {
     ctx->group = gi;
-    int rc = run_group_phases(ctx, G);
+    int rc;
+    if (G->sharded) {
+        rc = run_sharded(ctx, G);
+    } else if (ctx->g->rank == 0) {
+        rc = run_group_phases(ctx, G);
+    } else {
+        rc = 0; /* rank 0 runs the groups that are not sharded */
+    }
     close_group(G, rc != 0);
+    rc = dist_agree(ctx, rc);
     ctx->group = -1;
     if (rc && dm_interrupted() && !ctx->stopped_in)
         ctx->stopped_in = dm_xstrdup(G->label);

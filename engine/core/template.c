@@ -227,6 +227,8 @@ void dm_pipeline_write(const dm_pipeline *p, FILE *f)
         fprintf(f, "threads: %d\n", p->threads);
     if (p->chunk)
         fprintf(f, "chunk: %lld\n", (long long)p->chunk);
+    if (p->shard >= 0)
+        fprintf(f, "shard: %lld\n", (long long)p->shard);
     fputs("nodes:\n", f);
     for (int i = 0; i < p->nnodes; i++) {
         const dm_node_decl *d = &p->nodes[i];

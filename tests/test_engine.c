@@ -12,6 +12,7 @@
 
 #include "engine.h"
 #include "fs.h"
+#include "npy.h"
 #include "test.h"
 
 START_TEST(test_sizes)
@@ -462,6 +463,73 @@ static int bug_open(dm_node *n) { return dm_param_int(n, "undeclared") == 0 ? 0 
 static const dm_op mock_bug = {.name = "mock_bug", .version = 1, .inputs = x_in, .open = bug_open,
                                .consume = fail_consume};
 
+/* Shards: mock_ssource seeks (rows [row0, row0 + rows) of mock_source's
+ * values), mock_smap is a shardable map (x + 1), mock_ssum a shardable column
+ * sum whose partial is its sums (an .npy of f64) and which counts the rows it
+ * consumes; its optional tensor input `after` only orders it after a node. */
+static int64_t ssum_rows_seen;
+
+static int ssrc_seek(dm_node *n, int64_t row0, int64_t rows)
+{
+    src_state *s = dm_node_state(n);
+    s->next = row0;
+    s->rows = row0 + rows;
+    return 0;
+}
+
+static int smap_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    float *y = dm_xmalloc((size_t)(c->rows * c->cols) * sizeof *y);
+    for (int64_t i = 0; i < c->rows * c->cols; i++)
+        y[i] = c->data[i] + 1;
+    dm_chunk o = *c;
+    o.data = y;
+    int rc = dm_emit(n, 0, &o);
+    free(y);
+    return rc;
+}
+
+static int ssum_consume(dm_node *n, int port, const dm_chunk *c)
+{
+    ssum_rows_seen += c->rows;
+    return sum_consume(n, port, c);
+}
+
+static int ssum_save(dm_node *n, const char *dir)
+{
+    char *path = dm_xasprintf("%s/sums.npy", dir);
+    int rc = dm_npy_save(path, dm_node_state(n));
+    free(path);
+    return rc;
+}
+
+static int ssum_merge(dm_node *n, const char *dir)
+{
+    char *path = dm_xasprintf("%s/sums.npy", dir);
+    dm_tensor t;
+    int rc = dm_npy_load(path, &t);
+    free(path);
+    if (rc)
+        return -1;
+    dm_tensor *acc = dm_node_state(n);
+    for (int64_t k = 0; k < acc->shape[0]; k++)
+        ((double *)acc->data)[k] += ((double *)t.data)[k];
+    dm_tensor_free(&t);
+    return 0;
+}
+
+static const dm_op mock_ssource = {.name = "mock_ssource", .version = 1, .params = src_params,
+                                   .outputs = stream_out, .infer = src_infer, .open = src_open,
+                                   .produce = src_produce, .close = free_state, .shardable = 1,
+                                   .seek = ssrc_seek};
+static const dm_op mock_smap = {.name = "mock_smap", .version = 1, .inputs = x_in, .outputs = stream_out,
+                                .infer = same_width, .consume = smap_consume, .shardable = 1};
+static const dm_port_spec ssum_in[] = {{"x", DM_PORT_STREAM}, {"after", DM_PORT_TENSOR, .optional = 1}, {NULL}};
+static const dm_op mock_ssum = {.name = "mock_ssum", .version = 1, .inputs = ssum_in, .outputs = tensor_out,
+                                .infer = sum_infer, .open = sum_open, .consume = ssum_consume,
+                                .finish = sum_finish, .close = sum_close, .shardable = 1,
+                                .save_partial = ssum_save, .merge_partial = ssum_merge};
+
 static const dm_op mock_ids, mock_idcheck;
 static void register_mocks(void)
 {
@@ -469,7 +537,8 @@ static void register_mocks(void)
     if (done)
         return;
     const dm_op *ops[] = {&mock_source, &mock_dear_source, &mock_map, &mock_multipass, &mock_sum,
-                          &mock_center, &mock_gather, &mock_fail, &mock_bug, &mock_ids, &mock_idcheck};
+                          &mock_center, &mock_gather, &mock_fail, &mock_bug, &mock_ids, &mock_idcheck,
+                          &mock_ssource, &mock_smap, &mock_ssum};
     for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
         ck_assert_int_eq(dm_registry_add(ops[i]), 0);
     ck_assert_int_eq(dm_registry_add(&mock_map), -1); /* a name is registered once */
@@ -889,8 +958,100 @@ START_TEST(test_mock_typed_streams)
 }
 END_TEST
 
+/* Shards: a source that seeks, a map and a reduction run per shard of 3000
+ * rows (4 shards of 10000 rows), each into its own entry, and merge in shard
+ * order; a later sharded group and a multipass node replay the map's stream
+ * from its shards' spills. Results equal those of an unsharded run exactly
+ * (integer-valued sums). A rerun after losing one shard's entries (a run killed
+ * halfway) computes that shard only. */
+static const char *sharded = "shard: 3000\n"
+                             "nodes:\n"
+                             "  src: {op: mock_ssource, params: {rows: 10000, cols: 4}}\n"
+                             "  map: {op: mock_smap, inputs: {x: src}}\n"
+                             "  sum: {op: mock_ssum, inputs: {x: map}}\n"
+                             "  late: {op: mock_ssum, inputs: {x: map, after: sum}}\n"
+                             "  mp: {op: mock_multipass, inputs: {x: map}, params: {passes: 2}}\n";
+
+static double tensor_sum(const dm_node *n)
+{
+    double s = 0;
+    for (int64_t k = 0; k < n->outtensor[0].shape[0]; k++)
+        s += ((double *)n->outtensor[0].data)[k];
+    return s;
+}
+
+START_TEST(test_mock_shards)
+{
+    double want = 0;
+    for (int64_t r = 0; r < 10000; r++)
+        for (int64_t c = 0; c < 4; c++)
+            want += src_value(r, c) + 1;
+    char *cache = dm_test_tmpdir("engine");
+    dm_pipeline *p;
+    dm_graph *g = mock_graph(sharded, cache, NULL, &p);
+    ck_assert_int_eq(g->shard, 3000);
+    ssum_rows_seen = 0;
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    dm_node *src = dm_graph_find(g, "src"), *map = dm_graph_find(g, "map"), *sum = dm_graph_find(g, "sum"),
+            *late = dm_graph_find(g, "late");
+    ck_assert_int_eq(map->group, src->group);
+    ck_assert_int_eq(sum->group, src->group);
+    ck_assert_int_gt(late->group, sum->group);
+    ck_assert(tensor_sum(sum) == want);
+    ck_assert(tensor_sum(late) == want);
+    ck_assert_int_eq(ssum_rows_seen, 20000); /* sum and late, each row once */
+    ck_assert_int_eq(seen.rows[0], 10000);   /* mp: both passes over the four segments */
+    ck_assert_int_eq(seen.rows[1], 10000);
+    ck_assert_int_eq(seen.in_order, 1);
+    /* map's entry lists its shards' spills */
+    json_t *e = dm_cache_entry_json(g, map->key);
+    json_t *segs = json_object_get(json_object_get(json_object_get(e, "outputs"), "out"), "segments");
+    ck_assert_int_eq((int)json_array_size(segs), 4);
+    ck_assert_int_eq((int)json_integer_value(json_object_get(json_array_get(segs, 3), "rows")), 1000);
+    json_decref(e);
+    char map_key[33], sum_key[33];
+    memcpy(map_key, map->key, 33);
+    memcpy(sum_key, sum->key, 33);
+    free_graph(g, p);
+
+    /* a run killed in shard 2: the node entries and shard 2's entries are gone */
+    char k2[33];
+    dm_cache_shard_key(sum_key, 3000, 2, k2);
+    char *d = dm_xasprintf("%s/%s", cache, k2);
+    ck_assert_int_eq(dm_file_exists(d), 1);
+    dm_rm_rf(d);
+    free(d);
+    dm_cache_shard_key(map_key, 3000, 2, k2);
+    d = dm_xasprintf("%s/%s", cache, k2);
+    dm_rm_rf(d);
+    free(d);
+    for (int i = 0; i < 2; i++) {
+        d = dm_xasprintf("%s/%s", cache, i ? map_key : sum_key);
+        dm_rm_rf(d);
+        free(d);
+    }
+    g = mock_graph(sharded, cache, NULL, &p);
+    ssum_rows_seen = 0;
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert_int_eq(ssum_rows_seen, 3000); /* sum: shard 2 only (late is cached: its inputs' keys are the same) */
+    ck_assert(tensor_sum(dm_graph_find(g, "sum")) == want);
+    free_graph(g, p);
+
+    /* unsharded: the same sums */
+    g = mock_graph(sharded, cache, NULL, &p);
+    g->shard = 0;
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert(tensor_sum(dm_graph_find(g, "sum")) == want);
+    ck_assert(tensor_sum(dm_graph_find(g, "late")) == want);
+    free_graph(g, p);
+    dm_rm_rf(cache);
+    free(cache);
+}
+END_TEST
+
 int main(void)
 {
+
     Suite *s = suite_create("engine");
     TCase *tc = tcase_create("engine");
     tcase_add_test(tc, test_sizes);
@@ -907,6 +1068,7 @@ int main(void)
     tcase_add_test(tc, test_mock_nested_runs);
     tcase_add_test(tc, test_mock_typed_streams);
     tcase_add_test(tc, test_mock_ephemeral);
+    tcase_add_test(tc, test_mock_shards);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);
 }

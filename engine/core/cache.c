@@ -358,6 +358,47 @@ end:
     return rc;
 }
 
+static char *shards_note_path(const dm_graph *g, const dm_node *n)
+{
+    return dm_xasprintf("%s/index/%s/%s.shards", g->cache, g->pipe->name, n->decl->name);
+}
+
+int dm_cache_note_shards(const dm_graph *g, const dm_node *n, int64_t shard_rows, int64_t count)
+{
+    char *dir = dm_xasprintf("%s/index/%s", g->cache, g->pipe->name), *path = shards_note_path(g, n);
+    char text[96];
+    int len = snprintf(text, sizeof text, "%s %lld %lld\n", n->key, (long long)shard_rows, (long long)count);
+    int rc = dm_mkdir_p(dir);
+    if (!rc)
+        rc = dm_write_file_atomic(path, text, (size_t)len);
+    free(dir), free(path);
+    return rc;
+}
+
+/* For a stale node that runs in shards: how many of its shards are cached
+ * (0 when unknown: its sharded group has not started with this key). */
+static int shards_cached(const dm_graph *g, const dm_node *n, int64_t *done, int64_t *count)
+{
+    char *path = shards_note_path(g, n), *text = dm_file_exists(path) ? dm_read_file(path, NULL) : NULL;
+    free(path);
+    char key[40];
+    long long R = 0, S = 0;
+    int ok = text && sscanf(text, "%39s %lld %lld", key, &R, &S) == 3 && !strcmp(key, n->key) && R > 0 && S > 0;
+    free(text);
+    if (!ok)
+        return 0;
+    *count = S;
+    *done = 0;
+    for (int64_t i = 0; i < S; i++) {
+        char k[33];
+        dm_cache_shard_key(n->key, R, i, k);
+        char *nj = dm_cache_entry_file(g, k, "node.json");
+        *done += dm_file_exists(nj);
+        free(nj);
+    }
+    return 1;
+}
+
 void dm_plan_print(dm_graph *g, FILE *f)
 {
     fprintf(f, "pipeline %s (%s), cache %s\n", g->pipe->name, g->pipe->path, g->cache);
@@ -383,6 +424,9 @@ void dm_plan_print(dm_graph *g, FILE *f)
             fprintf(f, "cached%s", n->reproduce ? " (source read again to feed a rerun)" : "");
         else
             fprintf(f, "stale: %s", n->why);
+        int64_t done, count;
+        if (!(g->ran && n->run) && n->state != DM_STATE_CACHED && shards_cached(g, n, &done, &count))
+            fprintf(f, " (%lld of %lld shards cached)", (long long)done, (long long)count);
         if (ins[0])
             fprintf(f, "  <- %s", ins);
         fputc('\n', f);
@@ -486,7 +530,20 @@ static int verify_entry(const char *cache, const char *key, dm_cache_report_fn r
             const char *kind = json_string_value(json_object_get(o, "kind"));
             char *file = NULL;
             int rc = 0;
-            if (kind && !strcmp(kind, "stream") && json_is_true(json_object_get(o, "spilled"))) {
+            json_t *segs = json_object_get(o, "segments"), *sg;
+            size_t si;
+            if (segs) { /* the shards' spills: checked as their own entries; here, that they are there */
+                json_array_foreach(segs, si, sg)
+                {
+                    const char *sk = json_string_value(json_object_get(sg, "key"));
+                    char *sp = dm_xasprintf("%s/%s/node.json", cache, sk ? sk : "?");
+                    if (!rc && (!sk || !dm_file_exists(sp))) {
+                        file = dm_xasprintf("%s.spill", port);
+                        rc = dm_failc(DM_E_CORRUPT, "%s: shard %zu of output '%s' is missing", sp, si, port);
+                    }
+                    free(sp);
+                }
+            } else if (kind && !strcmp(kind, "stream") && json_is_true(json_object_get(o, "spilled"))) {
                 file = dm_xasprintf("%s.spill", port);
                 rc = dm_spill_verify(dir, port);
             } else if (kind && !strcmp(kind, "tensor") && !json_is_false(json_object_get(o, "written"))) {
@@ -504,6 +561,15 @@ static int verify_entry(const char *cache, const char *key, dm_cache_report_fn r
             const char *prod = json_string_value(v);
             if (prod && dm_cache_check_file(dir, j, prod)) {
                 report(arg, key, node, prod, dm_error());
+                bad++;
+            }
+        }
+        const char *file;
+        json_object_foreach(json_object_get(j, "files"), file, v)
+        {
+            /* a shard's partial results (its other files are spills and products) */
+            if (json_object_get(j, "shard") && dm_cache_check_file(dir, j, file)) {
+                report(arg, key, node, file, dm_error());
                 bad++;
             }
         }
@@ -756,6 +822,8 @@ typedef struct {
     int n;
     cache_ref *refs;
     int nrefs;
+    char (*running)[33]; /* nodes whose shards are being made (index/<pipeline>/<node>.shards) */
+    int nrunning;
     int64_t meta_bytes; /* index/, filehash/ and anything else that is not an entry or tmp/ */
 } cache_scan;
 
@@ -775,7 +843,17 @@ static void scan_free(cache_scan *s)
     for (int i = 0; i < s->nrefs; i++)
         free(s->refs[i].pipeline), free(s->refs[i].node);
     free(s->refs);
+    free(s->running);
     free(s->e);
+}
+
+static json_t *entry_json_at(const char *cache, const char *key)
+{
+    char *path = dm_xasprintf("%s/%s/node.json", cache, key);
+    json_error_t err;
+    json_t *j = dm_file_exists(path) ? json_load_file(path, 0, &err) : NULL;
+    free(path);
+    return j;
 }
 
 /* The index: every CACHE/index/<pipeline>/<node> record, with its key. */
@@ -801,7 +879,13 @@ static int scan_index(const char *cache, cache_scan *s)
                 S_ISREG(st.st_mode)) {
                 size_t len;
                 char *material = dm_read_file(f, &len);
-                if (material) {
+                size_t nl = strlen(nodes[j]->d_name);
+                if (material && nl > 7 && !strcmp(nodes[j]->d_name + nl - 7, ".shards")) {
+                    s->running = dm_xrealloc(s->running, (size_t)(s->nrunning + 1) * sizeof *s->running);
+                    if (sscanf(material, "%32s", s->running[s->nrunning]) == 1)
+                        s->nrunning++;
+                    free(material);
+                } else if (material) {
                     s->refs = dm_xrealloc(s->refs, (size_t)(s->nrefs + 1) * sizeof *s->refs);
                     cache_ref *r = &s->refs[s->nrefs++];
                     r->pipeline = dm_xstrdup(pipes[i]->d_name);
@@ -869,6 +953,18 @@ static int scan_cache(const char *cache, cache_scan *s)
         cache_entry *e = scan_find(s, s->refs[i].key);
         if (e)
             e->refs++;
+    }
+    /* a shard's entry is used while its node's entry is, or while its node is
+     * being made in shards */
+    for (int i = 0; i < s->n; i++) {
+        json_t *j = entry_json_at(cache, s->e[i].key);
+        const char *of = json_string_value(json_object_get(json_object_get(j, "shard"), "of"));
+        cache_entry *node = of ? scan_find(s, of) : NULL;
+        int used = node && node->refs;
+        for (int r = 0; of && r < s->nrunning && !used; r++)
+            used = !strcmp(s->running[r], of);
+        s->e[i].refs += used;
+        json_decref(j);
     }
     return 0;
 }

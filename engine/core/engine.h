@@ -220,6 +220,10 @@ int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry);
  * its own entry, CACHE/<shard key>/, holds the shard's partial results and spills. */
 void dm_cache_shard_key(const char *key, int64_t shard_rows, int64_t index, char out[33]);
 
+/* Records that node n runs in `count` shards of shard_rows rows (CACHE/index),
+ * so that `plan` can say how many are cached. */
+int dm_cache_note_shards(const dm_graph *g, const dm_node *n, int64_t shard_rows, int64_t count);
+
 /* Checksums of an entry's files (cache.c): node.json's "files" records the size
  * and XXH3 of each tensor output and product. */
 /* Adds dir/file's size and checksum to files (node.json's "files" object). */

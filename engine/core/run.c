@@ -1254,6 +1254,9 @@ static int run_sharded(dm_run_ctx *ctx, group *G)
     if (shard_stream_rows(ctx, G, &total, &per_row))
         return -1;
     int64_t R = g->shard / per_row > 0 ? g->shard / per_row : 1, S = shard_count(total, R);
+    for (int m = 0; m < G->nmembers && g->rank == 0; m++)
+        if (G->members[m]->run && dm_cache_note_shards(g, G->members[m], R, S))
+            return -1;
     G->progress = dm_progress_start(G->label, total);
     dm_progress_units(G->progress, per_row > 1 ? "tokens" : "rows", per_row);
     G->done_rows = 0;

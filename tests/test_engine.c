@@ -1037,6 +1037,40 @@ START_TEST(test_mock_shards)
     ck_assert(tensor_sum(dm_graph_find(g, "sum")) == want);
     free_graph(g, p);
 
+    /* map recomputed where late and mp read it, instead of spilled */
+    char *dir2 = dm_test_tmpdir("engine2");
+    static const char *recompute = "shard: 3000\n"
+                                   "nodes:\n"
+                                   "  src: {op: mock_ssource, params: {rows: 10000, cols: 4}}\n"
+                                   "  map: {op: mock_smap, inputs: {x: src}, spill: recompute}\n"
+                                   "  sum: {op: mock_ssum, inputs: {x: map}}\n"
+                                   "  late: {op: mock_ssum, inputs: {x: map, after: sum}}\n"
+                                   "  mp: {op: mock_multipass, inputs: {x: map}, params: {passes: 2}}\n";
+    g = mock_graph(recompute, dir2, NULL, &p);
+    ssum_rows_seen = 0;
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert(tensor_sum(dm_graph_find(g, "sum")) == want);
+    ck_assert_msg(tensor_sum(dm_graph_find(g, "late")) == want, "late %g want %g rows %lld", tensor_sum(dm_graph_find(g, "late")), want, (long long)ssum_rows_seen);
+    ck_assert_int_eq(seen.rows[1], 10000);
+    ck_assert_int_eq(dm_graph_find(g, "map")->spill[0], 0);
+    e = dm_cache_entry_json(g, dm_graph_find(g, "map")->key);
+    ck_assert(json_is_false(json_object_get(json_object_get(json_object_get(e, "outputs"), "out"), "spilled")));
+    json_decref(e);
+    free_graph(g, p);
+    /* a rerun of late alone recomputes map from src */
+    g = mock_graph(recompute, dir2, NULL, &p);
+    g->force = dm_xcalloc(1, sizeof *g->force);
+    g->force[0] = dm_xstrdup("late");
+    g->nforce = 1;
+    ssum_rows_seen = 0;
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert_int_eq(ssum_rows_seen, 10000);
+    ck_assert(tensor_sum(dm_graph_find(g, "late")) == want);
+    ck_assert_int_eq(dm_graph_find(g, "map")->run, 0);
+    free_graph(g, p);
+    dm_rm_rf(dir2);
+    free(dir2);
+
     /* unsharded: the same sums */
     g = mock_graph(sharded, cache, NULL, &p);
     g->shard = 0;

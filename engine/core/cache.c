@@ -342,6 +342,8 @@ int dm_plan(dm_graph *g)
             }
             if (s->op->produce && !(s->op->spill_source && entry_spilled(entries[s->index], s->outs[n->in[k].port].name)))
                 s->reproduce = 1;
+            else if (s->decl->spill && !strcmp(s->decl->spill, "recompute"))
+                s->reproduce = 1; /* run again in n's group from its own inputs (run.c) */
             else if (!entry_spilled(entries[s->index], s->outs[n->in[k].port].name)) {
                 s->run = 1;
                 s->state = DM_STATE_STALE;
@@ -421,7 +423,7 @@ void dm_plan_print(dm_graph *g, FILE *f)
         if (g->ran && n->run)
             fprintf(f, "ran (%s)", n->why);
         else if (n->state == DM_STATE_CACHED)
-            fprintf(f, "cached%s", n->reproduce ? " (source read again to feed a rerun)" : "");
+            fprintf(f, "cached%s", !n->reproduce ? "" : n->op->produce ? " (source read again to feed a rerun)" : " (recomputed to feed a rerun: spill: recompute)");
         else
             fprintf(f, "stale: %s", n->why);
         int64_t done, count;

@@ -28,7 +28,7 @@ typedef struct {
     int nparams;
     dm_kv *inputs; /* port -> "node" or "node.port" */
     int ninputs;
-    char *spill;       /* auto | always | never */
+    char *spill;       /* auto | always | never | recompute */
     char *spill_dtype; /* f32 | f16 | bf16 */
     char *spill_codec; /* none | zstd */
     int spill_line;

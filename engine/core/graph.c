@@ -222,9 +222,9 @@ static int bind_node(dm_pipeline *p, dm_node *n)
     n->writers = dm_xcalloc((size_t)n->nout + 1, sizeof *n->writers);
 
     const char *spill = d->spill ? d->spill : "auto";
-    if (strcmp(spill, "auto") && strcmp(spill, "always") && strcmp(spill, "never")) {
+    if (strcmp(spill, "auto") && strcmp(spill, "always") && strcmp(spill, "never") && strcmp(spill, "recompute")) {
         char *w = where(p, d, d->spill_line);
-        dm_fail("%s: node '%s': spill must be auto, always or never, not '%s'", w, d->name, spill);
+        dm_fail("%s: node '%s': spill must be auto, always, never or recompute, not '%s'", w, d->name, spill);
         free(w);
         return -1;
     }

@@ -73,6 +73,7 @@
 struct dm_run_ctx {
     dm_graph *g;
     int group;             /* the group running, -1 between groups */
+    struct group *cur;     /* that group */
     int64_t spilled_bytes; /* stored bytes of the spills closed so far */
     dm_node *unreadable;   /* the producer of a spill that could not be replayed */
     char *bad_entry;       /* a shard's entry that could not be read: removed before the retry */
@@ -89,7 +90,7 @@ typedef struct {
     int64_t total; /* rows, -1 unknown */
 } driver;
 
-typedef struct {
+typedef struct group {
     dm_node **members;
     int nmembers;
     /* drivers[0, nexternal): stream inputs made outside the group; then the
@@ -97,6 +98,8 @@ typedef struct {
     driver *drivers;
     int ndrivers, nexternal;
     int multipass;
+    dm_node **guests; /* nodes run again to recompute streams (`spill: recompute`) */
+    int nguests;
     char *label; /* the members' names, for messages and progress */
     /* Shards (run_sharded): the group runs once per shard of its driving
      * stream's rows, then merges. While a shard runs, the drivers yield rows
@@ -117,6 +120,13 @@ static int dist_agree(dm_run_ctx *ctx, int rc)
 }
 
 static int spill_never(const dm_node *n) { return n->decl->spill && !strcmp(n->decl->spill, "never"); }
+
+/* `spill: recompute`: a later group that reads its streams runs it again (as a
+ * guest: opened, fed, never finished or committed) from its own inputs. */
+static int recomputes(const dm_node *n)
+{
+    return n->decl->spill && !strcmp(n->decl->spill, "recompute") && !n->op->produce;
+}
 
 static int has_multipass_input(const dm_node *n)
 {
@@ -175,7 +185,7 @@ static int group_to_join(const dm_node *n, const group *gs)
             continue;
         const dm_node *s = n->in[k].src;
         nstreams++;
-        if (!is_active(s) || has_multipass_input(s) || (join >= 0 && s->group != join))
+        if (!is_active(s) || s->group < 0 || has_multipass_input(s) || (join >= 0 && s->group != join))
             return -1;
         join = s->group;
     }
@@ -197,34 +207,56 @@ static int group_to_join(const dm_node *n, const group *gs)
     return join;
 }
 
-/* Starts a group for n, driven by its stream inputs (which get spilled). */
+/* Adds the stream (s, port) that a member or guest of G reads: a driver, or,
+ * when s recomputes its streams, s as a guest and its own stream inputs. */
+static int add_stream(group *G, dm_node *n, dm_node *s, int port)
+{
+    if (recomputes(s)) {
+        for (int i = 0; i < G->nguests; i++)
+            if (G->guests[i] == s)
+                return 0;
+        G->guests = dm_xrealloc(G->guests, (size_t)(G->nguests + 1) * sizeof *G->guests);
+        G->guests[G->nguests++] = s;
+        if (G->sharded && !s->op->shardable)
+            G->sharded = 0, G->cannot_shard = 1;
+        for (int k = 0; k < s->nin; k++)
+            if (is_stream_input(s, k) && add_stream(G, s, s->in[k].src, s->in[k].port))
+                return -1;
+        return 0;
+    }
+    for (int j = 0; j < G->ndrivers; j++)
+        if (G->drivers[j].src == s && G->drivers[j].port == port)
+            return 0;
+    G->drivers = dm_xrealloc(G->drivers, (size_t)(G->ndrivers + 1) * sizeof *G->drivers);
+    driver *d = &G->drivers[G->ndrivers++];
+    memset(d, 0, sizeof *d);
+    d->src = s;
+    d->port = port;
+    if (s->op->produce && s->op->spill_source && is_active(s) && !spill_never(s))
+        s->spill[port] = 1; /* a group of its own before: replayed */
+    else if (!can_drive_shards(s))
+        G->sharded = 0, G->cannot_shard = 1;
+    if (s->op->produce || !s->run || s->spill[port])
+        return 0;
+    if (spill_never(s))
+        return dm_fail("%s: node '%s' reads output '%s' of node '%s' in a separate pass, "
+                       "which needs it spilled, but '%s' has spill: never",
+                       n->where, n->decl->name, s->outs[port].name, s->decl->name, s->decl->name);
+    s->spill[port] = 1;
+    return 0;
+}
+
+/* Starts a group for n, driven by its stream inputs (which get spilled, or
+ * recomputed). */
 static int start_group(group *G, dm_node *n)
 {
     G->multipass = has_multipass_input(n);
     G->sharded = is_sharded_member(n) && (!n->op->produce || n->op->seek);
     G->cannot_shard = n->op->produce && !n->op->seek && !n->op->spill_source;
     G->rows = -1;
-    for (int k = 0; k < n->nin; k++) {
-        if (!is_stream_input(n, k))
-            continue;
-        dm_node *s = n->in[k].src;
-        G->drivers = dm_xrealloc(G->drivers, (size_t)(G->ndrivers + 1) * sizeof *G->drivers);
-        driver *d = &G->drivers[G->ndrivers++];
-        memset(d, 0, sizeof *d);
-        d->src = s;
-        d->port = n->in[k].port;
-        if (s->op->produce && s->op->spill_source && is_active(s) && !spill_never(s))
-            s->spill[d->port] = 1; /* a group of its own before: replayed */
-        else if (!can_drive_shards(s))
-            G->sharded = 0, G->cannot_shard = 1;
-        if (s->op->produce || !s->run || s->spill[d->port])
-            continue;
-        if (spill_never(s))
-            return dm_fail("%s: node '%s' reads output '%s' of node '%s' in a separate pass, "
-                           "which needs it spilled, but '%s' has spill: never",
-                           n->where, n->decl->name, s->outs[d->port].name, s->decl->name, s->decl->name);
-        s->spill[d->port] = 1;
-    }
+    for (int k = 0; k < n->nin; k++)
+        if (is_stream_input(n, k) && add_stream(G, n, n->in[k].src, n->in[k].port))
+            return -1;
     G->nexternal = G->ndrivers;
     return 0;
 }
@@ -265,8 +297,8 @@ static int make_groups(dm_graph *g, group **out, int *nout)
     *nout = 0;
     for (int i = 0; i < g->nnodes; i++) {
         dm_node *n = g->nodes[i];
-        if (!is_active(n))
-            continue;
+        if (!is_active(n) || (!n->run && recomputes(n)))
+            continue; /* a cached node that recomputes is only ever a guest */
         int join = group_to_join(n, gs);
         if (join < 0) {
             gs = dm_xrealloc(gs, (size_t)(ng + 1) * sizeof *gs);
@@ -293,10 +325,25 @@ static void free_groups(group *gs, int ng)
 {
     for (int i = 0; i < ng; i++) {
         free(gs[i].members);
+        free(gs[i].guests);
         free(gs[i].drivers);
         free(gs[i].label);
     }
     free(gs);
+}
+
+/* Member i of G, then its guests. */
+static dm_node *taking_part(const group *G, int i)
+{
+    return i < G->nmembers ? G->members[i] : G->guests[i - G->nmembers];
+}
+
+static int is_guest(const group *G, const dm_node *n)
+{
+    for (int i = 0; G && i < G->nguests; i++)
+        if (G->guests[i] == n)
+            return 1;
+    return 0;
 }
 
 static int is_member(const group *G, const dm_node *n)
@@ -327,7 +374,7 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c)
     int group = g->run ? g->run->group : -1;
     for (int i = 0; i < n->ncons[port]; i++) {
         dm_node *c2 = n->cons[port][i].src;
-        if (c2->group != group || !c2->run || !c2->opened)
+        if (!c2->opened || !((c2->group == group && c2->run) || (g->run && is_guest(g->run->cur, c2))))
             continue;
         double t0 = dm_now();
         c2->in_consume = 1;
@@ -552,8 +599,8 @@ static int open_replays(dm_run_ctx *ctx, group *G)
  * and the producer recomputes it (dm_run). */
 static int load_tensor_inputs(dm_graph *g, group *G)
 {
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
+    for (int i = 0; i < G->nmembers + G->nguests; i++) {
+        dm_node *n = taking_part(G, i);
         for (int k = 0; k < n->nin; k++) {
             dm_node *s = n->in[k].src;
             int p = n->in[k].port;
@@ -619,8 +666,8 @@ static int64_t row_bytes_of(const dm_node *n, int port)
 static int size_chunks(dm_graph *g, group *G)
 {
     int64_t fixed = 0, per_row = 0;
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
+    for (int i = 0; i < G->nmembers + G->nguests; i++) {
+        dm_node *n = taking_part(G, i);
         if (n->op->state_bytes)
             fixed += n->op->state_bytes(n);
         if (dm_node_check_params(n, 0))
@@ -642,8 +689,8 @@ static int size_chunks(dm_graph *g, group *G)
                         "threads, %lld bytes per row); raise it with --memory, or use fewer "
                         "--threads", (long long)(g->memory >> 20), G->label,
                         (long long)(fixed >> 20), dm_threads(), (long long)per_row);
-    for (int i = 0; i < G->nmembers; i++)
-        G->members[i]->chunk_rows = rows;
+    for (int i = 0; i < G->nmembers + G->nguests; i++)
+        taking_part(G, i)->chunk_rows = rows;
     for (int j = 0; j < G->nexternal; j++)
         if (!G->drivers[j].reader && !is_member(G, G->drivers[j].src))
             G->drivers[j].src->chunk_rows = rows;
@@ -655,6 +702,12 @@ static int open_members(dm_graph *g, group *G)
     for (int i = 0; i < G->nmembers; i++)
         if (open_node(g, G->members[i], OPEN_MEMBER))
             return -1;
+    for (int i = 0; i < G->nguests; i++) {
+        free(G->guests[i]->building);
+        G->guests[i]->building = NULL;
+        if (open_node(g, G->guests[i], 0))
+            return -1;
+    }
     return 0;
 }
 
@@ -959,6 +1012,8 @@ static void close_group(group *G, int failed)
 {
     for (int i = 0; i < G->nmembers; i++)
         close_node(G->members[i], failed || !G->members[i]->run);
+    for (int i = 0; i < G->nguests; i++)
+        close_node(G->guests[i], 1); /* nothing of a guest is kept */
     for (int j = 0; j < G->ndrivers; j++) {
         driver *d = &G->drivers[j];
         dm_replay_close(d->reader);
@@ -1045,6 +1100,8 @@ static int shard_done(const dm_graph *g, const group *G, int64_t R, int64_t i)
         const dm_node *n = G->members[m];
         if (!n->run)
             continue;
+        if (n->forced)
+            return 0; /* --force: computed again, shards too */
         char key[33];
         dm_cache_shard_key(n->key, R, i, key);
         char *path = dm_cache_entry_file(g, key, "node.json");
@@ -1290,6 +1347,7 @@ static int run_sharded(dm_run_ctx *ctx, group *G)
 static int run_group(dm_run_ctx *ctx, group *G, int gi)
 {
     ctx->group = gi;
+    ctx->cur = G;
     int rc;
     if (G->sharded) {
         rc = run_sharded(ctx, G);
@@ -1299,6 +1357,7 @@ static int run_group(dm_run_ctx *ctx, group *G, int gi)
         rc = 0; /* rank 0 runs the groups that are not sharded */
     }
     close_group(G, rc != 0);
+    ctx->cur = NULL;
     rc = dist_agree(ctx, rc);
     ctx->group = -1;
     if (rc && dm_interrupted() && !ctx->stopped_in)
@@ -1421,7 +1480,7 @@ static void plan_spills(dm_graph *g)
         n->group = -1;
         for (int k = 0; k < n->nout; k++)
             n->spill[k] = n->run && n->outdesc[k].kind == DM_PORT_STREAM && n->ncons[k] > 0 &&
-                          (!n->op->produce || n->op->spill_source) && !spill_never(n);
+                          (!n->op->produce || n->op->spill_source) && !spill_never(n) && !recomputes(n);
     }
 }
 

@@ -52,6 +52,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -757,4 +758,40 @@ char *dm_read_text(const char *path, size_t *len)
     buf[n] = 0;
     *len = n;
     return buf;
+}
+
+int64_t dm_fs_free_bytes(const char *path)
+{
+    char *p = dm_xstrdup(path);
+    struct statvfs st;
+    while (statvfs(p, &st)) {
+        char *slash = strrchr(p, '/');
+        if (errno != ENOENT || !slash || slash == p) {
+            if (errno == ENOENT) { /* a relative path: the current folder */
+                free(p);
+                p = dm_xstrdup(".");
+                if (!statvfs(p, &st))
+                    break;
+            }
+            dm_failc(DM_E_IO, "%s: cannot tell the free space: %s", path, strerror(errno));
+            free(p);
+            return -1;
+        }
+        *slash = 0;
+    }
+    free(p);
+    return (int64_t)st.f_bavail * (int64_t)st.f_frsize;
+}
+
+/* "12.0 MiB" (malloc'd). */
+char *dm_human_bytes(int64_t b)
+{
+    static const char *units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
+    if (b < 1024)
+        return dm_xasprintf("%lld B", (long long)b);
+    double v = (double)b / 1024;
+    int u = 0;
+    while (v >= 1024 && u < 4)
+        v /= 1024, u++;
+    return dm_xasprintf("%.1f %s", v, units[u]);
 }

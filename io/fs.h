@@ -80,4 +80,11 @@ int dm_file_exists(const char *path);
  * so unchanged big inputs are not reread. memo_dir may be NULL (no memo). */
 int dm_file_identity(const char *path, const char *memo_dir, char out[33]);
 
+/* Bytes free to an unprivileged writer on the file system holding path (or
+ * its nearest existing parent folder); -1 with dm_fail when it cannot be told. */
+int64_t dm_fs_free_bytes(const char *path);
+
+/* "12.0 MiB" (malloc'd). */
+char *dm_human_bytes(int64_t b);
+
 #endif

@@ -54,6 +54,9 @@ typedef struct {
     dm_dtype dtype;
     int ndim;
     int64_t shape[DM_MAX_DIMS];
+    /* streams whose rows are not known before the run (shape[0] = -1): rows at
+     * most, when a parameter bounds them (max_tokens), for the disk estimate; 0: no bound */
+    int64_t max_rows;
 } dm_port_desc;
 
 typedef struct {
@@ -135,6 +138,9 @@ typedef struct dm_op {
      * drive): produce() then yields rows [row0, row0 + rows) only, with the
      * same values as in a full pass. Called after open(). */
     int (*seek)(dm_node *n, int64_t row0, int64_t rows);
+    /* Optional: bytes of the product files the node writes for `rows` rows of
+     * its first stream input (an .npy of every row), for the disk estimate. */
+    int64_t (*disk_bytes)(const dm_node *n, int64_t rows);
 } dm_op;
 
 /* ---- what an operator may ask of its node ------------------------------- */

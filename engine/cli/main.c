@@ -84,6 +84,24 @@ static const dm_arg_cmd run_cmds[] = {
      run_specs, NULL, 0, 0},
 };
 
+/* `plan`: the disk the run will write, and what the cache's file system has. */
+static int print_disk(dm_graph *g)
+{
+    dm_disk_estimate e;
+    if (dm_run_disk_estimate(g, &e))
+        return -1;
+    char *t = dm_human_bytes(e.total), *sp = dm_human_bytes(e.spills), *te = dm_human_bytes(e.tensors),
+         *pr = dm_human_bytes(e.products), *fr = dm_human_bytes(e.free);
+    printf("disk: about %s into %s (spills %s, tensors %s, products %s%s); its file system has %s free%s\n", t,
+           g->cache, sp, te, pr, g->out ? ", twice with --out" : "", fr,
+           e.total > e.free ? ": not enough, `dmica run` will refuse to start" : "");
+    if (e.unknown)
+        printf("disk: %d spilled stream%s of rows not known before the run %s not counted\n", e.unknown,
+               e.unknown == 1 ? "" : "s", e.unknown == 1 ? "is" : "are");
+    free(t), free(sp), free(te), free(pr), free(fr);
+    return 0;
+}
+
 /* Parses the options of run, plan or demo; returns as dm_args_parse does. */
 static int parse_run_opts(const dm_arg_cmd *c, int argc, char **argv, dm_args *a, run_opts *o)
 {
@@ -194,6 +212,8 @@ static int cmd_run_like(int argc, char **argv, const dm_arg_cmd *c, int plan_onl
         rc = dm_run(g);
     if (!rc && (plan_only || !o.quiet))
         dm_plan_print(g, plan_only ? stdout : stderr);
+    if (!rc && plan_only)
+        rc = print_disk(g);
     if (rc)
         fprintf(stderr, "dmica: %s\n", dm_error());
     else if (!plan_only && !o.quiet)

@@ -725,18 +725,6 @@ static int64_t path_bytes(const char *path)
     return sum;
 }
 
-/* "12.0 MiB" (malloc'd). */
-static char *human_bytes(int64_t b)
-{
-    static const char *units[] = {"KiB", "MiB", "GiB", "TiB", "PiB"};
-    if (b < 1024)
-        return dm_xasprintf("%lld B", (long long)b);
-    double v = (double)b / 1024;
-    int u = 0;
-    while (v >= 1024 && u < 4)
-        v /= 1024, u++;
-    return dm_xasprintf("%.1f %s", v, units[u]);
-}
 
 /* "3.2 days" (malloc'd). */
 static char *human_age(double s)
@@ -776,7 +764,7 @@ static int sweep_tmp(const char *cache, int dry_run, FILE *report, tally *gone, 
             int64_t bytes = gone || live || report ? path_bytes(path) : 0;
             if (tmp_owner_gone(name, &pid)) {
                 if (report) {
-                    char *h = human_bytes(bytes);
+                    char *h = dm_human_bytes(bytes);
                     fprintf(report, "%s tmp/%s  %s  (its run, pid %ld, is gone)\n",
                             dry_run ? "would remove" : "removed", name, h, pid);
                     free(h);
@@ -1002,7 +990,7 @@ int dm_cache_du(const char *cache, FILE *f)
             unref += s.e[i].bytes, nunref++;
     }
     int64_t total = entries + gone.bytes + live.bytes + s.meta_bytes;
-    char *h = human_bytes(total), *he = human_bytes(entries);
+    char *h = dm_human_bytes(total), *he = dm_human_bytes(entries);
     fprintf(f, "cache %s: %s (%d %s: %s)\n", cache, h, s.n, s.n == 1 ? "entry" : "entries", he);
     free(h), free(he);
     du_row *rows = dm_xcalloc((size_t)s.nrefs + 1, sizeof *rows);
@@ -1024,11 +1012,11 @@ int dm_cache_du(const char *cache, FILE *f)
             nr++;
         }
         qsort(rows, (size_t)nr, sizeof *rows, du_row_cmp);
-        h = human_bytes(sum);
+        h = dm_human_bytes(sum);
         fprintf(f, "  pipeline %s (%d node%s): %s\n", s.refs[i].pipeline, nr, nr == 1 ? "" : "s", h);
         free(h);
         for (int k = 0; k < nr; k++) {
-            char *b = rows[k].bytes < 0 ? dm_xstrdup("missing") : human_bytes(rows[k].bytes);
+            char *b = rows[k].bytes < 0 ? dm_xstrdup("missing") : dm_human_bytes(rows[k].bytes);
             fprintf(f, "    %-*s  %10s  %.12s%s\n", w, rows[k].ref->node, b, rows[k].ref->key,
                     rows[k].bytes < 0 ? "  (its entry was removed; the node reruns)" : "");
             free(b);
@@ -1036,16 +1024,16 @@ int dm_cache_du(const char *cache, FILE *f)
         i = j;
     }
     free(rows);
-    h = human_bytes(unref);
+    h = dm_human_bytes(unref);
     fprintf(f, "  unreferenced: %d %s, %s (no pipeline's last run uses them; `dmica cache gc` removes them)\n",
             nunref, nunref == 1 ? "entry" : "entries", h);
     free(h);
-    h = human_bytes(live.bytes);
-    he = human_bytes(gone.bytes);
+    h = dm_human_bytes(live.bytes);
+    he = dm_human_bytes(gone.bytes);
     fprintf(f, "  temporary: %d %s of runs in progress, %s; %d of runs that are gone, %s\n", live.count,
             live.count == 1 ? "folder" : "folders", h, gone.count, he);
     free(h), free(he);
-    h = human_bytes(s.meta_bytes);
+    h = dm_human_bytes(s.meta_bytes);
     fprintf(f, "  index and file hashes: %s\n", h);
     free(h);
     scan_free(&s);
@@ -1123,7 +1111,7 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
             kept.count++, kept.bytes += e->bytes;
             continue;
         }
-        char *h = human_bytes(e->bytes), *age = human_age(difftime(now, e->used));
+        char *h = dm_human_bytes(e->bytes), *age = human_age(difftime(now, e->used));
         fprintf(f, "%s %s  %s  last used %s ago: %s\n", o->dry_run ? "would remove" : "removed", e->key, h, age, e->why);
         free(h), free(age);
         if (!o->dry_run)
@@ -1134,8 +1122,8 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
     if (!rc)
         rc = sweep_tmp(cache, o->dry_run, f, &gone, &live);
     if (!rc) {
-        char *hr = human_bytes(removed.bytes), *ht = human_bytes(gone.bytes),
-             *hk = human_bytes(kept.bytes + live.bytes + s.meta_bytes);
+        char *hr = dm_human_bytes(removed.bytes), *ht = dm_human_bytes(gone.bytes),
+             *hk = dm_human_bytes(kept.bytes + live.bytes + s.meta_bytes);
         fprintf(f, "dmica cache gc: %s %d %s (%s) and %d temporary %s of runs that are gone (%s); %s %s in %d %s%s\n",
                 o->dry_run ? "would remove" : "removed", removed.count, removed.count == 1 ? "entry" : "entries", hr,
                 gone.count, gone.count == 1 ? "folder" : "folders", ht, o->dry_run ? "would keep" : "kept", hk,

@@ -190,6 +190,16 @@ int dm_node_check_params(dm_node *n, int rc);
 /* Computes keys and states against the cache (cache.c). */
 int dm_plan(dm_graph *g);
 void dm_plan_print(dm_graph *g, FILE *f);
+/* The disk a run of the current plan will write (run.c): spilled streams
+ * (rows known or bounded, times width, times the stored dtype's size; zstd can
+ * only shrink them), tensors, product files the operators announce
+ * (disk_bytes; twice with --out), and the free space of the cache's file system.
+ * `unknown` counts spilled streams whose rows cannot be told before the run. */
+typedef struct {
+    int64_t spills, tensors, products, total, free;
+    int unknown;
+} dm_disk_estimate;
+int dm_run_disk_estimate(dm_graph *g, dm_disk_estimate *e);
 /* Runs what the plan says, publishing products to g->out (run.c).
  * Returns 0, or -1 on error. */
 int dm_run(dm_graph *g);

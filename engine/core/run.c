@@ -1484,12 +1484,105 @@ static void plan_spills(dm_graph *g)
     }
 }
 
+/* ---- the disk a run needs --------------------------------------------------- */
+
+/* Rows of stream output `port` of n: known, bounded (max_rows), or as many as
+ * its first stream input's; a stream of token windows (i32) becomes one row per
+ * token (gpt2). -1 when not known. */
+static int64_t est_rows(const dm_node *n, int port)
+{
+    const dm_port_desc *d = &n->outdesc[port];
+    if (d->shape[0] >= 0)
+        return d->shape[0];
+    if (d->max_rows > 0)
+        return d->max_rows;
+    for (int k = 0; k < n->nin; k++) {
+        if (!is_stream_input(n, k))
+            continue;
+        const dm_node *s = n->in[k].src;
+        const dm_port_desc *in = &s->outdesc[n->in[k].port];
+        int64_t r = est_rows(s, n->in[k].port);
+        return r < 0 ? -1 : in->dtype == DM_I32 && d->dtype != DM_I32 ? r * in->shape[1] : r;
+    }
+    return -1;
+}
+
+static int64_t stored_size(const dm_node *n, int k)
+{
+    dm_dtype f = DM_F32;
+    if (n->decl->spill_dtype)
+        dm_dtype_parse(n->decl->spill_dtype, &f);
+    return (int64_t)dm_dtype_size(n->outdesc[k].dtype == DM_F32 ? f : n->outdesc[k].dtype);
+}
+
+int dm_run_disk_estimate(dm_graph *g, dm_disk_estimate *e)
+{
+    memset(e, 0, sizeof *e);
+    plan_spills(g);
+    group *gs = NULL;
+    int ng = 0, rc = make_groups(g, &gs, &ng);
+    free_groups(gs, ng);
+    if (rc)
+        return -1;
+    for (int i = 0; i < g->nnodes; i++) {
+        dm_node *n = g->nodes[i];
+        if (!n->run)
+            continue;
+        for (int k = 0; k < n->nout; k++) {
+            const dm_port_desc *d = &n->outdesc[k];
+            if (d->kind == DM_PORT_TENSOR) {
+                int64_t b = (int64_t)dm_dtype_size(d->dtype);
+                for (int j = 0; j < d->ndim && b >= 0; j++)
+                    b = d->shape[j] >= 0 ? b * d->shape[j] : -1;
+                e->tensors += b > 0 ? b : 0;
+                continue;
+            }
+            if (!n->spill[k] && !(n->decl->spill && !strcmp(n->decl->spill, "always")))
+                continue;
+            int64_t rows = est_rows(n, k);
+            if (rows < 0) {
+                e->unknown++;
+                continue;
+            }
+            e->spills += rows * d->shape[1] * stored_size(n, k);
+        }
+        if (n->op->disk_bytes) {
+            int64_t rows = -1;
+            for (int k = 0; k < n->nin && rows < 0; k++)
+                if (is_stream_input(n, k))
+                    rows = est_rows(n->in[k].src, n->in[k].port);
+            if (rows >= 0)
+                e->products += n->op->disk_bytes(n, rows);
+        }
+    }
+    e->total = e->spills + e->tensors + e->products * (g->out ? 2 : 1);
+    e->free = dm_fs_free_bytes(g->cache);
+    return e->free < 0 ? -1 : 0;
+}
+
 /* One attempt: plan, group, run every group, publish the products. */
 static int run_attempt(dm_run_ctx *ctx)
 {
     dm_graph *g = ctx->g;
     if (dm_plan(g) || dm_cache_prepare(g))
         return -1;
+    dm_disk_estimate e;
+    if (dm_run_disk_estimate(g, &e))
+        return -1;
+    if (e.total > e.free) {
+        char *need = dm_human_bytes(e.total), *have = dm_human_bytes(e.free);
+        dm_failc(DM_E_IO, "this run needs about %s of disk in %s (spills, tensors and products%s), but its file "
+                 "system has %s free: free some space (dmica cache gc), use another --cache, or spill less "
+                 "(spill: recompute, spill_dtype: f16; docs/pipelines.md)", need, g->cache,
+                 g->out ? ", with their copies in --out" : "", have);
+        free(need), free(have);
+        return -1;
+    }
+    if (dm_progress_enabled && dm_verbose > 0 && e.total >= ((int64_t)1 << 30)) {
+        char *need = dm_human_bytes(e.total), *have = dm_human_bytes(e.free);
+        fprintf(stderr, "dmica: this run will write about %s into %s (%s free)\n", need, g->cache, have);
+        free(need), free(have);
+    }
     plan_spills(g);
     group *gs = NULL;
     int ng = 0, rc = make_groups(g, &gs, &ng);

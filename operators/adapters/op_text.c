@@ -252,6 +252,7 @@ static int text_infer(dm_node *n)
     dm_port_desc *o = dm_output_desc(n, 0);
     o->shape[0] = -1;
     o->shape[1] = ctx;
+    o->max_rows = dm_param_int(n, "max_tokens") / ctx; /* windows at most (text_open's limit) */
     return 0;
 }
 

@@ -551,6 +551,47 @@ int dm_npy_writer_append_f32(dm_npy_writer *w, const float *data, int64_t rows)
     return 0;
 }
 
+/* Bytes copied per block by append_npy: 8 MiB. */
+#define DM_NPY_COPY_BYTES ((size_t)8 << 20)
+
+int dm_npy_writer_append_npy(dm_npy_writer *w, const char *path)
+{
+    if (dm_npy_writer_check(w, 0) < 0)
+        return -1;
+    dm_npy_map *m = dm_npy_open(path);
+    if (!m)
+        return -1;
+    const dm_npy_header *h = &m->hdr;
+    int rc = -1;
+    if (h->ndim != 2 || h->dtype != w->dtype || h->shape[1] != w->cols) {
+        char shape[256];
+        dm_npy_shape_text(h, shape, sizeof shape);
+        dm_failc(DM_E_CORRUPT, "%s: a segment of %s, but %s is written as rows of %" PRId64 " %s", path, shape,
+                 w->path, w->cols, dm_dtype_name(w->dtype));
+        goto end;
+    }
+    size_t row_bytes = (size_t)w->cols * dm_dtype_size(w->dtype);
+    size_t rows_per = row_bytes ? DM_NPY_COPY_BYTES / row_bytes : 0;
+    if (rows_per < 1)
+        rows_per = 1;
+    long pg = sysconf(_SC_PAGESIZE);
+    for (int64_t r0 = 0; r0 < h->shape[0];) {
+        int64_t rows = h->shape[0] - r0 < (int64_t)rows_per ? h->shape[0] - r0 : (int64_t)rows_per;
+        size_t a = (size_t)h->data_offset + (size_t)r0 * row_bytes, b = a + (size_t)rows * row_bytes;
+        if (dm_npy_writer_append(w, m->base + a, rows) < 0)
+            goto end;
+        /* the pages wholly read (see dm_npy_read_rows_f32) */
+        size_t pa = a / (size_t)pg * (size_t)pg, pb = b / (size_t)pg * (size_t)pg;
+        if (pb > pa)
+            madvise(m->base + pa, pb - pa, MADV_DONTNEED);
+        r0 += rows;
+    }
+    rc = 0;
+end:
+    dm_npy_close(m);
+    return rc;
+}
+
 static void dm_npy_writer_free(dm_npy_writer *w)
 {
     free(w->path);

@@ -44,6 +44,11 @@ dm_npy_writer *dm_npy_writer_open(const char *path, dm_dtype dtype, int64_t cols
 int dm_npy_writer_append(dm_npy_writer *w, const void *data, int64_t rows);
 /* Same, converting float32 to the writer's dtype (f32, f16, bf16, f64). */
 int dm_npy_writer_append_f32(dm_npy_writer *w, const float *data, int64_t rows);
+/* Appends every row of the 2-D .npy at path, which must have the writer's dtype
+ * and width (DM_E_CORRUPT naming path otherwise): the bytes are copied as they
+ * are, in blocks, dropping the pages read behind. How a sink concatenates the
+ * segments its shards wrote. */
+int dm_npy_writer_append_npy(dm_npy_writer *w, const char *path);
 /* Writes the final header, fsyncs, renames into place, frees w (also on error,
  * removing the temporary). */
 int dm_npy_writer_commit(dm_npy_writer *w);

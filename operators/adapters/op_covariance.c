@@ -12,6 +12,10 @@
  * the moments operator's variances, and PCA/whitening downstream want the
  * covariance of the data seen, not an estimate for unseen data; at the row
  * counts of a real run the two differ by 1/n anyway.
+ *
+ * Shards: a shard's partial result is its accumulator (mean and co-moments),
+ * comoments.npy (stats.h, "accumulators on disk"); merge_partial folds each
+ * into the node's with Chan et al.'s formula, in the order the engine calls it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +88,31 @@ static int covariance_consume(dm_node *n, int port, const dm_chunk *c)
     return 0;
 }
 
+#define PARTIAL_FILE "comoments.npy"
+
+static int covariance_save_partial(dm_node *n, const char *dir)
+{
+    covariance_state *s = dm_node_state(n);
+    char *path = dm_xasprintf("%s/" PARTIAL_FILE, dir);
+    int rc = dm_covariance_save(&s->c, path);
+    free(path);
+    return rc;
+}
+
+static int covariance_merge_partial(dm_node *n, const char *dir)
+{
+    covariance_state *s = dm_node_state(n);
+    dm_covariance part;
+    char *path = dm_xasprintf("%s/" PARTIAL_FILE, dir);
+    dm_covariance_init(&part, s->c.d);
+    int rc = dm_covariance_load(&part, path);
+    if (!rc)
+        rc = dm_covariance_merge(&s->c, &part);
+    dm_covariance_free(&part);
+    free(path);
+    return rc;
+}
+
 static int covariance_finish(dm_node *n)
 {
     covariance_state *s = dm_node_state(n);
@@ -137,4 +166,7 @@ const dm_op dm_op_covariance = {
     .consume = covariance_consume,
     .finish = covariance_finish,
     .close = covariance_close,
+    .shardable = 1,
+    .save_partial = covariance_save_partial,
+    .merge_partial = covariance_merge_partial,
 };

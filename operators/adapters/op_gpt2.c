@@ -276,4 +276,5 @@ const dm_op dm_op_gpt2 = {
     .open = gpt2_open,
     .consume = gpt2_consume,
     .close = gpt2_close,
+    .shardable = 1, /* a map: each window's rows depend on that window only */
 };

@@ -15,6 +15,10 @@
  *
  * NaN or Inf in the input propagate into their column's statistics; the
  * operator does not filter them (a model producing them is a bug to see).
+ *
+ * Shards: a shard's partial result is its accumulator, moments.npy (stats.h,
+ * "accumulators on disk"); merge_partial folds each into the node's with
+ * Pebay's formulas, in the order the engine calls it.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -98,6 +102,31 @@ static int moments_consume(dm_node *n, int port, const dm_chunk *c)
     return 0;
 }
 
+#define PARTIAL_FILE "moments.npy"
+
+static int moments_save_partial(dm_node *n, const char *dir)
+{
+    moments_state *s = dm_node_state(n);
+    char *path = dm_xasprintf("%s/" PARTIAL_FILE, dir);
+    int rc = dm_moments_save(&s->m, path);
+    free(path);
+    return rc;
+}
+
+static int moments_merge_partial(dm_node *n, const char *dir)
+{
+    moments_state *s = dm_node_state(n);
+    dm_moments part;
+    char *path = dm_xasprintf("%s/" PARTIAL_FILE, dir);
+    dm_moments_init(&part, s->m.d);
+    int rc = dm_moments_load(&part, path);
+    if (!rc)
+        rc = dm_moments_merge(&s->m, &part);
+    dm_moments_free(&part);
+    free(path);
+    return rc;
+}
+
 /* A JSON array of doubles, null where not finite. */
 static json_t *json_vector(const double *v, int64_t d)
 {
@@ -173,4 +202,7 @@ const dm_op dm_op_moments = {
     .consume = moments_consume,
     .finish = moments_finish,
     .close = moments_close,
+    .shardable = 1,
+    .save_partial = moments_save_partial,
+    .merge_partial = moments_merge_partial,
 };

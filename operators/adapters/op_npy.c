@@ -7,16 +7,21 @@
  * through a memory map chunk by chunk (pages dropped behind the reader, so the
  * resident set stays at a few chunks). `shard`/`shards` select a contiguous
  * slice of rows so several processes can split one file; row0 stays the global
- * row index.
+ * row index. seek() narrows it to any range of those rows (the engine's shards).
  *
  * npy_sink: streams rows of any count into a .npy (the header's row count is
  * written at the end), published to the run's output folder. Integer streams
  * are written as they are (int32, int64); `dtype` applies to f32 streams.
+ * Shards: a shard's partial result is its rows as a .npy of their own,
+ * segment.npy (written as the file would be, then moved into the shard's
+ * folder); merge_partial appends each segment's bytes to the file, so after
+ * the merges in shard order the file is byte for byte the unsharded one.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs.h"
 #include "npy.h"
 #include "op.h"
 
@@ -155,6 +160,20 @@ static int npy_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
     return 0;
 }
 
+/* Rows [row0, row0 + rows), numbered as produce() numbers them (within the
+ * slice the shard and shards parameters cut). */
+static int npy_seek(dm_node *n, int64_t row0, int64_t rows)
+{
+    npy_source *s = dm_node_state(n);
+    if (row0 < s->begin || rows < 0 || row0 > s->end || rows > s->end - row0)
+        return dm_failc(DM_E_INTERNAL, "%s: seek to rows %lld..%lld, outside rows %lld..%lld of this source",
+                        dm_param_str(n, "path"), (long long)row0, (long long)(row0 + rows - 1),
+                        (long long)s->begin, (long long)(s->end - 1));
+    s->next = row0;
+    s->end = row0 + rows;
+    return 0;
+}
+
 static void npy_close(dm_node *n)
 {
     npy_source *s = dm_node_state(n);
@@ -174,6 +193,8 @@ const dm_op dm_op_npy = {
     .open = npy_open,
     .produce = npy_produce,
     .close = npy_close,
+    .shardable = 1,
+    .seek = npy_seek,
 };
 
 /* ---- sink ------------------------------------------------------------- */
@@ -243,6 +264,30 @@ static int sink_finish(dm_node *n)
     return rc ? rc : dm_publish(n, s->file);
 }
 
+#define SEGMENT_FILE "segment.npy"
+
+static int sink_save_partial(dm_node *n, const char *dir)
+{
+    npy_sink *s = dm_node_state(n);
+    int rc = dm_npy_writer_commit(s->w);
+    s->w = NULL;
+    if (rc)
+        return -1;
+    char *path = dm_xasprintf("%s/%s", dm_node_dir(n), s->file), *seg = dm_xasprintf("%s/" SEGMENT_FILE, dir);
+    rc = dm_move_file(path, seg);
+    free(path), free(seg);
+    return rc;
+}
+
+static int sink_merge_partial(dm_node *n, const char *dir)
+{
+    npy_sink *s = dm_node_state(n);
+    char *seg = dm_xasprintf("%s/" SEGMENT_FILE, dir);
+    int rc = dm_npy_writer_append_npy(s->w, seg);
+    free(seg);
+    return rc;
+}
+
 static void sink_close(dm_node *n)
 {
     npy_sink *s = dm_node_state(n);
@@ -265,4 +310,7 @@ const dm_op dm_op_npy_sink = {
     .consume = sink_consume,
     .finish = sink_finish,
     .close = sink_close,
+    .shardable = 1,
+    .save_partial = sink_save_partial,
+    .merge_partial = sink_merge_partial,
 };

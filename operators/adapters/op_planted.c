@@ -26,7 +26,8 @@
  * work.
  *
  * Every draw is a function of (seed, row, atom) through a counter-based
- * generator, so rows are the same in any chunking.
+ * generator, so rows are the same in any chunking, and `planted` can start
+ * anywhere: seek() makes it produce any range of its rows (a shard).
  */
 #include <math.h>
 #include <stdio.h>
@@ -164,7 +165,7 @@ static const dm_port_spec planted_inputs[] = {{"dictionary", DM_PORT_TENSOR}, {N
 static const dm_port_spec planted_outputs[] = {{"out", DM_PORT_STREAM}, {NULL}};
 
 typedef struct {
-    int64_t rows, d, m, next;
+    int64_t rows, d, m, next, end; /* rows [next, end) are still to come */
     double p, noise;
     uint64_t seed;
     const float *D; /* the dictionary input's */
@@ -195,7 +196,7 @@ static int planted_open(dm_node *n)
     const dm_tensor *D = dm_input_tensor(n, 0);
     if (!D)
         return dm_failc(DM_E_INTERNAL, "input 'dictionary' is not there when the node opens");
-    s->rows = dm_param_int(n, "rows");
+    s->rows = s->end = dm_param_int(n, "rows");
     s->m = D->shape[0];
     s->d = D->shape[1];
     s->p = dm_param_float(n, "l0") / (double)s->m;
@@ -208,11 +209,22 @@ static int planted_open(dm_node *n)
 static int planted_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
 {
     planted *s = dm_node_state(n);
-    int64_t rows = s->rows - s->next < max_rows ? s->rows - s->next : max_rows;
+    int64_t rows = s->end - s->next < max_rows ? s->end - s->next : max_rows;
     out->row0 = s->next;
     out->rows = rows;
     dm_planted_rows(out->data, s->next, rows, s->D, s->d, s->m, s->p, s->noise, s->seed);
     s->next += rows;
+    return 0;
+}
+
+static int planted_seek(dm_node *n, int64_t row0, int64_t rows)
+{
+    planted *s = dm_node_state(n);
+    if (row0 < 0 || rows < 0 || row0 > s->rows || rows > s->rows - row0)
+        return dm_failc(DM_E_INTERNAL, "seek to rows %lld..%lld, outside the %lld rows of this source",
+                        (long long)row0, (long long)(row0 + rows - 1), (long long)s->rows);
+    s->next = row0;
+    s->end = row0 + rows;
     return 0;
 }
 
@@ -233,4 +245,6 @@ const dm_op dm_op_planted = {
     .open = planted_open,
     .produce = planted_produce,
     .close = planted_close,
+    .shardable = 1,
+    .seek = planted_seek,
 };

@@ -106,4 +106,5 @@ const dm_op dm_op_project = {
     .open = proj_open,
     .consume = proj_consume,
     .close = proj_close,
+    .shardable = 1, /* a map: each row's output depends on that row and the tensors only */
 };

@@ -36,6 +36,14 @@
  * The engine cannot know which model hook a stream came from: `hook` names it
  * (checked against the SAE's hook_name), and d_in is always checked against the
  * input's width.
+ *
+ * Shards: a shard's partial result is its statistics (sae.h, "Shards": counts,
+ * sums, moments and co-moments as .npy files); merge_partial merges each into
+ * the node's. The streams are maps of the token rows but for the numbering of
+ * `features` and `feature_values`, which count pairs from the first row the
+ * node saw: in a shard they start at 0, not where the shard's pairs fall in a
+ * whole pass (which only the earlier shards know). Their [row, feature] values
+ * carry global token rows.
  */
 #include <math.h>
 #include <stdio.h>
@@ -288,6 +296,22 @@ static int sae_consume(dm_node *n, int port, const dm_chunk *c)
     return 0;
 }
 
+static int sae_save_partial(dm_node *n, const char *dir)
+{
+    sae_state *s = dm_node_state(n);
+    return dm_sae_stats_save(s->stats, dir);
+}
+
+static int sae_merge_partial(dm_node *n, const char *dir)
+{
+    sae_state *s = dm_node_state(n);
+    dm_sae_stats *part = dm_sae_stats_load(dir, s->d, s->sae->cfg.d_sae, dm_param_bool(n, "predictability"),
+                                           dm_compute_default());
+    int rc = part ? dm_sae_stats_merge(s->stats, part) : -1;
+    dm_sae_stats_free(part);
+    return rc;
+}
+
 /* A (d_sae) f64 tensor from doubles or int64 counts. */
 static void vec_tensor(dm_tensor *t, int64_t d, const double *v, const int64_t *iv)
 {
@@ -381,4 +405,7 @@ const dm_op dm_op_sae = {
     .consume = sae_consume,
     .finish = sae_finish,
     .close = sae_close,
+    .shardable = 1,
+    .save_partial = sae_save_partial,
+    .merge_partial = sae_merge_partial,
 };

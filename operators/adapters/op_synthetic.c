@@ -9,7 +9,8 @@
  * the data is clearly non-Gaussian), U a fixed factors x cols loading matrix
  * that correlates the columns, and mu, sigma fixed per column. Everything is a
  * function of (seed, r) alone: a counter-based generator seeded per row makes
- * rows reproducible in any chunking, in parallel, and in any shard.
+ * rows reproducible in any chunking, in parallel, and in any shard: seek()
+ * makes the node produce any range of its rows (the engine's shards).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -135,6 +136,20 @@ static int syn_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
     return 0;
 }
 
+/* Rows [row0, row0 + rows), numbered as produce() numbers them: within this
+ * node's slice [begin, end) when the shard and shards parameters cut one. */
+static int syn_seek(dm_node *n, int64_t row0, int64_t rows)
+{
+    synthetic *g = dm_node_state(n);
+    if (row0 < g->begin || rows < 0 || row0 > g->end || rows > g->end - row0)
+        return dm_failc(DM_E_INTERNAL, "seek to rows %lld..%lld, outside rows %lld..%lld of this source",
+                        (long long)row0, (long long)(row0 + rows - 1), (long long)g->begin,
+                        (long long)(g->end - 1));
+    g->next = row0;
+    g->end = row0 + rows;
+    return 0;
+}
+
 static void syn_close(dm_node *n)
 {
     synthetic *g = dm_node_state(n);
@@ -155,4 +170,6 @@ const dm_op dm_op_synthetic = {
     .open = syn_open,
     .produce = syn_produce,
     .close = syn_close,
+    .shardable = 1,
+    .seek = syn_seek,
 };

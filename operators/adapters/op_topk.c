@@ -13,6 +13,15 @@
  * activations are an artefact of attention sinks: skipped unless skip_bos is off.
  *
  * Heaps merge, so shards of the stream can be tracked apart and combined.
+ * A shard's partial result (save_partial) is its heaps, counts and fine
+ * histograms as .npy files; merge_partial pushes each heap entry into the
+ * node's heaps and adds the histograms after widening the narrower of the two
+ * to the other's range. Heaps order entries by (value, row), a total order on
+ * a stream's entries, so the merged heaps hold exactly the entries one pass
+ * would have kept, whatever the shards; widening is exact re-binning (pairs of
+ * fine bins), so the histograms agree with one pass too, but for values within
+ * about 1e-16 of 0 relative to the range, which one pass may bin on either
+ * side of 0 depending on the range when they came.
  *
  * Output `examples`: the typed examples summary (operators/analysis/summaries.h:
  * per column its histogram, top and bottom examples with their decoded
@@ -25,6 +34,7 @@
 #include <string.h>
 
 #include "fs.h"
+#include "npy.h"
 #include "op.h"
 #include "summaries.h"
 #include "tokenizer.h"
@@ -156,6 +166,16 @@ static int topk_open(dm_node *n)
     return 0;
 }
 
+/* Fine bins over [-s, s) to fine bins over [-2s, 2s): pairs of bins merged,
+ * centred (bin b's edges are those of bin FINE/4 + b/2 at twice the range). */
+static void widen(int64_t *h)
+{
+    int64_t nh[FINE] = {0};
+    for (int b = 0; b < FINE; b++)
+        nh[FINE / 4 + b / 2] += h[b];
+    memcpy(h, nh, sizeof nh);
+}
+
 static int topk_consume(dm_node *n, int port, const dm_chunk *c)
 {
     topk *t = dm_node_state(n);
@@ -171,11 +191,8 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
             heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
             int64_t *h = t->hist + j * FINE;
             if (t->range <= 0)
-                while (fabs(v) >= t->scale[j]) { /* widen: merge pairs of fine bins */
-                    int64_t nh[FINE] = {0};
-                    for (int b = 0; b < FINE; b++)
-                        nh[FINE / 4 + b / 2] += h[b];
-                    memcpy(h, nh, sizeof nh);
+                while (fabs(v) >= t->scale[j]) {
+                    widen(h);
                     t->scale[j] *= 2;
                 }
             double pos = (v + t->scale[j]) / (2 * t->scale[j]) * FINE;
@@ -188,6 +205,155 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
         }
     }
     return 0;
+}
+
+/* ---- partial results (shards) ----------------------------------------------
+ *
+ * Files in a shard's folder (cols columns, k entries per heap):
+ *   heap_values.npy  f32 (2, cols, k)  top then bottom heaps, as held (unused
+ *                                      slots 0)
+ *   heap_rows.npy    i64 (2, cols, k)  their rows
+ *   counts.npy       i64 (cols, 4)     entries in the top and bottom heaps,
+ *                                      values below and above a fixed range
+ *   hist.npy         i64 (cols, FINE)  fine histograms
+ *   scale.npy        f64 (cols)        their half-ranges
+ */
+
+static int save_array(const char *dir, const char *name, dm_dtype dtype, int ndim, const int64_t *shape,
+                      const void *data)
+{
+    dm_tensor t = {.dtype = dtype, .ndim = ndim};
+    memcpy(t.shape, shape, (size_t)ndim * sizeof *shape);
+    t.data = (void *)data;
+    char *path = dm_xasprintf("%s/%s", dir, name);
+    int rc = dm_npy_save(path, &t);
+    free(path);
+    return rc;
+}
+
+static int topk_save_partial(dm_node *n, const char *dir)
+{
+    topk *t = dm_node_state(n);
+    int64_t ck = t->cols * t->k;
+    float *values = dm_xcalloc((size_t)(2 * ck), sizeof *values);
+    int64_t *rows = dm_xcalloc((size_t)(2 * ck), sizeof *rows);
+    int64_t *counts = dm_xmalloc((size_t)(4 * t->cols) * sizeof *counts);
+    for (int h = 0; h < 2; h++) {
+        const entry *heap = h ? t->bot : t->top;
+        const int64_t *cnt = h ? t->nbot : t->ntop;
+        for (int64_t j = 0; j < t->cols; j++)
+            for (int64_t i = 0; i < cnt[j]; i++) {
+                values[h * ck + j * t->k + i] = heap[j * t->k + i].value;
+                rows[h * ck + j * t->k + i] = heap[j * t->k + i].row;
+            }
+    }
+    for (int64_t j = 0; j < t->cols; j++) {
+        counts[4 * j] = t->ntop[j], counts[4 * j + 1] = t->nbot[j];
+        counts[4 * j + 2] = t->under_over[2 * j], counts[4 * j + 3] = t->under_over[2 * j + 1];
+    }
+    int64_t s_heaps[3] = {2, t->cols, t->k}, s_counts[2] = {t->cols, 4}, s_hist[2] = {t->cols, FINE},
+            s_scale[1] = {t->cols};
+    int rc = save_array(dir, "heap_values.npy", DM_F32, 3, s_heaps, values);
+    if (!rc)
+        rc = save_array(dir, "heap_rows.npy", DM_I64, 3, s_heaps, rows);
+    if (!rc)
+        rc = save_array(dir, "counts.npy", DM_I64, 2, s_counts, counts);
+    if (!rc)
+        rc = save_array(dir, "hist.npy", DM_I64, 2, s_hist, t->hist);
+    if (!rc)
+        rc = save_array(dir, "scale.npy", DM_F64, 1, s_scale, t->scale);
+    free(values), free(rows), free(counts);
+    return rc;
+}
+
+/* "f32 2 x 6 x 7" */
+static void shape_text(char *buf, size_t cap, dm_dtype dtype, int ndim, const int64_t *shape)
+{
+    int a = snprintf(buf, cap, "%s", dm_dtype_name(dtype));
+    for (int i = 0; i < ndim && (size_t)a < cap; i++)
+        a += snprintf(buf + a, cap - (size_t)a, "%s%lld", i ? " x " : " ", (long long)shape[i]);
+}
+
+/* dir/name as a tensor of exactly this dtype and shape, or DM_E_CORRUPT naming
+ * the file. */
+static int load_array(const char *dir, const char *name, dm_dtype dtype, int ndim, const int64_t *shape,
+                      dm_tensor *out)
+{
+    char *path = dm_xasprintf("%s/%s", dir, name);
+    int rc = dm_npy_load(path, out);
+    if (!rc && (out->dtype != dtype || out->ndim != ndim || memcmp(out->shape, shape, (size_t)ndim * sizeof *shape))) {
+        char want[96], got[96];
+        shape_text(want, sizeof want, dtype, ndim, shape);
+        shape_text(got, sizeof got, out->dtype, out->ndim, out->shape);
+        rc = dm_failc(DM_E_CORRUPT, "%s: not a partial result of this node: %s expected, found %s", path, want, got);
+        dm_tensor_free(out);
+    }
+    free(path);
+    return rc;
+}
+
+/* A half-range a column can have: the fixed range, or a power of two >= 1. */
+static int scale_ok(const topk *t, double s)
+{
+    int e;
+    return t->range > 0 ? s == t->range : isfinite(s) && s >= 1 && frexp(s, &e) == 0.5;
+}
+
+static int topk_merge_partial(dm_node *n, const char *dir)
+{
+    topk *t = dm_node_state(n);
+    int64_t ck = t->cols * t->k;
+    int64_t s_heaps[3] = {2, t->cols, t->k}, s_counts[2] = {t->cols, 4}, s_hist[2] = {t->cols, FINE},
+            s_scale[1] = {t->cols};
+    dm_tensor values = {0}, rows = {0}, counts = {0}, hist = {0}, scale = {0};
+    int rc = load_array(dir, "heap_values.npy", DM_F32, 3, s_heaps, &values);
+    if (!rc)
+        rc = load_array(dir, "heap_rows.npy", DM_I64, 3, s_heaps, &rows);
+    if (!rc)
+        rc = load_array(dir, "counts.npy", DM_I64, 2, s_counts, &counts);
+    if (!rc)
+        rc = load_array(dir, "hist.npy", DM_I64, 2, s_hist, &hist);
+    if (!rc)
+        rc = load_array(dir, "scale.npy", DM_F64, 1, s_scale, &scale);
+    const int64_t *cnt = counts.data;
+    const double *sc = scale.data;
+    for (int64_t j = 0; j < t->cols && !rc; j++) {
+        if (cnt[4 * j] < 0 || cnt[4 * j] > t->k || cnt[4 * j + 1] < 0 || cnt[4 * j + 1] > t->k)
+            rc = dm_failc(DM_E_CORRUPT, "%s/counts.npy: column %lld holds %lld and %lld heap entries, at most k = %lld "
+                          "can be", dir, (long long)j, (long long)cnt[4 * j], (long long)cnt[4 * j + 1],
+                          (long long)t->k);
+        else if (!scale_ok(t, sc[j]))
+            rc = dm_failc(DM_E_CORRUPT, "%s/scale.npy: column %lld has histogram range %g, not %s", dir, (long long)j,
+                          sc[j], t->range > 0 ? "the node's hist_range" : "a power of two of at least 1");
+    }
+    for (int64_t j = 0; j < t->cols && !rc; j++) {
+        const float *v = values.data;
+        const int64_t *r = rows.data;
+        for (int h = 0; h < 2; h++)
+            for (int64_t i = 0; i < cnt[4 * j + h]; i++) {
+                entry e = {v[h * ck + j * t->k + i], r[h * ck + j * t->k + i]};
+                if (h)
+                    heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
+                else
+                    heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
+            }
+        t->under_over[2 * j] += cnt[4 * j + 2];
+        t->under_over[2 * j + 1] += cnt[4 * j + 3];
+        /* both histograms at the wider of the two ranges, then added */
+        int64_t *mine = t->hist + j * FINE, theirs[FINE];
+        memcpy(theirs, (const int64_t *)hist.data + j * FINE, sizeof theirs);
+        for (double s = sc[j]; s < t->scale[j]; s *= 2)
+            widen(theirs);
+        while (t->scale[j] < sc[j]) {
+            widen(mine);
+            t->scale[j] *= 2;
+        }
+        for (int b = 0; b < FINE; b++)
+            mine[b] += theirs[b];
+    }
+    dm_tensor_free(&values), dm_tensor_free(&rows), dm_tensor_free(&counts), dm_tensor_free(&hist);
+    dm_tensor_free(&scale);
+    return rc;
 }
 
 static int by_value_desc(const void *a, const void *b)
@@ -386,4 +552,7 @@ const dm_op dm_op_topk = {
     .consume = topk_consume,
     .finish = topk_finish,
     .close = topk_close,
+    .shardable = 1,
+    .save_partial = topk_save_partial,
+    .merge_partial = topk_merge_partial,
 };

@@ -51,6 +51,7 @@
 #include <string.h>
 
 #include "fs.h"
+#include "npy.h"
 #include "safetensors.h"
 #include "stats.h"
 
@@ -1311,6 +1312,154 @@ static void stats_update_ref(dm_sae_stats *st, const float *x, const float *reco
     }
     free(f);
     token_sums(st, x, recon, residual, sp, rows);
+}
+
+/* ---- partial results (shards) ----------------------------------------- */
+
+/* Layout of sae_counts.npy (sae.h): five counts, then the L0 histogram and the
+ * feature counts. */
+enum { CNT_N, CNT_NONFINITE, CNT_COS_UNDEFINED, CNT_L0_SUM, CNT_L0_MAX, CNT_HEAD };
+
+static char *stats_path(const char *dir, const char *file) { return dm_xasprintf("%s/%s", dir, file); }
+
+static int save_moments(const dm_moments *m, const char *dir, const char *file)
+{
+    char *p = stats_path(dir, file);
+    int rc = dm_moments_save(m, p);
+    free(p);
+    return rc;
+}
+
+int dm_sae_stats_save(const dm_sae_stats *st, const char *dir)
+{
+    const int64_t ds = st->d_sae, ncnt = CNT_HEAD + 2 * ds + 1, two = 2;
+    dm_tensor cnt, sums;
+    dm_tensor_init(&cnt, DM_I64, 1, &ncnt);
+    dm_tensor_init(&sums, DM_F64, 1, &two);
+    int64_t *c = cnt.data;
+    c[CNT_N] = st->n, c[CNT_NONFINITE] = st->nonfinite, c[CNT_COS_UNDEFINED] = st->cos_undefined;
+    c[CNT_L0_SUM] = st->l0_sum, c[CNT_L0_MAX] = st->l0_max;
+    memcpy(c + CNT_HEAD, st->l0_hist, (size_t)(ds + 1) * sizeof *c);
+    memcpy(c + CNT_HEAD + ds + 1, st->count, (size_t)ds * sizeof *c);
+    ((double *)sums.data)[0] = st->sse, ((double *)sums.data)[1] = st->cos_sum;
+    char *pc = stats_path(dir, "sae_counts.npy"), *ps = stats_path(dir, "sae_sums.npy");
+    int rc = dm_npy_save(pc, &cnt);
+    if (!rc)
+        rc = dm_npy_save(ps, &sums);
+    free(pc), free(ps);
+    dm_tensor_free(&cnt), dm_tensor_free(&sums);
+    if (!rc)
+        rc = save_moments(&st->mx, dir, "x_moments.npy");
+    if (!rc)
+        rc = save_moments(&st->me, dir, "e_moments.npy");
+    if (!rc)
+        rc = save_moments(&st->feat, dir, "feature_moments.npy");
+    if (!rc && st->predictability) {
+        char *pxx = stats_path(dir, "cov_xx.npy"), *pex = stats_path(dir, "cov_ex.npy");
+        rc = dm_covariance_save(&st->cxx, pxx);
+        if (!rc)
+            rc = dm_xcovariance_save(&st->cex, pex);
+        free(pxx), free(pex);
+    }
+    return rc;
+}
+
+/* dir/file as a vector of `len` values of dtype into out, or DM_E_CORRUPT
+ * naming the file. */
+static int load_vector(const char *dir, const char *file, dm_dtype dtype, int64_t len, void *out)
+{
+    char *p = stats_path(dir, file);
+    dm_npy_map *m = dm_npy_open(p);
+    int rc = -1;
+    if (m) {
+        const dm_npy_header *h = dm_npy_hdr(m);
+        if (h->dtype != dtype || h->ndim != 1 || h->shape[0] != len)
+            dm_failc(DM_E_CORRUPT, "%s: not the partial statistics expected: want a vector of %lld %s values, found a "
+                     "%d-D %s array", p, (long long)len, dm_dtype_name(dtype), h->ndim, dm_dtype_name(h->dtype));
+        else {
+            memcpy(out, dm_npy_data(m), (size_t)len * dm_dtype_size(dtype));
+            rc = 0;
+        }
+    }
+    dm_npy_close(m);
+    free(p);
+    return rc;
+}
+
+static int load_moments(dm_moments *m, const char *dir, const char *file)
+{
+    char *p = stats_path(dir, file);
+    int rc = dm_moments_load(m, p);
+    free(p);
+    return rc;
+}
+
+dm_sae_stats *dm_sae_stats_load(const char *dir, int64_t d_in, int64_t d_sae, int predictability,
+                                const dm_compute *c)
+{
+    dm_sae_stats *st = dm_sae_stats_new(d_in, d_sae, predictability, c);
+    const int64_t ncnt = CNT_HEAD + 2 * d_sae + 1;
+    int64_t *cnt = dm_xmalloc((size_t)ncnt * sizeof *cnt);
+    double sums[2];
+    int rc = load_vector(dir, "sae_counts.npy", DM_I64, ncnt, cnt);
+    if (!rc)
+        rc = load_vector(dir, "sae_sums.npy", DM_F64, 2, sums);
+    if (!rc && (cnt[CNT_N] < 0 || cnt[CNT_NONFINITE] < 0 || cnt[CNT_COS_UNDEFINED] < 0 || cnt[CNT_L0_SUM] < 0 ||
+                cnt[CNT_L0_MAX] < 0 || cnt[CNT_L0_MAX] > d_sae)) {
+        rc = dm_failc(DM_E_CORRUPT, "%s/sae_counts.npy: counts out of range (tokens %lld, non-finite %lld, L0 max %lld "
+                      "of %lld features)", dir, (long long)cnt[CNT_N], (long long)cnt[CNT_NONFINITE],
+                      (long long)cnt[CNT_L0_MAX], (long long)d_sae);
+    }
+    if (!rc) {
+        st->n = cnt[CNT_N], st->nonfinite = cnt[CNT_NONFINITE], st->cos_undefined = cnt[CNT_COS_UNDEFINED];
+        st->l0_sum = cnt[CNT_L0_SUM], st->l0_max = cnt[CNT_L0_MAX];
+        memcpy(st->l0_hist, cnt + CNT_HEAD, (size_t)(d_sae + 1) * sizeof *cnt);
+        memcpy(st->count, cnt + CNT_HEAD + d_sae + 1, (size_t)d_sae * sizeof *cnt);
+        st->sse = sums[0], st->cos_sum = sums[1];
+        rc = load_moments(&st->mx, dir, "x_moments.npy");
+    }
+    if (!rc)
+        rc = load_moments(&st->me, dir, "e_moments.npy");
+    if (!rc)
+        rc = load_moments(&st->feat, dir, "feature_moments.npy");
+    if (!rc && predictability) {
+        char *pxx = stats_path(dir, "cov_xx.npy"), *pex = stats_path(dir, "cov_ex.npy");
+        rc = dm_covariance_load(&st->cxx, pxx);
+        if (!rc)
+            rc = dm_xcovariance_load(&st->cex, pex);
+        free(pxx), free(pex);
+    }
+    free(cnt);
+    if (rc) {
+        dm_sae_stats_free(st);
+        return NULL;
+    }
+    return st;
+}
+
+int dm_sae_stats_merge(dm_sae_stats *a, const dm_sae_stats *b)
+{
+    if (a->d_in != b->d_in || a->d_sae != b->d_sae || a->predictability != b->predictability)
+        return dm_failc(DM_E_SHAPE, "sae statistics: cannot merge d_in %lld, d_sae %lld%s into d_in %lld, d_sae %lld%s",
+                        (long long)b->d_in, (long long)b->d_sae, b->predictability ? " with predictability" : "",
+                        (long long)a->d_in, (long long)a->d_sae, a->predictability ? " with predictability" : "");
+    /* an empty a takes b's sums as they are (0.0 + -0.0 would be 0.0) */
+    int empty = a->n == 0 && a->nonfinite == 0;
+    a->sse = empty ? b->sse : a->sse + b->sse;
+    a->cos_sum = empty ? b->cos_sum : a->cos_sum + b->cos_sum;
+    a->n += b->n, a->nonfinite += b->nonfinite, a->cos_undefined += b->cos_undefined;
+    a->l0_sum += b->l0_sum;
+    if (b->l0_max > a->l0_max)
+        a->l0_max = b->l0_max;
+    for (int64_t i = 0; i <= a->d_sae; i++)
+        a->l0_hist[i] += b->l0_hist[i];
+    for (int64_t f = 0; f < a->d_sae; f++)
+        a->count[f] += b->count[f];
+    if (dm_moments_merge(&a->mx, &b->mx) || dm_moments_merge(&a->me, &b->me) || dm_moments_merge(&a->feat, &b->feat))
+        return -1;
+    if (a->predictability && (dm_covariance_merge(&a->cxx, &b->cxx) || dm_xcovariance_merge(&a->cex, &b->cex)))
+        return -1;
+    return 0;
 }
 
 /* ---- the backends ------------------------------------------------------- */

@@ -206,6 +206,25 @@ dm_sae_stats *dm_sae_stats_new(int64_t d_in, int64_t d_sae, int predictability, 
 void dm_sae_stats_free(dm_sae_stats *st); /* accepts NULL */
 int64_t dm_sae_stats_bytes(int64_t d_in, int64_t d_sae, int predictability);
 
+/* Shards (op.h, save_partial): the statistics of one shard saved whole in a
+ * folder, and merged into another accumulator of the same sizes in shard order:
+ * counts and sums added, moments and co-moments merged with stats.h's formulas,
+ * so the result is that of one pass over all shards up to rounding (the merge
+ * order of the sums differs), and bitwise that of the shard itself when merged
+ * into a new accumulator. Files, all .npy in dir:
+ *   sae_counts.npy      i64 [n, nonfinite, cos_undefined, l0_sum, l0_max,
+ *                            l0_histogram (d_sae + 1), count (d_sae)]
+ *   sae_sums.npy        f64 [sse, cos_sum]
+ *   x_moments.npy, e_moments.npy, feature_moments.npy   (stats.h's layout)
+ *   cov_xx.npy, cov_ex.npy   with predictability only
+ * Load fails (NULL) with DM_E_CORRUPT naming the file when one is truncated or
+ * of other sizes, DM_E_IO when one is missing. */
+int dm_sae_stats_save(const dm_sae_stats *st, const char *dir);
+dm_sae_stats *dm_sae_stats_load(const char *dir, int64_t d_in, int64_t d_sae, int predictability,
+                                const dm_compute *c);
+/* a <- a merged with b; DM_E_SHAPE when their sizes or predictability differ. */
+int dm_sae_stats_merge(dm_sae_stats *a, const dm_sae_stats *b);
+
 /* Results. Per-feature arrays are (d_sae) and owned by the result. */
 typedef struct {
     int64_t n;          /* finite rows used */

@@ -36,6 +36,11 @@
  * the co-moments). They are plain enough to check by eye, and
  * tests/test_stats.c holds the fast path to them.
  *
+ * Shards. A shard's partial result is its accumulators saved whole (one
+ * float64 vector each, bitwise), merged later in shard order with the same
+ * pairwise formulas. A merge into an empty accumulator copies instead of
+ * applying them, so one shard's partial reproduces the unsharded state exactly.
+ *
  * PCA. LAPACK's dsyevr (MRRR) returns all eigenpairs of the symmetric
  * covariance in ascending order; we reverse them, fix each eigenvector's sign
  * (its largest-|.| entry positive, the first on ties) so results are
@@ -45,10 +50,12 @@
 #include "stats.h"
 
 #include "dm.h"
+#include "npy.h"
 
 #include <cblas.h>
 #include <lapacke.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 /* Columns per OpenMP work item: 64 doubles of accumulators per power, a few
@@ -349,17 +356,20 @@ int dm_covariance_merge(dm_covariance *a, const dm_covariance *b)
                         (long long)a->d);
     if (b->n == 0)
         return 0;
+    if (a->n == 0) { /* an exact copy: the formula would turn -0.0 into 0.0 and 0 x Inf into NaN */
+        memcpy(a->C, b->C, (size_t)(d * d) * sizeof(double));
+        memcpy(a->mean, b->mean, (size_t)d * sizeof(double));
+        a->n = b->n;
+        return 0;
+    }
     double nA = (double)a->n, nB = (double)b->n, n = nA + nB, f = nA * nB / n;
     for (int64_t i = 0; i < d; i++) {
         double di = b->mean[i] - a->mean[i];
         for (int64_t j = 0; j <= i; j++)
             a->C[i * d + j] += b->C[i * d + j] + f * di * (b->mean[j] - a->mean[j]);
     }
-    if (a->n == 0)
-        memcpy(a->mean, b->mean, (size_t)d * sizeof(double));
-    else
-        for (int64_t j = 0; j < d; j++)
-            a->mean[j] += (b->mean[j] - a->mean[j]) * (nB / n);
+    for (int64_t j = 0; j < d; j++)
+        a->mean[j] += (b->mean[j] - a->mean[j]) * (nB / n);
     a->n += b->n;
     return 0;
 }
@@ -475,17 +485,20 @@ int dm_xcovariance_merge(dm_xcovariance *a, const dm_xcovariance *b)
                         (long long)b->dx, (long long)b->dy, (long long)dx, (long long)dy);
     if (b->n == 0)
         return 0;
+    if (a->n == 0) { /* an exact copy, as dm_covariance_merge */
+        memcpy(a->C, b->C, (size_t)(dx * dy) * sizeof(double));
+        memcpy(a->mean_x, b->mean_x, (size_t)(dx + dy) * sizeof(double));
+        a->n = b->n;
+        return 0;
+    }
     double nA = (double)a->n, nB = (double)b->n, n = nA + nB, f = nA * nB / n;
     for (int64_t i = 0; i < dx; i++) {
         double di = b->mean_x[i] - a->mean_x[i];
         for (int64_t j = 0; j < dy; j++)
             a->C[i * dy + j] += b->C[i * dy + j] + f * di * (b->mean_y[j] - a->mean_y[j]);
     }
-    if (a->n == 0)
-        memcpy(a->mean_x, b->mean_x, (size_t)(dx + dy) * sizeof(double));
-    else
-        for (int64_t j = 0; j < dx + dy; j++)
-            a->mean_x[j] += (b->mean_x[j] - a->mean_x[j]) * (nB / n);
+    for (int64_t j = 0; j < dx + dy; j++)
+        a->mean_x[j] += (b->mean_x[j] - a->mean_x[j]) * (nB / n);
     a->n += b->n;
     return 0;
 }
@@ -503,6 +516,116 @@ int dm_xcovariance_finalize(const dm_xcovariance *c, double *cov, double *mean_x
     if (mean_y)
         memcpy(mean_y, c->mean_y, (size_t)c->dy * sizeof(double));
     return 0;
+}
+
+/* ---- accumulators on disk -------------------------------------------------- */
+
+/* Row counts up to 2^53 are exact in a float64. */
+#define DM_FLAT_N_MAX 9007199254740992.0
+
+/* Writes [n, parts[0] (lens[0] values), parts[1], ...] as a 1-D float64 .npy. */
+static int save_flat(const char *path, int64_t n, const double *const *parts, const int64_t *lens, int nparts)
+{
+    if (n < 0 || (double)n > DM_FLAT_N_MAX)
+        return dm_failc(DM_E_INTERNAL, "%s: a row count of %lld cannot be saved exactly", path, (long long)n);
+    int64_t total = 1;
+    for (int i = 0; i < nparts; i++)
+        total += lens[i];
+    dm_tensor t;
+    dm_tensor_init(&t, DM_F64, 1, &total);
+    double *v = t.data;
+    v[0] = (double)n;
+    int64_t off = 1;
+    for (int i = 0; i < nparts; off += lens[i], i++)
+        memcpy(v + off, parts[i], (size_t)lens[i] * sizeof(double));
+    int rc = dm_npy_save(path, &t);
+    dm_tensor_free(&t);
+    return rc;
+}
+
+/* Reads what save_flat wrote with the same lens into parts; *n gets the count.
+ * `what` names the accumulator in messages. */
+static int load_flat(const char *path, const char *what, int64_t *n, double *const *parts, const int64_t *lens,
+                     int nparts)
+{
+    dm_npy_map *m = dm_npy_open(path);
+    if (!m)
+        return -1;
+    const dm_npy_header *h = dm_npy_hdr(m);
+    int64_t total = 1;
+    for (int i = 0; i < nparts; i++)
+        total += lens[i];
+    int rc = -1;
+    if (h->dtype != DM_F64 || h->ndim != 1 || h->shape[0] != total) {
+        dm_failc(DM_E_CORRUPT, "%s: not the partial %s expected: want a vector of %lld float64 values, found a %d-D %s "
+                 "array of %lld values",
+                 path, what, (long long)total, h->ndim, dm_dtype_name(h->dtype),
+                 (long long)(h->ndim ? h->shape[0] * (h->ndim > 1 ? h->shape[1] : 1) : 1));
+        goto end;
+    }
+    const unsigned char *v = dm_npy_data(m);
+    double cnt;
+    memcpy(&cnt, v, sizeof cnt);
+    if (!(cnt >= 0 && cnt <= DM_FLAT_N_MAX && cnt == floor(cnt))) {
+        dm_failc(DM_E_CORRUPT, "%s: partial %s: row count %g is not a count", path, what, cnt);
+        goto end;
+    }
+    *n = (int64_t)cnt;
+    size_t off = sizeof(double);
+    for (int i = 0; i < nparts; off += (size_t)lens[i] * sizeof(double), i++)
+        memcpy(parts[i], v + off, (size_t)lens[i] * sizeof(double));
+    rc = 0;
+end:
+    dm_npy_close(m);
+    return rc;
+}
+
+int dm_moments_save(const dm_moments *m, const char *path)
+{
+    const double *parts[4] = {m->mean, m->m2, m->m3, m->m4};
+    int64_t lens[4] = {m->d, m->d, m->d, m->d};
+    return save_flat(path, m->n, parts, lens, 4);
+}
+
+int dm_moments_load(dm_moments *m, const char *path)
+{
+    double *parts[4] = {m->mean, m->m2, m->m3, m->m4};
+    int64_t lens[4] = {m->d, m->d, m->d, m->d};
+    char what[64];
+    snprintf(what, sizeof what, "moments of %lld columns", (long long)m->d);
+    return load_flat(path, what, &m->n, parts, lens, 4);
+}
+
+int dm_covariance_save(const dm_covariance *c, const char *path)
+{
+    const double *parts[2] = {c->mean, c->C};
+    int64_t lens[2] = {c->d, c->d * c->d};
+    return save_flat(path, c->n, parts, lens, 2);
+}
+
+int dm_covariance_load(dm_covariance *c, const char *path)
+{
+    double *parts[2] = {c->mean, c->C};
+    int64_t lens[2] = {c->d, c->d * c->d};
+    char what[64];
+    snprintf(what, sizeof what, "covariance of width %lld", (long long)c->d);
+    return load_flat(path, what, &c->n, parts, lens, 2);
+}
+
+int dm_xcovariance_save(const dm_xcovariance *c, const char *path)
+{
+    const double *parts[3] = {c->mean_x, c->mean_y, c->C};
+    int64_t lens[3] = {c->dx, c->dy, c->dx * c->dy};
+    return save_flat(path, c->n, parts, lens, 3);
+}
+
+int dm_xcovariance_load(dm_xcovariance *c, const char *path)
+{
+    double *parts[3] = {c->mean_x, c->mean_y, c->C};
+    int64_t lens[3] = {c->dx, c->dy, c->dx * c->dy};
+    char what[80];
+    snprintf(what, sizeof what, "cross-covariance of %lld x %lld", (long long)c->dx, (long long)c->dy);
+    return load_flat(path, what, &c->n, parts, lens, 3);
 }
 
 /* ---- PCA ------------------------------------------------------------------- */

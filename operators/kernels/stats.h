@@ -66,7 +66,8 @@ void dm_moments_reset(dm_moments *m); /* back to n = 0, keeping storage */
 void dm_moments_update(dm_moments *m, const float *x, int64_t rows);
 /* Same result, one row at a time (Welford/Terriberry); the reference. */
 void dm_moments_update_ref(dm_moments *m, const float *x, int64_t rows);
-/* a <- a merged with b. -1 if the widths differ. b may be empty. */
+/* a <- a merged with b. -1 if the widths differ. b may be empty; an empty a
+ * becomes an exact copy of b. */
 int dm_moments_merge(dm_moments *a, const dm_moments *b);
 
 /* Population statistics, each output (d) or NULL to skip:
@@ -103,7 +104,8 @@ int64_t dm_covariance_bytes(int64_t d);
 void dm_covariance_update(dm_covariance *c, const float *x, int64_t rows);
 /* Reference: C += (n_old/n) (x - mean_old)(x - mean_old)^T per row. */
 void dm_covariance_update_ref(dm_covariance *c, const float *x, int64_t rows);
-/* a <- a merged with b: C = CA + CB + (nA nB/n) delta delta^T. -1 if widths differ. */
+/* a <- a merged with b: C = CA + CB + (nA nB/n) delta delta^T. -1 if widths differ.
+ * b may be empty; an empty a becomes an exact copy of b. */
 int dm_covariance_merge(dm_covariance *a, const dm_covariance *b);
 /* cov (d, d), full and exactly symmetric, = C/n (population); mean (d); either
  * may be NULL. -1 if no rows were seen. */
@@ -135,11 +137,34 @@ int64_t dm_xcovariance_bytes(int64_t dx, int64_t dy);
 void dm_xcovariance_update(dm_xcovariance *c, const float *x, const float *y, int64_t rows);
 void dm_xcovariance_update_ref(dm_xcovariance *c, const float *x, const float *y,
                                int64_t rows);
-/* C = CA + CB + (nA nB/n) delta_x delta_y^T. -1 if widths differ. */
+/* C = CA + CB + (nA nB/n) delta_x delta_y^T. -1 if widths differ. An empty a
+ * becomes an exact copy of b. */
 int dm_xcovariance_merge(dm_xcovariance *a, const dm_xcovariance *b);
 /* cov (dx, dy) = C/n; means may be NULL. -1 if no rows were seen. */
 int dm_xcovariance_finalize(const dm_xcovariance *c, double *cov, double *mean_x,
                             double *mean_y);
+
+/* ---- accumulators on disk ------------------------------------------------ */
+
+/* A shard's partial result (op.h, save_partial) is its accumulators, saved
+ * whole and merged later with dm_*_merge. Each is one 1-D float64 .npy
+ * written atomically, its row count first (exact: at most 2^53 rows):
+ *   moments         [n, mean (d), m2 (d), m3 (d), m4 (d)]
+ *   covariance      [n, mean (d), C (d x d, row-major; only the lower triangle
+ *                    is meaningful)]
+ *   cross-covariance [n, mean_x (dx), mean_y (dy), C (dx x dy)]
+ * Saving and loading copy the values bitwise, so a saved accumulator merged
+ * into an empty one is the accumulator itself.
+ * Loading reads into an accumulator already made with *_init at the width the
+ * caller expects (its previous contents are replaced); a file that is missing
+ * (DM_E_IO), truncated, of another width or dtype, or whose row count is not a
+ * count (DM_E_CORRUPT) fails with a message naming it. */
+int dm_moments_save(const dm_moments *m, const char *path);
+int dm_moments_load(dm_moments *m, const char *path);
+int dm_covariance_save(const dm_covariance *c, const char *path);
+int dm_covariance_load(dm_covariance *c, const char *path);
+int dm_xcovariance_save(const dm_xcovariance *c, const char *path);
+int dm_xcovariance_load(dm_xcovariance *c, const char *path);
 
 /* ---- PCA of a covariance ------------------------------------------------ */
 

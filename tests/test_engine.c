@@ -1014,6 +1014,26 @@ START_TEST(test_mock_shards)
     memcpy(sum_key, sum->key, 33);
     free_graph(g, p);
 
+    /* a damaged shard of map's stream: late (forced) fails to replay it, the
+     * shard's entry goes, map merges again with that shard recomputed */
+    char k1[33];
+    dm_cache_shard_key(map_key, 3000, 1, k1);
+    char *spill = dm_xasprintf("%s/%s/out.spill", cache, k1);
+    FILE *fp = fopen(spill, "r+b");
+    ck_assert_ptr_nonnull(fp);
+    fseek(fp, 100, SEEK_SET);
+    fputc(0x5a, fp);
+    fclose(fp);
+    free(spill);
+    g = mock_graph(sharded, cache, NULL, &p);
+    g->force = dm_xcalloc(1, sizeof *g->force);
+    g->force[0] = dm_xstrdup("late");
+    g->nforce = 1;
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert(tensor_sum(dm_graph_find(g, "late")) == want);
+    ck_assert_int_eq(dm_graph_find(g, "map")->run, 1);
+    free_graph(g, p);
+
     /* a run killed in shard 2: the node entries and shard 2's entries are gone */
     char k2[33];
     dm_cache_shard_key(sum_key, 3000, 2, k2);

@@ -135,8 +135,10 @@ typedef struct dm_op {
     int (*save_partial)(dm_node *n, const char *dir);
     int (*merge_partial)(dm_node *n, const char *dir);
     /* Sources that can produce any range of their rows (sharded groups they
-     * drive): produce() then yields rows [row0, row0 + rows) only, with the
-     * same values as in a full pass. Called after open(). */
+     * drive): produce() then yields only the rows at offsets [row0, row0 +
+     * rows) from the first row it makes (its chunks keep their own row0, which
+     * a source cut by `shard`/`shards` parameters counts from its slice's start),
+     * with the same values as in a full pass. Called after open(). */
     int (*seek)(dm_node *n, int64_t row0, int64_t rows);
     /* Optional: bytes of the product files the node writes for `rows` rows of
      * its first stream input (an .npy of every row), for the disk estimate. */

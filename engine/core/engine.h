@@ -161,9 +161,9 @@ typedef struct {
 #define DM_DEFAULT_SHARD ((int64_t)1000000) /* rows (tokens) per shard unless `shard:` or --shard says */
 
 /* Reading a cached stream back (replay.c): the spill of entry `key` (node.json
- * `entry`) named `port`, or the spills of its shards in order; all rows, or rows
- * [row0, row0 + rows) when rows >= 0. Fails with DM_E_CORRUPT or DM_E_IO naming
- * the file. */
+ * `entry`) named `port`, or the spills of its shards in order; all rows, or,
+ * when rows >= 0, the rows at offsets [row0, row0 + rows) from its first row.
+ * Fails with DM_E_CORRUPT or DM_E_IO naming the file. */
 typedef struct dm_replay dm_replay;
 dm_replay *dm_replay_open(const dm_graph *g, const char *key, const char *port, const json_t *entry, int64_t row0,
                           int64_t rows);
@@ -176,6 +176,10 @@ int64_t dm_replay_row0(const dm_replay *r);
 int64_t dm_replay_cols(const dm_replay *r);
 dm_dtype dm_replay_dtype(const dm_replay *r);
 int64_t dm_replay_max_chunk_rows(const dm_replay *r);
+/* After a failed read of a stream kept in shards: the entry folder of the shard
+ * that failed (the caller removes it, so that shard is computed again); NULL
+ * otherwise. */
+const char *dm_replay_failed_shard(const dm_replay *r);
 
 /* Binds a pipeline: operators, parameters, connections, cycle check, infer().
  * The graph borrows p. */

@@ -24,6 +24,8 @@
 typedef struct {
     char *dir; /* the entry folder holding the spill */
     int64_t row0, rows, max_chunk_rows;
+    int64_t delta; /* row0 less the spill's own first row: a shard numbers rows of its own
+                      (the SAE's feature pairs) from 0 */
 } segment;
 
 struct dm_replay {
@@ -40,7 +42,19 @@ struct dm_replay {
     dm_spill_reader *reader; /* of segs[open_seg] */
     int open_seg;
     int whole;               /* reader is read chunk by chunk (the segment lies inside the range) */
+    int segmented;           /* the stream lives in its shards' entries */
+    const char *failed;      /* the shard entry of the segment that failed to read */
 };
+
+/* Notes which shard's entry a failure came from; returns -1. */
+static int failed_in(dm_replay *r, int i)
+{
+    if (r->segmented && i >= 0 && i < r->nsegs)
+        r->failed = r->segs[i].dir;
+    return -1;
+}
+
+const char *dm_replay_failed_shard(const dm_replay *r) { return r ? r->failed : NULL; }
 
 static int open_segment(dm_replay *r, int i)
 {
@@ -52,7 +66,7 @@ static int open_segment(dm_replay *r, int i)
     if (!r->reader)
         return -1;
     segment *s = &r->segs[i];
-    if (dm_spill_rows(r->reader) != s->rows || (s->rows && dm_spill_row0(r->reader) != s->row0) ||
+    if (dm_spill_rows(r->reader) != s->rows || (s->rows && dm_spill_row0(r->reader) + s->delta != s->row0) ||
         dm_spill_cols(r->reader) != r->cols || dm_spill_dtype(r->reader) != r->dtype) {
         dm_failc(DM_E_CORRUPT, "%s/%s.json: holds %lld rows of %lld %s values from row %lld; its node's entry "
                  "lists %lld rows of %lld %s values from row %lld", s->dir, r->name,
@@ -88,6 +102,7 @@ static int list_segments(dm_replay *r, const dm_graph *g, const char *key, const
         r->open_seg = 0;
         return 0;
     }
+    r->segmented = 1;
     size_t n = json_array_size(segs);
     json_int_t cols = json_integer_value(json_object_get(json_object_get(json_object_get(entry, "outputs"), r->name), "cols"));
     const char *dt = json_string_value(json_object_get(json_object_get(json_object_get(entry, "outputs"), r->name), "dtype"));
@@ -108,6 +123,7 @@ static int list_segments(dm_replay *r, const dm_graph *g, const char *key, const
         sg->row0 = json_integer_value(json_object_get(s, "row0"));
         sg->rows = json_integer_value(json_object_get(s, "rows"));
         sg->max_chunk_rows = json_integer_value(json_object_get(s, "max_chunk_rows"));
+        sg->delta = sg->row0 - json_integer_value(json_object_get(s, "spill_row0"));
         if (!k || strlen(k) != 32 || sg->rows < 0 || sg->max_chunk_rows < 0 || (i && sg->rows && sg->row0 != row)) {
             char *d = dm_cache_entry(g, key);
             dm_failc(DM_E_CORRUPT, "%s/node.json: output '%s': malformed segment %zu", d, r->name, i);
@@ -146,6 +162,7 @@ dm_replay *dm_replay_open(const dm_graph *g, const char *key, const char *port, 
     r->begin = first;
     r->end = last;
     if (rows >= 0) {
+        row0 += first; /* an offset from the stream's first row */
         if (row0 < first || row0 + rows > last) {
             dm_failc(DM_E_SHAPE, "output '%s': rows %lld..%lld asked, the stream holds rows %lld..%lld", port,
                      (long long)row0, (long long)(row0 + rows), (long long)first, (long long)last);
@@ -205,19 +222,20 @@ int dm_replay_next(dm_replay *r, dm_chunk *out)
             /* a segment inside the range is read chunk by chunk, with read-ahead;
              * the ends of a range by row (mmap) */
             if (open_segment(r, r->cur))
-                return -1;
+                return failed_in(r, r->cur);
             r->whole = s->row0 >= r->next_row && s->row0 + s->rows <= r->end && s->row0 == r->next_row;
             if (r->whole && dm_spill_rewind(r->reader))
-                return -1;
+                return failed_in(r, r->cur);
         }
         if (r->whole) {
             if (dm_spill_next(r->reader, out))
-                return -1;
+                return failed_in(r, r->cur);
             if (!out->rows) { /* the segment ended */
                 r->cur++;
                 r->whole = 0;
                 continue;
             }
+            out->row0 += s->delta;
             r->next_row = out->row0 + out->rows;
             return 0;
         }
@@ -226,8 +244,8 @@ int dm_replay_next(dm_replay *r, dm_chunk *out)
             n = r->end - r->next_row;
         if (n > r->max_chunk_rows)
             n = r->max_chunk_rows;
-        if (dm_spill_read_rows(r->reader, r->next_row, n, out->ptr))
-            return -1;
+        if (dm_spill_read_rows(r->reader, r->next_row - s->delta, n, out->ptr))
+            return failed_in(r, r->cur);
         out->row0 = r->next_row;
         out->rows = n;
         r->next_row += n;
@@ -251,10 +269,10 @@ int dm_replay_read_rows(dm_replay *r, int64_t row0, int64_t rows, void *out)
         if (n > rows)
             n = rows;
         if (open_segment(r, i))
-            return -1;
+            return failed_in(r, i);
         r->whole = 0; /* the sequential position reopens its segment */
-        if (dm_spill_read_rows(r->reader, row0, n, out))
-            return -1;
+        if (dm_spill_read_rows(r->reader, row0 - r->segs[i].delta, n, out))
+            return failed_in(r, i);
         out = (char *)out + (size_t)n * row_bytes;
         row0 += n;
         rows -= n;

@@ -354,6 +354,15 @@ static int is_member(const group *G, const dm_node *n)
     return 0;
 }
 
+/* A stream kept in shards failed to read: that shard's entry goes too. */
+static void note_failed_shard(dm_run_ctx *ctx, const dm_replay *r)
+{
+    if (dm_replay_failed_shard(r)) {
+        free(ctx->bad_entry);
+        ctx->bad_entry = dm_xstrdup(dm_replay_failed_shard(r));
+    }
+}
+
 /* ---- what operators call while running (op.h) ------------------------------- */
 
 int dm_emit(dm_node *n, int port, const dm_chunk *c)
@@ -414,8 +423,10 @@ int dm_input_read_rows(dm_node *n, int port, int64_t row0, int64_t rows, void *o
     }
     if (dm_replay_read_rows(n->readers[port], row0, rows, out)) {
         dm_graph *g = n->graph;
-        if (g->run && dm_error_code() == DM_E_CORRUPT)
+        if (g->run && dm_error_code() == DM_E_CORRUPT) {
             g->run->unreadable = n->in[port].src; /* planned again: the producer recomputes it (dm_run) */
+            note_failed_shard(g->run, n->readers[port]);
+        }
         return -1;
     }
     return 0;
@@ -761,6 +772,7 @@ static int driver_next(dm_run_ctx *ctx, driver *d)
     if (d->reader) {
         if (dm_replay_next(d->reader, &d->buf)) {
             ctx->unreadable = d->src;
+            note_failed_shard(ctx, d->reader);
             return -1;
         }
         return 0;
@@ -1257,6 +1269,7 @@ static int shard_segments(dm_run_ctx *ctx, dm_node *n, int k, int64_t R, int64_t
     json_t *segs = json_array();
     json_object_set_new(o, "segments", segs);
     json_object_set_new(o, "dtype", json_string(dm_dtype_name(n->outdesc[k].dtype)));
+    int64_t row = 0;
     for (int64_t i = 0; i < S; i++) {
         char key[33];
         dm_cache_shard_key(n->key, R, i, key);
@@ -1267,9 +1280,16 @@ static int shard_segments(dm_run_ctx *ctx, dm_node *n, int k, int64_t R, int64_t
             ctx->bad_entry = dir;
             return -1;
         }
-        json_array_append_new(segs, json_pack("{s:s, s:I, s:I, s:I}", "key", key, "row0", (json_int_t)dm_spill_row0(r),
-                                               "rows", (json_int_t)dm_spill_rows(r), "max_chunk_rows",
+        /* rows follow on from the shard before: a stream tied to the source's
+         * rows keeps its numbers, one that counts its own (feature pairs) is
+         * renumbered (replay.c) */
+        if (i == 0)
+            row = dm_spill_row0(r);
+        json_array_append_new(segs, json_pack("{s:s, s:I, s:I, s:I, s:I}", "key", key, "row0", (json_int_t)row,
+                                               "spill_row0", (json_int_t)dm_spill_row0(r), "rows",
+                                               (json_int_t)dm_spill_rows(r), "max_chunk_rows",
                                                (json_int_t)dm_spill_max_chunk_rows(r)));
+        row += dm_spill_rows(r);
         dm_spill_reader_close(r);
         free(dir);
     }
@@ -1615,12 +1635,20 @@ static int run_attempts(dm_graph *g, dm_run_ctx *ctx)
     for (int attempt = 0;; attempt++) {
         ctx->spilled_bytes = 0;
         ctx->unreadable = NULL;
+        free(ctx->bad_entry);
+        ctx->bad_entry = NULL;
         rc = run_attempt(ctx);
-        if (!rc || !ctx->unreadable || attempt >= 2 || dm_interrupted())
+        if (!rc || (!ctx->unreadable && !ctx->bad_entry) || attempt >= 2 || dm_interrupted())
             break;
+        if (ctx->bad_entry) { /* a shard's entry that cannot be read: computed again */
+            dm_warn("%s; recomputing that shard", dm_error());
+            dm_rm_rf(ctx->bad_entry);
+        }
         /* a spill that cannot be replayed: recompute its producer */
-        dm_warn("%s; recomputing node '%s'", dm_error(), ctx->unreadable->decl->name);
-        dm_cache_invalidate(g, ctx->unreadable->key);
+        if (ctx->unreadable) {
+            dm_warn("%s; recomputing node '%s'", dm_error(), ctx->unreadable->decl->name);
+            dm_cache_invalidate(g, ctx->unreadable->key);
+        }
         for (int i = 0; i < g->nnodes; i++)
             for (int k = 0; k < g->nodes[i]->nout; k++)
                 dm_tensor_free(&g->nodes[i]->outtensor[k]);
@@ -1639,6 +1667,7 @@ int dm_run(dm_graph *g)
     if (rc && dm_interrupted())
         interrupted_error(&ctx);
     free(ctx.stopped_in);
+    free(ctx.bad_entry);
     g->run = NULL;
     if (!rc) {
         g->ran = 1;

@@ -165,6 +165,7 @@ static int npy_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
 static int npy_seek(dm_node *n, int64_t row0, int64_t rows)
 {
     npy_source *s = dm_node_state(n);
+    row0 += s->begin; /* an offset from the first row this source makes */
     if (row0 < s->begin || rows < 0 || row0 > s->end || rows > s->end - row0)
         return dm_failc(DM_E_INTERNAL, "%s: seek to rows %lld..%lld, outside rows %lld..%lld of this source",
                         dm_param_str(n, "path"), (long long)row0, (long long)(row0 + rows - 1),

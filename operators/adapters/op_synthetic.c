@@ -141,6 +141,7 @@ static int syn_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
 static int syn_seek(dm_node *n, int64_t row0, int64_t rows)
 {
     synthetic *g = dm_node_state(n);
+    row0 += g->begin; /* an offset from the first row this source makes */
     if (row0 < g->begin || rows < 0 || row0 > g->end || rows > g->end - row0)
         return dm_failc(DM_E_INTERNAL, "seek to rows %lld..%lld, outside rows %lld..%lld of this source",
                         (long long)row0, (long long)(row0 + rows - 1), (long long)g->begin,

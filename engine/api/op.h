@@ -140,6 +140,18 @@ typedef struct dm_op {
      * a source cut by `shard`/`shards` parameters counts from its slice's start),
      * with the same values as in a full pass. Called after open(). */
     int (*seek)(dm_node *n, int64_t row0, int64_t rows);
+    /* Multipass operators whose per-pass sums split by shard (FastICA): in a
+     * run with shards, every pass reads the shards of its stream in turn
+     * (spread over MPI ranks); after a shard, pass_partial() moves what the
+     * pass accumulated for it into out (pass_partial_size() doubles) and
+     * starts again from zero; before end_pass(), pass_merge() is called with
+     * every shard's partial in shard order, so each pass ends with the same
+     * sums in every process whatever the number of ranks. pass_partial_size()
+     * returns 0 when the node does not split its passes this run (it keeps
+     * its input in memory, say). */
+    int64_t (*pass_partial_size)(const dm_node *n);
+    int (*pass_partial)(dm_node *n, double *out);
+    int (*pass_merge)(dm_node *n, const double *in);
     /* Optional: bytes of the product files the node writes for `rows` rows of
      * its first stream input (an .npy of every row), for the disk estimate. */
     int64_t (*disk_bytes)(const dm_node *n, int64_t rows);

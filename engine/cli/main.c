@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "engine.h"
 #include "args.h"
 #include "commands.h"
@@ -169,6 +170,11 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
         return NULL;
     }
     dm_compute_set_threads(threads);
+    /* MPI ranks (dist.h): rank 0 speaks and writes the results for all */
+    g->rank = dm_dist_rank();
+    g->nranks = dm_dist_size();
+    if (g->rank != 0)
+        o->quiet = 1;
     dm_progress_enabled = !o->quiet;
     *pout = p;
     return g;
@@ -210,9 +216,9 @@ static int cmd_run_like(int argc, char **argv, const dm_arg_cmd *c, int plan_onl
         rc = dm_plan(g);
     else
         rc = dm_run(g);
-    if (!rc && (plan_only || !o.quiet))
+    if (!rc && (plan_only ? g->rank == 0 : !o.quiet))
         dm_plan_print(g, plan_only ? stdout : stderr);
-    if (!rc && plan_only)
+    if (!rc && plan_only && g->rank == 0)
         rc = print_disk(g);
     if (rc)
         fprintf(stderr, "dmica: %s\n", dm_error());
@@ -315,6 +321,12 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /* under mpirun (or srun), join the other ranks (dist.h); a plain start does nothing */
+    if (dm_dist_init(&argc, &argv)) {
+        fprintf(stderr, "dmica: %s\n", dm_error());
+        return dm_error_exit();
+    }
+    atexit(dm_dist_finalize);
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         usage(stdout);

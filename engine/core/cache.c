@@ -222,8 +222,9 @@ static int compute_key(dm_graph *g, dm_node *n)
                    n->in[k].src->outs[n->in[k].port].name);
     if (has_stream_output(n))
         dm_strbuf_addf(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
-    /* a node run in shards merges partial results: they depend on the shard size */
-    if (n->op->shardable && g->shard > 0)
+    /* a node run in shards (or whose passes split by shard) merges partial
+     * results: they depend on the shard size */
+    if ((n->op->shardable || n->op->pass_partial) && g->shard > 0)
         dm_strbuf_addf(&b, "shard=%lld\n", (long long)g->shard);
     key_of_material(b.s, b.len, n->key);
     free(n->material);

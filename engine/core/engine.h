@@ -180,6 +180,10 @@ int64_t dm_replay_max_chunk_rows(const dm_replay *r);
  * that failed (the caller removes it, so that shard is computed again); NULL
  * otherwise. */
 const char *dm_replay_failed_shard(const dm_replay *r);
+/* A stream kept in shards (opened on all its rows): the number of shards, and
+ * malloc'd arrays of each one's first row (an offset from the stream's first
+ * row) and rows. 0 (and NULLs) for a stream in one spill. */
+int dm_replay_segments(const dm_replay *r, int64_t **row0, int64_t **rows);
 
 /* Binds a pipeline: operators, parameters, connections, cycle check, infer().
  * The graph borrows p. */

@@ -279,3 +279,18 @@ int dm_replay_read_rows(dm_replay *r, int64_t row0, int64_t rows, void *out)
     }
     return 0;
 }
+
+int dm_replay_segments(const dm_replay *r, int64_t **row0, int64_t **rows)
+{
+    *row0 = *rows = NULL;
+    if (!r->segmented)
+        return 0;
+    *row0 = dm_xcalloc((size_t)r->nsegs, sizeof **row0);
+    *rows = dm_xcalloc((size_t)r->nsegs, sizeof **rows);
+    int64_t first = r->begin;
+    for (int i = 0; i < r->nsegs; i++) {
+        (*row0)[i] = r->segs[i].rows ? r->segs[i].row0 - first : (i ? (*row0)[i - 1] + (*rows)[i - 1] : 0);
+        (*rows)[i] = r->segs[i].rows;
+    }
+    return r->nsegs;
+}

@@ -62,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dist.h"
 #include "fs.h"
 #include "npy.h"
 #include "spill.h"
@@ -105,18 +106,22 @@ typedef struct group {
      * stream's rows, then merges. While a shard runs, the drivers yield rows
      * [row0, row0 + rows) only; rows < 0: all of them. */
     int sharded, cannot_shard;
+    int split;         /* a multipass group whose passes split by shard (pass_partial) */
+    int64_t R, S;      /* rows per shard, shards (sharded and split groups) */
+    int64_t *seg_row0, *seg_rows; /* the shards of a driving stream kept in shards: the group's */
     int64_t row0, rows;
     dm_progress *progress; /* across the shards of a sharded group */
     int64_t done_rows;     /* rows of the shards done so far, for it */
+    int64_t shards_done;   /* by this rank (cached ones too) */
 } group;
 
 static int is_active(const dm_node *n) { return n->run || n->reproduce; }
 
-/* Every rank's rc, after a group: 0 when all succeeded. */
+/* Every rank's rc (dist.h): 0 when all succeeded, else -1 with the failing
+ * rank's message. One process: rc. */
 static int dist_agree(dm_run_ctx *ctx, int rc)
 {
-    (void)ctx;
-    return rc;
+    return ctx->g->nranks > 1 ? dm_dist_agree(rc) : rc;
 }
 
 static int spill_never(const dm_node *n) { return n->decl->spill && !strcmp(n->decl->spill, "never"); }
@@ -326,6 +331,7 @@ static void free_groups(group *gs, int ng)
     for (int i = 0; i < ng; i++) {
         free(gs[i].members);
         free(gs[i].guests);
+        free(gs[i].seg_row0), free(gs[i].seg_rows);
         free(gs[i].drivers);
         free(gs[i].label);
     }
@@ -821,6 +827,8 @@ static int64_t group_spilled_bytes(const dm_run_ctx *ctx, const group *G)
     return sp;
 }
 
+static int64_t pr_shards_done(const group *G) { return G->shards_done; }
+
 /* One pass: every driver's chunks, in step, pushed through the group. */
 static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
 {
@@ -843,7 +851,17 @@ static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
         if (rc || (rc = dm_check_interrupt()))
             break;
         done += G->drivers[0].buf.rows;
-        dm_progress_update(pr, done, group_spilled_bytes(ctx, G));
+        int64_t spilled = group_spilled_bytes(ctx, G);
+        if (ctx->g->nranks > 1) { /* rank 0 shows every rank's rows */
+            int64_t units, all_rows, all_bytes;
+            dm_dist_progress_post(G->progress ? pr_shards_done(G) : 0, done, spilled);
+            dm_dist_progress_totals(&units, &all_rows, &all_bytes);
+            if (G->progress)
+                dm_progress_shards(pr, units, G->S);
+            dm_progress_update(pr, all_rows, all_bytes);
+        } else {
+            dm_progress_update(pr, done, spilled);
+        }
     }
     if (G->progress)
         G->done_rows = done;
@@ -1054,6 +1072,8 @@ static int run_group_phases(dm_run_ctx *ctx, group *G)
     return 0;
 }
 
+static int sync_group(dm_run_ctx *ctx, const group *G, int shards);
+
 /* ---- shards -------------------------------------------------------------------
  *
  * A sharded group (every member's operator is shardable, and its streams can be
@@ -1089,6 +1109,7 @@ static int shard_stream_rows(dm_run_ctx *ctx, group *G, int64_t *total, int64_t 
         return dm_failc(DM_E_INTERNAL, "nodes %s: a sharded group without a stream", G->label);
     *total = s->outdesc[port].shape[0];
     int64_t cols = s->outdesc[port].shape[1];
+    G->S = 0;
     if (G->nexternal && replays(&G->drivers[0])) {
         dm_replay *r = open_replay(ctx->g, s, port, 0, -1);
         if (!r) {
@@ -1097,6 +1118,8 @@ static int shard_stream_rows(dm_run_ctx *ctx, group *G, int64_t *total, int64_t 
         }
         *total = dm_replay_rows(r);
         cols = dm_replay_cols(r);
+        free(G->seg_row0), free(G->seg_rows);
+        G->S = dm_replay_segments(r, &G->seg_row0, &G->seg_rows);
         dm_replay_close(r);
     }
     *per_row = s->outdesc[port].dtype == DM_I32 && cols > 0 ? cols : 1;
@@ -1324,43 +1347,220 @@ static int merge_group(dm_run_ctx *ctx, group *G, int64_t R, int64_t S)
     return 0;
 }
 
+/* The shard size in rows of G's driving stream, and the number of shards;
+ * -1 when the stream cannot be read. */
+static int shard_plan(dm_run_ctx *ctx, group *G, int64_t *total, int64_t *per_row)
+{
+    *total = -1;
+    *per_row = 1;
+    if (shard_stream_rows(ctx, G, total, per_row))
+        return -1;
+    G->R = ctx->g->shard / *per_row > 0 ? ctx->g->shard / *per_row : 1;
+    /* a stream kept in shards keeps them: each rank reads the shards it made */
+    if (!G->S)
+        G->S = shard_count(*total, G->R);
+    return 0;
+}
+
+/* The rows of shard i of a stream of `total` rows (-1: all of them). */
+static void set_shard(group *G, int64_t i, int64_t total)
+{
+    if (G->seg_row0) {
+        G->row0 = G->seg_row0[i];
+        G->rows = G->seg_rows[i];
+        return;
+    }
+    G->row0 = i * G->R;
+    G->rows = total < 0 ? -1 : total - i * G->R < G->R ? total - i * G->R : G->R;
+}
+
 static int run_sharded(dm_run_ctx *ctx, group *G)
 {
     dm_graph *g = ctx->g;
-    int64_t total = -1, per_row = 1;
-    if (shard_stream_rows(ctx, G, &total, &per_row))
+    int64_t total, per_row;
+    int rc = shard_plan(ctx, G, &total, &per_row);
+    for (int m = 0; m < G->nmembers && g->rank == 0 && !rc; m++)
+        if (G->members[m]->run)
+            rc = dm_cache_note_shards(g, G->members[m], G->R, G->S);
+    if ((rc = dist_agree(ctx, rc)))
         return -1;
-    int64_t R = g->shard / per_row > 0 ? g->shard / per_row : 1, S = shard_count(total, R);
-    for (int m = 0; m < G->nmembers && g->rank == 0; m++)
-        if (G->members[m]->run && dm_cache_note_shards(g, G->members[m], R, S))
-            return -1;
+    if (g->nranks > 1)
+        dm_dist_progress_reset();
     G->progress = dm_progress_start(G->label, total);
     dm_progress_units(G->progress, per_row > 1 ? "tokens" : "rows", per_row);
-    G->done_rows = 0;
-    int64_t done = 0;
-    int rc = 0;
-    for (int64_t i = 0; i < S && !rc; i++) {
-        if (i % g->nranks != g->rank)
-            continue;
-        G->row0 = i * R;
-        G->rows = total < 0 ? -1 : total - i * R < R ? total - i * R : R;
-        if (!shard_done(g, G, R, i)) {
-            set_building(G, R, i);
-            dm_progress_shards(G->progress, done, S);
-            rc = run_shard_phases(ctx, G, i, S);
+    G->done_rows = G->shards_done = 0;
+    for (int64_t i = g->rank; i < G->S && !rc; i += g->nranks) {
+        set_shard(G, i, total);
+        if (!shard_done(g, G, G->R, i)) {
+            set_building(G, G->R, i);
+            dm_progress_shards(G->progress, G->shards_done, G->S);
+            rc = run_shard_phases(ctx, G, i, G->S);
             close_group(G, rc != 0);
         } else if (G->rows > 0) {
             G->done_rows += G->rows; /* cached: counted, not timed */
         }
-        done++;
+        G->shards_done++;
+        if (g->nranks > 1)
+            dm_dist_progress_post(G->shards_done, G->done_rows, ctx->spilled_bytes);
     }
-    set_building(G, R, -1);
-    dm_progress_shards(G->progress, done, S);
-    dm_progress_end(G->progress, G->done_rows, ctx->spilled_bytes, 1);
+    set_building(G, G->R, -1);
+    int64_t shards = G->shards_done, rows = G->done_rows;
+    if (g->nranks > 1) {
+        dm_dist_progress_reset();
+        dm_dist_progress_final(&shards, &rows, NULL);
+    }
+    dm_progress_shards(G->progress, shards, G->S);
+    dm_progress_end(G->progress, rows, ctx->spilled_bytes, 1);
     G->progress = NULL;
     rc = dist_agree(ctx, rc);
+    if (!rc && g->nranks > 1)
+        rc = sync_group(ctx, G, 1);
     if (!rc && g->rank == 0)
-        rc = merge_group(ctx, G, R, S);
+        rc = merge_group(ctx, G, G->R, G->S);
+    return rc;
+}
+
+/* ---- passes split by shard -------------------------------------------------------
+ *
+ * A multipass group (FastICA) whose members all split their per-pass sums by
+ * shard (pass_partial, op.h) runs on every rank: each pass, a rank reads its
+ * shards of the stream (shard i on rank i mod N), hands each shard's partial
+ * sums to the others (dm_dist_allgather_doubles), and every rank merges all of
+ * them in shard order before end_pass(): the same sums, so the same iterates,
+ * in every process, for any N. Rank 0 commits the results.
+ */
+static int splits_passes(const dm_run_ctx *ctx, const group *G)
+{
+    if (ctx->g->shard <= 0 || !G->multipass || G->nguests || !G->nexternal)
+        return 0;
+    for (int j = 0; j < G->nexternal; j++)
+        if (!replays(&G->drivers[j]))
+            return 0;
+    for (int i = 0; i < G->nmembers; i++) {
+        const dm_op *op = G->members[i]->op;
+        if (!op->pass_partial_size || !op->pass_partial || !op->pass_merge ||
+            op->pass_partial_size(G->members[i]) <= 0 || op->produce)
+            return 0;
+    }
+    return 1;
+}
+
+/* Reopens the drivers (replays) on the rows of the current shard. */
+static int reopen_drivers(dm_run_ctx *ctx, group *G)
+{
+    for (int j = 0; j < G->nexternal; j++) {
+        dm_replay_close(G->drivers[j].reader);
+        G->drivers[j].reader = NULL;
+    }
+    return open_replays(ctx, G);
+}
+
+static int drive_split(dm_run_ctx *ctx, group *G)
+{
+    dm_graph *g = ctx->g;
+    int64_t total, per_row;
+    int rc = shard_plan(ctx, G, &total, &per_row);
+    if ((rc = dist_agree(ctx, rc)))
+        return -1;
+    int64_t size = 0, N = g->nranks, slots = (G->S + N - 1) / N;
+    int64_t *off = dm_xcalloc((size_t)G->nmembers + 1, sizeof *off);
+    for (int m = 0; m < G->nmembers; m++) {
+        off[m] = size;
+        size += G->members[m]->op->pass_partial_size(G->members[m]);
+    }
+    if (slots * size * N > INT32_MAX) {
+        free(off);
+        return dist_agree(ctx, dm_failc(DM_E_NOMEM, "nodes %s: %lld shards of %lld partial sums each are too many "
+                                        "to exchange; raise the shard size", G->label, (long long)G->S,
+                                        (long long)size));
+    }
+    double *mine = dm_xcalloc((size_t)(slots * size), sizeof *mine);
+    double *all = dm_xcalloc((size_t)(slots * size * N), sizeof *all);
+    for (int pass = 0;; pass++) {
+        memset(mine, 0, (size_t)(slots * size) * sizeof *mine);
+        char *label = dm_xasprintf("%s [pass %d]", G->label, pass + 1);
+        G->progress = dm_progress_start(label, total);
+        free(label);
+        G->done_rows = 0;
+        for (int64_t i = g->rank; i < G->S && !rc; i += N) {
+            set_shard(G, i, total);
+            rc = reopen_drivers(ctx, G);
+            if (!rc)
+                rc = stream_pass(ctx, G, pass);
+            for (int m = 0; m < G->nmembers && !rc; m++) {
+                dm_node *n = G->members[m];
+                rc = dm_node_check_params(n, n->op->pass_partial(n, mine + (i / N) * size + off[m]));
+                if (rc)
+                    blame(n, 1);
+            }
+        }
+        dm_progress_end(G->progress, G->done_rows, ctx->spilled_bytes, pass == 0);
+        G->progress = NULL;
+        if ((rc = dist_agree(ctx, rc)))
+            break;
+        if (N > 1 && dm_dist_allgather_doubles(mine, (int)(slots * size), all))
+            rc = -1;
+        const double *from = N > 1 ? all : mine;
+        for (int64_t i = 0; i < G->S && !rc; i++) /* shard order, whoever read it */
+            for (int m = 0; m < G->nmembers && !rc; m++) {
+                dm_node *n = G->members[m];
+                rc = dm_node_check_params(n, n->op->pass_merge(n, from + ((i % N) * slots + i / N) * size + off[m]));
+                if (rc)
+                    blame(n, 1);
+            }
+        int more = 0;
+        if (!rc)
+            rc = end_passes(G, pass, &more);
+        if ((rc = dist_agree(ctx, rc)) || !more)
+            break;
+        if ((rc = dist_agree(ctx, dm_check_interrupt())))
+            break;
+    }
+    G->rows = -1;
+    free(off), free(mine), free(all);
+    return rc;
+}
+
+/* A split group's phases on every rank (drive_split); rank 0 commits. */
+static int run_split(dm_run_ctx *ctx, group *G)
+{
+    dm_graph *g = ctx->g;
+    int rc = dm_check_interrupt() || open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) ||
+                     size_chunks(g, G) || open_members(g, G) || open_sources(g, G)
+                 ? -1
+                 : 0;
+    if ((rc = dist_agree(ctx, rc)) || (rc = drive_split(ctx, G)))
+        return -1;
+    if ((rc = dist_agree(ctx, finish_members(G))))
+        return -1;
+    return g->rank == 0 ? commit_members(ctx, G) : 0;
+}
+
+/* With several ranks: every rank's cache gets the entries G made (dist.h; a
+ * shared cache folder sends nothing): the shards' entries (`shards`, for rank
+ * 0 to merge), or the nodes' entries. */
+static int sync_group(dm_run_ctx *ctx, const group *G, int shards)
+{
+    char **keys = NULL;
+    int nkeys = 0;
+    for (int m = 0; m < G->nmembers; m++) {
+        const dm_node *n = G->members[m];
+        if (!n->run)
+            continue;
+        for (int64_t i = 0; i < (shards ? G->S : 1); i++) {
+            keys = dm_xrealloc(keys, (size_t)(nkeys + 1) * sizeof *keys);
+            keys[nkeys] = dm_xmalloc(33);
+            if (shards)
+                dm_cache_shard_key(n->key, G->R, i, keys[nkeys]);
+            else
+                memcpy(keys[nkeys], n->key, 33);
+            nkeys++;
+        }
+    }
+    int rc = dm_dist_sync_entries(ctx->g->cache, keys, nkeys);
+    for (int i = 0; i < nkeys; i++)
+        free(keys[i]);
+    free(keys);
     return rc;
 }
 
@@ -1368,17 +1568,22 @@ static int run_group(dm_run_ctx *ctx, group *G, int gi)
 {
     ctx->group = gi;
     ctx->cur = G;
+    dm_graph *g = ctx->g;
     int rc;
-    if (G->sharded) {
+    G->split = !G->sharded && splits_passes(ctx, G);
+    if (G->sharded)
         rc = run_sharded(ctx, G);
-    } else if (ctx->g->rank == 0) {
+    else if (G->split)
+        rc = run_split(ctx, G);
+    else if (g->rank == 0)
         rc = run_group_phases(ctx, G);
-    } else {
-        rc = 0; /* rank 0 runs the groups that are not sharded */
-    }
-    close_group(G, rc != 0);
+    else
+        rc = 0; /* rank 0 runs the groups that are neither sharded nor split */
+    close_group(G, rc != 0 || g->rank != 0); /* only rank 0 keeps what it committed */
     ctx->cur = NULL;
     rc = dist_agree(ctx, rc);
+    if (!rc && g->nranks > 1)
+        rc = sync_group(ctx, G, 0);
     ctx->group = -1;
     if (rc && dm_interrupted() && !ctx->stopped_in)
         ctx->stopped_in = dm_xstrdup(G->label);
@@ -1581,13 +1786,51 @@ int dm_run_disk_estimate(dm_graph *g, dm_disk_estimate *e)
 }
 
 /* One attempt: plan, group, run every group, publish the products. */
+/* With several ranks, every rank plans against the same cache: the entries of
+ * the pipeline's nodes, then the shards their streams are kept in, are copied
+ * to the ranks whose cache folder lacks them (nothing with a shared folder),
+ * and every rank plans again. */
+static int sync_plan(dm_run_ctx *ctx)
+{
+    dm_graph *g = ctx->g;
+    char **keys = dm_xcalloc((size_t)g->nnodes + 1, sizeof *keys);
+    int nkeys = 0;
+    for (int i = 0; i < g->nnodes; i++)
+        keys[nkeys++] = dm_xstrdup(g->nodes[i]->key);
+    int rc = dm_dist_sync_entries(g->cache, keys, nkeys);
+    for (int i = 0; i < g->nnodes && !rc; i++) { /* the same node.json on every rank now */
+        json_t *e = dm_cache_entry_json(g, g->nodes[i]->key), *o, *sg;
+        const char *port;
+        size_t j;
+        json_object_foreach(json_object_get(e, "outputs"), port, o)
+        {
+            json_array_foreach(json_object_get(o, "segments"), j, sg)
+            {
+                const char *k = json_string_value(json_object_get(sg, "key"));
+                keys = dm_xrealloc(keys, (size_t)(nkeys + 1) * sizeof *keys);
+                keys[nkeys++] = dm_xstrdup(k ? k : "");
+            }
+        }
+        json_decref(e);
+    }
+    if (!rc && nkeys > g->nnodes)
+        rc = dm_dist_sync_entries(g->cache, keys + g->nnodes, nkeys - g->nnodes);
+    for (int i = 0; i < nkeys; i++)
+        free(keys[i]);
+    free(keys);
+    return rc;
+}
+
 static int run_attempt(dm_run_ctx *ctx)
 {
     dm_graph *g = ctx->g;
-    if (dm_plan(g) || dm_cache_prepare(g))
+    int rc = dm_plan(g) || dm_cache_prepare(g) ? -1 : 0;
+    if (g->nranks > 1 && !(rc = dist_agree(ctx, rc)) && !(rc = sync_plan(ctx)))
+        rc = dist_agree(ctx, dm_plan(g));
+    if (rc)
         return -1;
     dm_disk_estimate e;
-    if (dm_run_disk_estimate(g, &e))
+    if ((rc = dist_agree(ctx, dm_run_disk_estimate(g, &e))))
         return -1;
     if (e.total > e.free) {
         char *need = dm_human_bytes(e.total), *have = dm_human_bytes(e.free);
@@ -1605,11 +1848,14 @@ static int run_attempt(dm_run_ctx *ctx)
     }
     plan_spills(g);
     group *gs = NULL;
-    int ng = 0, rc = make_groups(g, &gs, &ng);
+    int ng = 0;
+    rc = dist_agree(ctx, make_groups(g, &gs, &ng));
     for (int gi = 0; gi < ng && !rc; gi++)
         rc = run_group(ctx, &gs[gi], gi);
     free_groups(gs, ng);
-    return rc ? rc : publish_products(g);
+    if (!rc && g->rank == 0)
+        rc = publish_products(g); /* rank 0 writes the results */
+    return dist_agree(ctx, rc);
 }
 
 /* The error of a run a signal stopped: whatever the signal cut short (a
@@ -1629,6 +1875,53 @@ static int interrupted_error(dm_run_ctx *ctx)
     return -1;
 }
 
+/* Collective: the entries some rank could not read (a node's, a shard's) are
+ * dropped on every rank, so the retry recomputes them everywhere (and no rank
+ * copies a bad one back). A key travels as 16 bytes in two doubles. */
+static void share_unreadable(dm_run_ctx *ctx)
+{
+    dm_graph *g = ctx->g;
+    double mine[4] = {0}, *all = dm_xcalloc((size_t)g->nranks * 4, sizeof *all);
+    char keys[2][33] = {"", ""};
+    if (ctx->unreadable)
+        memcpy(keys[0], ctx->unreadable->key, 33);
+    if (ctx->bad_entry) {
+        const char *b = strrchr(ctx->bad_entry, '/');
+        snprintf(keys[1], 33, "%s", b ? b + 1 : ctx->bad_entry);
+    }
+    for (int k = 0; k < 2; k++)
+        for (int h = 0; h < 2 && keys[k][0]; h++) {
+            unsigned long long v;
+            char half[17];
+            memcpy(half, keys[k] + 16 * h, 16);
+            half[16] = 0;
+            v = strtoull(half, NULL, 16);
+            memcpy(&mine[2 * k + h], &v, 8);
+        }
+    if (dm_dist_allgather_doubles(mine, 4, all)) {
+        free(all);
+        return;
+    }
+    for (int r = 0; r < g->nranks; r++)
+        for (int k = 0; k < 2; k++) {
+            unsigned long long hi, lo;
+            memcpy(&hi, &all[4 * r + 2 * k], 8);
+            memcpy(&lo, &all[4 * r + 2 * k + 1], 8);
+            if (!hi && !lo)
+                continue;
+            char key[33];
+            snprintf(key, sizeof key, "%016llx%016llx", hi, lo);
+            if (k == 0) {
+                for (int i = 0; i < g->nnodes && !ctx->unreadable; i++)
+                    if (!strcmp(g->nodes[i]->key, key))
+                        ctx->unreadable = g->nodes[i];
+            } else if (!ctx->bad_entry) {
+                ctx->bad_entry = dm_cache_entry(g, key);
+            }
+        }
+    free(all);
+}
+
 static int run_attempts(dm_graph *g, dm_run_ctx *ctx)
 {
     int rc;
@@ -1638,6 +1931,8 @@ static int run_attempts(dm_graph *g, dm_run_ctx *ctx)
         free(ctx->bad_entry);
         ctx->bad_entry = NULL;
         rc = run_attempt(ctx);
+        if (g->nranks > 1)
+            share_unreadable(ctx); /* every rank drops what one could not read */
         if (!rc || (!ctx->unreadable && !ctx->bad_entry) || attempt >= 2 || dm_interrupted())
             break;
         if (ctx->bad_entry) { /* a shard's entry that cannot be read: computed again */

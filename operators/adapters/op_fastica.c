@@ -102,6 +102,7 @@ typedef struct {
     int64_t warm_rows, sample_rows, seen; /* seen: rows of the first pass */
     uint64_t rng;
     int passes;
+    int split; /* the engine splits passes by shard: sums arrive through ica_pass_merge */
     double t_open, t_warm, t_iter;
 } fastica;
 
@@ -399,6 +400,8 @@ static int ica_end_pass(dm_node *n, int pass)
 {
     fastica *s = dm_node_state(n);
     double t0 = dm_now();
+    if (pass == 0 && s->split)
+        s->seen = s->sums.n; /* every rank's rows, merged */
     if (pass == 0 && s->seen == 0)
         return dm_fail("input z is empty: no rows to run FastICA on");
     if (s->in_ram && s->ram_rows != s->rows_known)
@@ -426,6 +429,34 @@ static int ica_end_pass(dm_node *n, int pass)
     dm_ica_sums_reset(&s->sums);
     s->t_iter += dm_now() - t0;
     return s->nrun > 0;
+}
+
+/* Shards of a pass (op.h): the sums of a shard's rows, [n, gz (m x k), dg (m)]. */
+static int64_t ica_pass_partial_size(const dm_node *n)
+{
+    int64_t ram, k = width(n), m = dm_param_int(n, "seeds") * k;
+    if (k <= 0 || plan_in_ram(n, &ram) || dm_param_bool(n, "warm_start"))
+        return 0; /* in RAM, or sampled in the first pass: not split */
+    return 1 + m * k + m;
+}
+
+static int ica_pass_partial(dm_node *n, double *out)
+{
+    fastica *s = dm_node_state(n);
+    s->split = 1;
+    out[0] = (double)s->sums.n;
+    memcpy(out + 1, s->sums.gz, (size_t)(s->sums.m * s->k + s->sums.m) * sizeof(double));
+    dm_ica_sums_reset(&s->sums);
+    return 0;
+}
+
+static int ica_pass_merge(dm_node *n, const double *in)
+{
+    fastica *s = dm_node_state(n);
+    s->sums.n += (int64_t)in[0];
+    for (int64_t i = 0; i < s->sums.m * s->k + s->sums.m; i++)
+        s->sums.gz[i] += in[1 + i];
+    return 0;
 }
 
 static json_t *int_array(const int *v, int64_t n)
@@ -576,4 +607,7 @@ const dm_op dm_op_fastica = {
     .end_pass = ica_end_pass,
     .finish = ica_finish,
     .close = ica_close,
+    .pass_partial_size = ica_pass_partial_size,
+    .pass_partial = ica_pass_partial,
+    .pass_merge = ica_pass_merge,
 };

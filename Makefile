@@ -17,6 +17,21 @@ CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-re
 LDFLAGS += -fsanitize=address,undefined
 endif
 
+# MPI (engine/core/dist.c): with Open MPI's mpicc on the PATH, dist.c is built
+# against Open MPI (DM_MPI=1) and everything links libmpi; without it (or with
+# MPI=0), dist.c is a stub for one process. Either binary runs as one plain
+# process: MPI is initialised only under a launcher (dm_dist_init). Only dist.c
+# sees mpi.h and DM_MPI, so switching rebuilds dist.o (through $(MPI_STAMP))
+# and relinks, nothing else.
+ifeq ($(origin MPI),undefined)
+MPI     := $(if $(shell command -v mpicc 2>/dev/null),1,0)
+endif
+ifeq ($(MPI),1)
+MPI_CFLAGS := -DDM_MPI=1 $(shell mpicc --showme:compile)
+LDLIBS  += $(shell mpicc --showme:link)
+endif
+MPI_STAMP := $(BUILD)/.mpi-$(MPI)
+
 # The layers. Each folder compiles with its own include path, so a header from a
 # layer it may not use is not found and the file does not build (a kernel that
 # includes op.h, an adapter that includes the engine's private engine.h).
@@ -52,7 +67,7 @@ TESTSRC := $(wildcard tests/test_*.c)
 TESTBIN := $(TESTSRC:tests/%.c=$(BUILD)/tests/%)
 BIN     := $(if $(SAN),$(BUILD)/dmica,bin/dmica)
 
-.PHONY: all deps demo tiny-models check-layers test test-unit test-cli test-san bench clean
+.PHONY: all deps demo tiny-models check-layers test test-unit test-cli test-mpi test-san bench clean
 all: $(BIN)
 
 # Installs missing Debian packages (as root) or says which are missing.
@@ -68,6 +83,13 @@ $(BUILD)/demo_pipeline.o: $(BUILD)/demo_pipeline.c
 $(BUILD)/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(call layer_inc,$<) -MMD -MP -c $< -o $@
+
+$(MPI_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.mpi-*
+	@touch $@
+$(BUILD)/engine/core/dist.o: CFLAGS += $(MPI_CFLAGS)
+$(BUILD)/engine/core/dist.o: $(MPI_STAMP)
 
 $(BUILD)/libdmica.a: $(LIBOBJ)
 	@rm -f $@
@@ -119,8 +141,32 @@ test-unit: $(TESTBIN)
 test-cli: $(BIN)
 	@DMICA=$(abspath $(BIN)) tests/cli/run-all
 
+# tests/test_dist.c under mpirun with 1, 2 and 3 ranks (test-unit runs it once
+# as a plain process). CI runs as root, which mpirun refuses without
+# --allow-run-as-root; --oversubscribe lets 3 ranks share 2 cores.
+# Under the sanitizers, LeakSanitizer reports about 3,000 blocks that Open MPI's
+# MPI_Init allocates and MPI_Finalize never frees (in libmpi, libopen-rte,
+# libopen-pal, hwloc, libevent: not dmica's, and not ours to fix).
+# tests/lsan-mpi.supp suppresses the leaks allocated inside those libraries
+# only, so a leak in dmica's code still fails the test (checked by planting
+# one). The suppressions match on the allocation's stack, which the default
+# frame-pointer unwinder cuts after one frame in libraries built without frame
+# pointers (then "<unknown module>"): fast_unwind_on_malloc=0 unwinds fully,
+# which costs a second or two here, MPI runs only.
+MPIRUN       ?= mpirun
+MPIRUN_FLAGS ?= --allow-run-as-root --oversubscribe
+MPI_TEST_ENV := $(if $(SAN),ASAN_OPTIONS=fast_unwind_on_malloc=0 \
+                LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan-mpi.supp:print_suppressions=0)
+test-mpi: $(BUILD)/tests/test_dist
+	@if ! command -v $(MPIRUN) >/dev/null 2>&1; then echo "test-mpi: skipped: no mpirun"; \
+	elif [ "$(MPI)" != 1 ]; then echo "test-mpi: skipped: built without MPI (MPI=0)"; \
+	else set -e; for n in 1 2 3; do \
+		echo "== $(MPIRUN) -np $$n $(BUILD)/tests/test_dist"; \
+		$(MPI_TEST_ENV) $(MPIRUN) $(MPIRUN_FLAGS) -np $$n $(BUILD)/tests/test_dist; done; fi
+
 test-san:
 	$(MAKE) BUILD=build/san SAN=1 test-unit
+	$(MAKE) BUILD=build/san SAN=1 test-mpi
 	$(MAKE) BUILD=build/san SAN=1 test-cli
 
 # The layer rules the include paths cannot see (relative includes, operator
@@ -141,6 +187,7 @@ check-layers:
 test: all
 	$(MAKE) check-layers
 	$(MAKE) test-unit
+	$(MAKE) test-mpi
 	$(MAKE) test-cli
 	$(MAKE) test-san
 	$(MAKE) fuzz-replay

@@ -85,6 +85,11 @@ char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n)
     return dm_xasprintf("%s/tmp/%s.%s.%d", g->cache, n->building ? n->building : n->key, tmp_owner_tag(), n->index);
 }
 
+char *dm_cache_tmp_path(const char *cache, const char *name, const char *suffix)
+{
+    return dm_xasprintf("%s/tmp/%s.%s.%s", cache, name, tmp_owner_tag(), suffix);
+}
+
 json_t *dm_cache_entry_json(const dm_graph *g, const char *key)
 {
     char *path = dm_cache_entry_file(g, key, "node.json");

@@ -228,6 +228,10 @@ int dm_cache_invalidate(const dm_graph *g, const char *key);
 int dm_cache_prepare(const dm_graph *g);
 /* The folder in which node n builds its entry (its dm_node_dir). */
 char *dm_cache_tmp_dir(const dm_graph *g, const dm_node *n);
+/* CACHE/tmp/<name>.<pid>.<start>.<suffix>: a temporary path owned by this
+ * process, removed by dm_cache_clean_tmp once the process is gone. name must
+ * be 32 characters without a dot (a key) for the sweep to recognise it. */
+char *dm_cache_tmp_path(const char *cache, const char *name, const char *suffix);
 /* Makes n's folder its cache entry: writes `entry` as its node.json, syncs it,
  * renames it to CACHE/<key> (n->dir is freed and cleared) and records the key's
  * material in CACHE/index for `plan` to say why a node is stale. A shard's

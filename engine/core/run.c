@@ -1481,7 +1481,9 @@ static int drive_split(dm_run_ctx *ctx, group *G)
         char *label = dm_xasprintf("%s [pass %d]", G->label, pass + 1);
         G->progress = dm_progress_start(label, total);
         free(label);
-        G->done_rows = 0;
+        G->done_rows = G->shards_done = 0;
+        if (N > 1)
+            dm_dist_progress_reset();
         for (int64_t i = g->rank; i < G->S && !rc; i += N) {
             set_shard(G, i, total);
             rc = reopen_drivers(ctx, G);
@@ -1493,8 +1495,17 @@ static int drive_split(dm_run_ctx *ctx, group *G)
                 if (rc)
                     blame(n, 1);
             }
+            G->shards_done++;
+            if (N > 1)
+                dm_dist_progress_post(G->shards_done, G->done_rows, ctx->spilled_bytes);
         }
-        dm_progress_end(G->progress, G->done_rows, ctx->spilled_bytes, pass == 0);
+        int64_t shards = G->shards_done, rows = G->done_rows;
+        if (N > 1) {
+            dm_dist_progress_reset();
+            dm_dist_progress_final(&shards, &rows, NULL);
+        }
+        dm_progress_shards(G->progress, shards, G->S);
+        dm_progress_end(G->progress, rows, ctx->spilled_bytes, pass == 0);
         G->progress = NULL;
         if ((rc = dist_agree(ctx, rc)))
             break;

@@ -139,7 +139,8 @@ test-unit: $(TESTBIN)
 		DMICA_NO_AVX512=1 CK_FORK=yes $(BUILD)/tests/$$t; done
 
 test-cli: $(BIN)
-	@DMICA=$(abspath $(BIN)) tests/cli/run-all
+	@DMICA=$(abspath $(BIN)) DMICA_SAN=$(if $(SAN),1,0) DMICA_MPI=$(MPI) \
+		DMICA_MPIRUN="$(MPI_TEST_ENV) $(MPIRUN) $(MPIRUN_FLAGS)" tests/cli/run-all
 
 # tests/test_dist.c under mpirun with 1, 2 and 3 ranks (test-unit runs it once
 # as a plain process). CI runs as root, which mpirun refuses without

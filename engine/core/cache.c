@@ -112,7 +112,7 @@ static char *index_path(const dm_graph *g, const dm_node *n)
     return dm_xasprintf("%s/index/%s/%s", g->cache, g->pipe->name, n->decl->name);
 }
 
-static int dm_cache_record(const dm_graph *g, const dm_node *n)
+int dm_cache_record(const dm_graph *g, const dm_node *n)
 {
     char *dir = dm_xasprintf("%s/index/%s", g->cache, g->pipe->name), *path = index_path(g, n);
     int rc = dm_mkdir_p(dir);
@@ -636,7 +636,7 @@ int dm_cache_verify(const char *cache, int remove, dm_cache_report_fn report, vo
  */
 
 /* The start time of process pid: 1 and *start when it runs, 0 when there is no
- * such process, -1 when this system cannot say (no /proc). */
+ * such process (or only its zombie), -1 when this system cannot say (no /proc). */
 static int proc_start_time(long pid, unsigned long long *start)
 {
     char path[64], buf[1024];
@@ -653,6 +653,8 @@ static int proc_start_time(long pid, unsigned long long *start)
     if (!p)
         return -1;
     p++;
+    if (p[0] == ' ' && (p[1] == 'Z' || p[1] == 'X'))
+        return 0; /* a zombie (field 3, the state): it has exited, only not been reaped */
     for (int field = 3; field < 22; field++) {
         while (*p == ' ')
             p++;
@@ -665,25 +667,36 @@ static int proc_start_time(long pid, unsigned long long *start)
 }
 
 /* "<pid>.<start>" of this process (recomputed after a fork). */
+/* This machine, as 8 hex digits (a hash of its host name): a cache folder
+ * shared by MPI ranks on several machines holds the temporary folders of
+ * processes whose pids mean nothing here. */
+static unsigned host_id(void)
+{
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    return (unsigned)XXH32(host, strlen(host), 0);
+}
+
 static const char *tmp_owner_tag(void)
 {
-    static char tag[48];
+    static char tag[64];
     static long tag_pid;
     long pid = (long)getpid();
     if (tag_pid != pid) {
         unsigned long long start = 0;
         if (proc_start_time(pid, &start) != 1)
             start = 0;
-        snprintf(tag, sizeof tag, "%ld.%llu", pid, start);
+        snprintf(tag, sizeof tag, "%ld.%llu-%08x", pid, start, host_id());
         tag_pid = pid;
     }
     return tag;
 }
 
 /* 1 when the process that made temporary folder `name` is gone; 0 when it may
- * run (alive, or a name this version did not make: left alone). *pid gets its
- * pid (0 if none). Names are "<key>.<pid>.<start>.<suffix>", or
- * "<key>.<pid>.<index>" from before start times were recorded (judged by pid). */
+ * run (alive, on another machine, or a name this version did not make: left
+ * alone). *pid gets its pid (0 if none). Names are
+ * "<key>.<pid>.<start>-<host>.<suffix>", or without "-<host>" or "<start>" from
+ * earlier versions (judged on this machine, by pid alone without a start). */
 static int tmp_owner_gone(const char *name, long *pid)
 {
     *pid = 0;
@@ -696,6 +709,12 @@ static int tmp_owner_gone(const char *name, long *pid)
         return 0;
     const char *a = end + 1;
     unsigned long long start = strtoull(a, &end, 10);
+    if (end != a && *end == '-') { /* "-<host>": another machine's process is left alone */
+        char *h = end + 1;
+        unsigned long host = strtoul(h, &end, 16);
+        if (end != h + 8 || host != host_id())
+            return 0;
+    }
     if (end == a || (*end && *end != '.'))
         return 0;
     *pid = p;

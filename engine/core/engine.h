@@ -242,6 +242,9 @@ int dm_cache_commit(const dm_graph *g, dm_node *n, const json_t *entry);
  * its own entry, CACHE/<shard key>/, holds the shard's partial results and spills. */
 void dm_cache_shard_key(const char *key, int64_t shard_rows, int64_t index, char out[33]);
 
+/* Records n's key material in CACHE/index (dm_cache_commit does it; MPI ranks
+ * other than 0 do it for the entries rank 0 committed, once copied). */
+int dm_cache_record(const dm_graph *g, const dm_node *n);
 /* Records that node n runs in `count` shards of shard_rows rows (CACHE/index),
  * so that `plan` can say how many are cached. */
 int dm_cache_note_shards(const dm_graph *g, const dm_node *n, int64_t shard_rows, int64_t count);

@@ -1595,6 +1595,11 @@ static int run_group(dm_run_ctx *ctx, group *G, int gi)
     rc = dist_agree(ctx, rc);
     if (!rc && g->nranks > 1)
         rc = sync_group(ctx, G, 0);
+    for (int i = 0; i < G->nmembers && !rc && g->rank != 0; i++)
+        if (G->members[i]->run) /* rank 0 committed it: this rank's index says so too */
+            rc = dm_cache_record(g, G->members[i]);
+    if (g->nranks > 1)
+        rc = dist_agree(ctx, rc);
     ctx->group = -1;
     if (rc && dm_interrupted() && !ctx->stopped_in)
         ctx->stopped_in = dm_xstrdup(G->label);
@@ -1835,7 +1840,15 @@ static int sync_plan(dm_run_ctx *ctx)
 static int run_attempt(dm_run_ctx *ctx)
 {
     dm_graph *g = ctx->g;
-    int rc = dm_plan(g) || dm_cache_prepare(g) ? -1 : 0;
+    int rc = dm_plan(g);
+    /* the ranks sweep dead runs' temporary folders one after another: a shared
+     * cache folder is swept once, by rank 0, not by several at the same time */
+    for (int r = 0; r < g->nranks; r++) {
+        if (r == g->rank && !rc)
+            rc = dm_cache_prepare(g);
+        if (g->nranks > 1)
+            dm_dist_barrier();
+    }
     if (g->nranks > 1 && !(rc = dist_agree(ctx, rc)) && !(rc = sync_plan(ctx)))
         rc = dist_agree(ctx, dm_plan(g));
     if (rc)

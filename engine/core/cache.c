@@ -512,7 +512,20 @@ static int is_key_name(const char *s)
 }
 
 /* Checks one entry; calls report for each problem. Returns the number of problems. */
-static int verify_entry(const char *cache, const char *key, dm_cache_report_fn report, void *arg)
+/* CACHE/<key>/node.json, or NULL. */
+static json_t *entry_json_at(const char *cache, const char *key)
+{
+    char *path = dm_xasprintf("%s/%s/node.json", cache, key);
+    json_error_t err;
+    json_t *j = dm_file_exists(path) ? json_load_file(path, 0, &err) : NULL;
+    free(path);
+    return j;
+}
+
+/* bad_shards: keys of shard entries found bad already, which the segments of a
+ * node's stream must not name. */
+static int verify_entry(const char *cache, const char *key, dm_cache_report_fn report, void *arg,
+                        char (*bad_shards)[33], int nbad_shards)
 {
     char *dir = dm_xasprintf("%s/%s", cache, key), *path = dm_xasprintf("%s/node.json", dir);
     json_error_t jerr;
@@ -545,9 +558,13 @@ static int verify_entry(const char *cache, const char *key, dm_cache_report_fn r
                 {
                     const char *sk = json_string_value(json_object_get(sg, "key"));
                     char *sp = dm_xasprintf("%s/%s/node.json", cache, sk ? sk : "?");
-                    if (!rc && (!sk || !dm_file_exists(sp))) {
+                    int was_bad = 0;
+                    for (int b = 0; sk && b < nbad_shards; b++)
+                        was_bad |= !strcmp(bad_shards[b], sk);
+                    if (!rc && (!sk || !dm_file_exists(sp) || was_bad)) {
                         file = dm_xasprintf("%s.spill", port);
-                        rc = dm_failc(DM_E_CORRUPT, "%s: shard %zu of output '%s' is missing", sp, si, port);
+                        rc = dm_failc(DM_E_CORRUPT, "%s: shard %zu of output '%s' is %s", sp, si, port,
+                                      was_bad ? "bad" : "missing");
                     }
                     free(sp);
                 }
@@ -595,22 +612,33 @@ int dm_cache_verify(const char *cache, int remove, dm_cache_report_fn report, vo
     if (n < 0)
         return dm_failc(DM_E_IO, "%s: cannot list the cache folder: %s", cache, strerror(errno));
     int nbad = 0, rc = 0;
-    for (int i = 0; i < n && !rc; i++) {
-        const char *key = ents[i]->d_name;
-        char *dir = dm_xasprintf("%s/%s", cache, key);
-        struct stat st;
-        if (!is_key_name(key) || stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+    char (*bad)[33] = dm_xcalloc((size_t)n + 1, sizeof *bad);
+    /* shards' entries first: a node whose stream lies in a bad shard is bad too */
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n && !rc; i++) {
+            const char *key = ents[i]->d_name;
+            char *dir = dm_xasprintf("%s/%s", cache, key);
+            struct stat st;
+            if (!is_key_name(key) || stat(dir, &st) || !S_ISDIR(st.st_mode)) {
+                free(dir);
+                continue;
+            }
+            json_t *j = entry_json_at(cache, key);
+            int shard = json_object_get(j, "shard") != NULL;
+            json_decref(j);
+            if (shard != (pass == 0)) {
+                free(dir);
+                continue;
+            }
+            ++*nchecked;
+            if (verify_entry(cache, key, report, arg, bad, nbad)) {
+                snprintf(bad[nbad++], 33, "%s", key);
+                if (remove && dm_rm_rf(dir))
+                    rc = -1;
+            }
             free(dir);
-            continue;
         }
-        ++*nchecked;
-        if (verify_entry(cache, key, report, arg)) {
-            nbad++;
-            if (remove && dm_rm_rf(dir))
-                rc = -1;
-        }
-        free(dir);
-    }
+    free(bad);
     for (int i = 0; i < n; i++)
         free(ents[i]);
     free(ents);
@@ -826,6 +854,8 @@ typedef struct {
     int refs;    /* index records naming it */
     int victim;
     const char *why;
+    int shard_of; /* a shard's entry: the index of its node's entry, whose size includes it
+                     and with which it goes (-1: an entry of its own) */
 } cache_entry;
 
 typedef struct {
@@ -862,14 +892,6 @@ static void scan_free(cache_scan *s)
     free(s->e);
 }
 
-static json_t *entry_json_at(const char *cache, const char *key)
-{
-    char *path = dm_xasprintf("%s/%s/node.json", cache, key);
-    json_error_t err;
-    json_t *j = dm_file_exists(path) ? json_load_file(path, 0, &err) : NULL;
-    free(path);
-    return j;
-}
 
 /* The index: every CACHE/index/<pipeline>/<node> record, with its key. */
 static int scan_index(const char *cache, cache_scan *s)
@@ -949,6 +971,7 @@ static int scan_cache(const char *cache, cache_scan *s)
             cache_entry *e = &s->e[s->n++];
             memset(e, 0, sizeof *e);
             snprintf(e->key, sizeof e->key, "%s", name);
+            e->shard_of = -1;
             e->bytes = path_bytes(path);
             e->used = st.st_mtime;
         } else {
@@ -969,18 +992,24 @@ static int scan_cache(const char *cache, cache_scan *s)
         if (e)
             e->refs++;
     }
-    /* a shard's entry is used while its node's entry is, or while its node is
-     * being made in shards */
+    /* A shard's entry belongs to its node's entry (its size counts there, and
+     * it goes with it); while the node is being made, it is used if the node's
+     * shards are being made (index/<pipeline>/<node>.shards) */
     for (int i = 0; i < s->n; i++) {
         json_t *j = entry_json_at(cache, s->e[i].key);
         const char *of = json_string_value(json_object_get(json_object_get(j, "shard"), "of"));
         cache_entry *node = of ? scan_find(s, of) : NULL;
-        int used = node && node->refs;
-        for (int r = 0; of && r < s->nrunning && !used; r++)
-            used = !strcmp(s->running[r], of);
-        s->e[i].refs += used;
+        if (node) {
+            s->e[i].shard_of = (int)(node - s->e);
+        } else {
+            for (int r = 0; of && r < s->nrunning && !s->e[i].refs; r++)
+                s->e[i].refs += !strcmp(s->running[r], of);
+        }
         json_decref(j);
     }
+    for (int i = 0; i < s->n; i++)
+        if (s->e[i].shard_of >= 0)
+            s->e[s->e[i].shard_of].bytes += s->e[i].bytes;
     return 0;
 }
 
@@ -1008,15 +1037,18 @@ int dm_cache_du(const char *cache, FILE *f)
         return -1;
     }
     int64_t entries = 0, unref = 0;
-    int nunref = 0;
+    int nunref = 0, n = 0;
     for (int i = 0; i < s.n; i++) {
+        if (s.e[i].shard_of >= 0)
+            continue; /* counted in its node's entry */
+        n++;
         entries += s.e[i].bytes;
         if (!s.e[i].refs)
             unref += s.e[i].bytes, nunref++;
     }
     int64_t total = entries + gone.bytes + live.bytes + s.meta_bytes;
     char *h = dm_human_bytes(total), *he = dm_human_bytes(entries);
-    fprintf(f, "cache %s: %s (%d %s: %s)\n", cache, h, s.n, s.n == 1 ? "entry" : "entries", he);
+    fprintf(f, "cache %s: %s (%d %s: %s)\n", cache, h, n, n == 1 ? "entry" : "entries", he);
     free(h), free(he);
     du_row *rows = dm_xcalloc((size_t)s.nrefs + 1, sizeof *rows);
     for (int i = 0; i < s.nrefs;) {
@@ -1105,7 +1137,9 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
     int by_rule = o->older_than >= 0 || o->max_size >= 0;
     for (int i = 0; i < s.n; i++) {
         cache_entry *e = &s.e[i];
-        if (!by_rule && !e->refs) {
+        if (e->shard_of >= 0) {
+            continue; /* goes with its node's entry */
+        } else if (!by_rule && !e->refs) {
             e->victim = 1;
             e->why = "no pipeline's last run uses it";
         } else if (o->older_than >= 0 && difftime(now, e->used) > o->older_than) {
@@ -1116,12 +1150,15 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
     if (o->max_size >= 0) {
         cache_entry **by_age = dm_xcalloc((size_t)s.n + 1, sizeof *by_age);
         int64_t kept = 0;
+        int nage = 0;
         for (int i = 0; i < s.n; i++) {
-            by_age[i] = &s.e[i];
+            if (s.e[i].shard_of >= 0)
+                continue;
+            by_age[nage++] = &s.e[i];
             kept += s.e[i].victim ? 0 : s.e[i].bytes;
         }
-        qsort(by_age, (size_t)s.n, sizeof *by_age, used_cmp);
-        for (int i = 0; i < s.n && kept > o->max_size; i++)
+        qsort(by_age, (size_t)nage, sizeof *by_age, used_cmp);
+        for (int i = 0; i < nage && kept > o->max_size; i++)
             if (!by_age[i]->victim) {
                 by_age[i]->victim = 1;
                 by_age[i]->why = "least recently used, over --max-size";
@@ -1132,6 +1169,8 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
     tally removed = {0}, kept = {0};
     for (int i = 0; i < s.n && !rc; i++) {
         cache_entry *e = &s.e[i];
+        if (e->shard_of >= 0)
+            continue;
         if (!e->victim) {
             kept.count++, kept.bytes += e->bytes;
             continue;
@@ -1139,8 +1178,13 @@ int dm_cache_gc(const char *cache, const dm_cache_gc_opts *o, FILE *f)
         char *h = dm_human_bytes(e->bytes), *age = human_age(difftime(now, e->used));
         fprintf(f, "%s %s  %s  last used %s ago: %s\n", o->dry_run ? "would remove" : "removed", e->key, h, age, e->why);
         free(h), free(age);
+        /* the node first: an entry never lists shards that are gone (shards left by
+         * an interruption are valid shards, and the next gc takes them) */
         if (!o->dry_run)
             rc = remove_entry(cache, e->key);
+        for (int k = 0; k < s.n && !rc && !o->dry_run; k++)
+            if (s.e[k].shard_of == i)
+                rc = remove_entry(cache, s.e[k].key);
         removed.count++, removed.bytes += e->bytes;
     }
     tally gone = {0}, live = {0};

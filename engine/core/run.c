@@ -2025,6 +2025,7 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
     g->cache = dm_cache_dir(o->cache, NULL);
     g->out = o->out ? dm_xstrdup(o->out) : NULL;
     g->memory = o->memory > 0 ? o->memory : (int64_t)1 << 30;
+    g->shard = p->shard > 0 ? p->shard : 0; /* a command runs in one piece unless its YAML says */
     dm_compute_set_threads(o->threads);
     dm_progress_enabled = !o->quiet;
     int rc = dm_run(g);

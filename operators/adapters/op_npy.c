@@ -299,6 +299,15 @@ static void sink_close(dm_node *n)
     free(s);
 }
 
+/* The disk for `rows` rows (the disk estimate, op.h): the file, and as much
+ * again for the shards' segments, which stay in the shards' cache entries. */
+static int64_t sink_disk_bytes(const dm_node *n, int64_t rows)
+{
+    const dm_port_desc *x = dm_input_desc(n, 0);
+    int64_t size = x->dtype == DM_F32 && !strcmp(dm_param_str(n, "dtype"), "f16") ? 2 : (int64_t)dm_dtype_size(x->dtype);
+    return 128 + 2 * rows * x->shape[1] * size;
+}
+
 const dm_op dm_op_npy_sink = {
     .name = "npy_sink",
     .version = 1,
@@ -314,4 +323,5 @@ const dm_op dm_op_npy_sink = {
     .shardable = 1,
     .save_partial = sink_save_partial,
     .merge_partial = sink_merge_partial,
+    .disk_bytes = sink_disk_bytes,
 };

@@ -17,7 +17,9 @@ nodes:
   src: {op: synthetic, params: {rows: 2000, cols: 3, seed: 7}}
   cov: {op: covariance, inputs: {x: src}}
 Y
-entries() { ls c | grep -cE '^[0-9a-f]{32}$' || true; }
+# node entries (a shard's entry belongs to its node's: counted, sized and removed with it)
+entries() { grep -L '"shard"' c/????????????????????????????????/node.json 2>/dev/null | wc -l; }
+shard_entries() { grep -l '"shard"' c/????????????????????????????????/node.json 2>/dev/null | wc -l; }
 key_of() { grep -E "^  $1 " err.txt | awk '{print $3}'; } # 12 digits of node $1's key, from the plan printout
 entry_of() { ls -d c/$1* 2>/dev/null | head -n 1; }
 ran() { grep -c "ran (" err.txt || true; }
@@ -28,6 +30,7 @@ expect_ok $DMICA run p.yaml --cache c --set src.seed=2 # src, mom, cov, pca of s
 expect_ok $DMICA run p.yaml --cache c --set src.seed=2
 pca2=$(key_of pca)
 [ "$(entries)" = 10 ] || fail "expected 10 entries, found $(entries)"
+[ "$(shard_entries)" = 8 ] || fail "expected 8 shard entries (src, mom, cov x 2 seeds; src, cov), found $(shard_entries)"
 
 # du: every pipeline and node, unreferenced entries, temporary folders
 expect_ok $DMICA cache du --cache c
@@ -63,6 +66,7 @@ out_has "removed 4 entries"
 out_has "no pipeline's last run uses it"
 out_has "(its run, pid $dead, is gone)"
 [ "$(entries)" = 6 ] || fail "gc should leave 6 entries, left $(entries)"
+[ "$(shard_entries)" = 5 ] || fail "gc should remove the removed nodes' shards with them, left $(shard_entries)"
 [ -z "$(ls -A c/tmp)" ] || fail "gc left c/tmp: $(ls c/tmp)"
 cache_consistent c
 expect_ok $DMICA run p.yaml --cache c --set src.seed=2

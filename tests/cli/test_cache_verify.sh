@@ -3,7 +3,9 @@
 # (node, file, what is wrong), exit 1 when an entry is bad, and --remove deletes
 # the bad entries so the next run recomputes them.
 . "$ROOT/tests/cli/lib.sh"
-entry_of() { dirname "$(grep -l "\"node\": \"$1\"" dc/*/node.json)"; }
+# a node's entry, and the entry of its (only) shard
+entry_of() { dirname "$(grep -l "\"node\": \"$1\"" dc/*/node.json | xargs grep -L '"shard"')"; }
+shard_of() { dirname "$(grep -l "\"node\": \"$1\"" dc/*/node.json | xargs grep -l '"shard"')"; }
 xor_byte() { # FILE OFFSET (negative: from the end)
     python3 - "$1" "$2" <<'P'
 import sys
@@ -27,8 +29,10 @@ DMICA_CACHE=dc expect_ok $DMICA cache verify
 err_has "dc: $n entries checked"
 
 # four kinds of damage in four entries
-pca=$(entry_of pca); cov=$(entry_of residual_covariance); rep=$(entry_of report); src=$(entry_of sources)
-[ -f "$src/out.spill" ] || fail "no spill in the sources entry $src"
+# (sources runs in shards, one here: its spill lies in the shard's entry)
+pca=$(entry_of pca); cov=$(entry_of residual_covariance); rep=$(entry_of report); src=$(shard_of sources)
+srcnode=$(entry_of sources)
+[ -f "$src/out.spill" ] || fail "no spill in the sources shard's entry $src"
 xor_byte "$pca/whitening.npy" -3
 rm "$cov/residual_covariance.npy"
 echo '{"key": ' > "$rep/node.json"
@@ -36,12 +40,14 @@ size=$(stat -c %s "$src/out.spill")
 xor_byte "$src/out.spill" $((size / 2))
 expect_fail $DMICA cache verify --cache dc
 [ $code = 1 ] || fail "bad entries should exit 1, not $code"
-err_has "$n entries checked, 4 bad"
+# the damaged shard, and the node whose stream lies in it
+err_has "$n entries checked, 5 bad"
 out_has "(node 'pca'): whitening.npy:"; out_has "whitening.npy: checksum mismatch"
 out_has "(node 'residual_covariance'): residual_covariance.npy:"; out_has "residual_covariance.npy: missing"
 out_has "node.json:"
 out_has "(node 'sources'): out.spill:"; out_has "out.spill: chunk 0"; out_has "checksum mismatch (stored"
-[ "$(wc -l < out.txt)" = 4 ] || { cat out.txt; fail "one line per problem expected"; }
+out_has "shard 0 of output 'out' is bad"
+[ "$(wc -l < out.txt)" = 5 ] || { cat out.txt; fail "one line per problem expected"; }
 [ -d "$pca" ] && [ -d "$rep" ] || fail "verify without --remove removed an entry"
 
 # an entry written before checksums were recorded counts as bad
@@ -54,10 +60,10 @@ expect_fail $DMICA cache verify --cache dc
 out_has "(node 'residual_moments'): residual_stats.json:"; out_has "no checksum recorded"
 
 expect_fail $DMICA cache verify --cache dc --remove
-err_has "5 bad (removed)"
-for e in "$pca" "$cov" "$rep" "$src" "$mom"; do [ ! -e "$e" ] || fail "$e was not removed"; done
+err_has "6 bad (removed)"
+for e in "$pca" "$cov" "$rep" "$src" "$srcnode" "$mom"; do [ ! -e "$e" ] || fail "$e was not removed"; done
 expect_ok $DMICA cache verify --cache dc
-err_has "$((n - 5)) entries checked, 0 bad"
+err_has "$((n - 6)) entries checked, 0 bad"
 # the next run recomputes what was removed, and gets the same results
 expect_ok $DMICA demo --out again --cache dc
 grep -E '^  pca .*ran \(' err.txt >/dev/null || { cat err.txt; fail "pca should have been recomputed"; }

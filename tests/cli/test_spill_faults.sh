@@ -3,9 +3,11 @@
 # full disk fails the run cleanly with a message naming the file, leaves the
 # cache consistent, and the next run works.
 . "$ROOT/tests/cli/lib.sh"
+# (in one piece: shard: 0; the windows below are read from a shard's spill)
 cat > p.yaml <<'Y'
 name: spilltest
 memory: 80M
+shard: 0
 nodes:
   src: {op: synthetic, params: {rows: 20000, cols: 16, seed: 3}}
   cov: {op: covariance, inputs: {x: src}}
@@ -136,11 +138,12 @@ nodes:
     params: {k: 7, context: 3, tokenizer: $ROOT/tests/data/gpt2-tokenizer}
 Y
     expect_ok $DMICA run r.yaml --out r1 --cache rc --quiet
-    win=$(dirname "$(grep -l '"node": "win"' rc/*/node.json)")
+    # win runs in shards (one here): its spill lies in the shard's entry
+    win=$(dirname "$(grep -l '"node": "win"' rc/*/node.json | xargs grep -l '"shard"')")
     size=$(stat -c %s "$win/out.spill")
     xor_byte "$win/out.spill" $((size / 2))
     expect_ok $DMICA run r.yaml --out r2 --cache rc --set top.k=6
-    err_has "out.spill"; err_has "checksum mismatch"; err_has "recomputing node 'win'"
+    err_has "out.spill"; err_has "checksum mismatch"; err_has "recomputing that shard"; err_has "recomputing node 'win'"
     expect_ok $DMICA run r.yaml --out r3 --cache rc --set top.k=7 --quiet
     cmp r1/topk.json r3/topk.json || fail "topk after the recomputed spill differs"
     cache_consistent rc

@@ -1057,17 +1057,24 @@ static void close_group(group *G, int failed)
     G->ndrivers = G->nexternal; /* member sources are added again when it reruns */
 }
 
-static int run_group_phases(dm_run_ctx *ctx, group *G)
+/* The phases before the data flows: replays, tensor inputs, shapes, chunk
+ * size, the members and sources opened. A signal is looked at between the
+ * phases that may take long (open() loads weights, finish() may iterate), and
+ * between chunks (stream_pass). */
+static int open_group(dm_run_ctx *ctx, group *G)
 {
     dm_graph *g = ctx->g;
-    /* a signal is looked at between the phases that may take long (open()
-     * loads weights, finish() may iterate), and between chunks (stream_pass) */
     if (dm_check_interrupt() || open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) ||
         size_chunks(g, G))
         return -1;
     if (open_members(g, G) || open_sources(g, G) || dm_check_interrupt())
         return -1;
-    if (drive(ctx, G) || dm_check_interrupt() || finish_members(G) || commit_members(ctx, G))
+    return 0;
+}
+
+static int run_group_phases(dm_run_ctx *ctx, group *G)
+{
+    if (open_group(ctx, G) || drive(ctx, G) || dm_check_interrupt() || finish_members(G) || commit_members(ctx, G))
         return -1;
     return 0;
 }
@@ -1233,13 +1240,7 @@ static void set_building(group *G, int64_t R, int64_t i)
 
 static int run_shard_phases(dm_run_ctx *ctx, group *G, int64_t i, int64_t S)
 {
-    dm_graph *g = ctx->g;
-    if (dm_check_interrupt() || open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) ||
-        size_chunks(g, G))
-        return -1;
-    if (open_members(g, G) || open_sources(g, G) || dm_check_interrupt())
-        return -1;
-    if (drive(ctx, G) || dm_check_interrupt() || save_partials(G))
+    if (open_group(ctx, G) || drive(ctx, G) || dm_check_interrupt() || save_partials(G))
         return -1;
     for (int m = 0; m < G->nmembers; m++)
         if (G->members[m]->run && commit_shard(ctx, G, G->members[m], i, S))
@@ -1536,11 +1537,8 @@ static int drive_split(dm_run_ctx *ctx, group *G)
 static int run_split(dm_run_ctx *ctx, group *G)
 {
     dm_graph *g = ctx->g;
-    int rc = dm_check_interrupt() || open_replays(ctx, G) || load_tensor_inputs(g, G) || refresh_descs(G) ||
-                     size_chunks(g, G) || open_members(g, G) || open_sources(g, G)
-                 ? -1
-                 : 0;
-    if ((rc = dist_agree(ctx, rc)) || (rc = drive_split(ctx, G)))
+    int rc;
+    if ((rc = dist_agree(ctx, open_group(ctx, G))) || (rc = drive_split(ctx, G)))
         return -1;
     if ((rc = dist_agree(ctx, finish_members(G))))
         return -1;

@@ -24,8 +24,11 @@ if command -v mpirun >/dev/null && "$DMICA" --version >/dev/null && [ -x "$(comm
     echo "bench: 1 rank x 2 threads, 2 ranks x 1 thread" >&2
     t1=$(wall "$DMICA" $D --threads 2 --cache c1 --out o1)
     t2=$(wall $MPIRUN -np 2 "$DMICA" $D --threads 1 --cache c2 --out o2)
+    t11=$(wall "$DMICA" $D --threads 1 --cache c11 --out o11)
     same=yes
-    for f in o1/*.npy; do cmp -s "$f" "o2/$(basename "$f")" || same=no; done
+    for f in o11/*.npy; do cmp -s "$f" "o2/$(basename "$f")" || same=no; done
+    same2=yes
+    for f in o1/*.npy; do cmp -s "$f" "o2/$(basename "$f")" || same2=no; done
     echo "**Ranks.** \`dmica $D\` (40 shards of the planted analysis, FastICA streamed over the"
     echo "whitened data with its sums split by shard), fresh caches, on this $(nproc)-core machine:"
     echo
@@ -33,8 +36,11 @@ if command -v mpirun >/dev/null && "$DMICA" --version >/dev/null && [ -x "$(comm
     echo "|---|---|---|---|---|"
     echo "| 1 | 2 | $t1 | 1.00 | 100% |"
     "$PY" -c "t1, t2 = $t1, $t2; print(f'| 2 (mpirun -np 2) | 1 | {t2} | {t1 / t2:.2f} | {100 * t1 / t2:.0f}% |')"
+    echo "| 1 | 1 | $t11 | | |"
     echo
-    echo "Products (every .npy) bitwise the same: $same. The efficiency compares the same total threads:"
+    echo "Products (every .npy) of 2 ranks x 1 thread bitwise those of 1 process x 1 thread: $same; of 1"
+    echo "process x 2 threads: $same2 (some kernels add their threads' partial sums in thread order, so"
+    echo "the results depend on the threads per rank, not on the number of ranks). The efficiency compares the same total threads:"
     echo "2 ranks pay for a second copy of every node's state, for merging their shards' partials and for"
     echo "exchanging FastICA's sums every iteration, and gain shards that run with no thread"
     echo "synchronisation inside them."
@@ -95,31 +101,56 @@ for f in /usr/share/doc/*/copyright /usr/share/common-licenses/*; do
     [ $i -lt 2000 ] || break
 done
 SH=$((TOKENS / 2))
-echo "| policy | pipeline | measured: cache after $TOKENS tokens (2 shards) | per token | extrapolated to 1M | to 100M | \`dmica plan\` at 100M | run time (s) |"
+echo "| policy | pipeline | measured after $TOKENS tokens (2 shards): growing with tokens + with shards + fixed | growing per token | extrapolated to 1M | to 100M (1M-token shards) | \`dmica plan\` at 100M | run time (s) |"
 echo "|---|---|---|---|---|---|---|---|"
 for policy in l6 l6-100m; do
     p="$ROOT/pipelines/gpt2-small-res-jb-$policy.yaml"
     echo "bench: $policy on $TOKENS tokens" >&2
     secs=$(wall "$DMICA" run "$p" --set text.max_tokens=$TOKENS --shard $SH --cache c-$policy --out o-$policy)
-    bytes=$(du -sb c-$policy | cut -f1)
     out_bytes=$(du -sb o-$policy | cut -f1)
     "$DMICA" plan "$p" --set text.max_tokens=100000000 --cache c-plan > plan.txt
     est=$(sed -n 's/^disk: about \([^ ]* [^ ]*\) into.*/\1/p' plan.txt)
-    "$PY" - "$policy" "$p" "$TOKENS" "$bytes" "$out_bytes" "$est" "$secs" <<'P'
-import sys
-policy, p, tokens, b, ob, est, secs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7]
-per = b / tokens
-name = "x, e spilled (f32); arrays saved" if policy == "l6" else "GPT-2 and SAE recomputed; z spilled (f16)"
+    "$PY" - "$policy" "$p" "$TOKENS" "$out_bytes" "$est" "$secs" c-$policy <<'P'
+import json, math, os, sys
+policy, p, tokens, ob, est, secs, cache = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7]
+# what grows with the tokens (spills, the arrays npy_sink writes and their
+# shards' segments), what grows with the shards (partial results), and the rest
+scaling = per_shard = fixed = 0
+shards = set()
+for key in os.listdir(cache):
+    d = os.path.join(cache, key)
+    nj = os.path.join(d, "node.json")
+    if len(key) != 32 or not os.path.isfile(nj):
+        continue
+    j = json.load(open(nj))
+    sink = j.get("op") == "npy_sink"
+    for root, _, files in os.walk(d):
+        for f in files:
+            b = os.path.getsize(os.path.join(root, f))
+            if f.endswith(".spill") or f == "segment.npy" or (sink and f.endswith(".npy")):
+                scaling += b
+            elif "shard" in j:
+                per_shard += b
+                shards.add(j["shard"]["index"])
+            else:
+                fixed += b
+n = max(len(shards), 1)
+def at(t):
+    return fixed + scaling / tokens * t + per_shard / n * math.ceil(t / 1e6)
 g = lambda x: f"{x / 2**30:.1f} GiB"
-print(f"| {name} | {p.split('/')[-1]} | {b / 2**20:.0f} MiB (+ {ob / 2**20:.0f} MiB in --out) | {per:.0f} B |"
-      f" {g(per * 1e6)} | {g(per * 1e8)} | {est} | {secs} |")
+name = "x, e spilled (f32); arrays saved" if policy == "l6" else "GPT-2 and SAE recomputed; z spilled (f16)"
+print(f"| {name} | {p.split('/')[-1]} | {scaling / 2**20:.0f} + {per_shard / 2**20:.0f} + {fixed / 2**20:.0f} MiB"
+      f" (+ {ob / 2**20:.0f} MiB in --out) | {scaling / tokens:.0f} B | {g(at(1e6))} | {g(at(1e8))} | {est} | {secs} |")
 P
 done
 echo
 echo "Measured with a random 124M GPT-2 and a random 768 x 24576 SAE on $i English documents"
-echo "(\`--set text.max_tokens=$TOKENS --shard $SH\`). The cache holds the spills, tensors, shards'"
-echo "partials and products; bytes per token times 1M and 100M extrapolate (what does not grow with the"
-echo "tokens, a few MiB of tensors, is counted as if it did). \`dmica plan\` estimates the run's disk from"
-echo "the pipeline alone (rows bounded by \`max_tokens\`) before it starts."
+echo "(\`--set text.max_tokens=$TOKENS --shard $SH\`). The cache's files are counted in three parts: what grows"
+echo "with the tokens (spills, the arrays \`npy_sink\` saves and their shards' segments), what grows with"
+echo "the number of shards (each shard's partial results: moments, co-moments, SAE statistics, top-k"
+echo "lists), and the rest (tensors such as the SAE's decoder, reports). The extrapolation scales the"
+echo "first by the tokens and the second by the shards of 1M tokens (100 at 100M). \`dmica plan\`"
+echo "estimates the run's disk from the pipeline alone (rows bounded by \`max_tokens\`) before it starts;"
+echo "it counts spills, tensors and saved arrays, not the shards' partials."
 echo
 echo "Command: tools/bench.d/70-shards.sh (\`BENCH_ONLY=70-shards tools/bench\`)."

@@ -15,7 +15,16 @@
  *     (or produces again) its stream inputs;
  *   - its stream inputs come from different groups.
  * Stream edges between groups are spilled; a producer whose outputs must cross
- * groups but that says `spill: never` is an error found before work starts.
+ * groups but that says `spill: never` is an error found before work starts. A
+ * producer that says `spill: recompute` is taken into the later group as a
+ * guest instead (run again from its own inputs, never committed).
+ *
+ * Groups whose members can all run in shards do so (the "shards" section
+ * below): once per shard of their rows, each shard its own cache entry, then a
+ * merge in shard order. Multipass groups whose sums split by shard read their
+ * passes shard by shard ("passes split by shard"). With MPI ranks (dist.h) the
+ * shards are spread over the ranks, the other groups run on rank 0, and after
+ * each group the ranks agree on errors and copy new entries where missing.
  *
  * A group runs in phases, one function each:
  *   open_replays        open the spills of stream inputs made in earlier groups
@@ -827,8 +836,6 @@ static int64_t group_spilled_bytes(const dm_run_ctx *ctx, const group *G)
     return sp;
 }
 
-static int64_t pr_shards_done(const group *G) { return G->shards_done; }
-
 /* One pass: every driver's chunks, in step, pushed through the group. */
 static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
 {
@@ -854,7 +861,7 @@ static int stream_pass(dm_run_ctx *ctx, group *G, int pass)
         int64_t spilled = group_spilled_bytes(ctx, G);
         if (ctx->g->nranks > 1) { /* rank 0 shows every rank's rows */
             int64_t units, all_rows, all_bytes;
-            dm_dist_progress_post(G->progress ? pr_shards_done(G) : 0, done, spilled);
+            dm_dist_progress_post(G->progress ? G->shards_done : 0, done, spilled);
             dm_dist_progress_totals(&units, &all_rows, &all_bytes);
             if (G->progress)
                 dm_progress_shards(pr, units, G->S);

@@ -32,6 +32,22 @@ LDLIBS  += $(shell mpicc --showme:link)
 endif
 MPI_STAMP := $(BUILD)/.mpi-$(MPI)
 
+# CUDA (gpu/*.cu; gpu/README.md): with nvcc on the PATH or in /usr/local/cuda,
+# `make` also builds $(BUILD)/libdmica-cuda.so (the kernels' CUDA entries, cuBLAS).
+# bin/dmica never links it: engine/base/device.c opens it with dlopen when a run
+# asks for the GPU, so the binary starts the same on machines without a GPU or a
+# driver. The library calls back into the binary's kernels (the merges of
+# stats.c), so executables export their symbols (-rdynamic). CUDA=0 skips it;
+# the sanitizer build (SAN=1) does not build it (its GPU tests skip).
+NVCC    ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+ifeq ($(origin CUDA),undefined)
+CUDA    := $(if $(NVCC),1,0)
+endif
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+CUDA_LIB := $(if $(filter 1,$(CUDA)),$(if $(SAN),,$(BUILD)/libdmica-cuda.so))
+LDFLAGS += -rdynamic
+
 # The layers. Each folder compiles with its own include path, so a header from a
 # layer it may not use is not found and the file does not build (a kernel that
 # includes op.h, an adapter that includes the engine's private engine.h).
@@ -68,7 +84,12 @@ TESTBIN := $(TESTSRC:tests/%.c=$(BUILD)/tests/%)
 BIN     := $(if $(SAN),$(BUILD)/dmica,bin/dmica)
 
 .PHONY: all deps demo tiny-models check-layers test test-unit test-cli test-mpi test-san bench clean
-all: $(BIN)
+all: $(BIN) $(CUDA_LIB)
+
+# gpu/*.cu follow the kernels' layer rule (base, io and kernel headers only).
+$(BUILD)/libdmica-cuda.so: $(wildcard gpu/*.cu) engine/base/cuda_abi.h operators/kernels/stats.h
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Xcompiler -fPIC -shared $(INC_kernels) -o $@ $(wildcard gpu/*.cu) -lcublas
 
 # Installs missing Debian packages (as root) or says which are missing.
 $(DEPS_STAMP): tools/install-deps
@@ -132,8 +153,9 @@ demo: $(BIN)
 	$(BIN) demo --out demo-out
 
 # Unit tests run from the repository root so they find tests/golden.
-test-unit: $(TESTBIN)
-	@set -e; for t in $(TESTBIN); do echo "== $$t"; CK_FORK=yes $$t; done
+test-unit: $(TESTBIN) $(CUDA_LIB)
+	@set -e; for t in $(TESTBIN); do echo "== $$t"; rc=0; CK_FORK=yes $$t || rc=$$?; \
+		if [ $$rc = 77 ]; then echo "   (skipped)"; elif [ $$rc != 0 ]; then exit $$rc; fi; done
 	@set -e; for t in test_gpt2 test_sae test_sgemm; do \
 		echo "== $(BUILD)/tests/$$t, DMICA_NO_AVX512=1 (the OpenBLAS paths of CPUs without AVX-512F)"; \
 		DMICA_NO_AVX512=1 CK_FORK=yes $(BUILD)/tests/$$t; done

@@ -672,11 +672,24 @@ END_TEST
 /* ---- backends -------------------------------------------------------------------- */
 
 /* Every entry of the backend table; "ref" first. */
-static const dm_stats_backend *const backends[] = {&dm_stats_backend_ref, &dm_stats_backend_cpu};
-#define NBACKENDS (int)(sizeof backends / sizeof *backends)
+/* ref, cpu, and cuda where libdmica-cuda.so sees a GPU (gpu/stats.cu; on a
+ * machine without one the GPU part of these tests does not run: tests/test_gpu.c
+ * reports it skipped). Listed inside each test: CUDA must not start before
+ * Check forks the test's process. */
+static const dm_stats_backend *backends[3];
+static int NBACKENDS;
+static void list_backends(void)
+{
+    backends[0] = &dm_stats_backend_ref;
+    backends[1] = &dm_stats_backend_cpu;
+    NBACKENDS = 2;
+    if (dm_stats_backend_cuda())
+        backends[NBACKENDS++] = dm_stats_backend_cuda();
+}
 
 START_TEST(backend_choice)
 {
+    list_backends();
     dm_compute c = *dm_compute_default();
     c.reference = 1;
     ck_assert_ptr_eq(dm_stats_backend_for(&c), &dm_stats_backend_ref);
@@ -694,6 +707,7 @@ END_TEST
  * reference updates over all rows at once: 1e-10, as the file header says. */
 START_TEST(stats_backends_match_reference)
 {
+    list_backends();
     int64_t rows = 4100, dx = 13, dy = 5;
     float *x = random_data(rows, dx, 21), *y = random_data(rows, dy, 22);
     dm_moments mr;
@@ -749,13 +763,15 @@ START_TEST(stats_backends_match_reference)
 END_TEST
 
 /* Every backend's projection against "ref" (double dot products of x - mean
- * taken in double, rounded once). Tolerance: "cpu" rounds x - mean to float
- * (one rounding, u = 2^-24 relative) and sums d float products in some order
+ * taken in double, rounded once). Tolerance: "cpu" and "cuda" (cuBLAS in FP32,
+ * never TF32) round x - mean to float
+ * (one rounding, u = 2^-24 relative) and sum d float products in some order
  * (at most d u of the sum of |terms|, Higham's gamma_d), and "ref" rounds its
  * result once: (d + 3) u of sum_j |x_j - mean_j| |W_ij|, a bound for any
  * summation order. With and without centring. */
 START_TEST(projection_backends_match_reference)
 {
+    list_backends();
     const int64_t rows = 1000, d = 37, k = 5;
     float *x = random_data(rows, d, 31), W[5 * 37], mean[37];
     float *ref = dm_xmalloc((size_t)(rows * k) * sizeof(float)), *out = dm_xmalloc((size_t)(rows * k) * sizeof(float));

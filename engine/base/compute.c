@@ -7,6 +7,10 @@
 #include <unistd.h>
 
 #include "compute.h"
+#include "device.h"
+
+#include <stdio.h>
+#include <string.h>
 
 /* OpenBLAS's thread control (cblas.h of Debian's libopenblas-dev declares it). */
 void openblas_set_num_threads(int n);
@@ -53,6 +57,27 @@ void dm_compute_set_threads(int n)
 }
 
 int dm_threads(void) { return dm_compute_default()->threads; }
+
+int dm_compute_set_device(const char *device, char *note, int note_len)
+{
+    dm_compute_default();
+    if (note_len > 0)
+        note[0] = 0;
+    char name[256], why[512];
+    if (!strcmp(device, "cpu")) {
+        ctx.device = DM_DEVICE_CPU;
+    } else if (!strcmp(device, "cuda") || !strcmp(device, "auto")) {
+        int ok = dm_cuda_available(name, (int)sizeof name, why, (int)sizeof why);
+        ctx.device = ok ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
+        if (ok)
+            snprintf(note, (size_t)note_len, "running on %s (CUDA) where gpu/ has kernels, the CPU elsewhere", name);
+        else if (!strcmp(device, "cuda"))
+            snprintf(note, (size_t)note_len, "--device cuda: %s; running on the CPU", why);
+    } else {
+        return -1;
+    }
+    return 0;
+}
 
 int dm_blas_serial_begin(void)
 {

@@ -43,6 +43,11 @@ const dm_compute *dm_compute_default(void);
 void dm_compute_set_threads(int n);
 /* The default context's threads (dm_compute_default()->threads). */
 int dm_threads(void);
+/* Sets the default context's device: "cpu", "cuda" or "auto" (the GPU where
+ * libdmica-cuda.so sees one, device.h). Without a GPU, "cuda" runs on the CPU
+ * too, never fails: note (note_len bytes) then says why, for a one-line notice;
+ * with one, it names the GPU. -1 for another word. */
+int dm_compute_set_device(const char *device, char *note, int note_len);
 
 /* The BLAS policy inside OpenMP regions: each thread calls BLAS on one thread.
  * dm_blas_serial_begin() returns the pool size to restore with _end. */

@@ -20,6 +20,7 @@ typedef struct {
     const char *const *sets, *const *force;
     int nsets, nforce, threads, quiet, demo, expanded;
     int64_t memory, shard;
+    const char *device;
 } run_opts;
 
 static void usage(FILE *f)
@@ -53,6 +54,8 @@ static void usage(FILE *f)
          "memory budget, e.g. 512M or 4G (default: the pipeline's, else 1G)"},                                  \
         {"cache", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0,                                                         \
          "cache folder (default: the pipeline's, else $DMICA_CACHE, else .dmica-cache)"},                       \
+        {"device", DM_ARG_STRING, "cpu|cuda|auto", "cpu", 0, 0, 0, 0,                                          \
+         "where the kernels run: auto or cuda use the GPU where one is (gpu/README.md)"},                   \
         {"shard", DM_ARG_STRING, "ROWS", NULL, 0, 0, 0, 0,                                                      \
          "rows (tokens) per shard, e.g. 1M; 0: no shards (default: the pipeline's, else 1M)"},                  \
         {"quiet", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "no progress output"}
@@ -114,6 +117,11 @@ static int parse_run_opts(const dm_arg_cmd *c, int argc, char **argv, dm_args *a
     o->threads = (int)dm_arg_int(a, "threads");
     o->memory = dm_arg_int(a, "memory");
     o->quiet = dm_arg_flag(a, "quiet");
+    o->device = dm_arg_str(a, "device");
+    if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda") && strcmp(o->device, "auto")) {
+        fprintf(stderr, "dmica %s: --device: expected cpu, cuda or auto, not '%s'\n", c->name, o->device);
+        return 2;
+    }
     o->shard = -1;
     if (dm_arg_str(a, "shard") && dm_parse_rows(dm_arg_str(a, "shard"), &o->shard)) {
         fprintf(stderr, "dmica %s: --shard: expected a number of rows (tokens), such as 1000000 or 1M, or 0; "
@@ -170,12 +178,16 @@ static dm_graph *setup(run_opts *o, dm_pipeline **pout)
         return NULL;
     }
     dm_compute_set_threads(threads);
+    char note[600];
+    dm_compute_set_device(o->device, note, (int)sizeof note);
     /* MPI ranks (dist.h): rank 0 speaks and writes the results for all */
     g->rank = dm_dist_rank();
     g->nranks = dm_dist_size();
     if (g->rank != 0)
         o->quiet = 1;
     dm_progress_enabled = !o->quiet;
+    if (note[0] && !o->quiet)
+        fprintf(stderr, "dmica: %s\n", note);
     *pout = p;
     return g;
 }

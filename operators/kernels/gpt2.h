@@ -237,9 +237,9 @@ typedef enum {
 /* The entry id, or NULL where this build or CPU has none: cpu-avx512 without
  * AVX-512F or under DMICA_NO_AVX512=1, cuda until gpu/ fills its slot. */
 const dm_gpt2_backend *dm_gpt2_backend_get(dm_gpt2_backend_id id);
-/* The entry a context selects: cuda for DM_DEVICE_CUDA (NULL with an error if
- * absent), else ref if cx->reference, else cpu-avx512 if cx->avx512 and the CPU
- * has it, else cpu. */
+/* The entry a context selects: cuda for DM_DEVICE_CUDA where gpu/ fills it,
+ * else ref if cx->reference, else cpu-avx512 if cx->avx512 and the CPU has it,
+ * else cpu. */
 const dm_gpt2_backend *dm_gpt2_backend_select(const dm_compute *cx);
 /* The backend a model was loaded with. */
 const dm_gpt2_backend *dm_gpt2_backend_of(const dm_gpt2 *m);

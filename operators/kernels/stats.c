@@ -49,6 +49,9 @@
  */
 #include "stats.h"
 
+#include "cuda_abi.h"
+#include "device.h"
+
 #include "dm.h"
 #include "npy.h"
 
@@ -788,7 +791,23 @@ const dm_stats_backend dm_stats_backend_ref = {"ref", dm_moments_update_ref, dm_
 const dm_stats_backend dm_stats_backend_cpu = {"cpu", dm_moments_update, dm_covariance_update,
                                                dm_xcovariance_update, dm_project};
 
+const dm_stats_backend *dm_stats_backend_cuda(void)
+{
+    static dm_stats_backend be;
+    static int tried, ok;
+    if (!tried) {
+        tried = 1;
+        dm_cuda_stats_backend_fn fill = (dm_cuda_stats_backend_fn)dm_cuda_sym("dm_cuda_stats_backend");
+        ok = fill && fill(&dm_stats_backend_cpu, &be) == 0;
+    }
+    return ok ? &be : NULL;
+}
+
 const dm_stats_backend *dm_stats_backend_for(const dm_compute *c)
 {
-    return c->reference ? &dm_stats_backend_ref : &dm_stats_backend_cpu;
+    if (c->reference)
+        return &dm_stats_backend_ref;
+    if (c->device == DM_DEVICE_CUDA && dm_stats_backend_cuda())
+        return dm_stats_backend_cuda();
+    return &dm_stats_backend_cpu;
 }

@@ -219,7 +219,7 @@ void dm_project_ref(float *out, const float *x, int64_t rows, const float *W, in
 /* ---- backends -------------------------------------------------------------- */
 
 typedef struct dm_stats_backend {
-    const char *name; /* "ref", "cpu" (later "cuda") */
+    const char *name; /* "ref", "cpu", "cuda" */
     void (*moments_update)(dm_moments *m, const float *x, int64_t rows);
     void (*covariance_update)(dm_covariance *c, const float *x, int64_t rows);
     void (*xcovariance_update)(dm_xcovariance *c, const float *x, const float *y, int64_t rows);
@@ -229,8 +229,10 @@ typedef struct dm_stats_backend {
 
 extern const dm_stats_backend dm_stats_backend_ref, dm_stats_backend_cpu;
 
-/* "ref" when c->reference, else the device's ("cpu"; a CUDA device has no
- * statistics backend yet and gets "cpu"). */
+/* "ref" when c->reference, else the device's: "cuda" (gpu/stats.cu) for
+ * DM_DEVICE_CUDA when libdmica-cuda.so is there and sees a GPU, else "cpu". */
 const dm_stats_backend *dm_stats_backend_for(const dm_compute *c);
+/* The "cuda" entry, or NULL where there is no GPU library or device (device.h). */
+const dm_stats_backend *dm_stats_backend_cuda(void);
 
 #endif

@@ -142,8 +142,18 @@ START_TEST(tanh_accuracy)
 END_TEST
 
 /* Every entry of the backend table; "ref" first. */
-static const dm_ica_backend *const backends[] = {&dm_ica_backend_ref, &dm_ica_backend_cpu};
-#define NBACKENDS (int)(sizeof backends / sizeof *backends)
+/* ref, cpu, and cuda where libdmica-cuda.so sees a GPU (gpu/fastica.cu);
+ * listed inside each test: CUDA must not start before Check forks. */
+static const dm_ica_backend *backends[3];
+static int NBACKENDS;
+static void list_backends(void)
+{
+    backends[0] = &dm_ica_backend_ref;
+    backends[1] = &dm_ica_backend_cpu;
+    NBACKENDS = 2;
+    if (dm_ica_backend_cuda())
+        backends[NBACKENDS++] = dm_ica_backend_cuda();
+}
 
 START_TEST(backend_choice)
 {
@@ -165,6 +175,7 @@ END_TEST
 /* Every backend's sums against "ref", on one thread and on three. */
 START_TEST(sums_backends_match_reference)
 {
+    list_backends();
     const int64_t k = 7, S = 3, rows = 20011;
     double A[49], Wd[3 * 49];
     float *X = planted(rows, k, k, A, 11);

@@ -6,12 +6,13 @@
  * every family's table gives its CPU entry; then the program reports the GPU
  * tests skipped (exit 77, `make test` prints "skipped"). Where there is one:
  * the "cuda" entries are chosen for DM_DEVICE_CUDA, and the kernel tests
- * (test_stats.c's backends_match_reference, which list the "cuda" entry when it
- * is there) compare them with the reference kernels.
+ * (test_stats.c's and test_fastica.c's backends_match_reference, which list the
+ * "cuda" entry when it is there) compare them with the reference kernels.
  */
 #include "compute.h"
 #include "device.h"
 #include "dm.h"
+#include "fastica.h"
 #include "stats.h"
 #include "test.h"
 
@@ -34,7 +35,9 @@ START_TEST(device_choice)
         ck_assert_int_eq(dm_compute_default()->device, DM_DEVICE_CPU);
         ck_assert_msg(strstr(note, "--device cuda: ") && strstr(note, "running on the CPU"), "note: %s", note);
         ck_assert_ptr_null(dm_stats_backend_cuda());
+        ck_assert_ptr_null(dm_ica_backend_cuda());
         ck_assert_ptr_eq(dm_stats_backend_for(dm_compute_default()), &dm_stats_backend_cpu);
+        ck_assert_ptr_eq(dm_ica_backend_for(dm_compute_default()), &dm_ica_backend_cpu);
         ck_assert_int_eq(dm_compute_set_device("auto", note, (int)sizeof note), 0);
         ck_assert_int_eq(dm_compute_default()->device, DM_DEVICE_CPU);
         ck_assert_str_eq(note, ""); /* auto says nothing when it picks the CPU */
@@ -42,6 +45,7 @@ START_TEST(device_choice)
         ck_assert_int_eq(dm_compute_default()->device, DM_DEVICE_CUDA);
         ck_assert_ptr_nonnull(dm_stats_backend_cuda());
         ck_assert_str_eq(dm_stats_backend_for(dm_compute_default())->name, "cuda");
+        ck_assert_str_eq(dm_ica_backend_for(dm_compute_default())->name, "cuda");
     }
 }
 END_TEST

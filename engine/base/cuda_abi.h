@@ -37,6 +37,10 @@ typedef int (*dm_cuda_probe_fn)(char *name, int len);
  * `fallback` (a dm_stats_backend) on a CUDA error. 0, or -1. */
 typedef int (*dm_cuda_stats_backend_fn)(const void *fallback, void *out);
 
+/* int dm_cuda_ica_backend(const void *fallback, void *out): the same for
+ * dm_ica_backend (fastica.h). */
+typedef int (*dm_cuda_ica_backend_fn)(const void *fallback, void *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -22,6 +22,9 @@
  */
 #include "fastica.h"
 
+#include "cuda_abi.h"
+#include "device.h"
+
 #include <cblas.h>
 #include <float.h>
 #include <lapacke.h>
@@ -511,9 +514,25 @@ static void sums_update_ref(dm_ica_sums *s, dm_ica_fun fun, double alpha, const 
 const dm_ica_backend dm_ica_backend_ref = {"ref", sums_update_ref};
 const dm_ica_backend dm_ica_backend_cpu = {"cpu", sums_update_cpu};
 
+const dm_ica_backend *dm_ica_backend_cuda(void)
+{
+    static dm_ica_backend be;
+    static int tried, ok;
+    if (!tried) {
+        tried = 1;
+        dm_cuda_ica_backend_fn fill = (dm_cuda_ica_backend_fn)dm_cuda_sym("dm_cuda_ica_backend");
+        ok = fill && fill(&dm_ica_backend_cpu, &be) == 0;
+    }
+    return ok ? &be : NULL;
+}
+
 const dm_ica_backend *dm_ica_backend_for(const dm_compute *c)
 {
-    return c->reference ? &dm_ica_backend_ref : &dm_ica_backend_cpu;
+    if (c->reference)
+        return &dm_ica_backend_ref;
+    if (c->device == DM_DEVICE_CUDA && dm_ica_backend_cuda())
+        return dm_ica_backend_cuda();
+    return &dm_ica_backend_cpu;
 }
 
 int dm_ica_step(const dm_ica_sums *s, int64_t r0, const double *W, double *W1, double *lim)

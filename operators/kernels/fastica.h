@@ -112,7 +112,7 @@ int64_t dm_ica_sums_bytes(int64_t m, int64_t k, const dm_compute *c);
 int dm_ica_sums_merge(dm_ica_sums *a, const dm_ica_sums *b);
 
 typedef struct dm_ica_backend {
-    const char *name; /* "ref", "cpu" (later "cuda") */
+    const char *name; /* "ref", "cpu", "cuda" */
     /* Adds z (rows, k) float32 row-major to the first mrows rows of the sums,
      * under W (mrows <= s->m, k): the stacked unmixing matrices of the seeds
      * still running.
@@ -131,9 +131,11 @@ typedef struct dm_ica_backend {
 
 extern const dm_ica_backend dm_ica_backend_ref, dm_ica_backend_cpu;
 
-/* "ref" when c->reference, else the device's ("cpu"; a CUDA device has no
- * FastICA backend yet and gets "cpu"). */
+/* "ref" when c->reference, else the device's: "cuda" (gpu/fastica.cu) for
+ * DM_DEVICE_CUDA when libdmica-cuda.so sees a GPU, else "cpu". */
 const dm_ica_backend *dm_ica_backend_for(const dm_compute *c);
+/* The "cuda" entry, or NULL where there is no GPU library or device (device.h). */
+const dm_ica_backend *dm_ica_backend_cuda(void);
 
 /* One fixed-point step for the k rows of the stack starting at row r0 (a
  * seed): W1 = symdecorr(gz/n - diag(dg/n) W), *lim the convergence measure.

@@ -1,0 +1,164 @@
+/*
+ * fastica.cu: the "cuda" entry of dm_ica_backend (operators/kernels/fastica.h):
+ * one FastICA iteration's two sums over a chunk of whitened rows z (rows, k),
+ * for the stacked unmixing rows W (m, k) of the seeds still running:
+ *   gz (m, k) += sum over rows of g(W z) z^T,   dg (m) += sum over rows of g'(W z).
+ *
+ *   Y = Z W^T        cublasSgemm in FP32 (W rounded to float, as the "cpu"
+ *                    entry does), pedantic math (never TF32);
+ *   g, g'            one thread per stacked row j walks the chunk: g(y) into
+ *                    G (rows, m) in double, g'(y) summed in double (reading Y
+ *                    coalesced across threads); tanh and exp in double;
+ *   gz += G^T Z      cublasDgemm on z converted to double.
+ * The chunk's sums are added to the host accumulator (double), so a pass
+ * splits across chunks, shards and ranks exactly as on the CPU. Against "ref"
+ * (double throughout) the float rounding of W z is the only difference, as for
+ * the "cpu" entry: tests/test_fastica.c holds both to 1e-5 of the sums' scale.
+ * On a CUDA error: one warning, then the fallback entry (cuda_abi.h).
+ */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "cuda_abi.h"
+
+extern "C" {
+#include "fastica.h"
+}
+
+static dm_ica_backend fallback;
+static int broken;
+static cublasHandle_t blas;
+static void *dbuf[5];
+static size_t dcap[5];
+
+static int failed(const char *what, const char *err)
+{
+    if (!broken)
+        fprintf(stderr, "dmica: warning: CUDA: %s: %s; FastICA continues on the CPU\n", what, err);
+    broken = 1;
+    return -1;
+}
+static __thread cudaError_t cu_err;
+static __thread cublasStatus_t bl_err;
+#define CU(call) ((cudaSuccess == (cu_err = (call))) ? 0 : failed(#call, cudaGetErrorString(cu_err)))
+#define BL(call) ((CUBLAS_STATUS_SUCCESS == (bl_err = (call))) ? 0 : failed(#call, cublasGetStatusString(bl_err)))
+
+static void *buffer(int i, size_t n)
+{
+    if (dcap[i] < n) {
+        cudaFree(dbuf[i]);
+        dbuf[i] = NULL;
+        dcap[i] = 0;
+        if (CU(cudaMalloc(&dbuf[i], n)))
+            return NULL;
+        dcap[i] = n;
+    }
+    return dbuf[i];
+}
+
+static unsigned blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+__global__ void to_double(const float *x, long n, double *out)
+{
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = (double)x[i];
+}
+
+/* G[r*m + j] = g(Y[r*m + j]); dg[j] = sum over r of g'(Y[r*m + j]). */
+__global__ void apply_g(const float *Y, long rows, long m, int fun, double alpha, double *G, double *dg)
+{
+    long j = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (j >= m)
+        return;
+    double s = 0.0;
+    for (long r = 0; r < rows; r++) {
+        double u = (double)Y[r * m + j], g, gp;
+        if (fun == DM_ICA_LOGCOSH) {
+            g = tanh(alpha * u);
+            gp = alpha * (1.0 - g * g);
+        } else if (fun == DM_ICA_EXP) {
+            double e = exp(-0.5 * u * u);
+            g = u * e;
+            gp = (1.0 - u * u) * e;
+        } else {
+            g = u * u * u;
+            gp = 3.0 * u * u;
+        }
+        G[r * m + j] = g;
+        s += gp;
+    }
+    dg[j] = s;
+}
+
+static int sums_gpu(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *Wd, int64_t mrows, const float *z,
+                    int64_t rows)
+{
+    long k = (long)s->k, m = (long)mrows;
+    if (!blas && (BL(cublasCreate(&blas)) || BL(cublasSetMathMode(blas, CUBLAS_PEDANTIC_MATH))))
+        return -1;
+    float *dz = (float *)buffer(0, (size_t)(rows * k) * sizeof(float));
+    float *dW = (float *)buffer(1, (size_t)(m * k) * sizeof(float));
+    float *dY = (float *)buffer(2, (size_t)(rows * m) * sizeof(float));
+    double *dG = (double *)buffer(3, (size_t)(rows * m + rows * k) * sizeof(double));
+    double *dout = (double *)buffer(4, (size_t)(m * k + m) * sizeof(double));
+    if (!dz || !dW || !dY || !dG || !dout)
+        return -1;
+    double *dzd = dG + rows * m;
+    float *Wf = (float *)malloc((size_t)(m * k) * sizeof(float));
+    double *out = (double *)malloc((size_t)(m * k + m) * sizeof(double));
+    if (!Wf || !out) {
+        free(Wf), free(out);
+        return failed("malloc", "out of host memory");
+    }
+    for (long i = 0; i < m * k; i++)
+        Wf[i] = (float)Wd[i];
+    const float onef = 1.0f, zerof = 0.0f;
+    const double one = 1.0, zero = 0.0;
+    /* row-major Y (rows, m) is column-major (m, rows) = W Z^T: W row-major
+     * (m, k) is column-major (k, m), transposed; Z^T the column-major view of Z */
+    int rc = CU(cudaMemcpy(dz, z, (size_t)(rows * k) * sizeof(float), cudaMemcpyHostToDevice)) ||
+             CU(cudaMemcpy(dW, Wf, (size_t)(m * k) * sizeof(float), cudaMemcpyHostToDevice)) ||
+             BL(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)rows, (int)k, &onef, dW, (int)k, dz, (int)k,
+                            &zerof, dY, (int)m));
+    if (!rc) {
+        apply_g<<<blocks(m, 128), 128>>>(dY, rows, m, (int)fun, alpha, dG, dout + m * k);
+        to_double<<<blocks(rows * k, 256), 256>>>(dz, rows * k, dzd);
+        /* row-major gz (m, k) is column-major (k, m) = Z^T G: Z^T the column-major
+         * view (k, rows) of Z; G row-major (rows, m) is column-major (m, rows),
+         * transposed */
+        rc = CU(cudaGetLastError()) ||
+             BL(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)k, (int)m, (int)rows, &one, dzd, (int)k, dG, (int)m,
+                            &zero, dout, (int)k)) ||
+             CU(cudaMemcpy(out, dout, (size_t)(m * k + m) * sizeof(double), cudaMemcpyDeviceToHost));
+    }
+    if (!rc) {
+        for (long i = 0; i < m * k; i++)
+            s->gz[i] += out[i];
+        for (long j = 0; j < m; j++)
+            s->dg[j] += out[m * k + j];
+        s->n += rows;
+    }
+    free(Wf), free(out);
+    return rc ? -1 : 0;
+}
+
+static void sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *W, int64_t mrows, const float *z,
+                        int64_t rows)
+{
+    if (rows <= 0 || mrows <= 0)
+        return;
+    if (broken || sums_gpu(s, fun, alpha, W, mrows, z, rows))
+        fallback.sums_update(s, fun, alpha, W, mrows, z, rows);
+}
+
+extern "C" int dm_cuda_ica_backend(const void *fb, void *out)
+{
+    fallback = *(const dm_ica_backend *)fb;
+    dm_ica_backend be = {"cuda", sums_update};
+    *(dm_ica_backend *)out = be;
+    return 0;
+}

@@ -40,6 +40,9 @@ typedef int (*dm_cuda_stats_backend_fn)(const void *fallback, void *out);
 /* int dm_cuda_ica_backend(const void *fallback, void *out): the same for
  * dm_ica_backend (fastica.h). */
 typedef int (*dm_cuda_ica_backend_fn)(const void *fallback, void *out);
+/* int dm_cuda_gpt2_backend(const void *fallback, void *out): the same for
+ * dm_gpt2_backend (gpt2.h); fallback must not pack its weights. */
+typedef int (*dm_cuda_gpt2_backend_fn)(const void *fallback, void *out);
 
 #ifdef __cplusplus
 }

@@ -43,6 +43,9 @@
 
 #include "gpt2.h"
 
+#include "cuda_abi.h"
+#include "device.h"
+
 #include "npy.h"
 #include "safetensors.h"
 #include "sgemm.h"
@@ -626,8 +629,23 @@ static const dm_gpt2_backend *const backends[DM_GPT2_NBACKENDS] = {
 #ifdef GPT2_X86
     [DM_GPT2_CPU_AVX512] = &backend_cpu_avx512,
 #endif
-    [DM_GPT2_CUDA] = NULL, /* gpu/gpt2.cu, mirroring this file, will fill it */
+    [DM_GPT2_CUDA] = NULL, /* gpu/gpt2.cu, from libdmica-cuda.so where a GPU is (cuda_backend) */
 };
+
+/* The "cuda" entry (gpu/gpt2.cu), loaded once where libdmica-cuda.so sees a
+ * GPU (device.h); its fallback on a CUDA error is "cpu" (it packs nothing, as
+ * the cuda entry does not). */
+static const dm_gpt2_backend *cuda_backend(void)
+{
+    static dm_gpt2_backend be;
+    static int tried, ok;
+    if (!tried) {
+        tried = 1;
+        dm_cuda_gpt2_backend_fn fill = (dm_cuda_gpt2_backend_fn)dm_cuda_sym("dm_cuda_gpt2_backend");
+        ok = fill && fill(&backend_cpu, &be) == 0;
+    }
+    return ok ? &be : NULL;
+}
 
 const dm_gpt2_backend *dm_gpt2_backend_get(dm_gpt2_backend_id id)
 {
@@ -635,6 +653,8 @@ const dm_gpt2_backend *dm_gpt2_backend_get(dm_gpt2_backend_id id)
         return NULL;
     if (id == DM_GPT2_CPU_AVX512 && !dm_compute_default()->avx512)
         return NULL; /* no AVX-512F on this CPU, or DMICA_NO_AVX512=1 */
+    if (id == DM_GPT2_CUDA)
+        return cuda_backend();
     return backends[id];
 }
 

@@ -230,12 +230,13 @@ typedef enum {
     DM_GPT2_REF = 0,    /* the plain reference kernels */
     DM_GPT2_CPU,        /* OpenBLAS sgemm and vectorised C: any CPU */
     DM_GPT2_CPU_AVX512, /* dm_sgemm on packed weights, AVX-512 attention and GELU */
-    DM_GPT2_CUDA,       /* empty until gpu/ supplies it */
+    DM_GPT2_CUDA,       /* gpu/gpt2.cu, where libdmica-cuda.so sees a GPU */
     DM_GPT2_NBACKENDS
 } dm_gpt2_backend_id;
 
-/* The entry id, or NULL where this build or CPU has none: cpu-avx512 without
- * AVX-512F or under DMICA_NO_AVX512=1, cuda until gpu/ fills its slot. */
+/* The entry id, or NULL where this build or machine has none: cpu-avx512
+ * without AVX-512F or under DMICA_NO_AVX512=1, cuda without libdmica-cuda.so or
+ * a GPU (device.h). */
 const dm_gpt2_backend *dm_gpt2_backend_get(dm_gpt2_backend_id id);
 /* The entry a context selects: cuda for DM_DEVICE_CUDA where gpu/ fills it,
  * else ref if cx->reference, else cpu-avx512 if cx->avx512 and the CPU has it,

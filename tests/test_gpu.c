@@ -33,7 +33,7 @@ START_TEST(device_choice)
     if (!gpu) {
         /* no GPU: the CPU, and a notice that says why */
         ck_assert_int_eq(dm_compute_default()->device, DM_DEVICE_CPU);
-        ck_assert_msg(strstr(note, "--device cuda: ") && strstr(note, "running on the CPU"), "note: %s", note);
+        ck_assert_msg(strstr(note, "device cuda: ") && strstr(note, "running on the CPU"), "note: %s", note);
         ck_assert_ptr_null(dm_stats_backend_cuda());
         ck_assert_ptr_null(dm_ica_backend_cuda());
         ck_assert_ptr_eq(dm_stats_backend_for(dm_compute_default()), &dm_stats_backend_cpu);

@@ -217,6 +217,11 @@ char *dm_stage_times(const dm_node *n);
 /* Rows the engine moves per chunk in this run (from the memory budget). */
 int64_t dm_chunk_rows(const dm_node *n);
 
+/* The compute context of n's kernels (compute.h): the run's (--threads,
+ * --device), with the node's own `device:` where it has one. Operators choose
+ * their kernels' backend entries from it. */
+const dm_compute *dm_node_compute(const dm_node *n);
+
 /* The registry (operators/adapters/registry.c). */
 const dm_op *const *dm_registry(void); /* NULL-terminated */
 const dm_op *dm_find_op(const char *name);

@@ -58,25 +58,30 @@ void dm_compute_set_threads(int n)
 
 int dm_threads(void) { return dm_compute_default()->threads; }
 
-int dm_compute_set_device(const char *device, char *note, int note_len)
+int dm_device_resolve(const char *device, dm_device *out, char *note, int note_len)
 {
-    dm_compute_default();
     if (note_len > 0)
         note[0] = 0;
     char name[256], why[512];
     if (!strcmp(device, "cpu")) {
-        ctx.device = DM_DEVICE_CPU;
+        *out = DM_DEVICE_CPU;
     } else if (!strcmp(device, "cuda") || !strcmp(device, "auto")) {
         int ok = dm_cuda_available(name, (int)sizeof name, why, (int)sizeof why);
-        ctx.device = ok ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
+        *out = ok ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
         if (ok)
             snprintf(note, (size_t)note_len, "running on %s (CUDA) where gpu/ has kernels, the CPU elsewhere", name);
         else if (!strcmp(device, "cuda"))
-            snprintf(note, (size_t)note_len, "--device cuda: %s; running on the CPU", why);
+            snprintf(note, (size_t)note_len, "device cuda: %s; running on the CPU", why);
     } else {
         return -1;
     }
     return 0;
+}
+
+int dm_compute_set_device(const char *device, char *note, int note_len)
+{
+    dm_compute_default();
+    return dm_device_resolve(device, &ctx.device, note, note_len);
 }
 
 int dm_blas_serial_begin(void)

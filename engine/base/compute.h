@@ -48,6 +48,9 @@ int dm_threads(void);
  * too, never fails: note (note_len bytes) then says why, for a one-line notice;
  * with one, it names the GPU. -1 for another word. */
 int dm_compute_set_device(const char *device, char *note, int note_len);
+/* The device "cpu", "cuda" or "auto" means here, into *out, with the same note;
+ * -1 for another word. */
+int dm_device_resolve(const char *device, dm_device *out, char *note, int note_len);
 
 /* The BLAS policy inside OpenMP regions: each thread calls BLAS on one thread.
  * dm_blas_serial_begin() returns the pool size to restore with _end. */

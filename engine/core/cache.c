@@ -227,6 +227,9 @@ static int compute_key(dm_graph *g, dm_node *n)
                    n->in[k].src->outs[n->in[k].port].name);
     if (has_stream_output(n))
         dm_strbuf_addf(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
+    /* kernels on the GPU sum in other orders than the CPU's */
+    if (dm_node_compute(n)->device == DM_DEVICE_CUDA)
+        dm_strbuf_addf(&b, "device=cuda\n");
     /* a node run in shards (or whose passes split by shard) merges partial
      * results: they depend on the shard size */
     if ((n->op->shardable || n->op->pass_partial) && g->shard > 0)

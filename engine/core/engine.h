@@ -34,6 +34,8 @@ typedef struct {
     int spill_line;
     char *publish; /* prefix of its products in --out ("layer6/" makes a folder) */
     int publish_line;
+    char *device; /* cpu | cuda | auto: where its kernels run (NULL: the run's --device) */
+    int device_line;
     char *origin; /* made by a template: "TEMPLATE VAR=value, ..." (NULL: written as it is) */
 } dm_node_decl;
 
@@ -129,6 +131,7 @@ struct dm_node {
     struct dm_replay **readers; /* per input: random-access inputs */
     char *building; /* the entry being built in dir: NULL for key, else a shard's key */
     int64_t shard_rows, nshards; /* after merging shards: their size and count (node.json's segments) */
+    dm_compute compute; /* its kernels' context: the run's, with its own device (dm_node_compute) */
     int64_t chunk_rows;
     int64_t rows_in;
     double seconds;    /* time in this node's own callbacks but open() */

@@ -241,6 +241,12 @@ static int bind_node(dm_pipeline *p, dm_node *n)
         free(w);
         return -1;
     }
+    if (d->device && strcmp(d->device, "cpu") && strcmp(d->device, "cuda") && strcmp(d->device, "auto")) {
+        char *w = where(p, d, d->device_line);
+        dm_fail("%s: node '%s': device must be cpu, cuda or auto, not '%s'", w, d->name, d->device);
+        free(w);
+        return -1;
+    }
     return 0;
 }
 
@@ -520,6 +526,22 @@ int dm_node_check_params(dm_node *n, int rc)
 
 const char *dm_node_name(const dm_node *n) { return n->decl->name; }
 const char *dm_node_where(const dm_node *n) { return n->where; }
+
+const dm_compute *dm_node_compute(const dm_node *n)
+{
+    dm_node *m = (dm_node *)n; /* the context is recomputed, not state: the run's may change between runs */
+    m->compute = *dm_compute_default();
+    if (n->decl->device) {
+        char note[600];
+        dm_compute c = *dm_compute_default();
+        dm_device_resolve(n->decl->device, &c.device, note, (int)sizeof note);
+        m->compute.device = c.device;
+        static int said;
+        if (note[0] && !said++)
+            dm_warn("%s: node '%s': %s", n->where, n->decl->name, note);
+    }
+    return &m->compute;
+}
 
 const char *dm_param_str(const dm_node *n, const char *key)
 {

@@ -193,6 +193,13 @@ static int parse_node(const char *path, yaml_document_t *doc, yaml_node_t *k, ya
             char **dst = !strcmp(key, "spill") ? &d->spill : !strcmp(key, "spill_dtype") ? &d->spill_dtype : &d->spill_codec;
             *dst = dm_xstrdup(s);
             d->spill_line = line_of(vv);
+        } else if (!strcmp(key, "device")) {
+            const char *s = scalar(vv);
+            if (!s)
+                return dm_fail("%s:%d: node '%s': device must be a plain value", path, line_of(vv), d->name);
+            free(d->device);
+            d->device = dm_xstrdup(s);
+            d->device_line = line_of(vv);
         } else if (!strcmp(key, "publish")) {
             const char *s = scalar(vv);
             if (!publish_ok(s))
@@ -202,7 +209,7 @@ static int parse_node(const char *path, yaml_document_t *doc, yaml_node_t *k, ya
             d->publish_line = line_of(vv);
         } else {
             return dm_fail("%s:%d: node '%s': unknown key '%s' (expected op, params, inputs, spill, "
-                           "spill_dtype, spill_codec, publish)", path, line_of(kk), d->name, key);
+                           "spill_dtype, spill_codec, device, publish)", path, line_of(kk), d->name, key);
         }
     }
     if (!d->op)
@@ -643,7 +650,7 @@ static void free_kvs(dm_kv *kv, int n)
 
 void dm_node_decl_clear(dm_node_decl *d)
 {
-    free(d->name), free(d->op), free(d->spill), free(d->spill_dtype), free(d->spill_codec), free(d->publish);
+    free(d->name), free(d->op), free(d->spill), free(d->spill_dtype), free(d->spill_codec), free(d->publish), free(d->device);
     free(d->origin);
     free_kvs(d->params, d->nparams);
     free_kvs(d->inputs, d->ninputs);

@@ -95,7 +95,8 @@ static int check_decl(const char *path, const dm_template *t, const dm_node_decl
 {
     int rc = check_refs(path, t, d->name, d->line) || check_refs(path, t, d->op, d->op_line) ||
              check_refs(path, t, d->spill, d->spill_line) || check_refs(path, t, d->spill_dtype, d->spill_line) ||
-             check_refs(path, t, d->spill_codec, d->spill_line) || check_refs(path, t, d->publish, d->publish_line);
+             check_refs(path, t, d->spill_codec, d->spill_line) || check_refs(path, t, d->publish, d->publish_line) ||
+             check_refs(path, t, d->device, d->device_line);
     for (int i = 0; i < d->nparams && !rc; i++)
         rc = check_refs(path, t, d->params[i].key, d->params[i].line) ||
              check_refs(path, t, d->params[i].value, d->params[i].line);
@@ -138,6 +139,8 @@ int dm_template_expand(dm_pipeline *p, const dm_template *t)
                 .spill_line = s->spill_line,
                 .publish = subst(t, row, s->publish),
                 .publish_line = s->publish_line,
+                .device = subst(t, row, s->device),
+                .device_line = s->device_line,
                 .origin = dm_xstrdup(origin),
             };
         }
@@ -246,9 +249,9 @@ void dm_pipeline_write(const dm_pipeline *p, FILE *f)
         fputc('\n', f);
         put_kvs(f, "inputs", d->inputs, d->ninputs);
         put_kvs(f, "params", d->params, d->nparams);
-        const char *keys[] = {"spill", "spill_dtype", "spill_codec", "publish"};
-        const char *vals[] = {d->spill, d->spill_dtype, d->spill_codec, d->publish};
-        for (int k = 0; k < 4; k++)
+        const char *keys[] = {"spill", "spill_dtype", "spill_codec", "device", "publish"};
+        const char *vals[] = {d->spill, d->spill_dtype, d->spill_codec, d->device, d->publish};
+        for (int k = 0; k < 5; k++)
             if (vals[k]) {
                 fprintf(f, "    %s: ", keys[k]);
                 put_scalar(f, vals[k]);

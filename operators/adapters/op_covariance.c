@@ -72,7 +72,7 @@ static int64_t covariance_state_bytes(const dm_node *n)
 static int covariance_open(dm_node *n)
 {
     covariance_state *s = dm_xcalloc(1, sizeof *s);
-    s->be = dm_stats_backend_for(dm_compute_default());
+    s->be = dm_stats_backend_for(dm_node_compute(n));
     dm_covariance_init(&s->c, width(n));
     dm_node_set_state(n, s);
     return 0;

@@ -177,7 +177,7 @@ static int64_t ica_state_bytes(const dm_node *n)
     int64_t k = width(n), S = dm_param_int(n, "seeds"), ram;
     if (k <= 0)
         return 0;
-    int64_t b = dm_ica_sums_bytes(S * k, k, dm_compute_default()) + 8 * (S * k * k * 3 + k * k);
+    int64_t b = dm_ica_sums_bytes(S * k, k, dm_node_compute(n)) + 8 * (S * k * k * 3 + k * k);
     if (plan_in_ram(n, &ram))
         b += ram;
     if (dm_param_bool(n, "warm_start"))
@@ -231,7 +231,7 @@ static float *alloc_huge(size_t bytes)
 
 static int ica_open(dm_node *n)
 {
-    const dm_compute *cc = dm_compute_default();
+    const dm_compute *cc = dm_node_compute(n);
     fastica *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
     s->be = dm_ica_backend_for(cc);

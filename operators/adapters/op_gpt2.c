@@ -183,7 +183,7 @@ static int64_t gpt2_state_bytes(const dm_node *n)
         logits |= hooks[i].kind == DM_HOOK_LOGITS;
     }
     int64_t acts = BT * (7 * C + NI) + (loss && !logits ? LOGIT_ROWS * V : 0) + ATT_ROWS * T * dm_threads();
-    return 4 * (weights + (int64_t)dm_gpt2_packed_floats(&c, (int)depth, dm_compute_default()) + acts + outs + BT);
+    return 4 * (weights + (int64_t)dm_gpt2_packed_floats(&c, (int)depth, dm_node_compute(n)) + acts + outs + BT);
 }
 
 static void gpt2_close(dm_node *n)
@@ -205,7 +205,7 @@ static int gpt2_open(dm_node *n)
     dm_node_set_state(n, s);
     if (parse_hooks(n, s->hooks, &s->nhooks))
         return -1;
-    if (!(s->model = dm_gpt2_load(dm_param_str(n, "model"), dm_gpt2_hooks_depth(s->hooks, s->nhooks), dm_compute_default())))
+    if (!(s->model = dm_gpt2_load(dm_param_str(n, "model"), dm_gpt2_hooks_depth(s->hooks, s->nhooks), dm_node_compute(n))))
         return -1;
     s->cfg = *dm_gpt2_cfg(s->model);
     s->T = (int)dm_input_desc(n, 0)->shape[1];

@@ -86,7 +86,7 @@ static int64_t moments_state_bytes(const dm_node *n) { return 8 * 8 * width(n); 
 static int moments_open(dm_node *n)
 {
     moments_state *s = dm_xcalloc(1, sizeof *s);
-    s->be = dm_stats_backend_for(dm_compute_default());
+    s->be = dm_stats_backend_for(dm_node_compute(n));
     dm_moments_init(&s->m, width(n));
     dm_node_set_state(n, s);
     return 0;

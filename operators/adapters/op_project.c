@@ -68,7 +68,7 @@ static int proj_open(dm_node *n)
         return dm_fail("input 'mean' must be float32 or float64, not %s", dm_dtype_name(mu->dtype));
     project *p = dm_xcalloc(1, sizeof *p);
     dm_node_set_state(n, p);
-    p->be = dm_stats_backend_for(dm_compute_default());
+    p->be = dm_stats_backend_for(dm_node_compute(n));
     p->k = m->shape[0];
     p->d = m->shape[1];
     p->W = to_f32(m);

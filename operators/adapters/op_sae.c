@@ -203,14 +203,14 @@ static int64_t sae_state_bytes(const dm_node *n)
     dm_sae_config_free(&c);
     /* weights, the decoder output (which takes over W_dec at the end: counted
      * twice, on the safe side), a tile, statistics, and a guess of 64 actives a row */
-    return 4 * (3 * di * ds + dm_sae_packed_floats(di, ds, dm_compute_default()) + 2 * ds + di) +
+    return 4 * (3 * di * ds + dm_sae_packed_floats(di, ds, dm_node_compute(n)) + 2 * ds + di) +
            dm_sae_tile_bytes(di, ds, tile) +
            dm_sae_stats_bytes(di, ds, dm_param_bool(n, "predictability")) + tile * 64 * 16;
 }
 
 static int sae_open(dm_node *n)
 {
-    const dm_compute *cc = dm_compute_default();
+    const dm_compute *cc = dm_node_compute(n);
     sae_state *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
     s->be = dm_sae_backend_for(cc);
@@ -306,7 +306,7 @@ static int sae_merge_partial(dm_node *n, const char *dir)
 {
     sae_state *s = dm_node_state(n);
     dm_sae_stats *part = dm_sae_stats_load(dir, s->d, s->sae->cfg.d_sae, dm_param_bool(n, "predictability"),
-                                           dm_compute_default());
+                                           dm_node_compute(n));
     int rc = part ? dm_sae_stats_merge(s->stats, part) : -1;
     dm_sae_stats_free(part);
     return rc;

@@ -234,6 +234,24 @@ expect_fail timeout 20 $DMICA plan /dev/zero
 [ $code -ne 124 ] || fail "dmica plan /dev/zero ran on"
 err_has "/dev/zero: more than 16 MiB, too large for a pipeline file"
 
+# device: on a node (issue 13): a bad word names the node and its line; cuda
+# without a GPU runs on the CPU after one warning, with the CPU's results;
+# --device the same for the run
+printf 'nodes:\n  a: {op: synthetic, params: {rows: 1000, cols: 4}}\n  m:\n    op: moments\n    inputs: {x: a}\n    device: gpu\n' > dev.yaml
+expect_fail $DMICA plan dev.yaml
+err_has "dev.yaml:6: node 'm': device must be cpu, cuda or auto, not 'gpu'"
+expect_fail $DMICA demo --device gpu
+err_has "--device: expected cpu, cuda or auto, not 'gpu'"
+[ $code = 2 ] || fail "--device gpu: exit $code, expected 2"
+sed 's/device: gpu/device: cuda/' dev.yaml > devc.yaml
+sed 's/device: gpu/device: cpu/' dev.yaml > devp.yaml
+expect_ok $DMICA run devp.yaml --out cpu --cache dcpu
+expect_ok $DMICA run devc.yaml --out cuda --cache dcuda
+if ! grep -q "running on .* (CUDA)" err.txt; then   # no GPU here: the CPU, said once
+    err_has "node 'm': device cuda: "; err_has "running on the CPU"
+    cmp cpu/stats.json cuda/stats.json || fail "device cuda without a GPU should give the CPU's results"
+fi
+
 expect_fail $DMICA run does-not-exist.yaml
 err_has "does-not-exist.yaml"
 [ ! -d .dmica-cache ] || [ -z "$(ls .dmica-cache/tmp 2>/dev/null)" ] || fail "work started on a bad pipeline"

@@ -16,50 +16,20 @@
  * the "cpu" entry: tests/test_fastica.c holds both to 1e-5 of the sums' scale.
  * On a CUDA error: one warning, then the fallback entry (cuda_abi.h).
  */
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 
-#include "cuda_abi.h"
+#include "common.cuh"
 
 extern "C" {
 #include "fastica.h"
 }
 
 static dm_ica_backend fallback;
-static int broken;
-static cublasHandle_t blas;
-static void *dbuf[5];
-static size_t dcap[5];
+static gpu_family G = {"FastICA's sums"};
 
-static int failed(const char *what, const char *err)
-{
-    if (!broken)
-        fprintf(stderr, "dmica: warning: CUDA: %s: %s; FastICA continues on the CPU\n", what, err);
-    broken = 1;
-    return -1;
-}
-static __thread cudaError_t cu_err;
-static __thread cublasStatus_t bl_err;
-#define CU(call) ((cudaSuccess == (cu_err = (call))) ? 0 : failed(#call, cudaGetErrorString(cu_err)))
-#define BL(call) ((CUBLAS_STATUS_SUCCESS == (bl_err = (call))) ? 0 : failed(#call, cublasGetStatusString(bl_err)))
-
-static void *buffer(int i, size_t n)
-{
-    if (dcap[i] < n) {
-        cudaFree(dbuf[i]);
-        dbuf[i] = NULL;
-        dcap[i] = 0;
-        if (CU(cudaMalloc(&dbuf[i], n)))
-            return NULL;
-        dcap[i] = n;
-    }
-    return dbuf[i];
-}
-
-static unsigned blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+static void *buffer(int i, size_t n) { return gpu_buffer(&G, i, n); }
+static unsigned blocks(long n, int threads) { return gpu_blocks(n, threads); }
 
 __global__ void to_double(const float *x, long n, double *out)
 {
@@ -98,7 +68,7 @@ static int sums_gpu(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *
                     int64_t rows)
 {
     long k = (long)s->k, m = (long)mrows;
-    if (!blas && (BL(cublasCreate(&blas)) || BL(cublasSetMathMode(blas, CUBLAS_PEDANTIC_MATH))))
+    if (gpu_ready(&G))
         return -1;
     float *dz = (float *)buffer(0, (size_t)(rows * k) * sizeof(float));
     float *dW = (float *)buffer(1, (size_t)(m * k) * sizeof(float));
@@ -112,7 +82,7 @@ static int sums_gpu(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *
     double *out = (double *)malloc((size_t)(m * k + m) * sizeof(double));
     if (!Wf || !out) {
         free(Wf), free(out);
-        return failed("malloc", "out of host memory");
+        return gpu_failed(&G, "malloc", "out of host memory");
     }
     for (long i = 0; i < m * k; i++)
         Wf[i] = (float)Wd[i];
@@ -120,9 +90,9 @@ static int sums_gpu(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *
     const double one = 1.0, zero = 0.0;
     /* row-major Y (rows, m) is column-major (m, rows) = W Z^T: W row-major
      * (m, k) is column-major (k, m), transposed; Z^T the column-major view of Z */
-    int rc = CU(cudaMemcpy(dz, z, (size_t)(rows * k) * sizeof(float), cudaMemcpyHostToDevice)) ||
-             CU(cudaMemcpy(dW, Wf, (size_t)(m * k) * sizeof(float), cudaMemcpyHostToDevice)) ||
-             BL(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)rows, (int)k, &onef, dW, (int)k, dz, (int)k,
+    int rc = CU(&G, cudaMemcpy(dz, z, (size_t)(rows * k) * sizeof(float), cudaMemcpyHostToDevice)) ||
+             CU(&G, cudaMemcpy(dW, Wf, (size_t)(m * k) * sizeof(float), cudaMemcpyHostToDevice)) ||
+             BL(&G, cublasSgemm(G.blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)rows, (int)k, &onef, dW, (int)k, dz, (int)k,
                             &zerof, dY, (int)m));
     if (!rc) {
         apply_g<<<blocks(m, 128), 128>>>(dY, rows, m, (int)fun, alpha, dG, dout + m * k);
@@ -130,10 +100,10 @@ static int sums_gpu(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *
         /* row-major gz (m, k) is column-major (k, m) = Z^T G: Z^T the column-major
          * view (k, rows) of Z; G row-major (rows, m) is column-major (m, rows),
          * transposed */
-        rc = CU(cudaGetLastError()) ||
-             BL(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)k, (int)m, (int)rows, &one, dzd, (int)k, dG, (int)m,
+        rc = CU(&G, cudaGetLastError()) ||
+             BL(&G, cublasDgemm(G.blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)k, (int)m, (int)rows, &one, dzd, (int)k, dG, (int)m,
                             &zero, dout, (int)k)) ||
-             CU(cudaMemcpy(out, dout, (size_t)(m * k + m) * sizeof(double), cudaMemcpyDeviceToHost));
+             CU(&G, cudaMemcpy(out, dout, (size_t)(m * k + m) * sizeof(double), cudaMemcpyDeviceToHost));
     }
     if (!rc) {
         for (long i = 0; i < m * k; i++)
@@ -151,7 +121,7 @@ static void sums_update(dm_ica_sums *s, dm_ica_fun fun, double alpha, const doub
 {
     if (rows <= 0 || mrows <= 0)
         return;
-    if (broken || sums_gpu(s, fun, alpha, W, mrows, z, rows))
+    if (G.broken || sums_gpu(s, fun, alpha, W, mrows, z, rows))
         fallback.sums_update(s, fun, alpha, W, mrows, z, rows);
 }
 

@@ -19,62 +19,22 @@
  * (float32 sums in another order). On a CUDA error: one warning, and the call
  * (and every later one) runs on the fallback entry (cuda_abi.h).
  */
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 
-#include "cuda_abi.h"
+#include "common.cuh"
 
 extern "C" {
 #include "gpt2.h"
 }
 
 static dm_gpt2_backend fallback;
-static int broken;
-static cublasHandle_t blas;
-static void *dbuf[4];
-static size_t dcap[4];
+static gpu_family G = {"GPT-2's blocks"};
 
-static int failed(const char *what, const char *err)
-{
-    if (!broken)
-        fprintf(stderr, "dmica: warning: CUDA: %s: %s; GPT-2 continues on the CPU\n", what, err);
-    broken = 1;
-    return -1;
-}
-static __thread cudaError_t cu_err;
-static __thread cublasStatus_t bl_err;
-#define CU(call) ((cudaSuccess == (cu_err = (call))) ? 0 : failed(#call, cudaGetErrorString(cu_err)))
-#define BL(call) ((CUBLAS_STATUS_SUCCESS == (bl_err = (call))) ? 0 : failed(#call, cublasGetStatusString(bl_err)))
-
-static int ready(void)
-{
-    if (broken)
-        return -1;
-    if (!blas && (BL(cublasCreate(&blas)) || BL(cublasSetMathMode(blas, CUBLAS_PEDANTIC_MATH))))
-        return -1;
-    return 0;
-}
-
-static float *buffer(int i, size_t floats)
-{
-    size_t n = floats * sizeof(float);
-    if (dcap[i] < n) {
-        cudaFree(dbuf[i]);
-        dbuf[i] = NULL;
-        dcap[i] = 0;
-        if (CU(cudaMalloc(&dbuf[i], n)))
-            return NULL;
-        dcap[i] = n;
-    }
-    return (float *)dbuf[i];
-}
-
-static int up(float *d, const float *h, size_t n) { return CU(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice)); }
-static int down(float *h, const float *d, size_t n) { return CU(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost)); }
-static unsigned blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+static float *buffer(int i, size_t floats) { return (float *)gpu_buffer(&G, i, floats * sizeof(float)); }
+static int up(float *d, const float *h, size_t n) { return CU(&G, cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice)); }
+static int down(float *h, const float *d, size_t n) { return CU(&G, cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost)); }
+static unsigned blocks(long n, int threads) { return gpu_blocks(n, threads); }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 
@@ -179,13 +139,13 @@ static int layernorm_gpu(float *out, const float *inp, const float *w, const flo
     if (!dx || !dw || up(dx, inp, (size_t)BT * C) || (w && up(dw, w, C)) || (b && up(dw + C, b, C)))
         return -1;
     layernorm_kernel<<<BT, 256>>>(dx, dx, w ? dw : NULL, b ? dw + C : NULL, C, eps);
-    return CU(cudaGetLastError()) || down(out, dx, (size_t)BT * C) ? -1 : 0;
+    return CU(&G, cudaGetLastError()) || down(out, dx, (size_t)BT * C) ? -1 : 0;
 }
 
 static void layernorm(const dm_compute *cx, float *out, const float *inp, const float *w, const float *b, int BT, int C,
                       float eps)
 {
-    if (ready() || layernorm_gpu(out, inp, w, b, BT, C, eps))
+    if (gpu_ready(&G) || layernorm_gpu(out, inp, w, b, BT, C, eps))
         fallback.layernorm(cx, out, inp, w, b, BT, C, eps);
 }
 
@@ -198,17 +158,17 @@ static int linear_gpu(float *out, const float *inp, const float *W, const float 
     const float one = 1.0f, zero = 0.0f;
     /* row-major y (BT, OC) = x W is column-major (OC, BT) = W' x', W row-major
      * (C, OC) being column-major (OC, C) and x row-major column-major (C, BT) */
-    if (BL(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, BT, C, &one, dW, OC, dx, C, &zero, dy, OC)))
+    if (BL(&G, cublasSgemm(G.blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, BT, C, &one, dW, OC, dx, C, &zero, dy, OC)))
         return -1;
     bias_gelu_kernel<<<blocks((long)BT * OC, 256), 256>>>(dy, bias ? dW + (size_t)C * OC : NULL, BT, OC,
                                                            (flags & DM_GPT2_GELU) != 0);
-    return CU(cudaGetLastError()) || down(out, dy, (size_t)BT * OC) ? -1 : 0;
+    return CU(&G, cudaGetLastError()) || down(out, dy, (size_t)BT * OC) ? -1 : 0;
 }
 
 static void linear(const dm_compute *cx, float *out, const float *inp, const dm_gpt2_weight *W, const float *bias,
                    int BT, int C, int OC, int flags)
 {
-    if (ready() || linear_gpu(out, inp, W->w, bias, BT, C, OC, flags))
+    if (gpu_ready(&G) || linear_gpu(out, inp, W->w, bias, BT, C, OC, flags))
         fallback.linear(cx, out, inp, W, bias, BT, C, OC, flags);
 }
 
@@ -220,12 +180,12 @@ static int attention_gpu(float *out, const float *qkv, int B, int T, int C, int 
     if (!dq || !dout || up(dq, qkv, (size_t)B * T * 3 * C))
         return -1;
     attention_kernel<<<blocks((long)B * T * NH, 128), 128>>>(dout, dq, B, T, C, NH);
-    return CU(cudaGetLastError()) || down(out, dout, (size_t)B * T * C) ? -1 : 0;
+    return CU(&G, cudaGetLastError()) || down(out, dout, (size_t)B * T * C) ? -1 : 0;
 }
 
 static void attention(const dm_compute *cx, float *out, const float *qkv, int B, int T, int C, int NH)
 {
-    if (ready() || attention_gpu(out, qkv, B, T, C, NH))
+    if (gpu_ready(&G) || attention_gpu(out, qkv, B, T, C, NH))
         fallback.attention(cx, out, qkv, B, T, C, NH);
 }
 
@@ -235,12 +195,12 @@ static int gelu_gpu(float *out, const float *inp, int64_t N)
     if (!d || up(d, inp, (size_t)N))
         return -1;
     gelu_kernel<<<blocks(N, 256), 256>>>(d, d, N);
-    return CU(cudaGetLastError()) || down(out, d, (size_t)N) ? -1 : 0;
+    return CU(&G, cudaGetLastError()) || down(out, d, (size_t)N) ? -1 : 0;
 }
 
 static void gelu(const dm_compute *cx, float *out, const float *inp, int64_t N)
 {
-    if (ready() || gelu_gpu(out, inp, N))
+    if (gpu_ready(&G) || gelu_gpu(out, inp, N))
         fallback.gelu(cx, out, inp, N);
 }
 
@@ -250,12 +210,12 @@ static int residual_gpu(float *x, const float *branch, size_t n)
     if (!dx || !db || up(dx, x, n) || up(db, branch, n))
         return -1;
     residual_kernel<<<blocks((long)n, 256), 256>>>(dx, db, (long)n);
-    return CU(cudaGetLastError()) || down(x, dx, n) ? -1 : 0;
+    return CU(&G, cudaGetLastError()) || down(x, dx, n) ? -1 : 0;
 }
 
 static void residual(const dm_compute *cx, float *x, const float *branch, size_t n)
 {
-    if (ready() || residual_gpu(x, branch, n))
+    if (gpu_ready(&G) || residual_gpu(x, branch, n))
         fallback.residual(cx, x, branch, n);
 }
 
@@ -267,7 +227,7 @@ static int unembed_gpu(float *out, const float *inp, const float *wte, int BT, i
     const float one = 1.0f, zero = 0.0f;
     /* row-major y (BT, V) = x wte^T is column-major (V, BT) = wte' x': wte
      * row-major (V, C) is column-major (C, V), transposed */
-    return BL(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, V, BT, C, &one, dw, C, dx, C, &zero, dy, V)) ||
+    return BL(&G, cublasSgemm(G.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, BT, C, &one, dw, C, dx, C, &zero, dy, V)) ||
                    down(out, dy, (size_t)BT * V)
                ? -1
                : 0;
@@ -275,7 +235,7 @@ static int unembed_gpu(float *out, const float *inp, const float *wte, int BT, i
 
 static void unembed(const dm_compute *cx, float *out, const float *inp, const float *wte, int BT, int C, int V)
 {
-    if (ready() || unembed_gpu(out, inp, wte, BT, C, V))
+    if (gpu_ready(&G) || unembed_gpu(out, inp, wte, BT, C, V))
         fallback.unembed(cx, out, inp, wte, BT, C, V);
 }
 

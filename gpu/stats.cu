@@ -18,60 +18,20 @@
  * A CUDA error is reported once and the call (and every later one) is computed
  * by the fallback entry on the CPU (cuda_abi.h).
  */
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cuda_abi.h"
+#include "common.cuh"
 
 extern "C" {
 #include "stats.h"
 }
 
-/* ---- the device, buffers and errors ------------------------------------------ */
-
 static dm_stats_backend fallback;
-static int broken;
-static cublasHandle_t blas;
-static void *dbuf[4];
-static size_t dcap[4];
+static gpu_family G = {"the statistics"};
 
-static int failed(const char *what, const char *err)
-{
-    if (!broken)
-        fprintf(stderr, "dmica: warning: CUDA: %s: %s; the statistics continue on the CPU\n", what, err);
-    broken = 1;
-    return -1;
-}
-#define CU(call) ((cudaSuccess == (cu_err = (call))) ? 0 : failed(#call, cudaGetErrorString(cu_err)))
-#define BL(call) ((CUBLAS_STATUS_SUCCESS == (bl_err = (call))) ? 0 : failed(#call, cublasGetStatusString(bl_err)))
-static __thread cudaError_t cu_err;
-static __thread cublasStatus_t bl_err;
-
-static int ready(void)
-{
-    if (broken)
-        return -1;
-    if (!blas && (BL(cublasCreate(&blas)) || BL(cublasSetMathMode(blas, CUBLAS_PEDANTIC_MATH))))
-        return -1; /* FP32 and FP64 as written: never TF32 (the tests' tolerances) */
-    return 0;
-}
-
-/* Device buffer i with room for n bytes. */
-static void *buffer(int i, size_t n)
-{
-    if (dcap[i] < n) {
-        cudaFree(dbuf[i]);
-        dbuf[i] = NULL;
-        dcap[i] = 0;
-        if (CU(cudaMalloc(&dbuf[i], n)))
-            return NULL;
-        dcap[i] = n;
-    }
-    return dbuf[i];
-}
+static void *buffer(int i, size_t n) { return gpu_buffer(&G, i, n); }
+static unsigned blocks(long n, int threads) { return gpu_blocks(n, threads); }
 
 /* ---- kernels --------------------------------------------------------------------- */
 
@@ -116,18 +76,16 @@ __global__ void centre_float(const float *x, long rows, long d, const float *mea
         out[i] = mean ? x[i] - mean[i % d] : x[i];
 }
 
-static unsigned blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
-
 /* The chunk x (rows, d) on the GPU (buffer 0), and its column means (buffer 1,
  * doubles; a copy into host `mean`). */
 static const float *upload_with_mean(const float *x, long rows, long d, double *mean)
 {
     float *dx = (float *)buffer(0, (size_t)(rows * d) * sizeof(float));
     double *dmean = (double *)buffer(1, (size_t)d * 4 * sizeof(double));
-    if (!dx || !dmean || CU(cudaMemcpy(dx, x, (size_t)(rows * d) * sizeof(float), cudaMemcpyHostToDevice)))
+    if (!dx || !dmean || CU(&G, cudaMemcpy(dx, x, (size_t)(rows * d) * sizeof(float), cudaMemcpyHostToDevice)))
         return NULL;
     col_mean<<<blocks(d, 256), 256>>>(dx, rows, d, dmean);
-    if (CU(cudaGetLastError()) || CU(cudaMemcpy(mean, dmean, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)))
+    if (CU(&G, cudaGetLastError()) || CU(&G, cudaMemcpy(mean, dmean, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)))
         return NULL;
     return dx;
 }
@@ -141,14 +99,14 @@ static int moments_gpu(dm_moments *m, const float *x, int64_t rows)
     dm_moments_init(&b, d);
     b.n = rows;
     const float *dx = upload_with_mean(x, rows, d, b.mean);
-    double *dm = (double *)dbuf[1];
+    double *dm = (double *)G.buf[1];
     int rc = dx ? 0 : -1;
     if (!rc) {
         col_powers<<<blocks(d, 256), 256>>>(dx, rows, d, dm, dm + d, dm + 2 * d, dm + 3 * d);
         /* m2, m3, m4 are contiguous after mean in one allocation (stats.c): copy them together */
-        rc = CU(cudaGetLastError()) || CU(cudaMemcpy(b.m2, dm + d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)) ||
-             CU(cudaMemcpy(b.m3, dm + 2 * d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)) ||
-             CU(cudaMemcpy(b.m4, dm + 3 * d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost));
+        rc = CU(&G, cudaGetLastError()) || CU(&G, cudaMemcpy(b.m2, dm + d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)) ||
+             CU(&G, cudaMemcpy(b.m3, dm + 2 * d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)) ||
+             CU(&G, cudaMemcpy(b.m4, dm + 3 * d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost));
     }
     if (!rc)
         dm_moments_merge(m, &b);
@@ -160,7 +118,7 @@ static void moments_update(dm_moments *m, const float *x, int64_t rows)
 {
     if (rows <= 0)
         return;
-    if (ready() || moments_gpu(m, x, rows))
+    if (gpu_ready(&G) || moments_gpu(m, x, rows))
         fallback.moments_update(m, x, rows);
 }
 
@@ -175,14 +133,14 @@ static int covariance_gpu(dm_covariance *c, const float *x, int64_t rows)
     double *dC = dxc ? (double *)buffer(3, (size_t)(d * d) * sizeof(double)) : NULL;
     int rc = dC ? 0 : -1;
     if (!rc) {
-        centre_double<<<blocks(rows * d, 256), 256>>>(dx, rows, d, (double *)dbuf[1], dxc);
+        centre_double<<<blocks(rows * d, 256), 256>>>(dx, rows, d, (double *)G.buf[1], dxc);
         const double one = 1.0, zero = 0.0;
         /* row-major Xc (rows, d) is column-major Xc^T (d, rows): C = Xc^T Xc is
          * syrk(N) of it; column-major upper = row-major lower (stats.h's half) */
-        rc = CU(cudaGetLastError()) ||
-             BL(cublasDsyrk(blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, (int)d, (int)rows, &one, dxc, (int)d, &zero,
+        rc = CU(&G, cudaGetLastError()) ||
+             BL(&G, cublasDsyrk(G.blas, CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, (int)d, (int)rows, &one, dxc, (int)d, &zero,
                             dC, (int)d)) ||
-             CU(cudaMemcpy(b.C, dC, (size_t)(d * d) * sizeof(double), cudaMemcpyDeviceToHost));
+             CU(&G, cudaMemcpy(b.C, dC, (size_t)(d * d) * sizeof(double), cudaMemcpyDeviceToHost));
     }
     if (!rc)
         dm_covariance_merge(c, &b);
@@ -194,7 +152,7 @@ static void covariance_update(dm_covariance *c, const float *x, int64_t rows)
 {
     if (rows <= 0)
         return;
-    if (ready() || covariance_gpu(c, x, rows))
+    if (gpu_ready(&G) || covariance_gpu(c, x, rows))
         fallback.covariance_update(c, x, rows);
 }
 
@@ -209,22 +167,22 @@ static int xcovariance_gpu(dm_xcovariance *c, const float *x, const float *y, in
     double *cx = gx ? (double *)buffer(2, (size_t)(rows * (dx + dy)) * sizeof(double)) : NULL;
     int rc = cx ? 0 : -1;
     if (!rc) {
-        centre_double<<<blocks(rows * dx, 256), 256>>>(gx, rows, dx, (double *)dbuf[1], cx);
-        rc = CU(cudaGetLastError());
+        centre_double<<<blocks(rows * dx, 256), 256>>>(gx, rows, dx, (double *)G.buf[1], cx);
+        rc = CU(&G, cudaGetLastError());
     }
     const float *gy = rc ? NULL : upload_with_mean(y, rows, dy, b.mean_y);
     double *cy = cx + rows * dx;
     double *dC = gy ? (double *)buffer(3, (size_t)(dx * dy) * sizeof(double)) : NULL;
     rc = dC ? 0 : -1;
     if (!rc) {
-        centre_double<<<blocks(rows * dy, 256), 256>>>(gy, rows, dy, (double *)dbuf[1], cy);
+        centre_double<<<blocks(rows * dy, 256), 256>>>(gy, rows, dy, (double *)G.buf[1], cy);
         const double one = 1.0, zero = 0.0;
         /* row-major C (dx, dy) is column-major C^T (dy, dx) = Yc^T Xc, with Yc^T
          * the column-major view (dy, rows) of row-major Yc, Xc^T likewise */
-        rc = CU(cudaGetLastError()) ||
-             BL(cublasDgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)dy, (int)dx, (int)rows, &one, cy, (int)dy, cx,
+        rc = CU(&G, cudaGetLastError()) ||
+             BL(&G, cublasDgemm(G.blas, CUBLAS_OP_N, CUBLAS_OP_T, (int)dy, (int)dx, (int)rows, &one, cy, (int)dy, cx,
                             (int)dx, &zero, dC, (int)dy)) ||
-             CU(cudaMemcpy(b.C, dC, (size_t)(dx * dy) * sizeof(double), cudaMemcpyDeviceToHost));
+             CU(&G, cudaMemcpy(b.C, dC, (size_t)(dx * dy) * sizeof(double), cudaMemcpyDeviceToHost));
     }
     if (!rc)
         dm_xcovariance_merge(c, &b);
@@ -236,7 +194,7 @@ static void xcovariance_update(dm_xcovariance *c, const float *x, const float *y
 {
     if (rows <= 0)
         return;
-    if (ready() || xcovariance_gpu(c, x, y, rows))
+    if (gpu_ready(&G) || xcovariance_gpu(c, x, y, rows))
         fallback.xcovariance_update(c, x, y, rows);
 }
 
@@ -250,18 +208,18 @@ static int project_gpu(float *out, const float *x, int64_t rows, const float *W,
     if (!dx || !dxc || !dW || !dout)
         return -1;
     float *dmean = mean ? dW + k * d : NULL;
-    if (CU(cudaMemcpy(dx, x, (size_t)(rows * d) * sizeof(float), cudaMemcpyHostToDevice)) ||
-        CU(cudaMemcpy(dW, W, (size_t)(k * d) * sizeof(float), cudaMemcpyHostToDevice)) ||
-        (mean && CU(cudaMemcpy(dmean, mean, (size_t)d * sizeof(float), cudaMemcpyHostToDevice))))
+    if (CU(&G, cudaMemcpy(dx, x, (size_t)(rows * d) * sizeof(float), cudaMemcpyHostToDevice)) ||
+        CU(&G, cudaMemcpy(dW, W, (size_t)(k * d) * sizeof(float), cudaMemcpyHostToDevice)) ||
+        (mean && CU(&G, cudaMemcpy(dmean, mean, (size_t)d * sizeof(float), cudaMemcpyHostToDevice))))
         return -1;
     centre_float<<<blocks(rows * d, 256), 256>>>(dx, rows, d, dmean, dxc);
     const float one = 1.0f, zero = 0.0f;
     /* row-major out (rows, k) is column-major (k, rows) = W Xc^T: W row-major
      * (k, d) is column-major (d, k), transposed; Xc^T the column-major view */
-    return CU(cudaGetLastError()) ||
-                   BL(cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)k, (int)rows, (int)d, &one, dW, (int)d, dxc,
+    return CU(&G, cudaGetLastError()) ||
+                   BL(&G, cublasSgemm(G.blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)k, (int)rows, (int)d, &one, dW, (int)d, dxc,
                                   (int)d, &zero, dout, (int)k)) ||
-                   CU(cudaMemcpy(out, dout, (size_t)(rows * k) * sizeof(float), cudaMemcpyDeviceToHost))
+                   CU(&G, cudaMemcpy(out, dout, (size_t)(rows * k) * sizeof(float), cudaMemcpyDeviceToHost))
                ? -1
                : 0;
 }
@@ -271,7 +229,7 @@ static void project(float *out, const float *x, int64_t rows, const float *W, in
 {
     if (rows <= 0)
         return;
-    if (ready() || project_gpu(out, x, rows, W, k, d, mean))
+    if (gpu_ready(&G) || project_gpu(out, x, rows, W, k, d, mean))
         fallback.project(out, x, rows, W, k, d, mean, xc);
 }
 

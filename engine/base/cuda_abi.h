@@ -32,17 +32,14 @@ typedef int (*dm_cuda_abi_fn)(void);
 /* int dm_cuda_probe(char *name, int len): the number of CUDA devices (0: none
  * or no driver); the first one's name into name. Never fails otherwise. */
 typedef int (*dm_cuda_probe_fn)(char *name, int len);
-/* int dm_cuda_stats_backend(const void *fallback, void *out): fills out (a
- * dm_stats_backend, stats.h) with the "cuda" entry, which falls back to
- * `fallback` (a dm_stats_backend) on a CUDA error. 0, or -1. */
-typedef int (*dm_cuda_stats_backend_fn)(const void *fallback, void *out);
-
-/* int dm_cuda_ica_backend(const void *fallback, void *out): the same for
- * dm_ica_backend (fastica.h). */
-typedef int (*dm_cuda_ica_backend_fn)(const void *fallback, void *out);
-/* int dm_cuda_gpt2_backend(const void *fallback, void *out): the same for
- * dm_gpt2_backend (gpt2.h); fallback must not pack its weights. */
-typedef int (*dm_cuda_gpt2_backend_fn)(const void *fallback, void *out);
+/* One per kernel family, int NAME(const void *fallback, void *out): fills out
+ * (the family's backend table) with the "cuda" entry, which falls back to
+ * `fallback` (a table of the same type) on a CUDA error; 0, or -1:
+ *   dm_cuda_stats_backend   dm_stats_backend (stats.h)
+ *   dm_cuda_ica_backend     dm_ica_backend (fastica.h)
+ *   dm_cuda_gpt2_backend    dm_gpt2_backend (gpt2.h); the fallback must not pack
+ *                           its weights */
+typedef int (*dm_cuda_backend_fn)(const void *fallback, void *out);
 
 #ifdef __cplusplus
 }

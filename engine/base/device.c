@@ -87,3 +87,9 @@ void *dm_cuda_sym(const char *symbol)
 {
     return dm_cuda_available(NULL, 0, NULL, 0) ? dlsym(cu.lib, symbol) : NULL;
 }
+
+int dm_cuda_fill(const char *symbol, const void *fallback, void *out)
+{
+    dm_cuda_backend_fn fill = (dm_cuda_backend_fn)dm_cuda_sym(symbol);
+    return fill && fill(fallback, out) == 0;
+}

@@ -20,5 +20,9 @@
 int dm_cuda_available(char *name, int len, char *why, int why_len);
 /* A symbol of the opened library, or NULL (not available). */
 void *dm_cuda_sym(const char *symbol);
+/* Fills *out, a kernel family's backend table, with the library's "cuda"
+ * entry through its `symbol` (cuda_abi.h), that entry falling back to
+ * `fallback` on a CUDA error. 1 when filled, 0 when not available. */
+int dm_cuda_fill(const char *symbol, const void *fallback, void *out);
 
 #endif

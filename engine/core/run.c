@@ -945,17 +945,21 @@ static int drive(dm_run_ctx *ctx, group *G)
     }
 }
 
+/* n's finish(), timed as its own. */
+static int finish_node(dm_node *n)
+{
+    double t0 = dm_now();
+    int rc = n->op->finish ? n->op->finish(n) : 0;
+    n->finish_seconds = dm_now() - t0;
+    n->seconds += n->finish_seconds;
+    return dm_node_check_params(n, rc) ? blame(n, 1) : 0;
+}
+
 static int finish_members(group *G)
 {
-    for (int i = 0; i < G->nmembers; i++) {
-        dm_node *n = G->members[i];
-        double t0 = dm_now();
-        int rc = n->op->finish ? n->op->finish(n) : 0;
-        n->finish_seconds = dm_now() - t0;
-        n->seconds += n->finish_seconds;
-        if (dm_node_check_params(n, rc))
-            return blame(n, 1);
-    }
+    for (int i = 0; i < G->nmembers; i++)
+        if (finish_node(G->members[i]))
+            return -1;
     return 0;
 }
 
@@ -1339,14 +1343,9 @@ static int merge_group(dm_run_ctx *ctx, group *G, int64_t R, int64_t S)
         dm_node *n = G->members[m];
         if (!n->run)
             continue;
-        if (open_node(g, n, OPEN_RANDOM) || merge_partials(ctx, n, R, S) || dm_check_interrupt())
+        if (open_node(g, n, OPEN_RANDOM) || merge_partials(ctx, n, R, S) || dm_check_interrupt() ||
+            finish_node(n))
             return -1;
-        double t0 = dm_now();
-        int rc = n->op->finish ? n->op->finish(n) : 0;
-        n->finish_seconds = dm_now() - t0;
-        n->seconds += n->finish_seconds;
-        if (dm_node_check_params(n, rc))
-            return blame(n, 1);
         n->shard_rows = R;
         n->nshards = S;
         if (commit_node(ctx, n))

@@ -22,7 +22,6 @@
  */
 #include "fastica.h"
 
-#include "cuda_abi.h"
 #include "device.h"
 
 #include <cblas.h>
@@ -518,11 +517,8 @@ const dm_ica_backend *dm_ica_backend_cuda(void)
 {
     static dm_ica_backend be;
     static int tried, ok;
-    if (!tried) {
-        tried = 1;
-        dm_cuda_ica_backend_fn fill = (dm_cuda_ica_backend_fn)dm_cuda_sym("dm_cuda_ica_backend");
-        ok = fill && fill(&dm_ica_backend_cpu, &be) == 0;
-    }
+    if (!tried)
+        tried = 1, ok = dm_cuda_fill("dm_cuda_ica_backend", &dm_ica_backend_cpu, &be);
     return ok ? &be : NULL;
 }
 

@@ -43,7 +43,6 @@
 
 #include "gpt2.h"
 
-#include "cuda_abi.h"
 #include "device.h"
 
 #include "npy.h"
@@ -639,11 +638,8 @@ static const dm_gpt2_backend *cuda_backend(void)
 {
     static dm_gpt2_backend be;
     static int tried, ok;
-    if (!tried) {
-        tried = 1;
-        dm_cuda_gpt2_backend_fn fill = (dm_cuda_gpt2_backend_fn)dm_cuda_sym("dm_cuda_gpt2_backend");
-        ok = fill && fill(&backend_cpu, &be) == 0;
-    }
+    if (!tried)
+        tried = 1, ok = dm_cuda_fill("dm_cuda_gpt2_backend", &backend_cpu, &be);
     return ok ? &be : NULL;
 }
 

@@ -49,7 +49,6 @@
  */
 #include "stats.h"
 
-#include "cuda_abi.h"
 #include "device.h"
 
 #include "dm.h"
@@ -795,11 +794,8 @@ const dm_stats_backend *dm_stats_backend_cuda(void)
 {
     static dm_stats_backend be;
     static int tried, ok;
-    if (!tried) {
-        tried = 1;
-        dm_cuda_stats_backend_fn fill = (dm_cuda_stats_backend_fn)dm_cuda_sym("dm_cuda_stats_backend");
-        ok = fill && fill(&dm_stats_backend_cpu, &be) == 0;
-    }
+    if (!tried)
+        tried = 1, ok = dm_cuda_fill("dm_cuda_stats_backend", &dm_stats_backend_cpu, &be);
     return ok ? &be : NULL;
 }
 

@@ -301,6 +301,41 @@ static char *group_label(const group *G)
     return dm_xstrdup(buf);
 }
 
+static int is_guest(const group *G, const dm_node *n);
+
+/* A group that recomputes streams (guests) and that n, which has just started
+ * group `fresh` for the same reason, can join instead: one pass over the same
+ * drivers (the cached token windows, say) then runs GPT-2 once for both. It must
+ * come after the groups that make n's tensor inputs and its inputs read by row.
+ * Returns its index, or -1. */
+static int pass_with_guests(const group *gs, int fresh, const dm_node *n)
+{
+    const group *F = &gs[fresh];
+    if (!F->nguests || F->multipass)
+        return -1;
+    int after = -1; /* the last group n's tensors (and rows read by index) come from */
+    for (int k = 0; k < n->nin; k++) {
+        const dm_node *s = n->in[k].src;
+        if (s && is_active(s) && s->group >= 0 && !is_stream_input(n, k) && s->group > after)
+            after = s->group;
+    }
+    for (int j = fresh - 1; j > after; j--) {
+        const group *J = &gs[j];
+        if (!J->nguests || J->multipass || J->sharded != F->sharded || J->nexternal != F->ndrivers)
+            continue;
+        int same = 1;
+        for (int d = 0; d < F->ndrivers && same; d++) {
+            int found = 0;
+            for (int e = 0; e < J->nexternal && !found; e++)
+                found = J->drivers[e].src == F->drivers[d].src && J->drivers[e].port == F->drivers[d].port;
+            same = found;
+        }
+        if (same)
+            return j;
+    }
+    return -1;
+}
+
 /* Cuts the active nodes into groups, in topological order. *out is set also on
  * error: the caller frees what was made with free_groups. */
 static int make_groups(dm_graph *g, group **out, int *nout)
@@ -322,6 +357,17 @@ static int make_groups(dm_graph *g, group **out, int *nout)
             *nout = ng;
             if (start_group(&gs[join], n))
                 return -1;
+            int same = pass_with_guests(gs, join, n);
+            if (same >= 0) { /* one pass recomputes for both: n joins it */
+                for (int k = 0; k < gs[join].nguests; k++)
+                    if (!is_guest(&gs[same], gs[join].guests[k])) {
+                        gs[same].guests = dm_xrealloc(gs[same].guests, (size_t)(gs[same].nguests + 1) * sizeof(dm_node *));
+                        gs[same].guests[gs[same].nguests++] = gs[join].guests[k];
+                    }
+                free(gs[join].guests), free(gs[join].drivers);
+                *nout = --ng;
+                join = same;
+            }
         }
         if (spill_random_inputs(n))
             return -1;

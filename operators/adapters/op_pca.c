@@ -9,6 +9,10 @@
  *                        largest-|.| entry is positive (reproducible)
  *   whitening    (k, d)  W = diag(1/sqrt(lambda_i)) C_k: z = W (x - mean) has
  *                        identity covariance
+ *   unwhitening  (k, d)  U = diag(sqrt(lambda_i)) C_k, W's inverse on the span of
+ *                        C_k (W U^T = I): a direction v in that span is U^T (W v),
+ *                        so x v = (x W^T)(U v): what the 100M pipeline projects
+ *                        its stored x W^T with
  * Products: pca.json ({"eigenvalues", "explained_variance_ratio",
  * "cumulative_variance_ratio", "k", ...}) and pca_components.npy (d, d).
  *
@@ -37,7 +41,7 @@
 #include "op.h"
 #include "stats.h"
 
-enum { OUT_EIGENVALUES, OUT_COMPONENTS, OUT_WHITENING };
+enum { OUT_EIGENVALUES, OUT_COMPONENTS, OUT_WHITENING, OUT_UNWHITENING };
 
 static const dm_param_spec pca_params[] = {
     {"k", DM_P_INT, "0", "components to keep for whitening (0: all)"},
@@ -52,6 +56,7 @@ static const dm_port_spec pca_outputs[] = {
     {"eigenvalues", DM_PORT_TENSOR, 0, 0},
     {"components", DM_PORT_TENSOR, 0, 0},
     {"whitening", DM_PORT_TENSOR, 0, 0},
+    {"unwhitening", DM_PORT_TENSOR, 0, 0},
     {NULL},
 };
 
@@ -97,14 +102,14 @@ static int pca_infer(dm_node *n)
 
     dm_port_desc *ev = dm_output_desc(n, OUT_EIGENVALUES);
     dm_port_desc *comp = dm_output_desc(n, OUT_COMPONENTS);
-    dm_port_desc *wh = dm_output_desc(n, OUT_WHITENING);
-    ev->dtype = comp->dtype = wh->dtype = DM_F64;
+    dm_port_desc *wh = dm_output_desc(n, OUT_WHITENING), *uw = dm_output_desc(n, OUT_UNWHITENING);
+    ev->dtype = comp->dtype = wh->dtype = uw->dtype = DM_F64;
     ev->ndim = 1;
     ev->shape[0] = d;
-    comp->ndim = wh->ndim = 2;
+    comp->ndim = wh->ndim = uw->ndim = 2;
     comp->shape[0] = comp->shape[1] = d;
-    wh->shape[0] = k > 0 && dm_param_float(n, "variance") == 0.0 ? k : -1;
-    wh->shape[1] = d;
+    wh->shape[0] = uw->shape[0] = k > 0 && dm_param_float(n, "variance") == 0.0 ? k : -1;
+    wh->shape[1] = uw->shape[1] = d;
     return 0;
 }
 
@@ -146,7 +151,7 @@ static int pca_finish(dm_node *n)
     int64_t d, k = dm_param_int(n, "k");
     double variance = dm_param_float(n, "variance"), floor = dm_param_float(n, "floor");
     dm_pca p = DM_PCA_INIT;
-    dm_tensor ev = {0}, comp = {0}, wh = {0};
+    dm_tensor ev = {0}, comp = {0}, wh = {0}, uw = {0};
     int rc = -1;
 
     if (!cov)
@@ -184,6 +189,10 @@ static int pca_finish(dm_node *n)
     dm_tensor_init(&wh, DM_F64, 2, shape);
     memcpy(wh.data, W, (size_t)(kept * d) * sizeof(double));
     free(W);
+    dm_tensor_init(&uw, DM_F64, 2, shape);
+    for (int64_t i = 0; i < kept; i++)
+        for (int64_t j = 0; j < d; j++)
+            ((double *)uw.data)[i * d + j] = sqrt(p.eigenvalues[i]) * p.components[i * d + j];
     if (variance > 0.0 && dm_pca_auto_k(&p, variance, 0) > chosen)
         dm_warn("%s: k %lld components explain %.4g of the variance, short of the %.4g asked "
                 "(%lld would reach it)",
@@ -200,7 +209,7 @@ static int pca_finish(dm_node *n)
     if (bad || dm_publish(n, "pca_components.npy") || write_pca_json(n, &p, chosen, kept))
         goto end;
     if (dm_set_output(n, OUT_EIGENVALUES, &ev) || dm_set_output(n, OUT_COMPONENTS, &comp) ||
-        dm_set_output(n, OUT_WHITENING, &wh))
+        dm_set_output(n, OUT_WHITENING, &wh) || dm_set_output(n, OUT_UNWHITENING, &uw))
         goto end;
     rc = 0;
 end:
@@ -208,6 +217,7 @@ end:
     dm_tensor_free(&ev);
     dm_tensor_free(&comp);
     dm_tensor_free(&wh);
+    dm_tensor_free(&uw);
     return rc;
 }
 

@@ -6,9 +6,11 @@
  * itself: grouping, multipass replay, spill decisions, chunk sizes from the
  * memory budget, error attribution, and run state kept per graph.
  */
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "engine.h"
 #include "fs.h"
@@ -1056,6 +1058,37 @@ START_TEST(test_mock_shards)
     ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
     ck_assert_int_eq(ssum_rows_seen, 3000); /* sum: shard 2 only (late is cached: its inputs' keys are the same) */
     ck_assert(tensor_sum(dm_graph_find(g, "sum")) == want);
+    free_graph(g, p);
+
+    /* killed between two members' entries of shard 1: map's is gone, sum's was
+     * made; the rerun computes shard 1 again (sum needs map's rows) but keeps
+     * sum's entry as it was */
+    char s1[33], m1[33];
+    dm_cache_shard_key(sum_key, 3000, 1, s1);
+    dm_cache_shard_key(map_key, 3000, 1, m1);
+    char *sj = dm_xasprintf("%s/%s/node.json", cache, s1);
+    struct stat before, after;
+    ck_assert_int_eq(stat(sj, &before), 0);
+    for (int i = 0; i < 3; i++) {
+        d = dm_xasprintf("%s/%s", cache, i == 0 ? m1 : i == 1 ? map_key : sum_key);
+        dm_rm_rf(d);
+        free(d);
+    }
+    g = mock_graph(sharded, cache, NULL, &p);
+    ssum_rows_seen = 0;
+    ck_assert_msg(dm_run(g) == 0, "%s", dm_error());
+    ck_assert_int_eq(ssum_rows_seen, 3000);
+    ck_assert(tensor_sum(dm_graph_find(g, "sum")) == want);
+    ck_assert_int_eq(stat(sj, &after), 0);
+    ck_assert(before.st_ino == after.st_ino && before.st_mtim.tv_nsec == after.st_mtim.tv_nsec);
+    char *tmp = dm_xasprintf("%s/tmp", cache);
+    DIR *td = opendir(tmp);
+    ck_assert_ptr_nonnull(td);
+    struct dirent *te;
+    while ((te = readdir(td)))
+        ck_assert_msg(te->d_name[0] == '.', "a temporary folder was left in %s: %s", tmp, te->d_name);
+    closedir(td);
+    free(tmp), free(sj);
     free_graph(g, p);
 
     /* map recomputed where late and mp read it, instead of spilled */

@@ -1299,9 +1299,27 @@ static int run_shard_phases(dm_run_ctx *ctx, group *G, int64_t i, int64_t S)
 {
     if (open_group(ctx, G) || drive(ctx, G) || dm_check_interrupt() || save_partials(G))
         return -1;
-    for (int m = 0; m < G->nmembers; m++)
-        if (G->members[m]->run && commit_shard(ctx, G, G->members[m], i, S))
+    for (int m = 0; m < G->nmembers; m++) {
+        dm_node *n = G->members[m];
+        if (!n->run)
+            continue;
+        /* a member whose entry of this shard a killed run already made keeps it
+         * (the others needed its rows again): what is finished is not rewritten */
+        char *have = dm_cache_entry_file(ctx->g, n->building, "node.json");
+        int keep = !n->forced && dm_file_exists(have);
+        free(have);
+        if (keep) {
+            for (int k = 0; k < n->nout; k++) {
+                dm_spill_writer_abort(n->writers[k]);
+                n->writers[k] = NULL;
+            }
+            dm_rm_rf(n->dir);
+            free(n->dir);
+            n->dir = NULL;
+        } else if (commit_shard(ctx, G, n, i, S)) {
             return -1;
+        }
+    }
     return 0;
 }
 

@@ -55,6 +55,20 @@ typedef struct {
     int32_t *ids;           /* batch x T */
 } gpt2_state;
 
+/* 1 the first time node n opens in this process: a node opened once per shard,
+ * and again where a later pass recomputes it, says its settings once. */
+static int say_once(const dm_node *n)
+{
+    static const dm_node *said[64];
+    static int nsaid;
+    for (int i = 0; i < nsaid; i++)
+        if (said[i] == n)
+            return 0;
+    if (nsaid < 64)
+        said[nsaid++] = n;
+    return 1;
+}
+
 /* center = auto | true | false against the center_writing_weights of the SAE on
  * input sae (SAEs trained on TransformerLens residuals need them centred). An
  * explicit value that contradicts the SAE's config wins, with a warning when
@@ -210,7 +224,7 @@ static int gpt2_open(dm_node *n)
     s->cfg = *dm_gpt2_cfg(s->model);
     s->T = (int)dm_input_desc(n, 0)->shape[1];
     s->batch = (int)dm_param_int(n, "batch");
-    if (resolve_center(n, &s->center, 1))
+    if (resolve_center(n, &s->center, say_once(n)))
         return -1;
     size_t BT = (size_t)s->batch * (size_t)s->T;
     for (int i = 0; i < s->nhooks; i++) {

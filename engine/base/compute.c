@@ -32,6 +32,7 @@ const dm_compute *dm_compute_default(void)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         ctx.threads = n > 0 ? (int)n : 1;
         ctx.device = DM_DEVICE_CPU;
+        ctx.gemm = DM_GEMM_FP32;
         ctx.reference = 0;
         ctx.avx512 = __builtin_cpu_supports("avx512f") && !env_on("DMICA_NO_AVX512");
         ctx.strassen = !env_on("DMICA_SGEMM_CLASSIC");
@@ -77,6 +78,19 @@ int dm_device_resolve(const char *device, dm_device *out, char *note, int note_l
     }
     return 0;
 }
+
+int dm_compute_set_gemm(const char *precision)
+{
+    dm_compute_default();
+    for (dm_gemm g = DM_GEMM_FP32; g <= DM_GEMM_BF16; g++)
+        if (!strcmp(precision, dm_gemm_name(g))) {
+            ctx.gemm = g;
+            return 0;
+        }
+    return -1;
+}
+
+const char *dm_gemm_name(dm_gemm g) { return g == DM_GEMM_TF32 ? "tf32" : g == DM_GEMM_BF16 ? "bf16" : "fp32"; }
 
 int dm_compute_set_device(const char *device, char *note, int note_len)
 {

@@ -19,9 +19,18 @@
 
 typedef enum { DM_DEVICE_CPU = 0, DM_DEVICE_CUDA } dm_device;
 
+/* The precision of a GPU's large matrix products (the model's linear layers,
+ * the SAE's encoder and decoder); statistics stay in FP32/FP64 whatever this
+ * says, and the CPU always computes in FP32. TF32 and BF16 round the inputs
+ * of each product to 10 and 7 mantissa bits (tensor cores), accumulating in
+ * FP32: their errors are stated beside each kernel's test (tests/test_gpt2.c,
+ * tests/test_sae.c). */
+typedef enum { DM_GEMM_FP32 = 0, DM_GEMM_TF32, DM_GEMM_BF16 } dm_gemm;
+
 typedef struct dm_compute {
     int threads;      /* worker threads (OpenMP regions, OpenBLAS outside them) */
     dm_device device; /* where the kernels run */
+    dm_gemm gemm;     /* the GPU's matrix products (DM_GEMM_FP32 by default) */
     int reference;    /* 1: the plain reference kernels (tests) */
     int avx512;       /* 1: the CPU has AVX-512F and DMICA_NO_AVX512 is unset */
     int strassen;     /* 1: dm_sgemm uses one level of Strassen */
@@ -48,6 +57,10 @@ int dm_threads(void);
  * too, never fails: note (note_len bytes) then says why, for a one-line notice;
  * with one, it names the GPU. -1 for another word. */
 int dm_compute_set_device(const char *device, char *note, int note_len);
+/* Sets the default context's GPU matrix products: "fp32", "tf32" or "bf16";
+ * -1 for another word. */
+int dm_compute_set_gemm(const char *precision);
+const char *dm_gemm_name(dm_gemm g); /* "fp32", "tf32", "bf16" */
 /* The device "cpu", "cuda" or "auto" means here, into *out, with the same note;
  * -1 for another word. */
 int dm_device_resolve(const char *device, dm_device *out, char *note, int note_len);

@@ -1,23 +1,30 @@
 /*
  * gpt2.cu: the "cuda" entry of dm_gpt2_backend (operators/kernels/gpt2.h), the
- * kernels of one GPT-2 block, mirroring gpt2.c's table entry for entry.
+ * kernels of one GPT-2 block, mirroring gpt2.c's table entry for entry, and
+ * the device calls (dm_gpt2_device_ops) through which gpt2.c's runner keeps a
+ * model's parameters and activations in the GPU's memory for a whole pass.
  *
- * This first version keeps the table's interface: every entry takes host
- * pointers, copies its inputs (weights included) to the GPU, computes, and
- * copies its output back. Correct, and slow where the copies dominate; keeping
- * a group's activations on the GPU from model to SAE to statistics is the next
- * step (gpu/README.md).
+ * Each entry takes device memory (the runner's buffers, from ops.alloc) or host
+ * memory (the tests): an operand in host memory is copied in, a result in host
+ * memory copied out (cudaPointerGetAttributes tells them apart), so the tests
+ * check the very kernels the runner uses.
  *   layernorm   one block of 256 threads per row: mean and variance by a
  *               shared-memory reduction (float, two passes as the reference);
- *   linear      cublasSgemm in FP32 (pedantic math: never TF32), then bias
- *               and GELU (tanh form, gelu_new) in one elementwise kernel;
+ *   linear      a cuBLAS GEMM in cx->gemm's precision (FP32 by default with
+ *               pedantic math, never TF32 unasked; TF32 or BF16 tensor cores
+ *               when asked, FP32 accumulation), then bias and GELU (tanh form,
+ *               gelu_new) in one elementwise kernel;
  *   attention   one thread per (batch, position, head): causal scores,
  *               softmax with the running maximum (online: one pass over the
- *               keys, rescaling the sum and the output), head size at most 256;
- *   gelu, residual: elementwise; unembed: cublasSgemm against wte^T.
+ *               keys, rescaling the sum and the output); head size 64 (GPT-2)
+ *               unrolled in registers, others up to 256;
+ *   gelu, residual: elementwise; unembed: a GEMM against wte^T;
+ *   embed (ops): wte[token] + wpe[position], one thread per value.
  * Tolerances against "ref" are tests/test_gpt2.c's for the fast CPU entries
- * (float32 sums in another order). On a CUDA error: one warning, and the call
- * (and every later one) runs on the fallback entry (cuda_abi.h).
+ * (float32 sums in another order), and there for TF32 and BF16.
+ * On a CUDA error: one warning; a call on host memory then runs on the
+ * fallback entry (cuda_abi.h); on device memory, ops.status says so and the
+ * runner moves the model to the CPU.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -103,14 +110,17 @@ __global__ void residual_kernel(float *x, const float *branch, long n)
 
 #define MAX_HS 256
 
-__global__ void attention_kernel(float *out, const float *qkv, int B, int T, int C, int NH)
+/* HS > 0: the head size known at compile time (its loops unrolled, the output
+ * in registers); HS == 0: C / NH, at most MAX_HS. */
+template <int HS> __global__ void attention_kernel(float *out, const float *qkv, int B, int T, int C, int NH)
 {
     long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
     if (idx >= (long)B * T * NH)
         return;
-    int h = (int)(idx % NH), t = (int)(idx / NH % T), b = (int)(idx / NH / T), hs = C / NH;
+    const int hs = HS > 0 ? HS : C / NH;
+    int h = (int)(idx % NH), t = (int)(idx / NH % T), b = (int)(idx / NH / T);
     const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-    float scale = 1.0f / sqrtf((float)hs), m = -INFINITY, l = 0.0f, acc[MAX_HS];
+    float scale = 1.0f / sqrtf((float)hs), m = -INFINITY, l = 0.0f, acc[HS > 0 ? HS : MAX_HS];
     for (int i = 0; i < hs; i++)
         acc[i] = 0.0f;
     for (int t2 = 0; t2 <= t; t2++) {
@@ -131,113 +141,207 @@ __global__ void attention_kernel(float *out, const float *qkv, int B, int T, int
         o[i] = acc[i] / l;
 }
 
+__global__ void embed_kernel(float *x, const int *tokens, const float *wte, const float *wpe, long BT, int T, int C)
+{
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= BT * C)
+        return;
+    long bt = i / C;
+    int c = (int)(i % C);
+    x[i] = wte[(long)tokens[bt] * C + c] + wpe[(long)(bt % T) * C + c];
+}
+
+/* ---- operands in device or host memory ------------------------------------------ */
+
+static int on_device(const void *p)
+{
+    cudaPointerAttributes a;
+    if (!p || cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        cudaGetLastError(); /* an unknown pointer is host memory; clear the error */
+        return 0;
+    }
+    return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged;
+}
+
+/* An operand of n floats on the GPU: p itself, or its copy in buffer i; NULL
+ * on failure (and for p NULL). */
+static const float *operand(int i, const float *p, size_t n)
+{
+    if (!p || on_device(p))
+        return p;
+    float *d = buffer(i, n);
+    return d && !up(d, p, n) ? d : NULL;
+}
+
+/* Where a result of n floats is written on the GPU: p itself, or buffer i. */
+static float *result(int i, float *p, size_t n) { return on_device(p) ? p : buffer(i, n); }
+
+/* After the kernels: the result d copied to p when p is host memory. */
+static int finish(float *p, const float *d, size_t n)
+{
+    return CU(&G, cudaGetLastError()) || (p != d && down(p, d, n)) ? -1 : 0;
+}
+
+/* y (rows, n) = x (rows, k) @ W (k, n), all row-major, in cx->gemm's precision
+ * (ldw: W's row length). Row-major y = x W is column-major y' = W' x'. With
+ * transW, W is (n, k) and the product x W^T. */
+static int gemm(const dm_compute *cx, float *y, const float *x, const float *W, int rows, int k, int n, int transW)
+{
+    const float one = 1.0f, zero = 0.0f;
+    cublasComputeType_t ct = cx->gemm == DM_GEMM_TF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
+                             : cx->gemm == DM_GEMM_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                        : CUBLAS_COMPUTE_32F_PEDANTIC;
+    if (BL(&G, cublasSetMathMode(G.blas, cx->gemm == DM_GEMM_FP32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH)))
+        return -1;
+    return BL(&G, cublasGemmEx(G.blas, transW ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, &one, W,
+                               CUDA_R_32F, transW ? k : n, x, CUDA_R_32F, k, &zero, y, CUDA_R_32F, n, ct,
+                               CUBLAS_GEMM_DEFAULT));
+}
+
 /* ---- the entries ------------------------------------------------------------------ */
 
 static int layernorm_gpu(float *out, const float *inp, const float *w, const float *b, int BT, int C, float eps)
 {
-    float *dx = buffer(0, (size_t)BT * C), *dw = buffer(1, (size_t)2 * C);
-    if (!dx || !dw || up(dx, inp, (size_t)BT * C) || (w && up(dw, w, C)) || (b && up(dw + C, b, C)))
+    const float *dx = operand(0, inp, (size_t)BT * C), *dw = operand(1, w, C), *db = operand(2, b, C);
+    float *dy = result(3, out, (size_t)BT * C);
+    if (!dx || !dy || (w && !dw) || (b && !db))
         return -1;
-    layernorm_kernel<<<BT, 256>>>(dx, dx, w ? dw : NULL, b ? dw + C : NULL, C, eps);
-    return CU(&G, cudaGetLastError()) || down(out, dx, (size_t)BT * C) ? -1 : 0;
+    layernorm_kernel<<<BT, 256>>>(dy, dx, dw, db, C, eps);
+    return finish(out, dy, (size_t)BT * C);
 }
 
 static void layernorm(const dm_compute *cx, float *out, const float *inp, const float *w, const float *b, int BT, int C,
                       float eps)
 {
-    if (gpu_ready(&G) || layernorm_gpu(out, inp, w, b, BT, C, eps))
+    if ((gpu_ready(&G) || layernorm_gpu(out, inp, w, b, BT, C, eps)) && !on_device(out))
         fallback.layernorm(cx, out, inp, w, b, BT, C, eps);
 }
 
-static int linear_gpu(float *out, const float *inp, const float *W, const float *bias, int BT, int C, int OC, int flags)
+static int linear_gpu(const dm_compute *cx, float *out, const float *inp, const float *W, const float *bias, int BT,
+                      int C, int OC, int flags)
 {
-    float *dx = buffer(0, (size_t)BT * C), *dW = buffer(1, (size_t)C * OC + OC), *dy = buffer(2, (size_t)BT * OC);
-    if (!dx || !dW || !dy || up(dx, inp, (size_t)BT * C) || up(dW, W, (size_t)C * OC) ||
-        (bias && up(dW + (size_t)C * OC, bias, OC)))
+    const float *dx = operand(0, inp, (size_t)BT * C), *dW = operand(1, W, (size_t)C * OC),
+                *db = operand(2, bias, OC);
+    float *dy = result(3, out, (size_t)BT * OC);
+    if (!dx || !dW || !dy || (bias && !db) || gemm(cx, dy, dx, dW, BT, C, OC, 0))
         return -1;
-    const float one = 1.0f, zero = 0.0f;
-    /* row-major y (BT, OC) = x W is column-major (OC, BT) = W' x', W row-major
-     * (C, OC) being column-major (OC, C) and x row-major column-major (C, BT) */
-    if (BL(&G, cublasSgemm(G.blas, CUBLAS_OP_N, CUBLAS_OP_N, OC, BT, C, &one, dW, OC, dx, C, &zero, dy, OC)))
-        return -1;
-    bias_gelu_kernel<<<blocks((long)BT * OC, 256), 256>>>(dy, bias ? dW + (size_t)C * OC : NULL, BT, OC,
-                                                           (flags & DM_GPT2_GELU) != 0);
-    return CU(&G, cudaGetLastError()) || down(out, dy, (size_t)BT * OC) ? -1 : 0;
+    if (db || (flags & DM_GPT2_GELU))
+        bias_gelu_kernel<<<blocks((long)BT * OC, 256), 256>>>(dy, db, BT, OC, (flags & DM_GPT2_GELU) != 0);
+    return finish(out, dy, (size_t)BT * OC);
 }
 
 static void linear(const dm_compute *cx, float *out, const float *inp, const dm_gpt2_weight *W, const float *bias,
                    int BT, int C, int OC, int flags)
 {
-    if (gpu_ready(&G) || linear_gpu(out, inp, W->w, bias, BT, C, OC, flags))
+    if ((gpu_ready(&G) || linear_gpu(cx, out, inp, W->w, bias, BT, C, OC, flags)) && !on_device(out))
         fallback.linear(cx, out, inp, W, bias, BT, C, OC, flags);
 }
 
 static int attention_gpu(float *out, const float *qkv, int B, int T, int C, int NH)
 {
-    if (C / NH > MAX_HS)
-        return -1; /* not a CUDA error: this call runs on the CPU */
-    float *dq = buffer(0, (size_t)B * T * 3 * C), *dout = buffer(2, (size_t)B * T * C);
-    if (!dq || !dout || up(dq, qkv, (size_t)B * T * 3 * C))
+    if (C / NH > MAX_HS) {
+        if (!on_device(out))
+            return -1; /* not a CUDA error: this call runs on the CPU */
+        return gpu_failed(&G, "attention", "head size above 256");
+    }
+    const float *dq = operand(0, qkv, (size_t)B * T * 3 * C);
+    float *dy = result(3, out, (size_t)B * T * C);
+    if (!dq || !dy)
         return -1;
-    attention_kernel<<<blocks((long)B * T * NH, 128), 128>>>(dout, dq, B, T, C, NH);
-    return CU(&G, cudaGetLastError()) || down(out, dout, (size_t)B * T * C) ? -1 : 0;
+    unsigned grid = blocks((long)B * T * NH, 128);
+    if (C / NH == 64)
+        attention_kernel<64><<<grid, 128>>>(dy, dq, B, T, C, NH);
+    else
+        attention_kernel<0><<<grid, 128>>>(dy, dq, B, T, C, NH);
+    return finish(out, dy, (size_t)B * T * C);
 }
 
 static void attention(const dm_compute *cx, float *out, const float *qkv, int B, int T, int C, int NH)
 {
-    if (gpu_ready(&G) || attention_gpu(out, qkv, B, T, C, NH))
+    if ((gpu_ready(&G) || attention_gpu(out, qkv, B, T, C, NH)) && !on_device(out))
         fallback.attention(cx, out, qkv, B, T, C, NH);
 }
 
 static int gelu_gpu(float *out, const float *inp, int64_t N)
 {
-    float *d = buffer(0, (size_t)N);
-    if (!d || up(d, inp, (size_t)N))
+    const float *dx = operand(0, inp, (size_t)N);
+    float *dy = result(3, out, (size_t)N);
+    if (!dx || !dy)
         return -1;
-    gelu_kernel<<<blocks(N, 256), 256>>>(d, d, N);
-    return CU(&G, cudaGetLastError()) || down(out, d, (size_t)N) ? -1 : 0;
+    gelu_kernel<<<blocks(N, 256), 256>>>(dy, dx, N);
+    return finish(out, dy, (size_t)N);
 }
 
 static void gelu(const dm_compute *cx, float *out, const float *inp, int64_t N)
 {
-    if (gpu_ready(&G) || gelu_gpu(out, inp, N))
+    if ((gpu_ready(&G) || gelu_gpu(out, inp, N)) && !on_device(out))
         fallback.gelu(cx, out, inp, N);
 }
 
 static int residual_gpu(float *x, const float *branch, size_t n)
 {
-    float *dx = buffer(0, n), *db = buffer(1, n);
-    if (!dx || !db || up(dx, x, n) || up(db, branch, n))
+    float *dx = (float *)operand(0, x, n); /* x is read and written */
+    const float *db = operand(1, branch, n);
+    if (!dx || !db)
         return -1;
     residual_kernel<<<blocks((long)n, 256), 256>>>(dx, db, (long)n);
-    return CU(&G, cudaGetLastError()) || down(x, dx, n) ? -1 : 0;
+    return finish(x, dx, n);
 }
 
 static void residual(const dm_compute *cx, float *x, const float *branch, size_t n)
 {
-    if (gpu_ready(&G) || residual_gpu(x, branch, n))
+    if ((gpu_ready(&G) || residual_gpu(x, branch, n)) && !on_device(x))
         fallback.residual(cx, x, branch, n);
 }
 
-static int unembed_gpu(float *out, const float *inp, const float *wte, int BT, int C, int V)
+static int unembed_gpu(const dm_compute *cx, float *out, const float *inp, const float *wte, int BT, int C, int V)
 {
-    float *dx = buffer(0, (size_t)BT * C), *dw = buffer(1, (size_t)V * C), *dy = buffer(2, (size_t)BT * V);
-    if (!dx || !dw || !dy || up(dx, inp, (size_t)BT * C) || up(dw, wte, (size_t)V * C))
+    const float *dx = operand(0, inp, (size_t)BT * C), *dw = operand(1, wte, (size_t)V * C);
+    float *dy = result(3, out, (size_t)BT * V);
+    if (!dx || !dw || !dy || gemm(cx, dy, dx, dw, BT, C, V, 1))
         return -1;
-    const float one = 1.0f, zero = 0.0f;
-    /* row-major y (BT, V) = x wte^T is column-major (V, BT) = wte' x': wte
-     * row-major (V, C) is column-major (C, V), transposed */
-    return BL(&G, cublasSgemm(G.blas, CUBLAS_OP_T, CUBLAS_OP_N, V, BT, C, &one, dw, C, dx, C, &zero, dy, V)) ||
-                   down(out, dy, (size_t)BT * V)
-               ? -1
-               : 0;
+    return finish(out, dy, (size_t)BT * V);
 }
 
 static void unembed(const dm_compute *cx, float *out, const float *inp, const float *wte, int BT, int C, int V)
 {
-    if (gpu_ready(&G) || unembed_gpu(out, inp, wte, BT, C, V))
+    if ((gpu_ready(&G) || unembed_gpu(cx, out, inp, wte, BT, C, V)) && !on_device(out))
         fallback.unembed(cx, out, inp, wte, BT, C, V);
 }
+
+/* ---- the runner's device calls (dm_gpt2_device_ops) ------------------------------- */
+
+static void *dev_alloc(size_t bytes)
+{
+    void *p = NULL;
+    return gpu_ready(&G) || CU(&G, cudaMalloc(&p, bytes ? bytes : 1)) ? NULL : p;
+}
+
+static void dev_release(void *p) { cudaFree(p); }
+
+static int dev_upload(void *dst, const void *src, size_t bytes)
+{
+    return G.broken ? -1 : CU(&G, cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+
+static int dev_download(void *dst, const void *src, size_t bytes)
+{
+    return G.broken ? -1 : CU(&G, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+
+static int dev_embed(float *x, const int32_t *tokens, const float *wte, const float *wpe, int B, int T, int C)
+{
+    size_t BT = (size_t)B * T;
+    int *dt = (int *)gpu_buffer(&G, 5, BT * sizeof(int));
+    if (gpu_ready(&G) || !dt || CU(&G, cudaMemcpy(dt, tokens, BT * sizeof(int), cudaMemcpyHostToDevice)))
+        return -1;
+    embed_kernel<<<blocks((long)(BT * C), 256), 256>>>(x, dt, wte, wpe, (long)BT, T, C);
+    return CU(&G, cudaGetLastError());
+}
+
+static int dev_status(void) { return G.broken ? -1 : 0; }
+
+static const dm_gpt2_device_ops ops = {dev_alloc, dev_release, dev_upload, dev_download, dev_embed, dev_status};
 
 extern "C" int dm_cuda_gpt2_backend(const void *fb, void *out)
 {
@@ -246,6 +350,7 @@ extern "C" int dm_cuda_gpt2_backend(const void *fb, void *out)
     be.name = "cuda";
     be.device = DM_DEVICE_CUDA;
     be.packs = 0;
+    be.dev = &ops;
     be.layernorm = layernorm;
     be.linear = linear;
     be.linear_residual = NULL; /* the runner calls linear, then residual */

@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define GOLDEN "tests/golden/gpt2/"
@@ -147,6 +148,7 @@ static dm_compute context_for(dm_gpt2_backend_id id)
     dm_compute cx = *dm_compute_default();
     cx.reference = id == DM_GPT2_REF;
     cx.avx512 = id == DM_GPT2_CPU_AVX512;
+    cx.device = id == DM_GPT2_CUDA ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
     return cx;
 }
 
@@ -254,6 +256,46 @@ START_TEST(linear_matches_reference)
         free((void *)W.packed);
         free(x), free(w), free(b), free(x0), free(o1), free(o2);
     }
+}
+END_TEST
+
+/* The GPU's matrix products in TF32 and BF16 (compute.h), against "ref" in
+ * FP32. Each input is rounded to u = 2^-11 (TF32) or 2^-8 (BF16) relative
+ * before the product, accumulated in FP32: a dot product of C terms is off by
+ * at most 2u sum|x_i w_i|, with random signs about 2u sqrt(C) of a typical
+ * term, while the largest output is a few times sqrt(C) of one. Tolerance:
+ * 8u of the largest output (rel_err), the worst case over a few thousand
+ * outputs with room; the errors seen are printed. GPU only. */
+START_TEST(gemm_precisions_match_reference)
+{
+    const dm_gpt2_backend *cu = dm_gpt2_backend_get(DM_GPT2_CUDA), *ref = ref_backend();
+    if (!cu)
+        return;
+    int BT = 64, C = 768, OC = 256, V = 1000;
+    rng_state = 11;
+    float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
+    float *b = random_floats(OC, -1, 1), *wte = random_floats((size_t)V * C, -1, 1);
+    float *o1 = dm_xmalloc(sizeof(float) * BT * V), *o2 = dm_xmalloc(sizeof(float) * BT * V);
+    dm_gpt2_weight W = {w, NULL};
+    const dm_gemm gemm[] = {DM_GEMM_FP32, DM_GEMM_TF32, DM_GEMM_BF16};
+    const double u[] = {0x1p-24, 0x1p-11, 0x1p-8};
+    for (int g = 0; g < 3; g++) {
+        dm_compute cx = context_for(DM_GPT2_CUDA);
+        cx.gemm = gemm[g];
+        cu->linear(&cx, o1, x, &W, b, BT, C, OC, DM_GPT2_GELU);
+        ref->linear(&cx, o2, x, &W, b, BT, C, OC, DM_GPT2_GELU);
+        double e1 = rel_err(o1, o2, (size_t)BT * OC);
+        cu->unembed(&cx, o1, x, wte, BT, C, V);
+        ref->unembed(&cx, o2, x, wte, BT, C, V);
+        double e2 = rel_err(o1, o2, (size_t)BT * V);
+        printf("gpt2 cuda %s: linear+gelu relative error %.2g, unembed %.2g (tolerance %.2g)\n",
+               dm_gemm_name(gemm[g]), e1, e2, g ? 8 * u[g] : 1e-5);
+        ck_assert_double_le(e1, g ? 8 * u[g] : 1e-5);
+        ck_assert_double_le(e2, g ? 8 * u[g] : 1e-5);
+        if (g) /* not FP32 in disguise: the rounding shows */
+            ck_assert_double_gt(e2, u[g] / 64);
+    }
+    free(x), free(w), free(b), free(wte), free(o1), free(o2);
 }
 END_TEST
 
@@ -432,7 +474,7 @@ END_TEST
 
 /* Runs every hook of model name, centred and raw, and compares with the golden file.
  * Returns the largest relative error seen. */
-static double check_model(const char *name, dm_gpt2_backend_id id)
+static double check_model(const char *name, dm_gpt2_backend_id id, dm_gemm gemm, double tol)
 {
     char dir[256], path[256], hname[64];
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
@@ -440,6 +482,7 @@ static double check_model(const char *name, dm_gpt2_backend_id id)
     dm_safetensors *exp = dm_st_open(path);
     ck_assert_msg(exp != NULL, "%s", dm_error());
     dm_compute cx = context_for(id);
+    cx.gemm = gemm;
     dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, &cx);
     ck_assert_msg(m != NULL, "%s", dm_error());
     ck_assert_ptr_eq(dm_gpt2_backend_of(m), dm_gpt2_backend_get(id));
@@ -460,8 +503,8 @@ static double check_model(const char *name, dm_gpt2_backend_id id)
             dm_gpt2_hook_name(hooks[i], hname, sizeof hname);
             float *want = golden_hook(exp, hname, center, len);
             double e = rel_err(outs[i], want, len);
-            ck_assert_msg(e <= TOL, "%s %s (%s, %s backend): relative error %g", name, hname,
-                          center ? "centred" : "raw", dm_gpt2_backend_of(m)->name, e);
+            ck_assert_msg(e <= tol, "%s %s (%s, %s backend, %s): relative error %g", name, hname,
+                          center ? "centred" : "raw", dm_gpt2_backend_of(m)->name, dm_gemm_name(gemm), e);
             worst = e > worst ? e : worst;
             free(want);
         }
@@ -481,8 +524,19 @@ START_TEST(parity_every_hook)
         for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
             if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
                 printf("gpt2 parity %s: max relative error %.2g (%s backend)\n", models[i],
-                       check_model(models[i], (dm_gpt2_backend_id)id),
+                       check_model(models[i], (dm_gpt2_backend_id)id, DM_GEMM_FP32, TOL),
                        dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
+    /* The GPU in TF32 and BF16 through the whole model, every hook against the
+     * float64 golden: each layer's products carry gemm_precisions_match_reference's
+     * rounding (8u), and the residual stream adds them up over the layers; the
+     * bound allows 4 such layers' worth, and the errors seen are printed. */
+    if (dm_gpt2_backend_get(DM_GPT2_CUDA))
+        for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
+            printf("gpt2 parity %s: max relative error %.2g (cuda backend, tf32)\n", models[i],
+                   check_model(models[i], DM_GPT2_CUDA, DM_GEMM_TF32, 32 * 0x1p-11));
+            printf("gpt2 parity %s: max relative error %.2g (cuda backend, bf16)\n", models[i],
+                   check_model(models[i], DM_GPT2_CUDA, DM_GEMM_BF16, 32 * 0x1p-8));
+        }
 }
 END_TEST
 
@@ -639,6 +693,168 @@ static dm_gpt2_hook hook_named(const char *name)
     ck_assert_msg(dm_gpt2_hook_parse(name, &h) == 0, "%s", dm_error());
     return h;
 }
+
+/* ---- the runner's device path, with host memory standing in for a GPU's ---------
+ *
+ * gpt2.h's dm_gpt2_device_ops checked without a GPU: "device memory" is pages
+ * the host may not touch (PROT_NONE) except inside the stand-in's own calls,
+ * which run the "cpu" entries on them. A runner that reads or writes device
+ * memory itself crashes the test; one that forgets a copy, or copies the wrong
+ * buffer, gives other numbers than the "cpu" backend, which must be matched
+ * bitwise (the same kernels in the same order). */
+#define FAKE_REGIONS 64
+static struct {
+    void *p;
+    size_t n;
+} fake_mem[FAKE_REGIONS];
+static const dm_gpt2_backend *fake_cpu;
+
+static void fake_protect(int prot)
+{
+    for (int i = 0; i < FAKE_REGIONS; i++)
+        if (fake_mem[i].p)
+            ck_assert_int_eq(mprotect(fake_mem[i].p, fake_mem[i].n, prot), 0);
+}
+#define FAKE_CALL(call) (fake_protect(PROT_READ | PROT_WRITE), (call), fake_protect(PROT_NONE))
+
+static void *fake_alloc(size_t bytes)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = (bytes + page - 1) / page * page;
+    for (int i = 0; i < FAKE_REGIONS; i++)
+        if (!fake_mem[i].p) {
+            void *p = mmap(NULL, n ? n : page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            ck_assert(p != MAP_FAILED);
+            fake_mem[i].p = p, fake_mem[i].n = n ? n : page;
+            return p;
+        }
+    return NULL;
+}
+static void fake_release(void *p)
+{
+    for (int i = 0; i < FAKE_REGIONS; i++)
+        if (p && fake_mem[i].p == p) {
+            munmap(p, fake_mem[i].n);
+            fake_mem[i].p = NULL;
+        }
+}
+static int fake_upload(void *dst, const void *src, size_t n) { return FAKE_CALL(memcpy(dst, src, n)), 0; }
+static int fake_download(void *dst, const void *src, size_t n) { return FAKE_CALL(memcpy(dst, src, n)), 0; }
+static void embed_host(float *x, const int32_t *tok, const float *wte, const float *wpe, int B, int T, int C)
+{
+    for (size_t bt = 0; bt < (size_t)B * T; bt++)
+        for (int i = 0; i < C; i++)
+            x[bt * C + i] = wte[(size_t)tok[bt] * C + i] + wpe[(bt % T) * C + i];
+}
+static int fake_embed(float *x, const int32_t *tok, const float *wte, const float *wpe, int B, int T, int C)
+{
+    return FAKE_CALL(embed_host(x, tok, wte, wpe, B, T, C)), 0;
+}
+static int fake_status(void) { return 0; }
+static void fake_layernorm(const dm_compute *cx, float *o, const float *x, const float *w, const float *b, int BT, int C,
+                           float eps)
+{
+    FAKE_CALL(fake_cpu->layernorm(cx, o, x, w, b, BT, C, eps));
+}
+static void fake_linear(const dm_compute *cx, float *o, const float *x, const dm_gpt2_weight *W, const float *b,
+                        int BT, int C, int OC, int flags)
+{
+    FAKE_CALL(fake_cpu->linear(cx, o, x, W, b, BT, C, OC, flags));
+}
+static void fake_attention(const dm_compute *cx, float *o, const float *qkv, int B, int T, int C, int NH)
+{
+    FAKE_CALL(fake_cpu->attention(cx, o, qkv, B, T, C, NH));
+}
+static void fake_gelu(const dm_compute *cx, float *o, const float *x, int64_t N) { FAKE_CALL(fake_cpu->gelu(cx, o, x, N)); }
+static void fake_residual(const dm_compute *cx, float *x, const float *b, size_t n)
+{
+    FAKE_CALL(fake_cpu->residual(cx, x, b, n));
+}
+static void fake_unembed(const dm_compute *cx, float *o, const float *x, const float *wte, int BT, int C, int V)
+{
+    FAKE_CALL(fake_cpu->unembed(cx, o, x, wte, BT, C, V));
+}
+static const dm_gpt2_device_ops fake_ops = {fake_alloc, fake_release, fake_upload, fake_download, fake_embed,
+                                            fake_status};
+
+/* Doubles x: an edit whose effect shows downstream. */
+static int double_it(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+{
+    for (size_t i = 0; i < (size_t)B * T * width; i++)
+        x[i] *= 2.0f;
+    (*(int *)user)++;
+    return 0;
+}
+
+START_TEST(device_path_matches_cpu)
+{
+    fake_cpu = dm_gpt2_backend_get(DM_GPT2_CPU);
+    dm_gpt2_backend fake = *fake_cpu;
+    fake.name = "fake-device";
+    fake.dev = &fake_ops;
+    fake.layernorm = fake_layernorm, fake.linear = fake_linear, fake.attention = fake_attention;
+    fake.gelu = fake_gelu, fake.residual = fake_residual, fake.unembed = fake_unembed;
+    ck_assert_ptr_null(fake.linear_residual);
+    dm_safetensors *exp = dm_st_open(GOLDEN "c48h4/expected.safetensors");
+    ck_assert_ptr_nonnull(exp);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    dm_compute cx = context_for(DM_GPT2_CPU);
+    dm_gpt2 *mc = dm_gpt2_load_backend(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, &cx, fake_cpu);
+    dm_gpt2 *md = dm_gpt2_load_backend(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, &cx, &fake);
+    ck_assert(mc && md);
+    ck_assert_str_eq(dm_gpt2_backend_of(md)->name, "fake-device");
+    const dm_gpt2_config *c = dm_gpt2_cfg(mc);
+    dm_gpt2_hook hooks[64];
+    float *o1[64], *o2[64];
+    size_t len[64];
+    int n = all_hooks(c->n_layer, hooks);
+    for (int i = 0; i < n; i++) {
+        len[i] = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
+        o1[i] = dm_xmalloc(sizeof(float) * len[i]);
+        o2[i] = dm_xmalloc(sizeof(float) * len[i]);
+    }
+    /* every hook copied out, centred and raw; then with an edit at each kind
+     * of editable hook (a residual one, a branch, an embedding, ln_final), and
+     * a batch of fewer windows (buffers kept) */
+    const char *edits[] = {NULL, "blocks.1.hook_resid_pre", "blocks.0.hook_mlp_out", "hook_embed",
+                           "ln_final.hook_normalized", "blocks.2.hook_resid_post"};
+    for (size_t e = 0; e < sizeof edits / sizeof *edits; e++)
+        for (int center = 1; center >= 0; center--) {
+            int Bn = e == 5 ? B - 1 : B, k1 = 0, k2 = 0;
+            dm_gpt2_hook_point p1[65], p2[65];
+            for (int i = 0; i < n; i++) {
+                p1[i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o1[i]};
+                p2[i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o2[i]};
+            }
+            int np = n;
+            if (edits[e]) {
+                p1[n] = (dm_gpt2_hook_point){hook_named(edits[e]), NULL, double_it, &k1, DM_GPT2_EDIT};
+                p2[n] = (dm_gpt2_hook_point){hook_named(edits[e]), NULL, double_it, &k2, DM_GPT2_EDIT};
+                np++;
+            }
+            ck_assert_msg(dm_gpt2_run(mc, tok, Bn, T, p1, np, center) == 0, "%s", dm_error());
+            ck_assert_msg(dm_gpt2_run(md, tok, Bn, T, p2, np, center) == 0, "%s", dm_error());
+            ck_assert_int_eq(k1, k2);
+            ck_assert_int_eq(k1, edits[e] != NULL);
+            for (int i = 0; i < n; i++)
+                ck_assert_msg(!memcmp(o1[i], o2[i], sizeof(float) * len[i] / B * Bn),
+                              "edit %s, centre %d: hook %d differs", edits[e] ? edits[e] : "none", center, i);
+        }
+    /* the loss alone: logits made LOGIT_ROWS at a time into host memory */
+    dm_gpt2_hook ll = hook_named("loss");
+    ck_assert_int_eq(dm_gpt2_forward(mc, tok, B, T, &ll, 1, &o1[0], 1), 0);
+    ck_assert_int_eq(dm_gpt2_forward(md, tok, B, T, &ll, 1, &o2[0], 1), 0);
+    ck_assert_mem_eq(o1[0], o2[0], sizeof(float) * B * T);
+    for (int i = 0; i < n; i++)
+        free(o1[i]), free(o2[i]);
+    dm_gpt2_free(mc);
+    dm_gpt2_free(md);
+    for (int i = 0; i < FAKE_REGIONS; i++)
+        ck_assert_ptr_null(fake_mem[i].p); /* all released */
+    free(tok);
+    dm_st_close(exp);
+}
+END_TEST
 
 START_TEST(edit_with_zero_changes_nothing)
 {
@@ -1226,6 +1442,7 @@ int main(void)
     tcase_add_test(tk, backend_table);
     tcase_add_test(tk, linear_matches_reference);
     tcase_add_test(tk, unembed_matches_reference);
+    tcase_add_test(tk, gemm_precisions_match_reference);
     tcase_add_test(tk, layernorm_fast_matches_reference);
     tcase_add_test(tk, attention_fast_matches_reference);
     tcase_add_test(tk, gelu_fast_matches_reference);
@@ -1237,6 +1454,7 @@ int main(void)
     tcase_add_test(tm, centring_matters);
     tcase_add_test(tm, partial_depth_and_batches);
     tcase_add_test(tm, edit_with_zero_changes_nothing);
+    tcase_add_test(tm, device_path_matches_cpu);
     tcase_add_test(tm, edit_resid_pre_matches_reference);
     tcase_add_test(tm, edit_branches_and_embeddings);
     tcase_add_test(tm, edit_errors);

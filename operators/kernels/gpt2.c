@@ -903,6 +903,14 @@ struct dm_gpt2 {
     dm_gpt2_acts acts;
     float *acts_memory;
     size_t acts_rows; /* BT the activations were allocated for */
+    /* On a device backend (be->dev): the parameters' copy in its memory
+     * (dparams points into it as params into params_memory; acts_memory is
+     * there too), and host buffers for what crosses: stage (BT, C) at the hooks
+     * and embeddings, stage2 (BT, C) for the position embeddings, logits. */
+    float *dparams_memory;
+    dm_gpt2_params dparams;
+    float *stage, *stage2, *host_logits;
+    size_t stage_n, stage2_n, host_logits_n;
     /* logits (BT, V) and loss (BT) for callbacks at those hooks when no copy
      * is asked for (grown as needed) */
     float *cb_logits, *cb_loss;
@@ -1070,7 +1078,7 @@ static void pack_weights(dm_gpt2 *m)
     const dm_gpt2_config *c = &m->cfg;
     const dm_gpt2_params *p = &m->params;
     int C = c->n_embd, NI = c->n_inner, L = m->depth;
-    size_t total = dm_gpt2_packed_floats(c, L, &m->cx);
+    size_t total = m->be->packs ? dm_gpt2_packed_floats(c, L, &m->cx) : 0;
     if (!total)
         return;
     m->pk_qkv_n = dm_sgemm_packed_floats(C, 3 * C);
@@ -1091,7 +1099,42 @@ static void pack_weights(dm_gpt2 *m)
     }
 }
 
+/* The parameters (total floats) copied to a device backend's memory, and
+ * dparams pointing into the copy; -1 when the device cannot take them. */
+static int device_params(dm_gpt2 *m, size_t total)
+{
+    const dm_gpt2_device_ops *dev = m->be->dev;
+    if (!(m->dparams_memory = dev->alloc(sizeof(float) * total)) ||
+        dev->upload(m->dparams_memory, m->params_memory, sizeof(float) * total))
+        return -1;
+    float *const *h = (float *const *)&m->params;
+    float **d = (float **)&m->dparams;
+    for (size_t i = 0; i < sizeof m->params / sizeof(float *); i++)
+        d[i] = h[i] ? m->dparams_memory + (h[i] - m->params_memory) : NULL;
+    return 0;
+}
+
+/* The model off its device backend, onto "cpu" (which packs nothing), after a
+ * device error (said by the device) or at dm_gpt2_free: the device's memory
+ * released, the activations to be made again in host memory. */
+static void leave_device(dm_gpt2 *m)
+{
+    const dm_gpt2_device_ops *dev = m->be->dev;
+    dev->release(m->dparams_memory);
+    dev->release(m->acts_memory);
+    m->dparams_memory = m->acts_memory = NULL;
+    memset(&m->dparams, 0, sizeof m->dparams);
+    memset(&m->acts, 0, sizeof m->acts);
+    m->acts_rows = 0;
+    m->be = dm_gpt2_backend_get(DM_GPT2_CPU);
+}
+
 dm_gpt2 *dm_gpt2_load(const char *dir, int depth, const dm_compute *cx)
+{
+    return dm_gpt2_load_backend(dir, depth, cx, NULL);
+}
+
+dm_gpt2 *dm_gpt2_load_backend(const char *dir, int depth, const dm_compute *cx, const dm_gpt2_backend *be)
 {
     dm_gpt2 *m = dm_xcalloc(1, sizeof *m);
     char *path = dm_xasprintf("%s/model.safetensors", dir);
@@ -1100,7 +1143,7 @@ dm_gpt2 *dm_gpt2_load(const char *dir, int depth, const dm_compute *cx)
     dm_gpt2_config *c = &m->cfg;
     m->dir = dm_xstrdup(dir);
     m->cx = *(cx ? cx : dm_compute_default());
-    if (!(m->be = dm_gpt2_backend_select(&m->cx))) {
+    if (!(m->be = be ? be : dm_gpt2_backend_select(&m->cx))) {
         dm_fail_prefix("%s", dir);
         goto fail;
     }
@@ -1147,6 +1190,8 @@ dm_gpt2 *dm_gpt2_load(const char *dir, int depth, const dm_compute *cx)
     }
     dm_st_close(st);
     free(path);
+    if (m->be->dev && device_params(m, total))
+        leave_device(m);
     pack_weights(m);
     return m;
 fail:
@@ -1160,9 +1205,14 @@ void dm_gpt2_free(dm_gpt2 *m)
 {
     if (!m)
         return;
+    if (m->be && m->be->dev)
+        leave_device(m);
     free(m->params_memory);
     free(m->packed_memory);
     free(m->acts_memory);
+    free(m->stage);
+    free(m->stage2);
+    free(m->host_logits);
     free(m->cb_logits);
     free(m->cb_loss);
     free(m->dir);
@@ -1173,30 +1223,6 @@ const dm_gpt2_config *dm_gpt2_cfg(const dm_gpt2 *m) { return &m->cfg; }
 int dm_gpt2_depth(const dm_gpt2 *m) { return m->has_lnf ? DM_GPT2_DEPTH_ALL : m->depth; }
 const dm_gpt2_backend *dm_gpt2_backend_of(const dm_gpt2 *m) { return m->be; }
 
-static void acts_reserve(dm_gpt2 *m, size_t BT, int want_logits)
-{
-    const dm_gpt2_config *c = &m->cfg;
-    size_t C = c->n_embd, NI = c->n_inner;
-    size_t logits = want_logits ? (size_t)LOGIT_ROWS * c->vocab_size : 0;
-    if (BT <= m->acts_rows && (!want_logits || m->acts.logits))
-        return;
-    BT = BT > m->acts_rows ? BT : m->acts_rows;
-    free(m->acts_memory);
-    size_t sizes[] = {BT * C, BT * C, BT * 3 * C, BT * C, BT * C, BT * NI, logits};
-    float **fields[] = {&m->acts.x,    &m->acts.ln,  &m->acts.qkv,   &m->acts.atty,
-                        &m->acts.branch, &m->acts.fch, &m->acts.logits};
-    size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
-        total += (sizes[i] + 15) & ~(size_t)15; /* keep each buffer 64-byte aligned */
-    m->acts_memory = dm_xmalloc_aligned(sizeof(float) * total);
-    float *p = m->acts_memory;
-    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
-        *fields[i] = sizes[i] ? p : NULL;
-        p += (sizes[i] + 15) & ~(size_t)15;
-    }
-    m->acts_rows = BT;
-}
-
 /* A buffer of at least n floats in *buf (capacity *cap floats), grown as needed. */
 static float *scratch(float **buf, size_t *cap, size_t n)
 {
@@ -1206,6 +1232,46 @@ static float *scratch(float **buf, size_t *cap, size_t n)
         *cap = n;
     }
     return *buf;
+}
+
+/* The activation buffers for BT rows (and LOGIT_ROWS of logits for the loss
+ * without logits): in host memory, or a device backend's, with the host
+ * buffers of what crosses; -1 when the device cannot take them. */
+static int acts_reserve(dm_gpt2 *m, size_t BT, int want_logits)
+{
+    const dm_gpt2_config *c = &m->cfg;
+    const dm_gpt2_device_ops *dev = m->be->dev;
+    size_t C = c->n_embd, NI = c->n_inner;
+    size_t logits = want_logits ? (size_t)LOGIT_ROWS * c->vocab_size : 0;
+    if (BT <= m->acts_rows && (!want_logits || m->acts.logits))
+        return 0;
+    BT = BT > m->acts_rows ? BT : m->acts_rows;
+    if (dev) { /* the logits of the loss are made in host memory (run_pass) */
+        m->acts.logits = logits ? scratch(&m->host_logits, &m->host_logits_n, logits) : m->acts.logits;
+        scratch(&m->stage, &m->stage_n, BT * C);
+        logits = 0;
+        dev->release(m->acts_memory);
+    } else {
+        free(m->acts_memory);
+    }
+    size_t sizes[] = {BT * C, BT * C, BT * 3 * C, BT * C, BT * C, BT * NI, logits};
+    float **fields[] = {&m->acts.x,    &m->acts.ln,  &m->acts.qkv,   &m->acts.atty,
+                        &m->acts.branch, &m->acts.fch, &m->acts.logits};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        total += (sizes[i] + 15) & ~(size_t)15; /* keep each buffer 64-byte aligned */
+    m->acts_rows = 0;
+    if (!dev)
+        m->acts_memory = dm_xmalloc_aligned(sizeof(float) * total);
+    else if (!(m->acts_memory = dev->alloc(sizeof(float) * total)))
+        return -1;
+    float *p = m->acts_memory;
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes - (dev != NULL); i++) {
+        *fields[i] = sizes[i] ? p : NULL;
+        p += (sizes[i] + 15) & ~(size_t)15;
+    }
+    m->acts_rows = BT;
+    return 0;
 }
 
 /* out (rows, C) = src (rows, C), minus each row's mean over C when center. */
@@ -1253,20 +1319,35 @@ static float *first_out(const hook_set *hs, dm_gpt2_hook_kind kind)
     return NULL;
 }
 
+/* What run_pass returns after a device error (the device has said it). */
+#define DEVICE_FAILED (-2)
+
 /* Runs the points at (kind, layer) in their order on x ((B*T, width), the
  * activation itself): each point's callback, then its copy (centred when the
- * pass centres and the hook is residual; none when out is x itself). */
+ * pass centres and the hook is residual; none when out is x itself). With
+ * on_device, x is in the device backend's memory: the points see its copy in
+ * m->stage, copied back after a callback (which may edit it). */
 static int run_points(dm_gpt2 *m, const hook_set *hs, dm_gpt2_hook_kind kind, int layer, float *x,
-                      int width)
+                      int width, int on_device)
 {
+    const dm_gpt2_device_ops *dev = on_device ? m->be->dev : NULL;
+    const size_t bytes = sizeof(float) * (size_t)hs->B * hs->T * width;
+    float *h = x;
+    int edited = 0;
     char name[64];
     for (int i = 0; i < hs->n; i++) {
         const dm_gpt2_hook_point *pt = &hs->p[i];
         if (pt->hook.kind != kind || pt->hook.layer != layer)
             continue;
+        if (dev && h == x) {
+            h = m->stage;
+            if (dev->download(h, x, bytes))
+                return DEVICE_FAILED;
+        }
         if (pt->fn) {
             dm_error_clear();
-            if (pt->fn(pt->user, pt->hook, x, hs->B, hs->T, width)) {
+            edited = 1;
+            if (pt->fn(pt->user, pt->hook, h, hs->B, hs->T, width)) {
                 dm_gpt2_hook_name(pt->hook, name, sizeof name);
                 if (dm_error_code() == DM_OK)
                     return dm_failc(DM_E_INTERNAL, "%s: the callback at hook %s failed without a "
@@ -1275,10 +1356,10 @@ static int run_points(dm_gpt2 *m, const hook_set *hs, dm_gpt2_hook_kind kind, in
             }
         }
         if (pt->out && pt->out != x)
-            hook_copy(&m->cx, pt->out, x, (size_t)hs->B * hs->T, width,
+            hook_copy(&m->cx, pt->out, h, (size_t)hs->B * hs->T, width,
                       hs->center && dm_gpt2_hook_is_residual(pt->hook));
     }
-    return 0;
+    return dev && edited && dev->upload(x, h, bytes) ? DEVICE_FAILED : 0;
 }
 
 /* The embedding hooks copied straight from wte[token] and wpe[position] of each
@@ -1304,10 +1385,15 @@ static void copy_embed(const dm_gpt2 *m, const int32_t *tokens, const hook_set *
 static int embed_forward(dm_gpt2 *m, const int32_t *tokens, const hook_set *hs)
 {
     const dm_gpt2_params *p = &m->params;
+    const dm_gpt2_device_ops *dev = m->be->dev;
     dm_gpt2_acts *a = &m->acts;
     size_t C = m->cfg.n_embd, BT = (size_t)hs->B * hs->T, T = hs->T;
     if (!wants(hs, DM_HOOK_EMBED, -1, 1) && !wants(hs, DM_HOOK_POS_EMBED, -1, 1)) {
         copy_embed(m, tokens, hs);
+        if (dev)
+            return dev->embed(a->x, tokens, m->dparams.wte, m->dparams.wpe, hs->B, hs->T, (int)C)
+                       ? DEVICE_FAILED
+                       : 0;
 #pragma omp parallel for schedule(static) if (m->cx.omp_kernels)
         for (size_t bt = 0; bt < BT; bt++) {
             const float *we = p->wte + (size_t)tokens[bt] * C, *pe = p->wpe + (bt % T) * C;
@@ -1318,18 +1404,20 @@ static int embed_forward(dm_gpt2 *m, const int32_t *tokens, const hook_set *hs)
         return 0;
     }
     /* a callback sees (and may edit) each embedding whole: form them apart in
-     * two buffers free until the first block */
-    float *we = a->branch, *pe = a->ln;
+     * two buffers free until the first block (host buffers on a device) */
+    float *we = dev ? m->stage : a->branch, *pe = dev ? scratch(&m->stage2, &m->stage2_n, BT * C) : a->ln;
     for (size_t bt = 0; bt < BT; bt++) {
         memcpy(we + bt * C, p->wte + (size_t)tokens[bt] * C, sizeof(float) * C);
         memcpy(pe + bt * C, p->wpe + (bt % T) * C, sizeof(float) * C);
     }
-    if (run_points(m, hs, DM_HOOK_EMBED, -1, we, (int)C) ||
-        run_points(m, hs, DM_HOOK_POS_EMBED, -1, pe, (int)C))
-        return -1;
+    int rc;
+    if ((rc = run_points(m, hs, DM_HOOK_EMBED, -1, we, (int)C, 0)) ||
+        (rc = run_points(m, hs, DM_HOOK_POS_EMBED, -1, pe, (int)C, 0)))
+        return rc;
+    float *x = dev ? we : a->x;
     for (size_t i = 0; i < BT * C; i++)
-        a->x[i] = we[i] + pe[i];
-    return 0;
+        x[i] = we[i] + pe[i];
+    return dev && dev->upload(a->x, x, sizeof(float) * BT * C) ? DEVICE_FAILED : 0;
 }
 
 /* log sum_v exp(l[v]) of one row of logits (V). */
@@ -1381,8 +1469,9 @@ static int residual_half(dm_gpt2 *m, const hook_set *hs, dm_gpt2_hook_kind kind,
         return 0;
     }
     be->linear(&m->cx, m->acts.branch, inp, W, b, BT, C, OC, 0);
-    if (run_points(m, hs, kind, l, m->acts.branch, OC))
-        return -1;
+    int rc = run_points(m, hs, kind, l, m->acts.branch, OC, be->dev != NULL);
+    if (rc)
+        return rc;
     be->residual(&m->cx, m->acts.x, m->acts.branch, (size_t)BT * OC);
     return 0;
 }
@@ -1425,39 +1514,31 @@ static int check_points(const dm_gpt2 *m, const dm_gpt2_hook_point *points, int 
     return 0;
 }
 
-int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
-                int npoints, int center)
+/* One pass of dm_gpt2_run on m's backend: 0, -1 (an error, said), or
+ * DEVICE_FAILED. On a device backend the blocks read the parameters' copy
+ * there; what a hook sees crosses through run_points. */
+static int run_pass(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
+                    int npoints, int center, int stop)
 {
     const dm_gpt2_config *c = &m->cfg;
-    const dm_gpt2_params *p = &m->params;
     const dm_gpt2_backend *be = m->be;
+    const dm_gpt2_device_ops *dev = be->dev;
+    const dm_gpt2_params *p = dev ? &m->dparams : &m->params;
     const dm_compute *cx = &m->cx;
-    int C = c->n_embd, NI = c->n_inner, V = c->vocab_size, NH = c->n_head, stop;
+    const int C = c->n_embd, NI = c->n_inner, V = c->vocab_size, NH = c->n_head, D = dev != NULL;
     float eps = c->layer_norm_epsilon;
     hook_set hs = {points, npoints, B, T, center};
-    if (B <= 0 || T <= 0)
-        return dm_failc(DM_E_INPUT, "%s: empty batch (%d windows of %d tokens)", m->dir, B, T);
-    if (T > c->n_positions)
-        return dm_failc(DM_E_INPUT, "%s: windows of %d tokens are longer than n_positions %d",
-                        m->dir, T, c->n_positions);
-    if (check_points(m, points, npoints, &stop) < 0)
-        return -1;
-    for (int bt = 0; bt < B * T; bt++)
-        if (tokens[bt] < 0 || tokens[bt] >= V)
-            return dm_failc(DM_E_INPUT,
-                            "token id %d at window %d, position %d is not below vocab_size %d",
-                            tokens[bt], bt / T, bt % T, V);
-
-    int want_logits = wants(&hs, DM_HOOK_LOGITS, -1, 0), want_loss = wants(&hs, DM_HOOK_LOSS, -1, 0);
+    int want_logits = wants(&hs, DM_HOOK_LOGITS, -1, 0), want_loss = wants(&hs, DM_HOOK_LOSS, -1, 0), rc;
     size_t BT = (size_t)B * T;
-    acts_reserve(m, BT, want_loss && !want_logits);
+    if (acts_reserve(m, BT, want_loss && !want_logits))
+        return DEVICE_FAILED;
     dm_gpt2_acts *a = &m->acts;
 
-    if (embed_forward(m, tokens, &hs))
-        return -1;
+    if ((rc = embed_forward(m, tokens, &hs)))
+        return rc;
     for (int l = 0; l < c->n_layer && 2 * l <= stop; l++) {
-        if (run_points(m, &hs, DM_HOOK_RESID_PRE, l, a->x, C))
-            return -1;
+        if ((rc = run_points(m, &hs, DM_HOOK_RESID_PRE, l, a->x, C, D)))
+            return rc;
         if (stop == 2 * l)
             break;
         dm_gpt2_weight qkvw = {p->qkvw + (size_t)l * C * 3 * C, pk(m->pk_qkv, l, m->pk_qkv_n)};
@@ -1471,36 +1552,45 @@ int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_h
                       C, eps);
         be->linear(cx, a->qkv, a->ln, &qkvw, p->qkvb + (size_t)l * 3 * C, (int)BT, C, 3 * C, 0);
         be->attention(cx, a->atty, a->qkv, B, T, C, NH);
-        if (residual_half(m, &hs, DM_HOOK_ATTN_OUT, l, a->atty, &attprojw,
-                          p->attprojb + (size_t)l * C, (int)BT, C, C) ||
-            run_points(m, &hs, DM_HOOK_RESID_MID, l, a->x, C))
-            return -1;
+        if ((rc = residual_half(m, &hs, DM_HOOK_ATTN_OUT, l, a->atty, &attprojw,
+                                p->attprojb + (size_t)l * C, (int)BT, C, C)) ||
+            (rc = run_points(m, &hs, DM_HOOK_RESID_MID, l, a->x, C, D)))
+            return rc;
         if (stop == 2 * l + 1)
             break;
         // MLP half: branch = gelu(ln_2(x) @ c_fc + b) @ c_proj + b; x += branch
         be->layernorm(cx, a->ln, a->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, (int)BT,
                       C, eps);
         be->linear(cx, a->fch, a->ln, &fcw, p->fcb + (size_t)l * NI, (int)BT, C, NI, DM_GPT2_GELU);
-        if (residual_half(m, &hs, DM_HOOK_MLP_OUT, l, a->fch, &fcprojw,
-                          p->fcprojb + (size_t)l * C, (int)BT, NI, C) ||
-            run_points(m, &hs, DM_HOOK_RESID_POST, l, a->x, C))
-            return -1;
+        if ((rc = residual_half(m, &hs, DM_HOOK_MLP_OUT, l, a->fch, &fcprojw,
+                                p->fcprojb + (size_t)l * C, (int)BT, NI, C)) ||
+            (rc = run_points(m, &hs, DM_HOOK_RESID_POST, l, a->x, C, D)))
+            return rc;
+        if (dev && dev->status())
+            return DEVICE_FAILED;
     }
     if (stop != INT_MAX)
-        return 0;
+        return dev && dev->status() ? DEVICE_FAILED : 0;
 
     // ln_final.hook_normalized is LayerNorm without its affine part (fold_ln)
     be->layernorm(cx, a->ln, a->x, NULL, NULL, (int)BT, C, eps);
-    if (run_points(m, &hs, DM_HOOK_LN_FINAL, -1, a->ln, C))
-        return -1;
+    if ((rc = run_points(m, &hs, DM_HOOK_LN_FINAL, -1, a->ln, C, D)))
+        return rc;
     if (!want_logits && !want_loss)
-        return 0;
+        return dev && dev->status() ? DEVICE_FAILED : 0;
+    /* ln_f's affine part, in host memory (on a device: a copy, sent back) */
+    float *ln = dev ? m->stage : a->ln;
+    if (dev && dev->download(ln, a->ln, sizeof(float) * BT * C))
+        return DEVICE_FAILED;
 #pragma omp parallel for schedule(static) if (cx->omp_kernels)
     for (size_t bt = 0; bt < BT; bt++)
         for (int i = 0; i < C; i++)
-            a->ln[bt * C + i] = a->ln[bt * C + i] * p->lnfw[i] + p->lnfb[i];
+            ln[bt * C + i] = ln[bt * C + i] * m->params.lnfw[i] + m->params.lnfb[i];
+    if (dev && dev->upload(a->ln, ln, sizeof(float) * BT * C))
+        return DEVICE_FAILED;
     /* logits and loss go straight into the first copy asked for, else into
-     * the model's own buffers for the callbacks */
+     * the model's own buffers for the callbacks (host memory on a device too:
+     * unembed copies its result out) */
     float *loss = NULL;
     if (want_loss && !(loss = first_out(&hs, DM_HOOK_LOSS)))
         loss = scratch(&m->cb_loss, &m->cb_loss_n, BT);
@@ -1509,18 +1599,48 @@ int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_h
         if (!logits)
             logits = scratch(&m->cb_logits, &m->cb_logits_n, BT * V);
         be->unembed(cx, logits, a->ln, p->wte, (int)BT, C, V);
+        if (dev && dev->status())
+            return DEVICE_FAILED;
         if (loss)
             loss_forward(cx, loss, logits, tokens, 0, (int)BT, T, V);
-        if (run_points(m, &hs, DM_HOOK_LOGITS, -1, logits, V))
-            return -1;
+        if ((rc = run_points(m, &hs, DM_HOOK_LOGITS, -1, logits, V, 0)))
+            return rc;
     } else {
         for (size_t bt0 = 0; bt0 < BT; bt0 += LOGIT_ROWS) {
             int rows = (int)(BT - bt0 < LOGIT_ROWS ? BT - bt0 : LOGIT_ROWS);
             be->unembed(cx, a->logits, a->ln + bt0 * C, p->wte, rows, C, V);
+            if (dev && dev->status())
+                return DEVICE_FAILED;
             loss_forward(cx, loss, a->logits, tokens, (int)bt0, rows, T, V);
         }
     }
-    return loss ? run_points(m, &hs, DM_HOOK_LOSS, -1, loss, 1) : 0;
+    return loss ? run_points(m, &hs, DM_HOOK_LOSS, -1, loss, 1, 0) : 0;
+}
+
+int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
+                int npoints, int center)
+{
+    const dm_gpt2_config *c = &m->cfg;
+    int V = c->vocab_size, stop;
+    if (B <= 0 || T <= 0)
+        return dm_failc(DM_E_INPUT, "%s: empty batch (%d windows of %d tokens)", m->dir, B, T);
+    if (T > c->n_positions)
+        return dm_failc(DM_E_INPUT, "%s: windows of %d tokens are longer than n_positions %d",
+                        m->dir, T, c->n_positions);
+    if (check_points(m, points, npoints, &stop) < 0)
+        return -1;
+    for (int bt = 0; bt < B * T; bt++)
+        if (tokens[bt] < 0 || tokens[bt] >= V)
+            return dm_failc(DM_E_INPUT,
+                            "token id %d at window %d, position %d is not below vocab_size %d",
+                            tokens[bt], bt / T, bt % T, V);
+    int rc = run_pass(m, tokens, B, T, points, npoints, center, stop);
+    if (rc != DEVICE_FAILED)
+        return rc;
+    /* The device failed (it said so): the model goes on on the CPU, and this
+     * pass runs again there (its callbacks run again too). */
+    leave_device(m);
+    return run_pass(m, tokens, B, T, points, npoints, center, stop);
 }
 
 int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,

@@ -99,6 +99,7 @@ int64_t dm_gpt2_hook_width(const dm_gpt2_config *cfg, dm_gpt2_hook h);
 int dm_gpt2_read_config(const char *dir, dm_gpt2_config *cfg);
 
 typedef struct dm_gpt2 dm_gpt2;
+struct dm_gpt2_backend;
 
 /* Loads dir: config.json and model.safetensors, every tensor's name, dtype and
  * shape checked against the config (extra or missing tensors are errors; the
@@ -109,6 +110,9 @@ typedef struct dm_gpt2 dm_gpt2;
  * (dm_gpt2_backend_select) and so whether the weights are also packed for
  * dm_sgemm. NULL with the error recorded on failure. Free with dm_gpt2_free. */
 dm_gpt2 *dm_gpt2_load(const char *dir, int depth, const dm_compute *cx);
+/* The same with the backend be rather than the one cx selects (tests stand in
+ * a device with it); be must not pack. */
+dm_gpt2 *dm_gpt2_load_backend(const char *dir, int depth, const dm_compute *cx, const struct dm_gpt2_backend *be);
 /* Floats a model of depth blocks adds for its weights packed for dm_sgemm (the
  * four matrices again) under cx (NULL: the default context): 0 unless its
  * backend packs (cpu-avx512). */
@@ -196,16 +200,38 @@ typedef struct {
 
 enum { DM_GPT2_GELU = 1 }; /* linear's flags: gelu_new on the result (the MLP's c_fc) */
 
+/* A backend whose kernels run where the host cannot read (a GPU's memory): the
+ * runner keeps the model's parameters and its activation buffers there, and
+ * crosses to host memory through these calls only at the hooks (a copy out,
+ * and back after a callback that may edit), for the logits and loss, and for
+ * the embedding. Each returns 0, or -1 after a device error, which the device
+ * has said once on stderr (the runner then runs the model on the CPU). */
+typedef struct {
+    void *(*alloc)(size_t bytes); /* NULL on failure */
+    void (*release)(void *p);     /* accepts NULL */
+    int (*upload)(void *dst, const void *src, size_t bytes);
+    int (*download)(void *dst, const void *src, size_t bytes);
+    /* x (B*T, C) = wte[tokens] + wpe[position]; tokens in host memory */
+    int (*embed)(float *x, const int32_t *tokens, const float *wte, const float *wpe, int B, int T, int C);
+    /* 0, or -1 when a kernel since the last call has failed (the table's
+     * entries return nothing) */
+    int (*status)(void);
+} dm_gpt2_device_ops;
+
 typedef struct dm_gpt2_backend {
     const char *name; /* "ref", "cpu", "cpu-avx512", "cuda" */
     dm_device device;
     int packs;        /* 1: linear and linear_residual read dm_gpt2_weight.packed */
+    /* NULL: the entries take host memory. Otherwise they take memory made by
+     * dev->alloc (the cuda entries also take host memory, copying it in and
+     * out on each call: the tests call them so). */
+    const dm_gpt2_device_ops *dev;
     /* out (BT, C) = (inp - mean) / sqrt(var + eps) * weight + bias per row;
      * weight and bias (C) may both be NULL (no affine part) */
     void (*layernorm)(const dm_compute *cx, float *out, const float *inp, const float *weight,
                       const float *bias, int BT, int C, float eps);
     /* out (BT, OC) = inp (BT, C) @ W + bias (OC, or NULL), then GELU with
-     * DM_GPT2_GELU */
+     * DM_GPT2_GELU. On a GPU, in cx->gemm's precision (compute.h). */
     void (*linear)(const dm_compute *cx, float *out, const float *inp, const dm_gpt2_weight *W,
                    const float *bias, int BT, int C, int OC, int flags);
     /* x (BT, OC) += inp (BT, C) @ W + bias without the branch in memory (a

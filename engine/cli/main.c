@@ -56,6 +56,8 @@ static void usage(FILE *f)
          "cache folder (default: the pipeline's, else $DMICA_CACHE, else .dmica-cache)"},                       \
         {"device", DM_ARG_STRING, "cpu|cuda|auto", "cpu", 0, 0, 0, 0,                                          \
          "where the kernels run: auto or cuda use the GPU where one is (gpu/README.md)"},                   \
+        {"precision", DM_ARG_STRING, "fp32|tf32|bf16", "fp32", 0, 0, 0, 0,                                     \
+         "the GPU's matrix products (model and SAE): tf32 and bf16 use tensor cores (gpu/README.md)"},          \
         {"shard", DM_ARG_STRING, "ROWS", NULL, 0, 0, 0, 0,                                                      \
          "rows (tokens) per shard, e.g. 1M; 0: no shards (default: the pipeline's, else 1M)"},                  \
         {"quiet", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "no progress output"}
@@ -120,6 +122,11 @@ static int parse_run_opts(const dm_arg_cmd *c, int argc, char **argv, dm_args *a
     o->device = dm_arg_str(a, "device");
     if (strcmp(o->device, "cpu") && strcmp(o->device, "cuda") && strcmp(o->device, "auto")) {
         fprintf(stderr, "dmica %s: --device: expected cpu, cuda or auto, not '%s'\n", c->name, o->device);
+        return 2;
+    }
+    if (dm_compute_set_gemm(dm_arg_str(a, "precision"))) {
+        fprintf(stderr, "dmica %s: --precision: expected fp32, tf32 or bf16, not '%s'\n", c->name,
+                dm_arg_str(a, "precision"));
         return 2;
     }
     o->shard = -1;

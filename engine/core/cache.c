@@ -228,8 +228,11 @@ static int compute_key(dm_graph *g, dm_node *n)
     if (has_stream_output(n))
         dm_strbuf_addf(&b, "spill_dtype=%s\n", n->decl->spill_dtype ? n->decl->spill_dtype : "f32");
     /* kernels on the GPU sum in other orders than the CPU's */
-    if (dm_node_compute(n)->device == DM_DEVICE_CUDA)
+    if (dm_node_compute(n)->device == DM_DEVICE_CUDA) {
         dm_strbuf_addf(&b, "device=cuda\n");
+        if (dm_node_compute(n)->gemm != DM_GEMM_FP32)
+            dm_strbuf_addf(&b, "gemm=%s\n", dm_gemm_name(dm_node_compute(n)->gemm));
+    }
     /* a node run in shards (or whose passes split by shard) merges partial
      * results: they depend on the shard size */
     if ((n->op->shardable || n->op->pass_partial) && g->shard > 0)

@@ -243,6 +243,9 @@ err_has "dev.yaml:6: node 'm': device must be cpu, cuda or auto, not 'gpu'"
 expect_fail $DMICA demo --device gpu
 err_has "--device: expected cpu, cuda or auto, not 'gpu'"
 [ $code = 2 ] || fail "--device gpu: exit $code, expected 2"
+expect_fail $DMICA demo --precision fp16
+err_has "--precision: expected fp32, tf32 or bf16, not 'fp16'"
+[ $code = 2 ] || fail "--precision fp16: exit $code, expected 2"
 sed 's/device: gpu/device: cuda/' dev.yaml > devc.yaml
 sed 's/device: gpu/device: cpu/' dev.yaml > devp.yaml
 expect_ok $DMICA run devp.yaml --out cpu --cache dcpu
@@ -250,6 +253,11 @@ expect_ok $DMICA run devc.yaml --out cuda --cache dcuda
 if ! grep -q "running on .* (CUDA)" err.txt; then   # no GPU here: the CPU, said once
     err_has "node 'm': device cuda: "; err_has "running on the CPU"
     cmp cpu/stats.json cuda/stats.json || fail "device cuda without a GPU should give the CPU's results"
+    # --precision is the GPU's: on the CPU it changes nothing, not even the cache key
+    expect_ok $DMICA plan devp.yaml --cache dcpu --precision bf16
+    ! grep -q stale out.txt || fail "--precision on the CPU should keep the CPU's cache"
+    expect_ok $DMICA run devp.yaml --out cpu2 --cache dcpu --precision bf16
+    cmp cpu/stats.json cpu2/stats.json || fail "--precision on the CPU changed the results"
 fi
 
 expect_fail $DMICA run does-not-exist.yaml

@@ -136,6 +136,7 @@ struct dm_node {
     int64_t rows_in;
     double seconds;    /* time in this node's own callbacks but open() */
     double open_seconds, finish_seconds; /* in open() (loading weights, say), and the part of seconds in finish() */
+    double shard_seconds; /* the seconds of the shards this run computed, added to seconds at the merge */
     int in_consume;
     char *bad_param; /* a parameter the operator read without declaring it (a bug) */
 };

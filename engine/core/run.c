@@ -1263,6 +1263,7 @@ static int commit_shard(dm_run_ctx *ctx, const group *G, dm_node *n, int64_t i, 
                                               "count", (json_int_t)S, "row0", (json_int_t)G->row0, "rows",
                                               (json_int_t)G->rows));
     json_object_set_new(j, "seconds", json_real(n->seconds));
+    n->shard_seconds += n->seconds;
     json_object_set_new(j, "outputs", outs);
     json_object_set_new(j, "products", json_array());
     json_object_set_new(j, "files", files);
@@ -1407,8 +1408,11 @@ static int merge_group(dm_run_ctx *ctx, group *G, int64_t R, int64_t S)
         dm_node *n = G->members[m];
         if (!n->run)
             continue;
-        if (open_node(g, n, OPEN_RANDOM) || merge_partials(ctx, n, R, S) || dm_check_interrupt() ||
-            finish_node(n))
+        if (open_node(g, n, OPEN_RANDOM))
+            return -1;
+        n->seconds = n->shard_seconds; /* a sharded node's time: its shards' in this run, then the merge's */
+        n->shard_seconds = 0;
+        if (merge_partials(ctx, n, R, S) || dm_check_interrupt() || finish_node(n))
             return -1;
         n->shard_rows = R;
         n->nshards = S;

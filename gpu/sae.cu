@@ -549,7 +549,10 @@ static int upload_weights(sae_gpu *g, const dm_sae *s)
 
 /* C (M x N, column-major) = A (M x K) B (K x N), FP32 in and out, in the
  * work's precision: FP32 pedantic (no tensor cores), TF32 or BF16 (inputs
- * rounded to 10 or 7 mantissa bits on the tensor cores), FP32 accumulation. */
+ * rounded to 10 or 7 mantissa bits on the tensor cores), FP32 accumulation.
+ * cuBLAS may run FAST_16BF on TF32 kernels when the operands are FP32 (on an
+ * H200 it gave TF32's bits): BF16 is at most as coarse as stated, and no
+ * faster than TF32 until the operands are converted. */
 static int sgemm(const sae_gpu *g, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
                  int ldc)
 {

@@ -3,7 +3,8 @@
  * activations, with its statistics in the same pass.
  *
  * Per input chunk the node runs sae.h's kernel tile by tile (SGEMMs by column panels per
- * `tile` rows), folds each tile into the statistics, and emits
+ * `tile` rows; on the GPU whole chunks, dm_sae_backend_tile), folds each tile into the
+ * statistics (with the work of its forward: the GPU's keeps the tile's rows), and emits
  *   residual        e = x - x_hat, same rows as x (a map)
  *   reconstruction  x_hat, same rows as x
  *   features        the active features, one row per (token, feature): int64

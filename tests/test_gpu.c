@@ -13,6 +13,7 @@
 #include "device.h"
 #include "dm.h"
 #include "fastica.h"
+#include "sae.h"
 #include "stats.h"
 #include "test.h"
 
@@ -36,6 +37,8 @@ START_TEST(device_choice)
         ck_assert_msg(strstr(note, "device cuda: ") && strstr(note, "running on the CPU"), "note: %s", note);
         ck_assert_ptr_null(dm_stats_backend_cuda());
         ck_assert_ptr_null(dm_ica_backend_cuda());
+        ck_assert_ptr_null(dm_sae_backend_cuda());
+        ck_assert_ptr_eq(dm_sae_backend_for(dm_compute_default()), &dm_sae_backend_cpu);
         ck_assert_ptr_eq(dm_stats_backend_for(dm_compute_default()), &dm_stats_backend_cpu);
         ck_assert_ptr_eq(dm_ica_backend_for(dm_compute_default()), &dm_ica_backend_cpu);
         ck_assert_int_eq(dm_compute_set_device("auto", note, (int)sizeof note), 0);
@@ -46,6 +49,7 @@ START_TEST(device_choice)
         ck_assert_ptr_nonnull(dm_stats_backend_cuda());
         ck_assert_str_eq(dm_stats_backend_for(dm_compute_default())->name, "cuda");
         ck_assert_str_eq(dm_ica_backend_for(dm_compute_default())->name, "cuda");
+        ck_assert_str_eq(dm_sae_backend_for(dm_compute_default())->name, "cuda");
     }
 }
 END_TEST

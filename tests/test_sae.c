@@ -79,22 +79,39 @@ static double rel_err_f32_f64(const float *a, const double *b, int64_t n)
 
 static double rel(double a, double b) { return fabs(a - b) / fmax(fabs(b), 1e-300); }
 
-/* Every entry of the backend table; "ref" first. */
-static const dm_sae_backend *const backends[] = {&dm_sae_backend_ref, &dm_sae_backend_cpu};
-#define NBACKENDS (int)(sizeof backends / sizeof *backends)
+/* Every entry of the backend table; "ref" first; "cuda" (gpu/sae.cu) where
+ * libdmica-cuda.so sees a GPU, listed inside each test: CUDA must not start
+ * before Check forks the test's process. On a GPU, "cuda" is held to the same
+ * tolerances as "cpu" (FP32 GEMMs summed in another order, statistics in
+ * double: see each test), and its reduced-precision GEMMs to the bounds of
+ * cuda_gemm_precisions. */
+#define MAXBACKENDS 3
+static const dm_sae_backend *backends[MAXBACKENDS];
+static int NBACKENDS;
+static void list_backends(void)
+{
+    backends[0] = &dm_sae_backend_ref;
+    backends[1] = &dm_sae_backend_cpu;
+    NBACKENDS = 2;
+    if (dm_sae_backend_cuda())
+        backends[NBACKENDS++] = dm_sae_backend_cuda();
+}
 
-/* The default context, with the reference flag or the AVX-512 path changed. */
-static dm_compute context(int reference, int avx512)
+/* The default context for backend be (the reference flag, the CUDA device),
+ * with the AVX-512 path where asked and the CPU has it. */
+static dm_compute context(const dm_sae_backend *be, int avx512)
 {
     dm_compute c = *dm_compute_default();
-    c.reference = reference;
+    c.reference = be == &dm_sae_backend_ref;
+    c.device = be && be == dm_sae_backend_cuda() ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
     c.avx512 = avx512 && c.avx512;
     return c;
 }
 
 START_TEST(backend_choice)
 {
-    dm_compute ref = context(1, 1), cpu = context(0, 1);
+    list_backends();
+    dm_compute ref = context(&dm_sae_backend_ref, 1), cpu = context(&dm_sae_backend_cpu, 1);
     ck_assert_ptr_eq(dm_sae_backend_for(&ref), &dm_sae_backend_ref);
     ck_assert_ptr_eq(dm_sae_backend_for(&cpu), &dm_sae_backend_cpu);
     ck_assert_str_eq(dm_sae_backend_ref.name, "ref");
@@ -104,14 +121,29 @@ START_TEST(backend_choice)
     /* only the cpu backend with AVX-512F packs W_enc */
     ck_assert_int_eq(dm_sae_packed_floats(32, 256, &ref), 0);
     ck_assert_int_eq(dm_sae_packed_floats(32, 256, &cpu) > 0, cpu.avx512);
+    /* the CPU's tile; the GPU's chunk, within 1 GiB of activations, never below the tile */
+    ck_assert_int_eq(dm_sae_backend_tile(&dm_sae_backend_cpu, 24576, 256, 65536), 256);
+    /* a CUDA device: "cuda" where the library sees a GPU, else "cpu" */
+    dm_compute gpu = cpu;
+    gpu.device = DM_DEVICE_CUDA;
+    const dm_sae_backend *cu = dm_sae_backend_cuda();
+    ck_assert_ptr_eq(dm_sae_backend_for(&gpu), cu ? cu : &dm_sae_backend_cpu);
+    if (cu) {
+        ck_assert_str_eq(cu->name, "cuda");
+        ck_assert_int_eq(dm_sae_packed_floats(32, 256, &gpu), 0);
+        ck_assert_int_eq(dm_sae_backend_tile(cu, 24576, 256, 65536), ((int64_t)1 << 30) / (4 * 24576));
+        ck_assert_int_eq(dm_sae_backend_tile(cu, 24576, 256, 4096), 4096);
+        ck_assert_int_eq(dm_sae_backend_tile(cu, 1 << 22, 256, 4096), 256);
+    }
 }
 END_TEST
 
 START_TEST(golden_parity_and_statistics)
 {
+    list_backends();
     for (int c = 0; c < NCASES * NBACKENDS; c++) {
         const dm_sae_backend *be = backends[c % NBACKENDS];
-        dm_compute cc = context(be == &dm_sae_backend_ref, 1);
+        dm_compute cc = context(be, 1);
         char *dir = dm_xasprintf(GOLDEN "%s", cases[c / NBACKENDS]), *p;
         p = dm_xasprintf("%s/expected_stats.json", dir);
         json_t *js = load_json(p);
@@ -134,7 +166,7 @@ START_TEST(golden_parity_and_statistics)
         for (int64_t r0 = 0, b = 37; r0 < n; r0 += b, b = b * 2 % 97 + 1) {
             int64_t m = n - r0 < b ? n - r0 : b;
             bad += be->forward(w, s, (float *)x.data + r0 * d, m, recon + r0 * d, resid + r0 * d, &sp);
-            be->stats_update(st, (float *)x.data + r0 * d, recon + r0 * d, resid + r0 * d, &sp, m);
+            be->stats_update(w, st, (float *)x.data + r0 * d, recon + r0 * d, resid + r0 * d, &sp, m);
         }
         const char *name = cases[c / NBACKENDS];
         double e = rel_err_f32_f64(resid, er.data, n * d);
@@ -201,7 +233,8 @@ END_TEST
 START_TEST(backends_match_reference)
 {
     static const int64_t tiles[] = {1, 7, 64, 1000};
-    dm_compute refc = context(1, 0);
+    list_backends();
+    dm_compute refc = context(&dm_sae_backend_ref, 0);
     for (int c = 0; c < NCASES; c++) {
         char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p = dm_xasprintf("%s/x.npy", dir);
         dm_tensor x = {0};
@@ -220,7 +253,7 @@ START_TEST(backends_match_reference)
         dm_sae_free(s);
         for (int v = 0; v < 2 * NBACKENDS; v++) {
             const dm_sae_backend *be = backends[v / 2];
-            dm_compute cc = context(be == &dm_sae_backend_ref, v % 2);
+            dm_compute cc = context(be, v % 2);
             s = dm_sae_load(dir, 0.5, &cc);
             ck_assert_msg(s, "%s", dm_error());
             ck_assert_int_eq(s->W_enc_packed != NULL, be == &dm_sae_backend_cpu && cc.avx512);
@@ -272,7 +305,8 @@ END_TEST
  * cov_update), which the ratio of traces carries over; 1e-5 absolute. */
 START_TEST(stats_backends_match_reference)
 {
-    dm_compute refc = context(1, 0);
+    list_backends();
+    dm_compute refc = context(&dm_sae_backend_ref, 0);
     for (int c = 0; c < NCASES; c++) {
         char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p = dm_xasprintf("%s/x.npy", dir);
         dm_tensor x = {0};
@@ -285,10 +319,12 @@ START_TEST(stats_backends_match_reference)
         dm_sae_sparse sp = {0};
         dm_sae_work *w = dm_sae_work_new(s, n, &refc);
         dm_sae_backend_ref.forward(w, s, x.data, n, rc, re, &sp);
-        dm_sae_result r[NBACKENDS];
+        dm_sae_result r[MAXBACKENDS];
         for (int b = 0; b < NBACKENDS; b++) {
-            dm_compute cc = context(b == 0, 1);
+            dm_compute cc = context(backends[b], 1);
             dm_sae_stats *st = dm_sae_stats_new(d, ds, 1, &cc);
+            /* a work of this backend's that made none of these rows ("cuda" uploads them) */
+            dm_sae_work *wb = dm_sae_work_new(s, 300, &cc);
             for (int64_t r0 = 0, m = 300; r0 < n; r0 += m, m = m * 3 % 301 + 1) {
                 int64_t rows = n - r0 < m ? n - r0 : m;
                 dm_sae_sparse blk = sp;
@@ -297,11 +333,12 @@ START_TEST(stats_backends_match_reference)
                     start[i] = sp.start[r0 + i] - sp.start[r0];
                 blk.start = start, blk.rows = rows;
                 blk.feature = sp.feature + sp.start[r0], blk.value = sp.value + sp.start[r0];
-                backends[b]->stats_update(st, (float *)x.data + r0 * d, rc + r0 * d, re + r0 * d, &blk, rows);
+                backends[b]->stats_update(wb, st, (float *)x.data + r0 * d, rc + r0 * d, re + r0 * d, &blk, rows);
                 free(start);
             }
             ck_assert_msg(dm_sae_stats_finalize(st, &r[b]) == 0, "%s", dm_error());
             dm_sae_stats_free(st);
+            dm_sae_work_free(wb);
         }
         const dm_sae_result *a = &r[0];
         for (int b = 1; b < NBACKENDS; b++) {
@@ -354,14 +391,175 @@ START_TEST(stats_backends_match_reference)
 }
 END_TEST
 
+/* |x_in| of row x (sae.h: normalise, then less b_dec where the SAE says so),
+ * and the multiplier the decode's denormalisation applies (sae.c's row_norm). */
+static double input_norm(const dm_sae *s, const float *x, double *out_mul)
+{
+    const int64_t d = s->cfg.d_in;
+    double scale = 1, offset = 0, ss = 0, mu = 0;
+    *out_mul = 1;
+    if (s->cfg.norm == DM_SAE_NORM_EXPECTED_AVERAGE)
+        scale = s->scaling_factor, *out_mul = 1 / s->scaling_factor;
+    else if (s->cfg.norm == DM_SAE_NORM_CONSTANT) {
+        for (int64_t j = 0; j < d; j++)
+            ss += (double)x[j] * x[j];
+        scale = ss > 0 ? sqrt((double)d / ss) : 1, *out_mul = 1 / scale;
+    } else if (s->cfg.norm == DM_SAE_NORM_LAYER) {
+        for (int64_t j = 0; j < d; j++)
+            mu += x[j] / (double)d;
+        for (int64_t j = 0; j < d; j++)
+            ss += (x[j] - mu) * (x[j] - mu);
+        double sd = sqrt(ss / (double)(d - 1));
+        offset = mu, scale = 1 / (sd + 1e-5), *out_mul = sd;
+    }
+    double n2 = 0;
+    for (int64_t j = 0; j < d; j++) {
+        double v = (x[j] - offset) * scale - (s->cfg.apply_b_dec_to_input ? s->b_dec[j] : 0);
+        n2 += v * v;
+    }
+    return sqrt(n2);
+}
+
+/* The GPU's encoder and decoder in TF32 and BF16 (compute.h's c.gemm) against
+ * "ref", on a GPU only. Each input of a product is rounded to 10 (TF32) or 7
+ * (BF16) mantissa bits: a relative error of at most u = 2^-10 or 2^-7 (twice
+ * round-to-nearest's 2^-11, 2^-8, in case the tensor cores truncate), 2u for a
+ * product of two rounded inputs, and the FP32 accumulation adds d_in 2^-24.
+ * So a pre-activation is off by at most
+ *   tau_f = (2u + d_in 2^-24) sum_i |x_in,i W_enc,if| <= (2u + d_in 2^-24) |x_in| |W_enc[:, f]|
+ * (Cauchy-Schwarz; the sum of d_in independent roundings is typically sqrt(d_in)
+ * times smaller, so the bound is safe rather than tight). Checks, per row:
+ *   - a feature active in both: values within tau_f (+ 2^-22 relative: the
+ *     float b_enc addition);
+ *   - a feature active in one only: within tau_f of its threshold (standard,
+ *     jumprelu), or for topk within 2 max tau of the other's k-th value or of 0;
+ *   - the residual within out_mul sum_f (tau_f + 4u |f_f|) max_j |W_dec,fj|
+ *     over the features active in both (the error of f, and W_dec's and f's
+ *     rounding in the decode), plus (|f_f| + tau_f) max_j |W_dec,fj| for a
+ *     feature active in one only, plus 2^-21 (|x| + |recon|) for the final
+ *     float operations. */
+START_TEST(cuda_gemm_precisions)
+{
+    const dm_sae_backend *cu = dm_sae_backend_cuda();
+    if (!cu)
+        return; /* no GPU here: nothing to check */
+    static const dm_gemm gemms[] = {DM_GEMM_TF32, DM_GEMM_BF16};
+    static const double units[] = {0x1p-10, 0x1p-7};
+    dm_compute refc = context(&dm_sae_backend_ref, 0);
+    for (int c = 0; c < NCASES; c++) {
+        char *dir = dm_xasprintf(GOLDEN "%s", cases[c]), *p = dm_xasprintf("%s/x.npy", dir);
+        dm_tensor x = {0};
+        load_npy(p, &x);
+        free(p);
+        dm_sae *s = dm_sae_load(dir, 0.5, &refc);
+        ck_assert_msg(s, "%s", dm_error());
+        const int64_t n = x.shape[0], d = x.shape[1], ds = s->cfg.d_sae;
+        const float *X = x.data;
+        float *rr = malloc(sizeof(float) * n * d), *re = malloc(sizeof(float) * n * d);
+        float *fr = malloc(sizeof(float) * n * d), *fe = malloc(sizeof(float) * n * d);
+        float *dense_r = malloc(sizeof(float) * ds), *dense_g = malloc(sizeof(float) * ds);
+        double *wn = malloc(sizeof(double) * ds), *wd = malloc(sizeof(double) * ds);
+        for (int64_t f = 0; f < ds; f++) {
+            wn[f] = wd[f] = 0;
+            for (int64_t i = 0; i < d; i++)
+                wn[f] += (double)s->W_enc[i * ds + f] * s->W_enc[i * ds + f];
+            wn[f] = sqrt(wn[f]);
+            for (int64_t j = 0; j < d; j++)
+                wd[f] = fmax(wd[f], fabs(s->W_dec[f * d + j]));
+        }
+        dm_sae_sparse sr = {0}, sg = {0};
+        dm_sae_work *wr = dm_sae_work_new(s, n, &refc);
+        int64_t bad_ref = dm_sae_backend_ref.forward(wr, s, X, n, rr, re, &sr);
+        dm_sae_work_free(wr);
+        for (int g = 0; g < 2; g++) {
+            const double u = units[g];
+            dm_compute cc = context(cu, 0);
+            cc.gemm = gemms[g];
+            dm_sae *sgpu = dm_sae_load(dir, 0.5, &cc);
+            ck_assert_msg(sgpu, "%s", dm_error());
+            dm_sae_work *w = dm_sae_work_new(sgpu, 64, &cc);
+            ck_assert_int_eq(cu->forward(w, sgpu, X, n, fr, fe, &sg), bad_ref);
+            int64_t flips = 0;
+            for (int64_t r = 0; r < n; r++) {
+                const float *xr = X + r * d;
+                if (isnan(re[r * d])) {
+                    ck_assert(isnan(fe[r * d]) && sg.start[r + 1] == sg.start[r]);
+                    continue;
+                }
+                double out_mul, xn = input_norm(s, xr, &out_mul), tmax = 0;
+                const double k_u = 2 * u + (double)d * 0x1p-24;
+                for (int64_t f = 0; f < ds; f++)
+                    dense_r[f] = dense_g[f] = 0, tmax = fmax(tmax, k_u * xn * wn[f]);
+                for (int64_t a = sr.start[r]; a < sr.start[r + 1]; a++)
+                    dense_r[sr.feature[a]] = sr.value[a];
+                for (int64_t a = sg.start[r]; a < sg.start[r + 1]; a++)
+                    dense_g[sg.feature[a]] = sg.value[a];
+                /* topk: each side's k-th value (0 when fewer than k are positive) */
+                double kth_r = 0, kth_g = 0;
+                if (s->cfg.arch == DM_SAE_TOPK) {
+                    if (sr.start[r + 1] - sr.start[r] == s->cfg.k)
+                        for (int64_t a = sr.start[r], i = 0; a < sr.start[r + 1]; a++, i++)
+                            kth_r = i ? fmin(kth_r, sr.value[a]) : sr.value[a];
+                    if (sg.start[r + 1] - sg.start[r] == s->cfg.k)
+                        for (int64_t a = sg.start[r], i = 0; a < sg.start[r + 1]; a++, i++)
+                            kth_g = i ? fmin(kth_g, sg.value[a]) : sg.value[a];
+                }
+                double tol = 0;
+                for (int64_t f = 0; f < ds; f++) {
+                    const double a = dense_r[f], b = dense_g[f], tau = k_u * xn * wn[f];
+                    const double thr = s->cfg.arch == DM_SAE_JUMPRELU ? s->threshold[f] : 0;
+                    if (a != 0 && b != 0) {
+                        ck_assert_msg(fabs(a - b) <= tau + 0x1p-22 * fabs(a),
+                                      "%s %s row %lld feature %lld: %.9g vs ref %.9g, bound %.3g", dm_gemm_name(gemms[g]),
+                                      cases[c], (long long)r, (long long)f, b, a, tau);
+                        tol += (tau + 4 * u * fabs(a)) * wd[f];
+                    } else if (a != 0 || b != 0) {
+                        const double v = a != 0 ? a : b, other_kth = a != 0 ? kth_g : kth_r;
+                        flips++;
+                        if (s->cfg.arch == DM_SAE_TOPK)
+                            ck_assert_msg(v <= fmax(other_kth, 0) + 2 * tmax, "%s %s row %lld feature %lld: %.9g "
+                                          "in one top k only, the other's k-th %.9g, bound %.3g",
+                                          dm_gemm_name(gemms[g]), cases[c], (long long)r, (long long)f, v, other_kth,
+                                          2 * tmax);
+                        else
+                            ck_assert_msg(v - thr <= tau + 0x1p-22 * fabs(v), "%s %s row %lld feature %lld: %.9g "
+                                          "active on one side only, threshold %.9g, bound %.3g",
+                                          dm_gemm_name(gemms[g]), cases[c], (long long)r, (long long)f, v, thr, tau);
+                        tol += (fabs(v) + tau) * wd[f];
+                    }
+                }
+                double err = 0, scale = 0;
+                for (int64_t j = 0; j < d; j++) {
+                    err = fmax(err, fabs(fe[r * d + j] - re[r * d + j]));
+                    scale = fmax(scale, fabs(xr[j]) + fabs(rr[r * d + j]));
+                }
+                tol = out_mul * tol + 0x1p-21 * scale;
+                ck_assert_msg(err <= tol, "%s %s row %lld: residual off by %.3g, bound %.3g", dm_gemm_name(gemms[g]),
+                              cases[c], (long long)r, err, tol);
+            }
+            fprintf(stderr, "test_sae: %s %s: %lld features active on one side only, within the bound\n",
+                    dm_gemm_name(gemms[g]), cases[c], (long long)flips);
+            dm_sae_work_free(w);
+            dm_sae_free(sgpu);
+        }
+        dm_sae_sparse_free(&sr), dm_sae_sparse_free(&sg);
+        free(rr), free(re), free(fr), free(fe), free(dense_r), free(dense_g), free(wn), free(wd);
+        dm_tensor_free(&x);
+        dm_sae_free(s);
+        free(dir);
+    }
+}
+END_TEST
+
 /* A row of large but finite values is finite: it is encoded, and counted in the
  * statistics. (A product-based finiteness test overflowed to Inf for such rows
  * under a SIMD reduction and dropped them as NaN.) */
 START_TEST(large_rows_are_finite)
 {
+    list_backends();
     for (int b = 0; b < NBACKENDS; b++) {
         const dm_sae_backend *be = backends[b];
-        dm_compute cc = context(be == &dm_sae_backend_ref, 1);
+        dm_compute cc = context(be, 1);
         dm_sae *s = dm_sae_load(GOLDEN "standard_jb", 0, &cc);
         ck_assert_msg(s, "%s", dm_error());
         int64_t n = 3, d = s->cfg.d_in;
@@ -374,7 +572,7 @@ START_TEST(large_rows_are_finite)
         for (int64_t i = 0; i < n * d; i++)
             ck_assert(isfinite(re[i]));
         dm_sae_stats *st = dm_sae_stats_new(d, s->cfg.d_sae, 1, &cc);
-        be->stats_update(st, x, rc, re, &sp, n);
+        be->stats_update(w, st, x, rc, re, &sp, n);
         dm_sae_result r;
         ck_assert_int_eq(dm_sae_stats_finalize(st, &r), 0);
         ck_assert_int_eq(r.n, n);
@@ -516,9 +714,15 @@ END_TEST
  * three-point law), beside a sparse one: the moments must match closed forms. */
 START_TEST(feature_moments_are_stable)
 {
+    list_backends();
     for (int be = 0; be < NBACKENDS; be++) {
         const int64_t d = 2, ds = 2, n = 3000;
-        dm_sae_stats *st = dm_sae_stats_new(d, ds, 0, dm_compute_default());
+        dm_compute cc = context(backends[be], 1);
+        dm_sae_stats *st = dm_sae_stats_new(d, ds, 0, &cc);
+        /* a work of the sizes (its SAE unused: the rows are made here) */
+        static const float wts[2 * 2 * 2 + 2 + 2] = {0};
+        dm_sae *sae = dm_sae_from_arrays(d, ds, "", "test", wts, wts + 4, wts + 8, wts + 10, &cc);
+        dm_sae_work *w = dm_sae_work_new(sae, 256, &cc);
         float *x = malloc(sizeof(float) * n * d), *h = malloc(sizeof(float) * n * d), *e = malloc(sizeof(float) * n * d);
         for (int64_t i = 0; i < n * d; i++)
             x[i] = (float)(i % 7) + 1, h[i] = x[i] * 0.5f, e[i] = x[i] - h[i];
@@ -544,7 +748,7 @@ START_TEST(feature_moments_are_stable)
             for (int64_t r = 0; r <= m; r++)
                 start[r] = sp.start[r0 + r] - sp.start[r0];
             b.start = start, b.feature = sp.feature + sp.start[r0], b.value = sp.value + sp.start[r0], b.rows = m;
-            backends[be]->stats_update(st, x + r0 * d, h + r0 * d, e + r0 * d, &b, m);
+            backends[be]->stats_update(w, st, x + r0 * d, h + r0 * d, e + r0 * d, &b, m);
             free(start);
         }
         dm_sae_result r;
@@ -571,6 +775,8 @@ START_TEST(feature_moments_are_stable)
         dm_sae_result_free(&r);
         dm_sae_sparse_free(&sp);
         dm_sae_stats_free(st);
+        dm_sae_work_free(w);
+        dm_sae_free(sae);
         free(x), free(h), free(e);
     }
 }
@@ -585,6 +791,7 @@ int main(void)
     tcase_add_test(tc, golden_parity_and_statistics);
     tcase_add_test(tc, backends_match_reference);
     tcase_add_test(tc, stats_backends_match_reference);
+    tcase_add_test(tc, cuda_gemm_precisions);
     tcase_add_test(tc, large_rows_are_finite);
     tcase_add_test(tc, bad_folders);
     tcase_add_test(tc, feature_moments_are_stable);

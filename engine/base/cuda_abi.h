@@ -38,7 +38,9 @@ typedef int (*dm_cuda_probe_fn)(char *name, int len);
  *   dm_cuda_stats_backend   dm_stats_backend (stats.h)
  *   dm_cuda_ica_backend     dm_ica_backend (fastica.h)
  *   dm_cuda_gpt2_backend    dm_gpt2_backend (gpt2.h); the fallback must not pack
- *                           its weights */
+ *                           its weights
+ *   dm_cuda_sae_backend     dm_sae_backend (sae.h); the fallback runs on the
+ *                           same dm_sae_work (its CPU buffers made then) */
 typedef int (*dm_cuda_backend_fn)(const void *fallback, void *out);
 
 #ifdef __cplusplus

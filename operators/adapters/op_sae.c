@@ -3,7 +3,8 @@
  * activations, with its statistics in the same pass.
  *
  * Per input chunk the node runs sae.h's kernel tile by tile (SGEMMs by column panels per
- * `tile` rows), folds each tile into the statistics, and emits
+ * `tile` rows; on the GPU whole chunks, dm_sae_backend_tile), folds each tile into the
+ * statistics (with the work of its forward: the GPU's keeps the tile's rows), and emits
  *   residual        e = x - x_hat, same rows as x (a map)
  *   reconstruction  x_hat, same rows as x
  *   features        the active features, one row per (token, feature): int64
@@ -231,8 +232,9 @@ static int sae_open(dm_node *n)
     if (dm_sae_check_input(&s->sae->cfg, name, dm_param_str(n, "hook"), dm_input_desc(n, IN_X)->shape[1]))
         return -1;
     s->d = s->sae->cfg.d_in;
-    s->tile = dm_param_int(n, "tile");
     s->chunk = dm_chunk_rows(n);
+    /* on the GPU, whole chunks (bounded: sae.h) rather than the CPU's cache-sized tiles */
+    s->tile = dm_sae_backend_tile(s->be, s->sae->cfg.d_sae, dm_param_int(n, "tile"), s->chunk);
     s->work = dm_sae_work_new(s->sae, s->tile, cc);
     s->stats = dm_sae_stats_new(s->d, s->sae->cfg.d_sae, dm_param_bool(n, "predictability"), cc);
     s->recon = dm_xmalloc_aligned((size_t)(s->chunk * s->d) * sizeof(float));
@@ -284,7 +286,7 @@ static int sae_consume(dm_node *n, int port, const dm_chunk *c)
         for (int64_t t0 = 0; t0 < rows; t0 += s->tile) {
             int64_t m = rows - t0 < s->tile ? rows - t0 : s->tile;
             s->be->forward(s->work, s->sae, x + t0 * s->d, m, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp);
-            s->be->stats_update(s->stats, x + t0 * s->d, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp, m);
+            s->be->stats_update(s->work, s->stats, x + t0 * s->d, s->recon + t0 * s->d, s->resid + t0 * s->d, &s->sp, m);
             if (emit_features(n, s, c->row0 + r0 + t0))
                 return -1;
         }

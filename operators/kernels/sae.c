@@ -50,6 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "fs.h"
 #include "npy.h"
 #include "safetensors.h"
@@ -515,7 +516,7 @@ void dm_sae_sparse_free(dm_sae_sparse *sp)
     memset(sp, 0, sizeof *sp);
 }
 
-static void sparse_reset(dm_sae_sparse *sp, int64_t rows)
+void dm_sae_sparse_reset(dm_sae_sparse *sp, int64_t rows)
 {
     if (sp->cap_rows < rows + 1) {
         sp->start = dm_xrealloc(sp->start, (size_t)(rows + 1) * sizeof *sp->start);
@@ -525,7 +526,7 @@ static void sparse_reset(dm_sae_sparse *sp, int64_t rows)
     sp->start[0] = 0;
 }
 
-static void sparse_reserve(dm_sae_sparse *sp, int64_t n)
+void dm_sae_sparse_reserve(dm_sae_sparse *sp, int64_t n)
 {
     if (n <= sp->cap)
         return;
@@ -552,6 +553,11 @@ typedef struct {
 
 struct dm_sae_work {
     int64_t tile, d_in, d_sae;
+    dm_compute c;   /* the context the work was made for */
+    int topk;
+    /* the CPU's buffers, for tiles of ctile rows: made at once for "cpu" and
+     * "ref", on the first CPU forward for "cuda" (its fallback) */
+    int64_t ctile;
     int nthreads;
     float *pre;     /* topk: (tile, d_sae); else (nthreads, tile, SAE_PANEL) */
     float *xin;     /* (tile, d_in) */
@@ -562,7 +568,12 @@ struct dm_sae_work {
     int64_t *count; /* (nseg, tile) actives per segment and row, then where each goes in sp */
     int64_t *seg;   /* (nseg, 3) a segment's thread and its range in that thread's list */
     actlist *lists; /* (nthreads) */
+    void *device;   /* a device backend's state (dm_sae_work_set_device) */
+    void (*device_release)(void *);
 };
+
+/* Rows of the CPU buffers of a work made for the GPU (its fallback). */
+#define SAE_FALLBACK_TILE 256
 
 static int64_t pre_floats(int64_t d_sae, int64_t tile, int topk, int nthreads)
 {
@@ -583,25 +594,37 @@ int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile, const dm_compute *c)
            nseg * (tile * 8 + 24) + nt * di * 4;
 }
 
+/* The CPU buffers of w, for ctile rows. */
+static void work_cpu(dm_sae_work *w)
+{
+    w->nthreads = w->c.threads;
+    w->pre = dm_xmalloc_aligned((size_t)pre_floats(w->d_sae, w->ctile, w->topk, w->nthreads) * sizeof(float));
+    w->xin = dm_xmalloc_aligned((size_t)(w->ctile * w->d_in) * sizeof(float));
+    w->zero = dm_xcalloc((size_t)w->d_sae, sizeof(float));
+    w->coef = dm_xmalloc((size_t)w->ctile * 2 * sizeof(double));
+    w->finite = dm_xmalloc((size_t)w->ctile);
+    w->nseg = (w->d_sae + SAE_PANEL - 1) / SAE_PANEL + w->nthreads;
+    w->count = dm_xmalloc((size_t)(w->nseg * w->ctile) * sizeof(int64_t));
+    w->seg = dm_xmalloc((size_t)(w->nseg * 3) * sizeof(int64_t));
+    w->lists = dm_xcalloc((size_t)w->nthreads, sizeof *w->lists);
+    for (int t = 0; t < w->nthreads; t++)
+        w->lists[t].xhat = dm_xmalloc_aligned((size_t)w->d_in * sizeof(float));
+}
+
 dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile, const dm_compute *c)
 {
     dm_sae_work *w = dm_xcalloc(1, sizeof *w);
     w->tile = tile < 1 ? 1 : tile;
     w->d_in = s->cfg.d_in;
     w->d_sae = s->cfg.d_sae;
-    w->nthreads = c->threads;
-    w->pre = dm_xmalloc_aligned((size_t)pre_floats(w->d_sae, w->tile, s->cfg.arch == DM_SAE_TOPK, w->nthreads) *
-                                sizeof(float));
-    w->xin = dm_xmalloc_aligned((size_t)(w->tile * w->d_in) * sizeof(float));
-    w->zero = dm_xcalloc((size_t)w->d_sae, sizeof(float));
-    w->coef = dm_xmalloc((size_t)w->tile * 2 * sizeof(double));
-    w->finite = dm_xmalloc((size_t)w->tile);
-    w->nseg = (w->d_sae + SAE_PANEL - 1) / SAE_PANEL + w->nthreads;
-    w->count = dm_xmalloc((size_t)(w->nseg * w->tile) * sizeof(int64_t));
-    w->seg = dm_xmalloc((size_t)(w->nseg * 3) * sizeof(int64_t));
-    w->lists = dm_xcalloc((size_t)w->nthreads, sizeof *w->lists);
-    for (int t = 0; t < w->nthreads; t++)
-        w->lists[t].xhat = dm_xmalloc_aligned((size_t)w->d_in * sizeof(float));
+    w->c = *c;
+    w->topk = s->cfg.arch == DM_SAE_TOPK;
+    const dm_sae_backend *be = dm_sae_backend_for(c);
+    if (be == &dm_sae_backend_cpu || be == &dm_sae_backend_ref) {
+        w->ctile = w->tile;
+        work_cpu(w);
+    } else
+        w->ctile = w->tile < SAE_FALLBACK_TILE ? w->tile : SAE_FALLBACK_TILE;
     return w;
 }
 
@@ -609,11 +632,23 @@ void dm_sae_work_free(dm_sae_work *w)
 {
     if (!w)
         return;
-    for (int t = 0; t < w->nthreads; t++)
+    if (w->device && w->device_release)
+        w->device_release(w->device);
+    for (int t = 0; w->lists && t < w->nthreads; t++)
         free(w->lists[t].row), free(w->lists[t].feature), free(w->lists[t].value), free(w->lists[t].xhat);
     free(w->lists), free(w->pre), free(w->xin), free(w->zero), free(w->coef), free(w->finite), free(w->count);
     free(w->seg);
     free(w);
+}
+
+int64_t dm_sae_work_tile(const dm_sae_work *w) { return w->tile; }
+const dm_compute *dm_sae_work_compute(const dm_sae_work *w) { return &w->c; }
+void *dm_sae_work_device(const dm_sae_work *w) { return w->device; }
+
+void dm_sae_work_set_device(dm_sae_work *w, void *state, void (*release)(void *state))
+{
+    w->device = state;
+    w->device_release = release;
 }
 
 static void list_reserve(actlist *L, int64_t n)
@@ -803,11 +838,13 @@ static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int6
     const int64_t di = s->cfg.d_in, ds = s->cfg.d_sae;
     const float *thr = s->cfg.arch == DM_SAE_JUMPRELU ? s->threshold : w->zero;
     const int topk = s->cfg.arch == DM_SAE_TOPK;
+    if (!w->pre)
+        work_cpu(w); /* a GPU's work, sent to the CPU by a CUDA error */
     const int blas_threads = dm_blas_serial_begin();
     int64_t bad = 0;
-    sparse_reset(sp, rows);
-    for (int64_t t0 = 0; t0 < rows; t0 += w->tile) {
-        const int64_t m = rows - t0 < w->tile ? rows - t0 : w->tile;
+    dm_sae_sparse_reset(sp, rows);
+    for (int64_t t0 = 0; t0 < rows; t0 += w->ctile) {
+        const int64_t m = rows - t0 < w->ctile ? rows - t0 : w->ctile;
         const float *xt = x + t0 * di;
         /* x_in = normalise(x) - b_dec; non-finite rows encode zeros, ignored */
         for (int64_t r = 0; r < m; r++) {
@@ -846,7 +883,7 @@ static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int6
         const int nt = w->nthreads;
         const int64_t npanels = (ds + SAE_PANEL - 1) / SAE_PANEL, nseg = topk ? nt : npanels;
         const int64_t slot = s->W_enc_packed ? panel_packed_floats(di, ds) : 0;
-        memset(w->count, 0, (size_t)(nseg * w->tile) * sizeof *w->count);
+        memset(w->count, 0, (size_t)(nseg * w->ctile) * sizeof *w->count);
         memset(w->seg, 0, (size_t)(nseg * 3) * sizeof *w->seg);
         for (int t = 0; t < nt; t++)
             w->lists[t].n = 0;
@@ -857,7 +894,7 @@ static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int6
 #pragma omp for schedule(dynamic, 1)
             for (int64_t p = 0; p < npanels; p++) {
                 const int64_t f0 = p * SAE_PANEL, pw = ds - f0 < SAE_PANEL ? ds - f0 : SAE_PANEL;
-                float *out = topk ? w->pre + f0 : w->pre + t * w->tile * (ds < SAE_PANEL ? ds : SAE_PANEL);
+                float *out = topk ? w->pre + f0 : w->pre + t * w->ctile * (ds < SAE_PANEL ? ds : SAE_PANEL);
                 const int64_t ld = topk ? ds : pw;
                 if (s->W_enc_packed)
                     dm_sgemm(out, (int)ld, w->xin, (int)di,
@@ -868,7 +905,7 @@ static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int6
                                 w->xin, (int)di, s->W_enc + f0, (int)ds, 0.0f, out, (int)ld);
                 if (topk)
                     continue;
-                int64_t *cnt = w->count + p * w->tile, *sg = w->seg + 3 * p;
+                int64_t *cnt = w->count + p * w->ctile, *sg = w->seg + 3 * p;
                 sg[0] = t, sg[1] = L->n;
                 for (int64_t r = 0; r < m; r++)
                     if (w->finite[r])
@@ -876,7 +913,7 @@ static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int6
                 sg[2] = L->n;
             }
             if (topk) {
-                int64_t *cnt = w->count + t * w->tile, *sg = w->seg + 3 * t;
+                int64_t *cnt = w->count + t * w->ctile, *sg = w->seg + 3 * t;
 #pragma omp for schedule(static)
                 for (int64_t r = 0; r < m; r++)
                     if (w->finite[r])
@@ -888,14 +925,14 @@ static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int6
         int64_t at = sp->start[sp->rows];
         for (int64_t r = 0; r < m; r++) {
             for (int64_t g = 0; g < nseg; g++) {
-                int64_t c = w->count[g * w->tile + r];
-                w->count[g * w->tile + r] = at;
+                int64_t c = w->count[g * w->ctile + r];
+                w->count[g * w->ctile + r] = at;
                 at += c;
             }
             sp->start[sp->rows + r + 1] = at;
         }
         sp->rows += m;
-        sparse_reserve(sp, at);
+        dm_sae_sparse_reserve(sp, at);
 
         /* scatter each thread's segments into sp, then decode from the active
          * rows of W_dec only */
@@ -907,7 +944,7 @@ static int64_t forward_cpu(dm_sae_work *w, const dm_sae *s, const float *x, int6
                 const int64_t *sg = w->seg + 3 * g;
                 if (sg[0] != t)
                     continue;
-                int64_t *slot = w->count + g * w->tile;
+                int64_t *slot = w->count + g * w->ctile;
                 for (int64_t a = sg[1]; a < sg[2]; a++) {
                     int64_t to = slot[L->row[a]]++;
                     sp->feature[to] = L->feature[a];
@@ -974,7 +1011,7 @@ static int64_t forward_ref(dm_sae_work *w, const dm_sae *s, const float *x, int6
     double *y = dm_xmalloc((size_t)di * sizeof(double));
     ranked *rk = dm_xmalloc((size_t)ds * sizeof(ranked));
     int64_t bad = 0;
-    sparse_reset(sp, rows);
+    dm_sae_sparse_reset(sp, rows);
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * di;
         int finite = 1;
@@ -1027,7 +1064,7 @@ static int64_t forward_ref(dm_sae_work *w, const dm_sae *s, const float *x, int6
                 continue;
             for (int64_t j = 0; j < di; j++)
                 y[j] += (double)f[k] * s->W_dec[k * di + j];
-            sparse_reserve(sp, at + 1);
+            dm_sae_sparse_reserve(sp, at + 1);
             sp->feature[at] = (int32_t)k;
             sp->value[at++] = f[k];
         }
@@ -1219,8 +1256,8 @@ static void token_sums(dm_sae_stats *st, const float *x, const float *recon, con
 /* The "cpu" statistics: the block's moments and co-moments at once (stats.h's
  * chunk updates, cov_update), the features' central moments of the block from
  * its actives, merged once (the file header). */
-static void stats_update_cpu(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
-                             const dm_sae_sparse *sp, int64_t rows)
+static void stats_update_cpu(dm_sae_work *w, dm_sae_stats *st, const float *x, const float *recon,
+                             const float *residual, const dm_sae_sparse *sp, int64_t rows)
 {
     const int64_t d = st->d_in, ds = st->d_sae;
     int64_t nf = 0;
@@ -1289,8 +1326,8 @@ static void stats_update_cpu(dm_sae_stats *st, const float *x, const float *reco
 /* The "ref" statistics: every accumulator one row at a time (stats.h's
  * reference updates), cov(x) and cov(e, x) in double, and the features'
  * moments over dense rows of f, zeros written out. */
-static void stats_update_ref(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
-                             const dm_sae_sparse *sp, int64_t rows)
+static void stats_update_ref(dm_sae_work *w, dm_sae_stats *st, const float *x, const float *recon,
+                             const float *residual, const dm_sae_sparse *sp, int64_t rows)
 {
     const int64_t d = st->d_in;
     float *f = dm_xcalloc((size_t)st->d_sae, sizeof(float));
@@ -1467,9 +1504,89 @@ int dm_sae_stats_merge(dm_sae_stats *a, const dm_sae_stats *b)
 const dm_sae_backend dm_sae_backend_ref = {"ref", forward_ref, stats_update_ref};
 const dm_sae_backend dm_sae_backend_cpu = {"cpu", forward_cpu, stats_update_cpu};
 
+const dm_sae_backend *dm_sae_backend_cuda(void)
+{
+    static dm_sae_backend be;
+    static int tried, ok;
+    if (!tried)
+        tried = 1, ok = dm_cuda_fill("dm_cuda_sae_backend", &dm_sae_backend_cpu, &be);
+    return ok ? &be : NULL;
+}
+
 const dm_sae_backend *dm_sae_backend_for(const dm_compute *c)
 {
-    return c->reference ? &dm_sae_backend_ref : &dm_sae_backend_cpu;
+    if (c->reference)
+        return &dm_sae_backend_ref;
+    if (c->device == DM_DEVICE_CUDA && dm_sae_backend_cuda())
+        return dm_sae_backend_cuda();
+    return &dm_sae_backend_cpu;
+}
+
+/* The dense activations of a GPU tile (rows x d_sae floats) are bounded by this. */
+#define SAE_GPU_ACTIVATION_BYTES ((int64_t)1 << 30)
+
+int64_t dm_sae_backend_tile(const dm_sae_backend *be, int64_t d_sae, int64_t tile, int64_t chunk)
+{
+    if (be == &dm_sae_backend_cpu || be == &dm_sae_backend_ref)
+        return tile;
+    int64_t t = SAE_GPU_ACTIVATION_BYTES / (4 * d_sae);
+    t = t < chunk ? t : chunk;
+    return t > tile ? t : tile;
+}
+
+/* ---- blocks of statistics computed elsewhere ----------------------------- */
+
+void dm_sae_block_init(dm_sae_block *b, const dm_sae_stats *st)
+{
+    memset(b, 0, sizeof *b);
+    b->d_in = st->d_in, b->d_sae = st->d_sae, b->predictability = st->predictability;
+    b->l0_hist = dm_xcalloc((size_t)st->d_sae + 1, sizeof(int64_t));
+    b->count = dm_xcalloc((size_t)st->d_sae, sizeof(int64_t));
+    dm_moments_init(&b->mx, st->d_in);
+    dm_moments_init(&b->me, st->d_in);
+    dm_moments_init(&b->feat, st->d_sae);
+    if (st->predictability) {
+        dm_covariance_init(&b->cxx, st->d_in);
+        dm_xcovariance_init(&b->cex, st->d_in, st->d_in);
+    }
+}
+
+void dm_sae_block_free(dm_sae_block *b)
+{
+    if (!b)
+        return;
+    free(b->l0_hist), free(b->count);
+    dm_moments_free(&b->mx), dm_moments_free(&b->me), dm_moments_free(&b->feat);
+    dm_covariance_free(&b->cxx);
+    dm_xcovariance_free(&b->cex);
+    memset(b, 0, sizeof *b);
+}
+
+int dm_sae_stats_add_block(dm_sae_stats *st, const dm_sae_block *b)
+{
+    if (b->d_in != st->d_in || b->d_sae != st->d_sae || b->predictability != st->predictability)
+        return dm_failc(DM_E_SHAPE, "sae statistics: a block of d_in %lld, d_sae %lld%s does not fit d_in %lld, "
+                        "d_sae %lld%s", (long long)b->d_in, (long long)b->d_sae,
+                        b->predictability ? " with predictability" : "", (long long)st->d_in, (long long)st->d_sae,
+                        st->predictability ? " with predictability" : "");
+    /* as token_sums and stats_update_cpu add a block */
+    st->sse += b->sse, st->cos_sum += b->cos_sum, st->cos_undefined += b->cos_undefined;
+    st->n += b->n, st->nonfinite += b->nonfinite;
+    st->l0_sum += b->l0_sum;
+    if (b->l0_max > st->l0_max)
+        st->l0_max = b->l0_max;
+    for (int64_t i = 0; i <= st->d_sae; i++)
+        st->l0_hist[i] += b->l0_hist[i];
+    for (int64_t f = 0; f < st->d_sae; f++)
+        st->count[f] += b->count[f];
+    if (b->n == 0)
+        return 0;
+    if (dm_moments_merge(&st->mx, &b->mx) || dm_moments_merge(&st->me, &b->me) ||
+        dm_moments_merge(&st->feat, &b->feat))
+        return -1;
+    if (st->predictability && (dm_covariance_merge(&st->cxx, &b->cxx) || dm_xcovariance_merge(&st->cex, &b->cex)))
+        return -1;
+    return 0;
 }
 
 void dm_sae_result_free(dm_sae_result *r)

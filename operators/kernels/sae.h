@@ -27,8 +27,13 @@
  *   "ref"  the plain, row-at-a-time version of the same formulas: a dense
  *          pre-activation vector, a dense decode in double, and statistics
  *          updated one row at a time with stats.h's reference updates.
- * tests/test_sae.c runs every entry against "ref". A CUDA backend adds an
- * entry (gpu/sae.cu) and a case in dm_sae_backend_for.
+ *   "cuda" (gpu/sae.cu, from libdmica-cuda.so where a GPU is) the same on the
+ *          GPU: the weights uploaded once per work, the encoder and decoder as
+ *          dense cuBLAS GEMMs in the precision c->gemm says, the activation
+ *          and the extraction of the actives in kernels; its statistics take
+ *          the rows its last forward left on the GPU and compute a block's
+ *          aggregates there (dm_sae_block), which the host merges.
+ * tests/test_sae.c runs every entry against "ref".
  *
  * Rows with a NaN or Inf anywhere are not encoded: their reconstruction and
  * residual rows are all NaN (the input had no meaningful reconstruction; a
@@ -49,6 +54,7 @@
 
 #include "compute.h"
 #include "dm.h"
+#include "stats.h"
 
 typedef enum { DM_SAE_STANDARD = 0, DM_SAE_JUMPRELU, DM_SAE_TOPK } dm_sae_arch;
 
@@ -154,13 +160,28 @@ typedef struct {
 } dm_sae_sparse;
 
 void dm_sae_sparse_free(dm_sae_sparse *sp); /* accepts zeroed */
+/* For backends: sp emptied (rows 0, start[0] = 0) with room for rows + 1
+ * starts; room for n actives (contents kept). */
+void dm_sae_sparse_reset(dm_sae_sparse *sp, int64_t rows);
+void dm_sae_sparse_reserve(dm_sae_sparse *sp, int64_t n);
 
 /* Scratch for a backend's forward: a panel of pre-activations per thread (tile
  * x 512 floats; topk: one tile, tile x d_sae) and per-thread lists, for c's
- * threads. Reusable across calls; free with dm_sae_work_free. */
+ * threads. Reusable across calls; free with dm_sae_work_free. For c's "cuda"
+ * backend these CPU buffers are made only if a CUDA error sends the work to
+ * the CPU (then for tiles of at most 256 rows), and the GPU's state lives in
+ * the work's device slot below. */
 typedef struct dm_sae_work dm_sae_work;
 dm_sae_work *dm_sae_work_new(const dm_sae *s, int64_t tile, const dm_compute *c);
-void dm_sae_work_free(dm_sae_work *w); /* accepts NULL */
+void dm_sae_work_free(dm_sae_work *w); /* accepts NULL; releases the device slot */
+/* For a device backend (gpu/sae.cu): the tile and the context (a copy of c)
+ * the work was made with, and a slot for the backend's state for this SAE
+ * (weights and buffers on the device), NULL until set; dm_sae_work_free calls
+ * release(state). */
+int64_t dm_sae_work_tile(const dm_sae_work *w);
+const dm_compute *dm_sae_work_compute(const dm_sae_work *w);
+void *dm_sae_work_device(const dm_sae_work *w);
+void dm_sae_work_set_device(dm_sae_work *w, void *state, void (*release)(void *state));
 int64_t dm_sae_work_bytes(const dm_sae *s, int64_t tile, const dm_compute *c);
 /* Bytes of the tile buffers, for budgets made before the SAE is loaded: an upper
  * bound (a whole tile x d_sae, as topk needs). */
@@ -170,27 +191,40 @@ typedef struct dm_sae_stats dm_sae_stats;
 
 /* A backend: the kernels of one kind of hardware. */
 typedef struct dm_sae_backend {
-    const char *name; /* "ref", "cpu" (later "cuda") */
+    const char *name; /* "ref", "cpu", "cuda" */
     /* x (rows, d_in) -> recon (rows, d_in), residual (rows, d_in), and the
      * active features into sp (reset, then resized as needed): normalise,
      * encode (x_in @ W_enc + b_enc), activation, decode from the actives,
      * denormalise, e = x - x_hat. recon or residual may be NULL. Returns the
      * number of rows that were not finite (their outputs are NaN, see above).
-     * w comes from dm_sae_work_new with the same s. */
+     * w comes from dm_sae_work_new with the same s. "cuda" keeps x, the dense
+     * activations, recon and residual on the GPU for the next stats_update
+     * when rows <= dm_sae_work_tile(w). */
     int64_t (*forward)(dm_sae_work *w, const dm_sae *s, const float *x, int64_t rows, float *recon,
                        float *residual, dm_sae_sparse *sp);
     /* One block of the statistics: x, recon, residual (rows, d_in) and its
      * active features, as forward made them. Non-finite rows of x are counted
-     * and skipped. */
-    void (*stats_update)(dm_sae_stats *st, const float *x, const float *recon, const float *residual,
-                         const dm_sae_sparse *sp, int64_t rows);
+     * and skipped. w is the work of that forward: "ref" and "cpu" ignore it
+     * (it may be NULL there); "cuda" uses the rows its last forward on w left
+     * on the GPU when x, recon, residual and rows are that forward's (the
+     * arrays unchanged since), and uploads them (the actives from sp)
+     * otherwise. */
+    void (*stats_update)(dm_sae_work *w, dm_sae_stats *st, const float *x, const float *recon,
+                         const float *residual, const dm_sae_sparse *sp, int64_t rows);
 } dm_sae_backend;
 
 extern const dm_sae_backend dm_sae_backend_ref, dm_sae_backend_cpu;
 
-/* The backend for c: "ref" when c->reference, else the device's ("cpu"; a
- * CUDA device has no SAE backend yet and gets "cpu"). */
+/* The backend for c: "ref" when c->reference, else the device's: "cuda" for
+ * DM_DEVICE_CUDA when libdmica-cuda.so is there and sees a GPU, else "cpu". */
 const dm_sae_backend *dm_sae_backend_for(const dm_compute *c);
+/* The "cuda" entry, or NULL where there is no GPU library or device (device.h). */
+const dm_sae_backend *dm_sae_backend_cuda(void);
+/* Rows a forward call of be takes at once, for the operator: the `tile` asked
+ * for on the CPU; on the GPU the chunk (`chunk` rows), bounded so that the
+ * dense activations (rows x d_sae floats) stay within 1 GiB of GPU memory,
+ * and never below `tile`. */
+int64_t dm_sae_backend_tile(const dm_sae_backend *be, int64_t d_sae, int64_t tile, int64_t chunk);
 
 /* ---- statistics --------------------------------------------------------- */
 
@@ -224,6 +258,31 @@ dm_sae_stats *dm_sae_stats_load(const char *dir, int64_t d_in, int64_t d_sae, in
                                 const dm_compute *c);
 /* a <- a merged with b; DM_E_SHAPE when their sizes or predictability differ. */
 int dm_sae_stats_merge(dm_sae_stats *a, const dm_sae_stats *b);
+
+/* One block of rows' statistics, computed by a backend on its own (gpu/sae.cu)
+ * and merged into the running ones with dm_sae_stats_add_block: the block's
+ * own accumulators over its n finite rows, as stats_update_cpu makes them. */
+typedef struct {
+    int64_t d_in, d_sae;
+    int predictability;
+    int64_t n, nonfinite;      /* finite rows, and the others (skipped) */
+    double sse, cos_sum;       /* sums over the finite rows, in row order */
+    int64_t cos_undefined, l0_sum, l0_max;
+    int64_t *l0_hist;          /* (d_sae + 1) */
+    int64_t *count;            /* (d_sae) rows each feature fired on */
+    dm_moments mx, me;         /* (d_in) of x and of e */
+    dm_moments feat;           /* (d_sae) the features' central moments, zeros included */
+    dm_covariance cxx;         /* with predictability: cov(x) */
+    dm_xcovariance cex;        /* and cov(e, x) (mean_x is e's, mean_y x's) */
+} dm_sae_block;
+
+/* An empty block sized for st (co-moments only with its predictability). */
+void dm_sae_block_init(dm_sae_block *b, const dm_sae_stats *st);
+void dm_sae_block_free(dm_sae_block *b); /* accepts zeroed */
+/* st <- st with b merged in: counts and sums added, moments and co-moments
+ * merged with stats.h's formulas. DM_E_SHAPE when b was sized for other
+ * statistics. */
+int dm_sae_stats_add_block(dm_sae_stats *st, const dm_sae_block *b);
 
 /* Results. Per-feature arrays are (d_sae) and owned by the result. */
 typedef struct {

@@ -8,12 +8,19 @@
 #define DM_GPU_COMMON_CUH
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 
 #include "cuda_abi.h"
 
-#define GPU_BUFFERS 6
+extern "C" {
+#include "compute.h"
+}
+
+#define GPU_BUFFERS 8
+#define GPU_BF16_A 6 /* buffers gpu_gemm takes for BF16 operands */
+#define GPU_BF16_B 7
 
 typedef struct {
     const char *family; /* "the statistics", "FastICA", "GPT-2": for the warning */
@@ -72,5 +79,53 @@ static void *gpu_buffer(gpu_family *g, int i, size_t n)
 }
 
 static unsigned gpu_blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+static __global__ void gpu_to_bf16(__nv_bfloat16 *out, const float *in, long n)
+{
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i < n)
+        out[i] = __float2bfloat16_rn(in[i]);
+}
+
+/* An operand of n floats rounded to BF16 (to nearest) in buffer i; NULL on failure. */
+static const __nv_bfloat16 *gpu_bf16(gpu_family *g, int i, const float *p, long n)
+{
+    __nv_bfloat16 *b = (__nv_bfloat16 *)gpu_buffer(g, i, (size_t)n * sizeof(__nv_bfloat16));
+    if (!b)
+        return NULL;
+    gpu_to_bf16<<<gpu_blocks(n, 256), 256>>>(b, p, n);
+    return CU(g, cudaGetLastError()) ? NULL : b;
+}
+
+/* C (M x N, column-major, FP32) = op(A) op(B), A and B FP32 in device memory
+ * (column-major, lda and ldb their leading dimensions), in precision p,
+ * always accumulating in FP32:
+ *   FP32  cuBLAS's FP32 path with pedantic math (no tensor cores);
+ *   TF32  FP32 operands, CUBLAS_COMPUTE_32F_FAST_TF32: rounded to 10 mantissa
+ *         bits on the tensor cores;
+ *   BF16  the operands rounded to BF16 first (7 mantissa bits; buffers
+ *         GPU_BF16_A and _B), then a BF16 x BF16 -> FP32 product. (cuBLAS's
+ *         CUBLAS_COMPUTE_32F_FAST_16BF on FP32 operands ran TF32 kernels on an
+ *         H200: TF32's bits at TF32's speed.)
+ * 0, or -1 after an error (said). */
+static int gpu_gemm(gpu_family *g, dm_gemm p, cublasOperation_t ta, cublasOperation_t tb, int M, int N, int K,
+                    const float *A, int lda, const float *B, int ldb, float *C, int ldc)
+{
+    const float one = 1.0f, zero = 0.0f;
+    if (BL(g, cublasSetMathMode(g->blas, p == DM_GEMM_FP32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH)))
+        return -1;
+    if (p == DM_GEMM_BF16) {
+        const __nv_bfloat16 *a = gpu_bf16(g, GPU_BF16_A, A, (long)lda * (ta == CUBLAS_OP_N ? K : M));
+        const __nv_bfloat16 *b = a ? gpu_bf16(g, GPU_BF16_B, B, (long)ldb * (tb == CUBLAS_OP_N ? N : K)) : NULL;
+        return !b || BL(g, cublasGemmEx(g->blas, ta, tb, M, N, K, &one, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb,
+                                        &zero, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT))
+                   ? -1
+                   : 0;
+    }
+    return BL(g, cublasGemmEx(g->blas, ta, tb, M, N, K, &one, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, &zero, C,
+                              CUDA_R_32F, ldc,
+                              p == DM_GEMM_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F_PEDANTIC,
+                              CUBLAS_GEMM_DEFAULT));
+}
 
 #endif

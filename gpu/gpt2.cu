@@ -183,19 +183,12 @@ static int finish(float *p, const float *d, size_t n)
 }
 
 /* y (rows, n) = x (rows, k) @ W (k, n), all row-major, in cx->gemm's precision
- * (ldw: W's row length). Row-major y = x W is column-major y' = W' x'. With
- * transW, W is (n, k) and the product x W^T. */
+ * (gpu_gemm). Row-major y = x W is column-major y' = W' x'. With transW, W is
+ * (n, k) and the product x W^T. */
 static int gemm(const dm_compute *cx, float *y, const float *x, const float *W, int rows, int k, int n, int transW)
 {
-    const float one = 1.0f, zero = 0.0f;
-    cublasComputeType_t ct = cx->gemm == DM_GEMM_TF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
-                             : cx->gemm == DM_GEMM_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                        : CUBLAS_COMPUTE_32F_PEDANTIC;
-    if (BL(&G, cublasSetMathMode(G.blas, cx->gemm == DM_GEMM_FP32 ? CUBLAS_PEDANTIC_MATH : CUBLAS_DEFAULT_MATH)))
-        return -1;
-    return BL(&G, cublasGemmEx(G.blas, transW ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, &one, W,
-                               CUDA_R_32F, transW ? k : n, x, CUDA_R_32F, k, &zero, y, CUDA_R_32F, n, ct,
-                               CUBLAS_GEMM_DEFAULT));
+    return gpu_gemm(&G, cx->gemm, transW ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, n, rows, k, W, transW ? k : n,
+                    x, k, y, n);
 }
 
 /* ---- the entries ------------------------------------------------------------------ */

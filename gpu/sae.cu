@@ -548,20 +548,12 @@ static int upload_weights(sae_gpu *g, const dm_sae *s)
 }
 
 /* C (M x N, column-major) = A (M x K) B (K x N), FP32 in and out, in the
- * work's precision: FP32 pedantic (no tensor cores), TF32 or BF16 (inputs
- * rounded to 10 or 7 mantissa bits on the tensor cores), FP32 accumulation.
- * cuBLAS may run FAST_16BF on TF32 kernels when the operands are FP32 (on an
- * H200 it gave TF32's bits): BF16 is at most as coarse as stated, and no
- * faster than TF32 until the operands are converted. */
+ * work's precision (common.cuh's gpu_gemm: FP32 pedantic, TF32, or BF16
+ * operands; FP32 accumulation). */
 static int sgemm(const sae_gpu *g, int M, int N, int K, const float *A, int lda, const float *B, int ldb, float *C,
                  int ldc)
 {
-    const float one = 1.0f, zero = 0.0f;
-    cublasComputeType_t ct = g->gemm == DM_GEMM_TF32   ? CUBLAS_COMPUTE_32F_FAST_TF32
-                             : g->gemm == DM_GEMM_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                       : CUBLAS_COMPUTE_32F_PEDANTIC;
-    return BL(&G, cublasGemmEx(G.blas, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, &one, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb,
-                               &zero, C, CUDA_R_32F, ldc, ct, CUBLAS_GEMM_DEFAULT));
+    return gpu_gemm(&G, g->gemm, CUBLAS_OP_N, CUBLAS_OP_N, M, N, K, A, lda, B, ldb, C, ldc);
 }
 
 static int launched(void) { return CU(&G, cudaGetLastError()); }

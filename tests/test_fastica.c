@@ -191,10 +191,17 @@ START_TEST(sums_backends_match_reference)
             dm_ica_sums a = DM_ICA_SUMS_INIT, b = DM_ICA_SUMS_INIT, c = DM_ICA_SUMS_INIT;
             dm_ica_sums_init(&a, S * k, k, &cc), dm_ica_sums_init(&b, S * k, k, &cc);
             dm_ica_sums_init(&c, S * k, k, &cc);
-            /* the backend in uneven chunks, two accumulators merged; reference in one go */
+            /* the backend in uneven chunks, two accumulators merged; reference in one go;
+             * on three threads with the rows held (a matrix iterated in memory) where the
+             * backend holds them */
+            int held = be->hold && v % 2;
+            if (held)
+                be->hold(X, rows, k);
             be->sums_update(&a, f, 1.3, Wd, S * k, X, 9000);
             be->sums_update(&b, f, 1.3, Wd, S * k, X + 9000 * k, 10000);
             be->sums_update(&b, f, 1.3, Wd, S * k, X + 19000 * k, rows - 19000);
+            if (held)
+                be->hold(NULL, 0, 0);
             ck_assert_int_eq(dm_ica_sums_merge(&a, &b), 0);
             dm_ica_backend_ref.sums_update(&c, f, 1.3, Wd, S * k, X, rows);
             ck_assert_int_eq(a.n, rows);

@@ -279,6 +279,7 @@ START_TEST(gemm_precisions_match_reference)
     dm_gpt2_weight W = {w, NULL};
     const dm_gemm gemm[] = {DM_GEMM_FP32, DM_GEMM_TF32, DM_GEMM_BF16};
     const double u[] = {0x1p-24, 0x1p-11, 0x1p-8};
+    double seen[3] = {0};
     for (int g = 0; g < 3; g++) {
         dm_compute cx = context_for(DM_GPT2_CUDA);
         cx.gemm = gemm[g];
@@ -294,7 +295,10 @@ START_TEST(gemm_precisions_match_reference)
         ck_assert_double_le(e2, g ? 8 * u[g] : 1e-5);
         if (g) /* not FP32 in disguise: the rounding shows */
             ck_assert_double_gt(e2, u[g] / 64);
+        seen[g] = e2;
     }
+    /* nor BF16 TF32 in disguise: its rounding is 8 times TF32's */
+    ck_assert_double_gt(seen[2], 2 * seen[1]);
     free(x), free(w), free(b), free(wte), free(o1), free(o2);
 }
 END_TEST

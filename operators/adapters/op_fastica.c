@@ -340,7 +340,19 @@ static int apply_step(dm_node *n, fastica *s, int warm)
 
 /* Iterates the running seeds on rows held in memory until they stop: to tol or
  * max_iter, or with warm = 1 to tol or warm_cap iterations of this call. */
+static int iterate_rows(dm_node *n, fastica *s, const float *z, int64_t rows, int warm, int warm_cap);
+
 static int iterate_in_memory(dm_node *n, fastica *s, const float *z, int64_t rows, int warm, int warm_cap)
+{
+    if (s->be->hold)
+        s->be->hold(z, rows, s->k);
+    int rc = iterate_rows(n, s, z, rows, warm, warm_cap);
+    if (s->be->hold)
+        s->be->hold(NULL, 0, 0);
+    return rc;
+}
+
+static int iterate_rows(dm_node *n, fastica *s, const float *z, int64_t rows, int warm, int warm_cap)
 {
     int64_t k = s->k;
     for (int64_t i = 0; i < s->S; i++)

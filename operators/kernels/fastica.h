@@ -127,6 +127,11 @@ typedef struct dm_ica_backend {
      *   "ref": the same sums in double, one row at a time, libm tanh / exp. */
     void (*sums_update)(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *W, int64_t mrows,
                         const float *z, int64_t rows);
+    /* NULL, or: z (rows, k) stays unchanged until the next call (z NULL: from
+     * now on nothing is promised), so the backend may keep a copy where it
+     * computes ("cuda": in the GPU's memory, sent once for all iterations in
+     * memory) and read that for sums_update's rows inside it. */
+    void (*hold)(const float *z, int64_t rows, int64_t k);
 } dm_ica_backend;
 
 extern const dm_ica_backend dm_ica_backend_ref, dm_ica_backend_cpu;

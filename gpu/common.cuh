@@ -18,7 +18,7 @@ extern "C" {
 #include "compute.h"
 }
 
-#define GPU_BUFFERS 8
+#define GPU_BUFFERS 12
 #define GPU_BF16_A 6 /* buffers gpu_gemm takes for BF16 operands */
 #define GPU_BF16_B 7
 
@@ -79,6 +79,79 @@ static void *gpu_buffer(gpu_family *g, int i, size_t n)
 }
 
 static unsigned gpu_blocks(long n, int threads) { return (unsigned)((n + threads - 1) / threads); }
+
+/* Rows one block of gpu_col_sums takes (32 columns by 8 threads of rows). */
+#define GPU_COL_ROWS 512
+
+/* One block's column sums of x (rows, d) over its GPU_COL_ROWS rows, those with
+ * ok NULL or ok[r] >= 0, in double: with mean NULL the sum of x; else the sums
+ * of (x - mean)^2, ^3 and ^4. Into partial (P, nb, d) at [p][blockIdx.x][j],
+ * P = 1 or 3, nb = gridDim.x: each thread's rows in order, then the 8 threads
+ * in order (reproducible). */
+static __global__ void gpu_col_sums(const float *x, long rows, long d, const int *ok, const double *mean,
+                                    double *partial)
+{
+    __shared__ double red[3][8][32];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    long j = blockIdx.y * 32L + tx, r0 = blockIdx.x * (long)GPU_COL_ROWS, nb = gridDim.x;
+    double a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    if (j < d) {
+        double mu = mean ? mean[j] : 0.0;
+        for (long r = r0 + ty; r < r0 + GPU_COL_ROWS && r < rows; r += 8) {
+            if (ok && ok[r] < 0)
+                continue;
+            double c = (double)x[r * d + j] - mu;
+            if (mean) {
+                double c2 = c * c;
+                a1 += c2, a2 += c2 * c, a3 += c2 * c2;
+            } else {
+                a1 += c;
+            }
+        }
+    }
+    red[0][ty][tx] = a1, red[1][ty][tx] = a2, red[2][ty][tx] = a3;
+    __syncthreads();
+    if (ty || j >= d)
+        return;
+    for (int t = 1; t < 8; t++)
+        a1 += red[0][t][tx], a2 += red[1][t][tx], a3 += red[2][t][tx];
+    partial[blockIdx.x * d + j] = a1;
+    if (mean) {
+        partial[(nb + blockIdx.x) * d + j] = a2;
+        partial[(2 * nb + blockIdx.x) * d + j] = a3;
+    }
+}
+
+/* out[p * d + j] = scale * the sum over blocks, in block order, of partial (P, nb, d). */
+static __global__ void gpu_sum_blocks(const double *partial, long nb, long d, int P, double scale, double *out)
+{
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= d * P)
+        return;
+    long p = i / d, j = i % d;
+    double s = 0.0;
+    for (long b = 0; b < nb; b++)
+        s += partial[(p * nb + b) * d + j];
+    out[i] = s * scale;
+}
+
+/* One pass over the columns of x (rows, d) on the GPU, the n rows with ok NULL
+ * or ok[r] >= 0: without mean, their means into out (d); with mean (d), their
+ * centred power sums of orders 2, 3, 4 into out (3, d). Blocks of rows summed
+ * in double, then in block order (the same result run to run); family buffer
+ * buf holds the blocks' sums. 0, or -1 after an error (said). */
+static int gpu_column_pass(gpu_family *g, int buf, const float *x, long rows, long d, const int *ok, long n,
+                           const double *mean, double *out)
+{
+    long nb = (rows + GPU_COL_ROWS - 1) / GPU_COL_ROWS;
+    int P = mean ? 3 : 1;
+    double *part = (double *)gpu_buffer(g, buf, (size_t)(P * nb * d) * sizeof(double));
+    if (!part)
+        return -1;
+    gpu_col_sums<<<dim3((unsigned)nb, (unsigned)((d + 31) / 32)), dim3(32, 8)>>>(x, rows, d, ok, mean, part);
+    gpu_sum_blocks<<<gpu_blocks(d * P, 256), 256>>>(part, nb, d, P, mean ? 1.0 : 1.0 / (double)n, out);
+    return gpu_cu(g, cudaGetLastError(), "column sums");
+}
 
 static __global__ void gpu_to_bf16(__nv_bfloat16 *out, const float *in, long n)
 {

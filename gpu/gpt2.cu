@@ -14,10 +14,11 @@
  *               pedantic math, never TF32 unasked; TF32 or BF16 tensor cores
  *               when asked, FP32 accumulation), then bias and GELU (tanh form,
  *               gelu_new) in one elementwise kernel;
- *   attention   one thread per (batch, position, head): causal scores,
- *               softmax with the running maximum (online: one pass over the
- *               keys, rescaling the sum and the output); head size 64 (GPT-2)
- *               unrolled in registers, others up to 256;
+ *   attention   llm.c's cuBLAS path: q, k, v permuted to (B, NH, T, hs),
+ *               the scores by one strided batched SGEMM (FP32: attention is
+ *               about 1% of the FLOPs), a causal softmax kernel (a warp per
+ *               row, the maximum subtracted), the values by a second batched
+ *               SGEMM, the heads put back side by side;
  *   gelu, residual: elementwise; unembed: a GEMM against wte^T;
  *   embed (ops): wte[token] + wpe[position], one thread per value.
  * Tolerances against "ref" are tests/test_gpt2.c's for the fast CPU entries
@@ -108,37 +109,56 @@ __global__ void residual_kernel(float *x, const float *branch, long n)
         x[i] += branch[i];
 }
 
-#define MAX_HS 256
+/* Attention as llm.c's cuBLAS path (attention_forward): q, k and v permuted
+ * into (B, NH, T, hs), the scores of every (batch, head) by one strided batched
+ * GEMM, a causal softmax kernel, the weighted values by a second batched GEMM,
+ * and the heads put back side by side. */
 
-/* HS > 0: the head size known at compile time (its loops unrolled, the output
- * in registers); HS == 0: C / NH, at most MAX_HS. */
-template <int HS> __global__ void attention_kernel(float *out, const float *qkv, int B, int T, int C, int NH)
+/* q, k, v (B, NH, T, hs) from qkv (B, T, 3C) laid out [q | k | v]; one thread a value. */
+__global__ void permute_qkv(float *q, float *k, float *v, const float *qkv, int B, int T, int NH, int hs)
 {
-    long idx = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (idx >= (long)B * T * NH)
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    long n = (long)B * NH * T * hs;
+    if (i >= n)
         return;
-    const int hs = HS > 0 ? HS : C / NH;
-    int h = (int)(idx % NH), t = (int)(idx / NH % T), b = (int)(idx / NH / T);
-    const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-    float scale = 1.0f / sqrtf((float)hs), m = -INFINITY, l = 0.0f, acc[HS > 0 ? HS : MAX_HS];
-    for (int i = 0; i < hs; i++)
-        acc[i] = 0.0f;
-    for (int t2 = 0; t2 <= t; t2++) {
-        const float *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-        const float *v = k + C;
-        float s = 0.0f;
-        for (int i = 0; i < hs; i++)
-            s += q[i] * k[i];
-        s *= scale;
-        float m2 = fmaxf(m, s), corr = expf(m - m2), p = expf(s - m2);
-        l = l * corr + p;
-        for (int i = 0; i < hs; i++)
-            acc[i] = acc[i] * corr + p * v[i];
-        m = m2;
-    }
-    float *o = out + ((size_t)b * T + t) * C + h * hs;
-    for (int i = 0; i < hs; i++)
-        o[i] = acc[i] / l;
+    int d = (int)(i % hs), t = (int)(i / hs % T), h = (int)(i / hs / T % NH);
+    long b = i / hs / T / NH, C = (long)NH * hs;
+    const float *src = qkv + (b * T + t) * 3 * C + h * hs + d;
+    q[i] = src[0], k[i] = src[C], v[i] = src[2 * C];
+}
+
+/* out (B, T, C) from y (B, NH, T, hs). */
+__global__ void unpermute(float *out, const float *y, int B, int T, int NH, int hs)
+{
+    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
+    if (i >= (long)B * NH * T * hs)
+        return;
+    int d = (int)(i % hs), t = (int)(i / hs % T), h = (int)(i / hs / T % NH);
+    long b = i / hs / T / NH;
+    out[(b * T + t) * NH * hs + h * hs + d] = y[i];
+}
+
+/* Each row (a query position t of one batch and head) of the scores att (rows,
+ * T), in place: softmax over the keys t2 <= t of scale * att, 0 beyond; one
+ * warp a row, the maximum subtracted before exp (float, as the reference). */
+__global__ void causal_softmax(float *att, long rows, int T, float scale)
+{
+    long row = (blockIdx.x * (long)blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
+        return;
+    int t = (int)(row % T);
+    float *x = att + row * T, m = -INFINITY, s = 0.0f;
+    for (int i = lane; i <= t; i += 32)
+        m = fmaxf(m, scale * x[i]);
+    for (int o = 16; o > 0; o /= 2)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int i = lane; i <= t; i += 32)
+        s += expf(scale * x[i] - m);
+    for (int o = 16; o > 0; o /= 2)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    for (int i = lane; i < T; i += 32)
+        x[i] = i <= t ? expf(scale * x[i] - m) / s : 0.0f;
 }
 
 __global__ void embed_kernel(float *x, const int *tokens, const float *wte, const float *wpe, long BT, int T, int C)
@@ -232,21 +252,28 @@ static void linear(const dm_compute *cx, float *out, const float *inp, const dm_
 
 static int attention_gpu(float *out, const float *qkv, int B, int T, int C, int NH)
 {
-    if (C / NH > MAX_HS) {
-        if (!on_device(out))
-            return -1; /* not a CUDA error: this call runs on the CPU */
-        return gpu_failed(&G, "attention", "head size above 256");
-    }
-    const float *dq = operand(0, qkv, (size_t)B * T * 3 * C);
-    float *dy = result(3, out, (size_t)B * T * C);
-    if (!dq || !dy)
+    const int hs = C / NH;
+    const long BT = (long)B * T, heads = (long)B * NH;
+    const float *dq = operand(0, qkv, (size_t)BT * 3 * C);
+    float *dy = result(3, out, (size_t)BT * C);
+    float *q = buffer(8, (size_t)BT * 3 * C), *att = buffer(9, (size_t)heads * T * T), *y = buffer(10, (size_t)BT * C);
+    if (!dq || !dy || !q || !att || !y)
         return -1;
-    unsigned grid = blocks((long)B * T * NH, 128);
-    if (C / NH == 64)
-        attention_kernel<64><<<grid, 128>>>(dy, dq, B, T, C, NH);
-    else
-        attention_kernel<0><<<grid, 128>>>(dy, dq, B, T, C, NH);
-    return finish(out, dy, (size_t)B * T * C);
+    float *k = q + BT * C, *v = k + BT * C;
+    const float one = 1.0f, zero = 0.0f;
+    permute_qkv<<<blocks(BT * C, 256), 256>>>(q, k, v, dq, B, T, NH, hs);
+    /* per (batch, head): att (T, T) row-major = q k^T, column-major k' q with k
+     * transposed; then y (T, hs) = att v, column-major v' att' */
+    if (BL(&G, cublasSetMathMode(G.blas, CUBLAS_PEDANTIC_MATH)) ||
+        BL(&G, cublasSgemmStridedBatched(G.blas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs, &one, k, hs, (long)T * hs, q, hs,
+                                         (long)T * hs, &zero, att, T, (long)T * T, (int)heads)))
+        return -1;
+    causal_softmax<<<blocks(heads * T * 32, 256), 256>>>(att, heads * T, T, 1.0f / sqrtf((float)hs));
+    if (BL(&G, cublasSgemmStridedBatched(G.blas, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T, &one, v, hs, (long)T * hs, att, T,
+                                         (long)T * T, &zero, y, hs, (long)T * hs, (int)heads)))
+        return -1;
+    unpermute<<<blocks(BT * C, 256), 256>>>(dy, y, B, T, NH, hs);
+    return finish(out, dy, (size_t)BT * C);
 }
 
 static void attention(const dm_compute *cx, float *out, const float *qkv, int B, int T, int C, int NH)

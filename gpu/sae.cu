@@ -39,8 +39,9 @@
  *   row_sums     a block per row: finiteness, sum e^2, the cosine of x and
  *                recon (double, shared-memory tree), L0; the host adds the
  *                per-row values in row order, as sae.c's token_sums does;
- *   col_moments  one thread per column of x and of e over the finite rows:
- *                the mean, then the centred powers (gpu/stats.cu's scheme);
+ *   moments      of x's and e's columns over the finite rows: the mean,
+ *                then the centred powers, each in blocks of rows summed in
+ *                double (common.cuh's gpu_column_pass, as gpu/stats.cu);
  *   co-moments   (predictability) x and e centred in double, the non-finite
  *                rows zeroed, then cublasDsyrk (cov x) and cublasDgemm
  *                (cov e, x): exact double sums where the "cpu" entry uses
@@ -346,33 +347,6 @@ __global__ void row_sums(const float *x, const float *recon, const float *resid,
         int defined = xx > 0 && hh > 0;
         ok[r] = defined, e2[r] = ee, cosine[r] = defined ? xh / sqrt(xx * hh) : 0.0, l0[r] = n;
     }
-}
-
-/* Columns j < d of x and d <= j < 2d of e (rows, d) over the rows with ok >= 0:
- * out (8, d) = mean, m2, m3, m4 of x, then of e (centred power sums). */
-__global__ void col_moments(const float *x, const float *e, long rows, long d, const int *ok, long nf, double *out)
-{
-    long c = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (c >= 2 * d)
-        return;
-    const float *v = c < d ? x : e;
-    const long j = c < d ? c : c - d;
-    double s = 0.0;
-    for (long i = 0; i < rows; i++)
-        if (ok[i] >= 0)
-            s += v[i * d + j];
-    const double mu = s / (double)nf;
-    double a2 = 0.0, a3 = 0.0, a4 = 0.0;
-    for (long i = 0; i < rows; i++) {
-        if (ok[i] < 0)
-            continue;
-        double t = (double)v[i * d + j] - mu, t2 = t * t;
-        a2 += t2;
-        a3 += t2 * t;
-        a4 += t2 * t2;
-    }
-    double *o = out + (c < d ? 0 : 4 * d);
-    o[j] = mu, o[d + j] = a2, o[2 * d + j] = a3, o[3 * d + j] = a4;
 }
 
 /* x (rows, d) less mean, in double; zero rows where ok < 0 (they add nothing
@@ -686,7 +660,12 @@ static int block_gpu(sae_gpu *g, dm_sae_block *b, long m)
     if (nf == 0)
         return 0;
     b->mx.n = b->me.n = b->feat.n = nf;
-    col_moments<<<blocks(2 * d, THREADS), THREADS>>>(g->x, g->resid, m, d, g->ok, nf, g->colmom);
+    /* x's and e's mean, m2, m3, m4 (colmom (8, d)): blocks of rows (common.cuh) */
+    if (gpu_column_pass(&G, 0, g->x, m, d, g->ok, nf, NULL, g->colmom) ||
+        gpu_column_pass(&G, 0, g->x, m, d, g->ok, nf, g->colmom, g->colmom + d) ||
+        gpu_column_pass(&G, 0, g->resid, m, d, g->ok, nf, NULL, g->colmom + 4 * d) ||
+        gpu_column_pass(&G, 0, g->resid, m, d, g->ok, nf, g->colmom + 4 * d, g->colmom + 5 * d))
+        return -1;
     feat_moments<<<blocks(ds, THREADS), THREADS>>>(g->f, m, ds, nf, g->featmom, g->fcount);
     if (launched())
         return -1;

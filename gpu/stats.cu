@@ -36,71 +36,6 @@ static unsigned blocks(long n, int threads) { return gpu_blocks(n, threads); }
 
 /* ---- kernels --------------------------------------------------------------------- */
 
-/* Rows of x one block of col_sums takes (32 columns by 8 threads of rows). */
-#define CM_ROWS 512
-
-/* One block's column sums over its CM_ROWS rows, in double: with mean NULL the
- * sum of x; else the sums of (x - mean)^2, ^3 and ^4. Into partial (P, nb, d)
- * at [p][blockIdx.x][j], P = 1 or 3, nb = gridDim.x: each thread's rows in
- * order, then the 8 threads in order (reproducible). */
-__global__ void col_sums(const float *x, long rows, long d, const double *mean, double *partial)
-{
-    __shared__ double red[3][8][32];
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    long j = blockIdx.y * 32L + tx, r0 = blockIdx.x * (long)CM_ROWS, nb = gridDim.x;
-    double a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    if (j < d) {
-        double mu = mean ? mean[j] : 0.0;
-        for (long r = r0 + ty; r < r0 + CM_ROWS && r < rows; r += 8) {
-            double c = (double)x[r * d + j] - mu;
-            if (mean) {
-                double c2 = c * c;
-                a1 += c2, a2 += c2 * c, a3 += c2 * c2;
-            } else {
-                a1 += c;
-            }
-        }
-    }
-    red[0][ty][tx] = a1, red[1][ty][tx] = a2, red[2][ty][tx] = a3;
-    __syncthreads();
-    if (ty || j >= d)
-        return;
-    for (int t = 1; t < 8; t++)
-        a1 += red[0][t][tx], a2 += red[1][t][tx], a3 += red[2][t][tx];
-    partial[blockIdx.x * d + j] = a1;
-    if (mean) {
-        partial[(nb + blockIdx.x) * d + j] = a2;
-        partial[(2 * nb + blockIdx.x) * d + j] = a3;
-    }
-}
-
-/* out[p * d + j] = scale * the sum over blocks, in block order, of partial (P, nb, d). */
-__global__ void sum_blocks(const double *partial, long nb, long d, int P, double scale, double *out)
-{
-    long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (i >= d * P)
-        return;
-    long p = i / d, j = i % d;
-    double s = 0.0;
-    for (long b = 0; b < nb; b++)
-        s += partial[(p * nb + b) * d + j];
-    out[i] = s * scale;
-}
-
-/* The column means of x (rows, d) on the GPU into mean (d), or (with mean_in)
- * the centred second to fourth power sums into out (3, d); 0 or -1. */
-static int column_pass(const float *x, long rows, long d, const double *mean_in, double *out)
-{
-    long nb = (rows + CM_ROWS - 1) / CM_ROWS;
-    int P = mean_in ? 3 : 1;
-    double *part = (double *)gpu_buffer(&G, 4, (size_t)(P * nb * d) * sizeof(double));
-    if (!part)
-        return -1;
-    col_sums<<<dim3((unsigned)nb, (unsigned)((d + 31) / 32)), dim3(32, 8)>>>(x, rows, d, mean_in, part);
-    sum_blocks<<<gpu_blocks(d * P, 256), 256>>>(part, nb, d, P, mean_in ? 1.0 : 1.0 / (double)rows, out);
-    return CU(&G, cudaGetLastError());
-}
-
 __global__ void centre_double(const float *x, long rows, long d, const double *mean, double *out)
 {
     long i = blockIdx.x * (long)blockDim.x + threadIdx.x;
@@ -123,7 +58,7 @@ static const float *upload_with_mean(const float *x, long rows, long d, double *
     double *dmean = (double *)buffer(1, (size_t)d * 4 * sizeof(double));
     if (!dx || !dmean || CU(&G, cudaMemcpy(dx, x, (size_t)(rows * d) * sizeof(float), cudaMemcpyHostToDevice)))
         return NULL;
-    if (column_pass(dx, rows, d, NULL, dmean) ||
+    if (gpu_column_pass(&G, 4, dx, rows, d, NULL, rows, NULL, dmean) ||
         CU(&G, cudaMemcpy(mean, dmean, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)))
         return NULL;
     return dx;
@@ -141,7 +76,7 @@ static int moments_gpu(dm_moments *m, const float *x, int64_t rows)
     double *dm = (double *)G.buf[1];
     int rc = dx ? 0 : -1;
     if (!rc) {
-        rc = column_pass(dx, rows, d, dm, dm + d) || CU(&G, cudaMemcpy(b.m2, dm + d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)) ||
+        rc = gpu_column_pass(&G, 4, dx, rows, d, NULL, rows, dm, dm + d) || CU(&G, cudaMemcpy(b.m2, dm + d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)) ||
              CU(&G, cudaMemcpy(b.m3, dm + 2 * d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)) ||
              CU(&G, cudaMemcpy(b.m4, dm + 3 * d, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost));
     }

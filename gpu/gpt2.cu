@@ -349,6 +349,22 @@ static int dev_download(void *dst, const void *src, size_t bytes)
     return G.broken ? -1 : CU(&G, cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+/* Page-locked when the driver allows (cudaHostRegister), plain memory otherwise. */
+static void *dev_host_alloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (p && cudaHostRegister(p, bytes ? bytes : 1, cudaHostRegisterDefault) != cudaSuccess)
+        cudaGetLastError(); /* not page-locked: slower copies, the same results */
+    return p;
+}
+
+static void dev_host_release(void *p)
+{
+    if (p && cudaHostUnregister(p) != cudaSuccess)
+        cudaGetLastError();
+    free(p);
+}
+
 static int dev_embed(float *x, const int32_t *tokens, const float *wte, const float *wpe, int B, int T, int C)
 {
     size_t BT = (size_t)B * T;
@@ -361,7 +377,8 @@ static int dev_embed(float *x, const int32_t *tokens, const float *wte, const fl
 
 static int dev_status(void) { return G.broken ? -1 : 0; }
 
-static const dm_gpt2_device_ops ops = {dev_alloc, dev_release, dev_upload, dev_download, dev_embed, dev_status};
+static const dm_gpt2_device_ops ops = {dev_alloc,      dev_release,      dev_upload, dev_download,
+                                        dev_host_alloc, dev_host_release, dev_embed,  dev_status};
 
 extern "C" int dm_cuda_gpt2_backend(const void *fb, void *out)
 {

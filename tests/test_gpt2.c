@@ -777,8 +777,9 @@ static void fake_unembed(const dm_compute *cx, float *o, const float *x, const f
 {
     FAKE_CALL(fake_cpu->unembed(cx, o, x, wte, BT, C, V));
 }
-static const dm_gpt2_device_ops fake_ops = {fake_alloc, fake_release, fake_upload, fake_download, fake_embed,
-                                            fake_status};
+static void *fake_host_alloc(size_t n) { return malloc(n); }
+static const dm_gpt2_device_ops fake_ops = {fake_alloc,      fake_release, fake_upload, fake_download,
+                                            fake_host_alloc, free,         fake_embed,  fake_status};
 
 /* Doubles x: an edit whose effect shows downstream. */
 static int double_it(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)

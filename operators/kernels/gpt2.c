@@ -909,7 +909,7 @@ struct dm_gpt2 {
      * and embeddings, stage2 (BT, C) for the position embeddings, logits. */
     float *dparams_memory;
     dm_gpt2_params dparams;
-    float *stage, *stage2, *host_logits;
+    float *stage, *stage2, *host_logits; /* stage from dev->host_alloc */
     size_t stage_n, stage2_n, host_logits_n;
     /* logits (BT, V) and loss (BT) for callbacks at those hooks when no copy
      * is asked for (grown as needed) */
@@ -1122,6 +1122,8 @@ static void leave_device(dm_gpt2 *m)
     const dm_gpt2_device_ops *dev = m->be->dev;
     dev->release(m->dparams_memory);
     dev->release(m->acts_memory);
+    dev->host_release(m->stage);
+    m->stage = NULL, m->stage_n = 0;
     m->dparams_memory = m->acts_memory = NULL;
     memset(&m->dparams, 0, sizeof m->dparams);
     memset(&m->acts, 0, sizeof m->acts);
@@ -1210,7 +1212,6 @@ void dm_gpt2_free(dm_gpt2 *m)
     free(m->params_memory);
     free(m->packed_memory);
     free(m->acts_memory);
-    free(m->stage);
     free(m->stage2);
     free(m->host_logits);
     free(m->cb_logits);
@@ -1248,7 +1249,12 @@ static int acts_reserve(dm_gpt2 *m, size_t BT, int want_logits)
     BT = BT > m->acts_rows ? BT : m->acts_rows;
     if (dev) { /* the logits of the loss are made in host memory (run_pass) */
         m->acts.logits = logits ? scratch(&m->host_logits, &m->host_logits_n, logits) : m->acts.logits;
-        scratch(&m->stage, &m->stage_n, BT * C);
+        if (BT * C > m->stage_n) {
+            dev->host_release(m->stage);
+            m->stage_n = (m->stage = dev->host_alloc(sizeof(float) * BT * C)) ? BT * C : 0;
+        }
+        if (!m->stage)
+            return -1;
         logits = 0;
         dev->release(m->acts_memory);
     } else {

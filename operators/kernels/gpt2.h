@@ -211,6 +211,10 @@ typedef struct {
     void (*release)(void *p);     /* accepts NULL */
     int (*upload)(void *dst, const void *src, size_t bytes);
     int (*download)(void *dst, const void *src, size_t bytes);
+    /* host memory the device copies to and from fastest (page-locked), for
+     * what crosses at the hooks; NULL on failure */
+    void *(*host_alloc)(size_t bytes);
+    void (*host_release)(void *p); /* accepts NULL */
     /* x (B*T, C) = wte[tokens] + wpe[position]; tokens in host memory */
     int (*embed)(float *x, const int32_t *tokens, const float *wte, const float *wpe, int B, int T, int C);
     /* 0, or -1 when a kernel since the last call has failed (the table's

@@ -30,6 +30,20 @@ typedef struct {
     size_t cap[GPU_BUFFERS];
 } gpu_family;
 
+/* The device copy of host memory [host, host + bytes) while the engine has
+ * one hinted (hints.cu), or NULL. */
+const void *gpu_hinted(const void *host, size_t bytes);
+
+/* Host rows to device memory dst: copied from their device copy where a hint
+ * has one, else from the host. */
+void gpu_count_upload(int hinted, size_t bytes);
+static cudaError_t gpu_upload(void *dst, const void *host, size_t bytes)
+{
+    const void *d = gpu_hinted(host, bytes);
+    gpu_count_upload(d != NULL, bytes);
+    return cudaMemcpy(dst, d ? d : host, bytes, d ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice);
+}
+
 /* Records a failed call (once said on stderr); returns -1. */
 static int gpu_failed(gpu_family *g, const char *what, const char *err)
 {

@@ -118,7 +118,7 @@ static void hold(const float *z, int64_t rows, int64_t k)
         }
         held.cap = n;
     }
-    if (CU(&G, cudaMemcpy(held.dz, z, n * sizeof(float), cudaMemcpyHostToDevice)))
+    if (CU(&G, gpu_upload(held.dz, z, n * sizeof(float))))
         return;
     to_double<<<blocks((long)n, 256), 256>>>(held.dz, (long)n, held.dzd);
     if (CU(&G, cudaGetLastError()))
@@ -155,8 +155,8 @@ static int sums_gpu(dm_ica_sums *s, dm_ica_fun fun, double alpha, const double *
     const double one = 1.0, zero = 0.0;
     /* row-major Y (rows, m) is column-major (m, rows) = W Z^T: W row-major
      * (m, k) is column-major (k, m), transposed; Z^T the column-major view of Z */
-    int rc = (!in_held && CU(&G, cudaMemcpy(dz, z, (size_t)(rows * k) * sizeof(float), cudaMemcpyHostToDevice))) ||
-             CU(&G, cudaMemcpy(dW, Wf, (size_t)(m * k) * sizeof(float), cudaMemcpyHostToDevice)) ||
+    int rc = (!in_held && CU(&G, gpu_upload(dz, z, (size_t)(rows * k) * sizeof(float)))) ||
+             CU(&G, gpu_upload(dW, Wf, (size_t)(m * k) * sizeof(float))) ||
              BL(&G, cublasSetMathMode(G.blas, CUBLAS_PEDANTIC_MATH)) ||
              BL(&G, cublasSgemm(G.blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)m, (int)rows, (int)k, &onef, dW, (int)k, dz,
                                 (int)k, &zerof, dY, (int)m));

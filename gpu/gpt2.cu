@@ -20,7 +20,9 @@
  *               row, the maximum subtracted), the values by a second batched
  *               SGEMM, the heads put back side by side;
  *   gelu, residual: elementwise; unembed: a GEMM against wte^T;
- *   embed (ops): wte[token] + wpe[position], one thread per value.
+ *   embed (ops): wte[token] + wpe[position], one thread per value;
+ *   copy_rows (ops): a hook's copy on the GPU, centred (a warp per row, the
+ *               mean in double), which its consumers then read there (hints).
  * Tolerances against "ref" are tests/test_gpt2.c's for the fast CPU entries
  * (float32 sums in another order), and there for TF32 and BF16.
  * On a CUDA error: one warning; a call on host memory then runs on the
@@ -40,7 +42,7 @@ static dm_gpt2_backend fallback;
 static gpu_family G = {"GPT-2's blocks"};
 
 static float *buffer(int i, size_t floats) { return (float *)gpu_buffer(&G, i, floats * sizeof(float)); }
-static int up(float *d, const float *h, size_t n) { return CU(&G, cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice)); }
+static int up(float *d, const float *h, size_t n) { return CU(&G, gpu_upload(d, h, n * sizeof(float))); }
 static int down(float *h, const float *d, size_t n) { return CU(&G, cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost)); }
 static unsigned blocks(long n, int threads) { return gpu_blocks(n, threads); }
 
@@ -159,6 +161,28 @@ __global__ void causal_softmax(float *att, long rows, int T, float scale)
         s += __shfl_xor_sync(0xffffffffu, s, o);
     for (int i = lane; i < T; i += 32)
         x[i] = i <= t ? expf(scale * x[i] - m) / s : 0.0f;
+}
+
+/* dst (rows, width) = src, less each row's mean with center; a warp a row,
+ * the mean summed in double and rounded to float (gpt2.c's hook_copy). */
+__global__ void copy_rows_kernel(float *dst, const float *src, long rows, int width, int center)
+{
+    long row = (blockIdx.x * (long)blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= rows)
+        return;
+    const float *x = src + row * width;
+    float *y = dst + row * width, mean = 0.0f;
+    if (center) {
+        double s = 0.0;
+        for (int i = lane; i < width; i += 32)
+            s += x[i];
+        for (int o = 16; o > 0; o /= 2)
+            s += __shfl_xor_sync(0xffffffffu, s, o);
+        mean = (float)(s / width);
+    }
+    for (int i = lane; i < width; i += 32)
+        y[i] = center ? x[i] - mean : x[i];
 }
 
 __global__ void embed_kernel(float *x, const int *tokens, const float *wte, const float *wpe, long BT, int T, int C)
@@ -341,7 +365,7 @@ static void dev_release(void *p) { cudaFree(p); }
 
 static int dev_upload(void *dst, const void *src, size_t bytes)
 {
-    return G.broken ? -1 : CU(&G, cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    return G.broken ? -1 : CU(&G, gpu_upload(dst, src, bytes));
 }
 
 static int dev_download(void *dst, const void *src, size_t bytes)
@@ -369,16 +393,25 @@ static int dev_embed(float *x, const int32_t *tokens, const float *wte, const fl
 {
     size_t BT = (size_t)B * T;
     int *dt = (int *)gpu_buffer(&G, 5, BT * sizeof(int));
-    if (gpu_ready(&G) || !dt || CU(&G, cudaMemcpy(dt, tokens, BT * sizeof(int), cudaMemcpyHostToDevice)))
+    if (gpu_ready(&G) || !dt || CU(&G, gpu_upload(dt, tokens, BT * sizeof(int))))
         return -1;
     embed_kernel<<<blocks((long)(BT * C), 256), 256>>>(x, dt, wte, wpe, (long)BT, T, C);
     return CU(&G, cudaGetLastError());
 }
 
+static int dev_copy_rows(float *dst, const float *src, size_t rows, int width, int center)
+{
+    if (gpu_ready(&G))
+        return -1;
+    copy_rows_kernel<<<blocks((long)rows * 32, 256), 256>>>(dst, src, (long)rows, width, center);
+    return CU(&G, cudaGetLastError());
+}
+
 static int dev_status(void) { return G.broken ? -1 : 0; }
 
-static const dm_gpt2_device_ops ops = {dev_alloc,      dev_release,      dev_upload, dev_download,
-                                        dev_host_alloc, dev_host_release, dev_embed,  dev_status};
+static const dm_gpt2_device_ops ops = {dev_alloc,      dev_release,      dev_upload,    dev_download,
+                                        dev_host_alloc, dev_host_release, dev_copy_rows, dev_embed,
+                                        dev_status};
 
 extern "C" int dm_cuda_gpt2_backend(const void *fb, void *out)
 {

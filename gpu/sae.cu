@@ -502,7 +502,7 @@ static int reserve_actives(sae_gpu *g, int64_t n)
     return 0;
 }
 
-static int up(void *d, const void *h, size_t bytes) { return CU(&G, cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); }
+static int up(void *d, const void *h, size_t bytes) { return CU(&G, gpu_upload(d, h, bytes)); }
 static int down(void *h, const void *d, size_t bytes) { return CU(&G, cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); }
 
 /* s's weights on the device, once per SAE. */
@@ -754,12 +754,20 @@ static void stats_update(dm_sae_work *w, dm_sae_stats *st, const float *x, const
         stats_fallback(w, st, x, recon, residual, sp, rows, t0, d);
 }
 
+static const float *device_rows(dm_sae_work *w, const float *host, int64_t rows)
+{
+    sae_gpu *g = (sae_gpu *)dm_sae_work_device(w);
+    if (!g || !g->valid || G.broken || !host || rows > g->last_rows)
+        return NULL;
+    return host == g->last_resid ? g->resid : host == g->last_recon ? g->recon : NULL;
+}
+
 /* ---- what the library exports (cuda_abi.h) ----------------------------------------- */
 
 extern "C" int dm_cuda_sae_backend(const void *fb, void *out)
 {
     fallback = *(const dm_sae_backend *)fb;
-    dm_sae_backend be = {"cuda", forward, stats_update};
+    dm_sae_backend be = {"cuda", forward, stats_update, device_rows};
     *(dm_sae_backend *)out = be;
     return 0;
 }

@@ -56,7 +56,7 @@ static const float *upload_with_mean(const float *x, long rows, long d, double *
 {
     float *dx = (float *)buffer(0, (size_t)(rows * d) * sizeof(float));
     double *dmean = (double *)buffer(1, (size_t)d * 4 * sizeof(double));
-    if (!dx || !dmean || CU(&G, cudaMemcpy(dx, x, (size_t)(rows * d) * sizeof(float), cudaMemcpyHostToDevice)))
+    if (!dx || !dmean || CU(&G, gpu_upload(dx, x, (size_t)(rows * d) * sizeof(float))))
         return NULL;
     if (gpu_column_pass(&G, 4, dx, rows, d, NULL, rows, NULL, dmean) ||
         CU(&G, cudaMemcpy(mean, dmean, (size_t)d * sizeof(double), cudaMemcpyDeviceToHost)))
@@ -180,9 +180,9 @@ static int project_gpu(float *out, const float *x, int64_t rows, const float *W,
     if (!dx || !dxc || !dW || !dout)
         return -1;
     float *dmean = mean ? dW + k * d : NULL;
-    if (CU(&G, cudaMemcpy(dx, x, (size_t)(rows * d) * sizeof(float), cudaMemcpyHostToDevice)) ||
-        CU(&G, cudaMemcpy(dW, W, (size_t)(k * d) * sizeof(float), cudaMemcpyHostToDevice)) ||
-        (mean && CU(&G, cudaMemcpy(dmean, mean, (size_t)d * sizeof(float), cudaMemcpyHostToDevice))))
+    if (CU(&G, gpu_upload(dx, x, (size_t)(rows * d) * sizeof(float))) ||
+        CU(&G, gpu_upload(dW, W, (size_t)(k * d) * sizeof(float))) ||
+        (mean && CU(&G, gpu_upload(dmean, mean, (size_t)d * sizeof(float)))))
         return -1;
     centre_float<<<blocks(rows * d, 256), 256>>>(dx, rows, d, dmean, dxc);
     const float one = 1.0f, zero = 0.0f;

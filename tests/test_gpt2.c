@@ -778,8 +778,24 @@ static void fake_unembed(const dm_compute *cx, float *o, const float *x, const f
     FAKE_CALL(fake_cpu->unembed(cx, o, x, wte, BT, C, V));
 }
 static void *fake_host_alloc(size_t n) { return malloc(n); }
-static const dm_gpt2_device_ops fake_ops = {fake_alloc,      fake_release, fake_upload, fake_download,
-                                            fake_host_alloc, free,         fake_embed,  fake_status};
+static void copy_rows_host(float *dst, const float *src, size_t rows, int C, int center)
+{
+    for (size_t r = 0; r < rows; r++) {
+        double sum = 0.0;
+        for (int i = 0; center && i < C; i++)
+            sum += src[r * C + i];
+        float mean = (float)(sum / C);
+        for (int i = 0; i < C; i++)
+            dst[r * C + i] = center ? src[r * C + i] - mean : src[r * C + i];
+    }
+}
+static int fake_copy_rows(float *dst, const float *src, size_t rows, int C, int center)
+{
+    return FAKE_CALL(copy_rows_host(dst, src, rows, C, center)), 0;
+}
+static const dm_gpt2_device_ops fake_ops = {fake_alloc,      fake_release, fake_upload,    fake_download,
+                                            fake_host_alloc, free,         fake_copy_rows, fake_embed,
+                                            fake_status};
 
 /* Doubles x: an edit whose effect shows downstream. */
 static int double_it(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
@@ -841,9 +857,24 @@ START_TEST(device_path_matches_cpu)
             ck_assert_msg(dm_gpt2_run(md, tok, Bn, T, p2, np, center) == 0, "%s", dm_error());
             ck_assert_int_eq(k1, k2);
             ck_assert_int_eq(k1, edits[e] != NULL);
-            for (int i = 0; i < n; i++)
+            for (int i = 0; i < n; i++) {
                 ck_assert_msg(!memcmp(o1[i], o2[i], sizeof(float) * len[i] / B * Bn),
                               "edit %s, centre %d: hook %d differs", edits[e] ? edits[e] : "none", center, i);
+                /* the copy kept on the device: at every block hook without a callback
+                 * (the embeddings are formed on the host; logits and loss too) */
+                const float *dc = dm_gpt2_device_copy(md, i);
+                ck_assert_ptr_null(dm_gpt2_device_copy(mc, i));
+                int device_side = hooks[i].layer >= 0 || hooks[i].kind == DM_HOOK_LN_FINAL;
+                char hn[64];
+                int has_fn = edits[e] && !strcmp(edits[e], dm_gpt2_hook_name(hooks[i], hn, sizeof hn));
+                ck_assert_int_eq(dc != NULL, device_side && !has_fn);
+                if (dc) {
+                    fake_protect(PROT_READ);
+                    int same = !memcmp(dc, o2[i], sizeof(float) * len[i] / B * Bn);
+                    fake_protect(PROT_NONE);
+                    ck_assert_msg(same, "hook %d: the device copy differs from the host's", i);
+                }
+            }
         }
     /* the loss alone: logits made LOGIT_ROWS at a time into host memory */
     dm_gpt2_hook ll = hook_named("loss");

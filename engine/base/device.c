@@ -93,3 +93,21 @@ int dm_cuda_fill(const char *symbol, const void *fallback, void *out)
     dm_cuda_backend_fn fill = (dm_cuda_backend_fn)dm_cuda_sym(symbol);
     return fill && fill(fallback, out) == 0;
 }
+
+void dm_device_hint_push(const void *host, const void *dev, size_t bytes)
+{
+    static void (*push)(const void *, const void *, size_t);
+    if (!push && cu.ok)
+        push = (void (*)(const void *, const void *, size_t))dlsym(cu.lib, "dm_cuda_hint_push");
+    if (push)
+        push(host, dev, bytes);
+}
+
+void dm_device_hint_pop(void)
+{
+    static void (*pop)(void);
+    if (!pop && cu.ok)
+        pop = (void (*)(void))dlsym(cu.lib, "dm_cuda_hint_pop");
+    if (pop)
+        pop();
+}

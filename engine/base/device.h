@@ -14,6 +14,8 @@
 #ifndef DM_DEVICE_H
 #define DM_DEVICE_H
 
+#include <stddef.h>
+
 /* 1 when the library is there, speaks this build's interface, and sees a
  * device (its name into name, len bytes, when name is not NULL); 0 with the
  * reason into why (a line for a notice) otherwise. Opens the library once. */
@@ -24,5 +26,13 @@ void *dm_cuda_sym(const char *symbol);
  * entry through its `symbol` (cuda_abi.h), that entry falling back to
  * `fallback` on a CUDA error. 1 when filled, 0 when not available. */
 int dm_cuda_fill(const char *symbol, const void *fallback, void *out);
+
+/* Hints: while one is pushed, a GPU entry asked to copy host memory inside
+ * [host, host + bytes) to the GPU copies it from dev, the same values in the
+ * GPU's memory, instead (gpu/hints.cu). The engine pushes one around each
+ * consume of a chunk that has a device copy (dm_chunk.dev) and pops it after;
+ * they nest. Without the library, nothing. */
+void dm_device_hint_push(const void *host, const void *dev, size_t bytes);
+void dm_device_hint_pop(void);
 
 #endif

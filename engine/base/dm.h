@@ -151,6 +151,11 @@ typedef struct {
         void *ptr;
     };
     dm_dtype dtype; /* DM_F32 (0), DM_I32 or DM_I64 */
+    /* The same values in a GPU's memory, where a GPU entry made them (NULL
+     * otherwise): the engine hints it to its consumers' GPU entries, which
+     * then read it rather than the host's copy (device.h). Valid, like data,
+     * for the emit only. */
+    const void *dev;
 } dm_chunk;
 
 /* A small dense array (a covariance, eigenvalues, a whitening matrix). */

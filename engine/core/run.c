@@ -71,6 +71,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "dist.h"
 #include "fs.h"
 #include "npy.h"
@@ -448,7 +449,11 @@ int dm_emit(dm_node *n, int port, const dm_chunk *c)
             continue;
         double t0 = dm_now();
         c2->in_consume = 1;
+        if (c->dev) /* the GPU's copy of the rows, for c2's GPU entries */
+            dm_device_hint_push(c->ptr, c->dev, (size_t)(c->rows * c->cols) * dm_dtype_size(c->dtype));
         int rc = c2->op->consume(c2, n->cons[port][i].port, c);
+        if (c->dev)
+            dm_device_hint_pop();
         c2->in_consume = 0;
         if (dm_node_check_params(c2, rc))
             return blame(c2, 0);

@@ -268,8 +268,9 @@ static int gpt2_consume(dm_node *n, int port, const dm_chunk *c)
         for (int64_t off = 0; off < BT; off += cr) {
             int64_t rows = BT - off < cr ? BT - off : cr;
             for (int i = 0; i < s->nhooks; i++) {
+                const float *dev = dm_gpt2_device_copy(s->model, i); /* on a GPU: the rows there too */
                 dm_chunk o = {.row0 = row0 + off, .rows = rows, .cols = s->width[i],
-                              .data = s->outs[i] + off * s->width[i]};
+                              .data = s->outs[i] + off * s->width[i], .dev = dev ? dev + off * s->width[i] : NULL};
                 if (dm_emit(n, i, &o))
                     return -1;
             }

@@ -292,6 +292,8 @@ static int sae_consume(dm_node *n, int port, const dm_chunk *c)
         }
         dm_chunk e = {.row0 = c->row0 + r0, .rows = rows, .cols = s->d, .data = s->resid};
         dm_chunk h = {.row0 = c->row0 + r0, .rows = rows, .cols = s->d, .data = s->recon};
+        if (s->be->device_rows) /* on a GPU, in one pass: the rows there too, for the consumers' GPU entries */
+            e.dev = s->be->device_rows(s->work, s->resid, rows), h.dev = s->be->device_rows(s->work, s->recon, rows);
         if (dm_emit(n, OUT_RESIDUAL, &e) || dm_emit(n, OUT_RECON, &h))
             return -1;
     }

@@ -911,6 +911,13 @@ struct dm_gpt2 {
     dm_gpt2_params dparams;
     float *stage, *stage2, *host_logits; /* stage from dev->host_alloc */
     size_t stage_n, stage2_n, host_logits_n;
+    /* the hook points' copies in the device's memory (dm_gpt2_device_copy):
+     * point i's in dcopy[i] (dcopy_n[i] floats), made by the last run when
+     * dcopy_ok[i] */
+    float **dcopy;
+    size_t *dcopy_n;
+    unsigned char *dcopy_ok;
+    int ndcopy;
     /* logits (BT, V) and loss (BT) for callbacks at those hooks when no copy
      * is asked for (grown as needed) */
     float *cb_logits, *cb_loss;
@@ -1124,6 +1131,10 @@ static void leave_device(dm_gpt2 *m)
     dev->release(m->acts_memory);
     dev->host_release(m->stage);
     m->stage = NULL, m->stage_n = 0;
+    for (int i = 0; i < m->ndcopy; i++)
+        dev->release(m->dcopy[i]);
+    free(m->dcopy), free(m->dcopy_n), free(m->dcopy_ok);
+    m->dcopy = NULL, m->dcopy_n = NULL, m->dcopy_ok = NULL, m->ndcopy = 0;
     m->dparams_memory = m->acts_memory = NULL;
     memset(&m->dparams, 0, sizeof m->dparams);
     memset(&m->acts, 0, sizeof m->acts);
@@ -1337,10 +1348,29 @@ static int run_points(dm_gpt2 *m, const hook_set *hs, dm_gpt2_hook_kind kind, in
                       int width, int on_device)
 {
     const dm_gpt2_device_ops *dev = on_device ? m->be->dev : NULL;
-    const size_t bytes = sizeof(float) * (size_t)hs->B * hs->T * width;
+    const size_t rows = (size_t)hs->B * hs->T, bytes = sizeof(float) * rows * width;
     float *h = x;
     int edited = 0;
     char name[64];
+    if (dev && !wants(hs, kind, layer, 1)) {
+        /* copies only: each made on the device (kept for the point's consumers,
+         * dm_gpt2_device_copy), then sent to its out */
+        for (int i = 0; i < hs->n; i++) {
+            const dm_gpt2_hook_point *pt = &hs->p[i];
+            if (pt->hook.kind != kind || pt->hook.layer != layer || !pt->out)
+                continue;
+            if (m->dcopy_n[i] < rows * width) {
+                dev->release(m->dcopy[i]);
+                m->dcopy_n[i] = (m->dcopy[i] = dev->alloc(bytes)) ? rows * width : 0;
+            }
+            if (!m->dcopy[i] ||
+                dev->copy_rows(m->dcopy[i], x, rows, width, hs->center && dm_gpt2_hook_is_residual(pt->hook)) ||
+                dev->download(pt->out, m->dcopy[i], bytes))
+                return DEVICE_FAILED;
+            m->dcopy_ok[i] = 1;
+        }
+        return 0;
+    }
     for (int i = 0; i < hs->n; i++) {
         const dm_gpt2_hook_point *pt = &hs->p[i];
         if (pt->hook.kind != kind || pt->hook.layer != layer)
@@ -1539,6 +1569,16 @@ static int run_pass(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gp
     if (acts_reserve(m, BT, want_loss && !want_logits))
         return DEVICE_FAILED;
     dm_gpt2_acts *a = &m->acts;
+    if (dev && npoints > m->ndcopy) {
+        m->dcopy = dm_xrealloc(m->dcopy, sizeof *m->dcopy * (size_t)npoints);
+        m->dcopy_n = dm_xrealloc(m->dcopy_n, sizeof *m->dcopy_n * (size_t)npoints);
+        m->dcopy_ok = dm_xrealloc(m->dcopy_ok, (size_t)npoints);
+        for (int i = m->ndcopy; i < npoints; i++)
+            m->dcopy[i] = NULL, m->dcopy_n[i] = 0;
+        m->ndcopy = npoints;
+    }
+    if (dev)
+        memset(m->dcopy_ok, 0, (size_t)m->ndcopy);
 
     if ((rc = embed_forward(m, tokens, &hs)))
         return rc;
@@ -1647,6 +1687,11 @@ int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_h
      * pass runs again there (its callbacks run again too). */
     leave_device(m);
     return run_pass(m, tokens, B, T, points, npoints, center, stop);
+}
+
+const float *dm_gpt2_device_copy(const dm_gpt2 *m, int i)
+{
+    return m->be->dev && i >= 0 && i < m->ndcopy && m->dcopy_ok[i] ? m->dcopy[i] : NULL;
 }
 
 int dm_gpt2_forward(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook *hooks,

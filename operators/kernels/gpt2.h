@@ -110,6 +110,11 @@ struct dm_gpt2_backend;
  * (dm_gpt2_backend_select) and so whether the weights are also packed for
  * dm_sgemm. NULL with the error recorded on failure. Free with dm_gpt2_free. */
 dm_gpt2 *dm_gpt2_load(const char *dir, int depth, const dm_compute *cx);
+/* On a device backend, point i's copy (its out) of the last dm_gpt2_run in the
+ * device's memory too, or NULL (a host backend, no copy asked, a callback at
+ * that hook, or another run since). Valid until the next run: a node hands it
+ * on as its chunks' dev (dm.h). */
+const float *dm_gpt2_device_copy(const dm_gpt2 *m, int i);
 /* The same with the backend be rather than the one cx selects (tests stand in
  * a device with it); be must not pack. */
 dm_gpt2 *dm_gpt2_load_backend(const char *dir, int depth, const dm_compute *cx, const struct dm_gpt2_backend *be);
@@ -215,6 +220,9 @@ typedef struct {
      * what crosses at the hooks; NULL on failure */
     void *(*host_alloc)(size_t bytes);
     void (*host_release)(void *p); /* accepts NULL */
+    /* dst (rows, width) = src, less each row's mean over width with center
+     * (hook_copy's rule), both in device memory */
+    int (*copy_rows)(float *dst, const float *src, size_t rows, int width, int center);
     /* x (B*T, C) = wte[tokens] + wpe[position]; tokens in host memory */
     int (*embed)(float *x, const int32_t *tokens, const float *wte, const float *wpe, int B, int T, int C);
     /* 0, or -1 when a kernel since the last call has failed (the table's

@@ -211,6 +211,11 @@ typedef struct dm_sae_backend {
      * otherwise. */
     void (*stats_update)(dm_sae_work *w, dm_sae_stats *st, const float *x, const float *recon,
                          const float *residual, const dm_sae_sparse *sp, int64_t rows);
+    /* NULL, or: the copy in the device's memory of the first rows of the
+     * recon or residual array host that the last forward on w wrote (in one
+     * pass, rows of them at most), or NULL; valid until the next call on w.
+     * A node hands it on as its chunks' dev (dm.h). */
+    const float *(*device_rows)(dm_sae_work *w, const float *host, int64_t rows);
 } dm_sae_backend;
 
 extern const dm_sae_backend dm_sae_backend_ref, dm_sae_backend_cpu;

@@ -8,6 +8,7 @@
  *
  * A hint holds for one consume call (the engine pushes and pops it around
  * it); hints nest as emits do (a consumer emits in turn). Per thread.
+ * DMICA_NO_DEVICE_COPIES=1 turns them off (every upload from the host).
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -43,6 +44,13 @@ extern "C" void dm_cuda_hint_pop(void)
 
 const void *gpu_hinted(const void *host, size_t bytes)
 {
+    static int off = -1; /* DMICA_NO_DEVICE_COPIES=1: every upload from host memory */
+    if (off < 0) {
+        const char *v = getenv("DMICA_NO_DEVICE_COPIES");
+        off = v && *v && *v != '0';
+    }
+    if (off)
+        return NULL;
     const char *h = (const char *)host;
     for (int i = nhints - 1; i >= 0; i--)
         if (hints[i].dev && h >= hints[i].host && h + bytes <= hints[i].host + hints[i].bytes)

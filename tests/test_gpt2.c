@@ -876,6 +876,31 @@ START_TEST(device_path_matches_cpu)
                 }
             }
         }
+    /* a run from blocks.1.hook_resid_pre: its x sent to the device */
+    {
+        dm_gpt2_hook_point p1[64], p2[64];
+        int np = 0, at = -1;
+        for (int i = 0; i < n; i++) {
+            if (hooks[i].kind == DM_HOOK_RESID_PRE && hooks[i].layer == 1)
+                at = i;
+            if (hooks[i].layer >= 1 || hooks[i].kind >= DM_HOOK_LN_FINAL) {
+                p1[np] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o1[i]};
+                p2[np++] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o2[i]};
+            }
+        }
+        ck_assert_int_ge(at, 0);
+        float *x1 = dm_xmalloc(sizeof(float) * len[at]);
+        memcpy(x1, o1[at], sizeof(float) * len[at]);
+        for (size_t j = 0; j < len[at]; j++)
+            x1[j] *= 1.5f; /* not the model's own */
+        ck_assert_int_eq(dm_gpt2_run_from(mc, 1, x1, tok, B, T, p1, np, 0), 0);
+        ck_assert_int_eq(dm_gpt2_run_from(md, 1, x1, tok, B, T, p2, np, 0), 0);
+        for (int i = 0; i < np; i++)
+            ck_assert_msg(!memcmp(p1[i].out, p2[i].out, sizeof(float) * B * T * dm_gpt2_hook_width(c, p1[i].hook)),
+                          "run from: point %d differs", i);
+        ck_assert_mem_eq(o2[at], x1, sizeof(float) * len[at]);
+        free(x1);
+    }
     /* the loss alone: logits made LOGIT_ROWS at a time into host memory */
     dm_gpt2_hook ll = hook_named("loss");
     ck_assert_int_eq(dm_gpt2_forward(mc, tok, B, T, &ll, 1, &o1[0], 1), 0);
@@ -974,8 +999,9 @@ END_TEST
 /* Replaces blocks.L.hook_resid_pre (what "splice", or removes a direction from it
  * ("ablate"), on model name with backend id, and compares every later hook, the
  * logits and the loss with the float64 reference run the same way
- * (edit.safetensors). Returns the largest relative error. */
-static double check_edit(const char *name, const char *what, dm_gpt2_backend_id id)
+ * (edit.safetensors). With from (a splice), the run starts there instead:
+ * dm_gpt2_run_from with the given tensor. Returns the largest relative error. */
+static double check_edit(const char *name, const char *what, dm_gpt2_backend_id id, int from)
 {
     char path[256], key[128], hname[64];
     snprintf(path, sizeof path, GOLDEN "%s/expected.safetensors", name);
@@ -1015,11 +1041,15 @@ static double check_edit(const char *name, const char *what, dm_gpt2_backend_id 
         outs[i] = dm_xmalloc(sizeof(float) * B * T * dm_gpt2_hook_width(c, hooks[i]));
         pts[2 + i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = outs[i]};
     }
-    ck_assert_msg(dm_gpt2_run(m, tok, B, T, pts, n + 2, 0) == 0, "%s", dm_error());
-
     dm_gpt2_hook_name(at, hname, sizeof hname);
     float *own = golden_hook(exp, hname, 0, BTC);
-    ck_assert_double_le(rel_err(before, own, BTC), TOL);
+    if (from) {
+        ck_assert(splice);
+        ck_assert_msg(dm_gpt2_run_from(m, L, arg, tok, B, T, pts + 2, n, 0) == 0, "%s", dm_error());
+    } else {
+        ck_assert_msg(dm_gpt2_run(m, tok, B, T, pts, n + 2, 0) == 0, "%s", dm_error());
+        ck_assert_double_le(rel_err(before, own, BTC), TOL);
+    }
     double worst = 0;
     for (int i = 0; i < n; i++) {
         size_t len = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
@@ -1063,8 +1093,40 @@ START_TEST(edit_resid_pre_matches_reference)
             for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
                 if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
                     printf("gpt2 edit %s %s: max relative error %.2g (%s backend)\n", models[i],
-                           whats[w], check_edit(models[i], whats[w], (dm_gpt2_backend_id)id),
+                           whats[w], check_edit(models[i], whats[w], (dm_gpt2_backend_id)id, 0),
                            dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
+}
+END_TEST
+
+/* dm_gpt2_run_from: the splice's blocks without the ones before it, against the
+ * same float64 reference; and the points it refuses. */
+START_TEST(run_from_matches_reference)
+{
+    const char *models[] = {"c64h4", "c48h4"};
+    for (size_t i = 0; i < 2; i++)
+        for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
+            if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+                printf("gpt2 run from %s: max relative error %.2g (%s backend)\n", models[i],
+                       check_edit(models[i], "splice", (dm_gpt2_backend_id)id, 1),
+                       dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
+    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, NULL);
+    ck_assert_ptr_nonnull(m);
+    const dm_gpt2_config *c = dm_gpt2_cfg(m);
+    int B = 2, T = 4, C = c->n_embd;
+    int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    float *x = calloc((size_t)B * T * C, sizeof(float)), *out = calloc((size_t)B * T * C, sizeof(float));
+    dm_gpt2_hook_point pt = {.hook = hook_named("blocks.0.hook_resid_post"), .out = out};
+    ck_assert_int_eq(dm_gpt2_run_from(m, 1, x, tok, B, T, &pt, 1, 0), -1);
+    ck_assert(has(dm_error(), "hook blocks.0.hook_resid_post is before blocks.1.hook_resid_pre, where the run starts"));
+    pt.hook = hook_named("hook_embed");
+    ck_assert_int_eq(dm_gpt2_run_from(m, 1, x, tok, B, T, &pt, 1, 0), -1);
+    ck_assert(has(dm_error(), "hook hook_embed is before"));
+    pt.hook = hook_named("blocks.1.hook_resid_post");
+    ck_assert_int_eq(dm_gpt2_run_from(m, c->n_layer, x, tok, B, T, &pt, 1, 0), -1);
+    ck_assert(has(dm_error(), "a run from blocks.2.hook_resid_pre: the model has 2 blocks loaded"));
+    ck_assert_int_eq(dm_gpt2_run_from(m, 1, x, tok, B, T, &pt, 1, 0), 0);
+    free(x), free(out);
+    dm_gpt2_free(m);
 }
 END_TEST
 
@@ -1492,6 +1554,7 @@ int main(void)
     tcase_add_test(tm, edit_with_zero_changes_nothing);
     tcase_add_test(tm, device_path_matches_cpu);
     tcase_add_test(tm, edit_resid_pre_matches_reference);
+    tcase_add_test(tm, run_from_matches_reference);
     tcase_add_test(tm, edit_branches_and_embeddings);
     tcase_add_test(tm, edit_errors);
     tcase_add_test(tm, command_matches_golden);

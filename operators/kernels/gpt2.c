@@ -1554,7 +1554,7 @@ static int check_points(const dm_gpt2 *m, const dm_gpt2_hook_point *points, int 
  * DEVICE_FAILED. On a device backend the blocks read the parameters' copy
  * there; what a hook sees crosses through run_points. */
 static int run_pass(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
-                    int npoints, int center, int stop)
+                    int npoints, int center, int stop, int from, const float *x0)
 {
     const dm_gpt2_config *c = &m->cfg;
     const dm_gpt2_backend *be = m->be;
@@ -1580,9 +1580,13 @@ static int run_pass(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gp
     if (dev)
         memset(m->dcopy_ok, 0, (size_t)m->ndcopy);
 
-    if ((rc = embed_forward(m, tokens, &hs)))
+    if (x0 && dev ? dev->upload(a->x, x0, sizeof(float) * BT * C) : 0)
+        return DEVICE_FAILED;
+    if (x0 && !dev)
+        memcpy(a->x, x0, sizeof(float) * BT * C);
+    if (!x0 && (rc = embed_forward(m, tokens, &hs)))
         return rc;
-    for (int l = 0; l < c->n_layer && 2 * l <= stop; l++) {
+    for (int l = x0 ? from : 0; l < c->n_layer && 2 * l <= stop; l++) {
         if ((rc = run_points(m, &hs, DM_HOOK_RESID_PRE, l, a->x, C, D)))
             return rc;
         if (stop == 2 * l)
@@ -1663,11 +1667,22 @@ static int run_pass(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gp
     return loss ? run_points(m, &hs, DM_HOOK_LOSS, -1, loss, 1, 0) : 0;
 }
 
-int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
-                int npoints, int center)
+/* dm_gpt2_run (x0 NULL) or dm_gpt2_run_from (x0 at blocks.<from>.hook_resid_pre). */
+static int run_model(dm_gpt2 *m, int from, const float *x0, const int32_t *tokens, int B, int T,
+                     const dm_gpt2_hook_point *points, int npoints, int center)
 {
     const dm_gpt2_config *c = &m->cfg;
     int V = c->vocab_size, stop;
+    char name[64];
+    if (x0 && (from < 0 || from >= m->depth))
+        return dm_failc(DM_E_INPUT, "%s: a run from blocks.%d.hook_resid_pre: the model has %d blocks loaded",
+                        m->dir, from, m->depth);
+    for (int i = 0; x0 && i < npoints; i++) {
+        dm_gpt2_hook h = points[i].hook;
+        if (h.kind == DM_HOOK_EMBED || h.kind == DM_HOOK_POS_EMBED || (h.layer >= 0 && h.layer < from))
+            return dm_failc(DM_E_INPUT, "%s: hook %s is before blocks.%d.hook_resid_pre, where the run starts",
+                            m->dir, dm_gpt2_hook_name(h, name, sizeof name), from);
+    }
     if (B <= 0 || T <= 0)
         return dm_failc(DM_E_INPUT, "%s: empty batch (%d windows of %d tokens)", m->dir, B, T);
     if (T > c->n_positions)
@@ -1680,13 +1695,25 @@ int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_h
             return dm_failc(DM_E_INPUT,
                             "token id %d at window %d, position %d is not below vocab_size %d",
                             tokens[bt], bt / T, bt % T, V);
-    int rc = run_pass(m, tokens, B, T, points, npoints, center, stop);
+    int rc = run_pass(m, tokens, B, T, points, npoints, center, stop, from, x0);
     if (rc != DEVICE_FAILED)
         return rc;
     /* The device failed (it said so): the model goes on on the CPU, and this
      * pass runs again there (its callbacks run again too). */
     leave_device(m);
-    return run_pass(m, tokens, B, T, points, npoints, center, stop);
+    return run_pass(m, tokens, B, T, points, npoints, center, stop, from, x0);
+}
+
+int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_hook_point *points,
+                int npoints, int center)
+{
+    return run_model(m, 0, NULL, tokens, B, T, points, npoints, center);
+}
+
+int dm_gpt2_run_from(dm_gpt2 *m, int layer, const float *x, const int32_t *tokens, int B, int T,
+                     const dm_gpt2_hook_point *points, int npoints, int center)
+{
+    return run_model(m, layer, x, tokens, B, T, points, npoints, center);
 }
 
 const float *dm_gpt2_device_copy(const dm_gpt2 *m, int i)

@@ -187,8 +187,8 @@ int dm_gpt2_run(dm_gpt2 *m, const int32_t *tokens, int B, int T, const dm_gpt2_h
 /* The same from blocks.L.hook_resid_pre with x (B*T, n_embd) as the residual
  * stream there: blocks 0..L-1 are not run (an ablation study runs them once
  * and every edit from here; a residual stream centred per row gives the same
- * later hooks, logits and loss as the model's own, every read of it going
- * through a LayerNorm). tokens give the loss its targets. Points before that
+ * branches, logits and loss as the model's own, and the same centred copies
+ * of the later residual hooks, every read of it going through a LayerNorm). tokens give the loss its targets. Points before that
  * hook (the embeddings, earlier blocks) are refused; one at it sees x, and
  * may edit it. */
 int dm_gpt2_run_from(dm_gpt2 *m, int layer, const float *x, const int32_t *tokens, int B, int T,

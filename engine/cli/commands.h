@@ -33,6 +33,9 @@ int dm_cmd_sae(int argc, char **argv);
 int dm_cmd_ica(int argc, char **argv);
 /* `dmica analyze --acts ACTS.npy --sae DIR --components K --out RUN_DIR ...` */
 int dm_cmd_analyze(int argc, char **argv);
+/* `dmica causal RUN_DIR [--tokens N] [--nulls N] ...`: the causal tests of a run
+ * (its pipeline.yaml plus a causal node, through the engine and its cache). */
+int dm_cmd_causal(int argc, char **argv);
 /* `dmica top RUN_DIR --component N [--k 20] [--bottom] [--activations]` */
 int dm_cmd_top(int argc, char **argv);
 /* `dmica cache verify [--cache DIR] [--remove]` (argv[0] "verify"): checks

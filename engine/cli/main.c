@@ -38,6 +38,7 @@ static void usage(FILE *f)
           "  sae                 an SAE's residual and statistics on a .npy of activations\n"
           "  ica                 whitening and FastICA of a .npy matrix\n"
           "  analyze             the analysis (SAE residual to ICA and report) on activations you already have\n"
+          "  causal RUN_DIR      the causal tests of a run: each ICA component ablated against null directions\n"
           "  top                 a component's top tokens from a run folder\n"
           "  cache du|gc|verify  the cache's size per pipeline and node; remove what no pipeline uses;\n"
           "                      check every cached file's checksum\n"
@@ -106,6 +107,23 @@ static int print_disk(dm_graph *g)
                e.unknown == 1 ? "" : "s", e.unknown == 1 ? "is" : "are");
     free(t), free(sp), free(te), free(pr), free(fr);
     return 0;
+}
+
+/* The pipeline as it ran (templates expanded, --set applied) into the results
+ * folder as pipeline.yaml, for what later reads the run again (dmica causal). */
+static int save_pipeline(const dm_pipeline *p, const char *out)
+{
+    char *path = dm_xasprintf("%s/pipeline.yaml", out), *tmp = dm_xasprintf("%s/.pipeline.yaml.tmp", out);
+    FILE *f = fopen(tmp, "w");
+    int rc = 0;
+    if (f)
+        dm_pipeline_write(p, f);
+    if (!f || ferror(f) | fclose(f) || rename(tmp, path))
+        rc = dm_failc(DM_E_IO, "%s: %s", path, strerror(errno));
+    if (rc)
+        unlink(tmp);
+    free(path), free(tmp);
+    return rc;
 }
 
 /* Parses the options of run, plan or demo; returns as dm_args_parse does. */
@@ -235,6 +253,10 @@ static int cmd_run_like(int argc, char **argv, const dm_arg_cmd *c, int plan_onl
         rc = dm_plan(g);
     else
         rc = dm_run(g);
+    if (!rc && !plan_only && g->out && g->rank == 0) {
+        p->shard = g->shard; /* the shard size enters cache keys: a rerun of the file must use this run's */
+        rc = save_pipeline(p, g->out);
+    }
     if (!rc && (plan_only ? g->rank == 0 : !o.quiet))
         dm_plan_print(g, plan_only ? stdout : stderr);
     if (!rc && plan_only && g->rank == 0)
@@ -367,7 +389,7 @@ int main(int argc, char **argv)
     } commands[] = {
         {"stats", cmd_stats},         {"ops", cmd_ops}, {"tokenize", dm_cmd_tokenize},
         {"activations", dm_cmd_activations}, {"sae", dm_cmd_sae}, {"ica", dm_cmd_ica},
-        {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top}, {"cache", dm_cmd_cache},
+        {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top}, {"cache", dm_cmd_cache}, {"causal", dm_cmd_causal},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

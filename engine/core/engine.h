@@ -312,8 +312,8 @@ extern int dm_progress_enabled;
  * process exit status (0, or dm_error_exit()). */
 typedef struct {
     const char *out;   /* results folder (NULL: none) */
-    const char *cache; /* NULL: $DMICA_CACHE, else .dmica-cache */
-    int64_t memory;    /* 0: 1 GiB */
+    const char *cache; /* NULL: the YAML's cache:, else $DMICA_CACHE, else .dmica-cache */
+    int64_t memory;    /* 0: the YAML's memory:, else 1 GiB */
     int threads;       /* 0: all cores */
     int quiet;
 } dm_run_opts;

@@ -2099,9 +2099,9 @@ int dm_run_yaml(const char *label, const char *yaml, const dm_run_opts *o)
         dm_pipeline_free(p);
         return dm_error_exit();
     }
-    g->cache = dm_cache_dir(o->cache, NULL);
+    g->cache = dm_cache_dir(o->cache, p->cache);
     g->out = o->out ? dm_xstrdup(o->out) : NULL;
-    g->memory = o->memory > 0 ? o->memory : (int64_t)1 << 30;
+    g->memory = o->memory > 0 ? o->memory : p->memory > 0 ? p->memory : (int64_t)1 << 30;
     g->shard = p->shard > 0 ? p->shard : 0; /* a command runs in one piece unless its YAML says */
     dm_compute_set_threads(o->threads);
     dm_progress_enabled = !o->quiet;

@@ -25,7 +25,7 @@
 
 struct dm_causal {
     dm_gpt2 *m;
-    int layer, T;
+    int layer, T, threads;
     int64_t W, d, V, rows;
     int32_t *windows; /* (W, T) */
     float *x, *recon; /* (W T, d) */
@@ -66,6 +66,7 @@ dm_causal *dm_causal_new(dm_gpt2 *m, int layer, const dm_sae *sae, const dm_comp
     dm_causal *cz = dm_xcalloc(1, sizeof *cz);
     cz->m = m, cz->layer = layer, cz->T = T, cz->W = W, cz->d = d, cz->V = g->vocab_size;
     cz->rows = rows < T ? T : rows;
+    cz->threads = c->threads > 0 ? c->threads : 1;
     const int64_t N = W * T, Bw = cz->rows / T;
     cz->windows = dm_xmalloc(sizeof(int32_t) * (size_t)N);
     memcpy(cz->windows, windows, sizeof(int32_t) * (size_t)N);
@@ -259,6 +260,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
     double *lse_c = dm_xmalloc(sizeof(double) * (size_t)(Bw * T));
     float *xp = dm_xmalloc(sizeof(float) * (size_t)(cz->rows * d)), *ln = dm_xmalloc(sizeof(float) * (size_t)(cz->rows * V));
     int32_t *tok = dm_xmalloc(sizeof(int32_t) * (size_t)cz->rows);
+    double *row_ce = dm_xmalloc(sizeof(double) * (size_t)cz->rows), *row_kl = dm_xmalloc(sizeof(double) * (size_t)cz->rows);
     double *acc = dm_xmalloc(sizeof(double) * (size_t)d);
     dm_gpt2_hook_point logits = {.hook = {DM_HOOK_LOGITS, -1}};
     int rc = 0;
@@ -272,14 +274,16 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
             rc = -1;
             break;
         }
+#pragma omp parallel for schedule(static) num_threads(cz->threads)
         for (int64_t t = 0; t < nb; t++) {
             const float *l = lc + t * V;
             lse_c[t] = lse(l, V);
             for (int64_t v = 0; v < V; v++)
                 pc[t * V + v] = (float)exp((double)l[v] - lse_c[t]);
-            if (t % T < T - 1)
-                ce_clean += lse_c[t] - l[wt[t + 1]];
         }
+        for (int64_t t = 0; t < nb; t++)
+            if (t % T < T - 1)
+                ce_clean += lse_c[t] - lc[t * V + wt[t + 1]];
         /* the ablations, G at a time */
         const int64_t G = cz->rows / nb;
         for (int64_t a0 = 0; a0 < na && !rc; a0 += G) {
@@ -294,21 +298,28 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
                 rc = -1;
                 break;
             }
+            /* each row's CE and KL on the threads, then summed in row order
+             * (the same result whatever the threads) */
+#pragma omp parallel for schedule(static) num_threads(cz->threads)
+            for (int64_t q = 0; q < g * nb; q++) {
+                const int64_t t = q % nb;
+                if (t % T == T - 1)
+                    continue;
+                const float *l = ln + q * V, *l0 = lc + t * V, *p = pc + t * V;
+                const double s = lse(l, V);
+                double dot = 0;
+                for (int64_t v = 0; v < V; v++)
+                    dot += (double)p[v] * ((double)l0[v] - l[v]);
+                row_ce[q] = s - l[wt[t + 1]];
+                row_kl[q] = dot - (lse_c[t] - s);
+            }
             for (int64_t a = 0; a < g; a++)
-                for (int64_t t = 0; t < nb; t++) {
-                    if (t % T == T - 1)
-                        continue;
-                    const float *l = ln + (a * nb + t) * V, *l0 = lc + t * V, *p = pc + t * V;
-                    const double s = lse(l, V);
-                    double dot = 0;
-                    for (int64_t v = 0; v < V; v++)
-                        dot += (double)p[v] * ((double)l0[v] - l[v]);
-                    ce[a0 + a] += s - l[wt[t + 1]];
-                    kl[a0 + a] += dot - (lse_c[t] - s);
-                }
+                for (int64_t t = 0; t < nb; t++)
+                    if (t % T < T - 1)
+                        ce[a0 + a] += row_ce[a * nb + t], kl[a0 + a] += row_kl[a * nb + t];
         }
     }
-    free(lc), free(pc), free(lse_c), free(xp), free(ln), free(tok), free(acc);
+    free(lc), free(pc), free(lse_c), free(xp), free(ln), free(tok), free(acc), free(row_ce), free(row_kl);
     coefs_free(&cf);
     if (rc) {
         free(ce), free(kl), free(ab);

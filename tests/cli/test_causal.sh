@@ -72,6 +72,19 @@ assert c["nulls"]["per_kind"] == 3 and c["nulls"]["kinds"] == ["isotropic", "cov
 assert c["components_above_null_q95"] == sum(a["above_null_q95"] for a in c["components"])
 raise SystemExit(0 if ok else 1)
 P
+# dmica causal RUN_DIR: the same study on a finished run without the stage,
+# through its pipeline.yaml and cache (only the new node runs): the same file
+python3 -c "
+s = open('p.yaml').read()
+open('nocausal.yaml', 'w').write(s[:s.index('  causal:')])"
+expect_ok $DMICA run nocausal.yaml --out run1 --quiet
+[ -f run1/pipeline.yaml ] && [ ! -f run1/causal.json ] || fail "run1: pipeline.yaml expected, no causal.json"
+expect_ok $DMICA causal run1 --tokens 100000 --nulls 3 --rows 100
+! grep -q "gpt2, sae" err.txt || fail "dmica causal ran the model's group again: the run's cache was not reused"
+cmp run1/causal.json out/causal.json || fail "dmica causal and the pipeline's causal node differ"
+cmp run1/causal_windows.npy out/causal_windows.npy || fail "causal_windows.npy differs"
+expect_fail $DMICA causal nowhere
+err_has "nowhere/pipeline.yaml"
 # refusals: no SAE, and a mixing that does not fit the filters
 sed 's/inputs: {windows: text.windows, sae: sae_config,/inputs: {windows: text.windows,/' p.yaml > nosae.yaml
 expect_fail $DMICA run nosae.yaml --quiet

@@ -24,7 +24,7 @@
 enum {
     IN_ACT_VAR, IN_RES_VAR, IN_RES_KURT, IN_N, IN_EIGEN, IN_SRC_KURT, IN_ACT_KURT, IN_SAE_KURT, IN_SAE_FREQ,
     IN_STABILITY, IN_MAXCOS, IN_BEST, IN_EXAMPLES, IN_ACT_EXAMPLES, IN_SAE_SUMMARY, IN_ICA_SUMMARY,
-    IN_COMPARE_SUMMARY, IN_DIRECTIONS, IN_PLANTED
+    IN_COMPARE_SUMMARY, IN_DIRECTIONS, IN_PLANTED, IN_CAUSAL, IN_CAUSAL_BAND, IN_CAUSAL_SUMMARY
 };
 
 static const dm_port_spec report_inputs[] = {
@@ -37,7 +37,9 @@ static const dm_port_spec report_inputs[] = {
     {"examples", DM_PORT_TENSOR, 0, 1},            {"activation_examples", DM_PORT_TENSOR, 0, 1},
     {"sae_summary", DM_PORT_TENSOR, 0, 1},         {"ica_summary", DM_PORT_TENSOR, 0, 1},
     {"compare_summary", DM_PORT_TENSOR, 0, 1},     {"directions", DM_PORT_TENSOR, 0, 1},
-    {"planted_atoms", DM_PORT_TENSOR, 0, 1},       {NULL},
+    {"planted_atoms", DM_PORT_TENSOR, 0, 1},       {"causal", DM_PORT_TENSOR, 0, 1},
+    {"causal_band", DM_PORT_TENSOR, 0, 1},         {"causal_summary", DM_PORT_TENSOR, 0, 1},
+    {NULL},
 };
 static const dm_port_spec report_outputs[] = {{"results", DM_PORT_TENSOR}, {NULL}};
 
@@ -144,9 +146,11 @@ static int report_finish(dm_node *n)
     in.version = DM_VERSION;
     dm_report_vec *vecs[] = {&in.activation_var, &in.residual_var, &in.residual_kurtosis, &in.count,
                              &in.eigenvalues, &in.source_kurtosis, &in.activation_kurtosis, &in.sae_kurtosis,
-                             &in.sae_frequency, &in.stability, &in.max_cos, &in.best_feature};
+                             &in.sae_frequency, &in.stability, &in.max_cos, &in.best_feature, &in.causal,
+                             &in.causal_band, &in.causal_summary};
     static const int ports[] = {IN_ACT_VAR, IN_RES_VAR, IN_RES_KURT, IN_N, IN_EIGEN, IN_SRC_KURT,
-                                IN_ACT_KURT, IN_SAE_KURT, IN_SAE_FREQ, IN_STABILITY, IN_MAXCOS, IN_BEST};
+                                IN_ACT_KURT, IN_SAE_KURT, IN_SAE_FREQ, IN_STABILITY, IN_MAXCOS, IN_BEST,
+                                IN_CAUSAL, IN_CAUSAL_BAND, IN_CAUSAL_SUMMARY};
     for (size_t i = 0; i < sizeof ports / sizeof ports[0]; i++)
         *vecs[i] = get_vec(n, ports[i]);
     /* planted data (the demo): atoms and patterns of the same width */
@@ -176,7 +180,8 @@ static int report_finish(dm_node *n)
         dm_report_numbers_free(&r);
     }
     for (int i = 0; i < DM_REPORT_SVGS && !rc; i++)
-        rc = dm_publish_text(n, dm_report_svg_files[i], svgs[i], strlen(svgs[i]));
+        if (svgs[i]) /* the causal plot only with the causal tests */
+            rc = dm_publish_text(n, dm_report_svg_files[i], svgs[i], strlen(svgs[i]));
     if (!rc)
         rc = dm_publish_text(n, "report.html", html, strlen(html));
     if (!rc)

@@ -48,6 +48,10 @@ typedef struct {
     size_t ica_doc_len;
     const dm_compare_summary *compare;
     const dm_examples_view *examples, *activation_examples;
+    /* the causal tests (op_causal.c; n = 0: absent): per component delta_ce,
+     * kl, null_percentile, z (k x 4); the matched nulls' KL at 5%, 50%, 95%
+     * (k x 3); the study's 13 summary numbers (op_causal.c's `summary`) */
+    dm_report_vec causal, causal_band, causal_summary;
 } dm_report_in;
 
 /* The numbers results.json and the page show. NaN: not computed. */
@@ -66,6 +70,8 @@ typedef struct {
     dm_verdict verdict;
     int64_t planted_recovered;      /* atoms with |cos| above the recovered threshold */
     double *planted_max_cos;        /* (n_atoms) best |cos| of each atom (owned) */
+    int64_t causal_k;               /* components with causal tests (0: none) */
+    int64_t causal_above;           /* of those, with an ablation KL above their nulls' 95% */
 } dm_report_numbers;
 
 void dm_report_compute(const dm_report_in *in, dm_report_numbers *out);
@@ -75,9 +81,11 @@ void dm_report_numbers_free(dm_report_numbers *r);
  * not JSON. */
 int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t **out);
 
-/* The four plots: residual kurtosis, residual PCA, ICA-SAE similarity, ICA vs
- * SAE kurtosis; the files they are published as in dm_report_svg_files. */
-#define DM_REPORT_SVGS 4
+/* The plots: residual kurtosis, residual PCA, ICA-SAE similarity, ICA vs SAE
+ * kurtosis, and (with the causal tests; NULL without) each component's
+ * ablation KL against its nulls; the files they are published as in
+ * dm_report_svg_files. */
+#define DM_REPORT_SVGS 5
 extern const char *const dm_report_svg_files[DM_REPORT_SVGS];
 void dm_report_svgs(const dm_report_in *in, const dm_report_numbers *r, char *svgs[DM_REPORT_SVGS]);
 

@@ -15,7 +15,8 @@
 #define put dm_strbuf_addf
 
 const char *const dm_report_svg_files[DM_REPORT_SVGS] = {"residual_kurtosis.svg", "residual_pca.svg",
-                                                         "ica_sae_similarity.svg", "ica_vs_sae_kurtosis.svg"};
+                                                         "ica_sae_similarity.svg", "ica_vs_sae_kurtosis.svg",
+                                                         "causal.svg"};
 
 static void put_esc_n(dm_strbuf *b, const char *t, size_t n)
 {
@@ -81,6 +82,20 @@ void dm_report_svgs(const dm_report_in *in, const dm_report_numbers *r, char *sv
                          0, 0, 50, 1, 0, 0, NULL, 0};
         svgs[3] = dm_svg_histogram(s, 2, &o);
     }
+    svgs[4] = NULL;
+    if (r->causal_k) { /* each component's ablation KL against its matched nulls' median and 95% */
+        int64_t k = r->causal_k;
+        double *kl = dm_xmalloc(sizeof(double) * (size_t)(3 * k)), *med = kl + k, *q95 = kl + 2 * k;
+        for (int64_t i = 0; i < k; i++)
+            kl[i] = in->causal.v[4 * i + 1], med[i] = in->causal_band.v[3 * i + 1], q95[i] = in->causal_band.v[3 * i + 2];
+        dm_svg_series s[3] = {{kl, (size_t)k, "KL of the component's ablation", "#d62728"},
+                              {med, (size_t)k, "matched nulls: median", "#7f7f7f"},
+                              {q95, (size_t)k, "matched nulls: 95%", "#bcbd22"}};
+        dm_svg_opts o = {"Causal tests: each component against null directions of the same energy",
+                         "ICA component (1-based)", "KL(clean || ablated), nats", 0, 0, 0, 0, 0, 0, NULL, 0};
+        svgs[4] = dm_svg_line(s, 3, &o);
+        free(kl);
+    }
 }
 
 /* Up to max examples from first on, one table row each. */
@@ -110,9 +125,15 @@ static void component_card(dm_strbuf *h, const dm_report_in *in, int64_t i)
                         *act_k = &in->activation_kurtosis, *stab = &in->stability;
     double c = i < maxcos->n ? maxcos->v[i] : NAN, kk = i < src_k->n ? src_k->v[i] : NAN,
            st = i < stab->n ? stab->v[i] : NAN;
-    put(h, "<div class=\"card\" data-index=\"%lld\" data-cos=\"%g\" data-kurt=\"%g\" data-stab=\"%g\">\n"
-           "<h3>Component %lld</h3>\n<p>", (long long)i, isfinite(c) ? c : 9, isfinite(kk) ? kk : -1e9,
-        isfinite(st) ? st : -1, (long long)i);
+    const int causal = i < in->causal.n / 4 && i < in->causal_band.n / 3;
+    const double kl = causal ? in->causal.v[4 * i + 1] : NAN;
+    put(h, "<div class=\"card\" data-index=\"%lld\" data-cos=\"%g\" data-kurt=\"%g\" data-stab=\"%g\" "
+           "data-kl=\"%g\">\n<h3>Component %lld</h3>\n<p>", (long long)i, isfinite(c) ? c : 9, isfinite(kk) ? kk : -1e9,
+        isfinite(st) ? st : -1, isfinite(kl) ? kl : -1, (long long)i);
+    if (causal)
+        put(h, "ablation: KL %.3g, &Delta;CE %+.3g (matched nulls' 95%%: %.3g; percentile %.0f, z %.1f)%s</p>\n<p>", kl,
+            in->causal.v[4 * i], in->causal_band.v[3 * i + 2], in->causal.v[4 * i + 2], in->causal.v[4 * i + 3],
+            kl > in->causal_band.v[3 * i + 2] ? " &middot; <b>used by the model</b>" : "");
     if (isfinite(st))
         put(h, "stability %.3f%s &middot; ", st, st < DM_THRESHOLD(DM_T_STABLE) ? " (unstable)" : "");
     if (isfinite(kk))
@@ -204,6 +225,11 @@ char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *c
     put(&h, "</p>\n<div class=\"verdict\" id=\"verdict\"><b>Verdict: %s.</b> ", verdict);
     put_esc(&h, dm_verdict_text(r->verdict.decision));
     put(&h, "</div>\n");
+    if (r->causal_k)
+        put(&h, "<p class=\"verdict\" id=\"causal\"><b>Causal tests:</b> %lld of %lld components change the model's "
+                "next-token distribution more than 95%% of null directions removed with the same energy (KL of the "
+                "ablation; causal.json).</p>\n",
+            (long long)r->causal_above, (long long)r->causal_k);
     if (in->planted && in->n_atoms)
         put(&h, "<p class=\"verdict\" id=\"planted\"><b>Planted data:</b> ICA recovers %lld of the %lld atoms the SAE "
                 "misses (a pattern with |cos| &gt; %g to the atom).</p>\n", (long long)r->planted_recovered,
@@ -228,7 +254,8 @@ char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *c
             DM_THRESHOLD(DM_T_LOW_SIMILARITY), (long long)r->verdict.high, (long long)r->verdict.low);
     put(&h, "</table>\n<h2>Plots</h2>\n<div class=\"plots\">\n");
     for (int i = 0; i < DM_REPORT_SVGS; i++)
-        put(&h, "<figure id=\"plot-%d\">%s</figure>\n", i, svgs[i]);
+        if (svgs[i])
+            put(&h, "<figure id=\"plot-%d\">%s</figure>\n", i, svgs[i]);
     put(&h, "</div>\n");
     int64_t ncards = r->k < in->cards ? r->k : in->cards;
     if (ncards > 0) {
@@ -236,7 +263,8 @@ char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *c
                 "<option value=\"index\">component</option><option value=\"cos\">SAE similarity (low first)</option>"
                 "<option value=\"-cos\">SAE similarity (high first)</option>"
                 "<option value=\"-kurt\">kurtosis (high first)</option>"
-                "<option value=\"-stab\">stability (high first)</option></select></p>\n<div id=\"cards\">\n");
+                "<option value=\"-stab\">stability (high first)</option>%s</select></p>\n<div id=\"cards\">\n",
+            r->causal_k ? "<option value=\"-kl\">ablation KL (high first)</option>" : "");
         for (int64_t i = 0; i < ncards; i++)
             component_card(&h, in, i);
         put(&h, "</div>\n<script>\n"

@@ -32,6 +32,10 @@ static double as_published(double x)
 void dm_report_compute(const dm_report_in *in, dm_report_numbers *r)
 {
     memset(r, 0, sizeof *r);
+    /* the causal tests: components whose ablation KL is above their nulls' 95% */
+    r->causal_k = in->causal.n / 4 < in->causal_band.n / 3 ? in->causal.n / 4 : in->causal_band.n / 3;
+    for (int64_t i = 0; i < r->causal_k; i++)
+        r->causal_above += in->causal.v[4 * i + 1] > in->causal_band.v[3 * i + 2];
     /* the fraction of variance unexplained: sum_j var(e_j) / sum_j var(x_j)
      * over the dimensions, e = x - x_hat the SAE's residual */
     r->fvu = NAN;
@@ -47,7 +51,10 @@ void dm_report_compute(const dm_report_in *in, dm_report_numbers *r)
     r->source_kurtosis_mean = mean_of(in->source_kurtosis.v, in->source_kurtosis.n);
     r->activation_kurtosis_mean = mean_of(in->activation_kurtosis.v, in->activation_kurtosis.n);
     r->mean_max_cos = mean_of(in->max_cos.v, in->max_cos.n);
-    r->k = in->max_cos.n ? in->max_cos.n : in->source_kurtosis.n ? in->source_kurtosis.n : in->stability.n;
+    r->k = in->max_cos.n        ? in->max_cos.n
+           : in->source_kurtosis.n ? in->source_kurtosis.n
+           : in->stability.n       ? in->stability.n
+                                   : r->causal_k;
 
     const dm_report_vec *sk = &in->sae_kurtosis, *sf = &in->sae_frequency;
     r->sae_selected = dm_xmalloc((size_t)(sk->n + 1) * sizeof(double));
@@ -140,7 +147,7 @@ int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t *
         json_decref(sae_doc);
         return -1;
     }
-    const dm_report_vec *mc = &in->max_cos;
+    const dm_report_vec *mc = &in->max_cos, *ca = &in->causal, *cb = &in->causal_band;
     int64_t k = r->k;
     json_t *res = json_object();
     json_object_set_new(res, "model", json_string(in->model));
@@ -200,6 +207,13 @@ int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t *
         json_object_set_new(c, "max_cos", i < mc->n ? num(mc->v[i]) : json_null());
         json_object_set_new(c, "best_sae_feature", i < bf->n ? json_integer((json_int_t)bf->v[i]) : json_null());
         json_object_set_new(c, "stability", i < st->n ? num(st->v[i]) : json_null());
+        if (i < r->causal_k) { /* the causal tests (docs/causal.md) */
+            json_object_set_new(c, "delta_ce", num(ca->v[4 * i]));
+            json_object_set_new(c, "kl", num(ca->v[4 * i + 1]));
+            json_object_set_new(c, "null_percentile", num(ca->v[4 * i + 2]));
+            json_object_set_new(c, "z", num(ca->v[4 * i + 3]));
+            json_object_set_new(c, "null_kl_q95", num(cb->v[3 * i + 2]));
+        }
         json_array_append_new(table, c);
     }
     json_object_set_new(res, "components", table);
@@ -213,6 +227,25 @@ int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t *
     json_object_set_new(why, "stable_known_components", json_integer(r->verdict.known));
     json_object_set_new(why, "components", json_integer(k));
     json_object_set_new(why, "null_mean_max_cosine", num(isfinite(r->null_covariance) ? r->null_covariance : r->null_unit));
+    if (r->causal_k)
+        json_object_set_new(why, "causally_distinguishable_components", json_integer(r->causal_above));
+    if (r->causal_k && in->causal_summary.n >= 13) {
+        const double *s = in->causal_summary.v;
+        json_t *cz = json_object(), *sp = json_object();
+        json_object_set_new(cz, "ce_clean", num(s[0]));
+        json_object_set_new(sp, "ce_sae", num(s[1]));
+        json_object_set_new(sp, "kl_sae", num(s[2]));
+        json_object_set_new(sp, "ce_zero", num(s[3]));
+        json_object_set_new(sp, "kl_zero", num(s[4]));
+        json_object_set_new(sp, "ce_loss_score", num(s[5]));
+        json_object_set_new(sp, "kl_div_score", num(s[6]));
+        json_object_set_new(cz, "splice", sp);
+        json_object_set_new(cz, "all_components", json_pack("{s:o, s:o}", "delta_ce", num(s[7]), "kl", num(s[8])));
+        json_object_set_new(cz, "pca_control", json_pack("{s:o, s:o}", "delta_ce", num(s[9]), "kl", num(s[10])));
+        json_object_set_new(cz, "positions", json_integer((json_int_t)s[11]));
+        json_object_set_new(cz, "components_above_null_q95", json_integer(r->causal_above));
+        json_object_set_new(res, "causal", cz);
+    }
     json_object_set_new(jv, "numbers", why);
     json_object_set_new(res, "verdict", jv);
     if (in->planted) {

@@ -35,6 +35,10 @@ nodes:
     inputs: {windows: text.windows, sae: sae_config, filters: compare.filters, mixing: compare.mixing,
              mean: cov.mean, eigenvalues: pca.eigenvalues, components: pca.components}
     params: {model: $G, tokens: 100000, nulls: 3, rows: 100}
+  report:
+    op: report
+    inputs: {eigenvalues: pca.eigenvalues, causal: causal.components, causal_band: causal.null_band,
+             causal_summary: causal.summary}
 Y
 expect_ok $DMICA run p.yaml --out out --quiet
 [ -f out/causal.json ] && [ -f out/causal_windows.npy ] || fail "causal.json and causal_windows.npy not in out/"
@@ -70,8 +74,19 @@ for a, b in zip(c["components"], r["components"]):
     assert a["above_null_q95"] == (a["kl"] > a["null_kl_q95"])
 assert c["nulls"]["per_kind"] == 3 and c["nulls"]["kinds"] == ["isotropic", "covariance"]
 assert c["components_above_null_q95"] == sum(a["above_null_q95"] for a in c["components"])
+# the report: the same columns in results.json's component table, the summary, the verdict's count
+res = json.load(open("out/results.json"))
+same = lambda x, y: abs(x - y) <= 1e-9 * max(abs(y), 1e-12)  # causal.json holds 10 significant digits
+for a, b in zip(c["components"], res["components"]):
+    assert all(same(b[key], a[key]) for key in ("kl", "delta_ce", "null_percentile", "z", "null_kl_q95")), (a, b)
+assert same(res["causal"]["splice"]["kl_div_score"], c["splice"]["kl_div_score"])
+assert res["causal"]["components_above_null_q95"] == c["components_above_null_q95"]
+assert res["verdict"]["numbers"]["causally_distinguishable_components"] == c["components_above_null_q95"]
 raise SystemExit(0 if ok else 1)
 P
+grep -q 'id="causal"' out/report.html && grep -q "ablation: KL" out/report.html && grep -q 'value="-kl"' out/report.html ||
+    fail "report.html lacks the causal tests"
+grep -q "<svg" out/causal.svg || fail "no causal.svg"
 # dmica causal RUN_DIR: the same study on a finished run without the stage,
 # through its pipeline.yaml and cache (only the new node runs): the same file
 python3 -c "

@@ -155,22 +155,26 @@ static void coefs_make(const dm_causal *cz, const dm_causal_dirs *dd, coefs *cf)
         }
     }
     free(e);
-    /* c_ij^2 = mean_t (s_it^2 |a_i|^2) / mean_t (r_jt^2 |u_j|^2) */
+    /* c_ij^2 = sum_t (s_it^2 |a_i|^2) / sum_t (r_jt^2 |u_j|^2) (the means' ratio) */
+    double *ru = dm_xmalloc(sizeof(double) * (size_t)(nn ? nn : 1));
+    for (int64_t u = 0; u < nn; u++) {
+        double u2 = 0, r2 = 0;
+        for (int64_t j = 0; j < d; j++)
+            u2 += (double)dd->nulls[u * d + j] * dd->nulls[u * d + j];
+        for (int64_t t = 0; t < N; t++)
+            r2 += cf->r[t * nn + u] * cf->r[t * nn + u];
+        ru[u] = r2 * u2;
+    }
     for (int64_t i = 0; i < k; i++) {
         double a2 = 0, s2 = 0;
         for (int64_t j = 0; j < d; j++)
             a2 += (double)dd->mixing[j * k + i] * dd->mixing[j * k + i];
         for (int64_t t = 0; t < N; t++)
             s2 += cf->s[t * k + i] * cf->s[t * k + i];
-        for (int64_t u = 0; u < nn; u++) {
-            double u2 = 0, r2 = 0;
-            for (int64_t j = 0; j < d; j++)
-                u2 += (double)dd->nulls[u * d + j] * dd->nulls[u * d + j];
-            for (int64_t t = 0; t < N; t++)
-                r2 += cf->r[t * nn + u] * cf->r[t * nn + u];
-            cf->c[i * nn + u] = r2 * u2 > 0 ? sqrt(s2 * a2 / (r2 * u2)) : 0.0;
-        }
+        for (int64_t u = 0; u < nn; u++)
+            cf->c[i * nn + u] = ru[u] > 0 ? sqrt(s2 * a2 / ru[u]) : 0.0;
     }
+    free(ru);
 }
 
 static void coefs_free(coefs *cf) { free(cf->s), free(cf->r), free(cf->q), free(cf->c); }

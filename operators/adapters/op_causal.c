@@ -262,7 +262,6 @@ static int causal_finish(dm_node *n)
     if (sae_dir(n, &dir, &desc))
         return -1;
     const char *cv = dm_param_str(n, "center");
-    int center = !strcmp(cv, "auto") ? !(desc && desc->center_writing_weights == 0) : !strcmp(cv, "true");
     const dm_compute *cx = dm_node_compute(n);
     dm_gpt2 *m = dm_gpt2_load(dm_param_str(n, "model"), DM_GPT2_DEPTH_ALL, cx);
     dm_sae *sae = m ? dm_sae_load(dir, 0, cx) : NULL;
@@ -276,6 +275,9 @@ static int causal_finish(dm_node *n)
     dm_gpt2_hook h;
     if (!m || !sae)
         goto end;
+    /* centred as the SAE was trained: its cfg.json's center_writing_weights (TransformerLens's
+     * default, on, where it does not say) */
+    int center = !strcmp(cv, "auto") ? sae->cfg.center_writing_weights != 0 : !strcmp(cv, "true");
     if (dm_gpt2_hook_parse(sae->cfg.hook_name, &h) || h.kind != DM_HOOK_RESID_PRE) {
         dm_failc(DM_E_INPUT, "the SAE's hook '%s' is not a blocks.L.hook_resid_pre", sae->cfg.hook_name);
         goto end;

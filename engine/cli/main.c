@@ -243,9 +243,11 @@ static int cmd_run_like(int argc, char **argv, const dm_arg_cmd *c, int plan_onl
         return 0;
     }
     dm_graph *g = setup(&o, &p);
+    char *device = dm_xstrdup(o.device); /* o's strings are a's */
     dm_args_free(&a);
     if (!g) {
         fprintf(stderr, "dmica: %s\n", dm_error());
+        free(device);
         return dm_error_exit();
     }
     double t0 = dm_now();
@@ -254,7 +256,12 @@ static int cmd_run_like(int argc, char **argv, const dm_arg_cmd *c, int plan_onl
     else
         rc = dm_run(g);
     if (!rc && !plan_only && g->out && g->rank == 0) {
-        p->shard = g->shard; /* the shard size enters cache keys: a rerun of the file must use this run's */
+        /* what enters cache keys, for a rerun of the file to find this run's entries: the
+         * shard size, and --device on the nodes that did not name their own */
+        p->shard = g->shard;
+        for (int i = 0; i < p->nnodes && strcmp(device, "cpu"); i++)
+            if (!p->nodes[i].device)
+                p->nodes[i].device = dm_xstrdup(device);
         rc = save_pipeline(p, g->out);
     }
     if (!rc && (plan_only ? g->rank == 0 : !o.quiet))
@@ -268,6 +275,7 @@ static int cmd_run_like(int argc, char **argv, const dm_arg_cmd *c, int plan_onl
                 g->out ? g->out : "");
     dm_graph_free(g);
     dm_pipeline_free(p);
+    free(device);
     return rc ? dm_error_exit() : 0;
 }
 

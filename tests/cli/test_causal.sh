@@ -92,8 +92,12 @@ grep -q "<svg" out/causal.svg || fail "no causal.svg"
 python3 -c "
 s = open('p.yaml').read()
 open('nocausal.yaml', 'w').write(s[:s.index('  causal:')])"
-expect_ok $DMICA run nocausal.yaml --out run1 --quiet
+expect_ok $DMICA run nocausal.yaml --out run1 --quiet --device auto
 [ -f run1/pipeline.yaml ] && [ ! -f run1/causal.json ] || fail "run1: pipeline.yaml expected, no causal.json"
+# what enters cache keys is kept: the shard size, and the run's --device on each node
+grep -q "^shard: 1000000" run1/pipeline.yaml || fail "pipeline.yaml lacks the run's shard size"
+[ "$(grep -c "device: auto" run1/pipeline.yaml)" = "$(grep -c "^    op: " run1/pipeline.yaml)" ] ||
+    fail "pipeline.yaml lacks the run's --device on its nodes"
 expect_ok $DMICA causal run1 --tokens 100000 --nulls 3 --rows 100
 ! grep -q "gpt2, sae" err.txt || fail "dmica causal ran the model's group again: the run's cache was not reused"
 cmp run1/causal.json out/causal.json || fail "dmica causal and the pipeline's causal node differ"

@@ -69,11 +69,15 @@ class Scorer:
         return self.ce(lp), self.kl(lp)
 
 
-def causal(model, sae, layer, tokens, filters, mixing, nulls, null_kinds=None, check=True):
+def causal(model, sae, layer, tokens, filters, mixing, nulls, null_kinds=None, check=True, levels=0):
     """Every number of docs/causal.md as a JSON-ready dict.
 
     model: gpt2_reference.GPT2; sae: sae_reference.load(...); tokens int (W, T);
     filters (k, d), mixing (d, k), nulls (n, d), cast to float64 here.
+    levels: 0, each null scaled to each component's energy; L >= 2, to L energies
+    log-spaced from the smallest component energy to the largest, and each null's
+    KL and delta CE at a component's energy interpolated between the two levels
+    around it (linear in log energy; KL in log KL).
     """
     tokens = np.asarray(tokens).astype(np.int64)
     F = np.asarray(filters).astype(np.float64)
@@ -126,14 +130,27 @@ def causal(model, sae, layer, tokens, filters, mixing, nulls, null_kinds=None, c
     R = ec @ U.T  # (W*T, n): r_jt
     u_sq = (U * U).sum(1)
     null_energy = (R * R).mean(0) * u_sq  # mean_t ||r_jt u_j||^2
-    scale = np.sqrt(energy[:, None] / null_energy[None, :])  # c_ij (k, n)
-    null_kl = np.zeros((k, n))
-    null_dce = np.zeros((k, n))
-    for i in range(k):
+    targets = energy if not levels else np.geomspace(energy.min(), energy.max(), levels)
+    scale = np.sqrt(targets[:, None] / null_energy[None, :])  # c_bj (targets, n)
+    meas_kl = np.zeros((len(targets), n))
+    meas_dce = np.zeros((len(targets), n))
+    for b in range(len(targets)):
         for j in range(n):
-            ce_ij, kl_ij = sc.score(x - scale[i, j] * np.outer(R[:, j], U[j]))
-            null_kl[i, j] = kl_ij
-            null_dce[i, j] = ce_ij - sc.ce_clean
+            ce_bj, kl_bj = sc.score(x - scale[b, j] * np.outer(R[:, j], U[j]))
+            meas_kl[b, j] = kl_bj
+            meas_dce[b, j] = ce_bj - sc.ce_clean
+    if not levels:
+        null_kl, null_dce = meas_kl, meas_dce
+    else:
+        # interpolation in log energy between the levels around each component's energy
+        lx = np.log(targets)
+        null_kl, null_dce = np.zeros((k, n)), np.zeros((k, n))
+        for i in range(k):
+            b = min(max(int(np.searchsorted(lx, np.log(energy[i]))) - 1, 0), levels - 2)
+            w = (np.log(energy[i]) - lx[b]) / (lx[b + 1] - lx[b])
+            w = min(max(w, 0.0), 1.0)
+            null_kl[i] = np.exp((1 - w) * np.log(meas_kl[b]) + w * np.log(meas_kl[b + 1]))
+            null_dce[i] = (1 - w) * meas_dce[b] + w * meas_dce[b + 1]
 
     out["components"] = []
     for i, (dce, kl) in enumerate(comp):
@@ -144,7 +161,9 @@ def causal(model, sae, layer, tokens, filters, mixing, nulls, null_kinds=None, c
             "z": float((kl - row.mean()) / row.std(ddof=1)) if n > 1 else float("nan"),
         })
     out["nulls"] = {"count": n, "kinds": null_kinds, "kl": null_kl.tolist(), "delta_ce": null_dce.tolist(),
-                    "scale": scale.tolist()}
+                    "scale": scale.tolist(), "energy": energy.tolist(),
+                    "energy_levels": targets.tolist() if levels else None,
+                    "level_kl": meas_kl.tolist() if levels else None}
 
     cov = ec.T @ ec / ec.shape[0]  # mean_t (e_t - mu)(e_t - mu)^T, divided by W*T
     lam, V = np.linalg.eigh(cov)
@@ -171,12 +190,13 @@ def main():
     p.add_argument("--mixing", required=True, help=".npy (d, k)")
     p.add_argument("--nulls", required=True, help=".npy (n, d)")
     p.add_argument("--null-kinds", help="comma-separated kind of each null row")
+    p.add_argument("--levels", type=int, default=0, help="energy levels of the nulls (0: each component's own)")
     p.add_argument("--out", required=True, help="JSON")
     a = p.parse_args()
     nulls = np.load(a.nulls)
     kinds = a.null_kinds.split(",") if a.null_kinds else None
     out = causal(gpt2_reference.GPT2(a.model), sae_reference.load(a.sae), a.layer, np.load(a.windows),
-                 np.load(a.filters), np.load(a.mixing), nulls, kinds)
+                 np.load(a.filters), np.load(a.mixing), nulls, kinds, levels=a.levels)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")

@@ -23,6 +23,8 @@ static const dm_arg_spec causal_specs[] = {
     {"tokens", DM_ARG_INT, "N", "16384", 0, 2, 1e12, 0, "tokens of the run's windows to ablate on"},
     {"nulls", DM_ARG_INT, "N", "100", 0, 0, 1e6, 0, "random directions of each kind (isotropic, covariance)"},
     {"seed", DM_ARG_INT, "S", "0", 0, 0, 4294967295.0, 0, "seed of the null directions"},
+    {"energy-levels", DM_ARG_INT, "L", "8", 0, 0, 1e6, 0,
+     "nulls scaled to L energies and interpolated (0: to each component's own; docs/causal.md)"},
     {"rows", DM_ARG_INT, "R", "512", 0, 1, 1e9, 0, "token rows per model call (logits: rows x vocabulary floats)"},
     {"cache", DM_ARG_PATH, "DIR", NULL, 0, 0, 0, 0, "cache folder (default: the run's pipeline's, else $DMICA_CACHE, else .dmica-cache)"},
     {"memory", DM_ARG_SIZE, "SIZE", NULL, 0, 1, 0, 0, "memory budget (default: the run's pipeline's, else 1G)"},
@@ -32,7 +34,7 @@ static const dm_arg_spec causal_specs[] = {
 };
 
 static const dm_arg_cmd causal_cmd = {
-    "causal", "RUN_DIR [--tokens 16384] [--nulls 100] [--seed 0] [options]",
+    "causal", "RUN_DIR [--tokens 16384] [--nulls 100] [--energy-levels 8] [--seed 0] [options]",
     "The causal tests of a finished run (docs/causal.md): each ICA component removed at the SAE's\n"
     "hook against null directions of the same energy, a same-rank PCA control, and the SAE's splice\n"
     "scores, over the first tokens of the run's windows. Reads RUN_DIR/pipeline.yaml (written by\n"
@@ -93,10 +95,11 @@ static char *causal_node(const dm_pipeline *p, const char *path, const dm_args *
     char *y = dm_xasprintf("  causal:\n    op: causal\n"
                            "    inputs: {windows: %s, filters: %s.filters, mixing: %s.mixing, mean: %s, eigenvalues: %s,"
                            " components: %s%s%s}\n"
-                           "    params: {model: %s, tokens: %lld, nulls: %lld, seed: %lld, rows: %lld%s%s}\n",
+                           "    params: {model: %s, tokens: %lld, nulls: %lld, seed: %lld, energy_levels: %lld, rows: %lld%s%s}\n",
                            qw, cmp->name, cmp->name, qmean, qev, qc, sae_in ? ", sae: " : "", sae_in ? qs : "", qm,
                            (long long)dm_arg_int(a, "tokens"), (long long)dm_arg_int(a, "nulls"),
-                           (long long)dm_arg_int(a, "seed"), (long long)dm_arg_int(a, "rows"),
+                           (long long)dm_arg_int(a, "seed"), (long long)dm_arg_int(a, "energy-levels"),
+                           (long long)dm_arg_int(a, "rows"),
                            sae_in ? "" : ", sae: ", sae_in ? "" : qs);
     free(qw), free(qm), free(qmean), free(qev), free(qc), free(qs);
     return y;

@@ -10,8 +10,9 @@
  *   - ablates there: the SAE spliced in, zeros, each component, all of them,
  *     `nulls` random directions of each of two kinds (isotropic, and drawn from
  *     the residual's covariance, pca's eigenvalues and components) matched to
- *     each component's removed energy, and the top k principal directions of
- *     the residual (pca's) as a same-rank control.
+ *     each component's removed energy (directly, or through `energy_levels`
+ *     levels: causal.h), and the top k principal directions of the residual
+ *     (pca's) as a same-rank control.
  *
  * Products: causal.json (every number, docs/causal.md's schema) and
  * causal_windows.npy (int32, windows x context: the tokens it used).
@@ -23,8 +24,8 @@
  *                      kl_div_score, all_delta_ce, all_kl, pca_delta_ce,
  *                      pca_kl, positions, components above their nulls' 95%
  *
- * Cost: 2 + k + 2 + 2 nulls k ablations, each the blocks after the hook and
- * the unembedding for every token (docs/causal.md).
+ * Cost: 2 + k + 2 + 2 nulls min(k, energy_levels) ablations, each the blocks
+ * after the hook and the unembedding for every token (docs/causal.md).
  */
 #include <jansson.h>
 #include <math.h>
@@ -48,6 +49,9 @@ static const dm_param_spec causal_params[] = {
     {"tokens", DM_P_INT, "16384", "tokens of the run's windows to ablate on (whole windows)"},
     {"nulls", DM_P_INT, "100", "random directions of each kind (isotropic, from the residual's covariance)"},
     {"seed", DM_P_INT, "0", "seed of the null directions (numpy's RandomState)"},
+    {"energy_levels", DM_P_INT, "8",
+     "scale the nulls to this many energies spanning the components' and interpolate (2 nulls levels ablations, not "
+     "2 nulls k); 0, or k or more: to each component's own energy"},
     {"rows", DM_P_INT, "512", "token rows per model call (its logits are rows x vocabulary floats)"},
     {"file", DM_P_STRING, "causal.json", "product: every number"},
     {"windows_file", DM_P_STRING, "causal_windows.npy", "product: the token windows used (int32)"},
@@ -105,6 +109,9 @@ static int causal_infer(dm_node *n)
         return -1;
     if (dm_param_int(n, "tokens") < 2 || dm_param_int(n, "nulls") < 0 || dm_param_int(n, "rows") < 1)
         return dm_fail("tokens must be at least 2, nulls at least 0 and rows at least 1");
+    if (dm_param_int(n, "energy_levels") < 0 || dm_param_int(n, "energy_levels") == 1)
+        return dm_fail("energy_levels must be 0 (each component's own energy) or at least 2, not %lld",
+                       (long long)dm_param_int(n, "energy_levels"));
     const char *c = dm_param_str(n, "center");
     if (strcmp(c, "auto") && strcmp(c, "true") && strcmp(c, "false"))
         return dm_failc(DM_E_INPUT, "center must be auto, true or false, not '%s'", c);
@@ -215,6 +222,7 @@ static json_t *result_json(const dm_causal_result *r, int64_t W, int64_t T, int6
         json_object_set_new(c, "component", json_integer(i));
         json_object_set_new(c, "delta_ce", jnum(r->delta_ce[i]));
         json_object_set_new(c, "kl", jnum(r->kl[i]));
+        json_object_set_new(c, "energy", jnum(r->energy[i]));
         json_object_set_new(c, "null_percentile", jnum(r->null_percentile[i]));
         json_object_set_new(c, "z", jnum(r->z[i]));
         json_object_set_new(c, "null_kl_q05", jnum(band[3 * i]));
@@ -230,8 +238,27 @@ static json_t *result_json(const dm_causal_result *r, int64_t W, int64_t T, int6
     json_object_set_new(nl, "kinds", kinds);
     json_object_set_new(nl, "per_kind", json_integer(per_kind));
     json_object_set_new(nl, "seed", json_integer(seed));
-    json_object_set_new(nl, "matched", json_string("each null direction, scaled per component to the component's "
-                                                   "removed mean squared norm"));
+    if (!r->levels) {
+        json_object_set_new(nl, "matched", json_string("each null direction, scaled per component to the component's "
+                                                       "removed mean squared norm"));
+        json_object_set_new(nl, "energy_levels", json_null());
+    } else {
+        json_t *lv = json_array(), *lk = json_array();
+        json_object_set_new(nl, "matched", json_string("each null direction, scaled to energy_levels (log-spaced "
+                                                       "from the smallest component's removed mean squared norm to "
+                                                       "the largest's); its KL at a component's energy interpolated "
+                                                       "between the levels around it, linearly in log KL and log "
+                                                       "energy"));
+        for (int64_t b = 0; b < r->levels; b++) {
+            json_t *row = json_array();
+            json_array_append_new(lv, jnum(r->level_energy[b]));
+            for (int64_t j = 0; j < r->nnull; j++)
+                json_array_append_new(row, jnum(r->level_kl[b * r->nnull + j]));
+            json_array_append_new(lk, row);
+        }
+        json_object_set_new(nl, "energy_levels", lv);
+        json_object_set_new(nl, "level_kl", lk);
+    }
     json_object_set_new(o, "nulls", nl);
     json_object_set_new(pca, "delta_ce", jnum(r->pca_delta_ce));
     json_object_set_new(pca, "kl", jnum(r->pca_kl));
@@ -282,8 +309,12 @@ static int causal_finish(dm_node *n)
         dm_failc(DM_E_INPUT, "the SAE's hook '%s' is not a blocks.L.hook_resid_pre", sae->cfg.hook_name);
         goto end;
     }
-    dm_info("node '%s': %lld windows of %lld tokens, %lld ablations at %s", dm_node_name(n), (long long)s->W,
-            (long long)s->T, (long long)(5 + k + 2 * ns * k), sae->cfg.hook_name);
+    /* energy levels only where they save ablations */
+    const int64_t levels = dm_param_int(n, "energy_levels") < k ? dm_param_int(n, "energy_levels") : 0;
+    dm_info("node '%s': %lld windows of %lld tokens, %lld ablations at %s (%lld token rows through the blocks after "
+            "it and the unembedding)",
+            dm_node_name(n), (long long)s->W, (long long)s->T, (long long)(5 + k + 2 * ns * (levels ? levels : k)),
+            sae->cfg.hook_name, (long long)((6 + k + 2 * ns * (levels ? levels : k)) * s->W * s->T));
     if (!(cz = dm_causal_new(m, h.layer, sae, cx, s->win, s->W, (int)s->T, center, mu, dm_param_int(n, "rows"))))
         goto end;
     /* the nulls (ica_backproject.h's, unit length) and the PCA control */
@@ -305,7 +336,7 @@ static int causal_finish(dm_node *n)
     pcs = dm_xmalloc(sizeof(float) * (size_t)(k * d));
     for (int64_t i = 0; i < k * d; i++)
         pcs[i] = (float)C[i];
-    dm_causal_dirs dd = {k, F, A, 2 * ns, X, pcs};
+    dm_causal_dirs dd = {k, F, A, 2 * ns, X, pcs, levels};
     if (dm_causal_measure(cz, &dd, &r))
         goto end;
 

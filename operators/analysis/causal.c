@@ -12,8 +12,13 @@
  *   CE  = lse_new - logit_new[next]
  *   KL  = sum_v p_clean,v (logit_clean,v - logit_new,v) - (lse_clean - lse_new)
  * (log p = logit - lse; p_clean sums to 1), with lse = max + log sum exp(l - max)
- * in double from the float32 logits.
+ * from the float32 logits: each exp in float (vmath.h's, within about an ulp),
+ * the sums in double.
  */
+/* The clamps of dm_expf vectorise only where float compares are not assumed to
+ * trap; nothing here uses floating-point exceptions. */
+#pragma GCC optimize("no-trapping-math")
+
 #include "causal.h"
 
 #include <cblas.h>
@@ -22,6 +27,7 @@
 #include <string.h>
 
 #include "stats.h"
+#include "vmath.h"
 
 struct dm_causal {
     dm_gpt2 *m;
@@ -122,10 +128,14 @@ typedef struct {
 } ablation;
 
 /* The per-token coefficients of every direction, from e - mu in double:
- * s (N, k) = filters (e - mu), r (N, nnull) = nulls (e - mu), q (N, k) = pcs (e - mu). */
+ * s (N, k) = filters (e - mu), r (N, nnull) = nulls (e - mu), q (N, k) = pcs (e - mu);
+ * the energies the nulls are scaled to, and their scales. */
 typedef struct {
     double *s, *r, *q;
-    double *c; /* (k, nnull) the nulls' scales */
+    double *energy; /* (k) sum_t |s_it a_i|^2 */
+    int64_t nt;     /* targets: k components, or the levels */
+    double *target; /* (nt) the energies (sums over t) the nulls are scaled to */
+    double *c;      /* (nt, nnull) the nulls' scales */
 } coefs;
 
 static void coefs_make(const dm_causal *cz, const dm_causal_dirs *dd, coefs *cf)
@@ -134,7 +144,7 @@ static void coefs_make(const dm_causal *cz, const dm_causal_dirs *dd, coefs *cf)
     cf->s = dm_xcalloc((size_t)(N * k), sizeof(double));
     cf->r = dm_xcalloc((size_t)(N * (nn ? nn : 1)), sizeof(double));
     cf->q = dm_xcalloc((size_t)(N * k), sizeof(double));
-    cf->c = dm_xcalloc((size_t)(k * (nn ? nn : 1)), sizeof(double));
+    cf->energy = dm_xcalloc((size_t)k, sizeof(double));
     double *e = dm_xmalloc(sizeof(double) * (size_t)d);
     for (int64_t t = 0; t < N; t++) {
         for (int64_t j = 0; j < d; j++)
@@ -155,29 +165,56 @@ static void coefs_make(const dm_causal *cz, const dm_causal_dirs *dd, coefs *cf)
         }
     }
     free(e);
-    /* c_ij^2 = sum_t (s_it^2 |a_i|^2) / sum_t (r_jt^2 |u_j|^2) (the means' ratio) */
-    double *ru = dm_xmalloc(sizeof(double) * (size_t)(nn ? nn : 1));
-    for (int64_t u = 0; u < nn; u++) {
-        double u2 = 0, r2 = 0;
-        for (int64_t j = 0; j < d; j++)
-            u2 += (double)dd->nulls[u * d + j] * dd->nulls[u * d + j];
-        for (int64_t t = 0; t < N; t++)
-            r2 += cf->r[t * nn + u] * cf->r[t * nn + u];
-        ru[u] = r2 * u2;
-    }
+    double lo = INFINITY, hi = 0;
     for (int64_t i = 0; i < k; i++) {
         double a2 = 0, s2 = 0;
         for (int64_t j = 0; j < d; j++)
             a2 += (double)dd->mixing[j * k + i] * dd->mixing[j * k + i];
         for (int64_t t = 0; t < N; t++)
             s2 += cf->s[t * k + i] * cf->s[t * k + i];
-        for (int64_t u = 0; u < nn; u++)
-            cf->c[i * nn + u] = ru[u] > 0 ? sqrt(s2 * a2 / ru[u]) : 0.0;
+        cf->energy[i] = s2 * a2;
+        lo = cf->energy[i] < lo ? cf->energy[i] : lo;
+        hi = cf->energy[i] > hi ? cf->energy[i] : hi;
     }
-    free(ru);
+    /* the targets: each component's energy, or L levels from lo to hi, even in
+     * log (a component with no energy at all gets the lowest level's nulls) */
+    const int64_t L = dd->levels;
+    lo = lo > 0 ? lo : hi * 1e-12;
+    cf->nt = L ? L : k;
+    cf->target = dm_xmalloc(sizeof(double) * (size_t)cf->nt);
+    for (int64_t b = 0; b < cf->nt; b++)
+        cf->target[b] = !L ? cf->energy[b] : b == 0 ? lo : b == L - 1 ? hi
+                                                        : exp(log(lo) + (double)b / (double)(L - 1) * (log(hi) - log(lo)));
+    /* c_bj^2 = target_b / sum_t (r_jt^2 |u_j|^2) (the means' ratio) */
+    cf->c = dm_xcalloc((size_t)(cf->nt * (nn ? nn : 1)), sizeof(double));
+    for (int64_t u = 0; u < nn; u++) {
+        double u2 = 0, r2 = 0;
+        for (int64_t j = 0; j < d; j++)
+            u2 += (double)dd->nulls[u * d + j] * dd->nulls[u * d + j];
+        for (int64_t t = 0; t < N; t++)
+            r2 += cf->r[t * nn + u] * cf->r[t * nn + u];
+        for (int64_t b = 0; b < cf->nt; b++)
+            cf->c[b * nn + u] = r2 * u2 > 0 ? sqrt(cf->target[b] / (r2 * u2)) : 0.0;
+    }
 }
 
-static void coefs_free(coefs *cf) { free(cf->s), free(cf->r), free(cf->q), free(cf->c); }
+/* Null j's (KL, delta CE) at energy E, from its values at the levels: linear in
+ * log E between the two levels around E, KL in log KL where both are positive. */
+static void level_interp(const double *level, int64_t L, const double *kl, const double *dce, int64_t nn, int64_t j,
+                         double E, double *kl_out, double *dce_out)
+{
+    int64_t b = 0;
+    while (b + 2 < L && E > level[b + 1])
+        b++;
+    const double x0 = log(level[b]), x1 = log(level[b + 1]);
+    double w = x1 > x0 && E > 0 ? (log(E) - x0) / (x1 - x0) : 0.0;
+    w = w < 0 ? 0 : w > 1 ? 1 : w;
+    const double k0 = kl[b * nn + j], k1 = kl[(b + 1) * nn + j];
+    *kl_out = k0 > 0 && k1 > 0 ? exp((1 - w) * log(k0) + w * log(k1)) : (1 - w) * k0 + w * k1;
+    *dce_out = (1 - w) * dce[b * nn + j] + w * dce[(b + 1) * nn + j];
+}
+
+static void coefs_free(coefs *cf) { free(cf->s), free(cf->r), free(cf->q), free(cf->energy), free(cf->target), free(cf->c); }
 
 /* Token row t's x' (d) under ablation a. */
 static void ablate_row(const dm_causal *cz, const dm_causal_dirs *dd, const coefs *cf, const ablation *a, int64_t t,
@@ -221,16 +258,39 @@ static void ablate_row(const dm_causal *cz, const dm_causal_dirs *dd, const coef
         out[j] = (float)acc[j];
 }
 
-/* log sum_v exp(l_v) in double. */
-static double lse(const float *l, int64_t V)
+/* Row sums over the vocabulary, vectorised (SIMD clones for the CPU at hand):
+ * float terms (exp within about an ulp, dm_expf) added in double lanes. */
+#define ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+/* log sum_v exp(l_v). */
+ROW_CLONES static double lse(const float *l, int64_t V)
 {
     float mx = l[0];
     for (int64_t v = 1; v < V; v++)
         mx = l[v] > mx ? l[v] : mx;
     double s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t v = 0; v < V; v++)
-        s += exp((double)l[v] - mx);
+        s += (double)dm_expf(l[v] - mx);
     return mx + log(s);
+}
+
+/* sum_v p_v (l0_v - l_v). */
+ROW_CLONES static double cross(const float *p, const float *l0, const float *l, int64_t V)
+{
+    double s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t v = 0; v < V; v++)
+        s += (double)p[v] * ((double)l0[v] - l[v]);
+    return s;
+}
+
+/* p_v = exp(l_v - lse). */
+ROW_CLONES static void probs(float *p, const float *l, float lse, int64_t V)
+{
+#pragma omp simd
+    for (int64_t v = 0; v < V; v++)
+        p[v] = dm_expf(l[v] - lse);
 }
 
 int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result *r)
@@ -240,8 +300,12 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
     if (k < 1 || !dd->filters || !dd->mixing || nn < 0 || (nn && !dd->nulls))
         return dm_failc(DM_E_INPUT, "causal: %lld components (filters and mixing) and %lld nulls", (long long)k,
                         (long long)nn);
+    if (dd->levels < 0 || dd->levels == 1)
+        return dm_failc(DM_E_INPUT, "causal: %lld energy levels (0, every component's own, or at least 2)",
+                        (long long)dd->levels);
     /* the ablations in order */
-    const int64_t na = 2 + k + 1 + k * nn + (dd->pcs != NULL);
+    const int64_t nt = dd->levels ? dd->levels : k;
+    const int64_t na = 2 + k + 1 + nt * nn + (dd->pcs != NULL);
     ablation *ab = dm_xmalloc(sizeof *ab * (size_t)na);
     int64_t n = 0;
     ab[n++] = (ablation){A_SAE, 0, 0};
@@ -249,7 +313,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
     for (int64_t i = 0; i < k; i++)
         ab[n++] = (ablation){A_COMP, i, 0};
     ab[n++] = (ablation){A_ALL, 0, 0};
-    for (int64_t i = 0; i < k; i++)
+    for (int64_t i = 0; i < nt; i++)
         for (int64_t j = 0; j < nn; j++)
             ab[n++] = (ablation){A_NULL, i, j};
     if (dd->pcs)
@@ -282,8 +346,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
         for (int64_t t = 0; t < nb; t++) {
             const float *l = lc + t * V;
             lse_c[t] = lse(l, V);
-            for (int64_t v = 0; v < V; v++)
-                pc[t * V + v] = (float)exp((double)l[v] - lse_c[t]);
+            probs(pc + t * V, l, (float)lse_c[t], V);
         }
         for (int64_t t = 0; t < nb; t++)
             if (t % T < T - 1)
@@ -311,11 +374,8 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
                     continue;
                 const float *l = ln + q * V, *l0 = lc + t * V, *p = pc + t * V;
                 const double s = lse(l, V);
-                double dot = 0;
-                for (int64_t v = 0; v < V; v++)
-                    dot += (double)p[v] * ((double)l0[v] - l[v]);
                 row_ce[q] = s - l[wt[t + 1]];
-                row_kl[q] = dot - (lse_c[t] - s);
+                row_kl[q] = cross(p, l0, l, V) - (lse_c[t] - s);
             }
             for (int64_t a = 0; a < g; a++)
                 for (int64_t t = 0; t < nb; t++)
@@ -324,8 +384,8 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
         }
     }
     free(lc), free(pc), free(lse_c), free(xp), free(ln), free(tok), free(acc), free(row_ce), free(row_kl);
-    coefs_free(&cf);
     if (rc) {
+        coefs_free(&cf);
         free(ce), free(kl), free(ab);
         return -1;
     }
@@ -337,6 +397,18 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
     r->null_delta_ce = dm_xmalloc(sizeof(double) * (size_t)(k * (nn ? nn : 1)));
     r->null_kl = dm_xmalloc(sizeof(double) * (size_t)(k * (nn ? nn : 1)));
     r->null_percentile = dm_xmalloc(sizeof(double) * (size_t)k), r->z = dm_xmalloc(sizeof(double) * (size_t)k);
+    r->energy = dm_xmalloc(sizeof(double) * (size_t)k);
+    for (int64_t i = 0; i < k; i++)
+        r->energy[i] = cf.energy[i] / (double)(W * T);
+    r->levels = dd->levels;
+    double *nkl = r->null_kl, *ndce = r->null_delta_ce; /* where the null ablations land */
+    if (dd->levels) {
+        r->level_energy = dm_xmalloc(sizeof(double) * (size_t)nt);
+        for (int64_t b = 0; b < nt; b++)
+            r->level_energy[b] = cf.target[b] / (double)(W * T);
+        nkl = r->level_kl = dm_xmalloc(sizeof(double) * (size_t)(nt * (nn ? nn : 1)));
+        ndce = r->level_delta_ce = dm_xmalloc(sizeof(double) * (size_t)(nt * (nn ? nn : 1)));
+    }
     r->pca_delta_ce = r->pca_kl = NAN;
     for (int64_t a = 0; a < na; a++) {
         const double c = ce[a] / P, q = kl[a] / P;
@@ -345,12 +417,14 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
         case A_ZERO: r->ce_zero = c, r->kl_zero = q; break;
         case A_COMP: r->delta_ce[ab[a].i] = c - r->ce_clean, r->kl[ab[a].i] = q; break;
         case A_ALL: r->all_delta_ce = c - r->ce_clean, r->all_kl = q; break;
-        case A_NULL:
-            r->null_delta_ce[ab[a].i * nn + ab[a].j] = c - r->ce_clean, r->null_kl[ab[a].i * nn + ab[a].j] = q;
-            break;
+        case A_NULL: ndce[ab[a].i * nn + ab[a].j] = c - r->ce_clean, nkl[ab[a].i * nn + ab[a].j] = q; break;
         case A_PCA: r->pca_delta_ce = c - r->ce_clean, r->pca_kl = q; break;
         }
     }
+    for (int64_t i = 0; dd->levels && i < k; i++)
+        for (int64_t j = 0; j < nn; j++)
+            level_interp(r->level_energy, nt, r->level_kl, r->level_delta_ce, nn, j, r->energy[i],
+                         &r->null_kl[i * nn + j], &r->null_delta_ce[i * nn + j]);
     r->ce_loss_score = (r->ce_zero - r->ce_sae) / (r->ce_zero - r->ce_clean);
     r->kl_div_score = (r->kl_zero - r->kl_sae) / r->kl_zero;
     for (int64_t i = 0; i < k; i++) {
@@ -365,6 +439,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
         r->null_percentile[i] = nn ? 100.0 * below / (double)nn : NAN;
         r->z[i] = nn > 1 ? (r->kl[i] - m) / sqrt(v / (double)(nn - 1)) : NAN;
     }
+    coefs_free(&cf);
     free(ce), free(kl), free(ab);
     return 0;
 }
@@ -372,6 +447,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
 void dm_causal_result_free(dm_causal_result *r)
 {
     free(r->delta_ce), free(r->kl), free(r->null_delta_ce), free(r->null_kl), free(r->null_percentile), free(r->z);
+    free(r->energy), free(r->level_energy), free(r->level_delta_ce), free(r->level_kl);
     memset(r, 0, sizeof *r);
 }
 

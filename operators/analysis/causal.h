@@ -15,6 +15,7 @@
  *   all components         x' = x - sum_i s_i a_i
  *   null j matched to i    x' = x - c_ij (u_j . (e - mu)) u_j, c_ij giving the
  *                          removed part the mean squared norm of component i's
+ *                          (or, with energy levels, of each level: below)
  *   the PCA control        x' = x - P^T P (e - mu), P the top k principal
  *                          directions of e (as many as there are components)
  * CE is the mean over windows and positions 0..T-2 of -log p(next token); KL
@@ -58,6 +59,13 @@ typedef struct {
     int64_t nnull;
     const float *nulls;   /* (nnull, d) directions, unit length */
     const float *pcs;     /* (k, d) the PCA control's unit directions, or NULL: none */
+    /* 0: each null is scaled to each component's energy (k nnull ablations).
+     * L >= 2: to L energies spaced evenly in log between the smallest and the
+     * largest component's (L nnull ablations), and null j's KL and delta CE at
+     * component i's energy interpolated between the two levels around it,
+     * linearly in log energy (KL in log KL: KL grows as a power of the removed
+     * energy). The extreme components sit on a level, exactly matched. */
+    int64_t levels;
 } dm_causal_dirs;
 
 typedef struct {
@@ -67,7 +75,11 @@ typedef struct {
     double all_delta_ce, all_kl;
     double pca_delta_ce, pca_kl;   /* NaN without pcs */
     double *delta_ce, *kl;         /* (k) per component: CE - ce_clean, KL */
+    double *energy;                /* (k) mean_t |s_it a_i|^2, the removed energy */
     double *null_delta_ce, *null_kl; /* (k, nnull): null j matched to component i */
+    int64_t levels;                /* dirs->levels */
+    double *level_energy;          /* (levels) */
+    double *level_delta_ce, *level_kl; /* (levels, nnull): null j at each level, measured */
     double *null_percentile, *z;   /* (k): 100 x the share of matched nulls with a smaller KL;
                                       (KL - their mean) / their standard deviation (n - 1) */
 } dm_causal_result;

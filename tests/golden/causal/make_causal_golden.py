@@ -14,6 +14,8 @@ It writes, for the tiny model tests/golden/gpt2/c64h4 at blocks.1.hook_resid_pre
   nulls.npy       float32 (8, 64) unit null directions: rows 0-3 isotropic, 4-7 from N(0, cov(e))
   meta.json       model path (relative to the repository root), layer, hook, k, null kinds
   expected.json   tools/causal_reference.py's output on exactly these files
+  expected_levels2.json  the same with the nulls scaled to 2 energy levels (the smallest
+                  and the largest component's) and interpolated for the middle component
 
 The mixing columns are random combinations of the residual's top principal directions
 (scaled by their standard deviations, plus some isotropic noise) and the filters their
@@ -116,6 +118,23 @@ def numbers(out):
     return flat
 
 
+def level_problems(model, sae, files, kinds, seed):
+    """The energy-levels output and what makes it ill-conditioned for the C test."""
+    args = (files["windows"], files["filters"], files["mixing"], files["nulls"], kinds)
+    out = cr.causal(model, sae, LAYER, *args, levels=2)
+    noisy = cr.causal(Float32ish(model, seed), sae, LAYER, *args, check=False, levels=2)
+    a, b = numbers(out), numbers(noisy)
+    problems = [key for key in a if key.endswith("null_percentile") and a[key] != b[key]]
+    kl = np.array([c["kl"] for c in out["components"]])
+    margin = (np.abs(np.array(out["nulls"]["kl"]) - kl[:, None]) / kl[:, None]).min()
+    if margin <= 1e-3:
+        problems.append("a null KL within %.2g relative of its component's" % margin)
+    ratio = max(abs(a[key] - b[key]) / tolerance(key, a[key]) for key in a if not key.endswith("null_percentile"))
+    if ratio > 0.25:
+        problems.append("float32 stand-in moves a number by %.2g of its tolerance" % ratio)
+    return out, problems
+
+
 def attempt(model, sae, seed):
     """(files, expected, problems) for one seed."""
     rng = np.random.default_rng(1400 + seed)
@@ -173,6 +192,9 @@ def attempt(model, sae, seed):
     if small:
         problems.append("%s = %.2g, under 5e-3" % (small[0], a[small[0]]))
     out["_float32_standin_worst"] = (worst, ratio[worst])
+    if not problems:
+        out["_levels"], more = level_problems(model, sae, files, kinds, seed)
+        problems += ["energy levels: " + p for p in more]
     return files, kinds, out, problems
 
 
@@ -193,6 +215,7 @@ def main():
     else:
         raise SystemExit("make_causal_golden.py: no seed gave well-conditioned data")
     worst = out.pop("_float32_standin_worst")
+    levels = out.pop("_levels")
     for name, a in files.items():
         np.save(os.path.join(OUT, name + ".npy"), a)
     meta = {"model": MODEL, "layer": LAYER, "hook": HOOK, "sae": "tests/golden/causal/c64h4/sae",
@@ -207,6 +230,9 @@ def main():
     assert json.dumps(out2) == json.dumps(out)
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(out2, f, indent=1)
+        f.write("\n")
+    with open(os.path.join(OUT, "expected_levels2.json"), "w") as f:
+        json.dump(levels, f, indent=1)
         f.write("\n")
     sp = out["splice"]
     print("seed %d  ce_clean %.6f  ce_loss_score %.4f  kl_div_score %.4f  float32 stand-in worst %s %.2g of tol" % (

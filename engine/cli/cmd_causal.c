@@ -76,8 +76,11 @@ static char *causal_node(const dm_pipeline *p, const char *path, const dm_args *
     if (!cmp)
         return NULL;
     for (int i = 0; i < p->nnodes; i++)
-        if (!strcmp(p->nodes[i].name, "causal")) {
-            dm_failc(DM_E_INPUT, "%s: it has a node named causal already (its results are in causal.json)", path);
+        if (!strcmp(p->nodes[i].name, "causal") || !strcmp(p->nodes[i].op, "causal")) {
+            dm_failc(DM_E_INPUT, "%s: the run has its causal stage already (node '%s', results in causal.json); for "
+                                 "another study run its pipeline again with --set %s.tokens=N (or nulls, "
+                                 "energy_levels, seed): the rest comes from the cache",
+                     path, p->nodes[i].name, p->nodes[i].name);
             return NULL;
         }
     const char *windows = kv(lm->inputs, lm->ninputs, "tokens"), *model = kv(lm->params, lm->nparams, "model");

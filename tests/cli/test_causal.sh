@@ -104,6 +104,13 @@ cmp run1/causal.json out/causal.json || fail "dmica causal and the pipeline's ca
 cmp run1/causal_windows.npy out/causal_windows.npy || fail "causal_windows.npy differs"
 expect_fail $DMICA causal nowhere
 err_has "nowhere/pipeline.yaml"
+# a run with the stage already (out, from p.yaml) says how to run another study
+expect_fail $DMICA causal out
+err_has "the run has its causal stage already (node 'causal', results in causal.json)"
+err_has "--set causal.tokens=N"
+# energy_levels must be 0 or at least 2
+expect_fail $DMICA run p.yaml --quiet --set causal.energy_levels=1
+err_has "energy_levels must be 0 (each component's own energy) or at least 2, not 1"
 # refusals: no SAE, and a mixing that does not fit the filters
 sed 's/inputs: {windows: text.windows, sae: sae_config,/inputs: {windows: text.windows,/' p.yaml > nosae.yaml
 expect_fail $DMICA run nosae.yaml --quiet

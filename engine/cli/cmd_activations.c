@@ -15,7 +15,7 @@
 #include "args.h"
 #include "commands.h"
 #include "engine.h"
-#include "gpt2.h"
+#include "model.h"
 #include "npy.h"
 
 static const dm_arg_spec activations_specs[] = {
@@ -72,11 +72,11 @@ static int check_ids(const char *path, const dm_npy_header *h, const void *data,
 static int check_inputs(const char *model, const char *hook_arg, const char *tokens, int64_t *T, int64_t *width,
                         char *hook_name, size_t hook_len)
 {
-    dm_gpt2_hook hook;
-    dm_gpt2_config c;
-    if (dm_gpt2_hook_parse(hook_arg, &hook))
+    dm_model_hook hook;
+    dm_model_config c;
+    if (dm_model_hook_parse(hook_arg, &hook))
         return -1;
-    dm_gpt2_hook_name(hook, hook_name, hook_len);
+    dm_model_hook_name(hook, hook_name, hook_len);
     size_t l = strlen(tokens);
     if (l < 4 || strcmp(tokens + l - 4, ".npy"))
         return dm_failc(DM_E_INPUT, "%s: token windows are read from a .npy file (its name ending in .npy)", tokens);
@@ -88,12 +88,12 @@ static int check_inputs(const char *model, const char *hook_arg, const char *tok
     if (h->ndim != 2 || (h->dtype != DM_I32 && h->dtype != DM_I64 && h->dtype != DM_U16))
         rc = dm_failc(DM_E_SHAPE, "%s: token ids must be a 2-D int32, int64 or uint16 array [windows, T], not %d-D %s",
                       tokens, h->ndim, dm_dtype_name(h->dtype));
-    else if (dm_gpt2_read_config(model, &c))
+    else if (dm_model_read_config(model, &c))
         rc = -1;
-    else if (dm_gpt2_hook_depth(hook) > c.n_layer) /* what loading the model would say */
-        rc = dm_failc(DM_E_INPUT, "%s: %d blocks needed, config n_layer is %d", model, dm_gpt2_hook_depth(hook),
+    else if (dm_model_hook_depth(hook) > c.n_layer) /* what loading the model would say */
+        rc = dm_failc(DM_E_INPUT, "%s: %d blocks needed, config n_layer is %d", model, dm_model_hook_depth(hook),
                       c.n_layer);
-    else if ((*width = dm_gpt2_hook_width(&c, hook)) < 0)
+    else if ((*width = dm_model_hook_width(&c, hook)) < 0)
         rc = dm_fail_prefix("%s", model);
     else if (h->shape[1] < 1 || h->shape[1] > c.n_positions || h->shape[0] < 1)
         rc = dm_failc(DM_E_SHAPE, "%s: windows of %lld tokens; model %s takes 1 to %d (n_positions)", tokens,

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gpt2.h"
+#include "model.h"
 #include "op.h"
 #include "sae_desc.h"
 
@@ -46,9 +46,9 @@ enum { IN_TOKENS, IN_SAE };
 static const dm_port_spec gpt2_inputs[] = {{"tokens", DM_PORT_STREAM, .dtype = DM_I32}, {"sae", DM_PORT_TENSOR, .optional = 1}, {NULL}};
 
 typedef struct {
-    dm_gpt2 *model;
-    dm_gpt2_config cfg;
-    dm_gpt2_hook hooks[MAX_HOOKS];
+    dm_model *model;
+    dm_model_config cfg;
+    dm_model_hook hooks[MAX_HOOKS];
     int nhooks, T, batch, center;
     int64_t width[MAX_HOOKS];
     float *outs[MAX_HOOKS]; /* batch*T x width[i] each */
@@ -101,7 +101,7 @@ static int resolve_center(const dm_node *n, int *center, int say)
 /* Parses the hooks parameter into hooks[] (canonical, no repeats). The hooks
  * are the node's output ports, which other nodes name: so they are written in
  * the pipeline, not taken from an SAE's config. */
-static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
+static int parse_hooks(const dm_node *n, dm_model_hook *hooks, int *nhooks)
 {
     char *list = dm_xstrdup(dm_param_str(n, "hooks")), *save = NULL, name[64], other[64];
     int k = 0, rc = 0;
@@ -116,13 +116,13 @@ static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
             rc = dm_fail("hooks: more than %d hooks", MAX_HOOKS);
             break;
         }
-        if (dm_gpt2_hook_parse(h, &hooks[k])) {
+        if (dm_model_hook_parse(h, &hooks[k])) {
             rc = dm_fail_prefix("hooks");
             break;
         }
-        dm_gpt2_hook_name(hooks[k], name, sizeof name);
+        dm_model_hook_name(hooks[k], name, sizeof name);
         for (int i = 0; i < k && !rc; i++)
-            if (!strcmp(dm_gpt2_hook_name(hooks[i], other, sizeof other), name))
+            if (!strcmp(dm_model_hook_name(hooks[i], other, sizeof other), name))
                 rc = dm_fail("hooks: %s is listed twice", name);
         k++;
     }
@@ -135,14 +135,14 @@ static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
 
 static int gpt2_ports(dm_node *n, dm_port_spec **outs)
 {
-    dm_gpt2_hook hooks[MAX_HOOKS];
+    dm_model_hook hooks[MAX_HOOKS];
     int k;
     char name[64];
     if (parse_hooks(n, hooks, &k))
         return -1;
     dm_port_spec *p = dm_xcalloc((size_t)k + 1, sizeof *p);
     for (int i = 0; i < k; i++) {
-        p[i].name = dm_xstrdup(dm_gpt2_hook_name(hooks[i], name, sizeof name));
+        p[i].name = dm_xstrdup(dm_model_hook_name(hooks[i], name, sizeof name));
         p[i].kind = DM_PORT_STREAM;
     }
     *outs = p;
@@ -151,14 +151,14 @@ static int gpt2_ports(dm_node *n, dm_port_spec **outs)
 
 static int gpt2_infer(dm_node *n)
 {
-    dm_gpt2_hook hooks[MAX_HOOKS];
-    dm_gpt2_config cfg;
+    dm_model_hook hooks[MAX_HOOKS];
+    dm_model_config cfg;
     int k;
     const char *model = dm_param_str(n, "model");
     const dm_port_desc *in = dm_input_desc(n, 0);
     int64_t T = in->shape[1];
     int center;
-    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(model, &cfg) || resolve_center(n, &center, 0))
+    if (parse_hooks(n, hooks, &k) || dm_model_read_config(model, &cfg) || resolve_center(n, &center, 0))
         return -1;
     if (dm_param_int(n, "batch") < 1 || dm_param_int(n, "batch") > 1 << 20)
         return dm_fail("batch must be between 1 and %d windows, not %lld", 1 << 20,
@@ -167,7 +167,7 @@ static int gpt2_infer(dm_node *n)
         return dm_fail("input 'tokens' has windows of %lld tokens, but model %s takes at most n_positions %d",
                        (long long)T, model, cfg.n_positions);
     for (int i = 0; i < k; i++) {
-        int64_t w = dm_gpt2_hook_width(&cfg, hooks[i]);
+        int64_t w = dm_model_hook_width(&cfg, hooks[i]);
         if (w < 0)
             return dm_fail_prefix("model %s", model);
         dm_port_desc *o = dm_output_desc(n, i);
@@ -179,25 +179,25 @@ static int gpt2_infer(dm_node *n)
 
 static int64_t gpt2_state_bytes(const dm_node *n)
 {
-    dm_gpt2_hook hooks[MAX_HOOKS];
-    dm_gpt2_config c;
+    dm_model_hook hooks[MAX_HOOKS];
+    dm_model_config c;
     int k;
-    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(dm_param_str(n, "model"), &c))
+    if (parse_hooks(n, hooks, &k) || dm_model_read_config(dm_param_str(n, "model"), &c))
         return 0; /* infer has reported it */
     int64_t C = c.n_embd, NI = c.n_inner, V = c.vocab_size, T = dm_input_desc(n, 0)->shape[1];
-    int64_t BT = dm_param_int(n, "batch") * T, depth = dm_gpt2_hooks_depth(hooks, k), loss = 0, logits = 0;
-    if (depth == DM_GPT2_DEPTH_ALL)
+    int64_t BT = dm_param_int(n, "batch") * T, depth = dm_model_hooks_depth(hooks, k), loss = 0, logits = 0;
+    if (depth == DM_MODEL_DEPTH_ALL)
         depth = c.n_layer;
     int64_t weights = V * C + (int64_t)c.n_positions * C +
                       depth * (4 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * NI + NI) + (NI * C + C)) + 2 * C;
     int64_t outs = 0;
     for (int i = 0; i < k; i++) {
-        outs += BT * dm_gpt2_hook_width(&c, hooks[i]);
+        outs += BT * dm_model_hook_width(&c, hooks[i]);
         loss |= hooks[i].kind == DM_HOOK_LOSS;
         logits |= hooks[i].kind == DM_HOOK_LOGITS;
     }
     int64_t acts = BT * (7 * C + NI) + (loss && !logits ? LOGIT_ROWS * V : 0) + ATT_ROWS * T * dm_threads();
-    return 4 * (weights + (int64_t)dm_gpt2_packed_floats(&c, (int)depth, dm_node_compute(n)) + acts + outs + BT);
+    return 4 * (weights + (int64_t)dm_model_packed_floats(&c, (int)depth, dm_node_compute(n)) + acts + outs + BT);
 }
 
 static void gpt2_close(dm_node *n)
@@ -205,7 +205,7 @@ static void gpt2_close(dm_node *n)
     gpt2_state *s = dm_node_state(n);
     if (!s)
         return;
-    dm_gpt2_free(s->model);
+    dm_model_free(s->model);
     for (int i = 0; i < s->nhooks; i++)
         free(s->outs[i]);
     free(s->ids);
@@ -219,16 +219,16 @@ static int gpt2_open(dm_node *n)
     dm_node_set_state(n, s);
     if (parse_hooks(n, s->hooks, &s->nhooks))
         return -1;
-    if (!(s->model = dm_gpt2_load(dm_param_str(n, "model"), dm_gpt2_hooks_depth(s->hooks, s->nhooks), dm_node_compute(n))))
+    if (!(s->model = dm_model_load(dm_param_str(n, "model"), dm_model_hooks_depth(s->hooks, s->nhooks), dm_node_compute(n))))
         return -1;
-    s->cfg = *dm_gpt2_cfg(s->model);
+    s->cfg = *dm_model_cfg(s->model);
     s->T = (int)dm_input_desc(n, 0)->shape[1];
     s->batch = (int)dm_param_int(n, "batch");
     if (resolve_center(n, &s->center, say_once(n)))
         return -1;
     size_t BT = (size_t)s->batch * (size_t)s->T;
     for (int i = 0; i < s->nhooks; i++) {
-        s->width[i] = dm_gpt2_hook_width(&s->cfg, s->hooks[i]);
+        s->width[i] = dm_model_hook_width(&s->cfg, s->hooks[i]);
         s->outs[i] = dm_xmalloc_aligned(BT * (size_t)s->width[i] * sizeof(float));
     }
     s->ids = dm_xmalloc(BT * sizeof *s->ids);
@@ -262,13 +262,13 @@ static int gpt2_consume(dm_node *n, int port, const dm_chunk *c)
         int B = (int)(c->rows - w0 < s->batch ? c->rows - w0 : s->batch);
         if (windows_to_ids(s, n, c, w0, B))
             return -1;
-        if (dm_gpt2_forward(s->model, s->ids, B, s->T, s->hooks, s->nhooks, s->outs, s->center))
+        if (dm_model_forward(s->model, s->ids, B, s->T, s->hooks, s->nhooks, s->outs, s->center))
             return -1;
         int64_t BT = (int64_t)B * s->T, row0 = (c->row0 + w0) * s->T;
         for (int64_t off = 0; off < BT; off += cr) {
             int64_t rows = BT - off < cr ? BT - off : cr;
             for (int i = 0; i < s->nhooks; i++) {
-                const float *dev = dm_gpt2_device_copy(s->model, i); /* on a GPU: the rows there too */
+                const float *dev = dm_model_device_copy(s->model, i); /* on a GPU: the rows there too */
                 dm_chunk o = {.row0 = row0 + off, .rows = rows, .cols = s->width[i],
                               .data = s->outs[i] + off * s->width[i], .dev = dev ? dev + off * s->width[i] : NULL};
                 if (dm_emit(n, i, &o))

@@ -1,5 +1,6 @@
 /*
- * test_gpt2.c: the GPT-2 runner of operators/kernels/gpt2.c, against
+ * test_gpt2.c: the GPT-2 family (operators/kernels/gpt2.c) of the model runner
+ * (model.c), against
  *   - its reference backend: every other backend this CPU has ("cpu", and
  *     "cpu-avx512" with AVX-512F) kernel by kernel through the backend table
  *     (linear with its GELU and residual epilogues, LayerNorm, attention, GELU,

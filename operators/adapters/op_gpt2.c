@@ -1,6 +1,11 @@
 /*
- * op_gpt2.c: the `gpt2` operator: windows of token ids in, TransformerLens hook
- * activations out, one output stream per requested hook.
+ * op_gpt2.c: the `gpt2` and `model` operators: windows of token ids in,
+ * TransformerLens hook activations out, one output stream per requested hook,
+ * from any family the model runner knows (operators/kernels/model.h): GPT-2 or
+ * Gemma 2, as the folder's config.json (model_type) says. `gpt2` is the name
+ * pipelines have used since GPT-2 was the only family, kept with its
+ * parameters (and so its cache keys); `model` is the same operator with a
+ * `weights` parameter, the seam of the BF16 path (f32 only for now).
  *
  * Input `tokens`: rows of T int32 token ids (the `text` source's windows, or
  * any i32 stream), one window per row. Each hook in
@@ -8,18 +13,22 @@
  * a pipeline reads it as node.blocks.6.hook_resid_pre) with one row per token:
  * window w, position t is row w*T + t, w the window's global row index, so
  * token rows line up with the windows they came from. Widths: d_model, vocab
- * for logits, 1 for loss (operators/gpt2.h lists the hooks).
+ * for logits, 1 for loss (operators/kernels/model.h lists the hooks).
  *
  * One forward pass per `batch` windows computes every hook, stopping after the
  * deepest (only the blocks it needs are loaded). Output chunks are cut at the
  * engine's chunk size, the same rows on every port in turn, so a consumer of
- * two hooks sees matching chunks. Residual hooks are centred per token by
- * default (TransformerLens's center_writing_weights), or as the SAE on input
- * `sae` was trained (its cfg.json's center_writing_weights).
+ * two hooks sees matching chunks. Residual hooks of a LayerNorm model (GPT-2)
+ * are centred per token by default (TransformerLens's center_writing_weights),
+ * or as the SAE on input `sae` was trained (its cfg.json's
+ * center_writing_weights); an RMSNorm model (Gemma 2) is never centred, as
+ * TransformerLens does not centre it: center auto is off there, and true (or
+ * an SAE that says it was trained centred) is refused.
  *
  * Memory (state_bytes): the float32 weights of the loaded blocks and the
- * embeddings, the runner's activation buffers for batch*T rows, and one output
- * buffer per hook for batch*T rows. Logits are vocab wide: keep `batch` small.
+ * embeddings (and their packed copies on cpu-avx512), the runner's activation
+ * buffers for batch*T rows, and one output buffer per hook for batch*T rows.
+ * Logits are vocab wide: keep `batch` small.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -30,15 +39,28 @@
 #include "sae_desc.h"
 
 #define MAX_HOOKS 64
-#define LOGIT_ROWS 64 /* rows of logits the runner computes at a time for loss (gpt2.c) */
-#define ATT_ROWS 64   /* query rows of attention scores per thread (gpt2.c) */
+#define ATT_ROWS 64 /* query rows of attention scores per thread (model_impl.h) */
 
 static const dm_param_spec gpt2_params[] = {
-    {"model", DM_P_PATH, NULL, "Hugging Face GPT-2 folder (config.json + model.safetensors)"},
+    {"model", DM_P_PATH, NULL, "Hugging Face model folder, GPT-2 or Gemma 2 (config.json's model_type; model.safetensors, "
+                               "or shards and model.safetensors.index.json)"},
     {"hooks", DM_P_STRING, NULL, "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output"},
     {"center", DM_P_STRING, "auto", "subtract each token's mean over d_model from residual hooks (TransformerLens): "
-                                    "true, false, or auto (as the SAE on input sae was trained; true without one)"},
+                                    "true, false, or auto (as the SAE on input sae was trained; true without one; "
+                                    "never for RMSNorm models such as Gemma 2)"},
     {"batch", DM_P_INT, "32", "windows per forward pass"},
+    {NULL},
+};
+/* `model`: the same, and how the weights are held */
+static const dm_param_spec model_params[] = {
+    {"model", DM_P_PATH, NULL, "Hugging Face model folder, GPT-2 or Gemma 2 (config.json's model_type; model.safetensors, "
+                               "or shards and model.safetensors.index.json)"},
+    {"hooks", DM_P_STRING, NULL, "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output"},
+    {"center", DM_P_STRING, "auto", "subtract each token's mean over d_model from residual hooks (TransformerLens): "
+                                    "true, false, or auto (as the SAE on input sae was trained; true without one; "
+                                    "never for RMSNorm models such as Gemma 2)"},
+    {"batch", DM_P_INT, "32", "windows per forward pass"},
+    {"weights", DM_P_STRING, "f32", "weights in memory: f32 (bf16 files converted at load); bf16 awaits its kernels"},
     {NULL},
 };
 /* sae: the SAE whose center_writing_weights is the default centring (sae_config, planted_sae) */
@@ -72,14 +94,31 @@ static int say_once(const dm_node *n)
 /* center = auto | true | false against the center_writing_weights of the SAE on
  * input sae (SAEs trained on TransformerLens residuals need them centred). An
  * explicit value that contradicts the SAE's config wins, with a warning when
- * `say`. */
-static int resolve_center(const dm_node *n, int *center, int say)
+ * `say`. A model that cannot be centred (RMSNorm, dm_model_can_center) is not
+ * centred by auto, and refuses centring asked for or implied by its SAE. */
+static int resolve_center(const dm_node *n, const dm_model_config *cfg, int *center, int say)
 {
     const char *v = dm_param_str(n, "center");
     const dm_sae_desc *d;
     if (dm_sae_desc_input(n, IN_SAE, &d))
         return -1;
     int from_sae = d ? d->center_writing_weights : -1;
+    if (!dm_model_can_center(cfg)) {
+        const char *fam = dm_model_family_title(cfg->family);
+        if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1"))
+            return dm_failc(DM_E_INPUT, "center true: %s normalises by RMS, which depends on the mean, so its "
+                            "residual hooks are not centred (TransformerLens does not either): set center false "
+                            "or auto", fam);
+        if (strcmp(v, "auto") && strcmp(v, "false") && strcmp(v, "no") && strcmp(v, "0"))
+            return dm_failc(DM_E_INPUT, "center must be auto, true or false, not '%s'", v);
+        if (!strcmp(v, "auto") && from_sae > 0)
+            return dm_failc(DM_E_INPUT, "the SAE on input 'sae' was trained on centred residuals "
+                            "(center_writing_weights true), which %s's are not: an SAE for another model?", fam);
+        *center = 0;
+        if (say && !strcmp(v, "auto"))
+            dm_info("node '%s': residual centring off (%s normalises by RMS)", dm_node_name(n), fam);
+        return 0;
+    }
     if (!strcmp(v, "auto")) {
         *center = from_sae != 0; /* TransformerLens centres unless told not to */
         if (say)
@@ -158,7 +197,7 @@ static int gpt2_infer(dm_node *n)
     const dm_port_desc *in = dm_input_desc(n, 0);
     int64_t T = in->shape[1];
     int center;
-    if (parse_hooks(n, hooks, &k) || dm_model_read_config(model, &cfg) || resolve_center(n, &center, 0))
+    if (parse_hooks(n, hooks, &k) || dm_model_read_config(model, &cfg) || resolve_center(n, &cfg, &center, 0))
         return -1;
     if (dm_param_int(n, "batch") < 1 || dm_param_int(n, "batch") > 1 << 20)
         return dm_fail("batch must be between 1 and %d windows, not %lld", 1 << 20,
@@ -184,19 +223,19 @@ static int64_t gpt2_state_bytes(const dm_node *n)
     int k;
     if (parse_hooks(n, hooks, &k) || dm_model_read_config(dm_param_str(n, "model"), &c))
         return 0; /* infer has reported it */
-    int64_t C = c.n_embd, NI = c.n_inner, V = c.vocab_size, T = dm_input_desc(n, 0)->shape[1];
+    int64_t T = dm_input_desc(n, 0)->shape[1];
     int64_t BT = dm_param_int(n, "batch") * T, depth = dm_model_hooks_depth(hooks, k), loss = 0, logits = 0;
     if (depth == DM_MODEL_DEPTH_ALL)
         depth = c.n_layer;
-    int64_t weights = V * C + (int64_t)c.n_positions * C +
-                      depth * (4 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * NI + NI) + (NI * C + C)) + 2 * C;
+    /* the final norm is counted whatever the depth: it is small */
+    int64_t weights = (int64_t)dm_model_param_floats(&c, (int)depth);
     int64_t outs = 0;
     for (int i = 0; i < k; i++) {
         outs += BT * dm_model_hook_width(&c, hooks[i]);
         loss |= hooks[i].kind == DM_HOOK_LOSS;
         logits |= hooks[i].kind == DM_HOOK_LOGITS;
     }
-    int64_t acts = BT * (7 * C + NI) + (loss && !logits ? LOGIT_ROWS * V : 0) + ATT_ROWS * T * dm_threads();
+    int64_t acts = (int64_t)dm_model_act_floats(&c, (size_t)BT, loss && !logits) + ATT_ROWS * T * dm_threads();
     return 4 * (weights + (int64_t)dm_model_packed_floats(&c, (int)depth, dm_node_compute(n)) + acts + outs + BT);
 }
 
@@ -213,18 +252,33 @@ static void gpt2_close(dm_node *n)
     dm_node_set_state(n, NULL);
 }
 
-static int gpt2_open(dm_node *n)
+/* The `weights` parameter of the model operator. */
+static int parse_weights(const dm_node *n, dm_model_weights *w)
+{
+    const char *v = dm_param_str(n, "weights");
+    if (!strcmp(v, "f32"))
+        *w = DM_WEIGHTS_F32;
+    else if (!strcmp(v, "bf16"))
+        *w = DM_WEIGHTS_BF16;
+    else
+        return dm_failc(DM_E_INPUT, "weights must be f32 or bf16, not '%s'", v);
+    return 0;
+}
+
+/* Opens the node; opts: the model operator's (NULL for gpt2: the defaults). */
+static int open_any(dm_node *n, const dm_model_opts *opts)
 {
     gpt2_state *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
     if (parse_hooks(n, s->hooks, &s->nhooks))
         return -1;
-    if (!(s->model = dm_model_load(dm_param_str(n, "model"), dm_model_hooks_depth(s->hooks, s->nhooks), dm_node_compute(n))))
+    if (!(s->model = dm_model_load_opts(dm_param_str(n, "model"), dm_model_hooks_depth(s->hooks, s->nhooks),
+                                        dm_node_compute(n), opts)))
         return -1;
     s->cfg = *dm_model_cfg(s->model);
     s->T = (int)dm_input_desc(n, 0)->shape[1];
     s->batch = (int)dm_param_int(n, "batch");
-    if (resolve_center(n, &s->center, say_once(n)))
+    if (resolve_center(n, &s->cfg, &s->center, say_once(n)))
         return -1;
     size_t BT = (size_t)s->batch * (size_t)s->T;
     for (int i = 0; i < s->nhooks; i++) {
@@ -279,10 +333,28 @@ static int gpt2_consume(dm_node *n, int port, const dm_chunk *c)
     return 0;
 }
 
+static int gpt2_open(dm_node *n)
+{
+    return open_any(n, NULL);
+}
+
+static int model_infer(dm_node *n)
+{
+    dm_model_weights w;
+    return parse_weights(n, &w) ? -1 : gpt2_infer(n);
+}
+
+static int model_open(dm_node *n)
+{
+    dm_model_opts o = {0};
+    return parse_weights(n, &o.weights) ? -1 : open_any(n, &o);
+}
+
 const dm_op dm_op_gpt2 = {
     .name = "gpt2",
     .version = 1,
-    .summary = "GPT-2 forward pass to the deepest requested hook; one output stream per hook, one row per token",
+    .summary = "model (GPT-2, Gemma 2) forward pass to the deepest requested hook; one output stream per hook, one "
+               "row per token (the model operator's first name)",
     .params = gpt2_params,
     .inputs = gpt2_inputs,
     .ports = gpt2_ports,
@@ -292,4 +364,20 @@ const dm_op dm_op_gpt2 = {
     .consume = gpt2_consume,
     .close = gpt2_close,
     .shardable = 1, /* a map: each window's rows depend on that window only */
+};
+
+const dm_op dm_op_model = {
+    .name = "model",
+    .version = 1,
+    .summary = "model (GPT-2, Gemma 2) forward pass to the deepest requested hook; one output stream per hook, one "
+               "row per token; weights: f32 (bf16 to come)",
+    .params = model_params,
+    .inputs = gpt2_inputs,
+    .ports = gpt2_ports,
+    .infer = model_infer,
+    .state_bytes = gpt2_state_bytes,
+    .open = model_open,
+    .consume = gpt2_consume,
+    .close = gpt2_close,
+    .shardable = 1,
 };

@@ -68,6 +68,6 @@ BF16 weights kept BF16 (dm_bgemm) and the CUDA backend are not measured: Gemma 2
 | measure | value |
 |---|---|
 | dmica Gemma 2 (2B shape) through the pipeline, 13 blocks, B=$WINDOWS T=128, FP32, $THREADS threads | $TOKS tokens/s |
-| the 1-window run (loading 13 blocks and the embedding, converting, packing) | $LOAD s |
+| the 1-window run: the cache key hashing the folder (XXH3 over 5.2 GB), loading 13 blocks and the embedding, converting, packing | $LOAD s |
 | peak resident memory of the full run | $RSS GiB |
 EOF

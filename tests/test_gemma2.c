@@ -33,10 +33,12 @@
  *
  * Runs from the repository root (make test-unit does) so tests/golden is found.
  */
+#include "commands.h"
 #include "gemma2.h"
 #include "model.h"
 
 #include "dm.h"
+#include "npy.h"
 #include "safetensors.h"
 #include "test.h"
 
@@ -435,6 +437,38 @@ START_TEST(backend_fallback)
 }
 END_TEST
 
+/* ---- the command ---------------------------------------------------------------- */
+
+START_TEST(command_matches_golden)
+{
+    /* dmica activations on the sharded bf16 folder: raw activations (never
+     * centred, --no-center or not), the golden tokens written as int32 .npy */
+    dm_safetensors *exp = dm_st_open(GOLDEN "h24kv1/expected.safetensors");
+    ck_assert_ptr_nonnull(exp);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    char *tokens = dm_xasprintf("%s/tokens.npy", tmpdir), *out = dm_xasprintf("%s/acts.npy", tmpdir);
+    dm_tensor tt = {.dtype = DM_I32, .ndim = 2, .shape = {B, T}, .data = tok};
+    ck_assert_int_eq(dm_npy_save(tokens, &tt), 0);
+    const char *hook = "blocks.2.hook_mlp_out";
+    for (int flag = 0; flag <= 1; flag++) {
+        char *argv[] = {"activations", "--model", GOLDEN "h24kv1-bf16", "--hook", (char *)hook, "--tokens",
+                        tokens, "--out", out, "--quiet", flag ? "--no-center" : NULL};
+        ck_assert_int_eq(dm_cmd_activations(10 + flag, argv), 0);
+        dm_tensor t = {0};
+        ck_assert_msg(dm_npy_load(out, &t) == 0, "%s", dm_error());
+        ck_assert_int_eq(t.shape[0], B * T);
+        size_t n = (size_t)dm_tensor_numel(&t);
+        float *want = golden_hook(exp, hook, n);
+        ck_assert_double_le(rel_err(t.data, want, n), TOL);
+        free(want);
+        dm_tensor_free(&t);
+    }
+    free(tokens), free(out), free(tok);
+    dm_st_close(exp);
+}
+END_TEST
+
 /* ---- bad input ------------------------------------------------------------------ */
 
 /* A copy of golden folder name in tmpdir/tag (config.json, the shards, the
@@ -623,6 +657,7 @@ int main(void)
     tcase_add_test(tm, parity_every_hook);
     tcase_add_test(tm, hooks_run_from_and_edits);
     tcase_add_test(tm, backend_fallback);
+    tcase_add_test(tm, command_matches_golden);
     tcase_add_test(tm, bad_models);
     suite_add_tcase(s, tm);
     return dm_test_run(s, tmpdir);

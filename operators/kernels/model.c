@@ -649,20 +649,35 @@ static void held_shape(const dm_model_config *c, const dm_tensor_spec *s, int *C
     *OC = (int)dim_size(c, s->dims[!t]);
 }
 
-size_t dm_model_packed_floats(const dm_model_config *c, int depth, const dm_compute *cx)
+/* The backend a model of family f runs on when cx selects be: be, or the
+ * CPU entry cx would select without a device when be lacks f's kernels. */
+static const dm_model_backend *backend_for(dm_model_family_id f, const dm_model_backend *be,
+                                           const dm_compute *cx)
+{
+    if (!be || families[f]->runs_on(be))
+        return be;
+    return dm_model_backend_select(&(dm_compute){.reference = cx->reference, .avx512 = cx->avx512});
+}
+
+/* Floats of depth blocks' T_PACK weights packed for dm_sgemm. */
+static size_t packed_floats(const dm_model_config *c, int depth)
 {
     const dm_model_family *f = families[c->family];
-    const dm_model_backend *be = dm_model_backend_select(cx ? cx : dm_compute_default());
     size_t per = 0;
     int C, OC;
-    if (!be || !be->packs)
-        return 0;
     for (int j = 0; j < f->n_block_tensors; j++)
         if (f->block_tensors[j].flags & T_PACK) {
             held_shape(c, &f->block_tensors[j], &C, &OC);
             per += dm_sgemm_packed_floats(C, OC);
         }
     return (size_t)depth * per;
+}
+
+size_t dm_model_packed_floats(const dm_model_config *c, int depth, const dm_compute *cx)
+{
+    cx = cx ? cx : dm_compute_default();
+    const dm_model_backend *be = backend_for(c->family, dm_model_backend_select(cx), cx);
+    return be && be->packs ? packed_floats(c, depth) : 0;
 }
 
 size_t dm_model_act_floats(const dm_model_config *c, size_t BT, int want_loss_only)
@@ -682,7 +697,7 @@ static void pack_weights(dm_model *m)
     int L = m->depth, np = 0;
     const float *src[DM_MODEL_MAX_PACKED];
     int Cs[DM_MODEL_MAX_PACKED], OCs[DM_MODEL_MAX_PACKED];
-    size_t total = m->be->packs ? dm_model_packed_floats(c, L, &m->cx) : 0;
+    size_t total = m->be->packs ? packed_floats(c, L) : 0;
     if (!total)
         return;
     m->packed_memory = dm_xmalloc_huge(sizeof(float) * total);
@@ -796,8 +811,7 @@ dm_model *dm_model_load_opts(const char *dir, int depth, const dm_compute *cx,
         goto fail;
     }
     if (!f->runs_on(m->be)) {
-        const dm_model_backend *cpu = dm_model_backend_select(&(dm_compute){
-            .reference = m->cx.reference, .avx512 = m->cx.avx512});
+        const dm_model_backend *cpu = backend_for(f->id, m->be, &m->cx);
         dm_info("%s: the %s backend has no %s kernels; running on %s", dir, m->be->name, f->title,
                 cpu->name);
         m->be = cpu;

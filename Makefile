@@ -87,7 +87,7 @@ BIN     := $(if $(SAN),$(BUILD)/dmica,bin/dmica)
 all: $(BIN) $(CUDA_LIB)
 
 # gpu/*.cu follow the kernels' layer rule (base, io and kernel headers only).
-$(BUILD)/libdmica-cuda.so: $(wildcard gpu/*.cu gpu/*.cuh) engine/base/cuda_abi.h operators/kernels/stats.h operators/kernels/fastica.h operators/kernels/gpt2.h \
+$(BUILD)/libdmica-cuda.so: $(wildcard gpu/*.cu gpu/*.cuh) engine/base/cuda_abi.h operators/kernels/stats.h operators/kernels/fastica.h operators/kernels/gpt2.h operators/kernels/model.h \
                         operators/kernels/sae.h
 	@mkdir -p $(dir $@)
 	$(NVCC) -O2 -std=c++17 $(CUDA_ARCH) -Xcompiler -fPIC -shared $(INC_kernels) -Igpu -o $@ $(wildcard gpu/*.cu) -lcublas

@@ -1,7 +1,7 @@
 /*
- * gpt2.cu: the "cuda" entry of dm_gpt2_backend (operators/kernels/gpt2.h), the
+ * gpt2.cu: the "cuda" entry of dm_model_backend (operators/kernels/gpt2.h), the
  * kernels of one GPT-2 block, mirroring gpt2.c's table entry for entry, and
- * the device calls (dm_gpt2_device_ops) through which gpt2.c's runner keeps a
+ * the device calls (dm_model_device_ops) through which gpt2.c's runner keeps a
  * model's parameters and activations in the GPU's memory for a whole pass.
  *
  * Each entry takes device memory (the runner's buffers, from ops.alloc) or host
@@ -38,7 +38,7 @@ extern "C" {
 #include "gpt2.h"
 }
 
-static dm_gpt2_backend fallback;
+static dm_model_backend fallback;
 static gpu_family G = {"GPT-2's blocks"};
 
 static float *buffer(int i, size_t floats) { return (float *)gpu_buffer(&G, i, floats * sizeof(float)); }
@@ -262,12 +262,12 @@ static int linear_gpu(const dm_compute *cx, float *out, const float *inp, const 
     float *dy = result(3, out, (size_t)BT * OC);
     if (!dx || !dW || !dy || (bias && !db) || gemm(cx, dy, dx, dW, BT, C, OC, 0))
         return -1;
-    if (db || (flags & DM_GPT2_GELU))
-        bias_gelu_kernel<<<blocks((long)BT * OC, 256), 256>>>(dy, db, BT, OC, (flags & DM_GPT2_GELU) != 0);
+    if (db || (flags & DM_MODEL_GELU))
+        bias_gelu_kernel<<<blocks((long)BT * OC, 256), 256>>>(dy, db, BT, OC, (flags & DM_MODEL_GELU) != 0);
     return finish(out, dy, (size_t)BT * OC);
 }
 
-static void linear(const dm_compute *cx, float *out, const float *inp, const dm_gpt2_weight *W, const float *bias,
+static void linear(const dm_compute *cx, float *out, const float *inp, const dm_model_weight *W, const float *bias,
                    int BT, int C, int OC, int flags)
 {
     if ((gpu_ready(&G) || linear_gpu(cx, out, inp, W->w, bias, BT, C, OC, flags)) && !on_device(out))
@@ -353,7 +353,7 @@ static void unembed(const dm_compute *cx, float *out, const float *inp, const fl
         fallback.unembed(cx, out, inp, wte, BT, C, V);
 }
 
-/* ---- the runner's device calls (dm_gpt2_device_ops) ------------------------------- */
+/* ---- the runner's device calls (dm_model_device_ops) ------------------------------- */
 
 static void *dev_alloc(size_t bytes)
 {
@@ -409,14 +409,14 @@ static int dev_copy_rows(float *dst, const float *src, size_t rows, int width, i
 
 static int dev_status(void) { return G.broken ? -1 : 0; }
 
-static const dm_gpt2_device_ops ops = {dev_alloc,      dev_release,      dev_upload,    dev_download,
+static const dm_model_device_ops ops = {dev_alloc,      dev_release,      dev_upload,    dev_download,
                                         dev_host_alloc, dev_host_release, dev_copy_rows, dev_embed,
                                         dev_status};
 
-extern "C" int dm_cuda_gpt2_backend(const void *fb, void *out)
+extern "C" int dm_cuda_model_backend(const void *fb, void *out)
 {
-    fallback = *(const dm_gpt2_backend *)fb;
-    dm_gpt2_backend be = {};
+    fallback = *(const dm_model_backend *)fb;
+    dm_model_backend be = {};
     be.name = "cuda";
     be.device = DM_DEVICE_CUDA;
     be.packs = 0;
@@ -428,6 +428,6 @@ extern "C" int dm_cuda_gpt2_backend(const void *fb, void *out)
     be.gelu = gelu;
     be.residual = residual;
     be.unembed = unembed;
-    *(dm_gpt2_backend *)out = be;
+    *(dm_model_backend *)out = be;
     return 0;
 }

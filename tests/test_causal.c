@@ -44,7 +44,7 @@ static double num(json_t *o, const char *key)
 
 typedef struct {
     json_t *meta, *exp;
-    dm_gpt2 *m;
+    dm_model *m;
     dm_sae *sae;
     dm_tensor win, filters, mixing, nulls;
     float *mu;
@@ -61,7 +61,7 @@ static void golden_load(golden *g, const dm_compute *c, const char *expected)
     ck_assert_msg(g->meta && g->exp, "%s", je.text);
     char *model = dm_xstrdup(json_string_value(json_object_get(g->meta, "model"))); /* from the repository root */
     g->layer = (int)json_integer_value(json_object_get(g->meta, "layer"));
-    g->m = dm_gpt2_load(model, DM_GPT2_DEPTH_ALL, c);
+    g->m = dm_model_load(model, DM_MODEL_DEPTH_ALL, c);
     ck_assert_msg(g->m, "%s", dm_error());
     free(model);
     g->sae = dm_sae_load(GOLDEN "sae", 0, c);
@@ -70,7 +70,7 @@ static void golden_load(golden *g, const dm_compute *c, const char *expected)
     g->nulls = npy("nulls.npy");
     ck_assert_int_eq(g->win.dtype, DM_I32);
     json_t *mu = json_object_get(g->exp, "mu");
-    int64_t d = dm_gpt2_cfg(g->m)->n_embd;
+    int64_t d = dm_model_cfg(g->m)->n_embd;
     ck_assert_int_eq((int64_t)json_array_size(mu), d);
     g->mu = dm_xmalloc(sizeof(float) * (size_t)d);
     for (int64_t j = 0; j < d; j++)
@@ -80,7 +80,7 @@ static void golden_load(golden *g, const dm_compute *c, const char *expected)
 static void golden_free(golden *g)
 {
     json_decref(g->meta), json_decref(g->exp);
-    dm_gpt2_free(g->m);
+    dm_model_free(g->m);
     dm_sae_free(g->sae);
     dm_tensor_free(&g->win), dm_tensor_free(&g->filters), dm_tensor_free(&g->mixing), dm_tensor_free(&g->nulls);
     free(g->mu);
@@ -96,7 +96,7 @@ static void golden_free(golden *g)
  * calls of `rows` token rows, against g's expected output. */
 static void check_study(golden *g, const dm_compute *c, int64_t levels, int64_t rows, int say)
 {
-    const int64_t W = g->win.shape[0], T = g->win.shape[1], d = dm_gpt2_cfg(g->m)->n_embd;
+    const int64_t W = g->win.shape[0], T = g->win.shape[1], d = dm_model_cfg(g->m)->n_embd;
     const int64_t k = g->filters.shape[0], nn = g->nulls.shape[0];
     ck_assert_int_eq(g->mixing.shape[0], d);
     ck_assert_int_eq(g->mixing.shape[1], k);
@@ -199,7 +199,7 @@ START_TEST(nothing_removed_changes_nothing)
     dm_compute c = *dm_compute_default();
     golden g;
     golden_load(&g, &c, "expected.json");
-    const int64_t W = g.win.shape[0], T = g.win.shape[1], d = dm_gpt2_cfg(g.m)->n_embd;
+    const int64_t W = g.win.shape[0], T = g.win.shape[1], d = dm_model_cfg(g.m)->n_embd;
     dm_causal *cz = dm_causal_new(g.m, g.layer, g.sae, &c, g.win.data, W, (int)T, 1, g.mu, 4 * T);
     ck_assert_msg(cz, "%s", dm_error());
     float *zero = calloc((size_t)(2 * d), sizeof(float));
@@ -226,7 +226,7 @@ START_TEST(refusals)
     dm_compute c = *dm_compute_default();
     golden g;
     golden_load(&g, &c, "expected.json");
-    const int64_t T = g.win.shape[1], d = dm_gpt2_cfg(g.m)->n_embd;
+    const int64_t T = g.win.shape[1], d = dm_model_cfg(g.m)->n_embd;
     ck_assert_ptr_null(dm_causal_new(g.m, 7, g.sae, &c, g.win.data, 1, (int)T, 1, g.mu, T));
     assert_error_has("causal: hook blocks.7.hook_resid_pre needs the whole model (2 layers) loaded");
     ck_assert_ptr_null(dm_causal_new(g.m, 1, g.sae, &c, g.win.data, 1, 1, 1, g.mu, T));

@@ -1,5 +1,6 @@
 /*
- * test_gpt2.c: the GPT-2 runner of operators/kernels/gpt2.c, against
+ * test_gpt2.c: the GPT-2 family (operators/kernels/gpt2.c) of the model runner
+ * (model.c), against
  *   - its reference backend: every other backend this CPU has ("cpu", and
  *     "cpu-avx512" with AVX-512F) kernel by kernel through the backend table
  *     (linear with its GELU and residual epilogues, LayerNorm, attention, GELU,
@@ -8,9 +9,9 @@
  *     (tests/golden/gpt2/, written by make_gpt2_golden.py) for three tiny random
  *     models: head sizes 16 (F32, with mask buffers), 12 (BF16, "transformer."
  *     names) and 64 (F16, n_inner set): every hook, centred and raw, logits and
- *     per-token loss, by dm_gpt2_forward on every backend and by the
+ *     per-token loss, by dm_model_forward on every backend and by the
  *     `dmica activations` command;
- *   - editing hooks (dm_gpt2_run): an edit that changes nothing changes no bit;
+ *   - editing hooks (dm_model_run): an edit that changes nothing changes no bit;
  *     blocks.L.hook_resid_pre replaced by a given tensor, or with a direction
  *     removed, against the reference run the same way (edit.safetensors);
  *     edits at branch and embedding hooks; observe callbacks; their errors;
@@ -100,17 +101,17 @@ static int has(const char *msg, const char *want)
 }
 
 /* Every hook of a model with n_layer blocks (at most 64). */
-static int all_hooks(int n_layer, dm_gpt2_hook *hooks)
+static int all_hooks(int n_layer, dm_model_hook *hooks)
 {
     int n = 0;
-    hooks[n++] = (dm_gpt2_hook){DM_HOOK_EMBED, -1};
-    hooks[n++] = (dm_gpt2_hook){DM_HOOK_POS_EMBED, -1};
+    hooks[n++] = (dm_model_hook){DM_HOOK_EMBED, -1};
+    hooks[n++] = (dm_model_hook){DM_HOOK_POS_EMBED, -1};
     for (int l = 0; l < n_layer; l++)
         for (int k = DM_HOOK_RESID_PRE; k <= DM_HOOK_RESID_POST; k++)
-            hooks[n++] = (dm_gpt2_hook){(dm_gpt2_hook_kind)k, l};
-    hooks[n++] = (dm_gpt2_hook){DM_HOOK_LN_FINAL, -1};
-    hooks[n++] = (dm_gpt2_hook){DM_HOOK_LOGITS, -1};
-    hooks[n++] = (dm_gpt2_hook){DM_HOOK_LOSS, -1};
+            hooks[n++] = (dm_model_hook){(dm_model_hook_kind)k, l};
+    hooks[n++] = (dm_model_hook){DM_HOOK_LN_FINAL, -1};
+    hooks[n++] = (dm_model_hook){DM_HOOK_LOGITS, -1};
+    hooks[n++] = (dm_model_hook){DM_HOOK_LOSS, -1};
     return n;
 }
 
@@ -143,70 +144,70 @@ static float *golden_hook(const dm_safetensors *exp, const char *hook, int cente
 /* ---- backends ------------------------------------------------------------------ */
 
 /* A compute context that selects backend id (the default one otherwise). */
-static dm_compute context_for(dm_gpt2_backend_id id)
+static dm_compute context_for(dm_model_backend_id id)
 {
     dm_compute cx = *dm_compute_default();
-    cx.reference = id == DM_GPT2_REF;
-    cx.avx512 = id == DM_GPT2_CPU_AVX512;
-    cx.device = id == DM_GPT2_CUDA ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
+    cx.reference = id == DM_MODEL_REF;
+    cx.avx512 = id == DM_MODEL_CPU_AVX512;
+    cx.device = id == DM_MODEL_CUDA ? DM_DEVICE_CUDA : DM_DEVICE_CPU;
     return cx;
 }
 
 /* The backends this build and CPU have besides "ref", and "ref" itself. */
-static const dm_gpt2_backend *ref_backend(void)
+static const dm_model_backend *ref_backend(void)
 {
-    const dm_gpt2_backend *r = dm_gpt2_backend_get(DM_GPT2_REF);
+    const dm_model_backend *r = dm_model_backend_get(DM_MODEL_REF);
     ck_assert_ptr_nonnull(r);
     return r;
 }
 
 #define FOR_EACH_FAST_BACKEND(id, be)                                                          \
-    for (dm_gpt2_backend_id id = DM_GPT2_CPU; id < DM_GPT2_NBACKENDS; id++)                   \
-        for (const dm_gpt2_backend *be = dm_gpt2_backend_get(id); be; be = NULL)
+    for (dm_model_backend_id id = DM_MODEL_CPU; id < DM_MODEL_NBACKENDS; id++)                   \
+        for (const dm_model_backend *be = dm_model_backend_get(id); be; be = NULL)
 
 START_TEST(backend_table)
 {
     /* every context selects the entry it asks for; every present entry is whole */
-    dm_compute cx = context_for(DM_GPT2_REF);
-    ck_assert_ptr_eq(dm_gpt2_backend_select(&cx), ref_backend());
+    dm_compute cx = context_for(DM_MODEL_REF);
+    ck_assert_ptr_eq(dm_model_backend_select(&cx), ref_backend());
     ck_assert_str_eq(ref_backend()->name, "ref");
-    cx = context_for(DM_GPT2_CPU);
-    ck_assert_str_eq(dm_gpt2_backend_select(&cx)->name, "cpu");
-    cx = context_for(DM_GPT2_CPU_AVX512);
-    ck_assert_str_eq(dm_gpt2_backend_select(&cx)->name,
+    cx = context_for(DM_MODEL_CPU);
+    ck_assert_str_eq(dm_model_backend_select(&cx)->name, "cpu");
+    cx = context_for(DM_MODEL_CPU_AVX512);
+    ck_assert_str_eq(dm_model_backend_select(&cx)->name,
                      dm_compute_default()->avx512 ? "cpu-avx512" : "cpu");
-    ck_assert_int_eq(dm_gpt2_backend_get(DM_GPT2_CPU_AVX512) != NULL, dm_compute_default()->avx512);
-    for (int id = 0; id < DM_GPT2_NBACKENDS; id++) {
-        const dm_gpt2_backend *be = dm_gpt2_backend_get((dm_gpt2_backend_id)id);
+    ck_assert_int_eq(dm_model_backend_get(DM_MODEL_CPU_AVX512) != NULL, dm_compute_default()->avx512);
+    for (int id = 0; id < DM_MODEL_NBACKENDS; id++) {
+        const dm_model_backend *be = dm_model_backend_get((dm_model_backend_id)id);
         if (!be)
             continue;
         ck_assert(be->layernorm && be->linear && be->attention && be->gelu && be->residual &&
                   be->unembed);
         ck_assert(!be->linear_residual || be->packs); /* the fused add is dm_sgemm's */
     }
-    ck_assert_ptr_null(dm_gpt2_backend_get(DM_GPT2_NBACKENDS));
+    ck_assert_ptr_null(dm_model_backend_get(DM_MODEL_NBACKENDS));
     /* the GPU where libdmica-cuda.so sees one (gpu/gpt2.cu, a whole entry that
      * packs nothing), else the CPU's entry: a CUDA context never fails to load */
     cx = *dm_compute_default();
     cx.device = DM_DEVICE_CUDA;
-    const dm_gpt2_backend *cu = dm_gpt2_backend_get(DM_GPT2_CUDA);
+    const dm_model_backend *cu = dm_model_backend_get(DM_MODEL_CUDA);
     if (cu) {
         ck_assert_str_eq(cu->name, "cuda");
         ck_assert_int_eq(cu->packs, 0);
-        ck_assert_ptr_eq(dm_gpt2_backend_select(&cx), cu);
+        ck_assert_ptr_eq(dm_model_backend_select(&cx), cu);
     } else {
-        ck_assert_str_eq(dm_gpt2_backend_select(&cx)->name, dm_compute_default()->avx512 ? "cpu-avx512" : "cpu");
+        ck_assert_str_eq(dm_model_backend_select(&cx)->name, dm_compute_default()->avx512 ? "cpu-avx512" : "cpu");
     }
-    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", 1, &cx);
+    dm_model *m = dm_model_load(GOLDEN "c64h4", 1, &cx);
     ck_assert_msg(m != NULL, "%s", dm_error());
-    dm_gpt2_free(m);
+    dm_model_free(m);
 }
 END_TEST
 
 /* W (C, OC) as a backend's linear reads it: packed for dm_sgemm when it packs. */
-static dm_gpt2_weight weight_for(const dm_gpt2_backend *be, const float *w, int C, int OC)
+static dm_model_weight weight_for(const dm_model_backend *be, const float *w, int C, int OC)
 {
-    dm_gpt2_weight W = {w, NULL};
+    dm_model_weight W = {w, NULL};
     if (be->packs) {
         float *p = dm_xmalloc_aligned(sizeof(float) * dm_sgemm_packed_floats(C, OC));
         dm_sgemm_pack(p, w, OC, C, OC);
@@ -217,7 +218,7 @@ static dm_gpt2_weight weight_for(const dm_gpt2_backend *be, const float *w, int 
 
 START_TEST(linear_matches_reference)
 {
-    const dm_gpt2_backend *ref = ref_backend();
+    const dm_model_backend *ref = ref_backend();
     /* odd sizes, and even ones of at least 32 (dm_sgemm's Strassen layout) */
     static const int shapes[][3] = {{37, 48, 70}, {64, 64, 192}, {5, 96, 32}};
     FOR_EACH_FAST_BACKEND(id, be) for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++)
@@ -228,10 +229,10 @@ START_TEST(linear_matches_reference)
         float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
         float *b = random_floats(OC, -1, 1), *x0 = random_floats((size_t)BT * OC, -1, 1);
         float *o1 = dm_xmalloc(sizeof(float) * BT * OC), *o2 = dm_xmalloc(sizeof(float) * BT * OC);
-        dm_gpt2_weight W = weight_for(be, w, C, OC), Wr = {w, NULL};
+        dm_model_weight W = weight_for(be, w, C, OC), Wr = {w, NULL};
         for (int v = 0; v < 4; v++) {
             const float *bias = v & 1 ? b : NULL;
-            int flags = v & 2 ? DM_GPT2_GELU : 0;
+            int flags = v & 2 ? DM_MODEL_GELU : 0;
             be->linear(&cx, o1, x, &W, bias, BT, C, OC, flags);
             ref->linear(&cx, o2, x, &Wr, bias, BT, C, OC, flags);
             ck_assert_msg(rel_err(o1, o2, (size_t)BT * OC) <= 1e-5, "%s linear %dx%dx%d v%d: %g",
@@ -268,7 +269,7 @@ END_TEST
  * outputs with room; the errors seen are printed. GPU only. */
 START_TEST(gemm_precisions_match_reference)
 {
-    const dm_gpt2_backend *cu = dm_gpt2_backend_get(DM_GPT2_CUDA), *ref = ref_backend();
+    const dm_model_backend *cu = dm_model_backend_get(DM_MODEL_CUDA), *ref = ref_backend();
     if (!cu)
         return;
     int BT = 64, C = 768, OC = 256, V = 1000;
@@ -276,15 +277,15 @@ START_TEST(gemm_precisions_match_reference)
     float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
     float *b = random_floats(OC, -1, 1), *wte = random_floats((size_t)V * C, -1, 1);
     float *o1 = dm_xmalloc(sizeof(float) * BT * V), *o2 = dm_xmalloc(sizeof(float) * BT * V);
-    dm_gpt2_weight W = {w, NULL};
+    dm_model_weight W = {w, NULL};
     const dm_gemm gemm[] = {DM_GEMM_FP32, DM_GEMM_TF32, DM_GEMM_BF16};
     const double u[] = {0x1p-24, 0x1p-11, 0x1p-8};
     double seen[3] = {0};
     for (int g = 0; g < 3; g++) {
-        dm_compute cx = context_for(DM_GPT2_CUDA);
+        dm_compute cx = context_for(DM_MODEL_CUDA);
         cx.gemm = gemm[g];
-        cu->linear(&cx, o1, x, &W, b, BT, C, OC, DM_GPT2_GELU);
-        ref->linear(&cx, o2, x, &W, b, BT, C, OC, DM_GPT2_GELU);
+        cu->linear(&cx, o1, x, &W, b, BT, C, OC, DM_MODEL_GELU);
+        ref->linear(&cx, o2, x, &W, b, BT, C, OC, DM_MODEL_GELU);
         double e1 = rel_err(o1, o2, (size_t)BT * OC);
         cu->unembed(&cx, o1, x, wte, BT, C, V);
         ref->unembed(&cx, o2, x, wte, BT, C, V);
@@ -305,7 +306,7 @@ END_TEST
 
 START_TEST(unembed_matches_reference)
 {
-    const dm_gpt2_backend *ref = ref_backend();
+    const dm_model_backend *ref = ref_backend();
     int BT = 29, C = 48, V = 101;
     rng_state = 9;
     float *x = random_floats((size_t)BT * C, -2, 2), *wte = random_floats((size_t)V * C, -1, 1);
@@ -433,42 +434,42 @@ END_TEST
 
 START_TEST(hook_names)
 {
-    dm_gpt2_hook h;
+    dm_model_hook h;
     char buf[64];
     const char *good[] = {"hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre",
                           "blocks.11.hook_resid_post", "blocks.6.hook_attn_out",
                           "blocks.3.hook_mlp_out", "blocks.2.hook_resid_mid",
                           "ln_final.hook_normalized", "logits", "loss"};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
-        ck_assert_msg(dm_gpt2_hook_parse(good[i], &h) == 0, "%s: %s", good[i], dm_error());
-        ck_assert_str_eq(dm_gpt2_hook_name(h, buf, sizeof buf), good[i]);
+        ck_assert_msg(dm_model_hook_parse(good[i], &h) == 0, "%s: %s", good[i], dm_error());
+        ck_assert_str_eq(dm_model_hook_name(h, buf, sizeof buf), good[i]);
     }
     const char *bad[] = {"", "blocks.x.hook_resid_pre", "blocks.1.hook_resid", "hook_resid_pre",
                          "blocks.01.hook_resid_pre", "blocks.-1.hook_resid_pre",
                          "blocks.6.hook_resid_pre ", "blocks.99999999999.hook_resid_pre",
                          "ln_final.hook_scale", "blocks.6.attn.hook_z"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        ck_assert_msg(dm_gpt2_hook_parse(bad[i], &h) < 0, "accepted '%s'", bad[i]);
+        ck_assert_msg(dm_model_hook_parse(bad[i], &h) < 0, "accepted '%s'", bad[i]);
         ck_assert(has(dm_error(), "unknown hook"));
     }
-    dm_gpt2_config cfg = {.n_embd = 768, .n_layer = 12, .vocab_size = 50257};
-    dm_gpt2_hook_parse("blocks.6.hook_resid_pre", &h);
-    ck_assert_int_eq(dm_gpt2_hook_depth(h), 6);
-    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, h), 768);
-    ck_assert_int_eq(dm_gpt2_hook_is_residual(h), 1);
-    dm_gpt2_hook hs[3];
-    dm_gpt2_hook_parse("blocks.3.hook_attn_out", &hs[0]);
-    dm_gpt2_hook_parse("hook_embed", &hs[1]);
-    dm_gpt2_hook_parse("logits", &hs[2]);
-    ck_assert_int_eq(dm_gpt2_hooks_depth(hs, 2), 4);
-    ck_assert_int_eq(dm_gpt2_hooks_depth(hs, 3), DM_GPT2_DEPTH_ALL);
-    ck_assert_int_eq(dm_gpt2_hooks_depth(hs, 0), 0);
-    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, hs[2]), 50257);
-    ck_assert_int_eq(dm_gpt2_hook_is_residual(hs[2]), 0);
-    dm_gpt2_hook_parse("loss", &h);
-    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, h), 1);
-    dm_gpt2_hook_parse("blocks.12.hook_resid_pre", &h);
-    ck_assert_int_eq(dm_gpt2_hook_width(&cfg, h), -1);
+    dm_model_config cfg = {.n_embd = 768, .n_layer = 12, .vocab_size = 50257};
+    dm_model_hook_parse("blocks.6.hook_resid_pre", &h);
+    ck_assert_int_eq(dm_model_hook_depth(h), 6);
+    ck_assert_int_eq(dm_model_hook_width(&cfg, h), 768);
+    ck_assert_int_eq(dm_model_hook_is_residual(h), 1);
+    dm_model_hook hs[3];
+    dm_model_hook_parse("blocks.3.hook_attn_out", &hs[0]);
+    dm_model_hook_parse("hook_embed", &hs[1]);
+    dm_model_hook_parse("logits", &hs[2]);
+    ck_assert_int_eq(dm_model_hooks_depth(hs, 2), 4);
+    ck_assert_int_eq(dm_model_hooks_depth(hs, 3), DM_MODEL_DEPTH_ALL);
+    ck_assert_int_eq(dm_model_hooks_depth(hs, 0), 0);
+    ck_assert_int_eq(dm_model_hook_width(&cfg, hs[2]), 50257);
+    ck_assert_int_eq(dm_model_hook_is_residual(hs[2]), 0);
+    dm_model_hook_parse("loss", &h);
+    ck_assert_int_eq(dm_model_hook_width(&cfg, h), 1);
+    dm_model_hook_parse("blocks.12.hook_resid_pre", &h);
+    ck_assert_int_eq(dm_model_hook_width(&cfg, h), -1);
     ck_assert(has(dm_error(), "hook blocks.12.hook_resid_pre: the model has 12 layers "
                               "(blocks.0 to blocks.11)"));
 }
@@ -478,7 +479,7 @@ END_TEST
 
 /* Runs every hook of model name, centred and raw, and compares with the golden file.
  * Returns the largest relative error seen. */
-static double check_model(const char *name, dm_gpt2_backend_id id, dm_gemm gemm, double tol)
+static double check_model(const char *name, dm_model_backend_id id, dm_gemm gemm, double tol)
 {
     char dir[256], path[256], hname[64];
     snprintf(dir, sizeof dir, GOLDEN "%s", name);
@@ -487,28 +488,28 @@ static double check_model(const char *name, dm_gpt2_backend_id id, dm_gemm gemm,
     ck_assert_msg(exp != NULL, "%s", dm_error());
     dm_compute cx = context_for(id);
     cx.gemm = gemm;
-    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, &cx);
+    dm_model *m = dm_model_load(dir, DM_MODEL_DEPTH_ALL, &cx);
     ck_assert_msg(m != NULL, "%s", dm_error());
-    ck_assert_ptr_eq(dm_gpt2_backend_of(m), dm_gpt2_backend_get(id));
-    const dm_gpt2_config *c = dm_gpt2_cfg(m);
+    ck_assert_ptr_eq(dm_model_backend_of(m), dm_model_backend_get(id));
+    const dm_model_config *c = dm_model_cfg(m);
     int B, T;
     int32_t *tok = golden_tokens(exp, &B, &T);
-    dm_gpt2_hook hooks[64];
+    dm_model_hook hooks[64];
     float *outs[64];
     int n = all_hooks(c->n_layer, hooks);
     double worst = 0;
     for (int i = 0; i < n; i++)
-        outs[i] = dm_xmalloc(sizeof(float) * B * T * dm_gpt2_hook_width(c, hooks[i]));
+        outs[i] = dm_xmalloc(sizeof(float) * B * T * dm_model_hook_width(c, hooks[i]));
     for (int center = 1; center >= 0; center--) {
-        ck_assert_msg(dm_gpt2_forward(m, tok, B, T, hooks, n, outs, center) == 0, "%s",
+        ck_assert_msg(dm_model_forward(m, tok, B, T, hooks, n, outs, center) == 0, "%s",
                       dm_error());
         for (int i = 0; i < n; i++) {
-            size_t len = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
-            dm_gpt2_hook_name(hooks[i], hname, sizeof hname);
+            size_t len = (size_t)B * T * dm_model_hook_width(c, hooks[i]);
+            dm_model_hook_name(hooks[i], hname, sizeof hname);
             float *want = golden_hook(exp, hname, center, len);
             double e = rel_err(outs[i], want, len);
             ck_assert_msg(e <= tol, "%s %s (%s, %s backend, %s): relative error %g", name, hname,
-                          center ? "centred" : "raw", dm_gpt2_backend_of(m)->name, dm_gemm_name(gemm), e);
+                          center ? "centred" : "raw", dm_model_backend_of(m)->name, dm_gemm_name(gemm), e);
             worst = e > worst ? e : worst;
             free(want);
         }
@@ -516,7 +517,7 @@ static double check_model(const char *name, dm_gpt2_backend_id id, dm_gemm gemm,
     for (int i = 0; i < n; i++)
         free(outs[i]);
     free(tok);
-    dm_gpt2_free(m);
+    dm_model_free(m);
     dm_st_close(exp);
     return worst;
 }
@@ -525,21 +526,21 @@ START_TEST(parity_every_hook)
 {
     const char *models[] = {"c64h4", "c48h4", "c64h1"};
     for (size_t i = 0; i < sizeof models / sizeof *models; i++)
-        for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
-            if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+        for (int id = 0; id < DM_MODEL_NBACKENDS; id++)
+            if (dm_model_backend_get((dm_model_backend_id)id))
                 printf("gpt2 parity %s: max relative error %.2g (%s backend)\n", models[i],
-                       check_model(models[i], (dm_gpt2_backend_id)id, DM_GEMM_FP32, TOL),
-                       dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
+                       check_model(models[i], (dm_model_backend_id)id, DM_GEMM_FP32, TOL),
+                       dm_model_backend_get((dm_model_backend_id)id)->name);
     /* The GPU in TF32 and BF16 through the whole model, every hook against the
      * float64 golden: each layer's products carry gemm_precisions_match_reference's
      * rounding (8u), and the residual stream adds them up over the layers; the
      * bound allows 4 such layers' worth, and the errors seen are printed. */
-    if (dm_gpt2_backend_get(DM_GPT2_CUDA))
+    if (dm_model_backend_get(DM_MODEL_CUDA))
         for (size_t i = 0; i < sizeof models / sizeof *models; i++) {
             printf("gpt2 parity %s: max relative error %.2g (cuda backend, tf32)\n", models[i],
-                   check_model(models[i], DM_GPT2_CUDA, DM_GEMM_TF32, 32 * 0x1p-11));
+                   check_model(models[i], DM_MODEL_CUDA, DM_GEMM_TF32, 32 * 0x1p-11));
             printf("gpt2 parity %s: max relative error %.2g (cuda backend, bf16)\n", models[i],
-                   check_model(models[i], DM_GPT2_CUDA, DM_GEMM_BF16, 32 * 0x1p-8));
+                   check_model(models[i], DM_MODEL_CUDA, DM_GEMM_BF16, 32 * 0x1p-8));
         }
 }
 END_TEST
@@ -567,17 +568,17 @@ START_TEST(partial_depth_and_batches)
     ck_assert_ptr_nonnull(exp);
     int B, T;
     int32_t *tok = golden_tokens(exp, &B, &T);
-    dm_gpt2_hook hooks[3];
-    dm_gpt2_hook_parse("blocks.1.hook_resid_mid", &hooks[0]);
-    dm_gpt2_hook_parse("blocks.0.hook_mlp_out", &hooks[1]);
-    dm_gpt2_hook_parse("blocks.1.hook_resid_mid", &hooks[2]); /* twice: both filled */
-    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c48h4", dm_gpt2_hooks_depth(hooks, 3), NULL);
+    dm_model_hook hooks[3];
+    dm_model_hook_parse("blocks.1.hook_resid_mid", &hooks[0]);
+    dm_model_hook_parse("blocks.0.hook_mlp_out", &hooks[1]);
+    dm_model_hook_parse("blocks.1.hook_resid_mid", &hooks[2]); /* twice: both filled */
+    dm_model *m = dm_model_load(GOLDEN "c48h4", dm_model_hooks_depth(hooks, 3), NULL);
     ck_assert_msg(m != NULL, "%s", dm_error());
-    ck_assert_int_eq(dm_gpt2_depth(m), 2);
+    ck_assert_int_eq(dm_model_depth(m), 2);
     size_t n = (size_t)B * T * 48;
     float *outs[3] = {dm_xmalloc(sizeof(float) * n), dm_xmalloc(sizeof(float) * n),
                       dm_xmalloc(sizeof(float) * n)};
-    ck_assert_msg(dm_gpt2_forward(m, tok, B, T, hooks, 3, outs, 1) == 0, "%s", dm_error());
+    ck_assert_msg(dm_model_forward(m, tok, B, T, hooks, 3, outs, 1) == 0, "%s", dm_error());
     float *w0 = golden_hook(exp, "blocks.1.hook_resid_mid", 1, n),
           *w1 = golden_hook(exp, "blocks.0.hook_mlp_out", 1, n);
     ck_assert_double_le(rel_err(outs[0], w0, n), TOL);
@@ -586,37 +587,37 @@ START_TEST(partial_depth_and_batches)
 
     /* one window at a time (smaller batch, then the larger again): same rows */
     for (int b = B - 1; b >= 0; b--) {
-        ck_assert_int_eq(dm_gpt2_forward(m, tok + b * T, 1, T, hooks, 1, outs, 1), 0);
+        ck_assert_int_eq(dm_model_forward(m, tok + b * T, 1, T, hooks, 1, outs, 1), 0);
         ck_assert_double_le(rel_err(outs[0], w0 + (size_t)b * T * 48, (size_t)T * 48), TOL);
     }
     /* a shorter window is its prefix (causal attention) */
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, 1, 5, hooks, 1, outs, 1), 0);
+    ck_assert_int_eq(dm_model_forward(m, tok, 1, 5, hooks, 1, outs, 1), 0);
     ck_assert_double_le(rel_err(outs[0], w0, 5 * 48), TOL);
 
     /* deeper hooks than loaded */
-    dm_gpt2_hook deep;
-    dm_gpt2_hook_parse("blocks.2.hook_resid_pre", &deep); /* the output of block 1: fine */
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), 0);
+    dm_model_hook deep;
+    dm_model_hook_parse("blocks.2.hook_resid_pre", &deep); /* the output of block 1: fine */
+    ck_assert_int_eq(dm_model_forward(m, tok, B, T, &deep, 1, outs, 1), 0);
     float *w2 = golden_hook(exp, "blocks.2.hook_resid_pre", 1, n);
     ck_assert_double_le(rel_err(outs[0], w2, n), TOL);
     free(w2);
-    dm_gpt2_hook_parse("blocks.2.hook_attn_out", &deep);
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), -1);
+    dm_model_hook_parse("blocks.2.hook_attn_out", &deep);
+    ck_assert_int_eq(dm_model_forward(m, tok, B, T, &deep, 1, outs, 1), -1);
     ck_assert(has(dm_error(), "hook blocks.2.hook_attn_out needs more blocks; the model was "
                               "loaded with 2 blocks"));
-    dm_gpt2_hook_parse("loss", &deep);
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), -1);
+    dm_model_hook_parse("loss", &deep);
+    ck_assert_int_eq(dm_model_forward(m, tok, B, T, &deep, 1, outs, 1), -1);
     ck_assert(has(dm_error(), "every block and ln_f"));
-    dm_gpt2_free(m);
+    dm_model_free(m);
 
     /* the loss alone (logits computed in blocks of rows, not kept) */
-    m = dm_gpt2_load(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, NULL);
+    m = dm_model_load(GOLDEN "c48h4", DM_MODEL_DEPTH_ALL, NULL);
     ck_assert_ptr_nonnull(m);
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, &deep, 1, outs, 1), 0);
+    ck_assert_int_eq(dm_model_forward(m, tok, B, T, &deep, 1, outs, 1), 0);
     float *loss = golden_hook(exp, "loss", 1, (size_t)B * T);
     ck_assert_double_le(rel_err(outs[0], loss, (size_t)B * T), TOL);
     ck_assert(isnan(outs[0][T - 1]) && isnan(outs[0][2 * T - 1]));
-    dm_gpt2_free(m);
+    dm_model_free(m);
     free(loss), free(w0), free(w1), free(tok);
     for (int i = 0; i < 3; i++)
         free(outs[i]);
@@ -629,7 +630,7 @@ END_TEST
 /* Counts its calls in *user and adds zero to every value: an edit that changes
  * nothing (x + 0.0f is x for every float but -0.0f, which no activation here is
  * after a sum). */
-static int add_zero(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int add_zero(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     for (size_t i = 0; i < (size_t)B * T * width; i++)
         x[i] += 0.0f;
@@ -638,7 +639,7 @@ static int add_zero(void *user, dm_gpt2_hook h, float *x, int B, int T, int widt
 }
 
 /* Counts its calls; reads x. */
-static int observe_count(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int observe_count(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     volatile float v = x[(size_t)B * T * width - 1];
     (void)v;
@@ -647,14 +648,14 @@ static int observe_count(void *user, dm_gpt2_hook h, float *x, int B, int T, int
 }
 
 /* x = user's tensor: e.g. an SAE's reconstruction spliced in. */
-static int replace(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int replace(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     memcpy(x, user, sizeof(float) * B * T * width);
     return 0;
 }
 
 /* x -= (x . u) u per row, u = user's (width). */
-static int remove_direction(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int remove_direction(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     const float *u = user;
     for (int r = 0; r < B * T; r++) {
@@ -668,39 +669,39 @@ static int remove_direction(void *user, dm_gpt2_hook h, float *x, int B, int T, 
     return 0;
 }
 
-static int zero(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int zero(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     memset(x, 0, sizeof(float) * B * T * width);
     return 0;
 }
 
 /* Copies x to user (an observe callback where no copy is asked for). */
-static int grab(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int grab(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     memcpy(user, x, sizeof(float) * B * T * width);
     return 0;
 }
 
-static int fail_with_message(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int fail_with_message(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     return dm_failc(DM_E_SHAPE, "steering vector of width 5, hook width %d", width);
 }
 
-static int fail_silently(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int fail_silently(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     return 1;
 }
 
-static dm_gpt2_hook hook_named(const char *name)
+static dm_model_hook hook_named(const char *name)
 {
-    dm_gpt2_hook h;
-    ck_assert_msg(dm_gpt2_hook_parse(name, &h) == 0, "%s", dm_error());
+    dm_model_hook h;
+    ck_assert_msg(dm_model_hook_parse(name, &h) == 0, "%s", dm_error());
     return h;
 }
 
 /* ---- the runner's device path, with host memory standing in for a GPU's ---------
  *
- * gpt2.h's dm_gpt2_device_ops checked without a GPU: "device memory" is pages
+ * gpt2.h's dm_model_device_ops checked without a GPU: "device memory" is pages
  * the host may not touch (PROT_NONE) except inside the stand-in's own calls,
  * which run the "cpu" entries on them. A runner that reads or writes device
  * memory itself crashes the test; one that forgets a copy, or copies the wrong
@@ -711,7 +712,7 @@ static struct {
     void *p;
     size_t n;
 } fake_mem[FAKE_REGIONS];
-static const dm_gpt2_backend *fake_cpu;
+static const dm_model_backend *fake_cpu;
 
 static void fake_protect(int prot)
 {
@@ -759,7 +760,7 @@ static void fake_layernorm(const dm_compute *cx, float *o, const float *x, const
 {
     FAKE_CALL(fake_cpu->layernorm(cx, o, x, w, b, BT, C, eps));
 }
-static void fake_linear(const dm_compute *cx, float *o, const float *x, const dm_gpt2_weight *W, const float *b,
+static void fake_linear(const dm_compute *cx, float *o, const float *x, const dm_model_weight *W, const float *b,
                         int BT, int C, int OC, int flags)
 {
     FAKE_CALL(fake_cpu->linear(cx, o, x, W, b, BT, C, OC, flags));
@@ -793,12 +794,12 @@ static int fake_copy_rows(float *dst, const float *src, size_t rows, int C, int 
 {
     return FAKE_CALL(copy_rows_host(dst, src, rows, C, center)), 0;
 }
-static const dm_gpt2_device_ops fake_ops = {fake_alloc,      fake_release, fake_upload,    fake_download,
+static const dm_model_device_ops fake_ops = {fake_alloc,      fake_release, fake_upload,    fake_download,
                                             fake_host_alloc, free,         fake_copy_rows, fake_embed,
                                             fake_status};
 
 /* Doubles x: an edit whose effect shows downstream. */
-static int double_it(void *user, dm_gpt2_hook h, float *x, int B, int T, int width)
+static int double_it(void *user, dm_model_hook h, float *x, int B, int T, int width)
 {
     for (size_t i = 0; i < (size_t)B * T * width; i++)
         x[i] *= 2.0f;
@@ -808,8 +809,8 @@ static int double_it(void *user, dm_gpt2_hook h, float *x, int B, int T, int wid
 
 START_TEST(device_path_matches_cpu)
 {
-    fake_cpu = dm_gpt2_backend_get(DM_GPT2_CPU);
-    dm_gpt2_backend fake = *fake_cpu;
+    fake_cpu = dm_model_backend_get(DM_MODEL_CPU);
+    dm_model_backend fake = *fake_cpu;
     fake.name = "fake-device";
     fake.dev = &fake_ops;
     fake.layernorm = fake_layernorm, fake.linear = fake_linear, fake.attention = fake_attention;
@@ -819,18 +820,18 @@ START_TEST(device_path_matches_cpu)
     ck_assert_ptr_nonnull(exp);
     int B, T;
     int32_t *tok = golden_tokens(exp, &B, &T);
-    dm_compute cx = context_for(DM_GPT2_CPU);
-    dm_gpt2 *mc = dm_gpt2_load_backend(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, &cx, fake_cpu);
-    dm_gpt2 *md = dm_gpt2_load_backend(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, &cx, &fake);
+    dm_compute cx = context_for(DM_MODEL_CPU);
+    dm_model *mc = dm_model_load_backend(GOLDEN "c48h4", DM_MODEL_DEPTH_ALL, &cx, fake_cpu);
+    dm_model *md = dm_model_load_backend(GOLDEN "c48h4", DM_MODEL_DEPTH_ALL, &cx, &fake);
     ck_assert(mc && md);
-    ck_assert_str_eq(dm_gpt2_backend_of(md)->name, "fake-device");
-    const dm_gpt2_config *c = dm_gpt2_cfg(mc);
-    dm_gpt2_hook hooks[64];
+    ck_assert_str_eq(dm_model_backend_of(md)->name, "fake-device");
+    const dm_model_config *c = dm_model_cfg(mc);
+    dm_model_hook hooks[64];
     float *o1[64], *o2[64];
     size_t len[64];
     int n = all_hooks(c->n_layer, hooks);
     for (int i = 0; i < n; i++) {
-        len[i] = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
+        len[i] = (size_t)B * T * dm_model_hook_width(c, hooks[i]);
         o1[i] = dm_xmalloc(sizeof(float) * len[i]);
         o2[i] = dm_xmalloc(sizeof(float) * len[i]);
     }
@@ -842,19 +843,19 @@ START_TEST(device_path_matches_cpu)
     for (size_t e = 0; e < sizeof edits / sizeof *edits; e++)
         for (int center = 1; center >= 0; center--) {
             int Bn = e == 5 ? B - 1 : B, k1 = 0, k2 = 0;
-            dm_gpt2_hook_point p1[65], p2[65];
+            dm_model_hook_point p1[65], p2[65];
             for (int i = 0; i < n; i++) {
-                p1[i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o1[i]};
-                p2[i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o2[i]};
+                p1[i] = (dm_model_hook_point){.hook = hooks[i], .out = o1[i]};
+                p2[i] = (dm_model_hook_point){.hook = hooks[i], .out = o2[i]};
             }
             int np = n;
             if (edits[e]) {
-                p1[n] = (dm_gpt2_hook_point){hook_named(edits[e]), NULL, double_it, &k1, DM_GPT2_EDIT};
-                p2[n] = (dm_gpt2_hook_point){hook_named(edits[e]), NULL, double_it, &k2, DM_GPT2_EDIT};
+                p1[n] = (dm_model_hook_point){hook_named(edits[e]), NULL, double_it, &k1, DM_MODEL_EDIT};
+                p2[n] = (dm_model_hook_point){hook_named(edits[e]), NULL, double_it, &k2, DM_MODEL_EDIT};
                 np++;
             }
-            ck_assert_msg(dm_gpt2_run(mc, tok, Bn, T, p1, np, center) == 0, "%s", dm_error());
-            ck_assert_msg(dm_gpt2_run(md, tok, Bn, T, p2, np, center) == 0, "%s", dm_error());
+            ck_assert_msg(dm_model_run(mc, tok, Bn, T, p1, np, center) == 0, "%s", dm_error());
+            ck_assert_msg(dm_model_run(md, tok, Bn, T, p2, np, center) == 0, "%s", dm_error());
             ck_assert_int_eq(k1, k2);
             ck_assert_int_eq(k1, edits[e] != NULL);
             for (int i = 0; i < n; i++) {
@@ -862,11 +863,11 @@ START_TEST(device_path_matches_cpu)
                               "edit %s, centre %d: hook %d differs", edits[e] ? edits[e] : "none", center, i);
                 /* the copy kept on the device: at every block hook without a callback
                  * (the embeddings are formed on the host; logits and loss too) */
-                const float *dc = dm_gpt2_device_copy(md, i);
-                ck_assert_ptr_null(dm_gpt2_device_copy(mc, i));
+                const float *dc = dm_model_device_copy(md, i);
+                ck_assert_ptr_null(dm_model_device_copy(mc, i));
                 int device_side = hooks[i].layer >= 0 || hooks[i].kind == DM_HOOK_LN_FINAL;
                 char hn[64];
-                int has_fn = edits[e] && !strcmp(edits[e], dm_gpt2_hook_name(hooks[i], hn, sizeof hn));
+                int has_fn = edits[e] && !strcmp(edits[e], dm_model_hook_name(hooks[i], hn, sizeof hn));
                 ck_assert_int_eq(dc != NULL, device_side && !has_fn);
                 if (dc) {
                     fake_protect(PROT_READ);
@@ -878,14 +879,14 @@ START_TEST(device_path_matches_cpu)
         }
     /* a run from blocks.1.hook_resid_pre: its x sent to the device */
     {
-        dm_gpt2_hook_point p1[64], p2[64];
+        dm_model_hook_point p1[64], p2[64];
         int np = 0, at = -1;
         for (int i = 0; i < n; i++) {
             if (hooks[i].kind == DM_HOOK_RESID_PRE && hooks[i].layer == 1)
                 at = i;
             if (hooks[i].layer >= 1 || hooks[i].kind >= DM_HOOK_LN_FINAL) {
-                p1[np] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o1[i]};
-                p2[np++] = (dm_gpt2_hook_point){.hook = hooks[i], .out = o2[i]};
+                p1[np] = (dm_model_hook_point){.hook = hooks[i], .out = o1[i]};
+                p2[np++] = (dm_model_hook_point){.hook = hooks[i], .out = o2[i]};
             }
         }
         ck_assert_int_ge(at, 0);
@@ -893,23 +894,23 @@ START_TEST(device_path_matches_cpu)
         memcpy(x1, o1[at], sizeof(float) * len[at]);
         for (size_t j = 0; j < len[at]; j++)
             x1[j] *= 1.5f; /* not the model's own */
-        ck_assert_int_eq(dm_gpt2_run_from(mc, 1, x1, tok, B, T, p1, np, 0), 0);
-        ck_assert_int_eq(dm_gpt2_run_from(md, 1, x1, tok, B, T, p2, np, 0), 0);
+        ck_assert_int_eq(dm_model_run_from(mc, 1, x1, tok, B, T, p1, np, 0), 0);
+        ck_assert_int_eq(dm_model_run_from(md, 1, x1, tok, B, T, p2, np, 0), 0);
         for (int i = 0; i < np; i++)
-            ck_assert_msg(!memcmp(p1[i].out, p2[i].out, sizeof(float) * B * T * dm_gpt2_hook_width(c, p1[i].hook)),
+            ck_assert_msg(!memcmp(p1[i].out, p2[i].out, sizeof(float) * B * T * dm_model_hook_width(c, p1[i].hook)),
                           "run from: point %d differs", i);
         ck_assert_mem_eq(o2[at], x1, sizeof(float) * len[at]);
         free(x1);
     }
     /* the loss alone: logits made LOGIT_ROWS at a time into host memory */
-    dm_gpt2_hook ll = hook_named("loss");
-    ck_assert_int_eq(dm_gpt2_forward(mc, tok, B, T, &ll, 1, &o1[0], 1), 0);
-    ck_assert_int_eq(dm_gpt2_forward(md, tok, B, T, &ll, 1, &o2[0], 1), 0);
+    dm_model_hook ll = hook_named("loss");
+    ck_assert_int_eq(dm_model_forward(mc, tok, B, T, &ll, 1, &o1[0], 1), 0);
+    ck_assert_int_eq(dm_model_forward(md, tok, B, T, &ll, 1, &o2[0], 1), 0);
     ck_assert_mem_eq(o1[0], o2[0], sizeof(float) * B * T);
     for (int i = 0; i < n; i++)
         free(o1[i]), free(o2[i]);
-    dm_gpt2_free(mc);
-    dm_gpt2_free(md);
+    dm_model_free(mc);
+    dm_model_free(md);
     for (int i = 0; i < FAKE_REGIONS; i++)
         ck_assert_ptr_null(fake_mem[i].p); /* all released */
     free(tok);
@@ -927,69 +928,69 @@ START_TEST(edit_with_zero_changes_nothing)
     ck_assert_ptr_nonnull(exp);
     int B, T;
     int32_t *tok = golden_tokens(exp, &B, &T);
-    for (int id = 0; id < DM_GPT2_NBACKENDS; id++) {
-        if (!dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+    for (int id = 0; id < DM_MODEL_NBACKENDS; id++) {
+        if (!dm_model_backend_get((dm_model_backend_id)id))
             continue;
-        dm_compute cx = context_for((dm_gpt2_backend_id)id);
-        dm_gpt2 *m = dm_gpt2_load(GOLDEN "c48h4", DM_GPT2_DEPTH_ALL, &cx);
+        dm_compute cx = context_for((dm_model_backend_id)id);
+        dm_model *m = dm_model_load(GOLDEN "c48h4", DM_MODEL_DEPTH_ALL, &cx);
         ck_assert_ptr_nonnull(m);
-        const dm_gpt2_config *c = dm_gpt2_cfg(m);
-        dm_gpt2_hook hooks[64];
+        const dm_model_config *c = dm_model_cfg(m);
+        dm_model_hook hooks[64];
         float *base[64], *outs[64];
         size_t len[64];
         int n = all_hooks(c->n_layer, hooks);
         for (int i = 0; i < n; i++) {
-            len[i] = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
+            len[i] = (size_t)B * T * dm_model_hook_width(c, hooks[i]);
             base[i] = dm_xmalloc(sizeof(float) * len[i]);
             outs[i] = dm_xmalloc(sizeof(float) * len[i]);
         }
-        dm_gpt2_hook_point pts[66];
+        dm_model_hook_point pts[66];
         for (int center = 1; center >= 0; center--) {
-            ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, hooks, n, base, center), 0);
+            ck_assert_int_eq(dm_model_forward(m, tok, B, T, hooks, n, base, center), 0);
             for (size_t e = 0; e < sizeof edited / sizeof *edited; e++) {
                 int edits = 0, observed = 0;
-                pts[0] = (dm_gpt2_hook_point){hook_named(edited[e]), NULL, add_zero, &edits,
-                                              DM_GPT2_EDIT};
+                pts[0] = (dm_model_hook_point){hook_named(edited[e]), NULL, add_zero, &edits,
+                                              DM_MODEL_EDIT};
                 for (int i = 0; i < n; i++) {
-                    pts[1 + i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = outs[i]};
+                    pts[1 + i] = (dm_model_hook_point){.hook = hooks[i], .out = outs[i]};
                     memset(outs[i], 0xff, sizeof(float) * len[i]);
                 }
                 /* and an observe callback at every hook */
-                pts[1 + n] = (dm_gpt2_hook_point){hook_named(edited[(e + 3) % 8]), NULL,
-                                                  observe_count, &observed, DM_GPT2_OBSERVE};
-                ck_assert_msg(dm_gpt2_run(m, tok, B, T, pts, n + 2, center) == 0, "%s",
+                pts[1 + n] = (dm_model_hook_point){hook_named(edited[(e + 3) % 8]), NULL,
+                                                  observe_count, &observed, DM_MODEL_OBSERVE};
+                ck_assert_msg(dm_model_run(m, tok, B, T, pts, n + 2, center) == 0, "%s",
                               dm_error());
                 ck_assert_int_eq(edits, 1);
                 ck_assert_int_eq(observed, 1);
                 for (int i = 0; i < n; i++)
                     ck_assert_msg(!memcmp(outs[i], base[i], sizeof(float) * len[i]),
                                   "%s backend, zero edit at %s: hook %d differs",
-                                  dm_gpt2_backend_of(m)->name, edited[e], i);
+                                  dm_model_backend_of(m)->name, edited[e], i);
             }
         }
         /* logits and loss only, so that the branches are added straight into the
          * residual stream (the fused path): an edit at a residual hook keeps it */
-        dm_gpt2_hook ll[2] = {hook_named("logits"), hook_named("loss")};
+        dm_model_hook ll[2] = {hook_named("logits"), hook_named("loss")};
         float *ll_base[2] = {base[0], base[1]};
         size_t nl = (size_t)B * T * c->vocab_size;
         float *lg = dm_xmalloc(sizeof(float) * nl), *ls = dm_xmalloc(sizeof(float) * B * T);
         ll_base[0] = dm_xmalloc(sizeof(float) * nl);
         ll_base[1] = dm_xmalloc(sizeof(float) * B * T);
-        ck_assert_int_eq(dm_gpt2_forward(m, tok, B, T, ll, 2, ll_base, 1), 0);
+        ck_assert_int_eq(dm_model_forward(m, tok, B, T, ll, 2, ll_base, 1), 0);
         int edits = 0;
-        dm_gpt2_hook_point lp[3] = {
-            {hook_named("blocks.1.hook_resid_pre"), NULL, add_zero, &edits, DM_GPT2_EDIT},
+        dm_model_hook_point lp[3] = {
+            {hook_named("blocks.1.hook_resid_pre"), NULL, add_zero, &edits, DM_MODEL_EDIT},
             {.hook = ll[0], .out = lg},
             {.hook = ll[1], .out = ls},
         };
-        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, lp, 3, 1), 0);
+        ck_assert_int_eq(dm_model_run(m, tok, B, T, lp, 3, 1), 0);
         ck_assert_int_eq(edits, 1);
         ck_assert_mem_eq(lg, ll_base[0], sizeof(float) * nl);
         ck_assert_mem_eq(ls, ll_base[1], sizeof(float) * B * T);
         free(lg), free(ls), free(ll_base[0]), free(ll_base[1]);
         for (int i = 0; i < n; i++)
             free(base[i]), free(outs[i]);
-        dm_gpt2_free(m);
+        dm_model_free(m);
     }
     free(tok);
     dm_st_close(exp);
@@ -1000,8 +1001,8 @@ END_TEST
  * ("ablate"), on model name with backend id, and compares every later hook, the
  * logits and the loss with the float64 reference run the same way
  * (edit.safetensors). With from (a splice), the run starts there instead:
- * dm_gpt2_run_from with the given tensor. Returns the largest relative error. */
-static double check_edit(const char *name, const char *what, dm_gpt2_backend_id id, int from)
+ * dm_model_run_from with the given tensor. Returns the largest relative error. */
+static double check_edit(const char *name, const char *what, dm_model_backend_id id, int from)
 {
     char path[256], key[128], hname[64];
     snprintf(path, sizeof path, GOLDEN "%s/expected.safetensors", name);
@@ -1016,48 +1017,48 @@ static double check_edit(const char *name, const char *what, dm_gpt2_backend_id 
     int L = ((const int32_t *)lt->data)[0];
     snprintf(path, sizeof path, GOLDEN "%s", name);
     dm_compute cx = context_for(id);
-    dm_gpt2 *m = dm_gpt2_load(path, DM_GPT2_DEPTH_ALL, &cx);
+    dm_model *m = dm_model_load(path, DM_MODEL_DEPTH_ALL, &cx);
     ck_assert_ptr_nonnull(m);
-    const dm_gpt2_config *c = dm_gpt2_cfg(m);
+    const dm_model_config *c = dm_model_cfg(m);
     int C = c->n_embd, splice = !strcmp(what, "splice");
     size_t BTC = (size_t)B * T * C;
 
     /* the hooks from blocks.L.hook_resid_pre on */
-    dm_gpt2_hook all[64], hooks[64];
+    dm_model_hook all[64], hooks[64];
     int na = all_hooks(c->n_layer, all), n = 0;
     for (int i = 0; i < na; i++)
         if (all[i].layer >= L || all[i].kind >= DM_HOOK_LN_FINAL)
             hooks[n++] = all[i];
     snprintf(key, sizeof key, splice ? "splice/given" : "ablate/direction");
     float *arg = golden_hook(ed, key, 1, splice ? BTC : (size_t)C);
-    dm_gpt2_hook at = {DM_HOOK_RESID_PRE, L};
+    dm_model_hook at = {DM_HOOK_RESID_PRE, L};
     float *before = dm_xmalloc(sizeof(float) * BTC), *outs[64];
     /* a copy before the edit (the model's own), the edit, then a copy of every hook */
-    dm_gpt2_hook_point pts[66];
-    pts[0] = (dm_gpt2_hook_point){.hook = at, .out = before};
-    pts[1] = (dm_gpt2_hook_point){at, NULL, splice ? replace : remove_direction, arg,
-                                  DM_GPT2_EDIT};
+    dm_model_hook_point pts[66];
+    pts[0] = (dm_model_hook_point){.hook = at, .out = before};
+    pts[1] = (dm_model_hook_point){at, NULL, splice ? replace : remove_direction, arg,
+                                  DM_MODEL_EDIT};
     for (int i = 0; i < n; i++) {
-        outs[i] = dm_xmalloc(sizeof(float) * B * T * dm_gpt2_hook_width(c, hooks[i]));
-        pts[2 + i] = (dm_gpt2_hook_point){.hook = hooks[i], .out = outs[i]};
+        outs[i] = dm_xmalloc(sizeof(float) * B * T * dm_model_hook_width(c, hooks[i]));
+        pts[2 + i] = (dm_model_hook_point){.hook = hooks[i], .out = outs[i]};
     }
-    dm_gpt2_hook_name(at, hname, sizeof hname);
+    dm_model_hook_name(at, hname, sizeof hname);
     float *own = golden_hook(exp, hname, 0, BTC);
     if (from) {
         ck_assert(splice);
-        ck_assert_msg(dm_gpt2_run_from(m, L, arg, tok, B, T, pts + 2, n, 0) == 0, "%s", dm_error());
+        ck_assert_msg(dm_model_run_from(m, L, arg, tok, B, T, pts + 2, n, 0) == 0, "%s", dm_error());
     } else {
-        ck_assert_msg(dm_gpt2_run(m, tok, B, T, pts, n + 2, 0) == 0, "%s", dm_error());
+        ck_assert_msg(dm_model_run(m, tok, B, T, pts, n + 2, 0) == 0, "%s", dm_error());
         ck_assert_double_le(rel_err(before, own, BTC), TOL);
     }
     double worst = 0;
     for (int i = 0; i < n; i++) {
-        size_t len = (size_t)B * T * dm_gpt2_hook_width(c, hooks[i]);
-        snprintf(key, sizeof key, "%s/%s", what, dm_gpt2_hook_name(hooks[i], hname, sizeof hname));
+        size_t len = (size_t)B * T * dm_model_hook_width(c, hooks[i]);
+        snprintf(key, sizeof key, "%s/%s", what, dm_model_hook_name(hooks[i], hname, sizeof hname));
         float *want = golden_hook(ed, key, 1, len);
         double e = rel_err(outs[i], want, len);
         ck_assert_msg(e <= TOL, "%s %s %s (%s backend): relative error %g", name, what, hname,
-                      dm_gpt2_backend_of(m)->name, e);
+                      dm_model_backend_of(m)->name, e);
         worst = e > worst ? e : worst;
         free(want);
     }
@@ -1079,7 +1080,7 @@ static double check_edit(const char *name, const char *what, dm_gpt2_backend_id 
     free(loss0), free(own), free(arg), free(before), free(tok);
     for (int i = 0; i < n; i++)
         free(outs[i]);
-    dm_gpt2_free(m);
+    dm_model_free(m);
     dm_st_close(exp);
     dm_st_close(ed);
     return worst;
@@ -1090,43 +1091,43 @@ START_TEST(edit_resid_pre_matches_reference)
     const char *models[] = {"c64h4", "c48h4"}, *whats[] = {"splice", "ablate"};
     for (size_t i = 0; i < 2; i++)
         for (size_t w = 0; w < 2; w++)
-            for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
-                if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+            for (int id = 0; id < DM_MODEL_NBACKENDS; id++)
+                if (dm_model_backend_get((dm_model_backend_id)id))
                     printf("gpt2 edit %s %s: max relative error %.2g (%s backend)\n", models[i],
-                           whats[w], check_edit(models[i], whats[w], (dm_gpt2_backend_id)id, 0),
-                           dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
+                           whats[w], check_edit(models[i], whats[w], (dm_model_backend_id)id, 0),
+                           dm_model_backend_get((dm_model_backend_id)id)->name);
 }
 END_TEST
 
-/* dm_gpt2_run_from: the splice's blocks without the ones before it, against the
+/* dm_model_run_from: the splice's blocks without the ones before it, against the
  * same float64 reference; and the points it refuses. */
 START_TEST(run_from_matches_reference)
 {
     const char *models[] = {"c64h4", "c48h4"};
     for (size_t i = 0; i < 2; i++)
-        for (int id = 0; id < DM_GPT2_NBACKENDS; id++)
-            if (dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+        for (int id = 0; id < DM_MODEL_NBACKENDS; id++)
+            if (dm_model_backend_get((dm_model_backend_id)id))
                 printf("gpt2 run from %s: max relative error %.2g (%s backend)\n", models[i],
-                       check_edit(models[i], "splice", (dm_gpt2_backend_id)id, 1),
-                       dm_gpt2_backend_get((dm_gpt2_backend_id)id)->name);
-    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, NULL);
+                       check_edit(models[i], "splice", (dm_model_backend_id)id, 1),
+                       dm_model_backend_get((dm_model_backend_id)id)->name);
+    dm_model *m = dm_model_load(GOLDEN "c64h4", DM_MODEL_DEPTH_ALL, NULL);
     ck_assert_ptr_nonnull(m);
-    const dm_gpt2_config *c = dm_gpt2_cfg(m);
+    const dm_model_config *c = dm_model_cfg(m);
     int B = 2, T = 4, C = c->n_embd;
     int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     float *x = calloc((size_t)B * T * C, sizeof(float)), *out = calloc((size_t)B * T * C, sizeof(float));
-    dm_gpt2_hook_point pt = {.hook = hook_named("blocks.0.hook_resid_post"), .out = out};
-    ck_assert_int_eq(dm_gpt2_run_from(m, 1, x, tok, B, T, &pt, 1, 0), -1);
+    dm_model_hook_point pt = {.hook = hook_named("blocks.0.hook_resid_post"), .out = out};
+    ck_assert_int_eq(dm_model_run_from(m, 1, x, tok, B, T, &pt, 1, 0), -1);
     ck_assert(has(dm_error(), "hook blocks.0.hook_resid_post is before blocks.1.hook_resid_pre, where the run starts"));
     pt.hook = hook_named("hook_embed");
-    ck_assert_int_eq(dm_gpt2_run_from(m, 1, x, tok, B, T, &pt, 1, 0), -1);
+    ck_assert_int_eq(dm_model_run_from(m, 1, x, tok, B, T, &pt, 1, 0), -1);
     ck_assert(has(dm_error(), "hook hook_embed is before"));
     pt.hook = hook_named("blocks.1.hook_resid_post");
-    ck_assert_int_eq(dm_gpt2_run_from(m, c->n_layer, x, tok, B, T, &pt, 1, 0), -1);
+    ck_assert_int_eq(dm_model_run_from(m, c->n_layer, x, tok, B, T, &pt, 1, 0), -1);
     ck_assert(has(dm_error(), "a run from blocks.2.hook_resid_pre: the model has 2 blocks loaded"));
-    ck_assert_int_eq(dm_gpt2_run_from(m, 1, x, tok, B, T, &pt, 1, 0), 0);
+    ck_assert_int_eq(dm_model_run_from(m, 1, x, tok, B, T, &pt, 1, 0), 0);
     free(x), free(out);
-    dm_gpt2_free(m);
+    dm_model_free(m);
 }
 END_TEST
 
@@ -1139,48 +1140,48 @@ START_TEST(edit_branches_and_embeddings)
     size_t n = (size_t)B * T * 64, nl = (size_t)B * T * 101;
     float *a = dm_xmalloc(sizeof(float) * nl), *b = dm_xmalloc(sizeof(float) * nl),
           *z = dm_xmalloc(sizeof(float) * n);
-    for (int id = 0; id < DM_GPT2_NBACKENDS; id++) {
-        if (!dm_gpt2_backend_get((dm_gpt2_backend_id)id))
+    for (int id = 0; id < DM_MODEL_NBACKENDS; id++) {
+        if (!dm_model_backend_get((dm_model_backend_id)id))
             continue;
-        dm_compute cx = context_for((dm_gpt2_backend_id)id);
-        dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, &cx);
+        dm_compute cx = context_for((dm_model_backend_id)id);
+        dm_model *m = dm_model_load(GOLDEN "c64h4", DM_MODEL_DEPTH_ALL, &cx);
         ck_assert_ptr_nonnull(m);
         /* attn_out zeroed: resid_mid is resid_pre; the edit point's own copy is zero */
-        dm_gpt2_hook_point p1[] = {
+        dm_model_hook_point p1[] = {
             {.hook = hook_named("blocks.0.hook_resid_pre"), .out = a},
-            {hook_named("blocks.0.hook_attn_out"), z, zero, NULL, DM_GPT2_EDIT},
+            {hook_named("blocks.0.hook_attn_out"), z, zero, NULL, DM_MODEL_EDIT},
             {.hook = hook_named("blocks.0.hook_resid_mid"), .out = b},
         };
-        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p1, 3, 1), 0);
+        ck_assert_int_eq(dm_model_run(m, tok, B, T, p1, 3, 1), 0);
         ck_assert_mem_eq(a, b, sizeof(float) * n);
         for (size_t i = 0; i < n; i++)
             ck_assert_float_eq(z[i], 0.0f);
         /* mlp_out zeroed: resid_post is resid_mid */
-        dm_gpt2_hook_point p2[] = {
+        dm_model_hook_point p2[] = {
             {.hook = hook_named("blocks.1.hook_resid_mid"), .out = a},
-            {hook_named("blocks.1.hook_mlp_out"), NULL, zero, NULL, DM_GPT2_EDIT},
+            {hook_named("blocks.1.hook_mlp_out"), NULL, zero, NULL, DM_MODEL_EDIT},
             {.hook = hook_named("blocks.1.hook_resid_post"), .out = b},
         };
-        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p2, 3, 0), 0);
+        ck_assert_int_eq(dm_model_run(m, tok, B, T, p2, 3, 0), 0);
         ck_assert_mem_eq(a, b, sizeof(float) * n);
         /* hook_embed zeroed: blocks.0.hook_resid_pre is hook_pos_embed */
-        dm_gpt2_hook_point p3[] = {
-            {hook_named("hook_embed"), NULL, zero, NULL, DM_GPT2_EDIT},
+        dm_model_hook_point p3[] = {
+            {hook_named("hook_embed"), NULL, zero, NULL, DM_MODEL_EDIT},
             {.hook = hook_named("hook_pos_embed"), .out = a},
             {.hook = hook_named("blocks.0.hook_resid_pre"), .out = b},
         };
-        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p3, 3, 0), 0);
+        ck_assert_int_eq(dm_model_run(m, tok, B, T, p3, 3, 0), 0);
         ck_assert_mem_eq(a, b, sizeof(float) * n);
         float *pos = golden_hook(exp, "hook_pos_embed", 0, n);
         ck_assert_double_le(rel_err(a, pos, n), TOL);
         free(pos);
         /* ln_final.hook_normalized zeroed: every token's logits are ln_f's bias
          * @ wte^T, the same row */
-        dm_gpt2_hook_point p4[] = {
-            {hook_named("ln_final.hook_normalized"), NULL, zero, NULL, DM_GPT2_EDIT},
+        dm_model_hook_point p4[] = {
+            {hook_named("ln_final.hook_normalized"), NULL, zero, NULL, DM_MODEL_EDIT},
             {.hook = hook_named("logits"), .out = a},
         };
-        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p4, 2, 1), 0);
+        ck_assert_int_eq(dm_model_run(m, tok, B, T, p4, 2, 1), 0);
         for (int r = 1; r < B * T; r++)
             ck_assert_double_le(rel_err(a + (size_t)r * 101, a, 101), 1e-6);
 
@@ -1189,18 +1190,18 @@ START_TEST(edit_branches_and_embeddings)
          * logits in blocks of rows) */
         float *want_logits = golden_hook(exp, "logits", 1, nl),
               *want_loss = golden_hook(exp, "loss", 1, (size_t)B * T);
-        dm_gpt2_hook_point p5[] = {
-            {hook_named("loss"), NULL, grab, b, DM_GPT2_OBSERVE},
-            {hook_named("logits"), NULL, grab, a, DM_GPT2_OBSERVE},
+        dm_model_hook_point p5[] = {
+            {hook_named("loss"), NULL, grab, b, DM_MODEL_OBSERVE},
+            {hook_named("logits"), NULL, grab, a, DM_MODEL_OBSERVE},
         };
-        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p5, 2, 1), 0);
+        ck_assert_int_eq(dm_model_run(m, tok, B, T, p5, 2, 1), 0);
         ck_assert_double_le(rel_err(a, want_logits, nl), TOL);
         ck_assert_double_le(rel_err(b, want_loss, (size_t)B * T), TOL);
         memset(b, 0, sizeof(float) * B * T);
-        ck_assert_int_eq(dm_gpt2_run(m, tok, B, T, p5, 1, 1), 0);
+        ck_assert_int_eq(dm_model_run(m, tok, B, T, p5, 1, 1), 0);
         ck_assert_double_le(rel_err(b, want_loss, (size_t)B * T), TOL);
         free(want_logits), free(want_loss);
-        dm_gpt2_free(m);
+        dm_model_free(m);
     }
     free(a), free(b), free(z), free(tok);
     dm_st_close(exp);
@@ -1209,40 +1210,40 @@ END_TEST
 
 START_TEST(edit_errors)
 {
-    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, NULL);
+    dm_model *m = dm_model_load(GOLDEN "c64h4", DM_MODEL_DEPTH_ALL, NULL);
     ck_assert_ptr_nonnull(m);
     int32_t tok[2 * 8] = {0};
     float *out = dm_xmalloc(sizeof(float) * 2 * 8 * 101);
     int calls = 0;
-    dm_gpt2_hook_point p = {hook_named("logits"), NULL, add_zero, &calls, DM_GPT2_EDIT};
-    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    dm_model_hook_point p = {hook_named("logits"), NULL, add_zero, &calls, DM_MODEL_EDIT};
+    ck_assert_int_eq(dm_model_run(m, tok, 2, 8, &p, 1, 1), -1);
     ck_assert(has(dm_error(), "tests/golden/gpt2/c64h4: hook logits cannot be edited"));
     ck_assert_int_eq(dm_error_code(), DM_E_INPUT);
     p.hook = hook_named("loss");
-    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    ck_assert_int_eq(dm_model_run(m, tok, 2, 8, &p, 1, 1), -1);
     ck_assert(has(dm_error(), "hook loss cannot be edited"));
-    p = (dm_gpt2_hook_point){hook_named("blocks.0.hook_resid_pre"), out, NULL, NULL, DM_GPT2_EDIT};
-    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    p = (dm_model_hook_point){hook_named("blocks.0.hook_resid_pre"), out, NULL, NULL, DM_MODEL_EDIT};
+    ck_assert_int_eq(dm_model_run(m, tok, 2, 8, &p, 1, 1), -1);
     ck_assert(has(dm_error(), "an edit without a callback"));
     ck_assert_int_eq(dm_error_code(), DM_E_INTERNAL);
     ck_assert_int_eq(calls, 0);
     /* a callback's own error comes back with the model and the hook named */
-    p = (dm_gpt2_hook_point){hook_named("blocks.1.hook_resid_mid"), NULL, fail_with_message, NULL,
-                             DM_GPT2_EDIT};
-    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    p = (dm_model_hook_point){hook_named("blocks.1.hook_resid_mid"), NULL, fail_with_message, NULL,
+                             DM_MODEL_EDIT};
+    ck_assert_int_eq(dm_model_run(m, tok, 2, 8, &p, 1, 1), -1);
     ck_assert(has(dm_error(), "tests/golden/gpt2/c64h4: hook blocks.1.hook_resid_mid: steering "
                               "vector of width 5, hook width 64"));
     ck_assert_int_eq(dm_error_code(), DM_E_SHAPE);
     p.fn = fail_silently;
-    p.mode = DM_GPT2_OBSERVE;
-    ck_assert_int_eq(dm_gpt2_run(m, tok, 2, 8, &p, 1, 1), -1);
+    p.mode = DM_MODEL_OBSERVE;
+    ck_assert_int_eq(dm_model_run(m, tok, 2, 8, &p, 1, 1), -1);
     ck_assert(has(dm_error(), "the callback at hook blocks.1.hook_resid_mid failed without a "
                               "message"));
     ck_assert_int_eq(dm_error_code(), DM_E_INTERNAL);
     /* the model runs on after a failed pass */
-    dm_gpt2_hook h = hook_named("blocks.1.hook_resid_mid");
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 8, &h, 1, &out, 1), 0);
-    dm_gpt2_free(m);
+    dm_model_hook h = hook_named("blocks.1.hook_resid_mid");
+    ck_assert_int_eq(dm_model_forward(m, tok, 2, 8, &h, 1, &out, 1), 0);
+    dm_model_free(m);
     free(out);
 }
 END_TEST
@@ -1395,7 +1396,7 @@ static void expect_load_error(const char *name, variant v, const char *want)
 {
     char *dir = make_variant(name, v);
     dm_error_clear();
-    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, NULL);
+    dm_model *m = dm_model_load(dir, DM_MODEL_DEPTH_ALL, NULL);
     ck_assert_msg(m == NULL, "%s: loaded", name);
     ck_assert_msg(has(dm_error(), want) && has(dm_error(), dir), "%s", name);
     free(dir);
@@ -1405,9 +1406,9 @@ START_TEST(bad_models)
 {
     /* the unchanged copy loads (the variant writer itself is sound) */
     char *dir = make_variant("same", (variant){0});
-    dm_gpt2 *m = dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, NULL);
+    dm_model *m = dm_model_load(dir, DM_MODEL_DEPTH_ALL, NULL);
     ck_assert_msg(m != NULL, "%s", dm_error());
-    dm_gpt2_free(m);
+    dm_model_free(m);
     free(dir);
 
     expect_load_error("missing", (variant){.drop = "h.1.mlp.c_fc.bias"},
@@ -1452,38 +1453,38 @@ START_TEST(bad_models)
     FILE *f = fopen(p, "r+b");
     fputc(0x7f, f), fputc(0x7f, f), fputc(0x7f, f);
     fclose(f);
-    ck_assert_ptr_null(dm_gpt2_load(dir, DM_GPT2_DEPTH_ALL, NULL));
+    ck_assert_ptr_null(dm_model_load(dir, DM_MODEL_DEPTH_ALL, NULL));
     ck_assert(has(dm_error(), "exceeds the file"));
     free(p), free(dir);
-    ck_assert_ptr_null(dm_gpt2_load("/nonexistent-model", 1, NULL));
+    ck_assert_ptr_null(dm_model_load("/nonexistent-model", 1, NULL));
     ck_assert(has(dm_error(), "/nonexistent-model/config.json: cannot read"));
-    ck_assert_ptr_null(dm_gpt2_load(GOLDEN "c64h4", 3, NULL));
+    ck_assert_ptr_null(dm_model_load(GOLDEN "c64h4", 3, NULL));
     ck_assert(has(dm_error(), "3 blocks needed, config n_layer is 2"));
 }
 END_TEST
 
 START_TEST(bad_tokens_and_hooks)
 {
-    dm_gpt2 *m = dm_gpt2_load(GOLDEN "c64h4", DM_GPT2_DEPTH_ALL, NULL);
+    dm_model *m = dm_model_load(GOLDEN "c64h4", DM_MODEL_DEPTH_ALL, NULL);
     ck_assert_ptr_nonnull(m);
     int32_t tok[2 * 33] = {0};
     float *out = dm_xmalloc(sizeof(float) * 2 * 33 * 101);
-    dm_gpt2_hook h;
-    dm_gpt2_hook_parse("blocks.1.hook_resid_pre", &h);
+    dm_model_hook h;
+    dm_model_hook_parse("blocks.1.hook_resid_pre", &h);
     tok[16 + 7] = 101;
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
+    ck_assert_int_eq(dm_model_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
     ck_assert(has(dm_error(), "token id 101 at window 1, position 7 is not below vocab_size 101"));
     tok[16 + 7] = -3;
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
+    ck_assert_int_eq(dm_model_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
     ck_assert(has(dm_error(), "token id -3 at window 1, position 7"));
     tok[16 + 7] = 0;
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 33, &h, 1, &out, 1), -1);
+    ck_assert_int_eq(dm_model_forward(m, tok, 2, 33, &h, 1, &out, 1), -1);
     ck_assert(has(dm_error(), "windows of 33 tokens are longer than n_positions 32"));
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, 1, 32, &h, 1, &out, 1), 0); /* the full context */
-    dm_gpt2_hook_parse("blocks.2.hook_resid_pre", &h);
-    ck_assert_int_eq(dm_gpt2_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
+    ck_assert_int_eq(dm_model_forward(m, tok, 1, 32, &h, 1, &out, 1), 0); /* the full context */
+    dm_model_hook_parse("blocks.2.hook_resid_pre", &h);
+    ck_assert_int_eq(dm_model_forward(m, tok, 2, 16, &h, 1, &out, 1), -1);
     ck_assert(has(dm_error(), "the model has 2 layers"));
-    dm_gpt2_free(m);
+    dm_model_free(m);
     free(out);
 
     /* the command: errors name the file; nothing is left at --out */

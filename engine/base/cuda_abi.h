@@ -23,7 +23,7 @@ extern "C" {
 #endif
 
 /* The library's version of this interface: the loader refuses another. */
-#define DM_CUDA_ABI 1
+#define DM_CUDA_ABI 2
 
 /* Symbols the library exports (looked up by name with dlsym): */
 
@@ -37,8 +37,8 @@ typedef int (*dm_cuda_probe_fn)(char *name, int len);
  * `fallback` (a table of the same type) on a CUDA error; 0, or -1:
  *   dm_cuda_stats_backend   dm_stats_backend (stats.h)
  *   dm_cuda_ica_backend     dm_ica_backend (fastica.h)
- *   dm_cuda_gpt2_backend    dm_gpt2_backend (gpt2.h); the fallback must not pack
- *                           its weights
+ *   dm_cuda_model_backend   dm_model_backend (model.h: GPT-2's entries); the
+ *                           fallback must not pack its weights
  *   dm_cuda_sae_backend     dm_sae_backend (sae.h); the fallback runs on the
  *                           same dm_sae_work (its CPU buffers made then) */
 typedef int (*dm_cuda_backend_fn)(const void *fallback, void *out);

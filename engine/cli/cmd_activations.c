@@ -15,16 +15,17 @@
 #include "args.h"
 #include "commands.h"
 #include "engine.h"
-#include "gpt2.h"
+#include "model.h"
 #include "npy.h"
 
 static const dm_arg_spec activations_specs[] = {
-    {"model", DM_ARG_PATH, "DIR", NULL, 1, 0, 0, 0, "Hugging Face GPT-2 folder (config.json, model.safetensors)"},
+    {"model", DM_ARG_PATH, "DIR", NULL, 1, 0, 0, 0, "Hugging Face model folder, GPT-2 or Gemma 2 (config.json and its safetensors)"},
     {"hook", DM_ARG_STRING, "HOOK", NULL, 1, 0, 0, 0, "TransformerLens hook name, e.g. blocks.6.hook_resid_pre"},
     {"tokens", DM_ARG_PATH, "TOKENS.npy", NULL, 1, 0, 0, 0, "integer array [B, T] (int32, int64 or uint16)"},
     {"out", DM_ARG_PATH, "ACTS.npy", NULL, 1, 0, 0, 0, "float32 [B*T, width], row b*T+t"},
     {"no-center", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0,
-     "leave residual hooks as they are (default: centred per token, as TransformerLens does)"},
+     "leave residual hooks as they are (default: centred per token, as TransformerLens does; "
+     "RMSNorm models such as Gemma 2 are never centred)"},
     {"batch", DM_ARG_INT, "WINDOWS", NULL, 0, 1, 1 << 20, 0,
      "windows per forward pass (default: about 4096 tokens, at most 1 GiB of outputs)"},
     {"memory", DM_ARG_SIZE, "SIZE", "4G", 0, 1, 0, 0, "memory budget the run is planned within"},
@@ -37,7 +38,7 @@ static const dm_arg_spec activations_specs[] = {
 
 static const dm_arg_cmd activations_cmd = {
     "activations", "--model DIR --hook HOOK --tokens TOKENS.npy --out ACTS.npy [options]",
-    "GPT-2's activations at HOOK for every window of TOKENS, one row per token. It runs as a\n"
+    "A model's (GPT-2, Gemma 2) activations at HOOK for every window of TOKENS, one row per token.\nIt runs as a "
     "pipeline: text (the windows as they are) -> gpt2 -> npy_sink.\n",
     activations_specs, NULL, 0, 0,
 };
@@ -70,13 +71,13 @@ static int check_ids(const char *path, const dm_npy_header *h, const void *data,
 /* The checks of the old direct command, in the user's terms; *T, *width and
  * *hook_name (canonical) for the pipeline. */
 static int check_inputs(const char *model, const char *hook_arg, const char *tokens, int64_t *T, int64_t *width,
-                        char *hook_name, size_t hook_len)
+                        char *hook_name, size_t hook_len, int *can_center)
 {
-    dm_gpt2_hook hook;
-    dm_gpt2_config c;
-    if (dm_gpt2_hook_parse(hook_arg, &hook))
+    dm_model_hook hook;
+    dm_model_config c;
+    if (dm_model_hook_parse(hook_arg, &hook))
         return -1;
-    dm_gpt2_hook_name(hook, hook_name, hook_len);
+    dm_model_hook_name(hook, hook_name, hook_len);
     size_t l = strlen(tokens);
     if (l < 4 || strcmp(tokens + l - 4, ".npy"))
         return dm_failc(DM_E_INPUT, "%s: token windows are read from a .npy file (its name ending in .npy)", tokens);
@@ -88,12 +89,12 @@ static int check_inputs(const char *model, const char *hook_arg, const char *tok
     if (h->ndim != 2 || (h->dtype != DM_I32 && h->dtype != DM_I64 && h->dtype != DM_U16))
         rc = dm_failc(DM_E_SHAPE, "%s: token ids must be a 2-D int32, int64 or uint16 array [windows, T], not %d-D %s",
                       tokens, h->ndim, dm_dtype_name(h->dtype));
-    else if (dm_gpt2_read_config(model, &c))
+    else if (dm_model_read_config(model, &c))
         rc = -1;
-    else if (dm_gpt2_hook_depth(hook) > c.n_layer) /* what loading the model would say */
-        rc = dm_failc(DM_E_INPUT, "%s: %d blocks needed, config n_layer is %d", model, dm_gpt2_hook_depth(hook),
+    else if (dm_model_hook_depth(hook) > c.n_layer) /* what loading the model would say */
+        rc = dm_failc(DM_E_INPUT, "%s: %d blocks needed, config n_layer is %d", model, dm_model_hook_depth(hook),
                       c.n_layer);
-    else if ((*width = dm_gpt2_hook_width(&c, hook)) < 0)
+    else if ((*width = dm_model_hook_width(&c, hook)) < 0)
         rc = dm_fail_prefix("%s", model);
     else if (h->shape[1] < 1 || h->shape[1] > c.n_positions || h->shape[0] < 1)
         rc = dm_failc(DM_E_SHAPE, "%s: windows of %lld tokens; model %s takes 1 to %d (n_positions)", tokens,
@@ -101,7 +102,7 @@ static int check_inputs(const char *model, const char *hook_arg, const char *tok
     else
         rc = check_ids(tokens, h, dm_npy_data(tm), c.vocab_size);
     if (!rc)
-        *T = h->shape[1];
+        *T = h->shape[1], *can_center = dm_model_can_center(&c);
     dm_npy_close(tm);
     return rc;
 }
@@ -117,7 +118,8 @@ int dm_cmd_activations(int argc, char **argv)
     const char *model = dm_arg_str(&a, "model"), *tokens = dm_arg_str(&a, "tokens");
     char hook[64];
     int64_t T = 0, width = 0;
-    if (check_inputs(model, dm_arg_str(&a, "hook"), tokens, &T, &width, hook, sizeof hook)) {
+    int can_center = 1;
+    if (check_inputs(model, dm_arg_str(&a, "hook"), tokens, &T, &width, hook, sizeof hook, &can_center)) {
         fprintf(stderr, "dmica activations: %s\n", dm_error());
         dm_args_free(&a);
         return 1;
@@ -140,7 +142,7 @@ int dm_cmd_activations(int argc, char **argv)
         "    params: {model: %s, hooks: %s, center: %s, batch: %lld}\n"
         "    spill: never\n"
         "  acts: {op: npy_sink, inputs: {x: %s}, params: {file: activations.npy}}\n",
-        qt, (long long)T, qm, qh, dm_arg_flag(&a, "no-center") ? "false" : "true", (long long)batch, qp);
+        qt, (long long)T, qm, qh, dm_arg_flag(&a, "no-center") || !can_center ? "false" : "true", (long long)batch, qp);
     free(qt), free(qm), free(qh), free(port), free(qp);
     dm_cli_product want[] = {{"activations.npy", dm_arg_str(&a, "out"), NULL}};
     rc = dm_cli_run_to_files("activations", yaml, dm_arg_str(&a, "cache"), dm_arg_int(&a, "memory"),

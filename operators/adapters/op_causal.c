@@ -132,8 +132,8 @@ static int64_t causal_state_bytes(const dm_node *n)
 {
     /* the model's float32 parameters (GPT-2 small's where its config cannot be
      * read yet), x and recon of every token, cov, three buffers of logits */
-    dm_gpt2_config g = {.n_embd = 768, .n_layer = 12, .vocab_size = 50257, .n_positions = 1024, .n_inner = 3072};
-    if (dm_gpt2_read_config(dm_param_str(n, "model"), &g))
+    dm_model_config g = {.n_embd = 768, .n_layer = 12, .vocab_size = 50257, .n_positions = 1024, .n_inner = 3072};
+    if (dm_model_read_config(dm_param_str(n, "model"), &g))
         dm_error_clear();
     int64_t tokens = dm_param_int(n, "tokens"), rows = dm_param_int(n, "rows"), d = g.n_embd, V = g.vocab_size;
     int64_t params = (V + g.n_positions) * d + (int64_t)g.n_layer * (4 * d * d + 2 * d * g.n_inner + 9 * d + g.n_inner);
@@ -290,7 +290,7 @@ static int causal_finish(dm_node *n)
         return -1;
     const char *cv = dm_param_str(n, "center");
     const dm_compute *cx = dm_node_compute(n);
-    dm_gpt2 *m = dm_gpt2_load(dm_param_str(n, "model"), DM_GPT2_DEPTH_ALL, cx);
+    dm_model *m = dm_model_load(dm_param_str(n, "model"), DM_MODEL_DEPTH_ALL, cx);
     dm_sae *sae = m ? dm_sae_load(dir, 0, cx) : NULL;
     dm_causal *cz = NULL;
     float *F = to_f32(ft), *A = to_f32(mt), *mu = to_f32(mut), *X = NULL, *pcs = NULL;
@@ -299,13 +299,13 @@ static int causal_finish(dm_node *n)
     json_t *o = NULL;
     dm_causal_result r = {0};
     int rc = -1;
-    dm_gpt2_hook h;
+    dm_model_hook h;
     if (!m || !sae)
         goto end;
     /* centred as the SAE was trained: its cfg.json's center_writing_weights (TransformerLens's
      * default, on, where it does not say) */
     int center = !strcmp(cv, "auto") ? sae->cfg.center_writing_weights != 0 : !strcmp(cv, "true");
-    if (dm_gpt2_hook_parse(sae->cfg.hook_name, &h) || h.kind != DM_HOOK_RESID_PRE) {
+    if (dm_model_hook_parse(sae->cfg.hook_name, &h) || h.kind != DM_HOOK_RESID_PRE) {
         dm_failc(DM_E_INPUT, "the SAE's hook '%s' is not a blocks.L.hook_resid_pre", sae->cfg.hook_name);
         goto end;
     }
@@ -386,7 +386,7 @@ end:
     dm_causal_result_free(&r);
     dm_causal_free(cz);
     dm_sae_free(sae);
-    dm_gpt2_free(m);
+    dm_model_free(m);
     free(F), free(A), free(mu), free(X), free(pcs), free(ev), free(C), free(band), free(sorted);
     return rc;
 }

@@ -1,6 +1,11 @@
 /*
- * op_gpt2.c: the `gpt2` operator: windows of token ids in, TransformerLens hook
- * activations out, one output stream per requested hook.
+ * op_gpt2.c: the `gpt2` and `model` operators: windows of token ids in,
+ * TransformerLens hook activations out, one output stream per requested hook,
+ * from any family the model runner knows (operators/kernels/model.h): GPT-2 or
+ * Gemma 2, as the folder's config.json (model_type) says. `gpt2` is the name
+ * pipelines have used since GPT-2 was the only family, kept with its
+ * parameters (and so its cache keys); `model` is the same operator with a
+ * `weights` parameter, the seam of the BF16 path (f32 only for now).
  *
  * Input `tokens`: rows of T int32 token ids (the `text` source's windows, or
  * any i32 stream), one window per row. Each hook in
@@ -8,37 +13,54 @@
  * a pipeline reads it as node.blocks.6.hook_resid_pre) with one row per token:
  * window w, position t is row w*T + t, w the window's global row index, so
  * token rows line up with the windows they came from. Widths: d_model, vocab
- * for logits, 1 for loss (operators/gpt2.h lists the hooks).
+ * for logits, 1 for loss (operators/kernels/model.h lists the hooks).
  *
  * One forward pass per `batch` windows computes every hook, stopping after the
  * deepest (only the blocks it needs are loaded). Output chunks are cut at the
  * engine's chunk size, the same rows on every port in turn, so a consumer of
- * two hooks sees matching chunks. Residual hooks are centred per token by
- * default (TransformerLens's center_writing_weights), or as the SAE on input
- * `sae` was trained (its cfg.json's center_writing_weights).
+ * two hooks sees matching chunks. Residual hooks of a LayerNorm model (GPT-2)
+ * are centred per token by default (TransformerLens's center_writing_weights),
+ * or as the SAE on input `sae` was trained (its cfg.json's
+ * center_writing_weights); an RMSNorm model (Gemma 2) is never centred, as
+ * TransformerLens does not centre it: center auto is off there, and true (or
+ * an SAE that says it was trained centred) is refused.
  *
  * Memory (state_bytes): the float32 weights of the loaded blocks and the
- * embeddings, the runner's activation buffers for batch*T rows, and one output
- * buffer per hook for batch*T rows. Logits are vocab wide: keep `batch` small.
+ * embeddings (and their packed copies on cpu-avx512), the runner's activation
+ * buffers for batch*T rows, and one output buffer per hook for batch*T rows.
+ * Logits are vocab wide: keep `batch` small.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "gpt2.h"
+#include "model.h"
 #include "op.h"
 #include "sae_desc.h"
 
 #define MAX_HOOKS 64
-#define LOGIT_ROWS 64 /* rows of logits the runner computes at a time for loss (gpt2.c) */
-#define ATT_ROWS 64   /* query rows of attention scores per thread (gpt2.c) */
+#define ATT_ROWS 64 /* query rows of attention scores per thread (model_impl.h) */
 
 static const dm_param_spec gpt2_params[] = {
-    {"model", DM_P_PATH, NULL, "Hugging Face GPT-2 folder (config.json + model.safetensors)"},
+    {"model", DM_P_PATH, NULL, "Hugging Face model folder, GPT-2 or Gemma 2 (config.json's model_type; model.safetensors, "
+                               "or shards and model.safetensors.index.json)"},
     {"hooks", DM_P_STRING, NULL, "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output"},
     {"center", DM_P_STRING, "auto", "subtract each token's mean over d_model from residual hooks (TransformerLens): "
-                                    "true, false, or auto (as the SAE on input sae was trained; true without one)"},
+                                    "true, false, or auto (as the SAE on input sae was trained; true without one; "
+                                    "never for RMSNorm models such as Gemma 2)"},
     {"batch", DM_P_INT, "32", "windows per forward pass"},
+    {NULL},
+};
+/* `model`: the same, and how the weights are held */
+static const dm_param_spec model_params[] = {
+    {"model", DM_P_PATH, NULL, "Hugging Face model folder, GPT-2 or Gemma 2 (config.json's model_type; model.safetensors, "
+                               "or shards and model.safetensors.index.json)"},
+    {"hooks", DM_P_STRING, NULL, "comma-separated hook names, e.g. blocks.6.hook_resid_pre; each is an output"},
+    {"center", DM_P_STRING, "auto", "subtract each token's mean over d_model from residual hooks (TransformerLens): "
+                                    "true, false, or auto (as the SAE on input sae was trained; true without one; "
+                                    "never for RMSNorm models such as Gemma 2)"},
+    {"batch", DM_P_INT, "32", "windows per forward pass"},
+    {"weights", DM_P_STRING, "f32", "weights in memory: f32 (bf16 files converted at load); bf16 awaits its kernels"},
     {NULL},
 };
 /* sae: the SAE whose center_writing_weights is the default centring (sae_config, planted_sae) */
@@ -46,9 +68,9 @@ enum { IN_TOKENS, IN_SAE };
 static const dm_port_spec gpt2_inputs[] = {{"tokens", DM_PORT_STREAM, .dtype = DM_I32}, {"sae", DM_PORT_TENSOR, .optional = 1}, {NULL}};
 
 typedef struct {
-    dm_gpt2 *model;
-    dm_gpt2_config cfg;
-    dm_gpt2_hook hooks[MAX_HOOKS];
+    dm_model *model;
+    dm_model_config cfg;
+    dm_model_hook hooks[MAX_HOOKS];
     int nhooks, T, batch, center;
     int64_t width[MAX_HOOKS];
     float *outs[MAX_HOOKS]; /* batch*T x width[i] each */
@@ -72,14 +94,31 @@ static int say_once(const dm_node *n)
 /* center = auto | true | false against the center_writing_weights of the SAE on
  * input sae (SAEs trained on TransformerLens residuals need them centred). An
  * explicit value that contradicts the SAE's config wins, with a warning when
- * `say`. */
-static int resolve_center(const dm_node *n, int *center, int say)
+ * `say`. A model that cannot be centred (RMSNorm, dm_model_can_center) is not
+ * centred by auto, and refuses centring asked for or implied by its SAE. */
+static int resolve_center(const dm_node *n, const dm_model_config *cfg, int *center, int say)
 {
     const char *v = dm_param_str(n, "center");
     const dm_sae_desc *d;
     if (dm_sae_desc_input(n, IN_SAE, &d))
         return -1;
     int from_sae = d ? d->center_writing_weights : -1;
+    if (!dm_model_can_center(cfg)) {
+        const char *fam = dm_model_family_title(cfg->family);
+        if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1"))
+            return dm_failc(DM_E_INPUT, "center true: %s normalises by RMS, which depends on the mean, so its "
+                            "residual hooks are not centred (TransformerLens does not either): set center false "
+                            "or auto", fam);
+        if (strcmp(v, "auto") && strcmp(v, "false") && strcmp(v, "no") && strcmp(v, "0"))
+            return dm_failc(DM_E_INPUT, "center must be auto, true or false, not '%s'", v);
+        if (!strcmp(v, "auto") && from_sae > 0)
+            return dm_failc(DM_E_INPUT, "the SAE on input 'sae' was trained on centred residuals "
+                            "(center_writing_weights true), which %s's are not: an SAE for another model?", fam);
+        *center = 0;
+        if (say && !strcmp(v, "auto"))
+            dm_info("node '%s': residual centring off (%s normalises by RMS)", dm_node_name(n), fam);
+        return 0;
+    }
     if (!strcmp(v, "auto")) {
         *center = from_sae != 0; /* TransformerLens centres unless told not to */
         if (say)
@@ -101,7 +140,7 @@ static int resolve_center(const dm_node *n, int *center, int say)
 /* Parses the hooks parameter into hooks[] (canonical, no repeats). The hooks
  * are the node's output ports, which other nodes name: so they are written in
  * the pipeline, not taken from an SAE's config. */
-static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
+static int parse_hooks(const dm_node *n, dm_model_hook *hooks, int *nhooks)
 {
     char *list = dm_xstrdup(dm_param_str(n, "hooks")), *save = NULL, name[64], other[64];
     int k = 0, rc = 0;
@@ -116,13 +155,13 @@ static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
             rc = dm_fail("hooks: more than %d hooks", MAX_HOOKS);
             break;
         }
-        if (dm_gpt2_hook_parse(h, &hooks[k])) {
+        if (dm_model_hook_parse(h, &hooks[k])) {
             rc = dm_fail_prefix("hooks");
             break;
         }
-        dm_gpt2_hook_name(hooks[k], name, sizeof name);
+        dm_model_hook_name(hooks[k], name, sizeof name);
         for (int i = 0; i < k && !rc; i++)
-            if (!strcmp(dm_gpt2_hook_name(hooks[i], other, sizeof other), name))
+            if (!strcmp(dm_model_hook_name(hooks[i], other, sizeof other), name))
                 rc = dm_fail("hooks: %s is listed twice", name);
         k++;
     }
@@ -135,14 +174,14 @@ static int parse_hooks(const dm_node *n, dm_gpt2_hook *hooks, int *nhooks)
 
 static int gpt2_ports(dm_node *n, dm_port_spec **outs)
 {
-    dm_gpt2_hook hooks[MAX_HOOKS];
+    dm_model_hook hooks[MAX_HOOKS];
     int k;
     char name[64];
     if (parse_hooks(n, hooks, &k))
         return -1;
     dm_port_spec *p = dm_xcalloc((size_t)k + 1, sizeof *p);
     for (int i = 0; i < k; i++) {
-        p[i].name = dm_xstrdup(dm_gpt2_hook_name(hooks[i], name, sizeof name));
+        p[i].name = dm_xstrdup(dm_model_hook_name(hooks[i], name, sizeof name));
         p[i].kind = DM_PORT_STREAM;
     }
     *outs = p;
@@ -151,14 +190,14 @@ static int gpt2_ports(dm_node *n, dm_port_spec **outs)
 
 static int gpt2_infer(dm_node *n)
 {
-    dm_gpt2_hook hooks[MAX_HOOKS];
-    dm_gpt2_config cfg;
+    dm_model_hook hooks[MAX_HOOKS];
+    dm_model_config cfg;
     int k;
     const char *model = dm_param_str(n, "model");
     const dm_port_desc *in = dm_input_desc(n, 0);
     int64_t T = in->shape[1];
     int center;
-    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(model, &cfg) || resolve_center(n, &center, 0))
+    if (parse_hooks(n, hooks, &k) || dm_model_read_config(model, &cfg) || resolve_center(n, &cfg, &center, 0))
         return -1;
     if (dm_param_int(n, "batch") < 1 || dm_param_int(n, "batch") > 1 << 20)
         return dm_fail("batch must be between 1 and %d windows, not %lld", 1 << 20,
@@ -167,7 +206,7 @@ static int gpt2_infer(dm_node *n)
         return dm_fail("input 'tokens' has windows of %lld tokens, but model %s takes at most n_positions %d",
                        (long long)T, model, cfg.n_positions);
     for (int i = 0; i < k; i++) {
-        int64_t w = dm_gpt2_hook_width(&cfg, hooks[i]);
+        int64_t w = dm_model_hook_width(&cfg, hooks[i]);
         if (w < 0)
             return dm_fail_prefix("model %s", model);
         dm_port_desc *o = dm_output_desc(n, i);
@@ -179,25 +218,25 @@ static int gpt2_infer(dm_node *n)
 
 static int64_t gpt2_state_bytes(const dm_node *n)
 {
-    dm_gpt2_hook hooks[MAX_HOOKS];
-    dm_gpt2_config c;
+    dm_model_hook hooks[MAX_HOOKS];
+    dm_model_config c;
     int k;
-    if (parse_hooks(n, hooks, &k) || dm_gpt2_read_config(dm_param_str(n, "model"), &c))
+    if (parse_hooks(n, hooks, &k) || dm_model_read_config(dm_param_str(n, "model"), &c))
         return 0; /* infer has reported it */
-    int64_t C = c.n_embd, NI = c.n_inner, V = c.vocab_size, T = dm_input_desc(n, 0)->shape[1];
-    int64_t BT = dm_param_int(n, "batch") * T, depth = dm_gpt2_hooks_depth(hooks, k), loss = 0, logits = 0;
-    if (depth == DM_GPT2_DEPTH_ALL)
+    int64_t T = dm_input_desc(n, 0)->shape[1];
+    int64_t BT = dm_param_int(n, "batch") * T, depth = dm_model_hooks_depth(hooks, k), loss = 0, logits = 0;
+    if (depth == DM_MODEL_DEPTH_ALL)
         depth = c.n_layer;
-    int64_t weights = V * C + (int64_t)c.n_positions * C +
-                      depth * (4 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * NI + NI) + (NI * C + C)) + 2 * C;
+    /* the final norm is counted whatever the depth: it is small */
+    int64_t weights = (int64_t)dm_model_param_floats(&c, (int)depth);
     int64_t outs = 0;
     for (int i = 0; i < k; i++) {
-        outs += BT * dm_gpt2_hook_width(&c, hooks[i]);
+        outs += BT * dm_model_hook_width(&c, hooks[i]);
         loss |= hooks[i].kind == DM_HOOK_LOSS;
         logits |= hooks[i].kind == DM_HOOK_LOGITS;
     }
-    int64_t acts = BT * (7 * C + NI) + (loss && !logits ? LOGIT_ROWS * V : 0) + ATT_ROWS * T * dm_threads();
-    return 4 * (weights + (int64_t)dm_gpt2_packed_floats(&c, (int)depth, dm_node_compute(n)) + acts + outs + BT);
+    int64_t acts = (int64_t)dm_model_act_floats(&c, (size_t)BT, loss && !logits) + ATT_ROWS * T * dm_threads();
+    return 4 * (weights + (int64_t)dm_model_packed_floats(&c, (int)depth, dm_node_compute(n)) + acts + outs + BT);
 }
 
 static void gpt2_close(dm_node *n)
@@ -205,7 +244,7 @@ static void gpt2_close(dm_node *n)
     gpt2_state *s = dm_node_state(n);
     if (!s)
         return;
-    dm_gpt2_free(s->model);
+    dm_model_free(s->model);
     for (int i = 0; i < s->nhooks; i++)
         free(s->outs[i]);
     free(s->ids);
@@ -213,22 +252,37 @@ static void gpt2_close(dm_node *n)
     dm_node_set_state(n, NULL);
 }
 
-static int gpt2_open(dm_node *n)
+/* The `weights` parameter of the model operator. */
+static int parse_weights(const dm_node *n, dm_model_weights *w)
+{
+    const char *v = dm_param_str(n, "weights");
+    if (!strcmp(v, "f32"))
+        *w = DM_WEIGHTS_F32;
+    else if (!strcmp(v, "bf16"))
+        *w = DM_WEIGHTS_BF16;
+    else
+        return dm_failc(DM_E_INPUT, "weights must be f32 or bf16, not '%s'", v);
+    return 0;
+}
+
+/* Opens the node; opts: the model operator's (NULL for gpt2: the defaults). */
+static int open_any(dm_node *n, const dm_model_opts *opts)
 {
     gpt2_state *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
     if (parse_hooks(n, s->hooks, &s->nhooks))
         return -1;
-    if (!(s->model = dm_gpt2_load(dm_param_str(n, "model"), dm_gpt2_hooks_depth(s->hooks, s->nhooks), dm_node_compute(n))))
+    if (!(s->model = dm_model_load_opts(dm_param_str(n, "model"), dm_model_hooks_depth(s->hooks, s->nhooks),
+                                        dm_node_compute(n), opts)))
         return -1;
-    s->cfg = *dm_gpt2_cfg(s->model);
+    s->cfg = *dm_model_cfg(s->model);
     s->T = (int)dm_input_desc(n, 0)->shape[1];
     s->batch = (int)dm_param_int(n, "batch");
-    if (resolve_center(n, &s->center, say_once(n)))
+    if (resolve_center(n, &s->cfg, &s->center, say_once(n)))
         return -1;
     size_t BT = (size_t)s->batch * (size_t)s->T;
     for (int i = 0; i < s->nhooks; i++) {
-        s->width[i] = dm_gpt2_hook_width(&s->cfg, s->hooks[i]);
+        s->width[i] = dm_model_hook_width(&s->cfg, s->hooks[i]);
         s->outs[i] = dm_xmalloc_aligned(BT * (size_t)s->width[i] * sizeof(float));
     }
     s->ids = dm_xmalloc(BT * sizeof *s->ids);
@@ -262,13 +316,13 @@ static int gpt2_consume(dm_node *n, int port, const dm_chunk *c)
         int B = (int)(c->rows - w0 < s->batch ? c->rows - w0 : s->batch);
         if (windows_to_ids(s, n, c, w0, B))
             return -1;
-        if (dm_gpt2_forward(s->model, s->ids, B, s->T, s->hooks, s->nhooks, s->outs, s->center))
+        if (dm_model_forward(s->model, s->ids, B, s->T, s->hooks, s->nhooks, s->outs, s->center))
             return -1;
         int64_t BT = (int64_t)B * s->T, row0 = (c->row0 + w0) * s->T;
         for (int64_t off = 0; off < BT; off += cr) {
             int64_t rows = BT - off < cr ? BT - off : cr;
             for (int i = 0; i < s->nhooks; i++) {
-                const float *dev = dm_gpt2_device_copy(s->model, i); /* on a GPU: the rows there too */
+                const float *dev = dm_model_device_copy(s->model, i); /* on a GPU: the rows there too */
                 dm_chunk o = {.row0 = row0 + off, .rows = rows, .cols = s->width[i],
                               .data = s->outs[i] + off * s->width[i], .dev = dev ? dev + off * s->width[i] : NULL};
                 if (dm_emit(n, i, &o))
@@ -279,10 +333,28 @@ static int gpt2_consume(dm_node *n, int port, const dm_chunk *c)
     return 0;
 }
 
+static int gpt2_open(dm_node *n)
+{
+    return open_any(n, NULL);
+}
+
+static int model_infer(dm_node *n)
+{
+    dm_model_weights w;
+    return parse_weights(n, &w) ? -1 : gpt2_infer(n);
+}
+
+static int model_open(dm_node *n)
+{
+    dm_model_opts o = {0};
+    return parse_weights(n, &o.weights) ? -1 : open_any(n, &o);
+}
+
 const dm_op dm_op_gpt2 = {
     .name = "gpt2",
     .version = 1,
-    .summary = "GPT-2 forward pass to the deepest requested hook; one output stream per hook, one row per token",
+    .summary = "model (GPT-2, Gemma 2) forward pass to the deepest requested hook; one output stream per hook, one "
+               "row per token (the model operator's first name)",
     .params = gpt2_params,
     .inputs = gpt2_inputs,
     .ports = gpt2_ports,
@@ -292,4 +364,20 @@ const dm_op dm_op_gpt2 = {
     .consume = gpt2_consume,
     .close = gpt2_close,
     .shardable = 1, /* a map: each window's rows depend on that window only */
+};
+
+const dm_op dm_op_model = {
+    .name = "model",
+    .version = 1,
+    .summary = "model (GPT-2, Gemma 2) forward pass to the deepest requested hook; one output stream per hook, one "
+               "row per token; weights: f32 (bf16 to come)",
+    .params = model_params,
+    .inputs = gpt2_inputs,
+    .ports = gpt2_ports,
+    .infer = model_infer,
+    .state_bytes = gpt2_state_bytes,
+    .open = model_open,
+    .consume = gpt2_consume,
+    .close = gpt2_close,
+    .shardable = 1,
 };

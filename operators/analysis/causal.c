@@ -4,7 +4,7 @@
  *
  * Two passes. dm_causal_new runs the model to the hook once per window and the
  * SAE on it, and keeps both (x, recon), with cov(e) about mu. dm_causal_measure
- * then runs every ablation from the hook (dm_gpt2_run_from), a group of
+ * then runs every ablation from the hook (dm_model_run_from), a group of
  * windows at a time: the clean run first (its logits, log-sum-exp and
  * probabilities kept for the group), then the ablations stacked side by side
  * into model calls of at most `rows` token rows, each row's CE and KL summed
@@ -30,7 +30,7 @@
 #include "vmath.h"
 
 struct dm_causal {
-    dm_gpt2 *m;
+    dm_model *m;
     int layer, T, threads;
     int64_t W, d, V, rows;
     int32_t *windows; /* (W, T) */
@@ -49,12 +49,12 @@ void dm_causal_free(dm_causal *cz)
 
 const double *dm_causal_cov(const dm_causal *cz) { return cz->cov; }
 
-dm_causal *dm_causal_new(dm_gpt2 *m, int layer, const dm_sae *sae, const dm_compute *c, const int32_t *windows,
+dm_causal *dm_causal_new(dm_model *m, int layer, const dm_sae *sae, const dm_compute *c, const int32_t *windows,
                          int64_t W, int T, int center, const float *mu, int64_t rows)
 {
-    const dm_gpt2_config *g = dm_gpt2_cfg(m);
+    const dm_model_config *g = dm_model_cfg(m);
     const int64_t d = g->n_embd;
-    if (layer < 0 || layer >= g->n_layer || dm_gpt2_depth(m) != DM_GPT2_DEPTH_ALL) {
+    if (layer < 0 || layer >= g->n_layer || dm_model_depth(m) != DM_MODEL_DEPTH_ALL) {
         dm_failc(DM_E_INPUT, "causal: hook blocks.%d.hook_resid_pre needs the whole model (%d layers) loaded", layer,
                  g->n_layer);
         return NULL;
@@ -86,13 +86,13 @@ dm_causal *dm_causal_new(dm_gpt2 *m, int layer, const dm_sae *sae, const dm_comp
     dm_sae_work *work = dm_sae_work_new(sae, Bw * T, c);
     dm_sae_sparse sp = {0};
     double *ec = dm_xmalloc(sizeof(double) * (size_t)(Bw * T * d));
-    dm_gpt2_hook hook = {DM_HOOK_RESID_PRE, layer};
+    dm_model_hook hook = {DM_HOOK_RESID_PRE, layer};
     int rc = 0;
     for (int64_t w0 = 0; w0 < W && !rc; w0 += Bw) {
         const int B = (int)(W - w0 < Bw ? W - w0 : Bw);
         const int64_t n = (int64_t)B * T, r0 = w0 * T;
         float *xo = cz->x + r0 * d;
-        if (dm_gpt2_forward(m, cz->windows + r0, B, T, &hook, 1, &xo, center)) {
+        if (dm_model_forward(m, cz->windows + r0, B, T, &hook, 1, &xo, center)) {
             rc = -1;
             break;
         }
@@ -260,10 +260,9 @@ static void ablate_row(const dm_causal *cz, const dm_causal_dirs *dd, const coef
 
 /* Row sums over the vocabulary, vectorised (SIMD clones for the CPU at hand):
  * float terms (exp within about an ulp, dm_expf) added in double lanes. */
-#define ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 /* log sum_v exp(l_v). */
-ROW_CLONES static double lse(const float *l, int64_t V)
+DM_SIMD_CLONES static double lse(const float *l, int64_t V)
 {
     float mx = l[0];
     for (int64_t v = 1; v < V; v++)
@@ -276,7 +275,7 @@ ROW_CLONES static double lse(const float *l, int64_t V)
 }
 
 /* sum_v p_v (l0_v - l_v). */
-ROW_CLONES static double cross(const float *p, const float *l0, const float *l, int64_t V)
+DM_SIMD_CLONES static double cross(const float *p, const float *l0, const float *l, int64_t V)
 {
     double s = 0;
 #pragma omp simd reduction(+ : s)
@@ -286,7 +285,7 @@ ROW_CLONES static double cross(const float *p, const float *l0, const float *l, 
 }
 
 /* p_v = exp(l_v - lse). */
-ROW_CLONES static void probs(float *p, const float *l, float lse, int64_t V)
+DM_SIMD_CLONES static void probs(float *p, const float *l, float lse, int64_t V)
 {
 #pragma omp simd
     for (int64_t v = 0; v < V; v++)
@@ -330,7 +329,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
     int32_t *tok = dm_xmalloc(sizeof(int32_t) * (size_t)cz->rows);
     double *row_ce = dm_xmalloc(sizeof(double) * (size_t)cz->rows), *row_kl = dm_xmalloc(sizeof(double) * (size_t)cz->rows);
     double *acc = dm_xmalloc(sizeof(double) * (size_t)d);
-    dm_gpt2_hook_point logits = {.hook = {DM_HOOK_LOGITS, -1}};
+    dm_model_hook_point logits = {.hook = {DM_HOOK_LOGITS, -1}};
     int rc = 0;
     for (int64_t w0 = 0; w0 < W && !rc; w0 += Bw) {
         const int B = (int)(W - w0 < Bw ? W - w0 : Bw);
@@ -338,7 +337,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
         const int32_t *wt = cz->windows + r0;
         /* the clean run: its logits, lse and probabilities for the group */
         logits.out = lc;
-        if (dm_gpt2_run_from(cz->m, cz->layer, cz->x + r0 * d, wt, B, (int)T, &logits, 1, 0)) {
+        if (dm_model_run_from(cz->m, cz->layer, cz->x + r0 * d, wt, B, (int)T, &logits, 1, 0)) {
             rc = -1;
             break;
         }
@@ -361,7 +360,7 @@ int dm_causal_measure(dm_causal *cz, const dm_causal_dirs *dd, dm_causal_result 
                 memcpy(tok + a * nb, wt, sizeof(int32_t) * (size_t)nb);
             }
             logits.out = ln;
-            if (dm_gpt2_run_from(cz->m, cz->layer, xp, tok, (int)(g * B), (int)T, &logits, 1, 0)) {
+            if (dm_model_run_from(cz->m, cz->layer, xp, tok, (int)(g * B), (int)T, &logits, 1, 0)) {
                 rc = -1;
                 break;
             }

@@ -8,7 +8,7 @@
  * At the hook, per token t: x_t the activation centred per row (as the SAE
  * reads it), recon_t = SAE(x_t), e_t = x_t - recon_t, s_it = f_i . (e_t - mu).
  * Each ablation replaces every x_t by an x'_t and runs the model from the hook
- * (dm_gpt2_run_from: the blocks before it ran once, in dm_causal_new):
+ * (dm_model_run_from: the blocks before it ran once, in dm_causal_new):
  *   the SAE spliced in     x' = recon          (SAELens's evals: CE and KL scores)
  *   zero                   x' = 0
  *   component i            x' = x - s_i a_i    (a_i the mixing column)
@@ -32,19 +32,19 @@
 #include <stdint.h>
 
 #include "compute.h"
-#include "gpt2.h"
+#include "model.h"
 #include "sae.h"
 
 typedef struct dm_causal dm_causal;
 
 /* The first pass over W windows of T token ids: the model to blocks.<layer>.
- * hook_resid_pre (m loaded whole, with ln_f: dm_gpt2_load with
- * DM_GPT2_DEPTH_ALL), the SAE on its rows, centred per row with center (as
+ * hook_resid_pre (m loaded whole, with ln_f: dm_model_load with
+ * DM_MODEL_DEPTH_ALL), the SAE on its rows, centred per row with center (as
  * the SAE was trained: its cfg.json's center_writing_weights), on c's
  * backend, kept; the
  * residual's co-moments about mu (d) in double. rows: the most token rows a
  * model call takes (at least T). NULL with the error recorded on failure. */
-dm_causal *dm_causal_new(dm_gpt2 *m, int layer, const dm_sae *sae, const dm_compute *c, const int32_t *windows,
+dm_causal *dm_causal_new(dm_model *m, int layer, const dm_sae *sae, const dm_compute *c, const int32_t *windows,
                          int64_t W, int T, int center, const float *mu, int64_t rows);
 void dm_causal_free(dm_causal *cz); /* accepts NULL */
 /* cov(e) (d, d) = mean over the tokens of (e - mu)(e - mu)^T: where the nulls

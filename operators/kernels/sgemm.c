@@ -48,6 +48,7 @@
 
 #include "compute.h"
 #include "dm.h"
+#include "vmath.h"
 
 #include <omp.h>
 #include <stdlib.h>
@@ -195,17 +196,11 @@ int dm_sgemm_available(void)
 #endif
 }
 
-/* The vector loops of pack_a compiled for AVX-512 and AVX2 as well as the
- * baseline, picked at load time (ifunc): the build has no -march. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SGEMM_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define SGEMM_SIMD_CLONES
-#endif
+/* The vector loops of pack_a: DM_SIMD_CLONES (vmath.h). */
 
 /* Rows [0, mc) x columns [0, kc) of a[0] + s1 * a[1] (a[1] may be NULL) into
  * panels of MR rows, each row contiguous (kc floats); rows past mc are zeros. */
-SGEMM_SIMD_CLONES
+DM_SIMD_CLONES
 static void pack_a(float *Ap, const float *a0, const float *a1, float s1, int lda, int mc, int kc)
 {
     for (int i = 0; i < (mc + MR - 1) / MR * MR; i++) {

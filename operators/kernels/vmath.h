@@ -7,11 +7,21 @@
 
 #include <stdint.h>
 
+/* Vectorised loops compiled for AVX-512 and AVX2 as well as the baseline, the
+ * clone picked at load time (ifunc): the build has no -march. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DM_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define DM_SIMD_CLONES
+#endif
+
 /*
  * exp(x) in float: x = n ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln 2),
  * exp(r) by the Cephes expf polynomial (about 1 ulp), times 2^n built in the
  * exponent bits. x is clamped to [-87, 88], where the result stays a normal
- * float (so exp of a very negative x is about 1.6e-38, not 0).
+ * float (so exp of a very negative x is about 1.6e-38, not 0). Its clamps
+ * vectorise only where float compares are not assumed to trap: a file using it
+ * in a SIMD loop says #pragma GCC optimize("no-trapping-math") first.
  */
 static inline __attribute__((always_inline)) float dm_expf(float x)
 {

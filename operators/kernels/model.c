@@ -44,6 +44,11 @@
  * The forward pass stops at the deepest requested hook, counted in half blocks
  * (attention half, MLP half), as TransformerLens's stop_at_layer does.
  */
+/* Float compares (the clamps of dm_expf in the loss) may be if-converted and
+ * vectorised only when they are not assumed to trap; nothing here uses
+ * floating-point exceptions. */
+#pragma GCC optimize("no-trapping-math")
+
 #include "model_impl.h"
 
 #include "device.h"

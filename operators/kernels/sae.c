@@ -167,8 +167,10 @@ static int cfg_bool(json_t *v, const char *path, const char *key, int absent, in
  * prepend_bos true, dataset monology/pile-uncopyrighted, and the hook from the
  * release's name and the folder: res -> blocks.L.hook_resid_post (embedding ->
  * hook_embed), mlp -> blocks.L.hook_mlp_out, att -> blocks.L.attn.hook_z.
- * Gemma 2 normalises with RMSNorm, which TransformerLens cannot fold a mean
- * into, so its residual is never centred (center_writing_weights false).
+ * Gemma 2 normalises with RMSNorm, and TransformerLens centres the writing
+ * weights of LayerNorm models only (HookedTransformer.load_and_process_state_dict
+ * skips it otherwise), so the residual is not centred (center_writing_weights
+ * false).
  * SAELens also renames arrays w_* to W_* (older files), and scales an
  * embedding SAE's W_enc by 1/sqrt(d_model) and W_dec by sqrt(d_model); we do
  * the same. The release's name is looked for in the path (a folder named like

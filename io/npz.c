@@ -418,7 +418,6 @@ int dm_npz_read_f32(dm_npz *z, int i, float *out)
     size_t numel = 1;
     for (int k = 0; k < h.ndim; k++)
         numel *= (size_t)h.shape[k];
-    size_t bytes = numel * dm_dtype_size(h.dtype);
     if (m->method == 0) {
         const unsigned char *p = z->base + m->data;
 #if DM_ZLIB
@@ -440,6 +439,7 @@ int dm_npz_read_f32(dm_npz *z, int i, float *out)
         return 0;
     }
 #if DM_ZLIB
+    size_t bytes = numel * dm_dtype_size(h.dtype);
     npz_inflate f;
     if (inf_begin(&f, z, m))
         return -1;

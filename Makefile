@@ -32,6 +32,20 @@ LDLIBS  += $(shell mpicc --showme:link)
 endif
 MPI_STAMP := $(BUILD)/.mpi-$(MPI)
 
+# zlib (io/npz.c): deflated members of .npz archives (numpy.savez_compressed)
+# and the members' CRC-32 checks. Where zlib.h is found (zlib1g-dev, which
+# tools/install-deps installs) npz.c is built with DM_ZLIB=1 and everything
+# links -lz; without it (or with ZLIB=0) stored members (numpy.savez, as the
+# Gemma Scope release is) still read, and deflated ones are refused saying why.
+# Switching rebuilds npz.o (through $(ZLIB_STAMP)) and relinks.
+ifeq ($(origin ZLIB),undefined)
+ZLIB    := $(shell printf '\043include <zlib.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 && echo 1 || echo 0)
+endif
+ifeq ($(ZLIB),1)
+LDLIBS  += -lz
+endif
+ZLIB_STAMP := $(BUILD)/.zlib-$(ZLIB)
+
 # CUDA (gpu/*.cu; gpu/README.md): with nvcc on the PATH or in /usr/local/cuda,
 # `make` also builds $(BUILD)/libdmica-cuda.so (the kernels' CUDA entries, cuBLAS).
 # bin/dmica never links it: engine/base/device.c opens it with dlopen when a run
@@ -112,6 +126,12 @@ $(MPI_STAMP):
 	@touch $@
 $(BUILD)/engine/core/dist.o: CFLAGS += $(MPI_CFLAGS)
 $(BUILD)/engine/core/dist.o: $(MPI_STAMP)
+$(ZLIB_STAMP):
+	@mkdir -p $(BUILD)
+	@rm -f $(BUILD)/.zlib-*
+	@touch $@
+$(BUILD)/io/npz.o: CFLAGS += -DDM_ZLIB=$(ZLIB)
+$(BUILD)/io/npz.o: $(ZLIB_STAMP)
 
 $(BUILD)/libdmica.a: $(LIBOBJ)
 	@rm -f $@
@@ -224,7 +244,7 @@ test: all
 # harness once on each file of tests/fuzz/corpus/NAME and tests/fuzz/crashes/NAME
 # through tests/fuzz/replay.c, built with $(CC) and the test-san build's ASan/UBSan
 # library: no clang needed, a few seconds.
-FUZZERS      ?= npy safetensors sae_cfg pipeline spill node_json tokenizer_files tokenizer_encode corpus
+FUZZERS      ?= npy npz safetensors sae_cfg pipeline spill node_json tokenizer_files tokenizer_encode corpus
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
@@ -233,6 +253,7 @@ FUZZ_DEFS    := -Itests/fuzz -DDM_FUZZ_SRCDIR='"$(CURDIR)"'
 FUZZ_LIBOBJ  := $(LIBSRC:%.c=build/fuzz/%.o)
 .PHONY: fuzz fuzz-build fuzz-replay fuzz-replay-run
 
+build/fuzz/io/npz.o: FUZZ_CFLAGS += -DDM_ZLIB=$(ZLIB)
 build/fuzz/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link $(call layer_inc,$<) -MMD -MP -c $< -o $@

@@ -271,6 +271,63 @@ static void dm_npy_shape_text(const dm_npy_header *h, char *buf, size_t cap)
 
 /* ---- reading ------------------------------------------------------------ */
 
+/* Bytes of h's data: numel x itemsize, INT64_MAX if that overflows. */
+static int64_t dm_npy_data_bytes(const dm_npy_header *h)
+{
+    int64_t numel = 1, bytes;
+    for (int i = 0; i < h->ndim; i++)
+        if (__builtin_mul_overflow(numel, h->shape[i], &numel))
+            numel = INT64_MAX;
+    if (__builtin_mul_overflow(numel, (int64_t)dm_dtype_size(h->dtype), &bytes))
+        bytes = INT64_MAX;
+    return bytes;
+}
+
+int dm_npy_parse(const void *buf, size_t avail, uint64_t size, const char *path, dm_npy_header *h)
+{
+    const unsigned char *base = buf;
+    memset(h, 0, sizeof *h);
+    if (size < 10 || avail < 10) {
+        if (size >= 6 && avail >= 6 && !memcmp(base, dm_npy_magic, 6))
+            return dm_failc(DM_E_CORRUPT, "%s: truncated: the file ends inside the .npy header (%zu bytes)", path,
+                            (size_t)size);
+        return dm_failc(DM_E_CORRUPT, "%s: not a .npy file (%zu bytes, no \\x93NUMPY magic)", path, (size_t)size);
+    }
+    if (memcmp(base, dm_npy_magic, 6))
+        return dm_failc(DM_E_CORRUPT, "%s: not a .npy file (no \\x93NUMPY magic at the start)", path);
+    int major = base[6], minor = base[7];
+    size_t hlen, prefix;
+    if (major == 1) {
+        hlen = (size_t)base[8] | (size_t)base[9] << 8;
+        prefix = 10;
+    } else if ((major == 2 || major == 3) && (size < 12 || avail < 12)) {
+        return dm_failc(DM_E_CORRUPT, "%s: truncated: the file ends inside the .npy header (%zu bytes)", path,
+                        (size_t)size);
+    } else if (major == 2 || major == 3) {
+        hlen = (size_t)base[8] | (size_t)base[9] << 8 | (size_t)base[10] << 16 | (size_t)base[11] << 24;
+        prefix = 12;
+    } else {
+        return dm_fail("%s: unsupported .npy format version %d.%d (1.0, 2.0 and 3.0 are known)", path, major, minor);
+    }
+    if (prefix + hlen > size)
+        return dm_failc(DM_E_CORRUPT, "%s: truncated: the header says it is %zu bytes long, the file has %zu", path,
+                        prefix + hlen, (size_t)size);
+    if (prefix + hlen > avail)
+        return dm_failc(DM_E_CORRUPT, "%s: a .npy header of %zu bytes: at most %zu are read", path, prefix + hlen,
+                        avail);
+    if (dm_npy_parse_dict((const char *)base + prefix, hlen, path, h) < 0)
+        return -1;
+    h->data_offset = (int64_t)(prefix + hlen);
+    int64_t bytes = dm_npy_data_bytes(h), have = (int64_t)(size - (uint64_t)h->data_offset);
+    if (bytes > have) {
+        char shape[256];
+        dm_npy_shape_text(h, shape, sizeof shape);
+        return dm_failc(DM_E_CORRUPT, "%s: truncated: header says %s = %" PRId64 " bytes, file has %" PRId64, path,
+                        shape, bytes, have);
+    }
+    return 0;
+}
+
 dm_npy_map *dm_npy_open(const char *path)
 {
     dm_npy_map *m = dm_xcalloc(1, sizeof *m);
@@ -306,50 +363,9 @@ dm_npy_map *dm_npy_open(const char *path)
         dm_failc(DM_E_IO, "%s: cannot map: %s", path, strerror(errno));
         goto fail;
     }
-    if (memcmp(m->base, dm_npy_magic, 6)) {
-        dm_failc(DM_E_CORRUPT, "%s: not a .npy file (no \\x93NUMPY magic at the start)", path);
+    if (dm_npy_parse(m->base, m->size, m->size, path, &m->hdr) < 0)
         goto fail;
-    }
-    int major = m->base[6], minor = m->base[7];
-    size_t hlen, prefix;
-    if (major == 1) {
-        hlen = (size_t)m->base[8] | (size_t)m->base[9] << 8;
-        prefix = 10;
-    } else if ((major == 2 || major == 3) && m->size < 12) {
-        dm_failc(DM_E_CORRUPT, "%s: truncated: the file ends inside the .npy header (%zu bytes)", path, m->size);
-        goto fail;
-    } else if (major == 2 || major == 3) {
-        hlen = (size_t)m->base[8] | (size_t)m->base[9] << 8 | (size_t)m->base[10] << 16 |
-               (size_t)m->base[11] << 24;
-        prefix = 12;
-    } else {
-        dm_fail("%s: unsupported .npy format version %d.%d (1.0, 2.0 and 3.0 are known)", path,
-                major, minor);
-        goto fail;
-    }
-    if (prefix + hlen > m->size) {
-        dm_failc(DM_E_CORRUPT, "%s: truncated: the header says it is %zu bytes long, the file has %zu", path,
-                 prefix + hlen, m->size);
-        goto fail;
-    }
-    if (dm_npy_parse_dict((const char *)m->base + prefix, hlen, path, &m->hdr) < 0)
-        goto fail;
-    m->hdr.data_offset = (int64_t)(prefix + hlen);
-
-    int64_t numel = 1;
-    for (int i = 0; i < m->hdr.ndim; i++)
-        if (__builtin_mul_overflow(numel, m->hdr.shape[i], &numel))
-            numel = INT64_MAX;
-    if (__builtin_mul_overflow(numel, (int64_t)dm_dtype_size(m->hdr.dtype), &m->data_bytes))
-        m->data_bytes = INT64_MAX;
-    int64_t have = (int64_t)m->size - m->hdr.data_offset;
-    if (m->data_bytes > have) {
-        char shape[256];
-        dm_npy_shape_text(&m->hdr, shape, sizeof shape);
-        dm_failc(DM_E_CORRUPT, "%s: truncated: header says %s = %" PRId64 " bytes, file has %" PRId64, path,
-                 shape, m->data_bytes, have);
-        goto fail;
-    }
+    m->data_bytes = dm_npy_data_bytes(&m->hdr);
     return m;
 fail:
     dm_npy_close(m);

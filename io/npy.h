@@ -27,6 +27,11 @@ typedef struct dm_npy_map dm_npy_map;
  * are not supported", "x.npy: unsupported dtype '<c8'". */
 dm_npy_map *dm_npy_open(const char *path);
 void dm_npy_close(dm_npy_map *m); /* accepts NULL */
+/* The checks of dm_npy_open on a .npy in memory (a member of an .npz, npz.h):
+ * buf holds its first avail bytes, of size in all; path names it in messages.
+ * Fills h, data_offset included; the data (size - data_offset bytes at least)
+ * must then fit in size. A header longer than avail is an error too. */
+int dm_npy_parse(const void *buf, size_t avail, uint64_t size, const char *path, dm_npy_header *h);
 const dm_npy_header *dm_npy_hdr(const dm_npy_map *m);
 /* The mapped data (valid until dm_npy_close). Aligned to 64 in files numpy or
  * dmica wrote; other writers may leave it unaligned. The file must not shrink

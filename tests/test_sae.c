@@ -4,8 +4,9 @@
  *   - the independent float64 numpy reference (tests/golden/sae/, written by
  *     tests/golden/make_sae_golden.py from tools/sae_reference.py): residuals to
  *     1e-4 relative (max abs error / max abs value) for the three architectures,
- *     the four normalisations, old and SAELens 6 config layouts, NaN/Inf rows;
- *     statistics to 1e-4 (counts exactly);
+ *     the four normalisations, old and SAELens 6 config layouts, NaN/Inf rows,
+ *     and a Gemma Scope SAE in its release's params.npz (gemmascope_npz, from
+ *     tests/golden/make_npz_golden.py); statistics to 1e-4 (counts exactly);
  *   - the "ref" backend (dense pre, dense decode in double, statistics one row
  *     at a time): the same active features and residuals to 1e-5 relative, for
  *     several tile sizes, on the dm_sgemm and the OpenBLAS encode; statistics
@@ -15,7 +16,12 @@
  *     k, a boolean key that is not a boolean, no cfg.json; each with its error
  *     code (sae.h);
  *   - the per-feature moments of a feature that fires on every token with a
- *     steady value (mean/std 1e5), where raw power sums would lose the kurtosis.
+ *     steady value (mean/std 1e5), where raw power sums would lose the kurtosis;
+ *   - Gemma Scope: the release's settings and the hook its path names,
+ *     savez_compressed as savez, bad archives (a missing array, wrong shapes,
+ *     a threshold of the wrong length or dtype, bzip2, a truncated file), and
+ *     a SAELens-format Gemma Scope folder at Gemma 2 2B's d_in 2304 against
+ *     the formula in double.
  *
  * Why 1e-4: the kernel runs in float32 (SGEMM over d_in <= 64 terms, then a
  * float sum of a few dozen decoder rows), so its residual differs from float64
@@ -26,6 +32,7 @@
 
 #include "dm.h"
 #include "npy.h"
+#include "npz.h"
 #include "test.h"
 
 #include <jansson.h>
@@ -38,8 +45,8 @@
 
 #define GOLDEN "tests/golden/sae/"
 
-static const char *cases[] = {"standard_jb", "jumprelu_v6_constnorm", "jumprelu_log_nobdec", "topk_v6_layernorm",
-                              "topk_old_expavg"};
+static const char *cases[] = {"standard_jb",       "jumprelu_v6_constnorm", "jumprelu_log_nobdec",
+                              "topk_v6_layernorm", "topk_old_expavg",       "gemmascope_npz"};
 #define NCASES (int)(sizeof cases / sizeof *cases)
 
 static json_t *load_json(const char *path)
@@ -599,8 +606,10 @@ static void write_text(const char *path, const char *text)
     fclose(f);
 }
 
-/* A safetensors file of F32 tensors given by name and shape (values zero). */
-static void write_st(const char *path, int nt, const char **names, const int64_t (*shapes)[2], const int *ndims)
+/* A safetensors file of F32 tensors given by name and shape, with the values
+ * vals[i] (numel floats each), or zeros where vals is NULL. */
+static void write_st_values(const char *path, int nt, const char **names, const int64_t (*shapes)[2],
+                            const int *ndims, const float *const *vals)
 {
     char hdr[2048] = "{";
     int64_t off = 0;
@@ -624,9 +633,18 @@ static void write_st(const char *path, int nt, const char **names, const int64_t
     uint64_t len = strlen(hdr);
     fwrite(&len, 8, 1, f);
     fwrite(hdr, 1, len, f);
-    for (int64_t i = 0; i < off; i++)
-        fputc(0, f);
+    if (vals)
+        for (int i = 0; i < nt; i++)
+            fwrite(vals[i], 4, (size_t)(shapes[i][0] * (ndims[i] == 2 ? shapes[i][1] : 1)), f);
+    else
+        for (int64_t i = 0; i < off; i++)
+            fputc(0, f);
     fclose(f);
+}
+
+static void write_st(const char *path, int nt, const char **names, const int64_t (*shapes)[2], const int *ndims)
+{
+    write_st_values(path, nt, names, shapes, ndims, NULL);
 }
 
 static void make_folder(const char *cfg, int drop, int bad_shape)
@@ -782,6 +800,252 @@ START_TEST(feature_moments_are_stable)
 }
 END_TEST
 
+/* ---- Gemma Scope ------------------------------------------------------- */
+
+#define SMALL GOLDEN "gemmascope_small"
+
+/* Loads path (expecting failure) and checks the message and code. */
+static void expect_npz_error(const char *path, dm_errc code, const char *const *needles)
+{
+    dm_sae *s = dm_sae_load(path, 0, dm_compute_default());
+    ck_assert_msg(!s, "%s: loaded", path);
+    for (int i = 0; needles[i]; i++)
+        ck_assert_msg(strstr(dm_error(), needles[i]), "%s: message '%s' lacks '%s'", path, dm_error(), needles[i]);
+    ck_assert_msg(dm_error_code() == code, "%s: error code %s, expected %s (%s)", path,
+                  dm_errc_name(dm_error_code()), dm_errc_name(code), dm_error());
+}
+
+/* dir/rel made, with rel/params.npz a link to the small golden params.npz. */
+static char *release_folder(const char *dir, const char *rel)
+{
+    char *f = dm_xasprintf("%s/%s", dir, rel), *cmd = dm_xasprintf("mkdir -p '%s'", f);
+    ck_assert_int_eq(system(cmd), 0);
+    char *target = realpath(SMALL "/params.npz", NULL), *link = dm_xasprintf("%s/params.npz", f);
+    ck_assert_int_eq(symlink(target, link), 0);
+    free(cmd), free(target), free(link);
+    return f;
+}
+
+/* The release's settings (SAELens's gemma_2 loader), and the hook from its path. */
+START_TEST(gemma_scope_config)
+{
+    dm_sae_config c;
+    ck_assert_msg(dm_sae_read_config(SMALL, &c) == 0, "%s", dm_error());
+    ck_assert_int_eq(c.d_in, 8);
+    ck_assert_int_eq(c.d_sae, 16);
+    ck_assert_int_eq(c.arch, DM_SAE_JUMPRELU);
+    ck_assert_int_eq(c.apply_b_dec_to_input, 0);
+    ck_assert_int_eq(c.norm, DM_SAE_NORM_NONE);
+    ck_assert_int_eq(c.finetuning_scaling_factor, 0);
+    ck_assert_int_eq(c.context_size, 1024);
+    ck_assert_int_eq(c.prepend_bos, 1);
+    ck_assert_int_eq(c.center_writing_weights, 0);
+    ck_assert_str_eq(c.hook_name, ""); /* the path names no release: the pipeline gives it */
+    ck_assert_str_eq(c.model_name, "");
+    dm_sae_config_free(&c);
+    ck_assert_int_eq(dm_sae_check(SMALL, &(dm_sae_config){.d_in = 8, .d_sae = 16}), 0);
+
+    char *dir = dm_test_tmpdir("gemmascope");
+    static const struct {
+        const char *rel, *hook, *model;
+    } rel[] = {
+        {"gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82", "blocks.12.hook_resid_post", "gemma-2-2b"},
+        {"hub/models--google--gemma-scope-9b-it-mlp/snapshots/0123abc/layer_3/width_131k/average_l0_50",
+         "blocks.3.hook_mlp_out", "gemma-2-9b-it"},
+        {"gemma-scope-27b-pt-att/layer_20/width_16k/average_l0_9", "blocks.20.attn.hook_z", "gemma-2-27b"},
+        {"gemma-scope-2b-pt-res/embedding/width_4k/average_l0_6", "hook_embed", "gemma-2-2b"},
+        {"scopes/layer_12/width_16k", "", ""},
+    };
+    for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) {
+        char *f = release_folder(dir, rel[i].rel), *file = dm_xasprintf("%s/params.npz", f);
+        for (int as_file = 0; as_file < 2; as_file++) {
+            ck_assert_msg(dm_sae_read_config(as_file ? file : f, &c) == 0, "%s", dm_error());
+            ck_assert_str_eq(c.hook_name, rel[i].hook);
+            ck_assert_str_eq(c.model_name, rel[i].model);
+            ck_assert_str_eq(c.dataset_path, *rel[i].model ? "monology/pile-uncopyrighted" : "");
+            dm_sae_config_free(&c);
+        }
+        free(f), free(file);
+    }
+
+    /* an embedding SAE: W_enc / sqrt(d_in) and W_dec * sqrt(d_in), as SAELens loads it */
+    dm_compute cc = context(&dm_sae_backend_ref, 0);
+    dm_sae *plain = dm_sae_load(SMALL, 0, &cc);
+    char *emb = dm_xasprintf("%s/%s", dir, rel[3].rel);
+    dm_sae *e = dm_sae_load(emb, 0, &cc);
+    ck_assert_msg(plain && e, "%s", dm_error());
+    for (int64_t i = 0; i < 8 * 16; i++) {
+        ck_assert(fabsf(e->W_enc[i] - plain->W_enc[i] / sqrtf(8)) <= 1e-6f * fabsf(plain->W_enc[i]));
+        ck_assert(fabsf(e->W_dec[i] - plain->W_dec[i] * sqrtf(8)) <= 1e-6f * fabsf(plain->W_dec[i] * 3));
+    }
+    dm_sae_free(e);
+    free(emb);
+
+    /* a folder with cfg.json is a SAELens folder, params.npz or not */
+    char *both = release_folder(dir, "gemma-scope-2b-pt-res/layer_5/width_16k/average_l0_1");
+    char *cfgp = dm_xasprintf("%s/cfg.json", both);
+    write_text(cfgp, "{\"d_in\": 8, \"d_sae\": 16, \"hook_name\": \"blocks.5.hook_resid_pre\"}");
+    ck_assert_int_eq(dm_sae_read_config(both, &c), 0);
+    ck_assert_str_eq(c.hook_name, "blocks.5.hook_resid_pre");
+    ck_assert_int_eq(c.apply_b_dec_to_input, 1);
+    dm_sae_config_free(&c);
+    free(both), free(cfgp);
+
+    /* the loaded thresholds: max(threshold, 0) (make_npz_golden.py makes the first three negative) */
+    for (int f = 0; f < 3; f++)
+        ck_assert(plain->threshold[f] == 0);
+    ck_assert(plain->threshold[3] > 0);
+    dm_sae_free(plain);
+    dm_test_rm_tree(dir);
+    free(dir);
+}
+END_TEST
+
+/* savez_compressed gives the same SAE as savez; bad archives are refused by name. */
+START_TEST(gemma_scope_npz_files)
+{
+    dm_compute cc = context(&dm_sae_backend_ref, 0);
+    dm_sae *a = dm_sae_load(SMALL "/params.npz", 0, &cc);
+    ck_assert_msg(a, "%s", dm_error());
+    ck_assert_str_eq(a->dir, SMALL "/params.npz");
+    if (dm_npz_deflate_supported()) {
+        dm_sae *b = dm_sae_load(SMALL "/params_deflated.npz", 0, &cc);
+        ck_assert_msg(b, "%s", dm_error());
+        ck_assert_int_eq(memcmp(a->W_enc, b->W_enc, 8 * 16 * 4), 0);
+        ck_assert_int_eq(memcmp(a->W_dec, b->W_dec, 8 * 16 * 4), 0);
+        ck_assert_int_eq(memcmp(a->b_enc, b->b_enc, 16 * 4), 0);
+        ck_assert_int_eq(memcmp(a->b_dec, b->b_dec, 8 * 4), 0);
+        ck_assert_int_eq(memcmp(a->threshold, b->threshold, 16 * 4), 0);
+        dm_sae_free(b);
+    } else
+        expect_npz_error(SMALL "/params_deflated.npz", DM_E_INPUT,
+                         (const char *[]){"(member W_enc.npy): deflated", "built without zlib", NULL});
+    dm_sae_free(a);
+
+    expect_npz_error(SMALL "/missing_threshold.npz", DM_E_CORRUPT,
+                     (const char *[]){"missing_threshold.npz: array threshold is missing", NULL});
+    expect_npz_error(SMALL "/bad_shape.npz", DM_E_SHAPE,
+                     (const char *[]){"bad_shape.npz: array W_dec has shape [8, 16]",
+                                      "W_enc's (d_in 8, d_sae 16) needs [16, 8]", NULL});
+    expect_npz_error(SMALL "/short_threshold.npz", DM_E_SHAPE,
+                     (const char *[]){"short_threshold.npz: array threshold has shape [15]", "needs [16]", NULL});
+    expect_npz_error(SMALL "/int_threshold.npz", DM_E_CORRUPT,
+                     (const char *[]){"int_threshold.npz: array threshold has dtype i32", NULL});
+    expect_npz_error(SMALL "/bzip2.npz", DM_E_INPUT,
+                     (const char *[]){"bzip2.npz (member W_enc.npy): compression method 12 (bzip2) is not supported",
+                                      NULL});
+    /* a download cut short, given as the folder's params.npz */
+    char *dir = dm_test_tmpdir("gemmascope"), *cut = dm_xasprintf("%s/params.npz", dir);
+    FILE *in = fopen(SMALL "/params.npz", "rb"), *out = fopen(cut, "wb");
+    ck_assert(in && out);
+    char buf[1500];
+    ck_assert(fread(buf, 1, sizeof buf, in) == sizeof buf);
+    fwrite(buf, 1, sizeof buf, out);
+    fclose(in), fclose(out);
+    expect_npz_error(dir, DM_E_CORRUPT, (const char *[]){cut, "truncated", NULL});
+    dm_sae_config c;
+    ck_assert_int_eq(dm_sae_read_config(dir, &c), -1);
+    assert_error_has("truncated");
+    /* neither cfg.json nor params.npz: the SAELens message */
+    ck_assert_int_eq(unlink(cut), 0);
+    expect_npz_error(dir, DM_E_IO, (const char *[]){"cfg.json", "is this a SAELens SAE folder?", NULL});
+    dm_test_rm_tree(dir);
+    free(dir), free(cut);
+}
+END_TEST
+
+/* A Gemma Scope SAE in SAELens's own format (cfg.json as SAELens's gemma_2
+ * loader writes it, sae_weights.safetensors with threshold) at Gemma 2 2B's
+ * width d_in 2304 (and 32 features, to stay small), through every backend,
+ * against the formula computed here in double: pre = x W_enc + b_enc (no b_dec
+ * on the input), f = pre where pre > threshold (and > 0), x_hat = f W_dec +
+ * b_dec. Tolerance 1e-4 relative as for the goldens (float32 sums over 2304
+ * terms: about sqrt(2304) 2^-24 = 3e-6 of the terms' scale). */
+START_TEST(gemma_scope_saelens_folder)
+{
+    const int64_t d = 2304, ds = 32, n = 40;
+    char *dir = dm_test_tmpdir("gemmascope"), *p = dm_xasprintf("%s/cfg.json", dir);
+    write_text(p, "{\"architecture\": \"jumprelu\", \"d_in\": 2304, \"d_sae\": 32, \"dtype\": \"float32\","
+                  " \"model_name\": \"gemma-2-2b\", \"hook_name\": \"blocks.12.hook_resid_post\","
+                  " \"hook_head_index\": null, \"activation_fn\": \"relu\", \"finetuning_scaling_factor\": false,"
+                  " \"sae_lens_training_version\": null, \"prepend_bos\": true,"
+                  " \"dataset_path\": \"monology/pile-uncopyrighted\", \"context_size\": 1024,"
+                  " \"dataset_trust_remote_code\": true, \"apply_b_dec_to_input\": false,"
+                  " \"normalize_activations\": null}");
+    free(p);
+    float *we = malloc(sizeof(float) * d * ds), *wd = malloc(sizeof(float) * d * ds), be[32], bd[2304], th[32];
+    float *x = malloc(sizeof(float) * n * d);
+    uint64_t r = 88172645463325252ull;
+#define RND() (r ^= r << 13, r ^= r >> 7, r ^= r << 17, (float)((double)(r >> 11) / 9007199254740992.0) - 0.5f)
+    for (int64_t i = 0; i < d * ds; i++)
+        we[i] = RND() * 0.1f, wd[i] = RND() * 0.2f;
+    for (int64_t f = 0; f < ds; f++)
+        be[f] = RND() * 0.2f, th[f] = f < 2 ? -0.1f : 0.05f + 0.3f * (RND() + 0.5f);
+    for (int64_t j = 0; j < d; j++)
+        bd[j] = RND() * 0.1f;
+    for (int64_t i = 0; i < n * d; i++)
+        x[i] = RND() * 2;
+#undef RND
+    const char *names[] = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"};
+    const int64_t shapes[5][2] = {{d, ds}, {ds, d}, {ds, 0}, {d, 0}, {ds, 0}};
+    const int nd[5] = {2, 2, 1, 1, 1};
+    const float *vals[5] = {we, wd, be, bd, th};
+    p = dm_xasprintf("%s/sae_weights.safetensors", dir);
+    write_st_values(p, 5, names, shapes, nd, vals);
+    free(p);
+
+    dm_sae_config c;
+    ck_assert_msg(dm_sae_read_config(dir, &c) == 0, "%s", dm_error());
+    ck_assert_str_eq(c.hook_name, "blocks.12.hook_resid_post");
+    ck_assert_int_eq(c.arch, DM_SAE_JUMPRELU);
+    ck_assert_int_eq(c.apply_b_dec_to_input, 0);
+    ck_assert_int_eq(c.norm, DM_SAE_NORM_NONE);
+    ck_assert_int_eq(c.context_size, 1024);
+    ck_assert_int_eq(c.prepend_bos, 1);
+    dm_sae_config_free(&c);
+
+    /* the reference, in double */
+    double *want = malloc(sizeof(double) * n * d);
+    int64_t active = 0;
+    for (int64_t i = 0; i < n; i++) {
+        for (int64_t j = 0; j < d; j++)
+            want[i * d + j] = bd[j];
+        for (int64_t f = 0; f < ds; f++) {
+            double pre = be[f];
+            for (int64_t j = 0; j < d; j++)
+                pre += (double)x[i * d + j] * we[j * ds + f];
+            if (!(pre > th[f] && pre > 0))
+                continue;
+            active++;
+            for (int64_t j = 0; j < d; j++)
+                want[i * d + j] += pre * wd[f * d + j];
+        }
+        for (int64_t j = 0; j < d; j++)
+            want[i * d + j] = x[i * d + j] - want[i * d + j];
+    }
+    ck_assert_msg(active > n && active < n * ds, "%lld actives: the case tests nothing", (long long)active);
+    list_backends();
+    float *resid = malloc(sizeof(float) * n * d);
+    for (int b = 0; b < NBACKENDS; b++) {
+        dm_compute cc = context(backends[b], 1);
+        dm_sae *s = dm_sae_load(dir, 0, &cc);
+        ck_assert_msg(s, "%s", dm_error());
+        dm_sae_work *w = dm_sae_work_new(s, 16, &cc);
+        dm_sae_sparse sp = {0};
+        ck_assert_int_eq(backends[b]->forward(w, s, x, n, NULL, resid, &sp), 0);
+        ck_assert_int_eq(sp.start[n], active);
+        double e = rel_err_f32_f64(resid, want, n * d);
+        ck_assert_msg(e < 1e-4, "%s: residual off by %g (relative)", backends[b]->name, e);
+        dm_sae_sparse_free(&sp);
+        dm_sae_work_free(w);
+        dm_sae_free(s);
+    }
+    free(we), free(wd), free(x), free(want), free(resid);
+    dm_test_rm_tree(dir);
+    free(dir);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("sae");
@@ -795,6 +1059,9 @@ int main(void)
     tcase_add_test(tc, large_rows_are_finite);
     tcase_add_test(tc, bad_folders);
     tcase_add_test(tc, feature_moments_are_stable);
+    tcase_add_test(tc, gemma_scope_config);
+    tcase_add_test(tc, gemma_scope_npz_files);
+    tcase_add_test(tc, gemma_scope_saelens_folder);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);
 }

@@ -5,8 +5,13 @@ It shares no code with dmica: it reads cfg.json and safetensors itself and follo
 SAELens's formulas (sae_lens/saes/*.py) densely, feature
 matrix and all, which is fine at test sizes.
 
+Gemma Scope's original release (google/gemma-scope-*: params.npz with W_enc, W_dec,
+b_enc, b_dec, threshold) is read with numpy's own np.load and the settings SAELens's
+gemma_2 loader gives it (sae_lens/loading/pretrained_sae_loaders.py,
+get_gemma_2_config_from_hf): JumpReLU, no b_dec on the input, no normalisation.
+
     import sae_reference as ref
-    sae = ref.load("folder", scaling_factor=None)
+    sae = ref.load("folder", scaling_factor=None)   # or "folder/params.npz"
     recon, resid, feats = ref.forward(sae, x)
     st = ref.statistics(x, recon, resid, feats)
 """
@@ -42,7 +47,21 @@ def _get(cfg, key, default=None):
     return default
 
 
+def load_npz(path):
+    """A Gemma Scope params.npz (a file, or a folder holding one and no cfg.json)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "params.npz")
+    with np.load(path) as z:
+        # SAELens renames w_* to W_* (older files)
+        w = {("W_" + k[2:] if k.startswith("w_") else k): z[k].astype(np.float64) for k in z.files}
+    d_in = w["W_enc"].shape[0]
+    return dict(arch="jumprelu", k=None, norm="none", apply_b_dec=False, W_enc=w["W_enc"], W_dec=w["W_dec"],
+                b_enc=w["b_enc"], b_dec=w["b_dec"], threshold=w["threshold"], scaling_factor=None, d_in=d_in)
+
+
 def load(folder, scaling_factor=None):
+    if folder.endswith(".npz") or not os.path.exists(os.path.join(folder, "cfg.json")):
+        return load_npz(folder)
     cfg = json.load(open(os.path.join(folder, "cfg.json")))
     w = read_safetensors(os.path.join(folder, "sae_weights.safetensors"))
     arch = _get(cfg, "architecture", "standard")

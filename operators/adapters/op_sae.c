@@ -62,7 +62,8 @@ enum { OUT_RESIDUAL, OUT_RECON, OUT_FEATURES, OUT_VALUES, OUT_DECODER, OUT_COUNT
        OUT_KURT, OUT_L0, OUT_SUMMARY, OUT_N };
 
 static const dm_param_spec sae_params[] = {
-    {"sae", DM_P_PATH, "", "SAELens folder (cfg.json, sae_weights.safetensors); or connect input sae"},
+    {"sae", DM_P_PATH, "", "SAELens folder (cfg.json, sae_weights.safetensors) or Gemma Scope params.npz; or connect "
+                           "input sae"},
     {"hook", DM_P_STRING, "", "hook the input stream comes from; must match the SAE's hook_name (\"\" = trust)"},
     {"stats", DM_P_STRING, "sae_stats.json", "statistics product file (\"\" for none)"},
     {"tile", DM_P_INT, "256", "rows per encode tile (memory: tile x 512 floats a thread; topk: tile x d_sae)"},
@@ -131,8 +132,16 @@ static int sae_config_of(const dm_node *n, dm_sae_config *c, const char **name, 
     const dm_sae_desc *desc;
     if (sae_source(n, dir, &desc, name))
         return -1;
-    if (*dir)
-        return dm_sae_read_config(*dir, c);
+    if (*dir) {
+        if (dm_sae_read_config(*dir, c))
+            return -1;
+        /* a hook the sae_config node was given (a params.npz whose path names none) */
+        if (desc && *desc->hook_name && !*c->hook_name) {
+            free(c->hook_name);
+            c->hook_name = dm_xstrdup(desc->hook_name);
+        }
+        return 0;
+    }
     memset(c, 0, sizeof *c);
     c->d_in = desc->d_in;
     c->d_sae = desc->d_sae;
@@ -219,9 +228,13 @@ static int sae_open(dm_node *n)
     const dm_sae_desc *desc;
     if (sae_source(n, &dir, &desc, &name))
         return -1;
-    if (dir)
+    if (dir) {
         s->sae = dm_sae_load(dir, dm_param_float(n, "scaling_factor"), cc);
-    else {
+        if (s->sae && desc && *desc->hook_name && !*s->sae->cfg.hook_name) { /* as in sae_config_of */
+            free(s->sae->cfg.hook_name);
+            s->sae->cfg.hook_name = dm_xstrdup(desc->hook_name);
+        }
+    } else {
         const float *w = dm_sae_desc_weights(desc);
         int64_t di = desc->d_in, ds = desc->d_sae;
         s->sae = dm_sae_from_arrays(di, ds, desc->hook_name, desc->dir, w, w + di * ds, w + 2 * di * ds,

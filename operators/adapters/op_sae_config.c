@@ -10,6 +10,11 @@
  *   gpt2: {op: gpt2, inputs: {tokens: text.windows, sae: sae_config}, ...}   center_writing_weights
  *   sae:  {op: sae, inputs: {x: gpt2.blocks.6.hook_resid_pre, sae: sae_config}}   the weights' folder
  *
+ * The SAE may also be Gemma Scope's original release, a params.npz (sae.h):
+ * its settings are the release's, and its hook is the one its path names
+ * (gemma-scope-2b-pt-res/layer_12/... reads blocks.12.hook_resid_post) or,
+ * where the path does not say, the `hook` parameter.
+ *
  * The node reads only cfg.json (the sae node checks and loads the weights), and
  * does so in infer(), so its consumers know the settings before any work: the
  * text node's window width is the SAE's context_size. `path` is a path
@@ -83,19 +88,33 @@ int dm_sae_desc_input(const dm_node *n, int port, const dm_sae_desc **out)
 /* ---- the operator ------------------------------------------------------- */
 
 static const dm_param_spec sae_config_params[] = {
-    {"path", DM_P_PATH, NULL, "SAELens folder (its cfg.json is read here; the sae node loads the weights)"},
+    {"path", DM_P_PATH, NULL,
+     "SAELens folder (its cfg.json is read here; the sae node loads the weights), or a Gemma Scope params.npz "
+     "(the file, or its folder)"},
+    {"hook", DM_P_STRING, "",
+     "the hook the SAE reads, where its files do not say (a params.npz outside a Gemma Scope release path); "
+     "checked against what they say otherwise (\"\" = theirs)"},
     {NULL},
 };
 static const dm_port_spec sae_config_outputs[] = {{"sae", DM_PORT_TENSOR}, {NULL}};
 
 static int set_desc(dm_node *n)
 {
-    const char *dir = dm_param_str(n, "path");
+    const char *dir = dm_param_str(n, "path"), *hook = dm_param_str(n, "hook");
     dm_sae_config c;
     dm_sae_desc d;
     dm_tensor t;
     if (dm_sae_read_config(dir, &c))
         return -1;
+    if (*hook && *c.hook_name && strcmp(hook, c.hook_name)) {
+        dm_failc(DM_E_INPUT, "hook %s, but the SAE %s reads %s", hook, dir, c.hook_name);
+        dm_sae_config_free(&c);
+        return -1;
+    }
+    if (*hook) {
+        free(c.hook_name);
+        c.hook_name = dm_xstrdup(hook);
+    }
     int rc = dm_sae_desc_from_config(&d, &c, dir);
     dm_sae_config_free(&c);
     if (rc)
@@ -111,7 +130,8 @@ static int set_desc(dm_node *n)
 const dm_op dm_op_sae_config = {
     .name = "sae_config",
     .version = 1,
-    .summary = "a SAELens folder's settings (cfg.json) for the text, gpt2 and sae nodes that follow the SAE",
+    .summary = "an SAE's settings (a SAELens cfg.json, or a Gemma Scope params.npz's) for the text, gpt2 and sae "
+               "nodes that follow the SAE",
     .params = sae_config_params,
     .outputs = sae_config_outputs,
     .infer = set_desc,

@@ -49,10 +49,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "device.h"
 #include "fs.h"
 #include "npy.h"
+#include "npz.h"
 #include "safetensors.h"
 #include "stats.h"
 
@@ -152,9 +154,212 @@ static int cfg_bool(json_t *v, const char *path, const char *key, int absent, in
     return 0;
 }
 
+/* ---- Gemma Scope's original release ------------------------------------ */
+
+/* google/gemma-scope-<size>-<pt|it>-<res|mlp|att> on Hugging Face holds one
+ * JumpReLU SAE per folder <layer_L | embedding>/width_<W>/average_l0_<n>/ as
+ * params.npz (numpy.savez: float32 W_enc (d_model, d_sae), W_dec (d_sae,
+ * d_model), b_enc, b_dec, threshold), with no cfg.json. Its settings are those
+ * SAELens's gemma_2 loader gives every such SAE
+ * (sae_lens/loading/pretrained_sae_loaders.py, get_gemma_2_config_from_hf and
+ * gemma_2_sae_huggingface_loader): architecture jumprelu,
+ * apply_b_dec_to_input false, normalize_activations none, context_size 1024,
+ * prepend_bos true, dataset monology/pile-uncopyrighted, and the hook from the
+ * release's name and the folder: res -> blocks.L.hook_resid_post (embedding ->
+ * hook_embed), mlp -> blocks.L.hook_mlp_out, att -> blocks.L.attn.hook_z.
+ * Gemma 2 normalises with RMSNorm, and TransformerLens centres the writing
+ * weights of LayerNorm models only (HookedTransformer.load_and_process_state_dict
+ * skips it otherwise), so the residual is not centred (center_writing_weights
+ * false).
+ * SAELens also renames arrays w_* to W_* (older files), and scales an
+ * embedding SAE's W_enc by 1/sqrt(d_model) and W_dec by sqrt(d_model); we do
+ * the same. The release's name is looked for in the path (a folder named like
+ * the repository, as tools/download writes it, or Hugging Face's cache,
+ * models--google--gemma-scope-...); elsewhere the hook is "" and the pipeline
+ * gives it (the sae_config node's hook parameter). */
+
+/* dir's params.npz (malloc'd) when dir is a file (the .npz itself) or a folder
+ * with params.npz and no cfg.json; NULL for a SAELens folder. */
+static char *npz_of(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st) == 0 && !S_ISDIR(st.st_mode))
+        return dm_xstrdup(dir);
+    char *cfg = dm_xasprintf("%s/cfg.json", dir), *npz = dm_xasprintf("%s/params.npz", dir);
+    if (dm_file_exists(cfg) || !dm_file_exists(npz))
+        free(npz), npz = NULL;
+    free(cfg);
+    return npz;
+}
+
+/* What the path of a Gemma Scope SAE says: its hook ("" if it does not say),
+ * the model, and whether it is an embedding SAE. */
+typedef struct {
+    char hook[64], model[32];
+    int release, embedding;
+} gs_release;
+
+static void gs_parse(const char *path, gs_release *r)
+{
+    memset(r, 0, sizeof *r);
+    char kind[8] = "", size[8] = "", variant[8] = "";
+    long layer = -1;
+    for (const char *c = path; *c;) {
+        size_t n = strcspn(c, "/");
+        char comp[256];
+        snprintf(comp, sizeof comp, "%.*s", (int)(n < 255 ? n : 255), c);
+        const char *g = strstr(comp, "gemma-scope-");
+        if (g && sscanf(g, "gemma-scope-%7[0-9a-z]-%7[a-z]-%7[a-z]", size, variant, kind) == 3)
+            r->release = 1;
+        char *end;
+        if (!strncmp(comp, "layer_", 6) && comp[6] >= '0' && comp[6] <= '9') {
+            long l = strtol(comp + 6, &end, 10);
+            if (!*end && l < 1000)
+                layer = l;
+        }
+        if (!strcmp(comp, "embedding"))
+            r->embedding = 1;
+        c += n + (c[n] == '/');
+    }
+    if (!r->release) {
+        r->embedding = 0;
+        return;
+    }
+    snprintf(r->model, sizeof r->model, "gemma-2-%s%s", size, strcmp(variant, "it") ? "" : "-it");
+    if (!strcmp(kind, "res") && r->embedding)
+        snprintf(r->hook, sizeof r->hook, "hook_embed");
+    else if (layer >= 0 && !strcmp(kind, "res"))
+        snprintf(r->hook, sizeof r->hook, "blocks.%ld.hook_resid_post", layer);
+    else if (layer >= 0 && !strcmp(kind, "mlp"))
+        snprintf(r->hook, sizeof r->hook, "blocks.%ld.hook_mlp_out", layer);
+    else if (layer >= 0 && !strcmp(kind, "att"))
+        snprintf(r->hook, sizeof r->hook, "blocks.%ld.attn.hook_z", layer);
+}
+
+static const char *const gs_arrays[] = {"W_enc", "W_dec", "b_enc", "b_dec", "threshold"};
+
+/* Array name of z, or its older spelling (w_enc for W_enc); -1 with dm_fail. */
+static int gs_find(const dm_npz *z, const char *name)
+{
+    int i = dm_npz_find(z, name);
+    if (i < 0 && name[0] == 'W') {
+        char old[16];
+        snprintf(old, sizeof old, "w%s", name + 1);
+        i = dm_npz_find(z, old);
+    }
+    if (i < 0)
+        dm_failc(DM_E_CORRUPT, "%s: array %s is missing (a Gemma Scope params.npz holds W_enc, W_dec, b_enc, b_dec "
+                 "and threshold)", dm_npz_path(z), name);
+    return i;
+}
+
+static void gs_shape_str(const int64_t *shape, int ndim, char *buf, size_t n)
+{
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < n)
+        snprintf(buf + k, n - k, "]");
+}
+
+/* Every array present, floating point, of the shape W_enc's (d_in, d_sae) needs. */
+static int gs_check(dm_npz *z, int64_t d_in, int64_t d_sae)
+{
+    for (int a = 0; a < 5; a++) {
+        dm_npy_header h;
+        int i = gs_find(z, gs_arrays[a]);
+        if (i < 0 || dm_npz_header(z, i, &h))
+            return -1;
+        if (h.dtype != DM_F32 && h.dtype != DM_F16 && h.dtype != DM_BF16 && h.dtype != DM_F64)
+            return dm_failc(DM_E_CORRUPT, "%s: array %s has dtype %s; expected float32 (or f16, bf16, f64)",
+                            dm_npz_path(z), gs_arrays[a], dm_dtype_name(h.dtype));
+        int64_t need[2] = {a == 1 || a == 2 || a == 4 ? d_sae : d_in, a == 0 ? d_sae : d_in};
+        int nd = a < 2 ? 2 : 1, ok = h.ndim == nd;
+        for (int k = 0; ok && k < nd; k++)
+            ok = h.shape[k] == need[k];
+        if (!ok) {
+            char have[96], want[96];
+            gs_shape_str(h.shape, h.ndim, have, sizeof have);
+            gs_shape_str(need, nd, want, sizeof want);
+            return dm_failc(DM_E_SHAPE, "%s: array %s has shape %s, W_enc's (d_in %lld, d_sae %lld) needs %s",
+                            dm_npz_path(z), gs_arrays[a], have, (long long)d_in, (long long)d_sae, want);
+        }
+    }
+    return 0;
+}
+
+/* The config of the Gemma Scope SAE at npz (dir as the user named it), and
+ * the archive opened and checked (*zp; the caller closes it). */
+static int gs_config(const char *dir, const char *npz, dm_sae_config *cfg, dm_npz **zp)
+{
+    memset(cfg, 0, sizeof *cfg);
+    *zp = NULL;
+    dm_npz *z = dm_npz_open(npz);
+    dm_npy_header h;
+    int i = z ? gs_find(z, "W_enc") : -1;
+    if (i < 0 || dm_npz_header(z, i, &h)) {
+        dm_npz_close(z);
+        return -1;
+    }
+    if (h.ndim != 2 || h.shape[0] < 1 || h.shape[1] < 1) {
+        char have[96];
+        gs_shape_str(h.shape, h.ndim, have, sizeof have);
+        dm_npz_close(z);
+        return dm_failc(DM_E_SHAPE, "%s: array W_enc has shape %s; expected (d_in, d_sae)", npz, have);
+    }
+    if (gs_check(z, h.shape[0], h.shape[1])) {
+        dm_npz_close(z);
+        return -1;
+    }
+    gs_release r;
+    gs_parse(dir, &r);
+    cfg->d_in = h.shape[0];
+    cfg->d_sae = h.shape[1];
+    cfg->arch = DM_SAE_JUMPRELU;
+    cfg->apply_b_dec_to_input = 0;
+    cfg->norm = DM_SAE_NORM_NONE;
+    cfg->hook_name = dm_xstrdup(r.hook);
+    cfg->model_name = dm_xstrdup(r.model);
+    cfg->dataset_path = dm_xstrdup(r.release ? "monology/pile-uncopyrighted" : "");
+    cfg->center_writing_weights = 0;
+    cfg->prepend_bos = 1;
+    cfg->context_size = 1024;
+    *zp = z;
+    return 0;
+}
+
+/* Loads the arrays of a checked archive into s (config set). */
+static int gs_load(dm_sae *s, dm_npz *z)
+{
+    const dm_sae_config *cfg = &s->cfg;
+    float **dst[5] = {&s->W_enc, &s->W_dec, &s->b_enc, &s->b_dec, &s->threshold};
+    int64_t numel[5] = {cfg->d_in * cfg->d_sae, cfg->d_sae * cfg->d_in, cfg->d_sae, cfg->d_in, cfg->d_sae};
+    for (int a = 0; a < 5; a++) {
+        *dst[a] = dm_xmalloc_aligned((size_t)numel[a] * sizeof(float) + 64);
+        if (dm_npz_read_f32(z, gs_find(z, gs_arrays[a]), *dst[a]))
+            return -1;
+    }
+    gs_release r;
+    gs_parse(s->dir, &r);
+    if (r.embedding) {
+        const float k = sqrtf((float)cfg->d_in);
+        for (int64_t i = 0; i < numel[0]; i++)
+            s->W_enc[i] /= k, s->W_dec[i] *= k;
+    }
+    return 0;
+}
+
 int dm_sae_read_config(const char *dir, dm_sae_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
+    char *npz = npz_of(dir);
+    if (npz) {
+        dm_npz *z;
+        int rc = gs_config(dir, npz, cfg, &z);
+        dm_npz_close(z);
+        free(npz);
+        return rc;
+    }
     char *path = dm_xasprintf("%s/cfg.json", dir);
     json_error_t jerr;
     json_t *root = json_load_file(path, 0, &jerr);
@@ -328,6 +533,14 @@ static int check_open(const dm_safetensors *st, const dm_sae_config *cfg)
 
 int dm_sae_check(const char *dir, const dm_sae_config *cfg)
 {
+    char *npz = npz_of(dir);
+    if (npz) {
+        dm_npz *z = dm_npz_open(npz);
+        int rc = z ? gs_check(z, cfg->d_in, cfg->d_sae) : -1;
+        dm_npz_close(z);
+        free(npz);
+        return rc;
+    }
     char *path = dm_xasprintf("%s/sae_weights.safetensors", dir);
     dm_safetensors *st = dm_st_open(path);
     free(path);
@@ -420,6 +633,21 @@ dm_sae *dm_sae_load(const char *dir, double scaling_factor, const dm_compute *c)
     dm_safetensors *st = NULL;
     s->dir = dm_xstrdup(dir);
     s->scaling_factor = 1.0;
+    char *npz = npz_of(dir);
+    if (npz) {
+        dm_npz *z;
+        int rc = gs_config(dir, npz, &s->cfg, &z);
+        free(npz);
+        if (!rc)
+            rc = gs_load(s, z);
+        dm_npz_close(z);
+        if (rc)
+            goto fail;
+        for (int64_t f = 0; f < s->cfg.d_sae; f++) /* as below: pre > max(threshold, 0) */
+            s->threshold[f] = s->threshold[f] > 0 ? s->threshold[f] : 0;
+        pack_encoder(s, c);
+        return s;
+    }
     if (dm_sae_read_config(dir, &s->cfg))
         goto fail;
     const dm_sae_config *cfg = &s->cfg;

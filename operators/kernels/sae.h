@@ -3,7 +3,13 @@
  * activations, and the statistics of what they leave unexplained.
  *
  * A SAELens folder holds cfg.json, sae_weights.safetensors and optionally
- * sparsity.safetensors (SAELens, the sae_lens/saes package). For each row x (d_in):
+ * sparsity.safetensors (SAELens, the sae_lens/saes package). Gemma Scope's
+ * original release is read too: a params.npz (numpy.savez of W_enc, W_dec,
+ * b_enc, b_dec, threshold; io/npz.h), given as the file or as a folder that
+ * holds it and no cfg.json, with the settings SAELens's gemma_2 loader gives
+ * it (JumpReLU, no b_dec on the input, no normalisation, context 1024, BOS,
+ * no centring) and the hook its release path names (sae.c, "Gemma Scope").
+ * For each row x (d_in):
  *
  *   x'    = normalise(x)                     (none | x*s | x*sqrt(d_in)/|x| | layer norm)
  *   x_in  = x' - b_dec  if apply_b_dec_to_input, else x'
@@ -84,7 +90,10 @@ typedef struct {
     int64_t context_size;       /* -1 if absent */
 } dm_sae_config;
 
-/* Reads dir/cfg.json. Keys are looked up at the top level, then in "metadata"
+/* Reads dir/cfg.json, or a Gemma Scope params.npz's settings (dir the file,
+ * or a folder with params.npz and no cfg.json: d_in and d_sae from W_enc's
+ * shape, every array checked as dm_sae_check does, hook_name from the release
+ * path or ""). Keys are looked up at the top level, then in "metadata"
  * or "meta" (SAELens 6 nests hook_name, prepend_bos, context_size and
  * model_from_pretrained_kwargs there). Old names: hook_point, activation_fn_str,
  * a boolean normalize_activations. Fails on a missing d_in / d_sae, an unknown
@@ -124,6 +133,9 @@ typedef struct {
  * shapes: "sae/sae_weights.safetensors: tensor W_enc has shape [32, 300], cfg.json
  * (d_in 32, d_sae 256) needs [32, 256]". */
 int dm_sae_check(const char *dir, const dm_sae_config *cfg);
+/* (For a params.npz: "params.npz: array threshold has shape [15], W_enc's
+ * (d_in 8, d_sae 16) needs [16]"; a missing array, one not of floats, a
+ * truncated or damaged archive, a compression it cannot read: each named.) */
 
 /* Loads dir (dm_sae_read_config, dm_sae_check, then the weights). scaling_factor
  * is the normalisation factor of expected_average_only_in SAEs; SAELens keeps it

@@ -276,7 +276,7 @@ fuzz-replay-run: $(FUZZERS:%=$(BUILD)/fuzz-replay/%)
 fuzz-replay:
 	$(MAKE) BUILD=build/san SAN=1 fuzz-replay-run
 
-bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench
+bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench $(BUILD)/tools/bgemm-bench
 	tools/bench
 
 clean:

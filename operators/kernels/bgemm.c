@@ -43,9 +43,15 @@
 
 #define MR 12
 #define NR DM_BGEMM_NR
+#ifndef KC
 #define KC 1536 /* k per slice: even */
+#endif
+#ifndef MC
 #define MC 96
+#endif
+#ifndef NC
 #define NC 384
+#endif
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>

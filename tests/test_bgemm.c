@@ -14,7 +14,9 @@
  * error of a sum, however much of it cancels:
  *   - against dm_bgemm_ref (the same bf16(A) and W, exact products summed in
  *     double): 1e-5. Only the float32 summation differs; for random signs it
- *     leaves about 2^-24 sqrt(K) of s (measured: under 1e-6 at K = 9216), while
+ *     leaves far less than the worst case (about K 2^-24 of s, Higham,
+ *     Accuracy and Stability of Numerical Algorithms, 3.1): measured 1.8e-7
+ *     here, 1.6e-7 at Gemma's shapes (K up to 9216) against OpenBLAS, while
  *     A not rounded to bf16 as the reference does gives up to 2^-8 (4e-3) and
  *     a wrong index or a lost block of order 1.
  *   - against the float32 product of A and the same W: 2^-8 + 1e-5: rounding A
@@ -274,6 +276,7 @@ START_TEST(gemma_shapes_match_openblas)
     static const int shapes[][3] = {{512, 2048, 2304}, {512, 9216, 2304}, {512, 2304, 9216},
                                     {1, 25600, 2304},  {40, 6400, 2304}};
     rng_state = 11;
+    double worst = 0;
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
         if (!dm_bgemm_available() && M > 24)
@@ -302,6 +305,7 @@ START_TEST(gemma_shapes_match_openblas)
             sc[i] = s32[i];
         double e = scaled_err(c1, c2, sc, M, N, N);
         ck_assert_msg(e <= 1e-5, "M %d N %d K %d: %g", M, N, K, e);
+        worst = e > worst ? e : worst;
         int nt = omp_get_max_threads();
         omp_set_num_threads(1);
         dm_bgemm(c2, N, A, K, Wp, NULL, M, N, K, 0, NULL);
@@ -309,6 +313,7 @@ START_TEST(gemma_shapes_match_openblas)
         ck_assert_mem_eq(c1, c2, sizeof(float) * M * N);
         free(A), free(Ar), free(W), free(Wf), free(Wp), free(c1), free(c2), free(sc), free(s32);
     }
+    fprintf(stderr, "test_bgemm: worst error against OpenBLAS at Gemma's shapes %.2g of sum |a w|\n", worst);
 }
 END_TEST
 

@@ -24,6 +24,11 @@
  * L2/L3 with a software prefetch 8 k-pairs ahead. The last tile of a row range
  * has fewer rows: the micro-kernel is compiled for each row count 1..MR, so
  * M = 1 (one token) does 1/MR of the work of a full tile, not all of it.
+ * The block sizes are sgemm.c's: on the 2-core Zen 4 machine this was written
+ * on, KC 768 to 1536, MC 96 to 192 and NC 128 to 384 measured alike (within
+ * the noise of a shared machine), larger KC or NC slower
+ * (build/tools/bgemm-bench); the kernel runs at about 90% of the measured
+ * VDPBF16PS peak there, docs/benchmarks.md.
  *
  * Without AVX-512 BF16 (or with DMICA_NO_AVX512 or DMICA_NO_AVX512_BF16: the
  * compute context's avx512_bf16 is 0) the same blocking and packing run a plain
@@ -82,26 +87,37 @@ static inline uint16_t w_at(const void *W, int ldw, int layout, int f32, int k, 
     return f32 ? dm_f32_to_bf16(((const float *)W)[i]) : load_bf16((const unsigned char *)W + 2 * i);
 }
 
+/* Panel P of W into d; inlined for each layout and source (the per-element
+ * reads then compile to plain loads). */
+__attribute__((always_inline)) static inline void pack_panel(uint16_t *d, const void *W, int ldw,
+                                                             int K, int N, int P, int layout, int f32)
+{
+    int K2 = (K + 1) / 2, w = N - P * NR < NR ? N - P * NR : NR;
+    memset(d, 0, sizeof(uint16_t) * panel_size(K));
+    /* the loop order that reads W in its own order: row k of a (K, N) W holds
+     * the panel's columns, row j of an (N, K) one a whole column */
+    if (layout == DM_BGEMM_NK)
+        for (int jj = 0; jj < w; jj++)
+            for (int k = 0; k < K; k++)
+                d[panel_at(k, jj)] = w_at(W, ldw, layout, f32, k, P * NR + jj);
+    else
+        for (int p = 0; p < K2; p++)
+            for (int e = 0; e < 2 && 2 * p + e < K; e++)
+                for (int jj = 0; jj < w; jj++)
+                    d[panel_at(2 * p + e, jj)] = w_at(W, ldw, layout, f32, 2 * p + e, P * NR + jj);
+}
+
 static void pack(uint16_t *dst, const void *W, int ldw, int K, int N, int layout, int f32)
 {
-    int panels = (N + NR - 1) / NR, K2 = (K + 1) / 2;
+    int panels = (N + NR - 1) / NR;
     size_t ps = panel_size(K);
 #pragma omp parallel for schedule(static) if (panels > 1 && (size_t)K * N > 1 << 16)
     for (int P = 0; P < panels; P++) {
         uint16_t *d = dst + (size_t)P * ps;
-        int w = N - P * NR < NR ? N - P * NR : NR;
-        memset(d, 0, sizeof(uint16_t) * ps);
-        /* the loop order that reads W in its own order: row k of a (K, N) W
-         * holds the panel's columns, row j of an (N, K) one a whole column */
         if (layout == DM_BGEMM_NK)
-            for (int jj = 0; jj < w; jj++)
-                for (int k = 0; k < K; k++)
-                    d[panel_at(k, jj)] = w_at(W, ldw, layout, f32, k, P * NR + jj);
+            f32 ? pack_panel(d, W, ldw, K, N, P, DM_BGEMM_NK, 1) : pack_panel(d, W, ldw, K, N, P, DM_BGEMM_NK, 0);
         else
-            for (int p = 0; p < K2; p++)
-                for (int e = 0; e < 2 && 2 * p + e < K; e++)
-                    for (int jj = 0; jj < w; jj++)
-                        d[panel_at(2 * p + e, jj)] = w_at(W, ldw, layout, f32, 2 * p + e, P * NR + jj);
+            f32 ? pack_panel(d, W, ldw, K, N, P, DM_BGEMM_KN, 1) : pack_panel(d, W, ldw, K, N, P, DM_BGEMM_KN, 0);
     }
 }
 

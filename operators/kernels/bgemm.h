@@ -17,6 +17,12 @@
  * in safetensors; any alignment) or float32 (rounded to nearest even), and in
  * either of the two layouts weights come in.
  *
+ * For example, a Hugging Face Linear weight (out, in) = (N, K) in bf16, read
+ * from a safetensors file at p:
+ *     uint16_t *Wp = dm_xmalloc_aligned(2 * dm_bgemm_packed_size(K, N));
+ *     dm_bgemm_pack(Wp, p, K, K, N, DM_BGEMM_NK);
+ *     dm_bgemm(y, N, x, K, Wp, NULL, M, N, K, 0, NULL);    y = x W^T
+ *
  * Kernels (bgemm.c): where the compute context's avx512_bf16 is set (the CPU
  * has AVX-512F and AVX-512 BF16, DMICA_NO_AVX512 and DMICA_NO_AVX512_BF16
  * unset), an AVX-512 BF16 micro-kernel; elsewhere a plain C micro-kernel that

@@ -177,8 +177,8 @@ demo: $(BIN)
 test-unit: $(TESTBIN) $(CUDA_LIB)
 	@set -e; for t in $(TESTBIN); do echo "== $$t"; rc=0; CK_FORK=yes $$t || rc=$$?; \
 		if [ $$rc = 77 ]; then echo "   (skipped)"; elif [ $$rc != 0 ]; then exit $$rc; fi; done
-	@set -e; for t in test_gpt2 test_sae test_sgemm; do \
-		echo "== $(BUILD)/tests/$$t, DMICA_NO_AVX512=1 (the OpenBLAS paths of CPUs without AVX-512F)"; \
+	@set -e; for t in test_gpt2 test_sae test_sgemm test_bgemm; do \
+		echo "== $(BUILD)/tests/$$t, DMICA_NO_AVX512=1 (the OpenBLAS and plain C paths of CPUs without AVX-512F)"; \
 		DMICA_NO_AVX512=1 CK_FORK=yes $(BUILD)/tests/$$t; done
 
 test-cli: $(BIN)
@@ -297,7 +297,7 @@ fuzz-replay-run: $(FUZZERS:%=$(BUILD)/fuzz-replay/%)
 fuzz-replay:
 	$(MAKE) BUILD=build/san SAN=1 fuzz-replay-run
 
-bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench
+bench: all $(BUILD)/tools/spill-bench $(BUILD)/tools/sgemm-bench $(BUILD)/tools/bgemm-bench
 	tools/bench
 
 clean:

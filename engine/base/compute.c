@@ -36,6 +36,8 @@ const dm_compute *dm_compute_default(void)
         ctx.reference = 0;
         ctx.avx512 = __builtin_cpu_supports("avx512f") && !env_on("DMICA_NO_AVX512");
         ctx.strassen = !env_on("DMICA_SGEMM_CLASSIC");
+        ctx.avx512_bf16 = ctx.avx512 && __builtin_cpu_supports("avx512bf16") &&
+                          !env_on("DMICA_NO_AVX512_BF16");
         __builtin_cpu_init();
         ctx.f16c = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c") && !env_on("DMICA_NO_F16C");
         const char *w = getenv("OMP_WAIT_POLICY");

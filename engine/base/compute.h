@@ -9,6 +9,7 @@
  *
  * Environment switches (read by dm_compute_default):
  *   DMICA_NO_AVX512=1       the OpenBLAS/scalar paths even where the CPU has AVX-512F
+ *   DMICA_NO_AVX512_BF16=1  dm_bgemm's plain C path even where the CPU has AVX-512 BF16
  *   DMICA_SGEMM_CLASSIC=1   dm_sgemm without its level of Strassen
  *   DMICA_NO_F16C=1         scalar half-precision conversions
  *   OMP_WAIT_POLICY=passive (libgomp's own; dmica's main() sets it) lets the
@@ -34,6 +35,8 @@ typedef struct dm_compute {
     int reference;    /* 1: the plain reference kernels (tests) */
     int avx512;       /* 1: the CPU has AVX-512F and DMICA_NO_AVX512 is unset */
     int strassen;     /* 1: dm_sgemm uses one level of Strassen */
+    int avx512_bf16;  /* 1: avx512 and the CPU has AVX-512 BF16 (VDPBF16PS), and
+                         DMICA_NO_AVX512_BF16 is unset (dm_bgemm's kernel) */
     int f16c;         /* 1: the CPU has AVX and F16C and DMICA_NO_F16C is unset
                          (io/conv.h's vector half-precision conversions) */
     /* 1: elementwise kernels and attention may run in OpenMP threads beside

@@ -42,11 +42,22 @@ static const dm_arg_cmd causal_cmd = {
     causal_specs, "RUN_DIR", 1, 1,
 };
 
+/* 1 if op is one of the names in ops ("gpt2|model"). */
+static int op_in(const char *op, const char *ops)
+{
+    size_t n = strlen(op);
+    for (const char *s = ops; s; s = strchr(s, '|') ? strchr(s, '|') + 1 : NULL)
+        if (!strncmp(s, op, n) && (s[n] == '|' || !s[n]))
+            return 1;
+    return 0;
+}
+
+/* The one node whose operator is in ops; NULL with the error recorded. */
 static const dm_node_decl *by_op(const dm_pipeline *p, const char *op, const char *path)
 {
     const dm_node_decl *found = NULL;
     for (int i = 0; i < p->nnodes; i++)
-        if (!strcmp(p->nodes[i].op, op)) {
+        if (op_in(p->nodes[i].op, op)) {
             if (found) {
                 dm_failc(DM_E_INPUT, "%s: two %s nodes ('%s', '%s'): which one the causal tests follow is not clear",
                          path, op, found->name, p->nodes[i].name);
@@ -55,7 +66,8 @@ static const dm_node_decl *by_op(const dm_pipeline *p, const char *op, const cha
             found = &p->nodes[i];
         }
     if (!found)
-        dm_failc(DM_E_INPUT, "%s: no %s node: the causal tests need a run with GPT-2, an SAE and the ICA comparison",
+        dm_failc(DM_E_INPUT, "%s: no %s node: the causal tests need a run with a language model, an SAE and the ICA "
+                 "comparison",
                  path, op);
     return found;
 }
@@ -71,7 +83,7 @@ static const char *kv(const dm_kv *v, int n, const char *key)
 /* The causal node's YAML, wired to p's nodes; NULL with the error recorded. */
 static char *causal_node(const dm_pipeline *p, const char *path, const dm_args *a)
 {
-    const dm_node_decl *lm = by_op(p, "gpt2", path), *sae = lm ? by_op(p, "sae", path) : NULL;
+    const dm_node_decl *lm = by_op(p, "gpt2|model", path), *sae = lm ? by_op(p, "sae", path) : NULL;
     const dm_node_decl *cmp = sae ? by_op(p, "ica_compare", path) : NULL;
     if (!cmp)
         return NULL;

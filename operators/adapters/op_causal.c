@@ -305,8 +305,15 @@ static int causal_finish(dm_node *n)
     /* centred as the SAE was trained: its cfg.json's center_writing_weights (TransformerLens's
      * default, on, where it does not say) */
     int center = !strcmp(cv, "auto") ? sae->cfg.center_writing_weights != 0 : !strcmp(cv, "true");
-    if (dm_model_hook_parse(sae->cfg.hook_name, &h) || h.kind != DM_HOOK_RESID_PRE) {
-        dm_failc(DM_E_INPUT, "the SAE's hook '%s' is not a blocks.L.hook_resid_pre", sae->cfg.hook_name);
+    /* the residual stream between two blocks: blocks.L.hook_resid_post is
+     * blocks.L+1.hook_resid_pre (Gemma Scope's SAEs read resid_post) */
+    if (!dm_model_hook_parse(sae->cfg.hook_name, &h) && h.kind == DM_HOOK_RESID_POST &&
+        h.layer + 1 < dm_model_cfg(m)->n_layer)
+        h.kind = DM_HOOK_RESID_PRE, h.layer++;
+    else if (dm_model_hook_parse(sae->cfg.hook_name, &h) || h.kind != DM_HOOK_RESID_PRE) {
+        dm_failc(DM_E_INPUT, "the SAE's hook '%s' is not a blocks.L.hook_resid_pre, or a blocks.L.hook_resid_post "
+                             "before the last block",
+                 sae->cfg.hook_name);
         goto end;
     }
     /* energy levels only where they save ablations */

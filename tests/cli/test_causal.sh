@@ -118,4 +118,32 @@ err_has "node 'causal'"; err_has "no SAE: set parameter sae (a SAELens folder) o
 sed 's/mixing: compare.mixing,/mixing: compare.filters,/' p.yaml > badmix.yaml
 expect_fail $DMICA run badmix.yaml --quiet
 err_has "inputs filters (k x d) and mixing (d x k) must be ica_compare's"
+# Gemma 2 (an RMSNorm model, never centred) with an SAE at blocks.1.hook_resid_post,
+# which is blocks.2.hook_resid_pre: the study runs from there. No float64
+# reference here (the Gemma 2 runner's own parity is tests/test_gemma2.c); the
+# checks are what must hold whatever the weights: finite numbers, the SAE's
+# splice between the clean run and zeros, KLs >= 0.
+GM=$ROOT/tests/golden/gemma2/h24kv1   # d_model 24, 4 layers, vocab 64, 32 positions
+python3 "$ROOT/tools/make-sae" --d-in 24 --d-sae 64 --l0 8 --hook blocks.1.hook_resid_post --no-center \
+    --seed 3 --out gsae >/dev/null || fail "make-sae"
+python3 -c "
+import numpy as np
+t = np.random.default_rng(6).integers(3, 64, size=(24, 16)).astype(np.int32)
+t[:, 0] = 2
+np.save('gtokens.npy', t)"
+sed -e "s#$S#gsae#; s#$G#$GM#g; s#tokens.npy#gtokens.npy#; s#blocks.1.hook_resid_pre#blocks.1.hook_resid_post#g; s#op: gpt2#op: model#" \
+    p.yaml > gemma.yaml
+expect_ok $DMICA run gemma.yaml --out gout --quiet
+python3 - <<'P' || fail "gemma: causal.json"
+import json, math
+c = json.load(open("gout/causal.json"))
+sp = c["splice"]
+nums = [c["ce_clean"], *sp.values(), *(x[k] for x in c["components"] for k in ("delta_ce", "kl", "z"))]
+assert all(math.isfinite(v) for v in nums), nums
+assert 0 <= sp["kl_sae"] < sp["kl_zero"], sp
+assert all(x["kl"] >= 0 for x in c["components"])
+assert c["tokens"] == 24 * 16
+print("gemma causal: ce_clean %.4f, kl_sae %.4g, kl_zero %.4g, component kl %s" % (
+    c["ce_clean"], sp["kl_sae"], sp["kl_zero"], [round(x["kl"], 5) for x in c["components"]]))
+P
 echo ok

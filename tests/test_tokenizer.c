@@ -20,6 +20,8 @@
 #include "test.h"
 
 #include <dirent.h>
+#include <jansson.h>
+#include <zstd.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,6 +251,165 @@ START_TEST(decode_gives_back_the_text)
     }
     closedir(d);
     dm_tokenizer_free(tok);
+}
+END_TEST
+
+/* ---- tokenizer.json against the reference -------------------------------- */
+
+#define JSON_GOLDEN "tests/golden/tokenizer_json"
+
+/* make_tokenizer_json_golden.py's variants (its docstring says what each covers) */
+static const char *const json_variants[] = {"gemma", "gemma_nopre", "llama", "metaspace", "splits",
+                                            "gpt2"};
+#define N_JSON_VARIANTS (int)(sizeof json_variants / sizeof *json_variants)
+
+/* A folder holding GPT-2's tokenizer.json, decompressed from the golden .zst
+ * (committed compressed: 1.4 MB as text). Remove it with dm_test_rm_tree. */
+static char *gpt2_json_dir(void)
+{
+    size_t zlen;
+    char *z = slurp(JSON_GOLDEN "/gpt2/tokenizer.json.zst", &zlen);
+    ck_assert_msg(z != NULL, "cannot read %s/gpt2/tokenizer.json.zst", JSON_GOLDEN);
+    unsigned long long n = ZSTD_getFrameContentSize(z, zlen);
+    ck_assert(n != ZSTD_CONTENTSIZE_ERROR && n != ZSTD_CONTENTSIZE_UNKNOWN);
+    char *text = dm_xmalloc((size_t)n);
+    ck_assert(ZSTD_decompress(text, (size_t)n, z, zlen) == n);
+    char *dir = dm_test_tmpdir("tokjson");
+    char *path = dm_xasprintf("%s/tokenizer.json", dir);
+    put(path, text, (size_t)n);
+    free(path), free(text), free(z);
+    return dir;
+}
+
+static json_t *load_json(const char *path)
+{
+    json_error_t err;
+    json_t *j = json_load_file(path, 0, &err);
+    ck_assert_msg(j != NULL, "%s: %s (run tests/golden/make_tokenizer_json_golden.py)", path,
+                  err.text);
+    return j;
+}
+
+/* The bytes of a hex string (yours, free(3)). */
+static char *unhex(const char *hex, size_t *len)
+{
+    size_t n = strlen(hex) / 2;
+    char *b = dm_xmalloc(n + 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        ck_assert(sscanf(hex + 2 * i, "%2x", &v) == 1);
+        b[i] = (char)v;
+    }
+    *len = n;
+    return b;
+}
+
+/* ids equals the JSON array want; otherwise fails naming the first difference. */
+static void assert_ids_json(const char *variant, const char *what, const int32_t *ids, size_t n,
+                            json_t *want)
+{
+    size_t wn = json_array_size(want), i = 0;
+    while (i < n && i < wn && ids[i] == json_integer_value(json_array_get(want, i)))
+        i++;
+    ck_assert_msg(i == n && n == wn,
+                  "%s: %s: %zu ids, reference %zu; first difference at id %zu: %d, reference %d",
+                  variant, what, n, wn, i, i < n ? ids[i] : -1,
+                  i < wn ? (int)json_integer_value(json_array_get(want, i)) : -1);
+}
+
+START_TEST(json_matches_reference)
+{
+    const char *variant = json_variants[_i];
+    json_t *cases = load_json(JSON_GOLDEN "/cases.json");
+    char *exp_path = dm_xasprintf("%s/%s/expected.json", JSON_GOLDEN, variant);
+    json_t *exp = load_json(exp_path);
+    int gpt2 = strcmp(variant, "gpt2") == 0;
+    char *dir = gpt2 ? gpt2_json_dir() : dm_xasprintf("%s/%s", JSON_GOLDEN, variant);
+    dm_tokenizer *tok = dm_tokenizer_load(dir);
+    ck_assert_msg(tok != NULL, "%s: %s", variant, dm_error());
+    ck_assert_int_eq(dm_tokenizer_vocab_size(tok),
+                     json_integer_value(json_object_get(exp, "vocab_size")));
+    /* the post-processor's BOS; without one, <|endoftext|> when there is one */
+    int32_t lib_bos = (int32_t)json_integer_value(json_object_get(exp, "bos"));
+    ck_assert_int_eq(dm_tokenizer_bos(tok), lib_bos >= 0 ? lib_bos : dm_tokenizer_eot(tok));
+    if (gpt2)
+        ck_assert_int_eq(dm_tokenizer_bos(tok), 50256);
+
+    const char *name;
+    json_t *want;
+    int checked = 0;
+    json_object_foreach(json_object_get(exp, "ids"), name, want) {
+        json_t *hex = json_object_get(cases, name);
+        ck_assert_msg(hex != NULL, "%s: no case %s in cases.json", variant, name);
+        size_t len;
+        char *text = unhex(json_string_value(hex), &len);
+        int32_t *ids;
+        size_t n;
+        ck_assert_int_eq(dm_tokenizer_encode(tok, text, len, &ids, &n), 0);
+        assert_ids_json(variant, name, ids, n, want);
+
+        /* add_special_tokens=True is the BOS, then the same */
+        json_t *special = json_object_get(json_object_get(exp, "ids_special"), name);
+        if (special) {
+            dm_token_ids t = DM_TOKEN_IDS_INIT;
+            if (lib_bos >= 0)
+                dm_token_ids_push(&t, dm_tokenizer_bos(tok));
+            ck_assert_int_eq(dm_tokenizer_encode_append(tok, text, len, &t), 0);
+            assert_ids_json(variant, name, t.ids, t.n, special);
+            dm_token_ids_release(&t);
+        }
+        /* prefixes are exact */
+        for (size_t k = 1; k < n; k = k * 2 + 1) {
+            dm_token_ids t = DM_TOKEN_IDS_INIT;
+            ck_assert_int_eq(dm_tokenizer_encode_prefix(tok, text, len, k, &t), 0);
+            ck_assert_msg(t.n == k && memcmp(t.ids, ids, k * sizeof *ids) == 0,
+                          "%s: %s: prefix of %zu ids differs", variant, name, k);
+            dm_token_ids_release(&t);
+        }
+        free(ids), free(text);
+        checked++;
+    }
+    ck_assert_int_ge(checked, 30);
+
+    if (gpt2) {
+        /* the whole GPT-2 corpus, and the same ids as from vocab.json and merges.txt */
+        dm_tokenizer *files = load_gpt2();
+        ck_assert_int_eq(dm_tokenizer_cut_is_safe(tok), 1);
+        ck_assert_int_eq(dm_tokenizer_cut_is_safe(files), 1);
+        DIR *d = opendir(CORPUS);
+        ck_assert_ptr_nonnull(d);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            char *path = dm_xasprintf("%s/%s", CORPUS, e->d_name);
+            char *gold = dm_xasprintf("%s/%s.ids", GOLDEN, e->d_name);
+            size_t len, glen;
+            char *text = slurp(path, &len), *gtext = slurp(gold, &glen);
+            dm_token_ids want_ids = DM_TOKEN_IDS_INIT, a = DM_TOKEN_IDS_INIT,
+                         b = DM_TOKEN_IDS_INIT;
+            parse_ids(gtext, &want_ids);
+            ck_assert_int_eq(dm_tokenizer_encode_append(tok, text, len, &a), 0);
+            ck_assert_int_eq(dm_tokenizer_encode_append(files, text, len, &b), 0);
+            ck_assert_msg(a.n == want_ids.n &&
+                              memcmp(a.ids, want_ids.ids, a.n * sizeof *a.ids) == 0,
+                          "gpt2 tokenizer.json: %s differs from the reference", e->d_name);
+            ck_assert(b.n == a.n && memcmp(a.ids, b.ids, a.n * sizeof *a.ids) == 0);
+            char *back = dm_tokenizer_decode(tok, a.ids, a.n, &glen);
+            char *back2 = dm_tokenizer_decode(files, a.ids, a.n, &len);
+            ck_assert(back && back2 && glen == len && memcmp(back, back2, len) == 0);
+            free(back), free(back2);
+            dm_token_ids_release(&want_ids), dm_token_ids_release(&a), dm_token_ids_release(&b);
+            free(text), free(gtext), free(path), free(gold);
+        }
+        closedir(d);
+        dm_tokenizer_free(files);
+        dm_test_rm_tree(dir);
+    } else
+        ck_assert_int_eq(dm_tokenizer_cut_is_safe(tok), 0);
+    dm_tokenizer_free(tok);
+    json_decref(cases), json_decref(exp);
+    free(dir), free(exp_path);
 }
 END_TEST
 
@@ -609,6 +770,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, corpus_matches_reference);
     tcase_add_test(tc, decode_gives_back_the_text);
+    tcase_add_loop_test(tc, json_matches_reference, 0, N_JSON_VARIANTS);
     tcase_add_test(tc, known_gpt2_ids);
     tcase_add_test(tc, encode_appends);
     tcase_add_test(tc, prefix_is_exact);

@@ -352,26 +352,6 @@ void dm_tok_pair_put(dm_tokenizer *tok, int32_t a, int32_t b, int32_t rank, int3
     tok->pair_merged[i] = merged;
 }
 
-/* Whether two merges make one token (then BPE's staleness test is the
- * library's: the pair now at a position must make the same token). */
-static void dm_tok_find_shared_results(dm_tokenizer *tok)
-{
-    if (tok->vocab_size <= 0)
-        return;
-    uint8_t *made = dm_xcalloc((size_t)tok->vocab_size, 1);
-    for (uint64_t i = 0; i <= tok->pair_mask; i++) {
-        if (tok->pair_key[i] == UINT64_MAX)
-            continue;
-        int32_t m = tok->pair_merged[i];
-        if (made[m]) {
-            tok->shared_results = 1;
-            break;
-        }
-        made[m] = 1;
-    }
-    free(made);
-}
-
 static uint64_t dm_text_hash(const char *s, size_t n) { return XXH3_64bits(s, n); }
 
 int32_t dm_tok_vocab_find(const dm_tokenizer *tok, const char *s, size_t n)
@@ -551,7 +531,6 @@ int dm_tok_finish(dm_tokenizer *tok)
         snprintf(name, sizeof name, "<0x%02X>", b);
         tok->fallback_id[b] = tok->byte_fallback ? dm_tok_vocab_find(tok, name, 6) : -1;
     }
-    dm_tok_find_shared_results(tok);
     tok->cache = dm_xcalloc(DM_CACHE_SLOTS, sizeof *tok->cache);
     tok->cache_keys = dm_xmalloc(DM_CACHE_KEY_BYTES);
     tok->cache_ids = dm_xmalloc(DM_CACHE_ID_COUNT * sizeof *tok->cache_ids);
@@ -1034,11 +1013,13 @@ static size_t dm_bpe_symbols(dm_tokenizer *tok, const unsigned char *w, size_t n
 /*
  * BPE of one word: the symbols in a linked list; the pair of lowest (rank,
  * position) merges first. A popped pair is stale when its left symbol was
- * merged away or the pair there changed since the push. When every merge
- * makes its own token, ids only grow longer, so comparing the two ids detects
- * a change; when two merges make one token (SentencePiece conversions), the
- * library's test applies: the pair now there must merge into the same token
- * (Word::merge_all, tokenizers/src/models/bpe/word.rs).
+ * merged away or either symbol changed since the push: symbols only grow by
+ * taking in their right neighbour, so comparing ids detects it. The library
+ * (Word::merge_all, tokenizers/src/models/bpe/word.rs) asks instead whether
+ * the pair now there merges into the same token; as a merged token's text is
+ * its pair's texts joined, and a grown symbol's pair spells more text, the
+ * two tests agree, also when several merges make one token (SentencePiece
+ * conversions such as Gemma's).
  */
 static void dm_bpe_word(dm_tokenizer *tok, const unsigned char *w, size_t n, dm_token_ids *out)
 {
@@ -1079,15 +1060,8 @@ static void dm_bpe_word(dm_tokenizer *tok, const unsigned char *w, size_t n, dm_
     while (heap_n > 0) {
         dm_bpe_pair e = dm_heap_pop(tok, &heap_n);
         int32_t l = e.left, r = next[l];
-        if (id[l] < 0 || r < 0)
+        if (id[l] != e.id_left || r < 0 || id[r] != e.id_right)
             continue;
-        if (id[l] != e.id_left || id[r] != e.id_right) {
-            if (!tok->shared_results)
-                continue;
-            int64_t slot = dm_pair_find(tok, id[l], id[r]);
-            if (slot < 0 || tok->pair_merged[slot] != e.merged)
-                continue;
-        }
         id[l] = e.merged;
         id[r] = -1;
         next[l] = next[r];

@@ -124,7 +124,6 @@ struct dm_tokenizer {
     uint64_t *pair_key;           /* (pair_mask+1); UINT64_MAX empty */
     int32_t *pair_rank, *pair_merged;
     uint64_t pair_mask;
-    int shared_results;           /* two merges make the same token (SentencePiece conversions) */
 
     /* the pipeline before the model */
     dm_added *added;

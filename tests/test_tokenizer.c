@@ -695,6 +695,190 @@ START_TEST(bad_merges_refused)
 }
 END_TEST
 
+/* ---- broken tokenizer.json files ------------------------------------------ */
+
+/* gemma's tokenizer.json with edit applied (a JSON Pointer-ish key path and a
+ * JSON value, or NULL to delete), written into a fresh folder; loading must
+ * fail with a message holding "tokenizer.json" and each of what. */
+static void expect_json_error(const char *const *path, const char *value, const char *what,
+                              const char *what2)
+{
+    json_t *root = load_json(JSON_GOLDEN "/gemma/tokenizer.json");
+    json_t *obj = root;
+    int k = 0;
+    while (path[k + 1]) {
+        json_t *next = json_is_array(obj) ? json_array_get(obj, (size_t)atoi(path[k]))
+                                          : json_object_get(obj, path[k]);
+        ck_assert_msg(next != NULL, "no %s in gemma's tokenizer.json", path[k]);
+        obj = next;
+        k++;
+    }
+    json_t *v = NULL;
+    if (value) {
+        json_error_t err;
+        v = json_loads(value, JSON_DECODE_ANY, &err);
+        ck_assert_msg(v != NULL, "bad test value %s", value);
+    }
+    if (json_is_array(obj)) {
+        if (v)
+            json_array_set_new(obj, (size_t)atoi(path[k]), v);
+        else
+            json_array_remove(obj, (size_t)atoi(path[k]));
+    } else if (v)
+        json_object_set_new(obj, path[k], v);
+    else
+        json_object_del(obj, path[k]);
+    char *dir = dm_test_tmpdir("tokjson");
+    char *file = dm_xasprintf("%s/tokenizer.json", dir);
+    ck_assert_int_eq(json_dump_file(root, file, JSON_COMPACT), 0);
+    json_decref(root);
+    dm_error_clear();
+    dm_tokenizer *tok = dm_tokenizer_load(dir);
+    ck_assert_msg(tok == NULL, "loaded despite: %s", what);
+    assert_error_has("tokenizer.json: ");
+    assert_error_has(what);
+    if (what2)
+        assert_error_has(what2);
+    dm_test_rm_tree(dir);
+    free(file), free(dir);
+}
+
+#define KEYS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+START_TEST(bad_json_refused)
+{
+    /* not JSON, or cut short */
+    char *dir = dm_test_tmpdir("tokjson");
+    size_t len;
+    char *text = slurp(JSON_GOLDEN "/gemma/tokenizer.json", &len);
+    ck_assert_ptr_nonnull(text);
+    put_str(dir, "tokenizer.json", "{\"model\": ");
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: not valid JSON");
+    char *file = dm_xasprintf("%s/tokenizer.json", dir);
+    put(file, text, len / 2);
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: not valid JSON");
+    assert_error_has("line 1");
+    put_str(dir, "tokenizer.json", "[]");
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("expected a JSON object");
+    put_str(dir, "tokenizer.json", "{}");
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: no \"model\" object");
+    free(file), free(text);
+    dm_test_rm_tree(dir);
+    free(dir);
+
+    expect_json_error(KEYS("model"), NULL, "no \"model\" object", NULL);
+    expect_json_error(KEYS("version"), "\"2.0\"", "version \"2.0\" is not supported", NULL);
+    expect_json_error(KEYS("truncation"), "{\"max_length\": 8}", "truncation is set", NULL);
+    expect_json_error(KEYS("padding"), "{}", "padding is set", NULL);
+    expect_json_error(KEYS("model", "type"), "\"Unigram\"", "model.type \"Unigram\" is not supported",
+                      NULL);
+    expect_json_error(KEYS("model", "dropout"), "0.1", "model.dropout must be null", NULL);
+    expect_json_error(KEYS("model", "continuing_subword_prefix"), "\"##\"",
+                      "model.continuing_subword_prefix \"##\" is not supported", NULL);
+    expect_json_error(KEYS("model", "byte_fallback"), "\"yes\"", "model.byte_fallback must be true "
+                      "or false", NULL);
+    expect_json_error(KEYS("model", "vocab"), "[1]", "model.vocab must be an object", NULL);
+    expect_json_error(KEYS("model", "vocab"), "{}", "model.vocab is empty", NULL);
+    expect_json_error(KEYS("model", "vocab", "<pad>"), "-3", "model.vocab: token \"<pad>\": the id "
+                      "must be an integer", NULL);
+    expect_json_error(KEYS("model", "vocab", "<pad>"), "1", "id 1 is given to both", NULL);
+    expect_json_error(KEYS("model", "merges"), NULL, "model.merges must be an array", NULL);
+    expect_json_error(KEYS("model", "merges", "0"), "\"zzz▁ q\"", "model.merges[0]: token", "is not in "
+                      "model.vocab");
+    expect_json_error(KEYS("model", "merges", "1"), "\"<pad> <eos>\"", "model.merges[1]: the merge result "
+                      "\"<pad><eos>\" is not in model.vocab", NULL);
+    expect_json_error(KEYS("model", "merges", "2"), "\"a b c\"", "model.merges[2]: expected two tokens",
+                      NULL);
+    expect_json_error(KEYS("model", "merges", "2"), "[\"a\"]", "model.merges[2]: expected", NULL);
+    expect_json_error(KEYS("model", "unk_token"), "\"<nope>\"", "model.unk_token \"<nope>\" is not in "
+                      "model.vocab", NULL);
+    expect_json_error(KEYS("added_tokens", "2", "id"), "7", "added_tokens[2]: \"<bos>\" has id 7, "
+                      "but tokenizers gives it 2", NULL);
+    expect_json_error(KEYS("added_tokens", "2", "content"), "\"\"", "added_tokens[2]: expected an "
+                      "object with a non-empty \"content\"", NULL);
+    expect_json_error(KEYS("added_tokens", "2", "lstrip"), "1", "added_tokens[2].lstrip must be true "
+                      "or false", NULL);
+    expect_json_error(KEYS("normalizer"), "{\"type\": \"NFKC\"}", "normalizer.type \"NFKC\" is not "
+                      "supported", NULL);
+    expect_json_error(KEYS("normalizer"),
+                      "{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": "
+                      "\"x\"}, {\"type\": \"Lowercase\"}]}",
+                      "normalizer.normalizers[1].type \"Lowercase\" is not supported", NULL);
+    expect_json_error(KEYS("normalizer", "pattern"), "{\"String\": \"\"}",
+                      "normalizer.pattern.String is empty", NULL);
+    expect_json_error(KEYS("normalizer", "pattern"), "{\"Regex\": \"(\"}", "normalizer.pattern.Regex",
+                      NULL);
+    expect_json_error(KEYS("normalizer", "pattern"), "7", "normalizer.pattern must be", NULL);
+    expect_json_error(KEYS("normalizer"), "{\"pattern\": 1}", "normalizer has no \"type\"", NULL);
+    expect_json_error(KEYS("pre_tokenizer"), "{\"type\": \"Whitespace\"}",
+                      "pre_tokenizer.type \"Whitespace\" is not supported", NULL);
+    expect_json_error(KEYS("pre_tokenizer", "behavior"), "\"Sideways\"", "pre_tokenizer.behavior must "
+                      "be", NULL);
+    expect_json_error(KEYS("pre_tokenizer"),
+                      "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"ByteLevel\"}, "
+                      "{\"type\": \"Metaspace\", \"replacement\": \"_\"}]}",
+                      "pre_tokenizer.pretokenizers[1] follows a ByteLevel pre-tokenizer", NULL);
+    expect_json_error(KEYS("pre_tokenizer"), "{\"type\": \"Metaspace\", \"replacement\": \"ab\"}",
+                      "pre_tokenizer.replacement must be one character", NULL);
+    expect_json_error(KEYS("post_processor"), "{\"type\": \"BertProcessing\"}",
+                      "post_processor.type \"BertProcessing\" is not supported", NULL);
+    expect_json_error(KEYS("post_processor", "single"),
+                      "[{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, {\"SpecialToken\": {\"id\": "
+                      "\"<eos>\", \"type_id\": 0}}]",
+                      "post_processor.single: dmica supports", NULL);
+    expect_json_error(KEYS("post_processor", "special_tokens", "<bos>", "ids"), "[2, 2]",
+                      "post_processor.special_tokens has no single id for \"<bos>\"", NULL);
+}
+END_TEST
+
+START_TEST(json_load_rules)
+{
+    /* a folder with vocab.json and merges.txt uses them, whatever tokenizer.json says */
+    char *dir = dm_test_tmpdir("tokjson");
+    put_tiny_vocab(dir, "");
+    put_str(dir, "merges.txt", "#version: 0.2\na a\n");
+    put_str(dir, "tokenizer.json", "not json");
+    dm_tokenizer *tok = dm_tokenizer_load(dir);
+    ck_assert_msg(tok != NULL, "%s", dm_error());
+    ASSERT_IDS(tok, "aa", 256);
+    dm_tokenizer_free(tok);
+    /* with only one of them, tokenizer.json */
+    char *merges = dm_xasprintf("%s/merges.txt", dir);
+    ck_assert_int_eq(unlink(merges), 0);
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: not valid JSON");
+    /* a tokenizer.json file may be named directly */
+    tok = dm_tokenizer_load(JSON_GOLDEN "/gemma/tokenizer.json");
+    ck_assert_msg(tok != NULL, "%s", dm_error());
+    ck_assert_int_eq(dm_tokenizer_bos(tok), 2);
+    ck_assert_str_eq(dm_tokenizer_token_text(tok, 2), "<bos>");
+    /* Gemma's decoder: "▁" is a space, <0xNN> its byte */
+    size_t len;
+    const char *b = dm_tokenizer_token_bytes(tok, 7 + 3 + 2 + 0x41, &len); /* <0x41> */
+    ck_assert_str_eq(dm_tokenizer_token_text(tok, 7 + 3 + 2 + 0x41), "<0x41>");
+    ck_assert(len == 1 && b[0] == 'A');
+    int32_t *ids;
+    size_t n;
+    const char text[] = "Hello world <start_of_turn>日本 \xff";
+    ck_assert_int_eq(dm_tokenizer_encode(tok, text, sizeof text - 1, &ids, &n), 0);
+    char *back = dm_tokenizer_decode(tok, ids, n, &len);
+    ck_assert_str_eq(back, "Hello world <start_of_turn>日本 \xef\xbf\xbd");
+    free(back), free(ids);
+    dm_tokenizer_free(tok);
+    /* a folder with none of the files names vocab.json, as before */
+    char *vocab = dm_xasprintf("%s/vocab.json", dir), *json = dm_xasprintf("%s/tokenizer.json", dir);
+    unlink(vocab), unlink(json);
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("vocab.json: cannot open");
+    dm_test_rm_tree(dir);
+    free(merges), free(vocab), free(json), free(dir);
+}
+END_TEST
+
 /* ---- the command --------------------------------------------------------- */
 
 START_TEST(tokenize_command)
@@ -753,6 +937,36 @@ START_TEST(tokenize_command)
     ck_assert_msg(strstr(err, "unknown option --frobnicate") != NULL, "stderr: %s", err);
     free(out), free(err);
 
+    /* a tokenizer.json folder, with its BOS: what the library's
+     * encode("Hello world", add_special_tokens=True) gives */
+    json_t *exp = load_json(JSON_GOLDEN "/gemma/expected.json");
+    json_t *want = json_object_get(json_object_get(exp, "ids_special"), "hello");
+    char *line = dm_xstrdup("");
+    for (size_t i = 0; i < json_array_size(want); i++) {
+        char *l = dm_xasprintf("%s%s%lld", line, i ? " " : "",
+                               (long long)json_integer_value(json_array_get(want, i)));
+        free(line);
+        line = l;
+    }
+    char *wline = dm_xasprintf("%s\n", line);
+    char *a10[] = {"tokenize", "--tokenizer", JSON_GOLDEN "/gemma", "--bos", hello};
+    ck_assert_int_eq(run_tokenize(5, a10, &out, &err), 0);
+    ck_assert_str_eq(out, wline);
+    ck_assert(strncmp(out, "2 ", 2) == 0);
+    free(out), free(err), free(line), free(wline);
+    json_decref(exp);
+    /* without a BOS (the splits variant has one; a "$A" template has none) */
+    json_t *root = load_json(JSON_GOLDEN "/metaspace/tokenizer.json");
+    json_object_set_new(root, "post_processor", json_null());
+    char *nobos = dm_xasprintf("%s/nobos.json", dir);
+    ck_assert_int_eq(json_dump_file(root, nobos, 0), 0);
+    json_decref(root);
+    char *a11[] = {"tokenize", "--tokenizer", nobos, "--bos", hello};
+    ck_assert_int_eq(run_tokenize(5, a11, &out, &err), 1);
+    ck_assert_msg(strstr(err, "nobos.json: the tokenizer has no BOS token for --bos") != NULL,
+                  "stderr: %s", err);
+    free(out), free(err), free(nobos);
+
     char *a9[] = {"tokenize", "--help"};
     ck_assert_int_eq(run_tokenize(2, a9, &out, &err), 0);
     ck_assert_msg(strstr(out, "usage: dmica tokenize") != NULL, "stdout: %s", out);
@@ -779,6 +993,8 @@ int main(void)
     tcase_add_test(tc, pathological_text_finishes);
     tcase_add_test(tc, bad_vocab_refused);
     tcase_add_test(tc, bad_merges_refused);
+    tcase_add_test(tc, bad_json_refused);
+    tcase_add_test(tc, json_load_rules);
     tcase_add_test(tc, tokenize_command);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);

@@ -173,6 +173,18 @@ static int dm_json_model(dm_json_ctx *c, json_t *model, json_t *added, json_t *m
     }
     if (n_model == 0)
         return dm_fail("%s: model.vocab is empty", c->path);
+    const char **by_id = dm_xcalloc((size_t)max_id + 1, sizeof *by_id);
+    json_object_keylen_foreach(vocab, key, key_len, value) {
+        json_int_t id = json_integer_value(value);
+        if (by_id[id]) {
+            dm_fail("%s: model.vocab: id %lld is given to both \"%.80s\" and \"%.80s\"", c->path,
+                    (long long)id, by_id[id], key);
+            free(by_id);
+            return -1;
+        }
+        by_id[id] = key;
+    }
+    free(by_id);
 
     /* added tokens: ids as the library gives them on loading
      * (AddedVocabulary::add_tokens, one token at a time in file order) */
@@ -248,9 +260,6 @@ static int dm_json_model(dm_json_ctx *c, json_t *model, json_t *added, json_t *m
     uint32_t to = 0;
     json_object_keylen_foreach(vocab, key, key_len, value) {
         json_int_t id = json_integer_value(value);
-        if (tok->text_off[id] != UINT32_MAX)
-            return dm_fail("%s: model.vocab: id %lld is given to both \"%.80s\" and \"%.80s\"",
-                           c->path, (long long)id, tok->token_text + tok->text_off[id], key);
         tok->text_off[id] = to;
         memcpy(tok->token_text + to, key, key_len + 1);
         to += (uint32_t)key_len + 1;

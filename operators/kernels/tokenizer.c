@@ -395,6 +395,7 @@ void dm_tok_trie_init(dm_trie *t)
     t->n = 1;
     memset(t->first, 0, sizeof t->first);
     t->empty = 1;
+    t->only_first = -1;
 }
 
 void dm_tok_trie_add(dm_trie *t, const char *s, size_t n, int32_t token)
@@ -418,7 +419,9 @@ void dm_tok_trie_add(dm_trie *t, const char *s, size_t n, int32_t token)
     }
     if (n > 0) {
         t->node[at].token = token;
-        t->first[(uint8_t)s[0]] = 1;
+        uint8_t b = (uint8_t)s[0];
+        t->only_first = t->empty || t->only_first == b ? b : -1;
+        t->first[b] = 1;
         t->empty = 0;
     }
 }
@@ -435,7 +438,13 @@ static int dm_trie_next(const dm_trie *t, const char *s, size_t n, size_t from, 
         return 0;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t p = from; p < n; p++) {
-        if (!t->first[u[p]])
+        if (t->only_first >= 0) {
+            /* one byte starts every content (GPT-2: '<'): memchr finds it fast */
+            const unsigned char *hit = memchr(u + p, t->only_first, n - p);
+            if (!hit)
+                return 0;
+            p = (size_t)(hit - u);
+        } else if (!t->first[u[p]])
             continue;
         int32_t at = 0, best = -1;
         size_t best_end = 0;
@@ -484,6 +493,9 @@ int dm_tok_match_init(dm_tokenizer *tok)
 {
     if (tok->match)
         return 0;
+    /* GPT-2's pattern repeats single characters, so matching needs the same
+     * small stack for a run of 20 MB as for a word (measured); 1 MiB is
+     * headroom, also for the patterns of a tokenizer.json. */
     tok->jit_stack = pcre2_jit_stack_create(32 * 1024, 1024 * 1024, NULL);
     tok->mctx = pcre2_match_context_create(NULL);
     tok->match = pcre2_match_data_create(1, NULL);
@@ -509,9 +521,6 @@ int dm_tok_finish(dm_tokenizer *tok)
     if (need_word &&
         dm_tok_compile(&tok->word_re, word_class, PCRE2_ZERO_TERMINATED, "tokenizer regex"))
         return -1;
-    /* The patterns' repeats are of single characters, so matching needs the
-     * same small stack for a run of 20 MB as for a word (measured); 1 MiB is
-     * headroom. */
     if (dm_tok_match_init(tok))
         return -1;
 

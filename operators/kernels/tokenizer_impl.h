@@ -80,6 +80,7 @@ typedef struct {
     dm_trie_node *node;              /* node[0] is the root */
     size_t n, cap;
     uint8_t first[256];              /* 1 for bytes some content starts with */
+    int only_first;                  /* the one byte all contents start with, or -1 */
     int empty;                       /* no contents */
 } dm_trie;
 
@@ -175,10 +176,9 @@ void dm_tok_pair_put(dm_tokenizer *tok, int32_t a, int32_t b, int32_t rank, int3
 void dm_tok_vocab_index(dm_tokenizer *tok);
 /* The model vocabulary's id of s[0, n), or -1. */
 int32_t dm_tok_vocab_find(const dm_tokenizer *tok, const char *s, size_t n);
-/* Adds an added token (content copied) to the trie its normalized flag picks;
- * content_norm is what the normalized trie matches (may equal content). */
-void dm_tok_trie_add(dm_trie *t, const char *s, size_t n, int32_t token);
+/* An empty trie; adding s[0, n) (copied) makes it match added[token]. */
 void dm_tok_trie_init(dm_trie *t);
+void dm_tok_trie_add(dm_trie *t, const char *s, size_t n, int32_t token);
 /* Applies the normalizer to s[0, n); returns its output (s itself when there
  * is no normalizer), *out_len its length. The result lives until the next call. */
 const char *dm_tok_normalize(dm_tokenizer *tok, const char *s, size_t n, size_t *out_len);

@@ -1,5 +1,6 @@
 /*
- * test_tokenizer.c: operators/tokenizer.c, GPT-2's byte-level BPE.
+ * test_tokenizer.c: operators/kernels/tokenizer.c and tokenizer_json.c, BPE
+ * exact to Hugging Face tokenizers.
  *
  * What must hold: the ids of every file in tests/golden/tokenizer_corpus/ are
  * exactly those of Hugging Face `tokenizers` (tests/golden/
@@ -9,6 +10,12 @@
  * also once it has been emptied; pathological words finish; broken vocab.json
  * and merges.txt files are refused with the file and line named; and
  * `dmica tokenize` prints what the golden files hold.
+ *
+ * For tokenizer.json: on each file tests/golden/make_tokenizer_json_golden.py
+ * built with the library (Gemma's structure, four more, GPT-2's), every text of
+ * tests/golden/tokenizer_json/cases.json gives the library's ids, with and
+ * without the BOS, and every prefix of them; broken or unsupported files are
+ * refused naming the file and the key; the folder rule picks the right file.
  *
  * The real vocabulary is tests/data/gpt2-tokenizer, a copy of GPT-2's (from the repository root,
  * where the tests run), or the folder in DMICA_GPT2_TOKENIZER.

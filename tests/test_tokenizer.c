@@ -399,9 +399,9 @@ START_TEST(json_matches_reference)
             ck_assert_int_eq(dm_tokenizer_encode_append(tok, text, len, &a), 0);
             ck_assert_int_eq(dm_tokenizer_encode_append(files, text, len, &b), 0);
             ck_assert_msg(a.n == want_ids.n &&
-                              memcmp(a.ids, want_ids.ids, a.n * sizeof *a.ids) == 0,
+                              (a.n == 0 || memcmp(a.ids, want_ids.ids, a.n * sizeof *a.ids) == 0),
                           "gpt2 tokenizer.json: %s differs from the reference", e->d_name);
-            ck_assert(b.n == a.n && memcmp(a.ids, b.ids, a.n * sizeof *a.ids) == 0);
+            ck_assert(b.n == a.n && (a.n == 0 || memcmp(a.ids, b.ids, a.n * sizeof *a.ids) == 0));
             char *back = dm_tokenizer_decode(tok, a.ids, a.n, &glen);
             char *back2 = dm_tokenizer_decode(files, a.ids, a.n, &len);
             ck_assert(back && back2 && glen == len && memcmp(back, back2, len) == 0);

@@ -46,7 +46,10 @@ Writes into tests/golden/tokenizer_json/ (next to this script):
                         "ids": {case: ids without special tokens},
                         "ids_special": {case: ids of encode(add_special_tokens=True)}}
 The texts are every file of tests/golden/tokenizer_corpus/ and the strings in
-EXTRA below. Requires tokenizers 0.19 and transformers (generate_merges):
+EXTRA below. Training is not deterministic (the library breaks ties between
+equally frequent pairs in hash order), so a rerun writes other tokenizers, with
+the ids that go with them. Requires tokenizers 0.19, transformers
+(generate_merges) and the zstd command:
     /work/venv/bin/python tests/golden/make_tokenizer_json_golden.py
 """
 import glob

@@ -244,7 +244,7 @@ test: all
 # harness once on each file of tests/fuzz/corpus/NAME and tests/fuzz/crashes/NAME
 # through tests/fuzz/replay.c, built with $(CC) and the test-san build's ASan/UBSan
 # library: no clang needed, a few seconds.
-FUZZERS      ?= npy npz safetensors sae_cfg pipeline spill node_json tokenizer_files tokenizer_encode corpus
+FUZZERS      ?= npy npz safetensors sae_cfg pipeline spill node_json tokenizer_files tokenizer_encode tokenizer_json corpus
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer

@@ -1,5 +1,6 @@
 /*
- * test_tokenizer.c: operators/tokenizer.c, GPT-2's byte-level BPE.
+ * test_tokenizer.c: operators/kernels/tokenizer.c and tokenizer_json.c, BPE
+ * exact to Hugging Face tokenizers.
  *
  * What must hold: the ids of every file in tests/golden/tokenizer_corpus/ are
  * exactly those of Hugging Face `tokenizers` (tests/golden/
@@ -9,6 +10,12 @@
  * also once it has been emptied; pathological words finish; broken vocab.json
  * and merges.txt files are refused with the file and line named; and
  * `dmica tokenize` prints what the golden files hold.
+ *
+ * For tokenizer.json: on each file tests/golden/make_tokenizer_json_golden.py
+ * built with the library (Gemma's structure, four more, GPT-2's), every text of
+ * tests/golden/tokenizer_json/cases.json gives the library's ids, with and
+ * without the BOS, and every prefix of them; broken or unsupported files are
+ * refused naming the file and the key; the folder rule picks the right file.
  *
  * The real vocabulary is tests/data/gpt2-tokenizer, a copy of GPT-2's (from the repository root,
  * where the tests run), or the folder in DMICA_GPT2_TOKENIZER.
@@ -20,6 +27,8 @@
 #include "test.h"
 
 #include <dirent.h>
+#include <jansson.h>
+#include <zstd.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,6 +258,165 @@ START_TEST(decode_gives_back_the_text)
     }
     closedir(d);
     dm_tokenizer_free(tok);
+}
+END_TEST
+
+/* ---- tokenizer.json against the reference -------------------------------- */
+
+#define JSON_GOLDEN "tests/golden/tokenizer_json"
+
+/* make_tokenizer_json_golden.py's variants (its docstring says what each covers) */
+static const char *const json_variants[] = {"gemma", "gemma_nopre", "llama", "metaspace", "splits",
+                                            "gpt2"};
+#define N_JSON_VARIANTS (int)(sizeof json_variants / sizeof *json_variants)
+
+/* A folder holding GPT-2's tokenizer.json, decompressed from the golden .zst
+ * (committed compressed: 1.4 MB as text). Remove it with dm_test_rm_tree. */
+static char *gpt2_json_dir(void)
+{
+    size_t zlen;
+    char *z = slurp(JSON_GOLDEN "/gpt2/tokenizer.json.zst", &zlen);
+    ck_assert_msg(z != NULL, "cannot read %s/gpt2/tokenizer.json.zst", JSON_GOLDEN);
+    unsigned long long n = ZSTD_getFrameContentSize(z, zlen);
+    ck_assert(n != ZSTD_CONTENTSIZE_ERROR && n != ZSTD_CONTENTSIZE_UNKNOWN);
+    char *text = dm_xmalloc((size_t)n);
+    ck_assert(ZSTD_decompress(text, (size_t)n, z, zlen) == n);
+    char *dir = dm_test_tmpdir("tokjson");
+    char *path = dm_xasprintf("%s/tokenizer.json", dir);
+    put(path, text, (size_t)n);
+    free(path), free(text), free(z);
+    return dir;
+}
+
+static json_t *load_json(const char *path)
+{
+    json_error_t err;
+    json_t *j = json_load_file(path, 0, &err);
+    ck_assert_msg(j != NULL, "%s: %s (run tests/golden/make_tokenizer_json_golden.py)", path,
+                  err.text);
+    return j;
+}
+
+/* The bytes of a hex string (yours, free(3)). */
+static char *unhex(const char *hex, size_t *len)
+{
+    size_t n = strlen(hex) / 2;
+    char *b = dm_xmalloc(n + 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        ck_assert(sscanf(hex + 2 * i, "%2x", &v) == 1);
+        b[i] = (char)v;
+    }
+    *len = n;
+    return b;
+}
+
+/* ids equals the JSON array want; otherwise fails naming the first difference. */
+static void assert_ids_json(const char *variant, const char *what, const int32_t *ids, size_t n,
+                            json_t *want)
+{
+    size_t wn = json_array_size(want), i = 0;
+    while (i < n && i < wn && ids[i] == json_integer_value(json_array_get(want, i)))
+        i++;
+    ck_assert_msg(i == n && n == wn,
+                  "%s: %s: %zu ids, reference %zu; first difference at id %zu: %d, reference %d",
+                  variant, what, n, wn, i, i < n ? ids[i] : -1,
+                  i < wn ? (int)json_integer_value(json_array_get(want, i)) : -1);
+}
+
+START_TEST(json_matches_reference)
+{
+    const char *variant = json_variants[_i];
+    json_t *cases = load_json(JSON_GOLDEN "/cases.json");
+    char *exp_path = dm_xasprintf("%s/%s/expected.json", JSON_GOLDEN, variant);
+    json_t *exp = load_json(exp_path);
+    int gpt2 = strcmp(variant, "gpt2") == 0;
+    char *dir = gpt2 ? gpt2_json_dir() : dm_xasprintf("%s/%s", JSON_GOLDEN, variant);
+    dm_tokenizer *tok = dm_tokenizer_load(dir);
+    ck_assert_msg(tok != NULL, "%s: %s", variant, dm_error());
+    ck_assert_int_eq(dm_tokenizer_vocab_size(tok),
+                     json_integer_value(json_object_get(exp, "vocab_size")));
+    /* the post-processor's BOS; without one, <|endoftext|> when there is one */
+    int32_t lib_bos = (int32_t)json_integer_value(json_object_get(exp, "bos"));
+    ck_assert_int_eq(dm_tokenizer_bos(tok), lib_bos >= 0 ? lib_bos : dm_tokenizer_eot(tok));
+    if (gpt2)
+        ck_assert_int_eq(dm_tokenizer_bos(tok), 50256);
+
+    const char *name;
+    json_t *want;
+    int checked = 0;
+    json_object_foreach(json_object_get(exp, "ids"), name, want) {
+        json_t *hex = json_object_get(cases, name);
+        ck_assert_msg(hex != NULL, "%s: no case %s in cases.json", variant, name);
+        size_t len;
+        char *text = unhex(json_string_value(hex), &len);
+        int32_t *ids;
+        size_t n;
+        ck_assert_int_eq(dm_tokenizer_encode(tok, text, len, &ids, &n), 0);
+        assert_ids_json(variant, name, ids, n, want);
+
+        /* add_special_tokens=True is the BOS, then the same */
+        json_t *special = json_object_get(json_object_get(exp, "ids_special"), name);
+        if (special) {
+            dm_token_ids t = DM_TOKEN_IDS_INIT;
+            if (lib_bos >= 0)
+                dm_token_ids_push(&t, dm_tokenizer_bos(tok));
+            ck_assert_int_eq(dm_tokenizer_encode_append(tok, text, len, &t), 0);
+            assert_ids_json(variant, name, t.ids, t.n, special);
+            dm_token_ids_release(&t);
+        }
+        /* prefixes are exact */
+        for (size_t k = 1; k < n; k = k * 2 + 1) {
+            dm_token_ids t = DM_TOKEN_IDS_INIT;
+            ck_assert_int_eq(dm_tokenizer_encode_prefix(tok, text, len, k, &t), 0);
+            ck_assert_msg(t.n == k && memcmp(t.ids, ids, k * sizeof *ids) == 0,
+                          "%s: %s: prefix of %zu ids differs", variant, name, k);
+            dm_token_ids_release(&t);
+        }
+        free(ids), free(text);
+        checked++;
+    }
+    ck_assert_int_ge(checked, 30);
+
+    if (gpt2) {
+        /* the whole GPT-2 corpus, and the same ids as from vocab.json and merges.txt */
+        dm_tokenizer *files = load_gpt2();
+        ck_assert_int_eq(dm_tokenizer_cut_is_safe(tok), 1);
+        ck_assert_int_eq(dm_tokenizer_cut_is_safe(files), 1);
+        DIR *d = opendir(CORPUS);
+        ck_assert_ptr_nonnull(d);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            char *path = dm_xasprintf("%s/%s", CORPUS, e->d_name);
+            char *gold = dm_xasprintf("%s/%s.ids", GOLDEN, e->d_name);
+            size_t len, glen;
+            char *text = slurp(path, &len), *gtext = slurp(gold, &glen);
+            dm_token_ids want_ids = DM_TOKEN_IDS_INIT, a = DM_TOKEN_IDS_INIT,
+                         b = DM_TOKEN_IDS_INIT;
+            parse_ids(gtext, &want_ids);
+            ck_assert_int_eq(dm_tokenizer_encode_append(tok, text, len, &a), 0);
+            ck_assert_int_eq(dm_tokenizer_encode_append(files, text, len, &b), 0);
+            ck_assert_msg(a.n == want_ids.n &&
+                              (a.n == 0 || memcmp(a.ids, want_ids.ids, a.n * sizeof *a.ids) == 0),
+                          "gpt2 tokenizer.json: %s differs from the reference", e->d_name);
+            ck_assert(b.n == a.n && (a.n == 0 || memcmp(a.ids, b.ids, a.n * sizeof *a.ids) == 0));
+            char *back = dm_tokenizer_decode(tok, a.ids, a.n, &glen);
+            char *back2 = dm_tokenizer_decode(files, a.ids, a.n, &len);
+            ck_assert(back && back2 && glen == len && memcmp(back, back2, len) == 0);
+            free(back), free(back2);
+            dm_token_ids_release(&want_ids), dm_token_ids_release(&a), dm_token_ids_release(&b);
+            free(text), free(gtext), free(path), free(gold);
+        }
+        closedir(d);
+        dm_tokenizer_free(files);
+        dm_test_rm_tree(dir);
+    } else
+        ck_assert_int_eq(dm_tokenizer_cut_is_safe(tok), 0);
+    dm_tokenizer_free(tok);
+    json_decref(cases), json_decref(exp);
+    free(dir), free(exp_path);
 }
 END_TEST
 
@@ -534,6 +702,190 @@ START_TEST(bad_merges_refused)
 }
 END_TEST
 
+/* ---- broken tokenizer.json files ------------------------------------------ */
+
+/* gemma's tokenizer.json with edit applied (a JSON Pointer-ish key path and a
+ * JSON value, or NULL to delete), written into a fresh folder; loading must
+ * fail with a message holding "tokenizer.json" and each of what. */
+static void expect_json_error(const char *const *path, const char *value, const char *what,
+                              const char *what2)
+{
+    json_t *root = load_json(JSON_GOLDEN "/gemma/tokenizer.json");
+    json_t *obj = root;
+    int k = 0;
+    while (path[k + 1]) {
+        json_t *next = json_is_array(obj) ? json_array_get(obj, (size_t)atoi(path[k]))
+                                          : json_object_get(obj, path[k]);
+        ck_assert_msg(next != NULL, "no %s in gemma's tokenizer.json", path[k]);
+        obj = next;
+        k++;
+    }
+    json_t *v = NULL;
+    if (value) {
+        json_error_t err;
+        v = json_loads(value, JSON_DECODE_ANY, &err);
+        ck_assert_msg(v != NULL, "bad test value %s", value);
+    }
+    if (json_is_array(obj)) {
+        if (v)
+            json_array_set_new(obj, (size_t)atoi(path[k]), v);
+        else
+            json_array_remove(obj, (size_t)atoi(path[k]));
+    } else if (v)
+        json_object_set_new(obj, path[k], v);
+    else
+        json_object_del(obj, path[k]);
+    char *dir = dm_test_tmpdir("tokjson");
+    char *file = dm_xasprintf("%s/tokenizer.json", dir);
+    ck_assert_int_eq(json_dump_file(root, file, JSON_COMPACT), 0);
+    json_decref(root);
+    dm_error_clear();
+    dm_tokenizer *tok = dm_tokenizer_load(dir);
+    ck_assert_msg(tok == NULL, "loaded despite: %s", what);
+    assert_error_has("tokenizer.json: ");
+    assert_error_has(what);
+    if (what2)
+        assert_error_has(what2);
+    dm_test_rm_tree(dir);
+    free(file), free(dir);
+}
+
+#define KEYS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+START_TEST(bad_json_refused)
+{
+    /* not JSON, or cut short */
+    char *dir = dm_test_tmpdir("tokjson");
+    size_t len;
+    char *text = slurp(JSON_GOLDEN "/gemma/tokenizer.json", &len);
+    ck_assert_ptr_nonnull(text);
+    put_str(dir, "tokenizer.json", "{\"model\": ");
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: not valid JSON");
+    char *file = dm_xasprintf("%s/tokenizer.json", dir);
+    put(file, text, len / 2);
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: not valid JSON");
+    assert_error_has("line 1");
+    put_str(dir, "tokenizer.json", "[]");
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("expected a JSON object");
+    put_str(dir, "tokenizer.json", "{}");
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: no \"model\" object");
+    free(file), free(text);
+    dm_test_rm_tree(dir);
+    free(dir);
+
+    expect_json_error(KEYS("model"), NULL, "no \"model\" object", NULL);
+    expect_json_error(KEYS("version"), "\"2.0\"", "version \"2.0\" is not supported", NULL);
+    expect_json_error(KEYS("truncation"), "{\"max_length\": 8}", "truncation is set", NULL);
+    expect_json_error(KEYS("padding"), "{}", "padding is set", NULL);
+    expect_json_error(KEYS("model", "type"), "\"Unigram\"", "model.type \"Unigram\" is not supported",
+                      NULL);
+    expect_json_error(KEYS("model", "dropout"), "0.1", "model.dropout must be null", NULL);
+    expect_json_error(KEYS("model", "continuing_subword_prefix"), "\"##\"",
+                      "model.continuing_subword_prefix \"##\" is not supported", NULL);
+    expect_json_error(KEYS("model", "byte_fallback"), "\"yes\"", "model.byte_fallback must be true "
+                      "or false", NULL);
+    expect_json_error(KEYS("model", "vocab"), "[1]", "model.vocab must be an object", NULL);
+    expect_json_error(KEYS("model", "vocab"), "{}", "model.vocab is empty", NULL);
+    expect_json_error(KEYS("model", "vocab", "<pad>"), "-3", "model.vocab: token \"<pad>\": the id "
+                      "must be an integer", NULL);
+    expect_json_error(KEYS("model", "vocab", "<pad>"), "1", "id 1 is given to both", NULL);
+    expect_json_error(KEYS("model", "merges"), NULL, "model.merges must be an array", NULL);
+    expect_json_error(KEYS("model", "merges", "0"), "\"zzz▁ q\"", "model.merges[0]: token", "is not in "
+                      "model.vocab");
+    expect_json_error(KEYS("model", "merges", "1"), "\"<pad> <eos>\"", "model.merges[1]: the merge result "
+                      "\"<pad><eos>\" is not in model.vocab", NULL);
+    expect_json_error(KEYS("model", "merges", "2"), "\"a b c\"", "model.merges[2]: expected two tokens",
+                      NULL);
+    expect_json_error(KEYS("model", "merges", "2"), "[\"a\"]", "model.merges[2]: expected", NULL);
+    expect_json_error(KEYS("model", "unk_token"), "\"<nope>\"", "model.unk_token \"<nope>\" is not in "
+                      "model.vocab", NULL);
+    expect_json_error(KEYS("added_tokens", "2", "id"), "7", "added_tokens[2]: \"<bos>\" has id 7, "
+                      "but tokenizers gives it 2", NULL);
+    expect_json_error(KEYS("added_tokens", "2", "content"), "\"\"", "added_tokens[2]: expected an "
+                      "object with a non-empty \"content\"", NULL);
+    expect_json_error(KEYS("added_tokens", "2", "lstrip"), "1", "added_tokens[2].lstrip must be true "
+                      "or false", NULL);
+    expect_json_error(KEYS("normalizer"), "{\"type\": \"NFKC\"}", "normalizer.type \"NFKC\" is not "
+                      "supported", NULL);
+    expect_json_error(KEYS("normalizer"),
+                      "{\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", \"prepend\": "
+                      "\"x\"}, {\"type\": \"Lowercase\"}]}",
+                      "normalizer.normalizers[1].type \"Lowercase\" is not supported", NULL);
+    expect_json_error(KEYS("normalizer", "pattern"), "{\"String\": \"\"}",
+                      "normalizer.pattern.String is empty", NULL);
+    expect_json_error(KEYS("normalizer", "pattern"), "{\"Regex\": \"(\"}", "normalizer.pattern.Regex",
+                      NULL);
+    expect_json_error(KEYS("normalizer", "pattern"), "7", "normalizer.pattern must be", NULL);
+    expect_json_error(KEYS("normalizer"), "{\"pattern\": 1}", "normalizer has no \"type\"", NULL);
+    expect_json_error(KEYS("pre_tokenizer"), "{\"type\": \"Whitespace\"}",
+                      "pre_tokenizer.type \"Whitespace\" is not supported", NULL);
+    expect_json_error(KEYS("pre_tokenizer", "behavior"), "\"Sideways\"", "pre_tokenizer.behavior must "
+                      "be", NULL);
+    expect_json_error(KEYS("pre_tokenizer"),
+                      "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"ByteLevel\"}, "
+                      "{\"type\": \"Metaspace\", \"replacement\": \"_\"}]}",
+                      "pre_tokenizer.pretokenizers[1] follows a ByteLevel pre-tokenizer", NULL);
+    expect_json_error(KEYS("pre_tokenizer"), "{\"type\": \"Metaspace\", \"replacement\": \"ab\"}",
+                      "pre_tokenizer.replacement must be one character", NULL);
+    expect_json_error(KEYS("post_processor"), "{\"type\": \"BertProcessing\"}",
+                      "post_processor.type \"BertProcessing\" is not supported", NULL);
+    expect_json_error(KEYS("post_processor", "single"),
+                      "[{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, {\"SpecialToken\": {\"id\": "
+                      "\"<eos>\", \"type_id\": 0}}]",
+                      "post_processor.single: dmica supports", NULL);
+    expect_json_error(KEYS("post_processor", "special_tokens", "<bos>", "ids"), "[2, 2]",
+                      "post_processor.special_tokens has no single id for \"<bos>\"", NULL);
+}
+END_TEST
+
+START_TEST(json_load_rules)
+{
+    /* a folder with vocab.json and merges.txt uses them, whatever tokenizer.json says */
+    char *dir = dm_test_tmpdir("tokjson");
+    put_tiny_vocab(dir, "");
+    put_str(dir, "merges.txt", "#version: 0.2\na a\n");
+    put_str(dir, "tokenizer.json", "not json");
+    dm_tokenizer *tok = dm_tokenizer_load(dir);
+    ck_assert_msg(tok != NULL, "%s", dm_error());
+    ASSERT_IDS(tok, "aa", 256);
+    dm_tokenizer_free(tok);
+    /* with only one of them, tokenizer.json */
+    char *merges = dm_xasprintf("%s/merges.txt", dir);
+    ck_assert_int_eq(unlink(merges), 0);
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("tokenizer.json: not valid JSON");
+    /* a tokenizer.json file may be named directly */
+    tok = dm_tokenizer_load(JSON_GOLDEN "/gemma/tokenizer.json");
+    ck_assert_msg(tok != NULL, "%s", dm_error());
+    ck_assert_int_eq(dm_tokenizer_bos(tok), 2);
+    ck_assert_str_eq(dm_tokenizer_token_text(tok, 2), "<bos>");
+    /* Gemma's decoder: "▁" is a space, <0xNN> its byte */
+    size_t len;
+    const char *b = dm_tokenizer_token_bytes(tok, 7 + 3 + 2 + 0x41, &len); /* <0x41> */
+    ck_assert_str_eq(dm_tokenizer_token_text(tok, 7 + 3 + 2 + 0x41), "<0x41>");
+    ck_assert(len == 1 && b[0] == 'A');
+    int32_t *ids;
+    size_t n;
+    const char text[] = "Hello world <start_of_turn>日本 \xff";
+    ck_assert_int_eq(dm_tokenizer_encode(tok, text, sizeof text - 1, &ids, &n), 0);
+    char *back = dm_tokenizer_decode(tok, ids, n, &len);
+    ck_assert_str_eq(back, "Hello world <start_of_turn>日本 \xef\xbf\xbd");
+    free(back), free(ids);
+    dm_tokenizer_free(tok);
+    /* a folder with none of the files names vocab.json, as before */
+    char *vocab = dm_xasprintf("%s/vocab.json", dir), *json = dm_xasprintf("%s/tokenizer.json", dir);
+    unlink(vocab), unlink(json);
+    ck_assert_ptr_null(dm_tokenizer_load(dir));
+    assert_error_has("vocab.json: cannot open");
+    dm_test_rm_tree(dir);
+    free(merges), free(vocab), free(json), free(dir);
+}
+END_TEST
+
 /* ---- the command --------------------------------------------------------- */
 
 START_TEST(tokenize_command)
@@ -592,6 +944,36 @@ START_TEST(tokenize_command)
     ck_assert_msg(strstr(err, "unknown option --frobnicate") != NULL, "stderr: %s", err);
     free(out), free(err);
 
+    /* a tokenizer.json folder, with its BOS: what the library's
+     * encode("Hello world", add_special_tokens=True) gives */
+    json_t *exp = load_json(JSON_GOLDEN "/gemma/expected.json");
+    json_t *want = json_object_get(json_object_get(exp, "ids_special"), "hello");
+    char *line = dm_xstrdup("");
+    for (size_t i = 0; i < json_array_size(want); i++) {
+        char *l = dm_xasprintf("%s%s%lld", line, i ? " " : "",
+                               (long long)json_integer_value(json_array_get(want, i)));
+        free(line);
+        line = l;
+    }
+    char *wline = dm_xasprintf("%s\n", line);
+    char *a10[] = {"tokenize", "--tokenizer", JSON_GOLDEN "/gemma", "--bos", hello};
+    ck_assert_int_eq(run_tokenize(5, a10, &out, &err), 0);
+    ck_assert_str_eq(out, wline);
+    ck_assert(strncmp(out, "2 ", 2) == 0);
+    free(out), free(err), free(line), free(wline);
+    json_decref(exp);
+    /* without a BOS (the splits variant has one; a "$A" template has none) */
+    json_t *root = load_json(JSON_GOLDEN "/metaspace/tokenizer.json");
+    json_object_set_new(root, "post_processor", json_null());
+    char *nobos = dm_xasprintf("%s/nobos.json", dir);
+    ck_assert_int_eq(json_dump_file(root, nobos, 0), 0);
+    json_decref(root);
+    char *a11[] = {"tokenize", "--tokenizer", nobos, "--bos", hello};
+    ck_assert_int_eq(run_tokenize(5, a11, &out, &err), 1);
+    ck_assert_msg(strstr(err, "nobos.json: the tokenizer has no BOS token for --bos") != NULL,
+                  "stderr: %s", err);
+    free(out), free(err), free(nobos);
+
     char *a9[] = {"tokenize", "--help"};
     ck_assert_int_eq(run_tokenize(2, a9, &out, &err), 0);
     ck_assert_msg(strstr(out, "usage: dmica tokenize") != NULL, "stdout: %s", out);
@@ -609,6 +991,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, corpus_matches_reference);
     tcase_add_test(tc, decode_gives_back_the_text);
+    tcase_add_loop_test(tc, json_matches_reference, 0, N_JSON_VARIANTS);
     tcase_add_test(tc, known_gpt2_ids);
     tcase_add_test(tc, encode_appends);
     tcase_add_test(tc, prefix_is_exact);
@@ -617,6 +1000,8 @@ int main(void)
     tcase_add_test(tc, pathological_text_finishes);
     tcase_add_test(tc, bad_vocab_refused);
     tcase_add_test(tc, bad_merges_refused);
+    tcase_add_test(tc, bad_json_refused);
+    tcase_add_test(tc, json_load_rules);
     tcase_add_test(tc, tokenize_command);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);

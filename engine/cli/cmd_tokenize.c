@@ -1,5 +1,6 @@
 /*
- * cmd_tokenize.c: `dmica tokenize`, the GPT-2 token ids of a text file.
+ * cmd_tokenize.c: `dmica tokenize`, the token ids of a text file (GPT-2's
+ * vocab.json and merges.txt, or a tokenizer.json such as Gemma's).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -13,8 +14,11 @@
 
 static const dm_arg_spec tokenize_specs[] = {
     {"tokenizer", DM_ARG_PATH, "DIR", NULL, 1, 0, 0, 0,
-     "folder with vocab.json and merges.txt (a Hugging Face GPT-2 model folder has both)"},
-    {"bos", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0, "put <|endoftext|> (50256) first, as SAELens does"},
+     "folder with vocab.json and merges.txt (GPT-2), or with tokenizer.json (Gemma); or a "
+     "tokenizer.json file"},
+    {"bos", DM_ARG_FLAG, NULL, NULL, 0, 0, 0, 0,
+     "put the tokenizer's BOS first (<|endoftext|> 50256 for GPT-2, <bos> for Gemma), as "
+     "SAELens does"},
     {NULL},
 };
 
@@ -22,8 +26,8 @@ static const dm_arg_spec tokenize_specs[] = {
  * command calls the tokenizer directly rather than through a pipeline. */
 static const dm_arg_cmd tokenize_cmd = {
     "tokenize", "--tokenizer DIR [--bos] FILE",
-    "Prints the GPT-2 token ids of FILE's whole text on stdout, separated by\n"
-    "single spaces. FILE - reads stdin.\n",
+    "Prints the token ids of FILE's whole text on stdout, separated by single\n"
+    "spaces, exactly as Hugging Face tokenizers gives them. FILE - reads stdin.\n",
     tokenize_specs, "FILE", 1, 1,
 };
 
@@ -49,9 +53,9 @@ static int tokenize(const char *dir, const char *path, int bos)
         fprintf(stderr, "dmica tokenize: %s\n", dm_error());
         return 1;
     }
-    if (bos && dm_tokenizer_eot(tok) < 0) {
-        fprintf(stderr, "dmica tokenize: %s/vocab.json has no <|endoftext|> token for --bos\n",
-                dir);
+    if (bos && dm_tokenizer_bos(tok) < 0) {
+        fprintf(stderr, "dmica tokenize: %s: the tokenizer has no BOS token for --bos (no "
+                "<|endoftext|>, no TemplateProcessing post-processor naming one)\n", dir);
         dm_tokenizer_free(tok);
         return 1;
     }
@@ -59,7 +63,7 @@ static int tokenize(const char *dir, const char *path, int bos)
     char *text = dm_read_text(path, &len);
     dm_token_ids ids = DM_TOKEN_IDS_INIT;
     if (bos && text)
-        dm_token_ids_push(&ids, dm_tokenizer_eot(tok));
+        dm_token_ids_push(&ids, dm_tokenizer_bos(tok));
     int rc = text ? dm_tokenizer_encode_append(tok, text, len, &ids) : -1;
     free(text);
     dm_tokenizer_free(tok);

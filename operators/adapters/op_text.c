@@ -5,9 +5,12 @@
  * Documents come from io/corpus.c (txt, jsonl, compressed and archived files,
  * nanoGPT .bin and 1-D integer .npy token files) in a fixed order: the files
  * sorted by name, then archive order, then line order. Text is tokenized with
- * operators/tokenizer.c (exact GPT-2 BPE). Windows follow SAELens
- * (sae_lens/tokenization_and_batching.py, concat_and_batch_sequences), B being
- * `<|endoftext|>` (50256, GPT-2's BOS and document separator):
+ * operators/kernels/tokenizer.c (BPE exact to Hugging Face tokenizers: GPT-2's
+ * vocab.json and merges.txt, or a tokenizer.json such as Gemma's). Windows
+ * follow SAELens (sae_lens/tokenization_and_batching.py,
+ * concat_and_batch_sequences), B being the tokenizer's BOS, also the document
+ * separator (`<|endoftext|>`, 50256, for GPT-2; `<bos>` for Gemma; 50256
+ * without a tokenizer):
  *
  *   truncate  one window per document: B + its first context-1 tokens (bos on;
  *             a document that already starts with B keeps it, without a second
@@ -61,13 +64,15 @@
 static const dm_param_spec text_params[] = {
     {"path", DM_P_PATH, NULL, "a corpus file, or a folder of them (read one level deep)"},
     {"glob", DM_P_STRING, "", "with a folder path: only files whose names match (e.g. \"*.jsonl.zst\")"},
-    {"tokenizer", DM_P_PATH, "", "folder with vocab.json and merges.txt (needed for text inputs)"},
+    {"tokenizer", DM_P_PATH, "", "folder with vocab.json and merges.txt, or with tokenizer.json (needed for text "
+                                 "inputs)"},
     {"format", DM_P_STRING, "auto", "auto (by file name), txt, jsonl, bin or npy"},
     {"text_field", DM_P_STRING, "text", "the field of each .jsonl line that holds the document"},
     {"context", DM_P_INT, "0", "tokens per window, BOS included (0: the context_size of the SAE on input sae, else 128)"},
     {"mode", DM_P_STRING, "truncate", "truncate (first tokens of each document) or pack (concatenate)"},
     {"max_tokens", DM_P_INT, "0", "stop after floor(max_tokens/context) windows (0 = the whole corpus)"},
-    {"bos", DM_P_STRING, "auto", "start every window with <|endoftext|> (50256): true, false, or auto (the "
+    {"bos", DM_P_STRING, "auto", "start every window with the tokenizer's BOS (<|endoftext|> for GPT-2, <bos> "
+                                 "for Gemma): true, false, or auto (the "
                                  "prepend_bos of the SAE on input sae; true without one, as SAELens and "
                                  "TransformerLens do)"},
     {"shard", DM_P_INT, "0", "which shard to produce (0-based)"},
@@ -243,7 +248,8 @@ static int text_infer(dm_node *n)
         for (int i = 0; i < nfiles; i++)
             if (dm_corpus_needs_tokenizer(files[i], fmt)) {
                 rc = dm_fail("%s holds text: set parameter 'tokenizer' to a folder with vocab.json and "
-                             "merges.txt (a GPT-2 model folder has them)", files[i]);
+                             "merges.txt, or with tokenizer.json (a Hugging Face model folder has them)",
+                             files[i]);
                 break;
             }
     dm_corpus_list_free(files, nfiles);
@@ -324,7 +330,9 @@ static int is_graph(char ch) { return ch > ' ' && ch < 0x7f; }
 
 /* The end of the next piece of a long text: a cut after a single newline
  * between printable ASCII characters ("x\ny") does not change GPT-2's
- * tokenization: no pre-token pattern of GPT-2's regex (tokenizer.c) spans it. */
+ * tokenization: no pre-token pattern of GPT-2's regex (tokenizer.c) spans it.
+ * Tokenizers where it could (dm_tokenizer_cut_is_safe: Gemma's, whose pieces
+ * are BPE words whole) get the document in one piece. */
 static size_t text_cut(const char *t, size_t len, size_t pos)
 {
     if (len - pos <= PIECE_BYTES)
@@ -337,7 +345,7 @@ static size_t text_cut(const char *t, size_t len, size_t pos)
 
 static int tokenize_piece(text_state *s)
 {
-    size_t end = text_cut(s->text, s->text_len, s->text_pos);
+    size_t end = dm_tokenizer_cut_is_safe(s->tok) ? text_cut(s->text, s->text_len, s->text_pos) : s->text_len;
     s->ids.n = 0;
     if (dm_tokenizer_encode_append(s->tok, s->text + s->text_pos, end - s->text_pos, &s->ids))
         return dm_fail_prefix("%s", s->text_where);
@@ -516,8 +524,11 @@ static int text_open(dm_node *n)
     if (*dm_param_str(n, "tokenizer")) {
         if (!(s->tok = dm_tokenizer_load(dm_param_str(n, "tokenizer"))))
             return -1;
-        if (dm_tokenizer_eot(s->tok) >= 0)
-            s->bos_id = dm_tokenizer_eot(s->tok);
+        if (dm_tokenizer_bos(s->tok) >= 0)
+            s->bos_id = dm_tokenizer_bos(s->tok);
+        else if (s->bos)
+            return dm_fail("%s: the tokenizer has no BOS token (no <|endoftext|>, no TemplateProcessing "
+                           "post-processor naming one): set bos: false", dm_param_str(n, "tokenizer"));
     }
     s->corpus = dm_corpus_open(s->files, s->nfiles, fmt, dm_param_str(n, "text_field"), s->bos_id);
     return 0;

@@ -44,7 +44,8 @@ enum { OUT_EXAMPLES };
 
 static const dm_param_spec topk_params[] = {
     {"k", DM_P_INT, "20", "examples per component and direction"},
-    {"tokenizer", DM_P_PATH, "", "folder with vocab.json and merges.txt, to decode contexts (\"\": ids only)"},
+    {"tokenizer", DM_P_PATH, "", "folder with vocab.json and merges.txt, or tokenizer.json, to decode contexts "
+                                 "(\"\": ids only)"},
     {"context", DM_P_INT, "5", "tokens of context on each side"},
     {"skip_bos", DM_P_BOOL, "true", "leave out position 0 of each window"},
     {"file", DM_P_STRING, "topk.json", "product file (\"\" for none)"},

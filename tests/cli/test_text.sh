@@ -29,8 +29,8 @@ done
 
 # windows.py MODE CTX BOS IDS...: the expected windows as expected.npy
 cat > windows.py <<'P'
-import sys, numpy as np
-B = 50256
+import os, sys, numpy as np
+B = int(os.environ.get("B", 50256))
 mode, ctx, bos, files = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4:]
 docs = [[int(x) for x in open(f).read().split()] for f in files]
 out = []
@@ -156,6 +156,21 @@ open('big.txt', 'w').write('\\n'.join(lines) + '  \\n\\n')"
 $DMICA tokenize --tokenizer "$TOK" big.txt > idsbig.txt || fail "tokenize big.txt"
 windows big --set src.path=big.txt --set src.mode=pack --set src.context=64
 python3 windows.py pack 64 1 idsbig.txt; same big.npy expected.npy
+
+# ---- a tokenizer.json of Gemma's structure: B is its <bos> (2), and a long
+# document is tokenized whole (its pieces are single BPE words, no cut is safe)
+GTOK=$ROOT/tests/golden/tokenizer_json/gemma
+for i in 0 1 2 3 4 5; do
+    $DMICA tokenize --tokenizer "$GTOK" docs/d$i.txt > gids$i.txt || fail "tokenize d$i (gemma)"
+done
+GALL="gids0.txt gids1.txt gids2.txt gids3.txt gids4.txt gids5.txt"
+windows gp --set src.tokenizer=$GTOK --set src.mode=pack
+B=2 python3 windows.py pack 8 1 $GALL; same gp.npy expected.npy
+windows gt --set src.tokenizer=$GTOK
+B=2 python3 windows.py truncate 8 1 $GALL; same gt.npy expected.npy
+$DMICA tokenize --tokenizer "$GTOK" big.txt > gidsbig.txt || fail "tokenize big.txt (gemma)"
+windows gbig --set src.tokenizer=$GTOK --set src.path=big.txt --set src.mode=pack --set src.context=64
+B=2 python3 windows.py pack 64 1 gidsbig.txt; same gbig.npy expected.npy
 
 # ---- max_tokens keeps whole windows from the start
 windows m --set src.mode=pack --set src.max_tokens=20

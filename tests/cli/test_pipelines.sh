@@ -130,19 +130,14 @@ Y
 expect_ok $DMICA plan gs.yaml
 expect_fail $DMICA plan gs.yaml --set sae.hook=blocks.6.hook_resid_post
 err_has "reads hook blocks.12.hook_resid_post"
-# the whole pipeline. PENDING the Gemma 2 model node (issue 15's model runner):
-# until `op: gpt2` reads Gemma 2 folders the plan stops at node 'gemma'; once it
-# does, the `else` branch goes and the plan must pass.
-if $DMICA plan "$GP" >out.txt 2>err.txt; then
-    out_has "stale: never run"
-    out_has "disk: about "
-    for node in text gemma sae; do
-        grep -q "^  $node .*sae_config.sae" out.txt || { cat out.txt; fail "$node should read the SAE from sae_config"; }
-    done
-else
-    grep -q "node 'gemma' (gpt2): $G/config.json" err.txt || { cat err.txt; fail "the gemma pipeline does not plan"; }
-    echo "pending: the model node does not read Gemma 2 yet: $(cat err.txt)"
-fi
+# the whole pipeline plans: the text node reads Gemma's tokenizer.json, the model
+# node Gemma 2's config and shard index, the sae node the release's params.npz
+expect_ok $DMICA plan "$GP"
+out_has "stale: never run"
+out_has "disk: about "
+for node in text gemma sae; do
+    grep -q "^  $node .*sae_config.sae" out.txt || { cat out.txt; fail "$node should read the SAE from sae_config"; }
+done
 # the demo pipeline validates against its own stand-ins in `make demo`; here: an SAE of the wrong width
 python3 "$ROOT/tools/make-sae" --d-in 512 --d-sae 16 --hook blocks.6.hook_resid_pre \
     --out models/gpt2-small-res-jb/blocks.6.hook_resid_pre >/dev/null

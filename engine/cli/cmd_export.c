@@ -712,9 +712,9 @@ int dm_cmd_export(int argc, char **argv)
             if (!rc)
                 rc = write_gzip(p, acts ? acts : "", alen);
             free(p);
-            json_t *src = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s, s:s?, s:s}", "id", source, "modelId", model,
+            json_t *src = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s, s:s}", "id", source, "modelId", model,
                                     "setName", set, "creatorId", creator, "hasDashboards", 1, "visibility", "PUBLIC",
-                                    "hookName", hook, "notes", "dmica export");
+                                    "notes", "dmica export");
             json_t *sset = json_pack("{s:s, s:s, s:s, s:b, s:s, s:s, s:s, s:s}", "modelId", model, "name", set,
                                      "creatorId", creator, "hasDashboards", 1, "visibility", "PUBLIC", "description",
                                      "dmica components (ICA of SAE residuals)", "creatorName", creator, "releaseName",

@@ -137,7 +137,8 @@ static int find_decomps(const char *run, char ***names, int *n)
     static const char suffix[] = "_top_examples.json";
     DIR *dir = opendir(run);
     if (!dir)
-        return dm_failc(errno == ENOENT ? DM_E_INPUT : DM_E_IO, "%s: %s", run, strerror(errno));
+        return dm_failc(errno == ENOENT ? DM_E_INPUT : DM_E_IO, "%s: cannot read the run folder: %s", run,
+                        strerror(errno));
     *names = NULL, *n = 0;
     struct dirent *de;
     while ((de = readdir(dir))) {
@@ -169,22 +170,25 @@ static json_t *load_json(const char *path)
 }
 
 /* The tokenizer folder of the topk node that wrote file, from the run's
- * pipeline.yaml; NULL when there is none. */
+ * pipeline.yaml, else the text node's (the one that made the windows); NULL
+ * when there is none. */
 static const char *pipeline_tokenizer(const run_t *r, const char *file)
 {
-    for (int i = 0; r->pipe && i < r->pipe->nnodes; i++) {
-        const dm_node_decl *nd = &r->pipe->nodes[i];
-        const char *f = NULL, *t = NULL;
-        if (strcmp(nd->op, "topk"))
-            continue;
-        for (int k = 0; k < nd->nparams; k++) {
-            if (!strcmp(nd->params[k].key, "file"))
-                f = nd->params[k].value;
-            else if (!strcmp(nd->params[k].key, "tokenizer"))
-                t = nd->params[k].value;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; r->pipe && i < r->pipe->nnodes; i++) {
+            const dm_node_decl *nd = &r->pipe->nodes[i];
+            const char *f = NULL, *t = NULL;
+            if (strcmp(nd->op, pass ? "text" : "topk"))
+                continue;
+            for (int k = 0; k < nd->nparams; k++) {
+                if (!strcmp(nd->params[k].key, "file"))
+                    f = nd->params[k].value;
+                else if (!strcmp(nd->params[k].key, "tokenizer"))
+                    t = nd->params[k].value;
+            }
+            if ((pass || (f && !strcmp(f, file))) && t && *t)
+                return t;
         }
-        if (f && !strcmp(f, file) && t && *t)
-            return t;
     }
     return NULL;
 }
@@ -221,7 +225,7 @@ static int open_decomp(run_t *r, decomp *d, const char *tokdir_arg)
         return dm_failc(DM_E_CORRUPT, "%s: no \"components\" list: not a topk node's product", d->top_path);
     if (access(d->src_path, F_OK))
         return dm_failc(DM_E_INPUT, "%s: missing: the export reads each example's per-token values from the %s "
-                        "sources (an npy_sink node of the sources, as the shipped pipelines have)", d->src_path,
+                        "sources (a pipeline keeps them with an npy_sink node of the sources)", d->src_path,
                         d->name);
     if (!(d->src = dm_npy_open(d->src_path)))
         return -1;
@@ -270,9 +274,12 @@ static int open_decomp(run_t *r, decomp *d, const char *tokdir_arg)
         if (!tokdir)
             return dm_failc(DM_E_INPUT, "%s: no tokenizer: %s/pipeline.yaml names none for the topk node that wrote "
                             "it; give --tokenizer DIR", d->top_path, r->run);
-        if (!(d->tok = dm_tokenizer_load(tokdir)))
-            return dm_failc(DM_E_INPUT, "the run's tokenizer (%s; --tokenizer DIR to give another): %s", tokdir,
-                            dm_error());
+        if (!(d->tok = dm_tokenizer_load(tokdir))) {
+            char *why = dm_xstrdup(dm_error());
+            int rc = dm_failc(DM_E_INPUT, "the run's tokenizer (%s; --tokenizer DIR to give another): %s", tokdir, why);
+            free(why);
+            return rc;
+        }
     }
     return 0;
 }
@@ -354,9 +361,13 @@ static int make_example(const decomp *d, int64_t j, const char *kind, size_t i, 
             return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: context_ids[%lld] is not a token id",
                             d->top_path, (long long)j, kind, i, (long long)t);
         x->ids[t] = (int32_t)json_integer_value(id);
-        if (!(x->str[t] = dm_tokenizer_decode_token(d->tok, x->ids[t], NULL)))
-            return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: %s (the run's tokenizer?)",
-                            d->top_path, (long long)j, kind, i, dm_error());
+        if (!(x->str[t] = dm_tokenizer_decode_token(d->tok, x->ids[t], NULL))) {
+            char *why = dm_xstrdup(dm_error());
+            int rc = dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: %s (the run's tokenizer?)",
+                              d->top_path, (long long)j, kind, i, why);
+            free(why);
+            return rc;
+        }
     }
     if (!isfinite(x->max))
         x->max = x->min = 0;

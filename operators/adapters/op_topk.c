@@ -26,8 +26,12 @@
  * Beside the extremes, a uniform random sample of `random` rows per column
  * (what feature dashboards and autointerp show as random examples: delphi's
  * random samples, Neuronpedia's activation-interval samples): each value gets
- * the key splitmix64(seed, column, row) and the rows of the `random` smallest
- * keys are kept (a bottom-k sketch, Cohen and Kaplan, PODC 2007). Unlike
+ * the key mix(seed + row) XOR mix(seed + salt(column)), mix being splitmix64's
+ * finaliser, and the rows of the `random` smallest keys are kept (a bottom-k
+ * sketch, Cohen and Kaplan, PODC 2007). The XOR with a per-column constant is
+ * a bijection, so each column's keys are as random as the rows' and each
+ * column's sample is uniform, while the hashing costs one per row, not one per
+ * value (the keys of a chunk's rows are made once, before the columns). Unlike
  * reservoir sampling by arrival (Vitter's algorithm R) the sample depends only
  * on the seed and the rows, not on chunking, so shards merge it exactly as they
  * merge the heaps.
@@ -87,6 +91,8 @@ typedef struct {
     int64_t cols, k, T;
     int64_t m;           /* random rows per column */
     uint64_t seed;
+    uint64_t *keys;      /* the current chunk's row keys */
+    int64_t nkeys;
     sample *rnd;         /* cols x m max-heaps on key */
     int64_t *nrnd;
     int skip_bos;
@@ -104,15 +110,17 @@ typedef struct {
 
 #define FINE 4096
 
-/* The sample key of (column, row): splitmix64's finaliser (Steele, Lea and
- * Flood, OOPSLA 2014) of the seed, row and column mixed by odd multipliers. */
-static uint64_t sample_key(uint64_t seed, int64_t col, int64_t row)
+/* splitmix64's finaliser (Steele, Lea and Flood, OOPSLA 2014). */
+static uint64_t mix64(uint64_t z)
 {
-    uint64_t z = seed + (uint64_t)row * 0x9e3779b97f4a7c15ull + (uint64_t)col * 0xc2b2ae3d27d4eb4full;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
+
+static uint64_t row_key(uint64_t seed, int64_t row) { return mix64(seed + (uint64_t)row * 0x9e3779b97f4a7c15ull); }
+static uint64_t col_salt(uint64_t seed, int64_t col) { return mix64(seed + ~(uint64_t)col * 0xc2b2ae3d27d4eb4full); }
+static uint64_t sample_key(uint64_t seed, int64_t col, int64_t row) { return row_key(seed, row) ^ col_salt(seed, col); }
 
 /* a above b in the max-heap on (key, row) */
 static int sample_above(const sample *a, const sample *b)
@@ -257,8 +265,16 @@ static void widen(int64_t *h)
 static int topk_consume(dm_node *n, int port, const dm_chunk *c)
 {
     topk *t = dm_node_state(n);
+    if (t->m && t->nkeys < c->rows) {
+        free(t->keys);
+        t->keys = dm_xmalloc((size_t)c->rows * sizeof *t->keys);
+        t->nkeys = c->rows;
+    }
+    for (int64_t r = 0; t->m && r < c->rows; r++)
+        t->keys[r] = row_key(t->seed, c->row0 + r);
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < t->cols; j++) {
+        uint64_t salt = col_salt(t->seed, j);
         for (int64_t r = 0; r < c->rows; r++) {
             int64_t row = c->row0 + r;
             float v = c->data[r * t->cols + j];
@@ -268,7 +284,7 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
             heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
             heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
             if (t->m) {
-                sample s = {sample_key(t->seed, j, row), v, row};
+                sample s = {t->keys[r] ^ salt, v, row};
                 sample_push(t->rnd + j * t->m, &t->nrnd[j], t->m, s);
             }
             int64_t *h = t->hist + j * FINE;
@@ -683,7 +699,7 @@ static void topk_close(dm_node *n)
     if (!t)
         return;
     free(t->top), free(t->bot), free(t->ntop), free(t->nbot), free(t->hist), free(t->scale), free(t->under_over);
-    free(t->rnd), free(t->nrnd);
+    free(t->rnd), free(t->nrnd), free(t->keys);
     free(t);
 }
 

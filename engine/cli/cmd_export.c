@@ -419,9 +419,15 @@ static json_t *example_np(const example *x, const char *source, const char *mode
                           const char *kind, size_t i)
 {
     json_t *o = json_object(), *str = json_array(), *val = json_array();
+    double mx = -INFINITY, mn = INFINITY;
+    int64_t at = 0;
     for (int64_t t = 0; t < x->n; t++) {
+        double v = isfinite(x->val[t]) ? x->val[t] : 0; /* as Neuronpedia's converter replaces NaN */
         json_array_append_new(str, json_string(x->str[t]));
-        json_array_append_new(val, json_real(isfinite(x->val[t]) ? x->val[t] : 0)); /* Neuronpedia: NaN -> 0 */
+        json_array_append_new(val, json_real(v));
+        if (v > mx)
+            mx = v, at = t;
+        mn = v < mn ? v : mn;
     }
     char *id = dm_xasprintf("%s-%lld-%s-%zu", source, (long long)j, kind, i);
     json_object_set_new(o, "id", json_string(id));
@@ -430,9 +436,9 @@ static json_t *example_np(const example *x, const char *source, const char *mode
     json_object_set_new(o, "index", json_sprintf("%lld", (long long)j));
     json_object_set_new(o, "layer", json_string(source));
     json_object_set_new(o, "modelId", json_string(model));
-    json_object_set_new(o, "maxValue", json_real(x->max));
-    json_object_set_new(o, "maxValueTokenIndex", json_integer(x->max_index));
-    json_object_set_new(o, "minValue", json_real(x->min));
+    json_object_set_new(o, "maxValue", json_real(mx));
+    json_object_set_new(o, "maxValueTokenIndex", json_integer(at));
+    json_object_set_new(o, "minValue", json_real(mn));
     json_object_set_new(o, "values", val);
     json_object_set_new(o, "creatorId", json_string(creator));
     json_object_set_new(o, "dataSource", json_string(kind));

@@ -149,8 +149,9 @@ static int find_decomps(const char *run, char ***names, int *n)
         }
     }
     closedir(dir);
-    qsort(*names, (size_t)*n, sizeof **names, by_name);
-    if (!*n)
+    if (*n)
+        qsort(*names, (size_t)*n, sizeof **names, by_name);
+    else
         return dm_failc(DM_E_INPUT, "%s: no NAME_top_examples.json (ica_top_examples.json, written by a topk node): "
                         "not the --out folder of a finished run?", run);
     return 0;

@@ -470,6 +470,23 @@ START_TEST(known_gpt2_ids)
     char *empty = dm_tokenizer_decode(tok, bad, 0, &len);
     ck_assert(empty && len == 0 && empty[0] == 0);
     free(empty);
+    /* one token alone, as tokenizers' ByteLevel decoder gives it (from_utf8_lossy):
+     * a split character is one U+FFFD per maximal invalid subpart, not one per
+     * byte (447: e2 80 -> one; 12520: " " f0 9f -> " " and one); byte 0x00 stays */
+    static const struct {
+        int32_t id;
+        const char *want;
+        size_t len;
+    } tokens[] = {{15496, "Hello", 5}, {995, " world", 6}, {50256, "<|endoftext|>", 13}, {447, "\xef\xbf\xbd", 3},
+                  {12520, " \xef\xbf\xbd", 4}, {164, "\xef\xbf\xbd", 3}, {188, "\0", 1}};
+    for (size_t i = 0; i < sizeof tokens / sizeof *tokens; i++) {
+        char *s = dm_tokenizer_decode_token(tok, tokens[i].id, &len);
+        ck_assert_msg(s && len == tokens[i].len && !memcmp(s, tokens[i].want, len) && !s[len], "token %d",
+                      (int)tokens[i].id);
+        free(s);
+    }
+    ck_assert_ptr_null(dm_tokenizer_decode_token(tok, 50257, &len));
+    assert_error_has("50257");
     dm_tokenizer_free(tok);
     dm_tokenizer_free(NULL);
 }

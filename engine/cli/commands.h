@@ -38,6 +38,9 @@ int dm_cmd_analyze(int argc, char **argv);
 int dm_cmd_causal(int argc, char **argv);
 /* `dmica top RUN_DIR --component N [--k 20] [--bottom] [--activations]` */
 int dm_cmd_top(int argc, char **argv);
+/* `dmica export RUN_DIR --format jsonl|neuronpedia [--out PATH] [--prompts DIR]`:
+ * the run's components for autointerp and Neuronpedia (cmd_export.c, docs/exports.md). */
+int dm_cmd_export(int argc, char **argv);
 /* `dmica cache verify [--cache DIR] [--remove]` (argv[0] "verify"): checks
  * every cache entry's checksums; 1 if an entry is bad. */
 int dm_cmd_cache_verify(int argc, char **argv);

@@ -40,6 +40,7 @@ static void usage(FILE *f)
           "  analyze             the analysis (SAE residual to ICA and report) on activations you already have\n"
           "  causal RUN_DIR      the causal tests of a run: each ICA component ablated against null directions\n"
           "  top                 a component's top tokens from a run folder\n"
+          "  export RUN_DIR      a run's components for autointerp (jsonl, delphi) and Neuronpedia (docs/exports.md)\n"
           "  cache du|gc|verify  the cache's size per pipeline and node; remove what no pipeline uses;\n"
           "                      check every cached file's checksum\n"
           "\n"
@@ -398,6 +399,7 @@ int main(int argc, char **argv)
         {"stats", cmd_stats},         {"ops", cmd_ops}, {"tokenize", dm_cmd_tokenize},
         {"activations", dm_cmd_activations}, {"sae", dm_cmd_sae}, {"ica", dm_cmd_ica},
         {"analyze", dm_cmd_analyze},  {"top", dm_cmd_top}, {"cache", dm_cmd_cache}, {"causal", dm_cmd_causal},
+        {"export", dm_cmd_export},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(cmd, commands[i].name))

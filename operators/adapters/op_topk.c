@@ -23,10 +23,23 @@
  * about 1e-16 of 0 relative to the range, which one pass may bin on either
  * side of 0 depending on the range when they came.
  *
+ * Beside the extremes, a uniform random sample of `random` rows per column
+ * (what feature dashboards and autointerp show as random examples: delphi's
+ * random samples, Neuronpedia's activation-interval samples): each value gets
+ * the key mix(seed + row) XOR mix(seed + salt(column)), mix being splitmix64's
+ * finaliser, and the rows of the `random` smallest keys are kept (a bottom-k
+ * sketch, Cohen and Kaplan, PODC 2007). The XOR with a per-column constant is
+ * a bijection, so each column's keys are as random as the rows' and each
+ * column's sample is uniform, while the hashing costs one per row, not one per
+ * value (the keys of a chunk's rows are made once, before the columns). Unlike
+ * reservoir sampling by arrival (Vitter's algorithm R) the sample depends only
+ * on the seed and the rows, not on chunking, so shards merge it exactly as they
+ * merge the heaps.
+ *
  * Output `examples`: the typed examples summary (operators/analysis/summaries.h:
  * per column its histogram, top and bottom examples with their decoded
  * contexts), for the report. Product: `file` (topk.json), the same and more
- * (token ids, windows, positions).
+ * (token ids, windows, positions), and the random sample (`random`, by row).
  */
 #include <jansson.h>
 #include <math.h>
@@ -51,6 +64,8 @@ static const dm_param_spec topk_params[] = {
     {"file", DM_P_STRING, "topk.json", "product file (\"\" for none)"},
     {"hist_bins", DM_P_INT, "60", "bins of each column's histogram"},
     {"hist_range", DM_P_FLOAT, "0", "histogram over [-range, range]; 0: from the column's extremes"},
+    {"random", DM_P_INT, "-1", "rows sampled uniformly per column (-1: k; 0: none)"},
+    {"seed", DM_P_INT, "0", "seed of the random sample"},
     {NULL},
 };
 static const dm_port_spec topk_inputs[] = {
@@ -65,8 +80,22 @@ typedef struct {
     int64_t row;
 } entry;
 
+/* A sampled row: its key orders the sample (a max-heap on key keeps the
+ * smallest keys). */
+typedef struct {
+    uint64_t key;
+    float value;
+    int64_t row;
+} sample;
+
 typedef struct {
     int64_t cols, k, T;
+    int64_t m;           /* random rows per column */
+    uint64_t seed;
+    uint64_t *keys;      /* the current chunk's row keys */
+    int64_t nkeys;
+    sample *rnd;         /* cols x m max-heaps on key */
+    int64_t *nrnd;
     int skip_bos;
     entry *top, *bot; /* cols x k heaps: top is a min-heap of the largest, bot a max-heap of the smallest */
     int64_t *ntop, *nbot;
@@ -81,6 +110,55 @@ typedef struct {
 } topk;
 
 #define FINE 4096
+
+/* splitmix64's finaliser (Steele, Lea and Flood, OOPSLA 2014). */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t row_key(uint64_t seed, int64_t row) { return mix64(seed + (uint64_t)row * 0x9e3779b97f4a7c15ull); }
+static uint64_t col_salt(uint64_t seed, int64_t col) { return mix64(seed + ~(uint64_t)col * 0xc2b2ae3d27d4eb4full); }
+static uint64_t sample_key(uint64_t seed, int64_t col, int64_t row) { return row_key(seed, row) ^ col_salt(seed, col); }
+
+/* a above b in the max-heap on (key, row) */
+static int sample_above(const sample *a, const sample *b)
+{
+    return a->key > b->key || (a->key == b->key && a->row > b->row);
+}
+
+static void sample_push(sample *h, int64_t *n, int64_t m, sample e)
+{
+    if (*n < m) {
+        int64_t i = (*n)++;
+        h[i] = e;
+        while (i > 0 && sample_above(&h[i], &h[(i - 1) / 2])) {
+            sample t = h[i];
+            h[i] = h[(i - 1) / 2];
+            h[(i - 1) / 2] = t;
+            i = (i - 1) / 2;
+        }
+        return;
+    }
+    if (!sample_above(&h[0], &e))
+        return;
+    h[0] = e;
+    for (int64_t i = 0;;) {
+        int64_t l = 2 * i + 1, r = l + 1, x = i;
+        if (l < *n && sample_above(&h[l], &h[x]))
+            x = l;
+        if (r < *n && sample_above(&h[r], &h[x]))
+            x = r;
+        if (x == i)
+            break;
+        sample t = h[i];
+        h[i] = h[x];
+        h[x] = t;
+        i = x;
+    }
+}
 
 /* Min-heap on value (sign = 1) or max-heap (sign = -1), ties broken by row so
  * results do not depend on chunking. */
@@ -127,6 +205,8 @@ static int topk_infer(dm_node *n)
         return dm_fail("k must be between 1 and 100000, not %lld", (long long)dm_param_int(n, "k"));
     if (dm_param_int(n, "context") < 0)
         return dm_fail("context must be >= 0");
+    if (dm_param_int(n, "random") < -1 || dm_param_int(n, "random") > 100000)
+        return dm_fail("random must be between -1 (k) and 100000, not %lld", (long long)dm_param_int(n, "random"));
     if (dm_param_int(n, "hist_bins") < 1 || dm_param_int(n, "hist_bins") > FINE)
         return dm_fail("hist_bins must be between 1 and %d", FINE);
     const char *f = dm_param_str(n, "file");
@@ -142,7 +222,9 @@ static int topk_infer(dm_node *n)
 static int64_t topk_state_bytes(const dm_node *n)
 {
     int64_t cols = dm_input_desc(n, IN_VALUES)->shape[1];
-    return (cols > 0 ? cols : 1) * (dm_param_int(n, "k") * 2 * (int64_t)(sizeof(entry) + 16) + FINE * 8);
+    int64_t m = dm_param_int(n, "random") < 0 ? dm_param_int(n, "k") : dm_param_int(n, "random");
+    return (cols > 0 ? cols : 1) *
+           (dm_param_int(n, "k") * 2 * (int64_t)(sizeof(entry) + 16) + m * (int64_t)(sizeof(sample) + 16) + FINE * 8);
 }
 
 static int topk_open(dm_node *n)
@@ -157,6 +239,10 @@ static int topk_open(dm_node *n)
     t->bot = dm_xmalloc((size_t)(t->cols * t->k) * sizeof *t->bot);
     t->ntop = dm_xcalloc((size_t)t->cols, sizeof *t->ntop);
     t->nbot = dm_xcalloc((size_t)t->cols, sizeof *t->nbot);
+    t->m = dm_param_int(n, "random") < 0 ? t->k : dm_param_int(n, "random");
+    t->seed = (uint64_t)dm_param_int(n, "seed");
+    t->rnd = dm_xmalloc((size_t)(t->cols * (t->m > 0 ? t->m : 1)) * sizeof *t->rnd);
+    t->nrnd = dm_xcalloc((size_t)t->cols, sizeof *t->nrnd);
     t->bins = dm_param_int(n, "hist_bins");
     t->range = dm_param_float(n, "hist_range");
     t->hist = dm_xcalloc((size_t)(t->cols * FINE), sizeof *t->hist);
@@ -180,8 +266,16 @@ static void widen(int64_t *h)
 static int topk_consume(dm_node *n, int port, const dm_chunk *c)
 {
     topk *t = dm_node_state(n);
+    if (t->m && t->nkeys < c->rows) {
+        free(t->keys);
+        t->keys = dm_xmalloc((size_t)c->rows * sizeof *t->keys);
+        t->nkeys = c->rows;
+    }
+    for (int64_t r = 0; t->m && r < c->rows; r++)
+        t->keys[r] = row_key(t->seed, c->row0 + r);
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < t->cols; j++) {
+        uint64_t salt = col_salt(t->seed, j);
         for (int64_t r = 0; r < c->rows; r++) {
             int64_t row = c->row0 + r;
             float v = c->data[r * t->cols + j];
@@ -190,6 +284,10 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
             entry e = {v, row};
             heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
             heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
+            if (t->m) {
+                sample s = {t->keys[r] ^ salt, v, row};
+                sample_push(t->rnd + j * t->m, &t->nrnd[j], t->m, s);
+            }
             int64_t *h = t->hist + j * FINE;
             if (t->range <= 0)
                 while (fabs(v) >= t->scale[j]) {
@@ -218,6 +316,11 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
  *                                      values below and above a fixed range
  *   hist.npy         i64 (cols, FINE)  fine histograms
  *   scale.npy        f64 (cols)        their half-ranges
+ * and, when the node samples (random > 0, m rows per column):
+ *   sample_values.npy f32 (cols, m)    the sampled rows' values (unused 0)
+ *   sample_rows.npy   i64 (cols, m)    their rows
+ *   sample_counts.npy i64 (cols)       rows held per column
+ * (the keys are recomputed from the rows).
  */
 
 static int save_array(const char *dir, const char *name, dm_dtype dtype, int ndim, const int64_t *shape,
@@ -263,6 +366,22 @@ static int topk_save_partial(dm_node *n, const char *dir)
         rc = save_array(dir, "hist.npy", DM_I64, 2, s_hist, t->hist);
     if (!rc)
         rc = save_array(dir, "scale.npy", DM_F64, 1, s_scale, t->scale);
+    if (!rc && t->m) {
+        float *sv = dm_xcalloc((size_t)(t->cols * t->m), sizeof *sv);
+        int64_t *sr = dm_xcalloc((size_t)(t->cols * t->m), sizeof *sr);
+        for (int64_t j = 0; j < t->cols; j++)
+            for (int64_t i = 0; i < t->nrnd[j]; i++) {
+                sv[j * t->m + i] = t->rnd[j * t->m + i].value;
+                sr[j * t->m + i] = t->rnd[j * t->m + i].row;
+            }
+        int64_t s_sample[2] = {t->cols, t->m};
+        rc = save_array(dir, "sample_values.npy", DM_F32, 2, s_sample, sv);
+        if (!rc)
+            rc = save_array(dir, "sample_rows.npy", DM_I64, 2, s_sample, sr);
+        if (!rc)
+            rc = save_array(dir, "sample_counts.npy", DM_I64, 1, s_scale, t->nrnd);
+        free(sv), free(sr);
+    }
     free(values), free(rows), free(counts);
     return rc;
 }
@@ -354,6 +473,29 @@ static int topk_merge_partial(dm_node *n, const char *dir)
     }
     dm_tensor_free(&values), dm_tensor_free(&rows), dm_tensor_free(&counts), dm_tensor_free(&hist);
     dm_tensor_free(&scale);
+    if (!rc && t->m) {
+        int64_t s_sample[2] = {t->cols, t->m};
+        dm_tensor sv = {0}, sr = {0}, sc = {0};
+        rc = load_array(dir, "sample_values.npy", DM_F32, 2, s_sample, &sv);
+        if (!rc)
+            rc = load_array(dir, "sample_rows.npy", DM_I64, 2, s_sample, &sr);
+        if (!rc)
+            rc = load_array(dir, "sample_counts.npy", DM_I64, 1, s_scale, &sc);
+        const int64_t *cn = sc.data;
+        for (int64_t j = 0; j < t->cols && !rc; j++) {
+            if (cn[j] < 0 || cn[j] > t->m) {
+                rc = dm_failc(DM_E_CORRUPT, "%s/sample_counts.npy: column %lld holds %lld sampled rows, at most "
+                              "random = %lld can be", dir, (long long)j, (long long)cn[j], (long long)t->m);
+                break;
+            }
+            for (int64_t i = 0; i < cn[j]; i++) {
+                int64_t row = ((const int64_t *)sr.data)[j * t->m + i];
+                sample e = {sample_key(t->seed, j, row), ((const float *)sv.data)[j * t->m + i], row};
+                sample_push(t->rnd + j * t->m, &t->nrnd[j], t->m, e);
+            }
+        }
+        dm_tensor_free(&sv), dm_tensor_free(&sr), dm_tensor_free(&sc);
+    }
     return rc;
 }
 
@@ -364,6 +506,12 @@ static int by_value_desc(const void *a, const void *b)
 }
 
 static int by_value_asc(const void *a, const void *b) { return -by_value_desc(a, b); }
+
+static int by_row(const void *a, const void *b)
+{
+    const sample *x = a, *y = b;
+    return (x->row > y->row) - (x->row < y->row);
+}
 
 /* Bytes as a JSON-safe UTF-8 string: invalid sequences become U+FFFD. */
 static json_t *json_text(const char *s, size_t len)
@@ -397,14 +545,14 @@ static json_t *json_text(const char *s, size_t len)
 }
 
 /* The example's JSON for the product; the same example into the typed summary
- * b (top: among the largest). */
+ * b (top: among the largest) unless b is NULL. */
 static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *tok, int32_t *window,
                             dm_examples_builder *b, int top)
 {
     json_t *x = json_object();
     json_object_set_new(x, "row", json_integer(e->row));
     json_object_set_new(x, "value", json_real(e->value));
-    if (!t->T || !tok)
+    if (b && (!t->T || !tok))
         dm_examples_add(b, top, e->value, e->row, NULL, 0, NULL, 0, NULL, 0);
     if (!t->T)
         return x;
@@ -436,8 +584,10 @@ static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *t
         char *right = dm_tokenizer_decode(tok, ids + (pos - lo) + 1, (size_t)(hi - pos - 1), &len);
         json_t *jr = json_text(right ? right : "", right ? len : 0);
         free(right);
-        dm_examples_add(b, top, e->value, e->row, json_string_value(jl), json_string_length(jl),
-                        json_string_value(jm), json_string_length(jm), json_string_value(jr), json_string_length(jr));
+        if (b)
+            dm_examples_add(b, top, e->value, e->row, json_string_value(jl), json_string_length(jl),
+                            json_string_value(jm), json_string_length(jm), json_string_value(jr),
+                            json_string_length(jr));
         json_object_set_new(x, "left", jl);
         json_object_set_new(x, "token", jm);
         json_object_set_new(x, "right", jr);
@@ -487,6 +637,8 @@ static int topk_finish(dm_node *n)
     json_object_set_new(root, "k", json_integer(t->k));
     json_object_set_new(root, "context", json_integer(dm_param_int(n, "context")));
     json_object_set_new(root, "skip_bos", json_boolean(t->skip_bos));
+    json_object_set_new(root, "random", json_integer(t->m));
+    json_object_set_new(root, "seed", json_integer((json_int_t)t->seed));
     dm_examples_builder b;
     dm_examples_begin(&b, t->k, tok != NULL);
     int rc = 0;
@@ -505,9 +657,20 @@ static int topk_finish(dm_node *n)
             json_t *x = example_json(n, t, &bot[i], tok, window, &b, 0);
             rc = x ? json_array_append_new(jb, x) : -1;
         }
+        json_t *jr = t->m ? json_array() : NULL;
+        sample *rnd = t->rnd + j * t->m;
+        if (t->m)
+            qsort(rnd, (size_t)t->nrnd[j], sizeof *rnd, by_row);
+        for (int64_t i = 0; t->m && i < t->nrnd[j] && !rc; i++) {
+            entry e = {rnd[i].value, rnd[i].row};
+            json_t *x = example_json(n, t, &e, tok, window, NULL, 0);
+            rc = x ? json_array_append_new(jr, x) : -1;
+        }
         json_object_set_new(c, "histogram", hist);
         json_object_set_new(c, "top", jt);
         json_object_set_new(c, "bottom", jb);
+        if (jr)
+            json_object_set_new(c, "random", jr);
         json_array_append_new(comps, c);
     }
     json_object_set_new(root, "components", comps);
@@ -537,13 +700,14 @@ static void topk_close(dm_node *n)
     if (!t)
         return;
     free(t->top), free(t->bot), free(t->ntop), free(t->nbot), free(t->hist), free(t->scale), free(t->under_over);
+    free(t->rnd), free(t->nrnd), free(t->keys);
     free(t);
 }
 
 const dm_op dm_op_topk = {
     .name = "topk",
-    .version = 2,
-    .summary = "per column, the k largest and smallest rows with their token contexts",
+    .version = 3,
+    .summary = "per column, the k largest and smallest rows and a random sample, with their token contexts",
     .params = topk_params,
     .inputs = topk_inputs,
     .outputs = topk_outputs,

@@ -1716,3 +1716,17 @@ char *dm_tokenizer_decode(const dm_tokenizer *tok, const int32_t *ids, size_t n,
         *len = o;
     return buf;
 }
+
+char *dm_tokenizer_decode_token(const dm_tokenizer *tok, int32_t id, size_t *len)
+{
+    size_t n;
+    const char *b = dm_tokenizer_token_bytes(tok, id, &n);
+    if (!b)
+        return NULL;
+    char *out = dm_xmalloc(dm_utf8_repair((const unsigned char *)b, n, NULL) + 1);
+    size_t o = dm_utf8_repair((const unsigned char *)b, n, out);
+    out[o] = 0;
+    if (len)
+        *len = o;
+    return out;
+}

@@ -98,6 +98,14 @@ int dm_tokenizer_encode(dm_tokenizer *tok, const char *text, size_t len, int32_t
  */
 char *dm_tokenizer_decode(const dm_tokenizer *tok, const int32_t *ids, size_t n, size_t *len);
 
+/* One token as a string, the way Hugging Face `tokenizers` decodes it alone
+ * (TransformerLens's to_str_tokens, delphi's str_tokens): its bytes with each
+ * maximal invalid UTF-8 subpart replaced by U+FFFD, as Rust's
+ * String::from_utf8_lossy (the ByteLevel decoder) and Python's
+ * bytes.decode("utf-8", "replace") do. malloc'd and NUL-terminated (free(3));
+ * *len (if not NULL) gets its length. NULL if id is not in the vocabulary. */
+char *dm_tokenizer_decode_token(const dm_tokenizer *tok, int32_t id, size_t *len);
+
 /* The bytes one token stands for (not NUL-terminated; *len gets the length),
  * owned by the tokenizer. NULL if id is not in the vocabulary. Byte-level
  * vocabularies (GPT-2) map symbols back to bytes; for tokenizer.json the

@@ -49,6 +49,20 @@ for c in js["components"]:
     h = c["histogram"]
     assert sum(h["counts"]) + h["below"] + h["above"] == mask.sum()
     assert h["lo"] <= col.min() and h["hi"] >= col.max(), (h["lo"], h["hi"], col.min(), col.max())
+    # the random sample (k rows by default): the rows of the k smallest keys
+    # mix(seed + row * g) ^ mix(seed + ~column * h) (seed 0, mix splitmix64's
+    # finaliser), sorted by row, BOS rows left out
+    M = (1 << 64) - 1
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xbf58476d1ce4e5b9) & M
+        z = ((z ^ (z >> 27)) * 0x94d049bb133111eb) & M
+        return z ^ (z >> 31)
+    def key(row):
+        return mix((row * 0x9e3779b97f4a7c15) & M) ^ mix(((M ^ j) * 0xc2b2ae3d27d4eb4f) & M)
+    want = sorted(sorted(rows, key=lambda r: (key(int(r)), r))[:7])
+    assert [e["row"] for e in c["random"]] == want, (j, [e["row"] for e in c["random"]], want)
+    for e in c["random"]:
+        assert e["value"] == v[e["row"], j] and e["context_ids"] == list(win[e["window"], max(0, e["position"] - 3):e["position"] + 4])
     # the fine bins are 1/4096 of the span: each value lands in the right output bin or a neighbour
     ref, _ = np.histogram(col, bins=len(h["counts"]), range=(h["lo"], h["hi"]))
     assert np.abs(np.array(h["counts"]) - ref).sum() <= 0.02 * len(col), (h["counts"], ref)

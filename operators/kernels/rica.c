@@ -69,8 +69,9 @@ void dm_rica_sums_free(dm_rica_sums *s)
 
 void dm_rica_sums_reset(dm_rica_sums *s, int keep_cov)
 {
+    s->data[0] = 0;
     if (!keep_cov)
-        memset(s->data, 0, (size_t)(1 + s->k * s->k) * sizeof(double));
+        memset(s->cov, 0, (size_t)(s->k * s->k) * sizeof(double));
     memset(s->obj, 0, (size_t)(s->m + s->m * s->k) * sizeof(double));
 }
 

@@ -61,7 +61,7 @@ typedef struct {
 int64_t dm_rica_sums_size(int64_t m, int64_t k);
 void dm_rica_sums_init(dm_rica_sums *s, int64_t m, int64_t k, const dm_compute *c);
 void dm_rica_sums_free(dm_rica_sums *s);
-/* Zeroes everything (keep_cov: all but cov). */
+/* Zeroes the sums and the row count (keep_cov: all but cov). */
 void dm_rica_sums_reset(dm_rica_sums *s, int keep_cov);
 /* Rows seen. */
 int64_t dm_rica_sums_rows(const dm_rica_sums *s);

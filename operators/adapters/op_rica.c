@@ -78,7 +78,7 @@ static const dm_param_spec rica_params[] = {
     {"lambda", DM_P_FLOAT, "0.5", "weight of the sparsity term against the reconstruction term"},
     {"g", DM_P_STRING, "logcosh", "the smooth L1: logcosh or sqrt (sqrt(u^2 + eps))"},
     {"eps", DM_P_FLOAT, "0.01", "sqrt's eps"},
-    {"tol", DM_P_FLOAT, "1e-9", "stop when an iteration lowers f by less than tol relative"},
+    {"tol", DM_P_FLOAT, "1e-8", "stop when an iteration lowers f by less than tol relative"},
     {"gtol", DM_P_FLOAT, "1e-6", "stop when max |gradient| falls below gtol"},
     {"max_iter", DM_P_INT, "1000", "L-BFGS iterations at most per seed"},
     {"seed", DM_P_INT, "42", "seed of the first run"},

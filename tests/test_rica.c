@@ -24,6 +24,7 @@
 
 #include "dm.h"
 #include "fastica.h"
+#include "ica_backproject.h"
 #include "lbfgs.h"
 #include "npy.h"
 #include "test.h"
@@ -337,6 +338,46 @@ START_TEST(match_finds_permutation_and_signs)
 }
 END_TEST
 
+/* The overcomplete back-projection: fast against reference, and RICA's
+ * patterns (A = W^T) are the rows of W L^(1/2) C made unit. */
+START_TEST(backproject_overcomplete)
+{
+    int64_t m = 7, k = 4, d = 9;
+    double W[28], A[28], ev[4] = {5, 3, 2, 0.5}, C[36], mean[9], bufs[2][5][7 * 9];
+    rng_state = 17;
+    for (int i = 0; i < 28; i++)
+        W[i] = rng_normal();
+    dm_rica_rownorm(W, m, k, W);
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < k; j++)
+            A[j * m + i] = W[i * k + j];
+    for (int i = 0; i < 36; i++)
+        C[i] = rng_normal();
+    for (int i = 0; i < 9; i++)
+        mean[i] = rng_normal();
+    dm_ica_backprojection o[2];
+    for (int v = 0; v < 2; v++)
+        o[v] = (dm_ica_backprojection){bufs[v][0], bufs[v][1], bufs[v][2], bufs[v][3], bufs[v][4]};
+    dm_ica_backproject_rect(W, A, ev, C, mean, m, k, d, &o[0]);
+    dm_ica_backproject_rect_ref(W, A, ev, C, mean, m, k, d, &o[1]);
+    for (int p = 0; p < 4; p++)
+        for (int i = 0; i < m * d; i++)
+            ck_assert_msg(fabs(bufs[0][p][i] - bufs[1][p][i]) < 1e-12, "output %d [%d]", p, i);
+    for (int64_t i = 0; i < m; i++) {
+        double row[9], nn = 0, dot = 0;
+        for (int64_t t = 0; t < d; t++) {
+            row[t] = 0;
+            for (int64_t j = 0; j < k; j++)
+                row[t] += W[i * k + j] * sqrt(ev[j]) * C[j * d + t];
+            nn += row[t] * row[t];
+        }
+        for (int64_t t = 0; t < d; t++)
+            dot += row[t] / sqrt(nn) * o[0].directions[i * d + t];
+        ck_assert_msg(fabs(dot - 1) < 1e-12, "pattern %lld: cos %.15g with W L^(1/2) C", (long long)i, dot);
+    }
+}
+END_TEST
+
 /* ---- the known answer ----------------------------------------------------- */
 
 /* N rows of x = A s (s: K Laplace sources, A: k x K Gaussian with unit
@@ -465,6 +506,7 @@ int main(void)
     tcase_add_test(tc, gradient_matches_finite_differences);
     tcase_add_test(tc, cpu_sums_match_reference);
     tcase_add_test(tc, match_finds_permutation_and_signs);
+    tcase_add_test(tc, backproject_overcomplete);
     tcase_add_test(tc, planted_overcomplete_rica_beats_fastica);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);

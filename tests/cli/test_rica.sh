@@ -70,6 +70,44 @@ assert d < 1e-6 and h["passes"] == s["passes"], (d, h["passes"], s["passes"])
 assert w["seeds"][0]["warm_iterations"] > 0 and w["passes"] < s["passes"], (w["passes"], s["passes"])
 P
 
+# dmica analyze --rica K: RICA beside FastICA on the demo's planted activations
+# (16 atoms the SAE misses, sparse non-negative magnitudes: where RICA does
+# less well than FastICA, docs/rica.md), with the same products prefixed rica_
+expect_ok $DMICA demo --out demo --quiet
+cat > acts.yaml <<'Y'
+nodes:
+  atoms: {op: planted_sae, params: {d: 64, atoms: 96, missed: 16, seed: 1}}
+  acts: {op: planted, inputs: {dictionary: atoms.dictionary}, params: {rows: 20000, l0: 2, seed: 1}}
+  save: {op: npy_sink, inputs: {x: acts}, params: {file: acts.npy}}
+Y
+expect_ok $DMICA run acts.yaml --out a --cache ca --quiet
+python3 -c "
+import numpy as np
+np.save('tokens.npy', np.random.default_rng(0).integers(0, 50000, size=(400, 50)).astype(np.int32))"
+expect_ok $DMICA analyze --acts a/acts.npy --sae demo/planted-sae --tokens tokens.npy \
+    --tokenizer "$ROOT/tests/data/gpt2-tokenizer" --components 24 --seeds 2 --top 5 --rica 32 --out an --quiet
+for f in rica.json rica_compare.json rica_directions.npy rica_filters.npy rica_mixing.npy rica_sources.npy \
+         rica_activations.npy rica_top_examples.json rica_activation_top_examples.json rica_source_stats.json \
+         ica_directions.npy; do
+    [ -s an/$f ] || fail "an/$f missing"
+done
+python3 - <<'P2' || fail "analyze --rica: products wrong"
+import numpy as np, json, glob
+D = np.load(glob.glob("ca/*/dictionary.npy")[0]); miss = D[:16] / np.linalg.norm(D[:16], axis=1, keepdims=True)
+R = np.load("an/rica_directions.npy"); F = np.load("an/rica_filters.npy"); I = np.load("an/ica_directions.npy")
+assert R.shape == (32, 64) and F.shape == (32, 64) and np.allclose(np.linalg.norm(R, axis=1), 1)
+assert np.load("an/rica_sources.npy").shape == (20000, 32)
+c = json.load(open("an/rica_compare.json")); assert c["k"] == 32 and c["ica_sae_similarity"]["count"] == 32, c["k"]
+j = json.load(open("an/rica.json")); assert j["K"] == 32 and j["k"] == 24 and len(j["seeds"]) == 2
+t = json.load(open("an/rica_top_examples.json")); assert len(t["components"]) == 32
+rica, ica = (int((np.abs(miss @ X.T).max(1) > 0.9).sum()) for X in (R, I))
+print("analyze: missed atoms recovered at |cos| > 0.9: RICA K=32", rica, "of 16, FastICA k=24", ica)
+assert rica >= 8, rica
+P2
+expect_fail $DMICA analyze --acts a/acts.npy --sae demo/planted-sae --components 24 --rica 32 --rica-lambda -1 \
+    --out bad2 --quiet
+err_has "lambda -1"
+
 # bad parameters
 cat > bad.yaml <<'Y'
 name: bad

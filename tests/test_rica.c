@@ -27,6 +27,7 @@
 #include "ica_backproject.h"
 #include "lbfgs.h"
 #include "npy.h"
+#include "report.h"
 #include "test.h"
 
 #include <lapacke.h>
@@ -378,6 +379,58 @@ START_TEST(backproject_overcomplete)
 }
 END_TEST
 
+/* The report's RICA numbers: planted atoms found by RICA's patterns, SAE
+ * similarity counts with ICA's thresholds, results.json's "rica" and the
+ * page's side-by-side table; without RICA nothing of it appears. */
+START_TEST(report_shows_rica_beside_ica)
+{
+    double atoms[3 * 4] = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0};
+    double ica_dirs[2 * 4] = {1, 0.1, 0, 0, 0, 0.7, 0.7, 0};  /* finds atom 0 only */
+    double rica_dirs[4 * 4] = {0, 0, 0, 1, 0.05, 1, 0, 0, -1, 0, 0, 0, 0, 0.1, 1, 0}; /* atoms 1, 0, 2 */
+    double rmc[4] = {0.95, 0.2, 0.5, 0.85}, rst[4] = {0.99, 0.5, 0.95, 0.91};
+    dm_ica_summary rs = {.k = 4, .seeds = 3, .iterations = 77};
+    const char *doc = "{\"method\": \"rica\", \"K\": 4}";
+    dm_report_in in = {0};
+    in.model = in.sae = in.hook = in.title = in.neuronpedia = "";
+    in.version = "test";
+    in.planted = 1, in.atoms = atoms, in.directions = ica_dirs, in.n_atoms = 3, in.n_directions = 2, in.atom_d = 4;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1) {
+            in.rica_summary = &rs, in.rica_doc = doc, in.rica_doc_len = strlen(doc);
+            in.rica_max_cos = (dm_report_vec){rmc, 4}, in.rica_stability = (dm_report_vec){rst, 4};
+            in.rica_directions = rica_dirs, in.n_rica_directions = 4;
+        }
+        dm_report_numbers r;
+        dm_report_compute(&in, &r);
+        json_t *res = NULL;
+        ck_assert_int_eq(dm_results_json(&in, &r, &res), 0);
+        char *svgs[DM_REPORT_SVGS] = {NULL};
+        char *html = dm_report_html(&in, &r, svgs);
+        json_t *x = json_object_get(res, "rica");
+        ck_assert_int_eq(r.planted_recovered, 1);
+        if (pass == 0) {
+            ck_assert_ptr_null(x);
+            ck_assert_ptr_null(strstr(html, "FastICA and RICA"));
+        } else {
+            ck_assert_int_eq(r.rica_planted_recovered, 3);
+            ck_assert_int_eq(r.rica_high, 2); /* above 0.8 */
+            ck_assert_int_eq(r.rica_low, 1);  /* below 0.3 */
+            ck_assert_int_eq(r.rica_unstable, 1);
+            ck_assert_ptr_nonnull(x);
+            ck_assert_int_eq(json_integer_value(json_object_get(x, "planted_recovered")), 3);
+            ck_assert_int_eq(json_array_size(json_object_get(x, "components")), 4);
+            ck_assert_str_eq(json_string_value(json_object_get(json_object_get(x, "run"), "method")), "rica");
+            ck_assert_ptr_nonnull(strstr(html, "<table id=\"rica\">"));
+            ck_assert_ptr_nonnull(strstr(html, "<tr><th>planted atoms recovered</th><td class=\"num\">1</td>"
+                                               "<td class=\"num\">3</td></tr>"));
+        }
+        free(html);
+        json_decref(res);
+        dm_report_numbers_free(&r);
+    }
+}
+END_TEST
+
 /* ---- the known answer ----------------------------------------------------- */
 
 /* N rows of x = A s (s: K Laplace sources, A: k x K Gaussian with unit
@@ -507,6 +560,7 @@ int main(void)
     tcase_add_test(tc, cpu_sums_match_reference);
     tcase_add_test(tc, match_finds_permutation_and_signs);
     tcase_add_test(tc, backproject_overcomplete);
+    tcase_add_test(tc, report_shows_rica_beside_ica);
     tcase_add_test(tc, planted_overcomplete_rica_beats_fastica);
     suite_add_tcase(s, tc);
     return dm_test_run(s, NULL);

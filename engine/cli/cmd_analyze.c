@@ -133,6 +133,13 @@ int dm_cmd_analyze(int argc, char **argv)
               (long long)dm_arg_int(&a, "seeds"), (long long)((memory > 0 ? memory : (int64_t)1 << 30) / 2), win_in,
               top, qk, win_in, top, qk)
         : dm_xstrdup("");
+    const char *rica_report = dm_arg_given(&a, "rica")
+        ? "      rica_stability: rica.stability\n      rica_max_cos: rica_compare.max_cos\n"
+          "      rica_best_feature: rica_compare.best_feature\n"
+          "      rica_source_kurtosis: rica_source_moments.excess_kurtosis\n"
+          "      rica_activation_kurtosis: rica_activation_projection_moments.excess_kurtosis\n"
+          "      rica_summary: rica.summary\n      rica_compare_summary: rica_compare.summary\n"
+        : "";
     char *yaml = dm_xasprintf(
         "name: analyze\n"
         "nodes:\n"
@@ -172,11 +179,12 @@ int dm_cmd_analyze(int argc, char **argv)
         "      stability: ica.stability\n      max_cos: compare.max_cos\n      best_feature: compare.best_feature\n"
         "      examples: top_sources.examples\n      activation_examples: top_activations.examples\n"
         "      sae_summary: sae.summary\n      ica_summary: ica.summary\n      compare_summary: compare.summary\n"
+        "%s"
         "    params: {model: %s, sae: %s, hook: %s}\n",
         qa, windows, qs, dm_arg_float(&a, "scaling-factor"), k, dm_arg_float(&a, "tol"),
         (long long)dm_arg_int(&a, "max-iter"), (long long)dm_arg_int(&a, "seed"), (long long)dm_arg_int(&a, "seeds"),
         (long long)((memory > 0 ? memory : (int64_t)1 << 30) / 2), win_in, top, qk, win_in, top, qk, rica,
-        qm, qs, qh);
+        rica_report, qm, qs, qh);
     free(rica);
     free(qa), free(qs), free(qh), free(qm), free(qt), free(qk), free(windows);
     dm_sae_config_free(&cfg);

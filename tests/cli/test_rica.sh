@@ -103,6 +103,14 @@ t = json.load(open("an/rica_top_examples.json")); assert len(t["components"]) ==
 rica, ica = (int((np.abs(miss @ X.T).max(1) > 0.9).sum()) for X in (R, I))
 print("analyze: missed atoms recovered at |cos| > 0.9: RICA K=32", rica, "of 16, FastICA k=24", ica)
 assert rica >= 8, rica
+# the report: results.json's "rica" and report.html's side-by-side table
+r = json.load(open("an/results.json")); x = r["rica"]
+assert x["n_components"] == 32 and len(x["components"]) == 32 and x["run"]["K"] == 32, x["n_components"]
+mc = [e["max_abs_cos"] for e in c["ica_sae_similarity"]["components"]]
+assert np.allclose([e["max_cos"] for e in x["components"]], mc)
+assert abs(x["sae_similarity"]["mean_max_cosine"] - np.mean(mc)) < 1e-9
+assert x["unstable_components"] == sum(s < 0.9 for s in j["stability"])
+h = open("an/report.html").read(); assert '<table id="rica">' in h and "FastICA and RICA" in h
 P2
 expect_fail $DMICA analyze --acts a/acts.npy --sae demo/planted-sae --components 24 --rica 32 --rica-lambda -1 \
     --out bad2 --quiet

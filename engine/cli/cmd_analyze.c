@@ -31,6 +31,9 @@ static const dm_arg_spec analyze_specs[] = {
     {"seed", DM_ARG_INT, "N", "42", 0, 0, 9e18, 0, "first seed"},
     {"max-iter", DM_ARG_INT, "M", "1000", 0, 1, 1e9, 0, "FastICA iterations at most"},
     {"tol", DM_ARG_FLOAT, "T", "1e-4", 0, 0, 1, 1, "FastICA tolerance"},
+    {"rica", DM_ARG_INT, "K", NULL, 0, 1, 65536, 0,
+     "also run RICA (overcomplete ICA, K components) beside FastICA: rica_directions.npy and the rest (docs/rica.md)"},
+    {"rica-lambda", DM_ARG_FLOAT, "L", "0.5", 0, 0, 0, 0, "RICA's sparsity weight"},
     {"top", DM_ARG_INT, "K", "20", 0, 1, 1e6, 0, "examples per component and direction"},
     {"scaling-factor", DM_ARG_FLOAT, "F", NULL, 0, 0, 0, 1,
      "input scaling of expected_average_only_in SAEs (SAELens norm_scaling_factor)"},
@@ -45,7 +48,9 @@ static const dm_arg_cmd analyze_cmd = {
     "analyze", "--acts ACTS.npy --sae SAE_DIR [--tokens TOKENS.npy --tokenizer DIR] --components K --out RUN_DIR [options]",
     "The analysis on activations you already have: the SAE's residual and statistics, its moments\n"
     "and PCA, whitening to K components, FastICA with several seeds, the comparison with the SAE's\n"
-    "decoder, sources, top examples, kurtosis, results.json and report.html.\n",
+    "decoder, sources, top examples, kurtosis, results.json and report.html. With --rica K, RICA\n"
+    "(K components, which may exceed the whitened dimension) runs beside FastICA on the same whitened\n"
+    "residual, with the same products prefixed rica_.\n",
     analyze_specs, NULL, 0, 0,
 };
 
@@ -99,6 +104,42 @@ int dm_cmd_analyze(int argc, char **argv)
                                           qt, (long long)T)
                            : dm_xstrdup("");
     const char *win_in = tokens ? ", windows: windows.windows" : "";
+    /* RICA beside FastICA: the same back-projection, comparison, sources,
+     * examples and moments, on rica's W (K x k) with its mixing W^T */
+    char *rica = dm_arg_given(&a, "rica")
+        ? dm_xasprintf(
+              "  rica:\n    op: rica\n    inputs: {z: whiten}\n"
+              "    params: {K: %lld, lambda: %.17g, seed: %lld, seeds: %lld, memory: %lld}\n"
+              "  rica_compare:\n    op: ica_compare\n"
+              "    inputs: {unmixing: rica.unmixing, whitened_mixing: rica.mixing, eigenvalues: pca.eigenvalues,"
+              " components: pca.components, mean: residual_covariance.mean, decoder: sae.decoder}\n"
+              "    params: {file: rica_compare.json, directions_file: rica_directions.npy,"
+              " filters_file: rica_filters.npy, mixing_file: rica_mixing.npy,"
+              " unscaled_file: rica_unscaled_patterns.npy}\n"
+              "  rica_sources:\n    op: project\n"
+              "    inputs: {x: sae.residual, matrix: rica_compare.filters, mean: residual_covariance.mean}\n"
+              "  rica_activations:\n    op: project\n    inputs: {x: acts, matrix: rica_compare.directions}\n"
+              "  rica_top_sources:\n    op: topk\n    inputs: {values: rica_sources%s}\n"
+              "    params: {k: %lld, tokenizer: %s, file: rica_top_examples.json}\n"
+              "  rica_top_activations:\n    op: topk\n    inputs: {values: rica_activations%s}\n"
+              "    params: {k: %lld, tokenizer: %s, file: rica_activation_top_examples.json}\n"
+              "  rica_source_moments: {op: moments, inputs: {x: rica_sources}, params: {file: rica_source_stats.json}}\n"
+              "  rica_activation_projection_moments: {op: moments, inputs: {x: rica_activations},"
+              " params: {file: rica_activation_stats.json}}\n"
+              "  rica_save_sources: {op: npy_sink, inputs: {x: rica_sources}, params: {file: rica_sources.npy}}\n"
+              "  rica_save_activations: {op: npy_sink, inputs: {x: rica_activations},"
+              " params: {file: rica_activations.npy}}\n",
+              (long long)dm_arg_int(&a, "rica"), dm_arg_float(&a, "rica-lambda"), (long long)dm_arg_int(&a, "seed"),
+              (long long)dm_arg_int(&a, "seeds"), (long long)((memory > 0 ? memory : (int64_t)1 << 30) / 2), win_in,
+              top, qk, win_in, top, qk)
+        : dm_xstrdup("");
+    const char *rica_report = dm_arg_given(&a, "rica")
+        ? "      rica_stability: rica.stability\n      rica_max_cos: rica_compare.max_cos\n"
+          "      rica_best_feature: rica_compare.best_feature\n"
+          "      rica_source_kurtosis: rica_source_moments.excess_kurtosis\n"
+          "      rica_activation_kurtosis: rica_activation_projection_moments.excess_kurtosis\n"
+          "      rica_summary: rica.summary\n      rica_compare_summary: rica_compare.summary\n"
+        : "";
     char *yaml = dm_xasprintf(
         "name: analyze\n"
         "nodes:\n"
@@ -127,6 +168,7 @@ int dm_cmd_analyze(int argc, char **argv)
         "  activation_projection_moments: {op: moments, inputs: {x: ica_activations}, params: {file: ica_activation_stats.json}}\n"
         "  save_sources: {op: npy_sink, inputs: {x: sources}, params: {file: ica_sources.npy}}\n"
         "  save_activations: {op: npy_sink, inputs: {x: ica_activations}, params: {file: ica_activations.npy}}\n"
+        "%s"
         "  report:\n    op: report\n"
         "    inputs:\n"
         "      activation_var: activation_moments.var\n      residual_var: residual_moments.var\n"
@@ -137,11 +179,13 @@ int dm_cmd_analyze(int argc, char **argv)
         "      stability: ica.stability\n      max_cos: compare.max_cos\n      best_feature: compare.best_feature\n"
         "      examples: top_sources.examples\n      activation_examples: top_activations.examples\n"
         "      sae_summary: sae.summary\n      ica_summary: ica.summary\n      compare_summary: compare.summary\n"
+        "%s"
         "    params: {model: %s, sae: %s, hook: %s}\n",
         qa, windows, qs, dm_arg_float(&a, "scaling-factor"), k, dm_arg_float(&a, "tol"),
         (long long)dm_arg_int(&a, "max-iter"), (long long)dm_arg_int(&a, "seed"), (long long)dm_arg_int(&a, "seeds"),
-        (long long)((memory > 0 ? memory : (int64_t)1 << 30) / 2), win_in, top, qk, win_in, top, qk,
-        qm, qs, qh);
+        (long long)((memory > 0 ? memory : (int64_t)1 << 30) / 2), win_in, top, qk, win_in, top, qk, rica,
+        rica_report, qm, qs, qh);
+    free(rica);
     free(qa), free(qs), free(qh), free(qm), free(qt), free(qk), free(windows);
     dm_sae_config_free(&cfg);
     dm_run_opts ro = {dm_arg_str(&a, "out"), dm_arg_str(&a, "cache"), memory, (int)dm_arg_int(&a, "threads"),

@@ -24,6 +24,11 @@
  * directions drawn from the residual covariance. Without a decoder only the
  * back-projection and variance are computed.
  *
+ * RICA (op_rica.c): with the optional input `whitened_mixing` (k x m, rica's
+ * `mixing` = W^T), the unmixing may be m x k with m > k: the mixing is taken
+ * from that input instead of W^-1 and everything above has m rows
+ * (dm_ica_backproject_rect).
+ *
  * Products: directions.npy, unmixing.npy (the filters), mixing.npy,
  * unscaled_patterns.npy, and `file` (ica_compare.json).
  */
@@ -39,7 +44,7 @@
 #include "op.h"
 #include "summaries.h"
 
-enum { IN_UNMIXING, IN_EIGENVALUES, IN_COMPONENTS, IN_MEAN, IN_DECODER };
+enum { IN_UNMIXING, IN_EIGENVALUES, IN_COMPONENTS, IN_MEAN, IN_DECODER, IN_WMIXING };
 enum { OUT_DIRECTIONS, OUT_FILTERS, OUT_MIXING, OUT_UNSCALED, OUT_OFFSET, OUT_MAXCOS, OUT_BEST, OUT_SUMMARY };
 
 static const dm_param_spec cmp_params[] = {
@@ -60,6 +65,7 @@ static const dm_port_spec cmp_inputs[] = {
     {"components", DM_PORT_TENSOR},
     {"mean", DM_PORT_TENSOR, 0, 1},
     {"decoder", DM_PORT_TENSOR, 0, 1},
+    {"whitened_mixing", DM_PORT_TENSOR, 0, 1},
     {NULL},
 };
 static const dm_port_spec cmp_outputs[] = {
@@ -77,15 +83,21 @@ static int cmp_infer(dm_node *n)
             return dm_fail("%s must be a plain file name, not '%s'", files[i], f);
     }
     const dm_port_desc *w = dm_input_desc(n, IN_UNMIXING), *ev = dm_input_desc(n, IN_EIGENVALUES),
-                       *c = dm_input_desc(n, IN_COMPONENTS), *mu = dm_input_desc(n, IN_MEAN);
-    if (w->ndim != 2 || (w->shape[0] >= 0 && w->shape[1] >= 0 && w->shape[0] != w->shape[1]))
+                       *c = dm_input_desc(n, IN_COMPONENTS), *mu = dm_input_desc(n, IN_MEAN),
+                       *wm = dm_input_desc(n, IN_WMIXING);
+    if (wm) {
+        if (w->ndim != 2 || wm->ndim != 2 ||
+            (w->shape[0] >= 0 && wm->shape[1] >= 0 && (w->shape[0] != wm->shape[1] || w->shape[1] != wm->shape[0])))
+            return dm_failc(DM_E_SHAPE, "inputs unmixing (m x k) and whitened_mixing (k x m) must be transposed "
+                                        "shapes (rica's 'unmixing' and 'mixing')");
+    } else if (w->ndim != 2 || (w->shape[0] >= 0 && w->shape[1] >= 0 && w->shape[0] != w->shape[1]))
         return dm_failc(DM_E_SHAPE, "input unmixing must be a square k x k matrix (fastica's 'unmixing')");
     if (c->ndim != 2 || ev->ndim != 1)
         return dm_failc(DM_E_SHAPE, "inputs eigenvalues (d) and components (d x d) must be pca's outputs");
-    int64_t k = w->shape[0], d = c->shape[1];
-    if (k > 0 && c->shape[0] >= 0 && k > c->shape[0])
+    int64_t k = w->shape[0], kz = w->shape[1], d = c->shape[1];
+    if (kz > 0 && c->shape[0] >= 0 && kz > c->shape[0])
         return dm_failc(DM_E_SHAPE, "unmixing is %lld x %lld but pca has only %lld components", (long long)k,
-                        (long long)k, (long long)c->shape[0]);
+                        (long long)kz, (long long)c->shape[0]);
     if (mu && (mu->ndim != 1 || (d >= 0 && mu->shape[0] >= 0 && mu->shape[0] != d)))
         return dm_failc(DM_E_SHAPE, "input mean must be a vector of %lld values", (long long)d);
     if (dm_param_int(n, "null_samples") < 0)
@@ -192,9 +204,11 @@ static int cmp_finish(dm_node *n)
 {
     const dm_tensor *wt = dm_input_tensor(n, IN_UNMIXING), *evt = dm_input_tensor(n, IN_EIGENVALUES),
                     *ct = dm_input_tensor(n, IN_COMPONENTS), *mt = dm_input_tensor(n, IN_MEAN),
-                    *dect = dm_input_tensor(n, IN_DECODER);
+                    *dect = dm_input_tensor(n, IN_DECODER), *wmt = dm_input_tensor(n, IN_WMIXING);
     const char *file = dm_param_str(n, "file"), *decpath = dm_param_str(n, "decoder");
-    int64_t k = wt->shape[0], d = ct->shape[1], ns = dm_param_int(n, "null_samples");
+    /* k components (rows of W) in kz whitened dimensions: kz = k for FastICA */
+    int64_t k = wt->shape[0], kz = wt->ndim == 2 ? wt->shape[1] : -1, d = ct->shape[1];
+    int64_t ns = dm_param_int(n, "null_samples");
     dm_tensor out[7] = {{0}}, dec = {0}, summary = {0};
     double *W = NULL, *ev = NULL, *C = NULL, *A = NULL, *mean = NULL, *mc = NULL;
     int64_t *bf = NULL;
@@ -202,26 +216,33 @@ static int cmp_finish(dm_node *n)
     json_t *o = NULL;
     dm_compare_summary cs;
     int rc = -1;
-    if (wt->ndim != 2 || wt->shape[1] != k || ct->ndim != 2 || ct->shape[0] < k || evt->shape[0] < k)
+    if (wt->ndim != 2 || (!wmt && kz != k) || ct->ndim != 2 || ct->shape[0] < kz || evt->shape[0] < kz)
         return dm_failc(DM_E_SHAPE, "unmixing %lld x %lld does not fit pca's %lld components",
                         (long long)wt->shape[0], (long long)wt->shape[1], (long long)ct->shape[0]);
+    if (wmt && (wmt->ndim != 2 || wmt->shape[0] != kz || wmt->shape[1] != k))
+        return dm_failc(DM_E_SHAPE, "whitened_mixing must be %lld x %lld (the unmixing's transpose shape)",
+                        (long long)kz, (long long)k);
     W = as_f64(wt), ev = as_f64(evt), C = as_f64(ct);
     mean = mt ? as_f64(mt) : NULL;
-    for (int64_t i = 0; i < k; i++)
+    for (int64_t i = 0; i < kz; i++)
         if (!(ev[i] > 0)) {
             dm_fail("eigenvalue %lld is %g: the whitening cannot have used it", (long long)i, ev[i]);
             goto end;
         }
-    A = dm_xmalloc((size_t)(k * k) * sizeof(double));
-    if (dm_ica_invert(W, k, A))
-        goto end;
+    if (wmt)
+        A = as_f64(wmt); /* RICA: z ~ W^T s, no inverse */
+    else {
+        A = dm_xmalloc((size_t)(k * k) * sizeof(double));
+        if (dm_ica_invert(W, k, A))
+            goto end;
+    }
     int64_t kd[2] = {k, d}, dk[2] = {d, k}, k1[1] = {k};
     for (int p = 0; p < 7; p++)
         dm_tensor_init(&out[p], p == OUT_BEST ? DM_I64 : DM_F64, p >= OUT_OFFSET ? 1 : 2,
                        p >= OUT_OFFSET ? k1 : p == OUT_MIXING ? dk : kd);
     dm_ica_backprojection bp = {out[OUT_DIRECTIONS].data, out[OUT_FILTERS].data, out[OUT_UNSCALED].data,
                                 out[OUT_MIXING].data, out[OUT_OFFSET].data};
-    dm_ica_backproject(W, A, ev, C, mean, k, d, &bp);
+    dm_ica_backproject_rect(W, A, ev, C, mean, k, kz, d, &bp);
     double *maxc = out[OUT_MAXCOS].data;
     int64_t *best = out[OUT_BEST].data;
     for (int64_t i = 0; i < k; i++)
@@ -229,7 +250,7 @@ static int cmp_finish(dm_node *n)
 
     memset(&cs, 0, sizeof cs);
     cs.k = k, cs.d = d;
-    dm_ica_variance_explained(ev, ct->shape[0], k, &cs.variance_explained_by_ica,
+    dm_ica_variance_explained(ev, ct->shape[0], kz, &cs.variance_explained_by_ica,
                               &cs.variance_explained_by_unscaled_reconstruction);
     o = json_object();
     json_object_set_new(o, "k", json_integer(k));

@@ -24,7 +24,9 @@
 enum {
     IN_ACT_VAR, IN_RES_VAR, IN_RES_KURT, IN_N, IN_EIGEN, IN_SRC_KURT, IN_ACT_KURT, IN_SAE_KURT, IN_SAE_FREQ,
     IN_STABILITY, IN_MAXCOS, IN_BEST, IN_EXAMPLES, IN_ACT_EXAMPLES, IN_SAE_SUMMARY, IN_ICA_SUMMARY,
-    IN_COMPARE_SUMMARY, IN_DIRECTIONS, IN_PLANTED, IN_CAUSAL, IN_CAUSAL_BAND, IN_CAUSAL_SUMMARY
+    IN_COMPARE_SUMMARY, IN_DIRECTIONS, IN_PLANTED, IN_CAUSAL, IN_CAUSAL_BAND, IN_CAUSAL_SUMMARY,
+    IN_RICA_STABILITY, IN_RICA_MAXCOS, IN_RICA_BEST, IN_RICA_SRC_KURT, IN_RICA_ACT_KURT, IN_RICA_SUMMARY,
+    IN_RICA_COMPARE_SUMMARY, IN_RICA_DIRECTIONS
 };
 
 static const dm_port_spec report_inputs[] = {
@@ -39,6 +41,11 @@ static const dm_port_spec report_inputs[] = {
     {"compare_summary", DM_PORT_TENSOR, 0, 1},     {"directions", DM_PORT_TENSOR, 0, 1},
     {"planted_atoms", DM_PORT_TENSOR, 0, 1},       {"causal", DM_PORT_TENSOR, 0, 1},
     {"causal_band", DM_PORT_TENSOR, 0, 1},         {"causal_summary", DM_PORT_TENSOR, 0, 1},
+    /* RICA beside FastICA (op_rica.c): the same per-component vectors and summaries */
+    {"rica_stability", DM_PORT_TENSOR, 0, 1},      {"rica_max_cos", DM_PORT_TENSOR, 0, 1},
+    {"rica_best_feature", DM_PORT_TENSOR, 0, 1},   {"rica_source_kurtosis", DM_PORT_TENSOR, 0, 1},
+    {"rica_activation_kurtosis", DM_PORT_TENSOR, 0, 1}, {"rica_summary", DM_PORT_TENSOR, 0, 1},
+    {"rica_compare_summary", DM_PORT_TENSOR, 0, 1}, {"rica_directions", DM_PORT_TENSOR, 0, 1},
     {NULL},
 };
 static const dm_port_spec report_outputs[] = {{"results", DM_PORT_TENSOR}, {NULL}};
@@ -83,8 +90,8 @@ static dm_report_vec get_vec(const dm_node *n, int port)
 /* The typed summaries and examples of the connected inputs. */
 typedef struct {
     dm_sae_summary sae;
-    dm_ica_summary ica;
-    dm_compare_summary cmp;
+    dm_ica_summary ica, rica;
+    dm_compare_summary cmp, rica_cmp;
     dm_examples_view examples, activation_examples;
 } summaries;
 
@@ -106,6 +113,16 @@ static int read_summaries(const dm_node *n, summaries *s, dm_report_in *in)
         if (dm_compare_summary_read(t, "input compare_summary", &s->cmp))
             return -1;
         in->compare = &s->cmp;
+    }
+    if ((t = dm_input_tensor(n, IN_RICA_SUMMARY))) {
+        if (dm_ica_summary_read(t, "input rica_summary", &s->rica, &in->rica_doc, &in->rica_doc_len))
+            return -1;
+        in->rica_summary = &s->rica;
+    }
+    if ((t = dm_input_tensor(n, IN_RICA_COMPARE_SUMMARY))) {
+        if (dm_compare_summary_read(t, "input rica_compare_summary", &s->rica_cmp))
+            return -1;
+        in->rica_compare = &s->rica_cmp;
     }
     if ((t = dm_input_tensor(n, IN_EXAMPLES))) {
         if (dm_examples_summary_read(t, "input examples", &s->examples))
@@ -147,10 +164,12 @@ static int report_finish(dm_node *n)
     dm_report_vec *vecs[] = {&in.activation_var, &in.residual_var, &in.residual_kurtosis, &in.count,
                              &in.eigenvalues, &in.source_kurtosis, &in.activation_kurtosis, &in.sae_kurtosis,
                              &in.sae_frequency, &in.stability, &in.max_cos, &in.best_feature, &in.causal,
-                             &in.causal_band, &in.causal_summary};
+                             &in.causal_band, &in.causal_summary, &in.rica_stability, &in.rica_max_cos,
+                             &in.rica_best_feature, &in.rica_source_kurtosis, &in.rica_activation_kurtosis};
     static const int ports[] = {IN_ACT_VAR, IN_RES_VAR, IN_RES_KURT, IN_N, IN_EIGEN, IN_SRC_KURT,
                                 IN_ACT_KURT, IN_SAE_KURT, IN_SAE_FREQ, IN_STABILITY, IN_MAXCOS, IN_BEST,
-                                IN_CAUSAL, IN_CAUSAL_BAND, IN_CAUSAL_SUMMARY};
+                                IN_CAUSAL, IN_CAUSAL_BAND, IN_CAUSAL_SUMMARY, IN_RICA_STABILITY, IN_RICA_MAXCOS,
+                                IN_RICA_BEST, IN_RICA_SRC_KURT, IN_RICA_ACT_KURT};
     for (size_t i = 0; i < sizeof ports / sizeof ports[0]; i++)
         *vecs[i] = get_vec(n, ports[i]);
     /* planted data (the demo): atoms and patterns of the same width */
@@ -161,6 +180,12 @@ static int report_finish(dm_node *n)
         in.planted = 1;
         in.atoms = atoms.v, in.directions = dirs.v;
         in.n_atoms = ta->shape[0], in.n_directions = td->shape[0], in.atom_d = ta->shape[1];
+    }
+    const dm_tensor *tr = dm_input_tensor(n, IN_RICA_DIRECTIONS);
+    dm_report_vec rdirs = {NULL, 0};
+    if (in.planted && tr && tr->ndim == 2 && tr->shape[1] == in.atom_d) {
+        rdirs = get_vec(n, IN_RICA_DIRECTIONS);
+        in.rica_directions = rdirs.v, in.n_rica_directions = tr->shape[0];
     }
     char *stages = dm_stage_times(n);
     in.stage_times = stages;
@@ -197,7 +222,7 @@ static int report_finish(dm_node *n)
         free(svgs[i]);
     for (size_t i = 0; i < sizeof ports / sizeof ports[0]; i++)
         free(vecs[i]->v);
-    free(atoms.v), free(dirs.v);
+    free(atoms.v), free(dirs.v), free(rdirs.v);
     dm_examples_view_free(&sm.examples);
     dm_examples_view_free(&sm.activation_examples);
     return rc;

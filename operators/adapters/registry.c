@@ -11,11 +11,11 @@
 extern const dm_op dm_op_npy, dm_op_npy_sink, dm_op_synthetic;
 extern const dm_op dm_op_moments, dm_op_covariance, dm_op_pca, dm_op_project, dm_op_topk;
 extern const dm_op dm_op_report, dm_op_text, dm_op_planted, dm_op_planted_sae, dm_op_sae_config;
-extern const dm_op dm_op_gpt2, dm_op_model, dm_op_sae, dm_op_fastica, dm_op_ica_compare, dm_op_matmul, dm_op_causal;
+extern const dm_op dm_op_gpt2, dm_op_model, dm_op_sae, dm_op_fastica, dm_op_rica, dm_op_ica_compare, dm_op_matmul, dm_op_causal;
 
 static const dm_op *const all[] = {
     &dm_op_npy,     &dm_op_synthetic, &dm_op_planted_sae, &dm_op_planted, &dm_op_sae_config, &dm_op_text,
-    &dm_op_gpt2,    &dm_op_model, &dm_op_sae,       &dm_op_npy_sink,    &dm_op_moments, &dm_op_covariance, &dm_op_pca, &dm_op_project, &dm_op_fastica, &dm_op_ica_compare, &dm_op_causal, &dm_op_matmul, &dm_op_topk, &dm_op_report,
+    &dm_op_gpt2,    &dm_op_model, &dm_op_sae,       &dm_op_npy_sink,    &dm_op_moments, &dm_op_covariance, &dm_op_pca, &dm_op_project, &dm_op_fastica, &dm_op_rica, &dm_op_ica_compare, &dm_op_causal, &dm_op_matmul, &dm_op_topk, &dm_op_report,
 };
 #define NALL (sizeof all / sizeof all[0])
 static const dm_op **registry; /* NULL-terminated: the operators above, then added ones */

@@ -38,15 +38,15 @@ static void normalise_rows(double *X, int64_t m, int64_t d)
     }
 }
 
-/* mixing = directions^T before normalising; offset = filters mean. */
-static void finish_outputs(const double *mean, int64_t k, int64_t d, const dm_ica_backprojection *o)
+/* mixing = directions^T before normalising; offset = filters mean. m rows. */
+static void finish_outputs(const double *mean, int64_t m, int64_t d, const dm_ica_backprojection *o)
 {
-    for (int64_t i = 0; i < k; i++)
+    for (int64_t i = 0; i < m; i++)
         for (int64_t t = 0; t < d; t++)
-            o->mixing[t * k + i] = o->directions[i * d + t];
-    normalise_rows(o->directions, k, d);
-    normalise_rows(o->unscaled, k, d);
-    for (int64_t i = 0; i < k; i++) {
+            o->mixing[t * m + i] = o->directions[i * d + t];
+    normalise_rows(o->directions, m, d);
+    normalise_rows(o->unscaled, m, d);
+    for (int64_t i = 0; i < m; i++) {
         double s = 0;
         for (int64_t t = 0; mean && t < d; t++)
             s += o->filters[i * d + t] * mean[t];
@@ -54,50 +54,62 @@ static void finish_outputs(const double *mean, int64_t k, int64_t d, const dm_ic
     }
 }
 
-void dm_ica_backproject(const double *W, const double *A, const double *ev, const double *C, const double *mean,
-                        int64_t k, int64_t d, const dm_ica_backprojection *o)
+void dm_ica_backproject_rect(const double *W, const double *A, const double *ev, const double *C, const double *mean,
+                             int64_t m, int64_t k, int64_t d, const dm_ica_backprojection *o)
 {
-    size_t kd = (size_t)(k * d) * sizeof(double);
-    memset(o->directions, 0, kd), memset(o->filters, 0, kd), memset(o->unscaled, 0, kd);
+    size_t md = (size_t)(m * d) * sizeof(double);
+    memset(o->directions, 0, md), memset(o->filters, 0, md), memset(o->unscaled, 0, md);
     /* direction i = sum_j A[j,i] sqrt(l_j) C[j]; filter i = sum_j W[i,j] / sqrt(l_j) C[j]; unscaled i = sum_j A[j,i] C[j] */
-    for (int64_t i = 0; i < k; i++)
+    for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < k; j++) {
-            double a = A[j * k + i] * sqrt(ev[j]), f = W[i * k + j] / sqrt(ev[j]), u = A[j * k + i];
+            double a = A[j * m + i] * sqrt(ev[j]), f = W[i * k + j] / sqrt(ev[j]), u = A[j * m + i];
             for (int64_t t = 0; t < d; t++) {
                 o->directions[i * d + t] += a * C[j * d + t];
                 o->filters[i * d + t] += f * C[j * d + t];
                 o->unscaled[i * d + t] += u * C[j * d + t];
             }
         }
-    finish_outputs(mean, k, d, o);
+    finish_outputs(mean, m, d, o);
 }
 
-/* out (k, d) = M^T C with M (k, k): out[i] = sum_j M[j, i] C[j]. */
-static void mt_times_c(const double *M, const double *C, int64_t k, int64_t d, double *out)
+void dm_ica_backproject(const double *W, const double *A, const double *ev, const double *C, const double *mean,
+                        int64_t k, int64_t d, const dm_ica_backprojection *o)
 {
-    for (int64_t i = 0; i < k; i++)
+    dm_ica_backproject_rect(W, A, ev, C, mean, k, k, d, o);
+}
+
+/* out (m, d) = M^T C with M (k, m): out[i] = sum_j M[j, i] C[j]. */
+static void mt_times_c(const double *M, const double *C, int64_t m, int64_t k, int64_t d, double *out)
+{
+    for (int64_t i = 0; i < m; i++)
         for (int64_t t = 0; t < d; t++) {
             double s = 0;
             for (int64_t j = 0; j < k; j++)
-                s += M[j * k + i] * C[j * d + t];
+                s += M[j * m + i] * C[j * d + t];
             out[i * d + t] = s;
         }
+}
+
+void dm_ica_backproject_rect_ref(const double *W, const double *A, const double *ev, const double *C,
+                                 const double *mean, int64_t m, int64_t k, int64_t d, const dm_ica_backprojection *o)
+{
+    double *S = dm_xmalloc((size_t)(k * m) * sizeof(double)), *F = dm_xmalloc((size_t)(k * m) * sizeof(double));
+    for (int64_t j = 0; j < k; j++)
+        for (int64_t i = 0; i < m; i++) {
+            S[j * m + i] = sqrt(ev[j]) * A[j * m + i]; /* L^(1/2) A */
+            F[j * m + i] = W[i * k + j] / sqrt(ev[j]); /* (W L^(-1/2))^T */
+        }
+    mt_times_c(S, C, m, k, d, o->directions); /* (L^(1/2) A)^T C = A^T L^(1/2) C */
+    mt_times_c(F, C, m, k, d, o->filters);    /* W L^(-1/2) C */
+    mt_times_c(A, C, m, k, d, o->unscaled);   /* A^T C */
+    free(S), free(F);
+    finish_outputs(mean, m, d, o);
 }
 
 void dm_ica_backproject_ref(const double *W, const double *A, const double *ev, const double *C, const double *mean,
                             int64_t k, int64_t d, const dm_ica_backprojection *o)
 {
-    double *S = dm_xmalloc((size_t)(k * k) * sizeof(double)), *F = dm_xmalloc((size_t)(k * k) * sizeof(double));
-    for (int64_t j = 0; j < k; j++)
-        for (int64_t i = 0; i < k; i++) {
-            S[j * k + i] = sqrt(ev[j]) * A[j * k + i]; /* L^(1/2) A */
-            F[j * k + i] = W[i * k + j] / sqrt(ev[j]); /* (W L^(-1/2))^T */
-        }
-    mt_times_c(S, C, k, d, o->directions); /* (L^(1/2) A)^T C = A^T L^(1/2) C */
-    mt_times_c(F, C, k, d, o->filters);    /* W L^(-1/2) C */
-    mt_times_c(A, C, k, d, o->unscaled);   /* A^T C */
-    free(S), free(F);
-    finish_outputs(mean, k, d, o);
+    dm_ica_backproject_rect_ref(W, A, ev, C, mean, k, k, d, o);
 }
 
 void dm_ica_variance_explained(const double *ev, int64_t nev, int64_t k, double *by_ica, double *by_unscaled)

@@ -58,6 +58,17 @@ void dm_ica_backproject(const double *W, const double *A, const double *ev, cons
 void dm_ica_backproject_ref(const double *W, const double *A, const double *ev, const double *C, const double *mean,
                             int64_t k, int64_t d, const dm_ica_backprojection *o);
 
+/* The same for m components in k whitened dimensions (m may exceed k:
+ * RICA's overcomplete W, operators/kernels/rica.h): W (m, k) the unmixing
+ * (sources s = W z), A (k, m) the whitened mixing (z ~ A s; for RICA
+ * A = W^T, its reconstruction W^T W z). directions, filters and unscaled are
+ * (m, d), mixing (d, m) = C^T L^(1/2) A, offset (m). dm_ica_backproject is
+ * this with m = k. */
+void dm_ica_backproject_rect(const double *W, const double *A, const double *ev, const double *C, const double *mean,
+                             int64_t m, int64_t k, int64_t d, const dm_ica_backprojection *o);
+void dm_ica_backproject_rect_ref(const double *W, const double *A, const double *ev, const double *C,
+                                 const double *mean, int64_t m, int64_t k, int64_t d, const dm_ica_backprojection *o);
+
 /* Of the variance sum_i max(ev_i, 0) over nev eigenvalues: the part the ICA
  * reconstruction on the top k explains, and the part the unscaled one does. */
 void dm_ica_variance_explained(const double *ev, int64_t nev, int64_t k, double *by_ica, double *by_unscaled);

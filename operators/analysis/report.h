@@ -52,6 +52,18 @@ typedef struct {
      * kl, null_percentile, z (k x 4); the matched nulls' KL at 5%, 50%, 95%
      * (k x 3); the study's 13 summary numbers (op_causal.c's `summary`) */
     dm_report_vec causal, causal_band, causal_summary;
+    /* RICA beside FastICA (op_rica.c, docs/rica.md; rica_summary NULL: absent):
+     * per component its stability, max |cos| with the SAE's decoder, best
+     * feature, source and activation kurtosis; its run (rica.json's text) and
+     * comparison summaries; its patterns (n_rica_directions x atom_d) for the
+     * planted check, NULL without */
+    dm_report_vec rica_stability, rica_max_cos, rica_best_feature, rica_source_kurtosis, rica_activation_kurtosis;
+    const dm_ica_summary *rica_summary;
+    const char *rica_doc;
+    size_t rica_doc_len;
+    const dm_compare_summary *rica_compare;
+    const double *rica_directions;
+    int64_t n_rica_directions;
 } dm_report_in;
 
 /* The numbers results.json and the page show. NaN: not computed. */
@@ -72,6 +84,11 @@ typedef struct {
     double *planted_max_cos;        /* (n_atoms) best |cos| of each atom (owned) */
     int64_t causal_k;               /* components with causal tests (0: none) */
     int64_t causal_above;           /* of those, with an ablation KL above their nulls' 95% */
+    /* RICA (rica_k 0: absent), counted with the same thresholds as ICA's */
+    int64_t rica_k, rica_high, rica_low, rica_unstable;
+    double rica_mean_max_cos, rica_source_kurtosis_mean, rica_activation_kurtosis_mean;
+    double rica_null_unit, rica_null_covariance;
+    int64_t rica_planted_recovered; /* -1: no planted check */
 } dm_report_numbers;
 
 void dm_report_compute(const dm_report_in *in, dm_report_numbers *out);

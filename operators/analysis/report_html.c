@@ -195,6 +195,60 @@ static void summary_real(dm_strbuf *h, const char *name, double v)
         put(h, "<tr><th>%s</th><td class=\"num\">%.4g</td></tr>\n", name, v);
 }
 
+/* A row of the FastICA / RICA table: %.4g, or a dash where not computed. */
+static void pair_row(dm_strbuf *h, const char *name, double ica, double rica)
+{
+    put(h, "<tr><th>%s</th>", name);
+    for (int i = 0; i < 2; i++) {
+        double v = i ? rica : ica;
+        if (isfinite(v))
+            put(h, "<td class=\"num\">%.4g</td>", v);
+        else
+            put(h, "<td class=\"num\">&ndash;</td>");
+    }
+    put(h, "</tr>\n");
+}
+
+static void count_cell(dm_strbuf *h, int present, int64_t high, int64_t low)
+{
+    if (present)
+        put(h, "<td class=\"num\">%lld / %lld</td>", (long long)high, (long long)low);
+    else
+        put(h, "<td class=\"num\">&ndash;</td>");
+}
+
+/* FastICA and RICA (docs/rica.md) on the same whitened residual. */
+static void rica_side_by_side(dm_strbuf *h, const dm_report_in *in, const dm_report_numbers *r)
+{
+    int64_t ica_unstable = 0;
+    for (int64_t i = 0; i < in->stability.n && in->ica_summary && in->ica_summary->seeds > 1; i++)
+        ica_unstable += in->stability.v[i] < DM_THRESHOLD(DM_T_STABLE);
+    put(h, "<h2>FastICA and RICA</h2>\n<p>RICA (reconstruction ICA) may find more components than the whitened "
+           "dimension; both ran on the same whitened residual (rica.json, rica_compare.json, "
+           "rica_directions.npy, rica_top_examples.json).</p>\n<table id=\"rica\">\n"
+           "<tr><th></th><th>FastICA</th><th>RICA</th></tr>\n");
+    pair_row(h, "components", (double)r->k, (double)r->rica_k);
+    pair_row(h, "iterations (first seed)", in->ica_summary ? (double)in->ica_summary->iterations : NAN,
+             (double)in->rica_summary->iterations);
+    pair_row(h, "SAE mean max |cos|", in->max_cos.n ? r->mean_max_cos : NAN, r->rica_mean_max_cos);
+    pair_row(h, "null mean max |cos| (covariance)", r->null_covariance, r->rica_null_covariance);
+    put(h, "<tr><th>max |cos| &gt; %g / &lt; %g</th>", DM_THRESHOLD(DM_T_HIGH_SIMILARITY),
+        DM_THRESHOLD(DM_T_LOW_SIMILARITY));
+    count_cell(h, in->max_cos.n > 0, r->verdict.high, r->verdict.low);
+    count_cell(h, in->rica_max_cos.n > 0, r->rica_high, r->rica_low);
+    put(h, "</tr>\n");
+    pair_row(h, "component kurtosis mean",
+             in->activation_kurtosis.n ? r->activation_kurtosis_mean : r->source_kurtosis_mean,
+             in->rica_activation_kurtosis.n ? r->rica_activation_kurtosis_mean : r->rica_source_kurtosis_mean);
+    pair_row(h, "source kurtosis mean", r->source_kurtosis_mean, r->rica_source_kurtosis_mean);
+    pair_row(h, "unstable components", in->stability.n ? (double)ica_unstable : NAN,
+             in->rica_stability.n ? (double)r->rica_unstable : NAN);
+    if (in->planted)
+        pair_row(h, "planted atoms recovered", (double)r->planted_recovered,
+                 r->rica_planted_recovered >= 0 ? (double)r->rica_planted_recovered : NAN);
+    put(h, "</table>\n");
+}
+
 char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *const svgs[DM_REPORT_SVGS])
 {
     const char *verdict = dm_verdict_name(r->verdict.decision);
@@ -252,7 +306,10 @@ char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *c
                 "<tr><th>components with max |cos| &gt; %g / &lt; %g</th><td class=\"num\">%lld / %lld</td></tr>\n",
             r->mean_max_cos, r->null_unit, r->null_covariance, DM_THRESHOLD(DM_T_HIGH_SIMILARITY),
             DM_THRESHOLD(DM_T_LOW_SIMILARITY), (long long)r->verdict.high, (long long)r->verdict.low);
-    put(&h, "</table>\n<h2>Plots</h2>\n<div class=\"plots\">\n");
+    put(&h, "</table>\n");
+    if (r->rica_k)
+        rica_side_by_side(&h, in, r);
+    put(&h, "<h2>Plots</h2>\n<div class=\"plots\">\n");
     for (int i = 0; i < DM_REPORT_SVGS; i++)
         if (svgs[i])
             put(&h, "<figure id=\"plot-%d\">%s</figure>\n", i, svgs[i]);

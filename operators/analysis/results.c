@@ -29,6 +29,57 @@ static double as_published(double x)
     return strtod(b, NULL);
 }
 
+/* Atoms (in->atoms) with some row of dir (m x atom_d) at |cos| above the
+ * recovered threshold; each atom's best |cos| into maxc when not NULL. */
+static int64_t planted_recovered(const dm_report_in *in, const double *dir, int64_t m, double *maxc)
+{
+    int64_t d = in->atom_d, count = 0;
+    const double *at = in->atoms;
+    for (int64_t a = 0; a < in->n_atoms; a++) {
+        double best = 0, na = 0;
+        for (int64_t i = 0; i < d; i++)
+            na += at[a * d + i] * at[a * d + i];
+        for (int64_t c = 0; c < m; c++) {
+            double dot = 0, nc = 0;
+            for (int64_t i = 0; i < d; i++)
+                dot += at[a * d + i] * dir[c * d + i], nc += dir[c * d + i] * dir[c * d + i];
+            double cs2 = fabs(dot) / sqrt(na * nc + 1e-300);
+            best = cs2 > best ? cs2 : best;
+        }
+        count += best > DM_THRESHOLD(DM_T_RECOVERED);
+        if (maxc)
+            maxc[a] = best;
+    }
+    return count;
+}
+
+/* RICA's numbers, with ICA's thresholds (verdict.h). */
+static void rica_compute(const dm_report_in *in, dm_report_numbers *r)
+{
+    const dm_report_vec *mc = &in->rica_max_cos, *st = &in->rica_stability;
+    r->rica_planted_recovered = -1;
+    r->rica_mean_max_cos = r->rica_source_kurtosis_mean = r->rica_activation_kurtosis_mean = NAN;
+    r->rica_null_unit = r->rica_null_covariance = NAN;
+    if (!in->rica_summary)
+        return;
+    r->rica_k = in->rica_summary->k;
+    r->rica_mean_max_cos = mean_of(mc->v, mc->n);
+    for (int64_t i = 0; i < mc->n; i++) {
+        r->rica_high += mc->v[i] > DM_THRESHOLD(DM_T_HIGH_SIMILARITY);
+        r->rica_low += mc->v[i] < DM_THRESHOLD(DM_T_LOW_SIMILARITY);
+    }
+    for (int64_t i = 0; i < st->n && in->rica_summary->seeds > 1; i++)
+        r->rica_unstable += st->v[i] < DM_THRESHOLD(DM_T_STABLE);
+    r->rica_source_kurtosis_mean = mean_of(in->rica_source_kurtosis.v, in->rica_source_kurtosis.n);
+    r->rica_activation_kurtosis_mean = mean_of(in->rica_activation_kurtosis.v, in->rica_activation_kurtosis.n);
+    if (in->rica_compare && in->rica_compare->d_sae > 0) {
+        r->rica_null_unit = as_published(in->rica_compare->null_unit.mean);
+        r->rica_null_covariance = as_published(in->rica_compare->null_covariance.mean);
+    }
+    if (in->planted && in->rica_directions)
+        r->rica_planted_recovered = planted_recovered(in, in->rica_directions, in->n_rica_directions, NULL);
+}
+
 void dm_report_compute(const dm_report_in *in, dm_report_numbers *r)
 {
     memset(r, 0, sizeof *r);
@@ -101,24 +152,10 @@ void dm_report_compute(const dm_report_in *in, dm_report_numbers *r)
 
     /* planted data (the demo): how many atoms the SAE misses do the ICA patterns find? */
     if (in->planted) {
-        int64_t d = in->atom_d;
-        const double *at = in->atoms, *dir = in->directions;
         r->planted_max_cos = dm_xmalloc((size_t)(in->n_atoms + 1) * sizeof(double));
-        for (int64_t a = 0; a < in->n_atoms; a++) {
-            double best = 0, na = 0;
-            for (int64_t i = 0; i < d; i++)
-                na += at[a * d + i] * at[a * d + i];
-            for (int64_t c = 0; c < in->n_directions; c++) {
-                double dot = 0, nc = 0;
-                for (int64_t i = 0; i < d; i++)
-                    dot += at[a * d + i] * dir[c * d + i], nc += dir[c * d + i] * dir[c * d + i];
-                double cs2 = fabs(dot) / sqrt(na * nc + 1e-300);
-                best = cs2 > best ? cs2 : best;
-            }
-            r->planted_recovered += best > DM_THRESHOLD(DM_T_RECOVERED);
-            r->planted_max_cos[a] = best;
-        }
+        r->planted_recovered = planted_recovered(in, in->directions, in->n_directions, r->planted_max_cos);
     }
+    rica_compute(in, r);
 }
 
 void dm_report_numbers_free(dm_report_numbers *r)
@@ -137,6 +174,42 @@ static int load_doc(const char *doc, size_t len, const char *what, json_t **out)
     return 0;
 }
 
+/* results.json's "rica": RICA's numbers and component table, as ICA's. */
+static json_t *rica_json(const dm_report_in *in, const dm_report_numbers *r, json_t *doc)
+{
+    json_t *o = json_object(), *sim = json_object(), *nulls = json_object(), *table = json_array();
+    const dm_report_vec *mc = &in->rica_max_cos, *bf = &in->rica_best_feature, *st = &in->rica_stability,
+                        *sk = &in->rica_source_kurtosis, *ak = &in->rica_activation_kurtosis;
+    json_object_set_new(o, "n_components", json_integer(r->rica_k));
+    json_object_set_new(sim, "mean_max_cosine", num(r->rica_mean_max_cos));
+    json_object_set_new(sim, "high_similarity_count", mc->n ? json_integer(r->rica_high) : json_null());
+    json_object_set_new(sim, "low_similarity_count", mc->n ? json_integer(r->rica_low) : json_null());
+    json_object_set_new(o, "sae_similarity", sim);
+    json_object_set_new(nulls, "random_unit_mean_max_cosine", num(r->rica_null_unit));
+    json_object_set_new(nulls, "random_from_covariance_mean_max_cosine", num(r->rica_null_covariance));
+    json_object_set_new(o, "null_baseline_similarity", nulls);
+    json_object_set_new(o, "component_kurtosis_mean",
+                        num(ak->n ? r->rica_activation_kurtosis_mean : r->rica_source_kurtosis_mean));
+    json_object_set_new(o, "source_kurtosis_mean", num(r->rica_source_kurtosis_mean));
+    json_object_set_new(o, "activation_kurtosis_mean", num(r->rica_activation_kurtosis_mean));
+    json_object_set_new(o, "unstable_components", json_integer(r->rica_unstable));
+    if (r->rica_planted_recovered >= 0)
+        json_object_set_new(o, "planted_recovered", json_integer(r->rica_planted_recovered));
+    for (int64_t i = 0; i < r->rica_k; i++) {
+        json_t *c = json_object();
+        json_object_set_new(c, "component", json_integer(i));
+        json_object_set_new(c, "source_kurtosis", i < sk->n ? num(sk->v[i]) : json_null());
+        json_object_set_new(c, "activation_kurtosis", i < ak->n ? num(ak->v[i]) : json_null());
+        json_object_set_new(c, "max_cos", i < mc->n ? num(mc->v[i]) : json_null());
+        json_object_set_new(c, "best_sae_feature", i < bf->n ? json_integer((json_int_t)bf->v[i]) : json_null());
+        json_object_set_new(c, "stability", i < st->n ? num(st->v[i]) : json_null());
+        json_array_append_new(table, c);
+    }
+    json_object_set_new(o, "components", table);
+    json_object_set_new(o, "run", doc);
+    return o;
+}
+
 int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t **out)
 {
     json_t *sae_doc = NULL, *ica_doc = NULL;
@@ -145,6 +218,11 @@ int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t *
         return -1;
     if (in->ica_summary && load_doc(in->ica_doc, in->ica_doc_len, "input ica_summary", &ica_doc)) {
         json_decref(sae_doc);
+        return -1;
+    }
+    json_t *rica_doc = NULL;
+    if (in->rica_summary && load_doc(in->rica_doc, in->rica_doc_len, "input rica_summary", &rica_doc)) {
+        json_decref(sae_doc), json_decref(ica_doc);
         return -1;
     }
     const dm_report_vec *mc = &in->max_cos, *ca = &in->causal, *cb = &in->causal_band;
@@ -258,6 +336,8 @@ int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t *
         json_object_set_new(planted, "max_abs_cos", cosl);
         json_object_set_new(res, "planted", planted);
     }
+    if (in->rica_summary)
+        json_object_set_new(res, "rica", rica_json(in, r, rica_doc));
     json_error_t jerr;
     json_t *stages = in->stage_times ? json_loads(in->stage_times, 0, &jerr) : NULL;
     json_object_set_new(res, "time_per_stage", stages ? stages : json_null());

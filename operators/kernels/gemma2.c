@@ -441,7 +441,7 @@ static const char *const gemma2_dim_keys[D_COUNT] = {
 };
 
 static const dm_tensor_spec gemma2_model_tensors[] = {
-    {"model.embed_tokens.weight", 2, {D_V, D_C}, offsetof(gemma2_params, embed), 0},
+    {"model.embed_tokens.weight", 2, {D_V, D_C}, offsetof(gemma2_params, embed), T_EMBED},
     {"model.norm.weight", 1, {D_C}, offsetof(gemma2_params, normw), T_FINAL | T_PLUS_ONE},
 };
 #define LIN (T_TRANSPOSE | T_PACK)
@@ -497,10 +497,9 @@ static float embed_scale(const dm_model_config *c)
 static void gemma2_embed_part(const dm_model *m, dm_model_hook_kind kind, float *row, int32_t token,
                               int pos)
 {
-    const gemma2_params *p = m->params;
     size_t C = m->cfg.n_embd;
     float s = embed_scale(&m->cfg);
-    const float *e = p->embed + (size_t)token * C;
+    const float *e = dm_model_embed_row(m, token, row);
     for (size_t i = 0; i < C; i++)
         row[i] = e[i] * s;
 }
@@ -508,13 +507,13 @@ static void gemma2_embed_part(const dm_model *m, dm_model_hook_kind kind, float 
 /* x (BT, C) = embed_tokens[token] * sqrt(C) */
 static int gemma2_embed(dm_model *m, float *x, const int32_t *tokens, int B, int T)
 {
-    const gemma2_params *p = m->params;
     size_t C = m->cfg.n_embd, BT = (size_t)B * T;
     float s = embed_scale(&m->cfg);
 #pragma omp parallel for schedule(static) if (m->cx.omp_kernels)
     for (size_t bt = 0; bt < BT; bt++) {
-        const float *e = p->embed + (size_t)tokens[bt] * C;
         float *xr = x + bt * C;
+        /* the row itself, or (bf16 weights) widened into xr */
+        const float *e = dm_model_embed_row(m, tokens[bt], xr);
         for (size_t i = 0; i < C; i++)
             xr[i] = e[i] * s;
     }

@@ -585,6 +585,70 @@ START_TEST(bf16_weights)
 }
 END_TEST
 
+START_TEST(bf16_memory)
+{
+    /* what a model holds is what the accounting says, on every backend, for
+     * both weights and a partial depth */
+    const int depths[] = {DM_MODEL_DEPTH_ALL, 1};
+    for (int id = 0; id < DM_MODEL_CUDA; id++) {
+        if (!dm_model_backend_get((dm_model_backend_id)id))
+            continue;
+        dm_compute cx = context_for((dm_model_backend_id)id);
+        for (int w = DM_WEIGHTS_F32; w <= DM_WEIGHTS_BF16; w++)
+            for (int d = 0; d < 2; d++) {
+                dm_model_opts o = {.weights = (dm_model_weights)w};
+                dm_model *m = dm_model_load_opts(GOLDEN "h32kv2-bf16", depths[d], &cx, &o);
+                ck_assert_msg(m != NULL, "%s", dm_error());
+                ck_assert_uint_eq(dm_model_bytes(m), dm_model_param_bytes(dm_model_cfg(m), depths[d], &cx, o.weights));
+                dm_model_free(m);
+            }
+    }
+    /* held bf16, about half the float32 parameters: 2 bytes for the large
+     * matrices, 4 for the norms' weights (h32kv2's shapes are multiples of
+     * the packing's 32 columns: no padding) */
+    dm_model_opts o = {.weights = DM_WEIGHTS_BF16};
+    for (int id = DM_MODEL_REF; id <= DM_MODEL_CPU_AVX512; id++) {
+        dm_compute cx = context_for((dm_model_backend_id)id);
+        if (!dm_model_backend_get((dm_model_backend_id)id))
+            continue;
+        dm_model *m = dm_model_load_opts(GOLDEN "h32kv2-bf16", DM_MODEL_DEPTH_ALL, &cx, &o);
+        ck_assert_ptr_nonnull(m);
+        double f32 = 4.0 * dm_model_param_floats(dm_model_cfg(m), DM_MODEL_DEPTH_ALL);
+        double r = dm_model_bytes(m) / f32;
+        printf("gemma2 bf16 memory h32kv2 (%s backend, %s): %.3f of the float32 parameters\n",
+               dm_model_backend_of(m)->name, dm_model_holds_bf16(m) ? "held bf16" : "widened", r);
+        if (dm_model_holds_bf16(m))
+            ck_assert(r > 0.5 && r < 0.52);
+        else
+            ck_assert(r >= 1);
+        dm_model_free(m);
+    }
+    /* Gemma-2-2B's shape (the accounting alone): to blocks.12.hook_resid_post
+     * (13 blocks), bf16 on ref is half the float32 parameters within 1e-3 (the
+     * norms' weights); on cpu-avx512 with AVX-512 BF16, float32 also holds
+     * the linear weights packed for dm_sgemm (sgemm.h: more floats than the
+     * weights), and bf16 is about a quarter of that (0.24) */
+    dm_model_config g = {.family = DM_FAMILY_GEMMA2, .n_embd = 2304, .n_layer = 26, .n_head = 8,
+                         .n_kv_head = 4, .head_dim = 256, .n_inner = 9216, .vocab_size = 256000,
+                         .n_positions = 8192};
+    dm_compute rcx = context_for(DM_MODEL_REF);
+    double f = (double)dm_model_param_bytes(&g, 13, &rcx, DM_WEIGHTS_F32);
+    double b = (double)dm_model_param_bytes(&g, 13, &rcx, DM_WEIGHTS_BF16);
+    ck_assert_double_eq_tol(f, 4.0 * (dm_model_param_floats(&g, 13) - 2304), 1);
+    ck_assert(b / f > 0.5 && b / f < 0.501);
+    printf("gemma2 2B shape, 13 blocks: float32 %.2f GB, bf16 %.2f GB (ref)", f / 1e9, b / 1e9);
+    if (dm_model_backend_get(DM_MODEL_CPU_AVX512) && dm_bgemm_available()) {
+        dm_compute acx = context_for(DM_MODEL_CPU_AVX512);
+        double fa = (double)dm_model_param_bytes(&g, 13, &acx, DM_WEIGHTS_F32);
+        double ba = (double)dm_model_param_bytes(&g, 13, &acx, DM_WEIGHTS_BF16);
+        ck_assert_double_eq_tol(ba, b, 1e-3 * b);
+        ck_assert(ba / fa > 0.2 && ba / fa < 0.3);
+        printf("; cpu-avx512: float32 with packed copies %.2f GB, bf16 packed %.2f GB", fa / 1e9, ba / 1e9);
+    }
+    printf("\n");
+}
+END_TEST
+
 /* ---- the command ---------------------------------------------------------------- */
 
 START_TEST(command_matches_golden)
@@ -806,6 +870,7 @@ int main(void)
     tcase_add_test(tm, hooks_run_from_and_edits);
     tcase_add_test(tm, backend_fallback);
     tcase_add_test(tm, bf16_weights);
+    tcase_add_test(tm, bf16_memory);
     tcase_add_test(tm, command_matches_golden);
     tcase_add_test(tm, bad_models);
     suite_add_tcase(s, tm);

@@ -32,8 +32,10 @@
  * Weights are float32 in memory (F32/F16/BF16 files): nn.Linear's (OC, C)
  * transposed at load to the (C, OC) layout the shared linear entries read (and
  * pack for dm_sgemm), RMSNorm weights held as 1 + w (computed in float32, as
- * transformers does). A BF16 path (bf16 weights in memory, dm_bgemm) would
- * plug in at the linear entry (model.h's dm_model_weights).
+ * transformers does). With DM_WEIGHTS_BF16 the runner keeps the linear
+ * weights and the embedding bf16 instead (model.h's dm_model_weights): the
+ * linear entries then run dm_bgemm, and the embedding's rows come widened
+ * through dm_model_embed_row.
  *
  * The kernels Gemma 2 brought (rmsnorm, rope, attention_gqa, geglu, softcap)
  * have plain reference loops and a "cpu" version each, tested against them

@@ -13,7 +13,12 @@
  *     struct points into it), converted from the mapped files at load;
  *     nn.Linear weights are transposed to the (C, OC) layout every backend
  *     reads. Only the blocks the deepest hook needs are converted; the files
- *     are unmapped after loading.
+ *     are unmapped after loading. With DM_WEIGHTS_BF16 on a backend with
+ *     bf16 kernels the large matrices (linear weights, the embedding) go to
+ *     a second allocation of bf16 values instead: packed once for dm_bgemm
+ *     straight from the file (cpu-avx512 where the CPU has AVX-512 BF16), or
+ *     plain for the reference loops (ref); elsewhere they are rounded to bf16
+ *     and kept float32 (model.h's dm_model_weights).
  *   - Activations of one batch (B windows of T tokens, BT = B*T rows) live in a
  *     second allocation owned by the model, grown when a larger batch arrives:
  *     the residual stream, a norm's output and a branch (the runner's), then

@@ -9,8 +9,8 @@
  * parameter struct, how it is held), its activation buffers, and the pieces
  * of one pass: the embedding, the attention half and MLP half of a block, the
  * final norm and what follows the unembedding. The runner owns everything
- * else: the folder's files, the checks, one allocation of float32 parameters,
- * packing for dm_sgemm, the device copy and the fallback to the CPU, the
+ * else: the folder's files, the checks, one allocation of float32 parameters
+ * (and one of bf16 matrices with DM_WEIGHTS_BF16), packing for dm_sgemm, the device copy and the fallback to the CPU, the
  * activation buffers, the layer walk, the hook points, the logits' buffers and
  * the loss.
  */

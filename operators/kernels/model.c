@@ -68,6 +68,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static const dm_model_family *const families[DM_FAMILY_COUNT] = {
@@ -615,6 +616,21 @@ static int check_tensors(const dm_model_family *f, const dm_model_config *c, con
     return 0;
 }
 
+/* Drops the whole pages of tensor t from this process's resident set once it
+ * is read: the files are mapped read-only (safetensors.c: PROT_READ,
+ * MAP_PRIVATE), so the pages stay in the page cache and a later read faults
+ * them in again. Loading then holds the weights once, as the runner keeps
+ * them, not also the file's pages (about 3 GB of Gemma-2-2B to layer 12,
+ * which /usr/bin/time's peak resident set counted). */
+static void release_mapped(const dm_st_tensor *t)
+{
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)t->data + pg - 1) & ~(pg - 1);
+    uintptr_t e = ((uintptr_t)t->data + (uintptr_t)t->nbytes) & ~(pg - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 /* Reads tensor name into out as s holds it (transposed, plus one). */
 static int read_tensor(const dm_model_config *c, const weights *w, const char *name,
                        const dm_tensor_spec *s, float *out, float **tmp, size_t *tmp_n)
@@ -640,6 +656,7 @@ static int read_tensor(const dm_model_config *c, const weights *w, const char *n
     if (s->flags & T_PLUS_ONE)
         for (int64_t i = 0; i < n; i++)
             out[i] += 1.0f;
+    release_mapped(t);
     return 0;
 }
 
@@ -665,6 +682,7 @@ static int read_bf16(const dm_model_config *c, const weights *w, const char *nam
             dm_bgemm_pack(dst, t->data, (int)Cn, K, N, layout);
         else
             dm_bgemm_pack_f32(dst, f, (int)Cn, K, N, layout);
+        release_mapped(t);
         return 0;
     }
     const unsigned char *b = t->data;
@@ -679,6 +697,7 @@ static int read_bf16(const dm_model_config *c, const weights *w, const char *nam
                 h = dm_f32_to_bf16(f[from]);
             dst[to] = h;
         }
+    release_mapped(t);
     return 0;
 }
 

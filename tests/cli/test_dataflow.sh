@@ -15,14 +15,18 @@ python3 "$ROOT/tools/make-sae" --d-in 768 --d-sae 512 --l0 20 --hook blocks.6.ho
     --out models/gpt2-small-res-jb/blocks.6.hook_resid_pre >/dev/null || fail "make-sae"
 mkdir -p data
 ln -s "$ROOT/tests/data/tiny-corpus" data/openwebtext
-S="--set text.max_tokens=3000 --shard 1500 --quiet"
+# the causal stage at its smallest (one window, 2 nulls of each kind at 2 levels):
+# its inputs come from the statistics, the same in both data flows
+C="--set causal.tokens=2 --set causal.nulls=2 --set causal.energy_levels=2"
+S="--set text.max_tokens=3000 --shard 1500 --quiet $C"
 expect_ok $DMICA run "$ROOT/pipelines/gpt2-small-res-jb-l6.yaml" $S --out l6 --cache c6
 # the 100M pipeline with f32 spills
 sed '/^    spill_dtype: f16$/d' "$ROOT/pipelines/gpt2-small-res-jb-l6-100m.yaml" > f32.yaml
 grep -q "spill_dtype" f32.yaml && fail "could not write f32.yaml"
-$DMICA run f32.yaml --set text.max_tokens=3000 --shard 1500 --out big --cache cb >/dev/null 2>progress.txt ||
+$DMICA run f32.yaml --set text.max_tokens=3000 --shard 1500 $C --out big --cache cb >/dev/null 2>progress.txt ||
     { cat progress.txt; fail "the 100M pipeline (f32 spills) failed"; }
 cmp l6/ica_directions.npy big/ica_directions.npy || fail "the ICA directions differ (FastICA should read the same z)"
+cmp l6/causal.json big/causal.json || fail "the causal stage differs between the data flows"
 python3 - <<'P' || fail "the 100M data flow's sources or ICA activations differ from l6's"
 import json
 import numpy as np

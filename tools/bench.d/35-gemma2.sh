@@ -12,10 +12,11 @@
 # run (/usr/bin/time). One cache for all runs: the first run hashes the model
 # folder for the cache key (XXH3 over 5.2 GB), and later runs take that hash
 # from the cache's filehash memo (keyed by path, device, inode, size and
-# mtime: io/fs.c); the hashing time is the first 1-window run less the second.
+# mtime: io/fs.c); the hashing time is the first 1-window bf16 run less the
+# same run at the end.
 # Needs about 14 GB of free memory and 6 GB of disk. Markdown on stdout,
 # progress on stderr. Several minutes on 2 cores; BENCH_GEMMA2_MODEL=DIR reuses
-# a folder made before.
+# a folder made before; BENCH_GEMMA2_WEIGHTS="bf16" (or "f32") measures one.
 set -eu
 : "${ROOT:=$(cd "$(dirname "$0")/../.." && pwd)}"
 : "${DMICA:=$ROOT/bin/dmica}"
@@ -61,9 +62,10 @@ run() {
     awk "BEGIN { printf \"%.1f\", $(now) - $t0 }"
 }
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
-echo "35-gemma2: hashing the folder (a 1-window bf16 run, twice)" >&2
+echo "35-gemma2: hashing the folder (a 1-window bf16 run; again at the end)" >&2
 FIRST=$(run p1-bf16.yaml first.log)
-for w in bf16 f32; do
+ONE_f32=- ONE_bf16=- TOKS_f32=- TOKS_bf16=- RSS_f32=- RSS_bf16=-
+for w in ${BENCH_GEMMA2_WEIGHTS:-bf16 f32}; do
     echo "35-gemma2: weights $w: 1 window, then $WINDOWS windows of 128 tokens" >&2
     ONE=$(run p1-$w.yaml one-$w.log)
     ALL=$(run p-$w.yaml all-$w.log time-$w.txt)
@@ -72,7 +74,8 @@ for w in bf16 f32; do
     eval "RSS_$w=$(awk '/Maximum resident set size/ { printf "%.2f", $NF / 1048576 }' time-$w.txt)"
     grep -i "bf16\|widened" all-$w.log >&2 || true
 done
-HASH=$(awk "BEGIN { printf \"%.1f\", $FIRST - $ONE_bf16 }")
+ONE=$(run p1-bf16.yaml again.log)
+HASH=$(awk "BEGIN { printf \"%.1f\", $FIRST - $ONE }")
 # per token: 2 FLOP per multiply-add of the 13 blocks' linear layers (q, k, v,
 # o: 2 C (Q + KV); gate, up, down: 3 C I) and of attention (QK^T and AV over
 # the (T+1)/2 keys a query sees on average, 8 heads of 256)

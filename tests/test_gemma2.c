@@ -34,6 +34,7 @@
  * Runs from the repository root (make test-unit does) so tests/golden is found.
  */
 #include "commands.h"
+#include "bgemm.h"
 #include "gemma2.h"
 #include "model.h"
 
@@ -430,10 +431,221 @@ START_TEST(backend_fallback)
     const dm_model_backend *cu = dm_model_backend_get(DM_MODEL_CUDA);
     if (cu)
         ck_assert_int_eq(dm_model_backend_runs(cu, DM_FAMILY_GEMMA2), 0);
-    /* the BF16 path's seam, refused until its kernels exist */
+}
+END_TEST
+
+/* ---- bf16 weights ------------------------------------------------------------ */
+
+/* Every hook of folder dir, loaded with weights w on backend id, on the golden
+ * tokens of NAME: n hooks into hooks, their values returned (free with
+ * free_outs), lens[i] floats each; *held gets dm_model_holds_bf16. */
+static float **run_every_hook(const char *dir, const char *name, dm_model_backend_id id,
+                              dm_model_weights w, dm_model_hook *hooks, int *n, size_t *lens,
+                              int *held)
+{
+    char path[256];
+    snprintf(path, sizeof path, GOLDEN "%s/expected.safetensors", name);
+    dm_safetensors *exp = dm_st_open(path);
+    ck_assert_msg(exp != NULL, "%s", dm_error());
+    dm_compute cx = context_for(id);
+    dm_model_opts o = {.weights = w};
+    dm_model *m = dm_model_load_opts(dir, DM_MODEL_DEPTH_ALL, &cx, &o);
+    ck_assert_msg(m != NULL, "%s", dm_error());
+    ck_assert_ptr_eq(dm_model_backend_of(m), dm_model_backend_get(id));
+    const dm_model_config *c = dm_model_cfg(m);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    *n = all_hooks(c->n_layer, hooks);
+    float **outs = dm_xcalloc(65, sizeof *outs);
+    for (int i = 0; i < *n; i++) {
+        lens[i] = (size_t)B * T * dm_model_hook_width(c, hooks[i]);
+        outs[i] = dm_xmalloc(sizeof(float) * lens[i]);
+    }
+    ck_assert_msg(dm_model_forward(m, tok, B, T, hooks, *n, outs, 0) == 0, "%s", dm_error());
+    *held = dm_model_holds_bf16(m);
+    free(tok);
+    dm_model_free(m);
+    dm_st_close(exp);
+    return outs;
+}
+
+static void free_outs(float **outs)
+{
+    for (int i = 0; outs[i]; i++)
+        free(outs[i]);
+    free(outs);
+}
+
+/* The tolerance of hook h of a model of L blocks computed with bf16 weights
+ * (DM_WEIGHTS_BF16), relative as rel_err. Each linear layer rounds its input
+ * to bf16 (8 significant bits, nearest: a relative error of at most
+ * u = 2^-8 per product, bgemm.h), so its output is off by at most u of the
+ * sum of its products' magnitudes; to first order these errors add along
+ * the path to a hook, each rescaled with the values by the norms. So hook h is
+ * allowed u per bf16 product stage before it: 2 per half block (q/k/v then
+ * o_proj; gate/up then down_proj), 1 for the unembedding (the loss: as the
+ * logits); the embedding and blocks.0.hook_resid_pre are the weights' own
+ * values (TOL). Seen: about a quarter to a half of that (0.5u to 5.6u), the
+ * logits the largest. A wrong weight, layout or scale moves a hook by far
+ * more (order 1); inputs not rounded at all would leave the float32 path's
+ * 1e-6, which bf16_weights rules out too. */
+static double bf16_tol(dm_model_hook h, int L)
+{
+    const double u = 0x1p-8;
+    switch (h.kind) {
+    case DM_HOOK_RESID_PRE: return h.layer ? 4 * h.layer * u : TOL;
+    case DM_HOOK_ATTN_OUT:
+    case DM_HOOK_RESID_MID: return (4 * h.layer + 2) * u;
+    case DM_HOOK_MLP_OUT:
+    case DM_HOOK_RESID_POST: return (4 * h.layer + 4) * u;
+    case DM_HOOK_LN_FINAL: return 4 * L * u;
+    case DM_HOOK_LOGITS:
+    case DM_HOOK_LOSS: return (4 * L + 1) * u;
+    default: return TOL;
+    }
+}
+
+/* Checks every hook of a against b, or against the golden values of NAME with
+ * b NULL, within bf16_tol (tol 0) or tol; what is printed: the largest
+ * relative error and the largest fraction of its allowance. */
+static void check_bf16(const char *what, const char *name, float **a, float **b,
+                       const dm_model_hook *hooks, int n, double tol)
+{
+    char path[256], hname[64], worst_hook[64] = "";
+    snprintf(path, sizeof path, GOLDEN "%s/expected.safetensors", name);
+    dm_safetensors *exp = dm_st_open(path);
+    ck_assert_ptr_nonnull(exp);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    dm_model_config c;
+    snprintf(path, sizeof path, GOLDEN "%s", name);
+    ck_assert_int_eq(dm_model_read_config(path, &c), 0);
+    double worst = 0, share = 0;
+    for (int i = 0; i < n; i++) {
+        size_t len = (size_t)B * T * dm_model_hook_width(&c, hooks[i]);
+        dm_model_hook_name(hooks[i], hname, sizeof hname);
+        float *want = b ? b[i] : golden_hook(exp, hname, len);
+        double e = rel_err(a[i], want, len), t = tol > 0 ? tol : bf16_tol(hooks[i], c.n_layer);
+        ck_assert_msg(e <= t, "%s %s: %s: relative error %g, allowed %g", name, what, hname, e, t);
+        if (e >= worst)
+            worst = e, strcpy(worst_hook, hname);
+        share = e / t > share ? e / t : share;
+        if (!b)
+            free(want);
+    }
+    printf("gemma2 bf16 %s %s: max relative error %.2g (%s), %.2f of its allowance\n", name, what,
+           worst, worst_hook, share);
+    free(tok);
+    dm_st_close(exp);
+}
+
+START_TEST(bf16_weights)
+{
+    /* the golden models' weights are bf16 values (tools/gemma2_reference.py):
+     * DM_WEIGHTS_BF16 holds exactly the weights transformers ran, so what
+     * differs is the rounding of the linear layers' inputs */
+    const char *models[] = {"h32kv2", "h24kv1"};
+    char dir[256];
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++) {
+        const char *name = models[k];
+        dm_model_hook hooks[64];
+        size_t lens[64];
+        int n, held;
+        snprintf(dir, sizeof dir, GOLDEN "%s-bf16", name);
+        /* the reference: bf16 W held as such, inputs rounded to bf16, double sums */
+        float **ref = run_every_hook(dir, name, DM_MODEL_REF, DM_WEIGHTS_BF16, hooks, &n, lens, &held);
+        ck_assert_int_eq(held, 1);
+        check_bf16("ref backend against transformers", name, ref, NULL, hooks, n, 0);
+        /* the inputs are rounded: the logits move well beyond float32's 1e-6 */
+        float **f32 = run_every_hook(dir, name, DM_MODEL_REF, DM_WEIGHTS_F32, hooks, &n, lens, &held);
+        ck_assert_int_eq(held, 0);
+        ck_assert_int_eq(hooks[n - 2].kind, DM_HOOK_LOGITS);
+        ck_assert(rel_err(ref[n - 2], f32[n - 2], lens[n - 2]) > 1e-4);
+        FOR_EACH_FAST_BACKEND(id, be) {
+            float **got = run_every_hook(dir, name, id, DM_WEIGHTS_BF16, hooks, &n, lens, &held);
+            ck_assert_int_eq(held, id == DM_MODEL_CPU_AVX512 && dm_bgemm_available());
+            char what[128];
+            if (!held) { /* widened: the float32 path on the same weights */
+                snprintf(what, sizeof what, "%s backend (widened to float32) against transformers", be->name);
+                check_bf16(what, name, got, NULL, hooks, n, TOL);
+                free_outs(got);
+                continue;
+            }
+            snprintf(what, sizeof what, "%s backend against transformers", be->name);
+            check_bf16(what, name, got, NULL, hooks, n, 0);
+            snprintf(what, sizeof what, "%s backend against the ref backend", be->name);
+            check_bf16(what, name, got, ref, hooks, n, 0);
+            /* the embedding's rows, read from the packed copy, are the weights' own */
+            ck_assert_int_eq(hooks[0].kind, DM_HOOK_EMBED);
+            ck_assert_int_eq(memcmp(got[0], f32[0], sizeof(float) * lens[0]), 0);
+            free_outs(got);
+        }
+        free_outs(ref), free_outs(f32);
+    }
+}
+END_TEST
+
+START_TEST(bf16_memory)
+{
+    /* what a model holds is what the accounting says, on every backend, for
+     * both weights and a partial depth */
+    const int depths[] = {DM_MODEL_DEPTH_ALL, 1};
+    for (int id = 0; id < DM_MODEL_CUDA; id++) {
+        if (!dm_model_backend_get((dm_model_backend_id)id))
+            continue;
+        dm_compute cx = context_for((dm_model_backend_id)id);
+        for (int w = DM_WEIGHTS_F32; w <= DM_WEIGHTS_BF16; w++)
+            for (int d = 0; d < 2; d++) {
+                dm_model_opts o = {.weights = (dm_model_weights)w};
+                dm_model *m = dm_model_load_opts(GOLDEN "h32kv2-bf16", depths[d], &cx, &o);
+                ck_assert_msg(m != NULL, "%s", dm_error());
+                ck_assert_uint_eq(dm_model_bytes(m), dm_model_param_bytes(dm_model_cfg(m), depths[d], &cx, o.weights));
+                dm_model_free(m);
+            }
+    }
+    /* held bf16, about half the float32 parameters: 2 bytes for the large
+     * matrices, 4 for the norms' weights (h32kv2's shapes are multiples of
+     * the packing's 32 columns: no padding) */
     dm_model_opts o = {.weights = DM_WEIGHTS_BF16};
-    ck_assert_ptr_null(dm_model_load_opts(GOLDEN "h24kv1", 1, NULL, &o));
-    ck_assert(has(dm_error(), "weights bf16 are not available yet"));
+    for (int id = DM_MODEL_REF; id <= DM_MODEL_CPU_AVX512; id++) {
+        dm_compute cx = context_for((dm_model_backend_id)id);
+        if (!dm_model_backend_get((dm_model_backend_id)id))
+            continue;
+        dm_model *m = dm_model_load_opts(GOLDEN "h32kv2-bf16", DM_MODEL_DEPTH_ALL, &cx, &o);
+        ck_assert_ptr_nonnull(m);
+        double f32 = 4.0 * dm_model_param_floats(dm_model_cfg(m), DM_MODEL_DEPTH_ALL);
+        double r = dm_model_bytes(m) / f32;
+        printf("gemma2 bf16 memory h32kv2 (%s backend, %s): %.3f of the float32 parameters\n",
+               dm_model_backend_of(m)->name, dm_model_holds_bf16(m) ? "held bf16" : "widened", r);
+        if (dm_model_holds_bf16(m))
+            ck_assert(r > 0.5 && r < 0.52);
+        else
+            ck_assert(r >= 1);
+        dm_model_free(m);
+    }
+    /* Gemma-2-2B's shape (the accounting alone): to blocks.12.hook_resid_post
+     * (13 blocks), bf16 on ref is half the float32 parameters within 1e-3 (the
+     * norms' weights); on cpu-avx512 with AVX-512 BF16, float32 also holds
+     * the linear weights packed for dm_sgemm (sgemm.h: more floats than the
+     * weights), and bf16 is about a quarter of that (0.24) */
+    dm_model_config g = {.family = DM_FAMILY_GEMMA2, .n_embd = 2304, .n_layer = 26, .n_head = 8,
+                         .n_kv_head = 4, .head_dim = 256, .n_inner = 9216, .vocab_size = 256000,
+                         .n_positions = 8192};
+    dm_compute rcx = context_for(DM_MODEL_REF);
+    double f = (double)dm_model_param_bytes(&g, 13, &rcx, DM_WEIGHTS_F32);
+    double b = (double)dm_model_param_bytes(&g, 13, &rcx, DM_WEIGHTS_BF16);
+    ck_assert_double_eq_tol(f, 4.0 * (dm_model_param_floats(&g, 13) - 2304), 1);
+    ck_assert(b / f > 0.5 && b / f < 0.501);
+    printf("gemma2 2B shape, 13 blocks: float32 %.2f GB, bf16 %.2f GB (ref)", f / 1e9, b / 1e9);
+    if (dm_model_backend_get(DM_MODEL_CPU_AVX512) && dm_bgemm_available()) {
+        dm_compute acx = context_for(DM_MODEL_CPU_AVX512);
+        double fa = (double)dm_model_param_bytes(&g, 13, &acx, DM_WEIGHTS_F32);
+        double ba = (double)dm_model_param_bytes(&g, 13, &acx, DM_WEIGHTS_BF16);
+        ck_assert_double_eq_tol(ba, b, 1e-3 * b);
+        ck_assert(ba / fa > 0.2 && ba / fa < 0.3);
+        printf("; cpu-avx512: float32 with packed copies %.2f GB, bf16 packed %.2f GB", fa / 1e9, ba / 1e9);
+    }
+    printf("\n");
 }
 END_TEST
 
@@ -657,6 +869,8 @@ int main(void)
     tcase_add_test(tm, parity_every_hook);
     tcase_add_test(tm, hooks_run_from_and_edits);
     tcase_add_test(tm, backend_fallback);
+    tcase_add_test(tm, bf16_weights);
+    tcase_add_test(tm, bf16_memory);
     tcase_add_test(tm, command_matches_golden);
     tcase_add_test(tm, bad_models);
     suite_add_tcase(s, tm);

@@ -33,6 +33,7 @@
 #include "commands.h"
 #include "dm.h"
 #include "npy.h"
+#include "bgemm.h"
 #include "safetensors.h"
 #include "sgemm.h"
 #include "test.h"
@@ -327,6 +328,97 @@ START_TEST(unembed_matches_reference)
 }
 END_TEST
 
+/* bf16 weights (DM_WEIGHTS_BF16): each backend with bf16 entries (ref:
+ * dm_bgemm_ref on W held plain; cpu-avx512 where the CPU has AVX-512 BF16:
+ * dm_bgemm on W packed) against ref's, on the same bf16 W and the same
+ * inputs. The products are the same (the inputs rounded to bf16 alike, each
+ * product exact); only the sums differ, float32 against double: 1e-5, as for
+ * float32 (test_bgemm.c sees 2e-7). Against the float32 product with the
+ * unrounded W: W and the input each rounded to u = 2^-8 relative, so at most
+ * 2u sum |x w| per output: 8u of the largest output, as
+ * gemm_precisions_match_reference allows, and more than u/64 (the rounding
+ * shows). ref against the definition at one element. */
+START_TEST(bf16_linear_matches_reference)
+{
+    const dm_model_backend *ref = ref_backend();
+    const double u = 0x1p-8;
+    static const int shapes[][3] = {{37, 48, 70}, {64, 64, 192}, {5, 96, 32}, {130, 33, 65}};
+    for (dm_model_backend_id id = DM_MODEL_REF; id <= DM_MODEL_CPU_AVX512; id++) {
+        const dm_model_backend *be = dm_model_backend_get(id);
+        if (!be || !be->bf16 || (be->packs && !dm_bgemm_available()))
+            continue;
+        dm_compute cx = context_for(id);
+        for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+            int BT = shapes[k][0], C = shapes[k][1], OC = shapes[k][2];
+            rng_state = 21 + k;
+            float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
+            float *b = random_floats(OC, -1, 1), *x0 = random_floats((size_t)BT * OC, -1, 1);
+            float *o1 = dm_xmalloc(sizeof(float) * BT * OC), *o2 = dm_xmalloc(sizeof(float) * BT * OC);
+            uint16_t *wb = dm_xmalloc(sizeof(uint16_t) * C * OC);
+            for (size_t i = 0; i < (size_t)C * OC; i++)
+                wb[i] = dm_f32_to_bf16(w[i]);
+            uint16_t *wp = NULL;
+            if (be->packs) {
+                wp = dm_xmalloc_aligned(sizeof(uint16_t) * dm_bgemm_packed_size(C, OC));
+                dm_bgemm_pack(wp, wb, OC, C, OC, DM_BGEMM_KN);
+            }
+            dm_model_weight W = {NULL, NULL, wp ? wp : wb}, Wr = {NULL, NULL, wb}, Wf = {w, NULL, NULL};
+            for (int v = 0; v < 4; v++) {
+                const float *bias = v & 1 ? b : NULL;
+                int flags = v & 2 ? DM_MODEL_GELU : 0;
+                be->linear(&cx, o1, x, &W, bias, BT, C, OC, flags);
+                ref->linear(&cx, o2, x, &Wr, bias, BT, C, OC, flags);
+                double e = rel_err(o1, o2, (size_t)BT * OC);
+                ck_assert_msg(e <= 1e-5, "%s bf16 linear %dx%dx%d v%d: %g", be->name, BT, C, OC, v, e);
+                if (v == 1) {
+                    double s = b[7];
+                    for (int i = 0; i < C; i++)
+                        s += (double)dm_bf16_to_f32(dm_f32_to_bf16(x[3 * C + i])) * dm_bf16_to_f32(wb[i * OC + 7]);
+                    ck_assert_double_le(fabs(o2[3 * OC + 7] - s), 1e-6 * (1 + fabs(s)));
+                    ref->linear(&cx, o2, x, &Wf, bias, BT, C, OC, 0);
+                    e = rel_err(o1, o2, (size_t)BT * OC);
+                    ck_assert_msg(e <= 8 * u && e > u / 64, "%s bf16 against float32: %g", be->name, e);
+                }
+            }
+            if (be->linear_residual) { /* x0 += x @ W + b */
+                memcpy(o1, x0, sizeof(float) * BT * OC);
+                be->linear_residual(&cx, o1, x, &W, b, BT, C, OC);
+                float *br = dm_xmalloc(sizeof(float) * BT * OC);
+                ref->linear(&cx, br, x, &Wr, b, BT, C, OC, 0);
+                memcpy(o2, x0, sizeof(float) * BT * OC);
+                ref->residual(&cx, o2, br, (size_t)BT * OC);
+                ck_assert_double_le(rel_err(o1, o2, (size_t)BT * OC), 1e-5);
+                free(br);
+            }
+            free(wp), free(wb), free(x), free(w), free(b), free(x0), free(o1), free(o2);
+        }
+        /* the tied unembedding on a bf16 embedding (V, C): packed as W (C, V) */
+        int BT = 29, C = 48, V = 101;
+        rng_state = 9;
+        float *x = random_floats((size_t)BT * C, -2, 2), *wte = random_floats((size_t)V * C, -1, 1);
+        float *o1 = dm_xmalloc(sizeof(float) * BT * V), *o2 = dm_xmalloc(sizeof(float) * BT * V);
+        uint16_t *eb = dm_xmalloc(sizeof(uint16_t) * V * C), *ep = NULL;
+        for (size_t i = 0; i < (size_t)V * C; i++)
+            eb[i] = dm_f32_to_bf16(wte[i]);
+        if (be->packs) {
+            ep = dm_xmalloc_aligned(sizeof(uint16_t) * dm_bgemm_packed_size(C, V));
+            dm_bgemm_pack(ep, eb, C, C, V, DM_BGEMM_NK);
+        }
+        ref->unembed_bf16(&cx, o2, x, eb, BT, C, V);
+        double s = 0;
+        for (int i = 0; i < C; i++)
+            s += (double)dm_bf16_to_f32(dm_f32_to_bf16(x[3 * C + i])) * dm_bf16_to_f32(eb[7 * C + i]);
+        ck_assert_double_le(fabs(o2[3 * V + 7] - s), 1e-6 * (1 + fabs(s)));
+        be->unembed_bf16(&cx, o1, x, ep ? ep : eb, BT, C, V);
+        ck_assert_double_le(rel_err(o1, o2, (size_t)BT * V), 1e-5);
+        ref->unembed(&cx, o2, x, wte, BT, C, V);
+        double e = rel_err(o1, o2, (size_t)BT * V);
+        ck_assert_msg(e <= 8 * u && e > u / 64, "%s bf16 unembed against float32: %g", be->name, e);
+        free(ep), free(eb), free(x), free(wte), free(o1), free(o2);
+    }
+}
+END_TEST
+
 START_TEST(layernorm_fast_matches_reference)
 {
     rng_state = 2;
@@ -541,6 +633,128 @@ START_TEST(parity_every_hook)
                    check_model(models[i], DM_MODEL_CUDA, DM_GEMM_TF32, 32 * 0x1p-11));
             printf("gpt2 parity %s: max relative error %.2g (cuda backend, bf16)\n", models[i],
                    check_model(models[i], DM_MODEL_CUDA, DM_GEMM_BF16, 32 * 0x1p-8));
+        }
+}
+END_TEST
+
+/* Every hook of golden model name (centred with center), loaded with weights
+ * bf16 on backend id, into outs (each freed by the caller); the backend it ran
+ * on and whether it held bf16 into *ran and *held. */
+static int bf16_run(const char *name, dm_model_backend_id id, int center, float **outs, size_t *lens,
+                    dm_model_hook *hooks, const dm_model_backend **ran, int *held)
+{
+    char dir[256], path[256];
+    snprintf(dir, sizeof dir, GOLDEN "%s", name);
+    snprintf(path, sizeof path, "%s/expected.safetensors", dir);
+    dm_safetensors *exp = dm_st_open(path);
+    ck_assert_ptr_nonnull(exp);
+    dm_compute cx = context_for(id);
+    dm_model_opts o = {.weights = DM_WEIGHTS_BF16};
+    dm_model *m = dm_model_load_opts(dir, DM_MODEL_DEPTH_ALL, &cx, &o);
+    ck_assert_msg(m != NULL, "%s", dm_error());
+    const dm_model_config *c = dm_model_cfg(m);
+    int B, T;
+    int32_t *tok = golden_tokens(exp, &B, &T);
+    int n = all_hooks(c->n_layer, hooks);
+    for (int i = 0; i < n; i++) {
+        lens[i] = (size_t)B * T * dm_model_hook_width(c, hooks[i]);
+        outs[i] = dm_xmalloc(sizeof(float) * lens[i]);
+    }
+    ck_assert_msg(dm_model_forward(m, tok, B, T, hooks, n, outs, center) == 0, "%s", dm_error());
+    *ran = dm_model_backend_of(m);
+    *held = dm_model_holds_bf16(m);
+    ck_assert_uint_eq(dm_model_bytes(m), dm_model_param_bytes(c, DM_MODEL_DEPTH_ALL, &cx, DM_WEIGHTS_BF16));
+    free(tok);
+    dm_model_free(m);
+    dm_st_close(exp);
+    return n;
+}
+
+/* The allowance of hook h of an L-block GPT-2 with bf16 weights, relative as
+ * rel_err: each linear layer rounds W (F32 and F16 files) and its input to
+ * bf16, u = 2^-8 relative each, so each product stage adds at most 2u of the
+ * sum of its products' magnitudes, and to first order these add along the
+ * path (test_gemma2.c's bf16_tol): 2 stages per half block, 1 for the
+ * unembedding, and u for the embedding's own rounding (wpe stays float32).
+ * widened (a backend without bf16 kernels: the float32 path on bf16 W): u
+ * per stage, W's rounding alone. */
+static double gpt2_bf16_tol(dm_model_hook h, int L, int widened)
+{
+    const double u = 0x1p-8;
+    int stages = 0;
+    switch (h.kind) {
+    case DM_HOOK_POS_EMBED: return TOL;
+    case DM_HOOK_RESID_PRE: stages = 4 * h.layer; break;
+    case DM_HOOK_ATTN_OUT:
+    case DM_HOOK_RESID_MID: stages = 4 * h.layer + 2; break;
+    case DM_HOOK_MLP_OUT:
+    case DM_HOOK_RESID_POST: stages = 4 * h.layer + 4; break;
+    case DM_HOOK_LN_FINAL: stages = 4 * L; break;
+    case DM_HOOK_LOGITS:
+    case DM_HOOK_LOSS: stages = 4 * L + 1; break;
+    default: break;
+    }
+    return ((widened ? 1 : 2) * stages + 1) * u;
+}
+
+START_TEST(bf16_weights)
+{
+    /* bf16 weights from an F32 (c64h4), a BF16 (c48h4) and an F16 (c64h1)
+     * file, on every backend: against the float64 golden within
+     * gpt2_bf16_tol, and against ref's bf16 run (the same bf16 W, inputs
+     * rounded alike) within the same allowance: the two round the same
+     * values except where an input lies within float32's differences of a
+     * bf16 rounding boundary, and from there on they drift apart as two bf16
+     * runs may (seen: under a fifth of the allowance). The embedding read
+     * from the packed copy is the ref's bit for bit. A GPU backend has no
+     * bf16 path: the model runs on the CPU. */
+    const char *models[] = {"c64h4", "c48h4", "c64h1"};
+    char hname[64];
+    for (size_t k = 0; k < sizeof models / sizeof *models; k++)
+        for (int center = 1; center >= 0; center--) {
+            const char *name = models[k];
+            char path[256];
+            snprintf(path, sizeof path, GOLDEN "%s/expected.safetensors", name);
+            dm_safetensors *exp = dm_st_open(path);
+            ck_assert_ptr_nonnull(exp);
+            float *ref[64], *got[64];
+            size_t lens[64];
+            dm_model_hook hooks[64];
+            const dm_model_backend *ran;
+            int held, n = bf16_run(name, DM_MODEL_REF, center, ref, lens, hooks, &ran, &held), L = 0;
+            ck_assert_int_eq(held, 1);
+            for (int i = 0; i < n; i++)
+                L = hooks[i].layer + 1 > L ? hooks[i].layer + 1 : L;
+            for (dm_model_backend_id id = DM_MODEL_REF; id < DM_MODEL_NBACKENDS; id++) {
+                if (!dm_model_backend_get(id))
+                    continue;
+                bf16_run(name, id, center, got, lens, hooks, &ran, &held);
+                ck_assert_ptr_null(ran->dev);
+                double worst = 0, worst_ref = 0, share = 0;
+                for (int i = 0; i < n; i++) {
+                    dm_model_hook_name(hooks[i], hname, sizeof hname);
+                    float *want = golden_hook(exp, hname, center, lens[i]);
+                    double e = rel_err(got[i], want, lens[i]), er = rel_err(got[i], ref[i], lens[i]);
+                    double t = gpt2_bf16_tol(hooks[i], L, !held);
+                    ck_assert_msg(e <= t, "%s %s (%s): against the golden: %g, allowed %g", name, hname, ran->name, e, t);
+                    if (held)
+                        ck_assert_msg(er <= t, "%s %s (%s): against ref: %g, allowed %g", name, hname, ran->name, er, t);
+                    worst = e > worst ? e : worst;
+                    worst_ref = er > worst_ref ? er : worst_ref;
+                    share = e / t > share ? e / t : share;
+                    free(want);
+                }
+                if (held) /* the embedding's rows from the packed copy */
+                    ck_assert_int_eq(memcmp(got[0], ref[0], sizeof(float) * lens[0]), 0);
+                printf("gpt2 bf16 %s (%s, %s backend%s): max relative error %.2g against the golden "
+                       "(%.2f of its allowance), %.2g against ref\n", name, center ? "centred" : "raw",
+                       ran->name, held ? "" : ", widened to float32", worst, share, worst_ref);
+                for (int i = 0; i < n; i++)
+                    free(got[i]);
+            }
+            for (int i = 0; i < n; i++)
+                free(ref[i]);
+            dm_st_close(exp);
         }
 }
 END_TEST
@@ -1541,6 +1755,7 @@ int main(void)
     tcase_add_test(tk, backend_table);
     tcase_add_test(tk, linear_matches_reference);
     tcase_add_test(tk, unembed_matches_reference);
+    tcase_add_test(tk, bf16_linear_matches_reference);
     tcase_add_test(tk, gemm_precisions_match_reference);
     tcase_add_test(tk, layernorm_fast_matches_reference);
     tcase_add_test(tk, attention_fast_matches_reference);
@@ -1550,6 +1765,7 @@ int main(void)
     TCase *tm = tcase_create("model");
     tcase_set_timeout(tm, 30);
     tcase_add_test(tm, parity_every_hook);
+    tcase_add_test(tm, bf16_weights);
     tcase_add_test(tm, centring_matters);
     tcase_add_test(tm, partial_depth_and_batches);
     tcase_add_test(tm, edit_with_zero_changes_nothing);

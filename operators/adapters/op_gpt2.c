@@ -5,7 +5,10 @@
  * Gemma 2, as the folder's config.json (model_type) says. `gpt2` is the name
  * pipelines have used since GPT-2 was the only family, kept with its
  * parameters (and so its cache keys); `model` is the same operator with a
- * `weights` parameter, the seam of the BF16 path (f32 only for now).
+ * `weights` parameter: f32 (every parameter float32), or bf16 (the linear
+ * layers' weights and the embedding kept as bf16 values, the products in
+ * dm_bgemm with float32 sums where the CPU has AVX-512 BF16: half the memory;
+ * elsewhere widened to float32, model.h's dm_model_weights).
  *
  * Input `tokens`: rows of T int32 token ids (the `text` source's windows, or
  * any i32 stream), one window per row. Each hook in
@@ -25,8 +28,9 @@
  * TransformerLens does not centre it: center auto is off there, and true (or
  * an SAE that says it was trained centred) is refused.
  *
- * Memory (state_bytes): the float32 weights of the loaded blocks and the
- * embeddings (and their packed copies on cpu-avx512), the runner's activation
+ * Memory (state_bytes): the weights of the loaded blocks and the embeddings as
+ * the runner holds them (dm_model_param_bytes: float32 and their packed
+ * copies on cpu-avx512, or bf16), the runner's activation
  * buffers for batch*T rows, and one output buffer per hook for batch*T rows.
  * Logits are vocab wide: keep `batch` small.
  */
@@ -60,7 +64,8 @@ static const dm_param_spec model_params[] = {
                                     "true, false, or auto (as the SAE on input sae was trained; true without one; "
                                     "never for RMSNorm models such as Gemma 2)"},
     {"batch", DM_P_INT, "32", "windows per forward pass"},
-    {"weights", DM_P_STRING, "f32", "weights in memory: f32 (bf16 files converted at load); bf16 awaits its kernels"},
+    {"weights", DM_P_STRING, "f32", "weights in memory: f32 (bf16 files converted at load), or bf16 (linear layers and the "
+                                    "embedding kept bf16, FP32 sums: half the memory where the CPU has AVX-512 BF16)"},
     {NULL},
 };
 /* sae: the SAE whose center_writing_weights is the default centring (sae_config, planted_sae) */
@@ -216,7 +221,20 @@ static int gpt2_infer(dm_node *n)
     return 0;
 }
 
-static int64_t gpt2_state_bytes(const dm_node *n)
+/* The `weights` parameter of the model operator. */
+static int parse_weights(const dm_node *n, dm_model_weights *w)
+{
+    const char *v = dm_param_str(n, "weights");
+    if (!strcmp(v, "f32"))
+        *w = DM_WEIGHTS_F32;
+    else if (!strcmp(v, "bf16"))
+        *w = DM_WEIGHTS_BF16;
+    else
+        return dm_failc(DM_E_INPUT, "weights must be f32 or bf16, not '%s'", v);
+    return 0;
+}
+
+static int64_t state_bytes(const dm_node *n, dm_model_weights w)
 {
     dm_model_hook hooks[MAX_HOOKS];
     dm_model_config c;
@@ -224,11 +242,8 @@ static int64_t gpt2_state_bytes(const dm_node *n)
     if (parse_hooks(n, hooks, &k) || dm_model_read_config(dm_param_str(n, "model"), &c))
         return 0; /* infer has reported it */
     int64_t T = dm_input_desc(n, 0)->shape[1];
-    int64_t BT = dm_param_int(n, "batch") * T, depth = dm_model_hooks_depth(hooks, k), loss = 0, logits = 0;
-    if (depth == DM_MODEL_DEPTH_ALL)
-        depth = c.n_layer;
-    /* the final norm is counted whatever the depth: it is small */
-    int64_t weights = (int64_t)dm_model_param_floats(&c, (int)depth);
+    int64_t BT = dm_param_int(n, "batch") * T, loss = 0, logits = 0;
+    int64_t weights = (int64_t)dm_model_param_bytes(&c, dm_model_hooks_depth(hooks, k), dm_node_compute(n), w);
     int64_t outs = 0;
     for (int i = 0; i < k; i++) {
         outs += BT * dm_model_hook_width(&c, hooks[i]);
@@ -236,7 +251,18 @@ static int64_t gpt2_state_bytes(const dm_node *n)
         logits |= hooks[i].kind == DM_HOOK_LOGITS;
     }
     int64_t acts = (int64_t)dm_model_act_floats(&c, (size_t)BT, loss && !logits) + ATT_ROWS * T * dm_threads();
-    return 4 * (weights + (int64_t)dm_model_packed_floats(&c, (int)depth, dm_node_compute(n)) + acts + outs + BT);
+    return weights + 4 * (acts + outs + BT);
+}
+
+static int64_t gpt2_state_bytes(const dm_node *n)
+{
+    return state_bytes(n, DM_WEIGHTS_F32);
+}
+
+static int64_t model_state_bytes(const dm_node *n)
+{
+    dm_model_weights w;
+    return state_bytes(n, parse_weights(n, &w) ? DM_WEIGHTS_F32 : w);
 }
 
 static void gpt2_close(dm_node *n)
@@ -250,19 +276,6 @@ static void gpt2_close(dm_node *n)
     free(s->ids);
     free(s);
     dm_node_set_state(n, NULL);
-}
-
-/* The `weights` parameter of the model operator. */
-static int parse_weights(const dm_node *n, dm_model_weights *w)
-{
-    const char *v = dm_param_str(n, "weights");
-    if (!strcmp(v, "f32"))
-        *w = DM_WEIGHTS_F32;
-    else if (!strcmp(v, "bf16"))
-        *w = DM_WEIGHTS_BF16;
-    else
-        return dm_failc(DM_E_INPUT, "weights must be f32 or bf16, not '%s'", v);
-    return 0;
 }
 
 /* Opens the node; opts: the model operator's (NULL for gpt2: the defaults). */
@@ -370,12 +383,12 @@ const dm_op dm_op_model = {
     .name = "model",
     .version = 1,
     .summary = "model (GPT-2, Gemma 2) forward pass to the deepest requested hook; one output stream per hook, one "
-               "row per token; weights: f32 (bf16 to come)",
+               "row per token; weights: f32 or bf16",
     .params = model_params,
     .inputs = gpt2_inputs,
     .ports = gpt2_ports,
     .infer = model_infer,
-    .state_bytes = gpt2_state_bytes,
+    .state_bytes = model_state_bytes,
     .open = model_open,
     .consume = gpt2_consume,
     .close = gpt2_close,

@@ -32,8 +32,10 @@
  * Weights are float32 in memory (F32/F16/BF16 files): nn.Linear's (OC, C)
  * transposed at load to the (C, OC) layout the shared linear entries read (and
  * pack for dm_sgemm), RMSNorm weights held as 1 + w (computed in float32, as
- * transformers does). A BF16 path (bf16 weights in memory, dm_bgemm) would
- * plug in at the linear entry (model.h's dm_model_weights).
+ * transformers does). With DM_WEIGHTS_BF16 the runner keeps the linear
+ * weights and the embedding bf16 instead (model.h's dm_model_weights): the
+ * linear entries then run dm_bgemm, and the embedding's rows come widened
+ * through dm_model_embed_row.
  *
  * The kernels Gemma 2 brought (rmsnorm, rope, attention_gqa, geglu, softcap)
  * have plain reference loops and a "cpu" version each, tested against them
@@ -441,7 +443,7 @@ static const char *const gemma2_dim_keys[D_COUNT] = {
 };
 
 static const dm_tensor_spec gemma2_model_tensors[] = {
-    {"model.embed_tokens.weight", 2, {D_V, D_C}, offsetof(gemma2_params, embed), 0},
+    {"model.embed_tokens.weight", 2, {D_V, D_C}, offsetof(gemma2_params, embed), T_EMBED},
     {"model.norm.weight", 1, {D_C}, offsetof(gemma2_params, normw), T_FINAL | T_PLUS_ONE},
 };
 #define LIN (T_TRANSPOSE | T_PACK)
@@ -497,10 +499,9 @@ static float embed_scale(const dm_model_config *c)
 static void gemma2_embed_part(const dm_model *m, dm_model_hook_kind kind, float *row, int32_t token,
                               int pos)
 {
-    const gemma2_params *p = m->params;
     size_t C = m->cfg.n_embd;
     float s = embed_scale(&m->cfg);
-    const float *e = p->embed + (size_t)token * C;
+    const float *e = dm_model_embed_row(m, token, row);
     for (size_t i = 0; i < C; i++)
         row[i] = e[i] * s;
 }
@@ -508,13 +509,13 @@ static void gemma2_embed_part(const dm_model *m, dm_model_hook_kind kind, float 
 /* x (BT, C) = embed_tokens[token] * sqrt(C) */
 static int gemma2_embed(dm_model *m, float *x, const int32_t *tokens, int B, int T)
 {
-    const gemma2_params *p = m->params;
     size_t C = m->cfg.n_embd, BT = (size_t)B * T;
     float s = embed_scale(&m->cfg);
 #pragma omp parallel for schedule(static) if (m->cx.omp_kernels)
     for (size_t bt = 0; bt < BT; bt++) {
-        const float *e = p->embed + (size_t)tokens[bt] * C;
         float *xr = x + bt * C;
+        /* the row itself, or (bf16 weights) widened into xr */
+        const float *e = dm_model_embed_row(m, tokens[bt], xr);
         for (size_t i = 0; i < C; i++)
             xr[i] = e[i] * s;
     }

@@ -30,6 +30,7 @@
 #include "gpt2.h"
 #include "model_impl.h"
 
+#include "bgemm.h"
 #include "sgemm.h"
 
 #include <cblas.h>
@@ -442,6 +443,22 @@ void gpt2_unembed_forward_ref(float *out, const float *inp, const float *wte, in
         }
 }
 
+void gpt2_unembed_bf16_forward_ref(float *out, const float *inp, const uint16_t *wte, int BT, int C,
+                                   int V)
+{
+    // out is (BT, V), inp is (BT, C), wte is (V, C) bf16: inp rounded to bf16
+    // (nearest even) as dm_bgemm rounds it, each product exact in double,
+    // summed in double (dm_bgemm_ref's convention)
+    for (int bt = 0; bt < BT; bt++)
+        for (int v = 0; v < V; v++) {
+            double s = 0.0;
+            for (int i = 0; i < C; i++)
+                s += (double)dm_bf16_to_f32(dm_f32_to_bf16(inp[(size_t)bt * C + i])) *
+                     dm_bf16_to_f32(wte[(size_t)v * C + i]);
+            out[(size_t)bt * V + v] = (float)s;
+        }
+}
+
 void gpt2_unembed_blas(const dm_compute *cx, float *out, const float *inp, const float *wte,
                          int BT, int C, int V)
 {
@@ -474,7 +491,10 @@ void gpt2_layernorm_ref_entry(const dm_compute *cx, float *out, const float *inp
 void gpt2_linear_ref_entry(const dm_compute *cx, float *out, const float *inp, const dm_model_weight *w,
                        const float *bias, int BT, int C, int OC, int flags)
 {
-    gpt2_matmul_forward_ref(out, inp, w->w, bias, BT, C, OC);
+    if (w->bf16) /* bf16 W (C, OC) unpacked (DM_WEIGHTS_BF16) */
+        dm_bgemm_ref(out, OC, inp, C, w->bf16, bias, BT, OC, C, 0, NULL);
+    else
+        gpt2_matmul_forward_ref(out, inp, w->w, bias, BT, C, OC);
     if (flags & DM_MODEL_GELU)
         gpt2_gelu_forward_ref(out, out, (int64_t)BT * OC);
 }
@@ -501,6 +521,12 @@ void gpt2_unembed_ref_entry(const dm_compute *cx, float *out, const float *inp, 
     gpt2_unembed_forward_ref(out, inp, wte, BT, C, V);
 }
 
+void gpt2_unembed_bf16_ref_entry(const dm_compute *cx, float *out, const float *inp,
+                                 const uint16_t *wte, int BT, int C, int V)
+{
+    gpt2_unembed_bf16_forward_ref(out, inp, wte, BT, C, V);
+}
+
 void gpt2_linear_cpu(const dm_compute *cx, float *out, const float *inp, const dm_model_weight *w,
                        const float *bias, int BT, int C, int OC, int flags)
 {
@@ -514,15 +540,29 @@ void gpt2_linear_avx512(const dm_compute *cx, float *out, const float *inp,
                           const dm_model_weight *w, const float *bias, int BT, int C, int OC,
                           int flags)
 {
-    dm_sgemm(out, OC, inp, C, w->packed, bias, BT, OC, C, 0,
-             flags & DM_MODEL_GELU ? gelu_row_avx512 : NULL);
+    dm_sgemm_rowfn fn = flags & DM_MODEL_GELU ? gelu_row_avx512 : NULL;
+    if (w->bf16) /* DM_WEIGHTS_BF16: packed by dm_bgemm_pack */
+        dm_bgemm(out, OC, inp, C, w->bf16, bias, BT, OC, C, 0, fn);
+    else
+        dm_sgemm(out, OC, inp, C, w->packed, bias, BT, OC, C, 0, fn);
 }
 
 void gpt2_linear_residual_avx512(const dm_compute *cx, float *x, const float *inp,
                                    const dm_model_weight *w, const float *bias, int BT, int C,
                                    int OC)
 {
-    dm_sgemm(x, OC, inp, C, w->packed, bias, BT, OC, C, DM_SGEMM_ACCUMULATE, NULL);
+    if (w->bf16)
+        dm_bgemm(x, OC, inp, C, w->bf16, bias, BT, OC, C, DM_SGEMM_ACCUMULATE, NULL);
+    else
+        dm_sgemm(x, OC, inp, C, w->packed, bias, BT, OC, C, DM_SGEMM_ACCUMULATE, NULL);
+}
+
+/* The tied unembedding on bf16 weights: wte packed as W (C, V) by
+ * dm_bgemm_pack (DM_BGEMM_NK from the (V, C) embedding). */
+void gpt2_unembed_bf16_avx512(const dm_compute *cx, float *out, const float *inp,
+                              const uint16_t *wte, int BT, int C, int V)
+{
+    dm_bgemm(out, V, inp, C, wte, NULL, BT, V, C, 0, NULL);
 }
 #endif
 
@@ -603,7 +643,7 @@ static const char *const gpt2_dim_keys[D_COUNT] = {
 };
 
 static const dm_tensor_spec gpt2_model_tensors[] = {
-    {"wte.weight", 2, {D_V, D_C}, offsetof(gpt2_params, wte), 0},
+    {"wte.weight", 2, {D_V, D_C}, offsetof(gpt2_params, wte), T_EMBED},
     {"wpe.weight", 2, {D_P, D_C}, offsetof(gpt2_params, wpe), 0},
     {"ln_f.weight", 1, {D_C}, offsetof(gpt2_params, lnfw), T_FINAL},
     {"ln_f.bias", 1, {D_C}, offsetof(gpt2_params, lnfb), T_FINAL},
@@ -642,8 +682,9 @@ static void gpt2_embed_part(const dm_model *m, dm_model_hook_kind kind, float *r
 {
     const gpt2_params *p = m->params;
     size_t C = m->cfg.n_embd;
-    memcpy(row, kind == DM_HOOK_EMBED ? p->wte + (size_t)token * C : p->wpe + (size_t)pos * C,
-           sizeof(float) * C);
+    const float *e = kind == DM_HOOK_EMBED ? dm_model_embed_row(m, token, row) : p->wpe + (size_t)pos * C;
+    if (e != row)
+        memcpy(row, e, sizeof(float) * C);
 }
 
 /* x (BT, C) = wte[token] + wpe[position] */
@@ -658,8 +699,9 @@ static int gpt2_embed(dm_model *m, float *x, const int32_t *tokens, int B, int T
     }
 #pragma omp parallel for schedule(static) if (m->cx.omp_kernels)
     for (size_t bt = 0; bt < BT; bt++) {
-        const float *we = p->wte + (size_t)tokens[bt] * C, *pe = p->wpe + (bt % T) * C;
         float *xr = x + bt * C;
+        /* the row itself, or (bf16 weights) widened into xr */
+        const float *we = dm_model_embed_row(m, tokens[bt], xr), *pe = p->wpe + (bt % T) * C;
         for (size_t i = 0; i < C; i++)
             xr[i] = we[i] + pe[i];
     }

@@ -25,5 +25,10 @@ void gpt2_attention_forward_ref(float *out, const float *qkv, int B, int T, int 
 void gpt2_gelu_forward_ref(float *out, const float *inp, int64_t N);
 void gpt2_residual_forward_ref(float *x, const float *branch, size_t n);
 void gpt2_unembed_forward_ref(float *out, const float *inp, const float *wte, int BT, int C, int V);
+/* The same with wte (V, C) bf16 (DM_WEIGHTS_BF16): inp rounded to bf16 as
+ * dm_bgemm rounds it, products summed in double (dm_bgemm_ref's convention;
+ * the linear layers' bf16 reference is dm_bgemm_ref itself). */
+void gpt2_unembed_bf16_forward_ref(float *out, const float *inp, const uint16_t *wte, int BT, int C,
+                                   int V);
 
 #endif

@@ -13,7 +13,12 @@
  *     struct points into it), converted from the mapped files at load;
  *     nn.Linear weights are transposed to the (C, OC) layout every backend
  *     reads. Only the blocks the deepest hook needs are converted; the files
- *     are unmapped after loading.
+ *     are unmapped after loading. With DM_WEIGHTS_BF16 on a backend with
+ *     bf16 kernels the large matrices (linear weights, the embedding) go to
+ *     a second allocation of bf16 values instead: packed once for dm_bgemm
+ *     straight from the file (cpu-avx512 where the CPU has AVX-512 BF16), or
+ *     plain for the reference loops (ref); elsewhere they are rounded to bf16
+ *     and kept float32 (model.h's dm_model_weights).
  *   - Activations of one batch (B windows of T tokens, BT = B*T rows) live in a
  *     second allocation owned by the model, grown when a larger batch arrives:
  *     the residual stream, a norm's output and a branch (the runner's), then
@@ -53,6 +58,7 @@
 
 #include "device.h"
 
+#include "bgemm.h"
 #include "safetensors.h"
 #include "sgemm.h"
 
@@ -62,6 +68,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 static const dm_model_family *const families[DM_FAMILY_COUNT] = {
@@ -77,7 +84,9 @@ static const dm_model_backend backend_ref = {
     .linear = gpt2_linear_ref_entry,
     .gelu = gpt2_gelu_ref_entry,
     .residual = gpt2_residual_ref_entry,
+    .bf16 = 1, /* dm_bgemm_ref on bf16 W held (C, OC) */
     .unembed = gpt2_unembed_ref_entry,
+    .unembed_bf16 = gpt2_unembed_bf16_ref_entry,
     .layernorm = gpt2_layernorm_ref_entry,
     .attention = gpt2_attention_ref_entry,
     .rmsnorm = gemma2_rmsnorm_ref_entry,
@@ -109,11 +118,13 @@ static const dm_model_backend backend_cpu_avx512 = {
     .name = "cpu-avx512",
     .device = DM_DEVICE_CPU,
     .packs = 1,
+    .bf16 = 1, /* dm_bgemm, where the CPU has AVX-512 BF16 (bf16_hold) */
     .linear = gpt2_linear_avx512,
     .linear_residual = gpt2_linear_residual_avx512,
     .gelu = gpt2_gelu_avx512,
     .residual = gpt2_residual_cpu,
     .unembed = gpt2_unembed_blas,
+    .unembed_bf16 = gpt2_unembed_bf16_avx512,
     .layernorm = gpt2_layernorm_cpu,
     .attention = gpt2_attention_avx512,
     .rmsnorm = gemma2_rmsnorm_cpu,
@@ -605,6 +616,21 @@ static int check_tensors(const dm_model_family *f, const dm_model_config *c, con
     return 0;
 }
 
+/* Drops the whole pages of tensor t from this process's resident set once it
+ * is read: the files are mapped read-only (safetensors.c: PROT_READ,
+ * MAP_PRIVATE), so the pages stay in the page cache and a later read faults
+ * them in again. Loading then holds the weights once, as the runner keeps
+ * them, not also the file's pages (about 3 GB of Gemma-2-2B to layer 12,
+ * which /usr/bin/time's peak resident set counted). */
+static void release_mapped(const dm_st_tensor *t)
+{
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)t->data + pg - 1) & ~(pg - 1);
+    uintptr_t e = ((uintptr_t)t->data + (uintptr_t)t->nbytes) & ~(pg - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 /* Reads tensor name into out as s holds it (transposed, plus one). */
 static int read_tensor(const dm_model_config *c, const weights *w, const char *name,
                        const dm_tensor_spec *s, float *out, float **tmp, size_t *tmp_n)
@@ -630,7 +656,57 @@ static int read_tensor(const dm_model_config *c, const weights *w, const char *n
     if (s->flags & T_PLUS_ONE)
         for (int64_t i = 0; i < n; i++)
             out[i] += 1.0f;
+    release_mapped(t);
     return 0;
+}
+
+/* Reads large tensor name (spec s) as bf16 values into dst: with hold
+ * BF16_PACKED packed by dm_bgemm_pack as W (K, N) (bf16_shape), else plain: a
+ * linear weight as (C, OC), the embedding as in the file (V, C). A BF16 tensor
+ * is taken as it is, an F32 or F16 one rounded to nearest even. */
+static int read_bf16(const dm_model_config *c, const weights *w, const char *name,
+                     const dm_tensor_spec *s, int hold, uint16_t *dst, float **tmp, size_t *tmp_n)
+{
+    dm_safetensors *st;
+    const dm_st_tensor *t = weights_find(w, name, &st);
+    /* the file's (R, Cn) is W (K, N) (GPT-2's Conv1D) or W transposed
+     * (nn.Linear's (OC, C), the embedding (V, C)) */
+    int64_t R = dim_size(c, s->dims[0]), Cn = dim_size(c, s->dims[1]);
+    int nk = (s->flags & (T_TRANSPOSE | T_EMBED)) != 0, raw = !strcmp(t->dtype, "BF16");
+    float *f = NULL;
+    if (!raw && dm_st_read_f32(st, t, f = dm_model_scratch(tmp, tmp_n, (size_t)(R * Cn))) < 0)
+        return -1;
+    if (hold == BF16_PACKED) {
+        int K = (int)(nk ? Cn : R), N = (int)(nk ? R : Cn), layout = nk ? DM_BGEMM_NK : DM_BGEMM_KN;
+        if (raw)
+            dm_bgemm_pack(dst, t->data, (int)Cn, K, N, layout);
+        else
+            dm_bgemm_pack_f32(dst, f, (int)Cn, K, N, layout);
+        release_mapped(t);
+        return 0;
+    }
+    const unsigned char *b = t->data;
+    int tr = (s->flags & T_TRANSPOSE) != 0;
+    for (int64_t i = 0; i < R; i++)
+        for (int64_t j = 0; j < Cn; j++) {
+            size_t from = (size_t)(i * Cn + j), to = tr ? (size_t)(j * R + i) : from;
+            uint16_t h;
+            if (raw)
+                memcpy(&h, b + 2 * from, 2);
+            else
+                h = dm_f32_to_bf16(f[from]);
+            dst[to] = h;
+        }
+    release_mapped(t);
+    return 0;
+}
+
+/* x (n) rounded to bf16 values (nearest even), held as float32: the weights of
+ * DM_WEIGHTS_BF16 where the backend has no bf16 kernels. */
+static void round_bf16(float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = dm_bf16_to_f32(dm_f32_to_bf16(x[i]));
 }
 
 size_t dm_model_param_floats(const dm_model_config *c, int depth)
@@ -654,14 +730,57 @@ static void held_shape(const dm_model_config *c, const dm_tensor_spec *s, int *C
     *OC = (int)dim_size(c, s->dims[!t]);
 }
 
-/* The backend a model of family f runs on when cx selects be: be, or the
- * CPU entry cx would select without a device when be lacks f's kernels. */
+/* The backend a model of family f with weights w runs on when cx selects be:
+ * be, or the CPU entry cx would select without a device when be lacks f's
+ * kernels or is a device's and w is bf16 (no device has a bf16 path yet). */
 static const dm_model_backend *backend_for(dm_model_family_id f, const dm_model_backend *be,
-                                           const dm_compute *cx)
+                                           const dm_compute *cx, dm_model_weights w)
 {
-    if (!be || families[f]->runs_on(be))
+    if (!be || (families[f]->runs_on(be) && !(w == DM_WEIGHTS_BF16 && be->dev)))
         return be;
     return dm_model_backend_select(&(dm_compute){.reference = cx->reference, .avx512 = cx->avx512});
+}
+
+/* How a model with weights w on be holds its large matrices: BF16_NONE
+ * (float32: asked for, or widened where be has no bf16 kernels: "cpu", or
+ * cpu-avx512 on a CPU without AVX-512 BF16, where dm_bgemm would run its slow
+ * plain C kernel), BF16_PLAIN (ref: dm_bgemm_ref's unpacked W) or
+ * BF16_PACKED (dm_bgemm_pack's layout). */
+static int bf16_hold(const dm_model_backend *be, dm_model_weights w)
+{
+    if (w != DM_WEIGHTS_BF16 || !be->bf16)
+        return BF16_NONE;
+    if (!be->packs)
+        return BF16_PLAIN;
+    return dm_bgemm_available() ? BF16_PACKED : BF16_NONE;
+}
+
+/* 1 for a tensor held bf16 with DM_WEIGHTS_BF16: a linear weight, the embedding. */
+static int is_large(const dm_tensor_spec *s)
+{
+    return (s->flags & (T_PACK | T_EMBED)) != 0;
+}
+
+/* The (K, N) of large tensor s as W of out = inp (., K) @ W (K, N): a linear
+ * layer's (C, OC); the embedding's (C, V) for the tied unembedding. */
+static void bf16_shape(const dm_model_config *c, const dm_tensor_spec *s, int *K, int *N)
+{
+    if (s->flags & T_EMBED) {
+        *K = (int)dim_size(c, s->dims[1]);
+        *N = (int)dim_size(c, s->dims[0]);
+    } else {
+        held_shape(c, s, K, N);
+    }
+}
+
+/* bf16 values of (one layer of) large tensor s held so (hold), rounded up to
+ * 32 (each tensor 64-byte aligned, as dm_bgemm_pack needs). */
+static size_t bf16_size(const dm_model_config *c, const dm_tensor_spec *s, int hold)
+{
+    int K, N;
+    bf16_shape(c, s, &K, &N);
+    size_t n = hold == BF16_PACKED ? dm_bgemm_packed_size(K, N) : (size_t)K * N;
+    return (n + 31) & ~(size_t)31;
 }
 
 /* Floats of depth blocks' T_PACK weights packed for dm_sgemm. */
@@ -681,8 +800,57 @@ static size_t packed_floats(const dm_model_config *c, int depth)
 size_t dm_model_packed_floats(const dm_model_config *c, int depth, const dm_compute *cx)
 {
     cx = cx ? cx : dm_compute_default();
-    const dm_model_backend *be = backend_for(c->family, dm_model_backend_select(cx), cx);
+    const dm_model_backend *be = backend_for(c->family, dm_model_backend_select(cx), cx, DM_WEIGHTS_F32);
     return be && be->packs ? packed_floats(c, depth) : 0;
+}
+
+/* What a model of L blocks (and the final norm with has_final) holds: float32
+ * parameters, floats packed for dm_sgemm (a backend that packs), bf16 values
+ * (hold). The load allocates exactly these. */
+static void param_plan(const dm_model_config *c, int L, int has_final, int packs, int hold,
+                       size_t *f32, size_t *packed, size_t *bf16)
+{
+    const dm_model_family *f = families[c->family];
+    *f32 = *packed = *bf16 = 0;
+    for (int j = 0; j < f->n_model_tensors; j++) {
+        const dm_tensor_spec *s = &f->model_tensors[j];
+        if ((s->flags & T_FINAL) && !has_final)
+            continue;
+        if (hold && is_large(s))
+            *bf16 += bf16_size(c, s, hold);
+        else
+            *f32 += spec_numel(c, s);
+    }
+    for (int j = 0; j < f->n_block_tensors; j++) {
+        const dm_tensor_spec *s = &f->block_tensors[j];
+        if (hold && is_large(s))
+            *bf16 += (size_t)L * bf16_size(c, s, hold);
+        else
+            *f32 += (size_t)L * spec_numel(c, s);
+    }
+    *packed = packs && !hold ? packed_floats(c, L) : 0;
+}
+
+size_t dm_model_param_bytes(const dm_model_config *c, int depth, const dm_compute *cx,
+                            dm_model_weights w)
+{
+    cx = cx ? cx : dm_compute_default();
+    const dm_model_backend *be = backend_for(c->family, dm_model_backend_select(cx), cx, w);
+    size_t f32, packed, bf16;
+    int all = depth == DM_MODEL_DEPTH_ALL;
+    param_plan(c, all ? c->n_layer : depth, all, be && be->packs, be ? bf16_hold(be, w) : 0, &f32,
+               &packed, &bf16);
+    return sizeof(float) * (f32 + packed) + sizeof(uint16_t) * bf16;
+}
+
+size_t dm_model_bytes(const dm_model *m)
+{
+    return sizeof(float) * (m->params_floats + m->packed_floats) + sizeof(uint16_t) * m->bf16_values;
+}
+
+int dm_model_holds_bf16(const dm_model *m)
+{
+    return m->bf16_hold != BF16_NONE;
 }
 
 size_t dm_model_act_floats(const dm_model_config *c, size_t BT, int want_loss_only)
@@ -702,9 +870,10 @@ static void pack_weights(dm_model *m)
     int L = m->depth, np = 0;
     const float *src[DM_MODEL_MAX_PACKED];
     int Cs[DM_MODEL_MAX_PACKED], OCs[DM_MODEL_MAX_PACKED];
-    size_t total = m->be->packs ? packed_floats(c, L) : 0;
+    size_t total = m->be->packs && !m->bf16_hold ? packed_floats(c, L) : 0;
     if (!total)
         return;
+    m->packed_floats = total;
     m->packed_memory = dm_xmalloc_huge(sizeof(float) * total);
     float *p = m->packed_memory;
     for (int j = 0; j < f->n_block_tensors; j++) {
@@ -728,7 +897,39 @@ static void pack_weights(dm_model *m)
 dm_model_weight dm_model_block_weight(const dm_model *m, const float *w, int pack, int l, int C,
                                       int OC)
 {
-    return (dm_model_weight){w + (size_t)l * C * OC, m->pk[pack] ? m->pk[pack] + (size_t)l * m->pk_n[pack] : NULL};
+    dm_model_weight r = {NULL, NULL, NULL};
+    if (w)
+        r.w = w + (size_t)l * C * OC;
+    if (m->pk[pack])
+        r.packed = m->pk[pack] + (size_t)l * m->pk_n[pack];
+    if (m->bk[pack])
+        r.bf16 = m->bk[pack] + (size_t)l * m->bk_n[pack];
+    return r;
+}
+
+const float *dm_model_embed_row(const dm_model *m, int32_t token, float *buf)
+{
+    const float *e = *(float *const *)m->params;
+    const int C = m->cfg.n_embd;
+    if (e)
+        return e + (size_t)token * C;
+    const uint16_t *w = m->embed_bf16;
+    if (m->bf16_hold == BF16_PLAIN) { /* (V, C) as in the file */
+        w += (size_t)token * C;
+        for (int i = 0; i < C; i++)
+            buf[i] = dm_bf16_to_f32(w[i]);
+        return buf;
+    }
+    /* Column token of W (C, V) in dm_bgemm_pack's layout (bgemm.c): panels of
+     * DM_BGEMM_NR columns (dm_bgemm_packed_size(C, 1) values each), in which
+     * k-pair p is 2 NR values: for columns 0..15, then 16..31, W[2p][j] beside
+     * W[2p+1][j]. tests/test_gemma2.c checks the rows against the float32 load. */
+    _Static_assert(DM_BGEMM_NR == 32, "the packed layout read here has panels of 32 columns");
+    int jj = token % DM_BGEMM_NR;
+    w += (size_t)(token / DM_BGEMM_NR) * dm_bgemm_packed_size(C, 1) + (size_t)(jj >> 4) * 32 + (size_t)(jj & 15) * 2;
+    for (int k = 0; k < C; k++)
+        buf[k] = dm_bf16_to_f32(w[(size_t)(k / 2) * 2 * DM_BGEMM_NR + (k & 1)]);
+    return buf;
 }
 
 /* The parameters copied to a device backend's memory, and dparams pointing
@@ -802,9 +1003,8 @@ dm_model *dm_model_load_opts(const char *dir, int depth, const dm_compute *cx,
     const dm_model_family *f = m->fam = families[c->family];
     m->params = dm_xcalloc(1, f->params_size);
     m->dparams = dm_xcalloc(1, f->params_size);
-    if (opts->weights != DM_WEIGHTS_F32) {
-        dm_failc(DM_E_INPUT, "%s: weights %s are not available yet (the BF16 path needs "
-                 "dm_bgemm); use f32", dir, dm_model_weights_name(opts->weights));
+    if (opts->weights != DM_WEIGHTS_F32 && opts->weights != DM_WEIGHTS_BF16) {
+        dm_failc(DM_E_INTERNAL, "%s: weights %d are neither f32 nor bf16", dir, (int)opts->weights);
         goto fail;
     }
     if (depth < DM_MODEL_DEPTH_ALL) {
@@ -816,44 +1016,82 @@ dm_model *dm_model_load_opts(const char *dir, int depth, const dm_compute *cx,
         goto fail;
     }
     if (!f->runs_on(m->be)) {
-        const dm_model_backend *cpu = backend_for(f->id, m->be, &m->cx);
+        const dm_model_backend *cpu = backend_for(f->id, m->be, &m->cx, opts->weights);
         dm_info("%s: the %s backend has no %s kernels; running on %s", dir, m->be->name, f->title,
                 cpu->name);
         m->be = cpu;
+    } else if (opts->weights == DM_WEIGHTS_BF16 && m->be->dev) {
+        const dm_model_backend *cpu = backend_for(f->id, m->be, &m->cx, opts->weights);
+        dm_info("%s: weights bf16: the %s backend has no bf16 path yet; running on %s", dir,
+                m->be->name, cpu->name);
+        m->be = cpu;
     }
+    m->bf16_hold = bf16_hold(m->be, opts->weights);
+    if (opts->weights == DM_WEIGHTS_BF16 && !m->bf16_hold)
+        dm_info("%s: weights bf16: %s; the bf16 values are widened to float32 and run on the "
+                "float32 path (no memory saved)", dir,
+                m->be->bf16 ? "this CPU has no AVX-512 BF16 (or DMICA_NO_AVX512_BF16 is set)"
+                            : "the backend has no bf16 kernels");
     m->has_final = depth == DM_MODEL_DEPTH_ALL;
     m->depth = m->has_final ? c->n_layer : depth;
     if (weights_open(dir, &w) < 0 || check_tensors(f, c, &w) < 0)
         goto fail;
 
-    /* One allocation: the model tensors, then each block tensor for all loaded layers. */
-    size_t total = 0;
-    for (int j = 0; j < f->n_model_tensors; j++)
-        if (!(f->model_tensors[j].flags & T_FINAL) || m->has_final)
-            total += spec_numel(c, &f->model_tensors[j]);
-    for (int j = 0; j < f->n_block_tensors; j++)
-        total += (size_t)m->depth * spec_numel(c, &f->block_tensors[j]);
+    /* One float32 allocation: the model tensors, then each block tensor for
+     * all loaded layers; with bf16_hold, the large ones in a second of bf16
+     * values (their float * fields stay NULL). */
+    size_t total, packed, nbf16;
+    const int hold = m->bf16_hold, round = opts->weights == DM_WEIGHTS_BF16 && !hold;
+    param_plan(c, m->depth, m->has_final, 0, hold, &total, &packed, &nbf16);
     m->params_floats = total;
     m->params_memory = dm_xmalloc_aligned(sizeof(float) * (total ? total : 1));
+    if (nbf16) {
+        m->bf16_values = nbf16;
+        m->bf16_memory = dm_xmalloc_huge(sizeof(uint16_t) * nbf16);
+    }
     float *p = m->params_memory;
+    uint16_t *q = m->bf16_memory;
     for (int j = 0; j < f->n_model_tensors; j++) {
         const dm_tensor_spec *s = &f->model_tensors[j];
         if ((s->flags & T_FINAL) && !m->has_final)
             continue;
+        if (hold && is_large(s)) { /* the embedding */
+            m->embed_bf16 = q;
+            if (read_bf16(c, &w, s->name, s, hold, q, &tmp, &tmp_n) < 0)
+                goto fail;
+            q += bf16_size(c, s, hold);
+            continue;
+        }
         *(float **)((char *)m->params + s->field) = p;
         if (read_tensor(c, &w, s->name, s, p, &tmp, &tmp_n) < 0)
             goto fail;
+        if (round && is_large(s))
+            round_bf16(p, spec_numel(c, s));
         p += spec_numel(c, s);
     }
-    for (int j = 0; j < f->n_block_tensors; j++) {
+    for (int j = 0, slot = 0; j < f->n_block_tensors; j++) {
         const dm_tensor_spec *s = &f->block_tensors[j];
         int64_t n = spec_numel(c, s);
+        if (hold && is_large(s)) { /* T_PACK: slot as pack_weights counts them */
+            size_t nl = bf16_size(c, s, hold);
+            m->bk[slot] = q;
+            m->bk_n[slot++] = nl;
+            for (int l = 0; l < m->depth; l++, q += nl) {
+                snprintf(name, sizeof name, "%s%d.%s", f->block_prefix, l, s->name);
+                if (read_bf16(c, &w, name, s, hold, q, &tmp, &tmp_n) < 0)
+                    goto fail;
+            }
+            continue;
+        }
         *(float **)((char *)m->params + s->field) = p;
         for (int l = 0; l < m->depth; l++, p += n) {
             snprintf(name, sizeof name, "%s%d.%s", f->block_prefix, l, s->name);
             if (read_tensor(c, &w, name, s, p, &tmp, &tmp_n) < 0)
                 goto fail;
+            if (round && is_large(s))
+                round_bf16(p, n);
         }
+        slot += (s->flags & T_PACK) != 0;
     }
     weights_close(&w);
     free(tmp);
@@ -876,6 +1114,7 @@ void dm_model_free(dm_model *m)
         leave_device(m);
     free(m->params_memory);
     free(m->packed_memory);
+    free(m->bf16_memory);
     free(m->acts_memory);
     free(m->stage2);
     free(m->host_logits);
@@ -1194,6 +1433,17 @@ static int check_points(const dm_model *m, const dm_model_hook_point *points, in
     return 0;
 }
 
+/* out (rows, V) = inp (rows, C) @ the embedding^T: the tied unembedding (the
+ * family's first parameter, p's on a device, or its bf16 copy). */
+static void unembed(dm_model *m, const void *p, float *out, const float *inp, int rows)
+{
+    const int C = m->cfg.n_embd, V = m->cfg.vocab_size;
+    if (m->embed_bf16)
+        m->be->unembed_bf16(&m->cx, out, inp, m->embed_bf16, rows, C, V);
+    else
+        m->be->unembed(&m->cx, out, inp, *(float *const *)p, rows, C, V);
+}
+
 /* One pass of dm_model_run on m's backend: 0, -1 (an error, said), or
  * DEVICE_FAILED. On a device backend the blocks read the parameters' copy
  * there; what a hook sees crosses through dm_model_run_points. */
@@ -1264,8 +1514,6 @@ static int run_pass(dm_model *m, const int32_t *tokens, int B, int T, const dm_m
     f->final_weights(m, ln, BT);
     if (dev && dev->upload(a->ln, ln, sizeof(float) * BT * C))
         return DEVICE_FAILED;
-    /* the tied unembedding: the family's first parameter is the embedding */
-    const float *wte = *(float *const *)p;
     /* logits and loss go straight into the first copy asked for, else into
      * the model's own buffers for the callbacks (host memory on a device too:
      * unembed copies its result out) */
@@ -1276,7 +1524,7 @@ static int run_pass(dm_model *m, const int32_t *tokens, int B, int T, const dm_m
         float *logits = first_out(&hs, DM_HOOK_LOGITS);
         if (!logits)
             logits = dm_model_scratch(&m->cb_logits, &m->cb_logits_n, BT * V);
-        be->unembed(cx, logits, a->ln, wte, (int)BT, C, V);
+        unembed(m, p, logits, a->ln, (int)BT);
         if (dev && dev->status())
             return DEVICE_FAILED;
         if (f->logits_post)
@@ -1288,7 +1536,7 @@ static int run_pass(dm_model *m, const int32_t *tokens, int B, int T, const dm_m
     } else {
         for (size_t bt0 = 0; bt0 < BT; bt0 += LOGIT_ROWS) {
             int rows = (int)(BT - bt0 < LOGIT_ROWS ? BT - bt0 : LOGIT_ROWS);
-            be->unembed(cx, a->logits, a->ln + bt0 * C, wte, rows, C, V);
+            unembed(m, p, a->logits, a->ln + bt0 * C, rows);
             if (dev && dev->status())
                 return DEVICE_FAILED;
             if (f->logits_post)

@@ -8,8 +8,9 @@
  *
  * Load a model with dm_model_load (config.json, then model.safetensors or
  * shards listed by model.safetensors.index.json; F32/F16/BF16 weights
- * converted to float32 at load, every tensor name and shape checked against
- * the config; the compute context picks the kernels), then call
+ * converted to float32 at load, or the large matrices kept bf16 with
+ * DM_WEIGHTS_BF16; every tensor name and shape checked against the config;
+ * the compute context picks the kernels), then call
  * dm_model_forward on batches of B windows of T token ids: one pass computes
  * any set of hooks, each into its own caller buffer of [B*T, width] floats,
  * row b*T+t, and stops after the deepest one. dm_model_run is the general
@@ -152,9 +153,27 @@ int dm_model_can_center(const dm_model_config *cfg);
 typedef struct dm_model dm_model;
 struct dm_model_backend;
 
-/* How weights are held in memory. Only float32 for now: DM_WEIGHTS_BF16
- * (bf16 kept bf16, FP32 accumulation in dm_bgemm) is the seam for the BF16
- * path and is refused by dm_model_load_opts until its kernels land. */
+/* How weights are held in memory.
+ *   DM_WEIGHTS_F32   every parameter float32 (F16 and BF16 files converted).
+ *   DM_WEIGHTS_BF16  the large matrices (every linear layer's weight and the
+ *                    embedding, which the tied unembedding reads) are bf16
+ *                    values, rounded to nearest even from F32/F16 files and
+ *                    taken as they are from BF16 ones; norms' weights, biases
+ *                    and GPT-2's position embedding stay float32. On
+ *                    cpu-avx512 with AVX-512 BF16 (dm_bgemm_available) they
+ *                    are held only as bf16, packed once for dm_bgemm (half the
+ *                    bytes; the products' inputs rounded to bf16, sums in
+ *                    float32, bgemm.h); the embedding's rows are read from the
+ *                    packed copy, widened to float32. On "ref" they are held
+ *                    bf16 unpacked and the plain loops (dm_bgemm_ref) round
+ *                    the inputs likewise, summing in double: the reference.
+ *                    Without bf16 kernels (the "cpu" backend, a CPU without
+ *                    AVX-512 BF16, DMICA_NO_AVX512_BF16=1) the bf16 values
+ *                    are widened once to float32 and run on the float32 path
+ *                    (a one-line notice): the same weights, the inputs not
+ *                    rounded, no memory saved. A device backend (cuda) has
+ *                    no bf16 path yet: such a model runs on the CPU backend
+ *                    the context would pick without the device (a notice). */
 typedef enum { DM_WEIGHTS_F32 = 0, DM_WEIGHTS_BF16 } dm_model_weights;
 const char *dm_model_weights_name(dm_model_weights w); /* "f32", "bf16" */
 
@@ -193,6 +212,17 @@ const float *dm_model_device_copy(const dm_model *m, int i);
  * context; 0 unless its backend packs: cpu-avx512). */
 size_t dm_model_param_floats(const dm_model_config *c, int depth);
 size_t dm_model_packed_floats(const dm_model_config *c, int depth, const dm_compute *cx);
+/* Bytes of the parameters a model loaded with depth (DM_MODEL_DEPTH_ALL: every
+ * block and the final norm), cx (NULL: the default context) and weights holds:
+ * float32 parameters, their copies packed for dm_sgemm, bf16 matrices (packed
+ * or not), as dm_model_load_opts would hold them on the backend it would
+ * choose. dm_model_bytes gives the same for a loaded model. */
+size_t dm_model_param_bytes(const dm_model_config *c, int depth, const dm_compute *cx,
+                            dm_model_weights weights);
+size_t dm_model_bytes(const dm_model *m);
+/* 1 if m holds its large matrices as bf16 (DM_WEIGHTS_BF16 on a backend with
+ * bf16 kernels); 0 if float32 (asked for, or widened: see dm_model_weights). */
+int dm_model_holds_bf16(const dm_model *m);
 /* Floats of the runner's activation buffers for BT rows (logits of the loss
  * without logits included with want_loss_only), attention's per-thread
  * scratch excluded. */
@@ -286,10 +316,13 @@ int dm_model_run_from(dm_model *m, int layer, const float *x, const int32_t *tok
 
 /* A linear layer's weight: W (C, OC) as the runner holds it (GPT-2's Conv1D
  * layout, x @ W; nn.Linear's (OC, C) weights are transposed at load), and the
- * same packed for dm_sgemm when the backend packs (NULL otherwise). */
+ * same packed for dm_sgemm when the backend packs (NULL otherwise); or, for a
+ * model holding bf16 weights (w and packed NULL), W's bf16 values: packed by
+ * dm_bgemm_pack on a backend that packs, else (C, OC) row-major. */
 typedef struct {
     const float *w;      /* (C, OC) */
     const float *packed; /* dm_sgemm_pack(w), or NULL */
+    const uint16_t *bf16; /* bf16 W, or NULL */
 } dm_model_weight;
 
 enum { DM_MODEL_GELU = 1 }; /* linear's flags: gelu_new on the result (GPT-2's c_fc) */
@@ -324,6 +357,10 @@ typedef struct dm_model_backend {
     const char *name; /* "ref", "cpu", "cpu-avx512", "cuda" */
     dm_device device;
     int packs;        /* 1: linear and linear_residual read dm_model_weight.packed */
+    /* 1: linear and linear_residual take bf16 weights (dm_model_weight.bf16:
+     * dm_bgemm_pack's layout where the backend packs, else plain) and
+     * unembed_bf16 is set (DM_WEIGHTS_BF16) */
+    int bf16;
     /* NULL: the entries take host memory. Otherwise they take memory made by
      * dev->alloc (the cuda entries also take host memory, copying it in and
      * out on each call: the tests call them so). */
@@ -346,6 +383,10 @@ typedef struct dm_model_backend {
     /* out (BT, V) = inp (BT, C) @ wte^T, wte (V, C): the tied unembedding */
     void (*unembed)(const dm_compute *cx, float *out, const float *inp, const float *wte, int BT,
                     int C, int V);
+    /* the same with wte bf16: dm_bgemm_pack's layout of W (C, V) (from wte
+     * (V, C), DM_BGEMM_NK) where the backend packs, else wte (V, C) plain */
+    void (*unembed_bf16)(const dm_compute *cx, float *out, const float *inp, const uint16_t *wte,
+                         int BT, int C, int V);
 
     /* -- GPT-2 (gpt2.h) -- */
     /* out (BT, C) = (inp - mean) / sqrt(var + eps) * weight + bias per row;

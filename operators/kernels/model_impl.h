@@ -9,8 +9,8 @@
  * parameter struct, how it is held), its activation buffers, and the pieces
  * of one pass: the embedding, the attention half and MLP half of a block, the
  * final norm and what follows the unembedding. The runner owns everything
- * else: the folder's files, the checks, one allocation of float32 parameters,
- * packing for dm_sgemm, the device copy and the fallback to the CPU, the
+ * else: the folder's files, the checks, one allocation of float32 parameters
+ * (and one of bf16 matrices with DM_WEIGHTS_BF16), packing for dm_sgemm, the device copy and the fallback to the CPU, the
  * activation buffers, the layer walk, the hook points, the logits' buffers and
  * the loss.
  */
@@ -42,7 +42,11 @@ enum {
     T_PLUS_ONE = 4,  /* held as 1 + w (Gemma's RMSNorm weights, as transformers
                         and TransformerLens compute them) */
     T_PACK = 8,      /* a linear layer's weight: packed for dm_sgemm when the
-                        backend packs, in the order of the table */
+                        backend packs, in the order of the table; held bf16
+                        with DM_WEIGHTS_BF16 */
+    T_EMBED = 16,    /* the embedding (V, C), the family's first parameter, read
+                        by the tied unembedding: held bf16 with DM_WEIGHTS_BF16
+                        (rows through dm_model_embed_row) */
 };
 
 typedef struct {
@@ -85,8 +89,19 @@ struct dm_model {
     /* The T_PACK weights of every loaded block packed for dm_sgemm (NULL
      * unless the backend packs): block tensor k's layer l at pk[k] + l * pk_n[k]. */
     float *packed_memory;
+    size_t packed_floats;
     float *pk[DM_MODEL_MAX_PACKED];
     size_t pk_n[DM_MODEL_MAX_PACKED];
+    /* DM_WEIGHTS_BF16 held bf16 (bf16_hold: BF16_PLAIN or BF16_PACKED; their
+     * float * fields in params are NULL): the T_PACK weights, block tensor
+     * k's layer l at bk[k] + l * bk_n[k], and the embedding, in one
+     * allocation of bf16_values */
+    int bf16_hold;
+    uint16_t *bf16_memory;
+    size_t bf16_values;
+    uint16_t *bk[DM_MODEL_MAX_PACKED];
+    size_t bk_n[DM_MODEL_MAX_PACKED];
+    uint16_t *embed_bf16;
     dm_model_acts acts;
     float *acts_memory;
     size_t acts_rows; /* BT the activations were allocated for */
@@ -195,8 +210,14 @@ int dm_model_add_branch(dm_model *m, const hook_set *hs, dm_model_hook_kind kind
 int dm_model_linear_residual(dm_model *m, const hook_set *hs, dm_model_hook_kind kind, int l,
                              const float *inp, const dm_model_weight *W, const float *b, int BT,
                              int C, int OC);
+/* How a model holds its large matrices (dm_model.bf16_hold). */
+enum { BF16_NONE = 0, BF16_PLAIN, BF16_PACKED };
+
+/* The embedding's row token (C) as float32: a pointer into the float32
+ * parameters, or buf (C floats) filled with the bf16 row widened. */
+const float *dm_model_embed_row(const dm_model *m, int32_t token, float *buf);
 /* Block tensor field's layer l as a linear weight: W (C, OC) and its packed
- * copy (pack: its T_PACK slot). */
+ * copy, or its bf16 values (pack: its T_PACK slot). */
 dm_model_weight dm_model_block_weight(const dm_model *m, const float *w, int pack, int l, int C,
                                       int OC);
 /* A buffer of at least n floats in *buf (capacity *cap floats), grown as needed. */
@@ -223,6 +244,10 @@ void gpt2_unembed_ref_entry(const dm_compute *cx, float *out, const float *inp, 
                             int BT, int C, int V);
 void gpt2_unembed_blas(const dm_compute *cx, float *out, const float *inp, const float *wte, int BT,
                        int C, int V);
+void gpt2_unembed_bf16_ref_entry(const dm_compute *cx, float *out, const float *inp,
+                                 const uint16_t *wte, int BT, int C, int V);
+void gpt2_unembed_bf16_avx512(const dm_compute *cx, float *out, const float *inp,
+                              const uint16_t *wte, int BT, int C, int V);
 void gpt2_layernorm_ref_entry(const dm_compute *cx, float *out, const float *inp, const float *weight,
                               const float *bias, int BT, int C, float eps);
 void gpt2_layernorm_cpu(const dm_compute *cx, float *out, const float *inp, const float *weight,

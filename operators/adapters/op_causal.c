@@ -320,8 +320,8 @@ static int causal_finish(dm_node *n)
     const int64_t levels = dm_param_int(n, "energy_levels") < k ? dm_param_int(n, "energy_levels") : 0;
     dm_info("node '%s': %lld windows of %lld tokens, %lld ablations at %s (%lld token rows through the blocks after "
             "it and the unembedding)",
-            dm_node_name(n), (long long)s->W, (long long)s->T, (long long)(5 + k + 2 * ns * (levels ? levels : k)),
-            sae->cfg.hook_name, (long long)((6 + k + 2 * ns * (levels ? levels : k)) * s->W * s->T));
+            dm_node_name(n), (long long)s->W, (long long)s->T, (long long)(4 + k + 2 * ns * (levels ? levels : k)),
+            sae->cfg.hook_name, (long long)((5 + k + 2 * ns * (levels ? levels : k)) * s->W * s->T));
     if (!(cz = dm_causal_new(m, h.layer, sae, cx, s->win, s->W, (int)s->T, center, mu, dm_param_int(n, "rows"))))
         goto end;
     /* the nulls (ica_backproject.h's, unit length) and the PCA control */

@@ -318,7 +318,7 @@ START_TEST(seed_matching_permutation_and_signs)
     for (int64_t i = 0; i < k; i++)
         for (int64_t t = 0; t < k; t++)
             B[perm[i] * k + t] = (i % 2 ? -1 : 1) * A[i * k + t] + 1e-3 * ((t * 7 + i) % 5 - 2);
-    dm_ica_match(A, B, k, match, sign, cosv);
+    dm_ica_match(A, B, k, k, match, sign, cosv);
     for (int64_t i = 0; i < k; i++) {
         ck_assert_int_eq(match[i], perm[i]);
         ck_assert_int_eq(sign[i], i % 2 ? -1 : 1);

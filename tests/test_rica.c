@@ -330,7 +330,7 @@ START_TEST(match_finds_permutation_and_signs)
     for (int64_t i = 0; i < K; i++)
         for (int64_t j = 0; j < k; j++)
             B[perm[i] * k + j] = (i % 2 ? -1 : 1) * A[i * k + j];
-    dm_rica_match(A, B, K, k, match, sign, cosv);
+    dm_ica_match(A, B, K, k, match, sign, cosv); /* K rows in k dimensions */
     for (int64_t i = 0; i < K; i++) {
         ck_assert_int_eq(match[i], perm[i]);
         ck_assert_int_eq(sign[i], i % 2 ? -1 : 1);

@@ -45,12 +45,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "fastica.h"
-#include "fs.h"
 #include "op.h"
-#include "summaries.h"
+#include "unmixing.h"
 
 enum { OUT_UNMIXING, OUT_UNMIXINGS, OUT_STABILITY, OUT_MATCH, OUT_SUMMARY };
 
@@ -59,13 +57,7 @@ static const dm_param_spec ica_params[] = {
     {"alpha", DM_P_FLOAT, "1", "logcosh's alpha (sklearn's fun_args), in [1, 2]"},
     {"tol", DM_P_FLOAT, "1e-4", "stop when max |(|diag(W_new W^T)| - 1)| < tol"},
     {"max_iter", DM_P_INT, "1000", "iterations (full passes) at most per seed"},
-    {"seed", DM_P_INT, "42", "seed of the first run (sklearn's random_state)"},
-    {"seeds", DM_P_INT, "3", "runs from seeds seed, seed+1, ...: stability across them"},
-    {"stable", DM_P_FLOAT, "0.9", "a component whose matched |cos| falls below this is unstable"},
-    {"warm_start", DM_P_BOOL, "false", "iterate on a subsample first, then on all rows"},
-    {"warm_rows", DM_P_INT, "100000", "rows of the warm-start subsample"},
-    {"memory", DM_P_SIZE, "0", "keep z in RAM when it fits in this many bytes (0: stream every pass)"},
-    {"file", DM_P_STRING, "ica.json", "product file (\"\" to publish nothing)"},
+    DM_UNMIX_PARAMS("ica.json"), /* seed (sklearn's random_state for the first run), seeds, ..., file */
     {NULL},
 };
 static const dm_port_spec ica_inputs[] = {{"z", DM_PORT_STREAM, 1, 0}, {NULL}};
@@ -79,8 +71,9 @@ static const dm_port_spec ica_outputs[] = {
 };
 
 typedef struct {
+    dm_unmix u;               /* z's way in, the passes (unmixing.h) */
     const dm_ica_backend *be; /* chosen at open from the compute context */
-    int64_t k, S, rows_known;
+    int64_t k, S;
     dm_ica_fun fun;
     double alpha, tol;
     int max_iter;
@@ -95,15 +88,6 @@ typedef struct {
     json_t **log;   /* (S) per-iteration lim */
     dm_ica_sums sums;
     int sums_active;    /* this pass accumulates sums */
-    float *ram;         /* (rows_known, k) when in RAM */
-    int64_t ram_rows;
-    int in_ram;
-    float *sample;      /* (warm_rows, k) reservoir */
-    int64_t warm_rows, sample_rows, seen; /* seen: rows of the first pass */
-    uint64_t rng;
-    int passes;
-    int split; /* the engine splits passes by shard: sums arrive through ica_pass_merge */
-    double t_open, t_warm, t_iter;
 } fastica;
 
 static int64_t width(const dm_node *n) { return dm_input_desc(n, 0)->shape[1]; }
@@ -112,7 +96,6 @@ static int check_params(const dm_node *n, int64_t k)
 {
     dm_ica_fun f;
     double tol = dm_param_float(n, "tol"), alpha = dm_param_float(n, "alpha");
-    int64_t seed = dm_param_int(n, "seed");
     if (dm_ica_fun_parse(dm_param_str(n, "fun"), &f))
         return -1;
     if (!(tol > 0.0))
@@ -121,31 +104,7 @@ static int check_params(const dm_node *n, int64_t k)
         return dm_fail("alpha %g: need 1 <= alpha <= 2 (sklearn's range)", alpha);
     if (dm_param_int(n, "max_iter") < 1 || dm_param_int(n, "max_iter") > 1000000)
         return dm_fail("max_iter %lld: need 1 to 1000000", (long long)dm_param_int(n, "max_iter"));
-    if (seed < 0 || seed > 4294967295LL)
-        return dm_fail("seed %lld: need 0 to 2^32 - 1 (numpy's RandomState range)", (long long)seed);
-    if (dm_param_int(n, "seeds") < 1 || dm_param_int(n, "seeds") > 64)
-        return dm_fail("seeds %lld: need 1 to 64", (long long)dm_param_int(n, "seeds"));
-    if (seed + dm_param_int(n, "seeds") - 1 > 4294967295LL)
-        return dm_fail("seed %lld + seeds %lld exceeds 2^32 - 1", (long long)seed,
-                       (long long)dm_param_int(n, "seeds"));
-    if (dm_param_int(n, "warm_rows") < 1)
-        return dm_fail("warm_rows %lld: need at least 1", (long long)dm_param_int(n, "warm_rows"));
-    if (k == 0)
-        return dm_fail("input z has no columns");
-    if (k > 4096)
-        return dm_fail("input z has %lld columns: FastICA here supports at most 4096 components", (long long)k);
-    const char *f2 = dm_param_str(n, "file");
-    if (strchr(f2, '/') || !strcmp(f2, ".") || !strcmp(f2, "..") || !strcmp(f2, "node.json"))
-        return dm_fail("file must be a plain file name in the output folder, not '%s'", f2);
-    return 0;
-}
-
-/* In RAM when the row count is known and the copy fits `memory`. */
-static int plan_in_ram(const dm_node *n, int64_t *bytes)
-{
-    int64_t rows = dm_input_desc(n, 0)->shape[0], k = width(n), mem = dm_param_size(n, "memory");
-    *bytes = rows > 0 && k > 0 ? rows * k * 4 : 0;
-    return mem > 0 && rows > 0 && k > 0 && *bytes <= mem;
+    return dm_unmix_check(n, k, "FastICA");
 }
 
 static int ica_infer(dm_node *n)
@@ -166,23 +125,16 @@ static int ica_infer(dm_node *n)
     sm->dtype = DM_U8;
     sm->ndim = 1;
     sm->shape[0] = -1;
-    int64_t ram;
-    if (plan_in_ram(n, &ram))
-        dm_input_single_pass(n, 0);
+    dm_unmix_infer(n);
     return 0;
 }
 
 static int64_t ica_state_bytes(const dm_node *n)
 {
-    int64_t k = width(n), S = dm_param_int(n, "seeds"), ram;
+    int64_t k = width(n), S = dm_param_int(n, "seeds");
     if (k <= 0)
         return 0;
-    int64_t b = dm_ica_sums_bytes(S * k, k, dm_node_compute(n)) + 8 * (S * k * k * 3 + k * k);
-    if (plan_in_ram(n, &ram))
-        b += ram;
-    if (dm_param_bool(n, "warm_start"))
-        b += 4 * k * dm_param_int(n, "warm_rows");
-    return b;
+    return dm_ica_sums_bytes(S * k, k, dm_node_compute(n)) + 8 * (S * k * k * 3 + k * k) + dm_unmix_bytes(n);
 }
 
 static void ica_close(dm_node *n)
@@ -195,7 +147,7 @@ static void ica_close(dm_node *n)
     free(s->log);
     free(s->W), free(s->W1), free(s->Wrun), free(s->run);
     free(s->iters), free(s->conv), free(s->warm_iters), free(s->warm_conv), free(s->stage_iters), free(s->lim);
-    free(s->ram), free(s->sample);
+    dm_unmix_free(&s->u);
     dm_ica_sums_free(&s->sums);
     free(s);
     dm_node_set_state(n, NULL);
@@ -213,30 +165,14 @@ static void stack_running(fastica *s)
     }
 }
 
-/* The in-RAM copy of z, on 2 MiB pages where the kernel allows (transparent
- * huge pages in madvise mode): one page fault per 2 MiB instead of per 4 KiB
- * while the whitening pass fills it. Released with free(). */
-static float *alloc_huge(size_t bytes)
-{
-    const size_t huge = (size_t)2 << 20;
-    void *p = NULL;
-    bytes = (bytes + huge - 1) & ~(huge - 1);
-    if (posix_memalign(&p, huge, bytes ? bytes : huge))
-        return dm_xmalloc_aligned(bytes);
-#ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE); /* advice only: without it, 4 KiB pages */
-#endif
-    return p;
-}
-
 static int ica_open(dm_node *n)
 {
     const dm_compute *cc = dm_node_compute(n);
     fastica *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
     s->be = dm_ica_backend_for(cc);
-    int64_t k = s->k = width(n), S = s->S = dm_param_int(n, "seeds"), ram;
-    s->t_open = dm_now();
+    int64_t k = s->k = width(n), S = s->S = dm_param_int(n, "seeds");
+    dm_unmix_open(&s->u, n);
     if (dm_ica_fun_parse(dm_param_str(n, "fun"), &s->fun))
         return -1;
     s->alpha = dm_param_float(n, "alpha");
@@ -261,55 +197,19 @@ static int ica_open(dm_node *n)
             return -1;
     }
     dm_ica_sums_init(&s->sums, S * k, k, cc);
-    s->in_ram = plan_in_ram(n, &ram);
-    s->rows_known = dm_input_desc(n, 0)->shape[0];
-    if (s->in_ram)
-        s->ram = alloc_huge((size_t)ram);
-    if (dm_param_bool(n, "warm_start")) {
-        s->warm_rows = dm_param_int(n, "warm_rows");
-        s->sample = dm_xmalloc((size_t)(s->warm_rows * k) * sizeof(float));
-        s->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)dm_param_int(n, "seed");
-    }
     /* the first pass only samples with a warm start, and only copies in RAM */
-    s->sums_active = !s->sample && !s->in_ram;
+    s->sums_active = !s->u.sample && !s->u.in_ram;
     stack_running(s);
     return 0;
-}
-
-static uint64_t splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
 }
 
 static int ica_consume(dm_node *n, int port, const dm_chunk *c)
 {
     fastica *s = dm_node_state(n);
-    int64_t k = s->k;
-    if (c->cols != k)
-        return dm_fail("input z: chunk of %lld columns, expected %lld", (long long)c->cols, (long long)k);
-    if (s->passes == 0) {
-        if (s->in_ram) {
-            if (s->ram_rows + c->rows > s->rows_known)
-                return dm_fail("input z has more rows than the %lld announced", (long long)s->rows_known);
-            memcpy(s->ram + s->ram_rows * k, c->data, (size_t)(c->rows * k) * sizeof(float));
-            s->ram_rows += c->rows;
-        }
-        for (int64_t r = 0; s->sample && r < c->rows; r++) {
-            /* Algorithm R: row t (0-based) replaces a random slot with probability m/(t+1) */
-            int64_t t = s->seen + r;
-            int64_t slot = t < s->warm_rows ? t : (int64_t)(splitmix(&s->rng) % (uint64_t)(t + 1));
-            if (slot < s->warm_rows)
-                memcpy(s->sample + slot * k, c->data + r * k, (size_t)k * sizeof(float));
-        }
-        s->seen += c->rows;
-        if (s->sample)
-            s->sample_rows = s->seen < s->warm_rows ? s->seen : s->warm_rows;
-    }
+    if (dm_unmix_consume(&s->u, c))
+        return -1;
     if (s->sums_active && s->nrun)
-        s->be->sums_update(&s->sums, s->fun, s->alpha, s->Wrun, (int64_t)s->nrun * k, c->data, c->rows);
+        s->be->sums_update(&s->sums, s->fun, s->alpha, s->Wrun, (int64_t)s->nrun * s->k, c->data, c->rows);
     return 0;
 }
 
@@ -390,56 +290,53 @@ static int iterate_rows(dm_node *n, fastica *s, const float *z, int64_t rows, in
  * the quarter a uniform random subset of the sample. */
 static int warm_start(dm_node *n, fastica *s)
 {
-    int64_t k = s->k, m = s->sample_rows, lo = 4096 > 64 * k ? 4096 : 64 * k;
+    float *z = s->u.sample;
+    int64_t k = s->k, m = s->u.sample_rows, lo = 4096 > 64 * k ? 4096 : 64 * k;
     if (m / 4 >= lo) {
         float *row = dm_xmalloc((size_t)k * sizeof(float));
         for (int64_t i = 0; i < m / 4; i++) {
-            int64_t j = i + (int64_t)(splitmix(&s->rng) % (uint64_t)(m - i));
-            memcpy(row, s->sample + i * k, (size_t)k * sizeof(float));
-            memcpy(s->sample + i * k, s->sample + j * k, (size_t)k * sizeof(float));
-            memcpy(s->sample + j * k, row, (size_t)k * sizeof(float));
+            int64_t j = i + (int64_t)(dm_unmix_rand(&s->u) % (uint64_t)(m - i));
+            memcpy(row, z + i * k, (size_t)k * sizeof(float));
+            memcpy(z + i * k, z + j * k, (size_t)k * sizeof(float));
+            memcpy(z + j * k, row, (size_t)k * sizeof(float));
         }
         free(row);
-        if (iterate_in_memory(n, s, s->sample, m / 4, 1, s->max_iter < 40 ? s->max_iter : 40))
+        if (iterate_in_memory(n, s, z, m / 4, 1, s->max_iter < 40 ? s->max_iter : 40))
             return -1;
         for (int64_t i = 0; i < s->S; i++)
             s->warm_conv[i] = 0;
     }
-    return iterate_in_memory(n, s, s->sample, m, 1, s->max_iter);
+    return iterate_in_memory(n, s, z, m, 1, s->max_iter);
 }
 
 static int ica_end_pass(dm_node *n, int pass)
 {
     fastica *s = dm_node_state(n);
+    dm_unmix *u = &s->u;
     double t0 = dm_now();
-    if (pass == 0 && s->split)
-        s->seen = s->sums.n; /* every rank's rows, merged */
-    if (pass == 0 && s->seen == 0)
-        return dm_fail("input z is empty: no rows to run FastICA on");
-    if (s->in_ram && s->ram_rows != s->rows_known)
-        return dm_fail("input z had %lld rows, %lld announced", (long long)s->ram_rows, (long long)s->rows_known);
-    s->passes = pass + 1;
+    if (dm_unmix_end_pass(u, pass, s->sums.n, "FastICA"))
+        return -1;
     if (s->sums_active) {
         if (apply_step(n, s, 0))
             return -1;
-    } else if (s->sample) {
+    } else if (u->sample) {
         /* first pass sampled: warm start on the sample, in stages */
         if (warm_start(n, s))
             return -1;
-        free(s->sample);
-        s->sample = NULL;
-        s->t_warm = dm_now() - t0;
+        free(u->sample);
+        u->sample = NULL;
+        u->t_warm = dm_now() - t0;
         s->sums_active = 1;
     }
-    if (s->in_ram) {
-        if (iterate_in_memory(n, s, s->ram, s->ram_rows, 0, 0))
+    if (u->in_ram) {
+        if (iterate_in_memory(n, s, u->ram, u->ram_rows, 0, 0))
             return -1;
-        s->t_iter += dm_now() - t0 - s->t_warm;
+        u->t_iter += dm_now() - t0 - u->t_warm;
         return 0;
     }
     stack_running(s);
     dm_ica_sums_reset(&s->sums);
-    s->t_iter += dm_now() - t0;
+    u->t_iter += dm_now() - t0;
     return s->nrun > 0;
 }
 
@@ -447,7 +344,7 @@ static int ica_end_pass(dm_node *n, int pass)
 static int64_t ica_pass_partial_size(const dm_node *n)
 {
     int64_t ram, k = width(n), m = dm_param_int(n, "seeds") * k;
-    if (k <= 0 || plan_in_ram(n, &ram) || dm_param_bool(n, "warm_start"))
+    if (k <= 0 || dm_unmix_in_ram(n, &ram) || dm_param_bool(n, "warm_start"))
         return 0; /* in RAM, or sampled in the first pass: not split */
     return 1 + m * k + m;
 }
@@ -455,7 +352,7 @@ static int64_t ica_pass_partial_size(const dm_node *n)
 static int ica_pass_partial(dm_node *n, double *out)
 {
     fastica *s = dm_node_state(n);
-    s->split = 1;
+    s->u.split = 1;
     out[0] = (double)s->sums.n;
     memcpy(out + 1, s->sums.gz, (size_t)(s->sums.m * s->k + s->sums.m) * sizeof(double));
     dm_ica_sums_reset(&s->sums);
@@ -479,118 +376,61 @@ static json_t *int_array(const int *v, int64_t n)
     return a;
 }
 
-/* The typed summary for the report (summaries.h), with ica.json's text. */
-static void pack_summary(const fastica *s, int64_t unstable, const dm_tensor *doc, dm_tensor *out)
-{
-    dm_ica_summary sm;
-    memset(&sm, 0, sizeof sm);
-    sm.k = s->k, sm.rows = s->seen, sm.seeds = s->S, sm.passes = s->passes;
-    sm.iterations = s->iters[0], sm.converged = s->conv[0] != 0, sm.all_converged = 1;
-    for (int64_t i = 0; i < s->S; i++)
-        sm.all_converged &= s->conv[i] != 0;
-    sm.unstable_count = unstable;
-    dm_summary_pack(out, DM_SUMMARY_ICA, DM_SUMMARY_ICA_VERSION, &sm, sizeof sm, doc->data,
-                    (uint64_t)dm_tensor_numel(doc));
-}
-
 static int ica_finish(dm_node *n)
 {
     fastica *s = dm_node_state(n);
     int64_t k = s->k, S = s->S, seed = dm_param_int(n, "seed");
-    double stable = dm_param_float(n, "stable");
     const char *file = dm_param_str(n, "file");
     int64_t shape[3] = {S, k, k};
     dm_tensor un = {0}, uns = {0}, stab = {0}, match = {0}, summary = {0};
     int rc = -1;
-    if (s->passes == 0)
+    if (s->u.passes == 0)
         return dm_fail("input z is empty: no rows to run FastICA on");
     dm_tensor_init(&uns, DM_F64, 3, shape);
     dm_tensor_init(&match, DM_I64, 2, shape);
     dm_tensor_init(&un, DM_F64, 2, shape + 1);
     dm_tensor_init(&stab, DM_F64, 1, shape + 1);
-    double *A = uns.data, *st = stab.data, *cosv = dm_xmalloc((size_t)k * sizeof(double));
-    int64_t *mt = match.data;
-    int *sign = dm_xmalloc((size_t)k * sizeof(int));
     memcpy(un.data, s->W, (size_t)(k * k) * sizeof(double));
     json_t *o = json_object(), *seeds = json_array();
-    for (int64_t j = 0; j < k; j++)
-        st[j] = 1.0;
+    json_t **si = dm_xcalloc((size_t)S, sizeof *si);
     for (int64_t i = 0; i < S; i++) {
-        const double *Wi = s->W + i * k * k;
-        json_t *si = json_object();
-        dm_ica_match(s->W, Wi, k, mt + i * k, sign, cosv);
-        for (int64_t j = 0; j < k; j++) {
-            for (int64_t t = 0; t < k; t++)
-                A[(i * k + j) * k + t] = sign[j] * Wi[mt[i * k + j] * k + t];
-            if (cosv[j] < st[j])
-                st[j] = cosv[j];
-        }
-        json_t *perm = json_array(), *sg = json_array(), *cs = json_array();
-        for (int64_t j = 0; j < k; j++) {
-            json_array_append_new(perm, json_integer(mt[i * k + j]));
-            json_array_append_new(sg, json_integer(sign[j]));
-            json_array_append_new(cs, json_real(cosv[j]));
-        }
-        json_object_set_new(si, "seed", json_integer(seed + i));
-        json_object_set_new(si, "iterations", json_integer(s->iters[i]));
-        json_object_set_new(si, "converged", json_boolean(s->conv[i]));
-        json_object_set_new(si, "final_lim", isfinite(s->lim[i]) ? json_real(s->lim[i]) : json_null());
+        si[i] = json_object();
+        json_array_append_new(seeds, si[i]);
+        json_object_set_new(si[i], "seed", json_integer(seed + i));
+        json_object_set_new(si[i], "iterations", json_integer(s->iters[i]));
+        json_object_set_new(si[i], "converged", json_boolean(s->conv[i]));
+        json_object_set_new(si[i], "final_lim", isfinite(s->lim[i]) ? json_real(s->lim[i]) : json_null());
         if (dm_param_bool(n, "warm_start")) {
-            json_object_set_new(si, "warm_iterations", json_integer(s->warm_iters[i]));
-            json_object_set_new(si, "warm_converged", json_boolean(s->warm_conv[i]));
+            json_object_set_new(si[i], "warm_iterations", json_integer(s->warm_iters[i]));
+            json_object_set_new(si[i], "warm_converged", json_boolean(s->warm_conv[i]));
         }
-        json_object_set_new(si, "match", perm);
-        json_object_set_new(si, "sign", sg);
-        json_object_set_new(si, "matched_abs_cos", cs);
-        json_object_set_new(si, "log", json_incref(s->log[i]));
-        json_array_append_new(seeds, si);
+    }
+    dm_unmix_match_seeds(s->W, S, k, k, uns.data, match.data, stab.data, si);
+    for (int64_t i = 0; i < S; i++) {
+        json_object_set_new(si[i], "log", json_incref(s->log[i]));
         if (!s->conv[i])
             dm_warn("%s: FastICA seed %lld did not converge in %d iterations (last max |(|diag(W1 W^T)| - 1)| "
                     "%.3g, tol %g); results are flagged unconverged in %s",
                     dm_node_name(n), (long long)(seed + i), s->iters[i], s->lim[i], s->tol,
                     *file ? file : "the outputs");
     }
-    json_t *stj = json_array(), *unst = json_array();
-    for (int64_t j = 0; j < k; j++) {
-        json_array_append_new(stj, json_real(st[j]));
-        if (S > 1 && st[j] < stable)
-            json_array_append_new(unst, json_integer(j));
-    }
-    int *iters = s->iters;
+    free(si);
     json_object_set_new(o, "k", json_integer(k));
-    json_object_set_new(o, "rows", json_integer(s->seen));
+    json_object_set_new(o, "rows", json_integer(s->u.seen));
     json_object_set_new(o, "fun", json_string(dm_ica_fun_name(s->fun)));
     json_object_set_new(o, "alpha", json_real(s->alpha));
     json_object_set_new(o, "tol", json_real(s->tol));
     json_object_set_new(o, "max_iter", json_integer(s->max_iter));
     json_object_set_new(o, "seed", json_integer(seed));
-    json_object_set_new(o, "iterations", json_integer(iters[0]));
+    json_object_set_new(o, "iterations", json_integer(s->iters[0]));
     json_object_set_new(o, "converged", json_boolean(s->conv[0]));
     json_object_set_new(o, "all_converged", json_boolean(1));
     for (int64_t i = 0; i < S; i++)
         if (!s->conv[i])
             json_object_set_new(o, "all_converged", json_boolean(0));
-    json_object_set_new(o, "iterations_per_seed", int_array(iters, S));
-    json_object_set_new(o, "in_ram", json_boolean(s->in_ram));
-    json_object_set_new(o, "warm_start", json_boolean(dm_param_bool(n, "warm_start")));
-    json_object_set_new(o, "passes", json_integer(s->passes));
-    json_object_set_new(o, "stability", stj);
-    json_object_set_new(o, "stable_threshold", json_real(stable));
-    json_object_set_new(o, "unstable", unst);
-    json_object_set_new(o, "unstable_count", json_integer((json_int_t)json_array_size(unst)));
-    json_t *tm = json_object();
-    json_object_set_new(tm, "total_s", json_real(dm_now() - s->t_open));
-    json_object_set_new(tm, "warm_start_s", json_real(s->t_warm));
-    json_object_set_new(tm, "iterations_s", json_real(s->t_iter));
-    json_object_set_new(o, "timings", tm);
-    json_object_set_new(o, "seeds", seeds);
-    free(cosv);
-    free(sign);
-    dm_tensor doc = {0};
-    int bad = dm_publish_json(n, file, "ica summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), &doc);
-    if (!bad)
-        pack_summary(s, (int64_t)json_array_size(unst), &doc, &summary);
-    dm_tensor_free(&doc);
+    json_object_set_new(o, "iterations_per_seed", int_array(s->iters, S));
+    dm_unmix_result r = {"ica summary", k, S, s->iters[0], s->conv};
+    int bad = dm_unmix_publish(n, &s->u, &r, stab.data, o, seeds, &summary);
     json_decref(o);
     if (bad)
         goto end;

@@ -63,11 +63,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "fs.h"
 #include "lbfgs.h"
 #include "op.h"
 #include "rica.h"
-#include "summaries.h"
+#include "unmixing.h"
 
 enum { OUT_UNMIXING, OUT_MIXING, OUT_UNMIXINGS, OUT_STABILITY, OUT_MATCH, OUT_OBJECTIVE, OUT_SUMMARY };
 enum { RUNNING = 0, CONVERGED, STALLED, MAX_ITER };
@@ -81,13 +80,7 @@ static const dm_param_spec rica_params[] = {
     {"tol", DM_P_FLOAT, "1e-8", "stop when an iteration lowers f by less than tol relative"},
     {"gtol", DM_P_FLOAT, "1e-6", "stop when max |gradient| falls below gtol"},
     {"max_iter", DM_P_INT, "1000", "L-BFGS iterations at most per seed"},
-    {"seed", DM_P_INT, "42", "seed of the first run"},
-    {"seeds", DM_P_INT, "3", "runs from seeds seed, seed+1, ...: stability across them"},
-    {"stable", DM_P_FLOAT, "0.9", "a component whose matched |cos| falls below this is unstable"},
-    {"warm_start", DM_P_BOOL, "false", "optimise on a subsample first, then on all rows"},
-    {"warm_rows", DM_P_INT, "100000", "rows of the warm-start subsample"},
-    {"memory", DM_P_SIZE, "0", "keep z in RAM when it fits in this many bytes (0: stream every pass)"},
-    {"file", DM_P_STRING, "rica.json", "product file (\"\" to publish nothing)"},
+    DM_UNMIX_PARAMS("rica.json"), /* seed, seeds, stable, warm_start, warm_rows, memory, file */
     {NULL},
 };
 static const dm_port_spec rica_inputs[] = {{"z", DM_PORT_STREAM, 1, 0}, {NULL}};
@@ -98,8 +91,9 @@ static const dm_port_spec rica_outputs[] = {
 };
 
 typedef struct {
+    dm_unmix u; /* z's way in, the passes (unmixing.h) */
     const dm_rica_backend *be;
-    int64_t k, K, S, rows_known;
+    int64_t k, K, S;
     dm_rica_fun fun;
     double lambda, eps, tol, gtol;
     int max_iter;
@@ -116,14 +110,6 @@ typedef struct {
     double *cov;     /* (k, k) sum z z^T of the optimised rows, once known */
     int cov_ready;
     int sums_active; /* this pass accumulates sums */
-    float *ram;      /* (rows_known, k) in RAM */
-    int64_t ram_rows;
-    int in_ram;
-    float *sample;   /* (warm_rows, k) reservoir */
-    int64_t warm_rows, sample_rows, seen;
-    uint64_t rng;
-    int passes, split;
-    double t_open, t_warm, t_iter;
 } rica;
 
 static int64_t width(const dm_node *n) { return dm_input_desc(n, 0)->shape[1]; }
@@ -138,7 +124,7 @@ static int check_params(const dm_node *n, int64_t k)
 {
     dm_rica_fun f;
     double lambda = dm_param_float(n, "lambda"), eps = dm_param_float(n, "eps");
-    int64_t seed = dm_param_int(n, "seed"), S = dm_param_int(n, "seeds"), K = dm_param_int(n, "K");
+    int64_t K = dm_param_int(n, "K");
     if (dm_rica_fun_parse(dm_param_str(n, "g"), &f))
         return -1;
     if (!(lambda >= 0.0) || !isfinite(lambda))
@@ -151,33 +137,12 @@ static int check_params(const dm_node *n, int64_t k)
         return dm_fail("max_iter %lld: need 1 to 1000000", (long long)dm_param_int(n, "max_iter"));
     if (K < 0 || K > 65536)
         return dm_fail("K %lld: need 0 (twice k) to 65536 components", (long long)K);
-    if (seed < 0 || seed + S - 1 > 4294967295LL)
-        return dm_fail("seed %lld with %lld seeds: need seeds in 0 to 2^32 - 1 (numpy's RandomState range)",
-                       (long long)seed, (long long)S);
-    if (S < 1 || S > 64)
-        return dm_fail("seeds %lld: need 1 to 64", (long long)S);
-    if (dm_param_int(n, "warm_rows") < 1)
-        return dm_fail("warm_rows %lld: need at least 1", (long long)dm_param_int(n, "warm_rows"));
-    if (k == 0)
-        return dm_fail("input z has no columns");
-    if (k > 4096)
-        return dm_fail("input z has %lld columns: RICA here supports at most 4096", (long long)k);
-    const char *file = dm_param_str(n, "file");
-    if (strchr(file, '/') || !strcmp(file, ".") || !strcmp(file, "..") || !strcmp(file, "node.json"))
-        return dm_fail("file must be a plain file name in the output folder, not '%s'", file);
-    return 0;
-}
-
-static int plan_in_ram(const dm_node *n, int64_t *bytes)
-{
-    int64_t rows = dm_input_desc(n, 0)->shape[0], k = width(n), mem = dm_param_size(n, "memory");
-    *bytes = rows > 0 && k > 0 ? rows * k * 4 : 0;
-    return mem > 0 && rows > 0 && k > 0 && *bytes <= mem;
+    return dm_unmix_check(n, k, "RICA");
 }
 
 static int rica_infer(dm_node *n)
 {
-    int64_t k = dm_input_desc(n, 0)->shape[1], S = dm_param_int(n, "seeds"), ram;
+    int64_t k = dm_input_desc(n, 0)->shape[1], S = dm_param_int(n, "seeds");
     if (check_params(n, k))
         return -1;
     int64_t K = components(n, k);
@@ -192,24 +157,19 @@ static int rica_infer(dm_node *n)
     o[OUT_MATCH]->dtype = DM_I64, o[OUT_MATCH]->ndim = 2, o[OUT_MATCH]->shape[0] = S, o[OUT_MATCH]->shape[1] = K;
     o[OUT_OBJECTIVE]->ndim = 1, o[OUT_OBJECTIVE]->shape[0] = S;
     o[OUT_SUMMARY]->dtype = DM_U8, o[OUT_SUMMARY]->ndim = 1, o[OUT_SUMMARY]->shape[0] = -1;
-    if (plan_in_ram(n, &ram))
-        dm_input_single_pass(n, 0);
+    dm_unmix_infer(n);
     return 0;
 }
 
 static int64_t rica_state_bytes(const dm_node *n)
 {
-    int64_t k = width(n), S = dm_param_int(n, "seeds"), ram;
+    int64_t k = width(n), S = dm_param_int(n, "seeds");
     if (k <= 0)
         return 0;
     int64_t K = components(n, k);
     /* the sums, and per seed an L-BFGS (10 pairs: 25 vectors of K k) */
-    int64_t b = dm_rica_sums_bytes(S * K, k, dm_node_compute(n)) + 8 * (S * 25 * K * k + S * K * k + 2 * K * k + k * k);
-    if (plan_in_ram(n, &ram))
-        b += ram;
-    if (dm_param_bool(n, "warm_start"))
-        b += 4 * k * dm_param_int(n, "warm_rows");
-    return b;
+    return dm_rica_sums_bytes(S * K, k, dm_node_compute(n)) + 8 * (S * 25 * K * k + S * K * k + 2 * K * k + k * k) +
+           dm_unmix_bytes(n);
 }
 
 static void rica_close(dm_node *n)
@@ -225,7 +185,7 @@ static void rica_close(dm_node *n)
     }
     free(s->opt), free(s->log), free(s->stop), free(s->fprev), free(s->warm_iters);
     free(s->Wrun), free(s->G), free(s->gV), free(s->run), free(s->cov);
-    free(s->ram), free(s->sample);
+    dm_unmix_free(&s->u);
     dm_rica_sums_free(&s->sums);
     free(s);
     dm_node_set_state(n, NULL);
@@ -271,8 +231,8 @@ static int rica_open(dm_node *n)
     rica *s = dm_xcalloc(1, sizeof *s);
     dm_node_set_state(n, s);
     s->be = dm_rica_backend_for(cc);
-    int64_t k = s->k = width(n), K = s->K = components(n, k), S = s->S = dm_param_int(n, "seeds"), ram;
-    s->t_open = dm_now();
+    int64_t k = s->k = width(n), K = s->K = components(n, k), S = s->S = dm_param_int(n, "seeds");
+    dm_unmix_open(&s->u, n);
     if (dm_rica_fun_parse(dm_param_str(n, "g"), &s->fun))
         return -1;
     s->lambda = dm_param_float(n, "lambda");
@@ -294,51 +254,15 @@ static int rica_open(dm_node *n)
         s->log[i] = json_array();
     restart_seeds(n, s, 1);
     dm_rica_sums_init(&s->sums, S * K, k, cc);
-    s->in_ram = plan_in_ram(n, &ram);
-    s->rows_known = dm_input_desc(n, 0)->shape[0];
-    if (s->in_ram)
-        s->ram = dm_xmalloc_aligned((size_t)ram);
-    if (dm_param_bool(n, "warm_start")) {
-        s->warm_rows = dm_param_int(n, "warm_rows");
-        s->sample = dm_xmalloc((size_t)(s->warm_rows * k) * sizeof(float));
-        s->rng = 0x9e3779b97f4a7c15ULL ^ (uint64_t)dm_param_int(n, "seed");
-    }
-    s->sums_active = !s->sample && !s->in_ram;
+    s->sums_active = !s->u.sample && !s->u.in_ram;
     return stack_running(s);
-}
-
-static uint64_t splitmix(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
 }
 
 static int rica_consume(dm_node *n, int port, const dm_chunk *c)
 {
     rica *s = dm_node_state(n);
-    int64_t k = s->k;
-    if (c->cols != k)
-        return dm_fail("input z: chunk of %lld columns, expected %lld", (long long)c->cols, (long long)k);
-    if (s->passes == 0) {
-        if (s->in_ram) {
-            if (s->ram_rows + c->rows > s->rows_known)
-                return dm_fail("input z has more rows than the %lld announced", (long long)s->rows_known);
-            memcpy(s->ram + s->ram_rows * k, c->data, (size_t)(c->rows * k) * sizeof(float));
-            s->ram_rows += c->rows;
-        }
-        for (int64_t r = 0; s->sample && r < c->rows; r++) {
-            /* Algorithm R: row t (0-based) replaces a random slot with probability m/(t+1) */
-            int64_t t = s->seen + r;
-            int64_t slot = t < s->warm_rows ? t : (int64_t)(splitmix(&s->rng) % (uint64_t)(t + 1));
-            if (slot < s->warm_rows)
-                memcpy(s->sample + slot * k, c->data + r * k, (size_t)k * sizeof(float));
-        }
-        s->seen += c->rows;
-        if (s->sample)
-            s->sample_rows = s->seen < s->warm_rows ? s->seen : s->warm_rows;
-    }
+    if (dm_unmix_consume(&s->u, c))
+        return -1;
     if (s->sums_active && s->nrun)
         s->be->sums_update(&s->sums, s->fun, s->eps, s->Wrun, (int64_t)s->nrun * s->K, c->data, c->rows,
                            !s->cov_ready);
@@ -401,37 +325,33 @@ static int iterate_in_memory(rica *s, const float *z, int64_t rows, int warm)
 static int rica_end_pass(dm_node *n, int pass)
 {
     rica *s = dm_node_state(n);
+    dm_unmix *u = &s->u;
     double t0 = dm_now();
-    if (pass == 0 && s->split)
-        s->seen = dm_rica_sums_rows(&s->sums); /* every rank's rows, merged */
-    if (pass == 0 && s->seen == 0)
-        return dm_fail("input z is empty: no rows to run RICA on");
-    if (s->in_ram && s->ram_rows != s->rows_known)
-        return dm_fail("input z had %lld rows, %lld announced", (long long)s->ram_rows, (long long)s->rows_known);
-    s->passes = pass + 1;
+    if (dm_unmix_end_pass(u, pass, dm_rica_sums_rows(&s->sums), "RICA"))
+        return -1;
     if (s->sums_active) {
         if (step_seeds(s, 0))
             return -1;
-    } else if (s->sample) {
-        if (iterate_in_memory(s, s->sample, s->sample_rows, 1))
+    } else if (u->sample) {
+        if (iterate_in_memory(s, u->sample, u->sample_rows, 1))
             return -1;
-        free(s->sample);
-        s->sample = NULL;
+        free(u->sample);
+        u->sample = NULL;
         restart_seeds(n, s, 0); /* the full data from the sample's result */
         s->cov_ready = 0;
         if (stack_running(s))
             return -1;
-        s->t_warm = dm_now() - t0;
+        u->t_warm = dm_now() - t0;
         s->sums_active = 1;
     }
-    if (s->in_ram) {
-        if (iterate_in_memory(s, s->ram, s->ram_rows, 0))
+    if (u->in_ram) {
+        if (iterate_in_memory(s, u->ram, u->ram_rows, 0))
             return -1;
-        s->t_iter += dm_now() - t0 - s->t_warm;
+        u->t_iter += dm_now() - t0 - u->t_warm;
         return 0;
     }
     dm_rica_sums_reset(&s->sums, 0);
-    s->t_iter += dm_now() - t0;
+    u->t_iter += dm_now() - t0;
     return s->nrun > 0;
 }
 
@@ -439,7 +359,7 @@ static int rica_end_pass(dm_node *n, int pass)
 static int64_t rica_pass_partial_size(const dm_node *n)
 {
     int64_t ram, k = width(n);
-    if (k <= 0 || plan_in_ram(n, &ram) || dm_param_bool(n, "warm_start"))
+    if (k <= 0 || dm_unmix_in_ram(n, &ram) || dm_param_bool(n, "warm_start"))
         return 0; /* in RAM, or sampled in the first pass: not split */
     return dm_rica_sums_size(dm_param_int(n, "seeds") * components(n, k), k);
 }
@@ -447,7 +367,7 @@ static int64_t rica_pass_partial_size(const dm_node *n)
 static int rica_pass_partial(dm_node *n, double *out)
 {
     rica *s = dm_node_state(n);
-    s->split = 1;
+    s->u.split = 1;
     memcpy(out, s->sums.data, (size_t)dm_rica_sums_size(s->sums.m, s->k) * sizeof(double));
     dm_rica_sums_reset(&s->sums, 0);
     return 0;
@@ -462,28 +382,14 @@ static int rica_pass_merge(dm_node *n, const double *in)
     return 0;
 }
 
-static void pack_summary(const rica *s, int64_t unstable, const dm_tensor *doc, dm_tensor *out)
-{
-    dm_ica_summary sm;
-    memset(&sm, 0, sizeof sm);
-    sm.k = s->K, sm.rows = s->seen, sm.seeds = s->S, sm.passes = s->passes;
-    sm.iterations = s->opt[0].iterations, sm.converged = s->stop[0] != MAX_ITER, sm.all_converged = 1;
-    for (int64_t i = 0; i < s->S; i++)
-        sm.all_converged &= s->stop[i] != MAX_ITER;
-    sm.unstable_count = unstable;
-    dm_summary_pack(out, DM_SUMMARY_ICA, DM_SUMMARY_ICA_VERSION, &sm, sizeof sm, doc->data,
-                    (uint64_t)dm_tensor_numel(doc));
-}
-
 static int rica_finish(dm_node *n)
 {
     rica *s = dm_node_state(n);
     int64_t k = s->k, K = s->K, S = s->S, Kk = K * k, seed = dm_param_int(n, "seed");
-    double stable = dm_param_float(n, "stable");
     const char *file = dm_param_str(n, "file");
     dm_tensor t[OUT_SUMMARY + 1] = {{0}};
     int rc = -1;
-    if (s->passes == 0)
+    if (s->u.passes == 0)
         return dm_fail("input z is empty: no rows to run RICA on");
     int64_t sh_w[2] = {K, k}, sh_m[2] = {k, K}, sh_all[3] = {S, K, k}, sh_k[1] = {K}, sh_sk[2] = {S, K}, sh_s[1] = {S};
     dm_tensor_init(&t[OUT_UNMIXING], DM_F64, 2, sh_w);
@@ -492,64 +398,44 @@ static int rica_finish(dm_node *n)
     dm_tensor_init(&t[OUT_STABILITY], DM_F64, 1, sh_k);
     dm_tensor_init(&t[OUT_MATCH], DM_I64, 2, sh_sk);
     dm_tensor_init(&t[OUT_OBJECTIVE], DM_F64, 1, sh_s);
-    double *W = dm_xmalloc((size_t)(S * Kk) * sizeof(double)), *cosv = dm_xmalloc((size_t)K * sizeof(double));
-    int *sign = dm_xmalloc((size_t)K * sizeof(int));
-    double *un = t[OUT_UNMIXINGS].data, *st = t[OUT_STABILITY].data, *obj = t[OUT_OBJECTIVE].data;
-    int64_t *mt = t[OUT_MATCH].data;
+    double *W = dm_xmalloc((size_t)(S * Kk) * sizeof(double)), *obj = t[OUT_OBJECTIVE].data;
+    int *conv = dm_xmalloc((size_t)S * sizeof(int));
     json_t *o = json_object(), *seeds = json_array();
+    json_t **si = dm_xcalloc((size_t)S, sizeof *si);
     for (int64_t i = 0; i < S; i++) {
         if (dm_rica_rownorm(s->opt[i].x, K, k, W + i * Kk)) {
             dm_fail_prefix("seed %lld", (long long)(seed + i));
             goto end;
         }
         obj[i] = s->opt[i].f;
+        conv[i] = s->stop[i] != MAX_ITER;
+        si[i] = json_object();
+        json_array_append_new(seeds, si[i]);
+        json_object_set_new(si[i], "seed", json_integer(seed + i));
+        json_object_set_new(si[i], "iterations", json_integer(s->opt[i].iterations));
+        json_object_set_new(si[i], "evaluations", json_integer(s->opt[i].evaluations));
+        json_object_set_new(si[i], "stop", json_string(stop_names[s->stop[i]]));
+        json_object_set_new(si[i], "converged", json_boolean(conv[i]));
+        json_object_set_new(si[i], "objective", isfinite(obj[i]) ? json_real(obj[i]) : json_null());
+        if (dm_param_bool(n, "warm_start"))
+            json_object_set_new(si[i], "warm_iterations", json_integer(s->warm_iters[i]));
     }
     memcpy(t[OUT_UNMIXING].data, W, (size_t)Kk * sizeof(double));
     for (int64_t a = 0; a < K; a++)
         for (int64_t j = 0; j < k; j++)
             ((double *)t[OUT_MIXING].data)[j * K + a] = W[a * k + j];
-    for (int64_t j = 0; j < K; j++)
-        st[j] = 1.0;
+    dm_unmix_match_seeds(W, S, K, k, t[OUT_UNMIXINGS].data, t[OUT_MATCH].data, t[OUT_STABILITY].data, si);
     for (int64_t i = 0; i < S; i++) {
-        const double *Wi = W + i * Kk;
-        json_t *si = json_object(), *perm = json_array(), *sg = json_array(), *cs = json_array();
-        dm_rica_match(W, Wi, K, k, mt + i * K, sign, cosv);
-        for (int64_t j = 0; j < K; j++) {
-            for (int64_t c = 0; c < k; c++)
-                un[(i * K + j) * k + c] = sign[j] * Wi[mt[i * K + j] * k + c];
-            st[j] = fmin(st[j], cosv[j]);
-            json_array_append_new(perm, json_integer(mt[i * K + j]));
-            json_array_append_new(sg, json_integer(sign[j]));
-            json_array_append_new(cs, json_real(cosv[j]));
-        }
-        json_object_set_new(si, "seed", json_integer(seed + i));
-        json_object_set_new(si, "iterations", json_integer(s->opt[i].iterations));
-        json_object_set_new(si, "evaluations", json_integer(s->opt[i].evaluations));
-        json_object_set_new(si, "stop", json_string(stop_names[s->stop[i]]));
-        json_object_set_new(si, "converged", json_boolean(s->stop[i] != MAX_ITER));
-        json_object_set_new(si, "objective", isfinite(obj[i]) ? json_real(obj[i]) : json_null());
-        if (dm_param_bool(n, "warm_start"))
-            json_object_set_new(si, "warm_iterations", json_integer(s->warm_iters[i]));
-        json_object_set_new(si, "match", perm);
-        json_object_set_new(si, "sign", sg);
-        json_object_set_new(si, "matched_abs_cos", cs);
-        json_object_set_new(si, "log", json_incref(s->log[i]));
-        json_array_append_new(seeds, si);
-        if (s->stop[i] == MAX_ITER)
+        json_object_set_new(si[i], "log", json_incref(s->log[i]));
+        if (!conv[i])
             dm_warn("%s: RICA seed %lld stopped at max_iter %d before its relative decrease reached tol %g; "
                     "results are flagged unconverged in %s",
                     dm_node_name(n), (long long)(seed + i), s->max_iter, s->tol, *file ? file : "the outputs");
     }
-    json_t *stj = json_array(), *unst = json_array();
-    for (int64_t j = 0; j < K; j++) {
-        json_array_append_new(stj, json_real(st[j]));
-        if (S > 1 && st[j] < stable)
-            json_array_append_new(unst, json_integer(j));
-    }
     json_object_set_new(o, "method", json_string("rica"));
     json_object_set_new(o, "K", json_integer(K));
     json_object_set_new(o, "k", json_integer(k));
-    json_object_set_new(o, "rows", json_integer(s->seen));
+    json_object_set_new(o, "rows", json_integer(s->u.seen));
     json_object_set_new(o, "g", json_string(dm_rica_fun_name(s->fun)));
     json_object_set_new(o, "lambda", json_real(s->lambda));
     if (s->fun == DM_RICA_SQRT)
@@ -559,32 +445,16 @@ static int rica_finish(dm_node *n)
     json_object_set_new(o, "max_iter", json_integer(s->max_iter));
     json_object_set_new(o, "seed", json_integer(seed));
     json_object_set_new(o, "iterations", json_integer(s->opt[0].iterations));
-    json_object_set_new(o, "converged", json_boolean(s->stop[0] != MAX_ITER));
+    json_object_set_new(o, "converged", json_boolean(conv[0]));
     int all = 1;
     for (int64_t i = 0; i < S; i++)
-        all &= s->stop[i] != MAX_ITER;
+        all &= conv[i];
     json_object_set_new(o, "all_converged", json_boolean(all));
     json_object_set_new(o, "objective", json_real(obj[0]));
-    json_object_set_new(o, "in_ram", json_boolean(s->in_ram));
-    json_object_set_new(o, "warm_start", json_boolean(dm_param_bool(n, "warm_start")));
-    json_object_set_new(o, "passes", json_integer(s->passes));
-    json_object_set_new(o, "stability", stj);
-    json_object_set_new(o, "stable_threshold", json_real(stable));
-    json_object_set_new(o, "unstable", unst);
-    json_object_set_new(o, "unstable_count", json_integer((json_int_t)json_array_size(unst)));
-    json_t *tm = json_object();
-    json_object_set_new(tm, "total_s", json_real(dm_now() - s->t_open));
-    json_object_set_new(tm, "warm_start_s", json_real(s->t_warm));
-    json_object_set_new(tm, "iterations_s", json_real(s->t_iter));
-    json_object_set_new(o, "timings", tm);
-    json_object_set_new(o, "seeds", seeds);
-    seeds = NULL;
-    dm_tensor doc = {0};
-    int bad = dm_publish_json(n, file, "rica summary", o, JSON_INDENT(2) | JSON_REAL_PRECISION(10), &doc);
-    if (!bad)
-        pack_summary(s, (int64_t)json_array_size(unst), &doc, &t[OUT_SUMMARY]);
-    dm_tensor_free(&doc);
-    if (bad)
+    dm_unmix_result r = {"rica summary", K, S, s->opt[0].iterations, conv};
+    json_t *sd = seeds;
+    seeds = NULL; /* dm_unmix_publish takes it */
+    if (dm_unmix_publish(n, &s->u, &r, t[OUT_STABILITY].data, o, sd, &t[OUT_SUMMARY]))
         goto end;
     rc = 0;
     for (int p = 0; p <= OUT_SUMMARY && !rc; p++)
@@ -594,7 +464,7 @@ end:
     json_decref(o);
     for (int p = 0; p <= OUT_SUMMARY; p++)
         dm_tensor_free(&t[p]);
-    free(W), free(cosv), free(sign);
+    free(W), free(conv), free(si);
     return rc;
 }
 

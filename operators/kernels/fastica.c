@@ -255,28 +255,28 @@ void dm_hungarian(const double *cost, int64_t n, int64_t *assign)
     free(u), free(v), free(minv), free(p), free(way), free(used);
 }
 
-void dm_ica_match(const double *A, const double *B, int64_t k, int64_t *match, int *sign, double *cosine)
+void dm_ica_match(const double *A, const double *B, int64_t n, int64_t k, int64_t *match, int *sign, double *cosine)
 {
-    double *c = dm_xmalloc((size_t)(k * k) * sizeof(double)), *cost = dm_xmalloc((size_t)(k * k) * sizeof(double));
-    double *na = dm_xmalloc((size_t)k * sizeof(double)), *nb = dm_xmalloc((size_t)k * sizeof(double));
-    for (int64_t i = 0; i < k; i++) {
+    double *c = dm_xmalloc((size_t)(n * n) * sizeof(double)), *cost = dm_xmalloc((size_t)(n * n) * sizeof(double));
+    double *na = dm_xmalloc((size_t)n * sizeof(double)), *nb = dm_xmalloc((size_t)n * sizeof(double));
+    for (int64_t i = 0; i < n; i++) {
         double sa = 0, sb = 0;
         for (int64_t j = 0; j < k; j++)
             sa += A[i * k + j] * A[i * k + j], sb += B[i * k + j] * B[i * k + j];
         na[i] = sa > 0 ? 1.0 / sqrt(sa) : 0.0;
         nb[i] = sb > 0 ? 1.0 / sqrt(sb) : 0.0;
     }
-    for (int64_t i = 0; i < k; i++)
-        for (int64_t j = 0; j < k; j++) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = 0; j < n; j++) {
             double d = 0;
             for (int64_t t = 0; t < k; t++)
                 d += A[i * k + t] * B[j * k + t];
-            c[i * k + j] = d * na[i] * nb[j];
-            cost[i * k + j] = 1.0 - fabs(c[i * k + j]);
+            c[i * n + j] = d * na[i] * nb[j];
+            cost[i * n + j] = 1.0 - fabs(c[i * n + j]);
         }
-    dm_hungarian(cost, k, match);
-    for (int64_t i = 0; i < k; i++) {
-        double ci = c[i * k + match[i]];
+    dm_hungarian(cost, n, match);
+    for (int64_t i = 0; i < n; i++) {
+        double ci = c[i * n + match[i]];
         sign[i] = ci < 0 ? -1 : 1;
         if (cosine)
             cosine[i] = fabs(ci);

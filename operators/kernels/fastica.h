@@ -77,11 +77,12 @@ double dm_ica_lim(const double *W1, const double *W, int64_t k);
  * normalised to [0, 1] by 2 k (k - 1)): 0 is perfect. */
 double dm_amari_distance(const double *P, int64_t k);
 
-/* Matches the rows of B (k, k) to the rows of A (k, k) maximising the sum of
+/* Matches the rows of B (n, k) to the rows of A (n, k) maximising the sum of
  * |cos| (the Hungarian algorithm on cost 1 - |cos|). match[i] is the row of B
  * assigned to row i of A, sign[i] is +1 or -1 (the sign of the cosine), and
- * cosine[i] (may be NULL) the matched |cos|. Rows need not be unit. */
-void dm_ica_match(const double *A, const double *B, int64_t k, int64_t *match, int *sign,
+ * cosine[i] (may be NULL) the matched |cos|. Rows need not be unit. FastICA's
+ * seeds have n = k rows, RICA's n = K (op_rica.c). */
+void dm_ica_match(const double *A, const double *B, int64_t n, int64_t k, int64_t *match, int *sign,
                   double *cosine);
 
 /* Minimum-cost assignment of an (n, n) cost matrix (Hungarian algorithm with

@@ -316,24 +316,6 @@ void dm_rica_w_init(double *W, int64_t K, int64_t k, uint32_t seed)
     dm_rica_rownorm(W, K, k, W); /* a zero row has probability 0 */
 }
 
-void dm_rica_match(const double *A, const double *B, int64_t K, int64_t k, int64_t *match, int *sign, double *cosine)
-{
-    double *cos = dm_xmalloc((size_t)(K * K) * sizeof(double)), *cost = dm_xmalloc((size_t)(K * K) * sizeof(double));
-    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)K, (int)K, (int)k, 1.0, A, (int)k, B, (int)k, 0.0, cos,
-                (int)K);
-    for (int64_t i = 0; i < K * K; i++)
-        cost[i] = 1.0 - fabs(cos[i]);
-    dm_hungarian(cost, K, match);
-    for (int64_t i = 0; i < K; i++) {
-        double c = cos[i * K + match[i]];
-        sign[i] = c < 0 ? -1 : 1;
-        if (cosine)
-            cosine[i] = fabs(c);
-    }
-    free(cos);
-    free(cost);
-}
-
 /* ---- whole runs in memory ------------------------------------------------ */
 
 static double max_abs(const double *x, int64_t n)

@@ -103,12 +103,6 @@ void dm_rica_grad_v(const double *V, const double *W, const double *G, int64_t K
  * same start (fastica.h's dm_np_random). */
 void dm_rica_w_init(double *W, int64_t K, int64_t k, uint32_t seed);
 
-/* Matches the K rows of B to the K rows of A (both (K, k), unit rows) by the
- * Hungarian algorithm on 1 - |cos|: match[i] the row of B for row i of A,
- * sign[i] its cosine's sign, cosine[i] (may be NULL) the |cos|. */
-void dm_rica_match(const double *A, const double *B, int64_t K, int64_t k, int64_t *match, int *sign,
-                   double *cosine);
-
 /* ---- whole runs on data in memory ---------------------------------------- */
 
 typedef struct {

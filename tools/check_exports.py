@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads `dmica export` output back as the consuming tools would, and checks it
 against the run folder it came from (docs/exports.md). Plain Python: no numpy,
-no tokenizers library.
+no tokenizers library. The values are checked against RUN_DIR/NAME_sources.npy,
+or where the run keeps none against the context values its topk node kept.
 
     check_exports.py RUN_DIR --jsonl FILE [--neuronpedia DIR] [--prompts DIR]
                      [--vocab VOCAB.json]
@@ -52,6 +53,41 @@ class Sources:
 
     def value(self, row, col):
         return struct.unpack("<f", self.bits(row, col))[0]
+
+
+class KeptValues:
+    """A run that keeps no NAME_sources.npy (the 100M-token pipeline): the
+    values topk kept over each example's context (context_values), by row.
+    Two examples' contexts that share a row must agree there."""
+
+    def __init__(self, top_path):
+        comps = json.load(open(top_path))["components"]
+        self.K, self.v = len(comps), {}
+        for j, c in enumerate(comps):
+            for kind in ("top", "bottom", "random"):
+                for e in c.get(kind, []):
+                    if "context_values" not in e:
+                        self.v[(e["row"], j)] = e["value"]
+                        continue
+                    first = e["row"] - e["position"] + e["context_start"]
+                    for t, x in enumerate(e["context_values"]):
+                        assert x is not None, (top_path, j, kind, "a context value was not kept")
+                        old = self.v.setdefault((first + t, j), x)
+                        assert f32_bits(old) == f32_bits(x), (top_path, j, first + t, old, x)
+
+    def bits(self, row, col):
+        return f32_bits(self.v[(row, col)])
+
+    def value(self, row, col):
+        return self.v[(row, col)]
+
+
+def sources(run, name):
+    """NAME's values: NAME_sources.npy, else its topk's kept context values."""
+    p = os.path.join(run, name + "_sources.npy")
+    if os.path.exists(p):
+        return Sources(p)
+    return KeptValues(os.path.join(run, name + "_top_examples.json"))
 
 
 def f32_bits(x):
@@ -155,7 +191,7 @@ def check_jsonl(run, path, vocab):
         assert isinstance(lat["module_name"], str) and lat["latent_index"] == j
         assert lat["module_name"].endswith(name)
         top = json.load(open(os.path.join(run, name + "_top_examples.json")))
-        src = Sources(os.path.join(run, name + "_sources.npy"))
+        src = sources(run, name)
         comp = top["components"][j]
         stats = results_stats(run, name)
         if stats:
@@ -184,7 +220,7 @@ def check_jsonl(run, path, vocab):
         assert rows == sorted(set(rows)), (name, j, "random rows not distinct and sorted")
         assert line["random"], (name, j, "no random sample")
     for name in names:
-        K = Sources(os.path.join(run, name + "_sources.npy")).K
+        K = sources(run, name).K
         assert sorted(seen.get(name, [])) == list(range(K)), (name, "components missing from the jsonl")
     assert sorted(seen) == names, (sorted(seen), names)
     return sum(len(v) for v in seen.values())
@@ -255,7 +291,7 @@ def check_neuronpedia(run, out, vocab):
             check_record(f, recs[0], f)
         model = json.loads(open(os.path.join(d, "model.jsonl")).readline())["id"]
         top = json.load(open(os.path.join(run, name + "_top_examples.json")))
-        src = Sources(os.path.join(run, name + "_sources.npy"))
+        src = sources(run, name)
         feats = read_jsonl_gz(os.path.join(d, "features", "batch-0.jsonl.gz"))
         acts = read_jsonl_gz(os.path.join(d, "activations", "batch-0.jsonl.gz"))
         assert [f["index"] for f in feats] == [str(j) for j in range(src.K)], name

@@ -17,9 +17,12 @@
  * position (the gpt2 operator's), and topk records each example's row, window
  * position and the window's context start, so the context's rows are the
  * example's row minus its offset in the context, plus 0, 1, ...; their values
- * are read from RUN_DIR/NAME_sources.npy (rows x components, the same rows),
- * and each example's own value there must equal the one topk recorded, or the
- * two files are not from the same run. Token strings are the run's tokenizer's
+ * are read from RUN_DIR/NAME_sources.npy (rows x components, the same rows)
+ * when the run kept it, else from the context's values the topk node kept
+ * with each example (`context_values`: the 100M-token pipeline keeps no
+ * sources). Where both are there they must agree, and each example's own value
+ * must equal the one topk recorded, or the two files are not from the same
+ * run. Token strings are the run's tokenizer's
  * decoding of each token alone (dm_tokenizer_decode_token). A run without
  * token windows (`dmica demo`: planted data) has no contexts: each example is
  * its one row, with token id -1 and the string "<row N>".
@@ -82,8 +85,8 @@ typedef struct {
     char *top_path, *src_path;
     json_t *top;         /* NAME_top_examples.json */
     json_t *comps;       /* its "components" */
-    dm_npy_map *src;     /* NAME_sources.npy */
-    const float *S;      /* rows x K */
+    dm_npy_map *src;     /* NAME_sources.npy; NULL when the run kept none */
+    const float *S;      /* rows x K, or NULL: the values are topk's context_values */
     int64_t rows, K;
     json_t *stats;       /* results.json's list for it, or NULL (borrowed from results) */
     dm_tensor dirs;      /* NAME_directions.npy (K x d) when there; f32 or f64 */
@@ -224,21 +227,20 @@ static int open_decomp(run_t *r, decomp *d, const char *tokdir_arg)
     d->comps = json_object_get(d->top, "components");
     if (!json_is_array(d->comps))
         return dm_failc(DM_E_CORRUPT, "%s: no \"components\" list: not a topk node's product", d->top_path);
-    if (access(d->src_path, F_OK))
-        return dm_failc(DM_E_INPUT, "%s: missing: the export reads each example's per-token values from the %s "
-                        "sources (a pipeline keeps them with an npy_sink node of the sources)", d->src_path,
-                        d->name);
-    if (!(d->src = dm_npy_open(d->src_path)))
-        return -1;
-    const dm_npy_header *h = dm_npy_hdr(d->src);
-    if (h->dtype != DM_F32 || h->ndim != 2)
-        return dm_failc(DM_E_CORRUPT, "%s: a 2-D float32 array (rows x components) expected, found %s with %d "
-                        "dimensions", d->src_path, dm_dtype_name(h->dtype), h->ndim);
-    d->rows = h->shape[0], d->K = h->shape[1];
-    d->S = dm_npy_data(d->src);
-    if ((int64_t)json_array_size(d->comps) != d->K)
-        return dm_failc(DM_E_CORRUPT, "%s has %zu components but %s has %lld columns: not from the same run",
-                        d->top_path, json_array_size(d->comps), d->src_path, (long long)d->K);
+    d->K = (int64_t)json_array_size(d->comps);
+    if (!access(d->src_path, F_OK)) {
+        if (!(d->src = dm_npy_open(d->src_path)))
+            return -1;
+        const dm_npy_header *h = dm_npy_hdr(d->src);
+        if (h->dtype != DM_F32 || h->ndim != 2)
+            return dm_failc(DM_E_CORRUPT, "%s: a 2-D float32 array (rows x components) expected, found %s with %d "
+                            "dimensions", d->src_path, dm_dtype_name(h->dtype), h->ndim);
+        d->rows = h->shape[0];
+        d->S = dm_npy_data(d->src);
+        if (h->shape[1] != d->K)
+            return dm_failc(DM_E_CORRUPT, "%s has %lld components but %s has %lld columns: not from the same run",
+                            d->top_path, (long long)d->K, d->src_path, (long long)h->shape[1]);
+    }
     /* statistics: results.json's NAME_components, or (FastICA's) components */
     if (r->results) {
         char *key = dm_xasprintf("%s_components", d->name);
@@ -313,16 +315,16 @@ static int make_example(const decomp *d, int64_t j, const char *kind, size_t i, 
         return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: no integer \"row\" and number \"value\"",
                         d->top_path, (long long)j, kind, i);
     x->value = json_number_value(jv);
-    if (x->row < 0 || x->row >= d->rows)
+    if (x->row < 0 || (d->S && x->row >= d->rows))
         return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: row %lld, but %s has %lld rows: not "
                         "from the same run", d->top_path, (long long)j, kind, i, (long long)x->row, d->src_path,
                         (long long)d->rows);
-    float s = d->S[x->row * d->K + j];
+    float s = d->S ? d->S[x->row * d->K + j] : (float)x->value;
     if (s != (float)x->value)
         return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: value %.9g at row %lld, but %s holds "
                         "%.9g there: not from the same run", d->top_path, (long long)j, kind, i, x->value,
                         (long long)x->row, d->src_path, (double)s);
-    json_t *ctx = json_object_get(e, "context_ids");
+    json_t *ctx = json_object_get(e, "context_ids"), *cv = json_object_get(e, "context_values");
     int64_t pos = 0, first = x->row;
     if (ctx) {
         if (!json_is_array(ctx) || !json_array_size(ctx) || get_int(e, "context_start", &x->start) ||
@@ -334,10 +336,17 @@ static int make_example(const decomp *d, int64_t j, const char *kind, size_t i, 
         x->n = (int64_t)json_array_size(ctx);
         x->anchor = pos - x->start;
         first = x->row - x->anchor;
-        if (first < 0 || first + x->n > d->rows)
+        if (first < 0 || (d->S && first + x->n > d->rows))
             return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: context rows %lld..%lld outside %s's "
                             "%lld rows", d->top_path, (long long)j, kind, i, (long long)first,
                             (long long)(first + x->n - 1), d->src_path, (long long)d->rows);
+        if (cv && (!json_is_array(cv) || (int64_t)json_array_size(cv) != x->n))
+            return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: context_values is not a list as long "
+                            "as context_ids", d->top_path, (long long)j, kind, i);
+        if (!cv && !d->S)
+            return dm_failc(DM_E_INPUT, "%s: missing, and %s keeps no context_values (written by an older topk): "
+                            "the export has no per-token values; keep the sources with an npy_sink node, or "
+                            "rerun the topk node", d->src_path, d->top_path);
     } else {
         x->n = 1, x->anchor = 0, x->window = -1, x->start = -1;
     }
@@ -346,7 +355,25 @@ static int make_example(const decomp *d, int64_t j, const char *kind, size_t i, 
     x->val = dm_xmalloc((size_t)x->n * sizeof *x->val);
     x->max = -INFINITY, x->min = INFINITY, x->max_index = 0;
     for (int64_t t = 0; t < x->n; t++) {
-        float v = d->S[(first + t) * d->K + j];
+        float v = (float)x->value; /* without windows, the example's own row */
+        json_t *kept = cv ? json_array_get(cv, (size_t)t) : NULL;
+        if (kept && !json_is_number(kept) && !json_is_null(kept))
+            return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: context_values[%lld] is not a number",
+                            d->top_path, (long long)j, kind, i, (long long)t);
+        if (d->S) {
+            v = d->S[(first + t) * d->K + j];
+            if (json_is_number(kept) && (float)json_number_value(kept) != v)
+                return dm_failc(DM_E_CORRUPT, "%s: component %lld, %s example %zu: context value %.9g at row %lld, "
+                                "but %s holds %.9g there: not from the same run", d->top_path, (long long)j, kind,
+                                i, json_number_value(kept), (long long)(first + t), d->src_path, (double)v);
+        } else if (ctx) {
+            if (!json_is_number(kept))
+                return dm_failc(DM_E_INPUT, "%s: component %lld, %s example %zu: the value at row %lld was not kept "
+                                "(the run's shards cut a token window) and %s is missing: keep the sources with an "
+                                "npy_sink node to export it", d->top_path, (long long)j, kind, i,
+                                (long long)(first + t), d->src_path);
+            v = (float)json_number_value(kept);
+        }
         x->val[t] = isfinite(v) ? v : NAN;
         if (isfinite(v) && v > x->max)
             x->max = v, x->max_index = t;

@@ -36,10 +36,24 @@
  * on the seed and the rows, not on chunking, so shards merge it exactly as they
  * merge the heaps.
  *
+ * With the token windows connected, every kept example also keeps its column's
+ * values at the rows of its context (`context_values`): what dashboards and
+ * autointerp show per token (`dmica export`), without the whole (rows x
+ * columns) stream kept on disk, which the 100M-token pipeline cannot afford.
+ * Each heap entry owns a slot of 2 context + 1 floats for as long as it is in
+ * the heap (an entry that evicts another takes its slot). A pushed row's
+ * context is filled from its chunk, from the last `context` rows of the
+ * previous chunk (kept when chunks follow each other), and the rest from the
+ * chunks after it as they come: each chunk first fills the context rows it
+ * holds of the entries kept so far. A context row that no chunk of this node
+ * held (across a shard's edge: shards of token streams are whole windows, so
+ * only when they are not) stays NaN, null in the product.
+ *
  * Output `examples`: the typed examples summary (operators/analysis/summaries.h:
  * per column its histogram, top and bottom examples with their decoded
  * contexts), for the report. Product: `file` (topk.json), the same and more
- * (token ids, windows, positions), and the random sample (`random`, by row).
+ * (token ids, windows, positions, the context's values), and the random sample
+ * (`random`, by row).
  */
 #include <jansson.h>
 #include <math.h>
@@ -75,8 +89,10 @@ static const dm_port_spec topk_inputs[] = {
 };
 static const dm_port_spec topk_outputs[] = {{"examples", DM_PORT_TENSOR}, {NULL}};
 
+/* slot: the entry's context values, slot * cw in its heap's pool */
 typedef struct {
     float value;
+    int32_t slot;
     int64_t row;
 } entry;
 
@@ -85,6 +101,7 @@ typedef struct {
 typedef struct {
     uint64_t key;
     float value;
+    int32_t slot;
     int64_t row;
 } sample;
 
@@ -107,6 +124,12 @@ typedef struct {
     int64_t *hist;       /* cols x FINE */
     double *scale;       /* per column: fine bins span [-scale, scale] */
     int64_t *under_over; /* cols x 2 (fixed range only) */
+    /* context values (cw = 2 context + 1 with windows, else 0): per column a
+     * pool of k slots for each extreme heap and m for the sample */
+    int64_t ctx, cw;
+    float *ctop, *cbot, *crnd; /* cols x k x cw, cols x k x cw, cols x m x cw */
+    float *tail;               /* (tail_rows, cols) the rows just before tail_end */
+    int64_t tail_rows, tail_end;
 } topk;
 
 #define FINE 4096
@@ -129,10 +152,12 @@ static int sample_above(const sample *a, const sample *b)
     return a->key > b->key || (a->key == b->key && a->row > b->row);
 }
 
-static void sample_push(sample *h, int64_t *n, int64_t m, sample e)
+/* Pushes e; returns the slot it took, or -1 when not kept. */
+static int32_t sample_push(sample *h, int64_t *n, int64_t m, sample e)
 {
     if (*n < m) {
         int64_t i = (*n)++;
+        e.slot = (int32_t)i;
         h[i] = e;
         while (i > 0 && sample_above(&h[i], &h[(i - 1) / 2])) {
             sample t = h[i];
@@ -140,10 +165,11 @@ static void sample_push(sample *h, int64_t *n, int64_t m, sample e)
             h[(i - 1) / 2] = t;
             i = (i - 1) / 2;
         }
-        return;
+        return e.slot;
     }
     if (!sample_above(&h[0], &e))
-        return;
+        return -1;
+    e.slot = h[0].slot;
     h[0] = e;
     for (int64_t i = 0;;) {
         int64_t l = 2 * i + 1, r = l + 1, x = i;
@@ -158,6 +184,7 @@ static void sample_push(sample *h, int64_t *n, int64_t m, sample e)
         h[x] = t;
         i = x;
     }
+    return e.slot;
 }
 
 /* Min-heap on value (sign = 1) or max-heap (sign = -1), ties broken by row so
@@ -168,10 +195,12 @@ static int before(const entry *a, const entry *b, int sign)
     return x < y || (x == y && a->row > b->row);
 }
 
-static void heap_push(entry *h, int64_t *n, int64_t k, entry e, int sign)
+/* Pushes e; returns the slot it took, or -1 when not kept. */
+static int32_t heap_push(entry *h, int64_t *n, int64_t k, entry e, int sign)
 {
     if (*n < k) {
         int64_t i = (*n)++;
+        e.slot = (int32_t)i;
         h[i] = e;
         while (i > 0 && before(&h[i], &h[(i - 1) / 2], sign)) {
             entry t = h[i];
@@ -179,10 +208,11 @@ static void heap_push(entry *h, int64_t *n, int64_t k, entry e, int sign)
             h[(i - 1) / 2] = t;
             i = (i - 1) / 2;
         }
-        return;
+        return e.slot;
     }
     if (!before(&h[0], &e, sign))
-        return;
+        return -1;
+    e.slot = h[0].slot;
     h[0] = e;
     for (int64_t i = 0;;) {
         int64_t l = 2 * i + 1, r = l + 1, m = i;
@@ -197,6 +227,7 @@ static void heap_push(entry *h, int64_t *n, int64_t k, entry e, int sign)
         h[m] = t;
         i = m;
     }
+    return e.slot;
 }
 
 static int topk_infer(dm_node *n)
@@ -223,8 +254,9 @@ static int64_t topk_state_bytes(const dm_node *n)
 {
     int64_t cols = dm_input_desc(n, IN_VALUES)->shape[1];
     int64_t m = dm_param_int(n, "random") < 0 ? dm_param_int(n, "k") : dm_param_int(n, "random");
-    return (cols > 0 ? cols : 1) *
-           (dm_param_int(n, "k") * 2 * (int64_t)(sizeof(entry) + 16) + m * (int64_t)(sizeof(sample) + 16) + FINE * 8);
+    int64_t c = dm_param_int(n, "context"), cw = dm_input_connected(n, IN_WINDOWS) ? 2 * c + 1 : 0;
+    return (cols > 0 ? cols : 1) * (dm_param_int(n, "k") * 2 * (int64_t)(sizeof(entry) + 16 + 4 * cw) +
+                                    m * (int64_t)(sizeof(sample) + 16 + 4 * cw) + FINE * 8 + 4 * c);
 }
 
 static int topk_open(dm_node *n)
@@ -250,7 +282,66 @@ static int topk_open(dm_node *n)
     t->under_over = dm_xcalloc((size_t)(t->cols * 2), sizeof *t->under_over);
     for (int64_t j = 0; j < t->cols; j++)
         t->scale[j] = t->range > 0 ? t->range : 1.0;
+    if (t->T) {
+        t->ctx = dm_param_int(n, "context");
+        t->cw = 2 * t->ctx + 1;
+        t->ctop = dm_xmalloc((size_t)(t->cols * t->k * t->cw) * sizeof(float));
+        t->cbot = dm_xmalloc((size_t)(t->cols * t->k * t->cw) * sizeof(float));
+        t->crnd = dm_xmalloc((size_t)(t->cols * (t->m > 0 ? t->m : 1) * t->cw) * sizeof(float));
+        t->tail = dm_xmalloc((size_t)(t->cols * (t->ctx > 0 ? t->ctx : 1)) * sizeof(float));
+    }
     return 0;
+}
+
+/* The context of `row` in slot v (cw floats for rows row - ctx ... row + ctx):
+ * column j's values at the rows chunk c holds (and, with tail, the rows just
+ * before it), NaN elsewhere when fresh, else left as they are. Rows of other
+ * windows are not context: left NaN. */
+static void fill_context(const topk *t, float *v, int64_t row, int64_t j, const dm_chunk *c, int fresh)
+{
+    int64_t w = row / t->T, tail0 = t->tail_end - t->tail_rows;
+    for (int64_t i = 0; i < t->cw; i++) {
+        int64_t r = row - t->ctx + i;
+        if (r < 0 || r / t->T != w) {
+            if (fresh)
+                v[i] = NAN;
+        } else if (r >= c->row0 && r < c->row0 + c->rows) {
+            v[i] = c->data[(r - c->row0) * t->cols + j];
+        } else if (fresh && t->tail_end == c->row0 && r >= tail0 && r < t->tail_end) {
+            v[i] = t->tail[(r - tail0) * t->cols + j];
+        } else if (fresh) {
+            v[i] = NAN;
+        }
+    }
+}
+
+/* The rows of c that lie in the contexts of the entries kept before it. */
+static void fill_pending(topk *t, int64_t j, const dm_chunk *c)
+{
+    for (int h = 0; h < 3; h++) {
+        int64_t n = h == 0 ? t->ntop[j] : h == 1 ? t->nbot[j] : t->nrnd[j], cap = h == 2 ? t->m : t->k;
+        float *pool = (h == 0 ? t->ctop : h == 1 ? t->cbot : t->crnd) + j * cap * t->cw;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t row = h == 0 ? t->top[j * t->k + i].row : h == 1 ? t->bot[j * t->k + i].row : t->rnd[j * t->m + i].row;
+            int32_t slot = h == 0 ? t->top[j * t->k + i].slot : h == 1 ? t->bot[j * t->k + i].slot
+                                                                       : t->rnd[j * t->m + i].slot;
+            if (row + t->ctx >= c->row0 && row - t->ctx < c->row0 + c->rows)
+                fill_context(t, pool + slot * t->cw, row, j, c, 0);
+        }
+    }
+}
+
+/* Keeps the last ctx rows seen (of the previous tail and chunk c, when they
+ * follow each other). */
+static void keep_tail(topk *t, const dm_chunk *c)
+{
+    int64_t keep = c->rows < t->ctx ? c->rows : t->ctx, old = 0;
+    if (t->tail_end == c->row0 && keep < t->ctx) /* a short chunk: the older rows stay too */
+        old = t->tail_rows + keep > t->ctx ? t->ctx - keep : t->tail_rows;
+    memmove(t->tail, t->tail + (t->tail_rows - old) * t->cols, (size_t)(old * t->cols) * sizeof(float));
+    memcpy(t->tail + old * t->cols, c->data + (c->rows - keep) * t->cols, (size_t)(keep * t->cols) * sizeof(float));
+    t->tail_rows = old + keep;
+    t->tail_end = c->row0 + c->rows;
 }
 
 /* Fine bins over [-s, s) to fine bins over [-2s, 2s): pairs of bins merged,
@@ -276,18 +367,30 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
 #pragma omp parallel for schedule(static)
     for (int64_t j = 0; j < t->cols; j++) {
         uint64_t salt = col_salt(t->seed, j);
+        float *ctop = NULL, *cbot = NULL, *crnd = NULL;
+        if (t->cw) {
+            ctop = t->ctop + j * t->k * t->cw, cbot = t->cbot + j * t->k * t->cw, crnd = t->crnd + j * t->m * t->cw;
+            fill_pending(t, j, c);
+        }
         for (int64_t r = 0; r < c->rows; r++) {
             int64_t row = c->row0 + r;
             float v = c->data[r * t->cols + j];
             if (isnan(v) || (t->skip_bos && row % t->T == 0))
                 continue;
-            entry e = {v, row};
-            heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
-            heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
+            entry e = {v, 0, row};
+            int32_t st = heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
+            int32_t sb = heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
+            int32_t sr = -1;
             if (t->m) {
-                sample s = {t->keys[r] ^ salt, v, row};
-                sample_push(t->rnd + j * t->m, &t->nrnd[j], t->m, s);
+                sample s = {t->keys[r] ^ salt, v, 0, row};
+                sr = sample_push(t->rnd + j * t->m, &t->nrnd[j], t->m, s);
             }
+            if (t->cw && st >= 0)
+                fill_context(t, ctop + st * t->cw, row, j, c, 1);
+            if (t->cw && sb >= 0)
+                fill_context(t, cbot + sb * t->cw, row, j, c, 1);
+            if (t->cw && sr >= 0)
+                fill_context(t, crnd + sr * t->cw, row, j, c, 1);
             int64_t *h = t->hist + j * FINE;
             if (t->range <= 0)
                 while (fabs(v) >= t->scale[j]) {
@@ -303,6 +406,8 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
                 h[(int64_t)pos]++;
         }
     }
+    if (t->cw)
+        keep_tail(t, c);
     return 0;
 }
 
@@ -320,7 +425,9 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
  *   sample_values.npy f32 (cols, m)    the sampled rows' values (unused 0)
  *   sample_rows.npy   i64 (cols, m)    their rows
  *   sample_counts.npy i64 (cols)       rows held per column
- * (the keys are recomputed from the rows).
+ * (the keys are recomputed from the rows); with windows (cw context values):
+ *   heap_context.npy   f32 (2, cols, k, cw)  each heap entry's context values
+ *   sample_context.npy f32 (cols, m, cw)     each sampled row's
  */
 
 static int save_array(const char *dir, const char *name, dm_dtype dtype, int ndim, const int64_t *shape,
@@ -338,17 +445,23 @@ static int save_array(const char *dir, const char *name, dm_dtype dtype, int ndi
 static int topk_save_partial(dm_node *n, const char *dir)
 {
     topk *t = dm_node_state(n);
-    int64_t ck = t->cols * t->k;
+    int64_t ck = t->cols * t->k, cw = t->cw;
     float *values = dm_xcalloc((size_t)(2 * ck), sizeof *values);
     int64_t *rows = dm_xcalloc((size_t)(2 * ck), sizeof *rows);
     int64_t *counts = dm_xmalloc((size_t)(4 * t->cols) * sizeof *counts);
+    float *ctx = dm_xcalloc((size_t)(2 * ck * cw + 1), sizeof *ctx);
     for (int h = 0; h < 2; h++) {
         const entry *heap = h ? t->bot : t->top;
         const int64_t *cnt = h ? t->nbot : t->ntop;
+        const float *pool = h ? t->cbot : t->ctop;
         for (int64_t j = 0; j < t->cols; j++)
             for (int64_t i = 0; i < cnt[j]; i++) {
-                values[h * ck + j * t->k + i] = heap[j * t->k + i].value;
-                rows[h * ck + j * t->k + i] = heap[j * t->k + i].row;
+                const entry *e = &heap[j * t->k + i];
+                values[h * ck + j * t->k + i] = e->value;
+                rows[h * ck + j * t->k + i] = e->row;
+                if (cw)
+                    memcpy(ctx + (h * ck + j * t->k + i) * cw, pool + (j * t->k + e->slot) * cw,
+                           (size_t)cw * sizeof *ctx);
             }
     }
     for (int64_t j = 0; j < t->cols; j++) {
@@ -366,23 +479,32 @@ static int topk_save_partial(dm_node *n, const char *dir)
         rc = save_array(dir, "hist.npy", DM_I64, 2, s_hist, t->hist);
     if (!rc)
         rc = save_array(dir, "scale.npy", DM_F64, 1, s_scale, t->scale);
+    int64_t s_hctx[4] = {2, t->cols, t->k, cw};
+    if (!rc && cw)
+        rc = save_array(dir, "heap_context.npy", DM_F32, 4, s_hctx, ctx);
     if (!rc && t->m) {
         float *sv = dm_xcalloc((size_t)(t->cols * t->m), sizeof *sv);
         int64_t *sr = dm_xcalloc((size_t)(t->cols * t->m), sizeof *sr);
+        float *sx = dm_xcalloc((size_t)(t->cols * t->m * cw + 1), sizeof *sx);
         for (int64_t j = 0; j < t->cols; j++)
             for (int64_t i = 0; i < t->nrnd[j]; i++) {
-                sv[j * t->m + i] = t->rnd[j * t->m + i].value;
-                sr[j * t->m + i] = t->rnd[j * t->m + i].row;
+                const sample *e = &t->rnd[j * t->m + i];
+                sv[j * t->m + i] = e->value;
+                sr[j * t->m + i] = e->row;
+                if (cw)
+                    memcpy(sx + (j * t->m + i) * cw, t->crnd + (j * t->m + e->slot) * cw, (size_t)cw * sizeof *sx);
             }
-        int64_t s_sample[2] = {t->cols, t->m};
+        int64_t s_sample[2] = {t->cols, t->m}, s_sctx[3] = {t->cols, t->m, cw};
         rc = save_array(dir, "sample_values.npy", DM_F32, 2, s_sample, sv);
         if (!rc)
             rc = save_array(dir, "sample_rows.npy", DM_I64, 2, s_sample, sr);
         if (!rc)
             rc = save_array(dir, "sample_counts.npy", DM_I64, 1, s_scale, t->nrnd);
-        free(sv), free(sr);
+        if (!rc && cw)
+            rc = save_array(dir, "sample_context.npy", DM_F32, 3, s_sctx, sx);
+        free(sv), free(sr), free(sx);
     }
-    free(values), free(rows), free(counts);
+    free(values), free(rows), free(counts), free(ctx);
     return rc;
 }
 
@@ -422,10 +544,10 @@ static int scale_ok(const topk *t, double s)
 static int topk_merge_partial(dm_node *n, const char *dir)
 {
     topk *t = dm_node_state(n);
-    int64_t ck = t->cols * t->k;
+    int64_t ck = t->cols * t->k, cw = t->cw;
     int64_t s_heaps[3] = {2, t->cols, t->k}, s_counts[2] = {t->cols, 4}, s_hist[2] = {t->cols, FINE},
-            s_scale[1] = {t->cols};
-    dm_tensor values = {0}, rows = {0}, counts = {0}, hist = {0}, scale = {0};
+            s_scale[1] = {t->cols}, s_hctx[4] = {2, t->cols, t->k, cw};
+    dm_tensor values = {0}, rows = {0}, counts = {0}, hist = {0}, scale = {0}, hctx = {0};
     int rc = load_array(dir, "heap_values.npy", DM_F32, 3, s_heaps, &values);
     if (!rc)
         rc = load_array(dir, "heap_rows.npy", DM_I64, 3, s_heaps, &rows);
@@ -435,6 +557,8 @@ static int topk_merge_partial(dm_node *n, const char *dir)
         rc = load_array(dir, "hist.npy", DM_I64, 2, s_hist, &hist);
     if (!rc)
         rc = load_array(dir, "scale.npy", DM_F64, 1, s_scale, &scale);
+    if (!rc && cw)
+        rc = load_array(dir, "heap_context.npy", DM_F32, 4, s_hctx, &hctx);
     const int64_t *cnt = counts.data;
     const double *sc = scale.data;
     for (int64_t j = 0; j < t->cols && !rc; j++) {
@@ -451,11 +575,13 @@ static int topk_merge_partial(dm_node *n, const char *dir)
         const int64_t *r = rows.data;
         for (int h = 0; h < 2; h++)
             for (int64_t i = 0; i < cnt[4 * j + h]; i++) {
-                entry e = {v[h * ck + j * t->k + i], r[h * ck + j * t->k + i]};
-                if (h)
-                    heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1);
-                else
-                    heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
+                int64_t at = h * ck + j * t->k + i;
+                entry e = {v[at], 0, r[at]};
+                int32_t slot = h ? heap_push(t->bot + j * t->k, &t->nbot[j], t->k, e, -1)
+                                 : heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);
+                if (cw && slot >= 0)
+                    memcpy((h ? t->cbot : t->ctop) + (j * t->k + slot) * cw, (const float *)hctx.data + at * cw,
+                           (size_t)cw * sizeof(float));
             }
         t->under_over[2 * j] += cnt[4 * j + 2];
         t->under_over[2 * j + 1] += cnt[4 * j + 3];
@@ -472,15 +598,17 @@ static int topk_merge_partial(dm_node *n, const char *dir)
             mine[b] += theirs[b];
     }
     dm_tensor_free(&values), dm_tensor_free(&rows), dm_tensor_free(&counts), dm_tensor_free(&hist);
-    dm_tensor_free(&scale);
+    dm_tensor_free(&scale), dm_tensor_free(&hctx);
     if (!rc && t->m) {
-        int64_t s_sample[2] = {t->cols, t->m};
-        dm_tensor sv = {0}, sr = {0}, sc = {0};
+        int64_t s_sample[2] = {t->cols, t->m}, s_sctx[3] = {t->cols, t->m, cw};
+        dm_tensor sv = {0}, sr = {0}, sc = {0}, sx = {0};
         rc = load_array(dir, "sample_values.npy", DM_F32, 2, s_sample, &sv);
         if (!rc)
             rc = load_array(dir, "sample_rows.npy", DM_I64, 2, s_sample, &sr);
         if (!rc)
             rc = load_array(dir, "sample_counts.npy", DM_I64, 1, s_scale, &sc);
+        if (!rc && cw)
+            rc = load_array(dir, "sample_context.npy", DM_F32, 3, s_sctx, &sx);
         const int64_t *cn = sc.data;
         for (int64_t j = 0; j < t->cols && !rc; j++) {
             if (cn[j] < 0 || cn[j] > t->m) {
@@ -489,12 +617,15 @@ static int topk_merge_partial(dm_node *n, const char *dir)
                 break;
             }
             for (int64_t i = 0; i < cn[j]; i++) {
-                int64_t row = ((const int64_t *)sr.data)[j * t->m + i];
-                sample e = {sample_key(t->seed, j, row), ((const float *)sv.data)[j * t->m + i], row};
-                sample_push(t->rnd + j * t->m, &t->nrnd[j], t->m, e);
+                int64_t at = j * t->m + i, row = ((const int64_t *)sr.data)[at];
+                sample e = {sample_key(t->seed, j, row), ((const float *)sv.data)[at], 0, row};
+                int32_t slot = sample_push(t->rnd + j * t->m, &t->nrnd[j], t->m, e);
+                if (cw && slot >= 0)
+                    memcpy(t->crnd + (j * t->m + slot) * cw, (const float *)sx.data + at * cw,
+                           (size_t)cw * sizeof(float));
             }
         }
-        dm_tensor_free(&sv), dm_tensor_free(&sr), dm_tensor_free(&sc);
+        dm_tensor_free(&sv), dm_tensor_free(&sr), dm_tensor_free(&sc), dm_tensor_free(&sx);
     }
     return rc;
 }
@@ -546,8 +677,8 @@ static json_t *json_text(const char *s, size_t len)
 
 /* The example's JSON for the product; the same example into the typed summary
  * b (top: among the largest) unless b is NULL. */
-static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *tok, int32_t *window,
-                            dm_examples_builder *b, int top)
+static json_t *example_json(dm_node *n, topk *t, const entry *e, const float *cv, dm_tokenizer *tok,
+                            int32_t *window, dm_examples_builder *b, int top)
 {
     json_t *x = json_object();
     json_object_set_new(x, "row", json_integer(e->row));
@@ -573,6 +704,13 @@ static json_t *example_json(dm_node *n, topk *t, const entry *e, dm_tokenizer *t
     json_object_set_new(x, "token_id", json_integer(window[pos]));
     json_object_set_new(x, "context_ids", jids);
     json_object_set_new(x, "context_start", json_integer(lo));
+    /* cv[i] is the value at row - ctx + i: the context [lo, hi) starts at i = lo - pos + ctx */
+    json_t *jv = json_array();
+    for (int64_t i = lo; i < hi && i - lo < 4096; i++) {
+        float v = cv[i - pos + ctx];
+        json_array_append_new(jv, isfinite(v) ? json_real(v) : json_null());
+    }
+    json_object_set_new(x, "context_values", jv);
     if (tok) {
         size_t len;
         char *left = dm_tokenizer_decode(tok, ids, (size_t)(pos - lo), &len);
@@ -625,6 +763,13 @@ static json_t *histogram_json(const topk *t, int64_t j, dm_examples_builder *b)
     return o;
 }
 
+/* The context values of the entry in slot `slot` of column j's pool (cap
+ * slots), or NULL without windows. */
+static const float *ctx_of(const topk *t, const float *pool, int64_t cap, int64_t j, int32_t slot)
+{
+    return t->cw ? pool + (j * cap + slot) * t->cw : NULL;
+}
+
 static int topk_finish(dm_node *n)
 {
     topk *t = dm_node_state(n);
@@ -650,11 +795,11 @@ static int topk_finish(dm_node *n)
         json_object_set_new(c, "component", json_integer(j));
         json_t *hist = histogram_json(t, j, &b);
         for (int64_t i = 0; i < t->ntop[j] && !rc; i++) {
-            json_t *x = example_json(n, t, &top[i], tok, window, &b, 1);
+            json_t *x = example_json(n, t, &top[i], ctx_of(t, t->ctop, t->k, j, top[i].slot), tok, window, &b, 1);
             rc = x ? json_array_append_new(jt, x) : -1;
         }
         for (int64_t i = 0; i < t->nbot[j] && !rc; i++) {
-            json_t *x = example_json(n, t, &bot[i], tok, window, &b, 0);
+            json_t *x = example_json(n, t, &bot[i], ctx_of(t, t->cbot, t->k, j, bot[i].slot), tok, window, &b, 0);
             rc = x ? json_array_append_new(jb, x) : -1;
         }
         json_t *jr = t->m ? json_array() : NULL;
@@ -662,8 +807,8 @@ static int topk_finish(dm_node *n)
         if (t->m)
             qsort(rnd, (size_t)t->nrnd[j], sizeof *rnd, by_row);
         for (int64_t i = 0; t->m && i < t->nrnd[j] && !rc; i++) {
-            entry e = {rnd[i].value, rnd[i].row};
-            json_t *x = example_json(n, t, &e, tok, window, NULL, 0);
+            entry e = {rnd[i].value, rnd[i].slot, rnd[i].row};
+            json_t *x = example_json(n, t, &e, ctx_of(t, t->crnd, t->m, j, e.slot), tok, window, NULL, 0);
             rc = x ? json_array_append_new(jr, x) : -1;
         }
         json_object_set_new(c, "histogram", hist);
@@ -701,12 +846,13 @@ static void topk_close(dm_node *n)
         return;
     free(t->top), free(t->bot), free(t->ntop), free(t->nbot), free(t->hist), free(t->scale), free(t->under_over);
     free(t->rnd), free(t->nrnd), free(t->keys);
+    free(t->ctop), free(t->cbot), free(t->crnd), free(t->tail);
     free(t);
 }
 
 const dm_op dm_op_topk = {
     .name = "topk",
-    .version = 3,
+    .version = 4,
     .summary = "per column, the k largest and smallest rows and a random sample, with their token contexts",
     .params = topk_params,
     .inputs = topk_inputs,

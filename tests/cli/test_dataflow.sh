@@ -39,6 +39,13 @@ for f in ("ica_source_stats.json", "ica_activation_stats.json"):
         # float32 sums of 768 (sources: of 100) products, and p rounded to float: 1e-5
         assert err < 1e-5, (f, key, err)
 P
+# the 100M pipeline keeps no sources: its components export from the values
+# its topk nodes kept, and read back as delphi and Neuronpedia read them
+expect_ok $DMICA export big --format jsonl
+expect_ok $DMICA export big --format neuronpedia
+python3 "$ROOT/tools/check_exports.py" big --jsonl big/components.jsonl --neuronpedia big/neuronpedia \
+    --vocab "$ROOT/tests/data/gpt2-tokenizer/vocab.json" >check.txt 2>&1 ||
+    { cat check.txt; fail "the 100M pipeline's exports do not read back"; }
 # one pass after the statistics recomputes GPT-2, for z and p together (the
 # progress names a pass by its nodes), and only the windows, z and p are spilled
 grep -q "^dmica: whiten, p, shard" progress.txt || { cat progress.txt; fail "whiten and p should run in one pass"; }

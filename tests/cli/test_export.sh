@@ -5,9 +5,11 @@
 # presence and type, values equal to the sources at those tokens, maxValue =
 # max(values) and its index, token strings equal to a plain Python byte-level
 # decoding of tests/data/gpt2-tokenizer. Then a second decomposition
-# (rica_*) is exported with no change to the command; and bad input: missing
-# files named, an unknown format, truncated or mismatched files, with nothing
-# half-written and an earlier export left as it was.
+# (rica_*) is exported with no change to the command; a run that keeps no
+# sources exports the same from the context values its topk node kept; and bad
+# input: missing files named, an unknown format, truncated or mismatched files,
+# values not kept, with nothing half-written and an earlier export left as it
+# was.
 . "$ROOT/tests/cli/lib.sh"
 have_numpy || { echo "numpy missing (tools/make-gpt2)"; exit 77; }
 CHECK="python3 $ROOT/tools/check_exports.py"
@@ -83,16 +85,60 @@ mkdir empty
 expect_fail $DMICA export empty --format jsonl
 err_has "no NAME_top_examples.json"
 
-# a run folder lacking its sources: named; an earlier export stays as it was
-mkdir nosrc && cp tiny/*.json tiny/pipeline.yaml nosrc/
+# a run that keeps no sources (the 100M-token pipeline's): the values come from
+# the context values the topk node kept with each example, the same exports
+mkdir nosrc && cp tiny/* nosrc/ 2>/dev/null; rm nosrc/ica_sources.npy nosrc/components.jsonl
+expect_ok $DMICA export nosrc --format jsonl --prompts nosrc/prompts
+expect_ok $DMICA export nosrc --format neuronpedia --model-id gpt2-small
+cmp nosrc/components.jsonl tiny/components.jsonl || fail "exports from the kept context values differ"
+diff -r nosrc/prompts tiny-prompts >/dev/null || fail "prompts from the kept context values differ"
+for f in $(cd tiny-np && find . -name '*.gz'); do
+    cmp -s tiny-np/$f nosrc/neuronpedia/$f ||
+        fail "neuronpedia $f from the kept context values differs"
+done
+$CHECK nosrc --jsonl nosrc/components.jsonl --neuronpedia nosrc/neuronpedia --prompts nosrc/prompts \
+    --vocab $VOCAB >check.txt 2>&1 || { cat check.txt; fail "the exports without sources do not read back"; }
+# ... unless a value was not kept (shards that cut windows): named
+python3 - <<'P'
+import json
+j = json.load(open("nosrc/ica_top_examples.json"))
+j["components"][2]["bottom"][1]["context_values"][0] = None
+json.dump(j, open("nosrc/ica_top_examples.json", "w"))
+P
 echo previous > nosrc/components.jsonl
+rm -rf nosrc/prompts nosrc/neuronpedia
 expect_fail $DMICA export nosrc --format jsonl --prompts nosrc/prompts
-err_has "nosrc/ica_sources.npy: missing"
+err_has "component 2, bottom example 1: the value at row"
+err_has "nosrc/ica_sources.npy is missing"
 [ "$(cat nosrc/components.jsonl)" = previous ] || fail "a failed export touched the earlier one"
 [ ! -e nosrc/prompts ] || fail "a failed export left prompts"
 expect_fail $DMICA export nosrc --format neuronpedia
 [ ! -e nosrc/neuronpedia ] || fail "a failed export left a neuronpedia folder"
 ls nosrc | grep -q tmp && fail "temporary files left: $(ls nosrc)"
+# ... or the examples carry none (an older topk): the sources named
+python3 - <<'P'
+import json
+j = json.load(open("tiny/ica_top_examples.json"))
+for c in j["components"]:
+    for e in c["top"] + c["bottom"] + c["random"]:
+        del e["context_values"]
+json.dump(j, open("nosrc/ica_top_examples.json", "w"))
+P
+expect_fail $DMICA export nosrc --format jsonl
+err_has "nosrc/ica_sources.npy: missing, and nosrc/ica_top_examples.json keeps no context_values"
+# kept context values that the sources contradict: not from the same run
+mkdir ctxbad && cp tiny/* ctxbad/ 2>/dev/null && rm ctxbad/components.jsonl
+python3 - <<'P'
+import json
+j = json.load(open("ctxbad/ica_top_examples.json"))
+e = j["components"][4]["random"][0]
+e["context_values"][-1] += 0.5
+json.dump(j, open("ctxbad/ica_top_examples.json", "w"))
+P
+expect_fail $DMICA export ctxbad --format jsonl
+err_has "component 4, random example 0: context value"
+err_has "not from the same run"
+[ ! -e ctxbad/components.jsonl ] || fail "a failed export left components.jsonl"
 
 # a truncated top-examples file: named, with the line
 mkdir trunc && cp tiny/* trunc/ 2>/dev/null

@@ -68,6 +68,40 @@ for c in js["components"]:
     assert np.abs(np.array(h["counts"]) - ref).sum() <= 0.02 * len(col), (h["counts"], ref)
 print("ok")
 P
+# every example keeps its column's values at its context's rows (what exports
+# read when the run keeps no sources): the same in one chunk, in chunks that
+# cut windows (a context's rows then come from the chunk before, or after),
+# and in shards of whole windows; shards that cut windows leave the rows across
+# the cut unknown (null), and only those
+sed 's/^memory: 70M/memory: 70M\nchunk: 72/' p.yaml > chunked.yaml
+expect_ok $DMICA run chunked.yaml --out chunked --cache cc
+expect_ok $DMICA run p.yaml --out sharded --cache cs --shard 96
+expect_ok $DMICA run p.yaml --out cut --cache cx --shard 100
+python3 - <<'P' || fail "the examples' context values are wrong"
+import json, numpy as np
+v = np.load("values.npy"); T = 16
+def check(d, shard=None):
+    js = json.load(open(d + "/topk.json")); nulls = 0
+    for c in js["components"]:
+        for e in c["top"] + c["bottom"] + c["random"]:
+            lo = e["context_start"]; rows = e["row"] - e["position"] + lo + np.arange(len(e["context_ids"]))
+            cv = e["context_values"]
+            assert len(cv) == len(rows) and cv[e["position"] - lo] == e["value"]
+            for r, x in zip(rows, cv):
+                if x is None:
+                    assert shard and r // shard != e["row"] // shard, (d, e["row"], r)
+                    nulls += 1
+                else:
+                    assert x == v[r, c["component"]], (d, e["row"], r, x, v[r, c["component"]])
+    return js, nulls
+one, _ = check("out")
+for d in ["chunked", "sharded"]:
+    js, nulls = check(d)
+    assert js == one and nulls == 0, d
+js, nulls = check("cut", 100)
+assert nulls > 0, "no context crossed a shard's edge: the test would not see a missing value"
+print("context values: ok;", nulls, "values across the cut shards' edges unknown")
+P
 # the decoded text is GPT-2's: a window of known ids decodes to known text
 python3 - <<'P'
 import numpy as np

@@ -372,10 +372,14 @@ static int topk_consume(dm_node *n, int port, const dm_chunk *c)
             ctop = t->ctop + j * t->k * t->cw, cbot = t->cbot + j * t->k * t->cw, crnd = t->crnd + j * t->m * t->cw;
             fill_pending(t, j, c);
         }
+        int64_t pos = t->T ? c->row0 % t->T : 1; /* the row's position in its window, without a division */
         for (int64_t r = 0; r < c->rows; r++) {
             int64_t row = c->row0 + r;
             float v = c->data[r * t->cols + j];
-            if (isnan(v) || (t->skip_bos && row % t->T == 0))
+            int bos = t->skip_bos && pos == 0;
+            if (t->T && ++pos == t->T)
+                pos = 0;
+            if (isnan(v) || bos)
                 continue;
             entry e = {v, 0, row};
             int32_t st = heap_push(t->top + j * t->k, &t->ntop[j], t->k, e, 1);

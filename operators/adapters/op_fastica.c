@@ -7,7 +7,8 @@
  * every seed still running: the seeds' unmixing matrices are stacked into one
  * (S k x k) matrix, so the S runs share the passes and the GEMMs.
  *
- * Three ways through the data:
+ * Three ways through the data (the input's side is unmixing.c's, shared with
+ * op_rica.c):
  *   - streamed: end_pass() asks the engine for another pass (a replay of z's
  *     spill file) until every seed converged or reached max_iter;
  *   - in RAM: when the rows are known and k x rows float32 fit in `memory`,

@@ -13,7 +13,8 @@
  * its first step satisfies the Wolfe conditions (most do) and more when the
  * line search brackets or zooms.
  *
- * Three ways through the data, as op_fastica.c:
+ * Three ways through the data, as op_fastica.c (the machinery both share is
+ * in unmixing.c):
  *   - streamed: end_pass() asks for another pass until every seed stopped;
  *     a pass split by shards (and MPI ranks) returns its sums through
  *     pass_partial / pass_merge (plain sums: rica.h);
@@ -35,9 +36,9 @@
  * Seeds: seed s_i = seed + i; s_i starts from rownorm(RandomState(s_i).normal
  * (size=(K, k))) (numpy reproduces it). The other seeds' rows are matched to
  * s_0's by the Hungarian algorithm on |cos| between rows (rows are unit, so
- * |cos| = |w_i . w'_j|), exactly as op_fastica.c matches unmixing rows; a
- * component's stability is its smallest matched |cos| over the seeds, and it
- * is flagged unstable below `stable`.
+ * |cos| = |w_i . w'_j|), exactly as op_fastica.c matches unmixing rows
+ * (unmixing.c); a component's stability is its smallest matched |cos| over
+ * the seeds, and it is flagged unstable below `stable`.
  *
  * Back to activation space: sources are s = W z and the reconstruction is
  * z ~ W^T s, so W plays the unmixing (filters, rows) and W^T the mixing (its

@@ -243,7 +243,7 @@ static int report_finish(dm_node *n)
 
 const dm_op dm_op_report = {
     .name = "report",
-    .version = 2,
+    .version = 3, /* 3: RICA's cards and plots */
     .summary = "results.json, the plots as SVG, and report.html",
     .params = report_params,
     .inputs = report_inputs,

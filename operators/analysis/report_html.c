@@ -351,7 +351,12 @@ char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *c
                 "next-token distribution more than 95%% of null directions removed with the same energy (KL of the "
                 "ablation; causal.json).</p>\n",
             (long long)r->causal_above, (long long)r->causal_k);
-    if (in->planted && in->n_atoms)
+    if (in->planted && in->n_atoms && r->rica_planted_recovered >= 0)
+        put(&h, "<p class=\"verdict\" id=\"planted\"><b>Planted data:</b> of the %lld atoms the SAE misses, FastICA "
+                "recovers %lld with its %lld components and RICA %lld with its %lld (a pattern with |cos| &gt; %g to "
+                "the atom).</p>\n", (long long)in->n_atoms, (long long)r->planted_recovered, (long long)in->n_directions,
+            (long long)r->rica_planted_recovered, (long long)in->n_rica_directions, DM_THRESHOLD(DM_T_RECOVERED));
+    else if (in->planted && in->n_atoms)
         put(&h, "<p class=\"verdict\" id=\"planted\"><b>Planted data:</b> ICA recovers %lld of the %lld atoms the SAE "
                 "misses (a pattern with |cos| &gt; %g to the atom).</p>\n", (long long)r->planted_recovered,
             (long long)in->n_atoms, DM_THRESHOLD(DM_T_RECOVERED));

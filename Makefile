@@ -1,4 +1,5 @@
-# dmica: `make` builds bin/dmica; `make demo` runs the embedded default pipeline;
+# dmica: `make` builds bin/dmica; `make demo` runs the embedded default pipeline,
+# then pipelines/demo-overcomplete.yaml (RICA beside FastICA);
 # `make test` runs every test (unit tests, command-line tests, then the unit tests
 # again under AddressSanitizer and UndefinedBehaviorSanitizer); `make bench` runs
 # the benchmarks into docs/benchmarks.md.
@@ -170,8 +171,11 @@ build/tiny/.models: tools/make-gpt2 tools/make-sae | $(DEPS_STAMP)
 tiny-models: build/tiny/.models
 
 # The embedded demo needs nothing but the binary: its planted_sae node makes the SAE.
+# The overcomplete demo (RICA recovering more missed atoms than the whitened
+# dimension, docs/rica.md) is a pipeline file beside it, in demo-out/overcomplete.
 demo: $(BIN)
 	$(BIN) demo --out demo-out
+	$(BIN) run pipelines/demo-overcomplete.yaml --out demo-out/overcomplete
 
 # Unit tests run from the repository root so they find tests/golden.
 test-unit: $(TESTBIN) $(CUDA_LIB)

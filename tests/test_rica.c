@@ -394,6 +394,8 @@ START_TEST(report_shows_rica_beside_ica)
     in.model = in.sae = in.hook = in.title = in.neuronpedia = "";
     in.version = "test";
     in.planted = 1, in.atoms = atoms, in.directions = ica_dirs, in.n_atoms = 3, in.n_directions = 2, in.atom_d = 4;
+    double imc[2] = {0.9, 0.1};
+    in.max_cos = (dm_report_vec){imc, 2}; /* two FastICA components, for their cards */
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1) {
             in.rica_summary = &rs, in.rica_doc = doc, in.rica_doc_len = strlen(doc);
@@ -424,6 +426,22 @@ START_TEST(report_shows_rica_beside_ica)
             ck_assert_ptr_nonnull(strstr(html, "<tr><th>planted atoms recovered</th><td class=\"num\">1</td>"
                                                "<td class=\"num\">3</td></tr>"));
         }
+        free(html);
+        /* RICA's plots and cards only with RICA; FastICA's cards unchanged by it */
+        in.cards = 10;
+        dm_report_svgs(&in, &r, svgs);
+        html = dm_report_html(&in, &r, svgs);
+        ck_assert_int_eq(svgs[5] != NULL, pass);
+        ck_assert_int_eq(svgs[6] != NULL, pass);
+        ck_assert_int_eq(strstr(html, "<h2>RICA components</h2>") != NULL, pass);
+        ck_assert_int_eq(strstr(html, "<h3>RICA component 3</h3>") != NULL, pass);
+        ck_assert_ptr_null(strstr(html, "<h3>RICA component 4</h3>"));
+        ck_assert_ptr_nonnull(strstr(html, "<h3>Component 1</h3>"));
+        if (pass)
+            ck_assert_ptr_nonnull(strstr(svgs[5], "RICA component similarity to SAE features"));
+        for (int i = 0; i < DM_REPORT_SVGS; i++)
+            free(svgs[i]), svgs[i] = NULL;
+        in.cards = 0;
         free(html);
         json_decref(res);
         dm_report_numbers_free(&r);

@@ -139,6 +139,8 @@ int dm_cmd_analyze(int argc, char **argv)
           "      rica_source_kurtosis: rica_source_moments.excess_kurtosis\n"
           "      rica_activation_kurtosis: rica_activation_projection_moments.excess_kurtosis\n"
           "      rica_summary: rica.summary\n      rica_compare_summary: rica_compare.summary\n"
+          "      rica_examples: rica_top_sources.examples\n"
+          "      rica_activation_examples: rica_top_activations.examples\n"
         : "";
     char *yaml = dm_xasprintf(
         "name: analyze\n"

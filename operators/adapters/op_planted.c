@@ -21,6 +21,14 @@
  * recovers (|cos| > 0.9). With the demo's defaults (d 64, 96 atoms, 16
  * missed, L0 2, threshold 0.7, 24 components) scikit-learn recovers 16 of 16.
  *
+ * The overcomplete variant (pipelines/demo-overcomplete.yaml, docs/rica.md):
+ * planted_sae's `missed_dim` draws the missed atoms inside a random subspace of
+ * that dimension (40 atoms in 24 dimensions: more than whitening to 24 keeps
+ * components), and planted's `missed_law: laplace` gives each missed atom (the
+ * rows of its `missed_atoms` input, the dictionary's first) a dense Laplace
+ * coefficient of unit variance on every row, the known atoms staying sparse.
+ * The defaults (0, sparse) give the data above bit for bit.
+ *
  * planted_sae's outputs depend only on its parameters, and are small: it sets
  * them already in infer(), so the sae node knows the SAE's sizes before any
  * work.
@@ -46,6 +54,7 @@ static const dm_param_spec planted_sae_params[] = {
     {"d", DM_P_INT, "64", "activation width"},
     {"atoms", DM_P_INT, "96", "dictionary size"},
     {"missed", DM_P_INT, "16", "atoms the SAE does not know (the first ones)"},
+    {"missed_dim", DM_P_INT, "0", "draw the missed atoms inside a random subspace of this dimension (0: anywhere)"},
     {"threshold", DM_P_FLOAT, "0.7", "the SAE's firing threshold (b_enc = -threshold)"},
     {"seed", DM_P_INT, "1", "seed of the dictionary"},
     {"name", DM_P_STRING, "planted-sae", "the SAE's name in products, and the folder of its SAELens files"},
@@ -65,6 +74,9 @@ static int planted_sae_check(const dm_node *n)
                         (double)d * (double)m);
     if (missed < 1 || missed >= m)
         return dm_failc(DM_E_INPUT, "missed must be between 1 and atoms - 1, not %lld", (long long)missed);
+    if (dm_param_int(n, "missed_dim") < 0 || dm_param_int(n, "missed_dim") > d)
+        return dm_failc(DM_E_INPUT, "missed_dim must be between 0 (no subspace) and d = %lld, not %lld", (long long)d,
+                        (long long)dm_param_int(n, "missed_dim"));
     if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") || !strcmp(name, "node.json"))
         return dm_failc(DM_E_INPUT, "name must be a plain folder name, not '%s'", name);
     return 0;
@@ -78,7 +90,7 @@ static int planted_sae_outputs_set(dm_node *n, float **dict_out)
     int64_t d = dm_param_int(n, "d"), m = dm_param_int(n, "atoms"), missed = dm_param_int(n, "missed");
     int64_t k = m - missed;
     double th = dm_param_float(n, "threshold");
-    float *D = dm_planted_dictionary((uint64_t)dm_param_int(n, "seed"), d, m);
+    float *D = dm_planted_dictionary((uint64_t)dm_param_int(n, "seed"), d, m, missed, dm_param_int(n, "missed_dim"));
     dm_tensor t[3];
     int64_t s_dict[2] = {m, d}, s_missed[2] = {missed, d};
     dm_tensor_init(&t[SAE_OUT_DICTIONARY], DM_F32, 2, s_dict);
@@ -156,16 +168,21 @@ const dm_op dm_op_planted_sae = {
 
 static const dm_param_spec planted_params[] = {
     {"rows", DM_P_INT, "50000", "tokens"},
-    {"l0", DM_P_FLOAT, "2", "mean number of atoms per token"},
+    {"l0", DM_P_FLOAT, "2", "mean number of sparse atoms per token"},
     {"noise", DM_P_FLOAT, "0.05", "std of the Gaussian noise per dimension"},
     {"seed", DM_P_INT, "1", "seed of the data (planted_sae's seed draws the dictionary)"},
+    {"missed_law", DM_P_STRING, "sparse",
+     "coefficients of the missed atoms: sparse (as the others) or laplace (dense, unit variance; needs missed_atoms)"},
     {NULL},
 };
-static const dm_port_spec planted_inputs[] = {{"dictionary", DM_PORT_TENSOR}, {NULL}};
+enum { IN_DICTIONARY, IN_MISSED };
+static const dm_port_spec planted_inputs[] = {
+    {"dictionary", DM_PORT_TENSOR}, {"missed_atoms", DM_PORT_TENSOR, 0, 1}, {NULL}};
 static const dm_port_spec planted_outputs[] = {{"out", DM_PORT_STREAM}, {NULL}};
 
 typedef struct {
     int64_t rows, d, m, next, end; /* rows [next, end) are still to come */
+    int64_t dense;                 /* the first atoms, with Laplace coefficients on every row */
     double p, noise;
     uint64_t seed;
     const float *D; /* the dictionary input's */
@@ -183,6 +200,18 @@ static int planted_infer(dm_node *n)
         return dm_failc(DM_E_INPUT, "l0 must be in (0, atoms], atoms = %lld", (long long)D->shape[0]);
     if (!(dm_param_float(n, "noise") >= 0))
         return dm_failc(DM_E_INPUT, "noise must be 0 or more");
+    const char *law = dm_param_str(n, "missed_law");
+    const dm_port_desc *M = dm_input_desc(n, IN_MISSED);
+    if (strcmp(law, "sparse") && strcmp(law, "laplace"))
+        return dm_failc(DM_E_INPUT, "missed_law '%s': expected sparse or laplace", law);
+    if (!strcmp(law, "laplace") && !M)
+        return dm_failc(DM_E_INPUT, "missed_law laplace needs input 'missed_atoms' (planted_sae.missed_atoms)");
+    if (M && (M->dtype != DM_F32 || M->ndim != 2 || M->shape[1] != D->shape[1] || M->shape[0] >= D->shape[0]))
+        return dm_failc(DM_E_SHAPE, "input 'missed_atoms' must be a float32 matrix of fewer than %lld rows of width "
+                        "%lld (the dictionary's first rows)", (long long)D->shape[0], (long long)D->shape[1]);
+    if (M && !strcmp(law, "laplace") && l0 > (double)(D->shape[0] - M->shape[0]))
+        return dm_failc(DM_E_INPUT, "l0 must be in (0, %lld], the atoms with sparse coefficients",
+                        (long long)(D->shape[0] - M->shape[0]));
     dm_port_desc *o = dm_output_desc(n, 0);
     o->shape[0] = dm_param_int(n, "rows");
     o->shape[1] = D->shape[1];
@@ -199,10 +228,15 @@ static int planted_open(dm_node *n)
     s->rows = s->end = dm_param_int(n, "rows");
     s->m = D->shape[0];
     s->d = D->shape[1];
-    s->p = dm_param_float(n, "l0") / (double)s->m;
     s->noise = dm_param_float(n, "noise");
     s->seed = (uint64_t)dm_param_int(n, "seed");
     s->D = D->data;
+    const dm_tensor *M = dm_input_tensor(n, IN_MISSED);
+    if (M && memcmp(M->data, D->data, (size_t)dm_tensor_numel(M) * sizeof(float)))
+        return dm_failc(DM_E_INPUT, "input 'missed_atoms' is not the first %lld rows of input 'dictionary'",
+                        (long long)M->shape[0]);
+    s->dense = M && !strcmp(dm_param_str(n, "missed_law"), "laplace") ? M->shape[0] : 0;
+    s->p = dm_param_float(n, "l0") / (double)(s->m - s->dense); /* over the sparse atoms */
     return 0;
 }
 
@@ -212,7 +246,7 @@ static int planted_produce(dm_node *n, dm_chunk *out, int64_t max_rows)
     int64_t rows = s->end - s->next < max_rows ? s->end - s->next : max_rows;
     out->row0 = s->next;
     out->rows = rows;
-    dm_planted_rows(out->data, s->next, rows, s->D, s->d, s->m, s->p, s->noise, s->seed);
+    dm_planted_rows(out->data, s->next, rows, s->D, s->d, s->m, s->p, s->noise, s->dense, s->seed);
     s->next += rows;
     return 0;
 }

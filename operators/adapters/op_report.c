@@ -2,7 +2,7 @@
  * op_report.c: the report operator: reads its inputs (every one optional, so
  * the report shows whatever the pipeline computed) into a dm_report_in and
  * publishes what operators/analysis/report.h makes of them: results.json, the
- * four plots as SVG files, and report.html. The numbers, the verdict and its
+ * plots as SVG files, and report.html. The numbers, the verdict and its
  * thresholds, results.json and the HTML live in operators/analysis.
  *
  * Inputs: vectors from moments, pca, fastica, ica_compare and sae (any
@@ -26,7 +26,7 @@ enum {
     IN_STABILITY, IN_MAXCOS, IN_BEST, IN_EXAMPLES, IN_ACT_EXAMPLES, IN_SAE_SUMMARY, IN_ICA_SUMMARY,
     IN_COMPARE_SUMMARY, IN_DIRECTIONS, IN_PLANTED, IN_CAUSAL, IN_CAUSAL_BAND, IN_CAUSAL_SUMMARY,
     IN_RICA_STABILITY, IN_RICA_MAXCOS, IN_RICA_BEST, IN_RICA_SRC_KURT, IN_RICA_ACT_KURT, IN_RICA_SUMMARY,
-    IN_RICA_COMPARE_SUMMARY, IN_RICA_DIRECTIONS
+    IN_RICA_COMPARE_SUMMARY, IN_RICA_DIRECTIONS, IN_RICA_EXAMPLES, IN_RICA_ACT_EXAMPLES
 };
 
 static const dm_port_spec report_inputs[] = {
@@ -46,6 +46,7 @@ static const dm_port_spec report_inputs[] = {
     {"rica_best_feature", DM_PORT_TENSOR, 0, 1},   {"rica_source_kurtosis", DM_PORT_TENSOR, 0, 1},
     {"rica_activation_kurtosis", DM_PORT_TENSOR, 0, 1}, {"rica_summary", DM_PORT_TENSOR, 0, 1},
     {"rica_compare_summary", DM_PORT_TENSOR, 0, 1}, {"rica_directions", DM_PORT_TENSOR, 0, 1},
+    {"rica_examples", DM_PORT_TENSOR, 0, 1},       {"rica_activation_examples", DM_PORT_TENSOR, 0, 1},
     {NULL},
 };
 static const dm_port_spec report_outputs[] = {{"results", DM_PORT_TENSOR}, {NULL}};
@@ -92,7 +93,7 @@ typedef struct {
     dm_sae_summary sae;
     dm_ica_summary ica, rica;
     dm_compare_summary cmp, rica_cmp;
-    dm_examples_view examples, activation_examples;
+    dm_examples_view examples, activation_examples, rica_examples, rica_activation_examples;
 } summaries;
 
 static int read_summaries(const dm_node *n, summaries *s, dm_report_in *in)
@@ -133,6 +134,16 @@ static int read_summaries(const dm_node *n, summaries *s, dm_report_in *in)
         if (dm_examples_summary_read(t, "input activation_examples", &s->activation_examples))
             return -1;
         in->activation_examples = &s->activation_examples;
+    }
+    if ((t = dm_input_tensor(n, IN_RICA_EXAMPLES))) {
+        if (dm_examples_summary_read(t, "input rica_examples", &s->rica_examples))
+            return -1;
+        in->rica_examples = &s->rica_examples;
+    }
+    if ((t = dm_input_tensor(n, IN_RICA_ACT_EXAMPLES))) {
+        if (dm_examples_summary_read(t, "input rica_activation_examples", &s->rica_activation_examples))
+            return -1;
+        in->rica_activation_examples = &s->rica_activation_examples;
     }
     return 0;
 }
@@ -205,7 +216,7 @@ static int report_finish(dm_node *n)
         dm_report_numbers_free(&r);
     }
     for (int i = 0; i < DM_REPORT_SVGS && !rc; i++)
-        if (svgs[i]) /* the causal plot only with the causal tests */
+        if (svgs[i]) /* the causal plot only with the causal tests, RICA's only with RICA */
             rc = dm_publish_text(n, dm_report_svg_files[i], svgs[i], strlen(svgs[i]));
     if (!rc)
         rc = dm_publish_text(n, "report.html", html, strlen(html));
@@ -225,13 +236,15 @@ static int report_finish(dm_node *n)
     free(atoms.v), free(dirs.v), free(rdirs.v);
     dm_examples_view_free(&sm.examples);
     dm_examples_view_free(&sm.activation_examples);
+    dm_examples_view_free(&sm.rica_examples);
+    dm_examples_view_free(&sm.rica_activation_examples);
     return rc;
 }
 
 const dm_op dm_op_report = {
     .name = "report",
-    .version = 2,
-    .summary = "results.json, the four plots as SVG, and report.html",
+    .version = 3, /* 3: RICA's cards and plots */
+    .summary = "results.json, the plots as SVG, and report.html",
     .params = report_params,
     .inputs = report_inputs,
     .outputs = report_outputs,

@@ -1,6 +1,6 @@
 /*
  * report.h: the analysis read out, from typed inputs: the numbers and the
- * verdict (results.c), results.json (results.c), the four plots as SVG and
+ * verdict (results.c), results.json (results.c), the plots as SVG and
  * report.html (report_html.c). The report operator (op_report.c) only reads
  * its input tensors into a dm_report_in and publishes what these return.
  *
@@ -55,9 +55,10 @@ typedef struct {
     /* RICA beside FastICA (op_rica.c, docs/rica.md; rica_summary NULL: absent):
      * per component its stability, max |cos| with the SAE's decoder, best
      * feature, source and activation kurtosis; its run (rica.json's text) and
-     * comparison summaries; its patterns (n_rica_directions x atom_d) for the
-     * planted check, NULL without */
+     * comparison summaries; its top examples (NULL: absent); its patterns
+     * (n_rica_directions x atom_d) for the planted check, NULL without */
     dm_report_vec rica_stability, rica_max_cos, rica_best_feature, rica_source_kurtosis, rica_activation_kurtosis;
+    const dm_examples_view *rica_examples, *rica_activation_examples;
     const dm_ica_summary *rica_summary;
     const char *rica_doc;
     size_t rica_doc_len;
@@ -99,10 +100,11 @@ void dm_report_numbers_free(dm_report_numbers *r);
 int dm_results_json(const dm_report_in *in, const dm_report_numbers *r, json_t **out);
 
 /* The plots: residual kurtosis, residual PCA, ICA-SAE similarity, ICA vs SAE
- * kurtosis, and (with the causal tests; NULL without) each component's
- * ablation KL against its nulls; the files they are published as in
+ * kurtosis, (with the causal tests; NULL without) each component's ablation
+ * KL against its nulls, and (with RICA; NULL without) RICA-SAE similarity and
+ * RICA vs SAE kurtosis; the files they are published as in
  * dm_report_svg_files. */
-#define DM_REPORT_SVGS 5
+#define DM_REPORT_SVGS 7
 extern const char *const dm_report_svg_files[DM_REPORT_SVGS];
 void dm_report_svgs(const dm_report_in *in, const dm_report_numbers *r, char *svgs[DM_REPORT_SVGS]);
 

@@ -1,7 +1,7 @@
 /*
- * report_html.c: the report's four plots as SVG and report.html, one
+ * report_html.c: the report's plots as SVG and report.html, one
  * self-contained page (inline SVG, a little inline script, no network) with a
- * card per ICA component (report.h).
+ * card per ICA component, and per RICA component when RICA ran (report.h).
  */
 #include "report.h"
 
@@ -16,7 +16,8 @@
 
 const char *const dm_report_svg_files[DM_REPORT_SVGS] = {"residual_kurtosis.svg", "residual_pca.svg",
                                                          "ica_sae_similarity.svg", "ica_vs_sae_kurtosis.svg",
-                                                         "causal.svg"};
+                                                         "causal.svg", "rica_sae_similarity.svg",
+                                                         "rica_vs_sae_kurtosis.svg"};
 
 static void put_esc_n(dm_strbuf *b, const char *t, size_t n)
 {
@@ -33,6 +34,42 @@ static void put_esc_n(dm_strbuf *b, const char *t, size_t n)
 }
 
 static void put_esc(dm_strbuf *b, const char *t) { put_esc_n(b, t, t ? strlen(t) : 0); }
+
+/* The histogram of a decomposition's max |cos| with the SAE's features, with
+ * its null baselines' means and the similarity thresholds marked. */
+static char *similarity_svg(const dm_report_vec *mc, const char *method, double null_unit, double null_covariance)
+{
+    char series[64], title[96], ylabel[64];
+    snprintf(series, sizeof series, "%s components", method);
+    snprintf(title, sizeof title, "%s component similarity to SAE features", method);
+    snprintf(ylabel, sizeof ylabel, "%s components", method);
+    dm_svg_series s = {mc->v, (size_t)mc->n, series, "#1f77b4"};
+    dm_svg_mark m[4];
+    char low[32], high[32];
+    int nm = 0;
+    snprintf(low, sizeof low, "%g (low)", DM_THRESHOLD(DM_T_LOW_SIMILARITY));
+    snprintf(high, sizeof high, "%g (high)", DM_THRESHOLD(DM_T_HIGH_SIMILARITY));
+    if (isfinite(null_unit))
+        m[nm++] = (dm_svg_mark){null_unit, "null: random unit directions (mean)", 1};
+    if (isfinite(null_covariance))
+        m[nm++] = (dm_svg_mark){null_covariance, "null: random from residual covariance (mean)", 1};
+    m[nm++] = (dm_svg_mark){DM_THRESHOLD(DM_T_LOW_SIMILARITY), low, 1};
+    m[nm++] = (dm_svg_mark){DM_THRESHOLD(DM_T_HIGH_SIMILARITY), high, 1};
+    dm_svg_opts o = {title, "max |cos| with any SAE feature", ylabel, 0, 0, 20, 0, 0, 1, m, nm};
+    return dm_svg_histogram(&s, mc->n ? 1 : 0, &o);
+}
+
+/* The densities of a decomposition's component kurtosis and the active SAE
+ * features'. */
+static char *kurtosis_svg(const dm_report_vec *k, const char *label, const char *method, const dm_report_numbers *r)
+{
+    char title[96];
+    snprintf(title, sizeof title, "Sparsity of %s components vs SAE features", method);
+    dm_svg_series s[2] = {{k->v, (size_t)k->n, label, "#1f77b4"},
+                          {r->sae_selected, (size_t)r->n_sae_selected, "SAE features (active)", "#ff7f0e"}};
+    dm_svg_opts o = {title, "excess kurtosis", "density", 0, 0, 50, 1, 0, 0, NULL, 0};
+    return dm_svg_histogram(s, 2, &o);
+}
 
 void dm_report_svgs(const dm_report_in *in, const dm_report_numbers *r, char *svgs[DM_REPORT_SVGS])
 {
@@ -56,32 +93,8 @@ void dm_report_svgs(const dm_report_in *in, const dm_report_numbers *r, char *sv
                          0, 0, 0, 0, 0, 0, m, kmark > 0 ? 2 : 1};
         svgs[1] = dm_svg_line(&s, ev->n ? 1 : 0, &o);
     }
-    {
-        dm_svg_series s = {mc->v, (size_t)mc->n, "ICA components", "#1f77b4"};
-        dm_svg_mark m[4];
-        char low[32], high[32];
-        int nm = 0;
-        snprintf(low, sizeof low, "%g (low)", DM_THRESHOLD(DM_T_LOW_SIMILARITY));
-        snprintf(high, sizeof high, "%g (high)", DM_THRESHOLD(DM_T_HIGH_SIMILARITY));
-        if (isfinite(r->null_unit))
-            m[nm++] = (dm_svg_mark){r->null_unit, "null: random unit directions (mean)", 1};
-        if (isfinite(r->null_covariance))
-            m[nm++] = (dm_svg_mark){r->null_covariance, "null: random from residual covariance (mean)", 1};
-        m[nm++] = (dm_svg_mark){DM_THRESHOLD(DM_T_LOW_SIMILARITY), low, 1};
-        m[nm++] = (dm_svg_mark){DM_THRESHOLD(DM_T_HIGH_SIMILARITY), high, 1};
-        dm_svg_opts o = {"ICA component similarity to SAE features", "max |cos| with any SAE feature",
-                         "ICA components", 0, 0, 20, 0, 0, 1, m, nm};
-        svgs[2] = dm_svg_histogram(&s, mc->n ? 1 : 0, &o);
-    }
-    {
-        const dm_report_vec *ica = ak->n ? ak : sk;
-        dm_svg_series s[2] = {{ica->v, (size_t)ica->n, ak->n ? "ICA components (activations)" : "ICA sources",
-                               "#1f77b4"},
-                              {r->sae_selected, (size_t)r->n_sae_selected, "SAE features (active)", "#ff7f0e"}};
-        dm_svg_opts o = {"Sparsity of ICA components vs SAE features", "excess kurtosis", "density",
-                         0, 0, 50, 1, 0, 0, NULL, 0};
-        svgs[3] = dm_svg_histogram(s, 2, &o);
-    }
+    svgs[2] = similarity_svg(mc, "ICA", r->null_unit, r->null_covariance);
+    svgs[3] = kurtosis_svg(ak->n ? ak : sk, ak->n ? "ICA components (activations)" : "ICA sources", "ICA", r);
     svgs[4] = NULL;
     if (r->causal_k) { /* each component's ablation KL against its matched nulls' median and 95% */
         int64_t k = r->causal_k;
@@ -95,6 +108,13 @@ void dm_report_svgs(const dm_report_in *in, const dm_report_numbers *r, char *sv
                          "ICA component (1-based)", "KL(clean || ablated), nats", 0, 0, 0, 0, 0, 0, NULL, 0};
         svgs[4] = dm_svg_line(s, 3, &o);
         free(kl);
+    }
+    svgs[5] = svgs[6] = NULL;
+    if (r->rica_k) {
+        const dm_report_vec *rak = &in->rica_activation_kurtosis, *rsk = &in->rica_source_kurtosis;
+        svgs[5] = similarity_svg(&in->rica_max_cos, "RICA", r->rica_null_unit, r->rica_null_covariance);
+        svgs[6] = kurtosis_svg(rak->n ? rak : rsk, rak->n ? "RICA components (activations)" : "RICA sources", "RICA",
+                               r);
     }
 }
 
@@ -117,19 +137,41 @@ static void example_rows(dm_strbuf *h, const dm_examples_view *v, int64_t first,
     }
 }
 
-/* The card of component i: numbers, its source histogram, its examples. */
-static void component_card(dm_strbuf *h, const dm_report_in *in, int64_t i)
+/* A decomposition's per-component numbers and examples, for its cards: FastICA's
+ * or RICA's. */
+typedef struct {
+    const char *name; /* "Component" or "RICA component" */
+    const dm_report_vec *max_cos, *best, *source_kurtosis, *activation_kurtosis, *stability;
+    const dm_examples_view *examples, *activation_examples;
+    int causal; /* the causal tests are FastICA's */
+} card_set;
+
+static card_set ica_cards(const dm_report_in *in)
+{
+    return (card_set){"Component", &in->max_cos, &in->best_feature, &in->source_kurtosis, &in->activation_kurtosis,
+                      &in->stability, in->examples, in->activation_examples, 1};
+}
+
+static card_set rica_cards(const dm_report_in *in)
+{
+    return (card_set){"RICA component", &in->rica_max_cos, &in->rica_best_feature, &in->rica_source_kurtosis,
+                      &in->rica_activation_kurtosis, &in->rica_stability, in->rica_examples,
+                      in->rica_activation_examples, 0};
+}
+
+/* The card of component i of cs: numbers, its source histogram, its examples. */
+static void component_card(dm_strbuf *h, const dm_report_in *in, const card_set *cs, int64_t i)
 {
     const char *np = in->neuronpedia;
-    const dm_report_vec *maxcos = &in->max_cos, *best = &in->best_feature, *src_k = &in->source_kurtosis,
-                        *act_k = &in->activation_kurtosis, *stab = &in->stability;
+    const dm_report_vec *maxcos = cs->max_cos, *best = cs->best, *src_k = cs->source_kurtosis,
+                        *act_k = cs->activation_kurtosis, *stab = cs->stability;
     double c = i < maxcos->n ? maxcos->v[i] : NAN, kk = i < src_k->n ? src_k->v[i] : NAN,
            st = i < stab->n ? stab->v[i] : NAN;
-    const int causal = i < in->causal.n / 4 && i < in->causal_band.n / 3;
+    const int causal = cs->causal && i < in->causal.n / 4 && i < in->causal_band.n / 3;
     const double kl = causal ? in->causal.v[4 * i + 1] : NAN;
     put(h, "<div class=\"card\" data-index=\"%lld\" data-cos=\"%g\" data-kurt=\"%g\" data-stab=\"%g\" "
-           "data-kl=\"%g\">\n<h3>Component %lld</h3>\n<p>", (long long)i, isfinite(c) ? c : 9, isfinite(kk) ? kk : -1e9,
-        isfinite(st) ? st : -1, isfinite(kl) ? kl : -1, (long long)i);
+           "data-kl=\"%g\">\n<h3>%s %lld</h3>\n<p>", (long long)i, isfinite(c) ? c : 9, isfinite(kk) ? kk : -1e9,
+        isfinite(st) ? st : -1, isfinite(kl) ? kl : -1, cs->name, (long long)i);
     if (causal)
         put(h, "ablation: KL %.3g, &Delta;CE %+.3g (matched nulls' 95%%: %.3g; percentile %.0f, z %.1f)%s</p>\n<p>", kl,
             in->causal.v[4 * i], in->causal_band.v[3 * i + 2], in->causal.v[4 * i + 2], in->causal.v[4 * i + 3],
@@ -151,14 +193,14 @@ static void component_card(dm_strbuf *h, const dm_report_in *in, int64_t i)
         }
     }
     put(h, "</p>\n<div class=\"cols\"><div>");
-    const dm_examples_view *ex = in->examples, *aex = in->activation_examples;
+    const dm_examples_view *ex = cs->examples, *aex = cs->activation_examples;
     const dm_examples_column *ce = ex && i < ex->s.columns ? &ex->columns[i] : NULL;
     if (ce) {
         double *cb = dm_xmalloc((size_t)(ce->bins + 1) * sizeof(double));
         for (int64_t b = 0; b < ce->bins; b++)
             cb[b] = (double)ex->counts[ce->first_bin + b];
         char title[64];
-        snprintf(title, sizeof title, "Component %lld: source values", (long long)i);
+        snprintf(title, sizeof title, "%s %lld: source values", cs->name, (long long)i);
         dm_svg_opts o = {title, "source value", "tokens", 380, 200, 0, 0, 0, 0, NULL, 0};
         char *bars = dm_svg_bars(cb, (int)ce->bins, ce->lo, ce->hi, &o);
         put(h, "%s", bars);
@@ -180,6 +222,31 @@ static void component_card(dm_strbuf *h, const dm_report_in *in, int64_t i)
         put(h, "</table>\n");
     }
     put(h, "</div></div></div>\n");
+}
+
+/* The cards of cs's first n components in the box `box`, with a select `sort`
+ * that reorders them. */
+static void cards_section(dm_strbuf *h, const dm_report_in *in, const card_set *cs, int64_t n, const char *sort,
+                          const char *box, int with_kl)
+{
+    put(h, "<p>Sort by <select id=\"%s\">"
+           "<option value=\"index\">component</option><option value=\"cos\">SAE similarity (low first)</option>"
+           "<option value=\"-cos\">SAE similarity (high first)</option>"
+           "<option value=\"-kurt\">kurtosis (high first)</option>"
+           "<option value=\"-stab\">stability (high first)</option>%s</select></p>\n<div id=\"%s\">\n",
+        sort, with_kl ? "<option value=\"-kl\">ablation KL (high first)</option>" : "", box);
+    for (int64_t i = 0; i < n; i++)
+        component_card(h, in, cs, i);
+    put(h, "</div>\n<script>\n"
+           "document.getElementById('%s').addEventListener('change', function (e) {\n"
+           "  var key = e.target.value, sign = 1;\n"
+           "  if (key[0] === '-') { sign = -1; key = key.slice(1); }\n"
+           "  var box = document.getElementById('%s');\n"
+           "  var cards = Array.prototype.slice.call(box.children);\n"
+           "  cards.sort(function (a, b) { return sign * (parseFloat(a.dataset[key]) - parseFloat(b.dataset[key])); });\n"
+           "  cards.forEach(function (c) { box.appendChild(c); });\n"
+           "});\n</script>\n",
+        sort, box);
 }
 
 /* A row of the summary table: an integer, or a real printed with %.4g. */
@@ -284,7 +351,12 @@ char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *c
                 "next-token distribution more than 95%% of null directions removed with the same energy (KL of the "
                 "ablation; causal.json).</p>\n",
             (long long)r->causal_above, (long long)r->causal_k);
-    if (in->planted && in->n_atoms)
+    if (in->planted && in->n_atoms && r->rica_planted_recovered >= 0)
+        put(&h, "<p class=\"verdict\" id=\"planted\"><b>Planted data:</b> of the %lld atoms the SAE misses, FastICA "
+                "recovers %lld with its %lld components and RICA %lld with its %lld (a pattern with |cos| &gt; %g to "
+                "the atom).</p>\n", (long long)in->n_atoms, (long long)r->planted_recovered, (long long)in->n_directions,
+            (long long)r->rica_planted_recovered, (long long)in->n_rica_directions, DM_THRESHOLD(DM_T_RECOVERED));
+    else if (in->planted && in->n_atoms)
         put(&h, "<p class=\"verdict\" id=\"planted\"><b>Planted data:</b> ICA recovers %lld of the %lld atoms the SAE "
                 "misses (a pattern with |cos| &gt; %g to the atom).</p>\n", (long long)r->planted_recovered,
             (long long)in->n_atoms, DM_THRESHOLD(DM_T_RECOVERED));
@@ -316,26 +388,18 @@ char *dm_report_html(const dm_report_in *in, const dm_report_numbers *r, char *c
     put(&h, "</div>\n");
     int64_t ncards = r->k < in->cards ? r->k : in->cards;
     if (ncards > 0) {
-        put(&h, "<h2>Components</h2>\n<p>Sort by <select id=\"sort\">"
-                "<option value=\"index\">component</option><option value=\"cos\">SAE similarity (low first)</option>"
-                "<option value=\"-cos\">SAE similarity (high first)</option>"
-                "<option value=\"-kurt\">kurtosis (high first)</option>"
-                "<option value=\"-stab\">stability (high first)</option>%s</select></p>\n<div id=\"cards\">\n",
-            r->causal_k ? "<option value=\"-kl\">ablation KL (high first)</option>" : "");
-        for (int64_t i = 0; i < ncards; i++)
-            component_card(&h, in, i);
-        put(&h, "</div>\n<script>\n"
-                "document.getElementById('sort').addEventListener('change', function (e) {\n"
-                "  var key = e.target.value, sign = 1;\n"
-                "  if (key[0] === '-') { sign = -1; key = key.slice(1); }\n"
-                "  var box = document.getElementById('cards');\n"
-                "  var cards = Array.prototype.slice.call(box.children);\n"
-                "  cards.sort(function (a, b) { return sign * (parseFloat(a.dataset[key]) - parseFloat(b.dataset[key])); });\n"
-                "  cards.forEach(function (c) { box.appendChild(c); });\n"
-                "});\n</script>\n");
+        card_set cs = ica_cards(in);
+        put(&h, "<h2>Components</h2>\n");
+        cards_section(&h, in, &cs, ncards, "sort", "cards", r->causal_k > 0);
+    }
+    int64_t nrica = r->rica_k < in->cards ? r->rica_k : in->cards;
+    if (nrica > 0) {
+        card_set cs = rica_cards(in);
+        put(&h, "<h2>RICA components</h2>\n");
+        cards_section(&h, in, &cs, nrica, "rica-sort", "rica-cards", 0);
     }
     put(&h, "<p><small>Written by dmica %s. Beside this page: results.json, residual_kurtosis.svg, "
-            "residual_pca.svg, ica_sae_similarity.svg, ica_vs_sae_kurtosis.svg.</small></p>\n</body></html>\n",
-        in->version);
+            "residual_pca.svg, ica_sae_similarity.svg, ica_vs_sae_kurtosis.svg%s.</small></p>\n</body></html>\n",
+        in->version, r->rica_k ? ", rica_sae_similarity.svg, rica_vs_sae_kurtosis.svg" : "");
     return h.s;
 }

@@ -31,7 +31,17 @@ static inline double gauss(uint64_t seed, uint64_t a, uint64_t b, uint64_t c)
     return sqrt(-2 * log(uni(seed, a, b, 2 * c))) * cos(2 * M_PI * uni(seed, a, b, 2 * c + 1));
 }
 
-float *dm_planted_dictionary(uint64_t seed, int64_t d, int64_t m)
+/* A unit Gaussian direction: row j of stream `tag`, n wide, into v (double). */
+static void gauss_unit(double *v, uint64_t seed, uint64_t tag, uint64_t j, int64_t n)
+{
+    double norm = 0;
+    for (int64_t i = 0; i < n; i++)
+        v[i] = gauss(seed, tag, j, (uint64_t)i), norm += v[i] * v[i];
+    for (int64_t i = 0; i < n; i++)
+        v[i] /= sqrt(norm);
+}
+
+float *dm_planted_dictionary(uint64_t seed, int64_t d, int64_t m, int64_t missed, int64_t missed_dim)
 {
     float *D = dm_xmalloc((size_t)(m * d) * sizeof *D);
     for (int64_t j = 0; j < m; j++) {
@@ -44,12 +54,52 @@ float *dm_planted_dictionary(uint64_t seed, int64_t d, int64_t m)
         for (int64_t i = 0; i < d; i++)
             D[j * d + i] = (float)(D[j * d + i] / sqrt(norm));
     }
+    if (missed_dim <= 0)
+        return D;
+    /* the first `missed` atoms inside span(B): B (missed_dim x d) orthonormal
+     * rows by modified Gram-Schmidt on Gaussian rows (stream 5), each atom a
+     * Gaussian combination of them (stream 6), unit */
+    double *B = dm_xmalloc((size_t)(missed_dim * d + d) * sizeof *B), *a = B + missed_dim * d;
+    for (int64_t b = 0; b < missed_dim; b++) {
+        double *v = B + b * d;
+        gauss_unit(v, seed, 5, (uint64_t)b, d);
+        for (int pass = 0; pass < 2; pass++) /* twice: orthogonal to rounding */
+            for (int64_t c = 0; c < b; c++) {
+                double dot = 0;
+                for (int64_t i = 0; i < d; i++)
+                    dot += v[i] * B[c * d + i];
+                for (int64_t i = 0; i < d; i++)
+                    v[i] -= dot * B[c * d + i];
+            }
+        double norm = 0;
+        for (int64_t i = 0; i < d; i++)
+            norm += v[i] * v[i];
+        for (int64_t i = 0; i < d; i++)
+            v[i] /= sqrt(norm);
+    }
+    for (int64_t j = 0; j < missed; j++) {
+        double norm = 0;
+        for (int64_t i = 0; i < d; i++)
+            a[i] = 0;
+        for (int64_t b = 0; b < missed_dim; b++) {
+            double g = gauss(seed, 6, (uint64_t)j, (uint64_t)b);
+            for (int64_t i = 0; i < d; i++)
+                a[i] += g * B[b * d + i];
+        }
+        for (int64_t i = 0; i < d; i++)
+            norm += a[i] * a[i];
+        for (int64_t i = 0; i < d; i++)
+            D[j * d + i] = (float)(a[i] / sqrt(norm));
+    }
+    free(B);
     return D;
 }
 
 void dm_planted_rows(float *out, int64_t row0, int64_t rows, const float *D, int64_t d, int64_t m, double p,
-                     double noise, uint64_t seed)
+                     double noise, int64_t dense, uint64_t seed)
 {
+    /* a Laplace(0, b) draw of unit variance (2 b^2 = 1) by inversion */
+    const double b = sqrt(0.5);
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         uint64_t row = (uint64_t)(row0 + r);
@@ -57,9 +107,15 @@ void dm_planted_rows(float *out, int64_t row0, int64_t rows, const float *D, int
         for (int64_t i = 0; i < d; i++)
             x[i] = (float)(noise * gauss(seed, 2, row, (uint64_t)i));
         for (int64_t j = 0; j < m; j++) {
-            if (uni(seed, 3, row, (uint64_t)j) >= p)
-                continue;
-            float a = (float)(1 - log(uni(seed, 4, row, (uint64_t)j)));
+            float a;
+            if (j < dense) {
+                double u = uni(seed, 5, row, (uint64_t)j) - 0.5;
+                a = (float)(u < 0 ? b * log(1 + 2 * u) : -b * log(1 - 2 * u));
+            } else {
+                if (uni(seed, 3, row, (uint64_t)j) >= p)
+                    continue;
+                a = (float)(1 - log(uni(seed, 4, row, (uint64_t)j)));
+            }
             for (int64_t i = 0; i < d; i++)
                 x[i] += a * D[j * d + i];
         }

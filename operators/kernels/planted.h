@@ -10,6 +10,13 @@
  * The matching SAE knows every atom but the first `missed`: W_dec = D[missed:],
  * W_enc = D[missed:]^T, b_enc = -threshold, standard ReLU, no b_dec. Its residual
  * holds the missed atoms; whitening and ICA should find them.
+ *
+ * Two variants (both off by default, which gives the data above): the missed
+ * atoms drawn inside a random missed_dim-dimensional subspace of the d
+ * dimensions (more of them than missed_dim make an overcomplete residual), and
+ * the first `dense` atoms given a dense coefficient on every row, Laplace of
+ * unit variance, in place of the sparse 1 + Exp(1) ones (docs/rica.md: where
+ * RICA recovers more atoms than FastICA).
  */
 #ifndef DM_PLANTED_H
 #define DM_PLANTED_H
@@ -18,11 +25,15 @@
 
 #include "dm.h"
 
-/* D: m atoms x d, unit rows (malloc'd). */
-float *dm_planted_dictionary(uint64_t seed, int64_t d, int64_t m);
-/* Rows [row0, row0 + rows) of the data into out (rows x d). */
+/* D: m atoms x d, unit rows (malloc'd); missed_dim > 0 (at most d): the first
+ * `missed` atoms lie in a random missed_dim-dimensional subspace, the others
+ * are drawn as with missed_dim 0. */
+float *dm_planted_dictionary(uint64_t seed, int64_t d, int64_t m, int64_t missed, int64_t missed_dim);
+/* Rows [row0, row0 + rows) of the data into out (rows x d); atoms [0, dense)
+ * get a Laplace coefficient of unit variance on every row, the others are
+ * used with probability p (dense 0: all sparse). */
 void dm_planted_rows(float *out, int64_t row0, int64_t rows, const float *D, int64_t d, int64_t m, double p,
-                     double noise, uint64_t seed);
+                     double noise, int64_t dense, uint64_t seed);
 /* The hook_name of the matching SAE's cfg.json: the data come from no model. */
 #define DM_PLANTED_HOOK "planted"
 

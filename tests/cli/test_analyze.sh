@@ -31,7 +31,15 @@ e = top["components"][0]["top"][0]
 w, p = divmod(e["row"], 50)
 assert e["window"] == w and e["position"] == p and p != 0      # BOS positions left out
 assert e["token_id"] == int(np.load("tokens.npy")[w, p])
+# report.html: a card per component with its examples; without --rica nothing of RICA
+h = open("run/report.html").read()
+assert h.count('<div class="card"') == 24 and h.count("<h3>Component ") == 24
+assert h.count("top (source value)") == 24 and h.count("top (activation projection") == 24
+assert "RICA" not in h and "rica-cards" not in h
 P
+for f in rica_sae_similarity.svg rica_vs_sae_kurtosis.svg rica.json rica_top_examples.json; do
+    [ ! -e run/$f ] || fail "run/$f without --rica"
+done
 expect_ok $DMICA top run --component 3 --k 4
 [ "$(grep -c '\[\[' out.txt)" = 4 ] || { cat out.txt; fail "dmica top should print 4 examples with the token marked"; }
 expect_ok $DMICA top run --component 3 --bottom

@@ -111,7 +111,35 @@ assert np.allclose([e["max_cos"] for e in x["components"]], mc)
 assert abs(x["sae_similarity"]["mean_max_cosine"] - np.mean(mc)) < 1e-9
 assert x["unstable_components"] == sum(s < 0.9 for s in j["stability"])
 h = open("an/report.html").read(); assert '<table id="rica">' in h and "FastICA and RICA" in h
+# RICA's cards, as FastICA's: one per component in their own sortable box, each
+# with its numbers, its source histogram and its top and bottom examples
+# (rica_top_examples.json) and top activation projections
+import re, xml.etree.ElementTree as ET
+assert h.count('<div class="card"') == 24 + 32
+box = h[h.index('<div id="rica-cards">'):]; box = box[:box.index("</script>")]
+cards = box.split('<div class="card"')[1:]
+assert len(cards) == 32 and '<select id="rica-sort">' in h and "getElementById('rica-cards')" in h
+ex = json.load(open("an/rica_top_examples.json"))["components"]
+for i, c in enumerate(cards):
+    assert "<h3>RICA component %d</h3>" % i in c and "<title>RICA component %d: source values</title>" % i in c, i
+    assert "max |cos| with SAE %.3f" % x["components"][i]["max_cos"] in c, i
+    assert "top (source value)" in c and "bottom" in c and "top (activation projection" in c, i
+    rows = re.findall(r'<td class="num">([^<]*)</td><td class="ctx">', c)
+    assert len(rows) == 5 + 5 + 5, (i, len(rows))                    # --top 5: top, bottom, activation top
+    v = ex[i]["top"][0]["value"]                                    # printed with %.3g
+    assert abs(float(rows[0]) - v) <= 5e-3 * abs(v), (i, rows[0], v)
+assert h.index("<h2>Components</h2>") < h.index("<h2>RICA components</h2>")
+# RICA's plots: its SAE similarity and kurtosis beside FastICA's, in files and on the page
+for f in ("rica_sae_similarity", "rica_vs_sae_kurtosis"):
+    t = ET.parse("an/%s.svg" % f).getroot()
+    assert open("an/%s.svg" % f).read() in h, f
+sim = open("an/rica_sae_similarity.svg").read()
+assert "RICA component similarity to SAE features" in sim and "null: random from residual covariance" in sim
+assert "Sparsity of RICA components vs SAE features" in open("an/rica_vs_sae_kurtosis.svg").read()
 P2
+# without --rica: no RICA section, cards or plots (FastICA's alone)
+for f in demo/rica_sae_similarity.svg demo/rica_vs_sae_kurtosis.svg; do [ ! -e $f ] || fail "$f without RICA"; done
+grep -q "RICA" demo/report.html && fail "demo/report.html mentions RICA without it"
 expect_fail $DMICA analyze --acts a/acts.npy --sae demo/planted-sae --components 24 --rica 32 --rica-lambda -1 \
     --out bad2 --quiet
 err_has "lambda -1"

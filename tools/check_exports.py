@@ -17,6 +17,7 @@ otherwise.
 """
 import argparse
 import ast
+import functools
 import gzip
 import json
 import math
@@ -82,12 +83,19 @@ class KeptValues:
         return self.v[(row, col)]
 
 
+@functools.lru_cache(maxsize=None)
 def sources(run, name):
     """NAME's values: NAME_sources.npy, else its topk's kept context values."""
     p = os.path.join(run, name + "_sources.npy")
     if os.path.exists(p):
         return Sources(p)
     return KeptValues(os.path.join(run, name + "_top_examples.json"))
+
+
+@functools.lru_cache(maxsize=None)
+def top_examples(run, name):
+    """RUN_DIR/NAME_top_examples.json, read once (callers do not change it)."""
+    return json.load(open(os.path.join(run, name + "_top_examples.json")))
 
 
 def f32_bits(x):
@@ -190,7 +198,7 @@ def check_jsonl(run, path, vocab):
         lat = line["latent"]
         assert isinstance(lat["module_name"], str) and lat["latent_index"] == j
         assert lat["module_name"].endswith(name)
-        top = json.load(open(os.path.join(run, name + "_top_examples.json")))
+        top = top_examples(run, name)
         src = sources(run, name)
         comp = top["components"][j]
         stats = results_stats(run, name)
@@ -290,7 +298,7 @@ def check_neuronpedia(run, out, vocab):
             assert len(recs) == 1, f
             check_record(f, recs[0], f)
         model = json.loads(open(os.path.join(d, "model.jsonl")).readline())["id"]
-        top = json.load(open(os.path.join(run, name + "_top_examples.json")))
+        top = top_examples(run, name)
         src = sources(run, name)
         feats = read_jsonl_gz(os.path.join(d, "features", "batch-0.jsonl.gz"))
         acts = read_jsonl_gz(os.path.join(d, "activations", "batch-0.jsonl.gz"))
@@ -342,7 +350,7 @@ def check_neuronpedia(run, out, vocab):
 def check_prompts(run, pdir):
     n = 0
     for name in decompositions(run):
-        top = json.load(open(os.path.join(run, name + "_top_examples.json")))
+        top = top_examples(run, name)
         for j, comp in enumerate(top["components"]):
             p = os.path.join(pdir, "%s_%d.txt" % (name, j))
             text = open(p, encoding="utf-8").read()

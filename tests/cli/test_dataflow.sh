@@ -9,9 +9,13 @@
 # width 768, a 768 x 512 SAE) and 3000 tokens.
 . "$ROOT/tests/cli/lib.sh"
 have_numpy || { echo "numpy missing"; exit 77; }
-python3 "$ROOT/tools/make-gpt2" --n-embd 768 --n-layer 7 --n-head 12 --n-positions 128 --vocab-size 50257 \
+# under the sanitizers (make test-san) the same flow on a narrower model: the
+# memory checks need its code paths, not GPT-2 small's widths
+W=768 H=12 F=512
+[ "${DMICA_SAN:-0}" = 1 ] && { W=128 H=4 F=256; }
+python3 "$ROOT/tools/make-gpt2" --n-embd $W --n-layer 7 --n-head $H --n-positions 128 --vocab-size 50257 \
     --tokenizer "$ROOT/tests/data/gpt2-tokenizer" --seed 3 --out models/gpt2 >/dev/null || fail "make-gpt2"
-python3 "$ROOT/tools/make-sae" --d-in 768 --d-sae 512 --l0 20 --hook blocks.6.hook_resid_pre --seed 4 \
+python3 "$ROOT/tools/make-sae" --d-in $W --d-sae $F --l0 20 --hook blocks.6.hook_resid_pre --seed 4 \
     --out models/gpt2-small-res-jb/blocks.6.hook_resid_pre >/dev/null || fail "make-sae"
 mkdir -p data
 ln -s "$ROOT/tests/data/tiny-corpus" data/openwebtext

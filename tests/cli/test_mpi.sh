@@ -4,6 +4,8 @@
 #     by shard and exchanged between ranks), each rank with its own cache folder,
 #     and again with one shared folder;
 #   - tiny-gpt2.yaml: text -> GPT-2 -> SAE -> statistics -> PCA -> FastICA -> top-k;
+#   - demo-overcomplete.yaml with RICA streamed (its L-BFGS evaluations' sums
+#     split by shard and exchanged between ranks);
 # a failing rank stops every rank with its message ("rank 1: ..."); a run whose
 # rank is killed resumes, with another number of ranks, to the same products.
 . "$ROOT/tests/cli/lib.sh"
@@ -53,6 +55,18 @@ for n in 2 3; do
     same_products tref t$n
 done
 [ -s t3/ica_top_examples.json ] || fail "no top-k examples from the ranks"
+
+# --- RICA streamed: each L-BFGS evaluation's sums split by shard and merged -------
+R="run $ROOT/pipelines/demo-overcomplete.yaml --set rica.memory=0 --set rica.seeds=1 --set rica.max_iter=30"
+R="$R --shard 5000 --threads 1 --quiet"
+expect_ok $DMICA $R --out rref --cache rcref
+mpi 3 $DMICA $R --out r3 --cache rc3 >out.txt 2>err.txt || { cat err.txt; fail "demo-overcomplete, mpirun -np 3"; }
+same_products rref r3
+python3 -c "
+import json
+j = json.load(open('r3/rica.json'))
+assert not j['in_ram'] and j['rows'] == 20000 and j['passes'] > 30, (j['in_ram'], j['rows'], j['passes'])" ||
+    fail "RICA did not stream every rank's rows"
 
 # --- a failing rank: every rank stops with its message ----------------------------
 : > notafolder

@@ -20,7 +20,7 @@ python3 "$ROOT/tools/make-gpt2" --n-embd 32 --n-layer 2 --n-head 2 --n-positions
     --tokenizer "$ROOT/tests/data/gpt2-tokenizer" --seed 1 --out build/tiny/gpt2 >/dev/null || fail "make-gpt2"
 python3 "$ROOT/tools/make-sae" --d-in 32 --d-sae 256 --l0 8 --input-scale 0.36 --hook blocks.1.hook_resid_pre \
     --seed 2 --out build/tiny/sae >/dev/null || fail "make-sae"
-expect_ok $DMICA run "$ROOT/pipelines/tiny-gpt2.yaml" --out tiny --quiet
+expect_ok $DMICA run "$ROOT/pipelines/tiny-gpt2.yaml" --out tiny --quiet --set causal.tokens=64 # (no causal study needed here)
 expect_ok $DMICA demo --out demo --quiet
 
 # -- exports, read back --------------------------------------------------------

@@ -48,7 +48,7 @@ python3 "$ROOT/tools/make-gpt2" --n-embd 32 --n-layer 2 --n-head 2 --n-positions
     --tokenizer "$ROOT/tests/data/gpt2-tokenizer" --seed 1 --out build/tiny/gpt2 >/dev/null || fail "make-gpt2"
 python3 "$ROOT/tools/make-sae" --d-in 32 --d-sae 256 --l0 8 --input-scale 0.36 --hook blocks.1.hook_resid_pre \
     --seed 2 --out build/tiny/sae >/dev/null || fail "make-sae"
-T="run $ROOT/pipelines/tiny-gpt2.yaml --shard 2000 --threads 1 --quiet --set ica.memory=0"
+T="run $ROOT/pipelines/tiny-gpt2.yaml --shard 2000 --threads 1 --quiet --set ica.memory=0 --set causal.tokens=64"
 expect_ok $DMICA $T --out tref --cache tcref
 for n in 2 3; do
     mpi $n $DMICA $T --out t$n --cache tc$n >out.txt 2>err.txt || { cat err.txt; fail "tiny-gpt2, mpirun -np $n"; }

@@ -936,7 +936,9 @@ static int end_passes(group *G, int pass, int *more)
         dm_node *n = G->members[i];
         if (!n->op->end_pass || n->op->produce)
             continue;
+        double t0 = dm_now();
         int r = n->op->end_pass(n, pass);
+        n->seconds += dm_now() - t0; /* in-RAM FastICA and RICA iterate here */
         if (dm_node_check_params(n, r < 0 ? -1 : 0))
             return blame(n, 1);
         if (r > 0 && !has_multipass_input(n))

@@ -20,6 +20,10 @@ assert r["n_ica_components"] == 24
 # the missed atoms are the first rows of the dictionary: the SAE's decoder lacks them
 d = np.load("out/ica_directions.npy")
 assert d.shape == (24, 64)
+# a stage's time holds all its work: in RAM, FastICA iterates at the end of its pass
+t = {s["node"]: s["seconds"] for s in r["time_per_stage"]}
+ica = json.load(open("out/ica.json"))
+assert ica["in_ram"] and t["ica"] >= ica["timings"]["iterations_s"] > 0, (t["ica"], ica["timings"])
 print("recovered", p["recovered_by_ica"], "of", p["atoms_missed_by_sae"])
 P
 grep -q 'id="planted"' out/report.html || fail "the report does not say what ICA recovered"

@@ -11,6 +11,8 @@
 #define DM_TEST_H
 
 #include <check.h>
+#include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +92,28 @@ static inline void dm_test_expect_pipeline_error(const char *text, const char *w
     dm_pipeline_free(p);
 }
 #endif
+
+/* Seeded test data: splitmix64 (Steele, Lea and Flood, "Fast splittable
+ * pseudorandom number generators", OOPSLA 2014). A test sets test_rng to its
+ * seed, then draws. */
+static uint64_t test_rng __attribute__((unused));
+
+static inline uint64_t test_rng_next(void)
+{
+    uint64_t z = (test_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in (0, 1), 53 bits. */
+static inline double test_rng_uniform(void) { return ((double)(test_rng_next() >> 11) + 0.5) / 9007199254740992.0; }
+
+/* Standard normal (Box-Muller, one of the pair). */
+static inline double test_rng_normal(void)
+{
+    return sqrt(-2.0 * log(test_rng_uniform())) * cos(6.283185307179586 * test_rng_uniform());
+}
 
 /* main() for a program whose cases need no shared scratch folder. */
 #define DM_TEST_MAIN(suite_fn) \

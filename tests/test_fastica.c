@@ -27,37 +27,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void) /* splitmix64 */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double rng_uniform(void) { return ((double)(rng_next() >> 11) + 0.5) / 9007199254740992.0; }
 
 /* Planted mixture: rows x d = S (rows x k, unit variance, independent,
  * Laplace / uniform / binary-ish / cubed normal) times A^T (A d x k, entries
  * N(0,1) + 0.5: not orthogonal), plus an offset. A is returned (d x k). */
 static float *planted(int64_t rows, int64_t k, int64_t d, double *A, uint64_t seed)
 {
-    rng_state = seed;
+    test_rng = seed;
     for (int64_t i = 0; i < d * k; i++)
-        A[i] = sqrt(-2 * log(rng_uniform())) * cos(6.283185307179586 * rng_uniform()) + 0.5;
+        A[i] = sqrt(-2 * log(test_rng_uniform())) * cos(6.283185307179586 * test_rng_uniform()) + 0.5;
     double *S = dm_xmalloc((size_t)(rows * k) * sizeof(double));
     for (int64_t j = 0; j < k; j++) {
         double m = 0, v = 0;
         for (int64_t r = 0; r < rows; r++) {
-            double u = rng_uniform(), s;
+            double u = test_rng_uniform(), s;
             switch (j % 4) {
             case 0: s = u < 0.5 ? log(2 * u) : -log(2 - 2 * u); break;          /* Laplace: super */
             case 1: s = 2 * u - 1; break;                                      /* uniform: sub */
-            case 2: s = (u < 0.5 ? -1 : 1) * (1 + 0.1 * rng_uniform()); break; /* bimodal: sub */
+            case 2: s = (u < 0.5 ? -1 : 1) * (1 + 0.1 * test_rng_uniform()); break; /* bimodal: sub */
             default: {
-                double g = sqrt(-2 * log(rng_uniform())) * cos(6.283185307179586 * u);
+                double g = sqrt(-2 * log(test_rng_uniform())) * cos(6.283185307179586 * u);
                 s = g * g * g; /* super */
             }
             }

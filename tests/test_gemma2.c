@@ -58,21 +58,11 @@ static char tmpdir[] = "/tmp/dmica-test-gemma2-XXXXXX";
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void) /* splitmix64 */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 static float *random_floats(size_t n, float lo, float hi)
 {
     float *x = dm_xmalloc(sizeof(float) * n);
     for (size_t i = 0; i < n; i++)
-        x[i] = lo + (hi - lo) * (float)((rng_next() >> 40) / 16777216.0);
+        x[i] = lo + (hi - lo) * (float)((test_rng_next() >> 40) / 16777216.0);
     return x;
 }
 
@@ -199,7 +189,7 @@ END_TEST
 
 START_TEST(kernels_match_reference)
 {
-    rng_state = 7;
+    test_rng = 7;
     const int B = 2, C = 72, BT = B * 150;
     float *x = random_floats((size_t)BT * C, -3, 3), *w = random_floats(C, 0.5f, 1.5f);
     float *want = dm_xmalloc(sizeof(float) * BT * C), *got = dm_xmalloc(sizeof(float) * BT * C);

@@ -53,19 +53,9 @@ static char tmpdir[] = "/tmp/dmica-test-gpt2-XXXXXX";
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void) /* splitmix64 */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 static float rng_uniform(float lo, float hi)
 {
-    return lo + (hi - lo) * (float)((rng_next() >> 40) / 16777216.0);
+    return lo + (hi - lo) * (float)((test_rng_next() >> 40) / 16777216.0);
 }
 
 static float *random_floats(size_t n, float lo, float hi)
@@ -226,7 +216,7 @@ START_TEST(linear_matches_reference)
     {
         dm_compute cx = context_for(id);
         int BT = shapes[k][0], C = shapes[k][1], OC = shapes[k][2];
-        rng_state = 1 + k;
+        test_rng = 1 + k;
         float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
         float *b = random_floats(OC, -1, 1), *x0 = random_floats((size_t)BT * OC, -1, 1);
         float *o1 = dm_xmalloc(sizeof(float) * BT * OC), *o2 = dm_xmalloc(sizeof(float) * BT * OC);
@@ -274,7 +264,7 @@ START_TEST(gemm_precisions_match_reference)
     if (!cu)
         return;
     int BT = 64, C = 768, OC = 256, V = 1000;
-    rng_state = 11;
+    test_rng = 11;
     float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
     float *b = random_floats(OC, -1, 1), *wte = random_floats((size_t)V * C, -1, 1);
     float *o1 = dm_xmalloc(sizeof(float) * BT * V), *o2 = dm_xmalloc(sizeof(float) * BT * V);
@@ -309,7 +299,7 @@ START_TEST(unembed_matches_reference)
 {
     const dm_model_backend *ref = ref_backend();
     int BT = 29, C = 48, V = 101;
-    rng_state = 9;
+    test_rng = 9;
     float *x = random_floats((size_t)BT * C, -2, 2), *wte = random_floats((size_t)V * C, -1, 1);
     float *o1 = dm_xmalloc(sizeof(float) * BT * V), *o2 = dm_xmalloc(sizeof(float) * BT * V);
     ref->unembed(NULL, o2, x, wte, BT, C, V);
@@ -350,7 +340,7 @@ START_TEST(bf16_linear_matches_reference)
         dm_compute cx = context_for(id);
         for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
             int BT = shapes[k][0], C = shapes[k][1], OC = shapes[k][2];
-            rng_state = 21 + k;
+            test_rng = 21 + k;
             float *x = random_floats((size_t)BT * C, -2, 2), *w = random_floats((size_t)C * OC, -1, 1);
             float *b = random_floats(OC, -1, 1), *x0 = random_floats((size_t)BT * OC, -1, 1);
             float *o1 = dm_xmalloc(sizeof(float) * BT * OC), *o2 = dm_xmalloc(sizeof(float) * BT * OC);
@@ -394,7 +384,7 @@ START_TEST(bf16_linear_matches_reference)
         }
         /* the tied unembedding on a bf16 embedding (V, C): packed as W (C, V) */
         int BT = 29, C = 48, V = 101;
-        rng_state = 9;
+        test_rng = 9;
         float *x = random_floats((size_t)BT * C, -2, 2), *wte = random_floats((size_t)V * C, -1, 1);
         float *o1 = dm_xmalloc(sizeof(float) * BT * V), *o2 = dm_xmalloc(sizeof(float) * BT * V);
         uint16_t *eb = dm_xmalloc(sizeof(uint16_t) * V * C), *ep = NULL;
@@ -421,7 +411,7 @@ END_TEST
 
 START_TEST(layernorm_fast_matches_reference)
 {
-    rng_state = 2;
+    test_rng = 2;
     int BT = 29, C = 96;
     float *x = random_floats((size_t)BT * C, -3, 5), *w = random_floats(C, 0.5f, 1.5f);
     float *b = random_floats(C, -1, 1);
@@ -470,7 +460,7 @@ START_TEST(attention_fast_matches_reference)
 {
     /* head sizes 12, 64 and 16; T beyond one SIMD width and not a multiple of it */
     const int cases[][4] = {{2, 37, 48, 4}, {1, 130, 128, 2}, {3, 5, 64, 4}, {1, 1, 64, 4}};
-    rng_state = 3;
+    test_rng = 3;
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         int B = cases[c][0], T = cases[c][1], C = cases[c][2], NH = cases[c][3];
         float *qkv = random_floats((size_t)B * T * 3 * C, -2, 2);

@@ -37,21 +37,9 @@
 
 #define GOLDEN "tests/golden/rica/"
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void) /* splitmix64 */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double rng_uniform(void) { return ((double)(rng_next() >> 11) + 0.5) / 9007199254740992.0; }
-static double rng_normal(void) { return sqrt(-2 * log(rng_uniform())) * cos(6.283185307179586 * rng_uniform()); }
 static double rng_laplace(void)
 {
-    double u = rng_uniform();
+    double u = test_rng_uniform();
     return u < 0.5 ? log(2 * u) : -log(2 - 2 * u);
 }
 
@@ -134,9 +122,9 @@ START_TEST(lbfgs_quadratic)
     int64_t n = 20;
     /* Q = U D U^T with U from the QR of a random matrix */
     double U[400], tau[20], D[20];
-    rng_state = 5;
+    test_rng = 5;
     for (int i = 0; i < 400; i++)
-        U[i] = rng_normal();
+        U[i] = test_rng_normal();
     LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, 20, 20, U, 20, tau);
     LAPACKE_dorgqr(LAPACK_ROW_MAJOR, 20, 20, 20, U, 20, tau);
     for (int i = 0; i < 20; i++)
@@ -255,11 +243,11 @@ START_TEST(gradient_matches_finite_differences)
     int64_t rows = 500, k = 5, K = 8;
     float *z = dm_xmalloc((size_t)(rows * k) * sizeof(float));
     double V[40], out[43], op[43], om[43];
-    rng_state = 11;
+    test_rng = 11;
     for (int64_t i = 0; i < rows * k; i++)
         z[i] = (float)rng_laplace();
     for (int i = 0; i < 40; i++)
-        V[i] = rng_normal() * (1 + i % 3);
+        V[i] = test_rng_normal() * (1 + i % 3);
     for (int f = 0; f < 2; f++) {
         evaluate(&dm_rica_backend_ref, (dm_rica_fun)f, z, rows, V, K, k, 0.7, out);
         double worst = 0;
@@ -285,11 +273,11 @@ START_TEST(cpu_sums_match_reference)
     int64_t rows = 9001, k = 13, m = 3 * 17;
     float *z = dm_xmalloc((size_t)(rows * k) * sizeof(float));
     double *W = dm_xmalloc((size_t)(m * k) * sizeof(double));
-    rng_state = 3;
+    test_rng = 3;
     for (int64_t i = 0; i < rows * k; i++)
         z[i] = (float)(rng_laplace() * (i % 7 == 0 ? 3 : 1)); /* some large |u| too */
     for (int64_t i = 0; i < m * k; i++)
-        W[i] = rng_normal();
+        W[i] = test_rng_normal();
     dm_rica_rownorm(W, m, k, W);
     for (int f = 0; f < 2; f++) {
         dm_rica_sums ref = DM_RICA_SUMS_INIT;
@@ -345,17 +333,17 @@ START_TEST(backproject_overcomplete)
 {
     int64_t m = 7, k = 4, d = 9;
     double W[28], A[28], ev[4] = {5, 3, 2, 0.5}, C[36], mean[9], bufs[2][5][7 * 9];
-    rng_state = 17;
+    test_rng = 17;
     for (int i = 0; i < 28; i++)
-        W[i] = rng_normal();
+        W[i] = test_rng_normal();
     dm_rica_rownorm(W, m, k, W);
     for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < k; j++)
             A[j * m + i] = W[i * k + j];
     for (int i = 0; i < 36; i++)
-        C[i] = rng_normal();
+        C[i] = test_rng_normal();
     for (int i = 0; i < 9; i++)
-        mean[i] = rng_normal();
+        mean[i] = test_rng_normal();
     dm_ica_backprojection o[2];
     for (int v = 0; v < 2; v++)
         o[v] = (dm_ica_backprojection){bufs[v][0], bufs[v][1], bufs[v][2], bufs[v][3], bufs[v][4]};
@@ -458,9 +446,9 @@ static float *planted_overcomplete(int64_t N, int64_t k, int64_t K, double *at, 
 {
     double *A = dm_xmalloc((size_t)(k * K) * sizeof(double)), *X = dm_xmalloc((size_t)(N * k) * sizeof(double));
     double C[64 * 64] = {0}, ev[64], mean[64] = {0};
-    rng_state = seed;
+    test_rng = seed;
     for (int64_t i = 0; i < k * K; i++)
-        A[i] = rng_normal();
+        A[i] = test_rng_normal();
     for (int64_t j = 0; j < K; j++) {
         double s = 0;
         for (int64_t i = 0; i < k; i++)

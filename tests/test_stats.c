@@ -37,22 +37,6 @@
 
 /* ---- data ----------------------------------------------------------------- */
 
-static uint64_t rng_state;
-
-static uint64_t rng_next(void) /* splitmix64 */
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
-static double rng_uniform(void) { return ((double)(rng_next() >> 11) + 0.5) / 9007199254740992.0; }
-
-static double rng_normal(void)
-{
-    return sqrt(-2.0 * log(rng_uniform())) * cos(6.283185307179586 * rng_uniform());
-}
 
 /* (rows, d) float32: skewed, heavy-tailed columns (a normal plus a fraction of
  * its cube, exponentials), mixed with the neighbour column for correlation,
@@ -60,14 +44,14 @@ static double rng_normal(void)
 static float *random_data(int64_t rows, int64_t d, uint64_t seed)
 {
     float *x = dm_xmalloc((size_t)(rows * d) * sizeof(float));
-    rng_state = seed;
+    test_rng = seed;
     for (int64_t i = 0; i < rows; i++) {
         double prev = 0.0;
         for (int64_t j = 0; j < d; j++) {
-            double g = rng_normal(), v;
+            double g = test_rng_normal(), v;
             switch (j % 3) {
             case 0: v = g + 0.3 * g * g * g; break;
-            case 1: v = -log(rng_uniform()); break;
+            case 1: v = -log(test_rng_uniform()); break;
             default: v = g; break;
             }
             x[i * d + j] = (float)(v + 0.5 * prev + (double)(j % 7) * 50.0 * (j % 2 ? 1 : -1) +
@@ -777,9 +761,9 @@ START_TEST(projection_backends_match_reference)
     float *ref = dm_xmalloc((size_t)(rows * k) * sizeof(float)), *out = dm_xmalloc((size_t)(rows * k) * sizeof(float));
     float *xc = dm_xmalloc((size_t)(rows * d) * sizeof(float));
     double *bound = dm_xmalloc((size_t)(rows * k) * sizeof(double));
-    rng_state = 32;
+    test_rng = 32;
     for (int64_t i = 0; i < k * d; i++)
-        W[i] = (float)rng_normal();
+        W[i] = (float)test_rng_normal();
     for (int64_t j = 0; j < d; j++) {
         double s = 0;
         for (int64_t r = 0; r < rows; r++)

@@ -36,6 +36,10 @@ void fz_split(const uint8_t *data, size_t size, int n, const uint8_t **parts, si
  * parser recorded (to see how far inputs get), then clears it. */
 void fz_end(void);
 
+/* 1 if s[0, n) is valid UTF-8 (strict: no overlongs, surrogates or code points
+ * past U+10FFFF): the texts a tokenizer must decode back unchanged. */
+int fz_valid_utf8(const unsigned char *s, size_t n);
+
 /* Path of a file in the source tree (DM_FUZZ_SRCDIR, set by the Makefile). */
 const char *fz_src(const char *rel);
 

@@ -7,7 +7,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "fastica.h"
 #include "summaries.h"
@@ -58,22 +57,6 @@ int64_t dm_unmix_bytes(const dm_node *n)
     return b;
 }
 
-/* The in-RAM copy of z, on 2 MiB pages where the kernel allows (transparent
- * huge pages in madvise mode): one page fault per 2 MiB instead of per 4 KiB
- * while the first pass fills it. Released with free(). */
-static float *alloc_huge(size_t bytes)
-{
-    const size_t huge = (size_t)2 << 20;
-    void *p = NULL;
-    bytes = (bytes + huge - 1) & ~(huge - 1);
-    if (posix_memalign(&p, huge, bytes ? bytes : huge))
-        return dm_xmalloc_aligned(bytes);
-#ifdef MADV_HUGEPAGE
-    madvise(p, bytes, MADV_HUGEPAGE); /* advice only: without it, 4 KiB pages */
-#endif
-    return p;
-}
-
 void dm_unmix_open(dm_unmix *u, const dm_node *n)
 {
     int64_t ram;
@@ -82,8 +65,8 @@ void dm_unmix_open(dm_unmix *u, const dm_node *n)
     u->k = dm_input_desc(n, 0)->shape[1];
     u->rows_known = dm_input_desc(n, 0)->shape[0];
     u->in_ram = dm_unmix_in_ram(n, &ram);
-    if (u->in_ram)
-        u->ram = alloc_huge((size_t)ram);
+    if (u->in_ram) /* on 2 MiB pages where the kernel allows: few faults while the first pass fills it */
+        u->ram = dm_xmalloc_huge((size_t)ram);
     if (dm_param_bool(n, "warm_start")) {
         u->warm_rows = dm_param_int(n, "warm_rows");
         u->sample = dm_xmalloc((size_t)(u->warm_rows * u->k) * sizeof(float));

@@ -93,18 +93,11 @@ static inline void dm_test_expect_pipeline_error(const char *text, const char *w
 }
 #endif
 
-/* Seeded test data: splitmix64 (Steele, Lea and Flood, "Fast splittable
- * pseudorandom number generators", OOPSLA 2014). A test sets test_rng to its
+/* Seeded test data: splitmix64 (dm_splitmix64). A test sets test_rng to its
  * seed, then draws. */
 static uint64_t test_rng __attribute__((unused));
 
-static inline uint64_t test_rng_next(void)
-{
-    uint64_t z = (test_rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
+static inline uint64_t test_rng_next(void) { return dm_splitmix64(&test_rng); }
 
 /* Uniform in (0, 1), 53 bits. */
 static inline double test_rng_uniform(void) { return ((double)(test_rng_next() >> 11) + 0.5) / 9007199254740992.0; }

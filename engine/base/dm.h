@@ -108,6 +108,20 @@ void *dm_xmalloc_aligned(size_t n);
  * page faults and reading it few TLB misses. Freed with free(). */
 void *dm_xmalloc_huge(size_t n);
 
+/* ---- seeded draws ------------------------------------------------------- */
+
+/* splitmix64 (Steele, Lea and Flood, "Fast splittable pseudorandom number
+ * generators", OOPSLA 2014): dm_mix64 is its finaliser, a bijection that
+ * scatters counters and keys; dm_splitmix64 the generator on state *s. */
+static inline uint64_t dm_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t dm_splitmix64(uint64_t *s) { return dm_mix64(*s += 0x9e3779b97f4a7c15ULL); }
+
 /* ---- dtypes ------------------------------------------------------------ */
 
 typedef enum {

@@ -296,7 +296,7 @@ static int warm_start(dm_node *n, fastica *s)
     if (m / 4 >= lo) {
         float *row = dm_xmalloc((size_t)k * sizeof(float));
         for (int64_t i = 0; i < m / 4; i++) {
-            int64_t j = i + (int64_t)(dm_unmix_rand(&s->u) % (uint64_t)(m - i));
+            int64_t j = i + (int64_t)(dm_splitmix64(&s->u.rng) % (uint64_t)(m - i));
             memcpy(row, z + i * k, (size_t)k * sizeof(float));
             memcpy(z + i * k, z + j * k, (size_t)k * sizeof(float));
             memcpy(z + j * k, row, (size_t)k * sizeof(float));

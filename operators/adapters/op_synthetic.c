@@ -39,18 +39,10 @@ typedef struct {
     float *mu, *sigma, *U; /* cols, cols, q x cols */
 } synthetic;
 
-static inline uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* One heavy-tailed draw of unit-variance uniform, scaled up with probability p. */
 static inline float draw(uint64_t *s, const synthetic *g)
 {
-    uint64_t z = splitmix64(s);
+    uint64_t z = dm_splitmix64(s);
     float u = (float)(z >> 40) * (1.0f / 16777216.0f) - 0.5f; /* 24 bits */
     float v = (float)(z & 0xffffff) * (1.0f / 16777216.0f);
     return u * g->norm * ((double)v < g->p ? g->scale : 1.0f);
@@ -99,11 +91,11 @@ static int syn_open(dm_node *n)
     g->U = dm_xmalloc((size_t)(g->q * g->cols + 1) * sizeof(float));
     uint64_t st = g->seed ^ 0x5eed5eed5eed5eedull;
     for (int64_t i = 0; i < g->cols; i++) {
-        g->mu[i] = (float)((double)(splitmix64(&st) >> 11) * 0x1p-53 * 2.0 - 1.0);
-        g->sigma[i] = (float)(0.5 + 1.5 * (double)(splitmix64(&st) >> 11) * 0x1p-53);
+        g->mu[i] = (float)((double)(dm_splitmix64(&st) >> 11) * 0x1p-53 * 2.0 - 1.0);
+        g->sigma[i] = (float)(0.5 + 1.5 * (double)(dm_splitmix64(&st) >> 11) * 0x1p-53);
     }
     for (int64_t i = 0; i < g->q * g->cols; i++)
-        g->U[i] = (float)(((double)(splitmix64(&st) >> 11) * 0x1p-53 - 0.5) * sqrt(12.0 / (double)g->q));
+        g->U[i] = (float)(((double)(dm_splitmix64(&st) >> 11) * 0x1p-53 - 0.5) * sqrt(12.0 / (double)g->q));
     return 0;
 }
 
@@ -111,7 +103,7 @@ static int syn_open(dm_node *n)
 static void syn_row(const synthetic *g, int64_t r, float *x)
 {
     uint64_t st = g->seed * 0xd1342543de82ef95ull + (uint64_t)r * 0x9e3779b97f4a7c15ull + 1;
-    splitmix64(&st);
+    dm_splitmix64(&st);
     for (int64_t i = 0; i < g->cols; i++)
         x[i] = g->mu[i] + g->sigma[i] * draw(&st, g);
     for (int64_t j = 0; j < g->q; j++) {

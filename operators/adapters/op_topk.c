@@ -134,16 +134,8 @@ typedef struct {
 
 #define FINE 4096
 
-/* splitmix64's finaliser (Steele, Lea and Flood, OOPSLA 2014). */
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static uint64_t row_key(uint64_t seed, int64_t row) { return mix64(seed + (uint64_t)row * 0x9e3779b97f4a7c15ull); }
-static uint64_t col_salt(uint64_t seed, int64_t col) { return mix64(seed + ~(uint64_t)col * 0xc2b2ae3d27d4eb4full); }
+static uint64_t row_key(uint64_t seed, int64_t row) { return dm_mix64(seed + (uint64_t)row * 0x9e3779b97f4a7c15ull); }
+static uint64_t col_salt(uint64_t seed, int64_t col) { return dm_mix64(seed + ~(uint64_t)col * 0xc2b2ae3d27d4eb4full); }
 static uint64_t sample_key(uint64_t seed, int64_t col, int64_t row) { return row_key(seed, row) ^ col_salt(seed, col); }
 
 /* a above b in the max-heap on (key, row) */

@@ -81,14 +81,6 @@ void dm_unmix_free(dm_unmix *u)
     u->ram = u->sample = NULL;
 }
 
-uint64_t dm_unmix_rand(dm_unmix *u)
-{
-    uint64_t z = (u->rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 int dm_unmix_consume(dm_unmix *u, const dm_chunk *c)
 {
     int64_t k = u->k;
@@ -105,7 +97,7 @@ int dm_unmix_consume(dm_unmix *u, const dm_chunk *c)
     for (int64_t r = 0; u->sample && r < c->rows; r++) {
         /* Algorithm R: row t (0-based) replaces a random slot with probability m/(t+1) */
         int64_t t = u->seen + r;
-        int64_t slot = t < u->warm_rows ? t : (int64_t)(dm_unmix_rand(u) % (uint64_t)(t + 1));
+        int64_t slot = t < u->warm_rows ? t : (int64_t)(dm_splitmix64(&u->rng) % (uint64_t)(t + 1));
         if (slot < u->warm_rows)
             memcpy(u->sample + slot * k, c->data + r * k, (size_t)k * sizeof(float));
     }

@@ -34,7 +34,7 @@ typedef struct {
     float *sample;      /* (warm_rows, k) the warm start's reservoir; NULL without */
     int64_t warm_rows, sample_rows;
     int64_t seen;       /* rows of the first pass (every shard's and rank's, once merged) */
-    uint64_t rng;       /* the reservoir's and shuffles' generator */
+    uint64_t rng;       /* the reservoir's and shuffles' generator (dm_splitmix64) */
     int passes;         /* passes over z ended */
     int split;          /* the engine split passes by shard: sums arrive through pass_merge */
     double t_open, t_warm, t_iter;
@@ -77,10 +77,6 @@ int dm_unmix_consume(dm_unmix *u, const dm_chunk *c);
  * METHOD on"; in RAM, as many as announced). merged_rows: the rows the merged
  * sums saw, which is the first pass's count when the engine split it. */
 int dm_unmix_end_pass(dm_unmix *u, int pass, int64_t merged_rows, const char *method);
-
-/* The next draw of the generator (splitmix64: Steele, Lea and Flood, "Fast
- * splittable pseudorandom number generators", OOPSLA 2014). */
-uint64_t dm_unmix_rand(dm_unmix *u);
 
 /* Matches seeds to the first: W (S, K, k) every seed's rows. Writes
  * unmixings (S, K, k: seed i's rows permuted and sign-flipped to match seed

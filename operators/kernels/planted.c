@@ -12,17 +12,10 @@
 #include "planted.h"
 #include "safetensors.h"
 
-static inline uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in (0, 1) from a counter (seed, a, b, c). */
 static inline double uni(uint64_t seed, uint64_t a, uint64_t b, uint64_t c)
 {
-    uint64_t z = mix64(seed * 0x9e3779b97f4a7c15ull + mix64(a * 0xd1342543de82ef95ull + mix64(b + 0x632be59bd9b4e019ull * (c + 1))));
+    uint64_t z = dm_mix64(seed * 0x9e3779b97f4a7c15ull + dm_mix64(a * 0xd1342543de82ef95ull + dm_mix64(b + 0x632be59bd9b4e019ull * (c + 1))));
     return ((double)(z >> 11) + 0.5) * 0x1p-53;
 }
 
